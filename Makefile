@@ -1,0 +1,52 @@
+# Two commands set everything up: `make run` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export PORTAL_DATA_DIR ?= $(CURDIR)/var
+
+.PHONY: run test lint format venv bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# Embedded defaults: SQLite, filesystem storage and a filesystem Celery broker under var/.
+run: export DEBUG = 1
+run: $(STAMP)
+	$(PY) manage.py migrate --noinput
+	$(PY) manage.py init_master_key
+	$(PY) manage.py bootstrap_demo
+	@echo "Starting the portal on http://127.0.0.1:8000/ (Ctrl-C stops everything)."
+	@bash -c 'trap "kill 0" EXIT; \
+		$(VENV)/bin/celery -A portal worker --beat --pool=solo --loglevel=INFO \
+			--schedule "$$PORTAL_DATA_DIR/celerybeat-schedule" & \
+		$(PY) manage.py runserver 127.0.0.1:8000 & \
+		wait'
+
+# Tests run with DEBUG off, like production; the key is for the test run only.
+test: export SECRET_KEY ?= test-only-secret-key-not-for-production-0123456789abcdefghij
+test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(PY) manage.py makemigrations --check --dry-run
+	$(VENV)/bin/pytest
+
+lint: export SECRET_KEY ?= test-only-secret-key-not-for-production-0123456789abcdefghij
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+bench: $(STAMP)
+	@echo "Benchmarks arrive with the benchmark issue; see bench/README.md."
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,31 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from audit.verify import chains_verify
+from tenants.models import Tenant
+
+
+class Command(BaseCommand):
+    help = "Verify the hash chains of the audit log. Exit 0 when intact, 1 naming the first break."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--tenant", help="Verify only this clinic's chain (slug)")
+
+    def handle(self, *args: Any, tenant: str | None = None, **options: Any) -> None:
+        if tenant is not None and not Tenant.objects.filter(slug=tenant).exists():
+            raise CommandError(f"No clinic with slug {tenant!r}.")
+        reports = chains_verify(tenant_slug=tenant)
+        broken = [report for report in reports if not report.intact]
+        for report in reports:
+            name = f"tenant {report.tenant_slug}" if report.tenant_slug else "platform"
+            if report.intact:
+                self.stdout.write(f"{name}: intact ({report.events} events)")
+            else:
+                self.stdout.write(f"{name}: BROKEN at seq {report.broken_seq} ({report.reason})")
+        if broken:
+            first = broken[0]
+            name = f"tenant {first.tenant_slug}" if first.tenant_slug else "platform"
+            raise CommandError(f"Audit chain broken: {name}, first broken seq {first.broken_seq}")

@@ -1,0 +1,122 @@
+"""The append-only, hash-chained audit log.
+
+Each clinic has its own chain (and the platform one more, for events that belong to
+no clinic, such as a failed sign-in with an unknown email). Every event stores the
+hash of its predecessor and a SHA-256 over a canonical encoding of itself, so an
+edited, deleted or reordered row breaks the chain and `manage.py verify_audit`
+names the first broken `seq`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import models
+
+from tenants.scoping import TenantQuerySet
+
+PLATFORM_CHAIN_KEY = "platform"
+
+
+class AppendOnlyError(RuntimeError):
+    """Audit events are never updated or deleted."""
+
+
+class ActorType(models.TextChoices):
+    USER = "user", "User"
+    API_TOKEN = "api_token", "API token"
+    SHARE_LINK = "share_link", "Share link"
+    SYSTEM = "system", "System"
+    ANONYMOUS = "anonymous", "Anonymous"
+
+
+class Outcome(models.TextChoices):
+    SUCCESS = "success", "Success"
+    FAILURE = "failure", "Failure"
+    DENIED = "denied", "Denied"
+
+
+class Action(models.TextChoices):
+    LOGIN_SUCCEEDED = "auth.login_succeeded", "Signed in"
+    LOGIN_FAILED = "auth.login_failed", "Sign-in failed"
+    LOGOUT = "auth.logout", "Signed out"
+    TENANT_CREATED = "tenant.created", "Clinic created"
+    TENANT_UPDATED = "tenant.updated", "Clinic settings changed"
+    USER_CREATED = "user.created", "User created"
+    MFA_DEVICE_CONFIRMED = "mfa.device_confirmed", "Second-factor device confirmed"
+    MEMBERSHIP_CREATED = "membership.created", "Member added"
+    MEMBERSHIP_ROLES_CHANGED = "membership.roles_changed", "Member roles changed"
+    MEMBERSHIP_DEACTIVATED = "membership.deactivated", "Member deactivated"
+    MEMBERSHIP_REACTIVATED = "membership.reactivated", "Member reactivated"
+    ADMIN_ACTION = "admin.action", "Tenant admin action"
+    AUDIT_VIEWED = "audit.viewed", "Audit log viewed"
+    AUDIT_VERIFIED = "audit.verified", "Audit chain verified"
+
+
+class AuditChain(models.Model):
+    """Head of one chain: the last seq and hash, so a deleted tail is detected too."""
+
+    key = models.CharField(max_length=64, unique=True)
+    tenant = models.OneToOneField(
+        "tenants.Tenant", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    last_seq = models.BigIntegerField(default=0)
+    last_hash = models.CharField(max_length=64, default="")
+
+    def __str__(self) -> str:
+        return f"AuditChain {self.key}"
+
+
+class AuditEventQuerySet(TenantQuerySet):
+    def update(self, **kwargs: Any) -> int:
+        raise AppendOnlyError("Audit events cannot be updated")
+
+    def delete(self) -> tuple[int, dict[str, int]]:
+        raise AppendOnlyError("Audit events cannot be deleted")
+
+
+class AuditEvent(models.Model):
+    chain = models.ForeignKey(AuditChain, on_delete=models.PROTECT, related_name="+")
+    seq = models.BigIntegerField()
+    tenant = models.ForeignKey(
+        "tenants.Tenant", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    created_at = models.DateTimeField()
+    actor_type = models.CharField(max_length=16, choices=ActorType.choices)
+    actor_id = models.CharField(max_length=64, blank=True)
+    actor_ip = models.GenericIPAddressField(null=True, blank=True)
+    action = models.CharField(max_length=64, choices=Action.choices)
+    target_type = models.CharField(max_length=64, blank=True)
+    target_id = models.CharField(max_length=64, blank=True)
+    outcome = models.CharField(max_length=16, choices=Outcome.choices)
+    detail = models.JSONField(default=dict, blank=True)
+    prev_hash = models.CharField(max_length=64, blank=True)
+    hash = models.CharField(max_length=64)
+
+    objects = AuditEventQuerySet.as_manager()
+
+    class Meta:
+        default_permissions = ("view",)
+        constraints = [
+            models.UniqueConstraint(fields=["chain", "seq"], name="audit_event_chain_seq_unique"),
+            models.CheckConstraint(
+                condition=models.Q(outcome__in=["success", "failure", "denied"]),
+                name="audit_event_outcome_valid",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["tenant", "-created_at"]),
+            models.Index(fields=["tenant", "target_type", "target_id"]),
+            models.Index(fields=["tenant", "actor_type", "actor_id"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"AuditEvent {self.chain_id}#{self.seq}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if not self._state.adding:
+            raise AppendOnlyError("Audit events cannot be changed once written")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, int]]:
+        raise AppendOnlyError("Audit events cannot be deleted")

@@ -1,0 +1,7 @@
+from django.urls import path
+
+from imaging import views
+
+urlpatterns = [
+    path("", views.worklist, name="worklist"),
+]

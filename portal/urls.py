@@ -1,0 +1,29 @@
+"""Project URLs. Clinic pages live under /t/<slug>/, resolved by TenantMiddleware."""
+
+from __future__ import annotations
+
+from django.contrib.auth import views as auth_views
+from django.urls import include, path
+
+from portal import views
+from portal.admin import platform_admin_site
+
+clinic_patterns = [
+    path("", include("imaging.urls")),
+    path("audit/", include("audit.urls")),
+    path("my/", include("sharing.urls")),
+]
+
+urlpatterns = [
+    path("healthz", views.healthz, name="healthz"),
+    path("readyz", views.readyz, name="readyz"),
+    path("", views.home, name="home"),
+    path(
+        "accounts/login/",
+        auth_views.LoginView.as_view(redirect_authenticated_user=True),
+        name="login",
+    ),
+    path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("admin/", platform_admin_site.urls),
+    path("t/<slug:tenant_slug>/", include(clinic_patterns)),
+]

@@ -1,0 +1,73 @@
+"""Enforcement of the roles matrix: one decorator for pages, one mixin, one DRF permission."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+from django.core.exceptions import PermissionDenied
+from django.http import Http404, HttpRequest, HttpResponse
+
+from tenants.roles import Perm
+
+
+def has_clinic_perm(request: HttpRequest, *perms: Perm) -> bool:
+    """True when the request is inside a clinic and the membership grants any of `perms`."""
+    membership = getattr(request, "membership", None)
+    return membership is not None and any(membership.has_perm(perm) for perm in perms)
+
+
+def check_clinic_perm(request: HttpRequest, *perms: Perm) -> None:
+    if getattr(request, "tenant", None) is None:
+        # Clinic pages only exist under /t/<slug>/, where the middleware resolved one.
+        raise Http404("No such clinic")
+    if not has_clinic_perm(request, *perms):
+        raise PermissionDenied("Your role in this clinic does not allow this.")
+
+
+def require_perm(
+    *perms: Perm,
+) -> Callable[[Callable[..., HttpResponse]], Callable[..., HttpResponse]]:
+    """Allow the view when the member holds any of `perms` in the current clinic."""
+
+    def decorator(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+        @wraps(view)
+        def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+            check_clinic_perm(request, *perms)
+            return view(request, *args, **kwargs)
+
+        wrapped.required_perms = perms  # type: ignore[attr-defined]
+        return wrapped
+
+    return decorator
+
+
+class ClinicPermRequiredMixin:
+    """Class-based view counterpart of `require_perm`."""
+
+    required_perms: tuple[Perm, ...] = ()
+
+    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        if not self.required_perms:
+            raise PermissionDenied("View declares no permission")
+        check_clinic_perm(request, *self.required_perms)
+        return super().dispatch(request, *args, **kwargs)  # type: ignore[misc]
+
+
+def landing_url(membership: Any) -> str:
+    """Where a member lands in a clinic: the first page their roles open."""
+    from django.urls import reverse
+
+    from tenants.urlconf import tenant_admin_url
+
+    slug = membership.tenant.slug
+    if membership.has_perm(Perm.WORKLIST_VIEW) or membership.has_perm(Perm.STUDY_VIEW_GRANTED):
+        return reverse("worklist", kwargs={"tenant_slug": slug})
+    if membership.has_perm(Perm.AUDIT_READ):
+        return reverse("audit_log", kwargs={"tenant_slug": slug})
+    if membership.has_perm(Perm.CLINIC_MANAGE):
+        return tenant_admin_url(slug)
+    if membership.has_perm(Perm.OWN_STUDIES):
+        return reverse("my_studies", kwargs={"tenant_slug": slug})
+    return reverse("home")

@@ -1,0 +1,200 @@
+"""Models of the tenant admin site: members and their roles, and the clinic's policy."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.contrib import admin
+from django.core.exceptions import ValidationError
+from django.db import models
+from django.http import HttpRequest
+
+from audit.actors import Actor
+from tenants.admin_site import TenantScopedModelAdmin, tenant_admin_site
+from tenants.models import Membership, Role, Tenant, User
+from tenants.roles import RoleCode
+from tenants.services import (
+    POLICY_FIELDS,
+    membership_add,
+    membership_update,
+    membership_validate_change,
+    tenant_update_policy,
+    user_create,
+)
+
+
+class MembershipForm(forms.ModelForm):
+    email = forms.EmailField(label="Email address")
+    full_name = forms.CharField(max_length=150, required=False)
+    roles = forms.ModelMultipleChoiceField(
+        queryset=Role.objects.all(), widget=forms.CheckboxSelectMultiple
+    )
+
+    class Meta:
+        model = Membership
+        fields = ["is_active"]
+
+    def __init__(self, *args: Any, tenant: Tenant, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.tenant = tenant
+        if self.instance.pk:
+            self.fields.pop("email")
+            self.fields.pop("full_name")
+            self.initial["roles"] = list(self.instance.roles.all())
+
+    def clean_email(self) -> str:
+        email = self.cleaned_data["email"].strip().lower()
+        if Membership.objects.for_tenant(self.tenant).filter(user__email__iexact=email).exists():
+            raise ValidationError("This person is already a member; edit their membership.")
+        return email
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        if self.instance.pk and "roles" in cleaned:
+            current = Membership.objects.for_tenant(self.tenant).get(pk=self.instance.pk)
+            membership_validate_change(
+                membership=current,
+                roles={role.code for role in cleaned["roles"]},
+                active=cleaned.get("is_active", True),
+            )
+        return cleaned
+
+
+@admin.register(Membership, site=tenant_admin_site)
+class MembershipAdmin(TenantScopedModelAdmin):
+    form = MembershipForm
+    list_display = ["email", "full_name", "role_list", "is_active", "created_at"]
+    list_filter = ["is_active", "roles"]
+    search_fields = ["user__email", "user__full_name"]
+    ordering = ["user__email"]
+    list_select_related = ["user"]
+
+    def get_queryset(self, request: HttpRequest) -> models.QuerySet:
+        return super().get_queryset(request).prefetch_related("roles")
+
+    def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any):
+        form_class = super().get_form(request, obj, change=change, **kwargs)
+        tenant = request.tenant
+
+        class BoundMembershipForm(form_class):  # type: ignore[misc, valid-type]
+            def __init__(self, *args: Any, **kw: Any) -> None:
+                super().__init__(*args, tenant=tenant, **kw)
+
+        return BoundMembershipForm
+
+    fields = ["email", "full_name", "roles", "is_active"]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        return ["email", "full_name"] if obj is not None else []
+
+    @admin.display(description="Email", ordering="user__email")
+    def email(self, obj: Membership) -> str:
+        return obj.user.email
+
+    @admin.display(description="Name", ordering="user__full_name")
+    def full_name(self, obj: Membership) -> str:
+        return obj.user.full_name
+
+    @admin.display(description="Roles")
+    def role_list(self, obj: Membership) -> str:
+        return ", ".join(sorted(role.name for role in obj.roles.all()))
+
+    def save_model(self, request: HttpRequest, obj: Membership, form: Any, change: bool) -> None:
+        actor = Actor.from_request(request)
+        codes = {role.code for role in form.cleaned_data["roles"]}
+        if change:
+            current = Membership.objects.for_tenant(request.tenant).get(pk=obj.pk)
+            membership_update(
+                membership=current,
+                roles=codes,
+                is_active=form.cleaned_data["is_active"],
+                actor=actor,
+            )
+            return
+        email = form.cleaned_data["email"]
+        user = User.objects.filter(email__iexact=email).first() or user_create(
+            email=email,
+            full_name=form.cleaned_data.get("full_name", ""),
+            actor=actor,
+            tenant=request.tenant,
+        )
+        membership = membership_add(tenant=request.tenant, user=user, roles=codes, actor=actor)
+        if not form.cleaned_data["is_active"]:
+            membership_update(membership=membership, roles=codes, is_active=False, actor=actor)
+        # The admin redirects using `obj`; point it at the row the service created.
+        obj.pk, obj.tenant, obj.user = membership.pk, membership.tenant, membership.user
+        obj._state.adding = False
+
+    def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
+        """Roles were saved by the membership service in save_model."""
+
+    def log_addition(self, request: HttpRequest, obj: Any, message: Any) -> None:
+        """The membership service audits."""
+
+    def log_change(self, request: HttpRequest, obj: Any, message: Any) -> None:
+        """The membership service audits."""
+
+
+class ClinicPolicyForm(forms.ModelForm):
+    patients_require_mfa = forms.BooleanField(
+        required=False,
+        label="Patients must use a second factor",
+        help_text="Staff always must.",
+    )
+
+    class Meta:
+        model = Tenant
+        fields = list(POLICY_FIELDS)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.instance.pk:
+            self.initial["patients_require_mfa"] = self.instance.mfa_required_roles.filter(
+                code=RoleCode.PATIENT
+            ).exists()
+
+
+@admin.register(Tenant, site=tenant_admin_site)
+class ClinicPolicyAdmin(TenantScopedModelAdmin):
+    form = ClinicPolicyForm
+    list_display = ["name", "slug", "session_idle_minutes", "step_up_minutes"]
+    readonly_fields = ["slug", "status", "storage_backend", "storage_region"]
+    fieldsets = [
+        (None, {"fields": ["name", "slug", "status"]}),
+        (
+            "Sign-in",
+            {
+                "fields": [
+                    "patients_require_mfa",
+                    "session_idle_minutes",
+                    "session_absolute_hours",
+                    "step_up_minutes",
+                ]
+            },
+        ),
+        (
+            "Sharing",
+            {"fields": ["share_link_default_days", "share_link_max_days", "share_link_max_uses"]},
+        ),
+        ("Data residency (set by the platform)", {"fields": ["storage_backend", "storage_region"]}),
+    ]
+
+    def scope(self, queryset: models.QuerySet, request: HttpRequest) -> models.QuerySet:
+        return queryset.filter(pk=request.tenant.pk)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def save_model(self, request: HttpRequest, obj: Tenant, form: Any, change: bool) -> None:
+        changes = {field: form.cleaned_data[field] for field in POLICY_FIELDS}
+        fresh = Tenant.objects.get(pk=request.tenant.pk)
+        mfa = [RoleCode.PATIENT.value] if form.cleaned_data["patients_require_mfa"] else []
+        changes["mfa_required_roles"] = mfa
+        tenant_update_policy(tenant=fresh, actor=Actor.from_request(request), changes=changes)
+
+    def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
+        """The policy service saved the roles."""
+
+    def log_change(self, request: HttpRequest, obj: Any, message: Any) -> None:
+        """The policy service audits."""

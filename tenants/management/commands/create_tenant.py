@@ -1,0 +1,27 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from audit.actors import Actor
+from tenants.models import Tenant
+from tenants.services import tenant_create
+
+
+class Command(BaseCommand):
+    help = "Create a clinic (tenant)."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("slug", help="URL name of the clinic: lowercase letters, digits, -")
+        parser.add_argument("--name", required=True, help="Display name of the clinic")
+
+    def handle(self, *args: Any, slug: str, name: str, **options: Any) -> None:
+        if Tenant.objects.filter(slug=slug).exists():
+            raise CommandError(f"A clinic with slug {slug!r} already exists.")
+        try:
+            tenant = tenant_create(slug=slug, name=name, actor=Actor.system("cli.create_tenant"))
+        except ValidationError as exc:
+            raise CommandError("; ".join(exc.messages)) from None
+        self.stdout.write(f"Created clinic {tenant.slug} ({tenant.pk}).")

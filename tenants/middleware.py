@@ -1,0 +1,51 @@
+"""Resolve the clinic from `/t/<slug>/...` once, before any view runs.
+
+A visitor who is not an active member of an active clinic gets exactly the 404 a
+missing clinic gets, so a slug's existence is never confirmed to outsiders.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+from django.contrib.auth.views import redirect_to_login
+from django.http import Http404, HttpRequest, HttpResponse
+
+from tenants.selectors import membership_for_user, tenant_get_active
+from tenants.urlconf import tenant_urlconf
+
+CLINIC_PATH = re.compile(r"^/t/(?P<slug>[^/]+)/")
+
+
+class TenantMiddleware:
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        request.tenant = None  # type: ignore[attr-defined]
+        request.membership = None  # type: ignore[attr-defined]
+        match = CLINIC_PATH.match(request.path_info)
+        if match:
+            if not request.user.is_authenticated:
+                return redirect_to_login(request.get_full_path())
+            slug = match["slug"]
+            tenant = tenant_get_active(slug=slug)
+            membership = membership_for_user(tenant=tenant, user=request.user) if tenant else None
+            if membership is None:
+                raise Http404("No such clinic")
+            request.tenant = tenant  # type: ignore[attr-defined]
+            request.membership = membership  # type: ignore[attr-defined]
+            request.urlconf = tenant_urlconf(slug)  # type: ignore[attr-defined]
+        return self.get_response(request)
+
+    def process_view(
+        self,
+        request: HttpRequest,
+        view_func: Callable[..., Any],
+        view_args: tuple[Any, ...],
+        view_kwargs: dict[str, Any],
+    ) -> None:
+        # Views read the clinic from request.tenant; the slug in the URL has done its job.
+        view_kwargs.pop("tenant_slug", None)

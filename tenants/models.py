@@ -1,0 +1,208 @@
+"""Clinics (tenants), people (users) and who may do what where (memberships, roles)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from django.contrib.auth.base_user import AbstractBaseUser, BaseUserManager
+from django.contrib.auth.models import PermissionsMixin
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
+from django.db import models
+from django.db.models.functions import Lower
+from django.utils import timezone
+from django.utils.functional import cached_property
+
+from tenants.roles import ROLE_NAMES, Perm, RoleCode, perms_for
+from tenants.scoping import TenantOwnedModel
+
+slug_validator = RegexValidator(
+    r"^[a-z0-9](?:[a-z0-9-]{0,48}[a-z0-9])?$",
+    "Use 1-50 lowercase letters, digits and hyphens, not starting or ending with a hyphen.",
+)
+
+
+class Tenant(models.Model):
+    """A clinic. Everything clinical belongs to exactly one."""
+
+    class Status(models.TextChoices):
+        ACTIVE = "active", "Active"
+        SUSPENDED = "suspended", "Suspended"
+
+    class StorageBackend(models.TextChoices):
+        FILESYSTEM = "filesystem", "Local filesystem"
+        S3 = "s3", "S3-compatible object storage"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    slug = models.CharField(max_length=50, unique=True, validators=[slug_validator])
+    name = models.CharField(max_length=200)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
+
+    # Policy, edited by the clinic's tenant admins.
+    mfa_required_roles = models.ManyToManyField(
+        "tenants.Role",
+        blank=True,
+        related_name="+",
+        help_text="Roles that must use a second factor. Staff roles always do.",
+    )
+    session_idle_minutes = models.PositiveSmallIntegerField(
+        default=15, validators=[MinValueValidator(1), MaxValueValidator(480)]
+    )
+    session_absolute_hours = models.PositiveSmallIntegerField(
+        default=12, validators=[MinValueValidator(1), MaxValueValidator(24)]
+    )
+    step_up_minutes = models.PositiveSmallIntegerField(
+        default=10, validators=[MinValueValidator(1), MaxValueValidator(60)]
+    )
+    share_link_default_days = models.PositiveSmallIntegerField(
+        default=7, validators=[MinValueValidator(1), MaxValueValidator(365)]
+    )
+    share_link_max_days = models.PositiveSmallIntegerField(
+        default=30, validators=[MinValueValidator(1), MaxValueValidator(365)]
+    )
+    share_link_max_uses = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Upper bound on uses per link; empty for no bound."
+    )
+
+    # Data residency, set by platform operators.
+    storage_backend = models.CharField(
+        max_length=16, choices=StorageBackend.choices, default=StorageBackend.FILESYSTEM
+    )
+    storage_bucket = models.CharField(max_length=63, blank=True)
+    storage_region = models.CharField(max_length=32, blank=True)
+
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(status__in=["active", "suspended"]), name="tenant_status_valid"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(share_link_default_days__lte=models.F("share_link_max_days")),
+                name="tenant_share_default_within_max",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"Tenant {self.slug}"
+
+    @property
+    def is_active(self) -> bool:
+        return self.status == self.Status.ACTIVE
+
+
+class UserManager(BaseUserManager["User"]):
+    use_in_migrations = True
+
+    def _create_user(self, email: str, password: str | None, **extra: Any) -> User:
+        if not email:
+            raise ValueError("An email address is required")
+        user = self.model(email=self.normalize_email(email).lower(), **extra)
+        if password:
+            user.set_password(password)
+        else:
+            user.set_unusable_password()
+        user.save(using=self._db)
+        return user
+
+    def create_user(self, email: str, password: str | None = None, **extra: Any) -> User:
+        extra.setdefault("is_staff", False)
+        extra.setdefault("is_superuser", False)
+        return self._create_user(email, password, **extra)
+
+    def create_superuser(self, email: str, password: str | None = None, **extra: Any) -> User:
+        extra.update(is_staff=True, is_superuser=True)
+        return self._create_user(email, password, **extra)
+
+    def get_by_natural_key(self, username: str | None) -> User:
+        return self.get(email__iexact=username or "")
+
+
+class User(AbstractBaseUser, PermissionsMixin):
+    """A person: staff member, referring physician, patient or platform operator.
+
+    Users are platform-wide because one person can work for several clinics; what they
+    may do in a clinic comes only from their Membership there. `is_staff` and
+    `is_superuser` are for platform operators and grant nothing inside a clinic.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    email = models.EmailField("email address", max_length=254, unique=True)
+    full_name = models.CharField(max_length=150, blank=True)
+    is_active = models.BooleanField(default=True)
+    is_staff = models.BooleanField(
+        default=False, help_text="Platform operator: may sign in to the platform admin."
+    )
+    date_joined = models.DateTimeField(default=timezone.now)
+
+    objects = UserManager()
+
+    USERNAME_FIELD = "email"
+    EMAIL_FIELD = "email"
+    REQUIRED_FIELDS: list[str] = []
+
+    class Meta:
+        constraints = [models.UniqueConstraint(Lower("email"), name="user_email_ci_unique")]
+
+    def __str__(self) -> str:
+        # Emails identify people; logs and admin breadcrumbs get the id only.
+        return f"User {self.id}"
+
+    def clean(self) -> None:
+        super().clean()
+        self.email = self.__class__.objects.normalize_email(self.email).lower()
+
+    def get_full_name(self) -> str:
+        return self.full_name or self.email
+
+    def get_short_name(self) -> str:
+        return self.full_name or self.email
+
+
+class Role(models.Model):
+    """A role as data. Rows mirror tenants.roles.RoleCode; the matrix lives in code."""
+
+    code = models.CharField(
+        max_length=32,
+        primary_key=True,
+        choices=[(code.value, ROLE_NAMES[code]) for code in RoleCode],
+    )
+    name = models.CharField(max_length=64)
+
+    class Meta:
+        ordering = ["code"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Membership(TenantOwnedModel):
+    """A user's place in one clinic, with one or more roles."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    user = models.ForeignKey(User, on_delete=models.PROTECT, related_name="memberships")
+    roles = models.ManyToManyField(Role, related_name="+")
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "user"], name="membership_unique_per_tenant")
+        ]
+        indexes = [models.Index(fields=["user", "is_active"])]
+
+    def __str__(self) -> str:
+        return f"Membership {self.id}"
+
+    @cached_property
+    def role_codes(self) -> frozenset[str]:
+        return frozenset(role.code for role in self.roles.all())
+
+    @cached_property
+    def permissions(self) -> frozenset[Perm]:
+        return perms_for(self.role_codes)
+
+    def has_perm(self, perm: Perm) -> bool:
+        return perm in self.permissions

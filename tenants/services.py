@@ -1,0 +1,192 @@
+"""Writes for clinics, users and memberships. Each one audits in its own transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from django.contrib.auth.password_validation import validate_password
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django_otp.plugins.otp_totp.models import TOTPDevice
+
+import audit
+from audit.actors import Actor
+from audit.models import Action
+from tenants.models import Membership, Role, Tenant, User
+from tenants.roles import STAFF_ROLES, RoleCode
+from tenants.selectors import roles_get, user_tenants
+
+POLICY_FIELDS = (
+    "name",
+    "session_idle_minutes",
+    "session_absolute_hours",
+    "step_up_minutes",
+    "share_link_default_days",
+    "share_link_max_days",
+    "share_link_max_uses",
+)
+
+
+class MembershipError(ValidationError):
+    """A membership change that would break a clinic rule."""
+
+
+@transaction.atomic
+def tenant_create(*, slug: str, name: str, actor: Actor) -> Tenant:
+    tenant = Tenant(slug=slug, name=name)
+    tenant.full_clean()
+    tenant.save()
+    tenant.mfa_required_roles.set(Role.objects.filter(code__in=[r.value for r in STAFF_ROLES]))
+    audit.record(actor=actor, action=Action.TENANT_CREATED, target=tenant, tenant=tenant, detail={})
+    return tenant
+
+
+@transaction.atomic
+def tenant_update_policy(*, tenant: Tenant, actor: Actor, changes: dict[str, Any]) -> Tenant:
+    """Apply policy changes a tenant admin may make; refuse anything else."""
+    unknown = set(changes) - set(POLICY_FIELDS) - {"mfa_required_roles"}
+    if unknown:
+        raise ValidationError(f"Not a clinic policy field: {', '.join(sorted(unknown))}")
+    mfa_roles = changes.pop("mfa_required_roles", None)
+    changed = sorted(field for field, value in changes.items() if getattr(tenant, field) != value)
+    for field, value in changes.items():
+        setattr(tenant, field, value)
+    tenant.full_clean()
+    tenant.save()
+    if mfa_roles is not None:
+        codes = {role.code if isinstance(role, Role) else str(role) for role in mfa_roles}
+        # Staff always need a second factor; only the patient requirement is a choice.
+        codes |= {code.value for code in STAFF_ROLES}
+        before = set(tenant.mfa_required_roles.values_list("code", flat=True))
+        if before != codes:
+            tenant.mfa_required_roles.set(Role.objects.filter(code__in=codes))
+            changed.append("mfa_required_roles")
+    if changed:
+        audit.record(
+            actor=actor,
+            action=Action.TENANT_UPDATED,
+            target=tenant,
+            tenant=tenant,
+            detail={"fields": changed},
+        )
+    return tenant
+
+
+@transaction.atomic
+def user_create(
+    *,
+    email: str,
+    actor: Actor,
+    tenant: Tenant | None,
+    password: str | None = None,
+    full_name: str = "",
+) -> User:
+    """Create a person. Without a password the account waits for a password reset."""
+    user = User(email=email, full_name=full_name)
+    user.clean()
+    if password is not None:
+        validate_password(password, user)
+    if User.objects.filter(email__iexact=user.email).exists():
+        raise ValidationError({"email": "An account with this email address already exists."})
+    user = User.objects.create_user(email=user.email, password=password, full_name=full_name)
+    audit.record(actor=actor, action=Action.USER_CREATED, target=user, tenant=tenant, detail={})
+    return user
+
+
+def membership_validate_change(*, membership: Membership, roles: set[str], active: bool) -> None:
+    """Refuse a change that would leave the clinic without an active tenant admin."""
+    if RoleCode.TENANT_ADMIN in roles and active:
+        return
+    others = (
+        Membership.objects.for_tenant(membership.tenant)
+        .filter(is_active=True, roles__code=RoleCode.TENANT_ADMIN)
+        .exclude(pk=membership.pk)
+    )
+    was_admin = RoleCode.TENANT_ADMIN in membership.role_codes and membership.is_active
+    if was_admin and not others.exists():
+        raise MembershipError("A clinic must keep at least one active tenant admin.")
+
+
+@transaction.atomic
+def membership_add(*, tenant: Tenant, user: User, roles: Iterable[str], actor: Actor) -> Membership:
+    """Give a user roles in a clinic; adds to an existing membership's roles."""
+    wanted = set(roles)
+    if not wanted:
+        raise MembershipError("A member needs at least one role.")
+    role_rows = roles_get(codes=sorted(wanted))
+    membership = Membership.objects.for_tenant(tenant).select_for_update().filter(user=user).first()
+    if membership is None:
+        membership = Membership.objects.create(tenant=tenant, user=user)
+        membership.roles.set(role_rows)
+        audit.record(
+            actor=actor,
+            action=Action.MEMBERSHIP_CREATED,
+            target=membership,
+            tenant=tenant,
+            detail={"user": str(user.pk), "roles": sorted(wanted)},
+        )
+        return membership
+    return membership_update(
+        membership=membership,
+        roles=set(membership.role_codes) | wanted,
+        is_active=True,
+        actor=actor,
+    )
+
+
+@transaction.atomic
+def membership_update(
+    *, membership: Membership, roles: Iterable[str], is_active: bool, actor: Actor
+) -> Membership:
+    """Set a member's roles and active flag, auditing each kind of change."""
+    new_roles = set(roles)
+    if not new_roles:
+        raise MembershipError("A member needs at least one role.")
+    role_rows = roles_get(codes=sorted(new_roles))
+    old_roles = set(membership.role_codes)
+    membership_validate_change(membership=membership, roles=new_roles, active=is_active)
+    tenant = membership.tenant
+    if new_roles != old_roles:
+        membership.roles.set(role_rows)
+        audit.record(
+            actor=actor,
+            action=Action.MEMBERSHIP_ROLES_CHANGED,
+            target=membership,
+            tenant=tenant,
+            detail={
+                "user": str(membership.user_id),
+                "added": sorted(new_roles - old_roles),
+                "removed": sorted(old_roles - new_roles),
+            },
+        )
+    if is_active != membership.is_active:
+        membership.is_active = is_active
+        membership.save(update_fields=["is_active"])
+        audit.record(
+            actor=actor,
+            action=Action.MEMBERSHIP_REACTIVATED if is_active else Action.MEMBERSHIP_DEACTIVATED,
+            target=membership,
+            tenant=tenant,
+            detail={"user": str(membership.user_id)},
+        )
+    membership.__dict__.pop("role_codes", None)
+    membership.__dict__.pop("permissions", None)
+    return membership
+
+
+@transaction.atomic
+def totp_device_create_confirmed(
+    *, user: User, actor: Actor, name: str = "Authenticator"
+) -> TOTPDevice:
+    """Create a confirmed TOTP device (operator provisioning); returns it for its URI."""
+    device = TOTPDevice.objects.create(user=user, name=name, confirmed=True)
+    for tenant in user_tenants(user=user) or [None]:
+        audit.record(
+            actor=actor,
+            action=Action.MFA_DEVICE_CONFIRMED,
+            target=user,
+            tenant=tenant,
+            detail={"device": "totp"},
+        )
+    return device

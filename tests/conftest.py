@@ -1,0 +1,103 @@
+"""Role-named fixtures. Two clinics: `clinic` (ours) and `other_clinic` (the outsider's)."""
+
+from __future__ import annotations
+
+import pytest
+from django.test import Client
+
+from tenants.models import User
+from tests.helpers import IN_CI, make_clinic, make_member
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    import os
+
+    if IN_CI and not os.environ.get("DATABASE_URL", "").startswith(("postgres", "postgresql")):
+        pytest.exit("CI=true but DATABASE_URL is not PostgreSQL: the suite must run on it", 3)
+
+
+@pytest.fixture(autouse=True)
+def _plain_http_test_client(settings):
+    """The test client speaks HTTP; the HTTPS redirect has its own test."""
+    settings.SECURE_SSL_REDIRECT = False
+
+
+@pytest.fixture
+def clinic(db):
+    return make_clinic("north", "North Imaging")
+
+
+@pytest.fixture
+def other_clinic(db):
+    return make_clinic("south", "South Radiology")
+
+
+@pytest.fixture
+def tenant_admin(clinic) -> User:
+    return make_member(clinic, "tenant_admin")
+
+
+@pytest.fixture
+def radiologist(clinic) -> User:
+    return make_member(clinic, "radiologist")
+
+
+@pytest.fixture
+def technologist(clinic) -> User:
+    return make_member(clinic, "technologist")
+
+
+@pytest.fixture
+def front_desk(clinic) -> User:
+    return make_member(clinic, "front_desk")
+
+
+@pytest.fixture
+def referring_physician(clinic) -> User:
+    return make_member(clinic, "referring_physician")
+
+
+@pytest.fixture
+def privacy_officer(clinic) -> User:
+    return make_member(clinic, "privacy_officer")
+
+
+@pytest.fixture
+def patient(clinic) -> User:
+    return make_member(clinic, "patient")
+
+
+@pytest.fixture
+def other_tenant_admin(other_clinic) -> User:
+    return make_member(other_clinic, "tenant_admin")
+
+
+@pytest.fixture
+def other_tenant_all_roles(other_clinic) -> User:
+    """The most privileged outsider: every role in the other clinic."""
+    return make_member(
+        other_clinic,
+        "tenant_admin",
+        "radiologist",
+        "technologist",
+        "front_desk",
+        "referring_physician",
+        "privacy_officer",
+        "patient",
+        email="everything@south.example",
+    )
+
+
+@pytest.fixture
+def platform_operator(db) -> User:
+    return User.objects.create_superuser(email="operator@platform.example", password="x" * 20)
+
+
+@pytest.fixture
+def client_for():
+    def make(user: User) -> Client:
+        client = Client()
+        client.force_login(user)
+        return client
+
+    return make

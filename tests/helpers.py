@@ -1,0 +1,64 @@
+"""Test helpers: build data through the real services; services that may be absent."""
+
+from __future__ import annotations
+
+import os
+import socket
+from urllib.parse import urlparse
+
+import pytest
+from django.db import connection
+
+from audit.actors import Actor
+from tenants.models import Membership, Tenant, User
+from tenants.services import membership_add, tenant_create, user_create
+
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+TEST_ACTOR = Actor.system("tests")
+PASSWORD = "correct horse battery staple 42"
+
+
+def require_service(name: str, available: bool, reason: str) -> None:
+    """Skip locally when a service is missing; in CI a missing service is a failure."""
+    if available:
+        return
+    message = f"{name} not available: {reason}"
+    if IN_CI:
+        pytest.fail(f"{message} (CI=true: services are required, not optional)")
+    pytest.skip(message)
+
+
+def require_postgresql() -> None:
+    require_service(
+        "PostgreSQL",
+        connection.vendor == "postgresql",
+        "set DATABASE_URL=postgres://... to run this test",
+    )
+
+
+def tcp_reachable(url: str, default_port: int) -> bool:
+    parsed = urlparse(url)
+    try:
+        with socket.create_connection(
+            (parsed.hostname or "127.0.0.1", parsed.port or default_port), 1
+        ):
+            return True
+    except OSError:
+        return False
+
+
+def make_clinic(slug: str, name: str | None = None) -> Tenant:
+    return tenant_create(slug=slug, name=name or slug.title(), actor=TEST_ACTOR)
+
+
+def make_member(tenant: Tenant, *roles: str, email: str | None = None) -> User:
+    email = email or f"{'-'.join(roles)}@{tenant.slug}.example"
+    user = User.objects.filter(email=email).first() or user_create(
+        email=email, password=PASSWORD, actor=TEST_ACTOR, tenant=tenant
+    )
+    membership_add(tenant=tenant, user=user, roles=list(roles), actor=TEST_ACTOR)
+    return user
+
+
+def membership_of(user: User, tenant: Tenant) -> Membership:
+    return Membership.objects.for_tenant(tenant).get(user=user)
