@@ -38,7 +38,7 @@ class MembershipForm(forms.ModelForm):
     def __init__(self, *args: Any, tenant: Tenant, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.tenant = tenant
-        if self.instance.pk:
+        if not self.instance._state.adding:
             self.fields.pop("email")
             self.fields.pop("full_name")
             self.initial["roles"] = list(self.instance.roles.all())
@@ -51,7 +51,7 @@ class MembershipForm(forms.ModelForm):
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean()
-        if self.instance.pk and "roles" in cleaned:
+        if not self.instance._state.adding and "roles" in cleaned:
             current = Membership.objects.for_tenant(self.tenant).get(pk=self.instance.pk)
             membership_validate_change(
                 membership=current,
@@ -149,7 +149,7 @@ class ClinicPolicyForm(forms.ModelForm):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if self.instance.pk:
+        if not self.instance._state.adding:
             self.initial["patients_require_mfa"] = self.instance.mfa_required_roles.filter(
                 code=RoleCode.PATIENT
             ).exists()

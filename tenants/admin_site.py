@@ -31,6 +31,10 @@ class TenantAdminSite(admin.AdminSite):
     enable_nav_sidebar = False
     final_catch_all_view = False
 
+    def get_urls(self) -> list[Any]:
+        # Django's view_on_site shortcut looks objects up without a tenant; not here.
+        return [url for url in super().get_urls() if getattr(url, "name", None) != "view_on_site"]
+
     def has_permission(self, request: HttpRequest) -> bool:
         return (
             request.user.is_active
@@ -66,6 +70,12 @@ tenant_admin_site = TenantAdminSite(name="tenant_admin")
 
 class TenantScopedModelAdmin(admin.ModelAdmin):
     required_perm = Perm.CLINIC_MANAGE
+    view_on_site = False
+
+    def get_urls(self) -> list[Any]:
+        # Drop the admin's catch-all "<object_id>/" redirect: it answers 302 for any id,
+        # where every other URL answers 404 for ids outside the clinic.
+        return [url for url in super().get_urls() if url.name]
 
     def get_queryset(self, request: HttpRequest) -> models.QuerySet:
         return self.scope(super().get_queryset(request), request)
