@@ -48,6 +48,8 @@ class Action(models.TextChoices):
     MEMBERSHIP_ROLES_CHANGED = "membership.roles_changed", "Member roles changed"
     MEMBERSHIP_DEACTIVATED = "membership.deactivated", "Member deactivated"
     MEMBERSHIP_REACTIVATED = "membership.reactivated", "Member reactivated"
+    GRANT_ADDED = "grant.added", "Access granted"
+    GRANT_REVOKED = "grant.revoked", "Access revoked"
     ADMIN_ACTION = "admin.action", "Tenant admin action"
     AUDIT_VIEWED = "audit.viewed", "Audit log viewed"
     AUDIT_VERIFIED = "audit.verified", "Audit chain verified"

@@ -43,6 +43,7 @@ INSTALLED_APPS = [
     "django_otp.plugins.otp_totp",
     "django_otp.plugins.otp_static",
     "guardian",
+    "rest_framework",
     "portal",
     "tenants",
     "audit",
@@ -130,6 +131,12 @@ AUTH_PASSWORD_VALIDATORS = [
 ANONYMOUS_USER_NAME = None
 GUARDIAN_RAISE_403 = False
 OTP_TOTP_ISSUER = env_str("OTP_TOTP_ISSUER", "Imaging Portal")
+
+REST_FRAMEWORK = {
+    "DEFAULT_PERMISSION_CLASSES": ["tenants.access.HasClinicPerm"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "UNAUTHENTICATED_USER": None,
+}
 
 # --- Sessions and transport security --------------------------------------------------
 SESSION_ENGINE = "django.contrib.sessions.backends.db"

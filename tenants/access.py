@@ -71,3 +71,25 @@ def landing_url(membership: Any) -> str:
     if membership.has_perm(Perm.OWN_STUDIES):
         return reverse("my_studies", kwargs={"tenant_slug": slug})
     return reverse("home")
+
+
+class HasClinicPerm:
+    """DRF permission: the view's `required_perms`, checked against the clinic membership.
+
+    API views resolve `request.tenant` and `request.membership` from their credential;
+    without a clinic the answer is 404, like pages, so nothing confirms existence.
+    """
+
+    message = "Your role in this clinic does not allow this."
+
+    def has_permission(self, request: Any, view: Any) -> bool:
+        perms = tuple(getattr(view, "required_perms", ()))
+        if not perms:
+            return False
+        if getattr(request, "tenant", None) is None:
+            raise Http404("No such clinic")
+        return has_clinic_perm(request, *perms)
+
+    def has_object_permission(self, request: Any, view: Any, obj: Any) -> bool:
+        tenant = getattr(request, "tenant", None)
+        return tenant is not None and getattr(obj, "tenant_id", None) == tenant.pk
