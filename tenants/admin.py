@@ -39,8 +39,8 @@ class MembershipForm(forms.ModelForm):
         super().__init__(*args, **kwargs)
         self.tenant = tenant
         if not self.instance._state.adding:
-            self.fields.pop("email")
-            self.fields.pop("full_name")
+            self.fields.pop("email", None)
+            self.fields.pop("full_name", None)
             self.initial["roles"] = list(self.instance.roles.all())
 
     def clean_email(self) -> str:

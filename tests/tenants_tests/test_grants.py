@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from guardian.shortcuts import assign_perm  # noqa: TID251  (simulating a stray grant)
+from guardian.shortcuts import assign_perm
 
 from audit.models import Action, AuditEvent
 from tenants.grants import GrantError, object_grant, object_granted, object_revoke, objects_granted

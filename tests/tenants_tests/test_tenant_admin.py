@@ -1,0 +1,236 @@
+"""The tenant admin site: one clinic's members and policy, audited, nothing else."""
+
+from __future__ import annotations
+
+import pytest
+
+from audit.models import Action, AuditEvent
+from tenants.models import Membership, Role, Tenant, User
+from tests.helpers import make_member, membership_of
+
+
+def _events(tenant, action):
+    return AuditEvent.objects.for_tenant(tenant).filter(action=action)
+
+
+@pytest.mark.django_db
+def test_member_list_shows_only_own_clinic(
+    clinic, other_clinic, tenant_admin, radiologist, client_for
+):
+    make_member(other_clinic, "radiologist", email="hidden@south.example")
+
+    response = client_for(tenant_admin).get("/t/north/admin/tenants/membership/")
+
+    assert response.status_code == 200
+    assert radiologist.email.encode() in response.content
+    assert b"hidden@south.example" not in response.content
+    assert set(response.context["cl"].queryset) == set(Membership.objects.for_tenant(clinic))
+
+
+@pytest.mark.django_db
+def test_policy_list_shows_only_own_clinic(clinic, other_clinic, tenant_admin, client_for):
+    response = client_for(tenant_admin).get("/t/north/admin/tenants/tenant/")
+
+    assert [t.pk for t in response.context["cl"].queryset] == [clinic.pk]
+    assert b"South Radiology" not in response.content
+
+
+@pytest.mark.django_db
+def test_adding_a_member_creates_the_account_and_audits(clinic, tenant_admin, client_for):
+    response = client_for(tenant_admin).post(
+        "/t/north/admin/tenants/membership/add/",
+        {
+            "email": "New.Tech@North.example",
+            "full_name": "New Tech",
+            "roles": ["technologist"],
+            "is_active": "on",
+        },
+    )
+
+    assert response.status_code == 302
+    user = User.objects.get(email="new.tech@north.example")
+    membership = membership_of(user, clinic)
+    assert membership.role_codes == {"technologist"}
+    assert not user.has_usable_password()
+    assert _events(clinic, Action.USER_CREATED).filter(target_id=str(user.pk)).exists()
+    created = _events(clinic, Action.MEMBERSHIP_CREATED).get(target_id=str(membership.pk))
+    assert created.actor_id == str(tenant_admin.pk)
+    assert created.detail == {"user": str(user.pk), "roles": ["technologist"]}
+
+
+@pytest.mark.django_db
+def test_adding_an_existing_member_is_a_form_error(clinic, tenant_admin, radiologist, client_for):
+    response = client_for(tenant_admin).post(
+        "/t/north/admin/tenants/membership/add/",
+        {"email": radiologist.email, "roles": ["technologist"], "is_active": "on"},
+    )
+
+    assert response.status_code == 200
+    assert b"already a member" in response.content
+    assert membership_of(radiologist, clinic).role_codes == {"radiologist"}
+
+
+@pytest.mark.django_db
+def test_role_change_is_audited_with_what_changed(clinic, tenant_admin, radiologist, client_for):
+    membership = membership_of(radiologist, clinic)
+
+    response = client_for(tenant_admin).post(
+        f"/t/north/admin/tenants/membership/{membership.pk}/change/",
+        {"roles": ["radiologist", "privacy_officer"], "is_active": "on"},
+    )
+
+    assert response.status_code == 302
+    assert membership_of(radiologist, clinic).role_codes == {"radiologist", "privacy_officer"}
+    event = _events(clinic, Action.MEMBERSHIP_ROLES_CHANGED).get(target_id=str(membership.pk))
+    assert event.detail["added"] == ["privacy_officer"]
+    assert event.detail["removed"] == []
+
+
+@pytest.mark.django_db
+def test_deactivating_a_member_is_audited_and_locks_them_out(
+    clinic, tenant_admin, radiologist, client_for
+):
+    membership = membership_of(radiologist, clinic)
+
+    client_for(tenant_admin).post(
+        f"/t/north/admin/tenants/membership/{membership.pk}/change/", {"roles": ["radiologist"]}
+    )
+
+    assert (
+        _events(clinic, Action.MEMBERSHIP_DEACTIVATED).filter(target_id=str(membership.pk)).exists()
+    )
+    assert client_for(radiologist).get("/t/north/").status_code == 404
+
+
+@pytest.mark.django_db
+def test_last_tenant_admin_cannot_remove_their_own_admin_role(clinic, tenant_admin, client_for):
+    membership = membership_of(tenant_admin, clinic)
+
+    response = client_for(tenant_admin).post(
+        f"/t/north/admin/tenants/membership/{membership.pk}/change/",
+        {"roles": ["radiologist"], "is_active": "on"},
+    )
+
+    assert response.status_code == 200
+    assert b"at least one active tenant admin" in response.content
+    assert membership_of(tenant_admin, clinic).role_codes == {"tenant_admin"}
+
+
+@pytest.mark.django_db
+def test_other_clinics_member_is_404_in_the_change_view(
+    clinic, other_clinic, tenant_admin, client_for
+):
+    foreign = membership_of(make_member(other_clinic, "radiologist"), other_clinic)
+
+    get = client_for(tenant_admin).get(f"/t/north/admin/tenants/membership/{foreign.pk}/change/")
+    post = client_for(tenant_admin).post(
+        f"/t/north/admin/tenants/membership/{foreign.pk}/change/",
+        {"roles": ["tenant_admin"], "is_active": "on"},
+    )
+
+    assert get.status_code == post.status_code == 404
+    assert membership_of(foreign.user, other_clinic).role_codes == {"radiologist"}
+
+
+@pytest.mark.django_db
+def test_policy_change_is_audited_and_staff_mfa_stays_required(clinic, tenant_admin, client_for):
+    response = client_for(tenant_admin).post(
+        f"/t/north/admin/tenants/tenant/{clinic.pk}/change/",
+        {
+            "name": "North Imaging Centre",
+            "patients_require_mfa": "on",
+            "session_idle_minutes": 20,
+            "session_absolute_hours": 10,
+            "step_up_minutes": 5,
+            "share_link_default_days": 7,
+            "share_link_max_days": 14,
+            "share_link_max_uses": "",
+        },
+    )
+
+    assert response.status_code == 302
+    clinic.refresh_from_db()
+    assert clinic.name == "North Imaging Centre"
+    assert clinic.session_idle_minutes == 20
+    required = set(clinic.mfa_required_roles.values_list("code", flat=True))
+    assert required == set(Role.objects.values_list("code", flat=True))
+    event = _events(clinic, Action.TENANT_UPDATED).latest("seq")
+    assert "mfa_required_roles" in event.detail["fields"]
+    assert "session_idle_minutes" in event.detail["fields"]
+
+
+@pytest.mark.django_db
+def test_invalid_policy_is_rejected_and_changes_nothing(clinic, tenant_admin, client_for):
+    response = client_for(tenant_admin).post(
+        f"/t/north/admin/tenants/tenant/{clinic.pk}/change/",
+        {
+            "name": "North",
+            "session_idle_minutes": 15,
+            "session_absolute_hours": 12,
+            "step_up_minutes": 10,
+            "share_link_default_days": 30,
+            "share_link_max_days": 7,
+        },
+    )
+
+    assert response.status_code == 200
+    clinic.refresh_from_db()
+    assert clinic.name == "North Imaging"
+    assert not _events(clinic, Action.TENANT_UPDATED).exists()
+
+
+@pytest.mark.django_db
+def test_tenant_admin_cannot_edit_slug_status_or_storage(clinic, tenant_admin, client_for):
+    client_for(tenant_admin).post(
+        f"/t/north/admin/tenants/tenant/{clinic.pk}/change/",
+        {
+            "name": "North Imaging",
+            "slug": "hijack",
+            "status": "suspended",
+            "storage_backend": "s3",
+            "session_idle_minutes": 15,
+            "session_absolute_hours": 12,
+            "step_up_minutes": 10,
+            "share_link_default_days": 7,
+            "share_link_max_days": 30,
+        },
+    )
+
+    clinic.refresh_from_db()
+    assert (clinic.slug, clinic.status, clinic.storage_backend) == ("north", "active", "filesystem")
+
+
+@pytest.mark.django_db
+def test_platform_admin_lists_clinics_but_not_clinic_people(
+    clinic, radiologist, patient, platform_operator, client_for
+):
+    client = client_for(platform_operator)
+
+    clinics = client.get("/admin/tenants/tenant/")
+    people = client.get("/admin/tenants/user/")
+
+    assert b"North Imaging" in clinics.content
+    assert people.status_code == 200
+    assert patient.email.encode() not in people.content
+    assert radiologist.email.encode() not in people.content
+    assert client.get("/admin/tenants/membership/").status_code == 404
+
+
+@pytest.mark.django_db
+def test_platform_admin_creates_a_clinic_through_the_service(platform_operator, client_for):
+    response = client_for(platform_operator).post(
+        "/admin/tenants/tenant/add/",
+        {"name": "East", "slug": "east", "status": "active", "storage_backend": "filesystem"},
+    )
+
+    assert response.status_code == 302
+    east = Tenant.objects.get(slug="east")
+    assert _events(east, Action.TENANT_CREATED).exists()
+
+
+@pytest.mark.django_db
+def test_clinic_staff_cannot_use_the_platform_admin(tenant_admin, client_for):
+    response = client_for(tenant_admin).get("/admin/tenants/tenant/")
+
+    assert response.status_code == 302
+    assert response["Location"].startswith("/admin/login/")
