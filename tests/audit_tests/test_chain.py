@@ -1,0 +1,292 @@
+"""The audit log is append-only and hash-chained; verify_audit finds any tampering."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.db import IntegrityError, connection, transaction
+
+import audit
+from audit.actors import Actor, Target
+from audit.models import Action, AppendOnlyError, AuditChain, AuditEvent
+from audit.recorder import AuditDetailError
+from tests.helpers import TEST_ACTOR, make_clinic, require_postgresql
+
+
+def _record(tenant, n=1, **detail):
+    return [
+        audit.record(
+            actor=TEST_ACTOR,
+            action=Action.ADMIN_ACTION,
+            target=Target("probe", str(i)),
+            tenant=tenant,
+            detail={"i": i, **detail},
+        )
+        for i in range(n)
+    ]
+
+
+def _events(tenant):
+    return list(AuditEvent.objects.for_tenant(tenant).order_by("seq"))
+
+
+def _raw_sql(sql, params):
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+
+
+def _without_append_only_trigger(sql, params):
+    """What a database administrator could do: bypass the trigger and edit the table."""
+    if connection.vendor == "postgresql":
+        # Django's FKs are deferred; flush their checks so the table can be altered.
+        _raw_sql("SET CONSTRAINTS ALL IMMEDIATE", [])
+        _raw_sql("ALTER TABLE audit_auditevent DISABLE TRIGGER USER", [])
+        try:
+            _raw_sql(sql, params)
+        finally:
+            _raw_sql("ALTER TABLE audit_auditevent ENABLE TRIGGER USER", [])
+    else:
+        _raw_sql("DROP TRIGGER IF EXISTS audit_event_no_update", [])
+        _raw_sql(sql, params)
+
+
+def _verify(capsys, tenant=None):
+    args = ["--tenant", tenant.slug] if tenant else []
+    try:
+        call_command("verify_audit", *args)
+    except CommandError as exc:
+        return False, capsys.readouterr().out + str(exc)
+    return True, capsys.readouterr().out
+
+
+@pytest.mark.django_db
+def test_seq_is_gapless_per_clinic_and_links_hashes(clinic, other_clinic):
+    before = len(_events(clinic))
+    _record(clinic, 3)
+    _record(other_clinic, 2)
+
+    ours = _events(clinic)
+
+    assert [e.seq for e in ours] == list(range(1, before + 4))
+    assert all(b.prev_hash == a.hash for a, b in itertools.pairwise(ours))
+    assert ours[0].prev_hash == ""
+    chain = AuditChain.objects.get(tenant=clinic)
+    assert (chain.last_seq, chain.last_hash) == (ours[-1].seq, ours[-1].hash)
+
+
+@pytest.mark.django_db
+def test_events_without_a_clinic_go_to_the_platform_chain(db):
+    event = audit.record(
+        actor=Actor.system("tests"), action=Action.LOGIN_FAILED, target=None, tenant=None
+    )
+
+    assert event.chain.key == "platform"
+    assert event.tenant_id is None
+
+
+@pytest.mark.django_db
+def test_detail_must_be_plain_json(clinic):
+    with pytest.raises(AuditDetailError):
+        audit.record(
+            actor=TEST_ACTOR,
+            action=Action.ADMIN_ACTION,
+            target=None,
+            tenant=clinic,
+            detail={"blob": b"pixels"},
+        )
+
+
+@pytest.mark.django_db
+def test_event_is_written_in_the_callers_transaction(clinic):
+    before = len(_events(clinic))
+
+    with pytest.raises(RuntimeError), transaction.atomic():
+        _record(clinic)
+        raise RuntimeError("the change failed")
+
+    assert len(_events(clinic)) == before
+    assert _verify_ok(clinic)
+
+
+def _verify_ok(tenant):
+    from audit.verify import chains_verify
+
+    return all(report.intact for report in chains_verify(tenant_slug=tenant.slug))
+
+
+@pytest.mark.django_db
+def test_model_and_queryset_refuse_update_and_delete(clinic):
+    (event,) = _record(clinic)
+
+    event.outcome = "failure"
+    with pytest.raises(AppendOnlyError):
+        event.save()
+    with pytest.raises(AppendOnlyError):
+        event.delete()
+    with pytest.raises(AppendOnlyError):
+        AuditEvent.objects.for_tenant(clinic).update(outcome="failure")
+    with pytest.raises(AppendOnlyError):
+        AuditEvent.objects.for_tenant(clinic).delete()
+
+
+@pytest.mark.django_db
+def test_database_trigger_rejects_update(clinic):
+    (event,) = _record(clinic)
+
+    with pytest.raises(Exception, match="append-only"), transaction.atomic():
+        _raw_sql("UPDATE audit_auditevent SET outcome = 'failure' WHERE id = %s", [event.pk])
+
+
+@pytest.mark.django_db
+def test_postgresql_trigger_rejects_delete(clinic):
+    require_postgresql()
+    (event,) = _record(clinic)
+
+    with pytest.raises(Exception, match="append-only"), transaction.atomic():
+        _raw_sql("DELETE FROM audit_auditevent WHERE id = %s", [event.pk])
+
+
+@pytest.mark.django_db
+def test_verify_audit_passes_on_an_intact_log(clinic, other_clinic, capsys):
+    _record(clinic, 3)
+    _record(other_clinic, 3)
+
+    ok, out = _verify(capsys)
+
+    assert ok
+    assert "tenant north: intact" in out
+    assert "tenant south: intact" in out
+
+
+@pytest.mark.django_db
+def test_verify_audit_catches_an_edited_row(clinic, capsys):
+    events = _record(clinic, 5)
+    target = events[2]
+
+    _without_append_only_trigger(
+        "UPDATE audit_auditevent SET outcome = 'failure' WHERE id = %s", [target.pk]
+    )
+    ok, out = _verify(capsys, clinic)
+
+    assert not ok
+    assert f"tenant north, first broken seq {target.seq}" in out
+
+
+@pytest.mark.django_db
+def test_verify_audit_catches_an_edited_detail(clinic, capsys):
+    events = _record(clinic, 3)
+
+    _without_append_only_trigger(
+        "UPDATE audit_auditevent SET detail = %s WHERE id = %s", ['{"i": 99}', events[1].pk]
+    )
+    ok, out = _verify(capsys, clinic)
+
+    assert not ok
+    assert f"first broken seq {events[1].seq}" in out
+
+
+@pytest.mark.django_db
+def test_verify_audit_catches_a_deleted_row(clinic, capsys):
+    events = _record(clinic, 5)
+
+    _without_append_only_trigger("DELETE FROM audit_auditevent WHERE id = %s", [events[2].pk])
+    ok, out = _verify(capsys, clinic)
+
+    assert not ok
+    assert f"tenant north, first broken seq {events[2].seq}" in out
+
+
+@pytest.mark.django_db
+def test_verify_audit_catches_a_deleted_tail(clinic, capsys):
+    events = _record(clinic, 3)
+
+    _without_append_only_trigger("DELETE FROM audit_auditevent WHERE id = %s", [events[-1].pk])
+    ok, out = _verify(capsys, clinic)
+
+    assert not ok
+    assert f"first broken seq {events[-1].seq}" in out
+
+
+@pytest.mark.django_db
+def test_verify_audit_catches_a_swapped_pair(clinic, capsys):
+    events = _record(clinic, 5)
+    first, second = events[1], events[2]
+
+    # Swap the two rows' positions in the chain (seq), keeping everything else.
+    _without_append_only_trigger(
+        "UPDATE audit_auditevent SET seq = -seq WHERE id IN (%s, %s)", [first.pk, second.pk]
+    )
+    _without_append_only_trigger(
+        "UPDATE audit_auditevent SET seq = %s WHERE id = %s", [second.seq, first.pk]
+    )
+    _without_append_only_trigger(
+        "UPDATE audit_auditevent SET seq = %s WHERE id = %s", [first.seq, second.pk]
+    )
+    ok, out = _verify(capsys, clinic)
+
+    assert not ok
+    assert f"tenant north, first broken seq {first.seq}" in out
+
+
+@pytest.mark.django_db
+def test_verify_audit_limits_to_one_clinic_and_rejects_unknown_slug(clinic, other_clinic, capsys):
+    events = _record(other_clinic, 2)
+    _without_append_only_trigger(
+        "UPDATE audit_auditevent SET outcome = 'failure' WHERE id = %s", [events[0].pk]
+    )
+
+    ok_ours, _ = _verify(capsys, clinic)
+    ok_theirs, _ = _verify(capsys, other_clinic)
+
+    assert ok_ours
+    assert not ok_theirs
+    with pytest.raises(CommandError, match="No clinic"):
+        call_command("verify_audit", "--tenant", "nope")
+
+
+@pytest.mark.django_db
+def test_seq_is_unique_per_chain_in_the_database(clinic):
+    (event,) = _record(clinic)
+
+    with pytest.raises(IntegrityError), transaction.atomic():
+        AuditEvent.objects.create(
+            chain=event.chain,
+            seq=event.seq,
+            tenant=clinic,
+            created_at=event.created_at,
+            actor_type="system",
+            action=Action.ADMIN_ACTION,
+            outcome="success",
+            hash="0" * 64,
+        )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_writers_get_gapless_unique_seqs():
+    require_postgresql()
+    tenant = make_clinic("busy")
+    before = len(_events(tenant))
+    errors: list[BaseException] = []
+
+    def writer():
+        try:
+            for _ in range(10):
+                _record(tenant)
+        except BaseException as exc:  # surfaced by the assertion below
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=writer) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert errors == []
+    assert [e.seq for e in _events(tenant)] == list(range(1, before + 41))
+    assert _verify_ok(tenant)
