@@ -4,6 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export PORTAL_DATA_DIR ?= $(CURDIR)/var
+PORT ?= 8000
 
 .PHONY: run test lint format venv bench clean
 
@@ -21,11 +22,11 @@ run: $(STAMP)
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py init_master_key
 	$(PY) manage.py bootstrap_demo
-	@echo "Starting the portal on http://127.0.0.1:8000/ (Ctrl-C stops everything)."
+	@echo "Starting the portal on http://127.0.0.1:$(PORT)/ (Ctrl-C stops everything)."
 	@bash -c 'trap "kill 0" EXIT; \
 		$(VENV)/bin/celery -A portal worker --beat --pool=solo --loglevel=INFO \
 			--schedule "$$PORTAL_DATA_DIR/celerybeat-schedule" & \
-		$(PY) manage.py runserver 127.0.0.1:8000 & \
+		$(PY) manage.py runserver 127.0.0.1:$(PORT) & \
 		wait'
 
 # Tests run with DEBUG off, like production; the key is for the test run only.

@@ -12,6 +12,7 @@ from audit.recorder import hash_of
 class ChainReport:
     chain_key: str
     tenant_slug: str | None
+    tenant_id: object | None
     events: int
     broken_seq: int | None = None
     reason: str = ""
@@ -24,6 +25,7 @@ class ChainReport:
 def chain_verify(*, chain: AuditChain) -> ChainReport:
     """Walk one chain in seq order; report the first seq that does not check out."""
     slug = chain.tenant.slug if chain.tenant_id else None
+    tid = chain.tenant_id
     expected_seq = 1
     prev_hash = ""
     events = (
@@ -36,16 +38,18 @@ def chain_verify(*, chain: AuditChain) -> ChainReport:
     for event in events:
         count += 1
         if event.seq != expected_seq:
-            return ChainReport(chain.key, slug, count, expected_seq, "event missing")
+            return ChainReport(chain.key, slug, tid, count, expected_seq, "event missing")
         if event.prev_hash != prev_hash:
-            return ChainReport(chain.key, slug, count, event.seq, "link to previous event broken")
+            return ChainReport(
+                chain.key, slug, tid, count, event.seq, "link to previous event broken"
+            )
         if hash_of(event, chain_key=chain.key) != event.hash:
-            return ChainReport(chain.key, slug, count, event.seq, "event content altered")
+            return ChainReport(chain.key, slug, tid, count, event.seq, "event content altered")
         prev_hash = event.hash
         expected_seq += 1
     if chain.last_seq != expected_seq - 1 or chain.last_hash != prev_hash:
-        return ChainReport(chain.key, slug, count, expected_seq, "events missing at the end")
-    return ChainReport(chain.key, slug, count)
+        return ChainReport(chain.key, slug, tid, count, expected_seq, "events missing at the end")
+    return ChainReport(chain.key, slug, tid, count)
 
 
 def chains_verify(*, tenant_slug: str | None = None) -> list[ChainReport]:

@@ -212,6 +212,12 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
+CELERY_BEAT_SCHEDULE = {
+    "audit-chains-verify": {
+        "task": "audit.tasks.audit_chains_verify",
+        "schedule": env_int("AUDIT_VERIFY_INTERVAL_SECONDS", 6 * 3600),
+    },
+}
 CELERY_TIMEZONE = "UTC"
 
 # --- Logging: ids only, never PHI ----------------------------------------------------

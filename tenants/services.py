@@ -7,6 +7,7 @@ from typing import Any
 
 from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError
+from django.core.validators import validate_email
 from django.db import transaction
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
@@ -83,8 +84,9 @@ def user_create(
     full_name: str = "",
 ) -> User:
     """Create a person. Without a password the account waits for a password reset."""
-    user = User(email=email, full_name=full_name)
+    user = User(email=email.strip(), full_name=full_name)
     user.clean()
+    validate_email(user.email)
     if password is not None:
         validate_password(password, user)
     if User.objects.filter(email__iexact=user.email).exists():

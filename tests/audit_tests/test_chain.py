@@ -265,7 +265,7 @@ def test_seq_is_unique_per_chain_in_the_database(clinic):
         )
 
 
-@pytest.mark.django_db(transaction=True)
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
 def test_concurrent_writers_get_gapless_unique_seqs():
     require_postgresql()
     tenant = make_clinic("busy")

@@ -1,0 +1,163 @@
+"""Settings come from the environment, fail loudly when wrong, and are secure with DEBUG off."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from django.core.exceptions import ImproperlyConfigured
+
+from portal import env
+
+ROOT = Path(__file__).resolve().parents[2]
+STRONG_KEY = secrets.token_urlsafe(64)
+
+
+def _run(args: list[str], extra_env: dict[str, str], tmp_path: Path) -> subprocess.CompletedProcess:
+    # Only what production would set: no DATABASE_URL, REDIS_URL or test variables.
+    clean = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "PORTAL_DATA_DIR": str(tmp_path)}
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=ROOT,
+        env={**clean, **extra_env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+PROD = {"DEBUG": "0", "ALLOWED_HOSTS": "portal.example.org"}
+
+
+def test_deploy_check_passes_with_production_values(tmp_path):
+    result = _run(
+        ["manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        {**PROD, "SECRET_KEY": STRONG_KEY},
+        tmp_path,
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "no issues" in result.stdout
+
+
+def test_missing_secret_key_fails_loudly_at_start(tmp_path):
+    result = _run(["manage.py", "check"], PROD, tmp_path)
+
+    assert result.returncode != 0
+    assert "SECRET_KEY (or SECRET_KEY_FILE) must be set" in result.stderr
+
+
+def test_secret_key_from_file(tmp_path):
+    key_file = tmp_path / "secret"
+    key_file.write_text(STRONG_KEY + "\n")
+
+    result = _run(
+        ["manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        {**PROD, "SECRET_KEY_FILE": str(key_file)},
+        tmp_path,
+    )
+
+    assert result.returncode == 0, result.stderr
+
+
+def test_malformed_boolean_fails_loudly(tmp_path):
+    result = _run(["manage.py", "check"], {"DEBUG": "maybe", "SECRET_KEY": STRONG_KEY}, tmp_path)
+
+    assert result.returncode != 0
+    assert "DEBUG must be a boolean" in result.stderr
+
+
+def test_production_security_settings(tmp_path):
+    probe = (
+        "import json, django, os;"
+        "os.environ['DJANGO_SETTINGS_MODULE']='portal.settings';django.setup();"
+        "from django.conf import settings as s;"
+        "print(json.dumps({k: getattr(s, k) for k in ["
+        "'SECURE_SSL_REDIRECT','SESSION_COOKIE_SECURE','CSRF_COOKIE_SECURE',"
+        "'SECURE_HSTS_SECONDS','SECURE_HSTS_INCLUDE_SUBDOMAINS','SESSION_COOKIE_HTTPONLY',"
+        "'X_FRAME_OPTIONS','SECURE_REFERRER_POLICY','SECURE_CONTENT_TYPE_NOSNIFF','DEBUG',"
+        "'FILE_UPLOAD_HANDLERS']}))"
+    )
+
+    result = _run(["-c", probe], {**PROD, "SECRET_KEY": STRONG_KEY}, tmp_path)
+
+    values = json.loads(result.stdout)
+    assert values["DEBUG"] is False
+    assert values["SECURE_SSL_REDIRECT"] is True
+    assert values["SESSION_COOKIE_SECURE"] and values["CSRF_COOKIE_SECURE"]
+    assert values["SECURE_HSTS_SECONDS"] >= 31536000
+    assert values["SECURE_HSTS_INCLUDE_SUBDOMAINS"]
+    assert values["SESSION_COOKIE_HTTPONLY"]
+    assert values["X_FRAME_OPTIONS"] == "DENY"
+    assert values["SECURE_REFERRER_POLICY"] == "no-referrer"
+    assert values["SECURE_CONTENT_TYPE_NOSNIFF"]
+    assert not any("TemporaryFile" in handler for handler in values["FILE_UPLOAD_HANDLERS"])
+
+
+def test_database_url_selects_the_database(tmp_path):
+    probe = (
+        "import django, os;os.environ['DJANGO_SETTINGS_MODULE']='portal.settings';django.setup();"
+        "from django.conf import settings as s;d=s.DATABASES['default'];"
+        "print(d['ENGINE'], d['NAME'], d['HOST'])"
+    )
+
+    result = _run(
+        ["-c", probe],
+        {**PROD, "SECRET_KEY": STRONG_KEY, "DATABASE_URL": "postgres://u:p@db.internal:5432/pacs"},
+        tmp_path,
+    )
+
+    assert result.stdout.split() == ["django.db.backends.postgresql", "pacs", "db.internal"]
+
+
+@pytest.mark.django_db
+def test_plain_http_is_redirected_to_https_except_health_probes(settings, client):
+    settings.SECURE_SSL_REDIRECT = True
+
+    page = client.get("/accounts/login/")
+    probe = client.get("/healthz")
+
+    assert page.status_code == 301
+    assert page["Location"] == "https://testserver/accounts/login/"
+    assert probe.status_code == 200
+
+
+def test_env_helpers(monkeypatch, tmp_path):
+    monkeypatch.setenv("X_BOOL", "yes")
+    monkeypatch.setenv("X_INT", "12")
+    monkeypatch.setenv("X_LIST", "a.example, b.example,")
+    monkeypatch.setenv("X_BAD_INT", "twelve")
+    secret_file = tmp_path / "s"
+    secret_file.write_text("from-file\n")
+    monkeypatch.setenv("X_SECRET_FILE", str(secret_file))
+
+    assert env.env_bool("X_BOOL") is True
+    assert env.env_bool("X_MISSING", default=True) is True
+    assert env.env_int("X_INT", 1) == 12
+    assert env.env_list("X_LIST") == ["a.example", "b.example"]
+    assert env.env_secret("X_SECRET") == "from-file"
+    with pytest.raises(ImproperlyConfigured, match="X_BAD_INT must be an integer"):
+        env.env_int("X_BAD_INT", 1)
+    monkeypatch.setenv("X_SECRET", "inline")
+    with pytest.raises(ImproperlyConfigured, match="not both"):
+        env.env_secret("X_SECRET")
+    monkeypatch.setenv("X_NOFILE_FILE", str(tmp_path / "absent"))
+    with pytest.raises(ImproperlyConfigured, match="cannot be read"):
+        env.env_secret("X_NOFILE")
+
+
+def test_temporary_file_upload_handler_is_refused(settings):
+    from portal.checks import check_upload_handlers
+
+    settings.FILE_UPLOAD_HANDLERS = [
+        "django.core.files.uploadhandler.MemoryFileUploadHandler",
+        "django.core.files.uploadhandler.TemporaryFileUploadHandler",
+    ]
+
+    assert [error.id for error in check_upload_handlers(None)] == ["portal.E001"]

@@ -1,0 +1,152 @@
+"""The management commands other tools call: create_tenant and create_user."""
+
+from __future__ import annotations
+
+import io
+from urllib.parse import parse_qs, urlparse
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.test import Client
+from django_otp.oath import totp
+from django_otp.plugins.otp_totp.models import TOTPDevice
+
+from audit.models import Action, AuditEvent
+from tenants.models import Tenant, User
+from tests.helpers import PASSWORD, membership_of
+
+
+def _call(*args, stdin: str | None = None) -> str:
+    out = io.StringIO()
+    if stdin is not None:
+        import sys
+
+        old, sys.stdin = sys.stdin, io.StringIO(stdin)
+        try:
+            call_command(*args, stdout=out)
+        finally:
+            sys.stdin = old
+    else:
+        call_command(*args, stdout=out)
+    return out.getvalue()
+
+
+@pytest.mark.django_db
+def test_create_tenant_creates_an_audited_clinic():
+    out = _call("create_tenant", "west-side", "--name", "West Side Imaging")
+
+    tenant = Tenant.objects.get(slug="west-side")
+    assert tenant.name == "West Side Imaging"
+    assert "Created clinic west-side" in out
+    assert AuditEvent.objects.for_tenant(tenant).filter(action=Action.TENANT_CREATED).exists()
+
+
+@pytest.mark.django_db
+def test_create_tenant_rejects_duplicates_and_bad_slugs(clinic):
+    with pytest.raises(CommandError, match="already exists"):
+        _call("create_tenant", "north", "--name", "Again")
+    with pytest.raises(CommandError, match="lowercase letters"):
+        _call("create_tenant", "Bad Slug!", "--name", "Bad")
+    assert not Tenant.objects.filter(name__in=["Again", "Bad"]).exists()
+
+
+@pytest.mark.django_db
+def test_create_user_with_password_from_stdin_can_sign_in(clinic):
+    out = _call(
+        "create_user",
+        "Tech@North.example",
+        "--tenant",
+        "north",
+        "--role",
+        "technologist",
+        "--password-stdin",
+        stdin=PASSWORD + "\n",
+    )
+
+    user = User.objects.get(email="tech@north.example")
+    assert membership_of(user, clinic).role_codes == {"technologist"}
+    assert "technologist in north" in out
+    assert PASSWORD not in out
+    assert Client().login(username="tech@north.example", password=PASSWORD)
+
+
+@pytest.mark.django_db
+def test_create_user_rejects_a_weak_password_and_creates_nothing(clinic):
+    with pytest.raises(CommandError, match="too short"):
+        _call(
+            "create_user",
+            "weak@north.example",
+            "--tenant",
+            "north",
+            "--role",
+            "radiologist",
+            "--password-stdin",
+            stdin="abc\n",
+        )
+
+    assert not User.objects.filter(email="weak@north.example").exists()
+
+
+@pytest.mark.django_db
+def test_create_user_with_totp_prints_a_working_otpauth_uri_last(clinic):
+    out = _call(
+        "create_user", "rad@north.example", "--tenant", "north", "--role", "radiologist", "--totp"
+    )
+
+    last_line = out.strip().splitlines()[-1]
+    assert last_line.startswith("otpauth://totp/")
+    user = User.objects.get(email="rad@north.example")
+    device = TOTPDevice.objects.get(user=user)
+    assert device.confirmed
+    assert parse_qs(urlparse(last_line).query)["secret"]
+    assert device.verify_token(f"{totp(device.bin_key):06d}")
+    assert (
+        AuditEvent.objects.for_tenant(clinic)
+        .filter(action=Action.MFA_DEVICE_CONFIRMED, target_id=str(user.pk))
+        .exists()
+    )
+
+
+@pytest.mark.django_db
+def test_create_user_adds_a_role_to_an_existing_person(clinic, other_clinic, radiologist):
+    _call("create_user", radiologist.email, "--tenant", "south", "--role", "radiologist")
+    _call("create_user", radiologist.email, "--tenant", "north", "--role", "privacy_officer")
+
+    assert membership_of(radiologist, other_clinic).role_codes == {"radiologist"}
+    assert membership_of(radiologist, clinic).role_codes == {"radiologist", "privacy_officer"}
+
+
+@pytest.mark.django_db
+def test_create_user_errors_are_specific(clinic):
+    with pytest.raises(CommandError, match="No active clinic"):
+        _call("create_user", "a@b.example", "--tenant", "nowhere", "--role", "radiologist")
+    with pytest.raises(CommandError, match="invalid choice"):
+        _call("create_user", "a@b.example", "--tenant", "north", "--role", "janitor")
+    with pytest.raises(CommandError, match="Enter a valid email"):
+        _call("create_user", "not-an-email", "--tenant", "north", "--role", "radiologist")
+    assert not User.objects.filter(email__in=["a@b.example", "not-an-email"]).exists()
+
+
+@pytest.mark.django_db
+def test_bootstrap_demo_creates_one_user_per_role_once(capsys):
+    first = _call("bootstrap_demo")
+    second = _call("bootstrap_demo")
+
+    demo = Tenant.objects.get(slug="demo")
+    assert "radiologist@demo-clinic.example" in first
+    assert "already set up" in second
+    roles = {
+        code
+        for user in User.objects.filter(email__endswith="@demo-clinic.example", is_staff=False)
+        for code in membership_of(user, demo).role_codes
+    }
+    assert roles == {
+        "tenant_admin",
+        "radiologist",
+        "technologist",
+        "front_desk",
+        "referring_physician",
+        "privacy_officer",
+        "patient",
+    }
