@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+if TYPE_CHECKING:
+    from audit.recorder import record as record
+else:
 
-def record(**kwargs: Any) -> Any:
-    """Append an audit event; see audit.recorder.record for the arguments."""
-    from audit.recorder import record as _record
+    def record(**kwargs: Any) -> Any:
+        """Append an audit event; see audit.recorder.record for the arguments."""
+        # Imported lazily: this package is imported before the app registry is ready.
+        from audit.recorder import record as _record
 
-    return _record(**kwargs)
+        return _record(**kwargs)
