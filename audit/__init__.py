@@ -6,11 +6,18 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from audit.recorder import record as record
+    from audit.recorder import record_for_user as record_for_user
 else:
+    # Imported lazily: this package is imported before the app registry is ready.
 
     def record(**kwargs: Any) -> Any:
         """Append an audit event; see audit.recorder.record for the arguments."""
-        # Imported lazily: this package is imported before the app registry is ready.
         from audit.recorder import record as _record
 
         return _record(**kwargs)
+
+    def record_for_user(**kwargs: Any) -> Any:
+        """Record an event about a person in each of their clinics."""
+        from audit.recorder import record_for_user as _record_for_user
+
+        return _record_for_user(**kwargs)

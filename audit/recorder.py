@@ -111,3 +111,27 @@ def hash_of(event: AuditEvent, *, chain_key: str) -> str:
         detail=event.detail,
         prev_hash=event.prev_hash,
     )
+
+
+def record_for_user(
+    *,
+    user: Any,
+    actor: Actor,
+    action: Action,
+    outcome: Outcome = Outcome.SUCCESS,
+    detail: dict[str, Any] | None = None,
+) -> list[AuditEvent]:
+    """Record an event about a person in every clinic they belong to (else the platform).
+
+    Sign-in, second-factor and session events concern the person, not one clinic; each
+    clinic's privacy officer needs to see them for that clinic's staff and patients.
+    """
+    from tenants.selectors import user_tenants
+
+    tenants: list[Tenant | None] = list(user_tenants(user=user)) if user is not None else []
+    return [
+        record(
+            actor=actor, action=action, target=user, tenant=tenant, outcome=outcome, detail=detail
+        )
+        for tenant in tenants or [None]
+    ]

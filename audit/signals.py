@@ -12,24 +12,19 @@ from django.http import HttpRequest
 import audit
 from audit.actors import Actor, client_ip
 from audit.models import Action, Outcome
-from tenants.selectors import user_tenants
 
 
-def _record_for_user_tenants(
-    *, user: Any, actor: Actor, action: Action, outcome: Outcome, detail: dict[str, Any]
-) -> None:
-    tenants = user_tenants(user=user) if user is not None else []
-    for tenant in tenants or [None]:
-        audit.record(
-            actor=actor, action=action, target=user, tenant=tenant, outcome=outcome, detail=detail
-        )
+def _ip(request: HttpRequest | None) -> str | None:
+    return client_ip(request) if request is not None else None
 
 
 @receiver(user_logged_in, dispatch_uid="audit_login")
 def on_login(sender: Any, request: HttpRequest | None, user: Any, **kwargs: Any) -> None:
-    actor = Actor.for_user(user, ip=client_ip(request) if request else None)
-    _record_for_user_tenants(
-        user=user, actor=actor, action=Action.LOGIN_SUCCEEDED, outcome=Outcome.SUCCESS, detail={}
+    audit.record_for_user(
+        user=user,
+        actor=Actor.for_user(user, ip=_ip(request)),
+        action=Action.LOGIN_SUCCEEDED,
+        detail={"step": "password"},
     )
 
 
@@ -37,9 +32,8 @@ def on_login(sender: Any, request: HttpRequest | None, user: Any, **kwargs: Any)
 def on_logout(sender: Any, request: HttpRequest | None, user: Any, **kwargs: Any) -> None:
     if user is None:
         return
-    actor = Actor.for_user(user, ip=client_ip(request) if request else None)
-    _record_for_user_tenants(
-        user=user, actor=actor, action=Action.LOGOUT, outcome=Outcome.SUCCESS, detail={}
+    audit.record_for_user(
+        user=user, actor=Actor.for_user(user, ip=_ip(request)), action=Action.LOGOUT
     )
 
 
@@ -50,10 +44,9 @@ def on_login_failed(
     # The attempted username is never stored: people type passwords into it.
     email = str(credentials.get("username") or credentials.get("email") or "")
     user = get_user_model().objects.filter(email__iexact=email).first() if email else None
-    actor = Actor.for_user(None, ip=client_ip(request) if request else None)
-    _record_for_user_tenants(
+    audit.record_for_user(
         user=user,
-        actor=actor,
+        actor=Actor.for_user(None, ip=_ip(request)),
         action=Action.LOGIN_FAILED,
         outcome=Outcome.FAILURE,
         detail={"reason": "invalid_credentials", "known_account": user is not None},

@@ -41,7 +41,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django_otp",
     "django_otp.plugins.otp_totp",
-    "django_otp.plugins.otp_static",
+    "csp",
     "guardian",
     "rest_framework",
     "portal",
@@ -53,12 +53,16 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "csp.middleware.CSPMiddleware",
+    "portal.middleware.PrivacyHeadersMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django_otp.middleware.OTPMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
+    "tenants.sessions.SessionSecurityMiddleware",
+    "tenants.mfa.SecondFactorRequiredMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "tenants.middleware.TenantMiddleware",
 ]
@@ -132,6 +136,44 @@ ANONYMOUS_USER_NAME = None
 GUARDIAN_RAISE_403 = False
 OTP_TOTP_ISSUER = env_str("OTP_TOTP_ISSUER", "Imaging Portal")
 
+# Second factor and sign-in throttling.
+OTP_TOTP_THROTTLE_FACTOR = 1  # django-otp: exponential delay per device after failures
+SIGNIN_ACCOUNT_FAILURE_LIMIT = env_int("SIGNIN_ACCOUNT_FAILURE_LIMIT", 5)
+SIGNIN_IP_FAILURE_LIMIT = env_int("SIGNIN_IP_FAILURE_LIMIT", 50)
+SIGNIN_LOCKOUT_SECONDS = env_int("SIGNIN_LOCKOUT_SECONDS", 15 * 60)
+BACKUP_CODE_COUNT = 10
+
+# Content Security Policy (django-csp): no inline script anywhere, nothing framed.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'"],
+        "img-src": ["'self'", "data:", "blob:"],
+        "connect-src": ["'self'"],
+        "font-src": ["'self'"],
+        "object-src": ["'none'"],
+        "base-uri": ["'none'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
+    }
+}
+
+# --- Email (password reset, break-glass and share notifications) ----------------------
+EMAIL_BACKEND = env_str(
+    "EMAIL_BACKEND",
+    "django.core.mail.backends.console.EmailBackend"
+    if DEBUG
+    else "django.core.mail.backends.smtp.EmailBackend",
+)
+EMAIL_HOST = env_str("EMAIL_HOST", "localhost")
+EMAIL_PORT = env_int("EMAIL_PORT", 25)
+EMAIL_HOST_USER = env_str("EMAIL_HOST_USER")
+EMAIL_HOST_PASSWORD = env_secret("EMAIL_HOST_PASSWORD") or ""
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", default=False)
+DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "Imaging Portal <no-reply@localhost>")
+PASSWORD_RESET_TIMEOUT = env_int("PASSWORD_RESET_TIMEOUT", 3600)
+
 REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["tenants.access.HasClinicPerm"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
@@ -140,8 +182,12 @@ REST_FRAMEWORK = {
 
 # --- Sessions and transport security --------------------------------------------------
 SESSION_ENGINE = "django.contrib.sessions.backends.db"
+# Upper bounds; each clinic's policy (idle minutes, absolute hours) can only shorten them.
 SESSION_COOKIE_AGE = env_int("SESSION_ABSOLUTE_SECONDS", 12 * 3600)
+SESSION_IDLE_SECONDS = env_int("SESSION_IDLE_SECONDS", 15 * 60)
 SESSION_EXPIRE_AT_BROWSER_CLOSE = True
+SESSION_COOKIE_NAME = "portal_session"
+CSRF_COOKIE_NAME = "portal_csrf"
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SAMESITE = "Lax"
 CSRF_COOKIE_HTTPONLY = True
@@ -186,6 +232,18 @@ PORTAL_MASTER_KEY_PATH = Path(
     env_str("PORTAL_MASTER_KEY_FILE", str(DATA_DIR / "master.key"))
 ).resolve()
 PORTAL_STORAGE_ROOT = Path(env_str("STORAGE_ROOT", str(DATA_DIR / "objects"))).resolve()
+
+# --- Cache: sign-in throttles. Redis when configured so every process sees the same counts.
+if REDIS_URL_FOR_CACHE := env_str("REDIS_URL"):
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL_FOR_CACHE,
+            "KEY_PREFIX": "portal",
+        }
+    }
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 
 # --- Celery ---------------------------------------------------------------------------
 REDIS_URL = env_str("REDIS_URL")

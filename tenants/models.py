@@ -12,6 +12,7 @@ from django.db import models
 from django.db.models.functions import Lower
 from django.utils import timezone
 from django.utils.functional import cached_property
+from django_otp.models import Device
 
 from tenants.roles import ROLE_NAMES, Perm, RoleCode, perms_for
 from tenants.scoping import TenantOwnedModel
@@ -206,3 +207,56 @@ class Membership(TenantOwnedModel):
 
     def has_perm(self, perm: Perm) -> bool:
         return perm in self.permissions
+
+
+class BackupCodeDevice(Device):
+    """Ten single-use recovery codes, stored as keyed hashes, shown once at creation."""
+
+    class Meta(Device.Meta):
+        verbose_name = "backup codes"
+
+    def __str__(self) -> str:
+        return f"BackupCodeDevice {self.pk}"
+
+    def verify_token(self, token: str) -> bool:
+        from tenants.mfa import backup_code_consume
+
+        return backup_code_consume(device=self, code=token)
+
+
+class BackupCode(models.Model):
+    device = models.ForeignKey(BackupCodeDevice, on_delete=models.CASCADE, related_name="codes")
+    code_hash = models.CharField(max_length=64)
+    used_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["device", "code_hash"], name="backup_code_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"BackupCode {self.pk}"
+
+
+class BreakGlassGrant(TenantOwnedModel):
+    """Time-limited access outside a clinician's normal scope, with the reason given."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    user = models.ForeignKey(User, on_delete=models.PROTECT, related_name="+")
+    target_type = models.CharField(max_length=64)
+    target_id = models.CharField(max_length=64)
+    reason = models.TextField()
+    created_at = models.DateTimeField()
+    expires_at = models.DateTimeField()
+
+    class Meta:
+        indexes = [models.Index(fields=["tenant", "user", "target_type", "target_id"])]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(expires_at__gt=models.F("created_at")),
+                name="break_glass_expires_after_creation",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"BreakGlassGrant {self.id}"

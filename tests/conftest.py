@@ -6,7 +6,7 @@ import pytest
 from django.test import Client
 
 from tenants.models import User
-from tests.helpers import IN_CI, make_clinic, make_member
+from tests.helpers import IN_CI, make_clinic, make_member, verified_client
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -95,6 +95,14 @@ def platform_operator(db) -> User:
 
 @pytest.fixture
 def client_for():
+    """A client signed in with password and second factor, as after the real flow."""
+    return verified_client
+
+
+@pytest.fixture
+def password_only_client_for():
+    """A client past the password step only."""
+
     def make(user: User) -> Client:
         client = Client()
         client.force_login(user)

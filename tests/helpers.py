@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from urllib.parse import urlparse
 
 import pytest
 from django.db import connection
+from django.test import Client
 
 from audit.actors import Actor
 from tenants.models import Membership, Tenant, User
-from tenants.services import membership_add, tenant_create, user_create
+from tenants.services import (
+    membership_add,
+    tenant_create,
+    totp_device_create_confirmed,
+    user_create,
+)
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 TEST_ACTOR = Actor.system("tests")
@@ -45,6 +52,36 @@ def tcp_reachable(url: str, default_port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+def totp_device_for(user: User):
+    from django_otp.plugins.otp_totp.models import TOTPDevice
+
+    return TOTPDevice.objects.filter(user=user, confirmed=True).first() or (
+        totp_device_create_confirmed(user=user, actor=TEST_ACTOR)
+    )
+
+
+def current_totp(device) -> str:
+    from django_otp.oath import totp
+
+    return f"{totp(device.bin_key, step=device.step, t0=device.t0, digits=device.digits):06d}"
+
+
+def verified_client(user: User, **client_kwargs) -> Client:
+    """Signed in with password and second factor: the session the real flow ends with."""
+    from django_otp import DEVICE_ID_SESSION_KEY
+
+    from tenants.mfa import MFA_AT
+
+    device = totp_device_for(user)
+    client = Client(**client_kwargs)
+    client.force_login(user)
+    session = client.session
+    session[DEVICE_ID_SESSION_KEY] = device.persistent_id
+    session[MFA_AT] = int(time.time())
+    session.save()
+    return client
 
 
 def make_clinic(slug: str, name: str | None = None) -> Tenant:

@@ -1,0 +1,26 @@
+"""Response headers that keep PHI out of caches and switch off browser features."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from django.http import HttpRequest, HttpResponse
+from django.utils.cache import add_never_cache_headers, patch_cache_control
+
+PERMISSIONS_POLICY = "camera=(), microphone=(), geolocation=(), payment=(), usb=()"
+PUBLIC_PREFIXES = ("/static/", "/healthz", "/readyz")
+
+
+class PrivacyHeadersMiddleware:
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        response = self.get_response(request)
+        response.setdefault("Permissions-Policy", PERMISSIONS_POLICY)
+        response.setdefault("Cross-Origin-Resource-Policy", "same-origin")
+        if not request.path.startswith(PUBLIC_PREFIXES):
+            # Any page may show PHI or a credential form: never store it anywhere.
+            add_never_cache_headers(response)
+            patch_cache_control(response, private=True)
+        return response

@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+from django import forms
+
+
+class CodeForm(forms.Form):
+    code = forms.CharField(
+        label="Code",
+        max_length=32,
+        widget=forms.TextInput(
+            attrs={"autocomplete": "one-time-code", "inputmode": "text", "autofocus": True}
+        ),
+        help_text="The 6-digit code from your authenticator app, or one of your backup codes.",
+    )
+
+
+class EnrolForm(forms.Form):
+    device_id = forms.IntegerField(widget=forms.HiddenInput)
+    code = forms.CharField(
+        label="6-digit code",
+        max_length=8,
+        widget=forms.TextInput(
+            attrs={"autocomplete": "one-time-code", "inputmode": "numeric", "autofocus": True}
+        ),
+    )
+
+
+class BreakGlassForm(forms.Form):
+    reason = forms.CharField(
+        label="Why do you need this study now?",
+        widget=forms.Textarea(attrs={"rows": 3}),
+        help_text="Required. Your clinic's privacy officers are notified and review it.",
+    )

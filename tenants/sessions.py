@@ -1,0 +1,114 @@
+"""Session lifetime: idle timeout, absolute lifetime, and revocation on access change.
+
+Limits are fixed when the session starts, from the strictest policy among the user's
+clinics (never longer than the platform's SESSION_IDLE_SECONDS / SESSION_COOKIE_AGE).
+Deactivating the user is caught by Django's auth backend on the next request;
+deactivating one of the memberships the session started with, or suspending its
+clinic, ends the whole session on the next request.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlencode
+
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth import logout
+from django.contrib.auth.signals import user_logged_in
+from django.dispatch import receiver
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.urls import reverse
+
+import audit
+from audit.actors import Actor
+from audit.models import Action
+from tenants.models import Membership, Tenant, User
+from tenants.selectors import user_memberships
+
+STARTED_AT = "_session_started_at"
+LAST_SEEN_AT = "_session_last_seen_at"
+IDLE_LIMIT = "_session_idle_seconds"
+ABSOLUTE_LIMIT = "_session_absolute_seconds"
+MEMBERSHIPS = "_session_memberships"
+
+
+def session_limits(user: User) -> tuple[int, int, list[str]]:
+    """(idle seconds, absolute seconds, membership ids) for a new session of `user`."""
+    idle = settings.SESSION_IDLE_SECONDS
+    absolute = settings.SESSION_COOKIE_AGE
+    memberships = list(user_memberships(user=user))
+    for membership in memberships:
+        idle = min(idle, membership.tenant.session_idle_minutes * 60)
+        absolute = min(absolute, membership.tenant.session_absolute_hours * 3600)
+    return idle, absolute, [str(m.pk) for m in memberships]
+
+
+def session_start(request: HttpRequest, user: User, *, now: float) -> None:
+    idle, absolute, memberships = session_limits(user)
+    request.session[STARTED_AT] = now
+    request.session[LAST_SEEN_AT] = now
+    request.session[IDLE_LIMIT] = idle
+    request.session[ABSOLUTE_LIMIT] = absolute
+    request.session[MEMBERSHIPS] = memberships
+
+
+@receiver(user_logged_in, dispatch_uid="session_security_start")
+def _on_login(sender: Any, request: HttpRequest | None, user: User, **kwargs: Any) -> None:
+    if request is not None and hasattr(request, "session"):
+        session_start(request, user, now=time.time())
+
+
+def _memberships_still_valid(ids: list[str]) -> bool:
+    if not ids:
+        return True
+    active = (
+        Membership.objects.unscoped(reason="the session's own memberships span clinics")
+        .filter(pk__in=ids, is_active=True, tenant__status=Tenant.Status.ACTIVE)
+        .count()
+    )
+    return active == len(ids)
+
+
+class SessionSecurityMiddleware:
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        user = getattr(request, "user", None)
+        if user is not None and user.is_authenticated:
+            now = time.time()
+            session = request.session
+            if STARTED_AT not in session:
+                session_start(request, user, now=now)
+            reason = None
+            if now - session[LAST_SEEN_AT] > session[IDLE_LIMIT]:
+                reason = "idle"
+            elif now - session[STARTED_AT] > session[ABSOLUTE_LIMIT]:
+                reason = "absolute"
+            elif not _memberships_still_valid(session.get(MEMBERSHIPS, [])):
+                reason = "access_changed"
+            if reason is not None:
+                return self._end(request, user, reason)
+            session[LAST_SEEN_AT] = now
+        return self.get_response(request)
+
+    @staticmethod
+    def _end(request: HttpRequest, user: User, reason: str) -> HttpResponse:
+        action = Action.SESSION_REVOKED if reason == "access_changed" else Action.SESSION_EXPIRED
+        audit.record_for_user(
+            user=user,
+            actor=Actor.system("session"),
+            action=action,
+            detail={"reason": reason},
+        )
+        logout(request)
+        messages.info(request, "Your session ended. Please sign in again.")
+        login_url = reverse("login")
+        if request.method == "GET":
+            return HttpResponseRedirect(
+                f"{login_url}?{urlencode({'next': request.get_full_path()})}"
+            )
+        return HttpResponseRedirect(login_url)

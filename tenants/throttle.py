@@ -1,0 +1,75 @@
+"""Sign-in and second-factor throttling, per account and per client IP.
+
+Counts live in the cache (Redis in production, so every process sees them) under
+hashed keys, so no email address is stored there. A lockout is time-based: it ends
+by itself after SIGNIN_LOCKOUT_SECONDS, so nobody can lock a colleague out for good,
+and a tenant admin or operator can lift it earlier (`throttle_reset`). The account
+limit is low (guessing one password); the IP limit is high, because a hospital's
+staff often share one outgoing address.
+
+Written here rather than taken from django-axes: axes stores and logs the attempted
+username in clear (people type passwords into that field) and applies one limit to
+accounts and addresses alike.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.core.cache import cache
+
+
+@dataclass(frozen=True, slots=True)
+class ThrottleKey:
+    kind: str  # "signin" or "otp"
+    account: str
+    ip: str | None
+
+    def _digest(self, value: str) -> str:
+        return hashlib.sha256(f"{settings.SECRET_KEY}:{value}".encode()).hexdigest()[:32]
+
+    @property
+    def account_key(self) -> str:
+        return f"throttle:{self.kind}:acct:{self._digest(self.account.strip().lower())}"
+
+    @property
+    def ip_key(self) -> str | None:
+        return f"throttle:{self.kind}:ip:{self._digest(self.ip)}" if self.ip else None
+
+
+def _count(key: str | None) -> int:
+    return int(cache.get(key, 0)) if key else 0
+
+
+def is_locked(key: ThrottleKey) -> bool:
+    return (
+        _count(key.account_key) >= settings.SIGNIN_ACCOUNT_FAILURE_LIMIT
+        or _count(key.ip_key) >= settings.SIGNIN_IP_FAILURE_LIMIT
+    )
+
+
+def register_failure(key: ThrottleKey) -> bool:
+    """Count a failure; True when this failure starts a lockout."""
+    was_locked = is_locked(key)
+    for cache_key in (key.account_key, key.ip_key):
+        if cache_key is None:
+            continue
+        # add() then incr() keeps the window fixed from the first failure.
+        cache.add(cache_key, 0, timeout=settings.SIGNIN_LOCKOUT_SECONDS)
+        try:
+            cache.incr(cache_key)
+        except ValueError:
+            cache.set(cache_key, 1, timeout=settings.SIGNIN_LOCKOUT_SECONDS)
+    return not was_locked and is_locked(key)
+
+
+def register_success(key: ThrottleKey) -> None:
+    cache.delete(key.account_key)
+
+
+def throttle_reset(*, account: str) -> None:
+    """Lift an account's sign-in and second-factor lockouts (admin unlock)."""
+    for kind in ("signin", "otp"):
+        cache.delete(ThrottleKey(kind=kind, account=account, ip=None).account_key)

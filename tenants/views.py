@@ -1,0 +1,252 @@
+"""Sign-in, second factor, step-up, account security and password flows."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import messages
+from django.contrib.auth import views as auth_views
+from django.contrib.auth.decorators import login_required
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import render
+from django.urls import reverse, reverse_lazy
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.http import require_http_methods
+
+import audit
+from audit.actors import Actor, client_ip
+from audit.models import Action, Outcome
+from tenants.forms import CodeForm, EnrolForm
+from tenants.mfa import (
+    SecondFactorError,
+    backup_codes_issue,
+    backup_codes_left,
+    confirmed_devices,
+    has_totp,
+    mfa_required,
+    qr_svg_data_uri,
+    require_step_up,
+    second_factor_verify,
+    session_mark_verified,
+    totp_device_confirm,
+    totp_device_start,
+    totp_secret_base32,
+)
+from tenants.models import User
+from tenants.throttle import ThrottleKey, is_locked, register_failure, register_success
+
+LOCKED_MESSAGE = "Too many attempts. Wait 15 minutes and try again, or ask your administrator."
+
+
+def safe_next(request: HttpRequest, default: str = "") -> str:
+    """The `next` parameter when it points at this site, else `default` (or home)."""
+    candidate = request.POST.get("next") or request.GET.get("next") or ""
+    if candidate and url_has_allowed_host_and_scheme(
+        candidate, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    ):
+        return candidate
+    return default or reverse("home")
+
+
+class SignInView(auth_views.LoginView):
+    redirect_authenticated_user = True
+
+    def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        throttle = ThrottleKey(
+            kind="signin", account=request.POST.get("username", ""), ip=client_ip(request)
+        )
+        if is_locked(throttle):
+            audit.record(
+                actor=Actor.for_user(None, ip=client_ip(request)),
+                action=Action.SIGNIN_LOCKED,
+                target=None,
+                tenant=None,
+                outcome=Outcome.DENIED,
+                detail={},
+            )
+            form = self.get_form()
+            form.errors.clear()
+            form.add_error(None, LOCKED_MESSAGE)
+            return self.render_to_response(self.get_context_data(form=form), status=429)
+        self._throttle = throttle
+        return super().post(request, *args, **kwargs)
+
+    def form_invalid(self, form: Any) -> HttpResponse:
+        register_failure(self._throttle)
+        return super().form_invalid(form)
+
+    def form_valid(self, form: Any) -> HttpResponse:
+        register_success(self._throttle)
+        super().form_valid(form)  # logs in and cycles the session key
+        user = form.get_user()
+        next_url = safe_next(self.request)
+        if confirmed_devices(user):
+            return _redirect_with_next("mfa_verify", next_url)
+        if mfa_required(user):
+            return _redirect_with_next("mfa_enrol", next_url)
+        return HttpResponseRedirect(next_url)
+
+    def get_success_url(self) -> str:
+        return safe_next(self.request)
+
+
+def _redirect_with_next(name: str, next_url: str) -> HttpResponse:
+    from urllib.parse import urlencode
+
+    return HttpResponseRedirect(f"{reverse(name)}?{urlencode({'next': next_url})}")
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def mfa_verify(request: HttpRequest) -> HttpResponse:
+    """Second step of sign-in: a TOTP or backup code."""
+    user: User = request.user  # type: ignore[assignment]
+    if user.is_verified():
+        return HttpResponseRedirect(safe_next(request))
+    if not confirmed_devices(user):
+        return _redirect_with_next("mfa_enrol", safe_next(request))
+    form = CodeForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            device = second_factor_verify(
+                user=user, token=form.cleaned_data["code"], actor=Actor.from_request(request)
+            )
+        except SecondFactorError as exc:
+            form.add_error("code", str(exc))
+        else:
+            session_mark_verified(request, device)
+            return HttpResponseRedirect(safe_next(request))
+    return render(
+        request,
+        "accounts/verify.html",
+        {"form": form, "next": safe_next(request), "step_up": False},
+    )
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def mfa_enrol(request: HttpRequest) -> HttpResponse:
+    """Set up an authenticator app; shows the backup codes once on success."""
+    user: User = request.user  # type: ignore[assignment]
+    if has_totp(user) and not user.is_verified():
+        return _redirect_with_next("mfa_verify", safe_next(request))
+    device = totp_device_start(user=user)
+    form = EnrolForm(request.POST or None, initial={"device_id": device.pk})
+    if request.method == "POST" and form.is_valid():
+        try:
+            codes = totp_device_confirm(
+                user=user,
+                device_id=form.cleaned_data["device_id"],
+                token=form.cleaned_data["code"],
+                actor=Actor.from_request(request),
+            )
+        except SecondFactorError as exc:
+            form.add_error("code", str(exc))
+        else:
+            device.refresh_from_db()
+            session_mark_verified(request, device)
+            return render(
+                request,
+                "accounts/backup_codes.html",
+                {"codes": codes, "next": safe_next(request)},
+            )
+    return render(
+        request,
+        "accounts/enrol.html",
+        {
+            "form": form,
+            "secret": totp_secret_base32(device),
+            "qr": qr_svg_data_uri(device.config_url),
+            "next": safe_next(request),
+        },
+    )
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def step_up(request: HttpRequest) -> HttpResponse:
+    """Re-verify the second factor before a sensitive action."""
+    user: User = request.user  # type: ignore[assignment]
+    form = CodeForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            device = second_factor_verify(
+                user=user,
+                token=form.cleaned_data["code"],
+                actor=Actor.from_request(request),
+                step_up=True,
+            )
+        except SecondFactorError as exc:
+            form.add_error("code", str(exc))
+        else:
+            session_mark_verified(request, device)
+            return HttpResponseRedirect(safe_next(request))
+    return render(
+        request, "accounts/verify.html", {"form": form, "next": safe_next(request), "step_up": True}
+    )
+
+
+@login_required
+def account_security(request: HttpRequest) -> HttpResponse:
+    user: User = request.user  # type: ignore[assignment]
+    return render(
+        request,
+        "accounts/security.html",
+        {"has_totp": has_totp(user), "backup_codes_left": backup_codes_left(user)},
+    )
+
+
+@login_required
+@require_http_methods(["POST"])
+@require_step_up
+def backup_codes_regenerate(request: HttpRequest) -> HttpResponse:
+    codes = backup_codes_issue(user=request.user, actor=Actor.from_request(request))
+    return render(
+        request, "accounts/backup_codes.html", {"codes": codes, "next": reverse("account_security")}
+    )
+
+
+class PasswordChangeView(auth_views.PasswordChangeView):
+    success_url = reverse_lazy("account_security")
+
+    def form_valid(self, form: Any) -> HttpResponse:
+        response = super().form_valid(form)
+        audit.record_for_user(
+            user=self.request.user,
+            actor=Actor.from_request(self.request),
+            action=Action.PASSWORD_CHANGED,
+        )
+        messages.success(self.request, "Your password was changed.")
+        return response
+
+
+class PasswordResetView(auth_views.PasswordResetView):
+    success_url = reverse_lazy("password_reset_done")
+
+    def form_valid(self, form: Any) -> HttpResponse:
+        email = form.cleaned_data["email"]
+        user = User.objects.filter(email__iexact=email, is_active=True).first()
+        audit.record_for_user(
+            user=user,
+            actor=Actor.for_user(None, ip=client_ip(self.request)),
+            action=Action.PASSWORD_RESET_REQUESTED,
+            detail={"known_account": user is not None},
+        )
+        return super().form_valid(form)
+
+
+class PasswordResetConfirmView(auth_views.PasswordResetConfirmView):
+    success_url = reverse_lazy("password_reset_complete")
+
+    def form_valid(self, form: Any) -> HttpResponse:
+        response = super().form_valid(form)
+        user = form.user
+        audit.record_for_user(
+            user=user,
+            actor=Actor.for_user(None, ip=client_ip(self.request)),
+            action=Action.PASSWORD_RESET_COMPLETED,
+        )
+        from tenants.throttle import throttle_reset
+
+        throttle_reset(account=user.email)
+        return response
