@@ -10,7 +10,9 @@ from django.core.exceptions import ValidationError
 from django.db import models
 from django.http import HttpRequest
 
+import audit
 from audit.actors import Actor
+from audit.models import Action
 from tenants.admin_site import TenantScopedModelAdmin, tenant_admin_site
 from tenants.models import Membership, Role, Tenant, User
 from tenants.roles import RoleCode
@@ -22,6 +24,7 @@ from tenants.services import (
     tenant_update_policy,
     user_create,
 )
+from tenants.throttle import throttle_reset
 
 
 class MembershipForm(forms.ModelForm):
@@ -69,6 +72,21 @@ class MembershipAdmin(TenantScopedModelAdmin):
     search_fields = ["user__email", "user__full_name"]
     ordering = ["user__email"]
     list_select_related = ["user"]
+    actions = ["unlock_sign_in"]
+
+    @admin.action(description="Lift sign-in lockout of the selected members")
+    def unlock_sign_in(self, request: HttpRequest, queryset: models.QuerySet) -> None:
+        actor = Actor.from_request(request)
+        for membership in queryset.select_related("user"):
+            throttle_reset(account=membership.user.email)
+            audit.record(
+                actor=actor,
+                action=Action.THROTTLE_RESET,
+                target=membership.user,
+                tenant=request.tenant,
+                detail={"membership": str(membership.pk)},
+            )
+        self.message_user(request, f"Lockout lifted for {queryset.count()} member(s).")
 
     def get_queryset(self, request: HttpRequest) -> models.QuerySet:
         return super().get_queryset(request).prefetch_related("roles")

@@ -20,6 +20,7 @@ import audit
 from audit.actors import Actor
 from audit.models import Action
 from tenants.access import has_clinic_perm
+from tenants.mfa import step_up_is_fresh, step_up_redirect
 from tenants.roles import Perm
 from tenants.scoping import TenantOwnedModel
 
@@ -60,6 +61,9 @@ class TenantAdminSite(admin.AdminSite):
         def guarded(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
             if request.user.is_authenticated and not self.has_permission(request):
                 raise PermissionDenied("Your role in this clinic does not include administration.")
+            if not step_up_is_fresh(request):
+                # Role and member changes are sensitive: a recent second factor is required.
+                return step_up_redirect(request)
             return inner(request, *args, **kwargs)
 
         return guarded

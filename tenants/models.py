@@ -248,6 +248,7 @@ class BreakGlassGrant(TenantOwnedModel):
     reason = models.TextField()
     created_at = models.DateTimeField()
     expires_at = models.DateTimeField()
+    notified_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         indexes = [models.Index(fields=["tenant", "user", "target_type", "target_id"])]

@@ -109,3 +109,23 @@ def password_only_client_for():
         return client
 
     return make
+
+
+@pytest.fixture(autouse=True)
+def _tasks_run_inline():
+    """Tasks run in-process unless a test starts a real worker (see test_celery)."""
+    from portal.celery import app
+
+    previous = app.conf.task_always_eager
+    app.conf.task_always_eager = True
+    yield
+    app.conf.task_always_eager = previous
+
+
+@pytest.fixture(autouse=True)
+def _fresh_throttles():
+    from django.core.cache import cache
+
+    cache.clear()
+    yield
+    cache.clear()

@@ -25,6 +25,7 @@ def _require_redis() -> None:
 @pytest.fixture
 def redis_worker():
     _require_redis()
+    app.conf.task_always_eager = False
     with start_worker(app, pool="solo", perform_ping_check=False, shutdown_timeout=10):
         yield
 

@@ -1,0 +1,50 @@
+"""Clinic notifications sent in the background, after commit, at most once."""
+
+from __future__ import annotations
+
+import logging
+import smtplib
+
+from django.conf import settings
+from django.core.mail import send_mail
+from django.db import transaction
+from django.utils import timezone
+
+from portal.tasks import portal_task
+from tenants.models import BreakGlassGrant
+from tenants.roles import RoleCode
+from tenants.selectors import members_with_role
+
+logger = logging.getLogger(__name__)
+
+
+@portal_task(max_retries=5, autoretry_for=(OSError, smtplib.SMTPException))
+def break_glass_notify(*, tenant_id: str, grant_id: str) -> int:
+    """Email the clinic's privacy officers about a break-glass access; returns recipients."""
+    with transaction.atomic():
+        # Claim the row: a retried or duplicated message finds it claimed and stops.
+        grants = BreakGlassGrant.objects.filter(tenant_id=tenant_id, pk=grant_id)
+        claimed = grants.filter(notified_at__isnull=True).update(notified_at=timezone.now())
+        if not claimed:
+            return 0
+        grant = grants.select_related("tenant", "user").get()
+        recipients = [
+            m.user.email
+            for m in members_with_role(tenant=grant.tenant, role=RoleCode.PRIVACY_OFFICER)
+        ]
+        if recipients:
+            audit_url = f"{settings.PORTAL_BASE_URL}/t/{grant.tenant.slug}/audit/"
+            # Names and reasons stay in the portal: the email carries ids and a link.
+            send_mail(
+                subject=f"[{grant.tenant.name}] Break-glass access to review",
+                message=(
+                    f"A clinician opened a record outside their normal access in "
+                    f"{grant.tenant.name}.\n\nAccess id: {grant.pk}\nUser id: {grant.user_id}\n"
+                    f"Opened: {grant.created_at:%Y-%m-%d %H:%M} UTC, expires "
+                    f"{grant.expires_at:%H:%M} UTC\n\nReview it in the audit log: {audit_url}\n"
+                ),
+                from_email=None,
+                recipient_list=recipients,
+            )
+    logger.info("break-glass %s notified %s privacy officer(s)", grant_id, len(recipients))
+    return len(recipients)
