@@ -90,10 +90,21 @@ def _interface_files() -> list[Path]:
     return files
 
 
+def _pins_tenant(call: ast.AST | None) -> bool:
+    return isinstance(call, ast.Call) and any(
+        kw.arg in {"tenant", "tenant_id"} for kw in call.keywords
+    )
+
+
 def _unscoped_uses(path: Path, model_names: set[str]) -> list[str]:
-    """`Model.objects.<x>` where x is not for_tenant, plus `_default_manager`/`unscoped`."""
+    """`Model.objects.<x>` unless x is for_tenant or a filter pinning the tenant.
+
+    Also flags `_default_manager` and `unscoped`, which interface code has no business using.
+    """
     problems = []
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+    tree = ast.parse(path.read_text(), filename=str(path))
+    parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+    for node in ast.walk(tree):
         if not isinstance(node, ast.Attribute):
             continue
         if node.attr in {"_default_manager", "unscoped"}:
@@ -105,6 +116,7 @@ def _unscoped_uses(path: Path, model_names: set[str]) -> list[str]:
             and isinstance(value.value, ast.Name)
             and value.value.id in model_names
             and node.attr != "for_tenant"
+            and not (node.attr == "filter" and _pins_tenant(parents.get(node)))
         ):
             problems.append(
                 f"{path.relative_to(ROOT)}:{node.lineno} {value.value.id}.objects.{node.attr}"
@@ -124,7 +136,11 @@ def test_interface_code_never_queries_tenant_models_unscoped():
 
 def test_scan_catches_an_unscoped_query(tmp_path):
     bad = tmp_path / "views.py"
-    bad.write_text("def v(request):\n    return Membership.objects.get(pk=1)\n")
+    bad.write_text(
+        "def v(request):\n"
+        "    Membership.objects.filter(tenant_id=t, pk=1)\n"
+        "    return Membership.objects.get(pk=1)\n"
+    )
     bad_rel = ROOT / "tests" / "_scan_probe_views.py"
     bad_rel.write_text(bad.read_text())
     try:
@@ -132,4 +148,4 @@ def test_scan_catches_an_unscoped_query(tmp_path):
     finally:
         bad_rel.unlink()
 
-    assert problems == ["tests/_scan_probe_views.py:2 Membership.objects.get"]
+    assert problems == ["tests/_scan_probe_views.py:3 Membership.objects.get"]
