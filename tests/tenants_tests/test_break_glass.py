@@ -1,0 +1,111 @@
+"""Break-glass access: a reason is required, it expires, it is audited and reported."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+import pytest
+from django.core.exceptions import PermissionDenied
+from django.utils import timezone
+
+from audit.actors import Actor, Target
+from audit.models import Action, AuditEvent
+from tenants.breakglass import BreakGlassRefused, break_glass_active, break_glass_open
+from tenants.models import BreakGlassGrant
+from tests.helpers import membership_of
+
+STUDY = Target("imaging.study", str(uuid.UUID(int=7)))
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("reason", ["", "   ", "urgent"])
+def test_break_glass_refuses_an_empty_or_token_reason(clinic, radiologist, reason):
+    with pytest.raises(BreakGlassRefused, match="clinical reason"):
+        break_glass_open(
+            membership=membership_of(radiologist, clinic),
+            target=STUDY,
+            reason=reason,
+            actor=Actor.for_user(radiologist),
+            now=timezone.now(),
+        )
+
+    assert not BreakGlassGrant.objects.for_tenant(clinic).exists()
+
+
+@pytest.mark.django_db
+def test_break_glass_is_audited_and_privacy_officers_are_emailed(
+    clinic, radiologist, privacy_officer, mailoutbox, django_capture_on_commit_callbacks
+):
+    now = timezone.now()
+    reason = "Patient unconscious in ER, prior CT needed for comparison"
+
+    with django_capture_on_commit_callbacks(execute=True):
+        grant = break_glass_open(
+            membership=membership_of(radiologist, clinic),
+            target=STUDY,
+            reason=reason,
+            actor=Actor.for_user(radiologist),
+            now=now,
+        )
+
+    event = AuditEvent.objects.for_tenant(clinic).get(action=Action.BREAK_GLASS_OPENED)
+    assert (event.target_type, event.target_id) == (STUDY.type, STUDY.id)
+    assert event.detail["grant"] == str(grant.pk)
+    assert reason not in str(event.detail)
+    assert len(mailoutbox) == 1
+    assert mailoutbox[0].to == [privacy_officer.email]
+    assert reason not in mailoutbox[0].body
+    assert "/t/north/audit/" in mailoutbox[0].body
+
+
+@pytest.mark.django_db
+def test_notification_is_sent_once_even_if_the_task_runs_twice(
+    clinic, radiologist, privacy_officer, mailoutbox
+):
+    from tenants.tasks import break_glass_notify
+
+    grant = break_glass_open(
+        membership=membership_of(radiologist, clinic),
+        target=STUDY,
+        reason="Trauma call, need prior imaging",
+        actor=Actor.for_user(radiologist),
+        now=timezone.now(),
+    )
+
+    sent = [break_glass_notify(tenant_id=str(clinic.pk), grant_id=str(grant.pk)) for _ in range(2)]
+
+    assert sent == [1, 0]
+    assert len(mailoutbox) == 1
+
+
+@pytest.mark.django_db
+def test_break_glass_expires(clinic, radiologist):
+    membership = membership_of(radiologist, clinic)
+    now = timezone.now()
+    break_glass_open(
+        membership=membership,
+        target=STUDY,
+        reason="Stroke alert, comparing with prior MR",
+        actor=Actor.for_user(radiologist),
+        now=now,
+    )
+
+    assert break_glass_active(membership=membership, target=STUDY, now=now)
+    assert not break_glass_active(
+        membership=membership, target=STUDY, now=now + dt.timedelta(minutes=61)
+    )
+    other = Target("imaging.study", str(uuid.UUID(int=8)))
+    assert not break_glass_active(membership=membership, target=other, now=now)
+
+
+@pytest.mark.django_db
+def test_roles_without_break_glass_cannot_open_it(clinic, front_desk):
+    with pytest.raises(PermissionDenied):
+        break_glass_open(
+            membership=membership_of(front_desk, clinic),
+            target=STUDY,
+            reason="I would like to look at this study please",
+            actor=Actor.for_user(front_desk),
+            now=timezone.now(),
+        )

@@ -1,0 +1,436 @@
+"""Sign-in with password and second factor, as a hospital security officer expects it."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from django.conf import settings
+from django.core import mail
+from django.test import Client
+from django_otp.plugins.otp_totp.models import TOTPDevice
+
+from audit.models import Action, AuditEvent, Outcome
+from tenants.mfa import backup_codes_issue, second_factor_verify, totp_secret_base32
+from tenants.models import BackupCode
+from tests.helpers import (
+    PASSWORD,
+    TEST_ACTOR,
+    current_totp,
+    make_member,
+    require_postgresql,
+    totp_device_for,
+)
+
+SESSION = settings.SESSION_COOKIE_NAME
+
+
+def _sign_in_password(client: Client, user, next_url: str = "") -> object:
+    data = {"username": user.email, "password": PASSWORD}
+    if next_url:
+        data["next"] = next_url
+    return client.post("/accounts/login/", data)
+
+
+def _events(tenant, action):
+    return AuditEvent.objects.for_tenant(tenant).filter(action=action)
+
+
+@pytest.mark.django_db
+def test_password_alone_reaches_nothing_but_verification(clinic, radiologist):
+    totp_device_for(radiologist)
+    client = Client()
+
+    response = _sign_in_password(client, radiologist, next_url="/t/north/")
+
+    assert response.status_code == 302
+    assert response["Location"] == "/accounts/verify/?next=%2Ft%2Fnorth%2F"
+    for url in ["/t/north/", "/t/north/audit/", "/", "/accounts/security/", "/admin/"]:
+        blocked = client.get(url)
+        assert blocked.status_code == 302, url
+        assert blocked["Location"].startswith("/accounts/verify/"), url
+
+
+@pytest.mark.django_db
+def test_staff_without_a_device_is_sent_to_enrolment_first(clinic, radiologist):
+    client = Client()
+
+    response = _sign_in_password(client, radiologist)
+
+    assert response["Location"].startswith("/accounts/enrol/")
+    assert client.get("/t/north/")["Location"].startswith("/accounts/enrol/")
+    assert client.get("/accounts/verify/")["Location"].startswith("/accounts/enrol/")
+
+
+@pytest.mark.django_db
+def test_enrolment_with_the_shown_secret_unlocks_the_clinic(clinic, radiologist):
+    client = Client()
+    _sign_in_password(client, radiologist, next_url="/t/north/")
+
+    page = client.get("/accounts/enrol/?next=/t/north/")
+    device = TOTPDevice.objects.get(user=radiologist, confirmed=False)
+    secret = totp_secret_base32(device)
+    assert secret.encode() in page.content
+    assert b"data:image/svg+xml;base64," in page.content
+    done = client.post(
+        "/accounts/enrol/",
+        {"device_id": device.pk, "code": current_totp(device), "next": "/t/north/"},
+    )
+
+    assert done.status_code == 200
+    codes = done.context["codes"]
+    assert len(codes) == 10
+    assert BackupCode.objects.filter(device__user=radiologist).count() == 10
+    assert not BackupCode.objects.filter(code_hash__in=codes).exists()  # hashed, not stored
+    assert client.get("/t/north/").status_code == 200
+    assert (
+        _events(clinic, Action.MFA_DEVICE_CONFIRMED).filter(target_id=str(radiologist.pk)).exists()
+    )
+
+
+@pytest.mark.django_db
+def test_wrong_enrolment_code_keeps_the_device_unconfirmed(clinic, radiologist):
+    client = Client()
+    _sign_in_password(client, radiologist)
+    client.get("/accounts/enrol/")
+    device = TOTPDevice.objects.get(user=radiologist, confirmed=False)
+
+    response = client.post("/accounts/enrol/", {"device_id": device.pk, "code": "000000"})
+
+    assert b"not valid" in response.content
+    device.refresh_from_db()
+    assert not device.confirmed
+    assert client.get("/t/north/").status_code == 302
+
+
+@pytest.mark.django_db
+def test_session_key_changes_at_password_and_again_at_second_factor(clinic, radiologist):
+    device = totp_device_for(radiologist)
+    client = Client()
+    client.get("/accounts/login/")
+    client.session.save()
+    anonymous_key = client.cookies[SESSION].value
+
+    _sign_in_password(client, radiologist)
+    password_key = client.cookies[SESSION].value
+    client.post("/accounts/verify/", {"code": current_totp(device)})
+    verified_key = client.cookies[SESSION].value
+
+    assert len({anonymous_key, password_key, verified_key}) == 3
+    assert client.get("/t/north/").status_code == 200
+
+
+@pytest.mark.django_db
+def test_totp_code_cannot_be_replayed(clinic, radiologist):
+    device = totp_device_for(radiologist)
+    code = current_totp(device)
+    first, second = Client(), Client()
+    _sign_in_password(first, radiologist)
+    _sign_in_password(second, radiologist)
+
+    ok = first.post("/accounts/verify/", {"code": code})
+    replay = second.post("/accounts/verify/", {"code": code})
+
+    assert ok.status_code == 302
+    assert replay.status_code == 200
+    assert b"already used" in replay.content
+    assert second.get("/t/north/").status_code == 302
+    failed = _events(clinic, Action.MFA_FAILED).latest("seq")
+    assert failed.outcome == Outcome.FAILURE
+
+
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_parallel_use_of_one_code_succeeds_once():
+    require_postgresql()
+    from tests.helpers import make_clinic
+
+    clinic = make_clinic("race")
+    user = make_member(clinic, "radiologist", email="race@race.example")
+    device = totp_device_for(user)
+    code = current_totp(device)
+    barrier = threading.Barrier(4)
+    results: list[str] = []
+
+    def attempt():
+        from django.db import connection
+
+        barrier.wait()
+        try:
+            second_factor_verify(user=user, token=code, actor=TEST_ACTOR)
+            results.append("ok")
+        except Exception as exc:
+            results.append(type(exc).__name__)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=attempt) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert results.count("ok") == 1
+    assert results.count("SecondFactorError") == 3
+
+
+@pytest.mark.django_db
+def test_backup_code_works_once(clinic, radiologist):
+    totp_device_for(radiologist)
+    codes = backup_codes_issue(user=radiologist, actor=TEST_ACTOR)
+    first, second = Client(), Client()
+    _sign_in_password(first, radiologist)
+    _sign_in_password(second, radiologist)
+
+    used = first.post("/accounts/verify/", {"code": codes[0].upper()})
+    again = second.post("/accounts/verify/", {"code": codes[0]})
+    other = second.post("/accounts/verify/", {"code": codes[1]})
+
+    assert used.status_code == 302
+    assert again.status_code == 200
+    assert other.status_code == 302
+    event = _events(clinic, Action.MFA_VERIFIED).latest("seq")
+    assert event.detail == {"device": "backup_code", "backup_codes_left": 8}
+
+
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_parallel_use_of_one_backup_code_succeeds_once():
+    from tests.helpers import make_clinic
+
+    clinic = make_clinic("race-codes")
+    user = make_member(clinic, "radiologist", email="codes@race.example")
+    code = backup_codes_issue(user=user, actor=TEST_ACTOR)[0]
+    if not _concurrent_db():
+        pytest.skip("in-memory SQLite serialises everything; the race needs a server database")
+    barrier = threading.Barrier(4)
+    results: list[bool] = []
+
+    def attempt():
+        from django.db import connection
+
+        barrier.wait()
+        try:
+            second_factor_verify(user=user, token=code, actor=TEST_ACTOR)
+            results.append(True)
+        except Exception:
+            results.append(False)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=attempt) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert results.count(True) == 1
+
+
+def _concurrent_db() -> bool:
+    from django.db import connection
+
+    return connection.vendor == "postgresql"
+
+
+@pytest.mark.django_db
+def test_wrong_passwords_lock_the_account_for_a_while_then_unlock(clinic, radiologist, settings):
+    settings.SIGNIN_ACCOUNT_FAILURE_LIMIT = 3
+    client = Client()
+    for _ in range(3):
+        client.post("/accounts/login/", {"username": radiologist.email, "password": "wrong"})
+
+    locked = _sign_in_password(client, radiologist)
+
+    assert locked.status_code == 429
+    assert b"Too many attempts" in locked.content
+    assert AuditEvent.objects.unscoped(reason="test").filter(action=Action.SIGNIN_LOCKED).exists()
+    from django.core.cache import cache
+
+    cache.clear()  # the lockout window elapsing
+    assert _sign_in_password(Client(), radiologist).status_code == 302
+
+
+@pytest.mark.django_db
+def test_lockout_looks_the_same_for_unknown_accounts(clinic, radiologist, settings):
+    settings.SIGNIN_ACCOUNT_FAILURE_LIMIT = 2
+    known, unknown = Client(), Client()
+    for _ in range(2):
+        known.post("/accounts/login/", {"username": radiologist.email, "password": "x"})
+        unknown.post("/accounts/login/", {"username": "ghost@north.example", "password": "x"})
+
+    known_response = known.post(
+        "/accounts/login/", {"username": radiologist.email, "password": "x"}
+    )
+    unknown_response = unknown.post(
+        "/accounts/login/", {"username": "ghost@north.example", "password": "x"}
+    )
+
+    assert known_response.status_code == unknown_response.status_code == 429
+    assert known_response.context["form"].errors == unknown_response.context["form"].errors
+
+
+@pytest.mark.django_db
+def test_wrong_password_and_unknown_account_get_the_same_message(clinic, radiologist):
+    wrong = Client().post("/accounts/login/", {"username": radiologist.email, "password": "x"})
+    ghost = Client().post("/accounts/login/", {"username": "nobody@x.example", "password": "x"})
+
+    assert wrong.status_code == ghost.status_code == 200
+    assert wrong.context["form"].errors == ghost.context["form"].errors
+
+
+@pytest.mark.django_db
+def test_per_ip_limit_stops_spraying_across_accounts(clinic, settings):
+    settings.SIGNIN_IP_FAILURE_LIMIT = 4
+    client = Client(REMOTE_ADDR="203.0.113.9")
+    for i in range(4):
+        client.post("/accounts/login/", {"username": f"u{i}@x.example", "password": "x"})
+
+    response = client.post("/accounts/login/", {"username": "fresh@x.example", "password": "x"})
+    elsewhere = Client(REMOTE_ADDR="198.51.100.1").post(
+        "/accounts/login/", {"username": "fresh@x.example", "password": "x"}
+    )
+
+    assert response.status_code == 429
+    assert elsewhere.status_code == 200
+
+
+@pytest.mark.django_db
+def test_tenant_admin_lifts_a_lockout(clinic, radiologist, tenant_admin, client_for, settings):
+    settings.SIGNIN_ACCOUNT_FAILURE_LIMIT = 2
+    for _ in range(2):
+        Client().post("/accounts/login/", {"username": radiologist.email, "password": "x"})
+    assert _sign_in_password(Client(), radiologist).status_code == 429
+    from tests.helpers import membership_of
+
+    client_for(tenant_admin).post(
+        "/t/north/admin/tenants/membership/",
+        {
+            "action": "unlock_sign_in",
+            "_selected_action": [str(membership_of(radiologist, clinic).pk)],
+        },
+    )
+
+    assert _sign_in_password(Client(), radiologist).status_code == 302
+    assert _events(clinic, Action.THROTTLE_RESET).filter(target_id=str(radiologist.pk)).exists()
+
+
+@pytest.mark.django_db
+def test_second_factor_attempts_are_throttled(clinic, radiologist, settings):
+    settings.SIGNIN_ACCOUNT_FAILURE_LIMIT = 3
+    device = totp_device_for(radiologist)
+    client = Client()
+    _sign_in_password(client, radiologist)
+    for _ in range(3):
+        client.post("/accounts/verify/", {"code": "123456"})
+
+    blocked = client.post("/accounts/verify/", {"code": current_totp(device)})
+
+    assert b"Too many attempts" in blocked.content
+    assert client.get("/t/north/").status_code == 302
+    assert _events(clinic, Action.MFA_FAILED).filter(outcome=Outcome.DENIED).exists()
+
+
+@pytest.mark.django_db
+def test_off_site_next_is_refused(clinic, radiologist):
+    device = totp_device_for(radiologist)
+    client = Client()
+
+    first = _sign_in_password(client, radiologist, next_url="https://evil.example/phish")
+    second = client.post(
+        "/accounts/verify/", {"code": current_totp(device), "next": "//evil.example/x"}
+    )
+
+    assert "evil.example" not in first["Location"]
+    assert second["Location"] == "/"
+
+
+@pytest.mark.django_db
+def test_forms_enforce_csrf(clinic, radiologist):
+    client = Client(enforce_csrf_checks=True)
+
+    without = client.post("/accounts/login/", {"username": radiologist.email, "password": PASSWORD})
+    page = client.get("/accounts/login/")
+    token = page.context["csrf_token"]
+    with_token = client.post(
+        "/accounts/login/",
+        {"username": radiologist.email, "password": PASSWORD, "csrfmiddlewaretoken": token},
+    )
+
+    assert without.status_code == 403
+    assert with_token.status_code == 302
+
+
+@pytest.mark.django_db
+def test_logout_requires_post_and_ends_the_server_session(clinic, radiologist, client_for):
+    from django.contrib.sessions.models import Session
+
+    client = client_for(radiologist)
+    key = client.cookies[SESSION].value
+
+    assert client.get("/accounts/logout/").status_code == 405
+    client.post("/accounts/logout/")
+
+    assert not Session.objects.filter(session_key=key).exists()
+    assert client.get("/t/north/").status_code == 302
+
+
+@pytest.mark.django_db
+def test_patient_mfa_follows_clinic_policy(clinic, patient):
+    optional = _sign_in_password(Client(), patient)
+
+    clinic.mfa_required_roles.add("patient")
+    required = _sign_in_password(Client(), patient)
+
+    assert optional["Location"] == "/"
+    assert required["Location"].startswith("/accounts/enrol/")
+
+
+@pytest.mark.django_db
+def test_password_reset_mails_a_link_and_requires_second_factor_after(clinic, radiologist):
+    device = totp_device_for(radiologist)
+    client = Client()
+
+    client.post("/accounts/password-reset/", {"email": radiologist.email})
+    link = next(line for line in mail.outbox[0].body.splitlines() if "/password-reset/" in line)
+    path = link.split("testserver", 1)[1]
+    form_page = client.get(path, follow=True)
+    new_password = "a brand new passphrase 77"
+    client.post(
+        form_page.redirect_chain[-1][0],
+        {"new_password1": new_password, "new_password2": new_password},
+    )
+    signed_in = client.post(
+        "/accounts/login/", {"username": radiologist.email, "password": new_password}
+    )
+
+    assert radiologist.email in mail.outbox[0].to
+    assert signed_in["Location"].startswith("/accounts/verify/")
+    assert client.get("/t/north/").status_code == 302
+    assert client.post("/accounts/verify/", {"code": current_totp(device)}).status_code == 302
+    assert _events(clinic, Action.PASSWORD_RESET_COMPLETED).exists()
+
+
+@pytest.mark.django_db
+def test_password_reset_for_unknown_email_looks_the_same(db):
+    response = Client().post("/accounts/password-reset/", {"email": "ghost@nowhere.example"})
+
+    assert response.status_code == 302
+    assert response["Location"] == "/accounts/password-reset/sent/"
+    assert mail.outbox == []
+
+
+@pytest.mark.django_db
+def test_password_policy_rejects_short_common_and_email_like(clinic, radiologist, client_for):
+    client = client_for(radiologist)
+    for bad in ["short", "password1234", "radiologist-north"]:
+        response = client.post(
+            "/accounts/password/",
+            {"old_password": PASSWORD, "new_password1": bad, "new_password2": bad},
+        )
+        assert response.status_code == 200, bad
+    good = "quiet lantern river 2026"
+    changed = client.post(
+        "/accounts/password/",
+        {"old_password": PASSWORD, "new_password1": good, "new_password2": good},
+    )
+    assert changed.status_code == 302
+    assert _events(clinic, Action.PASSWORD_CHANGED).exists()

@@ -1,0 +1,70 @@
+"""Sensitive actions need a second factor verified within the clinic's step-up window."""
+
+from __future__ import annotations
+
+import pytest
+
+from audit.models import Action, AuditEvent
+from tenants.mfa import MFA_AT
+from tests.helpers import current_totp, membership_of, totp_device_for
+
+
+def _age_second_factor(client, minutes):
+    session = client.session
+    session[MFA_AT] = session[MFA_AT] - minutes * 60
+    session.save()
+
+
+@pytest.mark.django_db
+def test_role_change_demands_step_up_when_the_factor_is_stale(
+    clinic, tenant_admin, radiologist, client_for
+):
+    client = client_for(tenant_admin)
+    url = f"/t/north/admin/tenants/membership/{membership_of(radiologist, clinic).pk}/change/"
+    _age_second_factor(client, 11)
+
+    refused = client.post(url, {"roles": ["privacy_officer"], "is_active": "on"})
+
+    assert refused.status_code == 302
+    assert refused["Location"].startswith("/accounts/step-up/?next=")
+    assert membership_of(radiologist, clinic).role_codes == {"radiologist"}
+
+    device = totp_device_for(tenant_admin)
+    client.post("/accounts/step-up/", {"code": current_totp(device), "next": url})
+    accepted = client.post(url, {"roles": ["privacy_officer"], "is_active": "on"})
+
+    assert accepted.status_code == 302
+    assert membership_of(radiologist, clinic).role_codes == {"privacy_officer"}
+    assert AuditEvent.objects.for_tenant(clinic).filter(action=Action.STEP_UP_VERIFIED).exists()
+
+
+@pytest.mark.django_db
+def test_step_up_window_follows_clinic_policy(clinic, tenant_admin, client_for):
+    clinic.step_up_minutes = 30
+    clinic.save()
+    client = client_for(tenant_admin)
+    _age_second_factor(client, 20)
+
+    assert client.get("/t/north/admin/").status_code == 200
+
+
+@pytest.mark.django_db
+def test_new_backup_codes_demand_step_up(clinic, radiologist, client_for):
+    client = client_for(radiologist)
+    _age_second_factor(client, 11)
+
+    response = client.post("/accounts/security/backup-codes/")
+
+    assert response.status_code == 302
+    assert response["Location"].startswith("/accounts/step-up/")
+
+
+@pytest.mark.django_db
+def test_step_up_rejects_a_wrong_code(clinic, radiologist, client_for):
+    client = client_for(radiologist)
+    _age_second_factor(client, 11)
+
+    response = client.post("/accounts/step-up/", {"code": "000000", "next": "/t/north/"})
+
+    assert response.status_code == 200
+    assert b"not valid" in response.content
