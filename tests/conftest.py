@@ -16,9 +16,15 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         pytest.exit("CI=true but DATABASE_URL is not PostgreSQL: the suite must run on it", 3)
 
 
-@pytest.fixture(autouse=True)
-def _plain_http_test_client(settings):
-    """The test client speaks HTTP; the HTTPS redirect has its own test."""
+@pytest.fixture(autouse=True, scope="session")
+def _plain_http_test_server():
+    """Test clients and the live server speak HTTP; the HTTPS redirect has its own test.
+
+    Session-scoped and set before any server starts: SecurityMiddleware reads the
+    setting once, when a handler is built.
+    """
+    from django.conf import settings
+
     settings.SECURE_SSL_REDIRECT = False
 
 

@@ -18,7 +18,7 @@ def test_security_headers_everywhere(path, clinic, tenant_admin, radiologist, cl
     assert "frame-ancestors 'none'" in csp
     assert "object-src 'none'" in csp
     assert response["X-Content-Type-Options"] == "nosniff"
-    assert response["Referrer-Policy"] == "no-referrer"
+    assert response["Referrer-Policy"] == "same-origin"
     assert response["X-Frame-Options"] == "DENY"
     assert "camera=()" in response["Permissions-Policy"]
 

@@ -95,7 +95,7 @@ def test_production_security_settings(tmp_path):
     assert values["SECURE_HSTS_INCLUDE_SUBDOMAINS"]
     assert values["SESSION_COOKIE_HTTPONLY"]
     assert values["X_FRAME_OPTIONS"] == "DENY"
-    assert values["SECURE_REFERRER_POLICY"] == "no-referrer"
+    assert values["SECURE_REFERRER_POLICY"] == "same-origin"
     assert values["SECURE_CONTENT_TYPE_NOSNIFF"]
     assert not any("TemporaryFile" in handler for handler in values["FILE_UPLOAD_HANDLERS"])
 
