@@ -58,3 +58,98 @@ def master_key_load() -> bytes:
     if path.stat().st_mode & 0o077:
         raise ImproperlyConfigured(f"{path} must not be readable by group or others (chmod 600)")
     return _decode(text, str(path))
+
+
+class KeyProvider:
+    """Wraps and unwraps tenant keys under the master key (or a KMS key)."""
+
+    def wrap(self, key: bytes, *, context: bytes) -> bytes:
+        raise NotImplementedError
+
+    def unwrap(self, wrapped: bytes, *, context: bytes) -> bytes:
+        raise NotImplementedError
+
+
+class LocalKeyProvider(KeyProvider):
+    """The master key from PORTAL_MASTER_KEY or the key file (embedded default)."""
+
+    def __init__(self, master_key: bytes | None = None) -> None:
+        self._master_key = master_key
+
+    @property
+    def master_key(self) -> bytes:
+        if self._master_key is None:
+            self._master_key = master_key_load()
+        return self._master_key
+
+    def wrap(self, key: bytes, *, context: bytes) -> bytes:
+        from imaging.crypto import wrap_key
+
+        return b"L1" + wrap_key(kek=self.master_key, key=key, context=context)
+
+    def unwrap(self, wrapped: bytes, *, context: bytes) -> bytes:
+        from imaging.crypto import IntegrityError, unwrap_key
+
+        if wrapped[:2] != b"L1":
+            raise IntegrityError("tenant key was not wrapped by the local key provider")
+        return unwrap_key(kek=self.master_key, wrapped=wrapped[2:], context=context)
+
+
+class AwsKmsKeyProvider(KeyProvider):
+    """AWS KMS: tenant keys are encrypted by a KMS key and never leave KMS unwrapped.
+
+    Set PORTAL_KEY_PROVIDER=aws-kms and PORTAL_KMS_KEY_ID (key id, ARN or alias); boto3
+    takes credentials and region from its usual environment. The wrapping context is
+    passed as the KMS EncryptionContext, so CloudTrail records which clinic key was used.
+    """
+
+    def __init__(self, key_id: str, client: object | None = None) -> None:
+        self.key_id = key_id
+        self._client = client
+
+    @property
+    def client(self) -> object:
+        if self._client is None:
+            import boto3
+
+            self._client = boto3.client("kms")
+        return self._client
+
+    def wrap(self, key: bytes, *, context: bytes) -> bytes:
+        response = self.client.encrypt(  # type: ignore[attr-defined]
+            KeyId=self.key_id, Plaintext=key, EncryptionContext={"portal": context.hex()}
+        )
+        return b"K1" + response["CiphertextBlob"]
+
+    def unwrap(self, wrapped: bytes, *, context: bytes) -> bytes:
+        from imaging.crypto import IntegrityError
+
+        if wrapped[:2] != b"K1":
+            raise IntegrityError("tenant key was not wrapped by KMS")
+        response = self.client.decrypt(  # type: ignore[attr-defined]
+            CiphertextBlob=wrapped[2:], EncryptionContext={"portal": context.hex()}
+        )
+        return response["Plaintext"]
+
+
+_provider: KeyProvider | None = None
+
+
+def key_provider() -> KeyProvider:
+    """The configured provider (PORTAL_KEY_PROVIDER: local, the default, or aws-kms)."""
+    global _provider
+    if _provider is None:
+        kind = getattr(settings, "PORTAL_KEY_PROVIDER", "local")
+        if kind == "aws-kms":
+            _provider = AwsKmsKeyProvider(settings.PORTAL_KMS_KEY_ID)
+        elif kind == "local":
+            _provider = LocalKeyProvider()
+        else:
+            raise ImproperlyConfigured(f"Unknown PORTAL_KEY_PROVIDER {kind!r}")
+    return _provider
+
+
+def key_provider_reset() -> None:
+    """Forget the cached provider (settings changed, e.g. in tests)."""
+    global _provider
+    _provider = None

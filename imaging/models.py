@@ -1,0 +1,177 @@
+"""Patients, studies, series and instances of a clinic, and the clinic's keys.
+
+PHI lives in these rows (the database is the one place allowed to hold it in clear);
+every stored object is encrypted and named by an opaque random key.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from django.db import models
+from django.utils import timezone
+
+from tenants.scoping import TenantOwnedModel
+
+
+class TenantKey(TenantOwnedModel):
+    """A clinic key, wrapped by the key provider. Versioned for rotation."""
+
+    class State(models.TextChoices):
+        ACTIVE = "active", "Active"
+        RETIRED = "retired", "Retired"
+
+    version = models.PositiveIntegerField()
+    wrapped_key = models.BinaryField()
+    state = models.CharField(max_length=16, choices=State.choices, default=State.ACTIVE)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "version"], name="tenant_key_version_unique"),
+            models.UniqueConstraint(
+                fields=["tenant"],
+                condition=models.Q(state="active"),
+                name="tenant_key_one_active",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"TenantKey {self.tenant_id} v{self.version}"
+
+
+class Patient(TenantOwnedModel):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    issuer = models.CharField(max_length=64, blank=True)
+    patient_id = models.CharField(max_length=64)
+    name = models.CharField(max_length=324, blank=True)
+    birth_date = models.DateField(null=True, blank=True)
+    sex = models.CharField(max_length=16, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["tenant", "issuer", "patient_id"], name="patient_unique_per_tenant"
+            )
+        ]
+        indexes = [models.Index(fields=["tenant", "name"])]
+
+    def __str__(self) -> str:
+        return f"Patient {self.id}"
+
+
+class Study(TenantOwnedModel):
+    class Status(models.TextChoices):
+        RECEIVING = "receiving", "Receiving"
+        AVAILABLE = "available", "Available"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    patient = models.ForeignKey(Patient, on_delete=models.PROTECT, related_name="studies")
+    study_uid = models.CharField(max_length=64)
+    study_date = models.DateField(null=True, blank=True)
+    study_time = models.CharField(max_length=16, blank=True)
+    accession_number = models.CharField(max_length=64, blank=True)
+    description = models.CharField(max_length=256, blank=True)
+    modalities = models.CharField(max_length=128, blank=True)
+    referring_physician = models.CharField(max_length=324, blank=True)
+    num_series = models.PositiveIntegerField(default=0)
+    num_instances = models.PositiveIntegerField(default=0)
+    size_bytes = models.BigIntegerField(default=0)
+    wrapped_dek = models.BinaryField()
+    key_version = models.PositiveIntegerField()
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.AVAILABLE)
+    confidential = models.BooleanField(default=False)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        verbose_name_plural = "studies"
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "study_uid"], name="study_uid_per_tenant"),
+            models.CheckConstraint(
+                condition=models.Q(status__in=["receiving", "available"]),
+                name="study_status_valid",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["tenant", "-study_date"]),
+            models.Index(fields=["tenant", "accession_number"]),
+            models.Index(fields=["tenant", "patient"]),
+            models.Index(fields=["tenant", "-created_at"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"Study {self.id}"
+
+
+class Series(TenantOwnedModel):
+    class ThumbnailStatus(models.TextChoices):
+        PENDING = "pending", "Pending"
+        READY = "ready", "Ready"
+        FAILED = "failed", "Failed"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    study = models.ForeignKey(Study, on_delete=models.PROTECT, related_name="series")
+    series_uid = models.CharField(max_length=64)
+    modality = models.CharField(max_length=16, blank=True)
+    series_number = models.IntegerField(null=True, blank=True)
+    description = models.CharField(max_length=256, blank=True)
+    body_part = models.CharField(max_length=64, blank=True)
+    num_instances = models.PositiveIntegerField(default=0)
+    thumbnail_key = models.CharField(max_length=128, blank=True)
+    thumbnail_status = models.CharField(
+        max_length=16, choices=ThumbnailStatus.choices, default=ThumbnailStatus.PENDING
+    )
+    thumbnail_error = models.CharField(max_length=256, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        verbose_name_plural = "series"
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "series_uid"], name="series_uid_per_tenant"),
+            models.CheckConstraint(
+                condition=models.Q(thumbnail_status__in=["pending", "ready", "failed"]),
+                name="series_thumbnail_status_valid",
+            ),
+        ]
+        indexes = [models.Index(fields=["tenant", "study", "series_number"])]
+
+    def __str__(self) -> str:
+        return f"Series {self.id}"
+
+
+class Instance(TenantOwnedModel):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    series = models.ForeignKey(Series, on_delete=models.PROTECT, related_name="instances")
+    study = models.ForeignKey(Study, on_delete=models.PROTECT, related_name="instances")
+    sop_instance_uid = models.CharField(max_length=64)
+    sop_class_uid = models.CharField(max_length=64)
+    transfer_syntax_uid = models.CharField(max_length=64)
+    instance_number = models.IntegerField(null=True, blank=True)
+    number_of_frames = models.PositiveIntegerField(default=1)
+    rows = models.PositiveIntegerField(null=True, blank=True)
+    columns = models.PositiveIntegerField(null=True, blank=True)
+    size_bytes = models.BigIntegerField()
+    sha256 = models.CharField(max_length=64)
+    storage_key = models.CharField(max_length=128)
+    key_version = models.PositiveIntegerField()
+    original_sha256 = models.CharField(
+        max_length=64, blank=True, help_text="Hash as received, when the preamble was neutralised"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["tenant", "sop_instance_uid"], name="instance_uid_per_tenant"
+            ),
+            models.UniqueConstraint(fields=["storage_key"], name="instance_storage_key_unique"),
+        ]
+        indexes = [
+            models.Index(fields=["tenant", "series", "instance_number"]),
+            models.Index(fields=["tenant", "study"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"Instance {self.id}"

@@ -235,7 +235,22 @@ PORTAL_MASTER_KEY = env_secret("PORTAL_MASTER_KEY")
 PORTAL_MASTER_KEY_PATH = Path(
     env_str("PORTAL_MASTER_KEY_FILE", str(DATA_DIR / "master.key"))
 ).resolve()
+PORTAL_KEY_PROVIDER = env_str("PORTAL_KEY_PROVIDER", "local")
+PORTAL_KMS_KEY_ID = env_str("PORTAL_KMS_KEY_ID")
 PORTAL_STORAGE_ROOT = Path(env_str("STORAGE_ROOT", str(DATA_DIR / "objects"))).resolve()
+PORTAL_SPOOL_DIR = Path(env_str("SPOOL_DIR", str(DATA_DIR / "spool"))).resolve()
+# S3-compatible storage for clinics whose storage_backend is "s3".
+STORAGE_S3_ENDPOINT_URL = env_str("STORAGE_S3_ENDPOINT_URL") or None
+STORAGE_S3_ACCESS_KEY_ID = env_str("STORAGE_S3_ACCESS_KEY_ID") or None
+STORAGE_S3_SECRET_ACCESS_KEY = env_secret("STORAGE_S3_SECRET_ACCESS_KEY")
+STORAGE_S3_DEFAULT_BUCKET = env_str("STORAGE_S3_BUCKET", "portal-objects")
+STORAGE_S3_DEFAULT_REGION = env_str("STORAGE_S3_REGION", "us-east-1")
+# Ingest limits, checked before any expensive work.
+INGEST_MAX_INSTANCE_BYTES = env_int("INGEST_MAX_INSTANCE_BYTES", 1024 * 1024 * 1024)
+INGEST_MAX_SEQUENCE_DEPTH = env_int("INGEST_MAX_SEQUENCE_DEPTH", 8)
+INGEST_MAX_ZIP_ENTRIES = env_int("INGEST_MAX_ZIP_ENTRIES", 20000)
+INGEST_MAX_ZIP_TOTAL_BYTES = env_int("INGEST_MAX_ZIP_TOTAL_BYTES", 8 * 1024 * 1024 * 1024)
+INGEST_MAX_ZIP_RATIO = env_int("INGEST_MAX_ZIP_RATIO", 100)
 
 # --- Cache: sign-in throttles. Redis when configured so every process sees the same counts.
 if REDIS_URL_FOR_CACHE := env_str("REDIS_URL"):
@@ -275,6 +290,10 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
 CELERY_BEAT_SCHEDULE = {
+    "orphan-objects-sweep": {
+        "task": "imaging.tasks.orphan_objects_sweep_all",
+        "schedule": env_int("ORPHAN_SWEEP_INTERVAL_SECONDS", 3600),
+    },
     "audit-chains-verify": {
         "task": "audit.tasks.audit_chains_verify",
         "schedule": env_int("AUDIT_VERIFY_INTERVAL_SECONDS", 6 * 3600),

@@ -1,0 +1,243 @@
+"""DICOM Part 10 validation and metadata extraction. pydicom only, no ORM.
+
+Untrusted input is never read with `force=True`. Cheap checks (size, preamble, the
+`DICM` prefix) run before parsing; pydicom tolerates truncated values and lengths
+that run past the end of the file, so every element's declared length is checked
+against the bytes actually present, and sequence nesting is bounded.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import io
+import re
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+PREAMBLE_BYTES = 128
+UNDEFINED_LENGTH = 0xFFFFFFFF
+UID_PATTERN = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+EXECUTABLE_SIGNATURES = {
+    b"MZ": "Windows executable (MZ)",
+    b"\x7fELF": "ELF executable",
+    b"\xfe\xed\xfa\xce": "Mach-O executable",
+    b"\xfe\xed\xfa\xcf": "Mach-O executable",
+    b"\xce\xfa\xed\xfe": "Mach-O executable",
+    b"\xcf\xfa\xed\xfe": "Mach-O executable",
+    b"\xca\xfe\xba\xbe": "Mach-O universal binary",
+    b"#!": "script",
+}
+
+
+class DicomRejected(Exception):
+    """The file is not acceptable; `code` is stable, the message is for people."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(slots=True)
+class ParsedInstance:
+    data: bytes
+    sha256: str
+    original_sha256: str
+    preamble: str  # "zero", "non_zero" or the executable kind that was neutralised
+    transfer_syntax_uid: str
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_uid: str
+    series_uid: str
+    patient_id: str = ""
+    issuer: str = ""
+    patient_name: str = ""
+    birth_date: dt.date | None = None
+    sex: str = ""
+    study_date: dt.date | None = None
+    study_time: str = ""
+    accession_number: str = ""
+    study_description: str = ""
+    referring_physician: str = ""
+    modality: str = ""
+    series_number: int | None = None
+    series_description: str = ""
+    body_part: str = ""
+    instance_number: int | None = None
+    number_of_frames: int = 1
+    rows: int | None = None
+    columns: int | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+def valid_uid(value: Any) -> bool:
+    text = str(value or "")
+    return 0 < len(text) <= 64 and bool(UID_PATTERN.match(text))
+
+
+def neutralise_preamble(data: bytes) -> tuple[bytes, str]:
+    """Zero a non-zero preamble (CVE-2019-11687 polyglots); return (data, what it was)."""
+    preamble = data[:PREAMBLE_BYTES]
+    if not preamble.strip(b"\x00"):
+        return data, "zero"
+    kind = next(
+        (name for magic, name in EXECUTABLE_SIGNATURES.items() if preamble.startswith(magic)),
+        "non_zero",
+    )
+    return b"\x00" * PREAMBLE_BYTES + data[PREAMBLE_BYTES:], kind
+
+
+def _check_structure(ds: Dataset, *, max_depth: int, depth: int = 0) -> None:
+    if depth > max_depth:
+        raise DicomRejected(
+            "nesting_too_deep", f"Sequences are nested deeper than {max_depth} levels."
+        )
+    for tag, raw in list(ds._dict.items()):
+        length = getattr(raw, "length", None)
+        value = getattr(raw, "value", None)
+        if (
+            length is not None
+            and length != UNDEFINED_LENGTH
+            and isinstance(value, bytes | bytearray)
+            and len(value) != length
+        ):
+            raise DicomRejected(
+                "truncated",
+                f"Element {tag} declares {length} bytes but only {len(value)} are present: "
+                "the file is truncated or its lengths are corrupt.",
+            )
+        if raw.VR == "SQ":
+            for item in ds[tag].value:
+                _check_structure(item, max_depth=max_depth, depth=depth + 1)
+
+
+def _text(ds: Dataset, keyword: str, limit: int = 256) -> str:
+    value = ds.get(keyword)
+    if value is None:
+        return ""
+    if isinstance(value, pydicom.multival.MultiValue):
+        text = "\\".join(str(v) for v in value)
+    else:
+        text = str(value)
+    return text.replace("\x00", "").strip()[:limit]
+
+
+def _date(ds: Dataset, keyword: str) -> dt.date | None:
+    text = _text(ds, keyword)
+    try:
+        if len(text) < 8 or not text[:8].isdigit():
+            return None
+        return dt.date(int(text[:4]), int(text[4:6]), int(text[6:8]))
+    except ValueError:
+        return None
+
+
+def _int(ds: Dataset, keyword: str) -> int | None:
+    try:
+        value = ds.get(keyword)
+        return int(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _check_native_pixels(ds: Dataset, transfer_syntax: Any) -> None:
+    if "PixelData" not in ds or transfer_syntax.is_compressed:
+        return
+    rows, columns = _int(ds, "Rows") or 0, _int(ds, "Columns") or 0
+    bits = _int(ds, "BitsAllocated") or 0
+    samples = _int(ds, "SamplesPerPixel") or 1
+    frames = _int(ds, "NumberOfFrames") or 1
+    if str(ds.get("PhotometricInterpretation", "")) == "YBR_FULL_422":
+        samples = 2  # chroma is subsampled horizontally: two samples per pixel on average
+    expected = rows * columns * samples * frames * bits // 8
+    if expected and len(ds.PixelData) < expected:
+        raise DicomRejected(
+            "truncated",
+            f"Pixel data holds {len(ds.PixelData)} bytes; the image needs {expected}.",
+        )
+
+
+def parse_part10(data: bytes, *, max_bytes: int, max_depth: int) -> ParsedInstance:
+    """Validate an untrusted Part 10 file and extract what the index needs."""
+    if len(data) > max_bytes:
+        raise DicomRejected("too_large", f"File is larger than the {max_bytes} byte limit.")
+    if len(data) < PREAMBLE_BYTES + 4:
+        raise DicomRejected("not_dicom", "File is too short to be a DICOM file.")
+    if data[PREAMBLE_BYTES : PREAMBLE_BYTES + 4] != b"DICM":
+        raise DicomRejected(
+            "not_part10",
+            "Not a DICOM Part 10 file: the 'DICM' prefix after the 128-byte preamble is missing.",
+        )
+    original_sha256 = hashlib.sha256(data).hexdigest()
+    data, preamble = neutralise_preamble(data)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            ds = pydicom.dcmread(io.BytesIO(data), force=False)
+        except (InvalidDicomError, Exception) as exc:  # pydicom fails in many shapes
+            raise DicomRejected(
+                "malformed", f"The file could not be parsed as DICOM ({str(exc)[:120]})."
+            ) from None
+        try:
+            _check_structure(ds, max_depth=max_depth)
+        except DicomRejected:
+            raise
+        except Exception as exc:
+            raise DicomRejected("malformed", f"A sequence could not be parsed ({exc}).") from None
+    messages = [str(w.message) for w in caught]
+    if any("End of file" in m or "delimiter" in m for m in messages):
+        raise DicomRejected("truncated", "The file ends before its pixel data is complete.")
+    meta = getattr(ds, "file_meta", None)
+    transfer_syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    if not transfer_syntax:
+        raise DicomRejected("no_meta", "The file meta information (group 0002) is missing.")
+    if not valid_uid(transfer_syntax):
+        raise DicomRejected("invalid_uid", "TransferSyntaxUID is not a valid UID.")
+    uids = {}
+    for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
+        value = ds.get(keyword)
+        if value is None or str(value).strip() == "":
+            raise DicomRejected("missing_uid", f"{keyword} is missing.")
+        if not valid_uid(str(value).strip("\x00 ")):
+            raise DicomRejected(
+                "invalid_uid",
+                f"{keyword} is not a valid UID (digits and dots, at most 64 characters).",
+            )
+        uids[keyword] = str(value).strip("\x00 ")
+    _check_native_pixels(ds, pydicom.uid.UID(str(transfer_syntax)))
+    return ParsedInstance(
+        data=data,
+        sha256=hashlib.sha256(data).hexdigest(),
+        original_sha256=original_sha256,
+        preamble=preamble,
+        transfer_syntax_uid=str(transfer_syntax),
+        sop_class_uid=uids["SOPClassUID"],
+        sop_instance_uid=uids["SOPInstanceUID"],
+        study_uid=uids["StudyInstanceUID"],
+        series_uid=uids["SeriesInstanceUID"],
+        patient_id=_text(ds, "PatientID", 64),
+        issuer=_text(ds, "IssuerOfPatientID", 64),
+        patient_name=_text(ds, "PatientName", 324),
+        birth_date=_date(ds, "PatientBirthDate"),
+        sex=_text(ds, "PatientSex", 16),
+        study_date=_date(ds, "StudyDate"),
+        study_time=_text(ds, "StudyTime", 16),
+        accession_number=_text(ds, "AccessionNumber", 64),
+        study_description=_text(ds, "StudyDescription", 256),
+        referring_physician=_text(ds, "ReferringPhysicianName", 324),
+        modality=_text(ds, "Modality", 16),
+        series_number=_int(ds, "SeriesNumber"),
+        series_description=_text(ds, "SeriesDescription", 256),
+        body_part=_text(ds, "BodyPartExamined", 64),
+        instance_number=_int(ds, "InstanceNumber"),
+        number_of_frames=_int(ds, "NumberOfFrames") or 1,
+        rows=_int(ds, "Rows"),
+        columns=_int(ds, "Columns"),
+        warnings=messages[:5],
+    )

@@ -1,0 +1,448 @@
+"""The one ingest service: web upload, the CLI, STOW-RS and later DIMSE all call it.
+
+An instance is acknowledged only after its encrypted object is written (and fsynced)
+and its rows are committed; the object write happens inside the database transaction,
+so a failure deletes the object and a crash leaves at most an unreferenced object,
+which the orphan sweep removes.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import zipfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+import audit
+from audit.actors import Actor
+from audit.models import Action, Outcome
+from imaging.crypto import ObjectContext, encrypt_stream
+from imaging.dicom import DicomRejected, ParsedInstance, parse_part10
+from imaging.keyring import study_dek, study_dek_new
+from imaging.models import Instance, Patient, Series, Study
+from imaging.storage import object_delete, object_key_new, object_write, storage_for
+from tenants.models import Tenant
+
+logger = logging.getLogger(__name__)
+ZIP_MAGIC = b"PK\x03\x04"
+
+
+class IngestOutcome(StrEnum):
+    STORED = "stored"
+    DUPLICATE = "duplicate"
+    REJECTED = "rejected"
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    name: str
+    outcome: IngestOutcome
+    code: str = ""
+    message: str = ""
+    instance_id: str = ""
+    study_id: str = ""
+
+
+@dataclass
+class IngestSummary:
+    results: list[IngestResult]
+
+    def count(self, outcome: IngestOutcome) -> int:
+        return sum(1 for result in self.results if result.outcome == outcome)
+
+    @property
+    def line(self) -> str:
+        return (
+            f"stored {self.count(IngestOutcome.STORED)}, "
+            f"duplicate {self.count(IngestOutcome.DUPLICATE)}, "
+            f"rejected {self.count(IngestOutcome.REJECTED)}"
+        )
+
+
+class _Conflict(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+def _reject(
+    *, tenant: Tenant, actor: Actor, name: str, code: str, message: str, sop_uid: str = ""
+) -> IngestResult:
+    audit.record(
+        actor=actor,
+        action=Action.INSTANCE_REJECTED,
+        target=None,
+        tenant=tenant,
+        outcome=Outcome.FAILURE,
+        detail={"code": code},
+    )
+    logger.info("ingest rejected a file for tenant %s: %s", tenant.pk, code)
+    return IngestResult(name=name, outcome=IngestOutcome.REJECTED, code=code, message=message)
+
+
+def ingest_bytes(*, tenant: Tenant, actor: Actor, data: bytes, name: str) -> IngestResult:
+    """Validate, encrypt, store and index one Part 10 file."""
+    try:
+        parsed = parse_part10(
+            data,
+            max_bytes=settings.INGEST_MAX_INSTANCE_BYTES,
+            max_depth=settings.INGEST_MAX_SEQUENCE_DEPTH,
+        )
+    except DicomRejected as exc:
+        return _reject(tenant=tenant, actor=actor, name=name, code=exc.code, message=exc.message)
+    for _attempt in range(3):
+        existing = (
+            Instance.objects.for_tenant(tenant)
+            .filter(sop_instance_uid=parsed.sop_instance_uid)
+            .first()
+        )
+        if existing is not None:
+            return _duplicate(
+                tenant=tenant, actor=actor, name=name, existing=existing, parsed=parsed
+            )
+        try:
+            return _store(tenant=tenant, actor=actor, name=name, parsed=parsed)
+        except IntegrityError:
+            continue  # a concurrent ingest created the same row; look again
+        except _Conflict as exc:
+            return _reject(
+                tenant=tenant, actor=actor, name=name, code=exc.code, message=exc.message
+            )
+    return _reject(
+        tenant=tenant,
+        actor=actor,
+        name=name,
+        code="busy",
+        message="The same study is being stored concurrently; send the file again.",
+    )
+
+
+def _duplicate(
+    *, tenant: Tenant, actor: Actor, name: str, existing: Instance, parsed: ParsedInstance
+) -> IngestResult:
+    if existing.sha256 == parsed.sha256:
+        audit.record(
+            actor=actor,
+            action=Action.INSTANCE_DUPLICATE,
+            target=existing,
+            tenant=tenant,
+            detail={"study": str(existing.study_id)},
+        )
+        return IngestResult(
+            name=name,
+            outcome=IngestOutcome.DUPLICATE,
+            instance_id=str(existing.pk),
+            study_id=str(existing.study_id),
+        )
+    return _reject(
+        tenant=tenant,
+        actor=actor,
+        name=name,
+        code="conflict",
+        message=(
+            "An instance with this SOPInstanceUID is already stored with different content; "
+            "the stored instance was kept unchanged."
+        ),
+    )
+
+
+def _patient(tenant: Tenant, parsed: ParsedInstance) -> Patient:
+    patient, _ = Patient.objects.for_tenant(tenant).get_or_create(
+        tenant=tenant,
+        issuer=parsed.issuer,
+        patient_id=parsed.patient_id,
+        defaults={
+            "name": parsed.patient_name,
+            "birth_date": parsed.birth_date,
+            "sex": parsed.sex,
+        },
+    )
+    return patient
+
+
+def _study(tenant: Tenant, parsed: ParsedInstance, patient: Patient) -> tuple[Study, bytes]:
+    study = (
+        Study.objects.for_tenant(tenant)
+        .select_for_update()
+        .filter(study_uid=parsed.study_uid)
+        .first()
+    )
+    if study is not None:
+        if study.patient_id != patient.pk:
+            raise _Conflict(
+                "patient_mismatch",
+                "This study is already stored under a different patient ID; the file was not "
+                "added to it.",
+            )
+        return study, study_dek(study=study)
+    study = Study(
+        tenant=tenant,
+        patient=patient,
+        study_uid=parsed.study_uid,
+        study_date=parsed.study_date,
+        study_time=parsed.study_time,
+        accession_number=parsed.accession_number,
+        description=parsed.study_description,
+        referring_physician=parsed.referring_physician,
+    )
+    dek, study.wrapped_dek, study.key_version = study_dek_new(tenant=tenant, study_id=study.pk)
+    study.save(force_insert=True)
+    return study, dek
+
+
+def _series(tenant: Tenant, parsed: ParsedInstance, study: Study) -> tuple[Series, bool]:
+    series = (
+        Series.objects.for_tenant(tenant)
+        .select_for_update()
+        .filter(series_uid=parsed.series_uid)
+        .first()
+    )
+    if series is not None:
+        if series.study_id != study.pk:
+            raise _Conflict(
+                "series_mismatch", "This series is already stored in a different study."
+            )
+        return series, False
+    series = Series.objects.create(
+        tenant=tenant,
+        study=study,
+        series_uid=parsed.series_uid,
+        modality=parsed.modality,
+        series_number=parsed.series_number,
+        description=parsed.series_description,
+        body_part=parsed.body_part,
+    )
+    return series, True
+
+
+def _store(*, tenant: Tenant, actor: Actor, name: str, parsed: ParsedInstance) -> IngestResult:
+    storage = storage_for(tenant)
+    key = object_key_new(tenant)
+    written = False
+    try:
+        with transaction.atomic():
+            patient = _patient(tenant, parsed)
+            study, dek = _study(tenant, parsed, patient)
+            series, new_series = _series(tenant, parsed, study)
+            object_write(
+                storage,
+                key,
+                encrypt_stream([parsed.data], key=dek, context=ObjectContext(tenant.pk, key)),
+            )
+            written = True
+            instance = Instance.objects.create(
+                tenant=tenant,
+                series=series,
+                study=study,
+                sop_instance_uid=parsed.sop_instance_uid,
+                sop_class_uid=parsed.sop_class_uid,
+                transfer_syntax_uid=parsed.transfer_syntax_uid,
+                instance_number=parsed.instance_number,
+                number_of_frames=parsed.number_of_frames,
+                rows=parsed.rows,
+                columns=parsed.columns,
+                size_bytes=len(parsed.data),
+                sha256=parsed.sha256,
+                storage_key=key,
+                key_version=study.key_version,
+                original_sha256=parsed.original_sha256 if parsed.preamble != "zero" else "",
+            )
+            _update_counts(study=study, series=series, parsed=parsed, new_series=new_series)
+            audit.record(
+                actor=actor,
+                action=Action.INSTANCE_STORED,
+                target=instance,
+                tenant=tenant,
+                detail={
+                    "study": str(study.pk),
+                    "series": str(series.pk),
+                    "bytes": len(parsed.data),
+                },
+            )
+            if parsed.preamble != "zero":
+                audit.record(
+                    actor=actor,
+                    action=Action.PREAMBLE_NEUTRALISED,
+                    target=instance,
+                    tenant=tenant,
+                    outcome=Outcome.DENIED,
+                    detail={"preamble": parsed.preamble, "original_sha256": parsed.original_sha256},
+                )
+            transaction.on_commit(
+                lambda: _enqueue_thumbnail(tenant_id=str(tenant.pk), series_id=str(series.pk))
+            )
+    except BaseException:
+        if written:
+            _delete_quietly(storage, key)
+        raise
+    return IngestResult(
+        name=name,
+        outcome=IngestOutcome.STORED,
+        instance_id=str(instance.pk),
+        study_id=str(study.pk),
+    )
+
+
+def _enqueue_thumbnail(*, tenant_id: str, series_id: str) -> None:
+    from imaging.tasks import series_thumbnail
+
+    series_thumbnail.delay(tenant_id=tenant_id, series_id=series_id)
+
+
+def _delete_quietly(storage: object, key: str) -> None:
+    try:
+        object_delete(storage, key)  # type: ignore[arg-type]
+    except Exception:
+        logger.warning("could not remove object %s after a failed ingest; the sweep will", key)
+
+
+def _update_counts(
+    *, study: Study, series: Series, parsed: ParsedInstance, new_series: bool
+) -> None:
+    series.num_instances += 1
+    series.save(update_fields=["num_instances"])
+    modalities = set(filter(None, study.modalities.split("\\")))
+    if parsed.modality:
+        modalities.add(parsed.modality)
+    study.num_instances += 1
+    study.num_series += 1 if new_series else 0
+    study.size_bytes += len(parsed.data)
+    study.modalities = "\\".join(sorted(modalities))
+    study.updated_at = timezone.now()
+    study.save(
+        update_fields=["num_instances", "num_series", "size_bytes", "modalities", "updated_at"]
+    )
+
+
+# --- Archives and folders -----------------------------------------------------------
+
+
+def _safe_name(name: str) -> str:
+    """A display name for reports: the last path part, never used to write anything."""
+    return Path(name.replace("\\", "/")).name[:200] or "(unnamed)"
+
+
+def ingest_archive(
+    *, tenant: Tenant, actor: Actor, fileobj: io.BufferedIOBase, name: str
+) -> list[IngestResult]:
+    """Ingest every file of a zip, after checking it cannot exhaust memory or disk.
+
+    Entry names are only reported, never used as paths (no zip slip); nothing is
+    extracted to disk; nested archives are refused.
+    """
+    try:
+        archive = zipfile.ZipFile(fileobj)
+        entries = [info for info in archive.infolist() if not info.is_dir()]
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        return [
+            _reject(
+                tenant=tenant,
+                actor=actor,
+                name=name,
+                code="bad_archive",
+                message=f"The zip archive could not be read ({exc}).",
+            )
+        ]
+    total = sum(info.file_size for info in entries)
+    compressed = sum(info.compress_size for info in entries) or 1
+    problem = None
+    if len(entries) > settings.INGEST_MAX_ZIP_ENTRIES:
+        problem = f"it holds {len(entries)} files (limit {settings.INGEST_MAX_ZIP_ENTRIES})"
+    elif total > settings.INGEST_MAX_ZIP_TOTAL_BYTES:
+        problem = f"it expands to {total} bytes (limit {settings.INGEST_MAX_ZIP_TOTAL_BYTES})"
+    elif total / compressed > settings.INGEST_MAX_ZIP_RATIO:
+        problem = f"it expands {total // compressed}-fold (limit {settings.INGEST_MAX_ZIP_RATIO})"
+    if problem:
+        return [
+            _reject(
+                tenant=tenant,
+                actor=actor,
+                name=name,
+                code="zip_bomb",
+                message=f"The zip archive was refused: {problem}.",
+            )
+        ]
+    results = []
+    for info in entries:
+        entry_name = _safe_name(info.filename)
+        if info.file_size > settings.INGEST_MAX_INSTANCE_BYTES:
+            results.append(
+                _reject(
+                    tenant=tenant,
+                    actor=actor,
+                    name=entry_name,
+                    code="too_large",
+                    message="File is larger than the per-file limit.",
+                )
+            )
+            continue
+        with archive.open(info) as handle:
+            # Read one byte past the declared size: a lying header cannot inflate further.
+            data = handle.read(info.file_size + 1)
+        if len(data) > info.file_size:
+            results.append(
+                _reject(
+                    tenant=tenant,
+                    actor=actor,
+                    name=entry_name,
+                    code="zip_bomb",
+                    message="A zip entry is larger than its header declares.",
+                )
+            )
+            continue
+        if data.startswith(ZIP_MAGIC) or entry_name.lower().endswith(".zip"):
+            results.append(
+                _reject(
+                    tenant=tenant,
+                    actor=actor,
+                    name=entry_name,
+                    code="nested_archive",
+                    message="Archives inside archives are not accepted; unpack it first.",
+                )
+            )
+            continue
+        results.append(ingest_bytes(tenant=tenant, actor=actor, data=data, name=entry_name))
+    return results
+
+
+def ingest_paths(*, tenant: Tenant, actor: Actor, paths: Iterable[Path]) -> IngestSummary:
+    """Ingest files, folders (recursively) and zip archives from the local disk."""
+    results: list[IngestResult] = []
+    for path in _walk(paths):
+        with path.open("rb") as handle:
+            head = handle.read(4)
+            handle.seek(0)
+            if head == ZIP_MAGIC:
+                results.extend(
+                    ingest_archive(tenant=tenant, actor=actor, fileobj=handle, name=str(path))
+                )
+                continue
+            if path.stat().st_size > settings.INGEST_MAX_INSTANCE_BYTES:
+                results.append(
+                    _reject(
+                        tenant=tenant,
+                        actor=actor,
+                        name=str(path),
+                        code="too_large",
+                        message="File is larger than the per-file limit.",
+                    )
+                )
+                continue
+            data = handle.read()
+        results.append(ingest_bytes(tenant=tenant, actor=actor, data=data, name=str(path)))
+    return IngestSummary(results)
+
+
+def _walk(paths: Iterable[Path]) -> Iterator[Path]:
+    for path in paths:
+        if path.is_dir():
+            yield from sorted(p for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+        elif path.is_file():
+            yield path

@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from audit.actors import Actor
+from imaging.ingest import IngestOutcome, ingest_paths
+from tenants.models import User
+from tenants.selectors import membership_for_user, tenant_get_active
+
+
+class Command(BaseCommand):
+    help = (
+        "Ingest DICOM files, folders (recursively) and zip archives into a clinic. Prints one "
+        "line per rejected file, then `stored N, duplicate D, rejected R`."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("paths", nargs="+", type=Path)
+        parser.add_argument("--tenant", required=True, help="Clinic slug")
+        parser.add_argument("--as", dest="as_email", help="Record the ingest as this member")
+
+    def handle(self, *args: Any, paths: list[Path], tenant: str, **options: Any) -> None:
+        clinic = tenant_get_active(slug=tenant)
+        if clinic is None:
+            raise CommandError(f"No active clinic with slug {tenant!r}.")
+        missing = [str(path) for path in paths if not path.exists()]
+        if missing:
+            raise CommandError(f"No such file or folder: {', '.join(missing)}")
+        actor = Actor.system("cli.ingest")
+        if options.get("as_email"):
+            user = User.objects.filter(email__iexact=options["as_email"]).first()
+            if user is None or membership_for_user(tenant=clinic, user=user) is None:
+                raise CommandError(f"{options['as_email']} is not an active member of {tenant}.")
+            actor = Actor.for_user(user)
+        summary = ingest_paths(tenant=clinic, actor=actor, paths=paths)
+        for result in summary.results:
+            if result.outcome == IngestOutcome.REJECTED:
+                self.stdout.write(f"rejected {result.name}: {result.message}")
+        self.stdout.write(summary.line)
+        if summary.count(IngestOutcome.REJECTED):
+            raise SystemExit(1)

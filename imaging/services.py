@@ -1,0 +1,95 @@
+"""Reads of stored objects (decrypt, verify, audit) and the orphan sweep."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+
+from django.db import transaction
+
+import audit
+from audit.actors import Actor
+from audit.models import Action, Outcome
+from imaging.crypto import IntegrityError, ObjectContext, decrypt_stream, decrypt_verified
+from imaging.keyring import study_dek
+from imaging.models import Instance, Series, Study
+from imaging.storage import object_delete, object_keys, object_open, storage_for
+from tenants.models import Tenant
+
+
+def _integrity_failed(*, instance: Instance | Series, actor: Actor, reason: str) -> None:
+    # Its own transaction: the caller's work is about to fail and roll back.
+    with transaction.atomic():
+        audit.record(
+            actor=actor,
+            action=Action.INTEGRITY_FAILED,
+            target=instance,
+            tenant=instance.tenant,
+            outcome=Outcome.FAILURE,
+            detail={"reason": reason[:100]},
+        )
+
+
+def instance_chunks(*, instance: Instance, actor: Actor) -> Iterator[bytes]:
+    """Decrypt an instance in bounded memory; raises IntegrityError (audited) if altered."""
+    storage = storage_for(instance.tenant)
+    dek = study_dek(study=instance.study)
+    context = ObjectContext(instance.tenant_id, instance.storage_key)
+    try:
+        with object_open(storage, instance.storage_key) as handle:
+            yield from decrypt_verified(
+                handle.read, key=dek, context=context, sha256=instance.sha256
+            )
+    except IntegrityError as exc:
+        _integrity_failed(instance=instance, actor=actor, reason=str(exc))
+        raise
+    except FileNotFoundError:
+        _integrity_failed(instance=instance, actor=actor, reason="object missing")
+        raise IntegrityError("stored object is missing") from None
+
+
+def instance_bytes(*, instance: Instance, actor: Actor) -> bytes:
+    return b"".join(instance_chunks(instance=instance, actor=actor))
+
+
+def thumbnail_bytes(*, series: Series, actor: Actor) -> bytes | None:
+    if not series.thumbnail_key:
+        return None
+    storage = storage_for(series.tenant)
+    context = ObjectContext(series.tenant_id, series.thumbnail_key)
+    try:
+        with object_open(storage, series.thumbnail_key) as handle:
+            return b"".join(
+                decrypt_stream(handle.read, key=study_dek(study=series.study), context=context)
+            )
+    except IntegrityError as exc:
+        _integrity_failed(instance=series, actor=actor, reason=str(exc))
+        raise
+
+
+def orphan_sweep(*, tenant: Tenant, older_than: dt.datetime) -> int:
+    """Delete objects no row refers to (left by a crash between write and commit)."""
+    storage = storage_for(tenant)
+    referenced = set(
+        Instance.objects.for_tenant(tenant).values_list("storage_key", flat=True)
+    ) | set(
+        Series.objects.for_tenant(tenant)
+        .exclude(thumbnail_key="")
+        .values_list("thumbnail_key", flat=True)
+    )
+    removed = 0
+    for key in object_keys(storage, str(tenant.pk)):
+        if key in referenced:
+            continue
+        try:
+            modified = storage.get_modified_time(key)
+        except (FileNotFoundError, NotImplementedError):
+            continue
+        if modified < older_than:
+            object_delete(storage, key)
+            removed += 1
+    return removed
+
+
+def study_list(*, tenant: Tenant) -> list[Study]:
+    return list(Study.objects.for_tenant(tenant).select_related("patient").order_by("-study_date"))

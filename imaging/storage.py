@@ -1,0 +1,148 @@
+"""Private object storage per clinic: local filesystem or S3-compatible.
+
+Objects are written under opaque random keys, `<tenant uuid>/<random>`; no UID, name
+or date appears in a path. This storage never produces a URL: everything is served
+through the portal, which decrypts and checks it.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import secrets
+from collections.abc import Iterable, Iterator
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.core.files.base import File
+from django.core.files.storage import FileSystemStorage, Storage
+from storages.backends.s3 import S3Storage
+
+from tenants.models import Tenant
+
+
+class NoPublicURL(Exception):
+    """Private storage has no URLs."""
+
+
+class PrivateFileSystemStorage(FileSystemStorage):
+    """Files 0600 in directories 0700, fsynced before a save returns."""
+
+    def __init__(self, location: str) -> None:
+        super().__init__(
+            location=location, file_permissions_mode=0o600, directory_permissions_mode=0o700
+        )
+
+    def url(self, name: str | None) -> str:
+        raise NoPublicURL("private storage has no URLs")
+
+    def _save(self, name: str, content: File) -> str:
+        path = Path(self.path(name))
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        temp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.part")
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                for chunk in content.chunks():
+                    handle.write(chunk)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temp, path)
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)  # the rename itself must survive a power cut
+        finally:
+            os.close(dir_fd)
+        return name
+
+
+class PrivateS3Storage(S3Storage):
+    default_acl = "private"
+    querystring_auth = True
+    file_overwrite = False
+
+    def url(self, name: str, parameters: Any = None, expire: Any = None, http_method: Any = None):
+        raise NoPublicURL("private storage has no URLs")
+
+
+class IterableFile(io.RawIOBase):
+    """A read-only file over an iterator of byte chunks (streams into storage)."""
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self._chunks: Iterator[bytes] = iter(chunks)
+        self._buffer = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, target: Any) -> int:
+        while not self._buffer:
+            try:
+                self._buffer = next(self._chunks)
+            except StopIteration:
+                return 0
+        size = min(len(target), len(self._buffer))
+        target[:size] = self._buffer[:size]
+        self._buffer = self._buffer[size:]
+        return size
+
+
+@lru_cache(maxsize=256)
+def _s3_storage(bucket: str, region: str) -> PrivateS3Storage:
+    return PrivateS3Storage(
+        bucket_name=bucket,
+        region_name=region or settings.STORAGE_S3_DEFAULT_REGION,
+        endpoint_url=settings.STORAGE_S3_ENDPOINT_URL,
+        access_key=settings.STORAGE_S3_ACCESS_KEY_ID,
+        secret_key=settings.STORAGE_S3_SECRET_ACCESS_KEY,
+    )
+
+
+def storage_for(tenant: Tenant) -> Storage:
+    """The clinic's storage (data residency: backend, bucket and region per clinic)."""
+    if tenant.storage_backend == Tenant.StorageBackend.S3:
+        return _s3_storage(
+            tenant.storage_bucket or settings.STORAGE_S3_DEFAULT_BUCKET, tenant.storage_region
+        )
+    return PrivateFileSystemStorage(str(settings.PORTAL_STORAGE_ROOT))
+
+
+def object_key_new(tenant: Tenant) -> str:
+    return f"{tenant.pk}/{secrets.token_hex(16)}"
+
+
+def object_write(storage: Storage, key: str, chunks: Iterable[bytes]) -> None:
+    saved = storage.save(key, File(io.BufferedReader(IterableFile(chunks), 1024 * 1024), key))
+    if saved != key:  # random keys never collide; if one did, do not guess
+        storage.delete(saved)
+        raise RuntimeError("object key collision")
+
+
+def object_open(storage: Storage, key: str) -> Any:
+    return storage.open(key, "rb")
+
+
+def object_delete(storage: Storage, key: str) -> None:
+    storage.delete(key)
+
+
+def object_keys(storage: Storage, prefix: str) -> list[str]:
+    """Every key under `<prefix>/` (used by the orphan sweep)."""
+    found: list[str] = []
+
+    def walk(path: str) -> None:
+        try:
+            directories, files = storage.listdir(path)
+        except FileNotFoundError:
+            return
+        found.extend(f"{path}/{name}" for name in files if not name.startswith("."))
+        for directory in directories:
+            walk(f"{path}/{directory}")
+
+    walk(prefix)
+    return found

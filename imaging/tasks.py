@@ -1,0 +1,89 @@
+"""Background work on stored images. Thin: load ids, call the service, record the result."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+
+from django.db import transaction
+from django.utils import timezone
+
+from audit.actors import Actor
+from imaging.crypto import ObjectContext, encrypt_bytes
+from imaging.keyring import study_dek
+from imaging.models import Instance, Series
+from imaging.render import RenderError, thumbnail_png
+from imaging.services import instance_bytes, orphan_sweep
+from imaging.storage import object_delete, object_key_new, object_write, storage_for
+from portal.tasks import portal_task
+from tenants.models import Tenant
+
+logger = logging.getLogger(__name__)
+SYSTEM = Actor.system("imaging.tasks")
+
+
+@portal_task(max_retries=3, autoretry_for=(OSError,))
+def series_thumbnail(*, tenant_id: str, series_id: str) -> str:
+    """Render and store the series thumbnail once; safe to run again or concurrently."""
+    series = (
+        Series.objects.filter(tenant_id=tenant_id, pk=series_id)
+        .select_related("tenant", "study")
+        .first()
+    )
+    if series is None or series.thumbnail_status == Series.ThumbnailStatus.READY:
+        return "skipped"
+    instances = list(
+        Instance.objects.filter(tenant_id=tenant_id, series=series)
+        .select_related("tenant", "study")
+        .order_by("instance_number", "created_at")
+    )
+    if not instances:
+        return "skipped"
+    middle = instances[len(instances) // 2]
+    try:
+        png = thumbnail_png(instance_bytes(instance=middle, actor=SYSTEM))
+    except RenderError as exc:
+        Series.objects.filter(tenant_id=tenant_id, pk=series_id).update(
+            thumbnail_status=Series.ThumbnailStatus.FAILED, thumbnail_error=str(exc)[:256]
+        )
+        logger.warning("thumbnail for series %s failed: %s", series_id, type(exc).__name__)
+        return "failed"
+    storage = storage_for(series.tenant)
+    key = object_key_new(series.tenant)
+    object_write(
+        storage,
+        key,
+        [
+            encrypt_bytes(
+                png, key=study_dek(study=series.study), context=ObjectContext(series.tenant_id, key)
+            )
+        ],
+    )
+    with transaction.atomic():
+        # Only the first writer wins; a duplicate run removes its own copy.
+        won = Series.objects.filter(tenant_id=tenant_id, pk=series_id, thumbnail_key="").update(
+            thumbnail_key=key,
+            thumbnail_status=Series.ThumbnailStatus.READY,
+            thumbnail_error="",
+        )
+    if not won:
+        object_delete(storage, key)
+        return "skipped"
+    return "ready"
+
+
+@portal_task(max_retries=0)
+def orphan_objects_sweep(*, tenant_id: str, grace_minutes: int = 60) -> int:
+    tenant = Tenant.objects.get(pk=tenant_id)
+    return orphan_sweep(
+        tenant=tenant, older_than=timezone.now() - dt.timedelta(minutes=grace_minutes)
+    )
+
+
+@portal_task(max_retries=0)
+def orphan_objects_sweep_all() -> int:
+    """Beat entry point: one sweep task per clinic."""
+    tenant_ids = list(Tenant.objects.values_list("pk", flat=True))
+    for tenant_id in tenant_ids:
+        orphan_objects_sweep.delay(tenant_id=str(tenant_id))
+    return len(tenant_ids)
