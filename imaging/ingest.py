@@ -446,3 +446,35 @@ def _walk(paths: Iterable[Path]) -> Iterator[Path]:
             yield from sorted(p for p in path.rglob("*") if p.is_file() and not p.is_symlink())
         elif path.is_file():
             yield path
+
+
+def ingest_uploads(*, tenant: Tenant, actor: Actor, files: Iterable[object]) -> IngestSummary:
+    """Ingest uploaded files (Django UploadedFile objects): DICOM files or zip archives."""
+    results: list[IngestResult] = []
+    for upload in files:
+        name = _safe_name(getattr(upload, "name", "") or "")
+        handle = upload.open("rb")  # type: ignore[attr-defined]
+        try:
+            head = handle.read(4)
+            handle.seek(0)
+            if head == ZIP_MAGIC:
+                results.extend(
+                    ingest_archive(tenant=tenant, actor=actor, fileobj=handle, name=name)
+                )
+            elif upload.size > settings.INGEST_MAX_INSTANCE_BYTES:  # type: ignore[attr-defined]
+                results.append(
+                    _reject(
+                        tenant=tenant,
+                        actor=actor,
+                        name=name,
+                        code="too_large",
+                        message="File is larger than the per-file limit.",
+                    )
+                )
+            else:
+                results.append(
+                    ingest_bytes(tenant=tenant, actor=actor, data=handle.read(), name=name)
+                )
+        finally:
+            upload.close()  # type: ignore[attr-defined]
+    return IngestSummary(results)

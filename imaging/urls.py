@@ -4,4 +4,5 @@ from imaging import views
 
 urlpatterns = [
     path("", views.worklist, name="worklist"),
+    path("upload/", views.upload, name="upload"),
 ]

@@ -212,10 +212,13 @@ if not DEBUG:
 if env_bool("TRUST_X_FORWARDED_PROTO", default=False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
-# Uploads never touch disk as plaintext: only the in-memory handler is installed.
-# (The encrypted spooling handler for large DICOM uploads replaces it with ingest.)
-FILE_UPLOAD_HANDLERS = ["django.core.files.uploadhandler.MemoryFileUploadHandler"]
-FILE_UPLOAD_MAX_MEMORY_SIZE = env_int("FILE_UPLOAD_MAX_MEMORY_SIZE", 32 * 1024 * 1024)
+# Uploads never touch disk as plaintext: small requests stay in memory, larger ones are
+# spooled encrypted under a key that lives only in the process (imaging.uploads).
+FILE_UPLOAD_HANDLERS = [
+    "django.core.files.uploadhandler.MemoryFileUploadHandler",
+    "imaging.uploads.EncryptedSpoolUploadHandler",
+]
+FILE_UPLOAD_MAX_MEMORY_SIZE = env_int("FILE_UPLOAD_MAX_MEMORY_SIZE", 4 * 1024 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("DATA_UPLOAD_MAX_MEMORY_SIZE", 32 * 1024 * 1024)
 
 # --- Internationalisation -------------------------------------------------------------
