@@ -135,3 +135,23 @@ def _fresh_throttles():
     cache.clear()
     yield
     cache.clear()
+
+
+@pytest.fixture(autouse=True)
+def data_dir(settings, tmp_path):
+    """Every test gets its own object store, spool and master key under tmp_path."""
+    import base64
+
+    from imaging.keyring import keyring_forget
+    from imaging.keys import key_provider_reset
+
+    root = tmp_path / "portal-data"
+    settings.PORTAL_DATA_DIR = root
+    settings.PORTAL_STORAGE_ROOT = root / "objects"
+    settings.PORTAL_SPOOL_DIR = root / "spool"
+    settings.PORTAL_MASTER_KEY = base64.b64encode(b"k" * 32).decode()
+    key_provider_reset()
+    keyring_forget()
+    yield root
+    key_provider_reset()
+    keyring_forget()

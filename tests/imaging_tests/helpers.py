@@ -1,0 +1,86 @@
+"""DICOM test data: pydicom's bundled files and synthetic series. Never real patients."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pydicom.data
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+from audit.actors import Actor
+from imaging.ingest import IngestResult, ingest_bytes
+from tenants.models import Tenant
+
+INGEST_ACTOR = Actor.system("tests.ingest")
+
+
+def sample_path(name: str) -> Path:
+    path = pydicom.data.get_testdata_file(name)
+    if path is None:
+        path = next(iter(pydicom.data.get_charset_files(name)), None)
+    assert path, f"pydicom test file {name} not available"
+    return Path(path)
+
+
+def sample_bytes(name: str) -> bytes:
+    return sample_path(name).read_bytes()
+
+
+def ingest(tenant: Tenant, data: bytes, name: str = "file.dcm") -> IngestResult:
+    return ingest_bytes(tenant=tenant, actor=INGEST_ACTOR, data=data, name=name)
+
+
+def synthetic_ct(
+    *,
+    slices: int = 3,
+    size: int = 64,
+    patient_name: str = "Synthetic^Patient",
+    patient_id: str = "SYN-0001",
+    study_uid: str | None = None,
+    series_uid: str | None = None,
+) -> list[bytes]:
+    """A CT series of `slices` files with a recognisable pixel pattern."""
+    study_uid = study_uid or generate_uid()
+    series_uid = series_uid or generate_uid()
+    files = []
+    for index in range(slices):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = CTImageStorage
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID = CTImageStorage
+        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+        ds.StudyInstanceUID = study_uid
+        ds.SeriesInstanceUID = series_uid
+        ds.PatientName = patient_name
+        ds.PatientID = patient_id
+        ds.PatientBirthDate = "19700101"
+        ds.StudyDate = "20260101"
+        ds.Modality = "CT"
+        ds.SeriesNumber = 1
+        ds.InstanceNumber = index + 1
+        ds.AccessionNumber = "ACC-1"
+        ds.StudyDescription = "Synthetic CT"
+        ds.Rows = ds.Columns = size
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.BitsAllocated = 16
+        ds.BitsStored = 12
+        ds.HighBit = 11
+        ds.PixelRepresentation = 0
+        ds.RescaleIntercept = -1024
+        ds.RescaleSlope = 1
+        ds.WindowCenter = 40
+        ds.WindowWidth = 400
+        pixels = (np.arange(size * size, dtype=np.uint16).reshape(size, size) + index) % 4096
+        ds.PixelData = pixels.tobytes()
+        buffer = io.BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        files.append(buffer.getvalue())
+    return files
