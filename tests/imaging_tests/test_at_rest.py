@@ -1,0 +1,207 @@
+"""No plaintext PHI outside the database; tampering is detected; hostile preambles neutralised."""
+
+from __future__ import annotations
+
+import io
+import logging
+import zipfile
+
+import numpy as np
+import pytest
+from celery.signals import before_task_publish
+
+from audit.models import Action, AuditEvent
+from imaging.crypto import IntegrityError
+from imaging.models import Instance
+from imaging.services import instance_bytes
+from portal.celery import app
+from tests.helpers import require_service, tcp_reachable
+from tests.imaging_tests.helpers import INGEST_ACTOR, ingest, sample_bytes, synthetic_ct
+
+NAME = "Zyxwvutsr^Qponmlk"
+PATIENT_ID = "PHI-777-XYZ"
+
+
+def _pixel_run() -> bytes:
+    size = 64
+    pixels = (np.arange(size * size, dtype=np.uint16).reshape(size, size) + 1) % 4096
+    return pixels.tobytes()[1000:1064]
+
+
+def _needles() -> list[bytes]:
+    return [NAME.encode(), NAME.split("^")[0].encode(), PATIENT_ID.encode(), _pixel_run()]
+
+
+def _files_containing(root, needles):
+    hits = []
+    for path in root.rglob("*"):
+        if path.is_file() and path.name != "portal.sqlite3":
+            content = path.read_bytes()
+            hits += [f"{path.relative_to(root)}" for needle in needles if needle in content]
+    return hits
+
+
+@pytest.mark.django_db
+def test_no_plaintext_phi_on_disk_in_messages_or_logs_after_ingest(
+    clinic, technologist, client_for, data_dir, settings, caplog, django_capture_on_commit_callbacks
+):
+    settings.FILE_UPLOAD_MAX_MEMORY_SIZE = 1024  # force the encrypted spool
+    caplog.set_level(logging.DEBUG)
+    files = synthetic_ct(slices=3, size=64, patient_name=NAME, patient_id=PATIENT_ID)
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as zf:
+        for i, data in enumerate(files):
+            zf.writestr(f"{i}.dcm", data)
+    published: list[str] = []
+
+    def capture(body=None, headers=None, **kwargs):
+        published.append(repr(body) + repr(headers))
+
+    before_task_publish.connect(capture, weak=False)
+    app.conf.task_always_eager = False
+    original_broker = app.conf.broker_url
+    app.conf.broker_url = "memory://"
+    try:
+        with django_capture_on_commit_callbacks(execute=True):
+            response = client_for(technologist).post(
+                "/t/north/upload/",
+                {"files": [_named(archive.getvalue(), "study.zip"), _named(files[0], "again.dcm")]},
+                HTTP_ACCEPT="application/json",
+            )
+    finally:
+        app.conf.broker_url = original_broker
+        app.conf.task_always_eager = True
+        before_task_publish.disconnect(capture)
+    from imaging.models import Series
+    from imaging.tasks import series_thumbnail
+
+    series = Series.objects.for_tenant(clinic).get()
+    series_thumbnail(tenant_id=str(clinic.pk), series_id=str(series.pk))
+
+    assert response.json()["summary"] == "stored 3, duplicate 1, rejected 0"
+    assert Series.objects.for_tenant(clinic).get().thumbnail_status == "ready"
+    assert _files_containing(data_dir, _needles()) == []
+    assert not any(p.is_file() for p in (data_dir / "spool").rglob("*"))
+    assert published, "the thumbnail task was not enqueued"
+    for message in published:
+        assert NAME.split("^")[0] not in message and PATIENT_ID not in message
+    assert NAME.split("^")[0] not in caplog.text
+    assert PATIENT_ID not in caplog.text
+
+
+def _named(data: bytes, name: str):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    return SimpleUploadedFile(name, data, content_type="application/octet-stream")
+
+
+@pytest.mark.django_db
+def test_no_phi_in_redis(clinic, settings, django_capture_on_commit_callbacks):
+    require_service(
+        "Redis",
+        bool(settings.REDIS_URL) and tcp_reachable(settings.REDIS_URL, 6379),
+        "set REDIS_URL to check what reaches Redis",
+    )
+    import redis
+
+    with django_capture_on_commit_callbacks(execute=True):
+        for data in synthetic_ct(slices=2, patient_name=NAME, patient_id=PATIENT_ID):
+            ingest(clinic, data)
+    client = redis.Redis.from_url(settings.REDIS_URL)
+
+    leaked = []
+    for key in client.scan_iter(count=1000):
+        kind = client.type(key)
+        values = [key]
+        if kind == b"string":
+            values.append(client.get(key) or b"")
+        elif kind == b"list":
+            values += client.lrange(key, 0, -1)
+        elif kind == b"hash":
+            values += list(client.hgetall(key).values())
+        leaked += [key for value in values for needle in _needles() if needle in value]
+
+    assert leaked == []
+
+
+@pytest.mark.django_db
+def test_flipped_bit_is_an_integrity_error_and_audited(clinic, data_dir):
+    result = ingest(clinic, sample_bytes("CT_small.dcm"))
+    instance = Instance.objects.for_tenant(clinic).get(pk=result.instance_id)
+    path = data_dir / "objects" / instance.storage_key
+    blob = bytearray(path.read_bytes())
+    blob[len(blob) // 2] ^= 0x01
+    path.write_bytes(bytes(blob))
+
+    with pytest.raises(IntegrityError):
+        instance_bytes(instance=instance, actor=INGEST_ACTOR)
+
+    event = AuditEvent.objects.for_tenant(clinic).get(action=Action.INTEGRITY_FAILED)
+    assert event.target_id == str(instance.pk)
+
+
+@pytest.mark.django_db
+def test_swapped_objects_are_integrity_errors(clinic, data_dir):
+    first, second = (ingest(clinic, data) for data in synthetic_ct(slices=2))
+    a = Instance.objects.for_tenant(clinic).get(pk=first.instance_id)
+    b = Instance.objects.for_tenant(clinic).get(pk=second.instance_id)
+    path_a, path_b = (data_dir / "objects" / x.storage_key for x in (a, b))
+    blob_a, blob_b = path_a.read_bytes(), path_b.read_bytes()
+    path_a.write_bytes(blob_b)
+    path_b.write_bytes(blob_a)
+
+    for instance in (a, b):
+        with pytest.raises(IntegrityError):
+            instance_bytes(instance=instance, actor=INGEST_ACTOR)
+    assert AuditEvent.objects.for_tenant(clinic).filter(action=Action.INTEGRITY_FAILED).count() == 2
+
+
+@pytest.mark.django_db
+def test_missing_object_is_an_integrity_error(clinic, data_dir):
+    result = ingest(clinic, sample_bytes("CT_small.dcm"))
+    instance = Instance.objects.for_tenant(clinic).get(pk=result.instance_id)
+    (data_dir / "objects" / instance.storage_key).unlink()
+
+    with pytest.raises(IntegrityError):
+        instance_bytes(instance=instance, actor=INGEST_ACTOR)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("magic", "kind"),
+    [
+        (b"MZ\x90\x00", "Windows executable (MZ)"),
+        (b"\x7fELF\x02\x01", "ELF executable"),
+        (b"\xcf\xfa\xed\xfe", "Mach-O executable"),
+    ],
+)
+def test_executable_preamble_is_zeroed_and_audited(magic, kind, clinic):
+    data = synthetic_ct(slices=1)[0]
+    hostile = magic + data[len(magic) : 128] + data[128:]
+
+    result = ingest(clinic, hostile)
+
+    instance = Instance.objects.for_tenant(clinic).get(pk=result.instance_id)
+    stored = instance_bytes(instance=instance, actor=INGEST_ACTOR)
+    assert stored[:128] == b"\0" * 128
+    assert stored[128:] == data[128:]
+    import hashlib
+
+    assert instance.original_sha256 == hashlib.sha256(hostile).hexdigest()
+    event = AuditEvent.objects.for_tenant(clinic).get(action=Action.PREAMBLE_NEUTRALISED)
+    assert event.detail["preamble"] == kind
+    assert event.target_id == str(instance.pk)
+
+
+@pytest.mark.django_db
+def test_objects_are_private_files(clinic, data_dir):
+    result = ingest(clinic, sample_bytes("CT_small.dcm"))
+    instance = Instance.objects.for_tenant(clinic).get(pk=result.instance_id)
+    path = data_dir / "objects" / instance.storage_key
+
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    assert oct(path.parent.stat().st_mode & 0o777) == "0o700"
+    from imaging.storage import NoPublicURL, storage_for
+
+    with pytest.raises(NoPublicURL):
+        storage_for(clinic).url(instance.storage_key)

@@ -1,0 +1,198 @@
+"""Bad input gets its specific error and leaves no row and no object."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zipfile
+
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+
+from audit.models import Action, AuditEvent
+from imaging.ingest import IngestOutcome, ingest_archive
+from imaging.models import Instance, Patient, Series, Study
+from imaging.services import instance_bytes
+from tests.imaging_tests.helpers import INGEST_ACTOR, ingest, sample_bytes, synthetic_ct
+
+
+def _rewrite(data: bytes, change) -> bytes:
+    ds = pydicom.dcmread(io.BytesIO(data))
+    change(ds)
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def _absurd_length(data: bytes) -> bytes:
+    at = data.find(b"\xe0\x7f\x10\x00OW")
+    return data[: at + 8] + struct.pack("<I", 0x7FFFFFF0) + data[at + 12 :]
+
+
+def _deeply_nested(data: bytes) -> bytes:
+    def change(ds):
+        item = Dataset()
+        item.CodeValue = "X"
+        for _ in range(20):
+            outer = Dataset()
+            outer.ReferencedImageSequence = Sequence([item])
+            item = outer
+        ds.ReferencedImageSequence = Sequence([item])
+
+    return _rewrite(data, change)
+
+
+def _with_uid(value: str):
+    return lambda data: _rewrite(data, lambda ds: setattr(ds, "SOPInstanceUID", value))
+
+
+CT = sample_bytes("CT_small.dcm")
+CASES = {
+    "truncated": (lambda d: d[: len(d) // 2], "truncated"),
+    "non-dicom": (lambda d: b"%PDF-1.7 not an image " * 50, "not_part10"),
+    "tiny": (lambda d: b"hello", "not_dicom"),
+    "no preamble": (lambda d: d[128:], "not_part10"),
+    "no meta header": (lambda d: sample_bytes("meta_missing_tsyntax.dcm"), "no_meta"),
+    "absurd length": (_absurd_length, "truncated"),
+    "deep nesting": (_deeply_nested, "nesting_too_deep"),
+    "uid with path": (_with_uid("../../etc/passwd"), "invalid_uid"),
+    "uid with letters": (_with_uid("1.2.840.abc"), "invalid_uid"),
+    "uid too long": (_with_uid("1." + "2" * 70), "invalid_uid"),
+    "uid leading zero": (_with_uid("1.02.3"), "invalid_uid"),
+}
+
+
+def _object_files(data_dir):
+    root = data_dir / "objects"
+    return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
+
+
+def _nothing_stored(clinic, data_dir):
+    assert not Instance.objects.for_tenant(clinic).exists()
+    assert not Study.objects.for_tenant(clinic).exists()
+    assert not Series.objects.for_tenant(clinic).exists()
+    assert not Patient.objects.for_tenant(clinic).exists()
+    assert _object_files(data_dir) == []
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_file_is_rejected_with_its_reason_and_leaves_nothing(case, clinic, data_dir):
+    make, code = CASES[case]
+
+    result = ingest(clinic, make(CT), "bad.dcm")
+
+    assert result.outcome == IngestOutcome.REJECTED
+    assert result.code == code, result.message
+    assert result.message
+    _nothing_stored(clinic, data_dir)
+    event = AuditEvent.objects.for_tenant(clinic).get(action=Action.INSTANCE_REJECTED)
+    assert event.detail == {"code": code}
+
+
+@pytest.mark.django_db
+def test_oversized_file_is_refused_before_parsing(clinic, data_dir, settings):
+    settings.INGEST_MAX_INSTANCE_BYTES = 1000
+
+    result = ingest(clinic, CT)
+
+    assert result.code == "too_large"
+    _nothing_stored(clinic, data_dir)
+
+
+@pytest.mark.django_db
+def test_same_uid_with_different_content_is_refused_and_original_kept(clinic, data_dir):
+    first = ingest(clinic, CT)
+    altered = _rewrite(CT, lambda ds: setattr(ds, "PatientName", "Someone^Else"))
+    objects_before = _object_files(data_dir)
+
+    result = ingest(clinic, altered)
+
+    assert result.outcome == IngestOutcome.REJECTED
+    assert result.code == "conflict"
+    assert "kept unchanged" in result.message
+    assert _object_files(data_dir) == objects_before
+    original = Instance.objects.for_tenant(clinic).get(pk=first.instance_id)
+    assert instance_bytes(instance=original, actor=INGEST_ACTOR)[128:] == CT[128:]
+    assert Study.objects.for_tenant(clinic).get().patient.name != "Someone^Else"
+
+
+@pytest.mark.django_db
+def test_study_uid_of_another_patient_is_refused(clinic, data_dir):
+    (a,) = synthetic_ct(slices=1, patient_id="P-1", study_uid="1.2.3.4")
+    (b,) = synthetic_ct(slices=1, patient_id="P-2", study_uid="1.2.3.4")
+    ingest(clinic, a)
+
+    result = ingest(clinic, b)
+
+    assert result.code == "patient_mismatch"
+    assert Instance.objects.for_tenant(clinic).count() == 1
+
+
+def _zip(entries: dict[str, bytes], compression=zipfile.ZIP_DEFLATED) -> io.BytesIO:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression) as archive:
+        for name, data in entries.items():
+            archive.writestr(name, data)
+    buffer.seek(0)
+    return buffer
+
+
+@pytest.mark.django_db
+def test_zip_bomb_is_refused_before_extraction(clinic, data_dir):
+    bomb = _zip({"a.dcm": b"\0" * (20 * 1024 * 1024)})
+
+    results = ingest_archive(tenant=clinic, actor=INGEST_ACTOR, fileobj=bomb, name="bomb.zip")
+
+    assert [r.code for r in results] == ["zip_bomb"]
+    assert "expands" in results[0].message
+    _nothing_stored(clinic, data_dir)
+
+
+@pytest.mark.django_db
+def test_zip_with_too_many_entries_is_refused(clinic, data_dir, settings):
+    settings.INGEST_MAX_ZIP_ENTRIES = 3
+    archive = _zip({f"{i}.dcm": b"x" for i in range(4)}, zipfile.ZIP_STORED)
+
+    results = ingest_archive(tenant=clinic, actor=INGEST_ACTOR, fileobj=archive, name="many.zip")
+
+    assert [r.code for r in results] == ["zip_bomb"]
+    _nothing_stored(clinic, data_dir)
+
+
+@pytest.mark.django_db
+def test_zip_slip_paths_are_ignored(clinic, data_dir, tmp_path):
+    archive = _zip({"../../../../tmp/evil.dcm": CT, "/etc/cron.d/evil.dcm": b"junk"})
+
+    results = ingest_archive(tenant=clinic, actor=INGEST_ACTOR, fileobj=archive, name="slip.zip")
+
+    assert [(r.name, r.outcome) for r in results] == [
+        ("evil.dcm", IngestOutcome.STORED),
+        ("evil.dcm", IngestOutcome.REJECTED),
+    ]
+    assert not (tmp_path.parent / "evil.dcm").exists()
+    stored = {p.name for p in data_dir.rglob("*") if p.is_file()}
+    assert "evil.dcm" not in stored
+
+
+@pytest.mark.django_db
+def test_nested_archives_are_refused(clinic, data_dir):
+    inner = _zip({"a.dcm": CT}).getvalue()
+    archive = _zip({"inner.zip": inner, "renamed.dcm": inner})
+
+    results = ingest_archive(tenant=clinic, actor=INGEST_ACTOR, fileobj=archive, name="n.zip")
+
+    assert [r.code for r in results] == ["nested_archive", "nested_archive"]
+    _nothing_stored(clinic, data_dir)
+
+
+@pytest.mark.django_db
+def test_corrupt_zip_gets_a_clear_error(clinic, data_dir):
+    results = ingest_archive(
+        tenant=clinic, actor=INGEST_ACTOR, fileobj=io.BytesIO(b"PK\x03\x04broken"), name="x.zip"
+    )
+
+    assert [r.code for r in results] == ["bad_archive"]
+    _nothing_stored(clinic, data_dir)
