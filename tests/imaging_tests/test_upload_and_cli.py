@@ -1,0 +1,155 @@
+"""Entry points: the upload page (JSON and plain form) and `manage.py ingest`."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.core.management import call_command
+from django.core.management.base import CommandError
+
+from audit.models import Action, AuditEvent
+from imaging.models import Instance
+from imaging.uploads import EncryptedSpool, SpoolReader
+from tests.imaging_tests.helpers import sample_bytes, synthetic_ct
+
+
+def _file(data: bytes, name: str = "a.dcm") -> SimpleUploadedFile:
+    return SimpleUploadedFile(name, data, content_type="application/dicom")
+
+
+@pytest.mark.django_db
+def test_technologist_uploads_files_and_gets_per_file_results(clinic, technologist, client_for):
+    good, bad = sample_bytes("CT_small.dcm"), b"not dicom at all" * 20
+
+    response = client_for(technologist).post(
+        "/t/north/upload/",
+        {"files": [_file(good, "ct.dcm"), _file(bad, "notes.txt")]},
+        HTTP_ACCEPT="application/json",
+    )
+
+    body = response.json()
+    assert body["summary"] == "stored 1, duplicate 0, rejected 1"
+    assert body["results"][0] == {"name": "ct.dcm", "outcome": "stored", "message": ""}
+    assert body["results"][1]["outcome"] == "rejected"
+    assert "DICM" in body["results"][1]["message"]
+    event = AuditEvent.objects.for_tenant(clinic).get(action=Action.INSTANCE_STORED)
+    assert event.actor_id == str(technologist.pk)
+
+
+@pytest.mark.django_db
+def test_plain_form_upload_renders_a_result_table(clinic, technologist, client_for, settings):
+    settings.FILE_UPLOAD_MAX_MEMORY_SIZE = 100  # through the encrypted spool
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as zf:
+        for i, data in enumerate(synthetic_ct(slices=2)):
+            zf.writestr(f"dir/{i}.dcm", data)
+
+    response = client_for(technologist).post(
+        "/t/north/upload/", {"files": [_file(archive.getvalue(), "study.zip")]}
+    )
+
+    assert response.status_code == 200
+    assert b"stored 2, duplicate 0, rejected 0" in response.content
+    assert Instance.objects.for_tenant(clinic).count() == 2
+
+
+@pytest.mark.django_db
+def test_upload_without_files_is_a_clear_400(clinic, technologist, client_for):
+    response = client_for(technologist).post("/t/north/upload/", {}, HTTP_ACCEPT="application/json")
+
+    assert response.status_code == 400
+    assert "Choose at least one" in response.json()["error"]
+
+
+@pytest.mark.django_db
+def test_upload_page_needs_the_upload_permission(clinic, front_desk, radiologist, client_for):
+    assert client_for(front_desk).get("/t/north/upload/").status_code == 403
+    assert client_for(radiologist).post("/t/north/upload/", {}).status_code == 403
+
+
+@pytest.mark.django_db
+def test_file_names_with_markup_are_escaped(clinic, technologist, client_for):
+    response = client_for(technologist).post(
+        "/t/north/upload/", {"files": [_file(b"junk" * 40, "<img src=x onerror=alert(1)>.dcm")]}
+    )
+
+    assert b"<img src=x onerror" not in response.content
+    assert b"&lt;img src=x onerror=alert(1)&gt;.dcm" in response.content
+
+
+def test_encrypted_spool_reads_back_with_seeks(settings, tmp_path):
+    settings.PORTAL_SPOOL_DIR = tmp_path
+    data = bytes(range(256)) * 1000
+    spool = EncryptedSpool(segment_size=1000)
+    for offset in range(0, len(data), 777):
+        spool.write(data[offset : offset + 777])
+    spool.finish()
+    reader = io.BufferedReader(SpoolReader(spool))
+
+    assert reader.read() == data
+    reader.seek(123_456)
+    assert reader.read(10) == data[123_456:123_466]
+    reader.seek(-5, io.SEEK_END)
+    assert reader.read() == data[-5:]
+    assert list(tmp_path.iterdir()) == []  # the spool file is anonymous
+    spool.close()
+
+
+def test_encrypted_spool_holds_no_plaintext(settings, tmp_path):
+    settings.PORTAL_SPOOL_DIR = tmp_path
+    spool = EncryptedSpool(segment_size=64)
+    secret = b"Patient^Secret 1234567890" * 10
+    spool.write(secret)
+    spool.finish()
+
+    spool._file.seek(0)
+    assert b"Patient^Secret" not in spool._file.read()
+    spool.close()
+
+
+@pytest.mark.django_db
+def test_cli_reports_each_rejected_file_and_a_summary(clinic, tmp_path, capsys):
+    folder = tmp_path / "in"
+    (folder / "nested").mkdir(parents=True)
+    for i, data in enumerate(synthetic_ct(slices=2)):
+        (folder / "nested" / f"{i}.dcm").write_bytes(data)
+    (folder / "readme.txt").write_text("not an image " * 20)
+
+    with pytest.raises(SystemExit) as exit_info:
+        call_command("ingest", str(folder), "--tenant", "north")
+
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert exit_info.value.code == 1
+    assert lines[-1] == "stored 2, duplicate 0, rejected 1"
+    assert lines[0].startswith("rejected ") and "readme.txt" in lines[0] and "DICM" in lines[0]
+
+
+@pytest.mark.django_db
+def test_cli_records_the_member_given_with_as(clinic, technologist, tmp_path, capsys):
+    path = tmp_path / "ct.dcm"
+    path.write_bytes(sample_bytes("CT_small.dcm"))
+
+    call_command("ingest", str(path), "--tenant", "north", "--as", technologist.email)
+
+    assert capsys.readouterr().out.strip() == "stored 1, duplicate 0, rejected 0"
+    event = AuditEvent.objects.for_tenant(clinic).get(action=Action.INSTANCE_STORED)
+    assert event.actor_id == str(technologist.pk)
+
+
+@pytest.mark.django_db
+def test_cli_errors_are_specific(clinic, other_clinic, tmp_path):
+    from tests.helpers import make_member
+
+    outsider = make_member(other_clinic, "technologist")
+    path = tmp_path / "ct.dcm"
+    path.write_bytes(b"x")
+
+    with pytest.raises(CommandError, match="No active clinic"):
+        call_command("ingest", str(path), "--tenant", "nowhere")
+    with pytest.raises(CommandError, match="No such file"):
+        call_command("ingest", str(tmp_path / "missing"), "--tenant", "north")
+    with pytest.raises(CommandError, match="not an active member"):
+        call_command("ingest", str(path), "--tenant", "north", "--as", outsider.email)
