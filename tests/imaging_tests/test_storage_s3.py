@@ -1,0 +1,115 @@
+"""S3-compatible storage per clinic, against a real local S3 server (moto in server mode)."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import boto3
+import pytest
+from django.utils import timezone
+
+from imaging import storage as storage_module
+from imaging.models import Instance
+from imaging.services import instance_bytes, orphan_sweep
+from imaging.storage import NoPublicURL, object_write, storage_for
+from tests.helpers import require_service
+from tests.imaging_tests.helpers import INGEST_ACTOR, ingest, synthetic_ct
+
+MOTO = Path(sys.executable).with_name("moto_server")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint():
+    require_service("S3 server", MOTO.exists(), "install the dev extra (moto[server])")
+    port = _free_port()
+    process = subprocess.Popen(
+        [str(MOTO), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.5).close()
+            break
+        except OSError:
+            time.sleep(0.2)
+    yield f"http://127.0.0.1:{port}"
+    process.terminate()
+    process.wait(timeout=10)
+
+
+@pytest.fixture
+def s3_clinic(clinic, settings, s3_endpoint):
+    settings.STORAGE_S3_ENDPOINT_URL = s3_endpoint
+    settings.STORAGE_S3_ACCESS_KEY_ID = "testing"
+    settings.STORAGE_S3_SECRET_ACCESS_KEY = "testing"
+    storage_module._s3_storage.cache_clear()
+    clinic.storage_backend = clinic.StorageBackend.S3
+    clinic.storage_bucket = f"north-{uuid.uuid4().hex[:12]}"
+    clinic.storage_region = "eu-central-1"
+    clinic.save()
+    client = _client(s3_endpoint)
+    client.create_bucket(
+        Bucket=clinic.storage_bucket,
+        CreateBucketConfiguration={"LocationConstraint": "eu-central-1"},
+    )
+    yield clinic
+    storage_module._s3_storage.cache_clear()
+
+
+def _client(endpoint):
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        region_name="eu-central-1",
+    )
+
+
+@pytest.mark.django_db
+def test_clinic_on_s3_stores_encrypted_objects_in_its_own_bucket(s3_clinic, s3_endpoint, data_dir):
+    (data,) = synthetic_ct(slices=1, patient_name="Bucket^Person", patient_id="S3-ID-42")
+
+    result = ingest(s3_clinic, data)
+
+    instance = Instance.objects.for_tenant(s3_clinic).get(pk=result.instance_id)
+    client = _client(s3_endpoint)
+    listed = client.list_objects_v2(Bucket=s3_clinic.storage_bucket)["Contents"]
+    assert [obj["Key"] for obj in listed] == [instance.storage_key]
+    blob = client.get_object(Bucket=s3_clinic.storage_bucket, Key=instance.storage_key)[
+        "Body"
+    ].read()
+    assert b"Bucket^Person" not in blob and b"S3-ID-42" not in blob
+    assert instance_bytes(instance=instance, actor=INGEST_ACTOR)[128:] == data[128:]
+    assert not (data_dir / "objects").exists()
+    with pytest.raises(NoPublicURL):
+        storage_for(s3_clinic).url(instance.storage_key)
+
+
+@pytest.mark.django_db
+def test_orphan_sweep_on_s3_removes_only_unreferenced_objects(s3_clinic, s3_endpoint):
+    result = ingest(s3_clinic, synthetic_ct(slices=1)[0])
+    storage = storage_for(s3_clinic)
+    object_write(storage, f"{s3_clinic.pk}/orphan", [b"left by a crash"])
+
+    removed = orphan_sweep(tenant=s3_clinic, older_than=timezone.now() + timezone.timedelta(1))
+
+    keys = [
+        o["Key"]
+        for o in _client(s3_endpoint).list_objects_v2(Bucket=s3_clinic.storage_bucket)["Contents"]
+    ]
+    assert removed == 1
+    assert keys == [Instance.objects.for_tenant(s3_clinic).get(pk=result.instance_id).storage_key]
