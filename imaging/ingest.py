@@ -275,9 +275,10 @@ def _store(*, tenant: Tenant, actor: Actor, name: str, parsed: ParsedInstance) -
                     outcome=Outcome.DENIED,
                     detail={"preamble": parsed.preamble, "original_sha256": parsed.original_sha256},
                 )
-            transaction.on_commit(
-                lambda: _enqueue_thumbnail(tenant_id=str(tenant.pk), series_id=str(series.pk))
-            )
+            if new_series:
+                transaction.on_commit(
+                    lambda: _enqueue_thumbnail(tenant_id=str(tenant.pk), series_id=str(series.pk))
+                )
     except BaseException:
         if written:
             _delete_quietly(storage, key)
@@ -293,7 +294,11 @@ def _store(*, tenant: Tenant, actor: Actor, name: str, parsed: ParsedInstance) -
 def _enqueue_thumbnail(*, tenant_id: str, series_id: str) -> None:
     from imaging.tasks import series_thumbnail
 
-    series_thumbnail.delay(tenant_id=tenant_id, series_id=series_id)
+    # A short delay lets the rest of the series arrive, so the middle slice is chosen.
+    series_thumbnail.apply_async(
+        kwargs={"tenant_id": tenant_id, "series_id": series_id},
+        countdown=settings.THUMBNAIL_DELAY_SECONDS,
+    )
 
 
 def _delete_quietly(storage: object, key: str) -> None:

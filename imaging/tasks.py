@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
@@ -48,6 +50,9 @@ def series_thumbnail(*, tenant_id: str, series_id: str) -> str:
         )
         logger.warning("thumbnail for series %s failed: %s", series_id, type(exc).__name__)
         return "failed"
+    if settings.PORTAL_FAULT_THUMBNAIL_DELAY_SECONDS:
+        logger.info("thumbnail for series %s: fault-injection pause", series_id)
+        time.sleep(settings.PORTAL_FAULT_THUMBNAIL_DELAY_SECONDS)
     storage = storage_for(series.tenant)
     key = object_key_new(series.tenant)
     object_write(

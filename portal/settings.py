@@ -142,6 +142,9 @@ SIGNIN_ACCOUNT_FAILURE_LIMIT = env_int("SIGNIN_ACCOUNT_FAILURE_LIMIT", 5)
 SIGNIN_IP_FAILURE_LIMIT = env_int("SIGNIN_IP_FAILURE_LIMIT", 50)
 SIGNIN_LOCKOUT_SECONDS = env_int("SIGNIN_LOCKOUT_SECONDS", 15 * 60)
 BACKUP_CODE_COUNT = 10
+THUMBNAIL_DELAY_SECONDS = env_int("THUMBNAIL_DELAY_SECONDS", 10)
+# Fault injection for the crash tests only: a pause inside the thumbnail task.
+PORTAL_FAULT_THUMBNAIL_DELAY_SECONDS = env_int("PORTAL_FAULT_THUMBNAIL_DELAY_SECONDS", 0)
 BREAK_GLASS_MINUTES = env_int("BREAK_GLASS_MINUTES", 60)
 PORTAL_BASE_URL = env_str("PORTAL_BASE_URL", "http://127.0.0.1:8000" if DEBUG else "")
 
@@ -273,7 +276,10 @@ CELERY_BROKER_DIR = DATA_DIR / "broker"
 if REDIS_URL:
     CELERY_BROKER_URL = REDIS_URL
     CELERY_RESULT_BACKEND = REDIS_URL
-    CELERY_BROKER_TRANSPORT_OPTIONS: dict = {"visibility_timeout": 3600}
+    # An unacknowledged task (worker killed) is redelivered after this many seconds.
+    CELERY_BROKER_TRANSPORT_OPTIONS: dict = {
+        "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600)
+    }
 else:
     # Embedded default: a filesystem broker needs no server. Messages carry ids only.
     CELERY_BROKER_URL = "filesystem://"

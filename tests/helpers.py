@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+from contextlib import contextmanager
 from urllib.parse import urlparse
 
 import pytest
@@ -99,3 +100,22 @@ def make_member(tenant: Tenant, *roles: str, email: str | None = None) -> User:
 
 def membership_of(user: User, tenant: Tenant) -> Membership:
     return Membership.objects.for_tenant(tenant).get(user=user)
+
+
+@contextmanager
+def celery_broker(url: str):
+    """Point the Celery app at another broker for a while, dropping cached connections."""
+    from portal.celery import app
+
+    def reset() -> None:
+        app._pool = None
+        app.amqp._producer_pool = None
+
+    original = app.conf.broker_url
+    reset()
+    app.conf.broker_url = url
+    try:
+        yield app
+    finally:
+        reset()
+        app.conf.broker_url = original

@@ -15,7 +15,7 @@ from imaging.crypto import IntegrityError
 from imaging.models import Instance
 from imaging.services import instance_bytes
 from portal.celery import app
-from tests.helpers import require_service, tcp_reachable
+from tests.helpers import celery_broker, require_service, tcp_reachable
 from tests.imaging_tests.helpers import INGEST_ACTOR, ingest, sample_bytes, synthetic_ct
 
 NAME = "Zyxwvutsr^Qponmlk"
@@ -59,17 +59,14 @@ def test_no_plaintext_phi_on_disk_in_messages_or_logs_after_ingest(
 
     before_task_publish.connect(capture, weak=False)
     app.conf.task_always_eager = False
-    original_broker = app.conf.broker_url
-    app.conf.broker_url = "memory://"
     try:
-        with django_capture_on_commit_callbacks(execute=True):
+        with celery_broker("memory://"), django_capture_on_commit_callbacks(execute=True):
             response = client_for(technologist).post(
                 "/t/north/upload/",
                 {"files": [_named(archive.getvalue(), "study.zip"), _named(files[0], "again.dcm")]},
                 HTTP_ACCEPT="application/json",
             )
     finally:
-        app.conf.broker_url = original_broker
         app.conf.task_always_eager = True
         before_task_publish.disconnect(capture)
     from imaging.models import Series
