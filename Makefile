@@ -47,7 +47,7 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 
 bench: $(STAMP)
-	@echo "Benchmarks arrive with the benchmark issue; see bench/README.md."
+	$(PY) bench/ingest_bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache
