@@ -55,7 +55,10 @@ class Patient(TenantOwnedModel):
                 fields=["tenant", "issuer", "patient_id"], name="patient_unique_per_tenant"
             )
         ]
-        indexes = [models.Index(fields=["tenant", "name"])]
+        indexes = [
+            models.Index(fields=["tenant", "name"]),
+            models.Index(fields=["tenant", "patient_id"]),
+        ]
 
     def __str__(self) -> str:
         return f"Patient {self.id}"

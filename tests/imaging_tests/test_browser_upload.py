@@ -1,0 +1,53 @@
+"""Real browser: a technologist uploads files and sees progress and a per-file result."""
+
+from __future__ import annotations
+
+import pytest
+
+from imaging.models import Instance
+from tests.browser import browser_page, require_chromium, screenshot
+from tests.helpers import PASSWORD, current_totp, make_clinic, make_member, totp_device_for
+from tests.imaging_tests.helpers import synthetic_ct
+
+
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+@pytest.mark.timeout(180)
+def test_upload_page_shows_progress_and_results(live_server, tmp_path):
+    require_chromium()
+    clinic = make_clinic("north", "North Imaging")
+    user = make_member(clinic, "technologist", email="tech@north.example")
+    device = totp_device_for(user)
+    paths = []
+    for index, data in enumerate(synthetic_ct(slices=3, size=256)):
+        path = tmp_path / f"slice{index}.dcm"
+        path.write_bytes(data)
+        paths.append(str(path))
+    junk = tmp_path / "<img src=x onerror=alert(1)>.txt"
+    junk.write_text("not an image " * 20)
+    paths.append(str(junk))
+
+    with browser_page() as page:
+        page.goto(f"{live_server.url}/accounts/login/?next=/t/north/upload/")
+        page.get_by_label("Email address").fill(user.email)
+        page.get_by_label("Password").fill(PASSWORD)
+        page.get_by_role("button", name="Sign in").click()
+        page.wait_for_url("**/accounts/verify/**")
+        page.get_by_label("Code").fill(current_totp(device))
+        page.get_by_role("button", name="Verify").click()
+        page.wait_for_url("**/t/north/upload/")
+
+        page.locator("#files").set_input_files(paths)
+        page.get_by_role("button", name="Upload").click()
+        page.locator("#upload-status").filter(has_text="Done").wait_for(timeout=60_000)
+
+        assert page.locator("#upload-status").inner_text() == (
+            "Done: stored 3, duplicate 0, rejected 1."
+        )
+        assert page.locator("#upload-progress").get_attribute("value") == "100"
+        rows = page.locator("#upload-results tbody tr")
+        assert rows.count() == 4
+        assert rows.nth(3).locator("td").nth(0).inner_text() == "<img src=x onerror=alert(1)>.txt"
+        assert "DICM" in rows.nth(3).locator("td").nth(2).inner_text()
+        screenshot(page, "upload-results")
+
+    assert Instance.objects.for_tenant(clinic).count() == 3
