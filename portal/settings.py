@@ -41,6 +41,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django_otp",
     "django_otp.plugins.otp_totp",
+    "django_otp_webauthn",
     "csp",
     "guardian",
     "rest_framework",
@@ -142,6 +143,19 @@ SIGNIN_ACCOUNT_FAILURE_LIMIT = env_int("SIGNIN_ACCOUNT_FAILURE_LIMIT", 5)
 SIGNIN_IP_FAILURE_LIMIT = env_int("SIGNIN_IP_FAILURE_LIMIT", 50)
 SIGNIN_LOCKOUT_SECONDS = env_int("SIGNIN_LOCKOUT_SECONDS", 15 * 60)
 BACKUP_CODE_COUNT = 10
+# Passkeys (django-otp-webauthn), a second factor after the password, never passwordless.
+OTP_WEBAUTHN_ALLOW_PASSWORDLESS_LOGIN = False
+OTP_WEBAUTHN_RP_NAME = env_str("WEBAUTHN_RP_NAME", "Imaging Portal")
+OTP_WEBAUTHN_RP_ID_CALLABLE = "tenants.webauthn.rp_id"
+OTP_WEBAUTHN_HELPER_CLASS = "tenants.webauthn.PortalWebAuthnHelper"
+WEBAUTHN_RP_ID = env_str("WEBAUTHN_RP_ID")
+WEBAUTHN_ALLOWED_ORIGINS = env_list("WEBAUTHN_ALLOWED_ORIGINS")
+# The library checks this list at start; requests are matched by PortalWebAuthnHelper.
+OTP_WEBAUTHN_ALLOWED_ORIGINS = (
+    WEBAUTHN_ALLOWED_ORIGINS
+    or [f"https://{host}" for host in ALLOWED_HOSTS if host and not host.startswith(".")]
+    or ["https://localhost"]
+)
 THUMBNAIL_DELAY_SECONDS = env_int("THUMBNAIL_DELAY_SECONDS", 10)
 # Fault injection for the crash tests only: a pause inside the thumbnail task.
 PORTAL_FAULT_THUMBNAIL_DELAY_SECONDS = env_int("PORTAL_FAULT_THUMBNAIL_DELAY_SECONDS", 0)

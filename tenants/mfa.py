@@ -71,10 +71,19 @@ def mfa_required(user: User) -> bool:
 
 
 def confirmed_devices(user: User) -> list[Device]:
+    from django_otp_webauthn.models import WebAuthnCredential
+
     return [
         *TOTPDevice.objects.filter(user=user, confirmed=True),
+        *WebAuthnCredential.objects.filter(user=user, confirmed=True),
         *BackupCodeDevice.objects.filter(user=user, confirmed=True),
     ]
+
+
+def has_passkey(user: User) -> bool:
+    from django_otp_webauthn.models import WebAuthnCredential
+
+    return WebAuthnCredential.objects.filter(user=user, confirmed=True).exists()
 
 
 def has_totp(user: User) -> bool:
@@ -267,7 +276,17 @@ def require_step_up(view: Callable[..., HttpResponse]) -> Callable[..., HttpResp
 
 # --- Enforcement --------------------------------------------------------------------
 
-OPEN_PATH_PREFIXES = ("/static/", "/healthz", "/readyz", "/accounts/password-reset/")
+OPEN_PATH_PREFIXES = (
+    "/static/",
+    "/healthz",
+    "/readyz",
+    "/accounts/password-reset/",
+    "/accounts/webauthn/authentication/",
+    "/accounts/webauthn/jsi18n/",
+)
+# Adding a passkey before any second factor exists is enrolment; after that it needs a
+# verified session (the library refuses it too).
+ENROLMENT_PATH_PREFIXES = ("/accounts/webauthn/registration/",)
 
 
 class SecondFactorRequiredMiddleware:
@@ -285,6 +304,8 @@ class SecondFactorRequiredMiddleware:
             and not request.path.startswith(OPEN_PATH_PREFIXES)
         ):
             target = self._target(user)
+            if target == "mfa_enrol" and request.path.startswith(ENROLMENT_PATH_PREFIXES):
+                target = None
             if target is not None and request.path not in self._open_paths():
                 query = urlencode({"next": request.get_full_path()})
                 return HttpResponseRedirect(f"{reverse(target)}?{query}")

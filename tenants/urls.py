@@ -1,7 +1,7 @@
 """Account pages: sign-in, second factor, security settings, password flows."""
 
 from django.contrib.auth import views as auth_views
-from django.urls import path
+from django.urls import include, path
 
 from tenants import views
 
@@ -11,6 +11,7 @@ urlpatterns = [
     path("verify/", views.mfa_verify, name="mfa_verify"),
     path("enrol/", views.mfa_enrol, name="mfa_enrol"),
     path("step-up/", views.step_up, name="step_up"),
+    path("webauthn/", include("tenants.webauthn")),
     path("security/", views.account_security, name="account_security"),
     path("security/backup-codes/", views.backup_codes_regenerate, name="backup_codes_regenerate"),
     path("password/", views.PasswordChangeView.as_view(), name="password_change"),

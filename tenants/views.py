@@ -22,6 +22,7 @@ from tenants.mfa import (
     backup_codes_issue,
     backup_codes_left,
     confirmed_devices,
+    has_passkey,
     has_totp,
     mfa_required,
     qr_svg_data_uri,
@@ -128,7 +129,7 @@ def mfa_verify(request: HttpRequest) -> HttpResponse:
 def mfa_enrol(request: HttpRequest) -> HttpResponse:
     """Set up an authenticator app; shows the backup codes once on success."""
     user: User = request.user  # type: ignore[assignment]
-    if has_totp(user) and not user.is_verified():
+    if confirmed_devices(user) and not user.is_verified():
         return _redirect_with_next("mfa_verify", safe_next(request))
     device = totp_device_start(user=user)
     form = EnrolForm(request.POST or None, initial={"device_id": device.pk})
@@ -192,7 +193,11 @@ def account_security(request: HttpRequest) -> HttpResponse:
     return render(
         request,
         "accounts/security.html",
-        {"has_totp": has_totp(user), "backup_codes_left": backup_codes_left(user)},
+        {
+            "has_totp": has_totp(user),
+            "has_passkey": has_passkey(user),
+            "backup_codes_left": backup_codes_left(user),
+        },
     )
 
 

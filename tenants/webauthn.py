@@ -1,0 +1,110 @@
+"""Passkeys (WebAuthn) as a second factor, through django-otp-webauthn.
+
+The library's ceremony views are reused; completing one goes through this module so
+a passkey sign-in is handled exactly like a TOTP one: new session key, step-up clock,
+audit event. Passwordless sign-in is off: a passkey is the second step after the
+password. Adding a passkey needs a verified session, except at first enrolment.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.urls import path
+from django.views.i18n import JavaScriptCatalog
+from django_otp_webauthn import views as webauthn_views
+from django_otp_webauthn.helpers import WebAuthnHelper
+
+import audit
+from audit.actors import Actor
+from audit.models import Action, Outcome
+from tenants.mfa import MFA_AT, session_mark_verified
+
+
+def rp_id(request: HttpRequest) -> str:
+    """The relying party: this site's host name (validated by ALLOWED_HOSTS), no port."""
+    return settings.WEBAUTHN_RP_ID or request.get_host().rsplit(":", 1)[0]
+
+
+class PortalWebAuthnHelper(WebAuthnHelper):
+    def get_allowed_origins(self) -> list[str]:
+        if settings.WEBAUTHN_ALLOWED_ORIGINS:
+            return list(settings.WEBAUTHN_ALLOWED_ORIGINS)
+        scheme = "https" if self.request.is_secure() else "http"
+        return [f"{scheme}://{self.request.get_host()}"]
+
+
+class CompleteAuthentication(webauthn_views.CompleteCredentialAuthenticationView):
+    def complete_auth(self, device: Any) -> Any:
+        step_up = self.request.user.is_verified()
+        session_mark_verified(self.request, device)
+        audit.record_for_user(
+            user=device.user,
+            actor=Actor.from_request(self.request),
+            action=Action.STEP_UP_VERIFIED if step_up else Action.MFA_VERIFIED,
+            detail={"device": "passkey"},
+        )
+        return device.user
+
+    def post(self, *args: Any, **kwargs: Any) -> HttpResponse:
+        response = super().post(*args, **kwargs)
+        if response.status_code >= 400 and self.request.user.is_authenticated:
+            audit.record_for_user(
+                user=self.request.user,
+                actor=Actor.from_request(self.request),
+                action=Action.MFA_FAILED,
+                outcome=Outcome.FAILURE,
+                detail={"device": "passkey"},
+            )
+        return response
+
+
+class CompleteRegistration(webauthn_views.CompleteCredentialRegistrationView):
+    def post(self, *args: Any, **kwargs: Any) -> HttpResponse:
+        was_verified = self.request.user.is_verified()
+        response = super().post(*args, **kwargs)
+        if isinstance(response, JsonResponse) and response.status_code == 200:
+            audit.record_for_user(
+                user=self.request.user,
+                actor=Actor.from_request(self.request),
+                action=Action.MFA_DEVICE_CONFIRMED,
+                detail={"device": "passkey"},
+            )
+            if not was_verified:
+                # First enrolment with a passkey: the ceremony proved possession.
+                self.request.session.cycle_key()
+                self.request.session[MFA_AT] = int(time.time())
+        return response
+
+
+app_name = "otp_webauthn"
+urlpatterns = [
+    path(
+        "registration/begin/",
+        webauthn_views.BeginCredentialRegistrationView.as_view(),
+        name="credential-registration-begin",
+    ),
+    path(
+        "registration/complete/",
+        CompleteRegistration.as_view(),
+        name="credential-registration-complete",
+    ),
+    path(
+        "authentication/begin/",
+        webauthn_views.BeginCredentialAuthenticationView.as_view(),
+        name="credential-authentication-begin",
+    ),
+    path(
+        "authentication/complete/",
+        CompleteAuthentication.as_view(),
+        name="credential-authentication-complete",
+    ),
+    path(
+        "jsi18n/",
+        JavaScriptCatalog.as_view(packages=["django_otp_webauthn"]),
+        name="js-i18n-catalog",
+    ),
+]
