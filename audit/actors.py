@@ -28,6 +28,10 @@ class Actor:
         return cls.for_user(getattr(request, "user", None), ip=client_ip(request))
 
     @classmethod
+    def for_token(cls, token: Any, *, ip: str | None = None) -> Actor:
+        return cls(type=ActorType.API_TOKEN, id=str(token.pk), ip=ip)
+
+    @classmethod
     def system(cls, component: str) -> Actor:
         return cls(type=ActorType.SYSTEM, id=component)
 

@@ -19,5 +19,6 @@ urlpatterns = [
     path("", views.home, name="home"),
     path("accounts/", include("tenants.urls")),
     path("admin/", platform_admin_site.urls),
+    path("dicomweb/", include("imaging.dicomweb.urls")),
     path("t/<slug:tenant_slug>/", include(clinic_patterns)),
 ]

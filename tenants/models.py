@@ -261,3 +261,35 @@ class BreakGlassGrant(TenantOwnedModel):
 
     def __str__(self) -> str:
         return f"BreakGlassGrant {self.id}"
+
+
+class ApiToken(TenantOwnedModel):
+    """A partner's credential for one clinic. Only a hash of the secret is stored."""
+
+    class Scope(models.TextChoices):
+        DICOMWEB_READ = "dicomweb:read", "DICOMweb search and retrieve"
+        DICOMWEB_WRITE = "dicomweb:write", "DICOMweb store"
+        STUDIES_READ = "studies:read", "REST API: read studies"
+        SHARES_WRITE = "shares:write", "REST API: create and revoke share links"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=16, unique=True, editable=False)
+    secret_hash = models.CharField(max_length=64, editable=False)
+    scopes = models.JSONField(default=list)
+    created_by = models.ForeignKey(
+        User, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+    revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    class Meta:
+        indexes = [models.Index(fields=["tenant", "-created_at"])]
+
+    def __str__(self) -> str:
+        return f"ApiToken {self.prefix}"
+
+    def has_scope(self, scope: str) -> bool:
+        return scope in self.scopes

@@ -1,0 +1,205 @@
+"""QIDO-RS query parameters: parsed, validated, and turned into index filters.
+
+Values arrive percent-decoded (Django's QueryDict). Attributes may be named by keyword
+or by tag; an attribute the index cannot match is a 400 naming it, never a silent
+full listing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from dataclasses import dataclass, field
+
+from django.db.models import Q
+from django.http import QueryDict
+
+MAX_LIMIT = 1000
+DEFAULT_LIMIT = 200
+
+
+class QueryError(ValueError):
+    """The query cannot be answered; the message says why."""
+
+
+# keyword -> (tag, vr, ORM path per level: study, series, instance)
+ATTRIBUTES: dict[str, tuple[str, str, dict[str, str]]] = {
+    "StudyInstanceUID": (
+        "0020000D",
+        "UI",
+        {"study": "study_uid", "series": "study__study_uid", "instance": "study__study_uid"},
+    ),
+    "StudyDate": (
+        "00080020",
+        "DA",
+        {"study": "study_date", "series": "study__study_date", "instance": "study__study_date"},
+    ),
+    "StudyTime": ("00080030", "TM", {"study": "study_time"}),
+    "AccessionNumber": (
+        "00080050",
+        "SH",
+        {
+            "study": "accession_number",
+            "series": "study__accession_number",
+            "instance": "study__accession_number",
+        },
+    ),
+    "ModalitiesInStudy": ("00080061", "CS", {"study": "modalities"}),
+    "ReferringPhysicianName": ("00080090", "PN", {"study": "referring_physician"}),
+    "StudyDescription": ("00081030", "LO", {"study": "description"}),
+    "PatientName": (
+        "00100010",
+        "PN",
+        {
+            "study": "patient__name",
+            "series": "study__patient__name",
+            "instance": "study__patient__name",
+        },
+    ),
+    "PatientID": (
+        "00100020",
+        "LO",
+        {
+            "study": "patient__patient_id",
+            "series": "study__patient__patient_id",
+            "instance": "study__patient__patient_id",
+        },
+    ),
+    "PatientBirthDate": ("00100030", "DA", {"study": "patient__birth_date"}),
+    "PatientSex": ("00100040", "CS", {"study": "patient__sex"}),
+    "SeriesInstanceUID": (
+        "0020000E",
+        "UI",
+        {"series": "series_uid", "instance": "series__series_uid"},
+    ),
+    "Modality": ("00080060", "CS", {"series": "modality", "instance": "series__modality"}),
+    "SeriesNumber": ("00200011", "IS", {"series": "series_number"}),
+    "SeriesDescription": ("0008103E", "LO", {"series": "description"}),
+    "SOPInstanceUID": ("00080018", "UI", {"instance": "sop_instance_uid"}),
+    "SOPClassUID": ("00080016", "UI", {"instance": "sop_class_uid"}),
+    "InstanceNumber": ("00200013", "IS", {"instance": "instance_number"}),
+}
+BY_TAG = {tag: keyword for keyword, (tag, _, _) in ATTRIBUTES.items()}
+# Returned attributes a client may ask for by includefield without matching on them.
+RETURN_ONLY = {
+    "NumberOfStudyRelatedSeries",
+    "NumberOfStudyRelatedInstances",
+    "NumberOfSeriesRelatedInstances",
+    "RetrieveURL",
+    "Rows",
+    "Columns",
+    "NumberOfFrames",
+    "AvailableTransferSyntaxUID",
+    "BodyPartExamined",
+}
+CONTROL = {"limit", "offset", "includefield", "fuzzymatching"}
+DATE = re.compile(r"^\d{8}$")
+
+
+@dataclass
+class Query:
+    filters: Q = field(default_factory=Q)
+    limit: int = DEFAULT_LIMIT
+    offset: int = 0
+    fuzzy: bool = False
+
+
+def _keyword(name: str) -> str:
+    name = name.strip()
+    upper = name.upper().replace(",", "")
+    if re.fullmatch(r"[0-9A-F]{8}", upper):
+        if upper in BY_TAG:
+            return BY_TAG[upper]
+        raise QueryError(f"Attribute {name} cannot be used in a search here.")
+    return name
+
+
+def _int(params: QueryDict, name: str, default: int) -> int:
+    raw = params.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise QueryError(f"{name} must be a whole number, not {raw!r}.") from None
+    if value < 0:
+        raise QueryError(f"{name} must not be negative.")
+    return value
+
+
+def _date(text: str, name: str) -> dt.date:
+    if not DATE.match(text):
+        raise QueryError(f"{name}: {text!r} is not a date (YYYYMMDD).")
+    try:
+        return dt.date(int(text[:4]), int(text[4:6]), int(text[6:]))
+    except ValueError:
+        raise QueryError(f"{name}: {text!r} is not a valid date.") from None
+
+
+def _wildcard_regex(value: str) -> str:
+    return (
+        "^"
+        + "".join(".*" if ch == "*" else "." if ch == "?" else re.escape(ch) for ch in value)
+        + "$"
+    )
+
+
+def _match(keyword: str, vr: str, path: str, value: str, fuzzy: bool) -> Q:
+    if vr == "DA":
+        if "-" in value:
+            start, _, end = value.partition("-")
+            q = Q()
+            if start:
+                q &= Q(**{f"{path}__gte": _date(start, keyword)})
+            if end:
+                q &= Q(**{f"{path}__lte": _date(end, keyword)})
+            return q
+        return Q(**{path: _date(value, keyword)})
+    if vr == "UI":
+        uids = [uid for uid in re.split(r"[\\,]", value) if uid]
+        return Q(**{f"{path}__in": uids})
+    if vr == "IS":
+        try:
+            return Q(**{path: int(value)})
+        except ValueError:
+            raise QueryError(f"{keyword} must be a number, not {value!r}.") from None
+    if keyword == "ModalitiesInStudy":
+        q = Q()
+        for modality in re.split(r"[\\,]", value):
+            q |= Q(**{f"{path}__regex": rf"(^|\\){re.escape(modality)}($|\\)"})
+        return q
+    if "*" in value or "?" in value:
+        lookup = "iregex" if vr == "PN" else "regex"
+        return Q(**{f"{path}__{lookup}": _wildcard_regex(value)})
+    if vr == "PN" and fuzzy:
+        return Q(**{f"{path}__icontains": value})
+    if vr == "PN":
+        return Q(**{f"{path}__iexact": value})
+    return Q(**{path: value})
+
+
+def parse_query(params: QueryDict, *, level: str) -> Query:
+    """Validate QIDO parameters for `level` (study, series or instance)."""
+    query = Query(
+        limit=min(_int(params, "limit", DEFAULT_LIMIT), MAX_LIMIT),
+        offset=_int(params, "offset", 0),
+        fuzzy=params.get("fuzzymatching", "false").lower() == "true",
+    )
+    for name in params.getlist("includefield"):
+        for item in name.split(","):
+            if item in ("all", "") or _keyword(item) in ATTRIBUTES or item in RETURN_ONLY:
+                continue
+            raise QueryError(f"includefield: unknown attribute {item!r}.")
+    for name in params:
+        if name in CONTROL:
+            continue
+        keyword = _keyword(name)
+        if keyword not in ATTRIBUTES:
+            raise QueryError(f"Unknown or unsupported search attribute {name!r}.")
+        _, vr, paths = ATTRIBUTES[keyword]
+        if level not in paths:
+            raise QueryError(f"{keyword} cannot be matched at the {level} level.")
+        for value in params.getlist(name):
+            if value:
+                query.filters &= _match(keyword, vr, paths[level], value, query.fuzzy)
+    return query

@@ -1,0 +1,427 @@
+"""DICOMweb (PS3.18): QIDO-RS search, WADO-RS retrieve and metadata, STOW-RS store."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from typing import Any
+
+import pydicom
+from django.conf import settings
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.views.decorators.http import require_http_methods
+
+import audit
+from audit.actors import Actor, client_ip
+from audit.models import Action
+from imaging.crypto import IntegrityError
+from imaging.dicomweb.auth import dicomweb_error, token_required
+from imaging.dicomweb.dicomjson import instance_json, series_json, study_json
+from imaging.dicomweb.multipart import (
+    MultipartError,
+    content_type_parameters,
+    parse_related,
+    related_stream,
+)
+from imaging.dicomweb.query import QueryError, parse_query
+from imaging.ingest import IngestOutcome, ingest_bytes
+from imaging.models import Instance, Series, Study
+from imaging.services import instance_bytes, instance_chunks
+from tenants.models import ApiToken
+
+DICOM_JSON = "application/dicom+json"
+EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
+FAILURE_CANNOT_UNDERSTAND = 0xC000
+FAILURE_PROCESSING = 0x0110
+FAILURE_STUDY_MISMATCH = 0xA900
+FAILURE_DUPLICATE_CONFLICT = 0x0111
+
+
+def _actor(request: HttpRequest) -> Actor:
+    token: ApiToken = request.api_token  # type: ignore[attr-defined]
+    return Actor.for_token(token, ip=client_ip(request))
+
+
+def _base_url(request: HttpRequest) -> str:
+    return request.build_absolute_uri("/dicomweb").rstrip("/")
+
+
+def _audit(request: HttpRequest, action: Action, detail: dict[str, Any]) -> None:
+    audit.record(
+        actor=_actor(request), action=action, target=None, tenant=request.tenant, detail=detail
+    )
+
+
+def _json(data: Any, status: int = 200) -> JsonResponse:
+    return JsonResponse(data, status=status, safe=False, content_type=DICOM_JSON)
+
+
+# --- QIDO-RS --------------------------------------------------------------------------
+
+
+def _search(request: HttpRequest, queryset: QuerySet, level: str, render) -> HttpResponse:
+    try:
+        query = parse_query(request.GET, level=level)
+    except QueryError as exc:
+        return dicomweb_error(400, str(exc))
+    rows = list(queryset.filter(query.filters)[query.offset : query.offset + query.limit])
+    base = _base_url(request)
+    _audit(request, Action.DICOMWEB_SEARCH, {"level": level, "results": len(rows)})
+    if not rows:
+        return HttpResponse(status=204)
+    return _json([render(row, base) for row in rows])
+
+
+def _studies(request: HttpRequest) -> QuerySet[Study]:
+    return (
+        Study.objects.for_tenant(request.tenant)
+        .select_related("patient")
+        .order_by("-study_date", "study_uid")
+    )
+
+
+def _series(request: HttpRequest) -> QuerySet[Series]:
+    return (
+        Series.objects.for_tenant(request.tenant)
+        .select_related("study", "study__patient")
+        .order_by("study__study_uid", "series_number", "series_uid")
+    )
+
+
+def _instances(request: HttpRequest) -> QuerySet[Instance]:
+    return (
+        Instance.objects.for_tenant(request.tenant)
+        .select_related("study", "study__patient", "series")
+        .order_by("series__series_uid", "instance_number", "sop_instance_uid")
+    )
+
+
+def _series_row(series: Series, base: str) -> dict:
+    return {**study_json(series.study, base_url=base), **series_json(series, base_url=base)}
+
+
+def _instance_row(instance: Instance, base: str) -> dict:
+    return {
+        **study_json(instance.study, base_url=base),
+        **series_json(instance.series, base_url=base),
+        **instance_json(instance, base_url=base),
+    }
+
+
+@require_http_methods(["GET", "POST"])
+def studies(request: HttpRequest) -> HttpResponse:
+    if request.method == "POST":
+        return store(request)
+    return search_studies(request)
+
+
+@token_required("dicomweb:read")
+def search_studies(request: HttpRequest) -> HttpResponse:
+    return _search(request, _studies(request), "study", lambda s, b: study_json(s, base_url=b))
+
+
+@token_required("dicomweb:read")
+@require_http_methods(["GET"])
+def search_series(request: HttpRequest, study: str | None = None) -> HttpResponse:
+    queryset = _series(request)
+    if study is not None:
+        queryset = queryset.filter(study__study_uid=study)
+        if not _studies(request).filter(study_uid=study).exists():
+            return dicomweb_error(404, "No such study.")
+    return _search(request, queryset, "series", _series_row)
+
+
+@token_required("dicomweb:read")
+@require_http_methods(["GET"])
+def search_instances(
+    request: HttpRequest, study: str | None = None, series: str | None = None
+) -> HttpResponse:
+    queryset = _instances(request)
+    if study is not None:
+        queryset = queryset.filter(study__study_uid=study)
+    if series is not None:
+        queryset = queryset.filter(series__series_uid=series)
+    if study is not None and not queryset.exists():
+        return dicomweb_error(404, "No such study or series.")
+    return _search(request, queryset, "instance", _instance_row)
+
+
+# --- WADO-RS --------------------------------------------------------------------------
+
+
+class NotAcceptable(Exception):
+    pass
+
+
+def _requested_transfer_syntax(request: HttpRequest) -> str:
+    """The transfer syntax asked for: '*' (as stored), a UID, or the default."""
+    accept = request.headers.get("Accept", "") or "*/*"
+    for item in accept.split(","):
+        media, params = content_type_parameters(item.strip())
+        if media in ("*/*", "multipart/related", "application/dicom"):
+            part_type = params.get("type", "application/dicom").strip('"')
+            if part_type not in ("application/dicom", "*/*"):
+                continue
+            return params.get("transfer-syntax", EXPLICIT_VR_LE if media != "*/*" else "*")
+    raise NotAcceptable(
+        'Only multipart/related; type="application/dicom" is offered for this resource.'
+    )
+
+
+def _transcode(data: bytes, target: str) -> bytes:
+    """Re-encode to explicit VR little endian, decoding compressed pixel data if needed."""
+    if target != EXPLICIT_VR_LE:
+        raise NotAcceptable(
+            f"Transcoding to {target} is not offered; ask for * or {EXPLICIT_VR_LE}."
+        )
+    ds = pydicom.dcmread(io.BytesIO(data))
+    try:
+        if ds.file_meta.TransferSyntaxUID.is_compressed:
+            ds.decompress()
+    except Exception as exc:
+        raise NotAcceptable(f"The stored image cannot be decoded losslessly ({exc}).") from None
+    ds.file_meta.TransferSyntaxUID = EXPLICIT_VR_LE
+    out = io.BytesIO()
+    ds.save_as(out, implicit_vr=False, little_endian=True, enforce_file_format=True)
+    return out.getvalue()
+
+
+def _retrieve(request: HttpRequest, instances: QuerySet[Instance]) -> HttpResponse:
+    try:
+        wanted = _requested_transfer_syntax(request)
+    except NotAcceptable as exc:
+        return dicomweb_error(406, str(exc))
+    rows = list(instances)
+    if not rows:
+        return dicomweb_error(404, "Not found.")
+    actor = _actor(request)
+    needs_transcode = [r for r in rows if wanted not in ("*", r.transfer_syntax_uid)]
+    prepared: dict[str, bytes] = {}
+    try:
+        for row in needs_transcode:
+            # Transcoding needs the whole dataset; decide 406 before streaming starts.
+            prepared[row.pk.hex] = _transcode(instance_bytes(instance=row, actor=actor), wanted)
+    except NotAcceptable as exc:
+        return dicomweb_error(406, str(exc))
+    except IntegrityError:
+        return dicomweb_error(500, "A stored object failed its integrity check; it was not served.")
+
+    def parts() -> Iterator[tuple[str, Iterator[bytes]]]:
+        for row in rows:
+            syntax = row.transfer_syntax_uid if row.pk.hex not in prepared else wanted
+            chunks = (
+                iter([prepared[row.pk.hex]])
+                if row.pk.hex in prepared
+                else instance_chunks(instance=row, actor=actor)
+            )
+            yield f"application/dicom; transfer-syntax={syntax}", chunks
+
+    _audit(request, Action.DICOMWEB_RETRIEVE, {"instances": len(rows)})
+    boundary, body = related_stream(parts())
+    response = StreamingHttpResponse(
+        body,
+        content_type=f'multipart/related; type="application/dicom"; boundary={boundary}',
+    )
+    return response
+
+
+@token_required("dicomweb:read")
+@require_http_methods(["GET"])
+def retrieve_study(request: HttpRequest, study: str) -> HttpResponse:
+    return _retrieve(request, _instances(request).filter(study__study_uid=study))
+
+
+@token_required("dicomweb:read")
+@require_http_methods(["GET"])
+def retrieve_series(request: HttpRequest, study: str, series: str) -> HttpResponse:
+    return _retrieve(
+        request, _instances(request).filter(study__study_uid=study, series__series_uid=series)
+    )
+
+
+@token_required("dicomweb:read")
+@require_http_methods(["GET"])
+def retrieve_instance(request: HttpRequest, study: str, series: str, instance: str) -> HttpResponse:
+    return _retrieve(
+        request,
+        _instances(request).filter(
+            study__study_uid=study, series__series_uid=series, sop_instance_uid=instance
+        ),
+    )
+
+
+def _metadata(request: HttpRequest, instances: QuerySet[Instance]) -> HttpResponse:
+    rows = list(instances)
+    if not rows:
+        return dicomweb_error(404, "Not found.")
+    actor = _actor(request)
+    base = _base_url(request)
+    result = []
+    try:
+        for row in rows:
+            ds = pydicom.dcmread(
+                io.BytesIO(instance_bytes(instance=row, actor=actor)), stop_before_pixels=True
+            )
+            item = ds.to_json_dict(
+                bulk_data_threshold=1 << 20, bulk_data_element_handler=lambda e: ""
+            )
+            retrieve = (
+                f"{base}/studies/{row.study.study_uid}/series/{row.series.series_uid}"
+                f"/instances/{row.sop_instance_uid}"
+            )
+            item["7FE00010"] = {"vr": "OB", "BulkDataURI": retrieve}
+            result.append(item)
+    except IntegrityError:
+        return dicomweb_error(500, "A stored object failed its integrity check; it was not served.")
+    _audit(request, Action.DICOMWEB_RETRIEVE, {"metadata": len(rows)})
+    return _json(result)
+
+
+@token_required("dicomweb:read")
+@require_http_methods(["GET"])
+def metadata_study(request: HttpRequest, study: str) -> HttpResponse:
+    return _metadata(request, _instances(request).filter(study__study_uid=study))
+
+
+@token_required("dicomweb:read")
+@require_http_methods(["GET"])
+def metadata_series(request: HttpRequest, study: str, series: str) -> HttpResponse:
+    return _metadata(
+        request, _instances(request).filter(study__study_uid=study, series__series_uid=series)
+    )
+
+
+@token_required("dicomweb:read")
+@require_http_methods(["GET"])
+def metadata_instance(request: HttpRequest, study: str, series: str, instance: str) -> HttpResponse:
+    return _metadata(
+        request,
+        _instances(request).filter(
+            study__study_uid=study, series__series_uid=series, sop_instance_uid=instance
+        ),
+    )
+
+
+# --- STOW-RS --------------------------------------------------------------------------
+
+
+def _sop_ref(sop_class: str, sop_instance: str) -> dict[str, Any]:
+    item: dict[str, Any] = {}
+    if sop_class:
+        item["00081150"] = {"vr": "UI", "Value": [sop_class]}
+    if sop_instance:
+        item["00081155"] = {"vr": "UI", "Value": [sop_instance]}
+    return item
+
+
+def _uids(data: bytes) -> tuple[str, str, str]:
+    try:
+        ds = pydicom.dcmread(
+            io.BytesIO(data),
+            stop_before_pixels=True,
+            specific_tags=["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID"],
+        )
+        return (
+            str(ds.get("SOPClassUID", "")),
+            str(ds.get("SOPInstanceUID", "")),
+            str(ds.get("StudyInstanceUID", "")),
+        )
+    except Exception:
+        return "", "", ""
+
+
+@token_required("dicomweb:write")
+def store(request: HttpRequest, study: str | None = None) -> HttpResponse:
+    content_type = request.headers.get("Content-Type", "")
+    media, params = content_type_parameters(content_type)
+    if media != "multipart/related" or params.get("type", "").strip('"') != "application/dicom":
+        return dicomweb_error(
+            415, 'Send multipart/related; type="application/dicom" with one DICOM file per part.'
+        )
+    try:
+        declared = int(request.headers.get("Content-Length") or 0)
+    except ValueError:
+        return dicomweb_error(400, "Content-Length is not a number.")
+    if declared > settings.STOW_MAX_REQUEST_BYTES:
+        return dicomweb_error(413, "The request is larger than this server accepts.")
+    # read() rather than .body: the body is bounded here, not by the form-data limit.
+    body = request.read(settings.STOW_MAX_REQUEST_BYTES + 1)
+    if len(body) > settings.STOW_MAX_REQUEST_BYTES:
+        return dicomweb_error(413, "The request is larger than this server accepts.")
+    try:
+        parts = parse_related(body, content_type)
+    except MultipartError as exc:
+        return dicomweb_error(400, str(exc))
+    base = _base_url(request)
+    referenced, failed = [], []
+    actor = _actor(request)
+    for part_type, payload in parts:
+        sop_class, sop_instance, study_uid = _uids(payload)
+        if part_type != "application/dicom":
+            failed.append(
+                {
+                    **_sop_ref(sop_class, sop_instance),
+                    "00081197": {"vr": "US", "Value": [FAILURE_CANNOT_UNDERSTAND]},
+                }
+            )
+            continue
+        if study is not None and study_uid and study_uid != study:
+            failed.append(
+                {
+                    **_sop_ref(sop_class, sop_instance),
+                    "00081197": {"vr": "US", "Value": [FAILURE_STUDY_MISMATCH]},
+                }
+            )
+            continue
+        result = ingest_bytes(tenant=request.tenant, actor=actor, data=payload, name="stow")
+        if result.outcome == IngestOutcome.REJECTED:
+            reason = (
+                FAILURE_DUPLICATE_CONFLICT
+                if result.code == "conflict"
+                else FAILURE_CANNOT_UNDERSTAND
+                if result.code not in ("busy",)
+                else FAILURE_PROCESSING
+            )
+            failed.append(
+                {
+                    **_sop_ref(sop_class, sop_instance),
+                    "00081197": {"vr": "US", "Value": [reason]},
+                    "00081196": {"vr": "US", "Value": [reason]},
+                }
+            )
+            continue
+        stored = (
+            Instance.objects.for_tenant(request.tenant)
+            .select_related("study", "series")
+            .get(pk=result.instance_id)
+        )
+        referenced.append(
+            {
+                **_sop_ref(stored.sop_class_uid, stored.sop_instance_uid),
+                "00081190": {
+                    "vr": "UR",
+                    "Value": [
+                        f"{base}/studies/{stored.study.study_uid}/series/{stored.series.series_uid}"
+                        f"/instances/{stored.sop_instance_uid}"
+                    ],
+                },
+            }
+        )
+    body: dict[str, Any] = {}
+    if study is not None:
+        body["00081190"] = {"vr": "UR", "Value": [f"{base}/studies/{study}"]}
+    if referenced:
+        body["00081199"] = {"vr": "SQ", "Value": referenced}
+    if failed:
+        body["00081198"] = {"vr": "SQ", "Value": failed}
+    _audit(request, Action.DICOMWEB_STORE, {"stored": len(referenced), "failed": len(failed)})
+    status = 200 if not failed else 202 if referenced else 409
+    return _json(body, status=status)
+
+
+@require_http_methods(["GET", "POST"])
+def study(request: HttpRequest, study: str) -> HttpResponse:
+    if request.method == "POST":
+        return store(request, study=study)
+    return retrieve_study(request, study=study)

@@ -1,0 +1,340 @@
+"""DICOMweb with the real dicomweb-client: store, search, retrieve; isolation; bad requests."""
+
+from __future__ import annotations
+
+import io
+import re
+
+import pydicom
+import pytest
+
+from audit.models import Action, AuditEvent
+from imaging.models import Instance
+from tests.imaging_tests.dicomweb_support import BASE, dicomweb, http, token_for
+from tests.imaging_tests.helpers import ingest, sample_bytes, synthetic_ct
+
+
+def _ds(data: bytes) -> pydicom.Dataset:
+    return pydicom.dcmread(io.BytesIO(data))
+
+
+@pytest.fixture
+def read_token(clinic):
+    return token_for(clinic, "dicomweb:read")
+
+
+@pytest.fixture
+def write_token(clinic):
+    return token_for(clinic, "dicomweb:read", "dicomweb:write")
+
+
+@pytest.fixture
+def outsider_token(other_clinic):
+    return token_for(other_clinic, "dicomweb:read", "dicomweb:write")
+
+
+@pytest.fixture
+def stored_ct(clinic):
+    files = synthetic_ct(slices=3, patient_name="Müller^Jürgen", patient_id="PID-1")
+    for data in files:
+        ingest(clinic, data)
+    return files
+
+
+def _multipart(parts: list[tuple[str, bytes]], boundary: str = "b0undary") -> bytes:
+    body = b""
+    for content_type, payload in parts:
+        body += f"--{boundary}\r\nContent-Type: {content_type}\r\n\r\n".encode() + payload + b"\r\n"
+    return body + f"--{boundary}--\r\n".encode()
+
+
+STOW_TYPE = 'multipart/related; type="application/dicom"; boundary=b0undary'
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "name",
+    [
+        "CT_small.dcm",
+        "MR_small_jp2klossless.dcm",
+        "SC_rgb_jpeg_dcmtk.dcm",
+        "MR_small_RLE.dcm",
+        "chrH31.dcm",
+        "chrX1.dcm",
+    ],
+)
+def test_store_search_retrieve_with_dicomweb_client(name, clinic, write_token):
+    client = dicomweb(write_token)
+    dataset = _ds(sample_bytes(name))
+
+    response = client.store_instances([dataset])
+    found = client.search_for_studies(search_filters={"StudyInstanceUID": dataset.StudyInstanceUID})
+    retrieved = client.retrieve_instance(
+        dataset.StudyInstanceUID,
+        dataset.SeriesInstanceUID,
+        dataset.SOPInstanceUID,
+        media_types=(("application/dicom", "*"),),
+    )
+
+    assert "ReferencedSOPSequence" in response
+    assert len(found) == 1
+    assert found[0]["00100010"]["Value"][0]["Alphabetic"] == str(dataset.PatientName)
+    assert retrieved.file_meta.TransferSyntaxUID == dataset.file_meta.TransferSyntaxUID
+    assert retrieved.PixelData == dataset.PixelData
+    assert str(retrieved.PatientName) == str(dataset.PatientName)
+
+
+@pytest.mark.django_db
+def test_byte_exact_round_trip(clinic, write_token):
+    (data,) = synthetic_ct(slices=1)
+    session = http(write_token)
+
+    stored = session.post(
+        f"{BASE}/studies",
+        data=_multipart([("application/dicom", data)]),
+        headers={"Content-Type": STOW_TYPE},
+    )
+    ds = _ds(data)
+    got = session.get(
+        f"{BASE}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+        f"/instances/{ds.SOPInstanceUID}",
+        headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'},
+    )
+
+    assert stored.status_code == 200
+    boundary = re.search(r"boundary=([^;]+)", got.headers["Content-Type"])[1]
+    part = got.content.split(f"--{boundary}".encode())[1]
+    assert part.split(b"\r\n\r\n", 1)[1][:-2] == data
+
+
+@pytest.mark.django_db
+def test_compressed_instance_transcodes_to_explicit_little_endian(clinic, read_token):
+    data = sample_bytes("MR_small_jp2klossless.dcm")
+    ingest(clinic, data)
+    ds = _ds(data)
+
+    retrieved = dicomweb(read_token).retrieve_instance(
+        ds.StudyInstanceUID,
+        ds.SeriesInstanceUID,
+        ds.SOPInstanceUID,
+        media_types=(("application/dicom", "1.2.840.10008.1.2.1"),),
+    )
+
+    assert retrieved.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+    assert (retrieved.pixel_array == ds.pixel_array).all()
+
+
+@pytest.mark.django_db
+def test_unavailable_transfer_syntax_is_406(clinic, read_token, stored_ct):
+    ds = _ds(stored_ct[0])
+
+    response = http(read_token).get(
+        f"{BASE}/studies/{ds.StudyInstanceUID}",
+        headers={
+            "Accept": 'multipart/related; type="application/dicom"; '
+            "transfer-syntax=1.2.840.10008.1.2.4.50"
+        },
+    )
+
+    assert response.status_code == 406
+    assert "Transcoding" in response.json()["error"]
+
+
+@pytest.mark.django_db
+def test_qido_matching(clinic, read_token, stored_ct):
+    client = dicomweb(read_token)
+    study_uid = _ds(stored_ct[0]).StudyInstanceUID
+
+    by_name = client.search_for_studies(search_filters={"PatientName": "Mül*"})
+    by_id = client.search_for_studies(search_filters={"PatientID": "PID-1"})
+    by_date = client.search_for_studies(search_filters={"StudyDate": "20250101-20261231"})
+    outside = client.search_for_studies(search_filters={"StudyDate": "19900101-19901231"})
+    by_modality = client.search_for_studies(search_filters={"ModalitiesInStudy": "CT"})
+    series = client.search_for_series(study_uid)
+    instances = client.search_for_instances(study_uid, limit=2, offset=1)
+
+    assert [s["0020000D"]["Value"][0] for s in by_name] == [study_uid]
+    assert len(by_id) == len(by_date) == len(by_modality) == 1
+    assert outside == []
+    assert series[0]["00201209"]["Value"] == [3]
+    assert len(instances) == 2
+    assert by_id[0]["00201208"] == {"vr": "IS", "Value": [3]}
+
+
+@pytest.mark.django_db
+def test_metadata_has_no_pixel_data_but_a_bulk_data_uri(clinic, read_token, stored_ct):
+    ds = _ds(stored_ct[0])
+
+    metadata = dicomweb(read_token).retrieve_series_metadata(
+        ds.StudyInstanceUID, ds.SeriesInstanceUID
+    )
+
+    assert len(metadata) == 3
+    assert metadata[0]["00100010"]["Value"][0]["Alphabetic"] == "Müller^Jürgen"
+    assert "InlineBinary" not in metadata[0]["7FE00010"]
+    assert metadata[0]["7FE00010"]["BulkDataURI"].startswith(f"{BASE}/studies/")
+
+
+@pytest.mark.django_db
+def test_another_clinics_token_sees_nothing(clinic, outsider_token, stored_ct):
+    ds = _ds(stored_ct[0])
+    session = http(outsider_token)
+    study, series, sop = ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID
+    urls = [
+        f"{BASE}/studies/{study}",
+        f"{BASE}/studies/{study}/metadata",
+        f"{BASE}/studies/{study}/series",
+        f"{BASE}/studies/{study}/instances",
+        f"{BASE}/studies/{study}/series/{series}",
+        f"{BASE}/studies/{study}/series/{series}/metadata",
+        f"{BASE}/studies/{study}/series/{series}/instances",
+        f"{BASE}/studies/{study}/series/{series}/instances/{sop}",
+        f"{BASE}/studies/{study}/series/{series}/instances/{sop}/metadata",
+    ]
+
+    statuses = {url: session.get(url).status_code for url in urls}
+    searches = [
+        session.get(f"{BASE}/{level}?StudyInstanceUID={study}").status_code
+        for level in ("studies", "series", "instances")
+    ]
+
+    assert set(statuses.values()) == {404}
+    assert searches == [204, 204, 204]
+
+
+@pytest.mark.django_db
+def test_read_only_token_cannot_store(clinic, read_token):
+    response = http(read_token).post(
+        f"{BASE}/studies",
+        data=_multipart([("application/dicom", synthetic_ct(slices=1)[0])]),
+        headers={"Content-Type": STOW_TYPE},
+    )
+
+    assert response.status_code == 403
+    assert not Instance.objects.for_tenant(clinic).exists()
+
+
+@pytest.mark.django_db
+def test_missing_revoked_and_expired_tokens_get_401(clinic):
+    from django.utils import timezone
+
+    from audit.actors import Actor
+    from tenants.models import ApiToken
+    from tenants.tokens import api_token_revoke
+
+    revoked = token_for(clinic, "dicomweb:read")
+    api_token_revoke(
+        token=ApiToken.objects.for_tenant(clinic).get(prefix=revoked.split("_")[1]),
+        actor=Actor.system("tests"),
+        now=timezone.now(),
+    )
+    expired = token_for(clinic, "dicomweb:read", expires_days=1)
+    ApiToken.objects.for_tenant(clinic).filter(prefix=expired.split("_")[1]).update(
+        expires_at=timezone.now() - timezone.timedelta(seconds=1)
+    )
+
+    for token in (None, revoked, expired, "ptk_nothere_x", "garbage"):
+        response = http(token).get(f"{BASE}/studies")
+        assert response.status_code == 401, token
+        assert response.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ("limit=-1", "must not be negative"),
+        ("limit=lots", "whole number"),
+        ("offset=-5", "must not be negative"),
+        ("StudyDate=2026-13-45", "not a date"),
+        ("StudyDate=20261345", "not a valid date"),
+        ("NoSuchAttribute=1", "Unknown or unsupported"),
+        ("7FE00010=1", "cannot be used"),
+        ("includefield=Nonsense", "unknown attribute"),
+        ("SOPInstanceUID=1.2.3", "cannot be matched at the study level"),
+    ],
+)
+def test_bad_queries_get_a_clear_400(query, message, clinic, read_token):
+    response = http(read_token).get(f"{BASE}/studies?{query}")
+
+    assert response.status_code == 400
+    assert message in response.json()["error"]
+
+
+@pytest.mark.django_db
+def test_percent_encoded_values_and_includefield_all(clinic, read_token, stored_ct):
+    response = http(read_token).get(
+        f"{BASE}/studies?PatientName=M%C3%BCller%5EJ%C3%BCrgen&includefield=all"
+    )
+
+    assert response.status_code == 200
+    assert len(response.json()) == 1
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("content_type", "body", "status"),
+    [
+        ("application/json", b"{}", 415),
+        ('multipart/related; type="application/dicom"', b"--x\r\n\r\n", 400),
+        ('multipart/related; type="application/dicom"; boundary=nothere', b"junk", 400),
+        ('multipart/related; type="image/png"; boundary=b0undary', b"", 415),
+    ],
+)
+def test_malformed_stow_requests_get_4xx(content_type, body, status, clinic, write_token):
+    response = http(write_token).post(
+        f"{BASE}/studies", data=body, headers={"Content-Type": content_type}
+    )
+
+    assert response.status_code == status
+    assert response.json()["error"]
+    assert not Instance.objects.for_tenant(clinic).exists()
+
+
+@pytest.mark.django_db
+def test_garbage_part_beside_good_ones_is_202_with_failures(clinic, write_token):
+    good = synthetic_ct(slices=2)
+    body = _multipart(
+        [
+            ("application/dicom", good[0]),
+            ("application/dicom", b"garbage" * 50),
+            ("application/dicom", good[1]),
+        ]
+    )
+
+    response = http(write_token).post(
+        f"{BASE}/studies", data=body, headers={"Content-Type": STOW_TYPE}
+    )
+
+    assert response.status_code == 202
+    assert len(response.json()["00081199"]["Value"]) == 2
+    assert response.json()["00081198"]["Value"][0]["00081197"]["Value"] == [0xC000]
+    assert Instance.objects.for_tenant(clinic).count() == 2
+
+
+@pytest.mark.django_db
+def test_all_parts_failing_is_409_and_study_mismatch_is_reported(clinic, write_token):
+    (data,) = synthetic_ct(slices=1)
+    response = http(write_token).post(
+        f"{BASE}/studies/1.2.3.999",
+        data=_multipart([("application/dicom", data)]),
+        headers={"Content-Type": STOW_TYPE},
+    )
+
+    assert response.status_code == 409
+    assert response.json()["00081198"]["Value"][0]["00081197"]["Value"] == [0xA900]
+
+
+@pytest.mark.django_db
+def test_every_store_search_and_retrieve_is_audited_without_phi(clinic, write_token, stored_ct):
+    client = dicomweb(write_token)
+    ds = _ds(stored_ct[0])
+    client.search_for_studies()
+    client.retrieve_study(ds.StudyInstanceUID)
+
+    events = AuditEvent.objects.for_tenant(clinic).filter(actor_type="api_token")
+    actions = set(events.values_list("action", flat=True))
+
+    assert {Action.DICOMWEB_SEARCH, Action.DICOMWEB_RETRIEVE} <= actions
+    for event in events:
+        assert "Müller" not in str(event.detail)
