@@ -66,3 +66,59 @@ def thumbnail_png(data: bytes, *, max_size: int = 256) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", optimize=True)
     return buffer.getvalue()
+
+
+def frame_count(ds: pydicom.Dataset) -> int:
+    return int(ds.get("NumberOfFrames", 1) or 1)
+
+
+def frame_pixels(ds: pydicom.Dataset, number: int) -> np.ndarray:
+    """Frame `number` (1-based) as decoded pixels."""
+    frames = frame_count(ds)
+    if not 1 <= number <= frames:
+        raise RenderError(f"frame {number} does not exist (the instance has {frames})")
+    try:
+        pixels = ds.pixel_array
+    except Exception as exc:
+        raise RenderError(f"{type(exc).__name__}: {exc}"[:200]) from None
+    return pixels[number - 1] if frames > 1 else pixels
+
+
+def frame_native_bytes(ds: pydicom.Dataset, number: int) -> bytes:
+    """A frame as uncompressed little-endian pixel bytes (application/octet-stream)."""
+    pixels = frame_pixels(ds, number)
+    return pixels.astype(pixels.dtype.newbyteorder("<"), copy=False).tobytes()
+
+
+def rendered(
+    ds: pydicom.Dataset,
+    *,
+    number: int = 1,
+    media_type: str = "image/jpeg",
+    window: tuple[float, float] | None = None,
+    viewport: tuple[int, int] | None = None,
+    quality: int = 90,
+) -> bytes:
+    """One frame rendered for display (PS3.18 rendered resources)."""
+    pixels = frame_pixels(ds, number)
+    if window is not None and ds.get("SamplesPerPixel", 1) == 1:
+        centre, width = window
+        values = apply_modality_lut(pixels, ds).astype(np.float64)
+        grey = (np.clip((values - (centre - width / 2)) / max(width, 1.0), 0, 1) * 255).astype(
+            np.uint8
+        )
+        if str(ds.get("PhotometricInterpretation", "")) == "MONOCHROME1":
+            grey = 255 - grey
+        image = Image.fromarray(grey)
+    else:
+        image = Image.fromarray(frame_to_uint8(ds, pixels))
+    if viewport is not None:
+        image.thumbnail(viewport)
+    buffer = io.BytesIO()
+    if media_type == "image/png":
+        image.save(buffer, format="PNG")
+    else:
+        image.convert("RGB" if image.mode not in ("L", "RGB") else image.mode).save(
+            buffer, format="JPEG", quality=quality
+        )
+    return buffer.getvalue()

@@ -37,4 +37,25 @@ urlpatterns = [
         views.metadata_instance,
         name="dicomweb_instance_metadata",
     ),
+    path("studies/<str:study>/thumbnail", views.thumbnail, name="dicomweb_study_thumbnail"),
+    path(
+        "studies/<str:study>/series/<str:series>/thumbnail",
+        views.thumbnail,
+        name="dicomweb_series_thumbnail",
+    ),
+    path(
+        "studies/<str:study>/series/<str:series>/instances/<str:instance>/rendered",
+        views.rendered_instance,
+        name="dicomweb_instance_rendered",
+    ),
+    path(
+        "studies/<str:study>/series/<str:series>/instances/<str:instance>/frames/<str:numbers>",
+        views.frames,
+        name="dicomweb_frames",
+    ),
+    path(
+        "studies/<str:study>/series/<str:series>/instances/<str:instance>/frames/<str:number>/rendered",
+        views.rendered_instance,
+        name="dicomweb_frame_rendered",
+    ),
 ]

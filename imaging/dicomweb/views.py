@@ -27,7 +27,8 @@ from imaging.dicomweb.multipart import (
 from imaging.dicomweb.query import QueryError, parse_query
 from imaging.ingest import IngestOutcome, ingest_bytes
 from imaging.models import Instance, Series, Study
-from imaging.services import instance_bytes, instance_chunks
+from imaging.render import RenderError, frame_native_bytes, rendered
+from imaging.services import instance_bytes, instance_chunks, thumbnail_bytes
 from tenants.models import ApiToken
 
 DICOM_JSON = "application/dicom+json"
@@ -301,6 +302,133 @@ def metadata_instance(request: HttpRequest, study: str, series: str, instance: s
             study__study_uid=study, series__series_uid=series, sop_instance_uid=instance
         ),
     )
+
+
+# --- Frames, rendered and thumbnails ------------------------------------------------------
+
+
+def _instance_dataset(request: HttpRequest, study: str, series: str, instance: str):
+    row = (
+        _instances(request)
+        .filter(study__study_uid=study, series__series_uid=series, sop_instance_uid=instance)
+        .first()
+    )
+    if row is None:
+        return None, None
+    data = instance_bytes(instance=row, actor=_actor(request))
+    return row, pydicom.dcmread(io.BytesIO(data))
+
+
+def _frame_numbers(text: str) -> list[int]:
+    try:
+        numbers = [int(item) for item in text.split(",") if item.strip()]
+    except ValueError:
+        raise QueryError("Frame numbers must be a comma-separated list of integers.") from None
+    if not numbers or any(n < 1 for n in numbers):
+        raise QueryError("Frame numbers start at 1.")
+    return numbers
+
+
+@token_required("dicomweb:read")
+@require_http_methods(["GET"])
+def frames(
+    request: HttpRequest, study: str, series: str, instance: str, numbers: str
+) -> HttpResponse:
+    accept = request.headers.get("Accept", "*/*")
+    if not any(m in accept for m in ("application/octet-stream", "*/*", "multipart/related")):
+        return dicomweb_error(
+            406, 'Frames are offered as multipart/related; type="application/octet-stream".'
+        )
+    try:
+        wanted = _frame_numbers(numbers)
+        row, ds = _instance_dataset(request, study, series, instance)
+        if row is None:
+            return dicomweb_error(404, "Not found.")
+        payloads = [frame_native_bytes(ds, n) for n in wanted]
+    except QueryError as exc:
+        return dicomweb_error(400, str(exc))
+    except RenderError as exc:
+        return dicomweb_error(404 if "does not exist" in str(exc) else 406, str(exc))
+    except IntegrityError:
+        return dicomweb_error(500, "A stored object failed its integrity check; it was not served.")
+    _audit(request, Action.DICOMWEB_RETRIEVE, {"frames": len(payloads)})
+    boundary, body = related_stream(
+        ("application/octet-stream; transfer-syntax=1.2.840.10008.1.2.1", iter([p]))
+        for p in payloads
+    )
+    return HttpResponse(
+        b"".join(body),
+        content_type=f'multipart/related; type="application/octet-stream"; boundary={boundary}',
+    )
+
+
+def _render_options(request: HttpRequest) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    try:
+        if "window" in request.GET:
+            parts = request.GET["window"].split(",")
+            options["window"] = (float(parts[0]), float(parts[1]))
+            if options["window"][1] <= 0:
+                raise ValueError
+        if "viewport" in request.GET:
+            width, height = (int(v) for v in request.GET["viewport"].split(",")[:2])
+            if not (0 < width <= 4096 and 0 < height <= 4096):
+                raise ValueError
+            options["viewport"] = (width, height)
+        if "quality" in request.GET:
+            options["quality"] = int(request.GET["quality"])
+            if not 1 <= options["quality"] <= 100:
+                raise ValueError
+    except (ValueError, IndexError):
+        raise QueryError(
+            "window=center,width (width > 0), viewport=width,height (1-4096) and "
+            "quality=1-100 are the accepted rendering parameters."
+        ) from None
+    accept = request.headers.get("Accept", "image/jpeg")
+    options["media_type"] = (
+        "image/png" if "image/png" in accept and "image/jpeg" not in accept else "image/jpeg"
+    )
+    return options
+
+
+@token_required("dicomweb:read")
+@require_http_methods(["GET"])
+def rendered_instance(
+    request: HttpRequest, study: str, series: str, instance: str, number: str = "1"
+) -> HttpResponse:
+    try:
+        options = _render_options(request)
+        frame = _frame_numbers(number)[0]
+        row, ds = _instance_dataset(request, study, series, instance)
+        if row is None:
+            return dicomweb_error(404, "Not found.")
+        image = rendered(ds, number=frame, **options)
+    except QueryError as exc:
+        return dicomweb_error(400, str(exc))
+    except RenderError as exc:
+        return dicomweb_error(404 if "does not exist" in str(exc) else 406, str(exc))
+    except IntegrityError:
+        return dicomweb_error(500, "A stored object failed its integrity check; it was not served.")
+    _audit(request, Action.DICOMWEB_RETRIEVE, {"rendered": 1})
+    return HttpResponse(image, content_type=options["media_type"])
+
+
+@token_required("dicomweb:read")
+@require_http_methods(["GET"])
+def thumbnail(request: HttpRequest, study: str, series: str | None = None) -> HttpResponse:
+    queryset = _series(request).filter(study__study_uid=study)
+    if series is not None:
+        queryset = queryset.filter(series_uid=series)
+    row = queryset.exclude(thumbnail_key="").first()
+    if row is None:
+        exists = queryset.exists()
+        return dicomweb_error(404, "No thumbnail yet." if exists else "Not found.")
+    try:
+        png = thumbnail_bytes(series=row, actor=_actor(request))
+    except IntegrityError:
+        return dicomweb_error(500, "A stored object failed its integrity check; it was not served.")
+    _audit(request, Action.DICOMWEB_RETRIEVE, {"thumbnail": 1})
+    return HttpResponse(png, content_type="image/png")
 
 
 # --- STOW-RS --------------------------------------------------------------------------

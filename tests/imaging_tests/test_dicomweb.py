@@ -18,6 +18,13 @@ def _ds(data: bytes) -> pydicom.Dataset:
     return pydicom.dcmread(io.BytesIO(data))
 
 
+def _instance_url(ds: pydicom.Dataset) -> str:
+    return (
+        f"{BASE}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+        f"/instances/{ds.SOPInstanceUID}"
+    )
+
+
 @pytest.fixture
 def read_token(clinic):
     return token_for(clinic, "dicomweb:read")
@@ -338,3 +345,94 @@ def test_every_store_search_and_retrieve_is_audited_without_phi(clinic, write_to
     assert {Action.DICOMWEB_SEARCH, Action.DICOMWEB_RETRIEVE} <= actions
     for event in events:
         assert "Müller" not in str(event.detail)
+
+
+@pytest.mark.django_db
+def test_frames_single_and_list(clinic, read_token):
+    data = sample_bytes("SC_rgb_rle_2frame.dcm")
+    ingest(clinic, data)
+    ds = _ds(data)
+
+    frames = dicomweb(read_token).retrieve_instance_frames(
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID, frame_numbers=[2, 1]
+    )
+
+    assert frames == [ds.pixel_array[1].tobytes(), ds.pixel_array[0].tobytes()]
+
+
+@pytest.mark.django_db
+def test_missing_frame_is_404_and_bad_list_is_400(clinic, read_token, stored_ct):
+    ds = _ds(stored_ct[0])
+    base = _instance_url(ds)
+    session = http(read_token)
+
+    assert session.get(f"{base}/frames/5").status_code == 404
+    assert session.get(f"{base}/frames/one").status_code == 400
+    assert session.get(f"{base}/frames/0").status_code == 400
+
+
+@pytest.mark.django_db
+def test_rendered_jpeg_and_png_with_window_and_viewport(clinic, read_token, stored_ct):
+    ds = _ds(stored_ct[0])
+    client = dicomweb(read_token)
+    ids = (ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+
+    jpeg = client.retrieve_instance_rendered(*ids, params={"window": "40,400", "viewport": "32,32"})
+    png = client.retrieve_instance_rendered(*ids, media_types=("image/png",))
+    frame = client.retrieve_instance_frames_rendered(*ids, frame_numbers=[1])
+
+    from PIL import Image
+
+    assert jpeg[:2] == b"\xff\xd8"
+    assert Image.open(io.BytesIO(jpeg)).size == (32, 32)
+    assert png[:4] == b"\x89PNG"
+    assert frame[:2] == b"\xff\xd8"
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("params", ["window=40", "window=40,0", "viewport=0,10", "quality=101"])
+def test_bad_rendering_parameters_are_400(params, clinic, read_token, stored_ct):
+    ds = _ds(stored_ct[0])
+    url = (
+        f"{BASE}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+        f"/instances/{ds.SOPInstanceUID}/rendered?{params}"
+    )
+
+    response = http(read_token).get(url)
+
+    assert response.status_code == 400
+    assert "rendering parameters" in response.json()["error"]
+
+
+@pytest.mark.django_db
+def test_study_and_series_thumbnails(
+    clinic, read_token, outsider_token, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=True):
+        (data,) = synthetic_ct(slices=1)
+        ingest(clinic, data)
+    ds = _ds(data)
+
+    study = http(read_token).get(f"{BASE}/studies/{ds.StudyInstanceUID}/thumbnail")
+    series = http(read_token).get(
+        f"{BASE}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/thumbnail"
+    )
+    outsider = http(outsider_token).get(f"{BASE}/studies/{ds.StudyInstanceUID}/thumbnail")
+
+    assert study.status_code == series.status_code == 200
+    assert study.content[:4] == b"\x89PNG"
+    assert outsider.status_code == 404
+
+
+@pytest.mark.django_db
+def test_outsider_gets_404_for_frames_and_rendered(clinic, outsider_token, stored_ct):
+    ds = _ds(stored_ct[0])
+    base = _instance_url(ds)
+    session = http(outsider_token)
+
+    statuses = [
+        session.get(f"{base}/{suffix}").status_code
+        for suffix in ("frames/1", "rendered", "frames/1/rendered")
+    ]
+
+    assert statuses == [404, 404, 404]
