@@ -68,6 +68,7 @@ class Action(models.TextChoices):
     INSTANCE_READ = "instance.read", "Instance read"
     API_TOKEN_CREATED = "api_token.created", "API token created"
     API_TOKEN_REVOKED = "api_token.revoked", "API token revoked"
+    API_READ = "api.read", "REST API read"
     DICOMWEB_SEARCH = "dicomweb.search", "DICOMweb search"
     DICOMWEB_RETRIEVE = "dicomweb.retrieve", "DICOMweb retrieve"
     DICOMWEB_STORE = "dicomweb.store", "DICOMweb store"

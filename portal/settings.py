@@ -45,6 +45,7 @@ INSTALLED_APPS = [
     "csp",
     "guardian",
     "rest_framework",
+    "drf_spectacular",
     "portal",
     "tenants",
     "audit",
@@ -196,9 +197,21 @@ DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "Imaging Portal <no-reply@loc
 PASSWORD_RESET_TIMEOUT = env_int("PASSWORD_RESET_TIMEOUT", 3600)
 
 REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["imaging.api.auth.ApiTokenAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["tenants.access.HasClinicPerm"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "portal.api_errors.api_exception_handler",
     "UNAUTHENTICATED_USER": None,
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Imaging Portal partner API",
+    "DESCRIPTION": "REST API for partners. Authenticate with `Authorization: Bearer <token>`; "
+    "the clinic is the token's. DICOMweb (PS3.18) is served separately at /dicomweb/.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+    "SERVE_AUTHENTICATION": [],
 }
 
 # --- Sessions and transport security --------------------------------------------------

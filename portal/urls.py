@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView
 
 from portal import views
 from portal.admin import platform_admin_site
@@ -20,5 +21,7 @@ urlpatterns = [
     path("accounts/", include("tenants.urls")),
     path("admin/", platform_admin_site.urls),
     path("dicomweb/", include("imaging.dicomweb.urls")),
+    path("api/v1/", include("imaging.api.urls")),
+    path("api/schema/", SpectacularAPIView.as_view(), name="api_schema"),
     path("t/<slug:tenant_slug>/", include(clinic_patterns)),
 ]

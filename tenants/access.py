@@ -74,15 +74,23 @@ def landing_url(membership: Any) -> str:
 
 
 class HasClinicPerm:
-    """DRF permission: the view's `required_perms`, checked against the clinic membership.
+    """The one DRF permission: a partner token's scope, or a member's role permissions.
 
-    API views resolve `request.tenant` and `request.membership` from their credential;
-    without a clinic the answer is 404, like pages, so nothing confirms existence.
+    A request authenticated by an API token needs the view's `required_scope`; a
+    signed-in member needs one of the view's `required_perms` from the roles matrix.
+    Without a clinic the answer is 404, like pages, so nothing confirms existence.
     """
 
     message = "Your role in this clinic does not allow this."
 
     def has_permission(self, request: Any, view: Any) -> bool:
+        token = getattr(request, "api_token", None)
+        if token is not None:
+            scope = getattr(view, "required_scope", None)
+            if scope is None or not token.has_scope(scope):
+                self.message = f"This token lacks the {scope} scope."
+                return False
+            return True
         perms = tuple(getattr(view, "required_perms", ()))
         if not perms:
             return False

@@ -1,0 +1,135 @@
+"""REST API /api/v1/ for partners: studies and their series, one clinic per token."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from django.db.models import QuerySet
+from django.shortcuts import get_object_or_404
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import generics
+from rest_framework.exceptions import ValidationError
+from rest_framework.pagination import LimitOffsetPagination
+
+import audit
+from audit.actors import Actor, client_ip
+from audit.models import Action
+from imaging.api.serializers import SeriesSerializer, StudySerializer
+from imaging.models import Series, Study
+from tenants.roles import Perm
+
+
+class Pagination(LimitOffsetPagination):
+    default_limit = 50
+    max_limit = 500
+
+
+def _actor(request: Any) -> Actor:
+    token = getattr(request, "api_token", None)
+    if token is not None:
+        return Actor.for_token(token, ip=client_ip(request))
+    return Actor.from_request(request)
+
+
+def _date(value: str | None, name: str) -> dt.date | None:
+    if not value:
+        return None
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise ValidationError({name: f"{value!r} is not a date (YYYY-MM-DD)."}) from None
+
+
+FILTERS = [
+    OpenApiParameter("patient_id", OpenApiTypes.STR, description="Exact patient ID"),
+    OpenApiParameter("patient_name", OpenApiTypes.STR, description="Part of the name"),
+    OpenApiParameter("accession_number", OpenApiTypes.STR),
+    OpenApiParameter("modality", OpenApiTypes.STR, description="e.g. CT"),
+    OpenApiParameter("study_uid", OpenApiTypes.STR),
+    OpenApiParameter("date_from", OpenApiTypes.DATE),
+    OpenApiParameter("date_to", OpenApiTypes.DATE),
+]
+
+
+class StudyList(generics.ListAPIView):
+    """The clinic's studies, newest first, with filters and pagination."""
+
+    serializer_class = StudySerializer
+    pagination_class = Pagination
+    required_scope = "studies:read"
+    required_perms = (Perm.WORKLIST_VIEW,)
+
+    def get_queryset(self) -> QuerySet[Study]:
+        params = self.request.query_params
+        studies = (
+            Study.objects.for_tenant(self.request.tenant)
+            .select_related("patient")
+            .order_by("-study_date", "-created_at")
+        )
+        if value := params.get("patient_id"):
+            studies = studies.filter(patient__patient_id=value)
+        if value := params.get("patient_name"):
+            studies = studies.filter(patient__name__icontains=value)
+        if value := params.get("accession_number"):
+            studies = studies.filter(accession_number=value)
+        if value := params.get("modality"):
+            studies = studies.filter(modalities__regex=rf"(^|\\){value.upper()}($|\\)")
+        if value := params.get("study_uid"):
+            studies = studies.filter(study_uid=value)
+        if value := _date(params.get("date_from"), "date_from"):
+            studies = studies.filter(study_date__gte=value)
+        if value := _date(params.get("date_to"), "date_to"):
+            studies = studies.filter(study_date__lte=value)
+        return studies
+
+    @extend_schema(parameters=FILTERS)
+    def get(self, request: Any, *args: Any, **kwargs: Any) -> Any:
+        response = super().get(request, *args, **kwargs)
+        audit.record(
+            actor=_actor(request),
+            action=Action.API_READ,
+            target=None,
+            tenant=request.tenant,
+            detail={"resource": "studies", "results": len(response.data.get("results", []))},
+        )
+        return response
+
+
+class StudyDetail(generics.RetrieveAPIView):
+    serializer_class = StudySerializer
+    required_scope = "studies:read"
+    required_perms = (Perm.WORKLIST_VIEW,)
+    lookup_field = "id"
+
+    def get_queryset(self) -> QuerySet[Study]:
+        return Study.objects.for_tenant(self.request.tenant).select_related("patient")
+
+    def retrieve(self, request: Any, *args: Any, **kwargs: Any) -> Any:
+        response = super().retrieve(request, *args, **kwargs)
+        audit.record(
+            actor=_actor(request),
+            action=Action.API_READ,
+            target=None,
+            tenant=request.tenant,
+            detail={"resource": "study", "study": str(kwargs["id"])},
+        )
+        return response
+
+
+class SeriesList(generics.ListAPIView):
+    serializer_class = SeriesSerializer
+    pagination_class = Pagination
+    required_scope = "studies:read"
+    required_perms = (Perm.WORKLIST_VIEW,)
+
+    def get_queryset(self) -> QuerySet[Series]:
+        study = get_object_or_404(
+            Study.objects.for_tenant(self.request.tenant), id=self.kwargs["id"]
+        )
+        return (
+            Series.objects.for_tenant(self.request.tenant)
+            .filter(study=study)
+            .order_by("series_number", "series_uid")
+        )
