@@ -69,6 +69,7 @@ class Action(models.TextChoices):
     API_TOKEN_CREATED = "api_token.created", "API token created"
     API_TOKEN_REVOKED = "api_token.revoked", "API token revoked"
     API_READ = "api.read", "REST API read"
+    WORKLIST_VIEWED = "worklist.viewed", "Worklist viewed"
     DICOMWEB_SEARCH = "dicomweb.search", "DICOMweb search"
     DICOMWEB_RETRIEVE = "dicomweb.retrieve", "DICOMweb retrieve"
     DICOMWEB_STORE = "dicomweb.store", "DICOMweb store"

@@ -163,6 +163,26 @@ def _check_native_pixels(ds: Dataset, transfer_syntax: Any) -> None:
         )
 
 
+RANGES = {
+    "NumberOfFrames": (1, 100_000),
+    "Rows": (1, 65_535),
+    "Columns": (1, 65_535),
+    "SeriesNumber": (-2_147_483_648, 2_147_483_647),
+    "InstanceNumber": (-2_147_483_648, 2_147_483_647),
+}
+
+
+def _check_ranges(ds: Dataset) -> None:
+    for keyword, (low, high) in RANGES.items():
+        if keyword not in ds or ds.get(keyword) in (None, ""):
+            continue
+        value = _int(ds, keyword)
+        if value is None or not low <= value <= high:
+            raise DicomRejected(
+                "invalid_value", f"{keyword} must be a whole number from {low} to {high}."
+            )
+
+
 def parse_part10(data: bytes, *, max_bytes: int, max_depth: int) -> ParsedInstance:
     """Validate an untrusted Part 10 file and extract what the index needs."""
     if len(data) > max_bytes:
@@ -210,7 +230,13 @@ def parse_part10(data: bytes, *, max_bytes: int, max_depth: int) -> ParsedInstan
                 f"{keyword} is not a valid UID (digits and dots, at most 64 characters).",
             )
         uids[keyword] = str(value).strip("\x00 ")
-    _check_native_pixels(ds, pydicom.uid.UID(str(transfer_syntax)))
+    syntax = pydicom.uid.UID(str(transfer_syntax))
+    if not syntax.is_transfer_syntax:
+        raise DicomRejected(
+            "unknown_transfer_syntax", f"Transfer syntax {syntax} is not one this server knows."
+        )
+    _check_native_pixels(ds, syntax)
+    _check_ranges(ds)
     return ParsedInstance(
         data=data,
         sha256=hashlib.sha256(data).hexdigest(),

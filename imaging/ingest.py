@@ -8,6 +8,7 @@ which the orphan sweep removes.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import zipfile
@@ -109,7 +110,9 @@ def ingest_bytes(*, tenant: Tenant, actor: Actor, data: bytes, name: str) -> Ing
             )
         try:
             return _store(tenant=tenant, actor=actor, name=name, parsed=parsed)
-        except IntegrityError:
+        except IntegrityError as exc:
+            if not _is_unique_violation(exc):
+                raise
             continue  # a concurrent ingest created the same row; look again
         except _Conflict as exc:
             return _reject(
@@ -122,6 +125,11 @@ def ingest_bytes(*, tenant: Tenant, actor: Actor, data: bytes, name: str) -> Ing
         code="busy",
         message="The same study is being stored concurrently; send the file again.",
     )
+
+
+def _is_unique_violation(exc: IntegrityError) -> bool:
+    text = str(exc).lower()
+    return "unique" in text or "duplicate key" in text
 
 
 def _duplicate(
@@ -154,9 +162,13 @@ def _duplicate(
 
 
 def _patient(tenant: Tenant, parsed: ParsedInstance) -> Patient:
+    issuer = parsed.issuer
+    if not parsed.patient_id:
+        # No PatientID: never merge strangers into one record; one patient per study.
+        issuer = "no-id:" + hashlib.sha256(parsed.study_uid.encode()).hexdigest()[:40]
     patient, _ = Patient.objects.for_tenant(tenant).get_or_create(
         tenant=tenant,
-        issuer=parsed.issuer,
+        issuer=issuer,
         patient_id=parsed.patient_id,
         defaults={
             "name": parsed.patient_name,
@@ -319,7 +331,7 @@ def _update_counts(
     study.num_instances += 1
     study.num_series += 1 if new_series else 0
     study.size_bytes += len(parsed.data)
-    study.modalities = "\\".join(sorted(modalities))
+    study.modalities = "\\".join(sorted(modalities))[:128]
     study.updated_at = timezone.now()
     study.save(
         update_fields=["num_instances", "num_series", "size_bytes", "modalities", "updated_at"]
@@ -388,9 +400,21 @@ def ingest_archive(
                 )
             )
             continue
-        with archive.open(info) as handle:
-            # Read one byte past the declared size: a lying header cannot inflate further.
-            data = handle.read(info.file_size + 1)
+        try:
+            with archive.open(info) as handle:
+                # One byte past the declared size: a lying header cannot inflate further.
+                data = handle.read(info.file_size + 1)
+        except (zipfile.BadZipFile, RuntimeError, OSError, NotImplementedError, EOFError) as exc:
+            results.append(
+                _reject(
+                    tenant=tenant,
+                    actor=actor,
+                    name=entry_name,
+                    code="bad_archive",
+                    message=f"This zip entry cannot be read ({str(exc)[:100]}).",
+                )
+            )
+            continue
         if len(data) > info.file_size:
             results.append(
                 _reject(

@@ -7,7 +7,9 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_http_methods
 
+import audit
 from audit.actors import Actor
+from audit.models import Action
 from imaging.ingest import ingest_uploads
 from imaging.selectors import study_list
 from tenants.access import require_perm
@@ -21,7 +23,16 @@ def worklist(request: HttpRequest) -> HttpResponse:
     query = request.GET.get("q", "")[:100]
     studies = study_list(membership=request.membership, query=query)
     page = Paginator(studies, PAGE_SIZE).get_page(request.GET.get("page"))
-    return render(request, "imaging/worklist.html", {"page": page, "studies": page, "q": query})
+    rows = list(page)
+    # Demographics are PHI: every page shown is audited (ids, never the search text).
+    audit.record(
+        actor=Actor.from_request(request),
+        action=Action.WORKLIST_VIEWED,
+        target=None,
+        tenant=request.tenant,
+        detail={"page": page.number, "studies": [str(s.pk) for s in rows], "searched": bool(query)},
+    )
+    return render(request, "imaging/worklist.html", {"page": page, "studies": rows, "q": query})
 
 
 def _wants_json(request: HttpRequest) -> bool:

@@ -10,8 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin
+from django.contrib.auth.views import redirect_to_login
+from django.core.exceptions import PermissionDenied
 from django.db import models
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
 
 import audit
 from audit.actors import Actor
@@ -28,6 +30,12 @@ class PlatformAdminSite(admin.AdminSite):
 
     def has_permission(self, request: HttpRequest) -> bool:
         return request.user.is_active and request.user.is_superuser
+
+    def login(self, request: HttpRequest, extra_context: dict | None = None) -> HttpResponse:
+        # One sign-in page for everyone: throttled, second factor, audited.
+        if request.user.is_authenticated:
+            raise PermissionDenied("Platform administration is for operators.")
+        return redirect_to_login(request.get_full_path())
 
 
 platform_admin_site = PlatformAdminSite(name="platform_admin")

@@ -92,8 +92,8 @@ class HasClinicPerm:
                 return False
             return True
         perms = tuple(getattr(view, "required_perms", ()))
-        if not perms:
-            return False
+        if not perms or not getattr(request.user, "is_authenticated", False):
+            return False  # DRF answers 401 with a WWW-Authenticate challenge
         if getattr(request, "tenant", None) is None:
             raise Http404("No such clinic")
         return has_clinic_perm(request, *perms)

@@ -1,6 +1,10 @@
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any
+
 from django import forms
+from django.contrib.auth.forms import PasswordResetForm
 
 
 class CodeForm(forms.Form):
@@ -31,3 +35,12 @@ class BreakGlassForm(forms.Form):
         widget=forms.Textarea(attrs={"rows": 3}),
         help_text="Required. Your clinic's privacy officers are notified and review it.",
     )
+
+
+class InvitationAwarePasswordResetForm(PasswordResetForm):
+    """Also reaches members a tenant admin added, whose accounts have no password yet."""
+
+    def get_users(self, email: str) -> Iterator[Any]:
+        from tenants.models import User
+
+        return iter(User.objects.filter(email__iexact=email, is_active=True))

@@ -27,21 +27,32 @@ class TenantScopeError(RuntimeError):
     """A tenant-owned model was queried without naming the clinic."""
 
 
-def _filters_on_tenant(where: WhereNode, model: type[models.Model]) -> bool:
-    """True when an AND-chain of the WHERE clause pins the tenant column."""
+def _concrete(value: Any) -> bool:
+    """A literal tenant (or list of them), not an expression or subquery."""
+    if value is None or hasattr(value, "resolve_expression"):
+        return False
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return bool(value) and all(_concrete(item) for item in value)
+    return True
+
+
+def _filters_on_tenant(where: WhereNode, model: type[models.Model], alias: str) -> bool:
+    """True when an AND-chain of the WHERE clause pins the base table's tenant column
+    to concrete values (not a joined table's, not an F() or a subquery)."""
     if where.connector != AND or where.negated:
         return False
     for child in where.children:
         if isinstance(child, WhereNode):
-            if _filters_on_tenant(child, model):
+            if _filters_on_tenant(child, model, alias):
                 return True
             continue
         if isinstance(child, (Exact, In)) and isinstance(child.lhs, Col):
             target = child.lhs.target
             if (
                 target.attname == "tenant_id"
+                and child.lhs.alias == alias
                 and issubclass(model, target.model)
-                and child.rhs is not None
+                and _concrete(child.rhs)
             ):
                 return True
     return False
@@ -71,7 +82,7 @@ class TenantQuerySet(models.QuerySet):
     def _check_scope(self) -> None:
         if self._unscoped_reason or "instance" in self._hints:
             return
-        if not _filters_on_tenant(self.query.where, self.model):
+        if not _filters_on_tenant(self.query.where, self.model, self.query.base_table):
             raise TenantScopeError(
                 f"Query on {self.model.__name__} without a tenant: use "
                 f"{self.model.__name__}.objects.for_tenant(tenant) or a tenant-scoped selector"

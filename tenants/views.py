@@ -7,6 +7,7 @@ from typing import Any
 from django.contrib import messages
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
+from django.db import transaction
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import render
 from django.urls import reverse, reverse_lazy
@@ -16,7 +17,7 @@ from django.views.decorators.http import require_http_methods
 import audit
 from audit.actors import Actor, client_ip
 from audit.models import Action, Outcome
-from tenants.forms import CodeForm, EnrolForm
+from tenants.forms import CodeForm, EnrolForm, InvitationAwarePasswordResetForm
 from tenants.mfa import (
     SecondFactorError,
     backup_codes_issue,
@@ -29,6 +30,8 @@ from tenants.mfa import (
     require_step_up,
     second_factor_verify,
     session_mark_verified,
+    step_up_is_fresh,
+    step_up_redirect,
     totp_device_confirm,
     totp_device_start,
     totp_secret_base32,
@@ -129,8 +132,12 @@ def mfa_verify(request: HttpRequest) -> HttpResponse:
 def mfa_enrol(request: HttpRequest) -> HttpResponse:
     """Set up an authenticator app; shows the backup codes once on success."""
     user: User = request.user  # type: ignore[assignment]
-    if confirmed_devices(user) and not user.is_verified():
-        return _redirect_with_next("mfa_verify", safe_next(request))
+    if confirmed_devices(user):
+        if not user.is_verified():
+            return _redirect_with_next("mfa_verify", safe_next(request))
+        if not step_up_is_fresh(request):
+            # Adding a factor (and new backup codes) is as sensitive as a role change.
+            return step_up_redirect(request)
     device = totp_device_start(user=user)
     form = EnrolForm(request.POST or None, initial={"device_id": device.pk})
     if request.method == "POST" and form.is_valid():
@@ -214,6 +221,7 @@ def backup_codes_regenerate(request: HttpRequest) -> HttpResponse:
 class PasswordChangeView(auth_views.PasswordChangeView):
     success_url = reverse_lazy("account_security")
 
+    @transaction.atomic
     def form_valid(self, form: Any) -> HttpResponse:
         response = super().form_valid(form)
         audit.record_for_user(
@@ -227,6 +235,7 @@ class PasswordChangeView(auth_views.PasswordChangeView):
 
 class PasswordResetView(auth_views.PasswordResetView):
     success_url = reverse_lazy("password_reset_done")
+    form_class = InvitationAwarePasswordResetForm
 
     def form_valid(self, form: Any) -> HttpResponse:
         email = form.cleaned_data["email"]
@@ -243,6 +252,7 @@ class PasswordResetView(auth_views.PasswordResetView):
 class PasswordResetConfirmView(auth_views.PasswordResetConfirmView):
     success_url = reverse_lazy("password_reset_complete")
 
+    @transaction.atomic
     def form_valid(self, form: Any) -> HttpResponse:
         response = super().form_valid(form)
         user = form.user

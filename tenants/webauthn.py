@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 from django.conf import settings
+from django.db import transaction
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import path
 from django.views.i18n import JavaScriptCatalog
@@ -19,9 +20,10 @@ from django_otp_webauthn import views as webauthn_views
 from django_otp_webauthn.helpers import WebAuthnHelper
 
 import audit
-from audit.actors import Actor
+from audit.actors import Actor, client_ip
 from audit.models import Action, Outcome
-from tenants.mfa import MFA_AT, session_mark_verified
+from tenants.mfa import MFA_AT, session_mark_verified, step_up_is_fresh
+from tenants.throttle import ThrottleKey, register_failure
 
 
 def rp_id(request: HttpRequest) -> str:
@@ -49,20 +51,35 @@ class CompleteAuthentication(webauthn_views.CompleteCredentialAuthenticationView
         )
         return device.user
 
-    def post(self, *args: Any, **kwargs: Any) -> HttpResponse:
-        response = super().post(*args, **kwargs)
-        if response.status_code >= 400 and self.request.user.is_authenticated:
+    def handle_exception(self, exc: Exception) -> HttpResponse:
+        # The library raises on a failed ceremony; record and count it like a wrong code.
+        user = self.request.user
+        if user.is_authenticated:
+            register_failure(
+                ThrottleKey(kind="otp", account=user.email, ip=client_ip(self.request))
+            )
             audit.record_for_user(
-                user=self.request.user,
+                user=user,
                 actor=Actor.from_request(self.request),
                 action=Action.MFA_FAILED,
                 outcome=Outcome.FAILURE,
                 detail={"device": "passkey"},
             )
-        return response
+        return super().handle_exception(exc)
+
+
+class BeginRegistration(webauthn_views.BeginCredentialRegistrationView):
+    def post(self, *args: Any, **kwargs: Any) -> HttpResponse:
+        if self.request.user.is_verified() and not step_up_is_fresh(self.request):
+            return JsonResponse(
+                {"detail": "Confirm it's you first: re-enter a code from your authenticator."},
+                status=403,
+            )
+        return super().post(*args, **kwargs)
 
 
 class CompleteRegistration(webauthn_views.CompleteCredentialRegistrationView):
+    @transaction.atomic
     def post(self, *args: Any, **kwargs: Any) -> HttpResponse:
         was_verified = self.request.user.is_verified()
         response = super().post(*args, **kwargs)
@@ -84,7 +101,7 @@ app_name = "otp_webauthn"
 urlpatterns = [
     path(
         "registration/begin/",
-        webauthn_views.BeginCredentialRegistrationView.as_view(),
+        BeginRegistration.as_view(),
         name="credential-registration-begin",
     ),
     path(

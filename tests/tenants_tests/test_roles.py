@@ -98,10 +98,11 @@ class _AuditApi(APIView):
         return Response({"ok": True})
 
 
-def _api_request(tenant, membership):
+def _api_request(tenant, membership, user=None):
     request = APIRequestFactory().get("/api/v1/probe")
     request.tenant = tenant
     request.membership = membership
+    request.user = user or (membership.user if membership else None)
     return request
 
 
@@ -122,7 +123,8 @@ def test_drf_permission_follows_the_matrix(clinic, privacy_officer, radiologist)
 
 
 @pytest.mark.django_db
-def test_drf_permission_is_404_without_a_clinic_and_closed_without_perms():
+def test_drf_permission_is_404_without_a_clinic_and_closed_without_perms(radiologist):
     with pytest.raises(Http404):
-        HasClinicPerm().has_permission(_api_request(None, None), _AuditApi())
-    assert HasClinicPerm().has_permission(_api_request(None, None), APIView()) is False
+        HasClinicPerm().has_permission(_api_request(None, None, radiologist), _AuditApi())
+    assert HasClinicPerm().has_permission(_api_request(None, None, radiologist), APIView()) is False
+    assert HasClinicPerm().has_permission(_api_request(None, None), _AuditApi()) is False
