@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 from datetime import UTC, datetime
 from typing import Any
 
-HASH_VERSION = 1
+HASH_VERSION = 2
 
 
 def canonical_bytes(
@@ -44,5 +45,7 @@ def canonical_bytes(
     ).encode("utf-8")
 
 
-def event_hash(**fields: Any) -> str:
-    return hashlib.sha256(canonical_bytes(**fields)).hexdigest()
+def event_hash(*, key: bytes, **fields: Any) -> str:
+    """HMAC-SHA256 under the audit key: without the key (held by the key provider, not
+    the database), an edited row cannot be re-chained to look intact."""
+    return hmac.new(key, canonical_bytes(**fields), hashlib.sha256).hexdigest()

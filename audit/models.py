@@ -80,6 +80,16 @@ class Action(models.TextChoices):
     AUDIT_VERIFIED = "audit.verified", "Audit chain verified"
 
 
+class AuditKey(models.Model):
+    """The chain's HMAC key, wrapped by the key provider (never stored in clear)."""
+
+    version = models.PositiveSmallIntegerField(unique=True)
+    wrapped_key = models.BinaryField()
+
+    def __str__(self) -> str:
+        return f"AuditKey v{self.version}"
+
+
 class AuditChain(models.Model):
     """Head of one chain: the last seq and hash, so a deleted tail is detected too."""
 

@@ -10,6 +10,7 @@ from django.utils import timezone
 
 from audit.actors import Actor, Target
 from audit.hashing import event_hash
+from audit.keys import audit_key
 from audit.models import PLATFORM_CHAIN_KEY, Action, AuditChain, AuditEvent, Outcome
 
 if TYPE_CHECKING:
@@ -97,6 +98,7 @@ def record(
 
 def hash_of(event: AuditEvent, *, chain_key: str) -> str:
     return event_hash(
+        key=audit_key(),
         chain_key=chain_key,
         seq=event.seq,
         tenant_id=str(event.tenant_id or ""),

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from audit.models import AuditChain, AuditEvent
 from audit.recorder import hash_of
+from tenants.models import Tenant
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +55,16 @@ def chain_verify(*, chain: AuditChain) -> ChainReport:
 
 def chains_verify(*, tenant_slug: str | None = None) -> list[ChainReport]:
     chains = AuditChain.objects.select_related("tenant").order_by("id")
+    tenants = Tenant.objects.order_by("slug")
     if tenant_slug is not None:
         chains = chains.filter(tenant__slug=tenant_slug)
-    return [chain_verify(chain=chain) for chain in chains]
+        tenants = tenants.filter(slug=tenant_slug)
+    reports = [chain_verify(chain=chain) for chain in chains]
+    # Every clinic's chain starts when it is created: a missing one was removed.
+    chained = {report.tenant_id for report in reports}
+    reports += [
+        ChainReport(str(tenant.pk), tenant.slug, tenant.pk, 0, 1, "chain missing")
+        for tenant in tenants
+        if tenant.pk not in chained
+    ]
+    return reports

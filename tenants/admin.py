@@ -9,12 +9,14 @@ from django.contrib import admin
 from django.core.exceptions import ValidationError
 from django.db import models
 from django.http import HttpRequest
+from django.shortcuts import render
+from django.utils import timezone
 
 import audit
 from audit.actors import Actor
 from audit.models import Action
 from tenants.admin_site import TenantScopedModelAdmin, tenant_admin_site
-from tenants.models import Membership, Role, Tenant, User
+from tenants.models import ApiToken, Membership, Role, Tenant, User
 from tenants.roles import RoleCode
 from tenants.services import (
     POLICY_FIELDS,
@@ -25,6 +27,7 @@ from tenants.services import (
     user_create,
 )
 from tenants.throttle import throttle_reset
+from tenants.tokens import api_token_create, api_token_revoke
 
 
 class MembershipForm(forms.ModelForm):
@@ -216,3 +219,93 @@ class ClinicPolicyAdmin(TenantScopedModelAdmin):
 
     def log_change(self, request: HttpRequest, obj: Any, message: Any) -> None:
         """The policy service audits."""
+
+
+class ApiTokenForm(forms.ModelForm):
+    scopes = forms.MultipleChoiceField(
+        choices=ApiToken.Scope.choices, widget=forms.CheckboxSelectMultiple
+    )
+    expires_days = forms.IntegerField(
+        min_value=1, max_value=3650, required=False, help_text="Leave empty for no expiry."
+    )
+
+    class Meta:
+        model = ApiToken
+        fields = ["name"]
+
+
+@admin.register(ApiToken, site=tenant_admin_site)
+class ApiTokenAdmin(TenantScopedModelAdmin):
+    form = ApiTokenForm
+    list_display = [
+        "name",
+        "prefix",
+        "scope_list",
+        "created_at",
+        "expires_at",
+        "last_used_at",
+        "revoked_at",
+    ]
+    list_filter = ["revoked_at"]
+    actions = ["revoke"]
+
+    def get_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        if obj is None:
+            return ["name", "scopes", "expires_days"]
+        return [
+            "name",
+            "prefix",
+            "scope_list",
+            "created_at",
+            "expires_at",
+            "last_used_at",
+            "revoked_at",
+        ]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        return self.get_fields(request, obj) if obj is not None else []
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return obj is None and super().has_change_permission(request, obj)
+
+    @admin.display(description="Scopes")
+    def scope_list(self, obj: ApiToken) -> str:
+        return ", ".join(obj.scopes)
+
+    def save_model(self, request: HttpRequest, obj: ApiToken, form: Any, change: bool) -> None:
+        token, plaintext = api_token_create(
+            tenant=request.tenant,
+            name=form.cleaned_data["name"],
+            scopes=form.cleaned_data["scopes"],
+            expires_days=form.cleaned_data.get("expires_days"),
+            actor=Actor.from_request(request),
+            now=timezone.now(),
+            created_by=request.user,
+        )
+        obj.pk, obj.tenant, obj.prefix = token.pk, token.tenant, token.prefix
+        obj._state.adding = False
+        request._new_token_plaintext = plaintext  # type: ignore[attr-defined]
+
+    def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
+        """Nothing related; the token service saved everything."""
+
+    def log_addition(self, request: HttpRequest, obj: Any, message: Any) -> None:
+        """The token service audits."""
+
+    def response_add(self, request: HttpRequest, obj: ApiToken, post_url_continue: Any = None):
+        # Shown once, in this response only: never in a message cookie or the session.
+        return render(
+            request,
+            "admin/tenants/apitoken/created.html",
+            {
+                **self.admin_site.each_context(request),
+                "token": obj,
+                "plaintext": request._new_token_plaintext,
+            },  # type: ignore[attr-defined]
+        )
+
+    @admin.action(description="Revoke the selected tokens")
+    def revoke(self, request: HttpRequest, queryset: models.QuerySet) -> None:
+        for token in queryset:
+            api_token_revoke(token=token, actor=Actor.from_request(request), now=timezone.now())
+        self.message_user(request, f"Revoked {queryset.count()} token(s).")

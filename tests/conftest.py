@@ -150,8 +150,12 @@ def data_dir(settings, tmp_path):
     settings.PORTAL_STORAGE_ROOT = root / "objects"
     settings.PORTAL_SPOOL_DIR = root / "spool"
     settings.PORTAL_MASTER_KEY = base64.b64encode(b"k" * 32).decode()
+    from audit.keys import audit_key_forget
+
     key_provider_reset()
     keyring_forget()
+    audit_key_forget()
     yield root
     key_provider_reset()
     keyring_forget()
+    audit_key_forget()

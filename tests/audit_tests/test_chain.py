@@ -290,3 +290,66 @@ def test_concurrent_writers_get_gapless_unique_seqs():
     assert errors == []
     assert [e.seq for e in _events(tenant)] == list(range(1, before + 41))
     assert _verify_ok(tenant)
+
+
+@pytest.mark.django_db
+def test_rechaining_without_the_audit_key_is_detected(clinic, capsys):
+    """A DBA who edits a row and recomputes plain SHA-256 hashes still gets caught."""
+    import hashlib
+
+    from audit.hashing import canonical_bytes
+
+    events = _record(clinic, 3)
+    target = events[1]
+    forged_detail = {"i": 42}
+    fields = {
+        "chain_key": str(clinic.pk),
+        "seq": target.seq,
+        "tenant_id": str(clinic.pk),
+        "created_at": target.created_at,
+        "actor_type": target.actor_type,
+        "actor_id": target.actor_id,
+        "actor_ip": target.actor_ip,
+        "action": target.action,
+        "target_type": target.target_type,
+        "target_id": target.target_id,
+        "outcome": target.outcome,
+        "detail": forged_detail,
+        "prev_hash": target.prev_hash,
+    }
+    forged_hash = hashlib.sha256(canonical_bytes(**fields)).hexdigest()
+
+    _without_append_only_trigger(
+        "UPDATE audit_auditevent SET detail = %s, hash = %s WHERE id = %s",
+        ['{"i": 42}', forged_hash, target.pk],
+    )
+    ok, out = _verify(capsys, clinic)
+
+    assert not ok
+    assert f"first broken seq {target.seq}" in out
+
+
+@pytest.mark.django_db
+def test_a_removed_chain_is_reported(clinic, capsys):
+    from audit.models import AuditChain
+
+    _without_append_only_trigger(
+        "DELETE FROM audit_auditevent WHERE tenant_id = %s",
+        [clinic.pk.hex if connection.vendor == "sqlite" else str(clinic.pk)],
+    )
+    AuditChain.objects.filter(tenant=clinic).delete()
+
+    ok, out = _verify(capsys, clinic)
+
+    assert not ok
+    assert "chain missing" in out
+
+
+@pytest.mark.django_db
+def test_the_audit_key_is_stored_only_wrapped(clinic):
+    from audit.keys import audit_key
+    from audit.models import AuditKey
+
+    key = audit_key()
+
+    assert key not in bytes(AuditKey.objects.get(version=1).wrapped_key)

@@ -234,3 +234,68 @@ def test_clinic_staff_cannot_use_the_platform_admin(tenant_admin, client_for):
 
     assert response.status_code == 302
     assert response["Location"].startswith("/admin/login/")
+
+
+@pytest.mark.django_db
+def test_tenant_admin_creates_shows_once_and_revokes_api_tokens(clinic, tenant_admin, client_for):
+    from tenants.models import ApiToken
+
+    client = client_for(tenant_admin)
+    created = client.post(
+        "/t/north/admin/tenants/apitoken/add/",
+        {"name": "RIS", "scopes": ["dicomweb:read", "studies:read"], "expires_days": "30"},
+    )
+
+    token = ApiToken.objects.for_tenant(clinic).get()
+    plaintext = created.context["plaintext"]
+    assert plaintext.startswith(f"ptk_{token.prefix}_")
+    assert plaintext.encode() in created.content
+    assert plaintext not in str(client.cookies)
+    assert token.secret_hash not in plaintext
+    assert plaintext.encode() not in client.get("/t/north/admin/tenants/apitoken/").content
+
+    client.post(
+        "/t/north/admin/tenants/apitoken/",
+        {"action": "revoke", "_selected_action": [str(token.pk)]},
+    )
+
+    token.refresh_from_db()
+    assert token.revoked_at is not None
+    actions = set(AuditEvent.objects.for_tenant(clinic).values_list("action", flat=True))
+    assert {Action.API_TOKEN_CREATED, Action.API_TOKEN_REVOKED} <= actions
+
+
+@pytest.mark.django_db
+def test_create_api_token_command_prints_the_token_last(clinic, capsys):
+    from django.core.management import call_command
+
+    from tenants.models import ApiToken
+
+    call_command(
+        "create_api_token",
+        "--tenant",
+        "north",
+        "--name",
+        "AI vendor",
+        "--scopes",
+        "dicomweb:read,dicomweb:write",
+        "--expires-days",
+        "7",
+    )
+
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    token = ApiToken.objects.for_tenant(clinic).get()
+    assert last.startswith(f"ptk_{token.prefix}_")
+    assert token.scopes == ["dicomweb:read", "dicomweb:write"]
+    assert token.expires_at is not None
+
+
+@pytest.mark.django_db
+def test_create_api_token_rejects_unknown_scopes(clinic):
+    from django.core.management import call_command
+    from django.core.management.base import CommandError
+
+    with pytest.raises(CommandError, match="Unknown or missing scopes: admin:all"):
+        call_command(
+            "create_api_token", "--tenant", "north", "--name", "x", "--scopes", "admin:all"
+        )
