@@ -198,6 +198,7 @@ class ClinicPolicyAdmin(TenantScopedModelAdmin):
             "Sharing",
             {"fields": ["share_link_default_days", "share_link_max_days", "share_link_max_uses"]},
         ),
+        ("Partners", {"fields": ["cors_allowed_origins"]}),
         ("Data residency (set by the platform)", {"fields": ["storage_backend", "storage_region"]}),
     ]
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from typing import Any
 
 from django.contrib.auth.base_user import AbstractBaseUser, BaseUserManager
 from django.contrib.auth.models import PermissionsMixin
+from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
 from django.db.models.functions import Lower
@@ -65,6 +67,12 @@ class Tenant(models.Model):
         null=True, blank=True, help_text="Upper bound on uses per link; empty for no bound."
     )
 
+    cors_allowed_origins = models.TextField(
+        blank=True,
+        help_text="Browser viewers allowed to call DICOMweb with this clinic's tokens, one "
+        "origin per line, e.g. https://viewer.example.org",
+    )
+
     # Data residency, set by platform operators.
     storage_backend = models.CharField(
         max_length=16, choices=StorageBackend.choices, default=StorageBackend.FILESYSTEM
@@ -92,6 +100,26 @@ class Tenant(models.Model):
     @property
     def is_active(self) -> bool:
         return self.status == self.Status.ACTIVE
+
+    @property
+    def cors_origins(self) -> set[str]:
+        return {
+            line.strip().rstrip("/")
+            for line in self.cors_allowed_origins.splitlines()
+            if line.strip()
+        }
+
+    def clean(self) -> None:
+        super().clean()
+        for origin in self.cors_origins:
+            if not re.fullmatch(
+                r"https://[a-z0-9.-]+(:\d{1,5})?|http://(localhost|127\.0\.0\.1)(:\d{1,5})?", origin
+            ):
+                raise ValidationError(
+                    {
+                        "cors_allowed_origins": f"{origin!r} is not an origin like https://viewer.example.org"
+                    }
+                )
 
 
 class UserManager(BaseUserManager["User"]):

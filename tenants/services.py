@@ -26,6 +26,7 @@ POLICY_FIELDS = (
     "share_link_default_days",
     "share_link_max_days",
     "share_link_max_uses",
+    "cors_allowed_origins",
 )
 
 

@@ -436,3 +436,58 @@ def test_outsider_gets_404_for_frames_and_rendered(clinic, outsider_token, store
     ]
 
     assert statuses == [404, 404, 404]
+
+
+@pytest.mark.django_db
+def test_cors_for_a_viewer_the_clinic_allows(clinic, other_clinic, read_token, stored_ct):
+    from django.test import Client
+
+    clinic.cors_allowed_origins = "https://viewer.north.example\n"
+    clinic.save()
+    client = Client()
+
+    preflight = client.options(
+        "/dicomweb/studies",
+        HTTP_ORIGIN="https://viewer.north.example",
+        HTTP_ACCESS_CONTROL_REQUEST_METHOD="GET",
+        HTTP_ACCESS_CONTROL_REQUEST_HEADERS="authorization",
+    )
+    allowed = client.get(
+        "/dicomweb/studies",
+        HTTP_ORIGIN="https://viewer.north.example",
+        HTTP_AUTHORIZATION=f"Bearer {read_token}",
+    )
+    stranger = client.get(
+        "/dicomweb/studies",
+        HTTP_ORIGIN="https://evil.example",
+        HTTP_AUTHORIZATION=f"Bearer {read_token}",
+    )
+    stranger_preflight = client.options(
+        "/dicomweb/studies",
+        HTTP_ORIGIN="https://evil.example",
+        HTTP_ACCESS_CONTROL_REQUEST_METHOD="GET",
+    )
+    other = token_for(other_clinic, "dicomweb:read")
+    wrong_clinic = client.get(
+        "/dicomweb/studies",
+        HTTP_ORIGIN="https://viewer.north.example",
+        HTTP_AUTHORIZATION=f"Bearer {other}",
+    )
+
+    assert preflight.status_code == 204
+    assert "Authorization" in preflight["Access-Control-Allow-Headers"]
+    assert allowed["Access-Control-Allow-Origin"] == "https://viewer.north.example"
+    assert "Access-Control-Allow-Credentials" not in allowed
+    assert "Access-Control-Allow-Origin" not in stranger
+    assert stranger_preflight.status_code == 403
+    assert "Access-Control-Allow-Origin" not in wrong_clinic
+
+
+@pytest.mark.django_db
+def test_cors_origins_are_validated(clinic):
+    from django.core.exceptions import ValidationError
+
+    clinic.cors_allowed_origins = "javascript:alert(1)"
+
+    with pytest.raises(ValidationError):
+        clinic.full_clean()
