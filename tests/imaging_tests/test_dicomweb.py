@@ -491,3 +491,15 @@ def test_cors_origins_are_validated(clinic):
 
     with pytest.raises(ValidationError):
         clinic.full_clean()
+
+
+@pytest.mark.django_db
+def test_requests_beyond_the_token_rate_limit_get_429(clinic, read_token, settings):
+    settings.API_RATE_LIMIT_PER_MINUTE = 3
+    session = http(read_token)
+
+    statuses = [session.get(f"{BASE}/studies").status_code for _ in range(4)]
+    other = http(token_for(clinic, "dicomweb:read")).get(f"{BASE}/studies")
+
+    assert statuses == [204, 204, 204, 429]
+    assert other.status_code == 204
