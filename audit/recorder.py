@@ -70,6 +70,7 @@ def record(
     """
     detail = dict(detail or {})
     _check_detail(detail)
+    action = Action(action)  # refuses an unknown action
     target_ref = Target.of(target)
     created_at = at or timezone.now()
     with transaction.atomic():

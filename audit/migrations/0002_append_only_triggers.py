@@ -52,7 +52,7 @@ def create_platform_chain(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-    dependencies = [("audit", "0002_initial")]
+    dependencies = [("audit", "0001_initial")]
 
     operations = [
         migrations.RunPython(forward, backward),
