@@ -48,6 +48,7 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/ingest_bench.py
+	$(PY) bench/stow_memory.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

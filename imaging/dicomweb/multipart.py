@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from email.message import Message
-from email.parser import BytesParser
-from email.policy import HTTP
 
 
 class MultipartError(ValueError):
@@ -19,27 +17,6 @@ def content_type_parameters(header: str) -> tuple[str, dict[str, str]]:
     message["Content-Type"] = header
     params = {k.lower(): v for k, v in message.get_params(failobj=[])[1:]}
     return message.get_content_type(), params
-
-
-def parse_related(body: bytes, content_type: str) -> list[tuple[str, bytes]]:
-    """Split a multipart/related body into (content type, payload) parts."""
-    _, params = content_type_parameters(content_type)
-    boundary = params.get("boundary")
-    if not boundary or not re.fullmatch(r"[0-9A-Za-z'()+_,\-./:=? ]{1,70}", boundary):
-        raise MultipartError("The multipart boundary is missing or invalid.")
-    if f"--{boundary}".encode() not in body:
-        raise MultipartError("The body does not contain the declared multipart boundary.")
-    head = f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode()
-    message = BytesParser(policy=HTTP).parsebytes(head + body)
-    if not message.is_multipart():
-        raise MultipartError("The body is not a multipart message.")
-    parts = []
-    for part in message.iter_parts():
-        payload = part.get_payload(decode=True)
-        parts.append((part.get_content_type(), payload or b""))
-    if not parts:
-        raise MultipartError("The multipart body has no parts.")
-    return parts
 
 
 def related_stream(
@@ -56,3 +33,82 @@ def related_stream(
         yield f"--{boundary}--\r\n".encode()
 
     return boundary, body()
+
+
+class PartTooLarge(Exception):
+    """A part exceeded the per-part limit; its bytes were discarded."""
+
+
+def iter_related_parts(
+    read: Callable[[int], bytes],
+    content_type: str,
+    *,
+    max_part_bytes: int,
+    chunk_size: int = 1 << 20,
+) -> Iterator[tuple[str, bytes | PartTooLarge]]:
+    """Stream (part content type, payload) from a multipart/related body.
+
+    Memory stays at one part plus one read chunk, however large the request: each part
+    is handed over as soon as its closing delimiter arrives.
+    """
+    _, params = content_type_parameters(content_type)
+    boundary = params.get("boundary", "")
+    if not boundary or not re.fullmatch(r"[0-9A-Za-z'()+_,\-./:=? ]{1,70}", boundary):
+        raise MultipartError("The multipart boundary is missing or invalid.")
+    delimiter = b"\r\n--" + boundary.encode()
+    buffer = b"\r\n"  # lets the first delimiter match like every later one
+    eof = False
+
+    def fill() -> bool:
+        nonlocal buffer, eof
+        if eof:
+            return False
+        chunk = read(chunk_size)
+        if not chunk:
+            eof = True
+            return False
+        buffer += chunk
+        return True
+
+    # Preamble: everything before the first delimiter is ignored.
+    while (start := buffer.find(delimiter)) < 0:
+        buffer = buffer[-len(delimiter) :]
+        if not fill():
+            raise MultipartError("The body does not contain the declared multipart boundary.")
+    buffer = buffer[start + len(delimiter) :]
+    parts = 0
+    while True:
+        while len(buffer) < 2 and fill():
+            pass
+        if buffer.startswith(b"--"):
+            break  # closing delimiter
+        while (end := buffer.find(b"\r\n\r\n")) < 0:
+            if len(buffer) > 16384 or not fill():
+                raise MultipartError("A part's headers are malformed or never end.")
+        headers = buffer[:end].decode("latin-1").strip().split("\r\n")
+        buffer = buffer[end + 4 :]
+        part_type = "application/octet-stream"
+        for line in headers:
+            name, _, value = line.partition(":")
+            if name.strip().lower() == "content-type":
+                part_type = content_type_parameters(value.strip())[0]
+        payload = bytearray()
+        too_large = False
+        while (end := buffer.find(delimiter)) < 0:
+            keep = len(delimiter)
+            if len(buffer) > keep:
+                if not too_large:
+                    payload += buffer[:-keep]
+                    if len(payload) > max_part_bytes:
+                        too_large, payload = True, bytearray()
+                buffer = buffer[-keep:]
+            if not fill():
+                raise MultipartError("The body ends inside a part (no closing boundary).")
+        if not too_large:
+            payload += buffer[:end]
+            too_large = len(payload) > max_part_bytes
+        buffer = buffer[end + len(delimiter) :]
+        parts += 1
+        yield part_type, (PartTooLarge() if too_large else bytes(payload))
+    if not parts:
+        raise MultipartError("The multipart body has no parts.")

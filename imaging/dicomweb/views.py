@@ -10,6 +10,7 @@ import pydicom
 from django.conf import settings
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods
 
 import audit
@@ -20,8 +21,9 @@ from imaging.dicomweb.auth import dicomweb_error, token_required
 from imaging.dicomweb.dicomjson import instance_json, series_json, study_json
 from imaging.dicomweb.multipart import (
     MultipartError,
+    PartTooLarge,
     content_type_parameters,
-    parse_related,
+    iter_related_parts,
     related_stream,
 )
 from imaging.dicomweb.query import QueryError, parse_query
@@ -110,6 +112,7 @@ def _instance_row(instance: Instance, base: str) -> dict:
     }
 
 
+@csrf_exempt  # bearer-token API: no cookies, no session, nothing to forge
 @require_http_methods(["GET", "POST"])
 def studies(request: HttpRequest) -> HttpResponse:
     if request.method == "POST":
@@ -459,6 +462,47 @@ def _uids(data: bytes) -> tuple[str, str, str]:
         return "", "", ""
 
 
+def _failure(sop_class: str, sop_instance: str, reason: int) -> dict[str, Any]:
+    return {**_sop_ref(sop_class, sop_instance), "00081197": {"vr": "US", "Value": [reason]}}
+
+
+def _store_part(
+    request: HttpRequest,
+    *,
+    actor: Actor,
+    base: str,
+    study: str | None,
+    part_type: str,
+    payload: bytes,
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    sop_class, sop_instance, study_uid = _uids(payload)
+    if part_type != "application/dicom":
+        return None, _failure(sop_class, sop_instance, FAILURE_CANNOT_UNDERSTAND)
+    if study is not None and study_uid and study_uid != study:
+        return None, _failure(sop_class, sop_instance, FAILURE_STUDY_MISMATCH)
+    result = ingest_bytes(tenant=request.tenant, actor=actor, data=payload, name="stow")
+    if result.outcome == IngestOutcome.REJECTED:
+        reason = {"conflict": FAILURE_DUPLICATE_CONFLICT, "busy": FAILURE_PROCESSING}.get(
+            result.code, FAILURE_CANNOT_UNDERSTAND
+        )
+        return None, _failure(sop_class, sop_instance, reason)
+    stored = (
+        Instance.objects.for_tenant(request.tenant)
+        .select_related("study", "series")
+        .get(pk=result.instance_id)
+    )
+    return {
+        **_sop_ref(stored.sop_class_uid, stored.sop_instance_uid),
+        "00081190": {
+            "vr": "UR",
+            "Value": [
+                f"{base}/studies/{stored.study.study_uid}/series/{stored.series.series_uid}"
+                f"/instances/{stored.sop_instance_uid}"
+            ],
+        },
+    }, None
+
+
 @token_required("dicomweb:write")
 def store(request: HttpRequest, study: str | None = None) -> HttpResponse:
     content_type = request.headers.get("Content-Type", "")
@@ -473,69 +517,29 @@ def store(request: HttpRequest, study: str | None = None) -> HttpResponse:
         return dicomweb_error(400, "Content-Length is not a number.")
     if declared > settings.STOW_MAX_REQUEST_BYTES:
         return dicomweb_error(413, "The request is larger than this server accepts.")
-    # read() rather than .body: the body is bounded here, not by the form-data limit.
-    body = request.read(settings.STOW_MAX_REQUEST_BYTES + 1)
-    if len(body) > settings.STOW_MAX_REQUEST_BYTES:
-        return dicomweb_error(413, "The request is larger than this server accepts.")
-    try:
-        parts = parse_related(body, content_type)
-    except MultipartError as exc:
-        return dicomweb_error(400, str(exc))
     base = _base_url(request)
     referenced, failed = [], []
     actor = _actor(request)
-    for part_type, payload in parts:
-        sop_class, sop_instance, study_uid = _uids(payload)
-        if part_type != "application/dicom":
-            failed.append(
-                {
-                    **_sop_ref(sop_class, sop_instance),
-                    "00081197": {"vr": "US", "Value": [FAILURE_CANNOT_UNDERSTAND]},
-                }
+    parts = iter_related_parts(
+        request.read, content_type, max_part_bytes=settings.INGEST_MAX_INSTANCE_BYTES
+    )
+    try:
+        # Each part is stored as soon as it has arrived: memory holds one part at a time.
+        for part_type, payload in parts:
+            if isinstance(payload, PartTooLarge):
+                failed.append(_failure("", "", FAILURE_PROCESSING))
+                continue
+            referenced_item, failed_item = _store_part(
+                request, actor=actor, base=base, study=study, part_type=part_type, payload=payload
             )
-            continue
-        if study is not None and study_uid and study_uid != study:
-            failed.append(
-                {
-                    **_sop_ref(sop_class, sop_instance),
-                    "00081197": {"vr": "US", "Value": [FAILURE_STUDY_MISMATCH]},
-                }
-            )
-            continue
-        result = ingest_bytes(tenant=request.tenant, actor=actor, data=payload, name="stow")
-        if result.outcome == IngestOutcome.REJECTED:
-            reason = (
-                FAILURE_DUPLICATE_CONFLICT
-                if result.code == "conflict"
-                else FAILURE_CANNOT_UNDERSTAND
-                if result.code not in ("busy",)
-                else FAILURE_PROCESSING
-            )
-            failed.append(
-                {
-                    **_sop_ref(sop_class, sop_instance),
-                    "00081197": {"vr": "US", "Value": [reason]},
-                    "00081196": {"vr": "US", "Value": [reason]},
-                }
-            )
-            continue
-        stored = (
-            Instance.objects.for_tenant(request.tenant)
-            .select_related("study", "series")
-            .get(pk=result.instance_id)
-        )
-        referenced.append(
-            {
-                **_sop_ref(stored.sop_class_uid, stored.sop_instance_uid),
-                "00081190": {
-                    "vr": "UR",
-                    "Value": [
-                        f"{base}/studies/{stored.study.study_uid}/series/{stored.series.series_uid}"
-                        f"/instances/{stored.sop_instance_uid}"
-                    ],
-                },
-            }
-        )
+            if referenced_item:
+                referenced.append(referenced_item)
+            if failed_item:
+                failed.append(failed_item)
+    except MultipartError as exc:
+        if not referenced and not failed:
+            return dicomweb_error(400, str(exc))
+        failed.append(_failure("", "", FAILURE_CANNOT_UNDERSTAND))
     body: dict[str, Any] = {}
     if study is not None:
         body["00081190"] = {"vr": "UR", "Value": [f"{base}/studies/{study}"]}
@@ -548,6 +552,7 @@ def store(request: HttpRequest, study: str | None = None) -> HttpResponse:
     return _json(body, status=status)
 
 
+@csrf_exempt  # bearer-token API: no cookies, no session, nothing to forge
 @require_http_methods(["GET", "POST"])
 def study(request: HttpRequest, study: str) -> HttpResponse:
     if request.method == "POST":

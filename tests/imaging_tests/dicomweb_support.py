@@ -22,7 +22,8 @@ class DjangoTestAdapter(requests.adapters.BaseAdapter):
 
     def __init__(self) -> None:
         super().__init__()
-        self.client = Client()
+        # Enforce CSRF as a real server would: a partner's client has no CSRF token.
+        self.client = Client(enforce_csrf_checks=True)
         self.sent: list[requests.PreparedRequest] = []
 
     def send(self, request: requests.PreparedRequest, **kwargs: object) -> requests.Response:

@@ -1,0 +1,59 @@
+"""The streaming multipart/related parser behind STOW-RS."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+
+from imaging.dicomweb.multipart import MultipartError, PartTooLarge, iter_related_parts
+
+TYPE = 'multipart/related; type="application/dicom"; boundary=XyZ'
+
+
+def _body(*payloads: bytes) -> bytes:
+    body = b"preamble to ignore\r\n"
+    for payload in payloads:
+        body += b"--XyZ\r\nContent-Type: application/dicom\r\n\r\n" + payload + b"\r\n"
+    return body + b"--XyZ--\r\n"
+
+
+@pytest.mark.parametrize("chunk_size", [1, 3, 7, 64, 1 << 20])
+def test_parts_survive_any_chunking(chunk_size):
+    # The boundary text may appear in a body, just never right after a line break.
+    payloads = [b"A" * 100, b"--XyZ in text\r\n--Xy" * 3, b"", bytes(range(256))]
+
+    parts = list(
+        iter_related_parts(
+            io.BytesIO(_body(*payloads)).read, TYPE, max_part_bytes=10_000, chunk_size=chunk_size
+        )
+    )
+
+    assert [payload for _, payload in parts] == payloads
+    assert {part_type for part_type, _ in parts} == {"application/dicom"}
+
+
+def test_oversized_part_is_flagged_and_the_rest_still_parsed():
+    parts = list(
+        iter_related_parts(
+            io.BytesIO(_body(b"x" * 500, b"ok")).read, TYPE, max_part_bytes=100, chunk_size=64
+        )
+    )
+
+    assert isinstance(parts[0][1], PartTooLarge)
+    assert parts[1][1] == b"ok"
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "message"),
+    [
+        (b"no boundary here", TYPE, "does not contain"),
+        (b"--XyZ\r\nContent-Type: application/dicom\r\n\r\nunfinished", TYPE, "ends inside a part"),
+        (b"x", 'multipart/related; type="application/dicom"', "boundary is missing"),
+        (b"x", 'multipart/related; boundary="bad\x01"', "boundary is missing or invalid"),
+        (b"--XyZ--\r\n", TYPE, "no parts"),
+    ],
+)
+def test_malformed_bodies_raise_a_clear_error(body, content_type, message):
+    with pytest.raises(MultipartError, match=message):
+        list(iter_related_parts(io.BytesIO(body).read, content_type, max_part_bytes=100))
