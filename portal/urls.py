@@ -7,6 +7,7 @@ from drf_spectacular.views import SpectacularAPIView
 
 from portal import views
 from portal.admin import platform_admin_site
+from portal.api_docs import api_docs
 
 clinic_patterns = [
     path("", include("imaging.urls")),
@@ -23,5 +24,6 @@ urlpatterns = [
     path("dicomweb/", include("imaging.dicomweb.urls")),
     path("api/v1/", include("imaging.api.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="api_schema"),
+    path("api/docs/", api_docs, name="api_docs"),
     path("t/<slug:tenant_slug>/", include(clinic_patterns)),
 ]

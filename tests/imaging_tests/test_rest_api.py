@@ -99,3 +99,13 @@ def test_openapi_schema_is_published(db):
     schema = response.json()
     assert "/api/v1/studies" in schema["paths"]
     assert schema["components"]["securitySchemes"]["bearerToken"]["scheme"] == "bearer"
+
+
+@pytest.mark.django_db
+def test_api_reference_page_lists_the_operations_without_script(db):
+    response = Client().get("/api/docs/")
+
+    assert response.status_code == 200
+    assert b"GET /api/v1/studies" in response.content
+    assert b"patient_id" in response.content
+    assert b"<script" not in response.content
