@@ -1,0 +1,81 @@
+"""Sweep every DICOMweb and REST route with another clinic's token: nothing leaks.
+
+Routes are enumerated from the URL configuration, so a new one is covered the day it
+is added.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+
+import pydicom
+import pytest
+from django.test import Client
+
+from imaging.api.urls import urlpatterns as api_patterns
+from imaging.dicomweb.urls import urlpatterns as dicomweb_patterns
+from imaging.models import Study
+from tests.imaging_tests.dicomweb_support import token_for
+from tests.imaging_tests.helpers import ingest, synthetic_ct
+
+
+def _fill(route: str, values: dict[str, str]) -> str:
+    return re.sub(r"<(?:\w+:)?(\w+)>", lambda m: values[m[1]], route)
+
+
+@pytest.fixture
+def victim(clinic, django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=True):
+        (data,) = synthetic_ct(slices=1)
+        ingest(clinic, data)
+    ds = pydicom.dcmread(io.BytesIO(data))
+    study = Study.objects.for_tenant(clinic).get()
+    return {
+        "study": ds.StudyInstanceUID,
+        "series": ds.SeriesInstanceUID,
+        "instance": ds.SOPInstanceUID,
+        "numbers": "1",
+        "number": "1",
+        "id": str(study.pk),
+    }
+
+
+@pytest.mark.django_db
+def test_every_dicomweb_route_is_404_or_empty_for_another_clinic(victim, other_clinic):
+    client = Client(headers={"Authorization": f"Bearer {token_for(other_clinic, 'dicomweb:read')}"})
+    own = Client(
+        headers={"Authorization": f"Bearer {token_for(victim_clinic(victim), 'dicomweb:read')}"}
+    )
+
+    results = {}
+    for pattern in dicomweb_patterns:
+        url = "/dicomweb/" + _fill(str(pattern.pattern), victim)
+        results[url] = (client.get(url).status_code, own.get(url).status_code)
+
+    for url, (outsider, owner) in results.items():
+        if "<" in url:
+            continue
+        if re.fullmatch(r"/dicomweb/(studies|series|instances)", url):
+            assert outsider == 204, url  # searches: no results, not an error
+        else:
+            assert outsider == 404, url
+        assert owner == 200, url  # the same URL works for the clinic itself
+    assert len(results) == len(dicomweb_patterns) >= 17
+
+
+def victim_clinic(victim):
+    return Study.objects.unscoped(reason="test helper").get(pk=victim["id"]).tenant
+
+
+@pytest.mark.django_db
+def test_every_rest_route_is_404_or_empty_for_another_clinic(victim, other_clinic):
+    client = Client(headers={"Authorization": f"Bearer {token_for(other_clinic, 'studies:read')}"})
+
+    for pattern in api_patterns:
+        url = "/api/v1/" + _fill(str(pattern.pattern), victim)
+        response = client.get(url)
+        if "<" not in str(pattern.pattern):
+            assert response.json()["count"] == 0, url
+        else:
+            assert response.status_code == 404, url
