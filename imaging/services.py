@@ -12,7 +12,7 @@ from audit.actors import Actor
 from audit.models import Action, Outcome
 from imaging.crypto import IntegrityError, ObjectContext, decrypt_stream, decrypt_verified
 from imaging.keyring import study_dek
-from imaging.models import Instance, Series, Study
+from imaging.models import Instance, Series
 from imaging.storage import object_delete, object_keys, object_open, storage_for
 from tenants.models import Tenant
 
@@ -89,7 +89,3 @@ def orphan_sweep(*, tenant: Tenant, older_than: dt.datetime) -> int:
             object_delete(storage, key)
             removed += 1
     return removed
-
-
-def study_list(*, tenant: Tenant) -> list[Study]:
-    return list(Study.objects.for_tenant(tenant).select_related("patient").order_by("-study_date"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlencode
 
 from django.contrib import messages
 from django.contrib.auth import views as auth_views
@@ -95,8 +96,6 @@ class SignInView(auth_views.LoginView):
 
 
 def _redirect_with_next(name: str, next_url: str) -> HttpResponse:
-    from urllib.parse import urlencode
-
     return HttpResponseRedirect(f"{reverse(name)}?{urlencode({'next': next_url})}")
 
 

@@ -100,6 +100,18 @@ def _instances(request: HttpRequest) -> QuerySet[Instance]:
     )
 
 
+def _addressed(
+    request: HttpRequest, study: str, series: str | None = None, instance: str | None = None
+) -> QuerySet[Instance]:
+    """The clinic's instances under a WADO-RS path: a study, a series or one instance."""
+    instances = _instances(request).filter(study__study_uid=study)
+    if series is not None:
+        instances = instances.filter(series__series_uid=series)
+    if instance is not None:
+        instances = instances.filter(sop_instance_uid=instance)
+    return instances
+
+
 def _series_row(series: Series, base: str) -> dict:
     return {**study_json(series.study, base_url=base), **series_json(series, base_url=base)}
 
@@ -233,26 +245,19 @@ def _retrieve(request: HttpRequest, instances: QuerySet[Instance]) -> HttpRespon
 @token_required("dicomweb:read")
 @require_http_methods(["GET"])
 def retrieve_study(request: HttpRequest, study: str) -> HttpResponse:
-    return _retrieve(request, _instances(request).filter(study__study_uid=study))
+    return _retrieve(request, _addressed(request, study))
 
 
 @token_required("dicomweb:read")
 @require_http_methods(["GET"])
 def retrieve_series(request: HttpRequest, study: str, series: str) -> HttpResponse:
-    return _retrieve(
-        request, _instances(request).filter(study__study_uid=study, series__series_uid=series)
-    )
+    return _retrieve(request, _addressed(request, study, series))
 
 
 @token_required("dicomweb:read")
 @require_http_methods(["GET"])
 def retrieve_instance(request: HttpRequest, study: str, series: str, instance: str) -> HttpResponse:
-    return _retrieve(
-        request,
-        _instances(request).filter(
-            study__study_uid=study, series__series_uid=series, sop_instance_uid=instance
-        ),
-    )
+    return _retrieve(request, _addressed(request, study, series, instance))
 
 
 def _metadata(request: HttpRequest, instances: QuerySet[Instance]) -> HttpResponse:
@@ -285,37 +290,26 @@ def _metadata(request: HttpRequest, instances: QuerySet[Instance]) -> HttpRespon
 @token_required("dicomweb:read")
 @require_http_methods(["GET"])
 def metadata_study(request: HttpRequest, study: str) -> HttpResponse:
-    return _metadata(request, _instances(request).filter(study__study_uid=study))
+    return _metadata(request, _addressed(request, study))
 
 
 @token_required("dicomweb:read")
 @require_http_methods(["GET"])
 def metadata_series(request: HttpRequest, study: str, series: str) -> HttpResponse:
-    return _metadata(
-        request, _instances(request).filter(study__study_uid=study, series__series_uid=series)
-    )
+    return _metadata(request, _addressed(request, study, series))
 
 
 @token_required("dicomweb:read")
 @require_http_methods(["GET"])
 def metadata_instance(request: HttpRequest, study: str, series: str, instance: str) -> HttpResponse:
-    return _metadata(
-        request,
-        _instances(request).filter(
-            study__study_uid=study, series__series_uid=series, sop_instance_uid=instance
-        ),
-    )
+    return _metadata(request, _addressed(request, study, series, instance))
 
 
 # --- Frames, rendered and thumbnails ------------------------------------------------------
 
 
 def _instance_dataset(request: HttpRequest, study: str, series: str, instance: str):
-    row = (
-        _instances(request)
-        .filter(study__study_uid=study, series__series_uid=series, sop_instance_uid=instance)
-        .first()
-    )
+    row = _addressed(request, study, series, instance).first()
     if row is None:
         return None, None
     data = instance_bytes(instance=row, actor=_actor(request))
