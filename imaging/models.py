@@ -90,6 +90,8 @@ class Study(TenantOwnedModel):
 
     class Meta:
         verbose_name_plural = "studies"
+        # Object-level grants (django-guardian) beyond the built-in view_study.
+        permissions = [("download_study", "Can download the study")]
         constraints = [
             models.UniqueConstraint(fields=["tenant", "study_uid"], name="study_uid_per_tenant"),
             models.CheckConstraint(
@@ -178,3 +180,43 @@ class Instance(TenantOwnedModel):
 
     def __str__(self) -> str:
         return f"Instance {self.id}"
+
+
+class ViewerSession(TenantOwnedModel):
+    """One opening of the viewer: pixel reads under it are audited once per series.
+
+    The viewer sends its id with every request; the first read of each series writes
+    one audit event (see `imaging.viewing`), so the log says who looked at which
+    series without one row per frame.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    user = models.ForeignKey(
+        "tenants.User", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    study = models.ForeignKey(Study, on_delete=models.PROTECT, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        indexes = [models.Index(fields=["tenant", "user", "-created_at"])]
+
+    def __str__(self) -> str:
+        return f"ViewerSession {self.id}"
+
+
+class ViewerSeriesView(TenantOwnedModel):
+    """A series first read under a viewer session; unique, so concurrent frames audit once."""
+
+    viewer_session = models.ForeignKey(ViewerSession, on_delete=models.CASCADE, related_name="+")
+    series = models.ForeignKey(Series, on_delete=models.PROTECT, related_name="+")
+    first_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["viewer_session", "series"], name="viewer_series_view_once"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"ViewerSeriesView {self.pk}"

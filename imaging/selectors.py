@@ -1,36 +1,211 @@
-"""Reads of studies, always for one clinic and within what the member may see."""
+"""Reads of studies, always for one clinic and within what the member may see.
+
+Who may see what, in one place:
+
+- Staff with `worklist.view` list every study of the clinic. A study marked
+  confidential is listed with its demographics hidden; its details and images open
+  only to members with an explicit grant on it or an active break-glass access.
+- Members with `study.view_granted` (referring physicians) see only studies granted
+  to them per object (django-guardian, through `tenants.grants`).
+- Images need `images.view` on top; download needs `study.download` or a per-object
+  download grant.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
+import uuid
+from dataclasses import dataclass
+
 from django.db.models import Q, QuerySet
 
+from audit.actors import Target
 from imaging.models import Series, Study
-from tenants.grants import objects_granted
-from tenants.models import Membership
+from tenants.breakglass import break_glass_active
+from tenants.grants import object_granted, objects_granted
+from tenants.models import BreakGlassGrant, Membership, Tenant
 from tenants.roles import Perm
 
 STUDY_VIEW_PERM = "imaging.view_study"
+STUDY_DOWNLOAD_PERM = "imaging.download_study"
+STUDY_TARGET_TYPE = "imaging.study"
+
+SORTS: dict[str, tuple[str, ...]] = {
+    "date": ("study_date", "created_at"),
+    "-date": ("-study_date", "-created_at"),
+    "patient": ("patient__name", "-study_date"),
+    "-patient": ("-patient__name", "-study_date"),
+    "modality": ("modalities", "-study_date"),
+    "-modality": ("-modalities", "-study_date"),
+    "accession": ("accession_number", "-study_date"),
+    "-accession": ("-accession_number", "-study_date"),
+}
+DEFAULT_SORT = "-date"
 
 
-def study_list(*, membership: Membership, query: str = "") -> QuerySet[Study]:
+@dataclass(frozen=True)
+class WorklistQuery:
+    """Worklist search criteria. Travels in the session, never in a URL."""
+
+    text: str = ""
+    date_from: dt.date | None = None
+    date_to: dt.date | None = None
+    modality: str = ""
+    referring: str = ""
+
+    @property
+    def is_empty(self) -> bool:
+        return not (self.text or self.date_from or self.date_to or self.modality or self.referring)
+
+
+@dataclass(frozen=True)
+class StudyAccess:
+    """What one member may do with one study. `visible` False means 404."""
+
+    visible: bool = False
+    details: bool = False
+    images: bool = False
+    download: bool = False
+    break_glass: BreakGlassGrant | None = None
+    may_break_glass: bool = False
+
+
+def _break_glass_study_ids(*, membership: Membership, now: dt.datetime) -> set[uuid.UUID]:
+    ids = (
+        BreakGlassGrant.objects.for_tenant(membership.tenant)
+        .filter(user=membership.user, target_type=STUDY_TARGET_TYPE, expires_at__gt=now)
+        .values_list("target_id", flat=True)
+    )
+    result = set()
+    for value in ids:
+        try:
+            result.add(uuid.UUID(value))
+        except ValueError:
+            continue
+    return result
+
+
+def _granted_ids(*, membership: Membership, perm: str) -> QuerySet[Study]:
+    tenant = membership.tenant
+    return objects_granted(
+        tenant=tenant,
+        user=membership.user,
+        perm=perm,
+        queryset=Study.objects.for_tenant(tenant),
+    ).values("pk")
+
+
+def study_list(
+    *, membership: Membership, query: WorklistQuery | None = None, sort: str = DEFAULT_SORT
+) -> QuerySet[Study]:
     """The studies a member may list: all of the clinic's, or only those granted to them."""
     tenant = membership.tenant
     studies = Study.objects.for_tenant(tenant).select_related("patient")
     if not membership.has_perm(Perm.WORKLIST_VIEW):
         if not membership.has_perm(Perm.STUDY_VIEW_GRANTED):
             return studies.none()
-        studies = objects_granted(
-            tenant=tenant, user=membership.user, perm=STUDY_VIEW_PERM, queryset=studies
-        )
-    query = query.strip()
-    if query:
+        studies = studies.filter(pk__in=_granted_ids(membership=membership, perm=STUDY_VIEW_PERM))
+    if query is not None and not query.is_empty:
+        studies = _filtered(studies, query, membership=membership)
+    return studies.order_by(*SORTS.get(sort, SORTS[DEFAULT_SORT]))
+
+
+def _filtered(
+    studies: QuerySet[Study], query: WorklistQuery, *, membership: Membership
+) -> QuerySet[Study]:
+    if query.text:
+        text = query.text
         studies = studies.filter(
-            Q(patient__name__icontains=query)
-            | Q(patient__patient_id__iexact=query)
-            | Q(accession_number__iexact=query)
-            | Q(description__icontains=query)
+            Q(patient__name__icontains=text)
+            | Q(patient__patient_id__iexact=text)
+            | Q(accession_number__iexact=text)
+            | Q(description__icontains=text)
         )
-    return studies.order_by("-study_date", "-created_at")
+        if membership.has_perm(Perm.WORKLIST_VIEW):
+            # Searching by a confidential patient's name must not reveal the study.
+            studies = studies.filter(
+                Q(confidential=False)
+                | Q(pk__in=_granted_ids(membership=membership, perm=STUDY_VIEW_PERM))
+            )
+    if query.date_from:
+        studies = studies.filter(study_date__gte=query.date_from)
+    if query.date_to:
+        studies = studies.filter(study_date__lte=query.date_to)
+    if query.modality:
+        studies = studies.filter(modalities__icontains=query.modality)
+    if query.referring:
+        studies = studies.filter(referring_physician__icontains=query.referring)
+    return studies
+
+
+def masked_study_ids(*, membership: Membership, studies: list[Study], now: dt.datetime) -> set:
+    """Which of `studies` are shown without demographics to this member."""
+    confidential = [s.pk for s in studies if s.confidential]
+    if not confidential:
+        return set()
+    granted = set(
+        objects_granted(
+            tenant=membership.tenant,
+            user=membership.user,
+            perm=STUDY_VIEW_PERM,
+            queryset=Study.objects.for_tenant(membership.tenant).filter(pk__in=confidential),
+        ).values_list("pk", flat=True)
+    )
+    opened = _break_glass_study_ids(membership=membership, now=now)
+    return {pk for pk in confidential if pk not in granted and pk not in opened}
+
+
+def study_access(*, membership: Membership, study: Study, now: dt.datetime) -> StudyAccess:
+    tenant = membership.tenant
+    if study.tenant_id != tenant.pk:
+        return StudyAccess()
+    user = membership.user
+    granted = object_granted(tenant=tenant, user=user, perm=STUDY_VIEW_PERM, obj=study)
+    download_granted = object_granted(tenant=tenant, user=user, perm=STUDY_DOWNLOAD_PERM, obj=study)
+    glass = break_glass_active(membership=membership, target=study_target(study), now=now)
+    lists_all = membership.has_perm(Perm.WORKLIST_VIEW)
+    if lists_all:
+        details = not study.confidential or granted or glass is not None
+    else:
+        details = membership.has_perm(Perm.STUDY_VIEW_GRANTED) and (granted or download_granted)
+    visible = lists_all or details
+    if not visible:
+        return StudyAccess()
+    images = details and membership.has_perm(Perm.IMAGES_VIEW)
+    download = images and (membership.has_perm(Perm.STUDY_DOWNLOAD) or download_granted)
+    return StudyAccess(
+        visible=True,
+        details=details,
+        images=images,
+        download=download,
+        break_glass=glass,
+        may_break_glass=not details and membership.has_perm(Perm.BREAK_GLASS),
+    )
+
+
+def study_target(study: Study) -> Target:
+    """The audit and break-glass target naming a study."""
+    return Target(type=STUDY_TARGET_TYPE, id=str(study.pk))
+
+
+def studies_with_images(*, membership: Membership, now: dt.datetime) -> QuerySet[Study]:
+    """Studies whose pixels the member may read (the DICOMweb scope of a signed-in member)."""
+    tenant = membership.tenant
+    studies = Study.objects.for_tenant(tenant)
+    if not membership.has_perm(Perm.IMAGES_VIEW):
+        return studies.none()
+    granted = _granted_ids(membership=membership, perm=STUDY_VIEW_PERM)
+    opened = _break_glass_study_ids(membership=membership, now=now)
+    if membership.has_perm(Perm.WORKLIST_VIEW):
+        return studies.filter(Q(confidential=False) | Q(pk__in=granted) | Q(pk__in=opened))
+    if membership.has_perm(Perm.STUDY_VIEW_GRANTED):
+        downloadable = _granted_ids(membership=membership, perm=STUDY_DOWNLOAD_PERM)
+        return studies.filter(Q(pk__in=granted) | Q(pk__in=downloadable) | Q(pk__in=opened))
+    return studies.none()
+
+
+def study_get(*, tenant: Tenant, study_id: uuid.UUID) -> Study | None:
+    return Study.objects.for_tenant(tenant).select_related("patient").filter(pk=study_id).first()
 
 
 def series_for_study(*, study: Study) -> QuerySet[Series]:

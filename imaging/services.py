@@ -1,4 +1,4 @@
-"""Reads of stored objects (decrypt, verify, audit) and the orphan sweep."""
+"""Reads of stored objects (decrypt, verify, audit), the orphan sweep, study actions."""
 
 from __future__ import annotations
 
@@ -12,9 +12,11 @@ from audit.actors import Actor
 from audit.models import Action, Outcome
 from imaging.crypto import IntegrityError, ObjectContext, decrypt_stream, decrypt_verified
 from imaging.keyring import study_dek
-from imaging.models import Instance, Series
+from imaging.models import Instance, Series, Study
+from imaging.selectors import STUDY_DOWNLOAD_PERM, STUDY_VIEW_PERM
 from imaging.storage import object_delete, object_keys, object_open, storage_for
-from tenants.models import Tenant
+from tenants.grants import object_grant, object_granted, object_revoke
+from tenants.models import Tenant, User
 
 
 def _integrity_failed(*, instance: Instance | Series, actor: Actor, reason: str) -> None:
@@ -89,3 +91,52 @@ def orphan_sweep(*, tenant: Tenant, older_than: dt.datetime) -> int:
             object_delete(storage, key)
             removed += 1
     return removed
+
+
+# --- Study actions -------------------------------------------------------------------
+
+
+def study_set_confidential(*, study: Study, confidential: bool, by: User, actor: Actor) -> None:
+    """Mark a study confidential (or not). Whoever marks it keeps access by an explicit grant."""
+    with transaction.atomic():
+        changed = (
+            Study.objects.for_tenant(study.tenant)
+            .filter(pk=study.pk)
+            .exclude(confidential=confidential)
+            .update(confidential=confidential)
+        )
+        study.confidential = confidential
+        if changed:
+            audit.record(
+                actor=actor,
+                action=Action.STUDY_CONFIDENTIALITY_CHANGED,
+                target=study,
+                tenant=study.tenant,
+                detail={"confidential": confidential},
+            )
+        if confidential and not object_granted(
+            tenant=study.tenant, user=by, perm=STUDY_VIEW_PERM, obj=study
+        ):
+            object_grant(tenant=study.tenant, user=by, perm=STUDY_VIEW_PERM, obj=study, actor=actor)
+
+
+def study_grant(*, study: Study, grantee: User, download: bool, actor: Actor) -> None:
+    """Let a member (a referring physician) view, and optionally download, one study."""
+    tenant = study.tenant
+    with transaction.atomic():
+        object_grant(tenant=tenant, user=grantee, perm=STUDY_VIEW_PERM, obj=study, actor=actor)
+        if download:
+            object_grant(
+                tenant=tenant, user=grantee, perm=STUDY_DOWNLOAD_PERM, obj=study, actor=actor
+            )
+        elif object_granted(tenant=tenant, user=grantee, perm=STUDY_DOWNLOAD_PERM, obj=study):
+            object_revoke(
+                tenant=tenant, user=grantee, perm=STUDY_DOWNLOAD_PERM, obj=study, actor=actor
+            )
+
+
+def study_grant_revoke(*, study: Study, grantee: User, actor: Actor) -> None:
+    with transaction.atomic():
+        for perm in (STUDY_DOWNLOAD_PERM, STUDY_VIEW_PERM):
+            if object_granted(tenant=study.tenant, user=grantee, perm=perm, obj=study):
+                object_revoke(tenant=study.tenant, user=grantee, perm=perm, obj=study, actor=actor)

@@ -5,12 +5,14 @@ from __future__ import annotations
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView
 
+from imaging.dicomweb.urls import viewer_patterns as viewer_dicomweb_patterns
 from portal import views
 from portal.admin import platform_admin_site
 from portal.api_docs import api_docs
 
 clinic_patterns = [
     path("", include("imaging.urls")),
+    path("dicomweb/", include(viewer_dicomweb_patterns)),
     path("audit/", include("audit.urls")),
     path("my/", include("sharing.urls")),
 ]

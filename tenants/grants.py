@@ -92,3 +92,21 @@ def object_granted(*, tenant: Tenant, user: User, perm: str, obj: models.Model) 
         content_type=ContentType.objects.get_for_model(obj),
         object_pk=str(obj.pk),
     ).exists()
+
+
+def object_grantees(*, tenant: Tenant, perm: str, obj: models.Model) -> list[User]:
+    """Active members of `tenant` holding `perm` on `obj` by object grant."""
+    if getattr(obj, "tenant_id", None) != tenant.pk:
+        return []
+    app_label, _, codename = perm.partition(".")
+    user_ids = UserObjectPermission.objects.filter(
+        permission__codename=codename,
+        permission__content_type__app_label=app_label,
+        content_type=ContentType.objects.get_for_model(obj),
+        object_pk=str(obj.pk),
+    ).values("user_id")
+    return list(
+        User.objects.filter(
+            pk__in=user_ids, memberships__tenant=tenant, memberships__is_active=True
+        ).order_by("email")
+    )

@@ -11,12 +11,22 @@ from collections.abc import Callable
 from typing import Any
 
 from django.contrib.auth.views import redirect_to_login
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 
 from tenants.selectors import membership_for_user, tenant_get_active
 from tenants.urlconf import tenant_urlconf
 
 CLINIC_PATH = re.compile(r"^/t/(?P<slug>[^/]+)/")
+CLINIC_API_PATH = re.compile(r"^/t/[^/]+/dicomweb/")
+
+
+def is_api_path(request: HttpRequest) -> bool:
+    """Requests made by the viewer's script, which needs a status code, not a login page."""
+    return bool(CLINIC_API_PATH.match(request.path_info))
+
+
+def signed_out_response() -> HttpResponse:
+    return JsonResponse({"error": "Your session has ended; sign in again."}, status=401)
 
 
 class TenantMiddleware:
@@ -29,6 +39,8 @@ class TenantMiddleware:
         match = CLINIC_PATH.match(request.path_info)
         if match:
             if not request.user.is_authenticated:
+                if is_api_path(request):
+                    return signed_out_response()
                 return redirect_to_login(request.get_full_path())
             slug = match["slug"]
             tenant = tenant_get_active(slug=slug)

@@ -25,6 +25,7 @@ from django.urls import reverse
 import audit
 from audit.actors import Actor
 from audit.models import Action
+from tenants.middleware import is_api_path, signed_out_response
 from tenants.models import Membership, Tenant, User
 from tenants.selectors import user_memberships
 
@@ -105,6 +106,8 @@ class SessionSecurityMiddleware:
             detail={"reason": reason},
         )
         logout(request)
+        if is_api_path(request):
+            return signed_out_response()
         messages.info(request, "Your session ended. Please sign in again.")
         login_url = reverse("login")
         if request.method == "GET":

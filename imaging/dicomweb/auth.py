@@ -1,18 +1,49 @@
-"""Bearer-token authentication for DICOMweb: the clinic comes from the credential."""
+"""Who is calling DICOMweb, and what they may reach.
+
+The same PS3.18 views serve two channels, each wrapping them with one decorator that
+sets `request.dicomweb` (a `DicomwebClient`):
+
+- `/dicomweb/`: partners with `Authorization: Bearer <token>`; the clinic comes from
+  the token, reads need `dicomweb:read`, STOW-RS needs `dicomweb:write`.
+- `/t/<slug>/dicomweb/`: the portal's own viewer, for a signed-in member; read-only,
+  limited to the studies whose images the member may see, cookies plus the same-site
+  session (GET only, so nothing to forge).
+"""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import wraps
 from typing import Any
 
 from django.conf import settings
 from django.core.cache import cache
+from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 
+from audit.actors import Actor, client_ip
+from imaging.models import Study, ViewerSession
+from imaging.selectors import studies_with_images
+from tenants.models import Tenant
+from tenants.roles import Perm
 from tenants.tokens import api_token_authenticate
+
+VIEWER_SESSION_HEADER = "X-Viewer-Session"
+VIEWER_SESSION_PARAM = "vs"  # for <img> elements, which cannot send headers
+
+
+@dataclass(frozen=True)
+class DicomwebClient:
+    tenant: Tenant
+    actor: Actor
+    # None: every study of the clinic. Otherwise only these.
+    studies: QuerySet[Study] | None = None
+    viewer_session: ViewerSession | None = None
+    may_store: bool = False
 
 
 def dicomweb_error(status: int, message: str, **headers: str) -> JsonResponse:
@@ -22,11 +53,11 @@ def dicomweb_error(status: int, message: str, **headers: str) -> JsonResponse:
     return response
 
 
-def _rate_limited(token_id: str) -> bool:
+def _rate_limited(key_id: str) -> bool:
     limit = settings.API_RATE_LIMIT_PER_MINUTE
     if not limit:
         return False
-    key = f"ratelimit:token:{token_id}:{int(timezone.now().timestamp() // 60)}"
+    key = f"ratelimit:dicomweb:{key_id}:{int(timezone.now().timestamp() // 60)}"
     cache.add(key, 0, timeout=120)
     try:
         return cache.incr(key) > limit
@@ -34,41 +65,79 @@ def _rate_limited(token_id: str) -> bool:
         return False
 
 
-def token_required(
-    scope: str,
-) -> Callable[[Callable[..., HttpResponse]], Callable[..., HttpResponse]]:
-    """Authenticate `Authorization: Bearer <token>`, require `scope`, set request.tenant.
+def bearer_token(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """Authenticate `Authorization: Bearer <token>` and set the clinic from it.
 
     Token requests carry no cookies and no session, so CSRF does not apply.
     """
 
-    def decorator(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
-        @csrf_exempt
-        @wraps(view)
-        def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-            header = request.headers.get("Authorization", "")
-            scheme, _, credential = header.partition(" ")
-            token = (
-                api_token_authenticate(raw=credential, now=timezone.now())
-                if scheme.lower() == "bearer" and credential
-                else None
+    @csrf_exempt
+    @wraps(view)
+    def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        header = request.headers.get("Authorization", "")
+        scheme, _, credential = header.partition(" ")
+        token = (
+            api_token_authenticate(raw=credential, now=timezone.now())
+            if scheme.lower() == "bearer" and credential
+            else None
+        )
+        if token is None:
+            return dicomweb_error(
+                401,
+                "A valid, unexpired API token is required (Authorization: Bearer <token>).",
+                WWW_Authenticate='Bearer realm="dicomweb"',
             )
-            if token is None:
-                return dicomweb_error(
-                    401,
-                    "A valid, unexpired API token is required (Authorization: Bearer <token>).",
-                    WWW_Authenticate='Bearer realm="dicomweb"',
-                )
-            if not token.has_scope(scope):
-                return dicomweb_error(403, f"This token lacks the {scope} scope.")
-            if _rate_limited(str(token.pk)):
-                return dicomweb_error(
-                    429, "Too many requests for this token; retry in a minute.", Retry_After="60"
-                )
-            request.tenant = token.tenant  # type: ignore[attr-defined]
-            request.api_token = token  # type: ignore[attr-defined]
-            return view(request, *args, **kwargs)
+        scope = "dicomweb:write" if request.method == "POST" else "dicomweb:read"
+        if not token.has_scope(scope):
+            return dicomweb_error(403, f"This token lacks the {scope} scope.")
+        if _rate_limited(f"token:{token.pk}"):
+            return dicomweb_error(
+                429, "Too many requests for this token; retry in a minute.", Retry_After="60"
+            )
+        request.tenant = token.tenant  # type: ignore[attr-defined]
+        request.api_token = token  # type: ignore[attr-defined]
+        request.dicomweb = DicomwebClient(  # type: ignore[attr-defined]
+            tenant=token.tenant,
+            actor=Actor.for_token(token, ip=client_ip(request)),
+            may_store=True,
+        )
+        return view(request, *args, **kwargs)
 
-        return wrapped
+    return wrapped
 
-    return decorator
+
+def _viewer_session(request: HttpRequest, tenant: Tenant) -> ViewerSession | None:
+    raw = request.headers.get(VIEWER_SESSION_HEADER) or request.GET.get(VIEWER_SESSION_PARAM, "")
+    try:
+        session_id = uuid.UUID(raw)
+    except ValueError:
+        return None
+    # Bound to the member who opened it: another person's id is ignored, and their
+    # reads are then audited one by one.
+    return ViewerSession.objects.for_tenant(tenant).filter(pk=session_id, user=request.user).first()
+
+
+def signed_in_member(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """The clinic's own viewer: a member with `images.view`, read-only, within their studies."""
+
+    @wraps(view)
+    def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        tenant = getattr(request, "tenant", None)
+        membership = getattr(request, "membership", None)
+        if tenant is None or membership is None:
+            return dicomweb_error(404, "Not found.")
+        if request.method not in ("GET", "HEAD"):
+            return dicomweb_error(
+                405, "The viewer's DICOMweb is read-only; upload on the Upload page.", Allow="GET"
+            )
+        if not membership.has_perm(Perm.IMAGES_VIEW):
+            return dicomweb_error(403, "Your role in this clinic does not include images.")
+        request.dicomweb = DicomwebClient(  # type: ignore[attr-defined]
+            tenant=tenant,
+            actor=Actor.from_request(request),
+            studies=studies_with_images(membership=membership, now=timezone.now()),
+            viewer_session=_viewer_session(request, tenant),
+        )
+        return view(request, *args, **kwargs)
+
+    return wrapped

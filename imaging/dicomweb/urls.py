@@ -1,61 +1,80 @@
-"""DICOMweb routes under /dicomweb/ (PS3.18). The clinic comes from the bearer token."""
+"""DICOMweb routes (PS3.18), built once per channel (see `imaging.dicomweb.auth`).
 
-from django.urls import path
+`/dicomweb/` takes the clinic from a bearer token; `/t/<slug>/dicomweb/` serves the
+portal's own viewer to a signed-in member.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from django.urls import URLPattern
+from django.urls import path as django_path
 
 from imaging.dicomweb import views
+from imaging.dicomweb.auth import bearer_token, signed_in_member
 
-urlpatterns = [
-    path("studies", views.studies, name="dicomweb_studies"),
-    path("series", views.search_series, name="dicomweb_series"),
-    path("instances", views.search_instances, name="dicomweb_instances"),
-    path("studies/<str:study>", views.study, name="dicomweb_study"),
-    path("studies/<str:study>/metadata", views.metadata_study, name="dicomweb_study_metadata"),
-    path("studies/<str:study>/series", views.search_series, name="dicomweb_study_series"),
-    path("studies/<str:study>/instances", views.search_instances, name="dicomweb_study_instances"),
-    path(
-        "studies/<str:study>/series/<str:series>",
-        views.retrieve_series,
-        name="dicomweb_series_retrieve",
-    ),
-    path(
-        "studies/<str:study>/series/<str:series>/metadata",
-        views.metadata_series,
-        name="dicomweb_series_metadata",
-    ),
-    path(
-        "studies/<str:study>/series/<str:series>/instances",
-        views.search_instances,
-        name="dicomweb_series_instances",
-    ),
-    path(
-        "studies/<str:study>/series/<str:series>/instances/<str:instance>",
-        views.retrieve_instance,
-        name="dicomweb_instance",
-    ),
-    path(
-        "studies/<str:study>/series/<str:series>/instances/<str:instance>/metadata",
-        views.metadata_instance,
-        name="dicomweb_instance_metadata",
-    ),
-    path("studies/<str:study>/thumbnail", views.thumbnail, name="dicomweb_study_thumbnail"),
-    path(
-        "studies/<str:study>/series/<str:series>/thumbnail",
-        views.thumbnail,
-        name="dicomweb_series_thumbnail",
-    ),
-    path(
-        "studies/<str:study>/series/<str:series>/instances/<str:instance>/rendered",
-        views.rendered_instance,
-        name="dicomweb_instance_rendered",
-    ),
-    path(
-        "studies/<str:study>/series/<str:series>/instances/<str:instance>/frames/<str:numbers>",
-        views.frames,
-        name="dicomweb_frames",
-    ),
-    path(
-        "studies/<str:study>/series/<str:series>/instances/<str:instance>/frames/<str:number>/rendered",
-        views.rendered_instance,
-        name="dicomweb_frame_rendered",
-    ),
-]
+
+def dicomweb_patterns(channel: Callable, prefix: str) -> list[URLPattern]:
+    def path(route: str, view: Callable, *, name: str) -> URLPattern:
+        return django_path(route, channel(view), name=f"{prefix}{name}")
+
+    return [
+        path("studies", views.studies, name="studies"),
+        path("series", views.search_series, name="series"),
+        path("instances", views.search_instances, name="instances"),
+        path("studies/<str:study>", views.study, name="study"),
+        path("studies/<str:study>/metadata", views.metadata_study, name="study_metadata"),
+        path("studies/<str:study>/series", views.search_series, name="study_series"),
+        path("studies/<str:study>/instances", views.search_instances, name="study_instances"),
+        path(
+            "studies/<str:study>/series/<str:series>",
+            views.retrieve_series,
+            name="series_retrieve",
+        ),
+        path(
+            "studies/<str:study>/series/<str:series>/metadata",
+            views.metadata_series,
+            name="series_metadata",
+        ),
+        path(
+            "studies/<str:study>/series/<str:series>/instances",
+            views.search_instances,
+            name="series_instances",
+        ),
+        path(
+            "studies/<str:study>/series/<str:series>/instances/<str:instance>",
+            views.retrieve_instance,
+            name="instance",
+        ),
+        path(
+            "studies/<str:study>/series/<str:series>/instances/<str:instance>/metadata",
+            views.metadata_instance,
+            name="instance_metadata",
+        ),
+        path("studies/<str:study>/thumbnail", views.thumbnail, name="study_thumbnail"),
+        path(
+            "studies/<str:study>/series/<str:series>/thumbnail",
+            views.thumbnail,
+            name="series_thumbnail",
+        ),
+        path(
+            "studies/<str:study>/series/<str:series>/instances/<str:instance>/rendered",
+            views.rendered_instance,
+            name="instance_rendered",
+        ),
+        path(
+            "studies/<str:study>/series/<str:series>/instances/<str:instance>/frames/<str:numbers>",
+            views.frames,
+            name="frames",
+        ),
+        path(
+            "studies/<str:study>/series/<str:series>/instances/<str:instance>/frames/<str:number>/rendered",
+            views.rendered_instance,
+            name="frame_rendered",
+        ),
+    ]
+
+
+urlpatterns = dicomweb_patterns(bearer_token, "dicomweb_")
+viewer_patterns = dicomweb_patterns(signed_in_member, "viewer_dicomweb_")

@@ -10,14 +10,13 @@ import pydicom
 from django.conf import settings
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
-from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods
 
 import audit
-from audit.actors import Actor, client_ip
+from audit.actors import Actor
 from audit.models import Action
 from imaging.crypto import IntegrityError
-from imaging.dicomweb.auth import dicomweb_error, token_required
+from imaging.dicomweb.auth import DicomwebClient, dicomweb_error
 from imaging.dicomweb.dicomjson import instance_json, series_json, study_json
 from imaging.dicomweb.multipart import (
     MultipartError,
@@ -31,7 +30,7 @@ from imaging.ingest import IngestOutcome, ingest_bytes
 from imaging.models import Instance, Series, Study
 from imaging.render import RenderError, frame_native_bytes, rendered
 from imaging.services import instance_bytes, instance_chunks, thumbnail_bytes
-from tenants.models import ApiToken
+from imaging.viewing import pixel_read_audit
 
 DICOM_JSON = "application/dicom+json"
 EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
@@ -41,18 +40,38 @@ FAILURE_STUDY_MISMATCH = 0xA900
 FAILURE_DUPLICATE_CONFLICT = 0x0111
 
 
+def _client(request: HttpRequest) -> DicomwebClient:
+    return request.dicomweb  # type: ignore[attr-defined]
+
+
 def _actor(request: HttpRequest) -> Actor:
-    token: ApiToken = request.api_token  # type: ignore[attr-defined]
-    return Actor.for_token(token, ip=client_ip(request))
+    return _client(request).actor
 
 
 def _base_url(request: HttpRequest) -> str:
-    return request.build_absolute_uri("/dicomweb").rstrip("/")
+    # The root this request came in on: /dicomweb or a clinic's /t/<slug>/dicomweb.
+    path = request.path
+    root = path[: path.index("/dicomweb/") + len("/dicomweb")] if "/dicomweb/" in path else path
+    return request.build_absolute_uri(root).rstrip("/")
 
 
 def _audit(request: HttpRequest, action: Action, detail: dict[str, Any]) -> None:
+    client = _client(request)
     audit.record(
-        actor=_actor(request), action=action, target=None, tenant=request.tenant, detail=detail
+        actor=client.actor, action=action, target=None, tenant=client.tenant, detail=detail
+    )
+
+
+def _audit_read(request: HttpRequest, series: list[Series], detail: dict[str, Any]) -> None:
+    """Pixel and metadata reads: once per series under a viewer session, else each time."""
+    client = _client(request)
+    unique = list({s.pk: s for s in series}.values())
+    pixel_read_audit(
+        tenant=client.tenant,
+        actor=client.actor,
+        viewer_session=client.viewer_session,
+        series=unique,
+        detail=detail,
     )
 
 
@@ -77,26 +96,30 @@ def _search(request: HttpRequest, queryset: QuerySet, level: str, render) -> Htt
 
 
 def _studies(request: HttpRequest) -> QuerySet[Study]:
-    return (
-        Study.objects.for_tenant(request.tenant)
-        .select_related("patient")
-        .order_by("-study_date", "study_uid")
-    )
+    client = _client(request)
+    studies = Study.objects.for_tenant(client.tenant)
+    if client.studies is not None:
+        studies = studies.filter(pk__in=client.studies.values("pk"))
+    return studies.select_related("patient").order_by("-study_date", "study_uid")
 
 
 def _series(request: HttpRequest) -> QuerySet[Series]:
-    return (
-        Series.objects.for_tenant(request.tenant)
-        .select_related("study", "study__patient")
-        .order_by("study__study_uid", "series_number", "series_uid")
+    client = _client(request)
+    series = Series.objects.for_tenant(client.tenant)
+    if client.studies is not None:
+        series = series.filter(study__in=client.studies.values("pk"))
+    return series.select_related("study", "study__patient").order_by(
+        "study__study_uid", "series_number", "series_uid"
     )
 
 
 def _instances(request: HttpRequest) -> QuerySet[Instance]:
-    return (
-        Instance.objects.for_tenant(request.tenant)
-        .select_related("study", "study__patient", "series")
-        .order_by("series__series_uid", "instance_number", "sop_instance_uid")
+    client = _client(request)
+    instances = Instance.objects.for_tenant(client.tenant)
+    if client.studies is not None:
+        instances = instances.filter(study__in=client.studies.values("pk"))
+    return instances.select_related("study", "study__patient", "series").order_by(
+        "series__series_uid", "instance_number", "sop_instance_uid"
     )
 
 
@@ -124,7 +147,6 @@ def _instance_row(instance: Instance, base: str) -> dict:
     }
 
 
-@csrf_exempt  # bearer-token API: no cookies, no session, nothing to forge
 @require_http_methods(["GET", "POST"])
 def studies(request: HttpRequest) -> HttpResponse:
     if request.method == "POST":
@@ -132,12 +154,10 @@ def studies(request: HttpRequest) -> HttpResponse:
     return search_studies(request)
 
 
-@token_required("dicomweb:read")
 def search_studies(request: HttpRequest) -> HttpResponse:
     return _search(request, _studies(request), "study", lambda s, b: study_json(s, base_url=b))
 
 
-@token_required("dicomweb:read")
 @require_http_methods(["GET"])
 def search_series(request: HttpRequest, study: str | None = None) -> HttpResponse:
     queryset = _series(request)
@@ -148,7 +168,6 @@ def search_series(request: HttpRequest, study: str | None = None) -> HttpRespons
     return _search(request, queryset, "series", _series_row)
 
 
-@token_required("dicomweb:read")
 @require_http_methods(["GET"])
 def search_instances(
     request: HttpRequest, study: str | None = None, series: str | None = None
@@ -233,7 +252,7 @@ def _retrieve(request: HttpRequest, instances: QuerySet[Instance]) -> HttpRespon
             )
             yield f"application/dicom; transfer-syntax={syntax}", chunks
 
-    _audit(request, Action.DICOMWEB_RETRIEVE, {"instances": len(rows)})
+    _audit_read(request, [r.series for r in rows], {"instances": len(rows)})
     boundary, body = related_stream(parts())
     response = StreamingHttpResponse(
         body,
@@ -242,19 +261,16 @@ def _retrieve(request: HttpRequest, instances: QuerySet[Instance]) -> HttpRespon
     return response
 
 
-@token_required("dicomweb:read")
 @require_http_methods(["GET"])
 def retrieve_study(request: HttpRequest, study: str) -> HttpResponse:
     return _retrieve(request, _addressed(request, study))
 
 
-@token_required("dicomweb:read")
 @require_http_methods(["GET"])
 def retrieve_series(request: HttpRequest, study: str, series: str) -> HttpResponse:
     return _retrieve(request, _addressed(request, study, series))
 
 
-@token_required("dicomweb:read")
 @require_http_methods(["GET"])
 def retrieve_instance(request: HttpRequest, study: str, series: str, instance: str) -> HttpResponse:
     return _retrieve(request, _addressed(request, study, series, instance))
@@ -283,23 +299,20 @@ def _metadata(request: HttpRequest, instances: QuerySet[Instance]) -> HttpRespon
             result.append(item)
     except IntegrityError:
         return dicomweb_error(500, "A stored object failed its integrity check; it was not served.")
-    _audit(request, Action.DICOMWEB_RETRIEVE, {"metadata": len(rows)})
+    _audit_read(request, [r.series for r in rows], {"metadata": len(rows)})
     return _json(result)
 
 
-@token_required("dicomweb:read")
 @require_http_methods(["GET"])
 def metadata_study(request: HttpRequest, study: str) -> HttpResponse:
     return _metadata(request, _addressed(request, study))
 
 
-@token_required("dicomweb:read")
 @require_http_methods(["GET"])
 def metadata_series(request: HttpRequest, study: str, series: str) -> HttpResponse:
     return _metadata(request, _addressed(request, study, series))
 
 
-@token_required("dicomweb:read")
 @require_http_methods(["GET"])
 def metadata_instance(request: HttpRequest, study: str, series: str, instance: str) -> HttpResponse:
     return _metadata(request, _addressed(request, study, series, instance))
@@ -326,7 +339,6 @@ def _frame_numbers(text: str) -> list[int]:
     return numbers
 
 
-@token_required("dicomweb:read")
 @require_http_methods(["GET"])
 def frames(
     request: HttpRequest, study: str, series: str, instance: str, numbers: str
@@ -348,7 +360,7 @@ def frames(
         return dicomweb_error(404 if "does not exist" in str(exc) else 406, str(exc))
     except IntegrityError:
         return dicomweb_error(500, "A stored object failed its integrity check; it was not served.")
-    _audit(request, Action.DICOMWEB_RETRIEVE, {"frames": len(payloads)})
+    _audit_read(request, [row.series], {"frames": len(payloads)})
     boundary, body = related_stream(
         ("application/octet-stream; transfer-syntax=1.2.840.10008.1.2.1", iter([p]))
         for p in payloads
@@ -388,7 +400,6 @@ def _render_options(request: HttpRequest) -> dict[str, Any]:
     return options
 
 
-@token_required("dicomweb:read")
 @require_http_methods(["GET"])
 def rendered_instance(
     request: HttpRequest, study: str, series: str, instance: str, number: str = "1"
@@ -406,11 +417,10 @@ def rendered_instance(
         return dicomweb_error(404 if "does not exist" in str(exc) else 406, str(exc))
     except IntegrityError:
         return dicomweb_error(500, "A stored object failed its integrity check; it was not served.")
-    _audit(request, Action.DICOMWEB_RETRIEVE, {"rendered": 1})
+    _audit_read(request, [row.series], {"rendered": 1})
     return HttpResponse(image, content_type=options["media_type"])
 
 
-@token_required("dicomweb:read")
 @require_http_methods(["GET"])
 def thumbnail(request: HttpRequest, study: str, series: str | None = None) -> HttpResponse:
     queryset = _series(request).filter(study__study_uid=study)
@@ -424,7 +434,7 @@ def thumbnail(request: HttpRequest, study: str, series: str | None = None) -> Ht
         png = thumbnail_bytes(series=row, actor=_actor(request))
     except IntegrityError:
         return dicomweb_error(500, "A stored object failed its integrity check; it was not served.")
-    _audit(request, Action.DICOMWEB_RETRIEVE, {"thumbnail": 1})
+    _audit_read(request, [row], {"thumbnail": 1})
     return HttpResponse(png, content_type="image/png")
 
 
@@ -474,14 +484,14 @@ def _store_part(
         return None, _failure(sop_class, sop_instance, FAILURE_CANNOT_UNDERSTAND)
     if study is not None and study_uid and study_uid != study:
         return None, _failure(sop_class, sop_instance, FAILURE_STUDY_MISMATCH)
-    result = ingest_bytes(tenant=request.tenant, actor=actor, data=payload, name="stow")
+    result = ingest_bytes(tenant=_client(request).tenant, actor=actor, data=payload, name="stow")
     if result.outcome == IngestOutcome.REJECTED:
         reason = {"conflict": FAILURE_DUPLICATE_CONFLICT, "busy": FAILURE_PROCESSING}.get(
             result.code, FAILURE_CANNOT_UNDERSTAND
         )
         return None, _failure(sop_class, sop_instance, reason)
     stored = (
-        Instance.objects.for_tenant(request.tenant)
+        Instance.objects.for_tenant(_client(request).tenant)
         .select_related("study", "series")
         .get(pk=result.instance_id)
     )
@@ -497,8 +507,9 @@ def _store_part(
     }, None
 
 
-@token_required("dicomweb:write")
 def store(request: HttpRequest, study: str | None = None) -> HttpResponse:
+    if not _client(request).may_store:
+        return dicomweb_error(405, "This DICOMweb root is read-only.", Allow="GET")
     content_type = request.headers.get("Content-Type", "")
     media, params = content_type_parameters(content_type)
     if media != "multipart/related" or params.get("type", "").strip('"') != "application/dicom":
@@ -546,7 +557,6 @@ def store(request: HttpRequest, study: str | None = None) -> HttpResponse:
     return _json(body, status=status)
 
 
-@csrf_exempt  # bearer-token API: no cookies, no session, nothing to forge
 @require_http_methods(["GET", "POST"])
 def study(request: HttpRequest, study: str) -> HttpResponse:
     if request.method == "POST":

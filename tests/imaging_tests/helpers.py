@@ -42,8 +42,12 @@ def synthetic_ct(
     patient_id: str = "SYN-0001",
     study_uid: str | None = None,
     series_uid: str | None = None,
+    tags: dict | None = None,
 ) -> list[bytes]:
-    """A CT series of `slices` files with a recognisable pixel pattern."""
+    """A CT series of `slices` files with a recognisable pixel pattern.
+
+    `tags` sets or overrides attributes by keyword (StudyDescription, StudyDate, ...).
+    """
     study_uid = study_uid or generate_uid()
     series_uid = series_uid or generate_uid()
     files = []
@@ -80,7 +84,19 @@ def synthetic_ct(
         ds.WindowWidth = 400
         pixels = (np.arange(size * size, dtype=np.uint16).reshape(size, size) + index) % 4096
         ds.PixelData = pixels.tobytes()
+        for keyword, value in (tags or {}).items():
+            setattr(ds, keyword, value)
         buffer = io.BytesIO()
         ds.save_as(buffer, enforce_file_format=True)
         files.append(buffer.getvalue())
     return files
+
+
+def ingest_study(tenant: Tenant, files: list[bytes]):
+    """Ingest a series' files through the real service and return its Study row."""
+    from imaging.models import Study
+
+    results = [ingest(tenant, data, name=f"{i}.dcm") for i, data in enumerate(files)]
+    study_ids = {r.study_id for r in results if r.study_id}
+    assert len(study_ids) == 1, [r.message for r in results]
+    return Study.objects.for_tenant(tenant).select_related("patient").get(pk=study_ids.pop())

@@ -1,0 +1,22 @@
+from __future__ import annotations
+
+from django import template
+
+register = template.Library()
+
+
+@register.filter
+def person_name(value: str) -> str:
+    """A DICOM PN ("Family^Given^Middle^Prefix^Suffix") as "Family, Given Middle"."""
+    if not value:
+        return ""
+    alphabetic = str(value).split("=")[0]
+    parts = [p.strip() for p in alphabetic.split("^")]
+    family, given = parts[0], " ".join(p for p in parts[1:3] if p)
+    return f"{family}, {given}" if family and given else family or given
+
+
+@register.filter
+def filesize_mb(value: int) -> str:
+    megabytes = (value or 0) / 1_000_000
+    return f"{megabytes:.1f} MB" if megabytes < 1000 else f"{megabytes / 1000:.2f} GB"

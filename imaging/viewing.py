@@ -1,0 +1,73 @@
+"""Viewer sessions: opening a study in the viewer, and auditing pixel reads per series.
+
+A viewer fetches hundreds of frames; one audit row per frame would bury the events a
+privacy officer looks for. Reads made under a viewer session are audited once per
+series instead (the first read writes the event, a unique row makes concurrent
+prefetches agree). Reads without a valid viewer session are audited one by one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from django.db import IntegrityError, transaction
+
+import audit
+from audit.actors import Actor
+from audit.models import Action
+from imaging.models import Series, Study, ViewerSeriesView, ViewerSession
+from tenants.models import Tenant, User
+
+
+def viewer_session_open(*, tenant: Tenant, user: User, study: Study, actor: Actor) -> ViewerSession:
+    with transaction.atomic():
+        session = ViewerSession.objects.create(tenant=tenant, user=user, study=study)
+        audit.record(
+            actor=actor,
+            action=Action.VIEWER_OPENED,
+            target=study,
+            tenant=tenant,
+            detail={"viewer_session": str(session.pk)},
+        )
+    return session
+
+
+def pixel_read_audit(
+    *,
+    tenant: Tenant,
+    actor: Actor,
+    viewer_session: ViewerSession | None,
+    series: Iterable[Series],
+    detail: dict[str, Any],
+) -> None:
+    """Audit a read of pixels or metadata of `series`."""
+    series = list(series)
+    in_session = viewer_session is not None and all(
+        s.study_id == viewer_session.study_id for s in series
+    )
+    if not in_session:
+        audit.record(
+            actor=actor,
+            action=Action.DICOMWEB_RETRIEVE,
+            target=series[0] if len(series) == 1 else None,
+            tenant=tenant,
+            detail=detail,
+        )
+        return
+    for one in series:
+        with transaction.atomic():
+            try:
+                with transaction.atomic():
+                    ViewerSeriesView.objects.create(
+                        tenant=tenant, viewer_session=viewer_session, series=one
+                    )
+            except IntegrityError:
+                continue  # already audited under this viewer session
+            audit.record(
+                actor=actor,
+                action=Action.SERIES_VIEWED,
+                target=one,
+                tenant=tenant,
+                detail={"viewer_session": str(viewer_session.pk), "study": str(one.study_id)},
+            )

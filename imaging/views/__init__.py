@@ -1,0 +1,1 @@
+"""Staff pages for studies: worklist and upload, study page and actions, viewer."""

@@ -1,0 +1,273 @@
+"""The study page and its actions: download, break-glass, grants, confidentiality."""
+
+from __future__ import annotations
+
+import uuid
+from urllib.parse import urlencode
+
+from django.contrib import messages
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import transaction
+from django.http import (
+    Http404,
+    HttpRequest,
+    HttpResponse,
+    HttpResponseRedirect,
+    StreamingHttpResponse,
+)
+from django.shortcuts import render
+from django.urls import reverse
+from django.utils import timezone
+from django.views.decorators.http import require_http_methods, require_POST
+
+import audit
+from audit.actors import Actor, Target
+from audit.models import Action
+from audit.selectors import actor_labels, events_for_targets
+from imaging.archive import study_zip
+from imaging.forms import BreakGlassForm, GrantForm
+from imaging.models import Instance, Study
+from imaging.selectors import (
+    STUDY_DOWNLOAD_PERM,
+    STUDY_VIEW_PERM,
+    StudyAccess,
+    series_for_study,
+    study_access,
+    study_get,
+    study_target,
+)
+from imaging.services import study_grant, study_grant_revoke, study_set_confidential
+from tenants.access import check_clinic_perm, has_clinic_perm
+from tenants.breakglass import break_glass_open
+from tenants.grants import object_granted, object_grantees
+from tenants.mfa import require_step_up, step_up_is_fresh
+from tenants.models import User
+from tenants.roles import Perm, RoleCode
+from tenants.selectors import members_with_role
+
+HISTORY_SIZE = 50
+
+
+def study_for_request(request: HttpRequest, study_id: uuid.UUID) -> tuple[Study, StudyAccess]:
+    """The study, if the member may know it exists; another clinic's is a plain 404."""
+    if getattr(request, "membership", None) is None:
+        raise Http404("No such study")
+    study = study_get(tenant=request.tenant, study_id=study_id)
+    if study is None:
+        raise Http404("No such study")
+    access = study_access(membership=request.membership, study=study, now=timezone.now())
+    if not access.visible:
+        raise Http404("No such study")
+    return study, access
+
+
+def study_url(study: Study) -> str:
+    return reverse("study", kwargs={"tenant_slug": study.tenant.slug, "study_id": study.pk})
+
+
+def _candidates(request: HttpRequest) -> list[tuple[str, str]]:
+    members = members_with_role(tenant=request.tenant, role=RoleCode.REFERRING_PHYSICIAN)
+    return [(str(m.user_id), m.user.email) for m in members]
+
+
+def _grants(request: HttpRequest, study: Study) -> dict:
+    tenant = request.tenant
+    granted = object_grantees(tenant=tenant, perm=STUDY_VIEW_PERM, obj=study)
+    rows = [
+        {
+            "user": user,
+            "download": object_granted(
+                tenant=tenant, user=user, perm=STUDY_DOWNLOAD_PERM, obj=study
+            ),
+        }
+        for user in granted
+    ]
+    candidates = _candidates(request)
+    return {
+        "rows": rows,
+        "form": GrantForm(grantees=candidates) if candidates else None,
+        "step_up_fresh": step_up_is_fresh(request),
+    }
+
+
+@require_http_methods(["GET"])
+def study_detail(request: HttpRequest, study_id: uuid.UUID) -> HttpResponse:
+    study, access = study_for_request(request, study_id)
+    series = list(series_for_study(study=study)) if access.details else []
+    context: dict = {"study": study, "access": access, "series": series}
+    if access.details:
+        if has_clinic_perm(request, Perm.STUDY_GRANT):
+            context["grants"] = _grants(request, study)
+        audit.record(
+            actor=Actor.from_request(request),
+            action=Action.STUDY_VIEWED,
+            target=study,
+            tenant=request.tenant,
+            detail={"via": "break_glass" if access.break_glass else "access"},
+        )
+    if has_clinic_perm(request, Perm.AUDIT_READ):
+        targets = [study_target(study)] + [Target.of(s) for s in series]
+        events = list(events_for_targets(tenant=request.tenant, targets=targets)[:HISTORY_SIZE])
+        labels = actor_labels(tenant=request.tenant, events=events)
+        context["show_history"] = True
+        context["history"] = [
+            {
+                "event": e,
+                "actor": labels.get((e.actor_type, e.actor_id), e.get_actor_type_display()),
+            }
+            for e in events
+        ]
+    return render(request, "imaging/study.html", context)
+
+
+@require_http_methods(["GET"])
+def study_download(request: HttpRequest, study_id: uuid.UUID) -> HttpResponse:
+    study, access = study_for_request(request, study_id)
+    if not access.download:
+        raise PermissionDenied("You may not download this study.")
+    return _download(request, study)
+
+
+@require_step_up
+def _download(request: HttpRequest, study: Study) -> HttpResponse:
+    instances = list(
+        Instance.objects.for_tenant(request.tenant)
+        .filter(study=study)
+        .select_related("series", "study", "tenant")
+        .order_by("series__series_number", "series__created_at", "instance_number", "created_at")
+    )
+    if not instances:
+        messages.error(request, "This study has no images to download yet.")
+        return HttpResponseRedirect(study_url(study))
+    actor = Actor.from_request(request)
+    archive = study_zip(study=study, instances=instances, actor=actor)
+    with transaction.atomic():
+        audit.record(
+            actor=actor,
+            action=Action.STUDY_DOWNLOADED,
+            target=study,
+            tenant=request.tenant,
+            detail={"instances": len(instances), "bytes": len(archive)},
+        )
+    response = StreamingHttpResponse(archive, content_type="application/zip")
+    response["Content-Length"] = str(len(archive))
+    response["Content-Disposition"] = f'attachment; filename="study-{study.pk.hex[:12]}.zip"'
+    return response
+
+
+@require_http_methods(["GET", "POST"])
+def study_break_glass(request: HttpRequest, study_id: uuid.UUID) -> HttpResponse:
+    study, access = study_for_request(request, study_id)
+    if access.details:
+        return HttpResponseRedirect(study_url(study))
+    if not access.may_break_glass:
+        raise PermissionDenied("Your role does not allow break-glass access.")
+    form = BreakGlassForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            break_glass_open(
+                membership=request.membership,
+                target=study_target(study),
+                reason=form.cleaned_data["reason"],
+                actor=Actor.from_request(request),
+                now=timezone.now(),
+            )
+        except ValidationError as exc:
+            form.add_error("reason", exc.messages[0])
+        else:
+            messages.warning(
+                request,
+                "Break-glass access opened. It is time-limited and the privacy officers "
+                "have been notified.",
+            )
+            return HttpResponseRedirect(study_url(study))
+    status = 400 if request.method == "POST" else 200
+    return render(
+        request, "imaging/break_glass.html", {"study": study, "form": form}, status=status
+    )
+
+
+def _grant_target(request: HttpRequest, study_id: uuid.UUID) -> Study:
+    check_clinic_perm(request, Perm.STUDY_GRANT)
+    study, access = study_for_request(request, study_id)
+    if not access.details:
+        raise PermissionDenied("Open the study first.")
+    return study
+
+
+def _referring_physician(request: HttpRequest, user_id: str) -> User | None:
+    members = members_with_role(tenant=request.tenant, role=RoleCode.REFERRING_PHYSICIAN)
+    return next((m.user for m in members if str(m.user_id) == user_id), None)
+
+
+def _step_up_first(request: HttpRequest, study: Study) -> HttpResponse | None:
+    """Sharing needs a fresh second factor; a POST cannot be replayed, so come back here."""
+    if step_up_is_fresh(request):
+        return None
+    messages.info(request, "Confirm your second factor, then repeat the change.")
+    query = urlencode({"next": study_url(study) + "#access"})
+    return HttpResponseRedirect(f"{reverse('step_up')}?{query}")
+
+
+@require_POST
+def study_grant_add(request: HttpRequest, study_id: uuid.UUID) -> HttpResponse:
+    study = _grant_target(request, study_id)
+    if (step_up := _step_up_first(request, study)) is not None:
+        return step_up
+    form = GrantForm(request.POST, grantees=_candidates(request))
+    if not form.is_valid():
+        messages.error(request, "Choose a referring physician of this clinic and an access level.")
+        return HttpResponseRedirect(study_url(study) + "#access")
+    grantee = _referring_physician(request, form.cleaned_data["grantee"])
+    if grantee is None:
+        messages.error(request, "Choose a referring physician of this clinic.")
+        return HttpResponseRedirect(study_url(study) + "#access")
+    study_grant(
+        study=study,
+        grantee=grantee,
+        download=form.cleaned_data["level"] == "download",
+        actor=Actor.from_request(request),
+    )
+    messages.success(request, f"{grantee.email} can now open this study.")
+    return HttpResponseRedirect(study_url(study) + "#access")
+
+
+@require_POST
+def study_grant_remove(
+    request: HttpRequest, study_id: uuid.UUID, user_id: uuid.UUID
+) -> HttpResponse:
+    study = _grant_target(request, study_id)
+    if (step_up := _step_up_first(request, study)) is not None:
+        return step_up
+    grantee = next(
+        (
+            u
+            for u in object_grantees(tenant=request.tenant, perm=STUDY_VIEW_PERM, obj=study)
+            if u.pk == user_id
+        ),
+        None,
+    )
+    if grantee is None:
+        raise Http404("No such grant")
+    study_grant_revoke(study=study, grantee=grantee, actor=Actor.from_request(request))
+    messages.success(request, f"{grantee.email} can no longer open this study.")
+    return HttpResponseRedirect(study_url(study) + "#access")
+
+
+@require_POST
+def study_confidential(request: HttpRequest, study_id: uuid.UUID) -> HttpResponse:
+    check_clinic_perm(request, Perm.STUDY_MARK_CONFIDENTIAL)
+    study, access = study_for_request(request, study_id)
+    if not access.details:
+        raise PermissionDenied("Open the study first.")
+    confidential = request.POST.get("confidential") == "1"
+    study_set_confidential(
+        study=study, confidential=confidential, by=request.user, actor=Actor.from_request(request)
+    )
+    messages.success(
+        request,
+        "The study is now confidential: other staff see it masked until they break the glass."
+        if confidential
+        else "The study is no longer confidential.",
+    )
+    return HttpResponseRedirect(study_url(study))

@@ -1,0 +1,167 @@
+"""The worklist and the upload page.
+
+Search criteria are names, IDs and dates: they travel in a POST and are kept in the
+session under an opaque id, so they never land in URLs, proxy logs or browser history.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+
+from django.contrib import messages
+from django.core.paginator import Paginator
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
+from django.shortcuts import render
+from django.urls import reverse
+from django.utils import timezone
+from django.views.decorators.http import require_http_methods
+
+import audit
+from audit.actors import Actor
+from audit.models import Action
+from imaging.forms import WorklistSearchForm
+from imaging.ingest import ingest_uploads
+from imaging.models import Series, Study
+from imaging.selectors import DEFAULT_SORT, SORTS, WorklistQuery, masked_study_ids, study_list
+from tenants.access import require_perm
+from tenants.roles import Perm
+
+PAGE_SIZE = 50
+SEARCHES_KEY = "worklist_searches"
+SEARCHES_KEPT = 20
+
+
+def _save_search(request: HttpRequest, query: WorklistQuery) -> str:
+    searches = request.session.get(SEARCHES_KEY, {})
+    search_id = secrets.token_urlsafe(8)
+    searches[search_id] = {
+        "tenant": str(request.tenant.pk),
+        "text": query.text,
+        "date_from": query.date_from.isoformat() if query.date_from else "",
+        "date_to": query.date_to.isoformat() if query.date_to else "",
+        "modality": query.modality,
+        "referring": query.referring,
+    }
+    request.session[SEARCHES_KEY] = dict(list(searches.items())[-SEARCHES_KEPT:])
+    return search_id
+
+
+def _load_search(request: HttpRequest, search_id: str) -> WorklistQuery | None:
+    saved = request.session.get(SEARCHES_KEY, {}).get(search_id)
+    if not saved or saved.get("tenant") != str(request.tenant.pk):
+        return None
+    return WorklistQuery(
+        text=saved["text"],
+        date_from=dt.date.fromisoformat(saved["date_from"]) if saved["date_from"] else None,
+        date_to=dt.date.fromisoformat(saved["date_to"]) if saved["date_to"] else None,
+        modality=saved["modality"],
+        referring=saved["referring"],
+    )
+
+
+def _thumbnails(studies: list[Study]) -> dict:
+    """The first series with a thumbnail, per study."""
+    found: dict = {}
+    if not studies:
+        return found
+    tenant = studies[0].tenant
+    ready = (
+        Series.objects.for_tenant(tenant)
+        .filter(study__in=[s.pk for s in studies], thumbnail_status=Series.ThumbnailStatus.READY)
+        .order_by("study_id", "series_number", "created_at")
+    )
+    for series in ready:
+        found.setdefault(series.study_id, series)
+    return found
+
+
+@require_perm(Perm.WORKLIST_VIEW, Perm.STUDY_VIEW_GRANTED)
+@require_http_methods(["GET", "POST"])
+def worklist(request: HttpRequest) -> HttpResponse:
+    here = reverse("worklist", kwargs={"tenant_slug": request.tenant.slug})
+    if request.method == "POST":
+        form = WorklistSearchForm(request.POST)
+        if form.is_valid():
+            query = form.query()
+            if query.is_empty:
+                return HttpResponseRedirect(here)
+            return HttpResponseRedirect(f"{here}?s={_save_search(request, form.query())}")
+        query = None
+    else:
+        query = None
+        search_id = request.GET.get("s", "")
+        if search_id:
+            query = _load_search(request, search_id)
+            if query is None:
+                messages.info(request, "That search has expired; search again.")
+                return HttpResponseRedirect(here)
+        form = WorklistSearchForm(initial=query.__dict__ if query else None)
+    sort = request.GET.get("sort", DEFAULT_SORT)
+    sort = sort if sort in SORTS else DEFAULT_SORT
+    membership = request.membership
+    studies = study_list(membership=membership, query=query, sort=sort)
+    page = Paginator(studies, PAGE_SIZE).get_page(request.GET.get("page"))
+    rows = list(page)
+    masked = masked_study_ids(membership=membership, studies=rows, now=timezone.now())
+    show_images = membership.has_perm(Perm.IMAGES_VIEW)
+    thumbnails = _thumbnails([s for s in rows if s.pk not in masked]) if show_images else {}
+    # Demographics are PHI: every page shown is audited (ids, never the search text).
+    audit.record(
+        actor=Actor.from_request(request),
+        action=Action.WORKLIST_VIEWED,
+        target=None,
+        tenant=request.tenant,
+        detail={
+            "page": page.number,
+            "studies": [str(s.pk) for s in rows],
+            "searched": query is not None,
+        },
+    )
+    search_id = request.GET.get("s", "") if query is not None else ""
+    return render(
+        request,
+        "imaging/worklist.html",
+        {
+            "form": form,
+            "page": page,
+            "rows": [
+                {"study": s, "masked": s.pk in masked, "thumbnail": thumbnails.get(s.pk)}
+                for s in rows
+            ],
+            "searched": query is not None,
+            "search_id": search_id,
+            "sort": sort,
+            "show_images": show_images,
+        },
+        status=200 if request.method == "GET" or form.is_valid() else 400,
+    )
+
+
+def _wants_json(request: HttpRequest) -> bool:
+    return "application/json" in request.headers.get("Accept", "")
+
+
+@require_perm(Perm.STUDY_UPLOAD)
+@require_http_methods(["GET", "POST"])
+def upload(request: HttpRequest) -> HttpResponse:
+    if request.method == "GET":
+        return render(request, "imaging/upload.html", {})
+    files = request.FILES.getlist("files")
+    if not files:
+        message = "Choose at least one DICOM file, folder or zip archive."
+        if _wants_json(request):
+            return JsonResponse({"error": message}, status=400)
+        return render(request, "imaging/upload.html", {"error": message}, status=400)
+    summary = ingest_uploads(tenant=request.tenant, actor=Actor.from_request(request), files=files)
+    if _wants_json(request):
+        return JsonResponse(
+            {
+                "summary": summary.line,
+                "results": [
+                    {"name": r.name, "outcome": r.outcome, "message": r.message}
+                    for r in summary.results
+                ],
+            }
+        )
+    return render(request, "imaging/upload.html", {"summary": summary, "results": summary.results})
