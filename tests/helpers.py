@@ -119,3 +119,10 @@ def celery_broker(url: str):
     finally:
         reset()
         app.conf.broker_url = original
+
+
+def page_body(response) -> bytes:
+    """The page without its per-response CSRF token, which is random by design."""
+    import re
+
+    return re.sub(rb'name="csrfmiddlewaretoken" value="[^"]+"', b"", response.content)

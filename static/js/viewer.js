@@ -440,7 +440,10 @@
   }
   const current = () => (series && series.slices ? series.slices[index] : null);
 
+  // Status text and data-* follow at once (tests read them right after an action); the
+  // pixels are drawn once per animation frame however many changes came in between.
   function requestDraw() {
+    syncStatus();
     if (!drawPending) {
       drawPending = true;
       requestAnimationFrame(draw);

@@ -16,7 +16,7 @@ from django.urls import URLPattern, URLResolver
 
 from tenants.models import Membership
 from tenants.urlconf import tenant_urlconf
-from tests.helpers import make_member, membership_of
+from tests.helpers import make_member, membership_of, page_body
 
 MISSING_SLUG = "no-such-clinic"
 
@@ -81,9 +81,7 @@ def victim(clinic, tenant_admin) -> Membership:
     return membership_of(tenant_admin, clinic)
 
 
-def _body(response) -> bytes:
-    """The page without its per-response CSRF token, which is random by design."""
-    return re.sub(rb'name="csrfmiddlewaretoken" value="[^"]+"', b"", response.content)
+_body = page_body
 
 
 def _missing_clinic_body(client: Client) -> bytes:

@@ -1,0 +1,286 @@
+"""The study page and its actions: who sees what, download with step-up, break-glass, grants."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import time
+import uuid
+import zipfile
+
+import pytest
+from django.core import mail
+
+from audit.models import Action, AuditEvent
+from imaging.models import Instance
+from imaging.services import study_grant, study_set_confidential
+from tenants.models import BreakGlassGrant
+from tests.helpers import TEST_ACTOR, make_member, page_body
+from tests.imaging_tests.helpers import ingest_study, synthetic_ct
+
+URL = "/t/{slug}/studies/{id}/{rest}"
+
+
+def url(study, rest: str = "", slug: str | None = None) -> str:
+    return URL.format(slug=slug or study.tenant.slug, id=study.pk, rest=rest)
+
+
+@pytest.fixture
+def study(clinic):
+    return ingest_study(clinic, synthetic_ct(slices=3, size=32, patient_name="Doe^Jane"))
+
+
+@pytest.fixture
+def other_study(other_clinic):
+    return ingest_study(other_clinic, synthetic_ct(slices=1, size=16, patient_name="South^Sam"))
+
+
+def stale_step_up(client) -> None:
+    from tenants.mfa import MFA_AT
+
+    session = client.session
+    session[MFA_AT] = int(time.time()) - 3600
+    session.save()
+
+
+def events(clinic, action) -> list[AuditEvent]:
+    return list(AuditEvent.objects.for_tenant(clinic).filter(action=action).order_by("seq"))
+
+
+# --- Who sees the study page ------------------------------------------------------------
+
+
+def test_radiologist_sees_details_viewer_and_download(client_for, radiologist, study):
+    response = client_for(radiologist).get(url(study))
+
+    html = response.content.decode()
+    assert response.status_code == 200
+    assert "Doe, Jane" in html and "SYN-0001" in html
+    assert url(study, "viewer/") in html and url(study, "download/") in html
+    assert events(study.tenant, Action.STUDY_VIEWED)[-1].target_id == str(study.pk)
+
+
+def test_front_desk_sees_demographics_but_no_viewer(client_for, front_desk, study):
+    client = client_for(front_desk)
+
+    page = client.get(url(study)).content.decode()
+    viewer = client.get(url(study, "viewer/"))
+
+    assert "Doe, Jane" in page
+    assert url(study, "viewer/") not in page and "/thumbnail" not in page
+    assert viewer.status_code == 403
+
+
+def test_another_clinics_study_is_a_404_like_a_missing_one(client_for, radiologist, other_study):
+    client = client_for(radiologist)
+    missing = client.get(f"/t/north/studies/{uuid.uuid4()}/")
+
+    for rest in ("", "viewer/", "download/", "break-glass/"):
+        foreign = client.get(url(other_study, rest, slug="north"))
+        assert foreign.status_code == missing.status_code == 404
+        assert page_body(foreign) == page_body(missing)
+    for rest in ("grants/", "confidential/", f"grants/{radiologist.pk}/revoke/"):
+        assert client.post(url(other_study, rest, slug="north")).status_code == 404
+
+
+def test_outsider_gets_404_on_the_study_page(client_for, other_tenant_all_roles, study):
+    assert client_for(other_tenant_all_roles).get(url(study)).status_code == 404
+
+
+def test_referring_physician_needs_a_grant(client_for, referring_physician, study):
+    client = client_for(referring_physician)
+    before = client.get(url(study)).status_code
+
+    study_grant(study=study, grantee=referring_physician, download=False, actor=TEST_ACTOR)
+
+    assert before == 404
+    assert client.get(url(study)).status_code == 200
+    assert client.get(url(study, "viewer/")).status_code == 200
+    assert client.get(url(study, "download/")).status_code == 403
+
+
+def test_history_is_shown_only_to_roles_that_read_the_audit(client_for, clinic, study):
+    auditor = make_member(clinic, "radiologist", "privacy_officer", email="both@north.example")
+    plain = make_member(clinic, "radiologist", email="plain@north.example")
+    client_for(plain).get(url(study, "viewer/"))
+
+    with_history = client_for(auditor).get(url(study)).content.decode()
+    without = client_for(plain).get(url(study)).content.decode()
+
+    assert "Access history" in with_history
+    assert "plain@north.example (Radiologist)" in with_history
+    assert "Study opened in the viewer" in with_history
+    assert "Access history" not in without
+
+
+# --- Download -----------------------------------------------------------------------------
+
+
+def test_download_demands_a_fresh_second_factor(client_for, radiologist, study):
+    client = client_for(radiologist)
+    stale_step_up(client)
+
+    response = client.get(url(study, "download/"))
+
+    assert response.status_code == 302
+    assert response["Location"].startswith("/accounts/step-up/?next=")
+    assert not events(study.tenant, Action.STUDY_DOWNLOADED)
+
+
+def test_download_streams_every_instance_with_an_exact_length(client_for, radiologist, study):
+    response = client_for(radiologist).get(url(study, "download/"))
+
+    body = b"".join(response.streaming_content)
+    archive = zipfile.ZipFile(io.BytesIO(body))
+    names = [n for n in archive.namelist() if n.endswith(".dcm")]
+    stored = {i.sha256 for i in Instance.objects.for_tenant(study.tenant).filter(study=study)}
+    assert response["Content-Type"] == "application/zip"
+    assert int(response["Content-Length"]) == len(body)
+    assert "Doe" not in response["Content-Disposition"]
+    assert len(names) == 3 and all("Doe" not in n and "SYN" not in n for n in names)
+    assert {hashlib.sha256(archive.read(n)).hexdigest() for n in names} == stored
+    (event,) = events(study.tenant, Action.STUDY_DOWNLOADED)
+    assert event.detail["instances"] == 3 and event.target_id == str(study.pk)
+
+
+def test_front_desk_and_technologist_cannot_download(client_for, front_desk, technologist, study):
+    assert client_for(front_desk).get(url(study, "download/")).status_code == 403
+    assert client_for(technologist).get(url(study, "download/")).status_code == 403
+
+
+def test_a_download_grant_lets_a_referring_physician_download(
+    client_for, referring_physician, study
+):
+    study_grant(study=study, grantee=referring_physician, download=True, actor=TEST_ACTOR)
+
+    response = client_for(referring_physician).get(url(study, "download/"))
+
+    assert response.status_code == 200
+    assert zipfile.ZipFile(io.BytesIO(b"".join(response.streaming_content))).testzip() is None
+
+
+# --- Confidential studies and break-glass ----------------------------------------------------
+
+
+@pytest.fixture
+def confidential(study, tenant_admin):
+    marker = make_member(study.tenant, "radiologist", email="marker@north.example")
+    study_set_confidential(study=study, confidential=True, by=marker, actor=TEST_ACTOR)
+    return study
+
+
+def test_confidential_study_page_offers_break_glass_and_hides_details(
+    client_for, radiologist, confidential
+):
+    client = client_for(radiologist)
+
+    page = client.get(url(confidential)).content.decode()
+    viewer = client.get(url(confidential, "viewer/"))
+
+    assert "Doe" not in page and "SYN-0001" not in page
+    assert url(confidential, "break-glass/") in page
+    assert viewer.status_code == 403
+
+
+def test_break_glass_refuses_an_empty_reason_and_opens_nothing(
+    client_for, radiologist, confidential
+):
+    response = client_for(radiologist).post(url(confidential, "break-glass/"), {"reason": "  "})
+
+    assert response.status_code == 400
+    assert "This field is required." in response.content.decode()
+    assert not BreakGlassGrant.objects.for_tenant(confidential.tenant).exists()
+
+
+def test_break_glass_with_a_reason_opens_the_study_audits_and_notifies(
+    client_for, radiologist, privacy_officer, confidential, django_capture_on_commit_callbacks
+):
+    client = client_for(radiologist)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post(
+            url(confidential, "break-glass/"), {"reason": "Unconscious patient in the ED, trauma"}
+        )
+
+    assert response.status_code == 302 and response["Location"] == url(confidential)
+    assert "Doe, Jane" in client.get(url(confidential)).content.decode()
+    assert client.get(url(confidential, "viewer/")).status_code == 200
+    (event,) = events(confidential.tenant, Action.BREAK_GLASS_OPENED)
+    assert event.target_id == str(confidential.pk)
+    assert [m.to for m in mail.outbox] == [[privacy_officer.email]]
+
+
+def test_technologist_cannot_break_the_glass(client_for, technologist, confidential):
+    response = client_for(technologist).post(
+        url(confidential, "break-glass/"), {"reason": "I would like to look at it please"}
+    )
+
+    assert response.status_code == 403
+    assert not BreakGlassGrant.objects.for_tenant(confidential.tenant).exists()
+
+
+def test_marking_confidential_is_audited(client_for, radiologist, study):
+    client_for(radiologist).post(url(study, "confidential/"), {"confidential": "1"})
+
+    study.refresh_from_db()
+    assert study.confidential
+    assert events(study.tenant, Action.STUDY_CONFIDENTIALITY_CHANGED)[-1].detail == {
+        "confidential": True
+    }
+
+
+def test_technologist_cannot_mark_confidential(client_for, technologist, study):
+    response = client_for(technologist).post(url(study, "confidential/"), {"confidential": "1"})
+
+    study.refresh_from_db()
+    assert response.status_code == 403 and not study.confidential
+
+
+# --- Grants to referring physicians -----------------------------------------------------------
+
+
+def test_granting_needs_a_fresh_second_factor(client_for, radiologist, referring_physician, study):
+    client = client_for(radiologist)
+    stale_step_up(client)
+
+    response = client.post(
+        url(study, "grants/"), {"grantee": str(referring_physician.pk), "level": "view"}
+    )
+
+    assert response["Location"].startswith("/accounts/step-up/")
+    assert client_for(referring_physician).get(url(study)).status_code == 404
+
+
+def test_grant_then_revoke(client_for, radiologist, referring_physician, study):
+    client = client_for(radiologist)
+    physician = client_for(referring_physician)
+
+    client.post(url(study, "grants/"), {"grantee": str(referring_physician.pk), "level": "view"})
+    granted = physician.get(url(study)).status_code
+    client.post(url(study, f"grants/{referring_physician.pk}/revoke/"))
+
+    assert granted == 200
+    assert physician.get(url(study)).status_code == 404
+    actions = [e.action for e in events(study.tenant, Action.GRANT_ADDED)] + [
+        e.action for e in events(study.tenant, Action.GRANT_REVOKED)
+    ]
+    assert actions == [Action.GRANT_ADDED, Action.GRANT_REVOKED]
+
+
+def test_only_referring_physicians_of_the_clinic_can_be_granted(
+    client_for, radiologist, technologist, other_tenant_all_roles, study
+):
+    client = client_for(radiologist)
+
+    for grantee in (technologist, other_tenant_all_roles):
+        client.post(url(study, "grants/"), {"grantee": str(grantee.pk), "level": "view"})
+
+    assert not events(study.tenant, Action.GRANT_ADDED)
+
+
+def test_technologist_cannot_grant(client_for, technologist, referring_physician, study):
+    response = client_for(technologist).post(
+        url(study, "grants/"), {"grantee": str(referring_physician.pk), "level": "view"}
+    )
+
+    assert response.status_code == 403
