@@ -263,8 +263,10 @@ def test_another_clinics_instance_under_ones_own_clinic_is_404(
 def test_an_undecodable_codec_is_a_clear_406_not_a_500(client_for, radiologist, clinic):
     # 12-bit JPEG Extended needs a codec (GDCM) this build does not ship.
     result = ingest(clinic, sample_bytes("JPEG-lossy.dcm"), name="lossy.dcm")
-    row = Instance.objects.for_tenant(clinic).select_related("study", "series").get(
-        pk=result.instance_id
+    row = (
+        Instance.objects.for_tenant(clinic)
+        .select_related("study", "series")
+        .get(pk=result.instance_id)
     )
 
     response = client_for(radiologist).get(frame_url(row), HTTP_ACCEPT=FRAMES_ACCEPT)
