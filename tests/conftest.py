@@ -16,6 +16,21 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         pytest.exit("CI=true but DATABASE_URL is not PostgreSQL: the suite must run on it", 3)
 
 
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(tmp_path_factory):
+    """On SQLite, a test database in a file, as the embedded default runs.
+
+    Django's default in-memory test database shares one cache between threads and
+    fails concurrent requests of the live server at once ("database table is locked")
+    instead of waiting like a real SQLite file does.
+    """
+    from django.db import connections
+
+    database = connections["default"].settings_dict
+    if database["ENGINE"] == "django.db.backends.sqlite3":
+        database["TEST"]["NAME"] = str(tmp_path_factory.mktemp("db") / "test.sqlite3")
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _plain_http_test_server():
     """Test clients and the live server speak HTTP; the HTTPS redirect has its own test.

@@ -24,7 +24,6 @@
 
   // Bone is 400/1800 (wide enough for cortical bone and metal-free implants); documented choice.
   const PRESETS = { brain: [40, 80], lung: [-600, 1500], bone: [400, 1800], abdomen: [40, 400] };
-  const PRESET_KEYS = ["brain", "lung", "bone", "abdomen"];
   const MAX_IN_FLIGHT = 6;
   const FRAME_BATCH = 16; // frames per request for multi-frame instances
   const CACHE_BYTES = 600 * 1024 * 1024;
@@ -50,8 +49,7 @@
   let drag = null;
   let drawPending = false;
   let cineTimer = 0;
-  let firstImageMs = null;
-  let allLoadedMs = null;
+  let firstImageMs = null, allLoadedMs = null;
   const inFlight = new Set();
   const pointers = new Map();
   const view = { zoom: 1, panX: 0, panY: 0, center: null, width: null, invert: false };
@@ -64,12 +62,7 @@
   function values(obj, tag) {
     const el = obj && obj[tag];
     if (!el || !Array.isArray(el.Value)) return [];
-    const list = [];
-    for (const v of el.Value) {
-      if (typeof v === "string" && v.includes("\\")) list.push(...v.split("\\"));
-      else list.push(v);
-    }
-    return list;
+    return el.Value.flatMap((v) => (typeof v === "string" && v.includes("\\") ? v.split("\\") : [v]));
   }
   function toNumber(v) {
     if (typeof v === "number") return Number.isFinite(v) ? v : null;
@@ -237,10 +230,7 @@
   // --- Fetch scheduler: nearest missing slice first, at most MAX_IN_FLIGHT requests ---------
   const needs = (sl) => !sl.data && !sl.pending && !sl.failed;
   const useRendered = (s, sl) => s.rendered || sl.info.rendered;
-  function sliceBytes(sl) {
-    const i = sl.info;
-    return Math.max(1, i.rows * i.cols * (sl.info.Type ? sl.info.Type.BYTES_PER_ELEMENT : 4));
-  }
+  const sliceBytes = (sl) => Math.max(1, sl.info.rows * sl.info.cols * (sl.info.Type ? sl.info.Type.BYTES_PER_ELEMENT : 4));
 
   function pump() {
     if (ended || !series || !series.slices) return;
@@ -251,19 +241,20 @@
     }
   }
 
+  // Only the `capacity` slices around the current one that the cache can hold are fetched, so
+  // the prefetch never evicts what it has just fetched. Near either end the window shifts inwards.
   function nextGroup(s) {
     const sl = s.slices;
     const n = sl.length;
-    // Only as many slices around the current one as the cache can hold, so the prefetch
-    // never evicts what it has just fetched.
-    const capacity = Math.floor(CACHE_BYTES / sliceBytes(sl[index]));
-    const radius = capacity >= n ? n : Math.max(0, (capacity - 1) >> 1);
+    const capacity = Math.max(1, Math.floor(CACHE_BYTES / sliceBytes(sl[index])));
+    const lo = Math.max(0, Math.min(index - (capacity >> 1), n - capacity));
+    const hi = Math.min(n - 1, lo + capacity - 1);
+    const fits = (j) => j >= lo && j <= hi && needs(sl[j]);
     let pick = needs(sl[index]) ? index : -1;
     if (pick < 0 && s.shownOnce) { // prefetch only after the first image is up
-      for (let d = 1; d <= radius && pick < 0; d++) {
-        for (const j of [index + d * direction, index - d * direction]) {
-          if (pick < 0 && j >= 0 && j < n && needs(sl[j])) pick = j;
-        }
+      for (let d = 1; d < n && pick < 0; d++) {
+        if (fits(index + d * direction)) pick = index + d * direction;
+        else if (fits(index - d * direction)) pick = index - d * direction;
       }
     }
     if (pick < 0) return null;
@@ -272,8 +263,7 @@
     if (sl[pick].frames > 1 && s.shownOnce && !useRendered(s, sl[pick])) {
       for (let d = 1; d < FRAME_BATCH * 2 && group.length < FRAME_BATCH; d++) {
         for (const j of [pick + d, pick - d]) {
-          if (group.length < FRAME_BATCH && j >= 0 && j < n && sl[j].info === sl[pick].info &&
-              needs(sl[j]) && Math.abs(j - index) <= radius) group.push(sl[j]);
+          if (group.length < FRAME_BATCH && fits(j) && sl[j].info === sl[pick].info) group.push(sl[j]);
         }
       }
       group.sort((a, b) => a.frame - b.frame);
@@ -352,20 +342,17 @@
       if (cacheBytes <= CACHE_BYTES) return;
     }
     const sl = series.slices;
-    let lo = 0;
-    let hi = sl.length - 1;
+    let lo = 0, hi = sl.length - 1;
     while (cacheBytes > CACHE_BYTES && lo < hi) evict(series, sl[index - lo >= hi - index ? lo++ : hi--]);
   }
   function windowFromPixels(px, info) {
-    let lo = Infinity;
-    let hi = -Infinity;
+    let lo = Infinity, hi = -Infinity;
     for (let i = 0; i < px.length; i++) {
       const v = px[i];
       if (v < lo) lo = v;
       if (v > hi) hi = v;
     }
-    const a = lo * info.slope + info.intercept;
-    const b = hi * info.slope + info.intercept;
+    const a = lo * info.slope + info.intercept, b = hi * info.slope + info.intercept;
     return { center: (a + b) / 2, width: Math.max(1, Math.abs(b - a)) };
   }
 
@@ -374,10 +361,7 @@
   // the visible canvas only scales that, so pan/zoom never touch the pixels.
   const off = document.createElement("canvas");
   const offCtx = off.getContext("2d");
-  let imageData = null;
-  let image32 = null;
-  let offKey = "";
-  let offSlice = null;
+  let imageData = null, image32 = null, offKey = "", offSlice = null;
   let lut = { key: "", table: null, offset: 0 };
 
   // One LUT over the whole stored range of 8/16-bit types (65536 entries at most): building it
@@ -430,8 +414,7 @@
 
   // Image (column, row) to canvas CSS pixels. Fit is zoom 1; non-square pixels keep their aspect.
   function geometry(info) {
-    const cw = viewport.clientWidth;
-    const ch = viewport.clientHeight;
+    const cw = viewport.clientWidth, ch = viewport.clientHeight;
     const aspect = info.spacing ? info.spacing.row / info.spacing.col : 1;
     const fit = Math.min(cw / info.cols, ch / (info.rows * aspect)) || 1;
     const sx = fit * view.zoom;
@@ -470,6 +453,7 @@
     }
     if (pic) {
       const g = geometry(pic.info);
+      if (!pic.bitmap && view.width === null) Object.assign(view, windowFromPixels(pic.data, pic.info));
       if (!pic.bitmap) renderMono(pic);
       ctx.setTransform(dpr * g.sx, 0, 0, dpr * g.sy, dpr * g.ox, dpr * g.oy);
       ctx.imageSmoothingEnabled = true;
@@ -493,8 +477,7 @@
   }
 
   function measureLength(info, m) {
-    const dx = m.x2 - m.x1;
-    const dy = m.y2 - m.y1;
+    const dx = m.x2 - m.x1, dy = m.y2 - m.y1;
     if (info.spacing) return { value: Math.hypot(dx * info.spacing.col, dy * info.spacing.row), unit: "mm" };
     return { value: Math.hypot(dx, dy), unit: "px" };
   }
@@ -564,10 +547,11 @@
     if (slider) {
       if (slider.max !== String(Math.max(1, n))) slider.max = String(Math.max(1, n));
       if (slider.value !== String(index + 1)) slider.value = String(index + 1);
-      slider.disabled = n < 2;
-      slider.setAttribute("aria-valuetext", n ? `Slice ${index + 1} of ${n}` : "No images");
+      if (slider.disabled !== n < 2) slider.disabled = n < 2;
+      const valueText = n ? `Slice ${index + 1} of ${n}` : "No images";
+      if (slider.getAttribute("aria-valuetext") !== valueText) slider.setAttribute("aria-valuetext", valueText);
     }
-    if (presetSelect) presetSelect.disabled = !mono;
+    if (presetSelect && presetSelect.disabled !== !mono) presetSelect.disabled = !mono;
     const msg = ended ? ENDED_TEXT : status === "error" ? SERIES_ERROR_TEXT : cur && cur.failed ? IMAGE_ERROR_TEXT : "";
     if (message) {
       setText(message, msg);
@@ -641,8 +625,7 @@
   function zoomAt(zoom, x, y) {
     const z = Math.min(40, Math.max(0.1, zoom));
     const f = z / view.zoom;
-    const cx = viewport.clientWidth / 2;
-    const cy = viewport.clientHeight / 2;
+    const cx = viewport.clientWidth / 2, cy = viewport.clientHeight / 2;
     // keep the image point under (x, y) where it is
     view.panX = x - cx - (x - cx - view.panX) * f;
     view.panY = y - cy - (y - cy - view.panY) * f;
@@ -730,11 +713,11 @@
   canvas.addEventListener("pointerdown", (e) => {
     const cur = current();
     if (!cur || ended || e.button > 2) return;
-    canvas.focus({ preventScroll: true });
+    // No preventDefault here: the compatibility mousedown focuses the canvas natively, so a
+    // click does not light up the keyboard focus ring.
     const p = point(e);
     try { canvas.setPointerCapture(e.pointerId); } catch (err) { /* pointer already gone */ }
     pointers.set(e.pointerId, p);
-    e.preventDefault();
     if (pointers.size === 2) { // second finger: pinch-zoom and pan, abandon any one-finger action
       const [a, b] = pointers.values();
       drag = { mode: "pinch", dist: Math.hypot(a.x - b.x, a.y - b.y), mx: (a.x + b.x) / 2, my: (a.y + b.y) / 2 };
@@ -760,8 +743,7 @@
       if (pointers.size < 2) return;
       const [a, b] = pointers.values();
       const dist = Math.hypot(a.x - b.x, a.y - b.y);
-      const mx = (a.x + b.x) / 2;
-      const my = (a.y + b.y) / 2;
+      const mx = (a.x + b.x) / 2, my = (a.y + b.y) / 2;
       if (drag.dist > 0) zoomAt((view.zoom * dist) / drag.dist, drag.mx, drag.my);
       view.panX += mx - drag.mx;
       view.panY += my - drag.my;
@@ -792,6 +774,7 @@
     if (!pointers.has(e.pointerId)) return;
     const p = pointers.get(e.pointerId);
     pointers.delete(e.pointerId);
+    const tap = !!drag && drag.mode !== "pinch" && Math.hypot(p.x - drag.x0, p.y - drag.y0) < 10;
     if (drag && drag.mode === "measure" && e.type === "pointerup") {
       const moved = Math.hypot(p.x - drag.x0, p.y - drag.y0);
       if (moved >= 3 && drag.slice === index) { // a click is not a measurement
@@ -804,10 +787,10 @@
     }
     // After a pinch the remaining finger does nothing until it lifts (no jump into a tool).
     drag = null;
-    if (e.pointerType === "touch" && e.type === "pointerup" && pointers.size === 0) {
+    if (e.pointerType === "touch" && e.type === "pointerup" && tap) {
       // Double tap fits, like double click (which touch browsers do not always send).
       const now = performance.now();
-      if (lastTap && now - lastTap.t < 320 && Math.hypot(p.x - lastTap.x, p.y - lastTap.y) < 30) { fit(); lastTap = null; }
+      if (lastTap && now - lastTap.t < 350 && Math.hypot(p.x - lastTap.x, p.y - lastTap.y) < 30) { fit(); lastTap = null; }
       else lastTap = { t: now, x: p.x, y: p.y };
     }
     requestDraw();
@@ -815,6 +798,9 @@
   canvas.addEventListener("pointerup", endPointer);
   canvas.addEventListener("pointercancel", endPointer);
   canvas.addEventListener("contextmenu", (e) => e.preventDefault()); // right-drag pans
+  canvas.addEventListener("mousedown", (e) => { // middle-drag pans instead of autoscrolling
+    if (e.button === 1) { e.preventDefault(); canvas.focus({ preventScroll: true }); }
+  });
   canvas.addEventListener("dblclick", (e) => { e.preventDefault(); fit(); });
 
   // Wheel: one slice per notch; touchpads send many small deltas, which are accumulated.
@@ -877,6 +863,7 @@
     viewer.style.setProperty("--viewer-top", Math.round(top) + "px");
   }
   window.addEventListener("resize", place);
+  if (document.fonts) document.fonts.ready.then(place);
   if (window.ResizeObserver) new ResizeObserver(requestDraw).observe(viewport);
   else window.addEventListener("resize", requestDraw);
 

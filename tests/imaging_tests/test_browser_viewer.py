@@ -1,0 +1,152 @@
+"""Real browser: sign in with the second factor, search, open a CT, scroll, window, measure.
+
+Also: front desk cannot open the viewer, another clinic's member gets 404, and script in
+the patient's name stays text in the overlay. Screenshots go to tests/artifacts/.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from audit.models import Action, AuditEvent
+from tests.browser import browser_page, require_chromium, screenshot
+from tests.helpers import PASSWORD, current_totp, make_clinic, make_member, totp_device_for
+from tests.imaging_tests.helpers import ingest_study, synthetic_ct
+
+SLICES = 160
+SIZE = 128
+SPACING_MM = 0.7
+# A PN's "=" separates its component groups, so the name carries plain script and the
+# description an event handler.
+HOSTILE_NAME = "Browser^<script>alert(1)</script>"
+HOSTILE_DESCRIPTION = '<img src=x onerror="window.__xss=1">'
+
+
+def sign_in(page, base: str, user, next_url: str) -> None:
+    device = totp_device_for(user)
+    page.goto(f"{base}/accounts/login/?next={next_url}")
+    page.get_by_label("Email address").fill(user.email)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url("**/accounts/verify/**")
+    page.get_by_label("Code").fill(current_totp(device))
+    page.get_by_role("button", name="Verify").click()
+    page.wait_for_url(f"**{next_url}")
+
+
+def viewer_attr(page, name: str) -> str:
+    return page.locator("#viewer").get_attribute(f"data-{name}") or ""
+
+
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+@pytest.mark.timeout(240)
+def test_radiologist_searches_opens_ct_scrolls_windows_and_measures(live_server):
+    require_chromium()
+    clinic = make_clinic("north", "North Imaging")
+    radiologist = make_member(clinic, "radiologist", email="rad@north.example")
+    ingest_study(
+        clinic, synthetic_ct(slices=2, size=32, patient_name="Other^Patient", patient_id="P-2")
+    )
+    study = ingest_study(
+        clinic,
+        synthetic_ct(
+            slices=SLICES,
+            size=SIZE,
+            patient_name=HOSTILE_NAME,
+            patient_id="P-1",
+            tags={
+                "PixelSpacing": [SPACING_MM, SPACING_MM],
+                "StudyDescription": HOSTILE_DESCRIPTION,
+            },
+        ),
+    )
+
+    with browser_page() as page:
+        errors: list[str] = []
+        dialogs: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+        sign_in(page, live_server.url, radiologist, "/t/north/")
+
+        page.get_by_label("Patient, ID or accession").fill("P-1")
+        page.get_by_role("button", name="Search").click()
+        page.wait_for_url("**/t/north/?s=*")
+        assert "P-1" not in page.url
+        rows = page.locator("table.worklist tbody tr")
+        assert rows.count() == 1
+        screenshot(page, "viewer-1-worklist-search")
+
+        rows.first.get_by_role("link").click()
+        page.wait_for_url(f"**/studies/{study.pk}/")
+        page.get_by_role("link", name="Open viewer").click()
+        page.wait_for_selector("#viewer[data-state=ready]", timeout=30_000)
+        assert viewer_attr(page, "slices") == str(SLICES)
+        overlay = page.locator(".overlay-tl").inner_text()
+        assert "<script>alert(1)</script>" in overlay
+        assert HOSTILE_DESCRIPTION in overlay
+        assert page.evaluate("window.__xss") is None and not dialogs
+        screenshot(page, "viewer-2-first-image")
+
+        page.locator("#slice-slider").fill("150")
+        page.wait_for_selector("#viewer[data-slice='150']")
+        assert page.locator("#slice-status").inner_text() == f"Slice 150 / {SLICES}"
+        screenshot(page, "viewer-3-slice-150")
+
+        before = (viewer_attr(page, "window-center"), viewer_attr(page, "window-width"))
+        box = page.locator("#viewer-canvas").bounding_box()
+        cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+        page.mouse.move(cx, cy)
+        page.mouse.down()
+        page.mouse.move(cx + 120, cy + 60, steps=8)
+        page.mouse.up()
+        after = (viewer_attr(page, "window-center"), viewer_attr(page, "window-width"))
+        assert after != before
+        assert page.locator("#wl-status").inner_text() == f"W {after[1]} L {after[0]}"
+        screenshot(page, "viewer-4-window-level")
+
+        page.locator("#preset").select_option("bone")
+        assert viewer_attr(page, "window-width") in ("1800", "1500")
+
+        page.get_by_role("button", name="Measure").click()
+        scale = min(box["width"] / SIZE, box["height"] / SIZE)  # fitted
+        drag_css = 200
+        page.mouse.move(cx - drag_css / 2, cy)
+        page.mouse.down()
+        page.mouse.move(cx + drag_css / 2, cy, steps=8)
+        page.mouse.up()
+        expected_mm = drag_css / scale * SPACING_MM
+        measured = float(viewer_attr(page, "measure-mm"))
+        assert measured == pytest.approx(expected_mm, rel=0.05)
+        assert page.locator("#measure-status").inner_text() == f"Distance: {measured:.1f} mm"
+        screenshot(page, "viewer-5-measure")
+        assert viewer_attr(page, "slice") == "150"
+        assert not errors, errors
+
+    viewed = AuditEvent.objects.for_tenant(clinic).filter(action=Action.SERIES_VIEWED)
+    assert viewed.count() == 1
+    retrieves = AuditEvent.objects.for_tenant(clinic).filter(action=Action.DICOMWEB_RETRIEVE)
+    assert retrieves.filter(detail__frames__isnull=False).count() == 0
+
+
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+@pytest.mark.timeout(120)
+def test_front_desk_cannot_open_the_viewer_and_an_outsider_gets_404(live_server):
+    require_chromium()
+    clinic = make_clinic("north", "North Imaging")
+    other = make_clinic("south", "South Imaging")
+    front_desk = make_member(clinic, "front_desk", email="desk@north.example")
+    outsider = make_member(other, "radiologist", email="rad@south.example")
+    study = ingest_study(clinic, synthetic_ct(slices=1, size=32))
+    viewer_url = f"/t/north/studies/{study.pk}/viewer/"
+
+    with browser_page(width=390, height=844) as page:
+        sign_in(page, live_server.url, front_desk, f"/t/north/studies/{study.pk}/")
+        assert page.get_by_role("link", name="Open viewer").count() == 0
+        response = page.goto(f"{live_server.url}{viewer_url}")
+        assert response.status == 403
+        screenshot(page, "viewer-6-front-desk-403")
+
+    with browser_page() as page:
+        sign_in(page, live_server.url, outsider, "/t/south/")
+        response = page.goto(f"{live_server.url}{viewer_url}")
+        assert response.status == 404
