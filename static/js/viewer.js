@@ -854,7 +854,7 @@
   on("slice-slider", "input", () => goTo(Number(slider.value)));
   on("series-list", "click", (e) => {
     const b = e.target instanceof Element && e.target.closest("[data-series-uid]");
-    if (b && (!series || b.dataset.seriesUid !== series.uid)) openSeries(b.dataset.seriesUid);
+    if (b && (!series || b.dataset.seriesUid !== series.uid || status === "error")) openSeries(b.dataset.seriesUid);
   });
 
   // The viewer fills the window below whatever the page puts above it (CSS reads --viewer-top).

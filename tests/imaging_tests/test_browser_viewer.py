@@ -65,6 +65,14 @@ def test_radiologist_searches_opens_ct_scrolls_windows_and_measures(live_server)
         errors: list[str] = []
         dialogs: list[str] = []
         page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.on(
+            "console",
+            lambda message: message.type == "error" and errors.append(message.text),
+        )
+        page.on(
+            "response",
+            lambda response: response.status >= 400 and errors.append(response.url),
+        )
         page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
         sign_in(page, live_server.url, radiologist, "/t/north/")
 
@@ -120,7 +128,13 @@ def test_radiologist_searches_opens_ct_scrolls_windows_and_measures(live_server)
         assert page.locator("#measure-status").inner_text() == f"Distance: {measured:.1f} mm"
         screenshot(page, "viewer-5-measure")
         assert viewer_attr(page, "slice") == "150"
-        assert not errors, errors
+
+        page.set_viewport_size({"width": 390, "height": 844})  # a phone
+        page.keyboard.press("ArrowDown")
+        page.wait_for_selector("#viewer[data-slice='151']")
+        assert page.locator("#viewer-canvas").bounding_box()["width"] > 300
+        screenshot(page, "viewer-6-phone")
+        assert not errors, errors  # includes any Content-Security-Policy violation
 
     viewed = AuditEvent.objects.for_tenant(clinic).filter(action=Action.SERIES_VIEWED)
     assert viewed.count() == 1
@@ -144,7 +158,7 @@ def test_front_desk_cannot_open_the_viewer_and_an_outsider_gets_404(live_server)
         assert page.get_by_role("link", name="Open viewer").count() == 0
         response = page.goto(f"{live_server.url}{viewer_url}")
         assert response.status == 403
-        screenshot(page, "viewer-6-front-desk-403")
+        screenshot(page, "viewer-7-front-desk-403")
 
     with browser_page() as page:
         sign_in(page, live_server.url, outsider, "/t/south/")
