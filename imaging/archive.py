@@ -12,8 +12,9 @@ from collections.abc import Iterator
 from zipstream import ZIP_STORED, ZipStream
 
 from audit.actors import Actor
+from imaging.dicom import deidentified_bytes
 from imaging.models import Instance, Study
-from imaging.services import instance_chunks
+from imaging.services import instance_bytes, instance_chunks
 
 README = (
     "This archive holds one imaging study as DICOM Part 10 files, one folder per series.\n"
@@ -26,8 +27,15 @@ def _lazy_chunks(instance: Instance, actor: Actor) -> Iterator[bytes]:
     yield from instance_chunks(instance=instance, actor=actor)
 
 
-def study_zip(*, study: Study, instances: list[Instance], actor: Actor) -> ZipStream:
-    archive = ZipStream(compress_type=ZIP_STORED, sized=True)
+def _lazy_deidentified(instance: Instance, actor: Actor, pseudonym: str) -> Iterator[bytes]:
+    yield deidentified_bytes(instance_bytes(instance=instance, actor=actor), pseudonym=pseudonym)
+
+
+def study_zip(
+    *, study: Study, instances: list[Instance], actor: Actor, pseudonym: str | None = None
+) -> ZipStream:
+    """The study's instances as a zip; de-identified under `pseudonym` when given."""
+    archive = ZipStream(compress_type=ZIP_STORED, sized=pseudonym is None)
     archive.add(README.encode(), "README.txt")
     series_dirs: dict[object, str] = {}
     for instance in instances:
@@ -38,5 +46,8 @@ def study_zip(*, study: Study, instances: list[Instance], actor: Actor) -> ZipSt
             series_dirs[series.pk] = f"series-{len(series_dirs) + 1:03d}-{number}-{modality}"
         position = instance.instance_number if instance.instance_number is not None else 0
         name = f"{series_dirs[series.pk]}/{position:05d}-{instance.pk.hex[:8]}.dcm"
-        archive.add(_lazy_chunks(instance, actor), name, size=instance.size_bytes)
+        if pseudonym is None:
+            archive.add(_lazy_chunks(instance, actor), name, size=instance.size_bytes)
+        else:
+            archive.add(_lazy_deidentified(instance, actor, pseudonym), name)
     return archive

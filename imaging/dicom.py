@@ -267,3 +267,61 @@ def parse_part10(data: bytes, *, max_bytes: int, max_depth: int) -> ParsedInstan
         columns=_int(ds, "Columns"),
         warnings=messages[:5],
     )
+
+
+# --- Basic de-identification (for de-identified share links) ------------------------
+
+# A basic header profile after PS3.15 Annex E: direct identifiers removed or replaced.
+# Pixel data is untouched: burned-in text is not detected.
+DEIDENTIFY_REMOVE = (
+    "PatientBirthDate",
+    "PatientBirthTime",
+    "PatientAddress",
+    "PatientTelephoneNumbers",
+    "OtherPatientIDs",
+    "OtherPatientIDsSequence",
+    "OtherPatientNames",
+    "PatientMotherBirthName",
+    "MilitaryRank",
+    "EthnicGroup",
+    "PatientComments",
+    "ReferringPhysicianName",
+    "ReferringPhysicianAddress",
+    "ReferringPhysicianTelephoneNumbers",
+    "PerformingPhysicianName",
+    "OperatorsName",
+    "NameOfPhysiciansReadingStudy",
+    "PhysiciansOfRecord",
+    "RequestingPhysician",
+    "InstitutionName",
+    "InstitutionAddress",
+    "InstitutionalDepartmentName",
+    "StationName",
+    "AccessionNumber",
+    "StudyID",
+    "RequestAttributesSequence",
+    "AdditionalPatientHistory",
+    "MedicalRecordLocator",
+)
+
+
+def deidentify(ds: Dataset, *, pseudonym: str) -> Dataset:
+    """Replace the patient's identity with `pseudonym` and drop direct identifiers."""
+    for keyword in DEIDENTIFY_REMOVE:
+        if keyword in ds:
+            delattr(ds, keyword)
+    ds.remove_private_tags()
+    ds.PatientName = "ANONYMOUS"
+    ds.PatientID = pseudonym
+    ds.PatientIdentityRemoved = "YES"
+    ds.DeidentificationMethod = "Imaging Portal basic header de-identification"
+    return ds
+
+
+def deidentified_bytes(data: bytes, *, pseudonym: str) -> bytes:
+    """A stored Part 10 file, de-identified, in its own transfer syntax."""
+    ds = pydicom.dcmread(io.BytesIO(data))
+    deidentify(ds, pseudonym=pseudonym)
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()

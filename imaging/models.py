@@ -194,6 +194,9 @@ class ViewerSession(TenantOwnedModel):
     user = models.ForeignKey(
         "tenants.User", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
     )
+    share = models.ForeignKey(
+        "sharing.ShareLink", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
     study = models.ForeignKey(Study, on_delete=models.PROTECT, related_name="+")
     created_at = models.DateTimeField(default=timezone.now)
 

@@ -9,7 +9,7 @@ prefetches agree). Reads without a valid viewer session are audited one by one.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.db import IntegrityError, transaction
 
@@ -18,6 +18,9 @@ from audit.actors import Actor
 from audit.models import Action
 from imaging.models import Series, Study, ViewerSeriesView, ViewerSession
 from tenants.models import Tenant, User
+
+if TYPE_CHECKING:
+    from sharing.models import ShareLink
 
 
 def viewer_session_open(*, tenant: Tenant, user: User, study: Study, actor: Actor) -> ViewerSession:
@@ -71,3 +74,18 @@ def pixel_read_audit(
                 tenant=tenant,
                 detail={"viewer_session": str(viewer_session.pk), "study": str(one.study_id)},
             )
+
+
+def viewer_session_open_for_share(*, share: ShareLink, actor: Actor) -> ViewerSession:
+    with transaction.atomic():
+        session = ViewerSession.objects.create(
+            tenant=share.tenant, share=share, study_id=share.study_id
+        )
+        audit.record(
+            actor=actor,
+            action=Action.VIEWER_OPENED,
+            target=share.study,
+            tenant=share.tenant,
+            detail={"viewer_session": str(session.pk), "share": str(share.pk)},
+        )
+    return session

@@ -345,10 +345,16 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    # Share-link tokens are credentials: no log line keeps one.
+    "filters": {"redact": {"()": "portal.logredact.RedactShareTokens"}},
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["redact"]}
+    },
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
     "loggers": {
         # django.request logs full URLs of 4xx/5xx; the portal's own handlers log ids.
         "django.request": {"level": "ERROR"},
+        # runserver's request lines, through the redacting handler.
+        "django.server": {"handlers": ["console"], "level": "INFO", "propagate": False},
     },
 }

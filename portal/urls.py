@@ -9,12 +9,14 @@ from imaging.dicomweb.urls import viewer_patterns as viewer_dicomweb_patterns
 from portal import views
 from portal.admin import platform_admin_site
 from portal.api_docs import api_docs
+from sharing.urls import clinic_patterns as sharing_clinic_patterns
+from sharing.urls import recipient_patterns as share_recipient_patterns
 
 clinic_patterns = [
     path("", include("imaging.urls")),
     path("dicomweb/", include(viewer_dicomweb_patterns)),
     path("audit/", include("audit.urls")),
-    path("my/", include("sharing.urls")),
+    path("", include(sharing_clinic_patterns)),
 ]
 
 urlpatterns = [
@@ -28,4 +30,5 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="api_schema"),
     path("api/docs/", api_docs, name="api_docs"),
     path("t/<slug:tenant_slug>/", include(clinic_patterns)),
+    path("s/", include(share_recipient_patterns)),
 ]

@@ -1,0 +1,97 @@
+"""Share links: a study (or chosen series) reachable without an account, under control.
+
+The link's token is never stored: only its SHA-256, looked up by an indexed equality
+on the digest, so a lookup takes the same path whatever the token. A PIN (or the
+patient's date of birth) is stored as a Django password hash.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from django.db import models
+from django.utils import timezone
+
+from tenants.scoping import TenantOwnedModel
+
+
+class ShareLink(TenantOwnedModel):
+    class Challenge(models.TextChoices):
+        NONE = "none", "None"
+        PIN = "pin", "PIN"
+        BIRTH_DATE = "birth_date", "Patient's date of birth"
+
+    class State(models.TextChoices):
+        ACTIVE = "active", "Active"
+        EXPIRED = "expired", "Expired"
+        REVOKED = "revoked", "Revoked"
+        USED_UP = "used_up", "Used up"
+        LOCKED = "locked", "Locked (wrong PIN)"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    study = models.ForeignKey("imaging.Study", on_delete=models.PROTECT, related_name="+")
+    series = models.ManyToManyField(
+        "imaging.Series", blank=True, related_name="+", help_text="Empty: the whole study"
+    )
+    token_sha256 = models.CharField(max_length=64, unique=True)
+    created_by = models.ForeignKey(
+        "tenants.User", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    created_by_token = models.ForeignKey(
+        "tenants.ApiToken", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    challenge = models.CharField(max_length=16, choices=Challenge.choices, default=Challenge.PIN)
+    secret_hash = models.CharField(max_length=256, blank=True)
+    failed_attempts = models.PositiveSmallIntegerField(default=0)
+    locked_at = models.DateTimeField(null=True, blank=True)
+    max_uses = models.PositiveIntegerField(null=True, blank=True)
+    use_count = models.PositiveIntegerField(default=0)
+    allow_download = models.BooleanField(default=False)
+    deidentify = models.BooleanField(default=False)
+    recipient_email = models.EmailField(blank=True)
+    message = models.TextField(blank=True, max_length=2000)
+    notify_on_first_open = models.BooleanField(default=False)
+    first_opened_at = models.DateTimeField(null=True, blank=True)
+    last_access_at = models.DateTimeField(null=True, blank=True)
+    # Markers claimed by a conditional UPDATE so each email goes out at most once.
+    invitation_sent_at = models.DateTimeField(null=True, blank=True)
+    # The token, encrypted under the study's key, only until the invitation is sent:
+    # the email needs the link, and a Celery message must not carry it.
+    invitation_token_wrapped = models.BinaryField(null=True, blank=True)
+    opened_notice_sent_at = models.DateTimeField(null=True, blank=True)
+    lock_notice_sent_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["tenant", "created_by", "-created_at"])]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(expires_at__gt=models.F("created_at")),
+                name="share_expires_after_creation",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(max_uses__isnull=True)
+                | models.Q(use_count__lte=models.F("max_uses")),
+                name="share_uses_within_limit",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(challenge__in=["none", "pin", "birth_date"]),
+                name="share_challenge_valid",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"ShareLink {self.id}"
+
+    def state_at(self, now) -> State:
+        if self.revoked_at is not None:
+            return self.State.REVOKED
+        if self.expires_at <= now:
+            return self.State.EXPIRED
+        if self.locked_at is not None:
+            return self.State.LOCKED
+        if self.max_uses is not None and self.use_count >= self.max_uses:
+            return self.State.USED_UP
+        return self.State.ACTIVE

@@ -1,14 +1,352 @@
-"""Patient portal pages. Studies appear here once sharing lands."""
+"""Share links: the sharer's pages (create, list, access log, revoke) and the recipient's."""
 
 from __future__ import annotations
 
-from django.http import HttpRequest, HttpResponse
-from django.shortcuts import render
+import datetime as dt
+import uuid
 
-from tenants.access import require_perm
+from django.contrib import messages
+from django.core.cache import cache
+from django.core.exceptions import PermissionDenied
+from django.db import transaction
+from django.db.models import Q
+from django.http import (
+    Http404,
+    HttpRequest,
+    HttpResponse,
+    HttpResponseRedirect,
+    StreamingHttpResponse,
+)
+from django.shortcuts import render
+from django.urls import reverse
+from django.utils import timezone
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_http_methods, require_POST
+
+import audit
+from audit.actors import Actor, client_ip
+from audit.models import Action, ActorType, AuditEvent
+from audit.selectors import actor_labels
+from imaging.archive import study_zip
+from imaging.models import Instance, Series
+from imaging.selectors import series_for_study
+from imaging.viewing import viewer_session_open_for_share
+from imaging.views.study import study_for_request
+from imaging.views.viewer import viewer_context
+from sharing.forms import ChallengeForm, ShareForm
+from sharing.models import ShareLink
+from sharing.recipient import recipient_begin, recipient_end, recipient_share, recipient_verified
+from sharing.selectors import share_get, share_list
+from sharing.services import (
+    ShareInvalid,
+    ShareUnavailable,
+    share_actor,
+    share_check_secret,
+    share_create,
+    share_lookup,
+    share_revoke,
+    share_touch,
+    share_use,
+)
+from tenants.access import check_clinic_perm, require_perm
+from tenants.mfa import require_step_up
 from tenants.roles import Perm
 
+LOOKUPS_PER_MINUTE = 20
 
-@require_perm(Perm.OWN_STUDIES)
-def my_studies(request: HttpRequest) -> HttpResponse:
-    return render(request, "sharing/my_studies.html", {"studies": []})
+# --- The sharer's pages ------------------------------------------------------------
+
+
+@require_http_methods(["GET", "POST"])
+def share_new(request: HttpRequest, study_id: uuid.UUID) -> HttpResponse:
+    check_clinic_perm(request, Perm.STUDY_SHARE)
+    study, access = study_for_request(request, study_id)
+    if not access.details:
+        raise PermissionDenied("Open the study first.")
+    return _share_new(request, study)
+
+
+@require_step_up
+def _share_new(request: HttpRequest, study) -> HttpResponse:
+    tenant = request.tenant
+    series = list(series_for_study(study=study))
+    choices = [
+        (str(s.pk), f"Series {s.series_number or '?'} · {s.modality} · {s.description}")
+        for s in series
+    ]
+    form = ShareForm(
+        request.POST or None,
+        series=choices,
+        max_days=tenant.share_link_max_days,
+        initial={"expires_days": tenant.share_link_default_days, "challenge": "pin"},
+    )
+    if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
+        now = timezone.now()
+        try:
+            share, token = share_create(
+                study=study,
+                actor=_actor(request),
+                now=now,
+                created_by=request.user,
+                series=[s for s in series if str(s.pk) in data["series"]],
+                expires_at=now + dt.timedelta(days=data["expires_days"]),
+                challenge=data["challenge"],
+                pin=data["pin"] or None,
+                max_uses=data["max_uses"],
+                allow_download=data["allow_download"],
+                deidentify=data["deidentify"],
+                recipient_email=data["recipient_email"],
+                message=data["message"],
+                notify_on_first_open=data["notify_on_first_open"],
+            )
+        except ShareInvalid as exc:
+            form.add_error(None, str(exc))
+        else:
+            # The only time the link is shown: it is not stored and cannot be shown again.
+            return render(
+                request,
+                "sharing/created.html",
+                {"share": share, "url": request.build_absolute_uri(f"/s/{token}")},
+            )
+    status = 400 if request.method == "POST" else 200
+    return render(request, "sharing/new.html", {"study": study, "form": form}, status=status)
+
+
+def _actor(request: HttpRequest) -> Actor:
+    return Actor.from_request(request)
+
+
+@require_perm(Perm.STUDY_SHARE, Perm.OWN_STUDIES)
+def share_index(request: HttpRequest) -> HttpResponse:
+    links = list(share_list(tenant=request.tenant, created_by=request.user))
+    now = timezone.now()
+    return render(
+        request,
+        "sharing/list.html",
+        {"rows": [{"share": s, "state": s.state_at(now)} for s in links]},
+    )
+
+
+def _own_share(request: HttpRequest, share_id: uuid.UUID) -> ShareLink:
+    check_clinic_perm(request, Perm.STUDY_SHARE, Perm.OWN_STUDIES)
+    share = share_get(tenant=request.tenant, share_id=share_id)
+    if share is None or share.created_by_id != request.user.pk:
+        raise Http404("No such share link")
+    return share
+
+
+@never_cache
+def share_detail(request: HttpRequest, share_id: uuid.UUID) -> HttpResponse:
+    share = _own_share(request, share_id)
+    events = list(
+        AuditEvent.objects.for_tenant(request.tenant)
+        .filter(
+            Q(actor_type=ActorType.SHARE_LINK, actor_id=str(share.pk))
+            | Q(
+                action__in=[Action.SHARE_CREATED, Action.SHARE_REVOKED], detail__share=str(share.pk)
+            )
+        )
+        .order_by("-seq")[:200]
+    )
+    labels = actor_labels(tenant=request.tenant, events=events)
+    rows = [
+        {"event": e, "actor": labels.get((e.actor_type, e.actor_id), "Recipient")} for e in events
+    ]
+    return render(
+        request,
+        "sharing/detail.html",
+        {"share": share, "state": share.state_at(timezone.now()), "rows": rows},
+    )
+
+
+@require_POST
+def share_revoke_view(request: HttpRequest, share_id: uuid.UUID) -> HttpResponse:
+    share = _own_share(request, share_id)
+    share_revoke(share=share, actor=_actor(request), now=timezone.now())
+    messages.success(request, "The link is revoked. The recipient's next request is refused.")
+    return HttpResponseRedirect(
+        reverse("share_detail", kwargs={"tenant_slug": request.tenant.slug, "share_id": share.pk})
+    )
+
+
+# --- The recipient's pages ----------------------------------------------------------
+
+
+def _unavailable(request: HttpRequest, exc: ShareUnavailable) -> HttpResponse:
+    recipient_end(request)
+    template = {410: "sharing/gone.html", 403: "sharing/locked.html"}.get(
+        exc.status, "sharing/not_found.html"
+    )
+    return render(request, template, {"reason": exc.reason}, status=exc.status)
+
+
+def _too_many(request: HttpRequest) -> bool:
+    key = f"share-lookups:{client_ip(request)}:{int(timezone.now().timestamp() // 60)}"
+    cache.add(key, 0, timeout=120)
+    try:
+        return cache.incr(key) > LOOKUPS_PER_MINUTE
+    except ValueError:
+        return False
+
+
+@never_cache
+@require_http_methods(["GET"])
+def share_open(request: HttpRequest, token: str) -> HttpResponse:
+    """Swap the token in the URL for a short-lived session, then drop it from the URL."""
+    if _too_many(request):
+        response = render(request, "sharing/slow_down.html", status=429)
+        response["Retry-After"] = "60"
+        return response
+    now = timezone.now()
+    ip = client_ip(request)
+    try:
+        share = share_lookup(raw=token, now=now, ip=ip)
+        verified = share.challenge == ShareLink.Challenge.NONE
+        if verified:
+            share_use(share=share, now=now, ip=ip)
+    except ShareUnavailable as exc:
+        if exc.reason == "unknown":
+            with transaction.atomic():
+                audit.record(
+                    actor=Actor(type=ActorType.ANONYMOUS, ip=ip),
+                    action=Action.SHARE_REFUSED,
+                    target=None,
+                    tenant=None,
+                    outcome="denied",
+                    detail={"state": "unknown"},
+                )
+        response = _unavailable(request, exc)
+    else:
+        recipient_begin(request, share, verified=verified, now=now)
+        response = HttpResponseRedirect(reverse("share_home"), status=303)
+    response["Referrer-Policy"] = "no-referrer"
+    return response
+
+
+def _recipient(request: HttpRequest) -> tuple[ShareLink | None, bool, HttpResponse | None]:
+    try:
+        share, verified = recipient_share(request, now=timezone.now(), ip=client_ip(request))
+    except ShareUnavailable as exc:
+        return None, False, _unavailable(request, exc)
+    if share is None:
+        return None, False, render(request, "sharing/not_found.html", status=404)
+    return share, verified, None
+
+
+@never_cache
+@require_http_methods(["GET", "POST"])
+def share_home(request: HttpRequest) -> HttpResponse:
+    share, verified, refused = _recipient(request)
+    if refused:
+        return refused
+    now = timezone.now()
+    ip = client_ip(request)
+    if not verified:
+        form = ChallengeForm(request.POST or None)
+        if share.challenge == ShareLink.Challenge.BIRTH_DATE:
+            form.fields["answer"].label = "Patient's date of birth (YYYY-MM-DD)"
+        if request.method == "POST" and form.is_valid():
+            if share_check_secret(share=share, answer=form.cleaned_data["answer"], now=now, ip=ip):
+                try:
+                    share_use(share=share, now=now, ip=ip)
+                except ShareUnavailable as exc:
+                    return _unavailable(request, exc)
+                recipient_verified(request)
+                return HttpResponseRedirect(reverse("share_home"), status=303)
+            share.refresh_from_db()
+            if share.locked_at is not None:
+                return _unavailable(request, ShareUnavailable(status=403, reason="locked"))
+            form.add_error("answer", "That is not right. Check it with the sender and try again.")
+        return render(
+            request,
+            "sharing/challenge.html",
+            {"share": share, "form": form},
+            status=400 if request.method == "POST" else 200,
+        )
+    series = _shared_series(share)
+    share_touch(share=share, now=now)
+    audit.record(
+        actor=share_actor(share, ip=ip),
+        action=Action.STUDY_VIEWED,
+        target=share.study,
+        tenant=share.tenant,
+        detail={"share": str(share.pk)},
+    )
+    return render(request, "sharing/recipient.html", {"share": share, "series": series})
+
+
+def _shared_series(share: ShareLink) -> list[Series]:
+    chosen = set(share.series.values_list("pk", flat=True))
+    return [
+        s
+        for s in series_for_study(study=share.study)
+        if s.num_instances and (not chosen or s.pk in chosen)
+    ]
+
+
+@never_cache
+@require_http_methods(["GET"])
+def share_viewer(request: HttpRequest) -> HttpResponse:
+    share, verified, refused = _recipient(request)
+    if refused:
+        return refused
+    if not verified:
+        return HttpResponseRedirect(reverse("share_home"))
+    session = viewer_session_open_for_share(
+        share=share, actor=share_actor(share, ip=client_ip(request))
+    )
+    context = viewer_context(
+        study=share.study,
+        series=_shared_series(share),
+        wanted=request.GET.get("series", ""),
+        session=session,
+        wado_root="/s/dicomweb",
+        back_url=reverse("share_home"),
+        deidentified=share.deidentify,
+    )
+    return render(request, "imaging/viewer.html", context)
+
+
+@require_http_methods(["GET"])
+def share_download(request: HttpRequest) -> HttpResponse:
+    share, verified, refused = _recipient(request)
+    if refused:
+        return refused
+    if not verified:
+        return HttpResponseRedirect(reverse("share_home"))
+    if not share.allow_download:
+        raise PermissionDenied("This link does not allow download.")
+    series_ids = [s.pk for s in _shared_series(share)]
+    instances = list(
+        Instance.objects.for_tenant(share.tenant)
+        .filter(study=share.study, series__in=series_ids)
+        .select_related("series", "study", "tenant")
+        .order_by("series__series_number", "series__created_at", "instance_number", "created_at")
+    )
+    actor = share_actor(share, ip=client_ip(request))
+    pseudonym = f"SHARE-{share.pk.hex[:12].upper()}" if share.deidentify else None
+    archive = study_zip(study=share.study, instances=instances, actor=actor, pseudonym=pseudonym)
+    with transaction.atomic():
+        audit.record(
+            actor=actor,
+            action=Action.SHARE_DOWNLOADED,
+            target=share.study,
+            tenant=share.tenant,
+            detail={
+                "share": str(share.pk),
+                "instances": len(instances),
+                "deidentified": bool(pseudonym),
+            },
+        )
+    response = StreamingHttpResponse(archive, content_type="application/zip")
+    if pseudonym is None:  # de-identified entries are rewritten, so their size is unknown
+        response["Content-Length"] = str(len(archive))
+    response["Content-Disposition"] = f'attachment; filename="study-{share.study.pk.hex[:12]}.zip"'
+    return response
+
+
+@require_POST
+def share_leave(request: HttpRequest) -> HttpResponse:
+    recipient_end(request)
+    return render(request, "sharing/left.html")

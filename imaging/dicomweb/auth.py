@@ -26,7 +26,7 @@ from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 
 from audit.actors import Actor, client_ip
-from imaging.models import Study, ViewerSession
+from imaging.models import Series, Study, ViewerSession
 from imaging.selectors import studies_with_images
 from tenants.models import Tenant
 from tenants.roles import Perm
@@ -40,10 +40,13 @@ VIEWER_SESSION_PARAM = "vs"  # for <img> elements, which cannot send headers
 class DicomwebClient:
     tenant: Tenant
     actor: Actor
-    # None: every study of the clinic. Otherwise only these.
+    # None: every study of the clinic. Otherwise only these (and these series).
     studies: QuerySet[Study] | None = None
+    series: QuerySet[Series] | None = None
     viewer_session: ViewerSession | None = None
     may_store: bool = False
+    # Set for de-identified share links: metadata and objects carry this pseudonym.
+    pseudonym: str | None = None
 
 
 def dicomweb_error(status: int, message: str, **headers: str) -> JsonResponse:
@@ -65,7 +68,9 @@ def _rate_limited(key_id: str) -> bool:
         return False
 
 
-def bearer_token(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+def bearer_token(
+    view: Callable[..., HttpResponse], *, name: str = ""
+) -> Callable[..., HttpResponse]:
     """Authenticate `Authorization: Bearer <token>` and set the clinic from it.
 
     Token requests carry no cookies and no session, so CSRF does not apply.
@@ -117,7 +122,9 @@ def _viewer_session(request: HttpRequest, tenant: Tenant) -> ViewerSession | Non
     return ViewerSession.objects.for_tenant(tenant).filter(pk=session_id, user=request.user).first()
 
 
-def signed_in_member(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+def signed_in_member(
+    view: Callable[..., HttpResponse], *, name: str = ""
+) -> Callable[..., HttpResponse]:
     """The clinic's own viewer: a member with `images.view`, read-only, within their studies."""
 
     @wraps(view)
@@ -141,3 +148,66 @@ def signed_in_member(view: Callable[..., HttpResponse]) -> Callable[..., HttpRes
         return view(request, *args, **kwargs)
 
     return wrapped
+
+
+# Routes a share recipient may use: viewing needs metadata, frames, rendered images and
+# thumbnails; whole objects only when the link allows download; never a search.
+SHARE_VIEW_ROUTES = frozenset(
+    {
+        "study_metadata",
+        "series_metadata",
+        "instance_metadata",
+        "frames",
+        "instance_rendered",
+        "frame_rendered",
+        "study_thumbnail",
+        "series_thumbnail",
+    }
+)
+SHARE_DOWNLOAD_ROUTES = frozenset({"study", "series_retrieve", "instance"})
+
+
+def share_recipient(
+    view: Callable[..., HttpResponse], *, name: str = ""
+) -> Callable[..., HttpResponse]:
+    """A share link's recipient: read-only, its one study (or series), checked per request."""
+
+    @wraps(view)
+    def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        from sharing.recipient import recipient_share
+        from sharing.services import ShareUnavailable, share_actor
+
+        if request.method not in ("GET", "HEAD"):
+            return dicomweb_error(405, "A shared study is read-only.", Allow="GET")
+        now = timezone.now()
+        try:
+            share, verified = recipient_share(request, now=now, ip=client_ip(request))
+        except ShareUnavailable as exc:
+            message = "This share link has expired." if exc.status == 410 else "Not found."
+            return dicomweb_error(exc.status if exc.status != 403 else 404, message)
+        if share is None or not verified:
+            return dicomweb_error(401, "Open the share link (and answer its challenge) first.")
+        allowed = SHARE_VIEW_ROUTES | (SHARE_DOWNLOAD_ROUTES if share.allow_download else set())
+        if name not in allowed:
+            return dicomweb_error(404, "Not found.")
+        chosen = share.series.all()
+        request.dicomweb = DicomwebClient(  # type: ignore[attr-defined]
+            tenant=share.tenant,
+            actor=share_actor(share, ip=client_ip(request)),
+            studies=Study.objects.for_tenant(share.tenant).filter(pk=share.study_id),
+            series=chosen if chosen.exists() else None,
+            viewer_session=_share_viewer_session(request, share),
+            pseudonym=f"SHARE-{share.pk.hex[:12].upper()}" if share.deidentify else None,
+        )
+        return view(request, *args, **kwargs)
+
+    return wrapped
+
+
+def _share_viewer_session(request: HttpRequest, share: Any) -> ViewerSession | None:
+    raw = request.headers.get(VIEWER_SESSION_HEADER) or request.GET.get(VIEWER_SESSION_PARAM, "")
+    try:
+        session_id = uuid.UUID(raw)
+    except ValueError:
+        return None
+    return ViewerSession.objects.for_tenant(share.tenant).filter(pk=session_id, share=share).first()

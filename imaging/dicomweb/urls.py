@@ -1,7 +1,8 @@
 """DICOMweb routes (PS3.18), built once per channel (see `imaging.dicomweb.auth`).
 
 `/dicomweb/` takes the clinic from a bearer token; `/t/<slug>/dicomweb/` serves the
-portal's own viewer to a signed-in member.
+portal's own viewer to a signed-in member; `/s/dicomweb/` serves a share link's
+recipient, within the link's scope.
 """
 
 from __future__ import annotations
@@ -12,12 +13,12 @@ from django.urls import URLPattern
 from django.urls import path as django_path
 
 from imaging.dicomweb import views
-from imaging.dicomweb.auth import bearer_token, signed_in_member
+from imaging.dicomweb.auth import bearer_token, share_recipient, signed_in_member
 
 
 def dicomweb_patterns(channel: Callable, prefix: str) -> list[URLPattern]:
     def path(route: str, view: Callable, *, name: str) -> URLPattern:
-        return django_path(route, channel(view), name=f"{prefix}{name}")
+        return django_path(route, channel(view, name=name), name=f"{prefix}{name}")
 
     return [
         path("studies", views.studies, name="studies"),
@@ -78,3 +79,4 @@ def dicomweb_patterns(channel: Callable, prefix: str) -> list[URLPattern]:
 
 urlpatterns = dicomweb_patterns(bearer_token, "dicomweb_")
 viewer_patterns = dicomweb_patterns(signed_in_member, "viewer_dicomweb_")
+share_patterns = dicomweb_patterns(share_recipient, "share_dicomweb_")

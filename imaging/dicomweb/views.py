@@ -16,6 +16,7 @@ import audit
 from audit.actors import Actor
 from audit.models import Action
 from imaging.crypto import IntegrityError
+from imaging.dicom import deidentified_bytes, deidentify
 from imaging.dicomweb.auth import DicomwebClient, dicomweb_error
 from imaging.dicomweb.dicomjson import instance_json, series_json, study_json
 from imaging.dicomweb.multipart import (
@@ -108,6 +109,8 @@ def _series(request: HttpRequest) -> QuerySet[Series]:
     series = Series.objects.for_tenant(client.tenant)
     if client.studies is not None:
         series = series.filter(study__in=client.studies.values("pk"))
+    if client.series is not None:
+        series = series.filter(pk__in=client.series.values("pk"))
     return series.select_related("study", "study__patient").order_by(
         "study__study_uid", "series_number", "series_uid"
     )
@@ -118,6 +121,8 @@ def _instances(request: HttpRequest) -> QuerySet[Instance]:
     instances = Instance.objects.for_tenant(client.tenant)
     if client.studies is not None:
         instances = instances.filter(study__in=client.studies.values("pk"))
+    if client.series is not None:
+        instances = instances.filter(series__in=client.series.values("pk"))
     return instances.select_related("study", "study__patient", "series").order_by(
         "series__series_uid", "instance_number", "sop_instance_uid"
     )
@@ -231,12 +236,18 @@ def _retrieve(request: HttpRequest, instances: QuerySet[Instance]) -> HttpRespon
     if not rows:
         return dicomweb_error(404, "Not found.")
     actor = _actor(request)
+    pseudonym = _client(request).pseudonym
     needs_transcode = [r for r in rows if wanted not in ("*", r.transfer_syntax_uid)]
+    transcoded = {r.pk.hex for r in needs_transcode}
     prepared: dict[str, bytes] = {}
     try:
         for row in needs_transcode:
             # Transcoding needs the whole dataset; decide 406 before streaming starts.
             prepared[row.pk.hex] = _transcode(instance_bytes(instance=row, actor=actor), wanted)
+        if pseudonym is not None:
+            for row in rows:
+                data = prepared.get(row.pk.hex) or instance_bytes(instance=row, actor=actor)
+                prepared[row.pk.hex] = deidentified_bytes(data, pseudonym=pseudonym)
     except NotAcceptable as exc:
         return dicomweb_error(406, str(exc))
     except IntegrityError:
@@ -244,7 +255,7 @@ def _retrieve(request: HttpRequest, instances: QuerySet[Instance]) -> HttpRespon
 
     def parts() -> Iterator[tuple[str, Iterator[bytes]]]:
         for row in rows:
-            syntax = row.transfer_syntax_uid if row.pk.hex not in prepared else wanted
+            syntax = wanted if row.pk.hex in transcoded else row.transfer_syntax_uid
             chunks = (
                 iter([prepared[row.pk.hex]])
                 if row.pk.hex in prepared
@@ -281,6 +292,7 @@ def _metadata(request: HttpRequest, instances: QuerySet[Instance]) -> HttpRespon
     if not rows:
         return dicomweb_error(404, "Not found.")
     actor = _actor(request)
+    pseudonym = _client(request).pseudonym
     base = _base_url(request)
     result = []
     try:
@@ -288,6 +300,8 @@ def _metadata(request: HttpRequest, instances: QuerySet[Instance]) -> HttpRespon
             ds = pydicom.dcmread(
                 io.BytesIO(instance_bytes(instance=row, actor=actor)), stop_before_pixels=True
             )
+            if pseudonym is not None:
+                deidentify(ds, pseudonym=pseudonym)
             item = ds.to_json_dict(
                 bulk_data_threshold=1 << 20, bulk_data_element_handler=lambda e: ""
             )

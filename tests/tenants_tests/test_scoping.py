@@ -16,7 +16,7 @@ from tests.helpers import make_member
 
 ROOT = Path(__file__).resolve().parents[2]
 INTERFACE_MODULES = ("views.py", "tasks.py", "admin.py", "urls.py")
-INTERFACE_PACKAGES = ("api", "dicomweb")
+INTERFACE_PACKAGES = ("api", "dicomweb", "views")
 
 
 @pytest.mark.django_db

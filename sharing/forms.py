@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+
+from sharing.models import ShareLink
+
+
+class ShareForm(forms.Form):
+    series = forms.MultipleChoiceField(
+        label="Series to share",
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        help_text="Leave all unticked to share the whole study.",
+    )
+    expires_days = forms.IntegerField(label="Expires after (days)", min_value=1)
+    challenge = forms.ChoiceField(label="Recipient must enter", choices=ShareLink.Challenge.choices)
+    pin = forms.CharField(
+        label="PIN (4 to 12 digits)",
+        required=False,
+        max_length=12,
+        widget=forms.TextInput(attrs={"inputmode": "numeric", "autocomplete": "off"}),
+        help_text="Give the PIN to the recipient separately, not in the same email.",
+    )
+    max_uses = forms.IntegerField(label="Maximum number of openings", required=False, min_value=1)
+    allow_download = forms.BooleanField(label="Allow download", required=False)
+    deidentify = forms.BooleanField(
+        label="De-identify (hide the patient's name, ID and birth date)", required=False
+    )
+    recipient_email = forms.EmailField(label="Send the link to (optional)", required=False)
+    message = forms.CharField(
+        label="Message (optional)",
+        required=False,
+        max_length=2000,
+        widget=forms.Textarea(attrs={"rows": 3}),
+    )
+    notify_on_first_open = forms.BooleanField(
+        label="Email me when the link is first opened", required=False
+    )
+
+    def __init__(
+        self, *args: Any, series: list[tuple[str, str]], max_days: int, **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["series"].choices = series
+        self.fields["expires_days"].widget.attrs.update({"min": 1, "max": max_days})
+        self.max_days = max_days
+
+    def clean_expires_days(self) -> int:
+        days = self.cleaned_data["expires_days"]
+        if days > self.max_days:
+            raise forms.ValidationError(f"Links of this clinic last at most {self.max_days} days.")
+        return days
+
+
+class ChallengeForm(forms.Form):
+    answer = forms.CharField(
+        label="PIN",
+        max_length=32,
+        widget=forms.TextInput(attrs={"autocomplete": "off", "autofocus": True}),
+    )

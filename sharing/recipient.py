@@ -1,0 +1,59 @@
+"""The recipient's side of a share link: a short-lived session instead of the token.
+
+The first visit swaps the token in the URL for this session (new session key) and
+redirects to a token-free URL; every later request re-reads the link, so revocation
+and expiry apply to the very next request, an open viewer's included.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from django.http import HttpRequest
+
+from sharing.models import ShareLink
+from sharing.services import share_current
+
+SESSION_KEY = "share_access"
+SESSION_MAX_SECONDS = 4 * 3600
+
+
+def recipient_begin(
+    request: HttpRequest, share: ShareLink, *, verified: bool, now: dt.datetime
+) -> None:
+    request.session.cycle_key()
+    request.session[SESSION_KEY] = {"id": str(share.pk), "verified": verified}
+    remaining = int((share.expires_at - now).total_seconds())
+    request.session.set_expiry(max(1, min(SESSION_MAX_SECONDS, remaining)))
+
+
+def recipient_verified(request: HttpRequest) -> None:
+    data = dict(request.session[SESSION_KEY])
+    data["verified"] = True
+    request.session.cycle_key()
+    request.session[SESSION_KEY] = data
+
+
+def recipient_end(request: HttpRequest) -> None:
+    request.session.pop(SESSION_KEY, None)
+
+
+def recipient_share(
+    request: HttpRequest, *, now: dt.datetime, ip: str | None
+) -> tuple[ShareLink | None, bool]:
+    """The link this browser holds and whether its challenge was passed.
+
+    Raises ShareUnavailable when the link was revoked, expired or locked meanwhile.
+    """
+    data = request.session.get(SESSION_KEY)
+    if not data:
+        return None, False
+    share = (
+        ShareLink.objects.unscoped(reason="the recipient session names the link")
+        .select_related("tenant")
+        .filter(pk=data["id"])
+        .first()
+    )
+    if share is None:
+        return None, False
+    return share_current(share=share, now=now, ip=ip), bool(data.get("verified"))

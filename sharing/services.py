@@ -1,0 +1,313 @@
+"""Share links: create, look up, challenge, count uses, revoke. Every step audited.
+
+Tokens are 256 bits from `secrets` and only their SHA-256 is stored. Looking a token
+up is one indexed equality on the digest whatever the token, and unknown, revoked and
+expired tokens are refused after that same lookup, so their timing tells nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import re
+import secrets
+from collections.abc import Iterable
+
+from django.contrib.auth.hashers import check_password, make_password
+from django.db import transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+import audit
+from audit.actors import Actor
+from audit.models import Action, ActorType, Outcome
+from imaging.crypto import wrap_key
+from imaging.keyring import study_dek
+from imaging.models import Series, Study
+from sharing.models import ShareLink
+from tenants.models import ApiToken, User
+
+TOKEN_BYTES = 32
+MAX_SECRET_ATTEMPTS = 5
+PIN_PATTERN = re.compile(r"^[0-9]{4,12}$")
+
+
+class ShareInvalid(ValueError):
+    """The link cannot be created as asked; the message says why, for a person."""
+
+
+class ShareUnavailable(Exception):
+    """The link cannot be used: 404 (unknown or revoked), 410 (expired, used up), 403 (locked)."""
+
+    def __init__(self, *, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+def share_actor(share: ShareLink, *, ip: str | None) -> Actor:
+    return Actor(type=ActorType.SHARE_LINK, id=str(share.pk), ip=ip)
+
+
+def invitation_context(share: ShareLink) -> bytes:
+    return b"share-invitation|" + str(share.tenant_id).encode() + b"|" + str(share.pk).encode()
+
+
+def token_digest(raw: str) -> str:
+    return hashlib.sha256(raw.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _secret_for(*, challenge: str, pin: str | None, study: Study) -> str:
+    if challenge == ShareLink.Challenge.NONE:
+        return ""
+    if challenge == ShareLink.Challenge.PIN:
+        if not pin or not PIN_PATTERN.match(pin):
+            raise ShareInvalid("Choose a PIN of 4 to 12 digits and give it to the recipient.")
+        return make_password(pin)
+    if study.patient.birth_date is None:
+        raise ShareInvalid("This patient has no date of birth on file; use a PIN instead.")
+    return make_password(study.patient.birth_date.isoformat())
+
+
+@transaction.atomic
+def share_create(
+    *,
+    study: Study,
+    actor: Actor,
+    now: dt.datetime,
+    created_by: User | None = None,
+    created_by_token: ApiToken | None = None,
+    series: Iterable[Series] = (),
+    expires_at: dt.datetime | None = None,
+    challenge: str = ShareLink.Challenge.PIN,
+    pin: str | None = None,
+    max_uses: int | None = None,
+    allow_download: bool = False,
+    deidentify: bool = False,
+    recipient_email: str = "",
+    message: str = "",
+    notify_on_first_open: bool = False,
+) -> tuple[ShareLink, str]:
+    """Create a link; returns it and its token, which is shown once and never stored."""
+    tenant = study.tenant
+    expires_at = expires_at or now + dt.timedelta(days=tenant.share_link_default_days)
+    if expires_at <= now:
+        raise ShareInvalid("The expiry must be in the future.")
+    if expires_at > now + dt.timedelta(days=tenant.share_link_max_days):
+        raise ShareInvalid(f"Links of this clinic last at most {tenant.share_link_max_days} days.")
+    if max_uses is not None and max_uses < 1:
+        raise ShareInvalid("The number of uses must be at least 1.")
+    if tenant.share_link_max_uses is not None:
+        if max_uses is not None and max_uses > tenant.share_link_max_uses:
+            raise ShareInvalid(
+                f"Links of this clinic allow at most {tenant.share_link_max_uses} uses."
+            )
+        max_uses = max_uses or tenant.share_link_max_uses
+    chosen = list(series)
+    if any(s.study_id != study.pk or s.tenant_id != tenant.pk for s in chosen):
+        raise ShareInvalid("Choose series of this study only.")
+    if challenge not in ShareLink.Challenge.values:
+        raise ShareInvalid("Unknown challenge.")
+    raw = secrets.token_urlsafe(TOKEN_BYTES)
+    share = ShareLink.objects.create(
+        tenant=tenant,
+        study=study,
+        token_sha256=token_digest(raw),
+        created_by=created_by,
+        created_by_token=created_by_token,
+        created_at=now,
+        expires_at=expires_at,
+        challenge=challenge,
+        secret_hash=_secret_for(challenge=challenge, pin=pin, study=study),
+        max_uses=max_uses,
+        allow_download=allow_download,
+        deidentify=deidentify,
+        recipient_email=recipient_email,
+        message=message[:2000],
+        notify_on_first_open=notify_on_first_open,
+    )
+    if chosen:
+        share.series.set(chosen)
+    if recipient_email:
+        share.invitation_token_wrapped = wrap_key(
+            kek=study_dek(study=study), key=raw.encode(), context=invitation_context(share)
+        )
+        share.save(update_fields=["invitation_token_wrapped"])
+    audit.record(
+        actor=actor,
+        action=Action.SHARE_CREATED,
+        target=study,
+        tenant=tenant,
+        detail={
+            "share": str(share.pk),
+            "series": [str(s.pk) for s in chosen],
+            "expires_at": expires_at.isoformat(),
+            "challenge": challenge,
+            "max_uses": max_uses,
+            "download": allow_download,
+            "deidentified": deidentify,
+            "emailed": bool(recipient_email),
+        },
+    )
+    if recipient_email:
+        from sharing.tasks import share_invitation_send
+
+        transaction.on_commit(lambda: share_invitation_send.delay(share_id=str(share.pk)))
+    return share, raw
+
+
+@transaction.atomic
+def share_revoke(*, share: ShareLink, actor: Actor, now: dt.datetime) -> bool:
+    revoked = (
+        ShareLink.objects.for_tenant(share.tenant)
+        .filter(pk=share.pk, revoked_at__isnull=True)
+        .update(revoked_at=now)
+    )
+    if revoked:
+        share.revoked_at = now
+        audit.record(
+            actor=actor,
+            action=Action.SHARE_REVOKED,
+            target=share.study,
+            tenant=share.tenant,
+            detail={"share": str(share.pk)},
+        )
+    return bool(revoked)
+
+
+def _refuse(share: ShareLink, *, state: str, ip: str | None) -> ShareUnavailable:
+    status = 404 if state == ShareLink.State.REVOKED else 410
+    if state == ShareLink.State.LOCKED:
+        status = 403
+    with transaction.atomic():
+        audit.record(
+            actor=share_actor(share, ip=ip),
+            action=Action.SHARE_REFUSED,
+            target=share.study,
+            tenant=share.tenant,
+            outcome=Outcome.DENIED,
+            detail={"share": str(share.pk), "state": state},
+        )
+    return ShareUnavailable(status=status, reason=state)
+
+
+def share_lookup(*, raw: str, now: dt.datetime, ip: str | None) -> ShareLink:
+    """The usable link for a token; raises ShareUnavailable (404/410/403) otherwise."""
+    share = (
+        ShareLink.objects.unscoped(reason="a share token names its clinic")
+        .select_related("tenant", "study", "study__patient")
+        .filter(token_sha256=token_digest(raw))
+        .first()
+    )
+    if share is None or share.tenant.status != share.tenant.Status.ACTIVE:
+        raise ShareUnavailable(status=404, reason="unknown")
+    return share_current(share=share, now=now, ip=ip)
+
+
+def share_current(*, share: ShareLink, now: dt.datetime, ip: str | None) -> ShareLink:
+    """Re-read the link: revocation and expiry apply on the very next request."""
+    fresh = (
+        ShareLink.objects.for_tenant(share.tenant)
+        .select_related("tenant", "study", "study__patient")
+        .get(pk=share.pk)
+    )
+    state = fresh.state_at(now)
+    # A used-up link still serves the recipient who used its last use (their session).
+    if state not in (ShareLink.State.ACTIVE, ShareLink.State.USED_UP):
+        raise _refuse(fresh, state=state, ip=ip)
+    return fresh
+
+
+def share_check_secret(*, share: ShareLink, answer: str, now: dt.datetime, ip: str | None) -> bool:
+    """Check the PIN or date of birth; the link locks after MAX_SECRET_ATTEMPTS misses."""
+    with transaction.atomic():
+        locked = ShareLink.objects.for_tenant(share.tenant).select_for_update().get(pk=share.pk)
+        if locked.locked_at is not None:
+            return False
+        if check_password(answer.strip(), locked.secret_hash):
+            return True
+        locked.failed_attempts += 1
+        actor = share_actor(locked, ip=ip)
+        audit.record(
+            actor=actor,
+            action=Action.SHARE_PIN_FAILED,
+            target=share.study,
+            tenant=share.tenant,
+            outcome=Outcome.FAILURE,
+            detail={"share": str(share.pk), "attempt": locked.failed_attempts},
+        )
+        fields = ["failed_attempts"]
+        if locked.failed_attempts >= MAX_SECRET_ATTEMPTS:
+            locked.locked_at = now
+            fields.append("locked_at")
+            audit.record(
+                actor=actor,
+                action=Action.SHARE_LOCKED,
+                target=share.study,
+                tenant=share.tenant,
+                outcome=Outcome.DENIED,
+                detail={"share": str(share.pk)},
+            )
+            from sharing.tasks import share_locked_notify
+
+            transaction.on_commit(lambda: share_locked_notify.delay(share_id=str(share.pk)))
+        locked.save(update_fields=fields)
+    return False
+
+
+def share_use(*, share: ShareLink, now: dt.datetime, ip: str | None) -> None:
+    """Spend one use (a recipient session). Holds under concurrent requests."""
+    with transaction.atomic():
+        spent = (
+            ShareLink.objects.for_tenant(share.tenant)
+            .filter(pk=share.pk, revoked_at__isnull=True, locked_at__isnull=True)
+            .filter(expires_at__gt=now)
+            .filter(Q(max_uses__isnull=True) | Q(use_count__lt=F("max_uses")))
+            .update(use_count=F("use_count") + 1, last_access_at=now)
+        )
+        if spent:
+            _opened(share, now=now, ip=ip)
+    if not spent:
+        raise _refuse(share, state=ShareLink.State.USED_UP, ip=ip)
+
+
+def _opened(share: ShareLink, *, now: dt.datetime, ip: str | None) -> None:
+    first = (
+        ShareLink.objects.for_tenant(share.tenant)
+        .filter(pk=share.pk, first_opened_at__isnull=True)
+        .update(first_opened_at=now)
+    )
+    audit.record(
+        actor=share_actor(share, ip=ip),
+        action=Action.SHARE_OPENED,
+        target=share.study,
+        tenant=share.tenant,
+        detail={"share": str(share.pk), "first": bool(first)},
+    )
+    if first and share.notify_on_first_open:
+        from sharing.tasks import share_opened_notify
+
+        transaction.on_commit(lambda: share_opened_notify.delay(share_id=str(share.pk)))
+
+
+def share_touch(*, share: ShareLink, now: dt.datetime) -> None:
+    ShareLink.objects.for_tenant(share.tenant).filter(pk=share.pk).update(last_access_at=now)
+
+
+NOTICE_MARKERS = frozenset({"invitation_sent_at", "opened_notice_sent_at", "lock_notice_sent_at"})
+
+
+def share_claim_notice(*, share_id: str, marker: str) -> ShareLink | None:
+    """Claim an email's marker; None when it was already sent (a retry or a duplicate)."""
+    if marker not in NOTICE_MARKERS:
+        raise ValueError(marker)
+    links = ShareLink.objects.unscoped(reason="a task loads its own row by id").filter(pk=share_id)
+    if not links.filter(**{f"{marker}__isnull": True}).update(**{marker: timezone.now()}):
+        return None
+    return links.select_related("tenant", "study", "created_by").get()
+
+
+def share_invitation_forget(*, share: ShareLink) -> None:
+    ShareLink.objects.for_tenant(share.tenant).filter(pk=share.pk).update(
+        invitation_token_wrapped=None
+    )

@@ -1,0 +1,97 @@
+"""Share-link emails: sent after commit, retried on mail errors, never twice.
+
+Each email claims its marker column with a conditional UPDATE inside the transaction
+that sends it, so a retried or duplicated message finds it claimed and stops. Messages
+carry ids only; the invitation's token is read from the row, encrypted under the
+study key, and erased once sent.
+"""
+
+from __future__ import annotations
+
+import logging
+import smtplib
+
+from django.conf import settings
+from django.core.mail import send_mail
+from django.db import transaction
+
+from imaging.crypto import unwrap_key
+from imaging.keyring import study_dek
+from portal.tasks import portal_task
+from sharing.models import ShareLink
+from sharing.services import invitation_context, share_claim_notice, share_invitation_forget
+
+logger = logging.getLogger(__name__)
+RETRY = {"max_retries": 5, "autoretry_for": (OSError, smtplib.SMTPException)}
+
+
+def share_url(token: str) -> str:
+    return f"{settings.PORTAL_BASE_URL}/s/{token}"
+
+
+@portal_task(**RETRY)
+def share_invitation_send(*, share_id: str) -> bool:
+    with transaction.atomic():
+        share = share_claim_notice(share_id=share_id, marker="invitation_sent_at")
+        if share is None or not share.recipient_email or not share.invitation_token_wrapped:
+            return False
+        token = unwrap_key(
+            kek=study_dek(study=share.study),
+            wrapped=bytes(share.invitation_token_wrapped),
+            context=invitation_context(share),
+        ).decode()
+        challenge = {
+            ShareLink.Challenge.PIN: "You will need the PIN the sender gives you separately.",
+            ShareLink.Challenge.BIRTH_DATE: "You will be asked for the patient's date of birth.",
+        }.get(share.challenge, "")
+        note = f"\nMessage from the sender:\n{share.message}\n" if share.message else ""
+        send_mail(
+            subject=f"[{share.tenant.name}] Medical images shared with you",
+            message=(
+                f"{share.tenant.name} has shared medical images with you.\n\n"
+                f"Open them here (no account needed): {share_url(token)}\n{challenge}\n"
+                f"The link expires on {share.expires_at:%Y-%m-%d %H:%M} UTC.\n{note}\n"
+                "If you did not expect this email, do not open the link and delete it.\n"
+            ),
+            from_email=None,
+            recipient_list=[share.recipient_email],
+        )
+        share_invitation_forget(share=share)
+    logger.info("share %s invitation sent", share_id)
+    return True
+
+
+def _notify_sharer(share_id: str, marker: str, subject: str, body: str) -> bool:
+    with transaction.atomic():
+        share = share_claim_notice(share_id=share_id, marker=marker)
+        if share is None or share.created_by is None:
+            return False
+        link = f"{settings.PORTAL_BASE_URL}/t/{share.tenant.slug}/shares/{share.pk}/"
+        send_mail(
+            subject=f"[{share.tenant.name}] {subject}",
+            message=f"{body}\n\nShare link id: {share.pk}\nDetails and access log: {link}\n",
+            from_email=None,
+            recipient_list=[share.created_by.email],
+        )
+    return True
+
+
+@portal_task(**RETRY)
+def share_opened_notify(*, share_id: str) -> bool:
+    return _notify_sharer(
+        share_id,
+        "opened_notice_sent_at",
+        "Your share link was opened",
+        "The study you shared was opened for the first time.",
+    )
+
+
+@portal_task(**RETRY)
+def share_locked_notify(*, share_id: str) -> bool:
+    return _notify_sharer(
+        share_id,
+        "lock_notice_sent_at",
+        "Your share link was locked",
+        "Someone entered a wrong PIN or date of birth too many times; the link is locked. "
+        "Create a new link if the recipient still needs the images.",
+    )

@@ -1,0 +1,477 @@
+"""Share links: token swap, challenge, expiry, revocation, use limits, scope, audit."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import re
+import statistics
+import threading
+import time
+
+import pytest
+from django.core import mail
+from django.test import Client
+from django.utils import timezone
+
+from audit.models import Action, ActorType, AuditEvent
+from imaging.models import Instance, Series
+from sharing.models import ShareLink
+from sharing.services import ShareUnavailable, share_create, share_revoke, share_use
+from tests.helpers import TEST_ACTOR
+from tests.imaging_tests.helpers import ingest, ingest_study, synthetic_ct
+
+FRAMES = 'multipart/related; type="application/octet-stream"'
+PIN = "4711"
+
+
+@pytest.fixture
+def study(clinic):
+    return ingest_study(clinic, synthetic_ct(slices=3, size=32, patient_name="Doe^Jane"))
+
+
+@pytest.fixture
+def other_study(clinic):
+    return ingest_study(clinic, synthetic_ct(slices=1, size=16, patient_name="Roe^John"))
+
+
+def make_share(study, radiologist, **options):
+    options.setdefault("challenge", ShareLink.Challenge.PIN)
+    if options["challenge"] == ShareLink.Challenge.PIN:
+        options.setdefault("pin", PIN)
+    return share_create(
+        study=study, actor=TEST_ACTOR, now=timezone.now(), created_by=radiologist, **options
+    )
+
+
+def open_link(client: Client, token: str, pin: str | None = PIN):
+    response = client.get(f"/s/{token}")
+    if response.status_code == 303 and pin is not None:
+        client.post("/s/", {"answer": pin})
+    return response
+
+
+def frame_url(instance: Instance) -> str:
+    return (
+        f"/s/dicomweb/studies/{instance.study.study_uid}/series/{instance.series.series_uid}"
+        f"/instances/{instance.sop_instance_uid}/frames/1"
+    )
+
+
+def first_instance(study) -> Instance:
+    return (
+        Instance.objects.for_tenant(study.tenant)
+        .filter(study=study)
+        .select_related("study", "series")
+        .first()
+    )
+
+
+# --- Token, swap and challenge -----------------------------------------------------------
+
+
+def test_token_is_stored_only_as_a_hash(study, radiologist):
+    share, token = make_share(study, radiologist)
+
+    assert len(token) >= 43  # 256 bits, urlsafe base64
+    assert token not in str(ShareLink.objects.for_tenant(study.tenant).values().get(pk=share.pk))
+
+
+def test_first_visit_swaps_the_token_for_a_session_and_drops_it_from_the_url(
+    client, study, radiologist
+):
+    _, token = make_share(study, radiologist)
+
+    response = client.get(f"/s/{token}")
+
+    assert response.status_code == 303
+    assert response["Location"] == "/s/"
+    assert response["Referrer-Policy"] == "no-referrer"
+    assert token not in response["Location"]
+    assert client.cookies["portal_session"].value
+
+
+def test_pin_first_then_the_study(client, study, radiologist):
+    _, token = make_share(study, radiologist)
+    client.get(f"/s/{token}")
+
+    challenge = client.get("/s/")
+    wrong = client.post("/s/", {"answer": "0000"})
+    right = client.post("/s/", {"answer": PIN})
+    page = client.get("/s/")
+
+    assert "Enter the PIN" in challenge.content.decode()
+    assert wrong.status_code == 400 and "not right" in wrong.content.decode()
+    assert right.status_code == 303
+    assert "Doe, Jane" in page.content.decode()
+
+
+def test_birth_date_challenge(client, study, radiologist):
+    _, token = make_share(study, radiologist, challenge=ShareLink.Challenge.BIRTH_DATE)
+
+    open_link(client, token, pin="1970-01-01")
+
+    assert "Doe, Jane" in client.get("/s/").content.decode()
+
+
+def test_pin_lockout_after_five_misses_tells_the_sharer_once(
+    client, study, radiologist, django_capture_on_commit_callbacks
+):
+    _share, token = make_share(study, radiologist)
+    client.get(f"/s/{token}")
+
+    with django_capture_on_commit_callbacks(execute=True):
+        answers = [client.post("/s/", {"answer": f"000{i}"}).status_code for i in range(5)]
+    after = client.post("/s/", {"answer": PIN})
+
+    assert answers == [400, 400, 400, 400, 403]
+    assert after.status_code in (403, 404)
+    assert Client().get(f"/s/{token}").status_code == 403  # the right PIN no longer helps
+    assert [m.to for m in mail.outbox] == [[radiologist.email]]
+    assert "locked" in mail.outbox[0].subject
+
+
+def test_unknown_token_is_a_404(client, db):
+    response = client.get("/s/" + "A" * 43)
+
+    assert response.status_code == 404
+    assert "This link does not work" in response.content.decode()
+
+
+def test_expired_link_is_a_410(client, study, radiologist):
+    share, token = make_share(study, radiologist)
+    ShareLink.objects.for_tenant(study.tenant).filter(pk=share.pk).update(
+        created_at=timezone.now() - dt.timedelta(days=3),
+        expires_at=timezone.now() - dt.timedelta(seconds=1),
+    )
+
+    response = client.get(f"/s/{token}")
+
+    assert response.status_code == 410
+    assert "expired" in response.content.decode()
+
+
+def test_revoked_link_is_the_same_404_as_an_unknown_one(client, study, radiologist):
+    share, token = make_share(study, radiologist)
+    share_revoke(share=share, actor=TEST_ACTOR, now=timezone.now())
+
+    revoked = client.get(f"/s/{token}")
+    unknown = client.get("/s/" + "B" * 43)
+
+    assert revoked.status_code == unknown.status_code == 404
+    assert revoked.content == unknown.content
+
+
+def test_unknown_expired_and_revoked_tokens_take_the_same_time(study, radiologist):
+    expired, expired_token = make_share(study, radiologist)
+    ShareLink.objects.for_tenant(study.tenant).filter(pk=expired.pk).update(
+        created_at=timezone.now() - dt.timedelta(days=3),
+        expires_at=timezone.now() - dt.timedelta(seconds=1),
+    )
+    revoked, revoked_token = make_share(study, radiologist)
+    share_revoke(share=revoked, actor=TEST_ACTOR, now=timezone.now())
+
+    def median_ms(token: str) -> float:
+        samples = []
+        for _ in range(15):
+            client = Client(REMOTE_ADDR=f"10.0.{len(samples)}.1")  # stay under the rate limit
+            start = time.perf_counter()
+            client.get(f"/s/{token}")
+            samples.append((time.perf_counter() - start) * 1000)
+        return statistics.median(samples)
+
+    timings = [median_ms("C" * 43), median_ms(expired_token), median_ms(revoked_token)]
+
+    assert max(timings) < 2.0 * min(timings) + 2.0, timings
+
+
+def test_token_guessing_is_rate_limited_per_address(client, db):
+    statuses = [client.get(f"/s/{'D' * 42}{i % 10}").status_code for i in range(25)]
+
+    assert statuses[:20] == [404] * 20
+    assert set(statuses[20:]) == {429}
+
+
+def test_tokens_never_reach_the_logs(client, study, radiologist, caplog):
+    _, token = make_share(study, radiologist)
+    logger = logging.getLogger("django.server")
+    from portal.logredact import RedactShareTokens
+
+    record = logger.makeRecord(
+        "django.server", logging.INFO, __file__, 1, '"GET /s/%s HTTP/1.1" 303', (token,), None
+    )
+    RedactShareTokens().filter(record)
+
+    with caplog.at_level(logging.DEBUG):
+        client.get(f"/s/{token}")
+        client.get("/s/" + "E" * 43)
+
+    assert token not in record.getMessage() and "/s/[redacted]" in record.getMessage()
+    assert token not in caplog.text and "E" * 43 not in caplog.text
+
+
+# --- Use limits -----------------------------------------------------------------------------
+
+
+def test_use_limit_counts_openings(study, radiologist):
+    _, token = make_share(study, radiologist, max_uses=2)
+
+    statuses = [open_link(Client(), token).status_code for _ in range(3)]
+
+    assert statuses == [303, 303, 303]  # the challenge comes before the use is spent
+    final = Client()
+    final.get(f"/s/{token}")
+    assert final.post("/s/", {"answer": PIN}).status_code == 410
+
+
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_use_limit_holds_under_concurrent_requests(clinic, radiologist):
+    study = ingest_study(clinic, synthetic_ct(slices=1, size=16))
+    share, _ = make_share(study, radiologist, challenge=ShareLink.Challenge.NONE, max_uses=3)
+    outcomes: list[str] = []
+    barrier = threading.Barrier(8)
+
+    def attempt() -> None:
+        from django.db import connection
+
+        barrier.wait()
+        try:
+            share_use(share=share, now=timezone.now(), ip=None)
+            outcomes.append("used")
+        except ShareUnavailable:
+            outcomes.append("refused")
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=attempt) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    share.refresh_from_db()
+    assert outcomes.count("used") == 3 and share.use_count == 3
+
+
+# --- Scope and revocation -------------------------------------------------------------------
+
+
+def test_recipient_views_frames_of_the_shared_study(client, study, radiologist):
+    _, token = make_share(study, radiologist)
+    open_link(client, token)
+
+    response = client.get(frame_url(first_instance(study)), HTTP_ACCEPT=FRAMES)
+
+    assert response.status_code == 200
+
+
+def test_revocation_stops_the_next_frame_request_of_an_open_viewer(client, study, radiologist):
+    share, token = make_share(study, radiologist)
+    open_link(client, token)
+    viewer = client.get("/s/viewer/")
+    before = client.get(frame_url(first_instance(study)), HTTP_ACCEPT=FRAMES)
+
+    share_revoke(share=share, actor=TEST_ACTOR, now=timezone.now())
+    after = client.get(frame_url(first_instance(study)), HTTP_ACCEPT=FRAMES)
+
+    assert viewer.status_code == 200 and before.status_code == 200
+    assert after.status_code == 404
+
+
+def test_scope_excludes_other_studies_series_searches_and_the_partner_root(
+    client, clinic, study, other_study, radiologist
+):
+    extra_series = synthetic_ct(slices=1, size=16, study_uid=study.study_uid)
+    ingest(clinic, extra_series[0])
+    series = list(Series.objects.for_tenant(clinic).filter(study=study).order_by("created_at"))
+    _, token = make_share(study, radiologist, series=[series[0]])
+    open_link(client, token)
+    outside_series = (
+        Instance.objects.for_tenant(clinic)
+        .filter(series=series[1])
+        .select_related("study", "series")
+        .get()
+    )
+    uid = study.study_uid
+
+    assert client.get(frame_url(first_instance(study)), HTTP_ACCEPT=FRAMES).status_code == 200
+    assert client.get(frame_url(first_instance(other_study)), HTTP_ACCEPT=FRAMES).status_code == 404
+    assert client.get(frame_url(outside_series), HTTP_ACCEPT=FRAMES).status_code == 404
+    for search in (
+        "/s/dicomweb/studies",
+        f"/s/dicomweb/studies/{uid}/series",
+        "/s/dicomweb/instances",
+    ):
+        assert client.get(search).status_code == 404, search
+    assert client.get(f"/s/dicomweb/studies/{uid}").status_code == 404  # no download allowed
+    assert client.get(f"/dicomweb/studies/{uid}/metadata").status_code == 401
+    assert client.get(f"/t/{clinic.slug}/").status_code == 302  # sign-in page
+    assert client.get(f"/t/{clinic.slug}/dicomweb/studies").status_code == 401
+
+
+def test_view_only_link_cannot_download(client, study, radiologist):
+    _, token = make_share(study, radiologist)
+    open_link(client, token)
+
+    assert client.get("/s/download/").status_code == 403
+
+
+def test_download_link_downloads_and_is_audited(client, study, radiologist):
+    share, token = make_share(study, radiologist, allow_download=True)
+    open_link(client, token)
+
+    response = client.get("/s/download/")
+
+    assert response.status_code == 200
+    assert int(response["Content-Length"]) == len(b"".join(response.streaming_content))
+    event = AuditEvent.objects.for_tenant(study.tenant).get(action=Action.SHARE_DOWNLOADED)
+    assert event.actor_type == ActorType.SHARE_LINK and event.detail["share"] == str(share.pk)
+
+
+def test_deidentified_link_hides_identity_in_pages_and_metadata(client, study, radiologist):
+    _, token = make_share(study, radiologist, deidentify=True, allow_download=True)
+    open_link(client, token)
+    instance = first_instance(study)
+
+    page = client.get("/s/").content.decode()
+    viewer = client.get("/s/viewer/").content.decode()
+    metadata = client.get(
+        f"/s/dicomweb/studies/{study.study_uid}/series/{instance.series.series_uid}/metadata"
+    ).json()
+    archive = b"".join(client.get("/s/download/").streaming_content)
+
+    assert "Doe" not in page and "Doe" not in viewer and "SYN-0001" not in viewer
+    assert metadata[0]["00100010"]["Value"][0]["Alphabetic"] == "ANONYMOUS"
+    assert "00100030" not in metadata[0]  # birth date
+    assert b"Doe^Jane" not in archive and b"SYN-0001" not in archive
+
+
+def test_every_recipient_access_is_audited_with_the_share_id(client, study, radiologist):
+    share, token = make_share(study, radiologist)
+    open_link(client, token)
+    client.get("/s/")
+    client.get("/s/viewer/")
+    client.get(frame_url(first_instance(study)), HTTP_ACCEPT=FRAMES)
+
+    events = AuditEvent.objects.for_tenant(study.tenant).filter(
+        actor_type=ActorType.SHARE_LINK, actor_id=str(share.pk)
+    )
+    actions = set(events.values_list("action", flat=True))
+
+    assert {Action.SHARE_OPENED, Action.STUDY_VIEWED, Action.VIEWER_OPENED} <= actions
+    assert Action.DICOMWEB_RETRIEVE in actions or Action.SERIES_VIEWED in actions
+    assert all(
+        e.detail.get("share") == str(share.pk)
+        or e.action in (Action.SERIES_VIEWED, Action.DICOMWEB_RETRIEVE)
+        for e in events
+    )
+
+
+def test_invitation_email_is_sent_once_after_commit_and_forgets_the_token(
+    study, radiologist, django_capture_on_commit_callbacks
+):
+    from sharing.tasks import share_invitation_send
+
+    with django_capture_on_commit_callbacks(execute=True):
+        share, token = make_share(study, radiologist, recipient_email="doctor@example.org")
+    share_invitation_send.delay(share_id=str(share.pk))  # a duplicate message
+
+    share.refresh_from_db()
+    assert len(mail.outbox) == 1
+    assert mail.outbox[0].to == ["doctor@example.org"]
+    assert f"/s/{token}" in mail.outbox[0].body and PIN not in mail.outbox[0].body
+    assert "Doe" not in mail.outbox[0].body
+    assert share.invitation_token_wrapped is None
+
+
+def test_first_open_notifies_the_sharer_when_asked(
+    client, study, radiologist, django_capture_on_commit_callbacks
+):
+    _, token = make_share(study, radiologist, notify_on_first_open=True)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        open_link(client, token)
+        open_link(Client(), token)
+
+    assert [m.to for m in mail.outbox] == [[radiologist.email]]
+
+
+# --- The sharer's pages -----------------------------------------------------------------------
+
+
+def test_creating_a_link_needs_step_up_and_shows_it_once(client_for, radiologist, study):
+    client = client_for(radiologist)
+    from tenants.mfa import MFA_AT
+
+    session = client.session
+    session[MFA_AT] = int(time.time()) - 3600
+    session.save()
+    stale = client.get(f"/t/{study.tenant.slug}/studies/{study.pk}/share/")
+    session = client.session
+    session[MFA_AT] = int(time.time())
+    session.save()
+
+    created = client.post(
+        f"/t/{study.tenant.slug}/studies/{study.pk}/share/",
+        {"expires_days": 7, "challenge": "pin", "pin": "123456", "max_uses": 3},
+    )
+
+    assert stale.status_code == 302 and stale["Location"].startswith("/accounts/step-up/")
+    token = re.search(r'value="[^"]*/s/([A-Za-z0-9_\-]+)"', created.content.decode())[1]
+    assert ShareLink.objects.for_tenant(study.tenant).get().max_uses == 3
+    assert open_link(Client(), token, pin="123456").status_code == 303
+
+
+def test_policy_limits_are_enforced(client_for, radiologist, study):
+    response = client_for(radiologist).post(
+        f"/t/{study.tenant.slug}/studies/{study.pk}/share/",
+        {"expires_days": 400, "challenge": "pin", "pin": "123456"},
+    )
+
+    assert response.status_code == 400
+    assert "at most 30 days" in response.content.decode()
+    assert not ShareLink.objects.for_tenant(study.tenant).exists()
+
+
+def test_sharer_lists_reads_the_log_and_revokes_in_one_click(client_for, radiologist, study):
+    share, token = make_share(study, radiologist)
+    recipient = Client()
+    open_link(recipient, token)
+    client = client_for(radiologist)
+    slug = study.tenant.slug
+
+    listing = client.get(f"/t/{slug}/shares/").content.decode()
+    detail = client.get(f"/t/{slug}/shares/{share.pk}/").content.decode()
+    client.post(f"/t/{slug}/shares/{share.pk}/revoke/")
+
+    assert "Doe, Jane" in listing and "1" in listing
+    assert "Share link opened" in detail
+    assert recipient.get("/s/").status_code == 404
+
+
+def test_another_members_link_is_a_404(client_for, radiologist, technologist, clinic, study):
+    from tests.helpers import make_member
+
+    colleague = make_member(clinic, "radiologist", email="colleague@north.example")
+    share, _ = make_share(study, radiologist)
+
+    response = client_for(colleague).get(f"/t/{clinic.slug}/shares/{share.pk}/")
+    revoke = client_for(colleague).post(f"/t/{clinic.slug}/shares/{share.pk}/revoke/")
+
+    assert response.status_code == revoke.status_code == 404
+
+
+def test_outsider_gets_404_for_share_pages(client_for, other_tenant_all_roles, study, radiologist):
+    share, _ = make_share(study, radiologist)
+    client = client_for(other_tenant_all_roles)
+
+    assert client.get(f"/t/north/shares/{share.pk}/").status_code == 404
+    assert client.get(f"/t/north/studies/{study.pk}/share/").status_code == 404
+    assert client.get(f"/t/south/shares/{share.pk}/").status_code == 404
+    assert client.get(f"/t/south/studies/{study.pk}/share/").status_code == 404
+
+
+def test_front_desk_cannot_share(client_for, front_desk, study):
+    response = client_for(front_desk).get(f"/t/{study.tenant.slug}/studies/{study.pk}/share/")
+
+    assert response.status_code == 403
