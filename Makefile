@@ -49,6 +49,7 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/ingest_bench.py
 	$(PY) bench/stow_memory.py
+	$(PY) bench/viewer_bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

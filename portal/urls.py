@@ -27,6 +27,7 @@ urlpatterns = [
     path("admin/", platform_admin_site.urls),
     path("dicomweb/", include("imaging.dicomweb.urls")),
     path("api/v1/", include("imaging.api.urls")),
+    path("api/v1/", include("sharing.api.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="api_schema"),
     path("api/docs/", api_docs, name="api_docs"),
     path("t/<slug:tenant_slug>/", include(clinic_patterns)),

@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+from django.utils import timezone
+from rest_framework import serializers
+
+from sharing.models import ShareLink
+
+
+class ShareCreateSerializer(serializers.Serializer):
+    study_instance_uid = serializers.CharField(max_length=64)
+    expires_at = serializers.DateTimeField()
+    pin = serializers.RegexField(r"^[0-9]{4,12}$", required=False, allow_blank=False)
+    max_uses = serializers.IntegerField(required=False, min_value=1, allow_null=True)
+    allow_download = serializers.BooleanField(required=False, default=False)
+    deidentify = serializers.BooleanField(required=False, default=False)
+    recipient_email = serializers.EmailField(required=False, allow_blank=True, default="")
+    message = serializers.CharField(required=False, allow_blank=True, max_length=2000, default="")
+
+
+class ShareSerializer(serializers.ModelSerializer):
+    study_instance_uid = serializers.CharField(source="study.study_uid")
+    status = serializers.SerializerMethodField()
+    url = serializers.SerializerMethodField()
+
+    class Meta:
+        model = ShareLink
+        fields = [
+            "id",
+            "url",
+            "study_instance_uid",
+            "status",
+            "created_at",
+            "expires_at",
+            "revoked_at",
+            "challenge",
+            "max_uses",
+            "use_count",
+            "allow_download",
+            "deidentify",
+            "recipient_email",
+            "last_access_at",
+        ]
+
+    def get_status(self, share: ShareLink) -> str:
+        return share.state_at(timezone.now()).value
+
+    def get_url(self, share: ShareLink) -> str | None:
+        # The link exists in clear only in the creation response.
+        return self.context.get("urls", {}).get(share.pk)

@@ -1,0 +1,88 @@
+"""REST API /api/v1/shares: partners create, list and revoke share links (`shares:write`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models import QuerySet
+from django.shortcuts import get_object_or_404
+from django.utils import timezone
+from drf_spectacular.utils import extend_schema
+from rest_framework import generics, status
+from rest_framework.exceptions import ValidationError
+from rest_framework.response import Response
+
+from audit.actors import Actor, client_ip
+from imaging.models import Study
+from sharing.api.serializers import ShareCreateSerializer, ShareSerializer
+from sharing.models import ShareLink
+from sharing.services import ShareInvalid, share_create, share_revoke
+from tenants.roles import Perm
+
+
+def _actor(request: Any) -> Actor:
+    return Actor.for_token(request.api_token, ip=client_ip(request))
+
+
+def _token_shares(request: Any) -> QuerySet[ShareLink]:
+    """Links this partner token created; nothing for any other kind of caller."""
+    shares = ShareLink.objects.for_tenant(request.tenant)
+    token = getattr(request, "api_token", None)
+    return shares.filter(created_by_token=token) if token is not None else shares.none()
+
+
+class ShareListCreate(generics.ListCreateAPIView):
+    """Share links created with this token, newest first; POST creates one."""
+
+    serializer_class = ShareSerializer
+    required_scope = "shares:write"
+    required_perms = (Perm.STUDY_SHARE,)
+
+    def get_queryset(self) -> QuerySet[ShareLink]:
+        return _token_shares(self.request).select_related("study").order_by("-created_at")
+
+    @extend_schema(request=ShareCreateSerializer, responses={201: ShareSerializer})
+    def post(self, request: Any, *args: Any, **kwargs: Any) -> Response:
+        data = ShareCreateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        values = data.validated_data
+        study = get_object_or_404(
+            Study.objects.for_tenant(request.tenant).select_related("patient", "tenant"),
+            study_uid=values["study_instance_uid"],
+        )
+        try:
+            share, token = share_create(
+                study=study,
+                actor=_actor(request),
+                now=timezone.now(),
+                created_by_token=request.api_token,
+                expires_at=values["expires_at"],
+                challenge=ShareLink.Challenge.PIN
+                if values.get("pin")
+                else ShareLink.Challenge.NONE,
+                pin=values.get("pin"),
+                max_uses=values.get("max_uses"),
+                allow_download=values["allow_download"],
+                deidentify=values["deidentify"],
+                recipient_email=values["recipient_email"],
+                message=values["message"],
+            )
+        except ShareInvalid as exc:
+            raise ValidationError({"non_field_errors": [str(exc)]}) from None
+        url = request.build_absolute_uri(f"/s/{token}")
+        body = ShareSerializer(share, context={"urls": {share.pk: url}}).data
+        return Response(body, status=status.HTTP_201_CREATED)
+
+
+class ShareRevoke(generics.DestroyAPIView):
+    """Revoke a link: its recipients' next request is refused."""
+
+    required_scope = "shares:write"
+    required_perms = (Perm.STUDY_SHARE,)
+    lookup_field = "id"
+
+    def get_queryset(self) -> QuerySet[ShareLink]:
+        return _token_shares(self.request)
+
+    def perform_destroy(self, instance: ShareLink) -> None:
+        share_revoke(share=instance, actor=_actor(self.request), now=timezone.now())

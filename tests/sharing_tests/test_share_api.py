@@ -1,0 +1,134 @@
+"""Partner API: POST/GET/DELETE /api/v1/shares with the shares:write scope."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from django.test import Client
+from django.utils import timezone
+
+from audit.models import Action, ActorType, AuditEvent
+from sharing.models import ShareLink
+from tenants.tokens import api_token_create
+from tests.helpers import TEST_ACTOR
+from tests.imaging_tests.helpers import ingest_study, synthetic_ct
+
+
+def token_for(tenant, *scopes: str) -> str:
+    _, raw = api_token_create(
+        tenant=tenant, name="partner", scopes=list(scopes), actor=TEST_ACTOR, now=timezone.now()
+    )
+    return raw
+
+
+@pytest.fixture
+def study(clinic):
+    return ingest_study(clinic, synthetic_ct(slices=1, size=16, patient_name="Doe^Jane"))
+
+
+def api(token: str) -> Client:
+    return Client(HTTP_AUTHORIZATION=f"Bearer {token}")
+
+
+def body(study, **extra):
+    return {
+        "study_instance_uid": study.study_uid,
+        "expires_at": (timezone.now() + dt.timedelta(days=2)).isoformat(),
+        **extra,
+    }
+
+
+def test_create_list_and_revoke(study):
+    client = api(token_for(study.tenant, "shares:write"))
+
+    created = client.post(
+        "/api/v1/shares",
+        body(study, pin="2468", max_uses=2, allow_download=True),
+        "application/json",
+    )
+    listed = client.get("/api/v1/shares")
+    share_id = created.json()["id"]
+    deleted = client.delete(f"/api/v1/shares/{share_id}")
+
+    assert created.status_code == 201
+    data = created.json()
+    assert data["url"].startswith("http://testserver/s/") and data["challenge"] == "pin"
+    assert data["max_uses"] == 2 and data["allow_download"] is True and data["status"] == "active"
+    assert [row["id"] for row in listed.json()] == [share_id] and listed.json()[0]["url"] is None
+    assert deleted.status_code == 204
+    recipient = Client()
+    assert recipient.get("/s/" + data["url"].rsplit("/", 1)[1]).status_code == 404
+    event = AuditEvent.objects.for_tenant(study.tenant).get(action=Action.SHARE_CREATED)
+    assert event.actor_type == ActorType.API_TOKEN
+
+
+def test_link_without_pin_opens_directly(study):
+    created = api(token_for(study.tenant, "shares:write")).post(
+        "/api/v1/shares", body(study), "application/json"
+    )
+    recipient = Client()
+
+    recipient.get("/s/" + created.json()["url"].rsplit("/", 1)[1])
+
+    assert "Doe, Jane" in recipient.get("/s/").content.decode()
+
+
+def test_scope_is_required(study):
+    response = api(token_for(study.tenant, "studies:read")).post(
+        "/api/v1/shares", body(study), "application/json"
+    )
+
+    assert response.status_code == 403
+    assert response.json()["error"]["message"] == "This token lacks the shares:write scope."
+    assert not ShareLink.objects.for_tenant(study.tenant).exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "field"),
+    [
+        ({"pin": "12"}, "pin"),
+        ({"max_uses": 0}, "max_uses"),
+        ({"expires_at": "tomorrow"}, "expires_at"),
+        ({"recipient_email": "not-an-email"}, "recipient_email"),
+    ],
+)
+def test_bad_input_is_a_specific_400_and_creates_nothing(study, extra, field):
+    response = api(token_for(study.tenant, "shares:write")).post(
+        "/api/v1/shares", body(study, **extra), "application/json"
+    )
+
+    assert response.status_code == 400
+    assert field in response.json()["error"]["fields"]
+    assert not ShareLink.objects.for_tenant(study.tenant).exists()
+
+
+def test_policy_violation_is_a_400(study):
+    far = (timezone.now() + dt.timedelta(days=90)).isoformat()
+
+    response = api(token_for(study.tenant, "shares:write")).post(
+        "/api/v1/shares", body(study, expires_at=far), "application/json"
+    )
+
+    assert response.status_code == 400
+    assert "at most 30 days" in str(response.json())
+
+
+def test_another_clinics_study_and_share_are_404(study, other_clinic):
+    outsider = api(token_for(other_clinic, "shares:write"))
+    own = api(token_for(study.tenant, "shares:write"))
+    share_id = own.post("/api/v1/shares", body(study), "application/json").json()["id"]
+
+    create = outsider.post("/api/v1/shares", body(study), "application/json")
+    delete = outsider.delete(f"/api/v1/shares/{share_id}")
+    listing = outsider.get("/api/v1/shares")
+
+    assert create.status_code == 404 and delete.status_code == 404
+    assert listing.json() == []
+    assert ShareLink.objects.for_tenant(study.tenant).get().revoked_at is None
+
+
+def test_a_signed_in_member_cannot_use_the_partner_endpoint(client_for, radiologist, study):
+    response = client_for(radiologist).get("/api/v1/shares")
+
+    assert response.status_code in (401, 404)
