@@ -58,7 +58,13 @@ def pixel_read_audit(
             detail=detail,
         )
         return
-    for one in series:
+    seen = set(
+        ViewerSeriesView.objects.for_tenant(tenant)
+        .filter(viewer_session=viewer_session, series__in=[s.pk for s in series])
+        .values_list("series_id", flat=True)
+    )
+    # Most reads of a viewer session are of series already audited: a read, no write.
+    for one in (s for s in series if s.pk not in seen):
         with transaction.atomic():
             try:
                 with transaction.atomic():

@@ -111,7 +111,7 @@ def _series(request: HttpRequest) -> QuerySet[Series]:
         series = series.filter(study__in=client.studies.values("pk"))
     if client.series is not None:
         series = series.filter(pk__in=client.series.values("pk"))
-    return series.select_related("study", "study__patient").order_by(
+    return series.select_related("tenant", "study", "study__patient").order_by(
         "study__study_uid", "series_number", "series_uid"
     )
 
@@ -123,7 +123,7 @@ def _instances(request: HttpRequest) -> QuerySet[Instance]:
         instances = instances.filter(study__in=client.studies.values("pk"))
     if client.series is not None:
         instances = instances.filter(series__in=client.series.values("pk"))
-    return instances.select_related("study", "study__patient", "series").order_by(
+    return instances.select_related("tenant", "study", "study__patient", "series").order_by(
         "series__series_uid", "instance_number", "sop_instance_uid"
     )
 

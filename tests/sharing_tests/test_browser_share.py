@@ -1,0 +1,67 @@
+"""Real browser: a radiologist shares a study; the recipient opens it on a phone with
+the PIN and sees the image; the sharer revokes; the recipient's next action fails."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.browser import browser_page, require_chromium, screenshot
+from tests.helpers import make_clinic, make_member
+from tests.imaging_tests.helpers import ingest_study, synthetic_ct
+from tests.imaging_tests.test_browser_viewer import sign_in
+
+METADATA_STATUS = """() => {
+  const v = document.getElementById("viewer").dataset;
+  return fetch(`/s/dicomweb/studies/${v.studyUid}/series/${v.series}/metadata`)
+    .then((r) => r.status);
+}"""
+
+
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+@pytest.mark.timeout(240)
+def test_share_open_on_a_phone_with_pin_then_revoke(live_server):
+    require_chromium()
+    clinic = make_clinic("north", "North Imaging")
+    radiologist = make_member(clinic, "radiologist", email="rad@north.example")
+    study = ingest_study(
+        clinic, synthetic_ct(slices=20, size=64, tags={"PixelSpacing": [0.5, 0.5]})
+    )
+
+    with browser_page() as sharer:
+        sign_in(sharer, live_server.url, radiologist, f"/t/north/studies/{study.pk}/")
+        sharer.get_by_role("link", name="Share…").click()
+        sharer.get_by_label("PIN (4 to 12 digits)").fill("8642")
+        sharer.get_by_label("Maximum number of openings").fill("3")
+        sharer.get_by_role("button", name="Create link").click()
+        url = sharer.locator("#share-url").input_value()
+        assert "/s/" in url
+        screenshot(sharer, "share-1-created")
+
+        phone_context = sharer.context.browser.new_context(
+            viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True
+        )
+        phone = phone_context.new_page()
+        if True:
+            phone.goto(url)
+            phone.wait_for_url("**/s/")
+            assert phone.url.removeprefix(live_server.url) == "/s/"
+            phone.get_by_label("PIN").fill("8642")
+            phone.get_by_role("button", name="Open").click()
+            phone.get_by_role("link", name="Open viewer").click()
+            phone.wait_for_selector("#viewer[data-state=ready]", timeout=30_000)
+            assert phone.locator("#viewer").get_attribute("data-slices") == "20"
+            screenshot(phone, "share-2-recipient-phone")
+            assert phone.evaluate(METADATA_STATUS) == 200
+
+            sharer.get_by_role("link", name="Manage this link").click()
+            sharer.get_by_role("button", name="Revoke now").click()
+            sharer.wait_for_selector("text=The link is revoked")
+            screenshot(sharer, "share-3-revoked")
+
+            # The next request of the open viewer is refused (frames, metadata, pages).
+            assert phone.evaluate(METADATA_STATUS) == 404
+            with phone.expect_navigation():
+                phone.get_by_role("link", name="← Study").click()
+            assert phone.get_by_role("heading", name="This link does not work").is_visible()
+            screenshot(phone, "share-4-recipient-after-revoke")
+        phone_context.close()
