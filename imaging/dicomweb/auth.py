@@ -111,15 +111,17 @@ def bearer_token(
     return wrapped
 
 
-def _viewer_session(request: HttpRequest, tenant: Tenant) -> ViewerSession | None:
+def _viewer_session(request: HttpRequest, tenant: Tenant, **owner: Any) -> ViewerSession | None:
+    """The viewer session the request names, if `owner` (a user or a share) opened it.
+
+    Another person's id is ignored, and their reads are then audited one by one.
+    """
     raw = request.headers.get(VIEWER_SESSION_HEADER) or request.GET.get(VIEWER_SESSION_PARAM, "")
     try:
         session_id = uuid.UUID(raw)
     except ValueError:
         return None
-    # Bound to the member who opened it: another person's id is ignored, and their
-    # reads are then audited one by one.
-    return ViewerSession.objects.for_tenant(tenant).filter(pk=session_id, user=request.user).first()
+    return ViewerSession.objects.for_tenant(tenant).filter(pk=session_id, **owner).first()
 
 
 def signed_in_member(
@@ -143,7 +145,7 @@ def signed_in_member(
             tenant=tenant,
             actor=Actor.from_request(request),
             studies=studies_with_images(membership=membership, now=timezone.now()),
-            viewer_session=_viewer_session(request, tenant),
+            viewer_session=_viewer_session(request, tenant, user=request.user),
         )
         return view(request, *args, **kwargs)
 
@@ -196,18 +198,9 @@ def share_recipient(
             actor=share_actor(share, ip=client_ip(request)),
             studies=Study.objects.for_tenant(share.tenant).filter(pk=share.study_id),
             series=chosen if chosen.exists() else None,
-            viewer_session=_share_viewer_session(request, share),
+            viewer_session=_viewer_session(request, share.tenant, share=share),
             pseudonym=f"SHARE-{share.pk.hex[:12].upper()}" if share.deidentify else None,
         )
         return view(request, *args, **kwargs)
 
     return wrapped
-
-
-def _share_viewer_session(request: HttpRequest, share: Any) -> ViewerSession | None:
-    raw = request.headers.get(VIEWER_SESSION_HEADER) or request.GET.get(VIEWER_SESSION_PARAM, "")
-    try:
-        session_id = uuid.UUID(raw)
-    except ValueError:
-        return None
-    return ViewerSession.objects.for_tenant(share.tenant).filter(pk=session_id, share=share).first()
