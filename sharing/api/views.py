@@ -77,12 +77,17 @@ class ShareListCreate(generics.ListCreateAPIView):
 class ShareRevoke(generics.DestroyAPIView):
     """Revoke a link: its recipients' next request is refused."""
 
+    serializer_class = ShareSerializer
     required_scope = "shares:write"
     required_perms = (Perm.STUDY_SHARE,)
     lookup_field = "id"
 
     def get_queryset(self) -> QuerySet[ShareLink]:
         return _token_shares(self.request)
+
+    @extend_schema(responses={204: None})
+    def delete(self, request: Any, *args: Any, **kwargs: Any) -> Response:
+        return super().delete(request, *args, **kwargs)
 
     def perform_destroy(self, instance: ShareLink) -> None:
         share_revoke(share=instance, actor=_actor(self.request), now=timezone.now())
