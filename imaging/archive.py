@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from django.http import StreamingHttpResponse
 from zipstream import ZIP_STORED, ZipStream
 
 from audit.actors import Actor
@@ -20,11 +21,6 @@ README = (
     "This archive holds one imaging study as DICOM Part 10 files, one folder per series.\n"
     "It contains personal health information: keep it encrypted and delete it when done.\n"
 )
-
-
-def _lazy_chunks(instance: Instance, actor: Actor) -> Iterator[bytes]:
-    # A generator: nothing is read or decrypted until the zip reaches this entry.
-    yield from instance_chunks(instance=instance, actor=actor)
 
 
 def _lazy_deidentified(instance: Instance, actor: Actor, pseudonym: str) -> Iterator[bytes]:
@@ -47,7 +43,18 @@ def study_zip(
         position = instance.instance_number if instance.instance_number is not None else 0
         name = f"{series_dirs[series.pk]}/{position:05d}-{instance.pk.hex[:8]}.dcm"
         if pseudonym is None:
-            archive.add(_lazy_chunks(instance, actor), name, size=instance.size_bytes)
+            # instance_chunks is a generator: nothing is decrypted until the zip gets here.
+            archive.add(
+                instance_chunks(instance=instance, actor=actor), name, size=instance.size_bytes
+            )
         else:
             archive.add(_lazy_deidentified(instance, actor, pseudonym), name)
     return archive
+
+
+def zip_response(archive: ZipStream, *, study: Study) -> StreamingHttpResponse:
+    response = StreamingHttpResponse(archive, content_type="application/zip")
+    if archive.sized:  # de-identified entries are rewritten, so their size is unknown
+        response["Content-Length"] = str(len(archive))
+    response["Content-Disposition"] = f'attachment; filename="study-{study.pk.hex[:12]}.zip"'
+    return response

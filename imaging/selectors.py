@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from django.db.models import Q, QuerySet
 
 from audit.actors import Target
-from imaging.models import Series, Study
+from imaging.models import Instance, Series, Study
 from tenants.breakglass import break_glass_active
 from tenants.grants import object_granted, objects_granted
 from tenants.models import BreakGlassGrant, Membership, Tenant
@@ -210,3 +210,15 @@ def study_get(*, tenant: Tenant, study_id: uuid.UUID) -> Study | None:
 
 def series_for_study(*, study: Study) -> QuerySet[Series]:
     return Series.objects.for_tenant(study.tenant).filter(study=study).order_by("series_number")
+
+
+def instances_for_download(*, study: Study, series_ids: list | None = None) -> list[Instance]:
+    """The study's instances in series and instance order, optionally of some series only."""
+    instances = Instance.objects.for_tenant(study.tenant).filter(study=study)
+    if series_ids is not None:
+        instances = instances.filter(series__in=series_ids)
+    return list(
+        instances.select_related("series", "study", "tenant").order_by(
+            "series__series_number", "series__created_at", "instance_number", "created_at"
+        )
+    )

@@ -7,6 +7,7 @@ patient's date of birth) is stored as a Django password hash.
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 
 from django.db import models
@@ -85,7 +86,12 @@ class ShareLink(TenantOwnedModel):
     def __str__(self) -> str:
         return f"ShareLink {self.id}"
 
-    def state_at(self, now) -> State:
+    @property
+    def pseudonym(self) -> str | None:
+        """The patient ID a de-identified link shows instead of the real one."""
+        return f"SHARE-{self.pk.hex[:12].upper()}" if self.deidentify else None
+
+    def state_at(self, now: dt.datetime) -> State:
         if self.revoked_at is not None:
             return self.State.REVOKED
         if self.expires_at <= now:

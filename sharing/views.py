@@ -15,7 +15,6 @@ from django.http import (
     HttpRequest,
     HttpResponse,
     HttpResponseRedirect,
-    StreamingHttpResponse,
 )
 from django.shortcuts import render
 from django.urls import reverse
@@ -27,9 +26,9 @@ import audit
 from audit.actors import Actor, client_ip
 from audit.models import Action, ActorType, AuditEvent
 from audit.selectors import actor_labels
-from imaging.archive import study_zip
-from imaging.models import Instance, Series
-from imaging.selectors import series_for_study
+from imaging.archive import study_zip, zip_response
+from imaging.models import Series
+from imaging.selectors import instances_for_download, series_for_study
 from imaging.viewing import viewer_session_open_for_share
 from imaging.views.study import study_for_request
 from imaging.views.viewer import viewer_context
@@ -317,16 +316,13 @@ def share_download(request: HttpRequest) -> HttpResponse:
         return HttpResponseRedirect(reverse("share_home"))
     if not share.allow_download:
         raise PermissionDenied("This link does not allow download.")
-    series_ids = [s.pk for s in _shared_series(share)]
-    instances = list(
-        Instance.objects.for_tenant(share.tenant)
-        .filter(study=share.study, series__in=series_ids)
-        .select_related("series", "study", "tenant")
-        .order_by("series__series_number", "series__created_at", "instance_number", "created_at")
+    instances = instances_for_download(
+        study=share.study, series_ids=[s.pk for s in _shared_series(share)]
     )
     actor = share_actor(share, ip=client_ip(request))
-    pseudonym = f"SHARE-{share.pk.hex[:12].upper()}" if share.deidentify else None
-    archive = study_zip(study=share.study, instances=instances, actor=actor, pseudonym=pseudonym)
+    archive = study_zip(
+        study=share.study, instances=instances, actor=actor, pseudonym=share.pseudonym
+    )
     with transaction.atomic():
         audit.record(
             actor=actor,
@@ -336,14 +332,10 @@ def share_download(request: HttpRequest) -> HttpResponse:
             detail={
                 "share": str(share.pk),
                 "instances": len(instances),
-                "deidentified": bool(pseudonym),
+                "deidentified": share.deidentify,
             },
         )
-    response = StreamingHttpResponse(archive, content_type="application/zip")
-    if pseudonym is None:  # de-identified entries are rewritten, so their size is unknown
-        response["Content-Length"] = str(len(archive))
-    response["Content-Disposition"] = f'attachment; filename="study-{share.study.pk.hex[:12]}.zip"'
-    return response
+    return zip_response(archive, study=share.study)
 
 
 @require_POST

@@ -199,7 +199,7 @@ def share_recipient(
             studies=Study.objects.for_tenant(share.tenant).filter(pk=share.study_id),
             series=chosen if chosen.exists() else None,
             viewer_session=_viewer_session(request, share.tenant, share=share),
-            pseudonym=f"SHARE-{share.pk.hex[:12].upper()}" if share.deidentify else None,
+            pseudonym=share.pseudonym,
         )
         return view(request, *args, **kwargs)
 

@@ -13,7 +13,6 @@ from django.http import (
     HttpRequest,
     HttpResponse,
     HttpResponseRedirect,
-    StreamingHttpResponse,
 )
 from django.shortcuts import render
 from django.urls import reverse
@@ -24,13 +23,14 @@ import audit
 from audit.actors import Actor, Target
 from audit.models import Action
 from audit.selectors import actor_labels, events_for_targets
-from imaging.archive import study_zip
+from imaging.archive import study_zip, zip_response
 from imaging.forms import BreakGlassForm, GrantForm
-from imaging.models import Instance, Study
+from imaging.models import Study
 from imaging.selectors import (
     STUDY_DOWNLOAD_PERM,
     STUDY_VIEW_PERM,
     StudyAccess,
+    instances_for_download,
     series_for_study,
     study_access,
     study_get,
@@ -130,12 +130,7 @@ def study_download(request: HttpRequest, study_id: uuid.UUID) -> HttpResponse:
 
 @require_step_up
 def _download(request: HttpRequest, study: Study) -> HttpResponse:
-    instances = list(
-        Instance.objects.for_tenant(request.tenant)
-        .filter(study=study)
-        .select_related("series", "study", "tenant")
-        .order_by("series__series_number", "series__created_at", "instance_number", "created_at")
-    )
+    instances = instances_for_download(study=study)
     if not instances:
         messages.error(request, "This study has no images to download yet.")
         return HttpResponseRedirect(study_url(study))
@@ -149,10 +144,7 @@ def _download(request: HttpRequest, study: Study) -> HttpResponse:
             tenant=request.tenant,
             detail={"instances": len(instances), "bytes": len(archive)},
         )
-    response = StreamingHttpResponse(archive, content_type="application/zip")
-    response["Content-Length"] = str(len(archive))
-    response["Content-Disposition"] = f'attachment; filename="study-{study.pk.hex[:12]}.zip"'
-    return response
+    return zip_response(archive, study=study)
 
 
 @require_http_methods(["GET", "POST"])

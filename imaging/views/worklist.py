@@ -86,7 +86,7 @@ def worklist(request: HttpRequest) -> HttpResponse:
             query = form.query()
             if query.is_empty:
                 return HttpResponseRedirect(here)
-            return HttpResponseRedirect(f"{here}?s={_save_search(request, form.query())}")
+            return HttpResponseRedirect(f"{here}?s={_save_search(request, query)}")
         query = None
     else:
         query = None

@@ -94,12 +94,15 @@ def test_search_terms_never_appear_in_the_url(client_for, radiologist, clinic, s
     client = client_for(radiologist)
 
     posted = _search(client, clinic, text="Roe", referring="Wilson")
+    listed = client.get(posted["Location"])
 
     location = posted["Location"]
     assert location.startswith(f"/t/{clinic.slug}/?s=")
     assert "Roe" not in location and "Wilson" not in location
+    assert "Roe, John" in listed.content.decode()
     event = AuditEvent.objects.for_tenant(clinic).filter(action=Action.WORKLIST_VIEWED).last()
-    assert event is None or "Roe" not in str(event.detail)
+    assert event.detail["searched"] is True
+    assert "Roe" not in str(event.detail) and "Wilson" not in str(event.detail)
 
 
 def test_a_search_id_from_another_session_is_not_honoured(client_for, radiologist, clinic, studies):
