@@ -50,6 +50,11 @@ def _tenant_key(*, tenant_id: object, version: int, row: TenantKey | None = None
     return _unwrapped[cache_key]
 
 
+def tenant_key(*, tenant: Tenant, version: int) -> bytes:
+    """The clinic key of one version, for small secrets wrapped under it directly."""
+    return _tenant_key(tenant_id=tenant.pk, version=version)
+
+
 def study_dek_new(*, tenant: Tenant, study_id: object) -> tuple[bytes, bytes, int]:
     """A fresh data key for a study: (key, wrapped key, tenant key version)."""
     version, tenant_key = tenant_key_active(tenant=tenant)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from django.db.models import Q, QuerySet
 
 from audit.actors import Target
-from imaging.models import Instance, Series, Study
+from imaging.models import Instance, Patient, Series, Study
 from tenants.breakglass import break_glass_active
 from tenants.grants import object_granted, objects_granted
 from tenants.models import BreakGlassGrant, Membership, Tenant
@@ -206,6 +206,24 @@ def studies_with_images(*, membership: Membership, now: dt.datetime) -> QuerySet
 
 def study_get(*, tenant: Tenant, study_id: uuid.UUID) -> Study | None:
     return Study.objects.for_tenant(tenant).select_related("patient").filter(pk=study_id).first()
+
+
+def patient_get(*, tenant: Tenant, patient_id: uuid.UUID) -> Patient | None:
+    return Patient.objects.for_tenant(tenant).select_related("tenant").filter(pk=patient_id).first()
+
+
+def patient_records_alike(*, patient: Patient) -> list[Patient]:
+    """The record itself and the clinic's other records with the same name and birth date.
+
+    One person often has several records (another issuer, a re-registration); front
+    desk links the ones the patient confirms at the desk.
+    """
+    alike = Patient.objects.for_tenant(patient.tenant).filter(pk=patient.pk)
+    if patient.name and patient.birth_date:
+        alike = Patient.objects.for_tenant(patient.tenant).filter(
+            Q(pk=patient.pk) | Q(name__iexact=patient.name, birth_date=patient.birth_date)
+        )
+    return sorted(alike.select_related("tenant"), key=lambda p: (p.pk != patient.pk, p.patient_id))
 
 
 def series_for_study(*, study: Study) -> QuerySet[Series]:

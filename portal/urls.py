@@ -10,6 +10,7 @@ from portal import views
 from portal.admin import platform_admin_site
 from portal.api_docs import api_docs
 from sharing.urls import clinic_patterns as sharing_clinic_patterns
+from sharing.urls import invitation_patterns
 from sharing.urls import recipient_patterns as share_recipient_patterns
 
 clinic_patterns = [
@@ -32,4 +33,5 @@ urlpatterns = [
     path("api/docs/", api_docs, name="api_docs"),
     path("t/<slug:tenant_slug>/", include(clinic_patterns)),
     path("s/", include(share_recipient_patterns)),
+    path("portal/", include(invitation_patterns)),
 ]

@@ -15,6 +15,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
 from tenants.access import landing_url
+from tenants.roles import Perm
 from tenants.selectors import user_memberships
 
 logger = logging.getLogger(__name__)
@@ -80,6 +81,9 @@ def home(request: HttpRequest) -> HttpResponse:
     """Send a signed-in person to their clinic, or let them choose one."""
     memberships = list(user_memberships(user=request.user))
     if len(memberships) == 1:
+        return redirect(landing_url(memberships[0]))
+    if memberships and all(m.permissions == {Perm.OWN_STUDIES} for m in memberships):
+        # A patient of several clinics: one portal page lists them all.
         return redirect(landing_url(memberships[0]))
     return render(
         request,

@@ -60,3 +60,58 @@ class ChallengeForm(forms.Form):
         max_length=32,
         widget=forms.TextInput(attrs={"autocomplete": "off", "autofocus": True}),
     )
+
+
+class PatientShareForm(ShareForm):
+    """A patient's own link: always behind a PIN or the date of birth, never de-identified."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        del self.fields["deidentify"]
+        self.fields["challenge"].choices = [
+            (value, label)
+            for value, label in ShareLink.Challenge.choices
+            if value != ShareLink.Challenge.NONE
+        ]
+        self.fields["pin"].help_text = "Tell your doctor the PIN yourself, not in the same email."
+        self.fields["recipient_email"].label = "Send the link to your doctor (optional)"
+
+
+class PatientInviteForm(forms.Form):
+    email = forms.EmailField(
+        label="Patient's email address",
+        help_text="Check it with the patient in person: the invitation goes to this address.",
+    )
+    patients = forms.MultipleChoiceField(
+        label="Records to link", widget=forms.CheckboxSelectMultiple
+    )
+
+    def __init__(self, *args: Any, records: list[tuple[str, str]], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["patients"].choices = records
+
+
+class BirthDateForm(forms.Form):
+    birth_date = forms.DateField(
+        label="Your date of birth",
+        help_text="As the clinic has it, e.g. 1970-01-31.",
+        widget=forms.DateInput(attrs={"type": "date", "autocomplete": "bday"}),
+    )
+
+
+class NewPatientAccountForm(forms.Form):
+    full_name = forms.CharField(label="Your name (optional)", required=False, max_length=150)
+    password = forms.CharField(
+        label="Choose a password",
+        widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
+    )
+    password_again = forms.CharField(
+        label="The password again",
+        widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
+    )
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        if data.get("password") and data.get("password") != data.get("password_again"):
+            self.add_error("password_again", "The two passwords differ.")
+        return data

@@ -101,3 +101,87 @@ class ShareLink(TenantOwnedModel):
         if self.max_uses is not None and self.use_count >= self.max_uses:
             return self.State.USED_UP
         return self.State.ACTIVE
+
+
+class PatientInvitation(TenantOwnedModel):
+    """An invitation to the patient portal for one person's Patient record(s) at a clinic.
+
+    Front desk creates it with the patient's email; the token travels only in that
+    email. Accepting it needs the token and, where the clinic holds one, the patient's
+    date of birth, so an intercepted email alone does not open the records.
+    """
+
+    class State(models.TextChoices):
+        PENDING = "pending", "Waiting for the patient"
+        ACCEPTED = "accepted", "Accepted"
+        EXPIRED = "expired", "Expired"
+        REVOKED = "revoked", "Withdrawn"
+        LOCKED = "locked", "Locked (wrong date of birth)"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    patients = models.ManyToManyField("imaging.Patient", related_name="+")
+    email = models.EmailField()
+    token_sha256 = models.CharField(max_length=64, unique=True)
+    invited_by = models.ForeignKey("tenants.User", on_delete=models.PROTECT, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    accepted_at = models.DateTimeField(null=True, blank=True)
+    accepted_by = models.ForeignKey(
+        "tenants.User", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    failed_attempts = models.PositiveSmallIntegerField(default=0)
+    locked_at = models.DateTimeField(null=True, blank=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    # The token, encrypted under the clinic key, only until the email is sent.
+    token_wrapped = models.BinaryField(null=True, blank=True)
+    token_key_version = models.PositiveIntegerField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["tenant", "-created_at"])]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(expires_at__gt=models.F("created_at")),
+                name="invitation_expires_after_creation",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"PatientInvitation {self.id}"
+
+    def state_at(self, now: dt.datetime) -> State:
+        if self.accepted_at is not None:
+            return self.State.ACCEPTED
+        if self.revoked_at is not None:
+            return self.State.REVOKED
+        if self.locked_at is not None:
+            return self.State.LOCKED
+        if self.expires_at <= now:
+            return self.State.EXPIRED
+        return self.State.PENDING
+
+
+class PatientLink(TenantOwnedModel):
+    """A portal account linked to one of the clinic's Patient records: "these are mine"."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    user = models.ForeignKey("tenants.User", on_delete=models.PROTECT, related_name="+")
+    patient = models.ForeignKey("imaging.Patient", on_delete=models.PROTECT, related_name="+")
+    invitation = models.ForeignKey(
+        PatientInvitation, null=True, blank=True, on_delete=models.PROTECT, related_name="links"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["tenant", "user", "revoked_at"])]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["tenant", "patient", "user"],
+                condition=models.Q(revoked_at__isnull=True),
+                name="patient_link_one_active",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"PatientLink {self.id}"

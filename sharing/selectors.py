@@ -1,13 +1,24 @@
-"""Reads of share links, always for one clinic."""
+"""Reads of share links and of the patient portal, always for one clinic at a time."""
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
+from dataclasses import dataclass
 
 from django.db.models import QuerySet
 
-from sharing.models import ShareLink
-from tenants.models import Tenant, User
+from audit.actors import Target
+from audit.models import ActorType, AuditEvent
+from audit.selectors import events_for_targets
+from imaging.models import Patient, Study
+from imaging.selectors import series_for_study, study_target
+from sharing.models import PatientInvitation, PatientLink, ShareLink
+from tenants.models import ApiToken, Membership, Tenant, User
+from tenants.roles import Perm
+from tenants.selectors import user_memberships
+
+PATIENT_HISTORY_SIZE = 100
 
 
 def share_list(*, tenant: Tenant, created_by: User) -> QuerySet[ShareLink]:
@@ -26,3 +37,138 @@ def share_get(*, tenant: Tenant, share_id: uuid.UUID) -> ShareLink | None:
         .filter(pk=share_id)
         .first()
     )
+
+
+def linked_patient_ids(*, tenant: Tenant, user: User) -> QuerySet:
+    """The clinic's Patient records this account is linked to (a subquery)."""
+    return (
+        PatientLink.objects.for_tenant(tenant)
+        .filter(user=user, revoked_at__isnull=True)
+        .values("patient_id")
+    )
+
+
+def own_studies(*, membership: Membership) -> QuerySet[Study]:
+    """A patient's own studies at this clinic; none without the patient role."""
+    tenant = membership.tenant
+    studies = Study.objects.for_tenant(tenant).select_related("patient", "tenant")
+    if not membership.has_perm(Perm.OWN_STUDIES):
+        return studies.none()
+    return studies.filter(
+        patient__in=linked_patient_ids(tenant=tenant, user=membership.user)
+    ).order_by("-study_date", "-created_at")
+
+
+def own_study_get(*, membership: Membership, study_id: uuid.UUID) -> Study | None:
+    return own_studies(membership=membership).filter(pk=study_id).first()
+
+
+def own_studies_everywhere(*, user: User) -> list[tuple[Membership, list[Study]]]:
+    """A patient's studies at every clinic that linked them, clinic by clinic."""
+    return [
+        (membership, list(own_studies(membership=membership)))
+        for membership in user_memberships(user=user)
+        if membership.has_perm(Perm.OWN_STUDIES)
+    ]
+
+
+def patient_portal_access(
+    *, tenant: Tenant, patient: Patient
+) -> tuple[list[PatientInvitation], list[PatientLink]]:
+    """Invitations sent for a record and the accounts linked to it, newest first."""
+    invitations = list(
+        PatientInvitation.objects.for_tenant(tenant)
+        .filter(patients=patient)
+        .select_related("invited_by")
+        .order_by("-created_at")[:20]
+    )
+    links = list(
+        PatientLink.objects.for_tenant(tenant)
+        .filter(patient=patient, revoked_at__isnull=True)
+        .select_related("user")
+        .order_by("-created_at")
+    )
+    return invitations, links
+
+
+def patient_link_get(*, tenant: Tenant, link_id: uuid.UUID) -> PatientLink | None:
+    return (
+        PatientLink.objects.for_tenant(tenant)
+        .select_related("patient", "user", "tenant")
+        .filter(pk=link_id)
+        .first()
+    )
+
+
+def invitation_get(*, tenant: Tenant, invitation_id: uuid.UUID) -> PatientInvitation | None:
+    return (
+        PatientInvitation.objects.for_tenant(tenant)
+        .select_related("tenant")
+        .filter(pk=invitation_id)
+        .first()
+    )
+
+
+@dataclass(frozen=True)
+class AccessRow:
+    """One line of a patient's view of who accessed their study: a role, never a name."""
+
+    at: dt.datetime
+    who: str
+    organisation: str
+    what: str
+    outcome: str
+
+
+def study_access_history(
+    *, membership: Membership, study: Study, limit: int = PATIENT_HISTORY_SIZE
+) -> list[AccessRow]:
+    """Who opened, read, downloaded or shared this study, by role and organisation."""
+    tenant = membership.tenant
+    targets = [study_target(study)] + [Target.of(s) for s in series_for_study(study=study)]
+    events = list(events_for_targets(tenant=tenant, targets=targets)[:limit])
+    user_ids = {e.actor_id for e in events if e.actor_type == ActorType.USER}
+    roles = {
+        str(m.user_id): ", ".join(sorted(role.name for role in m.roles.all()))
+        for m in Membership.objects.for_tenant(tenant)
+        .filter(user_id__in=user_ids)
+        .prefetch_related("roles")
+    }
+    token_ids = {e.actor_id for e in events if e.actor_type == ActorType.API_TOKEN}
+    tokens = {
+        str(pk): name
+        for pk, name in ApiToken.objects.for_tenant(tenant)
+        .filter(pk__in=token_ids)
+        .values_list("pk", "name")
+    }
+    mine = {
+        str(pk)
+        for pk in ShareLink.objects.for_tenant(tenant)
+        .filter(study=study, created_by=membership.user)
+        .values_list("pk", flat=True)
+    }
+    me = str(membership.user_id)
+
+    def who(event: AuditEvent) -> str:
+        if event.actor_type == ActorType.USER:
+            return "You" if event.actor_id == me else roles.get(event.actor_id, "Clinic staff")
+        if event.actor_type == ActorType.API_TOKEN:
+            return f"Connected system “{tokens.get(event.actor_id, 'unnamed')}”"
+        if event.actor_type == ActorType.SHARE_LINK:
+            if event.actor_id in mine:
+                return "Someone you shared a link with"
+            return "Recipient of a link shared by the clinic"
+        if event.actor_type == ActorType.SYSTEM:
+            return "Automatic processing"
+        return "Someone without an account"
+
+    return [
+        AccessRow(
+            at=e.created_at,
+            who=who(e),
+            organisation=tenant.name,
+            what=e.action_label,
+            outcome=e.get_outcome_display(),
+        )
+        for e in events
+    ]

@@ -95,3 +95,30 @@ def share_locked_notify(*, share_id: str) -> bool:
         "Someone entered a wrong PIN or date of birth too many times; the link is locked. "
         "Create a new link if the recipient still needs the images.",
     )
+
+
+@portal_task(**RETRY)
+def patient_invitation_send(*, invitation_id: str) -> bool:
+    from sharing.invitations import invitation_claim_send
+
+    with transaction.atomic():
+        claimed = invitation_claim_send(invitation_id=invitation_id)
+        if claimed is None:
+            return False
+        invitation, token = claimed
+        clinic = invitation.tenant.name
+        send_mail(
+            subject=f"[{clinic}] Your images online: an invitation to the patient portal",
+            message=(
+                f"{clinic} invites you to see your medical images online.\n\n"
+                "Accept the invitation here: "
+                f"{settings.PORTAL_BASE_URL}/portal/invitation/{token}\n"
+                "You will be asked for your date of birth, then to choose a password.\n"
+                f"The invitation expires on {invitation.expires_at:%Y-%m-%d} (UTC).\n\n"
+                "If you did not ask the clinic for this, ignore this email and tell the clinic.\n"
+            ),
+            from_email=None,
+            recipient_list=[invitation.email],
+        )
+    logger.info("patient invitation %s sent", invitation_id)
+    return True

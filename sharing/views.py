@@ -180,7 +180,8 @@ def _unavailable(request: HttpRequest, exc: ShareUnavailable) -> HttpResponse:
     return render(request, template, {"reason": exc.reason}, status=exc.status)
 
 
-def _too_many(request: HttpRequest) -> bool:
+def too_many_lookups(request: HttpRequest) -> bool:
+    """Token guessing, share links and invitations alike, is limited per client address."""
     key = f"share-lookups:{client_ip(request)}:{int(timezone.now().timestamp() // 60)}"
     cache.add(key, 0, timeout=120)
     try:
@@ -193,7 +194,7 @@ def _too_many(request: HttpRequest) -> bool:
 @require_http_methods(["GET"])
 def share_open(request: HttpRequest, token: str) -> HttpResponse:
     """Swap the token in the URL for a short-lived session, then drop it from the URL."""
-    if _too_many(request):
+    if too_many_lookups(request):
         response = render(request, "sharing/slow_down.html", status=429)
         response["Retry-After"] = "60"
         return response

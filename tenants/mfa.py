@@ -274,6 +274,23 @@ def require_step_up(view: Callable[..., HttpResponse]) -> Callable[..., HttpResp
     return wrapped
 
 
+def require_step_up_if_enrolled(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """Step-up for accounts with a second factor.
+
+    Patients of clinics that do not require one may have none to re-verify; their own
+    data stays reachable with the password session their clinic's policy accepts.
+    """
+
+    @wraps(view)
+    def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        if confirmed_devices(request.user) and not step_up_is_fresh(request):  # type: ignore[arg-type]
+            return step_up_redirect(request)
+        return view(request, *args, **kwargs)
+
+    wrapped.requires_step_up = True  # type: ignore[attr-defined]
+    return wrapped
+
+
 # --- Enforcement --------------------------------------------------------------------
 
 OPEN_PATH_PREFIXES = (

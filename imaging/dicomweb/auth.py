@@ -20,7 +20,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.cache import cache
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
@@ -28,6 +28,7 @@ from django.views.decorators.csrf import csrf_exempt
 from audit.actors import Actor, client_ip
 from imaging.models import Series, Study, ViewerSession
 from imaging.selectors import studies_with_images
+from sharing.selectors import own_studies
 from tenants.models import Tenant
 from tenants.roles import Perm
 from tenants.tokens import api_token_authenticate
@@ -127,7 +128,8 @@ def _viewer_session(request: HttpRequest, tenant: Tenant, **owner: Any) -> Viewe
 def signed_in_member(
     view: Callable[..., HttpResponse], *, name: str = ""
 ) -> Callable[..., HttpResponse]:
-    """The clinic's own viewer: a member with `images.view`, read-only, within their studies."""
+    """The clinic's own viewer: a member with `images.view` (or a patient, for their own
+    studies), read-only, within the studies they may see."""
 
     @wraps(view)
     def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
@@ -139,12 +141,17 @@ def signed_in_member(
             return dicomweb_error(
                 405, "The viewer's DICOMweb is read-only; upload on the Upload page.", Allow="GET"
             )
-        if not membership.has_perm(Perm.IMAGES_VIEW):
+        if not membership.has_perm(Perm.IMAGES_VIEW) and not membership.has_perm(Perm.OWN_STUDIES):
             return dicomweb_error(403, "Your role in this clinic does not include images.")
+        # A patient reads their own studies here too (the patient portal's viewer).
+        studies = Study.objects.for_tenant(tenant).filter(
+            Q(pk__in=studies_with_images(membership=membership, now=timezone.now()).values("pk"))
+            | Q(pk__in=own_studies(membership=membership).values("pk"))
+        )
         request.dicomweb = DicomwebClient(  # type: ignore[attr-defined]
             tenant=tenant,
             actor=Actor.from_request(request),
-            studies=studies_with_images(membership=membership, now=timezone.now()),
+            studies=studies,
             viewer_session=_viewer_session(request, tenant, user=request.user),
         )
         return view(request, *args, **kwargs)

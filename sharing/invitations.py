@@ -1,0 +1,343 @@
+"""The patient portal's front door: invitations, and the links they leave behind.
+
+Front desk invites a patient by email for one or more of the clinic's Patient records.
+The token, like a share link's, is 256 bits from `secrets`, stored only as its
+SHA-256, and kept encrypted under the clinic key until the email is sent. Accepting
+needs the token and, where the clinic holds one, the patient's date of birth; five
+misses lock the invitation. Accepting links the account (new or existing, with the
+invited email) to the records and gives it the patient role in that clinic, so one
+person's portal gathers their studies from every clinic that invited them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+from collections.abc import Sequence
+
+from django.contrib.auth.password_validation import validate_password
+from django.core.exceptions import ValidationError
+from django.core.validators import validate_email
+from django.db import transaction
+from django.utils import timezone
+
+import audit
+from audit.actors import Actor
+from audit.models import Action, ActorType, Outcome
+from imaging.crypto import unwrap_key, wrap_key
+from imaging.keyring import tenant_key, tenant_key_active
+from imaging.models import Patient
+from sharing.models import PatientInvitation, PatientLink
+from sharing.services import token_digest
+from tenants.models import Membership, Tenant, User
+from tenants.roles import RoleCode
+from tenants.services import membership_add, membership_update, user_create
+
+TOKEN_BYTES = 32
+INVITATION_DAYS = 14
+MAX_BIRTH_DATE_ATTEMPTS = 5
+
+
+class InvitationInvalid(ValueError):
+    """The invitation cannot be created or accepted as asked; the message says why."""
+
+
+class InvitationUnavailable(Exception):
+    """The invitation cannot be used: 404 (unknown, withdrawn), 410 (expired, used), 403."""
+
+    def __init__(self, *, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+def _context(invitation: PatientInvitation) -> bytes:
+    return f"patient-invitation|{invitation.tenant_id}|{invitation.pk}".encode()
+
+
+def invitation_actor(invitation: PatientInvitation, *, ip: str | None) -> Actor:
+    """Whoever holds the invitation's token, before an account exists."""
+    return Actor(type=ActorType.ANONYMOUS, id=f"invitation:{invitation.pk}", ip=ip)
+
+
+@transaction.atomic
+def patient_invite(
+    *,
+    tenant: Tenant,
+    patients: Sequence[Patient],
+    email: str,
+    invited_by: User,
+    actor: Actor,
+    now: dt.datetime,
+) -> PatientInvitation:
+    """Invite a person to see the records `patients` in the portal; the email goes after commit."""
+    email = User.objects.normalize_email(email.strip()).lower()
+    try:
+        validate_email(email)
+    except ValidationError as exc:
+        raise InvitationInvalid("Enter the patient's email address.") from exc
+    if not patients:
+        raise InvitationInvalid("Choose at least one patient record.")
+    if any(p.tenant_id != tenant.pk for p in patients):
+        raise InvitationInvalid("Choose records of this clinic only.")
+    already = set(
+        PatientLink.objects.for_tenant(tenant)
+        .filter(patient__in=patients, revoked_at__isnull=True, user__email__iexact=email)
+        .values_list("patient_id", flat=True)
+    )
+    if already >= {p.pk for p in patients}:
+        raise InvitationInvalid("This person already has portal access to these records.")
+    raw = secrets.token_urlsafe(TOKEN_BYTES)
+    invitation = PatientInvitation.objects.create(
+        tenant=tenant,
+        email=email,
+        token_sha256=token_digest(raw),
+        invited_by=invited_by,
+        created_at=now,
+        expires_at=now + dt.timedelta(days=INVITATION_DAYS),
+    )
+    invitation.patients.set(patients)
+    version, key = tenant_key_active(tenant=tenant)
+    invitation.token_wrapped = wrap_key(kek=key, key=raw.encode(), context=_context(invitation))
+    invitation.token_key_version = version
+    invitation.save(update_fields=["token_wrapped", "token_key_version"])
+    for patient in patients:
+        audit.record(
+            actor=actor,
+            action=Action.PATIENT_INVITED,
+            target=patient,
+            tenant=tenant,
+            detail={"invitation": str(invitation.pk)},
+        )
+    from sharing.tasks import patient_invitation_send
+
+    transaction.on_commit(lambda: patient_invitation_send.delay(invitation_id=str(invitation.pk)))
+    return invitation
+
+
+@transaction.atomic
+def invitation_revoke(*, invitation: PatientInvitation, actor: Actor, now: dt.datetime) -> bool:
+    revoked = (
+        PatientInvitation.objects.for_tenant(invitation.tenant)
+        .filter(pk=invitation.pk, revoked_at__isnull=True, accepted_at__isnull=True)
+        .update(revoked_at=now, token_wrapped=None)
+    )
+    if revoked:
+        audit.record(
+            actor=actor,
+            action=Action.PATIENT_INVITATION_REVOKED,
+            target=invitation,
+            tenant=invitation.tenant,
+            detail={"invitation": str(invitation.pk)},
+        )
+    return bool(revoked)
+
+
+def invitation_current(*, invitation_id: str, now: dt.datetime) -> PatientInvitation:
+    """The invitation, re-read; raises InvitationUnavailable unless it can still be accepted."""
+    invitation = (
+        PatientInvitation.objects.unscoped(reason="an invitation token names its clinic")
+        .select_related("tenant")
+        .filter(pk=invitation_id)
+        .first()
+    )
+    if invitation is None or not invitation.tenant.is_active:
+        raise InvitationUnavailable(status=404, reason="unknown")
+    state = invitation.state_at(now)
+    if state == PatientInvitation.State.PENDING:
+        return invitation
+    status = {
+        PatientInvitation.State.REVOKED: 404,
+        PatientInvitation.State.LOCKED: 403,
+    }.get(state, 410)
+    raise InvitationUnavailable(status=status, reason=state)
+
+
+def invitation_lookup(*, raw: str, now: dt.datetime) -> PatientInvitation:
+    """The pending invitation for a token: one indexed equality on its digest."""
+    found = (
+        PatientInvitation.objects.unscoped(reason="an invitation token names its clinic")
+        .filter(token_sha256=token_digest(raw))
+        .values_list("pk", flat=True)
+        .first()
+    )
+    if found is None:
+        raise InvitationUnavailable(status=404, reason="unknown")
+    return invitation_current(invitation_id=str(found), now=now)
+
+
+def invitation_needs_birth_date(invitation: PatientInvitation) -> bool:
+    return invitation.patients.filter(birth_date__isnull=False).exists()
+
+
+def invitation_check_birth_date(
+    *, invitation: PatientInvitation, answer: dt.date, now: dt.datetime, ip: str | None
+) -> bool:
+    """Compare with the records' dates of birth; five misses lock the invitation."""
+    with transaction.atomic():
+        locked = (
+            PatientInvitation.objects.for_tenant(invitation.tenant)
+            .select_for_update()
+            .get(pk=invitation.pk)
+        )
+        if locked.locked_at is not None:
+            return False
+        known = set(locked.patients.exclude(birth_date=None).values_list("birth_date", flat=True))
+        if not known or answer in known:
+            return True
+        locked.failed_attempts += 1
+        fields = ["failed_attempts"]
+        actor = invitation_actor(locked, ip=ip)
+        audit.record(
+            actor=actor,
+            action=Action.PATIENT_INVITATION_FAILED,
+            target=locked,
+            tenant=locked.tenant,
+            outcome=Outcome.FAILURE,
+            detail={"invitation": str(locked.pk), "attempt": locked.failed_attempts},
+        )
+        if locked.failed_attempts >= MAX_BIRTH_DATE_ATTEMPTS:
+            locked.locked_at = now
+            locked.token_wrapped = None
+            fields += ["locked_at", "token_wrapped"]
+            audit.record(
+                actor=actor,
+                action=Action.PATIENT_INVITATION_LOCKED,
+                target=locked,
+                tenant=locked.tenant,
+                outcome=Outcome.DENIED,
+                detail={"invitation": str(locked.pk)},
+            )
+        locked.save(update_fields=fields)
+    return False
+
+
+def invitation_account(invitation: PatientInvitation) -> User | None:
+    """The existing account with the invited email, if there is one."""
+    return User.objects.filter(email__iexact=invitation.email).first()
+
+
+@transaction.atomic
+def invitation_accept(
+    *, invitation: PatientInvitation, user: User, actor: Actor, now: dt.datetime
+) -> list[PatientLink]:
+    """Link `user` (who holds the invited email) to the invitation's records, once."""
+    if user.email.lower() != invitation.email.lower():
+        raise InvitationInvalid(
+            "This invitation was sent to another email address. Sign out and open it again."
+        )
+    tenant = invitation.tenant
+    claimed = (
+        PatientInvitation.objects.for_tenant(tenant)
+        .filter(
+            pk=invitation.pk,
+            accepted_at__isnull=True,
+            revoked_at__isnull=True,
+            locked_at__isnull=True,
+            expires_at__gt=now,
+        )
+        .update(accepted_at=now, accepted_by=user, token_wrapped=None)
+    )
+    if not claimed:
+        raise InvitationUnavailable(status=410, reason="used")
+    membership_add(tenant=tenant, user=user, roles=[RoleCode.PATIENT], actor=actor)
+    links = []
+    for patient in invitation.patients.all():
+        link, created = PatientLink.objects.get_or_create(
+            tenant=tenant,
+            patient=patient,
+            user=user,
+            revoked_at=None,
+            defaults={"invitation": invitation, "created_at": now},
+        )
+        links.append(link)
+        if created:
+            audit.record(
+                actor=actor,
+                action=Action.PATIENT_LINKED,
+                target=patient,
+                tenant=tenant,
+                detail={"invitation": str(invitation.pk), "user": str(user.pk)},
+            )
+    return links
+
+
+@transaction.atomic
+def invitation_accept_new_account(
+    *,
+    invitation: PatientInvitation,
+    password: str,
+    full_name: str,
+    actor: Actor,
+    now: dt.datetime,
+) -> User:
+    """Create the patient's account with the invited email, then accept."""
+    if invitation_account(invitation) is not None:
+        raise InvitationInvalid("An account with this email exists; sign in to accept.")
+    user = User(email=invitation.email, full_name=full_name)
+    validate_password(password, user)  # raises ValidationError with the reasons
+    user = user_create(
+        email=invitation.email,
+        password=password,
+        full_name=full_name,
+        actor=actor,
+        tenant=invitation.tenant,
+    )
+    invitation_accept(invitation=invitation, user=user, actor=actor, now=now)
+    return user
+
+
+@transaction.atomic
+def patient_link_revoke(*, link: PatientLink, actor: Actor, now: dt.datetime) -> bool:
+    """End a portal account's access to one record; the last one ends the patient role."""
+    tenant = link.tenant
+    revoked = (
+        PatientLink.objects.for_tenant(tenant)
+        .filter(pk=link.pk, revoked_at__isnull=True)
+        .update(revoked_at=now)
+    )
+    if not revoked:
+        return False
+    audit.record(
+        actor=actor,
+        action=Action.PATIENT_UNLINKED,
+        target=link.patient,
+        tenant=tenant,
+        detail={"user": str(link.user_id)},
+    )
+    others = PatientLink.objects.for_tenant(tenant).filter(user=link.user, revoked_at__isnull=True)
+    membership = Membership.objects.for_tenant(tenant).filter(user=link.user).first()
+    if membership is not None and not others.exists():
+        roles = set(membership.role_codes) - {RoleCode.PATIENT}
+        if roles:
+            membership_update(membership=membership, roles=roles, is_active=True, actor=actor)
+        elif membership.is_active:
+            membership_update(
+                membership=membership, roles=membership.role_codes, is_active=False, actor=actor
+            )
+    return True
+
+
+# --- The invitation email -------------------------------------------------------------
+
+
+def invitation_claim_send(*, invitation_id: str) -> tuple[PatientInvitation, str] | None:
+    """Claim the email (at most once) and return the invitation with its token."""
+    rows = PatientInvitation.objects.unscoped(reason="a task loads its own row by id").filter(
+        pk=invitation_id
+    )
+    claimed = rows.filter(
+        sent_at__isnull=True,
+        token_wrapped__isnull=False,
+        revoked_at__isnull=True,
+        accepted_at__isnull=True,
+    ).update(sent_at=timezone.now())
+    if not claimed:
+        return None
+    invitation = rows.select_related("tenant").get()
+    key = tenant_key(tenant=invitation.tenant, version=invitation.token_key_version)
+    token = unwrap_key(
+        kek=key, wrapped=bytes(invitation.token_wrapped), context=_context(invitation)
+    ).decode()
+    rows.update(token_wrapped=None)
+    return invitation, token

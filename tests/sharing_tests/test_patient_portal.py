@@ -1,0 +1,500 @@
+"""The patient portal: invitations, linked records across clinics, own-study scope."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import re
+import zipfile
+
+import pytest
+from django.core import mail
+from django.test import Client
+from django.utils import timezone
+
+from audit.models import Action, AuditEvent
+from sharing.invitations import InvitationInvalid, patient_invite
+from sharing.models import PatientInvitation, PatientLink, ShareLink
+from tenants.mfa import MFA_AT
+from tenants.models import Membership, User
+from tests.helpers import PASSWORD, TEST_ACTOR, make_clinic, make_member, page_body, verified_client
+from tests.imaging_tests.helpers import ingest_study, synthetic_ct
+
+BIRTH_DATE = "1970-01-01"  # synthetic_ct's PatientBirthDate
+NEW_PASSWORD = "a long patient passphrase 42"
+INVITE_LINK = re.compile(r"/portal/invitation/([A-Za-z0-9_-]{43})")
+
+
+@pytest.fixture
+def own_study(clinic):
+    return ingest_study(
+        clinic, synthetic_ct(slices=3, size=32, patient_name="Doe^Jane", patient_id="P-1")
+    )
+
+
+@pytest.fixture
+def neighbour_study(clinic):
+    """Another patient of the same clinic."""
+    return ingest_study(
+        clinic, synthetic_ct(slices=1, size=16, patient_name="Roe^John", patient_id="P-2")
+    )
+
+
+def invite(study, front_desk, email="jane@example.org", capture=None, tenant=None) -> str:
+    """Invite through the service and return the token from the email."""
+    sent = len(mail.outbox)
+    with capture(execute=True):
+        patient_invite(
+            tenant=tenant or study.tenant,
+            patients=[study.patient],
+            email=email,
+            invited_by=front_desk,
+            actor=TEST_ACTOR,
+            now=timezone.now(),
+        )
+    assert len(mail.outbox) == sent + 1
+    return INVITE_LINK.search(mail.outbox[-1].body)[1]
+
+
+def accept_as_new_patient(token: str, birth_date: str = BIRTH_DATE) -> Client:
+    client = Client()
+    assert client.get(f"/portal/invitation/{token}").status_code == 303
+    assert client.post("/portal/invitation/", {"birth_date": birth_date}).status_code == 303
+    response = client.post(
+        "/portal/invitation/",
+        {"full_name": "", "password": NEW_PASSWORD, "password_again": NEW_PASSWORD},
+    )
+    assert response.status_code == 302, response.content[:500]
+    return client
+
+
+@pytest.fixture
+def patient_client(own_study, front_desk, django_capture_on_commit_callbacks) -> Client:
+    token = invite(own_study, front_desk, capture=django_capture_on_commit_callbacks)
+    return accept_as_new_patient(token)
+
+
+# --- Front desk invites -----------------------------------------------------------------
+
+
+def test_front_desk_invites_a_patient_by_email_without_phi_in_it(
+    own_study, front_desk, client_for, django_capture_on_commit_callbacks
+):
+    client = client_for(front_desk)
+    url = f"/t/north/patients/{own_study.patient.pk}/portal/"
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post(
+            url, {"email": "Jane@Example.org", "patients": [str(own_study.patient.pk)]}
+        )
+
+    assert response.status_code == 302
+    invitation = PatientInvitation.objects.for_tenant(own_study.tenant).get()
+    assert invitation.email == "jane@example.org"
+    assert invitation.token_wrapped is None and invitation.sent_at is not None
+    [email] = mail.outbox
+    assert email.to == ["jane@example.org"]
+    token = INVITE_LINK.search(email.body)[1]
+    assert invitation.token_sha256 not in email.body and token not in str(invitation.__dict__)
+    assert "Doe" not in email.body and "P-1" not in email.body
+    assert (
+        AuditEvent.objects.for_tenant(own_study.tenant)
+        .filter(action=Action.PATIENT_INVITED, target_id=str(own_study.patient.pk))
+        .exists()
+    )
+    page = client.get(url)
+    assert b"jane@example.org" in page.content and b"Waiting for the patient" in page.content
+
+
+def test_inviting_needs_a_fresh_second_factor(own_study, front_desk):
+    client = verified_client(front_desk)
+    session = client.session
+    session[MFA_AT] -= 3600  # verified at sign-in, an hour ago
+    session.save()
+
+    response = client.post(
+        f"/t/north/patients/{own_study.patient.pk}/portal/",
+        {"email": "jane@example.org", "patients": [str(own_study.patient.pk)]},
+    )
+
+    assert response.status_code == 302 and "/accounts/step-up/" in response["Location"]
+    assert not PatientInvitation.objects.for_tenant(own_study.tenant).exists()
+
+
+def test_only_front_desk_roles_invite(own_study, radiologist, client_for):
+    response = client_for(radiologist).get(f"/t/north/patients/{own_study.patient.pk}/portal/")
+
+    assert response.status_code == 403
+
+
+def test_other_clinics_patient_is_a_404(front_desk, client_for, other_clinic):
+    outsider = ingest_study(other_clinic, synthetic_ct(slices=1, size=16, patient_id="X-1"))
+    client = client_for(front_desk)
+
+    for url in (
+        f"/t/north/patients/{outsider.patient.pk}/portal/",
+        "/t/north/patients/00000000-0000-0000-0000-000000000000/portal/",
+    ):
+        assert client.get(url).status_code == 404
+
+
+def test_bad_email_is_refused_and_nothing_is_stored(own_study, front_desk):
+    with pytest.raises(InvitationInvalid):
+        patient_invite(
+            tenant=own_study.tenant,
+            patients=[own_study.patient],
+            email="not an email",
+            invited_by=front_desk,
+            actor=TEST_ACTOR,
+            now=timezone.now(),
+        )
+    assert not PatientInvitation.objects.for_tenant(own_study.tenant).exists()
+
+
+def test_records_alike_are_offered_but_only_chosen_ones_linked(
+    clinic, own_study, front_desk, client_for, django_capture_on_commit_callbacks
+):
+    # The same person registered again under another ID; and a namesake born another day.
+    twin = ingest_study(
+        clinic, synthetic_ct(slices=1, size=16, patient_name="DOE^JANE", patient_id="P-1b")
+    )
+    namesake = ingest_study(
+        clinic,
+        synthetic_ct(
+            slices=1,
+            size=16,
+            patient_name="Doe^Jane",
+            patient_id="P-9",
+            tags={"PatientBirthDate": "19990909"},
+        ),
+    )
+    client = client_for(front_desk)
+    url = f"/t/north/patients/{own_study.patient.pk}/portal/"
+
+    page = client.get(url).content.decode()
+    with django_capture_on_commit_callbacks(execute=True):
+        client.post(
+            url,
+            {
+                "email": "jane@example.org",
+                "patients": [str(own_study.patient.pk), str(twin.patient.pk)],
+            },
+        )
+    patient = accept_as_new_patient(INVITE_LINK.search(mail.outbox[-1].body)[1])
+
+    assert "P-1b" in page and "P-9" not in page
+    listing = patient.get("/t/north/my/").content.decode()
+    assert f"/my/studies/{twin.pk}/" in listing and f"/my/studies/{own_study.pk}/" in listing
+    assert f"/my/studies/{namesake.pk}/" not in listing
+
+
+# --- The invitee ------------------------------------------------------------------------
+
+
+def test_invitation_creates_an_account_after_the_birth_date(
+    own_study, front_desk, django_capture_on_commit_callbacks
+):
+    token = invite(own_study, front_desk, capture=django_capture_on_commit_callbacks)
+    client = Client()
+
+    opened = client.get(f"/portal/invitation/{token}")
+    challenge = client.get("/portal/invitation/")
+    wrong = client.post("/portal/invitation/", {"birth_date": "1980-05-05"})
+    right = client.post("/portal/invitation/", {"birth_date": BIRTH_DATE})
+    form = client.get("/portal/invitation/")
+    weak = client.post(
+        "/portal/invitation/", {"password": "password", "password_again": "password"}
+    )
+    created_by_weak = User.objects.filter(email="jane@example.org").exists()
+    created = client.post(
+        "/portal/invitation/", {"password": NEW_PASSWORD, "password_again": NEW_PASSWORD}
+    )
+
+    assert opened.status_code == 303 and opened["Location"] == "/portal/invitation/"
+    assert opened["Referrer-Policy"] == "no-referrer"
+    assert b"date of birth" in challenge.content
+    assert wrong.status_code == 400 and b"does not match" in wrong.content
+    assert right.status_code == 303
+    assert b"Create your account" in form.content and b"jane@example.org" in form.content
+    assert weak.status_code == 400 and not created_by_weak
+    assert created.status_code == 302 and created["Location"] == "/t/north/my/"
+    user = User.objects.get(email="jane@example.org")
+    assert user.check_password(NEW_PASSWORD)
+    membership = Membership.objects.for_tenant(own_study.tenant).get(user=user)
+    assert membership.role_codes == {"patient"}
+    assert (
+        PatientLink.objects.for_tenant(own_study.tenant)
+        .filter(user=user, patient=own_study.patient, revoked_at=None)
+        .exists()
+    )
+    listing = client.get("/t/north/my/")
+    assert listing.status_code == 200 and b"Synthetic CT" in listing.content
+    # The token works once.
+    again = Client().get(f"/portal/invitation/{token}")
+    assert again.status_code == 410
+
+
+def test_five_wrong_birth_dates_lock_the_invitation(
+    own_study, front_desk, django_capture_on_commit_callbacks
+):
+    token = invite(own_study, front_desk, capture=django_capture_on_commit_callbacks)
+    client = Client()
+    client.get(f"/portal/invitation/{token}")
+
+    statuses = [
+        client.post("/portal/invitation/", {"birth_date": f"1980-01-0{day}"}).status_code
+        for day in range(1, 6)
+    ]
+    after = Client()
+    after_open = after.get(f"/portal/invitation/{token}")
+
+    assert statuses == [400, 400, 400, 400, 403]
+    assert after_open.status_code == 403 and b"locked" in after_open.content
+    invitation = PatientInvitation.objects.for_tenant(own_study.tenant).get()
+    assert invitation.locked_at is not None
+    assert not User.objects.filter(email="jane@example.org").exists()
+    events = AuditEvent.objects.for_tenant(own_study.tenant)
+    assert events.filter(action=Action.PATIENT_INVITATION_FAILED).count() == 5
+    assert events.filter(action=Action.PATIENT_INVITATION_LOCKED).count() == 1
+
+
+def test_unknown_withdrawn_and_expired_invitations(
+    own_study, front_desk, client_for, django_capture_on_commit_callbacks
+):
+    withdrawn = invite(own_study, front_desk, capture=django_capture_on_commit_callbacks)
+    invitation = PatientInvitation.objects.for_tenant(own_study.tenant).get()
+    response = client_for(front_desk).post(
+        f"/t/north/patients/{own_study.patient.pk}/portal/invitations/{invitation.pk}/withdraw/"
+    )
+    assert response.status_code == 302
+    expired = invite(
+        own_study, front_desk, email="j2@example.org", capture=django_capture_on_commit_callbacks
+    )
+    PatientInvitation.objects.for_tenant(own_study.tenant).filter(email="j2@example.org").update(
+        created_at=timezone.now() - dt.timedelta(days=20),
+        expires_at=timezone.now() - dt.timedelta(days=1),
+    )
+
+    unknown = Client().get("/portal/invitation/" + "A" * 43)
+    gone = Client().get(f"/portal/invitation/{withdrawn}")
+    late = Client().get(f"/portal/invitation/{expired}")
+
+    assert unknown.status_code == 404 and gone.status_code == 404
+    assert gone.content.replace(b"\n", b"") == unknown.content.replace(b"\n", b"")
+    assert late.status_code == 410 and b"expired" in late.content
+
+
+def test_invitation_lookups_are_rate_limited(client, db):
+    statuses = [client.get("/portal/invitation/" + "B" * 43).status_code for _ in range(25)]
+
+    assert statuses[:20] == [404] * 20 and statuses[-1] == 429
+
+
+def test_existing_account_signs_in_and_sees_both_clinics(
+    own_study, front_desk, patient_client, django_capture_on_commit_callbacks
+):
+    south = make_clinic("south", "South Radiology")
+    south_desk = make_member(south, "front_desk", email="desk@south.example")
+    south_study = ingest_study(
+        south,
+        synthetic_ct(
+            slices=1, size=16, patient_name="Doe^Jane", tags={"StudyDescription": "Knee MR"}
+        ),
+    )
+    token = invite(south_study, south_desk, capture=django_capture_on_commit_callbacks)
+    user = User.objects.get(email="jane@example.org")
+    visitor = Client()
+
+    visitor.get(f"/portal/invitation/{token}")
+    visitor.post("/portal/invitation/", {"birth_date": BIRTH_DATE})
+    asks = visitor.get("/portal/invitation/")
+    visitor.force_login(user)
+    accept_page = visitor.get("/portal/invitation/")
+    accepted = visitor.post("/portal/invitation/")
+    listing = visitor.get("/t/south/my/").content.decode()
+
+    assert b"Sign in to accept" in asks.content
+    assert b"Accept invitation" in accept_page.content
+    assert accepted.status_code == 302
+    assert "North" in listing and "South Radiology" in listing
+    assert "Synthetic CT" in listing and "Knee MR" in listing
+    assert f"/t/north/my/studies/{own_study.pk}/" in listing
+    assert f"/t/south/my/studies/{south_study.pk}/" in listing
+
+
+def test_someone_else_signed_in_cannot_accept(
+    own_study, front_desk, radiologist, client_for, django_capture_on_commit_callbacks
+):
+    token = invite(own_study, front_desk, capture=django_capture_on_commit_callbacks)
+    client = client_for(radiologist)
+    client.get(f"/portal/invitation/{token}")
+    client.post("/portal/invitation/", {"birth_date": BIRTH_DATE})
+
+    response = client.post("/portal/invitation/")
+
+    assert response.status_code == 400 and b"another email address" in response.content
+    assert not PatientLink.objects.for_tenant(own_study.tenant).exists()
+    assert PatientInvitation.objects.for_tenant(own_study.tenant).get().accepted_at is None
+
+
+# --- The patient's own studies ----------------------------------------------------------
+
+
+def test_patient_asking_for_another_patients_study_of_the_same_clinic_gets_404(
+    own_study, neighbour_study, patient_client
+):
+    def urls(study):
+        series = study.series.first()
+        instance = series.instances.first()
+        root = f"/t/north/dicomweb/studies/{study.study_uid}"
+        return [
+            f"/t/north/my/studies/{study.pk}/",
+            f"/t/north/my/studies/{study.pk}/viewer/",
+            f"/t/north/my/studies/{study.pk}/download/",
+            f"/t/north/my/studies/{study.pk}/share/",
+            f"/t/north/studies/{study.pk}/",
+            f"{root}/metadata",
+            f"{root}/series/{series.series_uid}/instances/{instance.sop_instance_uid}/frames/1",
+        ]
+
+    own = [patient_client.get(url).status_code for url in urls(own_study)]
+    other = [patient_client.get(url).status_code for url in urls(neighbour_study)]
+    missing = patient_client.get("/t/north/my/studies/00000000-0000-0000-0000-000000000000/")
+    search = patient_client.get("/t/north/dicomweb/studies", HTTP_ACCEPT="application/dicom+json")
+
+    assert own[:4] == [200, 200, 200, 200] and own[5:] == [200, 200]
+    assert own[4] == 404  # staff pages stay staff pages
+    assert other == [404] * 7
+    assert missing.status_code == 404
+    assert other_page_matches_missing(patient_client, neighbour_study)
+    assert [s["0020000D"]["Value"][0] for s in search.json()] == [own_study.study_uid]
+
+
+def other_page_matches_missing(client: Client, study) -> bool:
+    theirs = client.get(f"/t/north/my/studies/{study.pk}/")
+    missing = client.get("/t/north/my/studies/00000000-0000-0000-0000-000000000000/")
+    return page_body(theirs) == page_body(missing)
+
+
+def test_patient_downloads_their_study_as_dicom(own_study, patient_client):
+    response = patient_client.get(f"/t/north/my/studies/{own_study.pk}/download/")
+
+    assert response.status_code == 200
+    archive = zipfile.ZipFile(io.BytesIO(b"".join(response.streaming_content)))
+    assert len([n for n in archive.namelist() if n.endswith(".dcm")]) == 3
+    assert (
+        AuditEvent.objects.for_tenant(own_study.tenant)
+        .filter(
+            action=Action.STUDY_DOWNLOADED,
+            target_id=str(own_study.pk),
+            detail__via="patient_portal",
+        )
+        .exists()
+    )
+
+
+def test_access_history_shows_role_and_organisation_not_names(
+    own_study, radiologist, client_for, patient_client
+):
+    client_for(radiologist).get(f"/t/north/studies/{own_study.pk}/")
+    patient_client.get(f"/t/north/my/studies/{own_study.pk}/")
+
+    page = patient_client.get(f"/t/north/my/studies/{own_study.pk}/").content.decode()
+    history = page[page.index('id="history"') :]
+
+    assert "Radiologist" in history and "North" in history
+    assert "Study details viewed" in history
+    assert radiologist.email not in page
+    assert "You" in history  # the patient's own opening
+
+
+def test_patient_shares_with_a_pin_and_revokes(own_study, patient_client):
+    url = f"/t/north/my/studies/{own_study.pk}/share/"
+    base = {"expires_days": 7, "max_uses": "", "recipient_email": "", "message": ""}
+
+    no_challenge = patient_client.post(url, {**base, "challenge": "none"})
+    no_pin = patient_client.post(url, {**base, "challenge": "pin", "pin": ""})
+    created = patient_client.post(url, {**base, "challenge": "pin", "pin": "2468"})
+
+    assert no_challenge.status_code == 400 and no_pin.status_code == 400
+    assert created.status_code == 200
+    share = ShareLink.objects.for_tenant(own_study.tenant).get()
+    assert share.created_by.email == "jane@example.org" and not share.deidentify
+    token = re.search(rb"/s/([A-Za-z0-9_-]{43})", created.content)[1].decode()
+    recipient = Client()
+    recipient.get(f"/s/{token}")
+    assert recipient.post("/s/", {"answer": "2468"}).status_code == 303
+    assert recipient.get("/s/").status_code == 200
+    study_page = patient_client.get(f"/t/north/my/studies/{own_study.pk}/").content.decode()
+    assert f"/t/north/shares/{share.pk}/" in study_page
+
+    revoked = patient_client.post(f"/t/north/shares/{share.pk}/revoke/")
+
+    assert revoked.status_code == 302
+    assert recipient.get("/s/").status_code == 404
+
+
+def test_patient_cannot_manage_someone_elses_link(own_study, radiologist, patient_client):
+    from sharing.services import share_create
+
+    share, _ = share_create(
+        study=own_study, actor=TEST_ACTOR, now=timezone.now(), created_by=radiologist, pin="1234"
+    )
+
+    assert patient_client.get(f"/t/north/shares/{share.pk}/").status_code == 404
+    assert patient_client.post(f"/t/north/shares/{share.pk}/revoke/").status_code == 404
+
+
+def test_front_desk_ends_portal_access(own_study, front_desk, client_for, patient_client):
+    link = PatientLink.objects.for_tenant(own_study.tenant).get()
+
+    response = client_for(front_desk).post(
+        f"/t/north/patients/{own_study.patient.pk}/portal/accounts/{link.pk}/end/"
+    )
+
+    assert response.status_code == 302
+    after = patient_client.get(f"/t/north/my/studies/{own_study.pk}/")
+    assert after.status_code == 302 and after["Location"].startswith("/accounts/login/")
+    membership = Membership.objects.for_tenant(own_study.tenant).get(user=link.user)
+    assert not membership.is_active
+    assert (
+        AuditEvent.objects.for_tenant(own_study.tenant)
+        .filter(action=Action.PATIENT_UNLINKED)
+        .exists()
+    )
+
+
+def test_clinic_policy_can_require_a_second_factor_for_patients(
+    clinic, own_study, front_desk, django_capture_on_commit_callbacks
+):
+    from tenants.models import Role
+
+    clinic.mfa_required_roles.add(Role.objects.get(code="patient"))
+    token = invite(own_study, front_desk, capture=django_capture_on_commit_callbacks)
+    client = accept_as_new_patient(token)
+
+    response = client.get("/t/north/my/")
+
+    assert response.status_code == 302 and "/accounts/enrol/" in response["Location"]
+
+
+def test_staff_member_who_is_also_a_patient_sees_only_own_studies_in_the_portal(
+    own_study, neighbour_study, front_desk, django_capture_on_commit_callbacks
+):
+    technologist = make_member(own_study.tenant, "technologist", email="jane@example.org")
+    token = invite(own_study, front_desk, capture=django_capture_on_commit_callbacks)
+    client = verified_client(technologist)
+    client.get(f"/portal/invitation/{token}")
+    client.post("/portal/invitation/", {"birth_date": BIRTH_DATE})
+    client.post("/portal/invitation/")
+
+    listing = client.get("/t/north/my/").content.decode()
+
+    assert f"/my/studies/{own_study.pk}/" in listing
+    assert f"/my/studies/{neighbour_study.pk}/" not in listing
+    assert client.get(f"/t/north/my/studies/{neighbour_study.pk}/").status_code == 404
+    assert technologist.check_password(PASSWORD)
+    assert Membership.objects.for_tenant(own_study.tenant).get(user=technologist).role_codes == {
+        "technologist",
+        "patient",
+    }
