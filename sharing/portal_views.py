@@ -7,12 +7,10 @@ clinic or another, is the same 404 as a missing one. Every read is audited.
 
 from __future__ import annotations
 
-import datetime as dt
 import uuid
 
-from django.contrib import messages
 from django.db import transaction
-from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.urls import reverse
 from django.utils import timezone
@@ -21,10 +19,10 @@ from django.views.decorators.http import require_http_methods
 import audit
 from audit.actors import Actor
 from audit.models import Action
-from imaging.archive import study_zip, zip_response
 from imaging.models import Study
-from imaging.selectors import instances_for_download, series_for_study
+from imaging.selectors import series_for_study
 from imaging.viewing import viewer_session_open
+from imaging.views.study import study_download_response
 from imaging.views.viewer import viewer_context
 from sharing.forms import PatientShareForm
 from sharing.selectors import (
@@ -33,7 +31,7 @@ from sharing.selectors import (
     share_list,
     study_access_history,
 )
-from sharing.services import ShareInvalid, share_create
+from sharing.views import share_form_page
 from tenants.access import require_perm
 from tenants.mfa import require_step_up_if_enrolled
 from tenants.roles import Perm
@@ -120,21 +118,9 @@ def my_download(request: HttpRequest, study_id: uuid.UUID) -> HttpResponse:
 
 @require_step_up_if_enrolled
 def _my_download(request: HttpRequest, study: Study) -> HttpResponse:
-    instances = instances_for_download(study=study)
-    if not instances:
-        messages.error(request, "This study has no images to download yet.")
-        return HttpResponseRedirect(my_study_url(study))
-    actor = Actor.from_request(request)
-    archive = study_zip(study=study, instances=instances, actor=actor)
-    with transaction.atomic():
-        audit.record(
-            actor=actor,
-            action=Action.STUDY_DOWNLOADED,
-            target=study,
-            tenant=request.tenant,  # type: ignore[attr-defined]
-            detail={"via": "patient_portal", "instances": len(instances), "bytes": len(archive)},
-        )
-    return zip_response(archive, study=study)
+    return study_download_response(
+        request, study, back_url=my_study_url(study), via="patient_portal"
+    )
 
 
 @require_perm(Perm.OWN_STUDIES)
@@ -145,53 +131,6 @@ def my_share_new(request: HttpRequest, study_id: uuid.UUID) -> HttpResponse:
 
 @require_step_up_if_enrolled
 def _my_share_new(request: HttpRequest, study: Study) -> HttpResponse:
-    tenant = request.tenant  # type: ignore[attr-defined]
-    series = [s for s in series_for_study(study=study) if s.num_instances]
-    choices = [
-        (str(s.pk), f"Series {s.series_number or '?'} · {s.modality} · {s.description}")
-        for s in series
-    ]
-    form = PatientShareForm(
-        request.POST or None,
-        series=choices,
-        max_days=tenant.share_link_max_days,
-        initial={"expires_days": tenant.share_link_default_days, "challenge": "pin"},
-    )
-    if request.method == "POST" and form.is_valid():
-        data = form.cleaned_data
-        now = timezone.now()
-        try:
-            share, token = share_create(
-                study=study,
-                actor=Actor.from_request(request),
-                now=now,
-                created_by=request.user,  # type: ignore[arg-type]
-                series=[s for s in series if str(s.pk) in data["series"]],
-                expires_at=now + dt.timedelta(days=data["expires_days"]),
-                challenge=data["challenge"],
-                pin=data["pin"] or None,
-                max_uses=data["max_uses"],
-                allow_download=data["allow_download"],
-                recipient_email=data["recipient_email"],
-                message=data["message"],
-                notify_on_first_open=data["notify_on_first_open"],
-            )
-        except ShareInvalid as exc:
-            form.add_error(None, str(exc))
-        else:
-            return render(
-                request,
-                "sharing/created.html",
-                {
-                    "share": share,
-                    "url": request.build_absolute_uri(f"/s/{token}"),
-                    "back_url": my_study_url(study),
-                },
-            )
-    status = 400 if request.method == "POST" else 200
-    return render(
-        request,
-        "sharing/new.html",
-        {"study": study, "form": form, "back_url": my_study_url(study), "patient": True},
-        status=status,
+    return share_form_page(
+        request, study, form_class=PatientShareForm, back_url=my_study_url(study)
     )

@@ -67,13 +67,20 @@ def share_new(request: HttpRequest, study_id: uuid.UUID) -> HttpResponse:
 
 @require_step_up
 def _share_new(request: HttpRequest, study) -> HttpResponse:
+    return share_form_page(request, study, form_class=ShareForm)
+
+
+def share_form_page(
+    request: HttpRequest, study, *, form_class: type[ShareForm], back_url: str = ""
+) -> HttpResponse:
+    """The create-a-link form and its result, for staff and for patients (their own form)."""
     tenant = request.tenant
-    series = list(series_for_study(study=study))
+    series = [s for s in series_for_study(study=study) if s.num_instances]
     choices = [
         (str(s.pk), f"Series {s.series_number or '?'} · {s.modality} · {s.description}")
         for s in series
     ]
-    form = ShareForm(
+    form = form_class(
         request.POST or None,
         series=choices,
         max_days=tenant.share_link_max_days,
@@ -94,7 +101,7 @@ def _share_new(request: HttpRequest, study) -> HttpResponse:
                 pin=data["pin"] or None,
                 max_uses=data["max_uses"],
                 allow_download=data["allow_download"],
-                deidentify=data["deidentify"],
+                deidentify=data.get("deidentify", False),
                 recipient_email=data["recipient_email"],
                 message=data["message"],
                 notify_on_first_open=data["notify_on_first_open"],
@@ -106,10 +113,19 @@ def _share_new(request: HttpRequest, study) -> HttpResponse:
             return render(
                 request,
                 "sharing/created.html",
-                {"share": share, "url": request.build_absolute_uri(f"/s/{token}")},
+                {
+                    "share": share,
+                    "url": request.build_absolute_uri(f"/s/{token}"),
+                    "back_url": back_url,
+                },
             )
     status = 400 if request.method == "POST" else 200
-    return render(request, "sharing/new.html", {"study": study, "form": form}, status=status)
+    return render(
+        request,
+        "sharing/new.html",
+        {"study": study, "form": form, "back_url": back_url},
+        status=status,
+    )
 
 
 def _actor(request: HttpRequest) -> Actor:

@@ -130,19 +130,27 @@ def study_download(request: HttpRequest, study_id: uuid.UUID) -> HttpResponse:
 
 @require_step_up
 def _download(request: HttpRequest, study: Study) -> HttpResponse:
+    return study_download_response(request, study, back_url=study_url(study))
+
+
+def study_download_response(
+    request: HttpRequest, study: Study, *, back_url: str, via: str = ""
+) -> HttpResponse:
+    """The whole study as a zip for a signed-in member, audited; staff and patients alike."""
     instances = instances_for_download(study=study)
     if not instances:
         messages.error(request, "This study has no images to download yet.")
-        return HttpResponseRedirect(study_url(study))
+        return HttpResponseRedirect(back_url)
     actor = Actor.from_request(request)
     archive = study_zip(study=study, instances=instances, actor=actor)
+    detail = {"instances": len(instances), "bytes": len(archive)}
     with transaction.atomic():
         audit.record(
             actor=actor,
             action=Action.STUDY_DOWNLOADED,
             target=study,
             tenant=request.tenant,
-            detail={"instances": len(instances), "bytes": len(archive)},
+            detail={**detail, "via": via} if via else detail,
         )
     return zip_response(archive, study=study)
 

@@ -498,3 +498,35 @@ def test_staff_member_who_is_also_a_patient_sees_only_own_studies_in_the_portal(
         "technologist",
         "patient",
     }
+
+
+def test_invitation_email_goes_out_once_even_if_the_task_runs_again(
+    own_study, front_desk, django_capture_on_commit_callbacks
+):
+    from sharing.tasks import patient_invitation_send
+
+    invite(own_study, front_desk, capture=django_capture_on_commit_callbacks)
+    invitation = PatientInvitation.objects.for_tenant(own_study.tenant).get()
+
+    again = patient_invitation_send(invitation_id=str(invitation.pk))
+
+    assert again is False and len(mail.outbox) == 1
+
+
+def test_withdrawn_invitation_is_never_emailed(own_study, front_desk):
+    from sharing.invitations import invitation_revoke
+    from sharing.tasks import patient_invitation_send
+
+    invitation = patient_invite(
+        tenant=own_study.tenant,
+        patients=[own_study.patient],
+        email="jane@example.org",
+        invited_by=front_desk,
+        actor=TEST_ACTOR,
+        now=timezone.now(),
+    )  # the on-commit email has not run: the test's transaction is still open
+    invitation_revoke(invitation=invitation, actor=TEST_ACTOR, now=timezone.now())
+
+    sent = patient_invitation_send(invitation_id=str(invitation.pk))
+
+    assert sent is False and mail.outbox == []
