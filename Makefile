@@ -47,8 +47,10 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 
 bench: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
 	$(PY) bench/ingest_bench.py
-	$(PY) bench/stow_memory.py
+	BENCH_STOW_MB=1024 $(PY) bench/stow_memory.py
+	$(PY) bench/orthanc_compare.py
 	$(PY) bench/viewer_bench.py
 
 clean:

@@ -35,6 +35,25 @@ def related_stream(
     return boundary, body()
 
 
+class BodyTooLarge(MultipartError):
+    """A body without a Content-Length grew past the server's limit while being read."""
+
+
+def limited_reader(read: Callable[[int], bytes], *, limit: int) -> Callable[[int], bytes]:
+    """`read`, refusing to go past `limit` bytes in total (for chunked bodies)."""
+    seen = 0
+
+    def bounded(size: int) -> bytes:
+        nonlocal seen
+        data = read(size)
+        seen += len(data)
+        if seen > limit:
+            raise BodyTooLarge("The request is larger than this server accepts.")
+        return data
+
+    return bounded
+
+
 class PartTooLarge(Exception):
     """A part exceeded the per-part limit; its bytes were discarded."""
 

@@ -20,10 +20,12 @@ from imaging.dicom import deidentified_bytes, deidentify
 from imaging.dicomweb.auth import DicomwebClient, dicomweb_error
 from imaging.dicomweb.dicomjson import instance_json, series_json, study_json
 from imaging.dicomweb.multipart import (
+    BodyTooLarge,
     MultipartError,
     PartTooLarge,
     content_type_parameters,
     iter_related_parts,
+    limited_reader,
     related_stream,
 )
 from imaging.dicomweb.query import QueryError, parse_query
@@ -536,11 +538,20 @@ def store(request: HttpRequest, study: str | None = None) -> HttpResponse:
         return dicomweb_error(400, "Content-Length is not a number.")
     if declared > settings.STOW_MAX_REQUEST_BYTES:
         return dicomweb_error(413, "The request is larger than this server accepts.")
+    read = request.read
+    if not declared and "chunked" in request.headers.get("Transfer-Encoding", "").lower():
+        # dicomweb-client and others stream large uploads chunked. Django reads only
+        # Content-Length bytes, so read the server's de-chunked input directly, bounded.
+        if not request.META.get("wsgi.input_terminated"):
+            return dicomweb_error(411, "Send a Content-Length with the request.")
+        read = limited_reader(
+            request.META["wsgi.input"].read, limit=settings.STOW_MAX_REQUEST_BYTES
+        )
     base = _base_url(request)
     referenced, failed = [], []
     actor = _actor(request)
     parts = iter_related_parts(
-        request.read, content_type, max_part_bytes=settings.INGEST_MAX_INSTANCE_BYTES
+        read, content_type, max_part_bytes=settings.INGEST_MAX_INSTANCE_BYTES
     )
     try:
         # Each part is stored as soon as it has arrived: memory holds one part at a time.
@@ -557,7 +568,7 @@ def store(request: HttpRequest, study: str | None = None) -> HttpResponse:
                 failed.append(failed_item)
     except MultipartError as exc:
         if not referenced and not failed:
-            return dicomweb_error(400, str(exc))
+            return dicomweb_error(413 if isinstance(exc, BodyTooLarge) else 400, str(exc))
         failed.append(_failure("", "", FAILURE_CANNOT_UNDERSTAND))
     body: dict[str, Any] = {}
     if study is not None:

@@ -31,10 +31,14 @@ class DjangoTestAdapter(requests.adapters.BaseAdapter):
         url = urlsplit(request.url)
         path = url.path + (f"?{url.query}" if url.query else "")
         body = request.body or b""
+        chunked = False
         if hasattr(body, "read"):
             body = body.read()
         elif not isinstance(body, (bytes, str)):
-            body = b"".join(body)
+            # A generator body goes out chunked (requests sets Transfer-Encoding), as
+            # dicomweb-client sends large STOW-RS requests; gunicorn de-chunks such a body
+            # and marks the input terminated instead of giving a Content-Length.
+            body, chunked = b"".join(body), True
         if isinstance(body, str):
             body = body.encode()
         headers = {
@@ -42,12 +46,21 @@ class DjangoTestAdapter(requests.adapters.BaseAdapter):
             for k, v in request.headers.items()
             if k.lower() not in {"content-type", "content-length", "host"}
         }
+        extra = {}
+        if chunked:
+            extra = {
+                "CONTENT_LENGTH": "",
+                "HTTP_TRANSFER_ENCODING": "chunked",
+                "wsgi.input": io.BytesIO(body),
+                "wsgi.input_terminated": True,
+            }
         answer = self.client.generic(
             request.method,
             path,
             data=body,
             content_type=request.headers.get("Content-Type", ""),
             headers=headers,
+            **extra,
         )
         content = b"".join(answer.streaming_content) if answer.streaming else answer.content
         response = requests.Response()

@@ -503,3 +503,52 @@ def test_requests_beyond_the_token_rate_limit_get_429(clinic, read_token, settin
 
     assert statuses == [204, 204, 204, 429]
     assert other.status_code == 204
+
+
+def test_stow_accepts_a_chunked_request_from_dicomweb_client(clinic):
+    """dicomweb-client streams requests over 1 MB chunked, without a Content-Length."""
+    token = token_for(clinic, "dicomweb:write", "dicomweb:read")
+    client = dicomweb(token)
+    files = synthetic_ct(slices=6, size=256)  # about 0.8 MB in all, 6 parts
+    datasets = [pydicom.dcmread(io.BytesIO(f)) for f in files]
+    client._chunk_size = 100_000  # force the streamed, chunked upload
+
+    client.store_instances(datasets)
+
+    sent = client._session.get_adapter("http://testserver").sent[-1]
+    assert sent.headers.get("Transfer-Encoding") == "chunked"
+    assert Instance.objects.for_tenant(clinic).count() == 6
+
+
+def _chunked_stow(client, body: bytes, boundary: str, *, terminated: bool):
+    return client.generic(
+        "POST",
+        "/dicomweb/studies",
+        data=body,
+        content_type=f'multipart/related; type="application/dicom"; boundary={boundary}',
+        CONTENT_LENGTH="",
+        HTTP_TRANSFER_ENCODING="chunked",
+        **{"wsgi.input": io.BytesIO(body), "wsgi.input_terminated": terminated},
+    )
+
+
+def test_chunked_stow_is_bounded_and_needs_a_server_that_ends_the_input(clinic, settings):
+    from django.test import Client
+
+    token = token_for(clinic, "dicomweb:write")
+    client = Client(HTTP_AUTHORIZATION=f"Bearer {token}")
+    part = synthetic_ct(slices=1, size=64)[0]
+    boundary = "b0undary"
+    body = (
+        f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+        + part
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+
+    unterminated = _chunked_stow(client, body, boundary, terminated=False)
+    settings.STOW_MAX_REQUEST_BYTES = len(body) // 2
+    too_large = _chunked_stow(client, body, boundary, terminated=True)
+
+    assert unterminated.status_code == 411
+    assert too_large.status_code == 413
+    assert Instance.objects.for_tenant(clinic).count() == 0
