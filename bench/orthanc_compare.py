@@ -98,8 +98,9 @@ def ensure_orthanc() -> None:
         return
     print("installing Orthanc and its DICOMweb plugin from Debian's packages")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(
-        ["apt-get", "install", "-y", "--no-install-recommends", "orthanc", "orthanc-dicomweb"],
+    apt_get = shutil.which("apt-get") or "/usr/bin/apt-get"
+    subprocess.run(  # noqa: S603 - fixed argv
+        [apt_get, "install", "-y", "--no-install-recommends", "orthanc", "orthanc-dicomweb"],
         env=env,
         check=True,
         stdout=subprocess.DEVNULL,
