@@ -27,6 +27,14 @@ CHROMIUM_ARGS = [
 ]
 
 
+# In a share recipient's open viewer: the status of its next metadata request.
+SHARE_METADATA_STATUS = """() => {
+  const v = document.getElementById("viewer").dataset;
+  return fetch(`/s/dicomweb/studies/${v.studyUid}/series/${v.series}/metadata`)
+    .then((r) => r.status);
+}"""
+
+
 def require_chromium() -> None:
     require_service(
         "Chromium",

@@ -9,6 +9,7 @@ import re
 import pytest
 from django.core import mail
 
+from tests.browser import SHARE_METADATA_STATUS as METADATA_STATUS
 from tests.browser import browser_page, require_chromium, screenshot
 from tests.helpers import make_clinic, make_member
 from tests.imaging_tests.helpers import ingest_study, synthetic_ct
@@ -16,11 +17,6 @@ from tests.imaging_tests.test_browser_viewer import sign_in
 
 PHONE = {"viewport": {"width": 390, "height": 844}, "is_mobile": True, "has_touch": True}
 NO_SIDEWAYS_SCROLL = "() => document.documentElement.scrollWidth <= window.innerWidth"
-METADATA_STATUS = """() => {
-  const v = document.getElementById("viewer").dataset;
-  return fetch(`/s/dicomweb/studies/${v.studyUid}/series/${v.series}/metadata`)
-    .then((r) => r.status);
-}"""
 
 
 @pytest.mark.django_db(transaction=True, serialized_rollback=True)

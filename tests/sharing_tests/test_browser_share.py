@@ -5,16 +5,11 @@ from __future__ import annotations
 
 import pytest
 
+from tests.browser import SHARE_METADATA_STATUS as METADATA_STATUS
 from tests.browser import browser_page, require_chromium, screenshot
 from tests.helpers import make_clinic, make_member
 from tests.imaging_tests.helpers import ingest_study, synthetic_ct
 from tests.imaging_tests.test_browser_viewer import sign_in
-
-METADATA_STATUS = """() => {
-  const v = document.getElementById("viewer").dataset;
-  return fetch(`/s/dicomweb/studies/${v.studyUid}/series/${v.series}/metadata`)
-    .then((r) => r.status);
-}"""
 
 
 @pytest.mark.django_db(transaction=True, serialized_rollback=True)
