@@ -27,8 +27,8 @@ from audit.models import Action, ActorType, Outcome
 from imaging.crypto import unwrap_key, wrap_key
 from imaging.keyring import tenant_key, tenant_key_active
 from imaging.models import Patient
-from sharing.models import PatientInvitation, PatientLink
-from sharing.services import token_digest
+from sharing.models import PatientInvitation, PatientLink, ShareLink
+from sharing.services import share_revoke, token_digest
 from tenants.models import Membership, Tenant, User
 from tenants.roles import RoleCode
 from tenants.services import membership_add, membership_update, user_create
@@ -289,7 +289,10 @@ def invitation_accept_new_account(
 
 @transaction.atomic
 def patient_link_revoke(*, link: PatientLink, actor: Actor, now: dt.datetime) -> bool:
-    """End a portal account's access to one record; the last one ends the patient role."""
+    """End a portal account's access to one record, and the share links it made for it.
+
+    The account's last record ends its patient role in the clinic.
+    """
     tenant = link.tenant
     revoked = (
         PatientLink.objects.for_tenant(tenant)
@@ -305,6 +308,12 @@ def patient_link_revoke(*, link: PatientLink, actor: Actor, now: dt.datetime) ->
         tenant=tenant,
         detail={"user": str(link.user_id)},
     )
+    # Links the account made to these studies go too: the access may have been a mistake.
+    shares = ShareLink.objects.for_tenant(tenant).filter(
+        created_by=link.user, study__patient=link.patient, revoked_at__isnull=True
+    )
+    for share in shares.select_related("study", "tenant"):
+        share_revoke(share=share, actor=actor, now=now)
     others = PatientLink.objects.for_tenant(tenant).filter(user=link.user, revoked_at__isnull=True)
     membership = Membership.objects.for_tenant(tenant).filter(user=link.user).first()
     if membership is not None and not others.exists():

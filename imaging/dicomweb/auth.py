@@ -143,11 +143,13 @@ def signed_in_member(
             )
         if not membership.has_perm(Perm.IMAGES_VIEW) and not membership.has_perm(Perm.OWN_STUDIES):
             return dicomweb_error(403, "Your role in this clinic does not include images.")
-        # A patient reads their own studies here too (the patient portal's viewer).
-        studies = Study.objects.for_tenant(tenant).filter(
-            Q(pk__in=studies_with_images(membership=membership, now=timezone.now()).values("pk"))
-            | Q(pk__in=own_studies(membership=membership).values("pk"))
-        )
+        studies = studies_with_images(membership=membership, now=timezone.now())
+        if membership.has_perm(Perm.OWN_STUDIES):
+            # A patient reads their own studies here too (the patient portal's viewer).
+            studies = Study.objects.for_tenant(tenant).filter(
+                Q(pk__in=studies.values("pk"))
+                | Q(pk__in=own_studies(membership=membership).values("pk"))
+            )
         request.dicomweb = DicomwebClient(  # type: ignore[attr-defined]
             tenant=tenant,
             actor=Actor.from_request(request),

@@ -447,6 +447,11 @@ def test_patient_cannot_manage_someone_elses_link(own_study, radiologist, patien
 
 def test_front_desk_ends_portal_access(own_study, front_desk, client_for, patient_client):
     link = PatientLink.objects.for_tenant(own_study.tenant).get()
+    patient_client.post(
+        f"/t/north/my/studies/{own_study.pk}/share/",
+        {"expires_days": 7, "challenge": "pin", "pin": "2468", "message": ""},
+    )
+    share = ShareLink.objects.for_tenant(own_study.tenant).get()
 
     response = client_for(front_desk).post(
         f"/t/north/patients/{own_study.patient.pk}/portal/accounts/{link.pk}/end/"
@@ -462,6 +467,8 @@ def test_front_desk_ends_portal_access(own_study, front_desk, client_for, patien
         .filter(action=Action.PATIENT_UNLINKED)
         .exists()
     )
+    share.refresh_from_db()
+    assert share.revoked_at is not None  # the patient's own links end with the access
 
 
 def test_clinic_policy_can_require_a_second_factor_for_patients(
