@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import io
+import json
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -74,6 +75,38 @@ class ParsedInstance:
     rows: int | None = None
     columns: int | None = None
     warnings: list[str] = field(default_factory=list)
+    # DICOM JSON of the header (no pixel data), kept encrypted for metadata requests;
+    # empty when the header cannot be expressed as JSON (then it is rebuilt on read).
+    metadata: bytes = b""
+
+
+PIXEL_DATA_TAGS = (0x7FE00008, 0x7FE00009, 0x7FE00010)
+BULK_DATA_THRESHOLD = 1 << 20
+
+
+def metadata_dict(ds: Dataset) -> dict[str, Any]:
+    """The DICOM JSON of a dataset's header, as WADO-RS metadata returns it.
+
+    Pixel data and what follows it (padding, signatures) are left out; the caller adds
+    the pixel data's BulkDataURI. Other values over 1 MB
+    get an empty BulkDataURI rather than being inlined.
+    """
+    header = Dataset()
+    for tag in sorted(ds.keys()):
+        if tag in PIXEL_DATA_TAGS:
+            break  # like reading with stop_before_pixels: nothing after the pixels either
+        header.add(ds[tag])
+    return header.to_json_dict(
+        bulk_data_threshold=BULK_DATA_THRESHOLD, bulk_data_element_handler=lambda _element: ""
+    )
+
+
+def metadata_json(ds: Dataset) -> bytes:
+    """`metadata_dict` as compact UTF-8 JSON; b"" if the header has no JSON form."""
+    try:
+        return json.dumps(metadata_dict(ds), separators=(",", ":"), ensure_ascii=False).encode()
+    except Exception:  # pydicom raises many kinds on odd values; read time will say which
+        return b""
 
 
 def valid_uid(value: Any) -> bool:
@@ -266,6 +299,7 @@ def parse_part10(data: bytes, *, max_bytes: int, max_depth: int) -> ParsedInstan
         rows=_int(ds, "Rows"),
         columns=_int(ds, "Columns"),
         warnings=messages[:5],
+        metadata=metadata_json(ds),
     )
 
 

@@ -12,13 +12,14 @@ import hashlib
 import io
 import logging
 import zipfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import partial
 from pathlib import Path
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, OperationalError, transaction
 from django.utils import timezone
 
 import audit
@@ -27,6 +28,7 @@ from audit.models import Action, Outcome
 from imaging.crypto import ObjectContext, encrypt_stream
 from imaging.dicom import DicomRejected, ParsedInstance, parse_part10
 from imaging.keyring import study_dek, study_dek_new
+from imaging.metadata import metadata_seal
 from imaging.models import Instance, Patient, Series, Study
 from imaging.storage import object_delete, object_key_new, object_write, storage_for
 from tenants.models import Tenant
@@ -49,6 +51,10 @@ class IngestResult:
     message: str = ""
     instance_id: str = ""
     study_id: str = ""
+    sop_class_uid: str = ""
+    sop_instance_uid: str = ""
+    study_uid: str = ""
+    series_uid: str = ""
 
 
 @dataclass
@@ -91,13 +97,23 @@ def _reject(
 def ingest_bytes(*, tenant: Tenant, actor: Actor, data: bytes, name: str) -> IngestResult:
     """Validate, encrypt, store and index one Part 10 file."""
     try:
-        parsed = parse_part10(
-            data,
-            max_bytes=settings.INGEST_MAX_INSTANCE_BYTES,
-            max_depth=settings.INGEST_MAX_SEQUENCE_DEPTH,
-        )
+        parsed = _parse(data)
     except DicomRejected as exc:
         return _reject(tenant=tenant, actor=actor, name=name, code=exc.code, message=exc.message)
+    return _ingest_parsed(tenant=tenant, actor=actor, name=name, parsed=parsed)
+
+
+def _parse(data: bytes) -> ParsedInstance:
+    return parse_part10(
+        data,
+        max_bytes=settings.INGEST_MAX_INSTANCE_BYTES,
+        max_depth=settings.INGEST_MAX_SEQUENCE_DEPTH,
+    )
+
+
+def _ingest_parsed(
+    *, tenant: Tenant, actor: Actor, name: str, parsed: ParsedInstance
+) -> IngestResult:
     for _attempt in range(3):
         existing = (
             Instance.objects.for_tenant(tenant)
@@ -127,6 +143,24 @@ def ingest_bytes(*, tenant: Tenant, actor: Actor, data: bytes, name: str) -> Ing
     )
 
 
+def _stored(
+    name: str,
+    parsed: ParsedInstance,
+    instance: Instance,
+    outcome: IngestOutcome = IngestOutcome.STORED,
+) -> IngestResult:
+    return IngestResult(
+        name=name,
+        outcome=outcome,
+        instance_id=str(instance.pk),
+        study_id=str(instance.study_id),
+        sop_class_uid=instance.sop_class_uid,
+        sop_instance_uid=instance.sop_instance_uid,
+        study_uid=parsed.study_uid,
+        series_uid=parsed.series_uid,
+    )
+
+
 def _is_unique_violation(exc: IntegrityError) -> bool:
     text = str(exc).lower()
     return "unique" in text or "duplicate key" in text
@@ -143,12 +177,7 @@ def _duplicate(
             tenant=tenant,
             detail={"study": str(existing.study_id)},
         )
-        return IngestResult(
-            name=name,
-            outcome=IngestOutcome.DUPLICATE,
-            instance_id=str(existing.pk),
-            study_id=str(existing.study_id),
-        )
+        return _stored(name, parsed, existing, IngestOutcome.DUPLICATE)
     return _reject(
         tenant=tenant,
         actor=actor,
@@ -161,11 +190,16 @@ def _duplicate(
     )
 
 
-def _patient(tenant: Tenant, parsed: ParsedInstance) -> Patient:
-    issuer = parsed.issuer
+def _patient_key(parsed: ParsedInstance) -> tuple[str, str]:
+    """(issuer, patient id) of the record a file belongs to."""
     if not parsed.patient_id:
         # No PatientID: never merge strangers into one record; one patient per study.
-        issuer = "no-id:" + hashlib.sha256(parsed.study_uid.encode()).hexdigest()[:40]
+        return "no-id:" + hashlib.sha256(parsed.study_uid.encode()).hexdigest()[:40], ""
+    return parsed.issuer, parsed.patient_id
+
+
+def _patient(tenant: Tenant, parsed: ParsedInstance) -> Patient:
+    issuer, _patient_id = _patient_key(parsed)
     patient, _ = Patient.objects.for_tenant(tenant).get_or_create(
         tenant=tenant,
         issuer=issuer,
@@ -234,6 +268,61 @@ def _series(tenant: Tenant, parsed: ParsedInstance, study: Study) -> tuple[Serie
     return series, True
 
 
+def _instance_row(
+    *,
+    tenant: Tenant,
+    study: Study,
+    series: Series,
+    parsed: ParsedInstance,
+    key: str,
+    dek: bytes,
+) -> Instance:
+    return Instance(
+        tenant=tenant,
+        series=series,
+        study=study,
+        sop_instance_uid=parsed.sop_instance_uid,
+        sop_class_uid=parsed.sop_class_uid,
+        transfer_syntax_uid=parsed.transfer_syntax_uid,
+        instance_number=parsed.instance_number,
+        number_of_frames=parsed.number_of_frames,
+        rows=parsed.rows,
+        columns=parsed.columns,
+        size_bytes=len(parsed.data),
+        sha256=parsed.sha256,
+        storage_key=key,
+        key_version=study.key_version,
+        original_sha256=parsed.original_sha256 if parsed.preamble != "zero" else "",
+        metadata=metadata_seal(
+            header_json=parsed.metadata, key=dek, tenant_id=tenant.pk, storage_key=key
+        ),
+    )
+
+
+def _stored_audit_entries(*, instance: Instance, parsed: ParsedInstance) -> list[audit.Entry]:
+    entries = [
+        audit.Entry(
+            action=Action.INSTANCE_STORED,
+            target=instance,
+            detail={
+                "study": str(instance.study_id),
+                "series": str(instance.series_id),
+                "bytes": len(parsed.data),
+            },
+        )
+    ]
+    if parsed.preamble != "zero":
+        entries.append(
+            audit.Entry(
+                action=Action.PREAMBLE_NEUTRALISED,
+                target=instance,
+                outcome=Outcome.DENIED,
+                detail={"preamble": parsed.preamble, "original_sha256": parsed.original_sha256},
+            )
+        )
+    return entries
+
+
 def _store(*, tenant: Tenant, actor: Actor, name: str, parsed: ParsedInstance) -> IngestResult:
     storage = storage_for(tenant)
     key = object_key_new(tenant)
@@ -249,58 +338,178 @@ def _store(*, tenant: Tenant, actor: Actor, name: str, parsed: ParsedInstance) -
                 encrypt_stream([parsed.data], key=dek, context=ObjectContext(tenant.pk, key)),
             )
             written = True
-            instance = Instance.objects.create(
-                tenant=tenant,
-                series=series,
-                study=study,
-                sop_instance_uid=parsed.sop_instance_uid,
-                sop_class_uid=parsed.sop_class_uid,
-                transfer_syntax_uid=parsed.transfer_syntax_uid,
-                instance_number=parsed.instance_number,
-                number_of_frames=parsed.number_of_frames,
-                rows=parsed.rows,
-                columns=parsed.columns,
-                size_bytes=len(parsed.data),
-                sha256=parsed.sha256,
-                storage_key=key,
-                key_version=study.key_version,
-                original_sha256=parsed.original_sha256 if parsed.preamble != "zero" else "",
+            instance = _instance_row(
+                tenant=tenant, study=study, series=series, parsed=parsed, key=key, dek=dek
             )
+            instance.save(force_insert=True)
             _update_counts(study=study, series=series, parsed=parsed, new_series=new_series)
-            audit.record(
+            audit.record_many(
                 actor=actor,
-                action=Action.INSTANCE_STORED,
-                target=instance,
                 tenant=tenant,
-                detail={
-                    "study": str(study.pk),
-                    "series": str(series.pk),
-                    "bytes": len(parsed.data),
-                },
+                entries=_stored_audit_entries(instance=instance, parsed=parsed),
             )
-            if parsed.preamble != "zero":
-                audit.record(
-                    actor=actor,
-                    action=Action.PREAMBLE_NEUTRALISED,
-                    target=instance,
-                    tenant=tenant,
-                    outcome=Outcome.DENIED,
-                    detail={"preamble": parsed.preamble, "original_sha256": parsed.original_sha256},
-                )
             if new_series:
                 transaction.on_commit(
-                    lambda: _enqueue_thumbnail(tenant_id=str(tenant.pk), series_id=str(series.pk))
+                    partial(_enqueue_thumbnail, tenant_id=str(tenant.pk), series_id=str(series.pk))
                 )
     except BaseException:
         if written:
             _delete_quietly(storage, key)
         raise
-    return IngestResult(
-        name=name,
-        outcome=IngestOutcome.STORED,
-        instance_id=str(instance.pk),
-        study_id=str(study.pk),
-    )
+    return _stored(name, parsed, instance)
+
+
+# --- Many files in one transaction (STOW-RS) -------------------------------------------
+
+
+class _OneByOne(Exception):
+    """The batch needs the one-file-at-a-time path: a duplicate, a conflict, a race."""
+
+
+def ingest_many(
+    *,
+    tenant: Tenant,
+    actor: Actor,
+    items: Sequence[tuple[str, bytes]],
+    study_uid: str | None = None,
+) -> list[IngestResult]:
+    """Ingest (name, bytes) items; the same outcomes as `ingest_bytes` on each, in order.
+
+    New instances, what a STOW-RS request usually carries, are stored in one
+    transaction: one lock per study and series, one bulk insert, one audit append.
+    A batch with anything else (a duplicate, a conflict, a concurrent writer on the same
+    rows) goes through `ingest_bytes`'s path one file at a time instead. `study_uid`,
+    when given, rejects files of any other study.
+    """
+    results: list[IngestResult | None] = [None] * len(items)
+    batch: list[tuple[int, str, ParsedInstance]] = []
+    for index, (name, data) in enumerate(items):
+        try:
+            parsed = _parse(data)
+        except DicomRejected as exc:
+            results[index] = _reject(
+                tenant=tenant, actor=actor, name=name, code=exc.code, message=exc.message
+            )
+            continue
+        if study_uid is not None and parsed.study_uid != study_uid:
+            results[index] = _reject(
+                tenant=tenant,
+                actor=actor,
+                name=name,
+                code="study_mismatch",
+                message="The file belongs to another study than the one addressed.",
+            )
+            continue
+        batch.append((index, name, parsed))
+    if batch:
+        try:
+            stored = _store_many(tenant=tenant, actor=actor, batch=batch)
+        except _OneByOne:
+            stored = [
+                (index, _ingest_parsed(tenant=tenant, actor=actor, name=name, parsed=parsed))
+                for index, name, parsed in batch
+            ]
+        for index, result in stored:
+            results[index] = result
+    return [result for result in results if result is not None]
+
+
+def _store_many(
+    *, tenant: Tenant, actor: Actor, batch: list[tuple[int, str, ParsedInstance]]
+) -> list[tuple[int, IngestResult]]:
+    uids = [parsed.sop_instance_uid for _, _, parsed in batch]
+    if (
+        len(batch) == 1
+        or len(set(uids)) != len(uids)
+        or Instance.objects.for_tenant(tenant).filter(sop_instance_uid__in=uids).exists()
+    ):
+        raise _OneByOne
+    # Rows are locked in study then series order, so two batches never wait on each other.
+    batch = sorted(batch, key=lambda item: (item[2].study_uid, item[2].series_uid))
+    storage = storage_for(tenant)
+    written: list[str] = []
+    try:
+        with transaction.atomic():
+            return _store_many_locked(
+                tenant=tenant, actor=actor, batch=batch, storage=storage, written=written
+            )
+    except (_Conflict, IntegrityError, OperationalError) as exc:
+        for key in written:
+            _delete_quietly(storage, key)
+        if isinstance(exc, IntegrityError) and not _is_unique_violation(exc):
+            raise
+        if isinstance(exc, OperationalError) and "deadlock" not in str(exc).lower():
+            raise
+        raise _OneByOne from exc
+    except BaseException:
+        for key in written:
+            _delete_quietly(storage, key)
+        raise
+
+
+def _store_many_locked(
+    *,
+    tenant: Tenant,
+    actor: Actor,
+    batch: list[tuple[int, str, ParsedInstance]],
+    storage: object,
+    written: list[str],
+) -> list[tuple[int, IngestResult]]:
+    patients: dict[tuple[str, str], Patient] = {}
+    studies: dict[str, tuple[Study, bytes]] = {}
+    series_rows: dict[str, Series] = {}
+    new_series: list[Series] = []
+    added: dict[Study, dict[Series, list[ParsedInstance]]] = {}
+    instances: list[Instance] = []
+    for _, _, parsed in batch:
+        key = _patient_key(parsed)
+        if key not in patients:
+            patients[key] = _patient(tenant, parsed)
+        if parsed.study_uid not in studies:
+            studies[parsed.study_uid] = _study(tenant, parsed, patients[key])
+        study, dek = studies[parsed.study_uid]
+        if study.patient_id != patients[key].pk:
+            raise _Conflict("patient_mismatch", "")  # the one-by-one path says which file
+        if parsed.series_uid not in series_rows:
+            series, is_new = _series(tenant, parsed, study)
+            series_rows[parsed.series_uid] = series
+            if is_new:
+                new_series.append(series)
+        series = series_rows[parsed.series_uid]
+        if series.study_id != study.pk:
+            raise _Conflict("series_mismatch", "")
+        object_key = object_key_new(tenant)
+        object_write(
+            storage,  # type: ignore[arg-type]
+            object_key,
+            encrypt_stream([parsed.data], key=dek, context=ObjectContext(tenant.pk, object_key)),
+        )
+        written.append(object_key)
+        instances.append(
+            _instance_row(
+                tenant=tenant, study=study, series=series, parsed=parsed, key=object_key, dek=dek
+            )
+        )
+        added.setdefault(study, {}).setdefault(series, []).append(parsed)
+    Instance.objects.bulk_create(instances)
+    for study, by_series in added.items():
+        _add_counts(
+            study=study,
+            added=by_series,
+            new_series=sum(1 for series in by_series if series in new_series),
+        )
+    entries = []
+    for instance, (_, _, parsed) in zip(instances, batch, strict=True):
+        entries.extend(_stored_audit_entries(instance=instance, parsed=parsed))
+    audit.record_many(actor=actor, tenant=tenant, entries=entries)
+    for series in new_series:
+        transaction.on_commit(
+            partial(_enqueue_thumbnail, tenant_id=str(tenant.pk), series_id=str(series.pk))
+        )
+    return [
+        (index, _stored(name, parsed, instance))
+        for instance, (index, name, parsed) in zip(instances, batch, strict=True)
+    ]
 
 
 def _enqueue_thumbnail(*, tenant_id: str, series_id: str) -> None:
@@ -323,14 +532,21 @@ def _delete_quietly(storage: object, key: str) -> None:
 def _update_counts(
     *, study: Study, series: Series, parsed: ParsedInstance, new_series: bool
 ) -> None:
-    series.num_instances += 1
-    series.save(update_fields=["num_instances"])
+    _add_counts(study=study, added={series: [parsed]}, new_series=1 if new_series else 0)
+
+
+def _add_counts(
+    *, study: Study, added: dict[Series, list[ParsedInstance]], new_series: int
+) -> None:
+    """Add instances stored under `study` to its counters and its series' counters."""
     modalities = set(filter(None, study.modalities.split("\\")))
-    if parsed.modality:
-        modalities.add(parsed.modality)
-    study.num_instances += 1
-    study.num_series += 1 if new_series else 0
-    study.size_bytes += len(parsed.data)
+    for series, parsed_list in added.items():
+        series.num_instances += len(parsed_list)
+        series.save(update_fields=["num_instances"])
+        modalities.update(p.modality for p in parsed_list if p.modality)
+        study.num_instances += len(parsed_list)
+        study.size_bytes += sum(len(p.data) for p in parsed_list)
+    study.num_series += new_series
     study.modalities = "\\".join(sorted(modalities))[:128]
     study.updated_at = timezone.now()
     study.save(

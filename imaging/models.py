@@ -164,6 +164,9 @@ class Instance(TenantOwnedModel):
     original_sha256 = models.CharField(
         max_length=64, blank=True, help_text="Hash as received, when the preamble was neutralised"
     )
+    # The header as DICOM JSON, AES-GCM under the study key (see imaging.metadata), so
+    # metadata requests need no object reads. Empty for rows stored before it existed.
+    metadata = models.BinaryField(default=b"", blank=True, editable=False)
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:

@@ -12,6 +12,7 @@ from audit.actors import Actor
 from audit.models import Action, Outcome
 from imaging.crypto import IntegrityError, ObjectContext, decrypt_stream, decrypt_verified
 from imaging.keyring import study_dek
+from imaging.metadata import metadata_open
 from imaging.models import Instance, Series, Study
 from imaging.selectors import STUDY_DOWNLOAD_PERM, STUDY_VIEW_PERM
 from imaging.storage import object_delete, object_keys, object_open, storage_for
@@ -52,6 +53,24 @@ def instance_chunks(*, instance: Instance, actor: Actor) -> Iterator[bytes]:
 
 def instance_bytes(*, instance: Instance, actor: Actor) -> bytes:
     return b"".join(instance_chunks(instance=instance, actor=actor))
+
+
+def instance_header_json(*, instance: Instance, actor: Actor, key: bytes) -> bytes:
+    """The instance's header as DICOM JSON from its row (b"" if stored before the cache).
+
+    `key` is the study key (callers reading a series unwrap it once). Raises
+    IntegrityError (audited) if the sealed header was altered or moved between rows.
+    """
+    sealed = bytes(instance.metadata or b"")
+    if not sealed:
+        return b""
+    try:
+        return metadata_open(
+            sealed=sealed, key=key, tenant_id=instance.tenant_id, storage_key=instance.storage_key
+        )
+    except IntegrityError as exc:
+        _integrity_failed(instance=instance, actor=actor, reason=f"metadata: {exc}")
+        raise
 
 
 def thumbnail_bytes(*, series: Series, actor: Actor) -> bytes | None:

@@ -147,6 +147,9 @@ SIGNIN_LOCKOUT_SECONDS = env_int("SIGNIN_LOCKOUT_SECONDS", 15 * 60)
 BACKUP_CODE_COUNT = 10
 API_RATE_LIMIT_PER_MINUTE = env_int("API_RATE_LIMIT_PER_MINUTE", 600)
 STOW_MAX_REQUEST_BYTES = env_int("STOW_MAX_REQUEST_BYTES", 2 * 1024 * 1024 * 1024)
+# STOW-RS stores parts in batches, one transaction each: up to this many parts or bytes.
+STOW_BATCH_INSTANCES = env_int("STOW_BATCH_INSTANCES", 50)
+STOW_BATCH_BYTES = env_int("STOW_BATCH_BYTES", 32 * 1024 * 1024)
 # Passkeys (django-otp-webauthn), a second factor after the password, never passwordless.
 OTP_WEBAUTHN_ALLOW_PASSWORDLESS_LOGIN = False
 OTP_WEBAUTHN_RP_NAME = env_str("WEBAUTHN_RP_NAME", "Imaging Portal")

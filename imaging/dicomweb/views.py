@@ -16,7 +16,7 @@ import audit
 from audit.actors import Actor
 from audit.models import Action
 from imaging.crypto import IntegrityError
-from imaging.dicom import deidentified_bytes, deidentify
+from imaging.dicom import deidentified_bytes, deidentify, metadata_dict
 from imaging.dicomweb.auth import DicomwebClient, dicomweb_error
 from imaging.dicomweb.dicomjson import instance_json, series_json, study_json
 from imaging.dicomweb.multipart import (
@@ -29,10 +29,17 @@ from imaging.dicomweb.multipart import (
     related_stream,
 )
 from imaging.dicomweb.query import QueryError, parse_query
-from imaging.ingest import IngestOutcome, ingest_bytes
+from imaging.ingest import IngestOutcome, ingest_many
+from imaging.keyring import study_dek
+from imaging.metadata import metadata_item, metadata_with_pixel_uri
 from imaging.models import Instance, Series, Study
 from imaging.render import RenderError, frame_native_bytes, rendered
-from imaging.services import instance_bytes, instance_chunks, thumbnail_bytes
+from imaging.services import (
+    instance_bytes,
+    instance_chunks,
+    instance_header_json,
+    thumbnail_bytes,
+)
 from imaging.viewing import pixel_read_audit
 
 DICOM_JSON = "application/dicom+json"
@@ -125,8 +132,10 @@ def _instances(request: HttpRequest) -> QuerySet[Instance]:
         instances = instances.filter(study__in=client.studies.values("pk"))
     if client.series is not None:
         instances = instances.filter(series__in=client.series.values("pk"))
-    return instances.select_related("tenant", "study", "study__patient", "series").order_by(
-        "series__series_uid", "instance_number", "sop_instance_uid"
+    return (
+        instances.select_related("tenant", "study", "study__patient", "series")
+        .defer("metadata")  # only metadata requests read the sealed headers
+        .order_by("series__series_uid", "instance_number", "sop_instance_uid")
     )
 
 
@@ -290,33 +299,39 @@ def retrieve_instance(request: HttpRequest, study: str, series: str, instance: s
 
 
 def _metadata(request: HttpRequest, instances: QuerySet[Instance]) -> HttpResponse:
-    rows = list(instances)
+    rows = list(instances.defer(None))  # with the sealed headers
     if not rows:
         return dicomweb_error(404, "Not found.")
     actor = _actor(request)
     pseudonym = _client(request).pseudonym
     base = _base_url(request)
-    result = []
+    keys: dict[Any, bytes] = {}
+    items = []
     try:
         for row in rows:
+            retrieve = (
+                f"{base}/studies/{row.study.study_uid}/series/{row.series.series_uid}"
+                f"/instances/{row.sop_instance_uid}"
+            )
+            header = b""
+            if pseudonym is None:
+                if row.study_id not in keys:
+                    keys[row.study_id] = study_dek(study=row.study)
+                header = instance_header_json(instance=row, actor=actor, key=keys[row.study_id])
+            if header:
+                items.append(metadata_with_pixel_uri(header, retrieve_uri=retrieve))
+                continue
+            # De-identified clients, and rows stored before headers were kept: parse.
             ds = pydicom.dcmread(
                 io.BytesIO(instance_bytes(instance=row, actor=actor)), stop_before_pixels=True
             )
             if pseudonym is not None:
                 deidentify(ds, pseudonym=pseudonym)
-            item = ds.to_json_dict(
-                bulk_data_threshold=1 << 20, bulk_data_element_handler=lambda e: ""
-            )
-            retrieve = (
-                f"{base}/studies/{row.study.study_uid}/series/{row.series.series_uid}"
-                f"/instances/{row.sop_instance_uid}"
-            )
-            item["7FE00010"] = {"vr": "OB", "BulkDataURI": retrieve}
-            result.append(item)
+            items.append(metadata_item(metadata_dict(ds), retrieve_uri=retrieve))
     except IntegrityError:
         return dicomweb_error(500, "A stored object failed its integrity check; it was not served.")
     _audit_read(request, [r.series for r in rows], {"metadata": len(rows)})
-    return _json(result)
+    return HttpResponse(b"[" + b",".join(items) + b"]", content_type=DICOM_JSON)
 
 
 @require_http_methods(["GET"])
@@ -486,41 +501,40 @@ def _failure(sop_class: str, sop_instance: str, reason: int) -> dict[str, Any]:
     return {**_sop_ref(sop_class, sop_instance), "00081197": {"vr": "US", "Value": [reason]}}
 
 
-def _store_part(
-    request: HttpRequest,
-    *,
-    actor: Actor,
-    base: str,
-    study: str | None,
-    part_type: str,
-    payload: bytes,
-) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-    sop_class, sop_instance, study_uid = _uids(payload)
-    if part_type != "application/dicom":
-        return None, _failure(sop_class, sop_instance, FAILURE_CANNOT_UNDERSTAND)
-    if study is not None and study_uid and study_uid != study:
-        return None, _failure(sop_class, sop_instance, FAILURE_STUDY_MISMATCH)
-    result = ingest_bytes(tenant=_client(request).tenant, actor=actor, data=payload, name="stow")
-    if result.outcome == IngestOutcome.REJECTED:
-        reason = {"conflict": FAILURE_DUPLICATE_CONFLICT, "busy": FAILURE_PROCESSING}.get(
-            result.code, FAILURE_CANNOT_UNDERSTAND
-        )
-        return None, _failure(sop_class, sop_instance, reason)
-    stored = (
-        Instance.objects.for_tenant(_client(request).tenant)
-        .select_related("study", "series")
-        .get(pk=result.instance_id)
+def _store_batch(
+    request: HttpRequest, *, base: str, study: str | None, payloads: list[bytes]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Store received parts together; their referenced and failed SOP items."""
+    results = ingest_many(
+        tenant=_client(request).tenant,
+        actor=_actor(request),
+        items=[("stow", payload) for payload in payloads],
+        study_uid=study,
     )
-    return {
-        **_sop_ref(stored.sop_class_uid, stored.sop_instance_uid),
-        "00081190": {
-            "vr": "UR",
-            "Value": [
-                f"{base}/studies/{stored.study.study_uid}/series/{stored.series.series_uid}"
-                f"/instances/{stored.sop_instance_uid}"
-            ],
-        },
-    }, None
+    referenced, failed = [], []
+    for result, payload in zip(results, payloads, strict=True):
+        if result.outcome == IngestOutcome.REJECTED:
+            reason = {
+                "conflict": FAILURE_DUPLICATE_CONFLICT,
+                "busy": FAILURE_PROCESSING,
+                "study_mismatch": FAILURE_STUDY_MISMATCH,
+            }.get(result.code, FAILURE_CANNOT_UNDERSTAND)
+            sop_class, sop_instance, _ = _uids(payload)
+            failed.append(_failure(sop_class, sop_instance, reason))
+            continue
+        referenced.append(
+            {
+                **_sop_ref(result.sop_class_uid, result.sop_instance_uid),
+                "00081190": {
+                    "vr": "UR",
+                    "Value": [
+                        f"{base}/studies/{result.study_uid}/series/{result.series_uid}"
+                        f"/instances/{result.sop_instance_uid}"
+                    ],
+                },
+            }
+        )
+    return referenced, failed
 
 
 def store(request: HttpRequest, study: str | None = None) -> HttpResponse:
@@ -548,25 +562,39 @@ def store(request: HttpRequest, study: str | None = None) -> HttpResponse:
             request.META["wsgi.input"].read, limit=settings.STOW_MAX_REQUEST_BYTES
         )
     base = _base_url(request)
-    referenced, failed = [], []
-    actor = _actor(request)
+    referenced: list[dict[str, Any]] = []
+    failed: list[dict[str, Any]] = []
+    pending: list[bytes] = []
+
+    def flush() -> None:
+        if pending:
+            stored, refused = _store_batch(request, base=base, study=study, payloads=pending)
+            referenced.extend(stored)
+            failed.extend(refused)
+            pending.clear()
+
     parts = iter_related_parts(
         read, content_type, max_part_bytes=settings.INGEST_MAX_INSTANCE_BYTES
     )
     try:
-        # Each part is stored as soon as it has arrived: memory holds one part at a time.
+        # Parts are stored in batches of a few as they arrive (one transaction each), so
+        # memory holds at most one batch and a large request is not one huge transaction.
         for part_type, payload in parts:
             if isinstance(payload, PartTooLarge):
                 failed.append(_failure("", "", FAILURE_PROCESSING))
-                continue
-            referenced_item, failed_item = _store_part(
-                request, actor=actor, base=base, study=study, part_type=part_type, payload=payload
-            )
-            if referenced_item:
-                referenced.append(referenced_item)
-            if failed_item:
-                failed.append(failed_item)
+            elif part_type != "application/dicom":
+                sop_class, sop_instance, _ = _uids(payload)
+                failed.append(_failure(sop_class, sop_instance, FAILURE_CANNOT_UNDERSTAND))
+            else:
+                pending.append(payload)
+                if (
+                    len(pending) >= settings.STOW_BATCH_INSTANCES
+                    or sum(map(len, pending)) >= settings.STOW_BATCH_BYTES
+                ):
+                    flush()
+        flush()
     except MultipartError as exc:
+        flush()  # what arrived whole before the error is kept, as the response says
         if not referenced and not failed:
             return dicomweb_error(413 if isinstance(exc, BodyTooLarge) else 400, str(exc))
         failed.append(_failure("", "", FAILURE_CANNOT_UNDERSTAND))

@@ -1,0 +1,170 @@
+"""Storing many files in one transaction (STOW-RS batches): same outcomes, all or nothing."""
+
+from __future__ import annotations
+
+import io
+import threading
+
+import pydicom
+import pytest
+from django.db import connection
+
+from audit.actors import Actor
+from audit.models import Action, AuditChain, AuditEvent
+from audit.verify import chain_verify
+from imaging import ingest as ingest_module
+from imaging.ingest import IngestOutcome, ingest_many
+from imaging.models import Instance, Patient, Series, Study
+from imaging.storage import object_keys, storage_for
+from tests.helpers import make_clinic, require_postgresql
+from tests.imaging_tests.helpers import ingest, sample_bytes, synthetic_ct
+
+ACTOR = Actor.system("test")
+
+
+def _items(files: list[bytes]) -> list[tuple[str, bytes]]:
+    return [(f"{index}.dcm", data) for index, data in enumerate(files)]
+
+
+def _sop(data: bytes) -> str:
+    return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True).SOPInstanceUID
+
+
+@pytest.mark.django_db
+def test_a_batch_of_two_studies_is_stored_with_counts_and_one_event_per_instance(
+    clinic, django_capture_on_commit_callbacks
+):
+    first = synthetic_ct(slices=3, patient_id="PID-A", patient_name="A^One")
+    second = synthetic_ct(slices=2, patient_id="PID-B", patient_name="B^Two")
+
+    with django_capture_on_commit_callbacks() as callbacks:
+        results = ingest_many(tenant=clinic, actor=ACTOR, items=_items(second + first))
+
+    assert [r.outcome for r in results] == [IngestOutcome.STORED] * 5
+    assert [r.sop_instance_uid for r in results] == [_sop(f) for f in second + first]
+    studies = Study.objects.for_tenant(clinic).order_by("num_instances")
+    assert [(s.num_instances, s.num_series, s.modalities) for s in studies] == [
+        (2, 1, "CT"),
+        (3, 1, "CT"),
+    ]
+    assert Patient.objects.for_tenant(clinic).count() == 2
+    assert sorted(Series.objects.for_tenant(clinic).values_list("num_instances", flat=True)) == [
+        2,
+        3,
+    ]
+    stored = AuditEvent.objects.for_tenant(clinic).filter(action=Action.INSTANCE_STORED)
+    assert sorted(stored.values_list("target_id", flat=True)) == sorted(
+        r.instance_id for r in results
+    )
+    assert chain_verify(chain=AuditChain.objects.get(tenant=clinic)).intact
+    assert len(callbacks) == 2  # a thumbnail for each new series
+    assert len(object_keys(storage_for(clinic), str(clinic.pk))) == 5
+
+
+@pytest.mark.django_db
+def test_a_batch_with_duplicates_and_conflicts_gets_each_files_own_outcome(clinic):
+    series = synthetic_ct(slices=3)
+    ingest(clinic, series[0])
+    altered = synthetic_ct(slices=1)[0]
+    conflicting = pydicom.dcmread(io.BytesIO(altered))
+    conflicting.SOPInstanceUID = conflicting.file_meta.MediaStorageSOPInstanceUID = _sop(series[1])
+    buffer = io.BytesIO()
+    conflicting.save_as(buffer, enforce_file_format=True)
+    items = _items([series[0], b"not dicom at all" * 20, series[2], series[1], buffer.getvalue()])
+
+    results = ingest_many(tenant=clinic, actor=ACTOR, items=items)
+
+    assert [(r.outcome, r.code) for r in results] == [
+        (IngestOutcome.DUPLICATE, ""),
+        (IngestOutcome.REJECTED, "not_part10"),
+        (IngestOutcome.STORED, ""),
+        (IngestOutcome.STORED, ""),
+        (IngestOutcome.REJECTED, "conflict"),
+    ]
+    assert Instance.objects.for_tenant(clinic).count() == 3
+
+
+@pytest.mark.django_db
+def test_files_of_another_study_are_refused_when_a_study_is_addressed(clinic):
+    wanted = synthetic_ct(slices=2)
+    other = synthetic_ct(slices=1)
+    study_uid = pydicom.dcmread(io.BytesIO(wanted[0]), stop_before_pixels=True).StudyInstanceUID
+
+    results = ingest_many(
+        tenant=clinic, actor=ACTOR, items=_items(wanted + other), study_uid=study_uid
+    )
+
+    assert [r.code for r in results] == ["", "", "study_mismatch"]
+    assert set(Study.objects.for_tenant(clinic).values_list("study_uid", flat=True)) == {study_uid}
+
+
+@pytest.mark.django_db
+def test_a_failure_mid_batch_leaves_no_rows_objects_or_events(clinic, monkeypatch):
+    files = synthetic_ct(slices=4)
+    real_write = ingest_module.object_write
+    calls = []
+
+    def failing_write(storage, key, chunks):
+        calls.append(key)
+        if len(calls) == 3:
+            raise OSError("disk full")
+        real_write(storage, key, chunks)
+
+    monkeypatch.setattr(ingest_module, "object_write", failing_write)
+    events_before = AuditEvent.objects.for_tenant(clinic).count()
+
+    with pytest.raises(OSError, match="disk full"):
+        ingest_many(tenant=clinic, actor=ACTOR, items=_items(files))
+
+    assert not Instance.objects.for_tenant(clinic).exists()
+    assert not Study.objects.for_tenant(clinic).exists()
+    assert object_keys(storage_for(clinic), str(clinic.pk)) == []
+    assert AuditEvent.objects.for_tenant(clinic).count() == events_before
+
+
+@pytest.mark.django_db
+def test_stow_stores_a_multi_part_request_in_batches(clinic, settings):
+    from tests.imaging_tests.dicomweb_support import dicomweb, token_for
+
+    settings.STOW_BATCH_INSTANCES = 3
+    files = [*synthetic_ct(slices=7), sample_bytes("CT_small.dcm")]
+    client = dicomweb(token_for(clinic, "dicomweb:read", "dicomweb:write"))
+
+    response = client.store_instances([pydicom.dcmread(io.BytesIO(f)) for f in files])
+
+    assert len(response.ReferencedSOPSequence) == 8
+    assert "FailedSOPSequence" not in response
+    assert Instance.objects.for_tenant(clinic).count() == 8
+
+
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_concurrent_batches_on_the_same_studies_store_each_instance_once():
+    require_postgresql()
+    clinic = make_clinic("busy")
+    first = synthetic_ct(slices=6, patient_id="PID-1")
+    second = synthetic_ct(slices=6, patient_id="PID-2")
+    # Each writer sends both studies, in opposite orders and with half the files shared.
+    batches = [first + second[:3], second + first[:3]]
+    outcomes: list[list[IngestOutcome]] = []
+    errors: list[BaseException] = []
+
+    def writer(files: list[bytes]) -> None:
+        try:
+            results = ingest_many(tenant=clinic, actor=ACTOR, items=_items(files))
+            outcomes.append([r.outcome for r in results])
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=writer, args=(b,)) for b in batches]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert errors == []
+    assert Instance.objects.for_tenant(clinic).count() == 12
+    assert sum(o.count(IngestOutcome.STORED) for o in outcomes) == 12
+    assert sum(o.count(IngestOutcome.DUPLICATE) for o in outcomes) == 6
+    assert chain_verify(chain=AuditChain.objects.get(tenant=clinic)).intact

@@ -1,0 +1,97 @@
+"""WADO-RS metadata from the encrypted header kept on each instance row.
+
+Ingest keeps each instance's header as DICOM JSON, sealed under the study key; metadata
+requests read those rows instead of decrypting and parsing every stored object.
+"""
+
+from __future__ import annotations
+
+import io
+
+import pydicom
+import pytest
+
+from audit.models import Action, AuditEvent
+from imaging.models import Instance
+from imaging.storage import object_delete, storage_for
+from tests.imaging_tests.dicomweb_support import BASE, http, token_for
+from tests.imaging_tests.helpers import ingest, sample_bytes, synthetic_ct
+
+SAMPLES = [
+    "CT_small.dcm",
+    "MR_small.dcm",
+    "MR_small_jp2klossless.dcm",
+    "SC_rgb_jpeg_dcmtk.dcm",
+    "MR_small_RLE.dcm",
+    "chrH31.dcm",
+    "chrX1.dcm",
+    "SC_rgb_rle_2frame.dcm",
+    "rtdose_1frame.dcm",
+]
+
+
+def _url(data: bytes) -> str:
+    ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+    return f"{BASE}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/metadata"
+
+
+@pytest.fixture
+def read_token(clinic):
+    return token_for(clinic, "dicomweb:read")
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("name", SAMPLES)
+def test_metadata_from_the_row_matches_the_stored_file(name, clinic, read_token):
+    data = sample_bytes(name)
+    ingest(clinic, data)
+    session = http(read_token)
+
+    from_rows = session.get(_url(data)).json()
+    Instance.objects.for_tenant(clinic).update(metadata=b"")  # as rows stored before the cache
+    from_files = session.get(_url(data)).json()
+
+    assert from_rows == from_files
+    assert "7FE00010" in from_rows[0] and "InlineBinary" not in from_rows[0]["7FE00010"]
+
+
+@pytest.mark.django_db
+def test_metadata_needs_no_stored_object(clinic, read_token):
+    files = synthetic_ct(slices=3, patient_name="Müller^Jürgen")
+    for data in files:
+        ingest(clinic, data)
+    storage = storage_for(clinic)
+    for key in Instance.objects.for_tenant(clinic).values_list("storage_key", flat=True):
+        object_delete(storage, key)
+
+    response = http(read_token).get(_url(files[0]))
+
+    assert response.status_code == 200
+    names = {item["00100010"]["Value"][0]["Alphabetic"] for item in response.json()}
+    assert names == {"Müller^Jürgen"}
+
+
+@pytest.mark.django_db
+def test_the_kept_header_is_encrypted(clinic):
+    ingest(clinic, synthetic_ct(slices=1, patient_name="Plaintext^Findme", patient_id="PID-77")[0])
+
+    sealed = bytes(Instance.objects.for_tenant(clinic).get().metadata)
+
+    assert sealed.startswith(b"PIMG")
+    assert b"Findme" not in sealed and b"PID-77" not in sealed
+
+
+@pytest.mark.django_db
+def test_a_header_moved_to_another_row_fails_its_check_and_is_audited(clinic, read_token):
+    files = synthetic_ct(slices=2)
+    for data in files:
+        ingest(clinic, data)
+    first, second = Instance.objects.for_tenant(clinic).order_by("instance_number")
+    Instance.objects.for_tenant(clinic).filter(pk=first.pk).update(metadata=second.metadata)
+
+    response = http(read_token).get(_url(files[0]))
+
+    assert response.status_code == 500
+    assert "integrity check" in response.json()["error"]
+    failed = AuditEvent.objects.filter(tenant=clinic, action=Action.INTEGRITY_FAILED)
+    assert failed.filter(target_id=str(first.pk)).exists()
