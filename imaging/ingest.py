@@ -20,6 +20,7 @@ from pathlib import Path
 
 from django.conf import settings
 from django.db import IntegrityError, OperationalError, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 import audit
@@ -27,7 +28,7 @@ from audit.actors import Actor
 from audit.models import Action, Outcome
 from imaging.crypto import ObjectContext, encrypt_stream
 from imaging.dicom import DicomRejected, ParsedInstance, parse_part10
-from imaging.keyring import study_dek, study_dek_new
+from imaging.keyring import study_dek, study_dek_new, tenant_key_active
 from imaging.metadata import metadata_seal
 from imaging.models import Instance, Patient, Series, Study
 from imaging.storage import object_delete, object_key_new, object_write, storage_for
@@ -455,29 +456,19 @@ def _store_many_locked(
     storage: object,
     written: list[str],
 ) -> list[tuple[int, IngestResult]]:
-    patients: dict[tuple[str, str], Patient] = {}
-    studies: dict[str, tuple[Study, bytes]] = {}
-    series_rows: dict[str, Series] = {}
-    new_series: list[Series] = []
-    added: dict[Study, dict[Series, list[ParsedInstance]]] = {}
-    instances: list[Instance] = []
-    for _, _, parsed in batch:
-        key = _patient_key(parsed)
-        if key not in patients:
-            patients[key] = _patient(tenant, parsed)
-        if parsed.study_uid not in studies:
-            studies[parsed.study_uid] = _study(tenant, parsed, patients[key])
+    """Rows for the whole batch in a few queries: one select and one insert per table.
+
+    A row another request creates meanwhile makes an insert fail (unique constraint),
+    and the caller then stores the batch one file at a time.
+    """
+    files = [parsed for _, _, parsed in batch]
+    patients = _patients_for(tenant=tenant, files=files)
+    studies = _studies_for(tenant=tenant, files=files, patients=patients)
+    series_rows, new_series = _series_for(tenant=tenant, files=files, studies=studies)
+    instances = []
+    for parsed in files:
         study, dek = studies[parsed.study_uid]
-        if study.patient_id != patients[key].pk:
-            raise _Conflict("patient_mismatch", "")  # the one-by-one path says which file
-        if parsed.series_uid not in series_rows:
-            series, is_new = _series(tenant, parsed, study)
-            series_rows[parsed.series_uid] = series
-            if is_new:
-                new_series.append(series)
         series = series_rows[parsed.series_uid]
-        if series.study_id != study.pk:
-            raise _Conflict("series_mismatch", "")
         object_key = object_key_new(tenant)
         object_write(
             storage,  # type: ignore[arg-type]
@@ -490,26 +481,171 @@ def _store_many_locked(
                 tenant=tenant, study=study, series=series, parsed=parsed, key=object_key, dek=dek
             )
         )
-        added.setdefault(study, {}).setdefault(series, []).append(parsed)
     Instance.objects.bulk_create(instances)
-    for study, by_series in added.items():
-        _add_counts(
-            study=study,
-            added=by_series,
-            new_series=sum(1 for series in by_series if series in new_series),
-        )
     entries = []
-    for instance, (_, _, parsed) in zip(instances, batch, strict=True):
+    for instance, parsed in zip(instances, files, strict=True):
         entries.extend(_stored_audit_entries(instance=instance, parsed=parsed))
     audit.record_many(actor=actor, tenant=tenant, entries=entries)
-    for series in new_series:
+    if new_series:
         transaction.on_commit(
-            partial(_enqueue_thumbnail, tenant_id=str(tenant.pk), series_id=str(series.pk))
+            partial(
+                _enqueue_thumbnails,
+                tenant_id=str(tenant.pk),
+                series_ids=[str(series.pk) for series in new_series],
+            )
         )
     return [
         (index, _stored(name, parsed, instance))
         for instance, (index, name, parsed) in zip(instances, batch, strict=True)
     ]
+
+
+def _patients_for(*, tenant: Tenant, files: list[ParsedInstance]) -> dict[tuple[str, str], Patient]:
+    first: dict[tuple[str, str], ParsedInstance] = {}
+    for parsed in files:
+        first.setdefault(_patient_key(parsed), parsed)
+    wanted = Q()
+    for issuer, patient_id in first:
+        wanted |= Q(issuer=issuer, patient_id=patient_id)
+    found = {(p.issuer, p.patient_id): p for p in Patient.objects.for_tenant(tenant).filter(wanted)}
+    missing = [
+        Patient(
+            tenant=tenant,
+            issuer=issuer,
+            patient_id=patient_id,
+            name=parsed.patient_name,
+            birth_date=parsed.birth_date,
+            sex=parsed.sex,
+        )
+        for (issuer, patient_id), parsed in first.items()
+        if (issuer, patient_id) not in found
+    ]
+    Patient.objects.bulk_create(missing)
+    found.update({(p.issuer, p.patient_id): p for p in missing})
+    return found
+
+
+def _studies_for(
+    *,
+    tenant: Tenant,
+    files: list[ParsedInstance],
+    patients: dict[tuple[str, str], Patient],
+) -> dict[str, tuple[Study, bytes]]:
+    """Each study of the batch, locked or new, with its key and its counters updated."""
+    by_study: dict[str, list[ParsedInstance]] = {}
+    for parsed in files:
+        by_study.setdefault(parsed.study_uid, []).append(parsed)
+    locked = {
+        study.study_uid: study
+        for study in Study.objects.for_tenant(tenant)
+        .select_for_update()
+        .filter(study_uid__in=sorted(by_study))
+        .order_by("study_uid")
+    }
+    known_series = set(
+        Series.objects.for_tenant(tenant)
+        .filter(series_uid__in={p.series_uid for p in files})
+        .values_list("series_uid", flat=True)
+    )
+    active_key = tenant_key_active(tenant=tenant) if len(locked) < len(by_study) else None
+    studies: dict[str, tuple[Study, bytes]] = {}
+    created = []
+    for study_uid, parsed_list in by_study.items():
+        patient = patients[_patient_key(parsed_list[0])]
+        if any(patients[_patient_key(p)].pk != patient.pk for p in parsed_list):
+            raise _Conflict("patient_mismatch", "")  # the one-by-one path says which file
+        study = locked.get(study_uid)
+        if study is None:
+            first = parsed_list[0]
+            study = Study(
+                tenant=tenant,
+                patient=patient,
+                study_uid=study_uid,
+                study_date=first.study_date,
+                study_time=first.study_time,
+                accession_number=first.accession_number,
+                description=first.study_description,
+                referring_physician=first.referring_physician,
+            )
+            dek, study.wrapped_dek, study.key_version = study_dek_new(
+                tenant=tenant, study_id=study.pk, active_key=active_key
+            )
+            created.append(study)
+        elif study.patient_id != patient.pk:
+            raise _Conflict("patient_mismatch", "")
+        else:
+            dek = study_dek(study=study)
+        new_series = {p.series_uid for p in parsed_list} - known_series
+        _count_into(study=study, parsed_list=parsed_list, new_series=len(new_series))
+        if study_uid in locked:
+            study.save(
+                update_fields=[
+                    "num_instances",
+                    "num_series",
+                    "size_bytes",
+                    "modalities",
+                    "updated_at",
+                ]
+            )
+        studies[study_uid] = (study, dek)
+    Study.objects.bulk_create(created)
+    return studies
+
+
+def _count_into(*, study: Study, parsed_list: list[ParsedInstance], new_series: int) -> None:
+    modalities = set(filter(None, study.modalities.split("\\")))
+    modalities.update(p.modality for p in parsed_list if p.modality)
+    study.num_instances += len(parsed_list)
+    study.num_series += new_series
+    study.size_bytes += sum(len(p.data) for p in parsed_list)
+    study.modalities = "\\".join(sorted(modalities))[:128]
+    study.updated_at = timezone.now()
+
+
+def _series_for(
+    *,
+    tenant: Tenant,
+    files: list[ParsedInstance],
+    studies: dict[str, tuple[Study, bytes]],
+) -> tuple[dict[str, Series], list[Series]]:
+    by_series: dict[str, list[ParsedInstance]] = {}
+    for parsed in files:
+        by_series.setdefault(parsed.series_uid, []).append(parsed)
+    locked = {
+        series.series_uid: series
+        for series in Series.objects.for_tenant(tenant)
+        .select_for_update()
+        .filter(series_uid__in=sorted(by_series))
+        .order_by("series_uid")
+    }
+    rows: dict[str, Series] = {}
+    created = []
+    for series_uid, parsed_list in by_series.items():
+        first = parsed_list[0]
+        study = studies[first.study_uid][0]
+        if any(p.study_uid != first.study_uid for p in parsed_list):
+            raise _Conflict("series_mismatch", "")
+        series = locked.get(series_uid)
+        if series is None:
+            series = Series(
+                tenant=tenant,
+                study=study,
+                series_uid=series_uid,
+                modality=first.modality,
+                series_number=first.series_number,
+                description=first.series_description,
+                body_part=first.body_part,
+                num_instances=len(parsed_list),
+            )
+            created.append(series)
+        elif series.study_id != study.pk:
+            raise _Conflict("series_mismatch", "")
+        else:
+            series.num_instances += len(parsed_list)
+            series.save(update_fields=["num_instances"])
+        rows[series_uid] = series
+    Series.objects.bulk_create(created)
+    return rows, created
 
 
 def _enqueue_thumbnail(*, tenant_id: str, series_id: str) -> None:
@@ -518,6 +654,18 @@ def _enqueue_thumbnail(*, tenant_id: str, series_id: str) -> None:
     # A short delay lets the rest of the series arrive, so the middle slice is chosen.
     series_thumbnail.apply_async(
         kwargs={"tenant_id": tenant_id, "series_id": series_id},
+        countdown=settings.THUMBNAIL_DELAY_SECONDS,
+    )
+
+
+def _enqueue_thumbnails(*, tenant_id: str, series_ids: list[str]) -> None:
+    from imaging.tasks import series_thumbnails
+
+    if len(series_ids) == 1:
+        _enqueue_thumbnail(tenant_id=tenant_id, series_id=series_ids[0])
+        return
+    series_thumbnails.apply_async(
+        kwargs={"tenant_id": tenant_id, "series_ids": series_ids},
         countdown=settings.THUMBNAIL_DELAY_SECONDS,
     )
 

@@ -55,9 +55,14 @@ def tenant_key(*, tenant: Tenant, version: int) -> bytes:
     return _tenant_key(tenant_id=tenant.pk, version=version)
 
 
-def study_dek_new(*, tenant: Tenant, study_id: object) -> tuple[bytes, bytes, int]:
-    """A fresh data key for a study: (key, wrapped key, tenant key version)."""
-    version, tenant_key = tenant_key_active(tenant=tenant)
+def study_dek_new(
+    *, tenant: Tenant, study_id: object, active_key: tuple[int, bytes] | None = None
+) -> tuple[bytes, bytes, int]:
+    """A fresh data key for a study: (key, wrapped key, tenant key version).
+
+    `active_key` is `tenant_key_active(...)` when the caller creates several studies.
+    """
+    version, tenant_key = active_key or tenant_key_active(tenant=tenant)
     dek = new_key()
     return dek, wrap_key(kek=tenant_key, key=dek, context=_dek_context(study_id, version)), version
 

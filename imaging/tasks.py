@@ -27,6 +27,19 @@ SYSTEM = Actor.system("imaging.tasks")
 @portal_task(max_retries=3, autoretry_for=(OSError,))
 def series_thumbnail(*, tenant_id: str, series_id: str) -> str:
     """Render and store the series thumbnail once; safe to run again or concurrently."""
+    return _series_thumbnail(tenant_id=tenant_id, series_id=series_id)
+
+
+@portal_task(max_retries=3, autoretry_for=(OSError,))
+def series_thumbnails(*, tenant_id: str, series_ids: list[str]) -> list[str]:
+    """Thumbnails of the new series of one STOW-RS batch: one message, not one each.
+
+    Each is done once (a rerun after a crash skips the finished ones).
+    """
+    return [_series_thumbnail(tenant_id=tenant_id, series_id=sid) for sid in series_ids]
+
+
+def _series_thumbnail(*, tenant_id: str, series_id: str) -> str:
     series = (
         Series.objects.filter(tenant_id=tenant_id, pk=series_id)
         .select_related("tenant", "study")

@@ -37,7 +37,7 @@ def test_a_batch_of_two_studies_is_stored_with_counts_and_one_event_per_instance
     first = synthetic_ct(slices=3, patient_id="PID-A", patient_name="A^One")
     second = synthetic_ct(slices=2, patient_id="PID-B", patient_name="B^Two")
 
-    with django_capture_on_commit_callbacks() as callbacks:
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
         results = ingest_many(tenant=clinic, actor=ACTOR, items=_items(second + first))
 
     assert [r.outcome for r in results] == [IngestOutcome.STORED] * 5
@@ -57,8 +57,10 @@ def test_a_batch_of_two_studies_is_stored_with_counts_and_one_event_per_instance
         r.instance_id for r in results
     )
     assert chain_verify(chain=AuditChain.objects.get(tenant=clinic)).intact
-    assert len(callbacks) == 2  # a thumbnail for each new series
-    assert len(object_keys(storage_for(clinic), str(clinic.pk))) == 5
+    assert len(callbacks) == 1  # one task message for the batch's new series
+    thumbnails = Series.objects.for_tenant(clinic).values_list("thumbnail_status", flat=True)
+    assert list(thumbnails) == [Series.ThumbnailStatus.READY] * 2
+    assert len(object_keys(storage_for(clinic), str(clinic.pk))) == 5 + 2
 
 
 @pytest.mark.django_db
