@@ -303,17 +303,20 @@ def start_server(env: dict[str, str], port: int, log: Path) -> tuple[subprocess.
     gunicorn = Path(os.environ.get("BENCH_GUNICORN", VENV_BIN / "gunicorn"))
     if gunicorn.exists():
         workers = os.environ.get("BENCH_GUNICORN_WORKERS", str(2 * (os.cpu_count() or 1) + 1))
+        threads = os.environ.get("BENCH_GUNICORN_THREADS", "2")
+        # gthread workers keep client connections alive (sync workers close each one),
+        # as a partner's client and a browser expect of a production server.
         argv = [
             str(gunicorn),
             "portal.wsgi:application",
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--workers",
-            workers,
-            "--access-logfile",
-            "-",
+            *("--bind", f"127.0.0.1:{port}"),
+            *("--workers", workers, "--worker-class", "gthread", "--threads", threads),
+            *("--keep-alive", "30", "--access-logfile", "-"),
         ]
-        kind = f"gunicorn ({workers} sync workers; /static/ served from collectstatic output)"
+        kind = (
+            f"gunicorn ({workers} gthread workers x {threads} threads, keep-alive; "
+            "/static/ served from collectstatic output)"
+        )
     else:
         # DEBUG is off, so runserver serves /static/ only with --insecure.
         argv = [PYTHON, "manage.py", "runserver", f"127.0.0.1:{port}", "--noreload", "--insecure"]
