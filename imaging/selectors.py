@@ -100,7 +100,10 @@ def study_list(
 ) -> QuerySet[Study]:
     """The studies a member may list: all of the clinic's, or only those granted to them."""
     tenant = membership.tenant
-    studies = Study.objects.for_tenant(tenant).select_related("patient")
+    # patient__tenant lets PostgreSQL search the clinic's patient indexes, not all rows.
+    studies = (
+        Study.objects.for_tenant(tenant).filter(patient__tenant=tenant).select_related("patient")
+    )
     if not membership.has_perm(Perm.WORKLIST_VIEW):
         if not membership.has_perm(Perm.STUDY_VIEW_GRANTED):
             return studies.none()

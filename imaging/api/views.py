@@ -65,6 +65,7 @@ class StudyList(generics.ListAPIView):
         params = self.request.query_params
         studies = (
             Study.objects.for_tenant(self.request.tenant)
+            .filter(patient__tenant=self.request.tenant)  # uses the clinic's patient indexes
             .select_related("patient")
             .order_by("-study_date", "-created_at")
         )
