@@ -61,6 +61,7 @@ class Action(models.TextChoices):
     MEMBERSHIP_DEACTIVATED = "membership.deactivated", "Member deactivated"
     MEMBERSHIP_REACTIVATED = "membership.reactivated", "Member reactivated"
     INSTANCE_STORED = "instance.stored", "Instance stored"
+    HEADERS_INDEXED = "instance.headers_indexed", "Instance headers kept for metadata requests"
     INSTANCE_DUPLICATE = "instance.duplicate", "Identical instance received again"
     INSTANCE_REJECTED = "instance.rejected", "Instance rejected"
     PREAMBLE_NEUTRALISED = "security.preamble_neutralised", "Hostile preamble neutralised"

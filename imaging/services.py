@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import io
 from collections.abc import Iterator
 
+import pydicom
 from django.db import transaction
 
 import audit
@@ -12,7 +14,7 @@ from audit.actors import Actor
 from audit.models import Action, Outcome
 from imaging.crypto import IntegrityError, ObjectContext, decrypt_stream, decrypt_verified
 from imaging.keyring import study_dek
-from imaging.metadata import metadata_open
+from imaging.metadata import metadata_open, metadata_seal
 from imaging.models import Instance, Series, Study
 from imaging.selectors import STUDY_DOWNLOAD_PERM, STUDY_VIEW_PERM
 from imaging.storage import object_delete, object_keys, object_open, storage_for
@@ -71,6 +73,52 @@ def instance_header_json(*, instance: Instance, actor: Actor, key: bytes) -> byt
     except IntegrityError as exc:
         _integrity_failed(instance=instance, actor=actor, reason=f"metadata: {exc}")
         raise
+
+
+def instance_headers_backfill(*, tenant: Tenant, actor: Actor, batch: int = 200) -> int:
+    """Keep the encrypted header of instances stored before headers were kept.
+
+    Such rows are served by parsing their objects, which is slow for large series.
+    Reads each object once (verified), seals its header on the row, and records one
+    audit event per batch. Returns how many rows got a header.
+    """
+    from imaging.dicom import metadata_json
+
+    done, after = 0, None
+    while True:
+        rows = Instance.objects.for_tenant(tenant).filter(metadata=b"")
+        if after is not None:
+            rows = rows.filter(pk__gt=after)
+        rows = list(rows.select_related("tenant", "study").order_by("pk")[:batch])
+        if not rows:
+            return done
+        after = rows[-1].pk
+        sealed = []
+        for row in rows:
+            try:
+                data = instance_bytes(instance=row, actor=actor)
+            except IntegrityError:
+                continue  # audited by instance_bytes; this row stays on the slow path
+            header = metadata_json(pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True))
+            if header:  # else no JSON form: it stays on the slow path, which says why
+                row.metadata = metadata_seal(
+                    header_json=header,
+                    key=study_dek(study=row.study),
+                    tenant_id=tenant.pk,
+                    storage_key=row.storage_key,
+                )
+                sealed.append(row)
+        if sealed:
+            with transaction.atomic():
+                Instance.objects.for_tenant(tenant).bulk_update(sealed, ["metadata"])
+                audit.record(
+                    actor=actor,
+                    action=Action.HEADERS_INDEXED,
+                    target=None,
+                    tenant=tenant,
+                    detail={"instances": len(sealed)},
+                )
+        done += len(sealed)
 
 
 def thumbnail_bytes(*, series: Series, actor: Actor) -> bytes | None:

@@ -95,3 +95,25 @@ def test_a_header_moved_to_another_row_fails_its_check_and_is_audited(clinic, re
     assert "integrity check" in response.json()["error"]
     failed = AuditEvent.objects.filter(tenant=clinic, action=Action.INTEGRITY_FAILED)
     assert failed.filter(target_id=str(first.pk)).exists()
+
+
+@pytest.mark.django_db
+def test_backfill_keeps_headers_of_older_rows_and_skips_altered_objects(clinic, read_token):
+    from django.core.management import call_command
+
+    files = synthetic_ct(slices=3, patient_name="Older^Row")
+    for data in files:
+        ingest(clinic, data)
+    Instance.objects.for_tenant(clinic).update(metadata=b"")  # as stored before the cache
+    broken = Instance.objects.for_tenant(clinic).order_by("instance_number").first()
+    object_delete(storage_for(clinic), broken.storage_key)
+    out = io.StringIO()
+
+    call_command("instance_headers_backfill", "--tenant", clinic.slug, stdout=out)
+
+    assert f"{clinic.slug}: 2 instance headers kept" in out.getvalue()
+    kept = Instance.objects.for_tenant(clinic).exclude(metadata=b"")
+    assert kept.count() == 2 and not kept.filter(pk=broken.pk).exists()
+    events = AuditEvent.objects.for_tenant(clinic)
+    assert events.filter(action=Action.HEADERS_INDEXED, detail__instances=2).exists()
+    assert events.filter(action=Action.INTEGRITY_FAILED, target_id=str(broken.pk)).exists()

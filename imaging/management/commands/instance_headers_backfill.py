@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from audit.actors import Actor
+from imaging.services import instance_headers_backfill
+from tenants.models import Tenant
+
+
+class Command(BaseCommand):
+    help = (
+        "Keep the encrypted header of instances stored before the portal kept them, so "
+        "their metadata requests need no object reads. Safe to run again; prints the count."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--tenant", help="Clinic slug (default: every clinic)")
+
+    def handle(self, *args: Any, tenant: str | None = None, **options: Any) -> None:
+        clinics = Tenant.objects.order_by("slug")
+        if tenant is not None:
+            clinics = clinics.filter(slug=tenant)
+            if not clinics.exists():
+                raise CommandError(f"No clinic with slug {tenant!r}.")
+        actor = Actor.system("cli.instance_headers_backfill")
+        for clinic in clinics:
+            count = instance_headers_backfill(tenant=clinic, actor=actor)
+            self.stdout.write(f"{clinic.slug}: {count} instance headers kept")
