@@ -229,6 +229,18 @@ def _study(tenant: Tenant, parsed: ParsedInstance, patient: Patient) -> tuple[St
                 "added to it.",
             )
         return study, study_dek(study=study)
+    study, dek = _new_study(tenant, parsed, patient)
+    study.save(force_insert=True)
+    return study, dek
+
+
+def _new_study(
+    tenant: Tenant,
+    parsed: ParsedInstance,
+    patient: Patient,
+    active_key: tuple[int, bytes] | None = None,
+) -> tuple[Study, bytes]:
+    """An unsaved study described by its first file, with a fresh data key."""
     study = Study(
         tenant=tenant,
         patient=patient,
@@ -239,8 +251,9 @@ def _study(tenant: Tenant, parsed: ParsedInstance, patient: Patient) -> tuple[St
         description=parsed.study_description,
         referring_physician=parsed.referring_physician,
     )
-    dek, study.wrapped_dek, study.key_version = study_dek_new(tenant=tenant, study_id=study.pk)
-    study.save(force_insert=True)
+    dek, study.wrapped_dek, study.key_version = study_dek_new(
+        tenant=tenant, study_id=study.pk, active_key=active_key
+    )
     return study, dek
 
 
@@ -257,7 +270,14 @@ def _series(tenant: Tenant, parsed: ParsedInstance, study: Study) -> tuple[Serie
                 "series_mismatch", "This series is already stored in a different study."
             )
         return series, False
-    series = Series.objects.create(
+    series = _new_series(tenant, parsed, study)
+    series.save(force_insert=True)
+    return series, True
+
+
+def _new_series(tenant: Tenant, parsed: ParsedInstance, study: Study) -> Series:
+    """An unsaved series described by its first file."""
+    return Series(
         tenant=tenant,
         study=study,
         series_uid=parsed.series_uid,
@@ -266,7 +286,6 @@ def _series(tenant: Tenant, parsed: ParsedInstance, study: Study) -> tuple[Serie
         description=parsed.series_description,
         body_part=parsed.body_part,
     )
-    return series, True
 
 
 def _instance_row(
@@ -556,20 +575,7 @@ def _studies_for(
             raise _Conflict("patient_mismatch", "")  # the one-by-one path says which file
         study = locked.get(study_uid)
         if study is None:
-            first = parsed_list[0]
-            study = Study(
-                tenant=tenant,
-                patient=patient,
-                study_uid=study_uid,
-                study_date=first.study_date,
-                study_time=first.study_time,
-                accession_number=first.accession_number,
-                description=first.study_description,
-                referring_physician=first.referring_physician,
-            )
-            dek, study.wrapped_dek, study.key_version = study_dek_new(
-                tenant=tenant, study_id=study.pk, active_key=active_key
-            )
+            study, dek = _new_study(tenant, parsed_list[0], patient, active_key)
             created.append(study)
         elif study.patient_id != patient.pk:
             raise _Conflict("patient_mismatch", "")
@@ -627,16 +633,8 @@ def _series_for(
             raise _Conflict("series_mismatch", "")
         series = locked.get(series_uid)
         if series is None:
-            series = Series(
-                tenant=tenant,
-                study=study,
-                series_uid=series_uid,
-                modality=first.modality,
-                series_number=first.series_number,
-                description=first.series_description,
-                body_part=first.body_part,
-                num_instances=len(parsed_list),
-            )
+            series = _new_series(tenant, first, study)
+            series.num_instances = len(parsed_list)
             created.append(series)
         elif series.study_id != study.pk:
             raise _Conflict("series_mismatch", "")
