@@ -200,11 +200,11 @@ def _patient_key(parsed: ParsedInstance) -> tuple[str, str]:
 
 
 def _patient(tenant: Tenant, parsed: ParsedInstance) -> Patient:
-    issuer, _patient_id = _patient_key(parsed)
+    issuer, patient_id = _patient_key(parsed)
     patient, _ = Patient.objects.for_tenant(tenant).get_or_create(
         tenant=tenant,
         issuer=issuer,
-        patient_id=parsed.patient_id,
+        patient_id=patient_id,
         defaults={
             "name": parsed.patient_name,
             "birth_date": parsed.birth_date,
@@ -444,7 +444,8 @@ def _store_many(
         or Instance.objects.for_tenant(tenant).filter(sop_instance_uid__in=uids).exists()
     ):
         raise _OneByOne
-    # Rows are locked in study then series order, so two batches never wait on each other.
+    # Rows are locked in study then series UID order, as the one-file path locks a study
+    # then its series, so concurrent writers wait on each other but never deadlock.
     batch = sorted(batch, key=lambda item: (item[2].study_uid, item[2].series_uid))
     storage = storage_for(tenant)
     written: list[str] = []
@@ -453,17 +454,15 @@ def _store_many(
             return _store_many_locked(
                 tenant=tenant, actor=actor, batch=batch, storage=storage, written=written
             )
-    except (_Conflict, IntegrityError, OperationalError) as exc:
+    except BaseException as exc:
         for key in written:
             _delete_quietly(storage, key)
-        if isinstance(exc, IntegrityError) and not _is_unique_violation(exc):
-            raise
-        if isinstance(exc, OperationalError) and "deadlock" not in str(exc).lower():
-            raise
-        raise _OneByOne from exc
-    except BaseException:
-        for key in written:
-            _delete_quietly(storage, key)
+        if (
+            isinstance(exc, _Conflict)
+            or (isinstance(exc, IntegrityError) and _is_unique_violation(exc))
+            or (isinstance(exc, OperationalError) and "deadlock" in str(exc).lower())
+        ):
+            raise _OneByOne from exc
         raise
 
 
@@ -584,21 +583,17 @@ def _studies_for(
         new_series = {p.series_uid for p in parsed_list} - known_series
         _count_into(study=study, parsed_list=parsed_list, new_series=len(new_series))
         if study_uid in locked:
-            study.save(
-                update_fields=[
-                    "num_instances",
-                    "num_series",
-                    "size_bytes",
-                    "modalities",
-                    "updated_at",
-                ]
-            )
+            study.save(update_fields=STUDY_COUNTERS)
         studies[study_uid] = (study, dek)
     Study.objects.bulk_create(created)
     return studies
 
 
+STUDY_COUNTERS = ["num_instances", "num_series", "size_bytes", "modalities", "updated_at"]
+
+
 def _count_into(*, study: Study, parsed_list: list[ParsedInstance], new_series: int) -> None:
+    """Add files stored under `study` to its counters (in memory; the caller saves)."""
     modalities = set(filter(None, study.modalities.split("\\")))
     modalities.update(p.modality for p in parsed_list if p.modality)
     study.num_instances += len(parsed_list)
@@ -678,26 +673,10 @@ def _delete_quietly(storage: object, key: str) -> None:
 def _update_counts(
     *, study: Study, series: Series, parsed: ParsedInstance, new_series: bool
 ) -> None:
-    _add_counts(study=study, added={series: [parsed]}, new_series=1 if new_series else 0)
-
-
-def _add_counts(
-    *, study: Study, added: dict[Series, list[ParsedInstance]], new_series: int
-) -> None:
-    """Add instances stored under `study` to its counters and its series' counters."""
-    modalities = set(filter(None, study.modalities.split("\\")))
-    for series, parsed_list in added.items():
-        series.num_instances += len(parsed_list)
-        series.save(update_fields=["num_instances"])
-        modalities.update(p.modality for p in parsed_list if p.modality)
-        study.num_instances += len(parsed_list)
-        study.size_bytes += sum(len(p.data) for p in parsed_list)
-    study.num_series += new_series
-    study.modalities = "\\".join(sorted(modalities))[:128]
-    study.updated_at = timezone.now()
-    study.save(
-        update_fields=["num_instances", "num_series", "size_bytes", "modalities", "updated_at"]
-    )
+    series.num_instances += 1
+    series.save(update_fields=["num_instances"])
+    _count_into(study=study, parsed_list=[parsed], new_series=1 if new_series else 0)
+    study.save(update_fields=STUDY_COUNTERS)
 
 
 # --- Archives and folders -----------------------------------------------------------

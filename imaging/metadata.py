@@ -8,6 +8,7 @@ Metadata requests then read one query's worth of rows and decrypt a few KB each.
 
 from __future__ import annotations
 
+import io
 import json
 from typing import Any
 from uuid import UUID
@@ -28,16 +29,8 @@ def metadata_seal(*, header_json: bytes, key: bytes, tenant_id: UUID, storage_ke
 
 def metadata_open(*, sealed: bytes, key: bytes, tenant_id: UUID, storage_key: str) -> bytes:
     """The header JSON; raises imaging.crypto.IntegrityError if it was altered or moved."""
-    view = memoryview(sealed)
-    position = 0
-
-    def read(size: int) -> bytes:
-        nonlocal position
-        chunk = bytes(view[position : position + size])
-        position += len(chunk)
-        return chunk
-
-    return b"".join(decrypt_stream(read, key=key, context=_context(tenant_id, storage_key)))
+    reader = io.BytesIO(sealed)
+    return b"".join(decrypt_stream(reader.read, key=key, context=_context(tenant_id, storage_key)))
 
 
 def metadata_with_pixel_uri(header_json: bytes, *, retrieve_uri: str) -> bytes:

@@ -13,6 +13,7 @@ import audit
 from audit.actors import Actor
 from audit.models import Action, Outcome
 from imaging.crypto import IntegrityError, ObjectContext, decrypt_stream, decrypt_verified
+from imaging.dicom import metadata_json
 from imaging.keyring import study_dek
 from imaging.metadata import metadata_open, metadata_seal
 from imaging.models import Instance, Series, Study
@@ -82,8 +83,6 @@ def instance_headers_backfill(*, tenant: Tenant, actor: Actor, batch: int = 200)
     Reads each object once (verified), seals its header on the row, and records one
     audit event per batch. Returns how many rows got a header.
     """
-    from imaging.dicom import metadata_json
-
     done, after = 0, None
     while True:
         rows = Instance.objects.for_tenant(tenant).filter(metadata=b"")
