@@ -1,78 +1,131 @@
-"""DICOM JSON (PS3.18 Annex F) for search results built from the index rows."""
+"""DICOM JSON (PS3.18 Annex F) for search results, built from index columns.
+
+A search reads only the columns its results name (`values_list`), not model objects: at
+100 results, building Study and Patient instances cost more than the query itself.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from imaging.models import Instance, Series, Study
+from django.db.models import QuerySet
 
 
-def _value(vr: str, value: Any) -> dict[str, Any]:
-    if value in (None, "", []):
-        return {"vr": vr}
-    if vr == "PN":
-        return {"vr": vr, "Value": [{"Alphabetic": str(value)}]}
-    if vr in ("IS", "US", "UL", "DS"):
-        return {"vr": vr, "Value": [int(value)]}
-    if vr == "DA" and isinstance(value, dt.date):
-        return {"vr": vr, "Value": [value.strftime("%Y%m%d")]}
-    if isinstance(value, list):
-        return {"vr": vr, "Value": value}
-    return {"vr": vr, "Value": [str(value)]}
+def _text(vr: str) -> Callable[[Any], dict[str, Any]]:
+    return lambda value: {"vr": vr, "Value": [str(value)]} if value else {"vr": vr}
 
 
-def study_json(study: Study, *, base_url: str) -> dict[str, Any]:
-    patient = study.patient
-    return {
-        "00080020": _value("DA", study.study_date),
-        "00080030": _value("TM", study.study_time),
-        "00080050": _value("SH", study.accession_number),
-        "00080061": _value("CS", [m for m in study.modalities.split("\\") if m]),
-        "00080090": _value("PN", study.referring_physician),
-        "00081030": _value("LO", study.description),
-        "00081190": _value("UR", f"{base_url}/studies/{study.study_uid}"),
-        "00100010": _value("PN", patient.name),
-        "00100020": _value("LO", patient.patient_id),
-        "00100030": _value("DA", patient.birth_date),
-        "00100040": _value("CS", patient.sex),
-        "0020000D": _value("UI", study.study_uid),
-        "00201206": _value("IS", study.num_series),
-        "00201208": _value("IS", study.num_instances),
-    }
+def _number(vr: str) -> Callable[[Any], dict[str, Any]]:
+    return lambda value: {"vr": vr} if value is None else {"vr": vr, "Value": [int(value)]}
 
 
-def series_json(series: Series, *, base_url: str) -> dict[str, Any]:
-    study = series.study
-    return {
-        "00080060": _value("CS", series.modality),
-        "0008103E": _value("LO", series.description),
-        "00081190": _value(
-            "UR", f"{base_url}/studies/{study.study_uid}/series/{series.series_uid}"
+def _name(value: Any) -> dict[str, Any]:
+    return {"vr": "PN", "Value": [{"Alphabetic": str(value)}]} if value else {"vr": "PN"}
+
+
+def _date(value: dt.date | None) -> dict[str, Any]:
+    return {"vr": "DA", "Value": [value.strftime("%Y%m%d")]} if value else {"vr": "DA"}
+
+
+def _time(value: Any) -> dict[str, Any]:
+    return {"vr": "TM", "Value": [str(value)]} if value else {"vr": "TM"}
+
+
+def _modalities(value: str) -> dict[str, Any]:
+    modalities = [m for m in value.split("\\") if m]
+    return {"vr": "CS", "Value": modalities} if modalities else {"vr": "CS"}
+
+
+# (tag, column relative to the level's model, how to render it)
+_STUDY = (
+    ("00080020", "study_date", _date),
+    ("00080030", "study_time", _time),
+    ("00080050", "accession_number", _text("SH")),
+    ("00080061", "modalities", _modalities),
+    ("00080090", "referring_physician", _name),
+    ("00081030", "description", _text("LO")),
+    ("00100010", "patient__name", _name),
+    ("00100020", "patient__patient_id", _text("LO")),
+    ("00100030", "patient__birth_date", _date),
+    ("00100040", "patient__sex", _text("CS")),
+    ("0020000D", "study_uid", _text("UI")),
+    ("00201206", "num_series", _number("IS")),
+    ("00201208", "num_instances", _number("IS")),
+)
+_SERIES = (
+    ("00080060", "modality", _text("CS")),
+    ("0008103E", "description", _text("LO")),
+    ("00180015", "body_part", _text("CS")),
+    ("0020000E", "series_uid", _text("UI")),
+    ("00200011", "series_number", _number("IS")),
+    ("00201209", "num_instances", _number("IS")),
+)
+_INSTANCE = (
+    ("00080016", "sop_class_uid", _text("UI")),
+    ("00080018", "sop_instance_uid", _text("UI")),
+    ("00083002", "transfer_syntax_uid", _text("UI")),
+    ("00200013", "instance_number", _number("IS")),
+    ("00280008", "number_of_frames", _number("IS")),
+    ("00280010", "rows", _number("US")),
+    ("00280011", "columns", _number("US")),
+)
+
+
+def _under(prefix: str, spec: tuple) -> tuple:
+    return tuple((tag, prefix + column, render) for tag, column, render in spec)
+
+
+@dataclass(frozen=True)
+class Level:
+    """What a QIDO-RS result at one level holds, and where RetrieveURL points."""
+
+    attributes: tuple[tuple[str, str, Callable[[Any], dict[str, Any]]], ...]
+    retrieve_path: tuple[tuple[str, str], ...]  # (URL segment, UID column)
+
+    @property
+    def columns(self) -> list[str]:
+        return [column for _, column, _ in self.attributes] + [
+            column for _, column in self.retrieve_path
+        ]
+
+
+LEVELS = {
+    "study": Level(_STUDY, (("studies", "study_uid"),)),
+    "series": Level(
+        _under("study__", _STUDY) + _SERIES,
+        (("studies", "study__study_uid"), ("series", "series_uid")),
+    ),
+    "instance": Level(
+        _under("study__", _STUDY) + _under("series__", _SERIES) + _INSTANCE,
+        (
+            ("studies", "study__study_uid"),
+            ("series", "series__series_uid"),
+            ("instances", "sop_instance_uid"),
         ),
-        "00180015": _value("CS", series.body_part),
-        "0020000D": _value("UI", study.study_uid),
-        "0020000E": _value("UI", series.series_uid),
-        "00200011": _value("IS", series.series_number),
-        "00201209": _value("IS", series.num_instances),
-    }
+    ),
+}
 
 
-def instance_json(instance: Instance, *, base_url: str) -> dict[str, Any]:
-    study, series = instance.study, instance.series
-    return {
-        "00080016": _value("UI", instance.sop_class_uid),
-        "00080018": _value("UI", instance.sop_instance_uid),
-        "00081190": _value(
-            "UR",
-            f"{base_url}/studies/{study.study_uid}/series/{series.series_uid}"
-            f"/instances/{instance.sop_instance_uid}",
-        ),
-        "00083002": _value("UI", instance.transfer_syntax_uid),
-        "0020000D": _value("UI", study.study_uid),
-        "0020000E": _value("UI", series.series_uid),
-        "00200013": _value("IS", instance.instance_number),
-        "00280008": _value("IS", instance.number_of_frames),
-        "00280010": _value("US", instance.rows),
-        "00280011": _value("US", instance.columns),
-    }
+def search_results(queryset: QuerySet, *, level: str, base_url: str) -> list[dict[str, Any]]:
+    """Each row of `queryset` (already filtered and sliced) as a DICOM JSON object."""
+    spec = LEVELS[level]
+    renders = [(tag, render) for tag, _, render in spec.attributes]
+    url_at = len(renders)
+    segments = [segment for segment, _ in spec.retrieve_path]
+    return [
+        _result(row, renders, segments, url_at, base_url)
+        for row in queryset.values_list(*spec.columns)
+    ]
+
+
+def _result(
+    row: tuple, renders: list, segments: list[str], url_at: int, base_url: str
+) -> dict[str, Any]:
+    result = {tag: render(value) for (tag, render), value in zip(renders, row, strict=False)}
+    uids = row[url_at:]
+    path = "".join(f"/{segment}/{uid}" for segment, uid in zip(segments, uids, strict=True))
+    result["00081190"] = {"vr": "UR", "Value": [base_url + path]}
+    return dict(sorted(result.items()))

@@ -102,6 +102,8 @@ class Query:
     limit: int = DEFAULT_LIMIT
     offset: int = 0
     fuzzy: bool = False
+    # The lookup path to the patient when a filter matches on patient attributes.
+    patient: str | None = None
 
 
 def _keyword(name: str) -> str:
@@ -199,7 +201,10 @@ def parse_query(params: QueryDict, *, level: str) -> Query:
         _, vr, paths = ATTRIBUTES[keyword]
         if level not in paths:
             raise QueryError(f"{keyword} cannot be matched at the {level} level.")
+        path = paths[level]
         for value in params.getlist(name):
             if value:
-                query.filters &= _match(keyword, vr, paths[level], value, query.fuzzy)
+                query.filters &= _match(keyword, vr, path, value, query.fuzzy)
+                if "patient__" in path:
+                    query.patient = path[: path.index("patient__") + len("patient")]
     return query
