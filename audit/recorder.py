@@ -6,7 +6,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from audit.actors import Actor, Target
@@ -46,13 +46,30 @@ def chain_key_for(tenant: Tenant | None) -> str:
     return str(tenant.pk) if tenant is not None else PLATFORM_CHAIN_KEY
 
 
-def _locked_chain(tenant: Tenant | None) -> AuditChain:
-    # The row lock serialises writers per clinic on PostgreSQL; on SQLite the
-    # IMMEDIATE transaction mode already holds the database write lock.
-    chain, _ = AuditChain.objects.select_for_update().get_or_create(
-        key=chain_key_for(tenant), defaults={"tenant": tenant}
-    )
-    return chain
+def _locked_head(tenant: Tenant | None) -> tuple[int, int, str]:
+    """The chain's (id, last seq, last hash), its row locked until the transaction ends.
+
+    Every audited request runs this, so it is one precompiled statement rather than an
+    ORM query (whose compilation cost more than the round trip). The row lock serialises
+    writers per clinic on PostgreSQL; on SQLite the IMMEDIATE transaction mode already
+    holds the database write lock.
+    """
+    key = chain_key_for(tenant)
+    lock = " FOR UPDATE" if connection.features.has_select_for_update else ""
+    with connection.cursor() as cursor:
+        cursor.execute(f"{_HEAD_SQL}{lock}", [key])
+        row = cursor.fetchone()
+    if row is None:  # the clinic's first event
+        chain, _ = AuditChain.objects.select_for_update().get_or_create(
+            key=key, defaults={"tenant": tenant}
+        )
+        return chain.pk, chain.last_seq, chain.last_hash
+    return row
+
+
+_CHAIN_TABLE = AuditChain._meta.db_table
+_HEAD_SQL = f"SELECT id, last_seq, last_hash FROM {_CHAIN_TABLE} WHERE key = %s"  # noqa: S608
+_ADVANCE_SQL = f"UPDATE {_CHAIN_TABLE} SET last_seq = %s, last_hash = %s WHERE id = %s"  # noqa: S608
 
 
 def record(
@@ -102,14 +119,14 @@ def record_many(
         prepared.append((Action(entry.action), Target.of(entry.target), entry.outcome, detail))
     created_at = at or timezone.now()
     # No savepoint: an audit write that fails must fail the caller's transaction too.
+    chain_key = chain_key_for(tenant)
     with transaction.atomic(savepoint=False):
-        chain = _locked_chain(tenant)
-        seq, last_hash = chain.last_seq, chain.last_hash
+        chain_id, seq, last_hash = _locked_head(tenant)
         events = []
         for action, target_ref, outcome, detail in prepared:
             seq += 1
             event = AuditEvent(
-                chain=chain,
+                chain_id=chain_id,
                 seq=seq,
                 tenant=tenant,
                 created_at=created_at,
@@ -123,13 +140,14 @@ def record_many(
                 detail=detail,
                 prev_hash=last_hash,
             )
-            event.hash = last_hash = hash_of(event, chain_key=chain.key)
+            event.hash = last_hash = hash_of(event, chain_key=chain_key)
             events.append(event)
         if len(events) == 1:
             events[0].save(force_insert=True)
         else:
             AuditEvent.objects.bulk_create(events)
-        AuditChain.objects.filter(pk=chain.pk).update(last_seq=seq, last_hash=last_hash)
+        with connection.cursor() as cursor:
+            cursor.execute(_ADVANCE_SQL, [seq, last_hash, chain_id])
     return events
 
 
