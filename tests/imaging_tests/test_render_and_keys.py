@@ -13,7 +13,7 @@ from PIL import Image
 
 from imaging.crypto import IntegrityError
 from imaging.keys import AwsKmsKeyProvider, LocalKeyProvider
-from imaging.render import RenderError, thumbnail_png
+from imaging.render import RenderError, frame_to_uint8, rendered, thumbnail_png, windowed_by_table
 from tests.imaging_tests.helpers import sample_bytes, synthetic_ct
 
 
@@ -58,6 +58,61 @@ def test_window_from_the_file_is_applied():
     # A narrow window low in the range saturates most pixels to white.
     assert (narrow == 255).mean() > 0.8
     assert (wide == 255).mean() < 0.2
+
+
+def _ct_with_values(values: list[int], **attributes) -> pydicom.Dataset:
+    (data,) = synthetic_ct(slices=1, size=4)
+    ds = pydicom.dcmread(io.BytesIO(_with(data, **attributes)))
+    ds.PixelData = np.array(values, dtype=np.uint16).reshape(4, 4).tobytes()
+    return ds
+
+
+def test_linear_window_follows_the_standard_through_the_table():
+    # Stored values with rescale -1024: HU -1024 .. 2000; window 40/400 spans -160..240 HU.
+    stored = [0, 800, 863, 864, 1024, 1063, 1064, 1065, 1264, 1265, 1300, 3000, 3024, 5, 9, 10]
+    ds = _ct_with_values(stored, RescaleIntercept=-1024, RescaleSlope=1)
+    hu = np.array(stored, dtype=np.float64).reshape(4, 4) - 1024
+
+    grey = windowed_by_table(ds, ds.pixel_array, (40.0, 400.0))
+
+    # PS3.3 C.11.2.1.2.1: y = ((x - (c - 0.5)) / (w - 1) + 0.5) * 255, clipped.
+    expected = np.clip(np.rint(((hu - 39.5) / 399 + 0.5) * 255), 0, 255)
+    assert grey is not None and grey.dtype == np.uint8
+    assert np.array_equal(grey, expected.astype(np.uint8))
+    assert grey[0, 0] == 0 and grey[2, 3] == 255  # below and above the window
+
+
+def test_table_matches_floating_point_windowing_on_a_real_ct_with_the_ct_default():
+    ds = pydicom.dcmread(io.BytesIO(sample_bytes("CT_small.dcm")))
+    values = ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+    assert "WindowCenter" not in ds  # so the CT default window applies
+    centre, width = 40.0, 400.0
+
+    grey = frame_to_uint8(ds, ds.pixel_array)
+
+    expected = np.clip(np.rint(((values - (centre - 0.5)) / (width - 1) + 0.5) * 255), 0, 255)
+    assert np.array_equal(grey, expected.astype(np.uint8))
+
+
+def test_table_inverts_monochrome1_and_skips_what_it_cannot_do():
+    ds = _ct_with_values([0] * 8 + [4000] * 8, PhotometricInterpretation="MONOCHROME1")
+    grey = windowed_by_table(ds, ds.pixel_array, (40.0, 400.0))
+    colour = pydicom.dcmread(io.BytesIO(sample_bytes("SC_rgb_rle.dcm")))
+    sigmoid = _ct_with_values([0] * 16, VOILUTFunction="SIGMOID")
+
+    assert grey is not None and grey[0, 0] == 255 and grey[3, 3] == 0
+    assert windowed_by_table(colour, colour.pixel_array, (128.0, 256.0)) is None
+    assert windowed_by_table(sigmoid, sigmoid.pixel_array, (40.0, 400.0)) is None
+
+
+def test_rendered_frame_uses_the_requested_window():
+    ds = _ct_with_values([0] * 8 + [1064] * 8, RescaleIntercept=-1024, RescaleSlope=1)
+
+    soft = _grey(rendered(ds, media_type="image/png", window=(40.0, 400.0)))
+    bone = _grey(rendered(ds, media_type="image/png", window=(1000.0, 10.0)))
+
+    assert soft[0, 0] == 0 and 126 <= soft[3, 3] <= 129
+    assert bone.max() == 0
 
 
 def test_ct_without_a_window_uses_the_modality_default():
