@@ -14,6 +14,7 @@ import io
 import json
 import re
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -216,8 +217,14 @@ def _check_ranges(ds: Dataset) -> None:
             )
 
 
-def parse_part10(data: bytes, *, max_bytes: int, max_depth: int) -> ParsedInstance:
-    """Validate an untrusted Part 10 file and extract what the index needs."""
+def parse_part10(
+    data: bytes, *, max_bytes: int, max_depth: int, digest: Callable[[], str] | None = None
+) -> ParsedInstance:
+    """Validate an untrusted Part 10 file and extract what the index needs.
+
+    `digest`, if given, returns the SHA-256 (hex) of `data` being computed elsewhere (on
+    another thread while this one parses).
+    """
     if len(data) > max_bytes:
         raise DicomRejected("too_large", f"File is larger than the {max_bytes} byte limit.")
     if len(data) < PREAMBLE_BYTES + 4:
@@ -227,7 +234,7 @@ def parse_part10(data: bytes, *, max_bytes: int, max_depth: int) -> ParsedInstan
             "not_part10",
             "Not a DICOM Part 10 file: the 'DICM' prefix after the 128-byte preamble is missing.",
         )
-    original_sha256 = hashlib.sha256(data).hexdigest()
+    original = data
     data, preamble = neutralise_preamble(data)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -270,6 +277,7 @@ def parse_part10(data: bytes, *, max_bytes: int, max_depth: int) -> ParsedInstan
         )
     _check_native_pixels(ds, syntax)
     _check_ranges(ds)
+    original_sha256 = digest() if digest is not None else hashlib.sha256(original).hexdigest()
     return ParsedInstance(
         data=data,
         # Hashing 500 KB twice shows in STOW-RS profiles; the bytes differ only if zeroed.

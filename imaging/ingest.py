@@ -13,9 +13,10 @@ import io
 import logging
 import zipfile
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import StrEnum
-from functools import partial
+from functools import lru_cache, partial
 from pathlib import Path
 
 from django.conf import settings
@@ -31,7 +32,13 @@ from imaging.dicom import DicomRejected, ParsedInstance, parse_part10
 from imaging.keyring import study_dek, study_dek_new, tenant_key_active
 from imaging.metadata import metadata_seal
 from imaging.models import Instance, Patient, Series, Study
-from imaging.storage import object_delete, object_key_new, object_write, storage_for
+from imaging.storage import (
+    object_delete,
+    object_key_new,
+    object_write,
+    object_write_many,
+    storage_for,
+)
 from tenants.models import Tenant
 
 logger = logging.getLogger(__name__)
@@ -104,12 +111,22 @@ def ingest_bytes(*, tenant: Tenant, actor: Actor, data: bytes, name: str) -> Ing
     return _ingest_parsed(tenant=tenant, actor=actor, name=name, parsed=parsed)
 
 
-def _parse(data: bytes) -> ParsedInstance:
+def _parse(data: bytes, digest: Future[str] | None = None) -> ParsedInstance:
     return parse_part10(
         data,
         max_bytes=settings.INGEST_MAX_INSTANCE_BYTES,
         max_depth=settings.INGEST_MAX_SEQUENCE_DEPTH,
+        digest=digest.result if digest is not None else None,
     )
+
+
+@lru_cache(maxsize=1)
+def _hashers() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=2, thread_name_prefix="ingest-hash")
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def _ingest_parsed(
@@ -403,9 +420,12 @@ def ingest_many(
     """
     results: list[IngestResult | None] = [None] * len(items)
     batch: list[tuple[int, str, ParsedInstance]] = []
+    # Hashing releases the GIL: the files' digests are computed on other threads while
+    # this one parses (pydicom does not release it).
+    digests = [_hashers().submit(_sha256, data) for _, data in items]
     for index, (name, data) in enumerate(items):
         try:
-            parsed = _parse(data)
+            parsed = _parse(data, digests[index])
         except DicomRejected as exc:
             results[index] = _reject(
                 tenant=tenant, actor=actor, name=name, code=exc.code, message=exc.message
@@ -483,22 +503,20 @@ def _store_many_locked(
     patients = _patients_for(tenant=tenant, files=files)
     studies = _studies_for(tenant=tenant, files=files, patients=patients)
     series_rows, new_series = _series_for(tenant=tenant, files=files, studies=studies)
-    instances = []
+    instances, objects = [], []
     for parsed in files:
         study, dek = studies[parsed.study_uid]
         series = series_rows[parsed.series_uid]
         object_key = object_key_new(tenant)
-        object_write(
-            storage,  # type: ignore[arg-type]
-            object_key,
-            encrypt_stream([parsed.data], key=dek, context=ObjectContext(tenant.pk, object_key)),
-        )
-        written.append(object_key)
+        context = ObjectContext(tenant.pk, object_key)
+        objects.append((object_key, encrypt_stream([parsed.data], key=dek, context=context)))
         instances.append(
             _instance_row(
                 tenant=tenant, study=study, series=series, parsed=parsed, key=object_key, dek=dek
             )
         )
+    written.extend(key for key, _ in objects)  # removed again if anything below fails
+    object_write_many(storage, objects)  # type: ignore[arg-type]
     Instance.objects.bulk_create(instances)
     entries = []
     for instance, parsed in zip(instances, files, strict=True):

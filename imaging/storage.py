@@ -10,7 +10,8 @@ from __future__ import annotations
 import io
 import os
 import secrets
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,15 @@ class PrivateFileSystemStorage(FileSystemStorage):
         raise NoPublicURL("private storage has no URLs")
 
     def _save(self, name: str, content: File) -> str:
+        path = self.write_file(name, content)
+        sync_directory(path.parent)  # the rename itself must survive a power cut
+        return name
+
+    def write_file(self, name: str, content: File) -> Path:
+        """Write and fsync `name` under a temporary name, then rename it into place.
+
+        The caller fsyncs the directory (`sync_directory`), once for many files.
+        """
         path = Path(self.path(name))
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         temp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.part")
@@ -53,12 +63,15 @@ class PrivateFileSystemStorage(FileSystemStorage):
         except BaseException:
             temp.unlink(missing_ok=True)
             raise
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)  # the rename itself must survive a power cut
-        finally:
-            os.close(dir_fd)
-        return name
+        return path
+
+
+def sync_directory(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class PrivateS3Storage(S3Storage):
@@ -117,10 +130,49 @@ def object_key_new(tenant: Tenant) -> str:
 
 
 def object_write(storage: Storage, key: str, chunks: Iterable[bytes]) -> None:
-    saved = storage.save(key, File(io.BufferedReader(IterableFile(chunks), 1024 * 1024), key))
+    saved = storage.save(key, _readable(key, chunks))
     if saved != key:  # random keys never collide; if one did, do not guess
         storage.delete(saved)
         raise RuntimeError("object key collision")
+
+
+@lru_cache(maxsize=1)
+def _writers() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(
+        max_workers=settings.STORAGE_WRITE_THREADS, thread_name_prefix="object-write"
+    )
+
+
+def object_write_many(storage: Storage, objects: Sequence[tuple[str, Iterable[bytes]]]) -> None:
+    """Write several objects; every one is durable when this returns, or it raises.
+
+    The writes overlap on a small thread pool: file writes, fsyncs and S3 uploads wait on
+    the disk or the network and release the GIL. On the local filesystem each file is
+    fsynced and each directory once for the batch, not once per file. On an error every
+    write has finished (or failed) before it is raised, so the caller can delete them all.
+    """
+    if isinstance(storage, PrivateFileSystemStorage):
+
+        def write(key: str, chunks: Iterable[bytes]) -> Path:
+            return storage.write_file(key, _readable(key, chunks))
+
+    else:
+
+        def write(key: str, chunks: Iterable[bytes]) -> Path:
+            object_write(storage, key, chunks)
+            return Path()
+
+    futures = [_writers().submit(write, key, chunks) for key, chunks in objects]
+    wait(futures)
+    for future in futures:
+        future.result()  # the first failure, if any
+    if isinstance(storage, PrivateFileSystemStorage):
+        for directory in {future.result().parent for future in futures}:
+            sync_directory(directory)
+
+
+def _readable(key: str, chunks: Iterable[bytes]) -> File:
+    return File(io.BufferedReader(IterableFile(chunks), 1024 * 1024), key)
 
 
 def object_open(storage: Storage, key: str) -> Any:

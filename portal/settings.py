@@ -150,6 +150,8 @@ STOW_MAX_REQUEST_BYTES = env_int("STOW_MAX_REQUEST_BYTES", 2 * 1024 * 1024 * 102
 # STOW-RS stores parts in batches, one transaction each: up to this many parts or bytes.
 STOW_BATCH_INSTANCES = env_int("STOW_BATCH_INSTANCES", 50)
 STOW_BATCH_BYTES = env_int("STOW_BATCH_BYTES", 32 * 1024 * 1024)
+# Threads per process that write a batch's objects at once (disk and S3 waits overlap).
+STORAGE_WRITE_THREADS = env_int("STORAGE_WRITE_THREADS", 4)
 # Passkeys (django-otp-webauthn), a second factor after the password, never passwordless.
 OTP_WEBAUTHN_ALLOW_PASSWORDLESS_LOGIN = False
 OTP_WEBAUTHN_RP_NAME = env_str("WEBAUTHN_RP_NAME", "Imaging Portal")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import threading
+from pathlib import Path
 
 import pydicom
 import pytest
@@ -12,10 +13,10 @@ from django.db import connection
 from audit.actors import Actor
 from audit.models import Action, AuditChain, AuditEvent
 from audit.verify import chain_verify
-from imaging import ingest as ingest_module
+from imaging import storage as storage_module
 from imaging.ingest import IngestOutcome, ingest_many
 from imaging.models import Instance, Patient, Series, Study
-from imaging.storage import object_keys, storage_for
+from imaging.storage import PrivateFileSystemStorage, object_keys, object_write_many, storage_for
 from tests.helpers import make_clinic, require_postgresql
 from tests.imaging_tests.helpers import ingest, sample_bytes, synthetic_ct
 
@@ -103,16 +104,18 @@ def test_files_of_another_study_are_refused_when_a_study_is_addressed(clinic):
 @pytest.mark.django_db
 def test_a_failure_mid_batch_leaves_no_rows_objects_or_events(clinic, monkeypatch):
     files = synthetic_ct(slices=4)
-    real_write = ingest_module.object_write
-    calls = []
+    real_write = PrivateFileSystemStorage.write_file
+    calls, lock = [], threading.Lock()
 
-    def failing_write(storage, key, chunks):
-        calls.append(key)
-        if len(calls) == 3:
+    def failing_write(storage, name, content):
+        with lock:  # the batch's objects are written on several threads at once
+            calls.append(name)
+            fail = len(calls) == 3
+        if fail:
             raise OSError("disk full")
-        real_write(storage, key, chunks)
+        return real_write(storage, name, content)
 
-    monkeypatch.setattr(ingest_module, "object_write", failing_write)
+    monkeypatch.setattr(PrivateFileSystemStorage, "write_file", failing_write)
     events_before = AuditEvent.objects.for_tenant(clinic).count()
 
     with pytest.raises(OSError, match="disk full"):
@@ -122,6 +125,7 @@ def test_a_failure_mid_batch_leaves_no_rows_objects_or_events(clinic, monkeypatc
     assert not Study.objects.for_tenant(clinic).exists()
     assert object_keys(storage_for(clinic), str(clinic.pk)) == []
     assert AuditEvent.objects.for_tenant(clinic).count() == events_before
+    assert len(calls) == 4  # the other writes finished before their objects were removed
 
 
 @pytest.mark.django_db
@@ -170,3 +174,26 @@ def test_concurrent_batches_on_the_same_studies_store_each_instance_once():
     assert sum(o.count(IngestOutcome.STORED) for o in outcomes) == 12
     assert sum(o.count(IngestOutcome.DUPLICATE) for o in outcomes) == 6
     assert chain_verify(chain=AuditChain.objects.get(tenant=clinic)).intact
+
+
+@pytest.mark.django_db
+def test_object_write_many_leaves_whole_private_files_and_syncs_each_directory_once(
+    clinic, monkeypatch
+):
+    storage = storage_for(clinic)
+    synced = []
+    real_sync = storage_module.sync_directory
+    monkeypatch.setattr(
+        storage_module, "sync_directory", lambda path: (synced.append(path), real_sync(path))
+    )
+    objects = [(f"{clinic.pk}/batch-{i}", iter([b"x" * 1000, bytes([i])])) for i in range(8)]
+
+    object_write_many(storage, objects)
+
+    directory = Path(storage.path(str(clinic.pk)))
+    assert sorted(p.name for p in directory.iterdir()) == [f"batch-{i}" for i in range(8)]
+    assert all(
+        (directory / f"batch-{i}").read_bytes() == b"x" * 1000 + bytes([i]) for i in range(8)
+    )
+    assert {oct(p.stat().st_mode & 0o777) for p in directory.iterdir()} == {"0o600"}
+    assert synced == [directory]

@@ -14,6 +14,7 @@ import pytest
 from django.utils import timezone
 
 from imaging import storage as storage_module
+from imaging.ingest import IngestOutcome, ingest_many
 from imaging.models import Instance
 from imaging.services import instance_bytes, orphan_sweep
 from imaging.storage import NoPublicURL, object_write, storage_for
@@ -97,6 +98,27 @@ def test_clinic_on_s3_stores_encrypted_objects_in_its_own_bucket(s3_clinic, s3_e
     assert not (data_dir / "objects").exists()
     with pytest.raises(NoPublicURL):
         storage_for(s3_clinic).url(instance.storage_key)
+
+
+def test_a_stow_batch_on_s3_writes_every_object_encrypted(s3_clinic, s3_endpoint):
+    files = synthetic_ct(slices=5, patient_name="Batch^Person", patient_id="S3-BATCH-7")
+
+    results = ingest_many(
+        tenant=s3_clinic, actor=INGEST_ACTOR, items=[(f"{i}.dcm", f) for i, f in enumerate(files)]
+    )
+
+    rows = list(Instance.objects.for_tenant(s3_clinic).order_by("instance_number"))
+    listed = _client(s3_endpoint).list_objects_v2(Bucket=s3_clinic.storage_bucket)["Contents"]
+    assert [r.outcome for r in results] == [IngestOutcome.STORED] * 5
+    assert sorted(obj["Key"] for obj in listed) == sorted(row.storage_key for row in rows)
+    for row, data in zip(rows, files, strict=True):
+        blob = (
+            _client(s3_endpoint)
+            .get_object(Bucket=s3_clinic.storage_bucket, Key=row.storage_key)["Body"]
+            .read()
+        )
+        assert b"Batch^Person" not in blob and b"S3-BATCH-7" not in blob
+        assert instance_bytes(instance=row, actor=INGEST_ACTOR)[128:] == data[128:]
 
 
 @pytest.mark.django_db
