@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import os
 import zipfile
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -123,6 +124,9 @@ def _parse(data: bytes, digest: Future[str] | None = None) -> ParsedInstance:
 @lru_cache(maxsize=1)
 def _hashers() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=2, thread_name_prefix="ingest-hash")
+
+
+os.register_at_fork(after_in_child=_hashers.cache_clear)  # a forked child has no threads
 
 
 def _sha256(data: bytes) -> str:

@@ -143,6 +143,10 @@ def _writers() -> ThreadPoolExecutor:
     )
 
 
+# A forked child (a prefork worker) has none of its parent's threads: it makes its own pool.
+os.register_at_fork(after_in_child=_writers.cache_clear)
+
+
 def object_write_many(storage: Storage, objects: Sequence[tuple[str, Iterable[bytes]]]) -> None:
     """Write several objects; every one is durable when this returns, or it raises.
 

@@ -182,6 +182,34 @@ def test_metadata_has_no_pixel_data_but_a_bulk_data_uri(clinic, read_token, stor
     assert metadata[0]["7FE00010"]["BulkDataURI"].startswith(f"{BASE}/studies/")
 
 
+def test_qido_results_at_each_level_carry_their_attributes_and_retrieve_url(
+    clinic, read_token, stored_ct
+):
+    ds = _ds(stored_ct[0])
+    session = http(read_token)
+    study_url = f"{BASE}/studies/{ds.StudyInstanceUID}"
+    series_url = f"{study_url}/series/{ds.SeriesInstanceUID}"
+
+    (study,) = session.get(f"{BASE}/studies?PatientID=PID-1").json()
+    (series,) = session.get(f"{BASE}/series?PatientName=M*").json()
+    (instance,) = session.get(f"{BASE}/instances?SOPInstanceUID={ds.SOPInstanceUID}").json()
+
+    for result in (study, series, instance):
+        assert list(result) == sorted(result)  # tag order, as PS3.18 lists them
+        assert result["00100010"] == {"vr": "PN", "Value": [{"Alphabetic": "Müller^Jürgen"}]}
+        assert result["00100020"] == {"vr": "LO", "Value": ["PID-1"]}
+        assert result["00080020"]["vr"] == "DA" and len(result["00080020"]["Value"][0]) == 8
+        assert result["0020000D"]["Value"] == [ds.StudyInstanceUID]
+    assert study["00081190"]["Value"] == [study_url]
+    assert study["00080061"] == {"vr": "CS", "Value": ["CT"]}
+    assert series["00081190"]["Value"] == [series_url]
+    assert series["0020000E"]["Value"] == [ds.SeriesInstanceUID]
+    assert series["00201209"] == {"vr": "IS", "Value": [3]}
+    assert instance["00081190"]["Value"] == [f"{series_url}/instances/{ds.SOPInstanceUID}"]
+    assert instance["00280010"] == {"vr": "US", "Value": [int(ds.Rows)]}
+    assert instance["00080016"]["Value"] == [str(ds.SOPClassUID)]
+
+
 @pytest.mark.django_db
 def test_another_clinics_token_sees_nothing(clinic, outsider_token, stored_ct):
     ds = _ds(stored_ct[0])

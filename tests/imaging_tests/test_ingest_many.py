@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import io
+import os
+import signal
 import threading
+import time
 from pathlib import Path
 
 import pydicom
@@ -197,3 +200,27 @@ def test_object_write_many_leaves_whole_private_files_and_syncs_each_directory_o
     )
     assert {oct(p.stat().st_mode & 0o777) for p in directory.iterdir()} == {"0o600"}
     assert synced == [directory]
+
+
+def test_object_writes_still_run_in_a_forked_child(tmp_path):
+    # A prefork worker forked after its parent wrote objects must not wait on the
+    # parent's threads, which do not exist in the child.
+    storage = PrivateFileSystemStorage(str(tmp_path))
+    object_write_many(storage, [("parent/one", iter([b"p"]))])
+
+    pid = os.fork()
+    if pid == 0:  # the child
+        try:
+            object_write_many(storage, [("child/one", iter([b"c"])), ("child/two", iter([b"c"]))])
+        finally:
+            os._exit(0)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and os.waitpid(pid, os.WNOHANG) == (0, 0):
+        time.sleep(0.05)
+    finished = (tmp_path / "child" / "two").exists()
+    if not finished:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+
+    assert finished
+    assert (tmp_path / "child" / "one").read_bytes() == b"c"
