@@ -101,15 +101,15 @@ def _search(request: HttpRequest, queryset: QuerySet, level: str) -> HttpRespons
         # Naming the patient's clinic too lets PostgreSQL use the patient indexes
         # (tenant, patient_id) and (tenant, name) instead of scanning every patient row.
         queryset = queryset.filter(**{f"{query.patient}__tenant": _client(request).tenant})
-    results = search_results(
+    count, body = search_results(
         queryset.filter(query.filters)[query.offset : query.offset + query.limit],
         level=level,
         base_url=_base_url(request),
     )
-    _audit(request, Action.DICOMWEB_SEARCH, {"level": level, "results": len(results)})
-    if not results:
+    _audit(request, Action.DICOMWEB_SEARCH, {"level": level, "results": count})
+    if not count:
         return HttpResponse(status=204)
-    return _json(results)
+    return HttpResponse(body, content_type=DICOM_JSON)
 
 
 def _studies(request: HttpRequest) -> QuerySet[Study]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import re
 
 import pydicom
@@ -208,6 +209,22 @@ def test_qido_results_at_each_level_carry_their_attributes_and_retrieve_url(
     assert instance["00081190"]["Value"] == [f"{series_url}/instances/{ds.SOPInstanceUID}"]
     assert instance["00280010"] == {"vr": "US", "Value": [int(ds.Rows)]}
     assert instance["00080016"]["Value"] == [str(ds.SOPClassUID)]
+
+
+def test_qido_results_stay_valid_json_with_quotes_markup_and_non_ascii(clinic, read_token):
+    name, description = 'O"Brien^<script>alert(1)</script>', 'Knee "left"\\Ärztin'
+    for data in synthetic_ct(
+        slices=1, patient_name=name, patient_id="Q-1", tags={"StudyDescription": description}
+    ):
+        ingest(clinic, data)
+
+    response = http(read_token).get(f"{BASE}/studies?PatientID=Q-1")
+
+    (study,) = json.loads(response.content)
+    assert study["00100010"]["Value"] == [{"Alphabetic": name}]
+    assert study["00081030"]["Value"] == [description]
+    assert response.headers["Content-Type"].startswith("application/dicom+json")
+    assert response.headers["X-Content-Type-Options"] == "nosniff"  # never sniffed as HTML
 
 
 @pytest.mark.django_db
