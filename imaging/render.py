@@ -36,6 +36,14 @@ def _file_window(ds: pydicom.Dataset) -> tuple[float, float] | None:
     return MODALITY_WINDOWS.get(str(ds.get("Modality", "")))
 
 
+def _linear_window(values: np.ndarray, centre: float, width: float) -> np.ndarray:
+    """Rescaled values to grey levels 0-255 through a LINEAR window (PS3.3 C.11.2.1.2.1)."""
+    if width <= 1:  # a width of 1 is a threshold at the centre
+        return np.where(values < centre - 0.5, 0, 255).astype(np.uint8)
+    scaled = ((values - (centre - 0.5)) / (width - 1) + 0.5) * 255.0
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
 def windowed_by_table(
     ds: pydicom.Dataset, pixels: np.ndarray, window: tuple[float, float] | None = None
 ) -> np.ndarray | None:
@@ -65,11 +73,7 @@ def windowed_by_table(
     values = values * float(ds.get("RescaleSlope", 1) or 1) + float(
         ds.get("RescaleIntercept", 0) or 0
     )
-    if width <= 1:  # PS3.3: a width of 1 is a threshold at the centre
-        table = np.where(values < centre - 0.5, 0, 255).astype(np.uint8)
-    else:
-        scaled = ((values - (centre - 0.5)) / (width - 1) + 0.5) * 255.0
-        table = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+    table = _linear_window(values, centre, width)
     if str(ds.get("PhotometricInterpretation", "")) == "MONOCHROME1":
         table = 255 - table
     return table[pixels.astype(np.int32, copy=False) - low]
@@ -95,8 +99,7 @@ def frame_to_uint8(ds: pydicom.Dataset, pixels: np.ndarray) -> np.ndarray:
         grey = np.clip(out, 0, 255).astype(np.uint8)
     elif MODALITY_WINDOWS.get(str(ds.get("Modality", ""))):
         centre, width = MODALITY_WINDOWS[str(ds.Modality)]  # type: ignore[misc]
-        low = centre - width / 2
-        grey = (np.clip((pixels - low) / width, 0.0, 1.0) * 255.0).astype(np.uint8)
+        grey = _linear_window(pixels, centre, width)
     else:
         grey = _to_uint8(pixels)
     if photometric == "MONOCHROME1":
@@ -159,10 +162,7 @@ def rendered(
         image = Image.fromarray(grey)
     elif window is not None and ds.get("SamplesPerPixel", 1) == 1:
         centre, width = window
-        values = apply_modality_lut(pixels, ds).astype(np.float64)
-        grey = (np.clip((values - (centre - width / 2)) / max(width, 1.0), 0, 1) * 255).astype(
-            np.uint8
-        )
+        grey = _linear_window(apply_modality_lut(pixels, ds).astype(np.float64), centre, width)
         if str(ds.get("PhotometricInterpretation", "")) == "MONOCHROME1":
             grey = 255 - grey
         image = Image.fromarray(grey)

@@ -155,23 +155,22 @@ def object_write_many(storage: Storage, objects: Sequence[tuple[str, Iterable[by
     fsynced and each directory once for the batch, not once per file. On an error every
     write has finished (or failed) before it is raised, so the caller can delete them all.
     """
-    if isinstance(storage, PrivateFileSystemStorage):
+    local = isinstance(storage, PrivateFileSystemStorage)
 
-        def write(key: str, chunks: Iterable[bytes]) -> Path:
-            return storage.write_file(key, _readable(key, chunks))
-
-    else:
-
-        def write(key: str, chunks: Iterable[bytes]) -> Path:
+    def write(key: str, chunks: Iterable[bytes]) -> None:
+        if not local:
             object_write(storage, key, chunks)
-            return Path()
+        elif storage.exists(key):  # as object_write: random keys never collide; never guess
+            raise RuntimeError("object key collision")
+        else:
+            storage.write_file(key, _readable(key, chunks))  # type: ignore[attr-defined]
 
     futures = [_writers().submit(write, key, chunks) for key, chunks in objects]
     wait(futures)
     for future in futures:
         future.result()  # the first failure, if any
-    if isinstance(storage, PrivateFileSystemStorage):
-        for directory in {future.result().parent for future in futures}:
+    if local:
+        for directory in {Path(storage.path(key)).parent for key, _ in objects}:
             sync_directory(directory)
 
 

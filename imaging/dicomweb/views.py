@@ -117,7 +117,7 @@ def _studies(request: HttpRequest) -> QuerySet[Study]:
     studies = Study.objects.for_tenant(client.tenant)
     if client.studies is not None:
         studies = studies.filter(pk__in=client.studies.values("pk"))
-    return studies.select_related("patient").order_by("-study_date", "study_uid")
+    return studies.order_by("-study_date", "study_uid")  # results read columns, not rows
 
 
 def _series(request: HttpRequest) -> QuerySet[Series]:
