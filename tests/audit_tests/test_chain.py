@@ -79,6 +79,31 @@ def test_seq_is_gapless_per_clinic_and_links_hashes(clinic, other_clinic):
 
 
 @pytest.mark.django_db
+def test_a_batch_is_stored_exactly_as_returned_and_advances_the_head(clinic, capsys):
+    entries = [
+        audit.Entry(
+            action=Action.INSTANCE_STORED, target=Target("instance", str(i)), detail={"i": i}
+        )
+        for i in range(3)
+    ]
+
+    returned = audit.record_many(actor=TEST_ACTOR, tenant=clinic, entries=entries)
+
+    stored = {e.pk: e for e in _events(clinic)}
+    for event in returned:
+        row = stored[event.pk]
+        assert (row.seq, row.hash, row.prev_hash) == (event.seq, event.hash, event.prev_hash)
+        assert (row.target_id, row.detail, row.created_at) == (
+            event.target_id,
+            event.detail,
+            event.created_at,
+        )
+    chain = AuditChain.objects.get(tenant=clinic)
+    assert (chain.last_seq, chain.last_hash) == (returned[-1].seq, returned[-1].hash)
+    assert _verify(capsys, clinic)[0]
+
+
+@pytest.mark.django_db
 def test_events_without_a_clinic_go_to_the_platform_chain(db):
     event = audit.record(
         actor=Actor.system("tests"), action=Action.LOGIN_FAILED, target=None, tenant=None
