@@ -46,6 +46,7 @@ def require_chromium() -> None:
 @contextmanager
 def browser_page(*, width: int = 1280, height: int = 900) -> Iterator[object]:
     require_chromium()
+    from django.db import connections
     from playwright.sync_api import sync_playwright
 
     # Playwright runs an event loop in this thread; the test's own ORM calls are
@@ -63,6 +64,10 @@ def browser_page(*, width: int = 1280, height: int = 900) -> Iterator[object]:
         finally:
             context.close()
             browser.close()
+            # ORM calls inside this block get a connection of their own (Django keys
+            # connections by async context, which Playwright's loop changes); close it,
+            # or PostgreSQL refuses to drop the test database at the end of the run.
+            connections.close_all()
 
 
 def screenshot(page: object, name: str) -> Path:

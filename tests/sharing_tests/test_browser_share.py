@@ -36,27 +36,26 @@ def test_share_open_on_a_phone_with_pin_then_revoke(live_server):
             viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True
         )
         phone = phone_context.new_page()
-        if True:
-            phone.goto(url)
-            phone.wait_for_url("**/s/")
-            assert phone.url.removeprefix(live_server.url) == "/s/"
-            phone.get_by_label("PIN").fill("8642")
-            phone.get_by_role("button", name="Open").click()
-            phone.get_by_role("link", name="Open viewer").click()
-            phone.wait_for_selector("#viewer[data-state=ready]", timeout=30_000)
-            assert phone.locator("#viewer").get_attribute("data-slices") == "20"
-            screenshot(phone, "share-2-recipient-phone")
-            assert phone.evaluate(METADATA_STATUS) == 200
+        phone.goto(url)
+        phone.wait_for_url("**/s/")
+        assert phone.url.removeprefix(live_server.url) == "/s/"
+        phone.get_by_label("PIN").fill("8642")
+        phone.get_by_role("button", name="Open").click()
+        phone.get_by_role("link", name="Open viewer").click()
+        phone.wait_for_selector("#viewer[data-state=ready]", timeout=30_000)
+        assert phone.locator("#viewer").get_attribute("data-slices") == "20"
+        screenshot(phone, "share-2-recipient-phone")
+        assert phone.evaluate(METADATA_STATUS) == 200
 
-            sharer.get_by_role("link", name="Manage this link").click()
-            sharer.get_by_role("button", name="Revoke now").click()
-            sharer.wait_for_selector("text=The link is revoked")
-            screenshot(sharer, "share-3-revoked")
+        sharer.get_by_role("link", name="Manage this link").click()
+        sharer.get_by_role("button", name="Revoke now").click()
+        sharer.wait_for_selector("text=The link is revoked")
+        screenshot(sharer, "share-3-revoked")
 
-            # The next request of the open viewer is refused (frames, metadata, pages).
-            assert phone.evaluate(METADATA_STATUS) == 404
-            with phone.expect_navigation():
-                phone.get_by_role("link", name="← Study").click()
-            assert phone.get_by_role("heading", name="This link does not work").is_visible()
-            screenshot(phone, "share-4-recipient-after-revoke")
+        # The next request of the open viewer is refused (frames, metadata, pages).
+        assert phone.evaluate(METADATA_STATUS) == 404
+        with phone.expect_navigation():
+            phone.get_by_role("link", name="← Study").click()
+        assert phone.get_by_role("heading", name="This link does not work").is_visible()
+        screenshot(phone, "share-4-recipient-after-revoke")
         phone_context.close()
