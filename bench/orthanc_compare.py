@@ -4,8 +4,8 @@ Set-up (all throwaway, under a temporary folder):
 - Orthanc and its DICOMweb plugin from Debian's packages (`apt-get install orthanc
   orthanc-dicomweb` when missing; needs root), run as a private instance on free loopback
   ports with its default SQLite index, not the system service;
-- the portal under gunicorn (sync workers) on PostgreSQL (a fresh database `portal_bench`)
-  with a Redis-backed Celery worker; encryption is always on;
+- the portal under gunicorn (gthread workers, keep-alive) on PostgreSQL (a fresh database
+  `portal_bench`) with a Redis-backed Celery worker; encryption is always on;
 - synthetic data: a 300-slice 512x512 CT series (158 MB) and N small studies (default
   2,000; 100 of them share one PatientID for the 100-hit search).
 

@@ -311,7 +311,8 @@ def start_server(env: dict[str, str], port: int, log: Path) -> tuple[subprocess.
             "portal.wsgi:application",
             *("--bind", f"127.0.0.1:{port}"),
             *("--workers", workers, "--worker-class", "gthread", "--threads", threads),
-            *("--keep-alive", "30", "--access-logfile", "-"),
+            # No access log: it would write QIDO query strings (PatientID, names) to disk.
+            *("--keep-alive", "30"),
         ]
         kind = (
             f"gunicorn ({workers} gthread workers x {threads} threads, keep-alive; "
