@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -49,10 +50,8 @@ def chain_key_for(tenant: Tenant | None) -> str:
 def _locked_head(tenant: Tenant | None) -> tuple[int, int, str]:
     """The chain's (id, last seq, last hash), its row locked until the transaction ends.
 
-    Every audited request runs this, so it is one precompiled statement rather than an
-    ORM query (whose compilation cost more than the round trip). The row lock serialises
-    writers per clinic on PostgreSQL; on SQLite the IMMEDIATE transaction mode already
-    holds the database write lock.
+    The row lock serialises writers per clinic on PostgreSQL; on SQLite the IMMEDIATE
+    transaction mode already holds the database write lock.
     """
     key = chain_key_for(tenant)
     lock = " FOR UPDATE" if connection.features.has_select_for_update else ""
@@ -67,24 +66,69 @@ def _locked_head(tenant: Tenant | None) -> tuple[int, int, str]:
     return row
 
 
+def _read_head(key: str) -> tuple[int, int, str] | None:
+    with connection.cursor() as cursor:
+        cursor.execute(_HEAD_SQL, [key])
+        return cursor.fetchone()
+
+
+# Every audited request appends, so these are precompiled statements rather than ORM
+# queries (whose compilation cost more than the round trip). Identifiers come from the
+# models' metadata; every value is a parameter.
 _CHAIN_TABLE = AuditChain._meta.db_table
 _HEAD_SQL = f"SELECT id, last_seq, last_hash FROM {_CHAIN_TABLE} WHERE key = %s"  # noqa: S608
 _ADVANCE_SQL = f"UPDATE {_CHAIN_TABLE} SET last_seq = %s, last_hash = %s WHERE id = %s"  # noqa: S608
 _EVENT_FIELDS = [f for f in AuditEvent._meta.concrete_fields if not f.primary_key]
-# PostgreSQL: insert the events and advance the head in one statement (a data-modifying
-# CTE). Identifiers come from the models' metadata; every value is a parameter.
+_EVENT_COLUMNS = ", ".join(f.column for f in _EVENT_FIELDS)
+# PostgreSQL, under the row lock: insert the events and advance the head in one
+# statement (a data-modifying CTE).
 _APPEND_SQL = (
     f"WITH advanced AS ({_ADVANCE_SQL}) INSERT INTO {AuditEvent._meta.db_table} "  # noqa: S608
-    f"({', '.join(f.column for f in _EVENT_FIELDS)}) VALUES "
+    f"({_EVENT_COLUMNS}) VALUES "
 )
 _APPEND_ROW = "(" + ", ".join(["%s"] * len(_EVENT_FIELDS)) + ")"
+# PostgreSQL, without a lock: advance the head only if it is still the one the events
+# were chained to, and insert them only if it was; one statement, so both or neither.
+_SWAP_SQL = (
+    f"WITH advanced AS ({_ADVANCE_SQL} AND last_seq = %s AND last_hash = %s RETURNING id) "  # noqa: S608
+    f"INSERT INTO {AuditEvent._meta.db_table} ({_EVENT_COLUMNS}) "
+    "SELECT * FROM (VALUES {rows}) AS appended WHERE EXISTS (SELECT 1 FROM advanced) "
+    "RETURNING id"
+)
+# Each chain's head as this process last wrote or read it. Only a guess: the swap
+# checks it against the row, and a stale one costs a re-read and another try.
+_HEADS: dict[str, tuple[int, int, str]] = {}
+_SWAP_ATTEMPTS = 3
+
+
+@functools.cache
+def _swap_row() -> str:
+    # PostgreSQL only. In a VALUES list it cannot infer the columns' types, so each
+    # value is cast to its column's.
+    return "(" + ", ".join(f"%s::{f.cast_db_type(connection)}" for f in _EVENT_FIELDS) + ")"
+
+
+def _values(events: list[AuditEvent]) -> list[Any]:
+    values: list[Any] = []
+    for event in events:
+        values += [f.get_db_prep_save(getattr(event, f.attname), connection) for f in _EVENT_FIELDS]
+    return values
+
+
+def _saved(events: list[AuditEvent], ids: list[int]) -> None:
+    # A multi-row INSERT returns its rows in VALUES order (bulk_create relies on it too).
+    for event, pk in zip(events, ids, strict=True):
+        event.pk = pk
+        event._state.adding = False
+        event._state.db = connection.alias
 
 
 def _append(events: list[AuditEvent], *, chain_id: int, seq: int, last_hash: str) -> None:
-    """Insert the events and advance the chain head to `seq` and `last_hash`.
+    """Insert the events and advance the chain head to `seq` and `last_hash`, under the
+    head's row lock.
 
-    On PostgreSQL this is one round trip, saved on every audited request; elsewhere the
-    ORM inserts, then the head is advanced.
+    On PostgreSQL this is one round trip; elsewhere the ORM inserts, then the head is
+    advanced.
     """
     if connection.vendor != "postgresql":
         if len(events) == 1:
@@ -94,19 +138,31 @@ def _append(events: list[AuditEvent], *, chain_id: int, seq: int, last_hash: str
         with connection.cursor() as cursor:
             cursor.execute(_ADVANCE_SQL, [seq, last_hash, chain_id])
         return
-    params: list[Any] = [seq, last_hash, chain_id]
-    for event in events:
-        params += [f.get_db_prep_save(getattr(event, f.attname), connection) for f in _EVENT_FIELDS]
     with connection.cursor() as cursor:
         cursor.execute(
-            _APPEND_SQL + ", ".join([_APPEND_ROW] * len(events)) + " RETURNING id", params
+            _APPEND_SQL + ", ".join([_APPEND_ROW] * len(events)) + " RETURNING id",
+            [seq, last_hash, chain_id, *_values(events)],
         )
+        _saved(events, [pk for (pk,) in cursor.fetchall()])
+
+
+def _append_if_head(events: list[AuditEvent], *, head: tuple[int, int, str]) -> bool:
+    """Append the events if the chain's head is still `head`; False if it moved on.
+
+    One statement, and outside a transaction its own: the BEGIN, the lock and the
+    COMMIT of the locked path are three round trips saved on every audited read. A
+    concurrent writer's lock is waited for, then the head compared with what it wrote.
+    """
+    chain_id, seq, last_hash = head
+    sql = _SWAP_SQL.format(rows=", ".join([_swap_row()] * len(events)))
+    params = [events[-1].seq, events[-1].hash, chain_id, seq, last_hash, *_values(events)]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
         ids = [pk for (pk,) in cursor.fetchall()]
-    # A multi-row INSERT returns its rows in VALUES order (bulk_create relies on it too).
-    for event, pk in zip(events, ids, strict=True):
-        event.pk = pk
-        event._state.adding = False
-        event._state.db = connection.alias
+    if not ids:
+        return False
+    _saved(events, ids)
+    return True
 
 
 def record(
@@ -144,7 +200,7 @@ def record_many(
     entries: list[Entry],
     at: dt.datetime | None = None,
 ) -> list[AuditEvent]:
-    """Append several events by one actor in one go: one chain lock, one insert.
+    """Append several events by one actor in one go: one statement on PostgreSQL.
 
     For work done in bulk (a STOW-RS request storing many instances); the events and
     their hash chain are exactly what as many `record` calls would have written.
@@ -155,10 +211,10 @@ def record_many(
         _check_detail(detail)
         prepared.append((Action(entry.action), Target.of(entry.target), entry.outcome, detail))
     created_at = at or timezone.now()
-    # No savepoint: an audit write that fails must fail the caller's transaction too.
     chain_key = chain_key_for(tenant)
-    with transaction.atomic(savepoint=False):
-        chain_id, seq, last_hash = _locked_head(tenant)
+
+    def chained(head: tuple[int, int, str]) -> list[AuditEvent]:
+        chain_id, seq, last_hash = head
         events = []
         for action, target_ref, outcome, detail in prepared:
             seq += 1
@@ -179,7 +235,31 @@ def record_many(
             )
             event.hash = last_hash = hash_of(event, chain_key=chain_key)
             events.append(event)
-        _append(events, chain_id=chain_id, seq=seq, last_hash=last_hash)
+        return events
+
+    # No savepoint: an audit write that fails must fail the caller's transaction too.
+    # (Inside the caller's transaction, atomic(savepoint=False) issues no SQL.)
+    if connection.vendor == "postgresql":
+        for _ in range(_SWAP_ATTEMPTS):
+            head = _HEADS.get(chain_key) or _read_head(chain_key)
+            if head is None:  # the clinic's first event: create its chain, locked
+                break
+            events = chained(head)
+            if connection.in_atomic_block:
+                with transaction.atomic(savepoint=False):
+                    appended = _append_if_head(events, head=head)
+            else:
+                appended = _append_if_head(events, head=head)
+            if appended:
+                _HEADS[chain_key] = (head[0], events[-1].seq, events[-1].hash)
+                return events
+            _HEADS.pop(chain_key, None)
+    with transaction.atomic(savepoint=False):
+        head = _locked_head(tenant)
+        events = chained(head)
+        _append(events, chain_id=head[0], seq=events[-1].seq, last_hash=events[-1].hash)
+    if connection.vendor == "postgresql":
+        _HEADS[chain_key] = (head[0], events[-1].seq, events[-1].hash)
     return events
 
 

@@ -135,6 +135,10 @@ def test_event_is_written_in_the_callers_transaction(clinic):
 
     assert len(_events(clinic)) == before
     assert _verify_ok(clinic)
+    # The next event chains to the head as stored, not to the one rolled back.
+    _record(clinic)
+    assert [e.seq for e in _events(clinic)] == list(range(1, before + 2))
+    assert _verify_ok(clinic)
 
 
 def _verify_ok(tenant):
@@ -315,6 +319,69 @@ def test_concurrent_writers_get_gapless_unique_seqs():
     assert errors == []
     assert [e.seq for e in _events(tenant)] == list(range(1, before + 41))
     assert _verify_ok(tenant)
+
+
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_concurrent_reads_and_rolled_back_writes_keep_the_chain_whole():
+    """Reads audited on their own, changes audited in transactions that sometimes roll
+    back, from several connections at once: every kept event is chained, no gaps."""
+    require_postgresql()
+    tenant = make_clinic("mixed")
+    before = len(_events(tenant))
+    errors: list[BaseException] = []
+
+    def writer(number: int):
+        try:
+            for i in range(8):
+                _record(tenant)  # a read: its own statement
+                with transaction.atomic():  # a change: two events, kept
+                    _record(tenant, n=2)
+                try:
+                    with transaction.atomic():  # a change that fails after auditing
+                        _record(tenant, n=3 if (number + i) % 2 else 1)
+                        raise RuntimeError("the change failed")
+                except RuntimeError:
+                    pass
+        except BaseException as exc:  # surfaced by the assertion below
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert errors == []
+    assert [e.seq for e in _events(tenant)] == list(range(1, before + 4 * 8 * 3 + 1))
+    assert _verify_ok(tenant)
+
+
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_a_read_outside_a_transaction_is_audited_in_one_durable_statement(clinic):
+    """No BEGIN, lock and COMMIT round trips for a read: one statement, committed."""
+    require_postgresql()
+    from django.test.utils import CaptureQueriesContext
+
+    _record(clinic)  # the clinic's chain exists and this process knows its head
+    with CaptureQueriesContext(connection) as queries:
+        (event,) = _record(clinic)
+
+    assert len(queries) == 1
+    assert not connection.in_atomic_block
+    # Committed: another connection sees it.
+    seen: list[bool] = []
+
+    def look():
+        seen.append(AuditEvent.objects.for_tenant(clinic).filter(pk=event.pk).exists())
+        connection.close()
+
+    reader = threading.Thread(target=look)
+    reader.start()
+    reader.join()
+    assert seen == [True]
+    assert _verify_ok(clinic)
 
 
 @pytest.mark.django_db
