@@ -9,7 +9,8 @@ Set-up (all throwaway, under a temporary folder):
 - synthetic data: a 300-slice 512x512 CT series (158 MB) and N small studies (default
   2,000; 100 of them share one PatientID for the 100-hit search).
 
-Every figure is measured in the same run for both servers with the same client code:
+Every figure is measured in the same run for both servers with the same client code
+(the read figures in alternating rounds, so that the machine's drift falls on both):
 dicomweb-client (`DICOMwebClient`) for STOW-RS and QIDO-RS, and its `requests` session for
 WADO-RS, so the bytes are counted as they arrive rather than parsed into datasets.
 
@@ -298,73 +299,82 @@ def get(session, url: str, accept: str) -> int:
         return sum(len(chunk) for chunk in response.iter_content(chunk_size=1 << 20))
 
 
-def measure(
-    name: str,
-    url: str,
-    token: str | None,
-    ct_files: list[bytes],
-    small: list[bytes],
-    settle: Callable[[], None] = lambda: None,
-) -> dict:
-    import pydicom
-
+def store_figures(name: str, url: str, token: str | None, ct_files, small) -> dict:
     print(f"[{name}] STOW-RS, one client: {len(ct_files)} CT instances")
     figures: dict[str, float] = {}
     figures["stow_1client"] = stow_rate(lambda: client_for(url, token), ct_files, 1)
     print(f"[{name}] STOW-RS, four clients: {len(small)} small studies")
     figures["stow_4clients"] = stow_rate(lambda: client_for(url, token), small, 4)
+    return figures
 
-    settle()
-    client = client_for(url, token)
-    session = client._session  # the client's own requests session (auth headers set)
-    first = pydicom.dcmread(io.BytesIO(ct_files[0]), stop_before_pixels=True)
-    study, series = first.StudyInstanceUID, first.SeriesInstanceUID
-    sops = [
-        pydicom.dcmread(io.BytesIO(f), stop_before_pixels=True).SOPInstanceUID for f in ct_files
-    ]
-    wanted = [f"BENCH-{i:06d}" for i in range(100, len(small), max(1, len(small) // 50))]
-    ids = iter(wanted * 10)
 
-    def qido_exact() -> None:
-        found = client.search_for_studies(search_filters={"PatientID": next(ids)})
+# The read figures are taken in rounds, the two servers alternating (and which goes first
+# too): this VM's speed drifts by 20-30 % over minutes, and measuring one server's reads
+# all before the other's let that drift into the ratios.
+READ_ROUNDS = 5
+
+
+class Reader:
+    """One server's read figures, a round at a time, over one client kept alive."""
+
+    def __init__(self, url: str, token: str | None, ct_files: list[bytes], small: list[bytes]):
+        import pydicom
+
+        self.client = client_for(url, token)
+        self.session = self.client._session  # the client's own session (auth headers set)
+        first = pydicom.dcmread(io.BytesIO(ct_files[0]), stop_before_pixels=True)
+        self.series_url = f"{url}/studies/{first.StudyInstanceUID}/series/{first.SeriesInstanceUID}"
+        sops = [
+            pydicom.dcmread(io.BytesIO(f), stop_before_pixels=True).SOPInstanceUID for f in ct_files
+        ]
+        wanted = [f"BENCH-{i:06d}" for i in range(100, len(small), max(1, len(small) // 50))]
+        self.ids = iter(wanted * 10)
+        self.frames = iter(sops[1:] * 3)  # each frame once before any is asked again
+        self.samples: dict[str, list[float]] = {
+            key: [] for key in FIGURES if not key.startswith("stow")
+        }
+        self.wado_bytes = 0
+
+    def qido_exact(self) -> None:
+        found = self.client.search_for_studies(search_filters={"PatientID": next(self.ids)})
         assert len(found) == 1, len(found)
 
-    def qido_100() -> None:
-        found = client.search_for_studies(search_filters={"PatientID": BULK_PATIENT_ID}, limit=100)
+    def qido_100(self) -> None:
+        found = self.client.search_for_studies(
+            search_filters={"PatientID": BULK_PATIENT_ID}, limit=100
+        )
         assert len(found) == 100, len(found)
 
-    print(f"[{name}] QIDO-RS")
-    figures["qido_exact"] = statistics.median(latencies(qido_exact, 50))
-    figures["qido_100hits"] = statistics.median(latencies(qido_100, 20))
+    def rendered(self) -> None:
+        frame_url = f"{self.series_url}/instances/{next(self.frames)}/frames/1/rendered"
+        get(self.session, frame_url, "image/jpeg")
 
-    print(f"[{name}] WADO-RS whole series")
-    series_url = f"{url}/studies/{study}/series/{series}"
-    runs = []
-    for _ in range(3):
+    def metadata(self) -> None:
+        get(self.session, f"{self.series_url}/metadata", "application/dicom+json")
+
+    def round(self) -> None:
+        self.samples["qido_exact"] += latencies(self.qido_exact, 50 // READ_ROUNDS)
+        self.samples["qido_100hits"] += latencies(self.qido_100, 20 // READ_ROUNDS)
         started = time.perf_counter()
-        size = get(session, series_url, SERIES_ACCEPT)
-        runs.append(size / 1e6 / (time.perf_counter() - started))
-    figures["wado_series"] = statistics.median(runs)
-    figures["wado_series_bytes"] = size
+        self.wado_bytes = get(self.session, self.series_url, SERIES_ACCEPT)
+        self.samples["wado_series"].append(self.wado_bytes / 1e6 / (time.perf_counter() - started))
+        self.samples["rendered_frame"] += latencies(self.rendered, 30 // READ_ROUNDS)
+        self.samples["series_metadata"] += latencies(self.metadata, 10 // READ_ROUNDS, warmup=1)
 
-    print(f"[{name}] rendered frames and series metadata")
-    frames = iter(sops[1:] * 3)
-    figures["rendered_frame"] = statistics.median(
-        latencies(
-            lambda: get(
-                session,
-                f"{series_url}/instances/{next(frames)}/frames/1/rendered",
-                "image/jpeg",
-            ),
-            30,
-        )
-    )
-    metadata = latencies(
-        lambda: get(session, f"{series_url}/metadata", "application/dicom+json"), 10
-    )
-    figures["series_metadata"] = statistics.median(metadata)
-    figures["series_metadata_p95"] = percentile(metadata, 95)
-    return figures
+    def figures(self) -> dict[str, float]:
+        figures = {key: statistics.median(values) for key, values in self.samples.items()}
+        figures["wado_series_bytes"] = self.wado_bytes
+        figures["series_metadata_p95"] = percentile(self.samples["series_metadata"], 95)
+        return figures
+
+
+def read_figures(readers: dict[str, Reader]) -> None:
+    names = list(readers)
+    for index in range(READ_ROUNDS):
+        order = names if index % 2 == 0 else names[::-1]
+        print(f"reads, round {index + 1} of {READ_ROUNDS}: {' then '.join(order)}")
+        for name in order:
+            readers[name].round()
 
 
 def qido_at_scale(url: str, token: str, studies: int, runs: int = 200) -> dict:
@@ -518,15 +528,17 @@ def main() -> None:
         ct_files = [p.read_bytes() for p in sorted((work / "ct").glob("*.dcm"))]
         small = small_studies(studies)
 
-        orthanc_figures = measure("Orthanc", orthanc_url, None, ct_files, small)
-        portal_figures = measure(
-            "portal",
-            f"http://127.0.0.1:{port}/dicomweb",
-            token,
-            ct_files,
-            small,
-            settle=lambda: background_settled(database_url),
-        )
+        portal_url = f"http://127.0.0.1:{port}/dicomweb"
+        orthanc_figures = store_figures("Orthanc", orthanc_url, None, ct_files, small)
+        portal_figures = store_figures("portal", portal_url, token, ct_files, small)
+        background_settled(database_url)
+        readers = {
+            "Orthanc": Reader(orthanc_url, None, ct_files, small),
+            "portal": Reader(portal_url, token, ct_files, small),
+        }
+        read_figures(readers)
+        orthanc_figures.update(readers["Orthanc"].figures())
+        portal_figures.update(readers["portal"].figures())
         scale = int(os.environ.get("BENCH_QIDO_SCALE", "100000"))
         print(f"[portal] QIDO-RS at {scale} studies (index rows added by bench/bulk_studies.py)")
         subprocess.run(  # noqa: S603 - fixed argv

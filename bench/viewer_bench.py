@@ -299,7 +299,10 @@ def synthetic_ct_files(folder: Path, *, slices: int, size: int = 512) -> int:
 # --- Server -------------------------------------------------------------------------------
 
 
-def start_server(env: dict[str, str], port: int, log: Path) -> tuple[subprocess.Popen, str]:
+def start_server(
+    env: dict[str, str], port: int, log: Path, cwd: Path = ROOT
+) -> tuple[subprocess.Popen, str]:
+    """The portal's code under `cwd` (this checkout unless told), served on `port`."""
     gunicorn = Path(os.environ.get("BENCH_GUNICORN", VENV_BIN / "gunicorn"))
     if gunicorn.exists():
         workers = os.environ.get("BENCH_GUNICORN_WORKERS", str(2 * (os.cpu_count() or 1) + 1))
@@ -324,7 +327,7 @@ def start_server(env: dict[str, str], port: int, log: Path) -> tuple[subprocess.
         kind = "runserver --insecure (threaded)"
     with log.open("ab") as out:
         process = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
-            argv, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            argv, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
