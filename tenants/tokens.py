@@ -7,15 +7,14 @@ import functools
 import hashlib
 import hmac
 import secrets
-from collections.abc import Callable, Sequence
-from typing import Any
 
 from django.core.exceptions import ValidationError
-from django.db import connection, models, transaction
+from django.db import connection, transaction
 
 import audit
 from audit.actors import Actor
 from audit.models import Action
+from portal import rows
 from tenants.models import ApiToken, Tenant
 
 TOKEN_PREFIX = "ptk"  # noqa: S105  (a label, not a secret)
@@ -69,49 +68,22 @@ def api_token_create(
     return token, f"{TOKEN_PREFIX}_{prefix}_{secret}"
 
 
-def _column(model: type[models.Model], field: models.Field) -> str:
-    quote = connection.ops.quote_name
-    return f"{quote(model._meta.db_table)}.{quote(field.column)}"
+_TOKEN_FIELDS = rows.fields(ApiToken)
+_TENANT_FIELDS = rows.fields(Tenant)
 
 
 @functools.cache
 def _lookup_sql(vendor: str) -> str:
     # A credential names its clinic only once found, so this lookup is not clinic-scoped.
-    # Every partner request runs it: one precompiled statement, not an ORM query whose
-    # compilation and row handling cost several times the database's 0.1 ms. Identifiers
-    # come from the models' metadata; the prefix is a parameter.
-    columns = [_column(ApiToken, f) for f in ApiToken._meta.concrete_fields]
-    columns += [_column(Tenant, f) for f in Tenant._meta.concrete_fields]
-    token_tenant = _column(ApiToken, ApiToken._meta.get_field("tenant"))
-    token_prefix = _column(ApiToken, ApiToken._meta.get_field("prefix"))
+    # Every partner request runs it: one precompiled statement (portal.rows says why).
+    # Identifiers come from the models' metadata; the prefix is a parameter.
+    selected = rows.columns(ApiToken, _TOKEN_FIELDS) + rows.columns(Tenant, _TENANT_FIELDS)
     return (
-        f"SELECT {', '.join(columns)} "  # noqa: S608
-        f"FROM {connection.ops.quote_name(ApiToken._meta.db_table)} "
-        f"JOIN {connection.ops.quote_name(Tenant._meta.db_table)} "
-        f"ON {_column(Tenant, Tenant._meta.pk)} = {token_tenant} WHERE {token_prefix} = %s"
+        f"SELECT {', '.join(selected)} "  # noqa: S608
+        f"FROM {rows.table(ApiToken)} JOIN {rows.table(Tenant)} "
+        f"ON {rows.column(Tenant, 'id')} = {rows.column(ApiToken, 'tenant')} "
+        f"WHERE {rows.column(ApiToken, 'prefix')} = %s"
     )
-
-
-@functools.cache
-def _converters(vendor: str, model: type[models.Model]) -> list[list[Callable[..., Any]]]:
-    """Each field's conversions of the driver's value, as the ORM applies them."""
-    table = model._meta.db_table
-    return [
-        [*connection.ops.get_db_converters(f.get_col(table)), *f.get_db_converters(connection)]
-        for f in model._meta.concrete_fields
-    ]
-
-
-def _instance(model: type[models.Model], values: Sequence[Any]) -> Any:
-    fields = model._meta.concrete_fields
-    converted = []
-    for field, value, converters in zip(
-        fields, values, _converters(connection.vendor, model), strict=True
-    ):
-        for convert in converters:
-            value = convert(value, field.get_col(model._meta.db_table), connection)
-        converted.append(value)
-    return model.from_db(connection.alias, [f.attname for f in fields], converted)
 
 
 def _token_with_tenant(prefix: str) -> ApiToken | None:
@@ -120,9 +92,9 @@ def _token_with_tenant(prefix: str) -> ApiToken | None:
         row = cursor.fetchone()
     if row is None:
         return None
-    split = len(ApiToken._meta.concrete_fields)
-    token = _instance(ApiToken, row[:split])
-    token.tenant = _instance(Tenant, row[split:])
+    split = len(_TOKEN_FIELDS)
+    token = rows.from_row(ApiToken, _TOKEN_FIELDS, row[:split])
+    token.tenant = rows.from_row(Tenant, _TENANT_FIELDS, row[split:])
     return token
 
 

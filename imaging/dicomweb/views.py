@@ -34,6 +34,7 @@ from imaging.keyring import study_dek
 from imaging.metadata import metadata_item, metadata_with_pixel_uri
 from imaging.models import Instance, Series, Study
 from imaging.render import RenderError, frame_native_bytes, rendered
+from imaging.selectors import instance_by_uids
 from imaging.services import (
     instance_bytes,
     instance_chunks,
@@ -349,8 +350,17 @@ def metadata_instance(request: HttpRequest, study: str, series: str, instance: s
 # --- Frames, rendered and thumbnails ------------------------------------------------------
 
 
+def _instance_row(request: HttpRequest, study: str, series: str, instance: str) -> Instance | None:
+    client = _client(request)
+    if client.studies is None and client.series is None:  # the whole clinic: the quick path
+        return instance_by_uids(
+            tenant=client.tenant, study_uid=study, series_uid=series, sop_instance_uid=instance
+        )
+    return _addressed(request, study, series, instance).first()
+
+
 def _instance_dataset(request: HttpRequest, study: str, series: str, instance: str):
-    row = _addressed(request, study, series, instance).first()
+    row = _instance_row(request, study, series, instance)
     if row is None:
         return None, None
     data = instance_bytes(instance=row, actor=_actor(request))

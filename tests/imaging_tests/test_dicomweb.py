@@ -242,9 +242,14 @@ def test_another_clinics_token_sees_nothing(clinic, outsider_token, stored_ct):
         f"{BASE}/studies/{study}/series/{series}/instances",
         f"{BASE}/studies/{study}/series/{series}/instances/{sop}",
         f"{BASE}/studies/{study}/series/{series}/instances/{sop}/metadata",
+        f"{BASE}/studies/{study}/series/{series}/instances/{sop}/frames/1",
+        f"{BASE}/studies/{study}/series/{series}/instances/{sop}/rendered",
+        f"{BASE}/studies/{study}/series/{series}/instances/{sop}/frames/1/rendered",
     ]
 
     statuses = {url: session.get(url).status_code for url in urls}
+    for url in urls[-3:]:  # the same answer as for an instance that does not exist
+        assert session.get(url).content == session.get(url.replace(sop, "1.2.3.4")).content
     searches = [
         session.get(f"{BASE}/{level}?StudyInstanceUID={study}").status_code
         for level in ("studies", "series", "instances")
