@@ -17,7 +17,6 @@ BENCH_SLICES (default 300) and BENCH_STUDIES (default 500) size the data; BENCH_
 from __future__ import annotations
 
 import os
-import secrets
 import shutil
 import statistics
 import subprocess
@@ -29,8 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from orthanc_compare import (
     Reader,
+    bench_clinic,
     client_for,
     ensure_postgres_and_redis,
+    portal_env,
     small_studies,
     stow,
 )
@@ -52,35 +53,10 @@ def main() -> None:
         check=True,
         capture_output=True,
     )
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "portal.settings",
-        "PORTAL_DATA_DIR": str(work / "data"),
-        "SECRET_KEY": "bench-only-" + secrets.token_hex(32),
-        "DEBUG": "0",
-        "ALLOWED_HOSTS": "127.0.0.1",
-        "SECURE_SSL_REDIRECT": "0",
-        "LOG_LEVEL": "WARNING",
-        "DATABASE_URL": database_url,
-        "REDIS_URL": redis_url,
-        "API_RATE_LIMIT_PER_MINUTE": "0",
-    }
-    for name in ("PORTAL_MASTER_KEY", "PORTAL_MASTER_KEY_FILE", "STORAGE_ROOT"):
-        env.pop(name, None)
+    env = portal_env(work, database_url, redis_url)
     servers = []
     try:
-        manage(env, "migrate", "--noinput")
-        manage(env, "init_master_key")
-        manage(env, "create_tenant", "bench", "--name", "Bench")
-        token = (
-            manage(
-                env,
-                *("create_api_token", "--tenant", "bench", "--name", "bench"),
-                *("--scopes", "dicomweb:read,dicomweb:write"),
-            )
-            .splitlines()[-1]
-            .strip()
-        )
+        token = bench_clinic(env)
         urls = {}
         for name, cwd in (("A (working tree)", ROOT), (f"B ({revision})", checkout)):
             port = free_port()

@@ -186,6 +186,39 @@ def ensure_postgres_and_redis(database_url: str, redis_url: str) -> None:
         run("runuser", "-u", "postgres", "--", "psql", "-q", "-c", sql)
 
 
+def portal_env(work: Path, database_url: str, redis_url: str) -> dict[str, str]:
+    """The environment the bench's portal processes run with (data under `work`)."""
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "portal.settings",
+        "PORTAL_DATA_DIR": str(work / "data"),
+        "SECRET_KEY": os.environ.get("SECRET_KEY", "bench-only-" + secrets.token_hex(32)),
+        "DEBUG": "0",
+        "ALLOWED_HOSTS": "127.0.0.1",
+        "SECURE_SSL_REDIRECT": "0",
+        "LOG_LEVEL": "WARNING",
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "API_RATE_LIMIT_PER_MINUTE": "0",  # the benchmark is one partner at full speed
+    }
+    for name in ("PORTAL_MASTER_KEY", "PORTAL_MASTER_KEY_FILE", "STORAGE_ROOT"):
+        env.pop(name, None)
+    return env
+
+
+def bench_clinic(env: dict[str, str]) -> str:
+    """Migrate, make the master key and the clinic `bench`; its read-write API token."""
+    manage(env, "migrate", "--noinput")
+    manage(env, "init_master_key")
+    manage(env, "create_tenant", "bench", "--name", "Bench")
+    created = manage(
+        env,
+        *("create_api_token", "--tenant", "bench", "--name", "bench"),
+        *("--scopes", "dicomweb:read,dicomweb:write"),
+    )
+    return created.splitlines()[-1].strip()
+
+
 def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen:
     with log.open("ab") as out:
         return subprocess.Popen(  # noqa: S603
@@ -484,35 +517,10 @@ def main() -> None:
     ensure_orthanc()
     ensure_postgres_and_redis(database_url, redis_url)
     work = Path(tempfile.mkdtemp(prefix="portal-orthanc-bench-"))
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "portal.settings",
-        "PORTAL_DATA_DIR": str(work / "data"),
-        "SECRET_KEY": os.environ.get("SECRET_KEY", "bench-only-" + secrets.token_hex(32)),
-        "DEBUG": "0",
-        "ALLOWED_HOSTS": "127.0.0.1",
-        "SECURE_SSL_REDIRECT": "0",
-        "LOG_LEVEL": "WARNING",
-        "DATABASE_URL": database_url,
-        "REDIS_URL": redis_url,
-        "API_RATE_LIMIT_PER_MINUTE": "0",  # the benchmark is one partner at full speed
-    }
-    for name in ("PORTAL_MASTER_KEY", "PORTAL_MASTER_KEY_FILE", "STORAGE_ROOT"):
-        env.pop(name, None)
+    env = portal_env(work, database_url, redis_url)
     processes: list[subprocess.Popen] = []
     try:
-        manage(env, "migrate", "--noinput")
-        manage(env, "init_master_key")
-        manage(env, "create_tenant", "bench", "--name", "Bench")
-        token = (
-            manage(
-                env,
-                *("create_api_token", "--tenant", "bench", "--name", "bench"),
-                *("--scopes", "dicomweb:read,dicomweb:write"),
-            )
-            .splitlines()[-1]
-            .strip()
-        )
+        token = bench_clinic(env)
         workers = os.environ.get("BENCH_GUNICORN_WORKERS", str(2 * (os.cpu_count() or 1) + 1))
         env["BENCH_GUNICORN_WORKERS"] = workers
         port = free_port()
