@@ -255,10 +255,11 @@ _SERIES_FIELDS = rows.fields(Series)
 
 @functools.cache
 def _instance_by_uids_sql(vendor: str) -> str:
-    # Every frame a viewer or partner loads starts here: one precompiled statement
-    # (portal.rows says why). Identifiers come from the models' metadata; every value is
-    # a parameter. The clinic is the instance's; its study and series are the same
-    # clinic's by construction, so naming it once lets the (tenant, UID) index lead.
+    # Every frame a partner loads starts here (the viewer and share links, limited to
+    # some studies, use the ORM query): one precompiled statement (portal.rows says
+    # why). Identifiers come from the models' metadata; every value is a parameter. The
+    # clinic is the instance's; its study and series are the same clinic's by
+    # construction, so naming it once lets the (tenant, UID) index lead.
     selected = [
         *rows.columns(Instance, _INSTANCE_FIELDS),
         *rows.columns(Study, _STUDY_FIELDS),
