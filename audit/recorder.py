@@ -14,6 +14,7 @@ from audit.actors import Actor, Target
 from audit.hashing import event_hash
 from audit.keys import audit_key
 from audit.models import PLATFORM_CHAIN_KEY, Action, AuditChain, AuditEvent, Outcome
+from portal import rows
 
 if TYPE_CHECKING:
     from django.db import models
@@ -55,7 +56,7 @@ def _locked_head(tenant: Tenant | None) -> tuple[int, int, str]:
     """
     key = chain_key_for(tenant)
     lock = " FOR UPDATE" if connection.features.has_select_for_update else ""
-    with connection.cursor() as cursor:
+    with rows.prepared_cursor() as cursor:
         cursor.execute(f"{_HEAD_SQL}{lock}", [key])
         row = cursor.fetchone()
     if row is None:  # the clinic's first event
@@ -67,7 +68,7 @@ def _locked_head(tenant: Tenant | None) -> tuple[int, int, str]:
 
 
 def _read_head(key: str) -> tuple[int, int, str] | None:
-    with connection.cursor() as cursor:
+    with rows.prepared_cursor() as cursor:
         cursor.execute(_HEAD_SQL, [key])
         return cursor.fetchone()
 
@@ -138,7 +139,7 @@ def _append(events: list[AuditEvent], *, chain_id: int, seq: int, last_hash: str
         with connection.cursor() as cursor:
             cursor.execute(_ADVANCE_SQL, [seq, last_hash, chain_id])
         return
-    with connection.cursor() as cursor:
+    with rows.prepared_cursor() as cursor:
         cursor.execute(
             _APPEND_SQL + ", ".join([_APPEND_ROW] * len(events)) + " RETURNING id",
             [seq, last_hash, chain_id, *_values(events)],
@@ -156,7 +157,7 @@ def _append_if_head(events: list[AuditEvent], *, head: tuple[int, int, str]) -> 
     chain_id, seq, last_hash = head
     sql = _SWAP_SQL.format(rows=", ".join([_swap_row()] * len(events)))
     params = [events[-1].seq, events[-1].hash, chain_id, seq, last_hash, *_values(events)]
-    with connection.cursor() as cursor:
+    with rows.prepared_cursor() as cursor:
         cursor.execute(sql, params)
         ids = [pk for (pk,) in cursor.fetchall()]
     if not ids:

