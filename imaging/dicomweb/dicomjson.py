@@ -10,12 +10,10 @@ backslashes or markup is still one well-formed JSON string.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii as _quoted
 from typing import Any
-
-from django.db.models import QuerySet
 
 Render = Callable[[Any], str]  # a column value to the JSON text of one attribute
 
@@ -135,15 +133,17 @@ LEVELS = {
 }
 
 
-def search_results(queryset: QuerySet, *, level: str, base_url: str) -> tuple[int, bytes]:
-    """The rows of `queryset` (filtered and sliced) as a DICOM JSON array: (count, body)."""
+def search_results(
+    rows: Iterable[Sequence[Any]], *, level: str, base_url: str
+) -> tuple[int, bytes]:
+    """Search result `rows` (the level's `columns`) as a DICOM JSON array: (count, body)."""
     spec = LEVELS[level]
     renders = [render for _, _, render in spec.attributes]
     keys = [f'"{tag}":' for tag in spec.tags]
     url_position, url_columns = spec.tags.index(RETRIEVE_URL), len(renders)
     template = base_url + spec.url_template
     results = []
-    for row in queryset.values_list(*spec.columns):
+    for row in rows:
         values = [render(value) for render, value in zip(renders, row, strict=False)]
         url = _quoted(template.format(*row[url_columns:]))
         values.insert(url_position, f'{{"vr":"UR","Value":[{url}]}}')

@@ -8,7 +8,7 @@ from typing import Any
 
 import pydicom
 from django.conf import settings
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.views.decorators.http import require_http_methods
 
@@ -29,6 +29,7 @@ from imaging.dicomweb.multipart import (
     related_stream,
 )
 from imaging.dicomweb.query import QueryError, parse_query
+from imaging.dicomweb.search import level_queryset, search_rows
 from imaging.ingest import IngestOutcome, ingest_many
 from imaging.keyring import study_dek
 from imaging.metadata import metadata_item, metadata_with_pixel_uri
@@ -93,20 +94,21 @@ def _json(data: Any, status: int = 200) -> JsonResponse:
 # --- QIDO-RS --------------------------------------------------------------------------
 
 
-def _search(request: HttpRequest, queryset: QuerySet, level: str) -> HttpResponse:
+def _search(request: HttpRequest, level: str, scope: Q | None = None) -> HttpResponse:
     try:
         query = parse_query(request.GET, level=level)
     except QueryError as exc:
         return dicomweb_error(400, str(exc))
-    if query.patient is not None:
-        # Naming the patient's clinic too lets PostgreSQL use the patient indexes
-        # (tenant, patient_id) and (tenant, name) instead of scanning every patient row.
-        queryset = queryset.filter(**{f"{query.patient}__tenant": _client(request).tenant})
-    count, body = search_results(
-        queryset.filter(query.filters)[query.offset : query.offset + query.limit],
+    client = _client(request)
+    found = search_rows(
+        tenant=client.tenant,
+        query=query,
         level=level,
-        base_url=_base_url(request),
+        scope=scope,
+        studies=client.studies,
+        series=client.series,
     )
+    count, body = search_results(found, level=level, base_url=_base_url(request))
     _audit(request, Action.DICOMWEB_SEARCH, {"level": level, "results": count})
     if not count:
         return HttpResponse(status=204)
@@ -115,37 +117,26 @@ def _search(request: HttpRequest, queryset: QuerySet, level: str) -> HttpRespons
 
 def _studies(request: HttpRequest) -> QuerySet[Study]:
     client = _client(request)
-    studies = Study.objects.for_tenant(client.tenant)
-    if client.studies is not None:
-        studies = studies.filter(pk__in=client.studies.values("pk"))
-    return studies.order_by("-study_date", "study_uid")  # results read columns, not rows
+    return level_queryset("study", tenant=client.tenant, studies=client.studies)
 
 
 def _series(request: HttpRequest) -> QuerySet[Series]:
     client = _client(request)
-    series = Series.objects.for_tenant(client.tenant)
-    if client.studies is not None:
-        series = series.filter(study__in=client.studies.values("pk"))
-    if client.series is not None:
-        series = series.filter(pk__in=client.series.values("pk"))
-    return series.select_related("tenant", "study", "study__patient").order_by(
-        "study__study_uid", "series_number", "series_uid"
+    series = level_queryset(
+        "series", tenant=client.tenant, studies=client.studies, series=client.series
     )
+    return series.select_related("tenant", "study", "study__patient")
 
 
 def _instances(request: HttpRequest) -> QuerySet[Instance]:
     client = _client(request)
     # No clinic filter on the joined study or patient: the instance's own (tenant, UID)
     # indexes lead, and naming the patient's clinic made PostgreSQL scan every patient.
-    instances = Instance.objects.for_tenant(client.tenant)
-    if client.studies is not None:
-        instances = instances.filter(study__in=client.studies.values("pk"))
-    if client.series is not None:
-        instances = instances.filter(series__in=client.series.values("pk"))
-    return (
-        instances.select_related("tenant", "study", "study__patient", "series")
-        .defer("metadata")  # only metadata requests read the sealed headers
-        .order_by("series__series_uid", "instance_number", "sop_instance_uid")
+    instances = level_queryset(
+        "instance", tenant=client.tenant, studies=client.studies, series=client.series
+    )
+    return instances.select_related("tenant", "study", "study__patient", "series").defer(
+        "metadata"  # only metadata requests read the sealed headers
     )
 
 
@@ -169,31 +160,30 @@ def studies(request: HttpRequest) -> HttpResponse:
 
 
 def search_studies(request: HttpRequest) -> HttpResponse:
-    return _search(request, _studies(request), "study")
+    return _search(request, "study")
 
 
 @require_http_methods(["GET"])
 def search_series(request: HttpRequest, study: str | None = None) -> HttpResponse:
-    queryset = _series(request)
-    if study is not None:
-        queryset = queryset.filter(study__study_uid=study)
-        if not _studies(request).filter(study_uid=study).exists():
-            return dicomweb_error(404, "No such study.")
-    return _search(request, queryset, "series")
+    if study is None:
+        return _search(request, "series")
+    if not _studies(request).filter(study_uid=study).exists():
+        return dicomweb_error(404, "No such study.")
+    return _search(request, "series", Q(study__study_uid=study))
 
 
 @require_http_methods(["GET"])
 def search_instances(
     request: HttpRequest, study: str | None = None, series: str | None = None
 ) -> HttpResponse:
-    queryset = _instances(request)
+    scope = Q()
     if study is not None:
-        queryset = queryset.filter(study__study_uid=study)
+        scope &= Q(study__study_uid=study)
     if series is not None:
-        queryset = queryset.filter(series__series_uid=series)
-    if study is not None and not queryset.exists():
+        scope &= Q(series__series_uid=series)
+    if study is not None and not _instances(request).filter(scope).exists():
         return dicomweb_error(404, "No such study or series.")
-    return _search(request, queryset, "instance")
+    return _search(request, "instance", scope)
 
 
 # --- WADO-RS --------------------------------------------------------------------------

@@ -28,7 +28,7 @@ def _prepared() -> list[str]:
 
 def test_a_statement_run_through_the_prepared_cursor_stays_prepared(clinic):
     require_postgresql()
-    sql = f"SELECT {rows.column(ApiToken, 'name')} FROM {rows.table(ApiToken)} WHERE name = %s"
+    sql = f"SELECT {rows.column(ApiToken, 'name')} FROM {rows.table(ApiToken)} WHERE name = %s"  # noqa: S608 - identifiers from metadata
 
     with rows.prepared_cursor() as cursor:
         cursor.execute(sql, ["first"])
