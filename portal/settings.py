@@ -111,9 +111,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     }
     DATABASES["default"]["TEST"] = {"NAME": None}
 elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
-    # The few statements every request runs (token, audit append, instance lookup) go
-    # through portal.rows.prepared_cursor, which PostgreSQL then keeps parsed and
-    # planned: about 0.1 ms saved on each. Django's other queries never are (its
+    # The statements every request runs (token, audit append, instance lookup, compiled
+    # searches) go through portal.rows.prepared_cursor, which PostgreSQL then keeps
+    # parsed and planned: about 0.1 ms saved on each. Django's other queries never are (its
     # cursors bind client-side). Behind a pooler that cannot carry prepared statements
     # across transactions (PgBouncer before 1.21 in transaction mode), set it to 0.
     DATABASES["default"].setdefault("OPTIONS", {})["prepare_threshold"] = (

@@ -14,6 +14,8 @@ Django rewrote on the way (`icontains` wraps it in %, SQLite's `iexact` escapes 
 placeholders hold those characters so that a rewrite shows), makes the shape fall back to
 the ORM on every use; so does SQL that differs between the two compilations or a
 compilation that fails.
+
+Compiled statements run prepared on PostgreSQL (`portal.rows.prepared_cursor`).
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from typing import Any
 from django.core.exceptions import EmptyResultSet, FullResultSet
 from django.db import connection
 from django.db.models import Q, QuerySet
+
+from portal import rows
 
 # How a bound value becomes the parameter Django would have passed.
 _FORMS: tuple[tuple[str, Callable[[Any], Any]], ...] = (
@@ -66,7 +70,7 @@ class _Statement:
         params = [
             second if index is None else second(values[index]) for index, second in self.binds
         ]
-        with connection.cursor() as cursor:
+        with rows.prepared_cursor() as cursor:
             cursor.execute(self.sql, params)
             fetched = cursor.fetchall()
         converters = [

@@ -1,4 +1,5 @@
-"""Prepared statements: the per-request lookups stay planned on PostgreSQL, nothing else.
+"""Prepared statements: the per-request lookups and compiled searches stay planned on
+PostgreSQL; Django's own queries never are.
 
 PostgreSQL lists a connection's prepared statements in `pg_prepared_statements`; these
 tests read it from the same connection the portal used.
@@ -8,10 +9,13 @@ from __future__ import annotations
 
 import pytest
 from django.db import connection
+from django.http import QueryDict
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from audit.actors import Actor
+from imaging.dicomweb.query import parse_query
+from imaging.dicomweb.search import search_rows
 from portal import rows
 from tenants.models import ApiToken
 from tenants.tokens import api_token_authenticate, api_token_create
@@ -104,3 +108,12 @@ def test_the_prepared_cursor_works_on_every_database():
     with rows.prepared_cursor() as cursor:
         cursor.execute("SELECT 1")
         assert cursor.fetchone()[0] == 1
+
+
+def test_a_compiled_search_is_prepared(clinic):
+    require_postgresql()
+    query = parse_query(QueryDict("PatientID=PID-404"), level="study")
+    for _ in range(2):
+        assert search_rows(tenant=clinic, query=query, level="study") == []
+
+    assert [s for s in _prepared() if "imaging_study" in s and "$1" in s]
