@@ -75,8 +75,8 @@ def prepared_cursor() -> Iterator[CursorWrapper]:
     first five runs, then keeps a generic plan only if it costs no more than those did.
     Django's own cursors bind parameters on the client and are never prepared; this one
     binds them on the server, and the connection prepares what it runs (settings:
-    `DB_PREPARED_STATEMENTS`). Elsewhere,
-    or with preparing off, it is an ordinary cursor.
+    `DB_PREPARED_STATEMENTS`). Elsewhere, or with preparing off, it is an ordinary
+    cursor.
     """
     with connection.cursor() as cursor:
         if (
