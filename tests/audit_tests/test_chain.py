@@ -180,6 +180,22 @@ def test_postgresql_trigger_rejects_delete(clinic):
 
 
 @pytest.mark.django_db
+def test_events_carry_no_index_another_one_already_leads_with():
+    # Every audited request inserts an event; each index costs that insert.
+    with connection.cursor() as cursor:
+        constraints = connection.introspection.get_constraints(cursor, "audit_auditevent")
+    indexed = sorted(tuple(c["columns"]) for c in constraints.values() if c["index"] or c["unique"])
+
+    assert ("chain_id",) not in indexed and ("tenant_id",) not in indexed
+    assert ("chain_id", "seq") in indexed
+    assert [cols for cols in indexed if cols[0] == "tenant_id"] == [
+        ("tenant_id", "actor_type", "actor_id"),
+        ("tenant_id", "created_at"),
+        ("tenant_id", "target_type", "target_id"),
+    ]
+
+
+@pytest.mark.django_db
 def test_verify_audit_passes_on_an_intact_log(clinic, other_clinic, capsys):
     _record(clinic, 3)
     _record(other_clinic, 3)
