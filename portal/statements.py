@@ -33,12 +33,9 @@ from django.db.models import Q, QuerySet
 
 from portal import rows
 
-# How a bound value becomes the parameter Django would have passed.
-_FORMS: tuple[tuple[str, Callable[[Any], Any]], ...] = (
-    ("as is", lambda value: value),
-    ("text", str),
-    ("hex", lambda value: value.hex),  # UUIDs where the database has no uuid type
-)
+# How a bound value becomes the parameter Django would have passed: as is, as text (a
+# date on SQLite), or as hex (a UUID where the database has no uuid type).
+_FORMS: tuple[Callable[[Any], Any], ...] = (lambda value: value, str, lambda value: value.hex)
 
 
 def _placeholder(value: Any, index: int, compilation: int) -> Any:
@@ -50,7 +47,8 @@ def _placeholder(value: Any, index: int, compilation: int) -> Any:
     if kind is int:
         return 20_000 + 100 * compilation + index  # fits even a small integer column
     if kind is dt.date:
-        return dt.date(1000 + 100 * compilation + index, 1, 1)
+        # Distinct days, valid however many values come first (a year would overflow).
+        return dt.date(1000, 1, 1) + dt.timedelta(days=1_000_000 * compilation + index)
     if kind is uuid.UUID:
         return uuid.UUID(int=(compilation << 64) | index)
     return None  # no placeholder for this type: the shape is not compiled
@@ -154,13 +152,14 @@ class ShapeCache:
         (first, sql, params, compiler), (second, other_sql, other_params, _) = compilations
         if sql != other_sql or len(params) != len(other_params):
             return None
+        in_first, in_second = _locations(first), _locations(second)
         binds: list[_Bind] = []
         for one, two in zip(params, other_params, strict=True):
             if type(one) is type(two) and one == two:
                 binds.append((None, one))
                 continue
-            found = _located(one, first)
-            if found is None or found != _located(two, second):
+            found = _where(in_first, one)
+            if found is None or found != _where(in_second, two):
                 return None
             binds.append(found)
         bound = {index for index, _ in binds if index is not None}
@@ -173,16 +172,28 @@ class ShapeCache:
         )
 
 
-def _located(param: Any, placeholders: list[Any]) -> tuple[int, Callable[[Any], Any]] | None:
+def _locations(placeholders: list[Any]) -> dict[tuple[type, Any], _Bind]:
+    """Each form of each placeholder, by (type, value): where a parameter came from.
+
+    A dictionary, so that classifying a search's parameters stays linear in their
+    number (a UID list may hold thousands).
+    """
+    found: dict[tuple[type, Any], _Bind] = {}
     for index, placeholder in enumerate(placeholders):
-        for _, form in _FORMS:
+        for form in _FORMS:
             try:
                 formed = form(placeholder)
             except AttributeError:
                 continue
-            if type(formed) is type(param) and formed == param:
-                return index, form
-    return None
+            found.setdefault((type(formed), formed), (index, form))
+    return found
+
+
+def _where(locations: dict[tuple[type, Any], _Bind], param: Any) -> _Bind | None:
+    try:
+        return locations.get((type(param), param))
+    except TypeError:  # unhashable (a list, a JSON wrapper): not a placeholder
+        return None
 
 
 # --- Q objects: their shape, their values, and the same Q with other values ----------
