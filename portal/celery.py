@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from celery import Celery
+from celery.signals import worker_init
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
 
@@ -21,3 +22,12 @@ def _prepare_filesystem_broker(sender: Celery, **kwargs: object) -> None:
         for key in ("data_folder_in", "data_folder_out", "processed_folder"):
             if options.get(key):
                 os.makedirs(options[key], mode=0o700, exist_ok=True)
+
+
+@worker_init.connect
+def _keep_freed_memory(**kwargs: object) -> None:
+    # Tasks read and decrypt objects like a web worker (see portal.allocator); pool
+    # processes forked after this inherit the settings.
+    from portal.allocator import keep_freed_memory
+
+    keep_freed_memory()

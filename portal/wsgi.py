@@ -6,7 +6,10 @@ import os
 from django.core.wsgi import get_wsgi_application
 from django.urls import get_resolver
 
+from portal.allocator import keep_freed_memory
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
+keep_freed_memory()
 application = get_wsgi_application()
 
 # Import every view now, then take the start-up heap (Django, boto3, pydicom, numpy:
