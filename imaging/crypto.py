@@ -154,21 +154,32 @@ def _read_exactly(read: Callable[[int], bytes], size: int) -> bytes:
 
 
 def decrypt_verified(
-    read: Callable[[int], bytes], *, key: bytes, context: ObjectContext, sha256: str
+    read: Callable[[int], bytes],
+    *,
+    key: bytes,
+    context: ObjectContext,
+    sha256: str,
+    size: int | None = None,
 ) -> Iterator[bytes]:
-    """Decrypt and check the plaintext SHA-256; the last chunk is released only if it matches.
+    """Decrypt and check the plaintext SHA-256 (and size, if given); the last chunk is
+    released only if they match.
 
     Callers streaming to a client get everything but the final segment before the hash
     is known; the final segment is withheld and an IntegrityError raised on mismatch.
+    The size matters to callers that announced a Content-Length from it.
     """
     digest = hashlib.sha256()
     held: bytes | None = None
+    total = 0
     for segment in decrypt_stream(read, key=key, context=context):
         if held is not None:
             yield held
         digest.update(segment)
+        total += len(segment)
         held = segment
     if digest.hexdigest() != sha256:
         raise IntegrityError("plaintext hash does not match the recorded SHA-256")
+    if size is not None and total != size:
+        raise IntegrityError("plaintext size does not match the recorded size")
     if held:
         yield held

@@ -27,12 +27,27 @@ def related_stream(
 
     def body() -> Iterator[bytes]:
         for content_type, chunks in parts:
-            yield f"--{boundary}\r\nContent-Type: {content_type}\r\n\r\n".encode()
+            yield _part_head(boundary, content_type)
             yield from chunks
             yield b"\r\n"
-        yield f"--{boundary}--\r\n".encode()
+        yield _closing(boundary)
 
     return boundary, body()
+
+
+def related_length(boundary: str, parts: Iterable[tuple[str, int]]) -> int:
+    """The length of the body `related_stream` yields for (content type, size) parts."""
+    return sum(len(_part_head(boundary, kind)) + size + 2 for kind, size in parts) + len(
+        _closing(boundary)
+    )
+
+
+def _part_head(boundary: str, content_type: str) -> bytes:
+    return f"--{boundary}\r\nContent-Type: {content_type}\r\n\r\n".encode()
+
+
+def _closing(boundary: str) -> bytes:
+    return f"--{boundary}--\r\n".encode()
 
 
 class BodyTooLarge(MultipartError):

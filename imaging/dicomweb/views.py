@@ -26,6 +26,7 @@ from imaging.dicomweb.multipart import (
     content_type_parameters,
     iter_related_parts,
     limited_reader,
+    related_length,
     related_stream,
 )
 from imaging.dicomweb.query import QueryError, parse_query
@@ -38,8 +39,8 @@ from imaging.render import RenderError, frame_native_bytes, rendered
 from imaging.selectors import instance_by_uids
 from imaging.services import (
     instance_bytes,
-    instance_chunks,
     instance_header_json,
+    instances_chunks,
     thumbnail_bytes,
 )
 from imaging.viewing import pixel_read_audit
@@ -252,21 +253,32 @@ def _retrieve(request: HttpRequest, instances: QuerySet[Instance]) -> HttpRespon
     except IntegrityError:
         return dicomweb_error(500, "A stored object failed its integrity check; it was not served.")
 
+    def content_type(row: Instance) -> str:
+        syntax = wanted if row.pk.hex in transcoded else row.transfer_syntax_uid
+        return f"application/dicom; transfer-syntax={syntax}"
+
     def parts() -> Iterator[tuple[str, Iterator[bytes]]]:
+        stored = instances_chunks(  # each checked against its size_bytes
+            instances=[r for r in rows if r.pk.hex not in prepared], actor=actor
+        )
         for row in rows:
-            syntax = wanted if row.pk.hex in transcoded else row.transfer_syntax_uid
-            chunks = (
-                iter([prepared[row.pk.hex]])
-                if row.pk.hex in prepared
-                else instance_chunks(instance=row, actor=actor)
-            )
-            yield f"application/dicom; transfer-syntax={syntax}", chunks
+            chunks = iter([prepared[row.pk.hex]]) if row.pk.hex in prepared else next(stored)
+            yield content_type(row), chunks
 
     _audit_read(request, [r.series for r in rows], {"instances": len(rows)})
     boundary, body = related_stream(parts())
     response = StreamingHttpResponse(
         body,
         content_type=f'multipart/related; type="application/dicom"; boundary={boundary}',
+    )
+    # Known up front, so clients can show progress and tell a cut-off body from a whole
+    # one, and the body goes out as is rather than chunked.
+    response["Content-Length"] = related_length(
+        boundary,
+        (
+            (content_type(r), len(prepared[r.pk.hex]) if r.pk.hex in prepared else r.size_bytes)
+            for r in rows
+        ),
     )
     return response
 

@@ -104,6 +104,25 @@ def test_verified_decrypt_withholds_the_end_on_hash_mismatch():
     assert sum(map(len, received)) < len(data)
 
 
+@pytest.mark.parametrize("recorded", [2559, 2561, 0])
+def test_a_plaintext_of_another_size_than_recorded_withholds_the_last_segment(recorded):
+    import hashlib
+
+    data = bytes(range(256)) * 10  # 2,560 bytes: three segments of at most 1,000
+    blob = _encrypt(data)
+    sha256 = hashlib.sha256(data).hexdigest()
+    read = io.BytesIO(blob).read
+    received = []
+
+    assert b"".join(decrypt_verified(read, key=b"k" * 32, context=CTX, sha256=sha256, size=2560))
+    with pytest.raises(IntegrityError, match="size"):
+        for chunk in decrypt_verified(
+            io.BytesIO(blob).read, key=b"k" * 32, context=CTX, sha256=sha256, size=recorded
+        ):
+            received.append(chunk)
+    assert sum(map(len, received)) == 2 * SEGMENT
+
+
 def test_wrapped_keys_are_bound_to_their_context():
     kek, key = new_key(), new_key()
     wrapped = wrap_key(kek=kek, key=key, context=b"study-dek|A|1")

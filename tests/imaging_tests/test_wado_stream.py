@@ -1,0 +1,183 @@
+"""WADO-RS bodies: exact length announced, objects verified whole before they are sent.
+
+Objects are read, decrypted and checked on reader threads a few instances ahead of the
+one being sent; a failed check stops the body before any byte of the failed object.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+
+import pydicom
+import pytest
+from django.test import Client
+
+from audit.models import Action, AuditEvent
+from imaging import services
+from imaging.crypto import IntegrityError
+from imaging.models import Instance
+from tests.imaging_tests.dicomweb_support import token_for
+from tests.imaging_tests.helpers import INGEST_ACTOR, ingest, sample_bytes, synthetic_ct
+
+ANY_SYNTAX = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+EXPLICIT_LE = 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.1'
+
+
+@pytest.fixture
+def reader(clinic):
+    return Client(HTTP_AUTHORIZATION=f"Bearer {token_for(clinic, 'dicomweb:read')}")
+
+
+@pytest.fixture
+def series(clinic, data_dir):
+    """Five slices of one series, as stored, in instance-number order."""
+    files = synthetic_ct(slices=5)
+    for data in files:
+        ingest(clinic, data)
+    return files
+
+
+def _series_url(files: list[bytes]) -> str:
+    ds = pydicom.dcmread(io.BytesIO(files[0]), stop_before_pixels=True)
+    return f"/dicomweb/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+
+
+def _parts(response, body: bytes) -> list[bytes]:
+    boundary = re.search(r"boundary=([^;]+)", response["Content-Type"])[1].encode()
+    pieces = body.split(b"--" + boundary)[1:-1]
+    return [piece.split(b"\r\n\r\n", 1)[1][:-2] for piece in pieces]
+
+
+def _instance(clinic, data: bytes) -> Instance:
+    uid = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True).SOPInstanceUID
+    return Instance.objects.for_tenant(clinic).get(sop_instance_uid=uid)
+
+
+def _read_until_failure(response) -> tuple[bytes, Exception | None]:
+    received = bytearray()
+    try:
+        for chunk in response.streaming_content:
+            received += chunk
+    except IntegrityError as exc:
+        return bytes(received), exc
+    return bytes(received), None
+
+
+@pytest.mark.django_db
+def test_a_series_comes_byte_exact_in_order_with_its_exact_length(series, reader):
+    response = reader.get(_series_url(series), HTTP_ACCEPT=ANY_SYNTAX)
+    body = b"".join(response.streaming_content)
+
+    assert response.status_code == 200
+    assert "Transfer-Encoding" not in response
+    assert int(response["Content-Length"]) == len(body)
+    assert _parts(response, body) == series
+
+
+@pytest.mark.django_db
+def test_transcoded_parts_count_in_the_announced_length(clinic, data_dir, reader):
+    data = sample_bytes("SC_rgb_jpeg_dcmtk.dcm")  # JPEG baseline, decoded on the way out
+    ingest(clinic, data)
+    ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+
+    response = reader.get(
+        f"/dicomweb/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+        f"/instances/{ds.SOPInstanceUID}",
+        HTTP_ACCEPT=EXPLICIT_LE,
+    )
+    body = b"".join(response.streaming_content)
+
+    assert response.status_code == 200
+    assert int(response["Content-Length"]) == len(body)
+    (part,) = _parts(response, body)
+    assert pydicom.dcmread(io.BytesIO(part)).file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+
+
+@pytest.mark.django_db
+def test_an_altered_object_mid_series_stops_the_body_before_its_bytes(
+    clinic, data_dir, series, reader
+):
+    altered = _instance(clinic, series[2])
+    path = data_dir / "objects" / altered.storage_key
+    blob = bytearray(path.read_bytes())
+    blob[len(blob) // 2] ^= 0x01
+    path.write_bytes(bytes(blob))
+
+    response = reader.get(_series_url(series), HTTP_ACCEPT=ANY_SYNTAX)
+    received, failure = _read_until_failure(response)
+
+    assert isinstance(failure, IntegrityError)
+    assert series[0] in received and series[1] in received
+    assert series[2][-4096:] not in received  # not a byte of its pixel data
+    assert series[3] not in received
+    event = AuditEvent.objects.for_tenant(clinic).get(action=Action.INTEGRITY_FAILED)
+    assert event.target_id == str(altered.pk)
+
+
+@pytest.mark.django_db
+def test_a_missing_object_stops_the_body_and_is_audited(clinic, data_dir, series, reader):
+    missing = _instance(clinic, series[1])
+    (data_dir / "objects" / missing.storage_key).unlink()
+
+    response = reader.get(_series_url(series), HTTP_ACCEPT=ANY_SYNTAX)
+    received, failure = _read_until_failure(response)
+
+    assert isinstance(failure, IntegrityError)
+    assert series[0] in received and series[2] not in received
+    event = AuditEvent.objects.for_tenant(clinic).get(action=Action.INTEGRITY_FAILED)
+    assert (event.target_id, event.detail["reason"]) == (str(missing.pk), "object missing")
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "read_ahead_max", [services.READ_AHEAD_MAX_BYTES, 0], ids=["ahead", "streamed"]
+)
+def test_a_row_whose_recorded_size_was_altered_is_not_served(
+    read_ahead_max, clinic, series, reader, monkeypatch
+):
+    # The announced length comes from the rows: a body that disagreed with it would
+    # be cut off or overrun at the client instead of failing here.
+    monkeypatch.setattr(services, "READ_AHEAD_MAX_BYTES", read_ahead_max)
+    Instance.objects.for_tenant(clinic).filter(pk=_instance(clinic, series[3]).pk).update(
+        size_bytes=len(series[3]) + 1
+    )
+
+    response = reader.get(_series_url(series), HTTP_ACCEPT=ANY_SYNTAX)
+    received, failure = _read_until_failure(response)
+
+    assert isinstance(failure, IntegrityError)
+    assert "size" in str(failure)
+    assert series[3][-4096:] not in received
+
+
+@pytest.mark.django_db
+def test_objects_above_the_read_ahead_size_stream_the_same_body(series, reader, monkeypatch):
+    ahead = reader.get(_series_url(series), HTTP_ACCEPT=ANY_SYNTAX)
+    monkeypatch.setattr(services, "READ_AHEAD_MAX_BYTES", 0)
+    streamed = reader.get(_series_url(series), HTTP_ACCEPT=ANY_SYNTAX)
+
+    assert _parts(ahead, b"".join(ahead.streaming_content)) == series
+    assert _parts(streamed, b"".join(streamed.streaming_content)) == series
+
+
+@pytest.mark.django_db
+def test_a_client_that_leaves_early_ends_the_reads_without_an_error(clinic, series):
+    rows = [_instance(clinic, data) for data in series]
+    stream = services.instances_chunks(instances=rows, actor=INGEST_ACTOR)
+
+    first = b"".join(next(stream))
+    stream.close()  # what the server does when the client goes away
+
+    assert first == series[0]
+    assert not AuditEvent.objects.for_tenant(clinic).filter(action=Action.INTEGRITY_FAILED).exists()
+
+
+@pytest.mark.django_db
+def test_an_outsider_asking_for_the_series_gets_404(other_clinic, series):
+    outsider = Client(HTTP_AUTHORIZATION=f"Bearer {token_for(other_clinic, 'dicomweb:read')}")
+
+    response = outsider.get(_series_url(series), HTTP_ACCEPT=ANY_SYNTAX)
+
+    assert response.status_code == 404
+    assert "Content-Length" not in response or b"DICM" not in response.content
