@@ -63,6 +63,7 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django_otp.middleware.OTPMiddleware",
+    "tenants.middleware.TokenChannelMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "tenants.sessions.SessionSecurityMiddleware",
     "tenants.mfa.SecondFactorRequiredMiddleware",

@@ -10,6 +10,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from django.contrib.auth.models import AnonymousUser
 from django.contrib.auth.views import redirect_to_login
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 
@@ -18,6 +19,8 @@ from tenants.urlconf import tenant_urlconf
 
 CLINIC_PATH = re.compile(r"^/t/(?P<slug>[^/]+)/")
 CLINIC_API_PATH = re.compile(r"^/t/[^/]+/dicomweb/")
+# Partners' channels: an API token in the Authorization header is the only credential.
+TOKEN_CHANNEL_PREFIXES = ("/dicomweb/", "/api/v1/")
 
 
 def is_api_path(request: HttpRequest) -> bool:
@@ -27,6 +30,25 @@ def is_api_path(request: HttpRequest) -> bool:
 
 def signed_out_response() -> HttpResponse:
     return JsonResponse({"error": "Your session has ended; sign in again."}, status=401)
+
+
+class TokenChannelMiddleware:
+    """On the token channels the browser session is not read, kept alive or answered.
+
+    The session and user middlewares are lazy; only the session checks after them read
+    the session. Here they find nobody signed in, so a partner's request neither extends
+    a staff session whose cookie happens to ride along (its idle limit would never
+    bite), nor gets a session cookie, nor `Vary: Cookie`, which would split a partner's
+    cache by a header these answers do not depend on.
+    """
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        if request.path_info.startswith(TOKEN_CHANNEL_PREFIXES):
+            request.user = AnonymousUser()
+        return self.get_response(request)
 
 
 class TenantMiddleware:
