@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import re
 import socket
 import subprocess
 import sys
@@ -10,7 +12,9 @@ import uuid
 from pathlib import Path
 
 import boto3
+import pydicom
 import pytest
+from django.test import Client
 from django.utils import timezone
 
 from imaging import storage as storage_module
@@ -19,6 +23,7 @@ from imaging.models import Instance
 from imaging.services import instance_bytes, orphan_sweep
 from imaging.storage import NoPublicURL, object_write, storage_for
 from tests.helpers import require_service
+from tests.imaging_tests.dicomweb_support import token_for
 from tests.imaging_tests.helpers import INGEST_ACTOR, ingest, synthetic_ct
 
 MOTO = Path(sys.executable).with_name("moto_server")
@@ -135,3 +140,25 @@ def test_orphan_sweep_on_s3_removes_only_unreferenced_objects(s3_clinic, s3_endp
     ]
     assert removed == 1
     assert keys == [Instance.objects.for_tenant(s3_clinic).get(pk=result.instance_id).storage_key]
+
+
+@pytest.mark.django_db
+def test_a_series_retrieved_over_wado_rs_comes_whole_from_the_bucket(s3_clinic):
+    # The objects are read on reader threads, each with its own S3 connection.
+    files = synthetic_ct(slices=4)
+    for data in files:
+        ingest(s3_clinic, data)
+    ds = pydicom.dcmread(io.BytesIO(files[0]), stop_before_pixels=True)
+    reader = Client(HTTP_AUTHORIZATION=f"Bearer {token_for(s3_clinic, 'dicomweb:read')}")
+
+    response = reader.get(
+        f"/dicomweb/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}",
+        HTTP_ACCEPT='multipart/related; type="application/dicom"; transfer-syntax=*',
+    )
+    body = b"".join(response.streaming_content)
+
+    assert response.status_code == 200
+    assert int(response["Content-Length"]) == len(body)
+    boundary = re.search(r"boundary=([^;]+)", response["Content-Type"])[1].encode()
+    parts = [p.split(b"\r\n\r\n", 1)[1][:-2] for p in body.split(b"--" + boundary)[1:-1]]
+    assert parts == files
