@@ -8,6 +8,7 @@ import os
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from functools import lru_cache
 from itertools import islice
 
@@ -47,15 +48,24 @@ def instance_chunks(*, instance: Instance, actor: Actor) -> Iterator[bytes]:
     storage = storage_for(instance.tenant)
     dek = study_dek(study=instance.study)
     context = ObjectContext(instance.tenant_id, instance.storage_key)
+    with (
+        _failures_audited(instance=instance, actor=actor),
+        object_open(storage, instance.storage_key) as handle,
+    ):
+        yield from decrypt_verified(
+            handle.read,
+            key=dek,
+            context=context,
+            sha256=instance.sha256,
+            size=instance.size_bytes,
+        )
+
+
+@contextmanager
+def _failures_audited(*, instance: Instance, actor: Actor) -> Iterator[None]:
+    """A failed check or a missing object is audited and raised as an IntegrityError."""
     try:
-        with object_open(storage, instance.storage_key) as handle:
-            yield from decrypt_verified(
-                handle.read,
-                key=dek,
-                context=context,
-                sha256=instance.sha256,
-                size=instance.size_bytes,
-            )
+        yield
     except IntegrityError as exc:
         _integrity_failed(instance=instance, actor=actor, reason=str(exc))
         raise
@@ -126,14 +136,8 @@ def instances_chunks(*, instances: Sequence[Instance], actor: Actor) -> Iterator
             if future is None:
                 yield instance_chunks(instance=instance, actor=actor)
                 continue
-            try:
+            with _failures_audited(instance=instance, actor=actor):
                 chunks = future.result()
-            except IntegrityError as exc:
-                _integrity_failed(instance=instance, actor=actor, reason=str(exc))
-                raise
-            except FileNotFoundError:
-                _integrity_failed(instance=instance, actor=actor, reason="object missing")
-                raise IntegrityError("stored object is missing") from None
             yield iter(chunks)
     finally:
         for _, future in pending:  # the client went away: read no further
