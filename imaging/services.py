@@ -11,6 +11,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from functools import lru_cache
 from itertools import islice
+from typing import Any
 
 import pydicom
 from django.core.files.storage import Storage
@@ -47,18 +48,22 @@ def instance_chunks(*, instance: Instance, actor: Actor) -> Iterator[bytes]:
     """Decrypt an instance in bounded memory; raises IntegrityError (audited) if altered."""
     storage = storage_for(instance.tenant)
     dek = study_dek(study=instance.study)
-    context = ObjectContext(instance.tenant_id, instance.storage_key)
     with (
         _failures_audited(instance=instance, actor=actor),
         object_open(storage, instance.storage_key) as handle,
     ):
-        yield from decrypt_verified(
-            handle.read,
-            key=dek,
-            context=context,
-            sha256=instance.sha256,
-            size=instance.size_bytes,
-        )
+        yield from _plaintext(handle, instance=instance, dek=dek)
+
+
+def _plaintext(handle: Any, *, instance: Instance, dek: bytes) -> Iterator[bytes]:
+    """The object's plaintext, checked against the row's SHA-256 and size."""
+    return decrypt_verified(
+        handle.read,
+        key=dek,
+        context=ObjectContext(instance.tenant_id, instance.storage_key),
+        sha256=instance.sha256,
+        size=instance.size_bytes,
+    )
 
 
 @contextmanager
@@ -89,17 +94,8 @@ os.register_at_fork(after_in_child=_readers.cache_clear)
 
 def _verified(storage: Storage, instance: Instance, dek: bytes) -> list[bytes]:
     # On a reader thread: no database here (the caller audits failures in its own).
-    context = ObjectContext(instance.tenant_id, instance.storage_key)
     with object_open(storage, instance.storage_key) as handle:
-        return list(
-            decrypt_verified(
-                handle.read,
-                key=dek,
-                context=context,
-                sha256=instance.sha256,
-                size=instance.size_bytes,
-            )
-        )
+        return list(_plaintext(handle, instance=instance, dek=dek))
 
 
 def instances_chunks(*, instances: Sequence[Instance], actor: Actor) -> Iterator[Iterator[bytes]]:
