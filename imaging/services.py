@@ -6,12 +6,12 @@ import datetime as dt
 import io
 import os
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from functools import lru_cache
 from itertools import islice
-from typing import Any
+from typing import Any, TypeVar
 
 import pydicom
 from django.core.files.storage import Storage
@@ -143,6 +143,34 @@ def instances_chunks(*, instances: Sequence[Instance], actor: Actor) -> Iterator
 
 def instance_bytes(*, instance: Instance, actor: Actor) -> bytes:
     return b"".join(instance_chunks(instance=instance, actor=actor))
+
+
+T = TypeVar("T")
+
+
+def instance_process_start(*, instance: Instance, process: Callable[[bytes], T]) -> Future[T]:
+    """Read, decrypt and verify an instance on a reader thread and run `process` on its
+    plaintext there; collect the result with `instance_process_result`.
+
+    The caller writes its audit event meanwhile: the append waits on the database's
+    commit, the reading and processing on the CPU, and the two overlap. `process` must
+    not touch the database (the reader threads have no connection).
+    """
+    storage = storage_for(instance.tenant)
+    dek = study_dek(study=instance.study)  # may query: here, not on the reader thread
+    return _readers().submit(_processed, storage, instance, dek, process)
+
+
+def _processed(
+    storage: Storage, instance: Instance, dek: bytes, process: Callable[[bytes], T]
+) -> T:
+    return process(b"".join(_verified(storage, instance, dek)))
+
+
+def instance_process_result(*, instance: Instance, actor: Actor, future: Future[T]) -> T:
+    """The result of `instance_process_start`; a failed check is audited and raised."""
+    with _failures_audited(instance=instance, actor=actor):
+        return future.result()
 
 
 def instance_header_json(*, instance: Instance, actor: Actor, key: bytes) -> bytes:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from functools import partial
+from typing import Any, TypeVar
 
 import pydicom
 from django.conf import settings
@@ -40,6 +41,8 @@ from imaging.selectors import instance_by_uids
 from imaging.services import (
     instance_bytes,
     instance_header_json,
+    instance_process_result,
+    instance_process_start,
     instances_chunks,
     thumbnail_bytes,
 )
@@ -51,6 +54,8 @@ FAILURE_CANNOT_UNDERSTAND = 0xC000
 FAILURE_PROCESSING = 0x0110
 FAILURE_STUDY_MISMATCH = 0xA900
 FAILURE_DUPLICATE_CONFLICT = 0x0111
+
+T = TypeVar("T")
 
 
 def _client(request: HttpRequest) -> DicomwebClient:
@@ -361,12 +366,43 @@ def _instance_row(request: HttpRequest, study: str, series: str, instance: str) 
     return _addressed(request, study, series, instance).first()
 
 
-def _instance_dataset(request: HttpRequest, study: str, series: str, instance: str):
-    row = _instance_row(request, study, series, instance)
-    if row is None:
-        return None, None
-    data = instance_bytes(instance=row, actor=_actor(request))
-    return row, pydicom.dcmread(io.BytesIO(data))
+def _processed_while_audited(
+    request: HttpRequest, row: Instance, process: Callable[[bytes], T], detail: dict[str, Any]
+) -> T:
+    """`process` run on the instance's verified plaintext while the read is audited.
+
+    The read is audited as it starts, as a WADO-RS read is, so the audit append (a
+    commit, waiting on the database) overlaps the reading, decrypting and rendering
+    (on a reader thread); nothing is answered before both are done. A failed integrity
+    check is audited too, as its own event, and raised.
+    """
+    job = instance_process_start(instance=row, process=process)
+    try:
+        _audit_read(request, [row.series], detail)
+    except BaseException:
+        job.cancel()
+        raise
+    return instance_process_result(instance=row, actor=_actor(request), future=job)
+
+
+def _no_such_frame(row: Instance, numbers: list[int]) -> HttpResponse | None:
+    # Checked from the row before the read is audited: asking for a frame that is not
+    # there reads nothing.
+    missing = [n for n in numbers if n > row.number_of_frames]
+    if not missing:
+        return None
+    return dicomweb_error(
+        404, f"frame {missing[0]} does not exist (the instance has {row.number_of_frames})"
+    )
+
+
+def _frame_payloads(data: bytes, *, numbers: list[int]) -> list[bytes]:
+    ds = pydicom.dcmread(io.BytesIO(data))
+    return [frame_native_bytes(ds, n) for n in numbers]
+
+
+def _rendered_frame(data: bytes, *, number: int, options: dict[str, Any]) -> bytes:
+    return rendered(pydicom.dcmread(io.BytesIO(data)), number=number, **options)
 
 
 def _frame_numbers(text: str) -> list[int]:
@@ -390,17 +426,21 @@ def frames(
         )
     try:
         wanted = _frame_numbers(numbers)
-        row, ds = _instance_dataset(request, study, series, instance)
-        if row is None:
-            return dicomweb_error(404, "Not found.")
-        payloads = [frame_native_bytes(ds, n) for n in wanted]
     except QueryError as exc:
         return dicomweb_error(400, str(exc))
+    row = _instance_row(request, study, series, instance)
+    if row is None:
+        return dicomweb_error(404, "Not found.")
+    if (missing := _no_such_frame(row, wanted)) is not None:
+        return missing
+    try:
+        payloads = _processed_while_audited(
+            request, row, partial(_frame_payloads, numbers=wanted), {"frames": len(wanted)}
+        )
     except RenderError as exc:
         return dicomweb_error(404 if "does not exist" in str(exc) else 406, str(exc))
     except IntegrityError:
         return dicomweb_error(500, "A stored object failed its integrity check; it was not served.")
-    _audit_read(request, [row.series], {"frames": len(payloads)})
     boundary, body = related_stream(
         ("application/octet-stream; transfer-syntax=1.2.840.10008.1.2.1", iter([p]))
         for p in payloads
@@ -447,17 +487,21 @@ def rendered_instance(
     try:
         options = _render_options(request)
         frame = _frame_numbers(number)[0]
-        row, ds = _instance_dataset(request, study, series, instance)
-        if row is None:
-            return dicomweb_error(404, "Not found.")
-        image = rendered(ds, number=frame, **options)
     except QueryError as exc:
         return dicomweb_error(400, str(exc))
+    row = _instance_row(request, study, series, instance)
+    if row is None:
+        return dicomweb_error(404, "Not found.")
+    if (missing := _no_such_frame(row, [frame])) is not None:
+        return missing
+    try:
+        image = _processed_while_audited(
+            request, row, partial(_rendered_frame, number=frame, options=options), {"rendered": 1}
+        )
     except RenderError as exc:
         return dicomweb_error(404 if "does not exist" in str(exc) else 406, str(exc))
     except IntegrityError:
         return dicomweb_error(500, "A stored object failed its integrity check; it was not served.")
-    _audit_read(request, [row.series], {"rendered": 1})
     return HttpResponse(image, content_type=options["media_type"])
 
 

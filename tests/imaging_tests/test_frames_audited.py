@@ -1,0 +1,119 @@
+"""Frames and rendered frames: read and rendered on a reader thread while the read is
+audited; nothing is answered before both are done.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+
+import pydicom
+import pytest
+from django.db import DatabaseError, connection
+from django.test import Client
+
+from audit.models import Action, AuditEvent
+from imaging import services, viewing
+from imaging.models import Instance
+from tests.imaging_tests.dicomweb_support import token_for
+from tests.imaging_tests.helpers import ingest, synthetic_ct
+
+SUFFIXES = ["frames/1", "frames/1/rendered", "rendered"]
+
+
+@pytest.fixture
+def reader(clinic):
+    return Client(HTTP_AUTHORIZATION=f"Bearer {token_for(clinic, 'dicomweb:read')}")
+
+
+@pytest.fixture
+def slice_(clinic, data_dir):
+    (data,) = synthetic_ct(slices=1)
+    ingest(clinic, data)
+    return data
+
+
+def _url(data: bytes, suffix: str) -> str:
+    ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+    return (
+        f"/dicomweb/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+        f"/instances/{ds.SOPInstanceUID}/{suffix}"
+    )
+
+
+def _events(clinic, action: Action) -> list[AuditEvent]:
+    return list(AuditEvent.objects.for_tenant(clinic).filter(action=action))
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("suffix", SUFFIXES)
+def test_a_frame_is_served_and_its_read_audited(suffix, clinic, slice_, reader):
+    response = reader.get(_url(slice_, suffix), HTTP_ACCEPT="*/*")
+
+    assert response.status_code == 200
+    assert response.content
+    (event,) = _events(clinic, Action.DICOMWEB_RETRIEVE)
+    assert event.target_id == str(Instance.objects.for_tenant(clinic).get().series_id)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("suffix", SUFFIXES)
+def test_an_altered_object_is_not_served_and_the_failure_is_audited(
+    suffix, clinic, data_dir, slice_, reader
+):
+    instance = Instance.objects.for_tenant(clinic).get()
+    path = data_dir / "objects" / instance.storage_key
+    blob = bytearray(path.read_bytes())
+    blob[len(blob) // 2] ^= 0x01
+    path.write_bytes(bytes(blob))
+
+    response = reader.get(_url(slice_, suffix), HTTP_ACCEPT="*/*")
+
+    assert response.status_code == 500
+    assert "integrity check" in response.json()["error"]
+    (failure,) = _events(clinic, Action.INTEGRITY_FAILED)
+    assert failure.target_id == str(instance.pk)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("suffix", ["frames/2", "frames/1,2", "frames/2/rendered"])
+def test_a_frame_past_the_last_is_404_and_no_read_is_audited(suffix, clinic, slice_, reader):
+    response = reader.get(_url(slice_, suffix), HTTP_ACCEPT="*/*")
+
+    assert response.status_code == 404
+    assert "frame 2 does not exist (the instance has 1)" in response.json()["error"]
+    assert _events(clinic, Action.DICOMWEB_RETRIEVE) == []
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("suffix", SUFFIXES)
+def test_no_pixels_leave_when_the_read_cannot_be_audited(suffix, clinic, slice_, monkeypatch):
+    def audit_fails(**kwargs):
+        raise DatabaseError("the audit append failed")
+
+    client = Client(
+        HTTP_AUTHORIZATION=f"Bearer {token_for(clinic, 'dicomweb:read')}",
+        raise_request_exception=False,
+    )
+    monkeypatch.setattr(viewing.audit, "record", audit_fails)
+
+    response = client.get(_url(slice_, suffix), HTTP_ACCEPT="*/*")
+
+    assert response.status_code == 500
+    assert b"\xff\xd8" not in response.content  # no JPEG
+    assert len(response.content) < 2048  # no frame of 512x512 pixels either
+
+
+@pytest.mark.django_db(transaction=True)
+def test_reader_threads_open_no_database_connection(clinic, slice_, reader):
+    for suffix in SUFFIXES:
+        assert reader.get(_url(slice_, suffix), HTTP_ACCEPT="*/*").status_code == 200
+    both_threads = threading.Barrier(services.READ_AHEAD)
+
+    def connection_opened() -> bool:
+        both_threads.wait(timeout=10)  # so that each reader thread answers once
+        return connection.connection is not None
+
+    futures = [services._readers().submit(connection_opened) for _ in range(services.READ_AHEAD)]
+
+    assert [f.result(timeout=10) for f in futures] == [False] * services.READ_AHEAD
