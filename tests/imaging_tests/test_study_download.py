@@ -1,0 +1,96 @@
+"""Study downloads read objects a few ahead of the zip entry being sent, each verified whole."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import zipfile
+
+import pytest
+
+from audit.models import Action, AuditEvent
+from imaging import services
+from imaging.crypto import IntegrityError
+from imaging.models import Instance
+from tests.imaging_tests.helpers import ingest, synthetic_ct
+
+
+@pytest.fixture
+def study(clinic):
+    """Two series of four slices each, one study."""
+    first = synthetic_ct(slices=4, size=48)
+    study_uid = pydicom_study_uid(first[0])
+    second = synthetic_ct(slices=4, size=48, study_uid=study_uid, tags={"SeriesNumber": 2})
+    for data in first + second:
+        ingest(clinic, data)
+    return Instance.objects.for_tenant(clinic).select_related("study").first().study
+
+
+def pydicom_study_uid(data: bytes) -> str:
+    import pydicom
+
+    return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True).StudyInstanceUID
+
+
+def _download(client, study):
+    return client.get(f"/t/{study.tenant.slug}/studies/{study.pk}/download/")
+
+
+def _received(response) -> tuple[bytes, Exception | None]:
+    received = bytearray()
+    try:
+        for chunk in response.streaming_content:
+            received += chunk
+    except IntegrityError as exc:
+        return bytes(received), exc
+    return bytes(received), None
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "read_ahead_max", [services.READ_AHEAD_MAX_BYTES, 0], ids=["ahead", "streamed"]
+)
+def test_each_entry_holds_the_instance_its_name_says(
+    read_ahead_max, client_for, radiologist, study, monkeypatch
+):
+    monkeypatch.setattr(services, "READ_AHEAD_MAX_BYTES", read_ahead_max)
+
+    response = _download(client_for(radiologist), study)
+    body = b"".join(response.streaming_content)
+
+    assert int(response["Content-Length"]) == len(body)
+    archive = zipfile.ZipFile(io.BytesIO(body))
+    rows = {i.pk.hex[:8]: i.sha256 for i in Instance.objects.for_tenant(study.tenant)}
+    names = [n for n in archive.namelist() if n.endswith(".dcm")]
+    assert len(names) == 8
+    for name in names:
+        assert hashlib.sha256(archive.read(name)).hexdigest() == rows[name[-12:-4]]
+
+
+@pytest.mark.django_db
+def test_an_altered_object_stops_the_zip_before_its_bytes_and_is_audited(
+    client_for, radiologist, study, data_dir
+):
+    instances = list(Instance.objects.for_tenant(study.tenant).order_by("series__series_number"))
+    altered = instances[5]
+    path = data_dir / "objects" / altered.storage_key
+    blob = bytearray(path.read_bytes())
+    blob[len(blob) // 2] ^= 0x01
+    path.write_bytes(bytes(blob))
+
+    received, failure = _received(_download(client_for(radiologist), study))
+
+    assert isinstance(failure, IntegrityError)
+    # The body ends with the altered entry's header: not a byte of the object was sent.
+    assert received.endswith(f"-{altered.pk.hex[:8]}.dcm".encode())
+    event = AuditEvent.objects.for_tenant(study.tenant).get(action=Action.INTEGRITY_FAILED)
+    assert event.target_id == str(altered.pk)
+
+
+@pytest.mark.django_db
+def test_outsider_downloading_the_study_gets_404(client_for, other_tenant_admin, study):
+    response = client_for(other_tenant_admin).get(
+        f"/t/{study.tenant.slug}/studies/{study.pk}/download/"
+    )
+
+    assert response.status_code == 404
