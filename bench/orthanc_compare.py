@@ -332,13 +332,88 @@ def get(session, url: str, accept: str) -> int:
         return sum(len(chunk) for chunk in response.iter_content(chunk_size=1 << 20))
 
 
-def store_figures(name: str, url: str, token: str | None, ct_files, small) -> dict:
-    print(f"[{name}] STOW-RS, one client: {len(ct_files)} CT instances")
+# --- CPU used by each side (Linux /proc) --------------------------------------------------
+
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _processes() -> dict[int, tuple[int, str, float]]:
+    """pid -> (parent pid, command name, CPU seconds used so far, its reaped children's too)."""
+    table = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # it ended meanwhile
+            continue
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        # After the name: state, ppid, ... utime (12th), stime, cutime, cstime.
+        ticks = sum(int(v) for v in fields[11:15])
+        table[int(entry.name)] = (int(fields[1]), name, ticks / _TICKS)
+    return table
+
+
+def server_cpu_seconds(roots: list[int], names: tuple[str, ...] = ()) -> float:
+    """CPU seconds used by `roots` and their descendants, and by processes named `names`."""
+    table = _processes()
+    wanted = set(roots) | {pid for pid, (_, name, _) in table.items() if name.startswith(names)}
+    grew = True
+    while grew:
+        children = {pid for pid, (parent, _, _) in table.items() if parent in wanted}
+        grew = not children <= wanted
+        wanted |= children
+    return sum(table[pid][2] for pid in wanted if pid in table)
+
+
+class Side:
+    """One server under test: its address, credential, and the processes doing its work
+    by group (name -> (root pids, whose descendants count too; command names))."""
+
+    def __init__(
+        self,
+        name: str,
+        url: str,
+        token: str | None,
+        groups: dict[str, tuple[list[int], tuple[str, ...]]],
+    ):
+        self.name, self.url, self.token, self.groups = name, url, token, groups
+
+    def cpu(self) -> dict[str, float]:
+        return {
+            group: server_cpu_seconds(roots, names) for group, (roots, names) in self.groups.items()
+        }
+
+
+def timed_stow(side: Side, files: list[bytes], clients: int) -> tuple[float, dict[str, float]]:
+    """(instances/s, CPU ms per instance of each group of the server's processes and of
+    the client)."""
+    server_before, client_before = side.cpu(), time.process_time()
+    rate = stow_rate(lambda: client_for(side.url, side.token), files, clients)
+    server_after = side.cpu()
+    cpu = {
+        group: (server_after[group] - server_before[group]) * 1000 / len(files)
+        for group in server_before
+    }
+    cpu["server"] = sum(cpu.values())
+    cpu["client"] = (time.process_time() - client_before) * 1000 / len(files)
+    return rate, cpu
+
+
+def store_figures(side: Side, ct_files, small) -> tuple[dict, dict]:
+    """The two STOW-RS figures, and the CPU each took per instance on either side.
+
+    On two CPUs shared by the client and the server, the CPU a server spends per
+    instance bounds its rate once both CPUs are busy (four clients).
+    """
+    print(f"[{side.name}] STOW-RS, one client: {len(ct_files)} CT instances")
     figures: dict[str, float] = {}
-    figures["stow_1client"] = stow_rate(lambda: client_for(url, token), ct_files, 1)
-    print(f"[{name}] STOW-RS, four clients: {len(small)} small studies")
-    figures["stow_4clients"] = stow_rate(lambda: client_for(url, token), small, 4)
-    return figures
+    cpu: dict[str, dict[str, float]] = {}
+    figures["stow_1client"], cpu["stow_1client"] = timed_stow(side, ct_files, 1)
+    print(f"[{side.name}] STOW-RS, four clients: {len(small)} small studies")
+    figures["stow_4clients"], cpu["stow_4clients"] = timed_stow(side, small, 4)
+    return figures, cpu
 
 
 # The read figures are taken in rounds, the two servers alternating (and which goes first
@@ -467,6 +542,25 @@ def write_markdown(result: dict) -> None:
             f"QIDO-RS by exact PatientID at {scale['studies']:,} studies (portal, PostgreSQL): "
             f"p50 {scale['p50_ms']:.1f} ms, p95 {scale['p95_ms']:.1f} ms (aim: p95 under 20 ms).",
         ]
+    cpu = result.get("stow_cpu_ms_per_instance")
+    if cpu:
+        lines += [
+            "",
+            "CPU per stored instance, in ms: the server's processes (the portal's web workers, "
+            "its Celery worker making thumbnails, PostgreSQL with Redis; Orthanc's one "
+            "process) and the benchmark's client, the same code for both:",
+            "",
+            "| figure | portal: web | tasks | database | portal in all | Orthanc | "
+            "client (portal / Orthanc) |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for key in ("stow_1client", "stow_4clients"):
+            portal, orthanc = cpu["portal"][key], cpu["orthanc"][key]
+            lines.append(
+                f"| `{key}` | {portal['web']:.2f} | {portal['tasks']:.2f} | "
+                f"{portal['database']:.2f} | {portal['server']:.2f} | {orthanc['server']:.2f} | "
+                f"{portal['client']:.2f} / {orthanc['client']:.2f} |"
+            )
     memory = result.get("stow_memory")
     if memory:
         lines += [
@@ -526,7 +620,8 @@ def main() -> None:
         port = free_port()
         server, kind = start_server(env, port, work / "portal.log")
         processes.append(server)
-        processes.append(start_worker(env, work / "worker.log"))
+        worker = start_worker(env, work / "worker.log")
+        processes.append(worker)
         orthanc, orthanc_url = start_orthanc(work)
         processes.append(orthanc)
         version = run(str(ORTHANC), "--version").stdout.splitlines()[0]
@@ -537,8 +632,21 @@ def main() -> None:
         small = small_studies(studies)
 
         portal_url = f"http://127.0.0.1:{port}/dicomweb"
-        orthanc_figures = store_figures("Orthanc", orthanc_url, None, ct_files, small)
-        portal_figures = store_figures("portal", portal_url, token, ct_files, small)
+        # The portal's work is done by gunicorn's workers, the Celery worker (thumbnails),
+        # PostgreSQL and Redis; Orthanc's by its one process.
+        portal_side = Side(
+            "portal",
+            portal_url,
+            token,
+            {
+                "web": ([server.pid], ()),
+                "tasks": ([worker.pid], ()),
+                "database": ([], ("postgres", "redis")),
+            },
+        )
+        orthanc_side = Side("Orthanc", orthanc_url, None, {"web": ([orthanc.pid], ())})
+        orthanc_figures, orthanc_cpu = store_figures(orthanc_side, ct_files, small)
+        portal_figures, portal_cpu = store_figures(portal_side, ct_files, small)
         background_settled(database_url)
         readers = {
             "Orthanc": Reader(orthanc_url, None, ct_files, small),
@@ -581,6 +689,10 @@ def main() -> None:
         }
         result["met"] = {k: met(k, r) for k, r in result["ratios"].items()}
         result["wado_series_above_500_mb_s"] = portal_figures["wado_series"] > 500
+        result["stow_cpu_ms_per_instance"] = {
+            "portal": {k: {n: round(v, 2) for n, v in c.items()} for k, c in portal_cpu.items()},
+            "orthanc": {k: {n: round(v, 2) for n, v in c.items()} for k, c in orthanc_cpu.items()},
+        }
         if STOW_MEMORY_JSON.exists():
             result["stow_memory"] = json.loads(STOW_MEMORY_JSON.read_text())
         RESULTS_JSON.write_text(json.dumps(result, indent=2) + "\n")
