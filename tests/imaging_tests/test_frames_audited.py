@@ -104,7 +104,7 @@ def test_no_pixels_leave_when_the_read_cannot_be_audited(suffix, clinic, slice_,
     assert len(response.content) < 2048  # no frame of 512x512 pixels either
 
 
-@pytest.mark.django_db(transaction=True)
+@pytest.mark.django_db
 def test_reader_threads_open_no_database_connection(clinic, slice_, reader):
     for suffix in SUFFIXES:
         assert reader.get(_url(slice_, suffix), HTTP_ACCEPT="*/*").status_code == 200
