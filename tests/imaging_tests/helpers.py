@@ -12,6 +12,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from audit.actors import Actor
+from imaging.crypto import IntegrityError
 from imaging.ingest import IngestResult, ingest_bytes
 from tenants.models import Tenant
 
@@ -100,3 +101,23 @@ def ingest_study(tenant: Tenant, files: list[bytes]):
     study_ids = {r.study_id for r in results if r.study_id}
     assert len(study_ids) == 1, [r.message for r in results]
     return Study.objects.for_tenant(tenant).select_related("patient").get(pk=study_ids.pop())
+
+
+def read_until_integrity_failure(response) -> tuple[bytes, IntegrityError | None]:
+    """A streamed body as far as it got, and the failed check that ended it, if any."""
+    received = bytearray()
+    try:
+        for chunk in response.streaming_content:
+            received += chunk
+    except IntegrityError as exc:
+        return bytes(received), exc
+    return bytes(received), None
+
+
+def flip_a_stored_byte(data_dir: Path, storage_key: str) -> None:
+    """Alter one byte in the middle of a stored (encrypted) object, as bit rot or an
+    attacker with disk access would."""
+    path = data_dir / "objects" / storage_key
+    blob = bytearray(path.read_bytes())
+    blob[len(blob) // 2] ^= 0x01
+    path.write_bytes(bytes(blob))

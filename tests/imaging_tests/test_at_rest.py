@@ -16,7 +16,13 @@ from imaging.models import Instance
 from imaging.services import instance_bytes
 from portal.celery import app
 from tests.helpers import celery_broker, require_service, tcp_reachable
-from tests.imaging_tests.helpers import INGEST_ACTOR, ingest, sample_bytes, synthetic_ct
+from tests.imaging_tests.helpers import (
+    INGEST_ACTOR,
+    flip_a_stored_byte,
+    ingest,
+    sample_bytes,
+    synthetic_ct,
+)
 
 NAME = "Zyxwvutsr^Qponmlk"
 PATIENT_ID = "PHI-777-XYZ"
@@ -125,10 +131,7 @@ def test_no_phi_in_redis(clinic, settings, django_capture_on_commit_callbacks):
 def test_flipped_bit_is_an_integrity_error_and_audited(clinic, data_dir):
     result = ingest(clinic, sample_bytes("CT_small.dcm"))
     instance = Instance.objects.for_tenant(clinic).get(pk=result.instance_id)
-    path = data_dir / "objects" / instance.storage_key
-    blob = bytearray(path.read_bytes())
-    blob[len(blob) // 2] ^= 0x01
-    path.write_bytes(bytes(blob))
+    flip_a_stored_byte(data_dir, instance.storage_key)
 
     with pytest.raises(IntegrityError):
         instance_bytes(instance=instance, actor=INGEST_ACTOR)

@@ -16,7 +16,7 @@ from audit.models import Action, AuditEvent
 from imaging import services, viewing
 from imaging.models import Instance
 from tests.imaging_tests.dicomweb_support import token_for
-from tests.imaging_tests.helpers import ingest, synthetic_ct
+from tests.imaging_tests.helpers import flip_a_stored_byte, ingest, synthetic_ct
 
 SUFFIXES = ["frames/1", "frames/1/rendered", "rendered"]
 
@@ -62,10 +62,7 @@ def test_an_altered_object_is_not_served_and_the_failure_is_audited(
     suffix, clinic, data_dir, slice_, reader
 ):
     instance = Instance.objects.for_tenant(clinic).get()
-    path = data_dir / "objects" / instance.storage_key
-    blob = bytearray(path.read_bytes())
-    blob[len(blob) // 2] ^= 0x01
-    path.write_bytes(bytes(blob))
+    flip_a_stored_byte(data_dir, instance.storage_key)
 
     response = reader.get(_url(slice_, suffix), HTTP_ACCEPT="*/*")
 

@@ -12,7 +12,12 @@ from audit.models import Action, AuditEvent
 from imaging import services
 from imaging.crypto import IntegrityError
 from imaging.models import Instance
-from tests.imaging_tests.helpers import ingest, synthetic_ct
+from tests.imaging_tests.helpers import (
+    flip_a_stored_byte,
+    ingest,
+    read_until_integrity_failure,
+    synthetic_ct,
+)
 
 
 @pytest.fixture
@@ -34,16 +39,6 @@ def pydicom_study_uid(data: bytes) -> str:
 
 def _download(client, study):
     return client.get(f"/t/{study.tenant.slug}/studies/{study.pk}/download/")
-
-
-def _received(response) -> tuple[bytes, Exception | None]:
-    received = bytearray()
-    try:
-        for chunk in response.streaming_content:
-            received += chunk
-    except IntegrityError as exc:
-        return bytes(received), exc
-    return bytes(received), None
 
 
 @pytest.mark.django_db
@@ -73,12 +68,9 @@ def test_an_altered_object_stops_the_zip_before_its_bytes_and_is_audited(
 ):
     instances = list(Instance.objects.for_tenant(study.tenant).order_by("series__series_number"))
     altered = instances[5]
-    path = data_dir / "objects" / altered.storage_key
-    blob = bytearray(path.read_bytes())
-    blob[len(blob) // 2] ^= 0x01
-    path.write_bytes(bytes(blob))
+    flip_a_stored_byte(data_dir, altered.storage_key)
 
-    received, failure = _received(_download(client_for(radiologist), study))
+    received, failure = read_until_integrity_failure(_download(client_for(radiologist), study))
 
     assert isinstance(failure, IntegrityError)
     # The body ends with the altered entry's header: not a byte of the object was sent.

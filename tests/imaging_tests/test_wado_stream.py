@@ -18,7 +18,14 @@ from imaging import services
 from imaging.crypto import IntegrityError
 from imaging.models import Instance
 from tests.imaging_tests.dicomweb_support import token_for
-from tests.imaging_tests.helpers import INGEST_ACTOR, ingest, sample_bytes, synthetic_ct
+from tests.imaging_tests.helpers import (
+    INGEST_ACTOR,
+    flip_a_stored_byte,
+    ingest,
+    read_until_integrity_failure,
+    sample_bytes,
+    synthetic_ct,
+)
 
 ANY_SYNTAX = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 EXPLICIT_LE = 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.1'
@@ -52,16 +59,6 @@ def _parts(response, body: bytes) -> list[bytes]:
 def _instance(clinic, data: bytes) -> Instance:
     uid = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True).SOPInstanceUID
     return Instance.objects.for_tenant(clinic).get(sop_instance_uid=uid)
-
-
-def _read_until_failure(response) -> tuple[bytes, Exception | None]:
-    received = bytearray()
-    try:
-        for chunk in response.streaming_content:
-            received += chunk
-    except IntegrityError as exc:
-        return bytes(received), exc
-    return bytes(received), None
 
 
 @pytest.mark.django_db
@@ -99,13 +96,10 @@ def test_an_altered_object_mid_series_stops_the_body_before_its_bytes(
     clinic, data_dir, series, reader
 ):
     altered = _instance(clinic, series[2])
-    path = data_dir / "objects" / altered.storage_key
-    blob = bytearray(path.read_bytes())
-    blob[len(blob) // 2] ^= 0x01
-    path.write_bytes(bytes(blob))
+    flip_a_stored_byte(data_dir, altered.storage_key)
 
     response = reader.get(_series_url(series), HTTP_ACCEPT=ANY_SYNTAX)
-    received, failure = _read_until_failure(response)
+    received, failure = read_until_integrity_failure(response)
 
     assert isinstance(failure, IntegrityError)
     assert series[0] in received and series[1] in received
@@ -121,7 +115,7 @@ def test_a_missing_object_stops_the_body_and_is_audited(clinic, data_dir, series
     (data_dir / "objects" / missing.storage_key).unlink()
 
     response = reader.get(_series_url(series), HTTP_ACCEPT=ANY_SYNTAX)
-    received, failure = _read_until_failure(response)
+    received, failure = read_until_integrity_failure(response)
 
     assert isinstance(failure, IntegrityError)
     assert series[0] in received and series[2] not in received
@@ -144,7 +138,7 @@ def test_a_row_whose_recorded_size_was_altered_is_not_served(
     )
 
     response = reader.get(_series_url(series), HTTP_ACCEPT=ANY_SYNTAX)
-    received, failure = _read_until_failure(response)
+    received, failure = read_until_integrity_failure(response)
 
     assert isinstance(failure, IntegrityError)
     assert "size" in str(failure)
