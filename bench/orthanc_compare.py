@@ -37,7 +37,6 @@ import io
 import json
 import os
 import platform
-import secrets
 import shutil
 import statistics
 import subprocess
@@ -62,6 +61,7 @@ from viewer_bench import (
     start_server,
     stop_server,
     synthetic_ct_files,
+    throwaway_portal_env,
 )
 
 RESULTS_JSON = ROOT / "bench" / "results.json"
@@ -188,22 +188,12 @@ def ensure_postgres_and_redis(database_url: str, redis_url: str) -> None:
 
 def portal_env(work: Path, database_url: str, redis_url: str) -> dict[str, str]:
     """The environment the bench's portal processes run with (data under `work`)."""
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "portal.settings",
-        "PORTAL_DATA_DIR": str(work / "data"),
-        "SECRET_KEY": os.environ.get("SECRET_KEY", "bench-only-" + secrets.token_hex(32)),
-        "DEBUG": "0",
-        "ALLOWED_HOSTS": "127.0.0.1",
-        "SECURE_SSL_REDIRECT": "0",
-        "LOG_LEVEL": "WARNING",
+    return {
+        **throwaway_portal_env(work),
         "DATABASE_URL": database_url,
         "REDIS_URL": redis_url,
         "API_RATE_LIMIT_PER_MINUTE": "0",  # the benchmark is one partner at full speed
     }
-    for name in ("PORTAL_MASTER_KEY", "PORTAL_MASTER_KEY_FILE", "STORAGE_ROOT"):
-        env.pop(name, None)
-    return env
 
 
 def bench_clinic(env: dict[str, str]) -> str:

@@ -562,14 +562,9 @@ def print_summary(result: dict) -> None:
 # --- Main ---------------------------------------------------------------------------------
 
 
-def main() -> None:
-    from playwright.sync_api import sync_playwright
-
-    runs = int(os.environ.get("BENCH_VIEWER_RUNS", "3"))
-    slices = int(os.environ.get("BENCH_VIEWER_SLICES", "300"))
-    work = Path(tempfile.mkdtemp(prefix="portal-viewer-bench-"))
-    server = None
-    log = work / "server.log"
+def throwaway_portal_env(work: Path) -> dict[str, str]:
+    """The environment of a bench's own portal: its data under `work`, DEBUG off, on
+    loopback; a key file made under `work` and local storage, never the caller's."""
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "portal.settings",
@@ -580,8 +575,21 @@ def main() -> None:
         "SECURE_SSL_REDIRECT": "0",
         "LOG_LEVEL": "WARNING",
     }
-    for name in ("REDIS_URL", "PORTAL_MASTER_KEY", "PORTAL_MASTER_KEY_FILE", "STORAGE_ROOT"):
-        env.pop(name, None)  # embedded defaults: filesystem broker, key file, local storage
+    for name in ("PORTAL_MASTER_KEY", "PORTAL_MASTER_KEY_FILE", "STORAGE_ROOT"):
+        env.pop(name, None)
+    return env
+
+
+def main() -> None:
+    from playwright.sync_api import sync_playwright
+
+    runs = int(os.environ.get("BENCH_VIEWER_RUNS", "3"))
+    slices = int(os.environ.get("BENCH_VIEWER_SLICES", "300"))
+    work = Path(tempfile.mkdtemp(prefix="portal-viewer-bench-"))
+    server = None
+    log = work / "server.log"
+    env = throwaway_portal_env(work)
+    env.pop("REDIS_URL", None)  # embedded default: filesystem broker, no worker
     database, slug = "sqlite", "bench"
     if os.environ.get("DATABASE_URL"):
         # A shared database may hold an earlier run's clinic: a fresh slug every time.

@@ -190,11 +190,16 @@ def _native_frame(ds: pydicom.Dataset, number: int) -> np.ndarray | None:
     return pixels
 
 
+def frame_number_check(number: int, *, frames: int) -> None:
+    """Raise RenderError ("does not exist") unless frame `number` is one of `frames`."""
+    if not 1 <= number <= frames:
+        raise RenderError(f"frame {number} does not exist (the instance has {frames})")
+
+
 def frame_pixels(ds: pydicom.Dataset, number: int) -> np.ndarray:
     """Frame `number` (1-based) as decoded pixels."""
     frames = frame_count(ds)
-    if not 1 <= number <= frames:
-        raise RenderError(f"frame {number} does not exist (the instance has {frames})")
+    frame_number_check(number, frames=frames)
     native = _native_frame(ds, number)
     if native is not None:
         return native

@@ -62,7 +62,9 @@ _Bind = tuple[int, Callable[[Any], Any]] | tuple[None, Any]
 class _Statement:
     sql: str
     binds: tuple[_Bind, ...]
-    expressions: tuple[Any, ...]  # the selected columns, for the database's converters
+    # Per selected column that needs them: (position, the database's and the field's
+    # conversions, the column expression they take).
+    converters: tuple[tuple[int, tuple[Callable[..., Any], ...], Any], ...]
 
     def rows(self, values: Sequence[Any]) -> list[tuple]:
         params = [
@@ -71,22 +73,12 @@ class _Statement:
         with rows.prepared_cursor() as cursor:
             cursor.execute(self.sql, params)
             fetched = cursor.fetchall()
-        converters = [
-            (position, converts, expression)
-            for position, expression in enumerate(self.expressions)
-            if (
-                converts := [
-                    *connection.ops.get_db_converters(expression),
-                    *expression.get_db_converters(connection),
-                ]
-            )
-        ]
-        if not converters:
+        if not self.converters:
             return [tuple(row) for row in fetched]
         converted = []
         for row in fetched:
             cells = list(row)
-            for position, converts, expression in converters:
+            for position, converts, expression in self.converters:
                 for convert in converts:
                     cells[position] = convert(cells[position], expression, connection)
             converted.append(tuple(cells))
@@ -165,11 +157,20 @@ class ShapeCache:
         bound = {index for index, _ in binds if index is not None}
         if not self._required <= bound:
             return None
-        return _Statement(
-            sql=sql,
-            binds=tuple(binds),
-            expressions=tuple(column for column, _, _ in compiler.select),
+        return _Statement(sql=sql, binds=tuple(binds), converters=_converters(compiler))
+
+
+def _converters(compiler: Any) -> tuple[tuple[int, tuple[Callable[..., Any], ...], Any], ...]:
+    # Found once per shape rather than on every search (statements are kept per vendor).
+    found = []
+    for position, (expression, _, _) in enumerate(compiler.select):
+        converts = (
+            *connection.ops.get_db_converters(expression),
+            *expression.get_db_converters(connection),
         )
+        if converts:
+            found.append((position, converts, expression))
+    return tuple(found)
 
 
 def _locations(placeholders: list[Any]) -> dict[tuple[type, Any], _Bind]:

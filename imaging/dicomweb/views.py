@@ -36,7 +36,7 @@ from imaging.ingest import IngestOutcome, ingest_many
 from imaging.keyring import study_dek
 from imaging.metadata import metadata_item, metadata_with_pixel_uri
 from imaging.models import Instance, Series, Study
-from imaging.render import RenderError, frame_native_bytes, rendered
+from imaging.render import RenderError, frame_native_bytes, frame_number_check, rendered
 from imaging.selectors import instance_by_uids
 from imaging.services import (
     instance_bytes,
@@ -388,12 +388,12 @@ def _processed_while_audited(
 def _no_such_frame(row: Instance, numbers: list[int]) -> HttpResponse | None:
     # Checked from the row before the read is audited: asking for a frame that is not
     # there reads nothing.
-    missing = [n for n in numbers if n > row.number_of_frames]
-    if not missing:
-        return None
-    return dicomweb_error(
-        404, f"frame {missing[0]} does not exist (the instance has {row.number_of_frames})"
-    )
+    try:
+        for number in numbers:
+            frame_number_check(number, frames=row.number_of_frames)
+    except RenderError as exc:
+        return dicomweb_error(404, str(exc))
+    return None
 
 
 def _frame_payloads(data: bytes, *, numbers: list[int]) -> list[bytes]:
