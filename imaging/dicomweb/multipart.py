@@ -26,11 +26,14 @@ def related_stream(
     boundary = boundary or secrets.token_hex(16)
 
     def body() -> Iterator[bytes]:
+        # Each part's trailing CRLF goes out with the next delimiter: one small write
+        # between two parts' bytes, not two.
+        separator = b""
         for content_type, chunks in parts:
-            yield _part_head(boundary, content_type)
+            yield separator + _part_head(boundary, content_type)
             yield from chunks
-            yield b"\r\n"
-        yield _closing(boundary)
+            separator = b"\r\n"
+        yield separator + _closing(boundary)
 
     return boundary, body()
 

@@ -37,7 +37,7 @@ from imaging.keyring import study_dek
 from imaging.metadata import metadata_item, metadata_with_pixel_uri
 from imaging.models import Instance, Series, Study
 from imaging.render import RenderError, frame_native_bytes, frame_number_check, rendered
-from imaging.selectors import instance_by_uids
+from imaging.selectors import instance_by_uids, instances_for_reading
 from imaging.services import (
     instance_bytes,
     instance_header_json,
@@ -138,11 +138,16 @@ def _instances(request: HttpRequest) -> QuerySet[Instance]:
     client = _client(request)
     # No clinic filter on the joined study or patient: the instance's own (tenant, UID)
     # indexes lead, and naming the patient's clinic made PostgreSQL scan every patient.
-    instances = level_queryset(
+    return level_queryset(
         "instance", tenant=client.tenant, studies=client.studies, series=client.series
     )
-    return instances.select_related("tenant", "study", "study__patient", "series").defer(
-        "metadata"  # only metadata requests read the sealed headers
+
+
+def _read(
+    request: HttpRequest, instances: QuerySet[Instance], *, headers: bool = False
+) -> list[Instance]:
+    return instances_for_reading(
+        tenant=_client(request).tenant, instances=instances, headers=headers
     )
 
 
@@ -237,7 +242,7 @@ def _retrieve(request: HttpRequest, instances: QuerySet[Instance]) -> HttpRespon
         wanted = _requested_transfer_syntax(request)
     except NotAcceptable as exc:
         return dicomweb_error(406, str(exc))
-    rows = list(instances)
+    rows = _read(request, instances)
     if not rows:
         return dicomweb_error(404, "Not found.")
     actor = _actor(request)
@@ -304,7 +309,7 @@ def retrieve_instance(request: HttpRequest, study: str, series: str, instance: s
 
 
 def _metadata(request: HttpRequest, instances: QuerySet[Instance]) -> HttpResponse:
-    rows = list(instances.defer(None))  # with the sealed headers
+    rows = _read(request, instances, headers=True)
     if not rows:
         return dicomweb_error(404, "Not found.")
     actor = _actor(request)
@@ -363,7 +368,8 @@ def _instance_row(request: HttpRequest, study: str, series: str, instance: str) 
         return instance_by_uids(
             tenant=client.tenant, study_uid=study, series_uid=series, sop_instance_uid=instance
         )
-    return _addressed(request, study, series, instance).first()
+    found = _read(request, _addressed(request, study, series, instance)[:1])
+    return found[0] if found else None
 
 
 def _processed_while_audited(

@@ -11,12 +11,15 @@ import re
 
 import pydicom
 import pytest
+from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 
 from audit.models import Action, AuditEvent
 from imaging import services
 from imaging.crypto import IntegrityError
 from imaging.models import Instance
+from imaging.selectors import instances_for_reading
 from tests.imaging_tests.dicomweb_support import token_for
 from tests.imaging_tests.helpers import (
     INGEST_ACTOR,
@@ -153,6 +156,37 @@ def test_objects_above_the_read_ahead_size_stream_the_same_body(series, reader, 
 
     assert _parts(ahead, b"".join(ahead.streaming_content)) == series
     assert _parts(streamed, b"".join(streamed.streaming_content)) == series
+
+
+def _queries_to_read(reader, files: list[bytes]) -> int:
+    with CaptureQueriesContext(connection) as queries:
+        response = reader.get(_series_url(files), HTTP_ACCEPT=ANY_SYNTAX)
+        assert _parts(response, b"".join(response.streaming_content)) == files
+    return len(queries)
+
+
+@pytest.mark.django_db
+def test_reading_a_series_takes_as_many_queries_for_six_slices_as_for_two(clinic, data_dir, reader):
+    small = synthetic_ct(slices=2, series_uid="1.2.826.0.1.3680043.8.498.2")
+    large = synthetic_ct(slices=6, series_uid="1.2.826.0.1.3680043.8.498.6")
+    for data in small + large:
+        ingest(clinic, data)
+    _queries_to_read(reader, small)  # the clinic's key, unwrapped once per process
+
+    assert _queries_to_read(reader, large) == _queries_to_read(reader, small)
+
+
+@pytest.mark.django_db
+def test_instances_read_together_share_one_study_and_series(clinic, series):
+    rows = instances_for_reading(
+        tenant=clinic, instances=Instance.objects.for_tenant(clinic).order_by("instance_number")
+    )
+
+    assert len(rows) == len(series)
+    assert len({id(row.study) for row in rows}) == 1
+    assert len({id(row.series) for row in rows}) == 1
+    assert all(row.tenant is clinic for row in rows)
+    assert "metadata" in rows[0].get_deferred_fields()
 
 
 @pytest.mark.django_db
