@@ -18,9 +18,15 @@ from typing import Any
 Render = Callable[[Any], str]  # a column value to the JSON text of one attribute
 
 
+def _values(value: Any, render: Callable[[str], str]) -> str:
+    # A backslash separates the values of a multi-valued attribute (PS3.5 6.4), as it
+    # does in the metadata; an empty value among them is null (PS3.18 F.2.5).
+    return ",".join(render(item) if item else "null" for item in str(value).split("\\"))
+
+
 def _text(vr: str) -> Render:
     empty, start = f'{{"vr":"{vr}"}}', f'{{"vr":"{vr}","Value":['
-    return lambda value: f"{start}{_quoted(str(value))}]}}" if value else empty
+    return lambda value: f"{start}{_values(value, _quoted)}]}}" if value else empty
 
 
 def _number(vr: str) -> Render:
@@ -28,10 +34,26 @@ def _number(vr: str) -> Render:
     return lambda value: empty if value is None else f"{start}{int(value)}]}}"
 
 
+_NAME_GROUPS = ("Alphabetic", "Ideographic", "Phonetic")
+
+
 def _name(value: Any) -> str:
     if not value:
         return '{"vr":"PN"}'
-    return f'{{"vr":"PN","Value":[{{"Alphabetic":{_quoted(str(value))}}}]}}'
+    return f'{{"vr":"PN","Value":[{_values(value, _name_groups)}]}}'
+
+
+def _name_groups(name: str) -> str:
+    # A name's component groups are separated by "=" (PS3.5 6.2): "Yamada^Tarou=山田^太郎=
+    # やまだ^たろう" is three groups, each its own member (PS3.18 F.2.2), as pydicom writes
+    # them in metadata: the groups up to the last one given.
+    groups = name.split("=")[: len(_NAME_GROUPS)]
+    while groups and not groups[-1]:
+        groups.pop()
+    if not groups:
+        return "null"
+    pairs = zip(_NAME_GROUPS, groups, strict=False)
+    return "{" + ",".join(f'"{key}":{_quoted(group)}' for key, group in pairs) + "}"
 
 
 def _date(value: dt.date | None) -> str:

@@ -86,10 +86,44 @@ def test_store_search_retrieve_with_dicomweb_client(name, clinic, write_token):
 
     assert "ReferencedSOPSequence" in response
     assert len(found) == 1
-    assert found[0]["00100010"]["Value"][0]["Alphabetic"] == str(dataset.PatientName)
+    # Each component group of the name its own member, as in the instance's metadata.
+    assert found[0]["00100010"] == dataset.to_json_dict()["00100010"]
     assert retrieved.file_meta.TransferSyntaxUID == dataset.file_meta.TransferSyntaxUID
     assert retrieved.PixelData == dataset.PixelData
     assert str(retrieved.PatientName) == str(dataset.PatientName)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("patient", "referring"),
+    [
+        ("=山田^太郎", "Doe^Jane=="),  # no alphabetic group; trailing empty groups
+        ("Yamada^Tarou=山田^太郎=やまだ^たろう", "=="),  # three groups; groups all empty
+        ('<script>"x"\\</script>', ""),  # markup, quotes; a backslash parts two values
+    ],
+)
+def test_names_and_values_in_search_results_are_split_as_in_the_metadata(
+    patient, referring, clinic, read_token
+):
+    (data,) = synthetic_ct(
+        slices=1,
+        patient_name=patient,
+        tags={
+            "SpecificCharacterSet": "ISO_IR 192",
+            "ReferringPhysicianName": referring,
+            "StudyDescription": "Head\\Neck",  # two values, as in the metadata
+        },
+    )
+    ingest(clinic, data)
+    ds = _ds(data)
+
+    found = dicomweb(read_token).search_for_studies(
+        search_filters={"StudyInstanceUID": ds.StudyInstanceUID}
+    )
+    metadata = ds.to_json_dict()
+
+    for tag in ("00100010", "00080090", "00081030"):
+        assert found[0][tag] == metadata.get(tag, {"vr": "PN"}), tag
 
 
 @pytest.mark.django_db
@@ -222,7 +256,7 @@ def test_qido_results_stay_valid_json_with_quotes_markup_and_non_ascii(clinic, r
 
     (study,) = json.loads(response.content)
     assert study["00100010"]["Value"] == [{"Alphabetic": name}]
-    assert study["00081030"]["Value"] == [description]
+    assert study["00081030"]["Value"] == description.split("\\")  # a backslash parts values
     assert response.headers["Content-Type"].startswith("application/dicom+json")
     assert response.headers["X-Content-Type-Options"] == "nosniff"  # never sniffed as HTML
 
