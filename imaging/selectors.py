@@ -246,7 +246,9 @@ def instances_for_reading(
     per instance: for a 300-instance series, 26 ms before the first byte went out,
     against 7 ms this way. The sealed headers come only with `headers`.
     """
-    instances = instances.select_related(None).defer(None)
+    # Scoped here too: each row's clinic is set from `tenant` below, so a row of another
+    # clinic must never get this far.
+    instances = instances.filter(tenant=tenant).select_related(None).defer(None)
     if not headers:
         instances = instances.defer("metadata")
     rows = list(

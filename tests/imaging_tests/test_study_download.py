@@ -9,7 +9,6 @@ import zipfile
 import pytest
 
 from audit.models import Action, AuditEvent
-from imaging import services
 from imaging.crypto import IntegrityError
 from imaging.models import Instance
 from tests.imaging_tests.helpers import (
@@ -42,14 +41,7 @@ def _download(client, study):
 
 
 @pytest.mark.django_db
-@pytest.mark.parametrize(
-    "read_ahead_max", [services.READ_AHEAD_MAX_BYTES, 0], ids=["ahead", "streamed"]
-)
-def test_each_entry_holds_the_instance_its_name_says(
-    read_ahead_max, client_for, radiologist, study, monkeypatch
-):
-    monkeypatch.setattr(services, "READ_AHEAD_MAX_BYTES", read_ahead_max)
-
+def test_each_entry_holds_the_instance_its_name_says(read_ahead, client_for, radiologist, study):
     response = _download(client_for(radiologist), study)
     body = b"".join(response.streaming_content)
 

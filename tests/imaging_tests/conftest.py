@@ -1,0 +1,15 @@
+"""Fixtures shared by the imaging tests."""
+
+from __future__ import annotations
+
+import pytest
+
+from imaging import services
+
+
+@pytest.fixture(params=["ahead", "streamed"])
+def read_ahead(request, monkeypatch) -> str:
+    """Run the test with small objects read ahead on reader threads, then streamed."""
+    if request.param == "streamed":
+        monkeypatch.setattr(services, "READ_AHEAD_MAX_BYTES", 0)
+    return request.param
