@@ -22,6 +22,8 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
+from imaging.dicom_json import dataset_json
+
 PREAMBLE_BYTES = 128
 UNDEFINED_LENGTH = 0xFFFFFFFF
 UID_PATTERN = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
@@ -97,8 +99,8 @@ def metadata_dict(ds: Dataset) -> dict[str, Any]:
         if tag in PIXEL_DATA_TAGS:
             break  # like reading with stop_before_pixels: nothing after the pixels either
         header.add(ds[tag])
-    return header.to_json_dict(
-        bulk_data_threshold=BULK_DATA_THRESHOLD, bulk_data_element_handler=lambda _element: ""
+    return dataset_json(
+        header, bulk_data_threshold=BULK_DATA_THRESHOLD, bulk_data_element_handler=lambda _: ""
     )
 
 

@@ -1,7 +1,9 @@
-"""A logging filter that removes share-link tokens from every log line.
+"""Logging filters that keep credentials and tag values out of log lines.
 
 A share token in a URL is a credential: request logs (runserver's, Django's 5xx
-reports) would otherwise keep it. The filter rewrites the rendered message.
+reports) would otherwise keep it. pydicom quotes the value it is warning about
+("Invalid value for VR DA: '19701301'"), and that value can be a birth date or a name.
+Both filters rewrite the rendered message.
 """
 
 from __future__ import annotations
@@ -12,6 +14,10 @@ import re
 SHARE_TOKEN = re.compile(r"(/s/)(?!dicomweb/|viewer/|download/|leave/)[A-Za-z0-9_\-]{16,}")
 
 
+# A quoted value, as pydicom writes them: '...', "..." or b'...'.
+QUOTED = re.compile(r"b?'[^']*'|b?\"[^\"]*\"")
+
+
 def redact(text: str) -> str:
     return SHARE_TOKEN.sub(r"\1[redacted]", text)
 
@@ -20,6 +26,17 @@ class RedactShareTokens(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         cleaned = redact(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, ()
+        return True
+
+
+class RedactQuotedValues(logging.Filter):
+    """For pydicom's logger: every quoted value in a message becomes '[redacted]'."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = QUOTED.sub("'[redacted]'", message)
         if cleaned != message:
             record.msg, record.args = cleaned, ()
         return True

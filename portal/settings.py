@@ -361,7 +361,10 @@ LOGGING = {
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     # Share-link tokens are credentials: no log line keeps one.
-    "filters": {"redact": {"()": "portal.logredact.RedactShareTokens"}},
+    "filters": {
+        "redact": {"()": "portal.logredact.RedactShareTokens"},
+        "dicom_values": {"()": "portal.logredact.RedactQuotedValues"},
+    },
     "handlers": {
         "console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["redact"]}
     },
@@ -371,5 +374,9 @@ LOGGING = {
         "django.request": {"level": "ERROR"},
         # runserver's request lines, through the redacting handler.
         "django.server": {"handlers": ["console"], "level": "INFO", "propagate": False},
+        # pydicom quotes the tag values it warns about; they can be names or birth dates.
+        # Django routes Python warnings to "py.warnings"; pydicom's quote values too.
+        "pydicom": {"filters": ["dicom_values"]},
+        "py.warnings": {"filters": ["dicom_values"]},
     },
 }

@@ -1,0 +1,112 @@
+"""A dataset in the DICOM JSON model (PS3.18 Annex F), for instance metadata. pydicom only.
+
+pydicom's `Dataset.to_json_dict` raises on values that ingest rightly accepts, which
+turned a metadata request for such an instance into a server error: a multi-valued
+person name with an empty value (`Doe^John\\`), or a decimal string that is not a
+number. This writes those elements itself and hands every other one to pydicom.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+
+logger = logging.getLogger(__name__)
+
+NAME_GROUPS = ("Alphabetic", "Ideographic", "Phonetic")
+_NUMBERS = {"IS": int, "DS": float}
+
+BulkDataHandler = Callable[[DataElement], str]
+
+
+def _each(value: Any) -> Iterable[Any]:
+    return value if isinstance(value, MultiValue | list | tuple) else [value]
+
+
+def person_name_json(text: str) -> dict[str, str] | None:
+    """One person name value: its component groups (PS3.18 F.2.2), None when empty.
+
+    Groups are written up to the last one given, as pydicom and the search results do.
+    """
+    groups = text.split("=")[: len(NAME_GROUPS)]
+    while groups and not groups[-1]:
+        groups.pop()
+    return dict(zip(NAME_GROUPS, groups, strict=False)) if groups else None
+
+
+def _name_element(element: DataElement) -> dict[str, Any]:
+    # An empty value among several is null (PS3.18 F.2.5).
+    values = [person_name_json(str(v)) if v else None for v in _each(element.value)]
+    return {"vr": "PN", "Value": values}
+
+
+def _number_element(element: DataElement) -> dict[str, Any]:
+    # A value that is not a number keeps its text: IS and DS may be JSON strings
+    # (PS3.18 F.2.3, as amended by CP 1861), and a number would have to be made up.
+    convert = _NUMBERS[element.VR]
+    values: list[Any] = []
+    for item in _each(element.value):
+        text = str(item).strip() if item is not None else ""
+        try:
+            values.append(convert(text) if text else None)
+        except ValueError:
+            values.append(text)
+    return {"vr": element.VR, "Value": values}
+
+
+def dataset_json(
+    ds: Dataset, *, bulk_data_threshold: int, bulk_data_element_handler: BulkDataHandler
+) -> dict[str, Any]:
+    """`ds` as a DICOM JSON object, nested sequences included.
+
+    An element that still has no JSON form is kept as an attribute without a value,
+    and its tag (never its value) is logged: the stored object is unchanged and is
+    what a retrieve returns.
+    """
+    result: dict[str, Any] = {}
+    for tag in ds.keys():  # noqa: SIM118 (iterating a Dataset yields its elements)
+        key = f"{tag:08X}"
+        try:
+            element = ds[tag]
+            result[key] = _element_json(
+                element,
+                bulk_data_threshold=bulk_data_threshold,
+                bulk_data_element_handler=bulk_data_element_handler,
+            )
+        except Exception:  # pydicom raises many kinds on odd values
+            logger.warning("tag %s has no DICOM JSON form; sent without its value", key)
+            result[key] = {"vr": ds.get_item(tag).VR or "UN"}
+    return result
+
+
+def _element_json(
+    element: DataElement, *, bulk_data_threshold: int, bulk_data_element_handler: BulkDataHandler
+) -> dict[str, Any]:
+    if element.VR == "SQ":  # an empty sequence too has a Value, as pydicom writes it
+        items = [
+            dataset_json(
+                item,
+                bulk_data_threshold=bulk_data_threshold,
+                bulk_data_element_handler=bulk_data_element_handler,
+            )
+            for item in element.value
+        ]
+        return {"vr": "SQ", "Value": items}
+    if element.is_empty:
+        return {"vr": element.VR}
+    if element.VR == "PN":
+        return _name_element(element)
+    try:
+        return element.to_json_dict(
+            bulk_data_element_handler=bulk_data_element_handler,
+            bulk_data_threshold=bulk_data_threshold,
+        )
+    except ValueError:
+        if element.VR in _NUMBERS:
+            return _number_element(element)
+        raise

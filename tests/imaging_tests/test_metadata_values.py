@@ -1,0 +1,174 @@
+"""Instance metadata for headers whose values pydicom cannot put into DICOM JSON.
+
+Ingest accepts such files (the values are odd, not dangerous), so a metadata request for
+them must answer with what the standard allows, whether from the kept header or from the
+stored object, and no log line or warning may quote the values.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import warnings
+from pathlib import Path
+
+import pydicom
+import pydicom.data
+import pytest
+
+from imaging.dicom import BULK_DATA_THRESHOLD
+from imaging.dicom_json import dataset_json
+from imaging.models import Instance
+from tests.imaging_tests.dicomweb_support import BASE, dicomweb, http, token_for
+from tests.imaging_tests.helpers import ingest, synthetic_ct
+
+# The files pydicom ships (get_testdata_files would also try to download more).
+BUNDLED = sorted((Path(pydicom.data.__file__).parent / "test_files").rglob("*.dcm"))
+SPATIAL_RESOLUTION = b"\x18\x00\x50\x10"  # (0018,1050) DS
+IMAGES_IN_ACQUISITION = b"\x20\x00\x02\x10"  # (0020,1002) IS
+
+
+def _with_raw_values(data: bytes, values: dict[bytes, tuple[str, str]]) -> bytes:
+    # pydicom will not write a DS or IS that is not a number, so each is written as LO
+    # and its VR changed in the encoded bytes (explicit VR little endian).
+    ds = pydicom.dcmread(io.BytesIO(data))
+    for tag, (_vr, text) in values.items():
+        ds.add_new(
+            int.from_bytes(tag[:2], "little") << 16 | int.from_bytes(tag[2:], "little"), "LO", text
+        )
+    buffer = io.BytesIO()
+    ds.save_as(buffer)
+    encoded = buffer.getvalue()
+    for tag, (vr, _text) in values.items():
+        encoded = encoded.replace(tag + b"LO", tag + vr.encode())
+    return encoded
+
+
+def _metadata_url(data: bytes) -> str:
+    ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+    return f"{BASE}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/metadata"
+
+
+@pytest.fixture
+def read_token(clinic):
+    return token_for(clinic, "dicomweb:read")
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("kept_header", [True, False], ids=["kept-header", "from-object"])
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("Doe^John\\", [{"Alphabetic": "Doe^John"}, None]),
+        ("\\Roe^Jane", [None, {"Alphabetic": "Roe^Jane"}]),
+        (
+            "Doe^John\\\\=山田",
+            [{"Alphabetic": "Doe^John"}, None, {"Alphabetic": "", "Ideographic": "山田"}],
+        ),
+    ],
+)
+def test_a_name_with_an_empty_value_is_null_in_the_metadata(
+    name, expected, kept_header, clinic, read_token
+):
+    (data,) = synthetic_ct(slices=1, patient_name=name, tags={"SpecificCharacterSet": "ISO_IR 192"})
+    ingest(clinic, data)
+    if not kept_header:
+        Instance.objects.for_tenant(clinic).update(metadata=b"")
+
+    response = http(read_token).get(_metadata_url(data))
+
+    assert response.status_code == 200
+    assert response.json()[0]["00100010"] == {"vr": "PN", "Value": expected}
+
+
+@pytest.mark.django_db
+def test_search_results_and_metadata_agree_on_a_name_with_an_empty_value(clinic, read_token):
+    (data,) = synthetic_ct(slices=1, patient_name="Doe^John\\")
+    ingest(clinic, data)
+    study_uid = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True).StudyInstanceUID
+
+    (found,) = dicomweb(read_token).search_for_studies(
+        search_filters={"StudyInstanceUID": study_uid}
+    )
+    metadata = http(read_token).get(_metadata_url(data)).json()[0]
+
+    assert found["00100010"] == metadata["00100010"]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("kept_header", [True, False], ids=["kept-header", "from-object"])
+def test_numbers_that_are_not_numbers_keep_their_text(kept_header, clinic, read_token):
+    (data,) = synthetic_ct(slices=1)
+    data = _with_raw_values(
+        data, {SPATIAL_RESOLUTION: ("DS", "0.5\\about 1 "), IMAGES_IN_ACQUISITION: ("IS", "1A")}
+    )
+    ingest(clinic, data)
+    if not kept_header:
+        Instance.objects.for_tenant(clinic).update(metadata=b"")
+
+    response = http(read_token).get(_metadata_url(data))
+
+    assert response.status_code == 200
+    item = response.json()[0]
+    assert item["00181050"] == {"vr": "DS", "Value": [0.5, "about 1"]}  # CP 1861: strings
+    assert item["00201002"] == {"vr": "IS", "Value": ["1A"]}
+
+
+@pytest.mark.django_db
+def test_no_log_line_or_warning_quotes_an_odd_header_value(clinic, read_token, caplog):
+    caplog.set_level(logging.DEBUG)
+    (data,) = synthetic_ct(
+        slices=1,
+        patient_name="Quotedsurname" * 6 + "^Jo",  # a component over 64 characters
+        tags={"PatientBirthDate": "19701399", "PatientAge": "Agetext"},
+    )
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ingest(clinic, data)
+        http(read_token).get(_metadata_url(data))
+        Instance.objects.for_tenant(clinic).update(metadata=b"")
+        http(read_token).get(_metadata_url(data))
+
+    said = caplog.text + "".join(str(w.message) for w in caught)
+    for value in ("Quotedsurname", "19701399", "Agetext"):
+        assert value not in said
+
+
+def test_pydicom_log_lines_lose_their_quoted_values(caplog):
+    caplog.set_level(logging.DEBUG)
+
+    logging.getLogger("pydicom").warning("Invalid value for VR PN: 'Quoted^Name'")
+
+    assert "Quoted^Name" not in caplog.text
+    assert "Invalid value for VR PN" in caplog.text
+
+
+def _no_uri(_element: object) -> str:
+    return ""
+
+
+def test_every_bundled_header_comes_out_as_pydicom_writes_it_or_pydicom_could_not():
+    options = {"bulk_data_threshold": BULK_DATA_THRESHOLD, "bulk_data_element_handler": _no_uri}
+    differ, pydicom_failed, unreadable = [], [], []
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for path in BUNDLED:
+            try:
+                ds = pydicom.dcmread(path, stop_before_pixels=True)
+            except Exception:  # not a header this test is about
+                unreadable.append(path.name)
+                continue
+            ours = dataset_json(ds, **options)  # never raises
+            try:
+                theirs = ds.to_json_dict(**options)
+            except Exception:
+                pydicom_failed.append(path.name)
+                continue
+            if ours != theirs:
+                differ.append(path.name)
+
+    assert len(BUNDLED) - len(unreadable) > 60
+    assert differ == []
+    assert pydicom_failed == ["badVR.dcm"]  # invalid IS and DS values
