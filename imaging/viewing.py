@@ -15,8 +15,8 @@ from django.db import IntegrityError, transaction
 
 import audit
 from audit.actors import Actor
-from audit.models import Action
-from imaging.models import Series, Study, ViewerSeriesView, ViewerSession
+from audit.models import Action, Outcome
+from imaging.models import Instance, Series, Study, ViewerSeriesView, ViewerSession
 from tenants.models import Tenant, User
 
 if TYPE_CHECKING:
@@ -95,3 +95,21 @@ def viewer_session_open_for_share(*, share: ShareLink, actor: Actor) -> ViewerSe
             detail={"viewer_session": str(session.pk), "share": str(share.pk)},
         )
     return session
+
+
+def pixel_read_unserved_audit(
+    *, tenant: Tenant, actor: Actor, instance: Instance, detail: dict[str, Any]
+) -> None:
+    """Audit that a read audited as it started sent nothing (the frame could not be decoded).
+
+    The read's own event says pixels were asked for and decrypted; this one, after it in
+    the chain, says none left the server, so the log does not overstate what was seen.
+    """
+    audit.record(
+        actor=actor,
+        action=Action.DICOMWEB_RETRIEVE,
+        target=instance,
+        tenant=tenant,
+        outcome=Outcome.FAILURE,
+        detail=detail,
+    )

@@ -46,7 +46,7 @@ from imaging.services import (
     instances_chunks,
     thumbnail_bytes,
 )
-from imaging.viewing import pixel_read_audit
+from imaging.viewing import pixel_read_audit, pixel_read_unserved_audit
 
 DICOM_JSON = "application/dicom+json"
 EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
@@ -392,6 +392,21 @@ def _processed_while_audited(
     return instance_process_result(instance=row, actor=_actor(request), future=job)
 
 
+def _unserved(
+    request: HttpRequest, row: Instance, error: RenderError, detail: dict[str, Any]
+) -> HttpResponse:
+    # The read was audited as it started; nothing is sent, and the log says so too.
+    missing = "does not exist" in str(error)
+    client = _client(request)
+    pixel_read_unserved_audit(
+        tenant=client.tenant,
+        actor=client.actor,
+        instance=row,
+        detail={**detail, "reason": "no_such_frame" if missing else "not_decodable"},
+    )
+    return dicomweb_error(404 if missing else 406, str(error))
+
+
 def _no_such_frame(row: Instance, numbers: list[int]) -> HttpResponse | None:
     # Checked from the row before the read is audited: asking for a frame that is not
     # there reads nothing.
@@ -445,7 +460,7 @@ def frames(
             request, row, partial(_frame_payloads, numbers=wanted), {"frames": len(wanted)}
         )
     except RenderError as exc:
-        return dicomweb_error(404 if "does not exist" in str(exc) else 406, str(exc))
+        return _unserved(request, row, exc, {"frames": len(wanted)})
     except IntegrityError:
         return dicomweb_error(500, "A stored object failed its integrity check; it was not served.")
     boundary, body = related_stream(
@@ -506,7 +521,7 @@ def rendered_instance(
             request, row, partial(_rendered_frame, number=frame, options=options), {"rendered": 1}
         )
     except RenderError as exc:
-        return dicomweb_error(404 if "does not exist" in str(exc) else 406, str(exc))
+        return _unserved(request, row, exc, {"rendered": 1})
     except IntegrityError:
         return dicomweb_error(500, "A stored object failed its integrity check; it was not served.")
     return HttpResponse(image, content_type=options["media_type"])

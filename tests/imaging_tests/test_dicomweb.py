@@ -10,6 +10,7 @@ import pydicom
 import pytest
 
 from audit.models import Action, AuditEvent
+from audit.verify import chains_verify
 from imaging.models import Instance
 from tests.imaging_tests.dicomweb_support import BASE, dicomweb, http, token_for
 from tests.imaging_tests.helpers import ingest, sample_bytes, synthetic_ct
@@ -506,6 +507,26 @@ def test_study_and_series_thumbnails(
     assert study.status_code == series.status_code == 200
     assert study.content[:4] == b"\x89PNG"
     assert outsider.status_code == 404
+
+
+@pytest.mark.django_db
+def test_a_frame_that_cannot_be_rendered_is_a_406_audited_as_not_served(clinic, read_token):
+    # 12-bit JPEG Extended needs a codec (GDCM) this build does not ship.
+    data = sample_bytes("JPEG-lossy.dcm")
+    ingest(clinic, data)
+    ds = _ds(data)
+    url = (
+        f"{BASE}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+        f"/instances/{ds.SOPInstanceUID}/frames/1/rendered"
+    )
+
+    response = http(read_token).get(url, headers={"Accept": "image/jpeg"})
+
+    assert response.status_code == 406
+    unserved = AuditEvent.objects.for_tenant(clinic).order_by("-seq").first()
+    assert (unserved.action, unserved.outcome) == (Action.DICOMWEB_RETRIEVE, "failure")
+    assert unserved.detail == {"rendered": 1, "reason": "not_decodable"}
+    assert all(report.intact for report in chains_verify(tenant_slug=clinic.slug))
 
 
 @pytest.mark.django_db

@@ -273,3 +273,20 @@ def test_an_undecodable_codec_is_a_clear_406_not_a_500(client_for, radiologist, 
 
     assert response.status_code == 406
     assert "decode" in response.json()["error"]
+
+
+def test_an_undecodable_frame_is_audited_as_not_served(client_for, radiologist, clinic):
+    result = ingest(clinic, sample_bytes("JPEG-lossy.dcm"), name="lossy.dcm")
+    row = (
+        Instance.objects.for_tenant(clinic)
+        .select_related("study", "series")
+        .get(pk=result.instance_id)
+    )
+
+    client_for(radiologist).get(frame_url(row), HTTP_ACCEPT=FRAMES_ACCEPT)
+
+    read, unserved = AuditEvent.objects.for_tenant(clinic).order_by("-seq")[:2][::-1]
+    assert (read.action, read.outcome) == (Action.DICOMWEB_RETRIEVE, "success")
+    assert (unserved.action, unserved.outcome) == (Action.DICOMWEB_RETRIEVE, "failure")
+    assert unserved.target_id == str(row.pk)
+    assert unserved.detail == {"frames": 1, "reason": "not_decodable"}
