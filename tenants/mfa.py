@@ -314,13 +314,14 @@ class SecondFactorRequiredMiddleware:
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         user = getattr(request, "user", None)
-        if (
-            user is not None
-            and user.is_authenticated
-            and not user.is_verified()
-            and not request.path.startswith(OPEN_PATH_PREFIXES)
-        ):
+        # Whether the sign-in still waits for a second factor: the page header offers
+        # account pages only once it does not (a patient without one is signed in).
+        request.second_factor_pending = False
+        if user is not None and user.is_authenticated and not user.is_verified():
             target = self._target(user)
+            request.second_factor_pending = target is not None
+            if request.path.startswith(OPEN_PATH_PREFIXES):
+                target = None
             if target == "mfa_enrol" and request.path.startswith(ENROLMENT_PATH_PREFIXES):
                 target = None
             if target is not None and request.path not in self._open_paths():

@@ -485,6 +485,25 @@ def test_clinic_policy_can_require_a_second_factor_for_patients(
     assert response.status_code == 302 and "/accounts/enrol/" in response["Location"]
 
 
+def test_a_patient_without_a_second_factor_finds_the_security_page(patient_client):
+    page = patient_client.get("/t/north/my/").content.decode()
+
+    assert 'href="/accounts/security/"' in page
+    security = patient_client.get("/accounts/security/").content.decode()
+    assert 'href="/accounts/enrol/"' in security
+    # Backup codes stand in for a second factor; with none yet there is nothing to back up.
+    assert "/accounts/security/backup-codes/" not in security
+
+
+def test_staff_past_the_password_only_are_offered_no_account_pages(
+    password_only_client_for, radiologist
+):
+    page = password_only_client_for(radiologist).get("/accounts/enrol/").content.decode()
+
+    assert "Set up" in page or "authenticator" in page.lower()
+    assert 'href="/accounts/security/"' not in page
+
+
 def test_staff_member_who_is_also_a_patient_sees_only_own_studies_in_the_portal(
     own_study, neighbour_study, front_desk, django_capture_on_commit_callbacks
 ):
