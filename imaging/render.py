@@ -26,15 +26,32 @@ def _to_uint8(pixels: np.ndarray) -> np.ndarray:
     return (np.clip((pixels - low) / (high - low), 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-def _first(value: object) -> float:
-    return float(value[0] if isinstance(value, pydicom.multival.MultiValue) else value)  # type: ignore[arg-type,index]
+def _number(value: object, default: float | None = None) -> float | None:
+    """The first value of a DS or IS as a float; `default` if absent or not a number.
+
+    Ingest keeps headers whose numbers are text ("abc", "1A"); rendering such a file
+    uses the defaults rather than failing on them.
+    """
+    if isinstance(value, pydicom.multival.MultiValue):
+        value = value[0] if value else None
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return default
+    return number if np.isfinite(number) else default
 
 
 def _file_window(ds: pydicom.Dataset) -> tuple[float, float] | None:
     """The first window the file names, or the modality's default; None if neither."""
-    if "WindowCenter" in ds and "WindowWidth" in ds:
-        return _first(ds.WindowCenter), _first(ds.WindowWidth)
+    centre, width = _number(ds.get("WindowCenter")), _number(ds.get("WindowWidth"))
+    if centre is not None and width is not None and width > 0:
+        return centre, width
     return MODALITY_WINDOWS.get(str(ds.get("Modality", "")))
+
+
+def _rescale(ds: pydicom.Dataset) -> tuple[float, float]:
+    """(slope, intercept) of the modality LUT; the identity where the file has none."""
+    return _number(ds.get("RescaleSlope"), 1.0) or 1.0, _number(ds.get("RescaleIntercept"), 0.0)
 
 
 def _linear_window(values: np.ndarray, centre: float, width: float) -> np.ndarray:
@@ -85,16 +102,30 @@ def windowed_by_table(
         return None
     centre, width = window
     native = pixels.dtype.newbyteorder("=")
+    slope, intercept = _rescale(ds)
     table = _grey_table(
         native.str,
-        float(ds.get("RescaleSlope", 1) or 1),
-        float(ds.get("RescaleIntercept", 0) or 0),
+        slope,
+        intercept,
         float(centre),
         float(width),
         str(ds.get("PhotometricInterpretation", "")) == "MONOCHROME1",
     )
     index = np.ascontiguousarray(pixels, dtype=native).view(f"u{native.itemsize}")
     return np.take(table, index)
+
+
+def _voi_windowed(ds: pydicom.Dataset, pixels: np.ndarray) -> np.ndarray | None:
+    """The file's first VOI window (any function or table) stretched to 0-255, or None."""
+    if "WindowCenter" not in ds or "WindowWidth" not in ds:
+        return None
+    try:
+        windowed = apply_voi_lut(pixels, ds, index=0)
+    except (TypeError, ValueError):  # a window that is not a number: as if none
+        return None
+    low, high = float(np.min(windowed)), float(np.max(windowed))
+    out = (windowed - low) / ((high - low) or 1.0) * 255.0
+    return np.clip(out, 0, 255).astype(np.uint8)
 
 
 def frame_to_uint8(ds: pydicom.Dataset, pixels: np.ndarray) -> np.ndarray:
@@ -109,16 +140,16 @@ def frame_to_uint8(ds: pydicom.Dataset, pixels: np.ndarray) -> np.ndarray:
         if pixels.dtype != np.uint8:
             pixels = _to_uint8(pixels)
         return pixels
-    pixels = apply_modality_lut(pixels, ds)
-    if "WindowCenter" in ds and "WindowWidth" in ds:
-        windowed = apply_voi_lut(pixels, ds, index=0)
-        low, high = float(np.min(windowed)), float(np.max(windowed))
-        out = (windowed - low) / ((high - low) or 1.0) * 255.0
-        grey = np.clip(out, 0, 255).astype(np.uint8)
-    elif MODALITY_WINDOWS.get(str(ds.get("Modality", ""))):
+    try:
+        pixels = apply_modality_lut(pixels, ds)
+    except (TypeError, ValueError):  # a rescale that is not a number: the identity
+        slope, intercept = _rescale(ds)
+        pixels = pixels * slope + intercept
+    grey = _voi_windowed(ds, pixels)
+    if grey is None and MODALITY_WINDOWS.get(str(ds.get("Modality", ""))):
         centre, width = MODALITY_WINDOWS[str(ds.Modality)]  # type: ignore[misc]
         grey = _linear_window(pixels, centre, width)
-    else:
+    elif grey is None:
         grey = _to_uint8(pixels)
     if photometric == "MONOCHROME1":
         grey = 255 - grey
@@ -129,7 +160,7 @@ def thumbnail_png(data: bytes, *, max_size: int = 256) -> bytes:
     """A PNG of the middle frame of one instance, at most `max_size` pixels wide or high."""
     try:
         ds = pydicom.dcmread(io.BytesIO(data), force=False)
-        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        frames = frame_count(ds)
         pixels = ds.pixel_array
         if frames > 1:
             pixels = pixels[frames // 2]
@@ -143,7 +174,9 @@ def thumbnail_png(data: bytes, *, max_size: int = 256) -> bytes:
 
 
 def frame_count(ds: pydicom.Dataset) -> int:
-    return int(ds.get("NumberOfFrames", 1) or 1)
+    """Number of Frames; 1 where it is absent or not a whole number (as ingest records)."""
+    frames = _number(ds.get("NumberOfFrames"), 1.0) or 1.0
+    return int(frames) if frames.is_integer() and frames >= 1 else 1
 
 
 # Uncompressed little-endian transfer syntaxes, whose frames are read straight from the
@@ -226,6 +259,22 @@ def rendered(
     quality: int = 90,
 ) -> bytes:
     """One frame rendered for display (PS3.18 rendered resources)."""
+    try:
+        return _rendered(ds, number, media_type, window, viewport, quality)
+    except RenderError:
+        raise
+    except Exception as exc:  # odd headers fail deep in numpy or Pillow in many shapes
+        raise RenderError(f"The frame could not be rendered ({type(exc).__name__}).") from None
+
+
+def _rendered(
+    ds: pydicom.Dataset,
+    number: int,
+    media_type: str,
+    window: tuple[float, float] | None,
+    viewport: tuple[int, int] | None,
+    quality: int,
+) -> bytes:
     pixels = frame_pixels(ds, number)
     grey = windowed_by_table(ds, pixels, window) if window is not None else None
     if grey is not None:

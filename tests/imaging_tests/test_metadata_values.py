@@ -1,8 +1,9 @@
-"""Instance metadata for headers whose values pydicom cannot put into DICOM JSON.
+"""Reading instances whose headers hold values pydicom cannot convert.
 
-Ingest accepts such files (the values are odd, not dangerous), so a metadata request for
-them must answer with what the standard allows, whether from the kept header or from the
-stored object, and no log line or warning may quote the values.
+Ingest accepts such files (the values are odd, not dangerous): a person name with an
+empty value among several, a number that is text. Metadata requests must answer with
+what the standard allows, from the kept header or from the stored object; rendering
+must treat such a number as absent; and no log line or warning may quote the values.
 """
 
 from __future__ import annotations
@@ -18,13 +19,19 @@ import pytest
 
 from imaging.dicom import BULK_DATA_THRESHOLD
 from imaging.dicom_json import dataset_json
-from imaging.models import Instance
+from imaging.models import Instance, Series
+from imaging.render import rendered
+from imaging.tasks import series_thumbnail
 from tests.imaging_tests.dicomweb_support import BASE, dicomweb, http, token_for
 from tests.imaging_tests.helpers import ingest, synthetic_ct
 
 # The files pydicom ships (get_testdata_files would also try to download more).
 BUNDLED = sorted((Path(pydicom.data.__file__).parent / "test_files").rglob("*.dcm"))
 SPATIAL_RESOLUTION = b"\x18\x00\x50\x10"  # (0018,1050) DS
+FRAMES = 'multipart/related; type="application/octet-stream"'
+WINDOW_CENTER = b"\x28\x00\x50\x10"  # (0028,1050) DS
+RESCALE_SLOPE = b"\x28\x00\x53\x10"  # (0028,1053) DS
+WINDOW_WIDTH = b"\x28\x00\x51\x10"  # (0028,1051) DS
 IMAGES_IN_ACQUISITION = b"\x20\x00\x02\x10"  # (0020,1002) IS
 
 
@@ -112,6 +119,33 @@ def test_numbers_that_are_not_numbers_keep_their_text(kept_header, clinic, read_
     item = response.json()[0]
     assert item["00181050"] == {"vr": "DS", "Value": [0.5, "about 1"]}  # CP 1861: strings
     assert item["00201002"] == {"vr": "IS", "Value": ["1A"]}
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("tag", "vr", "text"),
+    [(WINDOW_CENTER, "DS", "abc"), (WINDOW_WIDTH, "DS", "wide"), (RESCALE_SLOPE, "DS", "x\\2")],
+    ids=["window-centre", "window-width", "rescale-slope"],
+)
+def test_a_number_that_is_not_a_number_renders_as_if_absent(tag, vr, text, clinic, read_token):
+    # The synthetic CT's window is the CT default and its slope 1, so without the odd
+    # value it renders the same.
+    (plain,) = synthetic_ct(slices=1, size=32)
+    data = _with_raw_values(plain, {tag: (vr, text)})
+    ingest(clinic, data)
+    instance = _metadata_url(data).replace("/metadata", "/instances/")
+    instance += pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True).SOPInstanceUID
+    session = http(read_token)
+
+    image = session.get(f"{instance}/frames/1/rendered", headers={"Accept": "image/jpeg"})
+    frame = session.get(f"{instance}/frames/1", headers={"Accept": FRAMES})
+    series = Series.objects.for_tenant(clinic).get()
+    series_thumbnail(tenant_id=str(clinic.pk), series_id=str(series.pk))
+
+    assert image.status_code == 200
+    assert image.content == rendered(pydicom.dcmread(io.BytesIO(plain)))
+    assert frame.status_code == 200
+    assert Series.objects.for_tenant(clinic).get().thumbnail_status == "ready"
 
 
 @pytest.mark.django_db
