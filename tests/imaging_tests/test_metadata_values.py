@@ -206,3 +206,43 @@ def test_every_bundled_header_comes_out_as_pydicom_writes_it_or_pydicom_could_no
     assert len(BUNDLED) - len(unreadable) > 60
     assert differ == []
     assert pydicom_failed == ["badVR.dcm"]  # invalid IS and DS values
+
+
+STUDY_DATE = b"\x08\x00\x20\x00"  # (0008,0020) DA
+STUDY_TIME = b"\x08\x00\x30\x00"  # (0008,0030) TM
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "odd",
+    [
+        {STUDY_DATE: ("DA", "2024-01-31"), STUDY_TIME: ("TM", "noon")},  # common in the wild
+        {WINDOW_CENTER: ("DS", "1\\\\x"), SPATIAL_RESOLUTION: ("DS", "n/a")},
+    ],
+    ids=["date-and-time", "numbers"],
+)
+def test_odd_header_values_fail_no_page_or_endpoint(odd, clinic, client_for, radiologist):
+    (data,) = synthetic_ct(slices=1, size=32)
+    data = _with_raw_values(data, odd)
+    ingest(clinic, data)
+    ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+    series = f"{BASE}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+    instance = f"{series}/instances/{ds.SOPInstanceUID}"
+    study = Instance.objects.for_tenant(clinic).get().study
+    staff = client_for(radiologist)
+    session = http(token_for(clinic, "dicomweb:read"))
+
+    answers = {
+        url: session.get(url, headers={"Accept": accept}).status_code
+        for url, accept in [
+            (f"{BASE}/studies?includefield=all", "application/dicom+json"),
+            (f"{series}/metadata", "application/dicom+json"),
+            (series, 'multipart/related; type="application/dicom"'),
+            (f"{instance}/frames/1", FRAMES),
+            (f"{instance}/rendered", "image/jpeg"),
+        ]
+    }
+    for page in ("", f"studies/{study.pk}/", f"studies/{study.pk}/viewer/"):
+        answers[page] = staff.get(f"/t/north/{page}").status_code
+
+    assert answers == dict.fromkeys(answers, 200)
