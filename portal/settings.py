@@ -160,6 +160,9 @@ STOW_MAX_REQUEST_BYTES = env_int("STOW_MAX_REQUEST_BYTES", 2 * 1024 * 1024 * 102
 # STOW-RS stores parts in batches, one transaction each: up to this many parts or bytes.
 STOW_BATCH_INSTANCES = env_int("STOW_BATCH_INSTANCES", 50)
 STOW_BATCH_BYTES = env_int("STOW_BATCH_BYTES", 32 * 1024 * 1024)
+# An open viewer asks this often whether its study is still reachable, and drops the
+# images it holds once it is not (a grant or share revoked, a membership ended).
+VIEWER_ACCESS_CHECK_SECONDS = env_int("VIEWER_ACCESS_CHECK_SECONDS", 30)
 # Threads per process that write a batch's objects at once (disk and S3 waits overlap).
 STORAGE_WRITE_THREADS = env_int("STORAGE_WRITE_THREADS", 4)
 # Passkeys (django-otp-webauthn), a second factor after the password, never passwordless.

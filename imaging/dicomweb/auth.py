@@ -173,6 +173,7 @@ SHARE_VIEW_ROUTES = frozenset(
         "frame_rendered",
         "study_thumbnail",
         "series_thumbnail",
+        "study_access",
     }
 )
 SHARE_DOWNLOAD_ROUTES = frozenset({"study", "series_retrieve", "instance"})

@@ -77,6 +77,16 @@ def dicomweb_patterns(channel: Callable, prefix: str) -> list[URLPattern]:
     ]
 
 
+def viewer_only_patterns(channel: Callable, prefix: str) -> list[URLPattern]:
+    """Not DICOMweb: what the portal's own viewer asks besides it (not for partners)."""
+    view = channel(views.study_access, name="study_access")
+    return [django_path("studies/<str:study>/access", view, name=f"{prefix}study_access")]
+
+
 urlpatterns = dicomweb_patterns(bearer_token, "dicomweb_")
-viewer_patterns = dicomweb_patterns(signed_in_member, "viewer_dicomweb_")
-share_patterns = dicomweb_patterns(share_recipient, "share_dicomweb_")
+viewer_patterns = dicomweb_patterns(signed_in_member, "viewer_dicomweb_") + viewer_only_patterns(
+    signed_in_member, "viewer_dicomweb_"
+)
+share_patterns = dicomweb_patterns(share_recipient, "share_dicomweb_") + viewer_only_patterns(
+    share_recipient, "share_dicomweb_"
+)

@@ -163,6 +163,19 @@ def _addressed(
     return instances
 
 
+@require_http_methods(["GET"])
+def study_access(request: HttpRequest, study: str) -> HttpResponse:
+    """204 while the caller may still read the study, else the 404 of any other route.
+
+    For the portal's viewer only: an open viewer asks this now and then, and drops the
+    images it holds once access has ended. It reads no PHI, so it writes no audit event
+    (it would add one every half minute of viewing).
+    """
+    if not _addressed(request, study).exists():
+        return dicomweb_error(404, "Not found.")
+    return HttpResponse(status=204)
+
+
 @require_http_methods(["GET", "POST"])
 def studies(request: HttpRequest) -> HttpResponse:
     if request.method == "POST":

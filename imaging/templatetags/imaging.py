@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from django import template
+from django.conf import settings
 
 register = template.Library()
 
@@ -20,3 +21,8 @@ def person_name(value: str) -> str:
 def filesize_mb(value: int) -> str:
     megabytes = (value or 0) / 1_000_000
     return f"{megabytes:.1f} MB" if megabytes < 1000 else f"{megabytes / 1000:.2f} GB"
+
+
+@register.simple_tag
+def viewer_access_check_ms() -> int:
+    return settings.VIEWER_ACCESS_CHECK_SECONDS * 1000

@@ -665,6 +665,30 @@
     requestDraw();
   }
 
+  // Access can end while nothing is being fetched (every image already loaded), so the
+  // viewer asks now and then, and when its tab comes back into view. A redirect (to the
+  // sign-in page) counts as ended; a network failure does not (the next check asks again).
+  const ACCESS_CHECK_MS = Number(viewer.dataset.accessCheckMs) || 30000;
+  let lastAccessCheck = performance.now();
+  async function checkAccess() {
+    if (ended) return;
+    lastAccessCheck = performance.now();
+    try {
+      const res = await fetch(`${cfg.root}/studies/${encodeURIComponent(cfg.study)}/access`, {
+        credentials: "same-origin", redirect: "manual", headers: { "X-Viewer-Session": cfg.session } });
+      if (ENDED_STATUSES.has(res.status) || res.type === "opaqueredirect") endAccess();
+    } catch (err) {
+      // offline for a moment: keep what is on screen until a check gets an answer
+    }
+  }
+  const accessTimer = setInterval(() => {
+    if (ended) clearInterval(accessTimer);
+    else if (!document.hidden) checkAccess();
+  }, ACCESS_CHECK_MS);
+  document.addEventListener("visibilitychange", () => {
+    if (!document.hidden && performance.now() - lastAccessCheck >= ACCESS_CHECK_MS) checkAccess();
+  });
+
   async function openSeries(uid) {
     if (!uid || ended) return;
     setCine(false);

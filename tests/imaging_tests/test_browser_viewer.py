@@ -9,8 +9,16 @@ from __future__ import annotations
 import pytest
 
 from audit.models import Action, AuditEvent
+from imaging.services import study_grant, study_grant_revoke
 from tests.browser import browser_page, require_chromium, screenshot
-from tests.helpers import PASSWORD, current_totp, make_clinic, make_member, totp_device_for
+from tests.helpers import (
+    PASSWORD,
+    TEST_ACTOR,
+    current_totp,
+    make_clinic,
+    make_member,
+    totp_device_for,
+)
 from tests.imaging_tests.helpers import ingest_study, synthetic_ct
 
 SLICES = 160
@@ -164,3 +172,29 @@ def test_front_desk_cannot_open_the_viewer_and_an_outsider_gets_404(live_server)
         sign_in(page, live_server.url, outsider, "/t/south/")
         response = page.goto(f"{live_server.url}{viewer_url}")
         assert response.status == 404
+
+
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+@pytest.mark.timeout(120)
+def test_an_open_viewer_drops_its_images_once_the_grant_is_revoked(live_server, settings):
+    settings.VIEWER_ACCESS_CHECK_SECONDS = 1
+    clinic = make_clinic("north", "North Imaging")
+    referring = make_member(clinic, "referring_physician", email="ref@north.example")
+    study = ingest_study(clinic, synthetic_ct(slices=3, size=32))
+    study_grant(study=study, grantee=referring, download=False, actor=TEST_ACTOR)
+
+    with browser_page() as page:
+        sign_in(page, live_server.url, referring, f"/t/north/studies/{study.pk}/")
+        page.goto(f"{live_server.url}/t/north/studies/{study.pk}/viewer/")
+        page.wait_for_selector("#viewer[data-state=ready]", timeout=30_000)
+        page.wait_for_selector("#viewer[data-loaded='3']", timeout=30_000)
+        study_grant_revoke(study=study, grantee=referring, actor=TEST_ACTOR)
+
+        # Nothing is left to fetch, so only the access check can notice.
+        page.wait_for_selector("#viewer[data-state=ended]", timeout=10_000)
+        message = page.locator("#viewer-message")
+        screenshot(page, "viewer-8-access-ended")
+
+        assert message.is_visible()
+        assert "Access to this study has ended" in message.inner_text()
+        assert page.evaluate("window.portalViewer.state().cacheBytes") == 0

@@ -17,6 +17,7 @@ from audit.models import Action, AuditEvent
 from imaging.models import Instance, ViewerSession
 from imaging.services import study_grant, study_grant_revoke, study_set_confidential
 from tests.helpers import TEST_ACTOR, make_member
+from tests.imaging_tests.dicomweb_support import BASE, http, token_for
 from tests.imaging_tests.helpers import (
     ingest,
     ingest_study,
@@ -174,6 +175,33 @@ def test_referring_physician_reads_only_granted_studies(client_for, referring_ph
     after = client.get(frame_url(row), HTTP_ACCEPT=FRAMES_ACCEPT).status_code
 
     assert (before, during, after) == (404, 200, 404)
+
+
+def test_the_viewers_access_check_follows_the_grant_and_writes_no_audit_event(
+    client_for, referring_physician, other_tenant_all_roles, study
+):
+    client = client_for(referring_physician)
+    url = f"/t/{study.tenant.slug}/dicomweb/studies/{study.study_uid}/access"
+    study_grant(study=study, grantee=referring_physician, download=False, actor=TEST_ACTOR)
+    events = AuditEvent.objects.for_tenant(study.tenant).count()
+
+    during = client.get(url).status_code
+    study_grant_revoke(study=study, grantee=referring_physician, actor=TEST_ACTOR)
+    after = client.get(url)
+    missing = client.get(url.replace(study.study_uid, "1.2.3.4"))
+
+    assert (during, after.status_code) == (204, 404)
+    assert after.content == missing.content
+    assert AuditEvent.objects.for_tenant(study.tenant).count() == events + 1  # the revocation
+    outsider = client_for(other_tenant_all_roles)
+    assert outsider.get(url).status_code == 404
+    assert outsider.get(url.replace("/t/north/", "/t/south/")).status_code == 404
+
+
+def test_partners_have_no_access_check_route(clinic, study):
+    session = http(token_for(clinic, "dicomweb:read"))
+
+    assert session.get(f"{BASE}/studies/{study.study_uid}/access").status_code == 404
 
 
 def test_confidential_study_pixels_need_a_grant_or_break_glass(client_for, radiologist, study):

@@ -162,6 +162,18 @@ def test_revoked_link_is_the_same_404_as_an_unknown_one(client, study, radiologi
     assert revoked.content == unknown.content
 
 
+def test_an_open_viewer_learns_the_link_was_revoked(client, study, radiologist):
+    share, token = make_share(study, radiologist)
+    open_link(client, token)
+    url = f"/s/dicomweb/studies/{study.study_uid}/access"
+
+    before = client.get(url).status_code
+    share_revoke(share=share, actor=TEST_ACTOR, now=timezone.now())
+    after = client.get(url).status_code
+
+    assert (before, after) == (204, 404)
+
+
 def test_unknown_expired_and_revoked_tokens_take_the_same_time(study, radiologist):
     expired, expired_token = make_share(study, radiologist)
     ShareLink.objects.for_tenant(study.tenant).filter(pk=expired.pk).update(
