@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from imaging import services
+from tests.imaging_tests.dicomweb_support import token_for
 
 
 @pytest.fixture(params=["ahead", "streamed"])
@@ -13,3 +14,9 @@ def read_ahead(request, monkeypatch) -> str:
     if request.param == "streamed":
         monkeypatch.setattr(services, "READ_AHEAD_MAX_BYTES", 0)
     return request.param
+
+
+@pytest.fixture
+def read_token(clinic) -> str:
+    """A partner's API token that may read the clinic's DICOMweb."""
+    return token_for(clinic, "dicomweb:read")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 from urllib.parse import urlsplit
 
+import pydicom
 import requests
 from dicomweb_client.api import DICOMwebClient
 from django.test import Client
@@ -105,3 +106,9 @@ def dicomweb(token: str) -> DICOMwebClient:
     return DICOMwebClient(
         url=BASE, session=http(token), headers={"Authorization": f"Bearer {token}"}
     )
+
+
+def series_metadata_url(data: bytes) -> str:
+    """The WADO-RS metadata URL of the series a Part 10 file belongs to."""
+    ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+    return f"{BASE}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/metadata"

@@ -28,11 +28,6 @@ def _instance_url(ds: pydicom.Dataset) -> str:
 
 
 @pytest.fixture
-def read_token(clinic):
-    return token_for(clinic, "dicomweb:read")
-
-
-@pytest.fixture
 def write_token(clinic):
     return token_for(clinic, "dicomweb:read", "dicomweb:write")
 

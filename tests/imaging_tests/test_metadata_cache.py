@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import io
 
-import pydicom
 import pytest
 
 from audit.models import Action, AuditEvent
 from imaging.models import Instance
 from imaging.storage import object_delete, storage_for
-from tests.imaging_tests.dicomweb_support import BASE, http, token_for
+from tests.imaging_tests.dicomweb_support import http, series_metadata_url
 from tests.imaging_tests.helpers import ingest, sample_bytes, synthetic_ct
 
 SAMPLES = [
@@ -30,16 +29,6 @@ SAMPLES = [
 ]
 
 
-def _url(data: bytes) -> str:
-    ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
-    return f"{BASE}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/metadata"
-
-
-@pytest.fixture
-def read_token(clinic):
-    return token_for(clinic, "dicomweb:read")
-
-
 @pytest.mark.django_db
 @pytest.mark.parametrize("name", SAMPLES)
 def test_metadata_from_the_row_matches_the_stored_file(name, clinic, read_token):
@@ -47,9 +36,9 @@ def test_metadata_from_the_row_matches_the_stored_file(name, clinic, read_token)
     ingest(clinic, data)
     session = http(read_token)
 
-    from_rows = session.get(_url(data)).json()
+    from_rows = session.get(series_metadata_url(data)).json()
     Instance.objects.for_tenant(clinic).update(metadata=b"")  # as rows stored before the cache
-    from_files = session.get(_url(data)).json()
+    from_files = session.get(series_metadata_url(data)).json()
 
     assert from_rows == from_files
     assert "7FE00010" in from_rows[0] and "InlineBinary" not in from_rows[0]["7FE00010"]
@@ -64,7 +53,7 @@ def test_metadata_needs_no_stored_object(clinic, read_token):
     for key in Instance.objects.for_tenant(clinic).values_list("storage_key", flat=True):
         object_delete(storage, key)
 
-    response = http(read_token).get(_url(files[0]))
+    response = http(read_token).get(series_metadata_url(files[0]))
 
     assert response.status_code == 200
     names = {item["00100010"]["Value"][0]["Alphabetic"] for item in response.json()}
@@ -89,7 +78,7 @@ def test_a_header_moved_to_another_row_fails_its_check_and_is_audited(clinic, re
     first, second = Instance.objects.for_tenant(clinic).order_by("instance_number")
     Instance.objects.for_tenant(clinic).filter(pk=first.pk).update(metadata=second.metadata)
 
-    response = http(read_token).get(_url(files[0]))
+    response = http(read_token).get(series_metadata_url(files[0]))
 
     assert response.status_code == 500
     assert "integrity check" in response.json()["error"]

@@ -22,7 +22,13 @@ from imaging.dicom_json import dataset_json
 from imaging.models import Instance, Series
 from imaging.render import rendered
 from imaging.tasks import series_thumbnail
-from tests.imaging_tests.dicomweb_support import BASE, dicomweb, http, token_for
+from tests.imaging_tests.dicomweb_support import (
+    BASE,
+    dicomweb,
+    http,
+    series_metadata_url,
+    token_for,
+)
 from tests.imaging_tests.helpers import ingest, synthetic_ct
 
 # The files pydicom ships (get_testdata_files would also try to download more).
@@ -51,16 +57,6 @@ def _with_raw_values(data: bytes, values: dict[bytes, tuple[str, str]]) -> bytes
     return encoded
 
 
-def _metadata_url(data: bytes) -> str:
-    ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
-    return f"{BASE}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/metadata"
-
-
-@pytest.fixture
-def read_token(clinic):
-    return token_for(clinic, "dicomweb:read")
-
-
 @pytest.mark.django_db
 @pytest.mark.parametrize("kept_header", [True, False], ids=["kept-header", "from-object"])
 @pytest.mark.parametrize(
@@ -82,7 +78,7 @@ def test_a_name_with_an_empty_value_is_null_in_the_metadata(
     if not kept_header:
         Instance.objects.for_tenant(clinic).update(metadata=b"")
 
-    response = http(read_token).get(_metadata_url(data))
+    response = http(read_token).get(series_metadata_url(data))
 
     assert response.status_code == 200
     assert response.json()[0]["00100010"] == {"vr": "PN", "Value": expected}
@@ -97,7 +93,7 @@ def test_search_results_and_metadata_agree_on_a_name_with_an_empty_value(clinic,
     (found,) = dicomweb(read_token).search_for_studies(
         search_filters={"StudyInstanceUID": study_uid}
     )
-    metadata = http(read_token).get(_metadata_url(data)).json()[0]
+    metadata = http(read_token).get(series_metadata_url(data)).json()[0]
 
     assert found["00100010"] == metadata["00100010"]
 
@@ -113,7 +109,7 @@ def test_numbers_that_are_not_numbers_keep_their_text(kept_header, clinic, read_
     if not kept_header:
         Instance.objects.for_tenant(clinic).update(metadata=b"")
 
-    response = http(read_token).get(_metadata_url(data))
+    response = http(read_token).get(series_metadata_url(data))
 
     assert response.status_code == 200
     item = response.json()[0]
@@ -133,7 +129,7 @@ def test_a_number_that_is_not_a_number_renders_as_if_absent(tag, vr, text, clini
     (plain,) = synthetic_ct(slices=1, size=32)
     data = _with_raw_values(plain, {tag: (vr, text)})
     ingest(clinic, data)
-    instance = _metadata_url(data).replace("/metadata", "/instances/")
+    instance = series_metadata_url(data).replace("/metadata", "/instances/")
     instance += pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True).SOPInstanceUID
     session = http(read_token)
 
@@ -160,9 +156,9 @@ def test_no_log_line_or_warning_quotes_an_odd_header_value(clinic, read_token, c
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         ingest(clinic, data)
-        http(read_token).get(_metadata_url(data))
+        http(read_token).get(series_metadata_url(data))
         Instance.objects.for_tenant(clinic).update(metadata=b"")
-        http(read_token).get(_metadata_url(data))
+        http(read_token).get(series_metadata_url(data))
 
     said = caplog.text + "".join(str(w.message) for w in caught)
     for value in ("Quotedsurname", "19701399", "Agetext"):
