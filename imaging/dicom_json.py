@@ -18,7 +18,7 @@ from pydicom.multival import MultiValue
 
 logger = logging.getLogger(__name__)
 
-NAME_GROUPS = ("Alphabetic", "Ideographic", "Phonetic")
+_NAME_GROUPS = ("Alphabetic", "Ideographic", "Phonetic")
 _NUMBERS = {"IS": int, "DS": float}
 
 BulkDataHandler = Callable[[DataElement], str]
@@ -31,12 +31,14 @@ def _each(value: Any) -> Iterable[Any]:
 def person_name_json(text: str) -> dict[str, str] | None:
     """One person name value: its component groups (PS3.18 F.2.2), None when empty.
 
-    Groups are written up to the last one given, as pydicom and the search results do.
+    Groups are separated by "=" (PS3.5 6.2): "Yamada^Tarou=山田^太郎=やまだ^たろう" is
+    three, each its own member. They are written up to the last one given, as pydicom
+    does; search results use this too.
     """
-    groups = text.split("=")[: len(NAME_GROUPS)]
+    groups = text.split("=")[: len(_NAME_GROUPS)]
     while groups and not groups[-1]:
         groups.pop()
-    return dict(zip(NAME_GROUPS, groups, strict=False)) if groups else None
+    return dict(zip(_NAME_GROUPS, groups, strict=False)) if groups else None
 
 
 def _name_element(element: DataElement) -> dict[str, Any]:

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii as _quoted
 from typing import Any
 
+from imaging.dicom_json import person_name_json
+
 Render = Callable[[Any], str]  # a column value to the JSON text of one attribute
 
 
@@ -34,9 +36,6 @@ def _number(vr: str) -> Render:
     return lambda value: empty if value is None else f"{start}{int(value)}]}}"
 
 
-_NAME_GROUPS = ("Alphabetic", "Ideographic", "Phonetic")
-
-
 def _name(value: Any) -> str:
     if not value:
         return '{"vr":"PN"}'
@@ -44,16 +43,11 @@ def _name(value: Any) -> str:
 
 
 def _name_groups(name: str) -> str:
-    # A name's component groups are separated by "=" (PS3.5 6.2): "Yamada^Tarou=山田^太郎=
-    # やまだ^たろう" is three groups, each its own member (PS3.18 F.2.2), as pydicom writes
-    # them in metadata: the groups up to the last one given.
-    groups = name.split("=")[: len(_NAME_GROUPS)]
-    while groups and not groups[-1]:
-        groups.pop()
-    if not groups:
+    # Split as the instance metadata splits it, so both say the same.
+    groups = person_name_json(name)
+    if groups is None:
         return "null"
-    pairs = zip(_NAME_GROUPS, groups, strict=False)
-    return "{" + ",".join(f'"{key}":{_quoted(group)}' for key, group in pairs) + "}"
+    return "{" + ",".join(f'"{key}":{_quoted(group)}' for key, group in groups.items()) + "}"
 
 
 def _date(value: dt.date | None) -> str:
