@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from audit.checkpoints import chain_checkpoints, checkpointed_chain_keys
 from audit.models import AuditChain, AuditEvent
 from audit.recorder import hash_of
 from tenants.models import Tenant
@@ -24,9 +25,16 @@ class ChainReport:
 
 
 def chain_verify(*, chain: AuditChain) -> ChainReport:
-    """Walk one chain in seq order; report the first seq that does not check out."""
+    """Walk one chain in seq order; report the first seq that does not check out.
+
+    The chain must also still reach its newest checkpoint (kept outside the database)
+    and hold there the event the checkpoint saw; a checkpoint that does not verify
+    is reported too.
+    """
     slug = chain.tenant.slug if chain.tenant_id else None
     tid = chain.tenant_id
+    checkpoints = chain_checkpoints(chain_key=chain.key)
+    pinned = checkpoints.newest_valid
     expected_seq = 1
     prev_hash = ""
     events = (
@@ -46,10 +54,22 @@ def chain_verify(*, chain: AuditChain) -> ChainReport:
             )
         if hash_of(event, chain_key=chain.key) != event.hash:
             return ChainReport(chain.key, slug, tid, count, event.seq, "event content altered")
+        if pinned is not None and event.seq == pinned.seq and event.hash != pinned.hash:
+            reason = f"event differs from the checkpoint of {pinned.when}"
+            return ChainReport(chain.key, slug, tid, count, event.seq, reason)
         prev_hash = event.hash
         expected_seq += 1
+    if pinned is not None and expected_seq <= pinned.seq:
+        reason = (
+            f"events missing at the end: the checkpoint of {pinned.when} "
+            f"saw the chain reach seq {pinned.seq}"
+        )
+        return ChainReport(chain.key, slug, tid, count, expected_seq, reason)
     if chain.last_seq != expected_seq - 1 or chain.last_hash != prev_hash:
         return ChainReport(chain.key, slug, tid, count, expected_seq, "events missing at the end")
+    if (forged := checkpoints.first_invalid) is not None:
+        reason = "a checkpoint of this chain does not verify (altered or forged)"
+        return ChainReport(chain.key, slug, tid, count, forged.seq, reason)
     return ChainReport(chain.key, slug, tid, count)
 
 
@@ -67,4 +87,15 @@ def chains_verify(*, tenant_slug: str | None = None) -> list[ChainReport]:
         for tenant in tenants
         if tenant.pk not in chained
     ]
+    if tenant_slug is None:
+        # A checkpointed chain whose row is gone altogether (the platform's, or a
+        # clinic's removed with its clinic row) was removed too.
+        known = {chain.key for chain in AuditChain.objects.all()} | {
+            str(tenant.pk) for tenant in tenants
+        }
+        reports += [
+            ChainReport(key, None, None, 0, 1, "chain missing (it has checkpoints)")
+            for key in checkpointed_chain_keys()
+            if key not in known
+        ]
     return reports

@@ -116,6 +116,11 @@ def _s3_storage(bucket: str, region: str) -> PrivateS3Storage:
     )
 
 
+def bucket_storage(bucket: str, region: str = "") -> Storage:
+    """A private S3 bucket on the configured endpoint (one client per bucket and region)."""
+    return _s3_storage(bucket, region)
+
+
 def storage_for(tenant: Tenant) -> Storage:
     """The clinic's storage (data residency: backend, bucket and region per clinic)."""
     if tenant.storage_backend == Tenant.StorageBackend.S3:

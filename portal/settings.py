@@ -299,6 +299,12 @@ STORAGE_S3_ACCESS_KEY_ID = env_str("STORAGE_S3_ACCESS_KEY_ID") or None
 STORAGE_S3_SECRET_ACCESS_KEY = env_secret("STORAGE_S3_SECRET_ACCESS_KEY")
 STORAGE_S3_DEFAULT_BUCKET = env_str("STORAGE_S3_BUCKET", "portal-objects")
 STORAGE_S3_DEFAULT_REGION = env_str("STORAGE_S3_REGION", "us-east-1")
+# Audit chain checkpoints (audit.checkpoints), outside the database. Production: a bucket
+# with S3 Object Lock on the STORAGE_S3_* endpoint; else a local folder.
+AUDIT_CHECKPOINT_S3_BUCKET = env_str("AUDIT_CHECKPOINT_S3_BUCKET")
+AUDIT_CHECKPOINT_ROOT = Path(
+    env_str("AUDIT_CHECKPOINT_ROOT", str(DATA_DIR / "audit-checkpoints"))
+).resolve()
 # Ingest limits, checked before any expensive work.
 INGEST_MAX_INSTANCE_BYTES = env_int("INGEST_MAX_INSTANCE_BYTES", 1024 * 1024 * 1024)
 INGEST_MAX_SEQUENCE_DEPTH = env_int("INGEST_MAX_SEQUENCE_DEPTH", 8)
@@ -354,6 +360,11 @@ CELERY_BEAT_SCHEDULE = {
     "audit-chains-verify": {
         "task": "audit.tasks.audit_chains_verify",
         "schedule": env_int("AUDIT_VERIFY_INTERVAL_SECONDS", 6 * 3600),
+    },
+    # How many minutes of events a database-level deletion can remove unnoticed.
+    "audit-checkpoints-write": {
+        "task": "audit.tasks.audit_checkpoints_write",
+        "schedule": env_int("AUDIT_CHECKPOINT_INTERVAL_SECONDS", 300),
     },
 }
 CELERY_TIMEZONE = "UTC"

@@ -6,7 +6,7 @@ import pytest
 from django.test import Client
 
 from tenants.models import User
-from tests.helpers import IN_CI, make_clinic, make_member, verified_client
+from tests.helpers import IN_CI, free_port, make_clinic, make_member, verified_client
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -14,6 +14,37 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
     if IN_CI and not os.environ.get("DATABASE_URL", "").startswith(("postgres", "postgresql")):
         pytest.exit("CI=true but DATABASE_URL is not PostgreSQL: the suite must run on it", 3)
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A real S3-compatible server on loopback (moto in server mode) for the session."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from tests.helpers import require_service
+
+    moto = Path(sys.executable).with_name("moto_server")
+    require_service("S3 server", moto.exists(), "install the dev extra (moto[server])")
+    port = free_port()
+    process = subprocess.Popen(
+        [str(moto), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.5).close()
+            break
+        except OSError:
+            time.sleep(0.2)
+    yield f"http://127.0.0.1:{port}"
+    process.terminate()
+    process.wait(timeout=10)
 
 
 @pytest.fixture(scope="session")
@@ -164,6 +195,7 @@ def data_dir(settings, tmp_path):
     settings.PORTAL_DATA_DIR = root
     settings.PORTAL_STORAGE_ROOT = root / "objects"
     settings.PORTAL_SPOOL_DIR = root / "spool"
+    settings.AUDIT_CHECKPOINT_ROOT = root / "audit-checkpoints"
     settings.PORTAL_MASTER_KEY = base64.b64encode(b"k" * 32).decode()
     from audit.keys import audit_key_forget
 

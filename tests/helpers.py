@@ -126,3 +126,22 @@ def page_body(response) -> bytes:
     import re
 
     return re.sub(rb'name="csrfmiddlewaretoken" value="[^"]+"', b"", response.content)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def s3_client(endpoint: str):
+    """A boto3 client for the test S3 server (`s3_endpoint` fixture)."""
+    import boto3
+
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        region_name="eu-central-1",
+    )

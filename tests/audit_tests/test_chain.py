@@ -14,60 +14,19 @@ import audit
 from audit.actors import Actor, Target
 from audit.models import Action, AppendOnlyError, AuditChain, AuditEvent
 from audit.recorder import AuditDetailError
+from tests.audit_tests.helpers import raw_sql, record_probes, tamper, verify_command
 from tests.helpers import TEST_ACTOR, make_clinic, require_postgresql
-
-
-def _record(tenant, n=1, **detail):
-    return [
-        audit.record(
-            actor=TEST_ACTOR,
-            action=Action.ADMIN_ACTION,
-            target=Target("probe", str(i)),
-            tenant=tenant,
-            detail={"i": i, **detail},
-        )
-        for i in range(n)
-    ]
 
 
 def _events(tenant):
     return list(AuditEvent.objects.for_tenant(tenant).order_by("seq"))
 
 
-def _raw_sql(sql, params):
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-
-
-def _without_append_only_trigger(sql, params):
-    """What a database administrator could do: bypass the trigger and edit the table."""
-    if connection.vendor == "postgresql":
-        # Django's FKs are deferred; flush their checks so the table can be altered.
-        _raw_sql("SET CONSTRAINTS ALL IMMEDIATE", [])
-        _raw_sql("ALTER TABLE audit_auditevent DISABLE TRIGGER USER", [])
-        try:
-            _raw_sql(sql, params)
-        finally:
-            _raw_sql("ALTER TABLE audit_auditevent ENABLE TRIGGER USER", [])
-    else:
-        _raw_sql("DROP TRIGGER IF EXISTS audit_event_no_update", [])
-        _raw_sql(sql, params)
-
-
-def _verify(capsys, tenant=None):
-    args = ["--tenant", tenant.slug] if tenant else []
-    try:
-        call_command("verify_audit", *args)
-    except CommandError as exc:
-        return False, capsys.readouterr().out + str(exc)
-    return True, capsys.readouterr().out
-
-
 @pytest.mark.django_db
 def test_seq_is_gapless_per_clinic_and_links_hashes(clinic, other_clinic):
     before = len(_events(clinic))
-    _record(clinic, 3)
-    _record(other_clinic, 2)
+    record_probes(clinic, 3)
+    record_probes(other_clinic, 2)
 
     ours = _events(clinic)
 
@@ -100,7 +59,7 @@ def test_a_batch_is_stored_exactly_as_returned_and_advances_the_head(clinic, cap
         )
     chain = AuditChain.objects.get(tenant=clinic)
     assert (chain.last_seq, chain.last_hash) == (returned[-1].seq, returned[-1].hash)
-    assert _verify(capsys, clinic)[0]
+    assert verify_command(capsys, clinic)[0]
 
 
 @pytest.mark.django_db
@@ -130,13 +89,13 @@ def test_event_is_written_in_the_callers_transaction(clinic):
     before = len(_events(clinic))
 
     with pytest.raises(RuntimeError), transaction.atomic():
-        _record(clinic)
+        record_probes(clinic)
         raise RuntimeError("the change failed")
 
     assert len(_events(clinic)) == before
     assert _verify_ok(clinic)
     # The next event chains to the head as stored, not to the one rolled back.
-    _record(clinic)
+    record_probes(clinic)
     assert [e.seq for e in _events(clinic)] == list(range(1, before + 2))
     assert _verify_ok(clinic)
 
@@ -149,7 +108,7 @@ def _verify_ok(tenant):
 
 @pytest.mark.django_db
 def test_model_and_queryset_refuse_update_and_delete(clinic):
-    (event,) = _record(clinic)
+    (event,) = record_probes(clinic)
 
     event.outcome = "failure"
     with pytest.raises(AppendOnlyError):
@@ -164,19 +123,19 @@ def test_model_and_queryset_refuse_update_and_delete(clinic):
 
 @pytest.mark.django_db
 def test_database_trigger_rejects_update(clinic):
-    (event,) = _record(clinic)
+    (event,) = record_probes(clinic)
 
     with pytest.raises(Exception, match="append-only"), transaction.atomic():
-        _raw_sql("UPDATE audit_auditevent SET outcome = 'failure' WHERE id = %s", [event.pk])
+        raw_sql("UPDATE audit_auditevent SET outcome = 'failure' WHERE id = %s", [event.pk])
 
 
 @pytest.mark.django_db
 def test_postgresql_trigger_rejects_delete(clinic):
     require_postgresql()
-    (event,) = _record(clinic)
+    (event,) = record_probes(clinic)
 
     with pytest.raises(Exception, match="append-only"), transaction.atomic():
-        _raw_sql("DELETE FROM audit_auditevent WHERE id = %s", [event.pk])
+        raw_sql("DELETE FROM audit_auditevent WHERE id = %s", [event.pk])
 
 
 @pytest.mark.django_db
@@ -197,10 +156,10 @@ def test_events_carry_no_index_another_one_already_leads_with():
 
 @pytest.mark.django_db
 def test_verify_audit_passes_on_an_intact_log(clinic, other_clinic, capsys):
-    _record(clinic, 3)
-    _record(other_clinic, 3)
+    record_probes(clinic, 3)
+    record_probes(other_clinic, 3)
 
-    ok, out = _verify(capsys)
+    ok, out = verify_command(capsys)
 
     assert ok
     assert "tenant north: intact" in out
@@ -209,13 +168,11 @@ def test_verify_audit_passes_on_an_intact_log(clinic, other_clinic, capsys):
 
 @pytest.mark.django_db
 def test_verify_audit_catches_an_edited_row(clinic, capsys):
-    events = _record(clinic, 5)
+    events = record_probes(clinic, 5)
     target = events[2]
 
-    _without_append_only_trigger(
-        "UPDATE audit_auditevent SET outcome = 'failure' WHERE id = %s", [target.pk]
-    )
-    ok, out = _verify(capsys, clinic)
+    tamper("UPDATE audit_auditevent SET outcome = 'failure' WHERE id = %s", [target.pk])
+    ok, out = verify_command(capsys, clinic)
 
     assert not ok
     assert f"tenant north, first broken seq {target.seq}" in out
@@ -223,12 +180,10 @@ def test_verify_audit_catches_an_edited_row(clinic, capsys):
 
 @pytest.mark.django_db
 def test_verify_audit_catches_an_edited_detail(clinic, capsys):
-    events = _record(clinic, 3)
+    events = record_probes(clinic, 3)
 
-    _without_append_only_trigger(
-        "UPDATE audit_auditevent SET detail = %s WHERE id = %s", ['{"i": 99}', events[1].pk]
-    )
-    ok, out = _verify(capsys, clinic)
+    tamper("UPDATE audit_auditevent SET detail = %s WHERE id = %s", ['{"i": 99}', events[1].pk])
+    ok, out = verify_command(capsys, clinic)
 
     assert not ok
     assert f"first broken seq {events[1].seq}" in out
@@ -236,10 +191,10 @@ def test_verify_audit_catches_an_edited_detail(clinic, capsys):
 
 @pytest.mark.django_db
 def test_verify_audit_catches_a_deleted_row(clinic, capsys):
-    events = _record(clinic, 5)
+    events = record_probes(clinic, 5)
 
-    _without_append_only_trigger("DELETE FROM audit_auditevent WHERE id = %s", [events[2].pk])
-    ok, out = _verify(capsys, clinic)
+    tamper("DELETE FROM audit_auditevent WHERE id = %s", [events[2].pk])
+    ok, out = verify_command(capsys, clinic)
 
     assert not ok
     assert f"tenant north, first broken seq {events[2].seq}" in out
@@ -247,10 +202,10 @@ def test_verify_audit_catches_a_deleted_row(clinic, capsys):
 
 @pytest.mark.django_db
 def test_verify_audit_catches_a_deleted_tail(clinic, capsys):
-    events = _record(clinic, 3)
+    events = record_probes(clinic, 3)
 
-    _without_append_only_trigger("DELETE FROM audit_auditevent WHERE id = %s", [events[-1].pk])
-    ok, out = _verify(capsys, clinic)
+    tamper("DELETE FROM audit_auditevent WHERE id = %s", [events[-1].pk])
+    ok, out = verify_command(capsys, clinic)
 
     assert not ok
     assert f"first broken seq {events[-1].seq}" in out
@@ -258,20 +213,14 @@ def test_verify_audit_catches_a_deleted_tail(clinic, capsys):
 
 @pytest.mark.django_db
 def test_verify_audit_catches_a_swapped_pair(clinic, capsys):
-    events = _record(clinic, 5)
+    events = record_probes(clinic, 5)
     first, second = events[1], events[2]
 
     # Swap the two rows' positions in the chain (seq), keeping everything else.
-    _without_append_only_trigger(
-        "UPDATE audit_auditevent SET seq = -seq WHERE id IN (%s, %s)", [first.pk, second.pk]
-    )
-    _without_append_only_trigger(
-        "UPDATE audit_auditevent SET seq = %s WHERE id = %s", [second.seq, first.pk]
-    )
-    _without_append_only_trigger(
-        "UPDATE audit_auditevent SET seq = %s WHERE id = %s", [first.seq, second.pk]
-    )
-    ok, out = _verify(capsys, clinic)
+    tamper("UPDATE audit_auditevent SET seq = -seq WHERE id IN (%s, %s)", [first.pk, second.pk])
+    tamper("UPDATE audit_auditevent SET seq = %s WHERE id = %s", [second.seq, first.pk])
+    tamper("UPDATE audit_auditevent SET seq = %s WHERE id = %s", [first.seq, second.pk])
+    ok, out = verify_command(capsys, clinic)
 
     assert not ok
     assert f"tenant north, first broken seq {first.seq}" in out
@@ -279,13 +228,11 @@ def test_verify_audit_catches_a_swapped_pair(clinic, capsys):
 
 @pytest.mark.django_db
 def test_verify_audit_limits_to_one_clinic_and_rejects_unknown_slug(clinic, other_clinic, capsys):
-    events = _record(other_clinic, 2)
-    _without_append_only_trigger(
-        "UPDATE audit_auditevent SET outcome = 'failure' WHERE id = %s", [events[0].pk]
-    )
+    events = record_probes(other_clinic, 2)
+    tamper("UPDATE audit_auditevent SET outcome = 'failure' WHERE id = %s", [events[0].pk])
 
-    ok_ours, _ = _verify(capsys, clinic)
-    ok_theirs, _ = _verify(capsys, other_clinic)
+    ok_ours, _ = verify_command(capsys, clinic)
+    ok_theirs, _ = verify_command(capsys, other_clinic)
 
     assert ok_ours
     assert not ok_theirs
@@ -295,7 +242,7 @@ def test_verify_audit_limits_to_one_clinic_and_rejects_unknown_slug(clinic, othe
 
 @pytest.mark.django_db
 def test_seq_is_unique_per_chain_in_the_database(clinic):
-    (event,) = _record(clinic)
+    (event,) = record_probes(clinic)
 
     with pytest.raises(IntegrityError), transaction.atomic():
         AuditEvent.objects.create(
@@ -320,7 +267,7 @@ def test_concurrent_writers_get_gapless_unique_seqs():
     def writer():
         try:
             for _ in range(10):
-                _record(tenant)
+                record_probes(tenant)
         except BaseException as exc:  # surfaced by the assertion below
             errors.append(exc)
         finally:
@@ -349,12 +296,12 @@ def test_concurrent_reads_and_rolled_back_writes_keep_the_chain_whole():
     def writer(number: int):
         try:
             for i in range(8):
-                _record(tenant)  # a read: its own statement
+                record_probes(tenant)  # a read: its own statement
                 with transaction.atomic():  # a change: two events, kept
-                    _record(tenant, n=2)
+                    record_probes(tenant, n=2)
                 try:
                     with transaction.atomic():  # a change that fails after auditing
-                        _record(tenant, n=3 if (number + i) % 2 else 1)
+                        record_probes(tenant, n=3 if (number + i) % 2 else 1)
                         raise RuntimeError("the change failed")
                 except RuntimeError:
                     pass
@@ -380,9 +327,9 @@ def test_a_read_outside_a_transaction_is_audited_in_one_durable_statement(clinic
     require_postgresql()
     from django.test.utils import CaptureQueriesContext
 
-    _record(clinic)  # the clinic's chain exists and this process knows its head
+    record_probes(clinic)  # the clinic's chain exists and this process knows its head
     with CaptureQueriesContext(connection) as queries:
-        (event,) = _record(clinic)
+        (event,) = record_probes(clinic)
 
     assert len(queries) == 1
     assert not connection.in_atomic_block
@@ -407,7 +354,7 @@ def test_rechaining_without_the_audit_key_is_detected(clinic, capsys):
 
     from audit.hashing import canonical_bytes
 
-    events = _record(clinic, 3)
+    events = record_probes(clinic, 3)
     target = events[1]
     forged_detail = {"i": 42}
     fields = {
@@ -427,11 +374,11 @@ def test_rechaining_without_the_audit_key_is_detected(clinic, capsys):
     }
     forged_hash = hashlib.sha256(canonical_bytes(**fields)).hexdigest()
 
-    _without_append_only_trigger(
+    tamper(
         "UPDATE audit_auditevent SET detail = %s, hash = %s WHERE id = %s",
         ['{"i": 42}', forged_hash, target.pk],
     )
-    ok, out = _verify(capsys, clinic)
+    ok, out = verify_command(capsys, clinic)
 
     assert not ok
     assert f"first broken seq {target.seq}" in out
@@ -441,13 +388,13 @@ def test_rechaining_without_the_audit_key_is_detected(clinic, capsys):
 def test_a_removed_chain_is_reported(clinic, capsys):
     from audit.models import AuditChain
 
-    _without_append_only_trigger(
+    tamper(
         "DELETE FROM audit_auditevent WHERE tenant_id = %s",
         [clinic.pk.hex if connection.vendor == "sqlite" else str(clinic.pk)],
     )
     AuditChain.objects.filter(tenant=clinic).delete()
 
-    ok, out = _verify(capsys, clinic)
+    ok, out = verify_command(capsys, clinic)
 
     assert not ok
     assert "chain missing" in out

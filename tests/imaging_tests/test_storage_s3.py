@@ -4,14 +4,8 @@ from __future__ import annotations
 
 import io
 import re
-import socket
-import subprocess
-import sys
-import time
 import uuid
-from pathlib import Path
 
-import boto3
 import pydicom
 import pytest
 from django.test import Client
@@ -22,38 +16,9 @@ from imaging.ingest import IngestOutcome, ingest_many
 from imaging.models import Instance
 from imaging.services import instance_bytes, orphan_sweep
 from imaging.storage import NoPublicURL, object_write, storage_for
-from tests.helpers import require_service
+from tests.helpers import s3_client
 from tests.imaging_tests.dicomweb_support import token_for
 from tests.imaging_tests.helpers import INGEST_ACTOR, ingest, synthetic_ct
-
-MOTO = Path(sys.executable).with_name("moto_server")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    require_service("S3 server", MOTO.exists(), "install the dev extra (moto[server])")
-    port = _free_port()
-    process = subprocess.Popen(
-        [str(MOTO), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.5).close()
-            break
-        except OSError:
-            time.sleep(0.2)
-    yield f"http://127.0.0.1:{port}"
-    process.terminate()
-    process.wait(timeout=10)
 
 
 @pytest.fixture
@@ -66,23 +31,13 @@ def s3_clinic(clinic, settings, s3_endpoint):
     clinic.storage_bucket = f"north-{uuid.uuid4().hex[:12]}"
     clinic.storage_region = "eu-central-1"
     clinic.save()
-    client = _client(s3_endpoint)
+    client = s3_client(s3_endpoint)
     client.create_bucket(
         Bucket=clinic.storage_bucket,
         CreateBucketConfiguration={"LocationConstraint": "eu-central-1"},
     )
     yield clinic
     storage_module._s3_storage.cache_clear()
-
-
-def _client(endpoint):
-    return boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-        region_name="eu-central-1",
-    )
 
 
 @pytest.mark.django_db
@@ -92,7 +47,7 @@ def test_clinic_on_s3_stores_encrypted_objects_in_its_own_bucket(s3_clinic, s3_e
     result = ingest(s3_clinic, data)
 
     instance = Instance.objects.for_tenant(s3_clinic).get(pk=result.instance_id)
-    client = _client(s3_endpoint)
+    client = s3_client(s3_endpoint)
     listed = client.list_objects_v2(Bucket=s3_clinic.storage_bucket)["Contents"]
     assert [obj["Key"] for obj in listed] == [instance.storage_key]
     blob = client.get_object(Bucket=s3_clinic.storage_bucket, Key=instance.storage_key)[
@@ -113,12 +68,12 @@ def test_a_stow_batch_on_s3_writes_every_object_encrypted(s3_clinic, s3_endpoint
     )
 
     rows = list(Instance.objects.for_tenant(s3_clinic).order_by("instance_number"))
-    listed = _client(s3_endpoint).list_objects_v2(Bucket=s3_clinic.storage_bucket)["Contents"]
+    listed = s3_client(s3_endpoint).list_objects_v2(Bucket=s3_clinic.storage_bucket)["Contents"]
     assert [r.outcome for r in results] == [IngestOutcome.STORED] * 5
     assert sorted(obj["Key"] for obj in listed) == sorted(row.storage_key for row in rows)
     for row, data in zip(rows, files, strict=True):
         blob = (
-            _client(s3_endpoint)
+            s3_client(s3_endpoint)
             .get_object(Bucket=s3_clinic.storage_bucket, Key=row.storage_key)["Body"]
             .read()
         )
@@ -136,7 +91,7 @@ def test_orphan_sweep_on_s3_removes_only_unreferenced_objects(s3_clinic, s3_endp
 
     keys = [
         o["Key"]
-        for o in _client(s3_endpoint).list_objects_v2(Bucket=s3_clinic.storage_bucket)["Contents"]
+        for o in s3_client(s3_endpoint).list_objects_v2(Bucket=s3_clinic.storage_bucket)["Contents"]
     ]
     assert removed == 1
     assert keys == [Instance.objects.for_tenant(s3_clinic).get(pk=result.instance_id).storage_key]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import stat
 import subprocess
 import time
@@ -13,13 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _get(url: str) -> int:
@@ -42,7 +37,7 @@ def _group_alive(pgid: int) -> bool:
 
 @pytest.mark.timeout(300)
 def test_make_run_serves_sign_in_and_stops_everything_on_ctrl_c(tmp_path):
-    port = _free_port()
+    port = free_port()
     data_dir = tmp_path / "var"
     env = {
         "PATH": os.environ["PATH"],

@@ -4,7 +4,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from audit.verify import chains_verify
+from audit.models import PLATFORM_CHAIN_KEY
+from audit.verify import ChainReport, chains_verify
 from tenants.models import Tenant
 
 
@@ -20,12 +21,19 @@ class Command(BaseCommand):
         reports = chains_verify(tenant_slug=tenant)
         broken = [report for report in reports if not report.intact]
         for report in reports:
-            name = f"tenant {report.tenant_slug}" if report.tenant_slug else "platform"
+            name = _name(report)
             if report.intact:
                 self.stdout.write(f"{name}: intact ({report.events} events)")
             else:
                 self.stdout.write(f"{name}: BROKEN at seq {report.broken_seq} ({report.reason})")
         if broken:
             first = broken[0]
-            name = f"tenant {first.tenant_slug}" if first.tenant_slug else "platform"
-            raise CommandError(f"Audit chain broken: {name}, first broken seq {first.broken_seq}")
+            raise CommandError(
+                f"Audit chain broken: {_name(first)}, first broken seq {first.broken_seq}"
+            )
+
+
+def _name(report: ChainReport) -> str:
+    if report.tenant_slug:
+        return f"tenant {report.tenant_slug}"
+    return "platform" if report.chain_key == PLATFORM_CHAIN_KEY else f"chain {report.chain_key}"
