@@ -91,6 +91,7 @@ class Action(models.TextChoices):
     PATIENT_INVITATION_REVOKED = "patient.invitation_revoked", "Portal invitation withdrawn"
     PATIENT_INVITATION_FAILED = "patient.invitation_failed", "Portal invitation: wrong birth date"
     PATIENT_INVITATION_LOCKED = "patient.invitation_locked", "Portal invitation locked"
+    PATIENT_INVITATION_REFUSED = "patient.invitation_refused", "Portal invitation link refused"
     PATIENT_LINKED = "patient.linked", "Portal account linked to patient record"
     PATIENT_UNLINKED = "patient.unlinked", "Portal account unlinked from patient record"
     GRANT_ADDED = "grant.added", "Access granted"

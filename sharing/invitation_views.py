@@ -193,7 +193,7 @@ def invitation_open(request: HttpRequest, token: str) -> HttpResponse:
         response["Retry-After"] = "60"
         return response
     try:
-        invitation = invitation_lookup(raw=token, now=timezone.now())
+        invitation = invitation_lookup(raw=token, now=timezone.now(), ip=client_ip(request))
     except InvitationUnavailable as exc:
         response = _unavailable(request, exc)
     else:

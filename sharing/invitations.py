@@ -141,6 +141,10 @@ def invitation_current(*, invitation_id: str, now: dt.datetime) -> PatientInvita
         .filter(pk=invitation_id)
         .first()
     )
+    return _usable(invitation, now=now)
+
+
+def _usable(invitation: PatientInvitation | None, *, now: dt.datetime) -> PatientInvitation:
     if invitation is None or not invitation.tenant.is_active:
         raise InvitationUnavailable(status=404, reason="unknown")
     state = invitation.state_at(now)
@@ -153,17 +157,37 @@ def invitation_current(*, invitation_id: str, now: dt.datetime) -> PatientInvita
     raise InvitationUnavailable(status=status, reason=state)
 
 
-def invitation_lookup(*, raw: str, now: dt.datetime) -> PatientInvitation:
-    """The pending invitation for a token: one indexed equality on its digest."""
-    found = (
+def invitation_lookup(*, raw: str, now: dt.datetime, ip: str | None) -> PatientInvitation:
+    """The pending invitation for a token: one indexed equality on its digest.
+
+    A refused token is audited: an unknown one in the platform's chain (someone trying
+    tokens), one that can no longer be used (withdrawn, expired, used, locked) in its
+    clinic's, where the privacy officer sees who still holds an old link.
+    """
+    invitation = (
         PatientInvitation.objects.unscoped(reason="an invitation token names its clinic")
+        .select_related("tenant")
         .filter(token_sha256=token_digest(raw))
-        .values_list("pk", flat=True)
         .first()
     )
-    if found is None:
-        raise InvitationUnavailable(status=404, reason="unknown")
-    return invitation_current(invitation_id=str(found), now=now)
+    try:
+        return _usable(invitation, now=now)
+    except InvitationUnavailable as exc:
+        known = invitation if exc.reason != "unknown" else None
+        with transaction.atomic():
+            audit.record(
+                actor=(
+                    invitation_actor(known, ip=ip)
+                    if known
+                    else Actor(type=ActorType.ANONYMOUS, ip=ip)
+                ),
+                action=Action.PATIENT_INVITATION_REFUSED,
+                target=None,
+                tenant=known.tenant if known else None,
+                outcome=Outcome.DENIED,
+                detail={"state": exc.reason, **({"invitation": str(known.pk)} if known else {})},
+            )
+        raise
 
 
 def invitation_needs_birth_date(invitation: PatientInvitation) -> bool:

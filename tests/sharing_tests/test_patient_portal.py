@@ -284,6 +284,33 @@ def test_unknown_withdrawn_and_expired_invitations(
     assert late.status_code == 410 and b"expired" in late.content
 
 
+def test_refused_invitation_links_are_audited_where_the_privacy_officer_looks(
+    own_study, front_desk, client_for, django_capture_on_commit_callbacks
+):
+    token = invite(own_study, front_desk, capture=django_capture_on_commit_callbacks)
+    invitation = PatientInvitation.objects.for_tenant(own_study.tenant).get()
+    client_for(front_desk).post(
+        f"/t/north/patients/{own_study.patient.pk}/portal/invitations/{invitation.pk}/withdraw/"
+    )
+    probe = "A" * 43
+
+    Client().get(f"/portal/invitation/{token}", REMOTE_ADDR="203.0.113.9")
+    Client().get(f"/portal/invitation/{probe}", REMOTE_ADDR="198.51.100.4")
+
+    refused = AuditEvent.objects.for_tenant(own_study.tenant).get(
+        action=Action.PATIENT_INVITATION_REFUSED
+    )
+    assert refused.outcome == "denied"
+    assert refused.detail == {"state": "revoked", "invitation": str(invitation.pk)}
+    assert (refused.actor_id, refused.actor_ip) == (f"invitation:{invitation.pk}", "203.0.113.9")
+    probed = AuditEvent.objects.unscoped(reason="the platform chain").get(
+        tenant=None, action=Action.PATIENT_INVITATION_REFUSED
+    )
+    assert probed.detail == {"state": "unknown"} and probed.actor_ip == "198.51.100.4"
+    stored = [str(e.detail) for e in AuditEvent.objects.unscoped(reason="every chain").all()]
+    assert not any(token in text or probe in text for text in stored)
+
+
 def test_invitation_lookups_are_rate_limited(client, db):
     statuses = [client.get("/portal/invitation/" + "B" * 43).status_code for _ in range(25)]
 
