@@ -23,6 +23,7 @@ from __future__ import annotations
 import datetime as dt
 import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -85,6 +86,9 @@ class _Statement:
         return converted
 
 
+_UNSEEN: Any = object()
+
+
 class ShapeCache:
     """Queries compiled once per shape; `rows()` runs one with the values given.
 
@@ -95,7 +99,9 @@ class ShapeCache:
     def __init__(self, *, required: Sequence[int] = (), size: int = 512) -> None:
         self._required = set(required)
         self._size = size
-        self._statements: dict[Hashable, _Statement | None] = {}
+        # Least recently used first: a flood of odd shapes (a partner's unusual searches)
+        # evicts them, never the everyday shapes in use.
+        self._statements: OrderedDict[Hashable, _Statement | None] = OrderedDict()
         self._lock = threading.Lock()
 
     def rows(
@@ -111,14 +117,17 @@ class ShapeCache:
         value list of one shape makes the same query.
         """
         key = (connection.vendor, shape)
-        try:
-            statement = self._statements[key]
-        except KeyError:
+        with self._lock:
+            statement = self._statements.get(key, _UNSEEN)
+            if statement is not _UNSEEN:
+                self._statements.move_to_end(key)
+        if statement is _UNSEEN:
             statement = self._compile(build, values)
             with self._lock:
-                if len(self._statements) >= self._size:
-                    self._statements.clear()  # shapes are few; a flood of odd ones resets
                 self._statements[key] = statement
+                self._statements.move_to_end(key)
+                while len(self._statements) > self._size:
+                    self._statements.popitem(last=False)
         if statement is None:
             return list(build(values))
         return statement.rows(values)

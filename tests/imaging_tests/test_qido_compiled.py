@@ -139,3 +139,29 @@ def test_a_search_with_thousands_of_values_is_answered_not_an_error(clinic, stud
     response = session.get(f"{BASE}/studies?StudyInstanceUID={uids}&StudyDate=20250102")
 
     assert response.status_code == 204
+
+
+def test_the_shapes_in_use_stay_compiled_when_odd_ones_flood_in(clinic, studies):
+    from imaging.models import Study
+
+    cache = ShapeCache(required=[0], size=2)
+
+    def by(field):
+        def build(values):
+            scoped = Study.objects.unscoped(reason="test of the cache alone")
+            return scoped.filter(tenant_id=values[0], **{field: values[1]}).values_list("pk")
+
+        return build
+
+    def ask(field, value):
+        return cache.rows(shape=field, values=[clinic.pk, value], build=by(field))
+
+    ask("study_uid", str(studies[0].StudyInstanceUID))
+    ask("accession_number", "A-1")
+    everyday = ask("study_uid", str(studies[1].StudyInstanceUID))  # in use again
+    ask("description", "odd")  # a third shape: one must go
+
+    assert len(everyday) == 1
+    assert cache.compiled(shape="study_uid")
+    assert cache.compiled(shape="description")
+    assert not cache.compiled(shape="accession_number")
