@@ -84,9 +84,9 @@ def _name(chain_key: str, seq: int) -> str:
 def checkpoints_write(*, now: dt.datetime) -> int:
     """Write a checkpoint of every chain whose head moved since its last one.
 
-    Returns how many were written. A chain whose head is behind its newest checkpoint
-    is not checkpointed again (that would only hide the gap); it is logged, and
-    `verify_audit` reports it.
+    Returns how many were written. A chain that no longer matches its newest valid
+    checkpoint (behind it, or another event at its seq) is not checkpointed again (that
+    would only hide the gap); it is logged, and `verify_audit` reports it.
     """
     storage = checkpoint_storage()
     key = _mac_key()
@@ -95,15 +95,19 @@ def checkpoints_write(*, now: dt.datetime) -> int:
     for chain_key, last_seq, last_hash in AuditChain.objects.order_by("id").values_list(
         "key", "last_seq", "last_hash"
     ):
-        newest = _newest_seq(storage, chain_key)
-        if last_seq == 0 or (newest is not None and last_seq <= newest):
-            if newest is not None and last_seq < newest:
-                logger.error(
-                    "audit chain %s ends at seq %s, behind its checkpoint at seq %s",
-                    chain_key,
-                    last_seq,
-                    newest,
-                )
+        # The newest that verifies: a planted file with a huge seq must not stop this.
+        pinned = chain_checkpoints(chain_key=chain_key).newest_valid
+        if pinned is not None and (
+            last_seq < pinned.seq or (last_seq == pinned.seq and last_hash != pinned.hash)
+        ):
+            logger.error(
+                "audit chain %s no longer matches its checkpoint at seq %s (head at seq %s)",
+                chain_key,
+                pinned.seq,
+                last_seq,
+            )
+            continue
+        if last_seq == 0 or (pinned is not None and last_seq == pinned.seq):
             continue
         payload = _payload(
             chain_key=chain_key, seq=last_seq, last_hash=last_hash, written_at=written_at
@@ -126,11 +130,6 @@ def _seqs(storage: Storage, chain_key: str) -> list[int]:
         if name.endswith(_SUFFIX) and stem.isdigit():
             seqs.append(int(stem))
     return sorted(seqs)
-
-
-def _newest_seq(storage: Storage, chain_key: str) -> int | None:
-    seqs = _seqs(storage, chain_key)
-    return seqs[-1] if seqs else None
 
 
 def _read(storage: Storage, chain_key: str, seq: int, key: bytes) -> Checkpoint:

@@ -124,7 +124,7 @@ def test_a_truncated_chain_is_not_checkpointed_again_and_is_logged(clinic, caplo
 
     assert written == 0
     assert len(_checkpoint_files(str(clinic.pk))) == 1
-    assert f"ends at seq {events[1].seq}, behind its checkpoint" in caplog.text
+    assert f"no longer matches its checkpoint at seq {events[-1].seq}" in caplog.text
 
 
 @pytest.mark.django_db
@@ -160,6 +160,22 @@ def test_an_event_rechained_with_the_audit_key_differs_from_its_checkpoint(clini
     assert not ok
     assert f"first broken seq {last.seq}" in out
     assert "event differs from the checkpoint of 2026-11-23 09:30 UTC" in out
+
+
+@pytest.mark.django_db
+def test_a_planted_checkpoint_does_not_stop_the_real_ones(clinic, capsys):
+    record_probes(clinic, 2)
+    checkpoints_write(now=NOW)
+    planted = settings.AUDIT_CHECKPOINT_ROOT / str(clinic.pk) / f"{10**12:020d}.json"
+    planted.write_text('{"checkpoint": {"seq": 1000000000000}, "mac": "00"}')
+    record_probes(clinic, 1)
+
+    written = checkpoints_write(now=NOW + dt.timedelta(minutes=5))
+    ok, out = verify_command(capsys, clinic)
+
+    assert written == 1
+    assert not ok
+    assert "BROKEN at seq 1000000000000 (a checkpoint of this chain does not verify" in out
 
 
 @pytest.mark.django_db
