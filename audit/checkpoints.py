@@ -96,7 +96,7 @@ def checkpoints_write(*, now: dt.datetime) -> int:
         "key", "last_seq", "last_hash"
     ):
         # The newest that verifies: a planted file with a huge seq must not stop this.
-        pinned = chain_checkpoints(chain_key=chain_key).newest_valid
+        pinned = _checkpoints(storage, chain_key, key).newest_valid
         if pinned is not None and (
             last_seq < pinned.seq or (last_seq == pinned.seq and last_hash != pinned.hash)
         ):
@@ -153,7 +153,7 @@ def _read(storage: Storage, chain_key: str, seq: int, key: bytes) -> Checkpoint:
         hmac.compare_digest(expected, str(document.get("mac", "")))
         and fields["chain"] == chain_key
         and fields["seq"] == seq
-        and fields["v"] == VERSION
+        and fields.get("v") == VERSION
     )
     return Checkpoint(chain_key, seq, str(fields["hash"]), written_at, valid)
 
@@ -171,8 +171,10 @@ def chain_checkpoints(*, chain_key: str) -> ChainCheckpoints:
 
     The newest valid checkpoint is enough: the chain's links pin every event before it.
     """
-    storage = checkpoint_storage()
-    key = _mac_key()
+    return _checkpoints(checkpoint_storage(), chain_key, _mac_key())
+
+
+def _checkpoints(storage: Storage, chain_key: str, key: bytes) -> ChainCheckpoints:
     first_invalid = None
     for seq in reversed(_seqs(storage, chain_key)):
         checkpoint = _read(storage, chain_key, seq, key)

@@ -90,9 +90,7 @@ def chains_verify(*, tenant_slug: str | None = None) -> list[ChainReport]:
     if tenant_slug is None:
         # A checkpointed chain whose row is gone altogether (the platform's, or a
         # clinic's removed with its clinic row) was removed too.
-        known = {chain.key for chain in AuditChain.objects.all()} | {
-            str(tenant.pk) for tenant in tenants
-        }
+        known = {report.chain_key for report in reports}
         reports += [
             ChainReport(key, None, None, 0, 1, "chain missing (it has checkpoints)")
             for key in checkpointed_chain_keys()

@@ -163,11 +163,19 @@ def test_an_event_rechained_with_the_audit_key_differs_from_its_checkpoint(clini
 
 
 @pytest.mark.django_db
-def test_a_planted_checkpoint_does_not_stop_the_real_ones(clinic, capsys):
+@pytest.mark.parametrize(
+    "planted_text",
+    [
+        '{"checkpoint": {"seq": 1000000000000}, "mac": "00"}',  # no MAC key to sign with
+        "not JSON at all",
+        '["a", "list"]',
+    ],
+)
+def test_a_planted_checkpoint_does_not_stop_the_real_ones(clinic, capsys, planted_text):
     record_probes(clinic, 2)
     checkpoints_write(now=NOW)
     planted = settings.AUDIT_CHECKPOINT_ROOT / str(clinic.pk) / f"{10**12:020d}.json"
-    planted.write_text('{"checkpoint": {"seq": 1000000000000}, "mac": "00"}')
+    planted.write_text(planted_text)
     record_probes(clinic, 1)
 
     written = checkpoints_write(now=NOW + dt.timedelta(minutes=5))
