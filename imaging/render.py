@@ -18,6 +18,10 @@ class RenderError(Exception):
     """The pixel data cannot be rendered (unsupported or corrupt)."""
 
 
+class NoSuchFrame(RenderError):
+    """The frame asked for is not one of the instance's."""
+
+
 def _to_uint8(pixels: np.ndarray) -> np.ndarray:
     pixels = pixels.astype(np.float64)
     low, high = np.percentile(pixels, (0.5, 99.5)) if pixels.size else (0.0, 1.0)
@@ -224,9 +228,9 @@ def _native_frame(ds: pydicom.Dataset, number: int) -> np.ndarray | None:
 
 
 def frame_number_check(number: int, *, frames: int) -> None:
-    """Raise RenderError ("does not exist") unless frame `number` is one of `frames`."""
+    """Raise NoSuchFrame unless frame `number` is one of `frames`."""
     if not 1 <= number <= frames:
-        raise RenderError(f"frame {number} does not exist (the instance has {frames})")
+        raise NoSuchFrame(f"frame {number} does not exist (the instance has {frames})")
 
 
 def frame_pixels(ds: pydicom.Dataset, number: int) -> np.ndarray:

@@ -36,7 +36,13 @@ from imaging.ingest import IngestOutcome, ingest_many
 from imaging.keyring import study_dek
 from imaging.metadata import metadata_item, metadata_with_pixel_uri
 from imaging.models import Instance, Series, Study
-from imaging.render import RenderError, frame_native_bytes, frame_number_check, rendered
+from imaging.render import (
+    NoSuchFrame,
+    RenderError,
+    frame_native_bytes,
+    frame_number_check,
+    rendered,
+)
 from imaging.selectors import instance_by_uids, instances_for_reading
 from imaging.services import (
     instance_bytes,
@@ -409,7 +415,7 @@ def _unserved(
     request: HttpRequest, row: Instance, error: RenderError, detail: dict[str, Any]
 ) -> HttpResponse:
     # The read was audited as it started; nothing is sent, and the log says so too.
-    missing = "does not exist" in str(error)
+    missing = isinstance(error, NoSuchFrame)
     client = _client(request)
     pixel_read_unserved_audit(
         tenant=client.tenant,

@@ -525,6 +525,22 @@ def test_a_frame_that_cannot_be_rendered_is_a_406_audited_as_not_served(clinic, 
 
 
 @pytest.mark.django_db
+def test_a_frame_the_object_lacks_is_a_404_audited_as_no_such_frame(clinic, read_token):
+    # The row says three frames; the stored object, which wins, has one.
+    data = synthetic_ct(slices=1)[0]
+    ingest(clinic, data)
+    ds = _ds(data)
+    Instance.objects.for_tenant(clinic).update(number_of_frames=3)
+
+    response = http(read_token).get(f"{_instance_url(ds)}/frames/2/rendered")
+
+    assert response.status_code == 404 and b"frame 2 does not exist" in response.content
+    unserved = AuditEvent.objects.for_tenant(clinic).order_by("-seq").first()
+    assert (unserved.action, unserved.outcome) == (Action.DICOMWEB_RETRIEVE, "failure")
+    assert unserved.detail == {"rendered": 1, "reason": "no_such_frame"}
+
+
+@pytest.mark.django_db
 def test_outsider_gets_404_for_frames_and_rendered(clinic, outsider_token, stored_ct):
     ds = _ds(stored_ct[0])
     base = _instance_url(ds)
