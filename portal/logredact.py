@@ -1,6 +1,6 @@
 """Logging filters that keep credentials and tag values out of log lines.
 
-A share token in a URL is a credential: request logs (runserver's, Django's 5xx
+A share or invitation token in a URL is a credential: request logs (runserver's, Django's 5xx
 reports) would otherwise keep it. pydicom quotes the value it is warning about
 ("Invalid value for VR DA: '19701301'"), and that value can be a birth date or a name.
 Both filters rewrite the rendered message.
@@ -11,7 +11,10 @@ from __future__ import annotations
 import logging
 import re
 
-SHARE_TOKEN = re.compile(r"(/s/)(?!dicomweb/|viewer/|download/|leave/)[A-Za-z0-9_\-]{16,}")
+SHARE_TOKEN = re.compile(
+    r"(/s/(?!dicomweb/|viewer/|download/|leave/)|/portal/invitation/|/accounts/invitation/)"
+    r"[A-Za-z0-9_\-]{16,}"
+)
 
 
 # A quoted value, as pydicom writes them: '...', "..." or b'...'.

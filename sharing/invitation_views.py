@@ -42,10 +42,10 @@ from sharing.invitations import (
 )
 from sharing.models import PatientInvitation
 from sharing.selectors import invitation_get, patient_link_get, patient_portal_access
-from sharing.views import too_many_lookups
 from tenants.access import require_perm
 from tenants.mfa import require_step_up
 from tenants.roles import Perm
+from tenants.throttle import too_many_lookups
 
 SESSION_KEY = "portal_invitation"
 

@@ -19,36 +19,27 @@ from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
 from django.db import transaction
-from django.utils import timezone
 
 import audit
 from audit.actors import Actor
 from audit.models import Action, ActorType, Outcome
-from imaging.crypto import unwrap_key, wrap_key
-from imaging.keyring import tenant_key, tenant_key_active
 from imaging.models import Patient
 from sharing.models import PatientInvitation, PatientLink, ShareLink
-from sharing.services import share_revoke, token_digest
+from sharing.services import share_revoke
+from tenants.invitations import (
+    InvitationInvalid,
+    InvitationUnavailable,
+    invitation_token_claim,
+    invitation_token_seal,
+)
 from tenants.models import Membership, Tenant, User
 from tenants.roles import RoleCode
 from tenants.services import membership_add, membership_update, user_create
+from tenants.tokens import token_digest
 
 TOKEN_BYTES = 32
 INVITATION_DAYS = 14
 MAX_BIRTH_DATE_ATTEMPTS = 5
-
-
-class InvitationInvalid(ValueError):
-    """The invitation cannot be created or accepted as asked; the message says why."""
-
-
-class InvitationUnavailable(Exception):
-    """The invitation cannot be used: 404 (unknown, withdrawn), 410 (expired, used), 403."""
-
-    def __init__(self, *, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
 
 
 def _context(invitation: PatientInvitation) -> bytes:
@@ -97,10 +88,7 @@ def patient_invite(
         expires_at=now + dt.timedelta(days=INVITATION_DAYS),
     )
     invitation.patients.set(patients)
-    version, key = tenant_key_active(tenant=tenant)
-    invitation.token_wrapped = wrap_key(kek=key, key=raw.encode(), context=_context(invitation))
-    invitation.token_key_version = version
-    invitation.save(update_fields=["token_wrapped", "token_key_version"])
+    invitation_token_seal(invitation, raw=raw, context=_context(invitation))
     for patient in patients:
         audit.record(
             actor=actor,
@@ -356,21 +344,5 @@ def patient_link_revoke(*, link: PatientLink, actor: Actor, now: dt.datetime) ->
 
 def invitation_claim_send(*, invitation_id: str) -> tuple[PatientInvitation, str] | None:
     """Claim the email (at most once) and return the invitation with its token."""
-    rows = PatientInvitation.objects.unscoped(reason="a task loads its own row by id").filter(
-        pk=invitation_id
-    )
-    claimed = rows.filter(
-        sent_at__isnull=True,
-        token_wrapped__isnull=False,
-        revoked_at__isnull=True,
-        accepted_at__isnull=True,
-    ).update(sent_at=timezone.now())
-    if not claimed:
-        return None
-    invitation = rows.select_related("tenant").get()
-    key = tenant_key(tenant=invitation.tenant, version=invitation.token_key_version)
-    token = unwrap_key(
-        kek=key, wrapped=bytes(invitation.token_wrapped), context=_context(invitation)
-    ).decode()
-    rows.update(token_wrapped=None)
-    return invitation, token
+    rows = PatientInvitation.objects.unscoped(reason="a task loads its own row by id")
+    return invitation_token_claim(rows.filter(pk=invitation_id), context=_context)

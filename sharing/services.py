@@ -8,7 +8,6 @@ expired tokens are refused after that same lookup, so their timing tells nothing
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import re
 import secrets
 from collections.abc import Iterable
@@ -26,6 +25,7 @@ from imaging.keyring import study_dek
 from imaging.models import Series, Study
 from sharing.models import ShareLink
 from tenants.models import ApiToken, User
+from tenants.tokens import token_digest
 
 TOKEN_BYTES = 32
 MAX_SECRET_ATTEMPTS = 5
@@ -51,10 +51,6 @@ def share_actor(share: ShareLink, *, ip: str | None) -> Actor:
 
 def invitation_context(share: ShareLink) -> bytes:
     return b"share-invitation|" + str(share.tenant_id).encode() + b"|" + str(share.pk).encode()
-
-
-def token_digest(raw: str) -> str:
-    return hashlib.sha256(raw.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def _secret_for(*, challenge: str, pin: str | None, study: Study) -> str:

@@ -6,7 +6,6 @@ import datetime as dt
 import uuid
 
 from django.contrib import messages
-from django.core.cache import cache
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
 from django.db.models import Q
@@ -50,8 +49,7 @@ from sharing.services import (
 from tenants.access import check_clinic_perm, require_perm
 from tenants.mfa import require_step_up
 from tenants.roles import Perm
-
-LOOKUPS_PER_MINUTE = 20
+from tenants.throttle import too_many_lookups
 
 # --- The sharer's pages ------------------------------------------------------------
 
@@ -194,16 +192,6 @@ def _unavailable(request: HttpRequest, exc: ShareUnavailable) -> HttpResponse:
         exc.status, "sharing/not_found.html"
     )
     return render(request, template, {"reason": exc.reason}, status=exc.status)
-
-
-def too_many_lookups(request: HttpRequest) -> bool:
-    """Token guessing, share links and invitations alike, is limited per client address."""
-    key = f"share-lookups:{client_ip(request)}:{int(timezone.now().timestamp() // 60)}"
-    cache.add(key, 0, timeout=120)
-    try:
-        return cache.incr(key) > LOOKUPS_PER_MINUTE
-    except ValueError:
-        return False
 
 
 @never_cache

@@ -1,4 +1,4 @@
-"""Models of the tenant admin site: members and their roles, and the clinic's policy."""
+"""The tenant admin site's models: members and roles, staff invitations, clinic policy."""
 
 from __future__ import annotations
 
@@ -8,31 +8,37 @@ from django import forms
 from django.contrib import admin
 from django.core.exceptions import ValidationError
 from django.db import models
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponseRedirect
 from django.shortcuts import render
+from django.urls import reverse
 from django.utils import timezone
 
 import audit
 from audit.actors import Actor
 from audit.models import Action
 from tenants.admin_site import TenantScopedModelAdmin, tenant_admin_site
-from tenants.models import ApiToken, Membership, Role, Tenant, User
+from tenants.invitations import (
+    STAFF_INVITATION_DAYS,
+    InvitationInvalid,
+    staff_invitation_revoke,
+    staff_invite,
+    staff_invite_check,
+)
+from tenants.models import ApiToken, Membership, Role, StaffInvitation, Tenant
 from tenants.roles import RoleCode
 from tenants.services import (
     POLICY_FIELDS,
-    membership_add,
     membership_update,
     membership_validate_change,
     tenant_update_policy,
-    user_create,
 )
 from tenants.throttle import throttle_reset
 from tenants.tokens import api_token_create, api_token_revoke
 
 
 class MembershipForm(forms.ModelForm):
-    email = forms.EmailField(label="Email address")
-    full_name = forms.CharField(max_length=150, required=False)
+    """Changes a member's roles and active flag. Members join through staff invitations."""
+
     roles = forms.ModelMultipleChoiceField(
         queryset=Role.objects.all(), widget=forms.CheckboxSelectMultiple
     )
@@ -44,20 +50,11 @@ class MembershipForm(forms.ModelForm):
     def __init__(self, *args: Any, tenant: Tenant, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.tenant = tenant
-        if not self.instance._state.adding:
-            self.fields.pop("email", None)
-            self.fields.pop("full_name", None)
-            self.initial["roles"] = list(self.instance.roles.all())
-
-    def clean_email(self) -> str:
-        email = self.cleaned_data["email"].strip().lower()
-        if Membership.objects.for_tenant(self.tenant).filter(user__email__iexact=email).exists():
-            raise ValidationError("This person is already a member; edit their membership.")
-        return email
+        self.initial["roles"] = list(self.instance.roles.all())
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean()
-        if not self.instance._state.adding and "roles" in cleaned:
+        if "roles" in cleaned:
             current = Membership.objects.for_tenant(self.tenant).get(pk=self.instance.pk)
             membership_validate_change(
                 membership=current,
@@ -105,9 +102,13 @@ class MembershipAdmin(TenantScopedModelAdmin):
         return BoundMembershipForm
 
     fields = ["email", "full_name", "roles", "is_active"]
+    readonly_fields = ["email", "full_name"]
 
-    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
-        return ["email", "full_name"] if obj is not None else []
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        # Adding by email would attach whatever account holds the address (a patient,
+        # another clinic's staff) without its holder's consent and show its name: people
+        # join through a staff invitation they accept.
+        return False
 
     @admin.display(description="Email", ordering="user__email")
     def email(self, obj: Membership) -> str:
@@ -122,39 +123,149 @@ class MembershipAdmin(TenantScopedModelAdmin):
         return ", ".join(sorted(role.name for role in obj.roles.all()))
 
     def save_model(self, request: HttpRequest, obj: Membership, form: Any, change: bool) -> None:
-        actor = Actor.from_request(request)
-        codes = {role.code for role in form.cleaned_data["roles"]}
-        if change:
-            current = Membership.objects.for_tenant(request.tenant).get(pk=obj.pk)
-            membership_update(
-                membership=current,
-                roles=codes,
-                is_active=form.cleaned_data["is_active"],
-                actor=actor,
-            )
-            return
-        email = form.cleaned_data["email"]
-        user = User.objects.filter(email__iexact=email).first() or user_create(
-            email=email,
-            full_name=form.cleaned_data.get("full_name", ""),
-            actor=actor,
-            tenant=request.tenant,
+        current = Membership.objects.for_tenant(request.tenant).get(pk=obj.pk)
+        membership_update(
+            membership=current,
+            roles={role.code for role in form.cleaned_data["roles"]},
+            is_active=form.cleaned_data["is_active"],
+            actor=Actor.from_request(request),
         )
-        membership = membership_add(tenant=request.tenant, user=user, roles=codes, actor=actor)
-        if not form.cleaned_data["is_active"]:
-            membership_update(membership=membership, roles=codes, is_active=False, actor=actor)
-        # The admin redirects using `obj`; point it at the row the service created.
-        obj.pk, obj.tenant, obj.user = membership.pk, membership.tenant, membership.user
-        obj._state.adding = False
 
     def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
         """Roles were saved by the membership service in save_model."""
 
-    def log_addition(self, request: HttpRequest, obj: Any, message: Any) -> None:
-        """The membership service audits."""
-
     def log_change(self, request: HttpRequest, obj: Any, message: Any) -> None:
         """The membership service audits."""
+
+
+class StaffInvitationForm(forms.ModelForm):
+    roles = forms.ModelMultipleChoiceField(
+        queryset=Role.objects.exclude(code=RoleCode.PATIENT),
+        widget=forms.CheckboxSelectMultiple,
+        help_text="What the person may do here once they accept.",
+    )
+
+    class Meta:
+        model = StaffInvitation
+        fields = ["email"]
+        help_texts = {
+            "email": "The invitation goes to this address; only its holder can accept it."
+        }
+
+    def __init__(self, *args: Any, tenant: Tenant, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.tenant = tenant
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        if "email" in cleaned and "roles" in cleaned:
+            try:
+                cleaned["email"] = staff_invite_check(
+                    tenant=self.tenant,
+                    email=cleaned["email"],
+                    roles=[role.code for role in cleaned["roles"]],
+                )
+            except InvitationInvalid as exc:
+                raise ValidationError(str(exc)) from exc
+        return cleaned
+
+
+@admin.register(StaffInvitation, site=tenant_admin_site)
+class StaffInvitationAdmin(TenantScopedModelAdmin):
+    """Members join by invitation; the admin sees the address typed, never the account."""
+
+    form = StaffInvitationForm
+    list_display = ["email", "role_list", "state", "invited_by_email", "created_at", "expires_at"]
+    search_fields = ["email"]
+    ordering = ["-created_at"]
+    list_select_related = ["invited_by"]
+    actions = ["withdraw"]
+
+    def get_queryset(self, request: HttpRequest) -> models.QuerySet:
+        return super().get_queryset(request).prefetch_related("roles")
+
+    def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any):
+        form_class = super().get_form(request, obj, change=change, **kwargs)
+        tenant = request.tenant
+
+        class BoundStaffInvitationForm(form_class):  # type: ignore[misc, valid-type]
+            def __init__(self, *args: Any, **kw: Any) -> None:
+                super().__init__(*args, tenant=tenant, **kw)
+
+        return BoundStaffInvitationForm
+
+    def get_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        if obj is None:
+            return ["email", "roles"]
+        return [
+            "email",
+            "role_list",
+            "state",
+            "invited_by_email",
+            "created_at",
+            "expires_at",
+            "sent_at",
+            "accepted_at",
+            "revoked_at",
+        ]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        return self.get_fields(request, obj) if obj is not None else []
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return obj is None and super().has_change_permission(request, obj)
+
+    @admin.display(description="Roles")
+    def role_list(self, obj: StaffInvitation) -> str:
+        return ", ".join(sorted(role.name for role in obj.roles.all()))
+
+    @admin.display(description="State")
+    def state(self, obj: StaffInvitation) -> str:
+        return obj.state_at(timezone.now()).label
+
+    @admin.display(description="Invited by", ordering="invited_by__email")
+    def invited_by_email(self, obj: StaffInvitation) -> str:
+        return obj.invited_by.email
+
+    def save_model(
+        self, request: HttpRequest, obj: StaffInvitation, form: Any, change: bool
+    ) -> None:
+        invitation = staff_invite(
+            tenant=request.tenant,
+            email=form.cleaned_data["email"],
+            roles=[role.code for role in form.cleaned_data["roles"]],
+            invited_by=request.user,
+            actor=Actor.from_request(request),
+            now=timezone.now(),
+        )
+        obj.pk, obj.tenant, obj.email = invitation.pk, invitation.tenant, invitation.email
+        obj._state.adding = False
+
+    def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
+        """The invitation service saved the roles."""
+
+    def log_addition(self, request: HttpRequest, obj: Any, message: Any) -> None:
+        """The invitation service audits."""
+
+    def response_add(self, request: HttpRequest, obj: Any, post_url_continue: Any = None):
+        # The same words whether or not the address has an account anywhere.
+        self.message_user(
+            request,
+            f"Invitation sent to {obj.email}. It is valid for {STAFF_INVITATION_DAYS} days; "
+            "the person becomes a member when they accept it.",
+        )
+        return HttpResponseRedirect(reverse("tenant_admin:tenants_staffinvitation_changelist"))
+
+    @admin.action(description="Withdraw the selected invitations")
+    def withdraw(self, request: HttpRequest, queryset: models.QuerySet) -> None:
+        actor, now = Actor.from_request(request), timezone.now()
+        withdrawn = sum(
+            staff_invitation_revoke(invitation=invitation, actor=actor, now=now)
+            for invitation in queryset.select_related("tenant")
+        )
+        self.message_user(
+            request, f"Withdrew {withdrawn} invitation(s); their links no longer work."
+        )
 
 
 class ClinicPolicyForm(forms.ModelForm):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import uuid
 from typing import Any
@@ -321,3 +322,57 @@ class ApiToken(TenantOwnedModel):
 
     def has_scope(self, scope: str) -> bool:
         return scope in self.scopes
+
+
+class StaffInvitation(TenantOwnedModel):
+    """An invitation to join a clinic's staff, sent by a tenant admin to an email address.
+
+    Membership begins only when the person holding that address accepts. The admin never
+    learns whether an account exists for it, nor its name, before then: an account
+    belongs to a person, not to whichever clinic types its email first.
+    """
+
+    class State(models.TextChoices):
+        PENDING = "pending", "Waiting for the invitee"
+        ACCEPTED = "accepted", "Accepted"
+        EXPIRED = "expired", "Expired"
+        REVOKED = "revoked", "Withdrawn"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    email = models.EmailField()
+    roles = models.ManyToManyField(Role, related_name="+")
+    token_sha256 = models.CharField(max_length=64, unique=True)
+    invited_by = models.ForeignKey(User, on_delete=models.PROTECT, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    accepted_at = models.DateTimeField(null=True, blank=True)
+    accepted_by = models.ForeignKey(
+        User, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    sent_at = models.DateTimeField(null=True, blank=True)
+    # The token, encrypted under the clinic key, only until the email is sent: a Celery
+    # message must not carry it.
+    token_wrapped = models.BinaryField(null=True, blank=True)
+    token_key_version = models.PositiveIntegerField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["tenant", "-created_at"])]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(expires_at__gt=models.F("created_at")),
+                name="staff_invitation_expires_after_creation",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"StaffInvitation {self.id}"
+
+    def state_at(self, now: dt.datetime) -> State:
+        if self.accepted_at is not None:
+            return self.State.ACCEPTED
+        if self.revoked_at is not None:
+            return self.State.REVOKED
+        if self.expires_at <= now:
+            return self.State.EXPIRED
+        return self.State.PENDING

@@ -48,3 +48,33 @@ def break_glass_notify(*, tenant_id: str, grant_id: str) -> int:
             )
     logger.info("break-glass %s notified %s privacy officer(s)", grant_id, len(recipients))
     return len(recipients)
+
+
+@portal_task(max_retries=5, autoretry_for=(OSError, smtplib.SMTPException))
+def staff_invitation_send(*, invitation_id: str) -> bool:
+    from tenants.invitations import staff_invitation_claim_send, staff_invitation_roles
+
+    with transaction.atomic():
+        claimed = staff_invitation_claim_send(invitation_id=invitation_id)
+        if claimed is None:
+            return False
+        invitation, token = claimed
+        clinic = invitation.tenant.name
+        send_mail(
+            subject=f"[{clinic}] An invitation to join the clinic's staff",
+            message=(
+                f"{clinic} invites you to join its staff on the imaging portal, as "
+                f"{', '.join(staff_invitation_roles(invitation))}.\n\n"
+                "Accept the invitation here: "
+                f"{settings.PORTAL_BASE_URL}/accounts/invitation/{token}\n"
+                "You will sign in, or create an account if you have none, then set up a "
+                "second factor.\n"
+                f"The invitation expires on {invitation.expires_at:%Y-%m-%d} (UTC).\n\n"
+                "If you did not expect this, ignore this email: nothing happens unless you "
+                "accept.\n"
+            ),
+            from_email=None,
+            recipient_list=[invitation.email],
+        )
+    logger.info("staff invitation %s sent", invitation_id)
+    return True

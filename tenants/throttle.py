@@ -19,6 +19,10 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.core.cache import cache
+from django.http import HttpRequest
+from django.utils import timezone
+
+from audit.actors import client_ip
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,3 +77,17 @@ def throttle_reset(*, account: str) -> None:
     """Lift an account's sign-in and second-factor lockouts (admin unlock)."""
     for kind in ("signin", "otp"):
         cache.delete(ThrottleKey(kind=kind, account=account, ip=None).account_key)
+
+
+TOKEN_LOOKUPS_PER_MINUTE = 20
+
+
+def too_many_lookups(request: HttpRequest) -> bool:
+    """Token guessing (share links, patient and staff invitations alike) is limited per
+    client address."""
+    key = f"share-lookups:{client_ip(request)}:{int(timezone.now().timestamp() // 60)}"
+    cache.add(key, 0, timeout=120)
+    try:
+        return cache.incr(key) > TOKEN_LOOKUPS_PER_MINUTE
+    except ValueError:
+        return False

@@ -25,6 +25,12 @@ def _hash(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
+def token_digest(raw: str) -> str:
+    """The stored form of a link or invitation token taken from a URL (which may hold
+    any code point, lone surrogates included)."""
+    return hashlib.sha256(raw.encode("utf-8", "surrogatepass")).hexdigest()
+
+
 @transaction.atomic
 def api_token_create(
     *,

@@ -3,7 +3,7 @@
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
-from tenants import views
+from tenants import invitation_views, views
 
 urlpatterns = [
     path("login/", views.SignInView.as_view(), name="login"),
@@ -14,6 +14,12 @@ urlpatterns = [
     path("webauthn/", include("tenants.webauthn")),
     path("security/", views.account_security, name="account_security"),
     path("security/backup-codes/", views.backup_codes_regenerate, name="backup_codes_regenerate"),
+    path("invitation/", invitation_views.staff_invitation_home, name="staff_invitation_home"),
+    path(
+        "invitation/<str:token>",
+        invitation_views.staff_invitation_open,
+        name="staff_invitation_open",
+    ),
     path("password/", views.PasswordChangeView.as_view(), name="password_change"),
     path("password-reset/", views.PasswordResetView.as_view(), name="password_reset"),
     path(

@@ -1,0 +1,314 @@
+"""Staff invitations: how a person joins a clinic's staff, with their consent.
+
+A tenant admin invites an email address with the roles it should get. The clinic learns
+nothing about the account behind the address (whether there is one, whose it is) until
+its holder accepts: an account belongs to a person, who may already work for another
+clinic or use the patient portal. The token, like a patient invitation's, is 256 bits
+from `secrets`, stored only as its SHA-256, and kept encrypted under the clinic key
+until the email is sent, so a Celery message never carries it.
+
+The token helpers at the bottom serve patient invitations (`sharing.invitations`) too.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from django.contrib.auth.password_validation import validate_password
+from django.core.exceptions import ValidationError
+from django.core.validators import validate_email
+from django.db import models, transaction
+from django.utils import timezone
+
+import audit
+from audit.actors import Actor
+from audit.models import Action, ActorType, Outcome
+from imaging.crypto import unwrap_key, wrap_key
+from imaging.keyring import tenant_key, tenant_key_active
+from tenants.models import Membership, StaffInvitation, Tenant, User
+from tenants.roles import STAFF_ROLES
+from tenants.selectors import roles_get
+from tenants.services import membership_add, user_create
+from tenants.tokens import token_digest
+
+TOKEN_BYTES = 32
+STAFF_INVITATION_DAYS = 7
+
+
+class InvitationInvalid(ValueError):
+    """The invitation cannot be created or accepted as asked; the message says why."""
+
+
+class InvitationUnavailable(Exception):
+    """The invitation cannot be used: 404 (unknown, withdrawn), 410 (expired, used), 403."""
+
+    def __init__(self, *, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+def _context(invitation: StaffInvitation) -> bytes:
+    return f"staff-invitation|{invitation.tenant_id}|{invitation.pk}".encode()
+
+
+def staff_invitation_actor(invitation: StaffInvitation, *, ip: str | None) -> Actor:
+    """Whoever holds the invitation's token, before they have signed in."""
+    return Actor(type=ActorType.ANONYMOUS, id=f"staff-invitation:{invitation.pk}", ip=ip)
+
+
+def staff_invite_check(*, tenant: Tenant, email: str, roles: Iterable[str]) -> str:
+    """The normalised email, or InvitationInvalid saying why this invitation cannot go.
+
+    Only this clinic's own rows are consulted, so the answer reveals nothing about
+    accounts elsewhere.
+    """
+    email = User.objects.normalize_email(email.strip()).lower()
+    try:
+        validate_email(email)
+    except ValidationError as exc:
+        raise InvitationInvalid("Enter the person's email address.") from exc
+    codes = set(roles)
+    if not codes:
+        raise InvitationInvalid("Choose at least one role.")
+    if not codes <= {role.value for role in STAFF_ROLES}:
+        raise InvitationInvalid(
+            "Patients join through a patient portal invitation sent from their record."
+        )
+    if Membership.objects.for_tenant(tenant).filter(user__email__iexact=email).exists():
+        raise InvitationInvalid(
+            "This person is already a member of the clinic: change their roles or "
+            "reactivate them under Members."
+        )
+    pending = (
+        StaffInvitation.objects.for_tenant(tenant)
+        .filter(
+            email__iexact=email,
+            accepted_at__isnull=True,
+            revoked_at__isnull=True,
+            expires_at__gt=timezone.now(),
+        )
+        .first()
+    )
+    if pending is not None:
+        raise InvitationInvalid(
+            f"This address has an invitation waiting until {pending.expires_at:%Y-%m-%d}. "
+            "Withdraw it first to send a new one."
+        )
+    return email
+
+
+@transaction.atomic
+def staff_invite(
+    *,
+    tenant: Tenant,
+    email: str,
+    roles: Iterable[str],
+    invited_by: User,
+    actor: Actor,
+    now: dt.datetime,
+) -> StaffInvitation:
+    """Invite an email address to join the clinic's staff; the email goes after commit."""
+    codes = sorted(set(roles))
+    email = staff_invite_check(tenant=tenant, email=email, roles=codes)
+    raw = secrets.token_urlsafe(TOKEN_BYTES)
+    invitation = StaffInvitation.objects.create(
+        tenant=tenant,
+        email=email,
+        token_sha256=token_digest(raw),
+        invited_by=invited_by,
+        created_at=now,
+        expires_at=now + dt.timedelta(days=STAFF_INVITATION_DAYS),
+    )
+    invitation.roles.set(roles_get(codes=codes))
+    invitation_token_seal(invitation, raw=raw, context=_context(invitation))
+    audit.record(
+        actor=actor,
+        action=Action.STAFF_INVITED,
+        target=invitation,
+        tenant=tenant,
+        detail={"roles": codes},
+    )
+    from tenants.tasks import staff_invitation_send
+
+    transaction.on_commit(lambda: staff_invitation_send.delay(invitation_id=str(invitation.pk)))
+    return invitation
+
+
+@transaction.atomic
+def staff_invitation_revoke(*, invitation: StaffInvitation, actor: Actor, now: dt.datetime) -> bool:
+    revoked = (
+        StaffInvitation.objects.for_tenant(invitation.tenant)
+        .filter(pk=invitation.pk, revoked_at__isnull=True, accepted_at__isnull=True)
+        .update(revoked_at=now, token_wrapped=None)
+    )
+    if revoked:
+        audit.record(
+            actor=actor,
+            action=Action.STAFF_INVITATION_REVOKED,
+            target=invitation,
+            tenant=invitation.tenant,
+            detail={},
+        )
+    return bool(revoked)
+
+
+def _usable(invitation: StaffInvitation | None, *, now: dt.datetime) -> StaffInvitation:
+    if invitation is None or not invitation.tenant.is_active:
+        raise InvitationUnavailable(status=404, reason="unknown")
+    state = invitation.state_at(now)
+    if state == StaffInvitation.State.PENDING:
+        return invitation
+    raise InvitationUnavailable(
+        status=404 if state == StaffInvitation.State.REVOKED else 410, reason=state
+    )
+
+
+def _unscoped() -> models.QuerySet:
+    return StaffInvitation.objects.unscoped(reason="an invitation token names its clinic")
+
+
+def staff_invitation_current(*, invitation_id: str, now: dt.datetime) -> StaffInvitation:
+    """The invitation, re-read; raises InvitationUnavailable unless it can still be accepted."""
+    invitation = _unscoped().select_related("tenant").filter(pk=invitation_id).first()
+    return _usable(invitation, now=now)
+
+
+def staff_invitation_lookup(*, raw: str, now: dt.datetime, ip: str | None) -> StaffInvitation:
+    """The pending invitation for a token: one indexed equality on its digest.
+
+    A refused token is audited: an unknown one in the platform's chain, one that can no
+    longer be used in its clinic's, where the admins see who still holds an old link.
+    """
+    invitation = _unscoped().select_related("tenant").filter(token_sha256=token_digest(raw)).first()
+    try:
+        return _usable(invitation, now=now)
+    except InvitationUnavailable as exc:
+        known = invitation if exc.reason != "unknown" else None
+        with transaction.atomic():
+            audit.record(
+                actor=(
+                    staff_invitation_actor(known, ip=ip)
+                    if known
+                    else Actor(type=ActorType.ANONYMOUS, ip=ip)
+                ),
+                action=Action.STAFF_INVITATION_REFUSED,
+                target=known,
+                tenant=known.tenant if known else None,
+                outcome=Outcome.DENIED,
+                detail={"state": exc.reason},
+            )
+        raise
+
+
+def staff_invitation_account(invitation: StaffInvitation) -> User | None:
+    """The existing account with the invited email, for its holder's eyes only."""
+    return User.objects.filter(email__iexact=invitation.email).first()
+
+
+def staff_invitation_roles(invitation: StaffInvitation) -> list[str]:
+    return sorted(role.name for role in invitation.roles.all())
+
+
+@transaction.atomic
+def staff_invitation_accept(
+    *, invitation: StaffInvitation, user: User, actor: Actor, now: dt.datetime
+) -> Membership:
+    """Make `user` (who holds the invited email) a member with the invited roles, once."""
+    if user.email.lower() != invitation.email.lower():
+        raise InvitationInvalid(
+            "This invitation was sent to another email address. Sign out, then open the "
+            "link from the email again."
+        )
+    tenant = invitation.tenant
+    claimed = (
+        StaffInvitation.objects.for_tenant(tenant)
+        .filter(
+            pk=invitation.pk,
+            accepted_at__isnull=True,
+            revoked_at__isnull=True,
+            expires_at__gt=now,
+        )
+        .update(accepted_at=now, accepted_by=user, token_wrapped=None)
+    )
+    if not claimed:
+        raise InvitationUnavailable(status=410, reason="used")
+    codes = [role.code for role in invitation.roles.all()]
+    membership = membership_add(tenant=tenant, user=user, roles=codes, actor=actor)
+    audit.record(
+        actor=actor,
+        action=Action.STAFF_INVITATION_ACCEPTED,
+        target=invitation,
+        tenant=tenant,
+        detail={"user": str(user.pk), "membership": str(membership.pk)},
+    )
+    return membership
+
+
+@transaction.atomic
+def staff_invitation_accept_new_account(
+    *,
+    invitation: StaffInvitation,
+    password: str,
+    full_name: str,
+    actor: Actor,
+    now: dt.datetime,
+) -> User:
+    """Create the invitee's account with the invited email, then accept."""
+    if staff_invitation_account(invitation) is not None:
+        raise InvitationInvalid("An account with this email exists; sign in to accept.")
+    validate_password(password, User(email=invitation.email, full_name=full_name))
+    user = user_create(
+        email=invitation.email,
+        password=password,
+        full_name=full_name,
+        actor=actor,
+        tenant=invitation.tenant,
+    )
+    staff_invitation_accept(invitation=invitation, user=user, actor=actor, now=now)
+    return user
+
+
+def staff_invitation_claim_send(*, invitation_id: str) -> tuple[StaffInvitation, str] | None:
+    """Claim the email (at most once) and return the invitation with its token."""
+    rows = StaffInvitation.objects.unscoped(reason="a task loads its own row by id")
+    return invitation_token_claim(rows.filter(pk=invitation_id), context=_context)
+
+
+# --- Invitation tokens, shared with patient invitations --------------------------------
+
+
+def invitation_token_seal(invitation: Any, *, raw: str, context: bytes) -> None:
+    """Keep the token encrypted under the clinic's active key until its email is sent."""
+    version, key = tenant_key_active(tenant=invitation.tenant)
+    invitation.token_wrapped = wrap_key(kek=key, key=raw.encode(), context=context)
+    invitation.token_key_version = version
+    invitation.save(update_fields=["token_wrapped", "token_key_version"])
+
+
+def invitation_token_claim(
+    rows: models.QuerySet, *, context: Callable[[Any], bytes]
+) -> tuple[Any, str] | None:
+    """Mark the one invitation in `rows` sent (if it still waits for its email), read its
+    token and erase it; None when another worker claimed it or it was withdrawn or used.
+
+    Call inside the transaction that sends the email, so a failed send releases the claim.
+    """
+    claimed = rows.filter(
+        sent_at__isnull=True,
+        token_wrapped__isnull=False,
+        revoked_at__isnull=True,
+        accepted_at__isnull=True,
+    ).update(sent_at=timezone.now())
+    if not claimed:
+        return None
+    invitation = rows.select_related("tenant").get()
+    key = tenant_key(tenant=invitation.tenant, version=invitation.token_key_version)
+    token = unwrap_key(
+        kek=key, wrapped=bytes(invitation.token_wrapped), context=context(invitation)
+    ).decode()
+    rows.update(token_wrapped=None)
+    return invitation, token

@@ -1,0 +1,457 @@
+"""Staff invitations: a person joins a clinic only by accepting, and the clinic learns
+nothing about an account before that."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import re
+
+import pytest
+from django.contrib.messages import get_messages
+from django.core import mail
+from django.test import Client
+from django.utils import timezone
+
+from audit.models import Action, ActorType, AuditEvent, Outcome
+from portal.logredact import RedactShareTokens
+from tenants.invitations import InvitationInvalid, staff_invite
+from tenants.models import Membership, StaffInvitation, User
+from tenants.tasks import staff_invitation_send
+from tenants.tokens import token_digest
+from tests.helpers import TEST_ACTOR, make_member, membership_of, verified_client
+
+INVITE_LINK = re.compile(r"/accounts/invitation/([A-Za-z0-9_-]{43})")
+ADMIN = "/t/north/admin/tenants/staffinvitation/"
+NEW_PASSWORD = "a long staff passphrase 42"
+
+
+def _events(tenant, action):
+    return AuditEvent.objects.for_tenant(tenant).filter(action=action)
+
+
+def _invite_by_admin(client: Client, email: str, roles: list[str], capture) -> tuple:
+    sent = len(mail.outbox)
+    with capture(execute=True):
+        response = client.post(f"{ADMIN}add/", {"email": email, "roles": roles})
+    return response, mail.outbox[sent:]
+
+
+def invite(tenant, admin, email, *, capture, roles=("radiologist",)) -> str:
+    """Invite through the service and return the token from the email."""
+    with capture(execute=True):
+        staff_invite(
+            tenant=tenant,
+            email=email,
+            roles=list(roles),
+            invited_by=admin,
+            actor=TEST_ACTOR,
+            now=timezone.now(),
+        )
+    return INVITE_LINK.search(mail.outbox[-1].body)[1]
+
+
+def _open(client: Client, token: str) -> None:
+    response = client.get(f"/accounts/invitation/{token}")
+    assert response.status_code == 303 and response["Location"] == "/accounts/invitation/"
+    assert response["Referrer-Policy"] == "no-referrer"
+
+
+# --- The tenant admin invites -------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_admin_learns_nothing_about_the_account_behind_an_address(
+    clinic, other_clinic, tenant_admin, client_for, django_capture_on_commit_callbacks
+):
+    known = make_member(other_clinic, "radiologist", email="dr.known@south.example")
+    known.full_name = "Zed Hiddenname"
+    known.save()
+    client = client_for(tenant_admin)
+
+    answers = {}
+    for email in ("dr.known@south.example", "nobody.yet@elsewhere.example"):
+        response, sent = _invite_by_admin(
+            client, email, ["radiologist"], django_capture_on_commit_callbacks
+        )
+        words = [str(m) for m in get_messages(response.wsgi_request)]
+        answers[email] = (response.status_code, response["Location"], words, len(sent))
+
+    assert answers["dr.known@south.example"] == (
+        302,
+        ADMIN,
+        [
+            "Invitation sent to dr.known@south.example. It is valid for 7 days; "
+            "the person becomes a member when they accept it."
+        ],
+        1,
+    )
+    assert answers["nobody.yet@elsewhere.example"][0:2] == (302, ADMIN)
+    assert answers["nobody.yet@elsewhere.example"][3] == 1
+    assert not Membership.objects.for_tenant(clinic).filter(user=known).exists()
+    assert not User.objects.filter(email="nobody.yet@elsewhere.example").exists()
+    for page in (client.get(ADMIN), client.get("/t/north/admin/tenants/membership/")):
+        assert b"Hiddenname" not in page.content
+    listing = client.get(ADMIN).content
+    assert b"dr.known@south.example" in listing and b"Waiting for the invitee" in listing
+
+
+@pytest.mark.django_db
+def test_invitation_email_carries_the_only_copy_of_the_token(
+    clinic, tenant_admin, client_for, django_capture_on_commit_callbacks
+):
+    response, sent = _invite_by_admin(
+        client_for(tenant_admin),
+        "New.Tech@North.example",
+        ["technologist", "front_desk"],
+        django_capture_on_commit_callbacks,
+    )
+
+    assert response.status_code == 302
+    invitation = StaffInvitation.objects.for_tenant(clinic).get()
+    [email] = sent
+    token = INVITE_LINK.search(email.body)[1]
+    assert email.to == ["new.tech@north.example"]
+    assert "Front desk, Technologist" in email.body
+    assert invitation.token_sha256 == token_digest(token)
+    assert invitation.token_wrapped is None and invitation.sent_at is not None
+    assert token not in str(invitation.__dict__)
+    event = _events(clinic, Action.STAFF_INVITED).get(target_id=str(invitation.pk))
+    assert event.actor_id == str(tenant_admin.pk)
+    assert event.detail == {"roles": ["front_desk", "technologist"]}
+    assert "north.example" not in str(event.detail)
+
+
+@pytest.mark.django_db
+def test_invitation_email_goes_once(clinic, tenant_admin, django_capture_on_commit_callbacks):
+    invite(clinic, tenant_admin, "once@north.example", capture=django_capture_on_commit_callbacks)
+    invitation = StaffInvitation.objects.for_tenant(clinic).get()
+
+    again = staff_invitation_send.delay(invitation_id=str(invitation.pk)).get()
+
+    assert again is False
+    assert len(mail.outbox) == 1
+
+
+@pytest.mark.django_db
+def test_members_cannot_be_added_directly_any_more(clinic, other_clinic, tenant_admin, client_for):
+    foreign = make_member(other_clinic, "radiologist", email="foreign@south.example")
+    client = client_for(tenant_admin)
+
+    get = client.get("/t/north/admin/tenants/membership/add/")
+    post = client.post(
+        "/t/north/admin/tenants/membership/add/",
+        {"email": foreign.email, "roles": ["tenant_admin"], "is_active": "on"},
+    )
+
+    assert get.status_code == post.status_code == 403
+    assert not Membership.objects.for_tenant(clinic).filter(user=foreign).exists()
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("email", "roles", "error"),
+    [
+        ("not-an-address", ["radiologist"], b"Enter a valid email address"),
+        ("radiologist@north.example", ["technologist"], b"already a member of the clinic"),
+        ("pending@north.example", ["radiologist"], b"has an invitation waiting until"),
+        ("someone@north.example", [], b"This field is required"),
+    ],
+)
+def test_invitation_form_errors_change_nothing(
+    email,
+    roles,
+    error,
+    clinic,
+    tenant_admin,
+    radiologist,
+    client_for,
+    django_capture_on_commit_callbacks,
+):
+    invite(
+        clinic, tenant_admin, "pending@north.example", capture=django_capture_on_commit_callbacks
+    )
+    before = set(StaffInvitation.objects.for_tenant(clinic).values_list("pk", flat=True))
+
+    response, sent = _invite_by_admin(
+        client_for(tenant_admin), email, roles, django_capture_on_commit_callbacks
+    )
+
+    assert response.status_code == 200
+    assert error in response.content
+    assert sent == []
+    assert set(StaffInvitation.objects.for_tenant(clinic).values_list("pk", flat=True)) == before
+
+
+@pytest.mark.django_db
+def test_patient_role_is_neither_offered_nor_accepted(clinic, tenant_admin, client_for):
+    page = client_for(tenant_admin).get(f"{ADMIN}add/")
+
+    offered = {role.code for role in page.context["adminform"].form.fields["roles"].queryset}
+    assert offered == {"tenant_admin", "radiologist", "technologist", "front_desk"} | {
+        "referring_physician",
+        "privacy_officer",
+    }
+    with pytest.raises(InvitationInvalid, match="patient portal invitation"):
+        staff_invite(
+            tenant=clinic,
+            email="pat@north.example",
+            roles=["patient"],
+            invited_by=tenant_admin,
+            actor=TEST_ACTOR,
+            now=timezone.now(),
+        )
+
+
+@pytest.mark.django_db
+def test_only_tenant_admins_reach_invitations(clinic, radiologist, client_for):
+    client = client_for(radiologist)
+
+    assert client.get(ADMIN).status_code == 403
+    assert (
+        client.post(f"{ADMIN}add/", {"email": "x@y.example", "roles": ["radiologist"]}).status_code
+        == 403
+    )
+    assert not StaffInvitation.objects.for_tenant(clinic).exists()
+
+
+@pytest.mark.django_db
+def test_other_clinics_invitation_is_404_and_cannot_be_withdrawn(
+    clinic,
+    other_clinic,
+    tenant_admin,
+    other_tenant_admin,
+    client_for,
+    django_capture_on_commit_callbacks,
+):
+    invite(
+        other_clinic,
+        other_tenant_admin,
+        "theirs@south.example",
+        capture=django_capture_on_commit_callbacks,
+    )
+    foreign = StaffInvitation.objects.for_tenant(other_clinic).get()
+    client = client_for(tenant_admin)
+
+    listing = client.get(ADMIN)
+    detail = client.get(f"{ADMIN}{foreign.pk}/change/")
+    client.post(ADMIN, {"action": "withdraw", "_selected_action": [str(foreign.pk)]})
+
+    assert b"theirs@south.example" not in listing.content
+    assert detail.status_code == 404
+    foreign.refresh_from_db()
+    assert foreign.revoked_at is None
+
+
+@pytest.mark.django_db
+def test_withdrawn_invitation_link_stops_working_and_is_audited(
+    clinic, tenant_admin, client_for, django_capture_on_commit_callbacks
+):
+    token = invite(
+        clinic, tenant_admin, "late@north.example", capture=django_capture_on_commit_callbacks
+    )
+    invitation = StaffInvitation.objects.for_tenant(clinic).get()
+
+    response = client_for(tenant_admin).post(
+        ADMIN, {"action": "withdraw", "_selected_action": [str(invitation.pk)]}
+    )
+
+    assert response.status_code == 302
+    assert _events(clinic, Action.STAFF_INVITATION_REVOKED).filter(target_id=str(invitation.pk))
+    assert Client().get(f"/accounts/invitation/{token}").status_code == 404
+
+
+# --- The invitee accepts ------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_another_clinics_staff_member_joins_by_accepting(
+    clinic, other_clinic, tenant_admin, client_for, django_capture_on_commit_callbacks
+):
+    person = make_member(other_clinic, "technologist", email="tech@south.example")
+    token = invite(
+        clinic,
+        tenant_admin,
+        "Tech@South.example",
+        roles=("radiologist",),
+        capture=django_capture_on_commit_callbacks,
+    )
+    client = verified_client(person)
+    _open(client, token)
+
+    page = client.get("/accounts/invitation/")
+    response = client.post("/accounts/invitation/")
+
+    assert b"Join North Imaging" in page.content and b"Radiologist" in page.content
+    assert response.status_code == 302 and response["Location"] == "/t/north/"
+    membership = membership_of(person, clinic)
+    assert membership.role_codes == {"radiologist"}
+    assert membership_of(person, other_clinic).role_codes == {"technologist"}
+    invitation = StaffInvitation.objects.for_tenant(clinic).get()
+    assert invitation.accepted_by == person
+    accepted = _events(clinic, Action.STAFF_INVITATION_ACCEPTED).get(target_id=str(invitation.pk))
+    assert accepted.actor_id == str(person.pk)
+    assert accepted.detail == {"user": str(person.pk), "membership": str(membership.pk)}
+    assert _events(clinic, Action.MEMBERSHIP_CREATED).filter(target_id=str(membership.pk))
+    assert client.get("/t/north/").status_code == 200
+
+
+@pytest.mark.django_db
+def test_signed_out_invitee_with_an_account_is_sent_to_sign_in(
+    clinic, other_clinic, tenant_admin, django_capture_on_commit_callbacks
+):
+    make_member(other_clinic, "technologist", email="tech@south.example")
+    token = invite(
+        clinic, tenant_admin, "tech@south.example", capture=django_capture_on_commit_callbacks
+    )
+    client = Client()
+    _open(client, token)
+
+    page = client.get("/accounts/invitation/")
+
+    assert page.status_code == 200
+    assert b"Sign in with it, then accept" in page.content
+    assert b"/accounts/login/?next=/accounts/invitation/" in page.content
+
+
+@pytest.mark.django_db
+def test_new_person_creates_an_account_then_must_enrol_a_second_factor(
+    clinic, tenant_admin, django_capture_on_commit_callbacks
+):
+    token = invite(
+        clinic,
+        tenant_admin,
+        "new.rad@north.example",
+        roles=("radiologist", "privacy_officer"),
+        capture=django_capture_on_commit_callbacks,
+    )
+    client = Client()
+    _open(client, token)
+
+    form = client.get("/accounts/invitation/")
+    response = client.post(
+        "/accounts/invitation/",
+        {"full_name": "Ada Newrad", "password": NEW_PASSWORD, "password_again": NEW_PASSWORD},
+    )
+
+    assert b"Create account and accept" in form.content
+    assert response.status_code == 302 and response["Location"] == "/t/north/"
+    user = User.objects.get(email="new.rad@north.example")
+    assert user.full_name == "Ada Newrad" and user.check_password(NEW_PASSWORD)
+    assert membership_of(user, clinic).role_codes == {"radiologist", "privacy_officer"}
+    invitation = StaffInvitation.objects.for_tenant(clinic).get()
+    assert _events(clinic, Action.USER_CREATED).get(target_id=str(user.pk)).actor_id == (
+        f"staff-invitation:{invitation.pk}"
+    )
+    landing = client.get("/t/north/")
+    assert landing.status_code == 302 and landing["Location"].startswith("/accounts/enrol/")
+
+
+@pytest.mark.django_db
+def test_weak_password_or_missing_name_creates_nothing(
+    clinic, tenant_admin, django_capture_on_commit_callbacks
+):
+    token = invite(
+        clinic, tenant_admin, "weak@north.example", capture=django_capture_on_commit_callbacks
+    )
+    client = Client()
+    _open(client, token)
+
+    weak = client.post(
+        "/accounts/invitation/",
+        {"full_name": "Weak Pass", "password": "password", "password_again": "password"},
+    )
+    nameless = client.post(
+        "/accounts/invitation/",
+        {"full_name": "", "password": NEW_PASSWORD, "password_again": NEW_PASSWORD},
+    )
+
+    assert weak.status_code == nameless.status_code == 400
+    assert b"too common" in weak.content
+    assert not User.objects.filter(email="weak@north.example").exists()
+    assert StaffInvitation.objects.for_tenant(clinic).get().accepted_at is None
+
+
+@pytest.mark.django_db
+def test_signed_in_as_someone_else_cannot_accept(
+    clinic, tenant_admin, radiologist, django_capture_on_commit_callbacks
+):
+    token = invite(
+        clinic,
+        tenant_admin,
+        "intended@north.example",
+        roles=("tenant_admin",),
+        capture=django_capture_on_commit_callbacks,
+    )
+    client = verified_client(radiologist)
+    _open(client, token)
+
+    page = client.get("/accounts/invitation/")
+    response = client.post("/accounts/invitation/")
+
+    assert b"sent to another email address" in page.content
+    assert response.status_code == 400
+    assert membership_of(radiologist, clinic).role_codes == {"radiologist"}
+    assert StaffInvitation.objects.for_tenant(clinic).get().accepted_at is None
+
+
+@pytest.mark.django_db
+def test_an_invitation_is_accepted_once(clinic, tenant_admin, django_capture_on_commit_callbacks):
+    token = invite(
+        clinic, tenant_admin, "once@north.example", capture=django_capture_on_commit_callbacks
+    )
+    first = Client()
+    _open(first, token)
+    first.post(
+        "/accounts/invitation/",
+        {"full_name": "Once Only", "password": NEW_PASSWORD, "password_again": NEW_PASSWORD},
+    )
+
+    again = Client().get(f"/accounts/invitation/{token}")
+
+    assert again.status_code == 410
+    assert b"already been accepted" in again.content
+    assert (
+        Membership.objects.for_tenant(clinic).filter(user__email="once@north.example").count() == 1
+    )
+
+
+@pytest.mark.django_db
+def test_refused_links_are_audited_where_they_belong(
+    clinic, tenant_admin, django_capture_on_commit_callbacks
+):
+    token = invite(
+        clinic, tenant_admin, "slow@north.example", capture=django_capture_on_commit_callbacks
+    )
+    invitation = StaffInvitation.objects.for_tenant(clinic).get()
+    StaffInvitation.objects.for_tenant(clinic).filter(pk=invitation.pk).update(
+        created_at=timezone.now() - dt.timedelta(days=9),
+        expires_at=timezone.now() - dt.timedelta(days=2),
+    )
+
+    expired = Client().get(f"/accounts/invitation/{token}", REMOTE_ADDR="203.0.113.9")
+    unknown = Client().get("/accounts/invitation/" + "A" * 43)
+
+    assert expired.status_code == 410 and b"has expired" in expired.content
+    assert unknown.status_code == 404 and b"does not work" in unknown.content
+    refused = _events(clinic, Action.STAFF_INVITATION_REFUSED).get()
+    assert refused.outcome == Outcome.DENIED and refused.detail == {"state": "expired"}
+    assert refused.target_id == str(invitation.pk) and refused.actor_ip == "203.0.113.9"
+    platform = AuditEvent.objects.unscoped(reason="the platform chain").get(
+        tenant=None, action=Action.STAFF_INVITATION_REFUSED
+    )
+    assert platform.actor_type == ActorType.ANONYMOUS and platform.detail == {"state": "unknown"}
+    stored = list(AuditEvent.objects.unscoped(reason="every chain").values())
+    assert token not in str(stored)
+
+
+def test_invitation_tokens_are_redacted_from_log_lines():
+    token = "Q" * 43
+    for path in (f"/accounts/invitation/{token}", f"/portal/invitation/{token}"):
+        record = logging.LogRecord(
+            "django.request", logging.WARNING, "", 0, "Gone: %s", (path,), None
+        )
+
+        RedactShareTokens().filter(record)
+
+        assert token not in record.getMessage() and "invitation/[redacted]" in record.getMessage()
