@@ -30,7 +30,6 @@ from sharing.invitations import (
     InvitationUnavailable,
     invitation_accept,
     invitation_accept_new_account,
-    invitation_account,
     invitation_actor,
     invitation_check_birth_date,
     invitation_current,
@@ -43,6 +42,7 @@ from sharing.invitations import (
 from sharing.models import PatientInvitation
 from sharing.selectors import invitation_get, patient_link_get, patient_portal_access
 from tenants.access import require_perm
+from tenants.invitations import invitation_account
 from tenants.mfa import require_step_up
 from tenants.roles import Perm
 from tenants.throttle import too_many_lookups

@@ -15,10 +15,9 @@ import datetime as dt
 import secrets
 from collections.abc import Sequence
 
-from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
-from django.db import transaction
+from django.db import models, transaction
 
 import audit
 from audit.actors import Actor
@@ -29,12 +28,15 @@ from sharing.services import share_revoke
 from tenants.invitations import (
     InvitationInvalid,
     InvitationUnavailable,
+    invitation_account_create,
+    invitation_find,
     invitation_token_claim,
     invitation_token_seal,
+    invitation_usable,
 )
 from tenants.models import Membership, Tenant, User
 from tenants.roles import RoleCode
-from tenants.services import membership_add, membership_update, user_create
+from tenants.services import membership_add, membership_update
 from tenants.tokens import token_digest
 
 TOKEN_BYTES = 32
@@ -121,61 +123,25 @@ def invitation_revoke(*, invitation: PatientInvitation, actor: Actor, now: dt.da
     return bool(revoked)
 
 
+def _unscoped() -> models.QuerySet:
+    return PatientInvitation.objects.unscoped(reason="an invitation token names its clinic")
+
+
 def invitation_current(*, invitation_id: str, now: dt.datetime) -> PatientInvitation:
     """The invitation, re-read; raises InvitationUnavailable unless it can still be accepted."""
-    invitation = (
-        PatientInvitation.objects.unscoped(reason="an invitation token names its clinic")
-        .select_related("tenant")
-        .filter(pk=invitation_id)
-        .first()
-    )
-    return _usable(invitation, now=now)
-
-
-def _usable(invitation: PatientInvitation | None, *, now: dt.datetime) -> PatientInvitation:
-    if invitation is None or not invitation.tenant.is_active:
-        raise InvitationUnavailable(status=404, reason="unknown")
-    state = invitation.state_at(now)
-    if state == PatientInvitation.State.PENDING:
-        return invitation
-    status = {
-        PatientInvitation.State.REVOKED: 404,
-        PatientInvitation.State.LOCKED: 403,
-    }.get(state, 410)
-    raise InvitationUnavailable(status=status, reason=state)
+    invitation = _unscoped().select_related("tenant").filter(pk=invitation_id).first()
+    return invitation_usable(invitation, now=now)
 
 
 def invitation_lookup(*, raw: str, now: dt.datetime, ip: str | None) -> PatientInvitation:
-    """The pending invitation for a token: one indexed equality on its digest.
-
-    A refused token is audited: an unknown one in the platform's chain (someone trying
-    tokens), one that can no longer be used (withdrawn, expired, used, locked) in its
-    clinic's, where the privacy officer sees who still holds an old link.
-    """
-    invitation = (
-        PatientInvitation.objects.unscoped(reason="an invitation token names its clinic")
-        .select_related("tenant")
-        .filter(token_sha256=token_digest(raw))
-        .first()
+    return invitation_find(
+        _unscoped(),
+        raw=raw,
+        now=now,
+        ip=ip,
+        refused=Action.PATIENT_INVITATION_REFUSED,
+        actor_for=invitation_actor,
     )
-    try:
-        return _usable(invitation, now=now)
-    except InvitationUnavailable as exc:
-        known = invitation if exc.reason != "unknown" else None
-        with transaction.atomic():
-            audit.record(
-                actor=(
-                    invitation_actor(known, ip=ip)
-                    if known
-                    else Actor(type=ActorType.ANONYMOUS, ip=ip)
-                ),
-                action=Action.PATIENT_INVITATION_REFUSED,
-                target=None,
-                tenant=known.tenant if known else None,
-                outcome=Outcome.DENIED,
-                detail={"state": exc.reason, **({"invitation": str(known.pk)} if known else {})},
-            )
-        raise
 
 
 def invitation_needs_birth_date(invitation: PatientInvitation) -> bool:
@@ -222,11 +188,6 @@ def invitation_check_birth_date(
             )
         locked.save(update_fields=fields)
     return False
-
-
-def invitation_account(invitation: PatientInvitation) -> User | None:
-    """The existing account with the invited email, if there is one."""
-    return User.objects.filter(email__iexact=invitation.email).first()
 
 
 @transaction.atomic
@@ -284,16 +245,8 @@ def invitation_accept_new_account(
     now: dt.datetime,
 ) -> User:
     """Create the patient's account with the invited email, then accept."""
-    if invitation_account(invitation) is not None:
-        raise InvitationInvalid("An account with this email exists; sign in to accept.")
-    user = User(email=invitation.email, full_name=full_name)
-    validate_password(password, user)  # raises ValidationError with the reasons
-    user = user_create(
-        email=invitation.email,
-        password=password,
-        full_name=full_name,
-        actor=actor,
-        tenant=invitation.tenant,
+    user = invitation_account_create(
+        invitation=invitation, password=password, full_name=full_name, actor=actor
     )
     invitation_accept(invitation=invitation, user=user, actor=actor, now=now)
     return user

@@ -13,6 +13,7 @@ import uuid
 from django.db import models
 from django.utils import timezone
 
+from tenants.models import Invitation
 from tenants.scoping import TenantOwnedModel
 
 
@@ -103,7 +104,7 @@ class ShareLink(TenantOwnedModel):
         return self.State.ACTIVE
 
 
-class PatientInvitation(TenantOwnedModel):
+class PatientInvitation(Invitation):
     """An invitation to the patient portal for one person's Patient record(s) at a clinic.
 
     Front desk creates it with the patient's email; the token travels only in that
@@ -120,22 +121,8 @@ class PatientInvitation(TenantOwnedModel):
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     patients = models.ManyToManyField("imaging.Patient", related_name="+")
-    email = models.EmailField()
-    token_sha256 = models.CharField(max_length=64, unique=True)
-    invited_by = models.ForeignKey("tenants.User", on_delete=models.PROTECT, related_name="+")
-    created_at = models.DateTimeField(default=timezone.now)
-    expires_at = models.DateTimeField()
-    revoked_at = models.DateTimeField(null=True, blank=True)
-    accepted_at = models.DateTimeField(null=True, blank=True)
-    accepted_by = models.ForeignKey(
-        "tenants.User", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
-    )
     failed_attempts = models.PositiveSmallIntegerField(default=0)
     locked_at = models.DateTimeField(null=True, blank=True)
-    sent_at = models.DateTimeField(null=True, blank=True)
-    # The token, encrypted under the clinic key, only until the email is sent.
-    token_wrapped = models.BinaryField(null=True, blank=True)
-    token_key_version = models.PositiveIntegerField(null=True, blank=True)
 
     class Meta:
         indexes = [models.Index(fields=["tenant", "-created_at"])]
@@ -150,15 +137,7 @@ class PatientInvitation(TenantOwnedModel):
         return f"PatientInvitation {self.id}"
 
     def state_at(self, now: dt.datetime) -> State:
-        if self.accepted_at is not None:
-            return self.State.ACCEPTED
-        if self.revoked_at is not None:
-            return self.State.REVOKED
-        if self.locked_at is not None:
-            return self.State.LOCKED
-        if self.expires_at <= now:
-            return self.State.EXPIRED
-        return self.State.PENDING
+        return self.State(super().state_at(now))
 
 
 class PatientLink(TenantOwnedModel):

@@ -24,9 +24,9 @@ from tenants.access import landing_url
 from tenants.invitations import (
     InvitationInvalid,
     InvitationUnavailable,
+    invitation_account,
     staff_invitation_accept,
     staff_invitation_accept_new_account,
-    staff_invitation_account,
     staff_invitation_actor,
     staff_invitation_current,
     staff_invitation_lookup,
@@ -107,7 +107,7 @@ def staff_invitation_home(request: HttpRequest) -> HttpResponse:
     context = {"invitation": invitation, "roles": staff_invitation_roles(invitation)}
     if request.user.is_authenticated:
         return _accept_step(request, invitation, context)
-    if staff_invitation_account(invitation) is not None:
+    if invitation_account(invitation) is not None:
         login_url = f"{reverse('login')}?next={reverse('staff_invitation_home')}"
         return render(
             request, "accounts/invitation_sign_in.html", {**context, "login_url": login_url}

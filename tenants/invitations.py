@@ -28,7 +28,7 @@ from audit.actors import Actor
 from audit.models import Action, ActorType, Outcome
 from imaging.crypto import unwrap_key, wrap_key
 from imaging.keyring import tenant_key, tenant_key_active
-from tenants.models import Membership, StaffInvitation, Tenant, User
+from tenants.models import Invitation, Membership, StaffInvitation, Tenant, User
 from tenants.roles import STAFF_ROLES
 from tenants.selectors import roles_get
 from tenants.services import membership_add, user_create
@@ -156,17 +156,6 @@ def staff_invitation_revoke(*, invitation: StaffInvitation, actor: Actor, now: d
     return bool(revoked)
 
 
-def _usable(invitation: StaffInvitation | None, *, now: dt.datetime) -> StaffInvitation:
-    if invitation is None or not invitation.tenant.is_active:
-        raise InvitationUnavailable(status=404, reason="unknown")
-    state = invitation.state_at(now)
-    if state == StaffInvitation.State.PENDING:
-        return invitation
-    raise InvitationUnavailable(
-        status=404 if state == StaffInvitation.State.REVOKED else 410, reason=state
-    )
-
-
 def _unscoped() -> models.QuerySet:
     return StaffInvitation.objects.unscoped(reason="an invitation token names its clinic")
 
@@ -174,39 +163,18 @@ def _unscoped() -> models.QuerySet:
 def staff_invitation_current(*, invitation_id: str, now: dt.datetime) -> StaffInvitation:
     """The invitation, re-read; raises InvitationUnavailable unless it can still be accepted."""
     invitation = _unscoped().select_related("tenant").filter(pk=invitation_id).first()
-    return _usable(invitation, now=now)
+    return invitation_usable(invitation, now=now)
 
 
 def staff_invitation_lookup(*, raw: str, now: dt.datetime, ip: str | None) -> StaffInvitation:
-    """The pending invitation for a token: one indexed equality on its digest.
-
-    A refused token is audited: an unknown one in the platform's chain, one that can no
-    longer be used in its clinic's, where the admins see who still holds an old link.
-    """
-    invitation = _unscoped().select_related("tenant").filter(token_sha256=token_digest(raw)).first()
-    try:
-        return _usable(invitation, now=now)
-    except InvitationUnavailable as exc:
-        known = invitation if exc.reason != "unknown" else None
-        with transaction.atomic():
-            audit.record(
-                actor=(
-                    staff_invitation_actor(known, ip=ip)
-                    if known
-                    else Actor(type=ActorType.ANONYMOUS, ip=ip)
-                ),
-                action=Action.STAFF_INVITATION_REFUSED,
-                target=known,
-                tenant=known.tenant if known else None,
-                outcome=Outcome.DENIED,
-                detail={"state": exc.reason},
-            )
-        raise
-
-
-def staff_invitation_account(invitation: StaffInvitation) -> User | None:
-    """The existing account with the invited email, for its holder's eyes only."""
-    return User.objects.filter(email__iexact=invitation.email).first()
+    return invitation_find(
+        _unscoped(),
+        raw=raw,
+        now=now,
+        ip=ip,
+        refused=Action.STAFF_INVITATION_REFUSED,
+        actor_for=staff_invitation_actor,
+    )
 
 
 def staff_invitation_roles(invitation: StaffInvitation) -> list[str]:
@@ -258,15 +226,8 @@ def staff_invitation_accept_new_account(
     now: dt.datetime,
 ) -> User:
     """Create the invitee's account with the invited email, then accept."""
-    if staff_invitation_account(invitation) is not None:
-        raise InvitationInvalid("An account with this email exists; sign in to accept.")
-    validate_password(password, User(email=invitation.email, full_name=full_name))
-    user = user_create(
-        email=invitation.email,
-        password=password,
-        full_name=full_name,
-        actor=actor,
-        tenant=invitation.tenant,
+    user = invitation_account_create(
+        invitation=invitation, password=password, full_name=full_name, actor=actor
     )
     staff_invitation_accept(invitation=invitation, user=user, actor=actor, now=now)
     return user
@@ -278,7 +239,73 @@ def staff_invitation_claim_send(*, invitation_id: str) -> tuple[StaffInvitation,
     return invitation_token_claim(rows.filter(pk=invitation_id), context=_context)
 
 
-# --- Invitation tokens, shared with patient invitations --------------------------------
+# --- Shared with patient invitations ---------------------------------------------------
+
+
+def invitation_usable(invitation: Invitation | None, *, now: dt.datetime) -> Any:
+    """`invitation` if it can still be accepted, else InvitationUnavailable: 404 for an
+    unknown or withdrawn one (or a suspended clinic's), 403 locked, 410 expired or used."""
+    if invitation is None or not invitation.tenant.is_active:
+        raise InvitationUnavailable(status=404, reason="unknown")
+    state = invitation.state_at(now)
+    if state == "pending":
+        return invitation
+    raise InvitationUnavailable(
+        status={"revoked": 404, "locked": 403}.get(state, 410), reason=state
+    )
+
+
+def invitation_find(
+    rows: models.QuerySet,
+    *,
+    raw: str,
+    now: dt.datetime,
+    ip: str | None,
+    refused: Action,
+    actor_for: Callable[..., Actor],
+) -> Any:
+    """The pending invitation in `rows` for a token: one indexed equality on its digest.
+
+    A refused token is audited: an unknown one in the platform's chain (someone trying
+    tokens), one that can no longer be used (withdrawn, expired, used, locked) in its
+    clinic's, where the clinic sees who still holds an old link. The token is not stored.
+    """
+    invitation = rows.select_related("tenant").filter(token_sha256=token_digest(raw)).first()
+    try:
+        return invitation_usable(invitation, now=now)
+    except InvitationUnavailable as exc:
+        known = invitation if exc.reason != "unknown" else None
+        with transaction.atomic():
+            audit.record(
+                actor=actor_for(known, ip=ip) if known else Actor(type=ActorType.ANONYMOUS, ip=ip),
+                action=refused,
+                target=None,
+                tenant=known.tenant if known else None,
+                outcome=Outcome.DENIED,
+                detail={"state": exc.reason, **({"invitation": str(known.pk)} if known else {})},
+            )
+        raise
+
+
+def invitation_account(invitation: Invitation) -> User | None:
+    """The existing account with the invited email, for the token holder's eyes only."""
+    return User.objects.filter(email__iexact=invitation.email).first()
+
+
+def invitation_account_create(
+    *, invitation: Invitation, password: str, full_name: str, actor: Actor
+) -> User:
+    """Create the account for the invited email (the caller accepts, in its transaction)."""
+    if invitation_account(invitation) is not None:
+        raise InvitationInvalid("An account with this email exists; sign in to accept.")
+    validate_password(password, User(email=invitation.email, full_name=full_name))
+    return user_create(
+        email=invitation.email,
+        password=password,
+        full_name=full_name,
+        actor=actor,
+        tenant=invitation.tenant,
+    )
 
 
 def invitation_token_seal(invitation: Any, *, raw: str, context: bytes) -> None:

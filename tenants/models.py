@@ -324,7 +324,41 @@ class ApiToken(TenantOwnedModel):
         return scope in self.scopes
 
 
-class StaffInvitation(TenantOwnedModel):
+class Invitation(TenantOwnedModel):
+    """What every emailed invitation holds: staff invitations here, patient portal ones in
+    `sharing`. The token is stored as its SHA-256; the token itself only encrypted under
+    the clinic key until the email is sent, since a Celery message must not carry it."""
+
+    email = models.EmailField()
+    token_sha256 = models.CharField(max_length=64, unique=True)
+    invited_by = models.ForeignKey(User, on_delete=models.PROTECT, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    accepted_at = models.DateTimeField(null=True, blank=True)
+    accepted_by = models.ForeignKey(
+        User, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    sent_at = models.DateTimeField(null=True, blank=True)
+    token_wrapped = models.BinaryField(null=True, blank=True)
+    token_key_version = models.PositiveIntegerField(null=True, blank=True)
+
+    class Meta:
+        abstract = True
+
+    def state_at(self, now: dt.datetime) -> str:
+        if self.accepted_at is not None:
+            return "accepted"
+        if self.revoked_at is not None:
+            return "revoked"
+        if getattr(self, "locked_at", None) is not None:
+            return "locked"
+        if self.expires_at <= now:
+            return "expired"
+        return "pending"
+
+
+class StaffInvitation(Invitation):
     """An invitation to join a clinic's staff, sent by a tenant admin to an email address.
 
     Membership begins only when the person holding that address accepts. The admin never
@@ -339,22 +373,7 @@ class StaffInvitation(TenantOwnedModel):
         REVOKED = "revoked", "Withdrawn"
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    email = models.EmailField()
     roles = models.ManyToManyField(Role, related_name="+")
-    token_sha256 = models.CharField(max_length=64, unique=True)
-    invited_by = models.ForeignKey(User, on_delete=models.PROTECT, related_name="+")
-    created_at = models.DateTimeField(default=timezone.now)
-    expires_at = models.DateTimeField()
-    revoked_at = models.DateTimeField(null=True, blank=True)
-    accepted_at = models.DateTimeField(null=True, blank=True)
-    accepted_by = models.ForeignKey(
-        User, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
-    )
-    sent_at = models.DateTimeField(null=True, blank=True)
-    # The token, encrypted under the clinic key, only until the email is sent: a Celery
-    # message must not carry it.
-    token_wrapped = models.BinaryField(null=True, blank=True)
-    token_key_version = models.PositiveIntegerField(null=True, blank=True)
 
     class Meta:
         indexes = [models.Index(fields=["tenant", "-created_at"])]
@@ -369,10 +388,4 @@ class StaffInvitation(TenantOwnedModel):
         return f"StaffInvitation {self.id}"
 
     def state_at(self, now: dt.datetime) -> State:
-        if self.accepted_at is not None:
-            return self.State.ACCEPTED
-        if self.revoked_at is not None:
-            return self.State.REVOKED
-        if self.expires_at <= now:
-            return self.State.EXPIRED
-        return self.State.PENDING
+        return self.State(super().state_at(now))

@@ -435,8 +435,10 @@ def test_refused_links_are_audited_where_they_belong(
     assert expired.status_code == 410 and b"has expired" in expired.content
     assert unknown.status_code == 404 and b"does not work" in unknown.content
     refused = _events(clinic, Action.STAFF_INVITATION_REFUSED).get()
-    assert refused.outcome == Outcome.DENIED and refused.detail == {"state": "expired"}
-    assert refused.target_id == str(invitation.pk) and refused.actor_ip == "203.0.113.9"
+    assert refused.outcome == Outcome.DENIED
+    assert refused.detail == {"state": "expired", "invitation": str(invitation.pk)}
+    assert refused.actor_id == f"staff-invitation:{invitation.pk}"
+    assert refused.actor_ip == "203.0.113.9"
     platform = AuditEvent.objects.unscoped(reason="the platform chain").get(
         tenant=None, action=Action.STAFF_INVITATION_REFUSED
     )
