@@ -15,7 +15,7 @@ from zipstream import ZIP_STORED, ZipStream
 from audit.actors import Actor
 from imaging.dicom import deidentified_bytes
 from imaging.models import Instance, Study
-from imaging.services import instance_bytes, instances_chunks
+from imaging.services import instances_chunks
 
 README = (
     "This archive holds one imaging study as DICOM Part 10 files, one folder per series.\n"
@@ -23,20 +23,23 @@ README = (
 )
 
 
-def _lazy_deidentified(instance: Instance, actor: Actor, pseudonym: str) -> Iterator[bytes]:
-    yield deidentified_bytes(instance_bytes(instance=instance, actor=actor), pseudonym=pseudonym)
-
-
-def _entries_read_ahead(instances: Sequence[Instance], actor: Actor) -> list[Iterator[bytes]]:
-    """One lazy entry body per instance, read a few instances ahead (`instances_chunks`).
+def _entries_read_ahead(
+    instances: Sequence[Instance], actor: Actor, pseudonym: str | None
+) -> list[Iterator[bytes]]:
+    """One lazy entry body per instance, read a few instances ahead (`instances_chunks`),
+    de-identified under `pseudonym` when given.
 
     The zip consumes its entries in order, so entry n takes the n-th object; nothing is
-    read until the zip reaches its first entry.
+    read until the zip reaches its first entry. De-identifying rewrites the whole
+    object, so it runs here, on the sending thread, while the next objects are read.
     """
     ahead = instances_chunks(instances=instances, actor=actor)
 
     def entry() -> Iterator[bytes]:
-        yield from next(ahead)
+        if pseudonym is None:
+            yield from next(ahead)
+        else:
+            yield deidentified_bytes(b"".join(next(ahead)), pseudonym=pseudonym)
 
     return [entry() for _ in instances]
 
@@ -48,7 +51,7 @@ def study_zip(
     archive = ZipStream(compress_type=ZIP_STORED, sized=pseudonym is None)
     archive.add(README.encode(), "README.txt")
     series_dirs: dict[object, str] = {}
-    bodies = _entries_read_ahead(instances, actor) if pseudonym is None else []
+    bodies = _entries_read_ahead(instances, actor, pseudonym)
     for index, instance in enumerate(instances):
         series = instance.series
         if series.pk not in series_dirs:
@@ -57,10 +60,8 @@ def study_zip(
             series_dirs[series.pk] = f"series-{len(series_dirs) + 1:03d}-{number}-{modality}"
         position = instance.instance_number if instance.instance_number is not None else 0
         name = f"{series_dirs[series.pk]}/{position:05d}-{instance.pk.hex[:8]}.dcm"
-        if pseudonym is None:
-            archive.add(bodies[index], name, size=instance.size_bytes)
-        else:
-            archive.add(_lazy_deidentified(instance, actor, pseudonym), name)
+        # De-identified entries are rewritten, so their size is known only once sent.
+        archive.add(bodies[index], name, size=instance.size_bytes if pseudonym is None else None)
     return archive
 
 

@@ -6,11 +6,15 @@ import hashlib
 import io
 import zipfile
 
+import pydicom
 import pytest
 
 from audit.models import Action, AuditEvent
+from imaging.archive import study_zip
 from imaging.crypto import IntegrityError
 from imaging.models import Instance
+from imaging.selectors import instances_for_download
+from tests.helpers import TEST_ACTOR
 from tests.imaging_tests.helpers import (
     flip_a_stored_byte,
     ingest,
@@ -31,8 +35,6 @@ def study(clinic):
 
 
 def pydicom_study_uid(data: bytes) -> str:
-    import pydicom
-
     return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True).StudyInstanceUID
 
 
@@ -67,6 +69,52 @@ def test_an_altered_object_stops_the_zip_before_its_bytes_and_is_audited(
     assert isinstance(failure, IntegrityError)
     # The body ends with the altered entry's header: not a byte of the object was sent.
     assert received.endswith(f"-{altered.pk.hex[:8]}.dcm".encode())
+    event = AuditEvent.objects.for_tenant(study.tenant).get(action=Action.INTEGRITY_FAILED)
+    assert event.target_id == str(altered.pk)
+
+
+def _deidentified_zip(study) -> bytes:
+    archive = study_zip(
+        study=study,
+        instances=instances_for_download(study=study),
+        actor=TEST_ACTOR,
+        pseudonym="ANON-7",
+    )
+    return b"".join(archive)
+
+
+@pytest.mark.django_db
+def test_deidentified_entries_are_read_ahead_and_each_is_its_own_instance(read_ahead, study):
+    body = _deidentified_zip(study)
+
+    archive = zipfile.ZipFile(io.BytesIO(body))
+    rows = {i.pk.hex[:8]: i.sop_instance_uid for i in Instance.objects.for_tenant(study.tenant)}
+    names = [n for n in archive.namelist() if n.endswith(".dcm")]
+    assert len(names) == 8
+    for name in names:
+        ds = pydicom.dcmread(io.BytesIO(archive.read(name)))
+        assert ds.PatientID == "ANON-7" and str(ds.PatientName) == "ANONYMOUS"
+        # De-identification keeps the instance's UID, so a reader can tell entries apart.
+        assert ds.SOPInstanceUID == rows[name[-12:-4]]
+
+
+@pytest.mark.django_db
+def test_an_altered_object_stops_a_deidentified_zip_and_is_audited(study, data_dir):
+    instances = instances_for_download(study=study)
+    altered = instances[5]
+    flip_a_stored_byte(data_dir, altered.storage_key)
+    received = bytearray()
+
+    with pytest.raises(IntegrityError):
+        for chunk in study_zip(
+            study=study, instances=instances, actor=TEST_ACTOR, pseudonym="ANON-7"
+        ):
+            received += chunk
+
+    # The body ends with the altered entry's header (its name, then the zip64 field an
+    # entry of unknown size carries): not a byte of the object was sent.
+    _, name, after = bytes(received).rpartition(f"-{altered.pk.hex[:8]}.dcm".encode())
+    assert name and len(after) == 20 and after[:2] == b"\x01\x00"
     event = AuditEvent.objects.for_tenant(study.tenant).get(action=Action.INTEGRITY_FAILED)
     assert event.target_id == str(altered.pk)
 
