@@ -1,9 +1,9 @@
 """Logging filters that keep credentials and tag values out of log lines.
 
-A share or invitation token in a URL is a credential: request logs (runserver's, Django's 5xx
-reports) would otherwise keep it. pydicom quotes the value it is warning about
-("Invalid value for VR DA: '19701301'"), and that value can be a birth date or a name.
-Both filters rewrite the rendered message.
+A share or invitation token in a URL is a credential: request logs (runserver's, Django's
+5xx reports) would otherwise keep it, in the path or percent-encoded in a `next=`.
+pydicom quotes the value it is warning about ("Invalid value for VR DA: '19701301'"),
+and that value can be a birth date or a name. Both filters rewrite the rendered message.
 """
 
 from __future__ import annotations
@@ -11,10 +11,22 @@ from __future__ import annotations
 import logging
 import re
 
+_SLASH = r"(?:/|%2F)"
 SHARE_TOKEN = re.compile(
-    r"(/s/(?!dicomweb/|viewer/|download/|leave/)|/portal/invitation/|/accounts/invitation/)"
-    r"[A-Za-z0-9_\-]{16,}"
+    rf"({_SLASH}(?:s|portal{_SLASH}invitation|accounts{_SLASH}invitation){_SLASH})"
+    r"(?!dicomweb|viewer|download|leave)[A-Za-z0-9_\-]{16,}",
+    re.IGNORECASE,
 )
+# The pages that swap a token in their URL for a session: the token is their last segment.
+TOKEN_URL = re.compile(
+    r"^/(?:s|portal/invitation|accounts/invitation)/(?!dicomweb$|viewer$|download$|leave$)[^/]+$"
+)
+
+
+def is_token_url(path: str) -> bool:
+    """Whether `path` carries a link or invitation token, which must not be copied into
+    a `next=` parameter (and from there into logs, history and Referer headers)."""
+    return TOKEN_URL.match(path) is not None
 
 
 # A quoted value, as pydicom writes them: '...', "..." or b'...'.

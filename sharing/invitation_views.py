@@ -191,6 +191,7 @@ def invitation_open(request: HttpRequest, token: str) -> HttpResponse:
     if too_many_lookups(request):
         response = render(request, "sharing/slow_down.html", status=429)
         response["Retry-After"] = "60"
+        response["Referrer-Policy"] = "no-referrer"
         return response
     try:
         invitation = invitation_lookup(raw=token, now=timezone.now(), ip=client_ip(request))

@@ -248,7 +248,9 @@ def invitation_accept_new_account(
     user = invitation_account_create(
         invitation=invitation, password=password, full_name=full_name, actor=actor
     )
-    invitation_accept(invitation=invitation, user=user, actor=actor, now=now)
+    invitation_accept(
+        invitation=invitation, user=user, actor=Actor.for_user(user, ip=actor.ip), now=now
+    )
     return user
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.db import models
 from django.http import HttpRequest, HttpResponseRedirect
@@ -25,7 +25,7 @@ from tenants.invitations import (
     staff_invite_check,
 )
 from tenants.models import ApiToken, Membership, Role, StaffInvitation, Tenant
-from tenants.roles import RoleCode
+from tenants.roles import STAFF_ROLES, RoleCode
 from tenants.services import (
     POLICY_FIELDS,
     membership_update,
@@ -56,6 +56,14 @@ class MembershipForm(forms.ModelForm):
         cleaned = super().clean()
         if "roles" in cleaned:
             current = Membership.objects.for_tenant(self.tenant).get(pk=self.instance.pk)
+            staff = {role.value for role in STAFF_ROLES}
+            wanted = {role.code for role in cleaned["roles"]}
+            if wanted & staff and not current.role_codes & staff:
+                # A patient becomes staff only by accepting an invitation: their consent.
+                raise ValidationError(
+                    "A patient joins the staff by accepting a staff invitation; send one "
+                    "under Staff invitations."
+                )
             membership_validate_change(
                 membership=current,
                 roles={role.code for role in cleaned["roles"]},
@@ -230,14 +238,18 @@ class StaffInvitationAdmin(TenantScopedModelAdmin):
     def save_model(
         self, request: HttpRequest, obj: StaffInvitation, form: Any, change: bool
     ) -> None:
-        invitation = staff_invite(
-            tenant=request.tenant,
-            email=form.cleaned_data["email"],
-            roles=[role.code for role in form.cleaned_data["roles"]],
-            invited_by=request.user,
-            actor=Actor.from_request(request),
-            now=timezone.now(),
-        )
+        try:
+            invitation = staff_invite(
+                tenant=request.tenant,
+                email=form.cleaned_data["email"],
+                roles=[role.code for role in form.cleaned_data["roles"]],
+                invited_by=request.user,
+                actor=Actor.from_request(request),
+                now=timezone.now(),
+            )
+        except InvitationInvalid as exc:  # another admin's invitation went first
+            request._staff_invitation_refused = str(exc)  # type: ignore[attr-defined]
+            return
         obj.pk, obj.tenant, obj.email = invitation.pk, invitation.tenant, invitation.email
         obj._state.adding = False
 
@@ -248,13 +260,18 @@ class StaffInvitationAdmin(TenantScopedModelAdmin):
         """The invitation service audits."""
 
     def response_add(self, request: HttpRequest, obj: Any, post_url_continue: Any = None):
+        changelist = reverse("tenant_admin:tenants_staffinvitation_changelist")
+        refused = getattr(request, "_staff_invitation_refused", None)
+        if refused is not None:
+            self.message_user(request, refused, level=messages.ERROR)
+            return HttpResponseRedirect(changelist)
         # The same words whether or not the address has an account anywhere.
         self.message_user(
             request,
             f"Invitation sent to {obj.email}. It is valid for {STAFF_INVITATION_DAYS} days; "
             "the person becomes a member when they accept it.",
         )
-        return HttpResponseRedirect(reverse("tenant_admin:tenants_staffinvitation_changelist"))
+        return HttpResponseRedirect(changelist)
 
     @admin.action(description="Withdraw the selected invitations")
     def withdraw(self, request: HttpRequest, queryset: models.QuerySet) -> None:

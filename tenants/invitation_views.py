@@ -8,6 +8,8 @@ clinic see the account.
 
 from __future__ import annotations
 
+from urllib.parse import urlencode
+
 from django import forms
 from django.contrib import messages
 from django.contrib.auth import login
@@ -81,6 +83,7 @@ def staff_invitation_open(request: HttpRequest, token: str) -> HttpResponse:
     if too_many_lookups(request):
         response = render(request, "sharing/slow_down.html", status=429)
         response["Retry-After"] = "60"
+        response["Referrer-Policy"] = "no-referrer"
         return response
     try:
         invitation = staff_invitation_lookup(raw=token, now=timezone.now(), ip=client_ip(request))
@@ -122,6 +125,11 @@ def _joined(request: HttpRequest, membership: Membership) -> HttpResponse:
 
 
 def _accept_step(request: HttpRequest, invitation: StaffInvitation, context: dict) -> HttpResponse:
+    if not request.user.is_verified():  # type: ignore[union-attr]
+        # Staff roles need a second factor; a patient signed in with a password alone
+        # sets one up first (the middleware already sent anyone who has one to verify).
+        query = urlencode({"next": reverse("staff_invitation_home")})
+        return HttpResponseRedirect(f"{reverse('mfa_enrol')}?{query}")
     error = None
     if request.user.email.lower() != invitation.email.lower():  # type: ignore[union-attr]
         error = (

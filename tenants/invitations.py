@@ -20,7 +20,7 @@ from typing import Any
 from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
-from django.db import models, transaction
+from django.db import IntegrityError, models, transaction
 from django.utils import timezone
 
 import audit
@@ -31,7 +31,7 @@ from imaging.keyring import tenant_key, tenant_key_active
 from tenants.models import Invitation, Membership, StaffInvitation, Tenant, User
 from tenants.roles import STAFF_ROLES
 from tenants.selectors import roles_get
-from tenants.services import membership_add, user_create
+from tenants.services import membership_add, membership_update, user_create
 from tenants.tokens import token_digest
 
 TOKEN_BYTES = 32
@@ -78,9 +78,12 @@ def staff_invite_check(*, tenant: Tenant, email: str, roles: Iterable[str]) -> s
         raise InvitationInvalid(
             "Patients join through a patient portal invitation sent from their record."
         )
-    if Membership.objects.for_tenant(tenant).filter(user__email__iexact=email).exists():
+    staff = Membership.objects.for_tenant(tenant).filter(
+        user__email__iexact=email, roles__code__in=[role.value for role in STAFF_ROLES]
+    )
+    if staff.exists():
         raise InvitationInvalid(
-            "This person is already a member of the clinic: change their roles or "
+            "This person is already on the clinic's staff: change their roles or "
             "reactivate them under Members."
         )
     pending = (
@@ -113,6 +116,8 @@ def staff_invite(
 ) -> StaffInvitation:
     """Invite an email address to join the clinic's staff; the email goes after commit."""
     codes = sorted(set(roles))
+    # One invitation at a time per clinic, so two admins cannot both pass the checks.
+    Tenant.objects.select_for_update().filter(pk=tenant.pk).first()
     email = staff_invite_check(tenant=tenant, email=email, roles=codes)
     raw = secrets.token_urlsafe(TOKEN_BYTES)
     invitation = StaffInvitation.objects.create(
@@ -192,6 +197,17 @@ def staff_invitation_accept(
             "link from the email again."
         )
     tenant = invitation.tenant
+    current = Membership.objects.for_tenant(tenant).select_for_update().filter(user=user).first()
+    ended_staff = (
+        current is not None
+        and not current.is_active
+        and bool(current.role_codes & {role.value for role in STAFF_ROLES})
+    )
+    if ended_staff:
+        raise InvitationInvalid(
+            f"Your membership of {tenant.name} was ended by its administrators; ask them "
+            "to reactivate it."
+        )
     claimed = (
         StaffInvitation.objects.for_tenant(tenant)
         .filter(
@@ -204,8 +220,12 @@ def staff_invitation_accept(
     )
     if not claimed:
         raise InvitationUnavailable(status=410, reason="used")
-    codes = [role.code for role in invitation.roles.all()]
-    membership = membership_add(tenant=tenant, user=user, roles=codes, actor=actor)
+    codes = {role.code for role in invitation.roles.all()}
+    if current is not None and not current.is_active:
+        # A patient whose portal access ended: the invited roles, not the old one.
+        membership = membership_update(membership=current, roles=codes, is_active=True, actor=actor)
+    else:
+        membership = membership_add(tenant=tenant, user=user, roles=codes, actor=actor)
     audit.record(
         actor=actor,
         action=Action.STAFF_INVITATION_ACCEPTED,
@@ -225,11 +245,13 @@ def staff_invitation_accept_new_account(
     actor: Actor,
     now: dt.datetime,
 ) -> User:
-    """Create the invitee's account with the invited email, then accept."""
+    """Create the invitee's account with the invited email, then accept as that account."""
     user = invitation_account_create(
         invitation=invitation, password=password, full_name=full_name, actor=actor
     )
-    staff_invitation_accept(invitation=invitation, user=user, actor=actor, now=now)
+    staff_invitation_accept(
+        invitation=invitation, user=user, actor=Actor.for_user(user, ip=actor.ip), now=now
+    )
     return user
 
 
@@ -295,17 +317,27 @@ def invitation_account(invitation: Invitation) -> User | None:
 def invitation_account_create(
     *, invitation: Invitation, password: str, full_name: str, actor: Actor
 ) -> User:
-    """Create the account for the invited email (the caller accepts, in its transaction)."""
+    """Create the account for the invited email (the caller accepts, in its transaction).
+
+    The account is the person's, not the clinic's: its creation is recorded in the
+    platform's chain, so the clinic's log reads the same whether or not its invitee
+    already had an account.
+    """
+    exists = InvitationInvalid("An account with this email exists; sign in to accept.")
     if invitation_account(invitation) is not None:
-        raise InvitationInvalid("An account with this email exists; sign in to accept.")
+        raise exists
     validate_password(password, User(email=invitation.email, full_name=full_name))
-    return user_create(
-        email=invitation.email,
-        password=password,
-        full_name=full_name,
-        actor=actor,
-        tenant=invitation.tenant,
-    )
+    try:
+        with transaction.atomic():
+            return user_create(
+                email=invitation.email,
+                password=password,
+                full_name=full_name,
+                actor=actor,
+                tenant=None,
+            )
+    except IntegrityError:  # the same form sent twice at once
+        raise exists from None
 
 
 def invitation_token_seal(invitation: Any, *, raw: str, context: bytes) -> None:
@@ -325,6 +357,7 @@ def invitation_token_claim(
     Call inside the transaction that sends the email, so a failed send releases the claim.
     """
     claimed = rows.filter(
+        tenant__status=Tenant.Status.ACTIVE,
         sent_at__isnull=True,
         token_wrapped__isnull=False,
         revoked_at__isnull=True,

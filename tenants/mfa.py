@@ -34,6 +34,7 @@ from django_otp.plugins.otp_totp.models import TOTPDevice
 import audit
 from audit.actors import Actor
 from audit.models import Action, Outcome
+from portal.logredact import is_token_url
 from tenants.models import BackupCode, BackupCodeDevice, User
 from tenants.roles import STAFF_ROLES, RoleCode
 from tenants.selectors import user_memberships
@@ -320,7 +321,10 @@ class SecondFactorRequiredMiddleware:
         if user is not None and user.is_authenticated and not user.is_verified():
             target = self._target(user)
             request.second_factor_pending = target is not None
-            if request.path.startswith(OPEN_PATH_PREFIXES):
+            # A token URL only moves its token into the session and redirects to a page
+            # without it, which is checked here in turn; redirecting now would copy the
+            # token into `next=`.
+            if request.path.startswith(OPEN_PATH_PREFIXES) or is_token_url(request.path):
                 target = None
             if target == "mfa_enrol" and request.path.startswith(ENROLMENT_PATH_PREFIXES):
                 target = None

@@ -25,6 +25,7 @@ from django.urls import reverse
 import audit
 from audit.actors import Actor
 from audit.models import Action
+from portal.logredact import is_token_url
 from tenants.middleware import is_api_path, signed_out_response
 from tenants.models import Membership, Tenant, User
 from tenants.selectors import user_memberships
@@ -92,7 +93,12 @@ class SessionSecurityMiddleware:
             elif not _memberships_still_valid(session.get(MEMBERSHIPS, [])):
                 reason = "access_changed"
             if reason is not None:
-                return self._end(request, user, reason)
+                response = self._end(request, user, reason)
+                if is_token_url(request.path):
+                    # Signed out, the link goes on to its page as anyone's would, rather
+                    # than through the sign-in page with its token in `next=`.
+                    return self.get_response(request)
+                return response
             session[LAST_SEEN_AT] = now
         return self.get_response(request)
 

@@ -17,6 +17,7 @@ from audit.models import Action, ActorType, AuditEvent, Outcome
 from portal.logredact import RedactShareTokens
 from tenants.invitations import InvitationInvalid, staff_invite
 from tenants.models import Membership, StaffInvitation, User
+from tenants.sessions import LAST_SEEN_AT
 from tenants.tasks import staff_invitation_send
 from tenants.tokens import token_digest
 from tests.helpers import TEST_ACTOR, make_member, membership_of, verified_client
@@ -153,7 +154,7 @@ def test_members_cannot_be_added_directly_any_more(clinic, other_clinic, tenant_
     ("email", "roles", "error"),
     [
         ("not-an-address", ["radiologist"], b"Enter a valid email address"),
-        ("radiologist@north.example", ["technologist"], b"already a member of the clinic"),
+        ("radiologist@north.example", ["technologist"], b"already on the clinic&#x27;s staff"),
         ("pending@north.example", ["radiologist"], b"has an invitation waiting until"),
         ("someone@north.example", [], b"This field is required"),
     ],
@@ -340,9 +341,15 @@ def test_new_person_creates_an_account_then_must_enrol_a_second_factor(
     assert user.full_name == "Ada Newrad" and user.check_password(NEW_PASSWORD)
     assert membership_of(user, clinic).role_codes == {"radiologist", "privacy_officer"}
     invitation = StaffInvitation.objects.for_tenant(clinic).get()
-    assert _events(clinic, Action.USER_CREATED).get(target_id=str(user.pk)).actor_id == (
-        f"staff-invitation:{invitation.pk}"
+    # The account is the person's: its creation goes to the platform's chain, and the
+    # clinic's reads as it would for someone who already had an account.
+    assert not _events(clinic, Action.USER_CREATED).filter(target_id=str(user.pk)).exists()
+    created = AuditEvent.objects.unscoped(reason="the platform chain").get(
+        tenant=None, action=Action.USER_CREATED, target_id=str(user.pk)
     )
+    assert created.actor_id == f"staff-invitation:{invitation.pk}"
+    accepted = _events(clinic, Action.STAFF_INVITATION_ACCEPTED).get()
+    assert (accepted.actor_type, accepted.actor_id) == (ActorType.USER, str(user.pk))
     landing = client.get("/t/north/")
     assert landing.status_code == 302 and landing["Location"].startswith("/accounts/enrol/")
 
@@ -457,3 +464,141 @@ def test_invitation_tokens_are_redacted_from_log_lines():
         RedactShareTokens().filter(record)
 
         assert token not in record.getMessage() and "invitation/[redacted]" in record.getMessage()
+
+
+# --- Found in review ----------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_a_token_url_is_not_copied_into_a_sign_in_redirect(
+    clinic, other_clinic, tenant_admin, password_only_client_for, django_capture_on_commit_callbacks
+):
+    # Signed in with a password, the second factor still to come.
+    person = make_member(other_clinic, "technologist", email="tech@south.example")
+    token = invite(
+        clinic, tenant_admin, "tech@south.example", capture=django_capture_on_commit_callbacks
+    )
+    client = password_only_client_for(person)
+
+    opened = client.get(f"/accounts/invitation/{token}")
+    home = client.get("/accounts/invitation/")
+
+    assert opened.status_code == 303 and opened["Location"] == "/accounts/invitation/"
+    assert home.status_code == 302
+    assert home["Location"] == "/accounts/enrol/?next=%2Faccounts%2Finvitation%2F"
+
+
+def test_percent_encoded_tokens_are_redacted_too():
+    token = "Q" * 43
+    for path in (
+        f"/accounts/verify/?next=%2Faccounts%2Finvitation%2F{token}",
+        f"/accounts/login/?next=%2fportal%2finvitation%2f{token}",
+        f"/accounts/login/?next=%2Fs%2F{token}",
+    ):
+        record = logging.LogRecord("django.request", 30, "", 0, "Not Found: %s", (path,), None)
+
+        RedactShareTokens().filter(record)
+
+        assert token not in record.getMessage() and "[redacted]" in record.getMessage()
+
+
+@pytest.mark.django_db
+def test_a_patient_signed_in_without_a_second_factor_enrols_before_accepting(
+    clinic, tenant_admin, patient, password_only_client_for, django_capture_on_commit_callbacks
+):
+    token = invite(clinic, tenant_admin, patient.email, capture=django_capture_on_commit_callbacks)
+    client = password_only_client_for(patient)
+    _open(client, token)
+
+    response = client.post("/accounts/invitation/")
+
+    assert response.status_code == 302
+    assert response["Location"] == "/accounts/enrol/?next=%2Faccounts%2Finvitation%2F"
+    assert membership_of(patient, clinic).role_codes == {"patient"}
+
+
+@pytest.mark.django_db
+def test_a_clinic_patient_becomes_staff_only_by_accepting(
+    clinic, tenant_admin, patient, client_for, django_capture_on_commit_callbacks
+):
+    membership = membership_of(patient, clinic)
+    admin = client_for(tenant_admin)
+
+    direct = admin.post(
+        f"/t/north/admin/tenants/membership/{membership.pk}/change/",
+        {"roles": ["patient", "radiologist"], "is_active": "on"},
+    )
+    invited, sent = _invite_by_admin(
+        admin, patient.email, ["radiologist"], django_capture_on_commit_callbacks
+    )
+
+    assert direct.status_code == 200 and b"accepting a staff invitation" in direct.content
+    assert membership_of(patient, clinic).role_codes == {"patient"}
+    assert invited.status_code == 302 and len(sent) == 1
+    client = verified_client(patient)
+    _open(client, INVITE_LINK.search(sent[0].body)[1])
+    client.post("/accounts/invitation/")
+    assert membership_of(patient, clinic).role_codes == {"patient", "radiologist"}
+
+
+@pytest.mark.django_db
+def test_accepting_does_not_undo_a_deactivation(
+    clinic, other_clinic, tenant_admin, client_for, django_capture_on_commit_callbacks
+):
+    person = make_member(other_clinic, "technologist", email="tech@south.example")
+    token = invite(
+        clinic, tenant_admin, "tech@south.example", capture=django_capture_on_commit_callbacks
+    )
+    # Meanwhile they joined by another invitation, and the clinic ended their membership.
+    make_member(clinic, "technologist", email="tech@south.example")
+    membership = membership_of(person, clinic)
+    client_for(tenant_admin).post(
+        f"/t/north/admin/tenants/membership/{membership.pk}/change/", {"roles": ["technologist"]}
+    )
+    client = verified_client(person)
+    _open(client, token)
+
+    response = client.post("/accounts/invitation/")
+
+    assert response.status_code == 400 and b"was ended by its administrators" in response.content
+    membership.refresh_from_db()
+    assert not membership.is_active
+    assert StaffInvitation.objects.for_tenant(clinic).get().accepted_at is None
+
+
+@pytest.mark.django_db
+def test_a_former_patient_gets_the_invited_roles_only(
+    clinic, tenant_admin, patient, django_capture_on_commit_callbacks
+):
+    membership = membership_of(patient, clinic)
+    Membership.objects.for_tenant(clinic).filter(pk=membership.pk).update(is_active=False)
+    token = invite(clinic, tenant_admin, patient.email, capture=django_capture_on_commit_callbacks)
+    client = verified_client(patient)
+    _open(client, token)
+
+    response = client.post("/accounts/invitation/")
+
+    assert response.status_code == 302
+    membership.refresh_from_db()
+    assert membership.is_active and membership.role_codes == {"radiologist"}
+
+
+@pytest.mark.django_db
+def test_an_idle_session_ends_and_the_link_still_opens_without_its_token_in_next(
+    clinic, other_clinic, tenant_admin, django_capture_on_commit_callbacks
+):
+    person = make_member(other_clinic, "technologist", email="tech@south.example")
+    token = invite(
+        clinic, tenant_admin, "tech@south.example", capture=django_capture_on_commit_callbacks
+    )
+    client = verified_client(person)
+    session = client.session
+    session[LAST_SEEN_AT] -= 24 * 3600
+    session.save()
+
+    opened = client.get(f"/accounts/invitation/{token}")
+    home = client.get("/accounts/invitation/")
+
+    assert opened.status_code == 303 and opened["Location"] == "/accounts/invitation/"
+    assert b"Sign in with it, then accept" in home.content  # signed out, link kept
+    assert _events(other_clinic, Action.SESSION_EXPIRED).exists()
