@@ -5,6 +5,7 @@ from typing import Any
 from django import forms
 
 from sharing.models import ShareLink
+from tenants.forms import NewAccountForm
 
 
 class ShareForm(forms.Form):
@@ -99,19 +100,5 @@ class BirthDateForm(forms.Form):
     )
 
 
-class NewPatientAccountForm(forms.Form):
+class NewPatientAccountForm(NewAccountForm):
     full_name = forms.CharField(label="Your name (optional)", required=False, max_length=150)
-    password = forms.CharField(
-        label="Choose a password",
-        widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
-    )
-    password_again = forms.CharField(
-        label="The password again",
-        widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
-    )
-
-    def clean(self) -> dict[str, Any]:
-        data = super().clean()
-        if data.get("password") and data.get("password") != data.get("password_again"):
-            self.add_error("password_again", "The two passwords differ.")
-        return data

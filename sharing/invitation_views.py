@@ -191,16 +191,15 @@ def invitation_open(request: HttpRequest, token: str) -> HttpResponse:
     if too_many_lookups(request):
         response = render(request, "sharing/slow_down.html", status=429)
         response["Retry-After"] = "60"
-        response["Referrer-Policy"] = "no-referrer"
-        return response
-    try:
-        invitation = invitation_lookup(raw=token, now=timezone.now(), ip=client_ip(request))
-    except InvitationUnavailable as exc:
-        response = _unavailable(request, exc)
     else:
-        request.session.cycle_key()
-        request.session[SESSION_KEY] = {"id": str(invitation.pk), "birth_date_ok": False}
-        response = HttpResponseRedirect(reverse("invitation_home"), status=303)
+        try:
+            invitation = invitation_lookup(raw=token, now=timezone.now(), ip=client_ip(request))
+        except InvitationUnavailable as exc:
+            response = _unavailable(request, exc)
+        else:
+            request.session.cycle_key()
+            request.session[SESSION_KEY] = {"id": str(invitation.pk), "birth_date_ok": False}
+            response = HttpResponseRedirect(reverse("invitation_home"), status=303)
     response["Referrer-Policy"] = "no-referrer"
     return response
 

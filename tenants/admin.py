@@ -56,9 +56,8 @@ class MembershipForm(forms.ModelForm):
         cleaned = super().clean()
         if "roles" in cleaned:
             current = Membership.objects.for_tenant(self.tenant).get(pk=self.instance.pk)
-            staff = {role.value for role in STAFF_ROLES}
             wanted = {role.code for role in cleaned["roles"]}
-            if wanted & staff and not current.role_codes & staff:
+            if wanted & STAFF_ROLES and not current.role_codes & STAFF_ROLES:
                 # A patient becomes staff only by accepting an invitation: their consent.
                 raise ValidationError(
                     "A patient joins the staff by accepting a staff invitation; send one "
@@ -66,7 +65,7 @@ class MembershipForm(forms.ModelForm):
                 )
             membership_validate_change(
                 membership=current,
-                roles={role.code for role in cleaned["roles"]},
+                roles=wanted,
                 active=cleaned.get("is_active", True),
             )
         return cleaned
@@ -75,6 +74,7 @@ class MembershipForm(forms.ModelForm):
 @admin.register(Membership, site=tenant_admin_site)
 class MembershipAdmin(TenantScopedModelAdmin):
     form = MembershipForm
+    form_takes_tenant = True
     list_display = ["email", "full_name", "role_list", "is_active", "created_at"]
     list_filter = ["is_active", "roles"]
     search_fields = ["user__email", "user__full_name"]
@@ -98,16 +98,6 @@ class MembershipAdmin(TenantScopedModelAdmin):
 
     def get_queryset(self, request: HttpRequest) -> models.QuerySet:
         return super().get_queryset(request).prefetch_related("roles")
-
-    def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any):
-        form_class = super().get_form(request, obj, change=change, **kwargs)
-        tenant = request.tenant
-
-        class BoundMembershipForm(form_class):  # type: ignore[misc, valid-type]
-            def __init__(self, *args: Any, **kw: Any) -> None:
-                super().__init__(*args, tenant=tenant, **kw)
-
-        return BoundMembershipForm
 
     fields = ["email", "full_name", "roles", "is_active"]
     readonly_fields = ["email", "full_name"]
@@ -172,6 +162,7 @@ class StaffInvitationForm(forms.ModelForm):
                     tenant=self.tenant,
                     email=cleaned["email"],
                     roles=[role.code for role in cleaned["roles"]],
+                    now=timezone.now(),
                 )
             except InvitationInvalid as exc:
                 raise ValidationError(str(exc)) from exc
@@ -183,6 +174,7 @@ class StaffInvitationAdmin(TenantScopedModelAdmin):
     """Members join by invitation; the admin sees the address typed, never the account."""
 
     form = StaffInvitationForm
+    form_takes_tenant = True
     list_display = ["email", "role_list", "state", "invited_by_email", "created_at", "expires_at"]
     search_fields = ["email"]
     ordering = ["-created_at"]
@@ -191,16 +183,6 @@ class StaffInvitationAdmin(TenantScopedModelAdmin):
 
     def get_queryset(self, request: HttpRequest) -> models.QuerySet:
         return super().get_queryset(request).prefetch_related("roles")
-
-    def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any):
-        form_class = super().get_form(request, obj, change=change, **kwargs)
-        tenant = request.tenant
-
-        class BoundStaffInvitationForm(form_class):  # type: ignore[misc, valid-type]
-            def __init__(self, *args: Any, **kw: Any) -> None:
-                super().__init__(*args, tenant=tenant, **kw)
-
-        return BoundStaffInvitationForm
 
     def get_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
         if obj is None:

@@ -75,6 +75,8 @@ tenant_admin_site = TenantAdminSite(name="tenant_admin")
 class TenantScopedModelAdmin(admin.ModelAdmin):
     required_perm = Perm.CLINIC_MANAGE
     view_on_site = False
+    # Set when the form's constructor takes `tenant=` (to validate against the clinic).
+    form_takes_tenant = False
 
     def get_urls(self) -> list[Any]:
         # Drop the admin's catch-all "<object_id>/" redirect: it answers 302 for any id,
@@ -83,6 +85,18 @@ class TenantScopedModelAdmin(admin.ModelAdmin):
 
     def get_queryset(self, request: HttpRequest) -> models.QuerySet:
         return self.scope(super().get_queryset(request), request)
+
+    def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any):
+        form_class = super().get_form(request, obj, change=change, **kwargs)
+        if not self.form_takes_tenant:
+            return form_class
+        tenant = request.tenant
+
+        class ClinicForm(form_class):  # type: ignore[misc, valid-type]
+            def __init__(self, *args: Any, **kw: Any) -> None:
+                super().__init__(*args, tenant=tenant, **kw)
+
+        return ClinicForm
 
     def scope(self, queryset: models.QuerySet, request: HttpRequest) -> models.QuerySet:
         return queryset.filter(tenant=request.tenant)

@@ -29,6 +29,34 @@ class EnrolForm(forms.Form):
     )
 
 
+class NewAccountForm(forms.Form):
+    """A password chosen twice; subclasses say how they ask for the person's name."""
+
+    field_order = ["full_name", "password", "password_again"]
+    password = forms.CharField(
+        label="Choose a password",
+        widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
+    )
+    password_again = forms.CharField(
+        label="The password again",
+        widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
+    )
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        if data.get("password") and data.get("password") != data.get("password_again"):
+            self.add_error("password_again", "The two passwords differ.")
+        return data
+
+
+class NewStaffAccountForm(NewAccountForm):
+    full_name = forms.CharField(
+        label="Your full name",
+        max_length=150,
+        help_text="Colleagues see it beside your work, and the audit log names you by it.",
+    )
+
+
 class BreakGlassForm(forms.Form):
     reason = forms.CharField(
         label="Why do you need this study now?",

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from urllib.parse import urlencode
 
-from django import forms
 from django.contrib import messages
 from django.contrib.auth import login
 from django.core.exceptions import ValidationError
@@ -23,6 +22,7 @@ from django.views.decorators.http import require_http_methods
 
 from audit.actors import Actor, client_ip
 from tenants.access import landing_url
+from tenants.forms import NewStaffAccountForm
 from tenants.invitations import (
     InvitationInvalid,
     InvitationUnavailable,
@@ -46,28 +46,6 @@ UNAVAILABLE_TEXT = {
 }
 
 
-class NewStaffAccountForm(forms.Form):
-    full_name = forms.CharField(
-        label="Your full name",
-        max_length=150,
-        help_text="Colleagues see it beside your work, and the audit log names you by it.",
-    )
-    password = forms.CharField(
-        label="Choose a password",
-        widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
-    )
-    password_again = forms.CharField(
-        label="The password again",
-        widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
-    )
-
-    def clean(self) -> dict:
-        data = super().clean()
-        if data.get("password") and data.get("password") != data.get("password_again"):
-            self.add_error("password_again", "The two passwords differ.")
-        return data
-
-
 def _unavailable(request: HttpRequest, exc: InvitationUnavailable) -> HttpResponse:
     request.session.pop(SESSION_KEY, None)
     text = UNAVAILABLE_TEXT.get(exc.reason, "This invitation link does not work.")
@@ -83,16 +61,17 @@ def staff_invitation_open(request: HttpRequest, token: str) -> HttpResponse:
     if too_many_lookups(request):
         response = render(request, "sharing/slow_down.html", status=429)
         response["Retry-After"] = "60"
-        response["Referrer-Policy"] = "no-referrer"
-        return response
-    try:
-        invitation = staff_invitation_lookup(raw=token, now=timezone.now(), ip=client_ip(request))
-    except InvitationUnavailable as exc:
-        response = _unavailable(request, exc)
     else:
-        request.session.cycle_key()
-        request.session[SESSION_KEY] = str(invitation.pk)
-        response = HttpResponseRedirect(reverse("staff_invitation_home"), status=303)
+        try:
+            invitation = staff_invitation_lookup(
+                raw=token, now=timezone.now(), ip=client_ip(request)
+            )
+        except InvitationUnavailable as exc:
+            response = _unavailable(request, exc)
+        else:
+            request.session.cycle_key()
+            request.session[SESSION_KEY] = str(invitation.pk)
+            response = HttpResponseRedirect(reverse("staff_invitation_home"), status=303)
     response["Referrer-Policy"] = "no-referrer"
     return response
 
@@ -164,7 +143,7 @@ def _new_account_step(
     form = NewStaffAccountForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         try:
-            user = staff_invitation_accept_new_account(
+            membership = staff_invitation_accept_new_account(
                 invitation=invitation,
                 password=form.cleaned_data["password"],
                 full_name=form.cleaned_data["full_name"],
@@ -178,8 +157,7 @@ def _new_account_step(
         except InvitationUnavailable as exc:
             return _unavailable(request, exc)
         else:
-            login(request, user, backend="django.contrib.auth.backends.ModelBackend")
-            membership = Membership.objects.for_tenant(invitation.tenant).get(user=user)
+            login(request, membership.user, backend="django.contrib.auth.backends.ModelBackend")
             return _joined(request, membership)
     return render(
         request,

@@ -60,7 +60,9 @@ def staff_invitation_actor(invitation: StaffInvitation, *, ip: str | None) -> Ac
     return Actor(type=ActorType.ANONYMOUS, id=f"staff-invitation:{invitation.pk}", ip=ip)
 
 
-def staff_invite_check(*, tenant: Tenant, email: str, roles: Iterable[str]) -> str:
+def staff_invite_check(
+    *, tenant: Tenant, email: str, roles: Iterable[str], now: dt.datetime
+) -> str:
     """The normalised email, or InvitationInvalid saying why this invitation cannot go.
 
     Only this clinic's own rows are consulted, so the answer reveals nothing about
@@ -74,12 +76,12 @@ def staff_invite_check(*, tenant: Tenant, email: str, roles: Iterable[str]) -> s
     codes = set(roles)
     if not codes:
         raise InvitationInvalid("Choose at least one role.")
-    if not codes <= {role.value for role in STAFF_ROLES}:
+    if not codes <= STAFF_ROLES:
         raise InvitationInvalid(
             "Patients join through a patient portal invitation sent from their record."
         )
     staff = Membership.objects.for_tenant(tenant).filter(
-        user__email__iexact=email, roles__code__in=[role.value for role in STAFF_ROLES]
+        user__email__iexact=email, roles__code__in=STAFF_ROLES
     )
     if staff.exists():
         raise InvitationInvalid(
@@ -92,7 +94,7 @@ def staff_invite_check(*, tenant: Tenant, email: str, roles: Iterable[str]) -> s
             email__iexact=email,
             accepted_at__isnull=True,
             revoked_at__isnull=True,
-            expires_at__gt=timezone.now(),
+            expires_at__gt=now,
         )
         .first()
     )
@@ -118,7 +120,7 @@ def staff_invite(
     codes = sorted(set(roles))
     # One invitation at a time per clinic, so two admins cannot both pass the checks.
     Tenant.objects.select_for_update().filter(pk=tenant.pk).first()
-    email = staff_invite_check(tenant=tenant, email=email, roles=codes)
+    email = staff_invite_check(tenant=tenant, email=email, roles=codes, now=now)
     raw = secrets.token_urlsafe(TOKEN_BYTES)
     invitation = StaffInvitation.objects.create(
         tenant=tenant,
@@ -199,9 +201,7 @@ def staff_invitation_accept(
     tenant = invitation.tenant
     current = Membership.objects.for_tenant(tenant).select_for_update().filter(user=user).first()
     ended_staff = (
-        current is not None
-        and not current.is_active
-        and bool(current.role_codes & {role.value for role in STAFF_ROLES})
+        current is not None and not current.is_active and bool(current.role_codes & STAFF_ROLES)
     )
     if ended_staff:
         raise InvitationInvalid(
@@ -244,15 +244,14 @@ def staff_invitation_accept_new_account(
     full_name: str,
     actor: Actor,
     now: dt.datetime,
-) -> User:
+) -> Membership:
     """Create the invitee's account with the invited email, then accept as that account."""
     user = invitation_account_create(
         invitation=invitation, password=password, full_name=full_name, actor=actor
     )
-    staff_invitation_accept(
+    return staff_invitation_accept(
         invitation=invitation, user=user, actor=Actor.for_user(user, ip=actor.ip), now=now
     )
-    return user
 
 
 def staff_invitation_claim_send(*, invitation_id: str) -> tuple[StaffInvitation, str] | None:
