@@ -23,7 +23,10 @@ Render = Callable[[Any], str]  # a column value to the JSON text of one attribut
 def _values(value: Any, render: Callable[[str], str]) -> str:
     # A backslash separates the values of a multi-valued attribute (PS3.5 6.4), as it
     # does in the metadata; an empty value among them is null (PS3.18 F.2.5).
-    return ",".join(render(item) if item else "null" for item in str(value).split("\\"))
+    text = str(value)
+    if "\\" not in text:  # one value, as nearly every column holds
+        return render(text)
+    return ",".join(render(item) if item else "null" for item in text.split("\\"))
 
 
 def _text(vr: str) -> Render:
@@ -149,19 +152,35 @@ LEVELS = {
 }
 
 
+def _memo(render: Render) -> Render:
+    written: dict[Any, str] = {}
+
+    def memo(value: Any) -> str:
+        text = written.get(value)
+        if text is None:
+            text = written[value] = render(value)
+        return text
+
+    return memo
+
+
 def search_results(
     rows: Iterable[Sequence[Any]], *, level: str, base_url: str
 ) -> tuple[int, bytes]:
     """Search result `rows` (the level's `columns`) as a DICOM JSON array: (count, body)."""
     spec = LEVELS[level]
-    renders = [render for _, _, render in spec.attributes]
-    keys = [f'"{tag}":' for tag in spec.tags]
+    # Names repeat within one answer (a patient's studies, a referring physician's), and
+    # splitting one into its groups is the dearest render: each is written once per call.
+    renders = [_memo(render) if render is _name else render for _, _, render in spec.attributes]
+    # One %-template per result: its tags in order, RetrieveURL in its place.
+    keys = [f'"{tag}":%s' for tag in spec.tags]
     url_position, url_columns = spec.tags.index(RETRIEVE_URL), len(renders)
-    template = base_url + spec.url_template
+    keys[url_position] = f'"{RETRIEVE_URL}":{{"vr":"UR","Value":[%s]}}'
+    row_template = "{" + ",".join(keys) + "}"
+    url_template = base_url + spec.url_template
     results = []
     for row in rows:
         values = [render(value) for render, value in zip(renders, row, strict=False)]
-        url = _quoted(template.format(*row[url_columns:]))
-        values.insert(url_position, f'{{"vr":"UR","Value":[{url}]}}')
-        results.append("{" + ",".join(map(str.__add__, keys, values)) + "}")
+        values.insert(url_position, _quoted(url_template.format(*row[url_columns:])))
+        results.append(row_template % tuple(values))
     return len(results), ("[" + ",".join(results) + "]").encode()

@@ -258,6 +258,36 @@ def test_qido_results_stay_valid_json_with_quotes_markup_and_non_ascii(clinic, r
 
 
 @pytest.mark.django_db
+def test_each_result_carries_its_own_names_when_names_repeat(clinic, read_token):
+    # Names repeated within one answer are written once; no row may get another's.
+    people = [("Doe^Jane", "Ref^One"), ("Roe^Rick", "Ref^One"), ("Doe^Jane", "Ref^Two")]
+    for index, (patient, referring) in enumerate(people * 2):
+        ingest(
+            clinic,
+            synthetic_ct(
+                slices=1,
+                patient_name=patient,
+                patient_id=f"REP-{patient}",
+                tags={"ReferringPhysicianName": referring, "AccessionNumber": f"ACC{index}"},
+            )[0],
+        )
+
+    found = dicomweb(read_token).search_for_studies(search_filters={"PatientID": "REP-*"})
+
+    names = {
+        (
+            study["00080050"]["Value"][0],
+            study["00100010"]["Value"][0]["Alphabetic"],
+            study["00080090"]["Value"][0]["Alphabetic"],
+        )
+        for study in found
+    }
+    assert names == {
+        (f"ACC{index}", patient, referring) for index, (patient, referring) in enumerate(people * 2)
+    }
+
+
+@pytest.mark.django_db
 def test_another_clinics_token_sees_nothing(clinic, outsider_token, stored_ct):
     ds = _ds(stored_ct[0])
     session = http(outsider_token)
