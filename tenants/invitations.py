@@ -335,8 +335,12 @@ def invitation_account_create(
                 actor=actor,
                 tenant=None,
             )
-    except IntegrityError:  # the same form sent twice at once
+    except IntegrityError:  # the same form sent twice at once: the other insert won
         raise exists from None
+    except ValidationError as error:  # ... and committed between the two checks
+        if "email" in getattr(error, "error_dict", {}):
+            raise exists from None
+        raise
 
 
 def invitation_token_seal(invitation: Any, *, raw: str, context: bytes) -> None:

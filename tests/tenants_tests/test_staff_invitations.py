@@ -6,10 +6,13 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import re
+import threading
+import time
 
 import pytest
 from django.contrib.messages import get_messages
 from django.core import mail
+from django.db import connection, transaction
 from django.test import Client
 from django.utils import timezone
 
@@ -17,10 +20,18 @@ from audit.models import Action, ActorType, AuditEvent, Outcome
 from portal.logredact import RedactShareTokens
 from tenants.invitations import InvitationInvalid, staff_invite
 from tenants.models import Membership, StaffInvitation, User
+from tenants.services import user_create
 from tenants.sessions import LAST_SEEN_AT
 from tenants.tasks import staff_invitation_send
 from tenants.tokens import token_digest
-from tests.helpers import TEST_ACTOR, make_member, membership_of, verified_client
+from tests.helpers import (
+    TEST_ACTOR,
+    make_clinic,
+    make_member,
+    membership_of,
+    require_postgresql,
+    verified_client,
+)
 
 INVITE_LINK = re.compile(r"/accounts/invitation/([A-Za-z0-9_-]{43})")
 ADMIN = "/t/north/admin/tenants/staffinvitation/"
@@ -602,3 +613,80 @@ def test_an_idle_session_ends_and_the_link_still_opens_without_its_token_in_next
     assert opened.status_code == 303 and opened["Location"] == "/accounts/invitation/"
     assert b"Sign in with it, then accept" in home.content  # signed out, link kept
     assert _events(other_clinic, Action.SESSION_EXPIRED).exists()
+
+
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_an_account_created_at_the_same_moment_is_a_clear_error_not_a_500(
+    django_capture_on_commit_callbacks,
+):
+    # The same new-account form sent twice at once: the second insert waits on the
+    # first's unique email, then fails when it commits. That must read as "an account
+    # exists", change nothing, and never be a 500.
+    require_postgresql()
+    clinic = make_clinic("racing")
+    admin = make_member(clinic, "tenant_admin")
+    email = "twice@racing.example"
+    token = invite(clinic, admin, email, capture=django_capture_on_commit_callbacks)
+    client = Client()
+    _open(client, token)
+    first_inserted, first_may_commit = threading.Event(), threading.Event()
+    answers = []
+
+    def first_submission():
+        try:
+            with transaction.atomic():
+                user_create(email=email, password=NEW_PASSWORD, actor=TEST_ACTOR, tenant=None)
+                first_inserted.set()
+                first_may_commit.wait(timeout=30)
+        finally:
+            connection.close()
+
+    def second_submission():
+        try:
+            answers.append(
+                client.post(
+                    "/accounts/invitation/",
+                    {
+                        "full_name": "Twice",
+                        "password": NEW_PASSWORD,
+                        "password_again": NEW_PASSWORD,
+                    },
+                )
+            )
+        finally:
+            connection.close()
+
+    first = threading.Thread(target=first_submission)
+    first.start()
+    assert first_inserted.wait(timeout=30)
+    second = threading.Thread(target=second_submission)
+    second.start()
+    _wait_for_a_blocked_insert_into(User._meta.db_table)
+    first_may_commit.set()
+    first.join(timeout=30)
+    second.join(timeout=30)
+
+    (answer,) = answers
+    assert answer.status_code == 400
+    assert b"An account with this email exists; sign in to accept." in answer.content
+    assert User.objects.filter(email=email).count() == 1
+    assert not Membership.objects.for_tenant(clinic).filter(user__email=email).exists()
+    invitation = StaffInvitation.objects.for_tenant(clinic).get()
+    assert invitation.accepted_at is None
+    assert not _events(clinic, Action.STAFF_INVITATION_ACCEPTED).exists()
+
+
+def _wait_for_a_blocked_insert_into(table: str) -> None:
+    """Return once another connection's INSERT into `table` waits on a lock."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND query LIKE %s",
+                [f'INSERT INTO "{table}"%'],
+            )
+            if cursor.fetchone()[0]:
+                return
+        time.sleep(0.02)
+    raise AssertionError(f"no INSERT into {table} waited on a lock")
