@@ -113,7 +113,11 @@ def membership_validate_change(*, membership: Membership, roles: set[str], activ
 
 @transaction.atomic
 def membership_add(*, tenant: Tenant, user: User, roles: Iterable[str], actor: Actor) -> Membership:
-    """Give a user roles in a clinic; adds to an existing membership's roles."""
+    """Give a user roles in a clinic; adds to an active membership's roles.
+
+    An ended membership comes back with `roles` only: whoever adds a person back (a
+    patient invitation, say) must not hand back the staff roles an administrator ended.
+    """
     wanted = set(roles)
     if not wanted:
         raise MembershipError("A member needs at least one role.")
@@ -132,7 +136,7 @@ def membership_add(*, tenant: Tenant, user: User, roles: Iterable[str], actor: A
         return membership
     return membership_update(
         membership=membership,
-        roles=set(membership.role_codes) | wanted,
+        roles=set(membership.role_codes) | wanted if membership.is_active else wanted,
         is_active=True,
         actor=actor,
     )

@@ -17,7 +17,15 @@ from sharing.invitations import InvitationInvalid, patient_invite
 from sharing.models import PatientInvitation, PatientLink, ShareLink
 from tenants.mfa import MFA_AT
 from tenants.models import Membership, User
-from tests.helpers import PASSWORD, TEST_ACTOR, make_clinic, make_member, page_body, verified_client
+from tests.helpers import (
+    PASSWORD,
+    TEST_ACTOR,
+    make_clinic,
+    make_member,
+    membership_of,
+    page_body,
+    verified_client,
+)
 from tests.imaging_tests.helpers import ingest_study, synthetic_ct
 
 BIRTH_DATE = "1970-01-01"  # synthetic_ct's PatientBirthDate
@@ -583,3 +591,28 @@ def test_withdrawn_invitation_is_never_emailed(own_study, front_desk):
     sent = patient_invitation_send(invitation_id=str(invitation.pk))
 
     assert sent is False and mail.outbox == []
+
+
+def test_a_patient_invitation_does_not_give_back_ended_staff_roles(
+    own_study, front_desk, tenant_admin, client_for, django_capture_on_commit_callbacks
+):
+    former = make_member(own_study.tenant, "radiologist", email="jane@example.org")
+    membership = membership_of(former, own_study.tenant)
+    client_for(tenant_admin).post(  # ended by the clinic; its roles stay on the row
+        f"/t/north/admin/tenants/membership/{membership.pk}/change/", {"roles": ["radiologist"]}
+    )
+    membership.refresh_from_db()
+    assert not membership.is_active and membership.role_codes == {"radiologist"}
+    token = invite(own_study, front_desk, capture=django_capture_on_commit_callbacks)
+    client = verified_client(former)
+    client.get(f"/portal/invitation/{token}")
+    client.post("/portal/invitation/", {"birth_date": BIRTH_DATE})
+
+    accepted = client.post("/portal/invitation/")
+
+    assert accepted.status_code == 302
+    membership = membership_of(former, own_study.tenant)
+    assert membership.is_active and membership.role_codes == {"patient"}
+    assert client.get("/t/north/").status_code == 403  # the worklist is staff's
+    assert client.get(f"/t/north/studies/{own_study.pk}/").status_code == 404
+    assert client.get(f"/t/north/my/studies/{own_study.pk}/").status_code == 200
