@@ -24,7 +24,12 @@ class ShareForm(forms.Form):
         widget=forms.TextInput(attrs={"inputmode": "numeric", "autocomplete": "off"}),
         help_text="Give the PIN to the recipient separately, not in the same email.",
     )
-    max_uses = forms.IntegerField(label="Maximum number of openings", required=False, min_value=1)
+    max_uses = forms.IntegerField(
+        label="Maximum number of openings",
+        required=False,
+        min_value=1,
+        max_value=ShareLink.MAX_USES,
+    )
     allow_download = forms.BooleanField(label="Allow download", required=False)
     deidentify = forms.BooleanField(
         label="De-identify (hide the patient's name, ID and birth date)", required=False

@@ -91,8 +91,8 @@ def share_create(
         raise ShareInvalid("The expiry must be in the future.")
     if expires_at > now + dt.timedelta(days=tenant.share_link_max_days):
         raise ShareInvalid(f"Links of this clinic last at most {tenant.share_link_max_days} days.")
-    if max_uses is not None and max_uses < 1:
-        raise ShareInvalid("The number of uses must be at least 1.")
+    if max_uses is not None and not 1 <= max_uses <= ShareLink.MAX_USES:
+        raise ShareInvalid(f"The number of uses must be from 1 to {ShareLink.MAX_USES:,}.")
     if tenant.share_link_max_uses is not None:
         if max_uses is not None and max_uses > tenant.share_link_max_uses:
             raise ShareInvalid(
@@ -207,6 +207,8 @@ def share_current(*, share: ShareLink, now: dt.datetime, ip: str | None) -> Shar
         .select_related("tenant", "study", "study__patient")
         .get(pk=share.pk)
     )
+    if fresh.tenant.status != fresh.tenant.Status.ACTIVE:  # suspended since it was opened
+        raise ShareUnavailable(status=404, reason="unknown")
     state = fresh.state_at(now)
     # A used-up link still serves the recipient who used its last use (their session).
     if state not in (ShareLink.State.ACTIVE, ShareLink.State.USED_UP):

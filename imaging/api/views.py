@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import Any
 
 from django.db.models import QuerySet
@@ -12,6 +13,7 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import generics
 from rest_framework.exceptions import ValidationError
 from rest_framework.pagination import LimitOffsetPagination
+from rest_framework.response import Response
 
 import audit
 from audit.actors import Actor, client_ip
@@ -42,6 +44,20 @@ def _date(value: str | None, name: str) -> dt.date | None:
         raise ValidationError({name: f"{value!r} is not a date (YYYY-MM-DD)."}) from None
 
 
+# A Code String (PS3.5 6.2): the modality filter is matched inside the stored list.
+_MODALITY = re.compile(r"[A-Z0-9_ ]{1,16}")
+
+
+def _text(value: str | None, name: str, *, max_length: int = 64) -> str | None:
+    # PostgreSQL text holds no NUL, and no index column is longer than this: both would
+    # otherwise fail in the database.
+    if not value:
+        return None
+    if "\x00" in value or len(value) > max_length:
+        raise ValidationError({name: f"At most {max_length} characters, without NUL."})
+    return value
+
+
 FILTERS = [
     OpenApiParameter("patient_id", OpenApiTypes.STR, description="Exact patient ID"),
     OpenApiParameter("patient_name", OpenApiTypes.STR, description="Part of the name"),
@@ -69,15 +85,17 @@ class StudyList(generics.ListAPIView):
             .select_related("patient")
             .order_by("-study_date", "-created_at")
         )
-        if value := params.get("patient_id"):
+        if value := _text(params.get("patient_id"), "patient_id"):
             studies = studies.filter(patient__patient_id=value)
-        if value := params.get("patient_name"):
+        if value := _text(params.get("patient_name"), "patient_name"):
             studies = studies.filter(patient__name__icontains=value)
-        if value := params.get("accession_number"):
+        if value := _text(params.get("accession_number"), "accession_number"):
             studies = studies.filter(accession_number=value)
-        if value := params.get("modality"):
+        if value := _text(params.get("modality"), "modality", max_length=16):
+            if not _MODALITY.fullmatch(value.upper()):
+                raise ValidationError({"modality": "A modality code such as CT or MR."})
             studies = studies.filter(modalities__regex=rf"(^|\\){value.upper()}($|\\)")
-        if value := params.get("study_uid"):
+        if value := _text(params.get("study_uid"), "study_uid"):
             studies = studies.filter(study_uid=value)
         if value := _date(params.get("date_from"), "date_from"):
             studies = studies.filter(study_date__gte=value)
@@ -93,7 +111,11 @@ class StudyList(generics.ListAPIView):
             action=Action.API_READ,
             target=None,
             tenant=request.tenant,
-            detail={"resource": "studies", "results": len(response.data.get("results", []))},
+            # Names and birth dates went out: which studies', as the worklist records.
+            detail={
+                "resource": "studies",
+                "studies": [str(study["id"]) for study in response.data.get("results", [])],
+            },
         )
         return response
 
@@ -108,13 +130,14 @@ class StudyDetail(generics.RetrieveAPIView):
         return Study.objects.for_tenant(self.request.tenant).select_related("patient")
 
     def retrieve(self, request: Any, *args: Any, **kwargs: Any) -> Any:
-        response = super().retrieve(request, *args, **kwargs)
+        study = self.get_object()
+        response = Response(self.get_serializer(study).data)
         audit.record(
             actor=_actor(request),
             action=Action.API_READ,
-            target=None,
+            target=study,  # so the study's access history shows it
             tenant=request.tenant,
-            detail={"resource": "study", "study": str(kwargs["id"])},
+            detail={"resource": "study"},
         )
         return response
 
@@ -126,11 +149,22 @@ class SeriesList(generics.ListAPIView):
     required_perms = (Perm.WORKLIST_VIEW,)
 
     def get_queryset(self) -> QuerySet[Series]:
-        study = get_object_or_404(
+        self.study = get_object_or_404(
             Study.objects.for_tenant(self.request.tenant), id=self.kwargs["id"]
         )
         return (
             Series.objects.for_tenant(self.request.tenant)
-            .filter(study=study)
+            .filter(study=self.study)
             .order_by("series_number", "series_uid")
         )
+
+    def get(self, request: Any, *args: Any, **kwargs: Any) -> Any:
+        response = super().get(request, *args, **kwargs)
+        audit.record(
+            actor=_actor(request),
+            action=Action.API_READ,
+            target=self.study,
+            tenant=request.tenant,
+            detail={"resource": "series", "results": len(response.data.get("results", []))},
+        )
+        return response

@@ -10,7 +10,9 @@ class ShareCreateSerializer(serializers.Serializer):
     study_instance_uid = serializers.CharField(max_length=64)
     expires_at = serializers.DateTimeField()
     pin = serializers.RegexField(r"^[0-9]{4,12}$", required=False, allow_blank=False)
-    max_uses = serializers.IntegerField(required=False, min_value=1, allow_null=True)
+    max_uses = serializers.IntegerField(
+        required=False, min_value=1, max_value=ShareLink.MAX_USES, allow_null=True
+    )
     allow_download = serializers.BooleanField(required=False, default=False)
     deidentify = serializers.BooleanField(required=False, default=False)
     recipient_email = serializers.EmailField(required=False, allow_blank=True, default="")

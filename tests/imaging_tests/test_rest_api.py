@@ -92,6 +92,42 @@ def test_bad_filters_are_a_clear_400(clinic, studies):
 
 
 @pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("modality", "CT("),  # would be a broken regular expression in the database
+        ("modality", "C\\T"),
+        ("patient_id", "P-\x00"),  # PostgreSQL text holds no NUL
+        ("patient_name", "x" * 65),
+        ("study_uid", "1.2.\x00"),
+    ],
+)
+def test_filter_values_the_database_cannot_take_are_a_clear_400(clinic, studies, field, value):
+    response = _api(token_for(clinic, "studies:read")).get("/api/v1/studies", {field: value})
+
+    assert response.status_code == 400
+    assert field in response.json()["error"]["fields"]
+
+
+@pytest.mark.django_db
+def test_partner_reads_name_the_studies_they_showed(clinic, studies):
+    api = _api(token_for(clinic, "studies:read"))
+
+    api.get("/api/v1/studies", {"limit": 2})
+    api.get(f"/api/v1/studies/{studies[0].pk}")
+    api.get(f"/api/v1/studies/{studies[1].pk}/series")
+
+    listed, detail, series = (
+        AuditEvent.objects.for_tenant(clinic).filter(action=Action.API_READ).order_by("seq")
+    )
+    newest_first = sorted(studies, key=lambda s: (s.study_date, s.created_at), reverse=True)
+    assert listed.detail["studies"] == [str(s.pk) for s in newest_first[:2]]
+    assert (detail.target_type, detail.target_id) == ("imaging.study", str(studies[0].pk))
+    assert (series.target_type, series.target_id) == ("imaging.study", str(studies[1].pk))
+    assert series.detail == {"resource": "series", "results": 1}
+
+
+@pytest.mark.django_db
 def test_openapi_schema_is_published(db):
     response = Client().get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json")
 

@@ -89,6 +89,7 @@ def test_scope_is_required(study):
     [
         ({"pin": "12"}, "pin"),
         ({"max_uses": 0}, "max_uses"),
+        ({"max_uses": 2**31}, "max_uses"),  # beyond the column on PostgreSQL
         ({"expires_at": "tomorrow"}, "expires_at"),
         ({"recipient_email": "not-an-email"}, "recipient_email"),
     ],

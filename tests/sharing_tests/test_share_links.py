@@ -290,6 +290,23 @@ def test_revocation_stops_the_next_frame_request_of_an_open_viewer(client, study
     assert after.status_code == 404
 
 
+def test_suspending_the_clinic_ends_open_recipient_sessions(client, study, radiologist):
+    _, token = make_share(study, radiologist, allow_download=True)
+    open_link(client, token)
+    before = client.get("/s/")
+
+    study.tenant.status = study.tenant.Status.SUSPENDED
+    study.tenant.save()
+    after = [
+        client.get(frame_url(first_instance(study)), HTTP_ACCEPT=FRAMES),
+        client.get("/s/download/"),
+        client.get("/s/"),
+    ]
+
+    assert before.status_code == 200
+    assert [response.status_code for response in after] == [404, 404, 404]
+
+
 def test_scope_excludes_other_studies_series_searches_and_the_partner_root(
     client, clinic, study, other_study, radiologist
 ):
