@@ -67,7 +67,7 @@ def _plaintext(handle: Any, *, instance: Instance, dek: bytes) -> Iterator[bytes
 
 
 @contextmanager
-def _failures_audited(*, instance: Instance, actor: Actor) -> Iterator[None]:
+def _failures_audited(*, instance: Instance | Series, actor: Actor) -> Iterator[None]:
     """A failed check or a missing object is audited and raised as an IntegrityError."""
     try:
         yield
@@ -240,14 +240,13 @@ def thumbnail_bytes(*, series: Series, actor: Actor) -> bytes | None:
         return None
     storage = storage_for(series.tenant)
     context = ObjectContext(series.tenant_id, series.thumbnail_key)
-    try:
-        with object_open(storage, series.thumbnail_key) as handle:
-            return b"".join(
-                decrypt_stream(handle.read, key=study_dek(study=series.study), context=context)
-            )
-    except IntegrityError as exc:
-        _integrity_failed(instance=series, actor=actor, reason=str(exc))
-        raise
+    with (
+        _failures_audited(instance=series, actor=actor),
+        object_open(storage, series.thumbnail_key) as handle,
+    ):
+        return b"".join(
+            decrypt_stream(handle.read, key=study_dek(study=series.study), context=context)
+        )
 
 
 def orphan_sweep(*, tenant: Tenant, older_than: dt.datetime) -> int:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from django.db.models import Q
 from django.http import QueryDict
+from pydicom.datadict import keyword_for_tag
 
 MAX_LIMIT = 1000
 DEFAULT_LIMIT = 200
@@ -94,6 +95,10 @@ RETURN_ONLY = {
 }
 CONTROL = {"limit", "offset", "includefield", "fuzzymatching"}
 DATE = re.compile(r"^\d{8}$")
+TIME = re.compile(r"^\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?$")
+# Whole numbers the database's integer columns hold (IS is at most 12 characters, and
+# an offset beyond this is past any clinic's studies).
+INT_MAX = 2**31 - 1
 
 
 @dataclass
@@ -116,6 +121,14 @@ def _keyword(name: str) -> str:
     return name
 
 
+def _returned_keyword(name: str) -> str:
+    # includefield may name by tag any attribute results carry, matchable or not.
+    upper = name.strip().upper().replace(",", "")
+    if re.fullmatch(r"[0-9A-F]{8}", upper):
+        return BY_TAG.get(upper) or keyword_for_tag(int(upper, 16)) or name
+    return name.strip()
+
+
 def _int(params: QueryDict, name: str, default: int) -> int:
     raw = params.get(name)
     if raw is None or raw == "":
@@ -124,8 +137,8 @@ def _int(params: QueryDict, name: str, default: int) -> int:
         value = int(raw)
     except ValueError:
         raise QueryError(f"{name} must be a whole number, not {raw!r}.") from None
-    if value < 0:
-        raise QueryError(f"{name} must not be negative.")
+    if not 0 <= value <= INT_MAX:
+        raise QueryError(f"{name} must be from 0 to {INT_MAX}.")
     return value
 
 
@@ -139,11 +152,28 @@ def _date(text: str, name: str) -> dt.date:
 
 
 def _wildcard_regex(value: str) -> str:
+    # Runs of * are one *: stacked .* make a backtracking regular expression engine
+    # (SQLite's is Python's) take minutes over a non-matching value.
+    value = re.sub(r"\*+", "*", value)
     return (
         "^"
         + "".join(".*" if ch == "*" else "." if ch == "?" else re.escape(ch) for ch in value)
         + "$"
     )
+
+
+def _time_bounds(text: str, name: str) -> tuple[str, str]:
+    """Text bounds for the stored TM values (HH[MM[SS[.F...]]]) at or after, and at or
+    before, the time `text`: stored times keep the precision they came with."""
+    whole, _, fraction = text.partition(".")
+    parts = [int(whole[i : i + 2]) for i in range(0, len(whole), 2)] if TIME.match(text) else []
+    if not parts or any(part > top for part, top in zip(parts, (23, 59, 60), strict=False)):
+        raise QueryError(f"{name}: {text!r} is not a time (HHMMSS).")
+    end = whole + "235959"[len(whole) :] + "." + fraction.ljust(6, "9")
+    fraction = fraction.rstrip("0")
+    while not fraction and len(whole) > 2 and whole.endswith("00"):
+        whole = whole[:-2]  # "1012" is 10:12:00 too, and must not sort before "101200"
+    return whole + (f".{fraction}" if fraction else ""), end
 
 
 def _match(keyword: str, vr: str, path: str, value: str, fuzzy: bool) -> Q:
@@ -157,14 +187,27 @@ def _match(keyword: str, vr: str, path: str, value: str, fuzzy: bool) -> Q:
                 q &= Q(**{f"{path}__lte": _date(end, keyword)})
             return q
         return Q(**{path: _date(value, keyword)})
+    if vr == "TM" and "-" in value:
+        # Stored times are text of one layout, so a range compares as text once its
+        # bounds are written out in full (PS3.4 C.2.2.2.5).
+        start, _, end = value.partition("-")
+        q = Q()
+        if start:
+            q &= Q(**{f"{path}__gte": _time_bounds(start, keyword)[0]})
+        if end:
+            q &= Q(**{f"{path}__lte": _time_bounds(end, keyword)[1]})
+        return q
     if vr == "UI":
         uids = [uid for uid in re.split(r"[\\,]", value) if uid]
         return Q(**{f"{path}__in": uids})
     if vr == "IS":
         try:
-            return Q(**{path: int(value)})
+            number = int(value)
         except ValueError:
             raise QueryError(f"{keyword} must be a number, not {value!r}.") from None
+        if abs(number) > INT_MAX:
+            raise QueryError(f"{keyword} must be from {-INT_MAX} to {INT_MAX}.")
+        return Q(**{path: number})
     if keyword == "ModalitiesInStudy":
         q = Q()
         for modality in re.split(r"[\\,]", value):
@@ -189,7 +232,8 @@ def parse_query(params: QueryDict, *, level: str) -> Query:
     )
     for name in params.getlist("includefield"):
         for item in name.split(","):
-            if item in ("all", "") or _keyword(item) in ATTRIBUTES or item in RETURN_ONLY:
+            returned = _returned_keyword(item)
+            if item in ("all", "") or returned in ATTRIBUTES or returned in RETURN_ONLY:
                 continue
             raise QueryError(f"includefield: unknown attribute {item!r}.")
     for name in params:
@@ -203,6 +247,8 @@ def parse_query(params: QueryDict, *, level: str) -> Query:
             raise QueryError(f"{keyword} cannot be matched at the {level} level.")
         path = paths[level]
         for value in params.getlist(name):
+            if "\x00" in value:  # no database text holds it
+                raise QueryError(f"{keyword}: a value may not contain NUL.")
             if value:
                 query.filters &= _match(keyword, vr, path, value, query.fuzzy)
                 if "patient__" in path:

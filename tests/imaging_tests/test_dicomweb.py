@@ -11,7 +11,8 @@ import pytest
 
 from audit.models import Action, AuditEvent
 from audit.verify import chains_verify
-from imaging.models import Instance
+from imaging.models import Instance, Series
+from imaging.storage import object_delete, storage_for
 from tests.imaging_tests.dicomweb_support import BASE, dicomweb, http, token_for
 from tests.imaging_tests.helpers import ingest, sample_bytes, synthetic_ct
 
@@ -160,6 +161,22 @@ def test_compressed_instance_transcodes_to_explicit_little_endian(clinic, read_t
 
     assert retrieved.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
     assert (retrieved.pixel_array == ds.pixel_array).all()
+
+
+@pytest.mark.django_db
+def test_big_endian_instance_is_retrieved_as_explicit_little_endian(clinic, read_token):
+    data = sample_bytes("MR_small_bigendian.dcm")
+    ingest(clinic, data)
+    stored, reference = _ds(data), _ds(sample_bytes("MR_small.dcm"))
+
+    retrieved = dicomweb(read_token).retrieve_study(stored.StudyInstanceUID)  # the default
+
+    (instance,) = retrieved
+    assert instance.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+    assert (instance.pixel_array == reference.pixel_array).all()
+    for element in reference:
+        if element.keyword and element.keyword != "PixelData" and element.keyword in instance:
+            assert instance[element.keyword].value == element.value, element.keyword
 
 
 @pytest.mark.django_db
@@ -360,9 +377,12 @@ def test_missing_revoked_and_expired_tokens_get_401(clinic):
 @pytest.mark.parametrize(
     ("query", "message"),
     [
-        ("limit=-1", "must not be negative"),
+        ("limit=-1", "must be from 0 to"),
         ("limit=lots", "whole number"),
-        ("offset=-5", "must not be negative"),
+        ("offset=-5", "must be from 0 to"),
+        ("offset=99999999999999999999", "must be from 0 to 2147483647"),
+        ("PatientID=P%00", "may not contain NUL"),
+        ("StudyTime=25-", "not a time"),
         ("StudyDate=2026-13-45", "not a date"),
         ("StudyDate=20261345", "not a valid date"),
         ("NoSuchAttribute=1", "Unknown or unsupported"),
@@ -376,6 +396,41 @@ def test_bad_queries_get_a_clear_400(query, message, clinic, read_token):
 
     assert response.status_code == 400
     assert message in response.json()["error"]
+
+
+@pytest.mark.django_db
+def test_an_instance_number_beyond_any_column_is_a_clear_400(clinic, read_token, stored_ct):
+    study = _ds(stored_ct[0]).StudyInstanceUID
+
+    response = http(read_token).get(
+        f"{BASE}/studies/{study}/instances?InstanceNumber=100000000000000000000"
+    )
+
+    assert response.status_code == 400
+    assert "InstanceNumber must be from" in response.json()["error"]
+
+
+@pytest.mark.django_db
+def test_time_ranges_stacked_wildcards_and_includefield_by_tag(clinic, read_token):
+    times = {"A": "0815", "B": "101200", "C": "101259.5", "D": "120000.25", "E": "23"}
+    for accession, time in times.items():
+        for data in synthetic_ct(slices=1, tags={"StudyTime": time, "AccessionNumber": accession}):
+            ingest(clinic, data)
+    client = dicomweb(read_token)
+
+    def found(**filters):
+        return sorted(
+            s["00080050"]["Value"][0] for s in client.search_for_studies(search_filters=filters)
+        )
+
+    assert found(StudyTime="1012-1012") == ["B", "C"]  # the whole minute
+    assert found(StudyTime="081500-120000") == ["A", "B", "C", "D"]  # to 12:00:00.999999
+    assert found(StudyTime="-0815") == ["A"]
+    assert found(StudyTime="1200-") == ["D", "E"]
+    assert found(StudyTime="101200") == ["B"]  # a single value still matches exactly
+    assert found(AccessionNumber="*" * 40 + "A") == ["A"]
+    by_tag = http(read_token).get(f"{BASE}/studies?includefield=00201208,00081190")
+    assert by_tag.status_code == 200
 
 
 @pytest.mark.django_db
@@ -479,6 +534,9 @@ def test_missing_frame_is_404_and_bad_list_is_400(clinic, read_token, stored_ct)
     assert session.get(f"{base}/frames/5").status_code == 404
     assert session.get(f"{base}/frames/one").status_code == 400
     assert session.get(f"{base}/frames/0").status_code == 400
+    repeated = session.get(f"{base}/frames/" + ",".join(["1"] * 2000))
+    assert repeated.status_code == 400
+    assert "once" in repeated.json()["error"]
 
 
 @pytest.mark.django_db
@@ -532,6 +590,25 @@ def test_study_and_series_thumbnails(
     assert study.status_code == series.status_code == 200
     assert study.content[:4] == b"\x89PNG"
     assert outsider.status_code == 404
+
+
+@pytest.mark.django_db
+def test_a_lost_thumbnail_object_is_a_clear_audited_error(
+    clinic, read_token, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=True):
+        (data,) = synthetic_ct(slices=1)
+        ingest(clinic, data)
+    ds = _ds(data)
+    series = Series.objects.for_tenant(clinic).get()
+    object_delete(storage_for(clinic), series.thumbnail_key)
+
+    response = http(read_token).get(f"{BASE}/studies/{ds.StudyInstanceUID}/thumbnail")
+
+    assert response.status_code == 500
+    assert "integrity check" in response.json()["error"]
+    failed = AuditEvent.objects.for_tenant(clinic).get(action=Action.INTEGRITY_FAILED)
+    assert (failed.target_id, failed.detail) == (str(series.pk), {"reason": "object missing"})
 
 
 @pytest.mark.django_db
