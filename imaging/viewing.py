@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from django.db import IntegrityError, transaction
 
 import audit
-from audit.actors import Actor
+from audit.actors import Actor, Target
 from audit.models import Action, Outcome
 from imaging.models import Instance, Series, Study, ViewerSeriesView, ViewerSession
 from tenants.models import Tenant, User
@@ -36,6 +36,25 @@ def viewer_session_open(*, tenant: Tenant, user: User, study: Study, actor: Acto
     return session
 
 
+def _read_target(series: list[Series]) -> Series | Target | None:
+    # One series, else its study, so the read shows in that study's access history.
+    if len(series) == 1:
+        return series[0]
+    studies = {s.study_id for s in series}
+    if len(studies) != 1:
+        return None
+    return Target(type=Study._meta.label_lower, id=str(studies.pop()))
+
+
+def _read_scope(series: list[Series]) -> dict[str, list[str]]:
+    """Which series (and, across studies, which studies) a read of several covered."""
+    scope = {"series": [str(s.pk) for s in series]}
+    studies = sorted({str(s.study_id) for s in series})
+    if len(studies) > 1:
+        scope["studies"] = studies
+    return scope
+
+
 def pixel_read_audit(
     *,
     tenant: Tenant,
@@ -53,9 +72,9 @@ def pixel_read_audit(
         audit.record(
             actor=actor,
             action=Action.DICOMWEB_RETRIEVE,
-            target=series[0] if len(series) == 1 else None,
+            target=_read_target(series),
             tenant=tenant,
-            detail=detail,
+            detail=detail if len(series) == 1 else {**detail, **_read_scope(series)},
         )
         return
     seen = set(

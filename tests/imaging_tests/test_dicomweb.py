@@ -11,7 +11,7 @@ import pytest
 
 from audit.models import Action, AuditEvent
 from audit.verify import chains_verify
-from imaging.models import Instance, Series
+from imaging.models import Instance, Series, Study
 from imaging.storage import object_delete, storage_for
 from tests.imaging_tests.dicomweb_support import BASE, dicomweb, http, token_for
 from tests.imaging_tests.helpers import ingest, sample_bytes, synthetic_ct
@@ -510,6 +510,29 @@ def test_every_store_search_and_retrieve_is_audited_without_phi(clinic, write_to
     assert {Action.DICOMWEB_SEARCH, Action.DICOMWEB_RETRIEVE} <= actions
     for event in events:
         assert "Müller" not in str(event.detail)
+
+
+@pytest.mark.django_db
+def test_a_read_of_several_series_names_its_study_and_series(clinic, read_token):
+    study_uid = "1.2.826.0.1.3680043.8.498.4242"
+    for _ in range(2):
+        for data in synthetic_ct(slices=1, study_uid=study_uid):
+            ingest(clinic, data)
+    study = Study.objects.for_tenant(clinic).get(study_uid=study_uid)
+    series = Series.objects.for_tenant(clinic).filter(study=study)
+
+    dicomweb(read_token).retrieve_study(study_uid)
+    http(read_token).get(f"{BASE}/studies/{study_uid}/metadata")
+
+    retrieve, metadata = (
+        AuditEvent.objects.for_tenant(clinic)
+        .filter(action=Action.DICOMWEB_RETRIEVE)
+        .order_by("seq")
+    )
+    for event in (retrieve, metadata):
+        assert (event.target_type, event.target_id) == ("imaging.study", str(study.pk))
+        assert sorted(event.detail["series"]) == sorted(str(s.pk) for s in series)
+    assert retrieve.detail["instances"] == metadata.detail["metadata"] == 2
 
 
 @pytest.mark.django_db
