@@ -1,7 +1,8 @@
 """Logging filters that keep credentials and tag values out of log lines.
 
 A share or invitation token in a URL is a credential: request logs (runserver's, Django's
-5xx reports) would otherwise keep it, in the path or percent-encoded in a `next=`.
+5xx reports) would otherwise keep it, in the path or percent-encoded in a `next=`. A
+query string's values can be a patient's name or ID (searches): they are dropped too.
 pydicom quotes the value it is warning about ("Invalid value for VR DA: '19701301'"),
 and that value can be a birth date or a name. Both filters rewrite the rendered message.
 """
@@ -29,15 +30,29 @@ def is_token_url(path: str) -> bool:
     return TOKEN_URL.match(path) is not None
 
 
+# A URL's query string: QIDO-RS and REST searches carry PatientName, PatientID and
+# birth dates there. Its names stay (they say what was searched by), its values go.
+QUERY = re.compile(r"(?<=[^\s?])\?([^\s\"'#]+)")
+
+
+def _query_redacted(match: re.Match[str]) -> str:
+    items = match[1].split("&")
+    return "?" + "&".join(
+        f"{item.partition('=')[0]}=[redacted]" if "=" in item else "[redacted]" for item in items
+    )
+
+
 # A quoted value, as pydicom writes them: '...', "..." or b'...'.
 QUOTED = re.compile(r"b?'[^']*'|b?\"[^\"]*\"")
 
 
 def redact(text: str) -> str:
-    return SHARE_TOKEN.sub(r"\1[redacted]", text)
+    return QUERY.sub(_query_redacted, SHARE_TOKEN.sub(r"\1[redacted]", text))
 
 
 class RedactShareTokens(logging.Filter):
+    """Tokens in link paths and every query string value, in any log line."""
+
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         cleaned = redact(message)
