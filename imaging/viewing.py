@@ -36,23 +36,18 @@ def viewer_session_open(*, tenant: Tenant, user: User, study: Study, actor: Acto
     return session
 
 
-def _read_target(series: list[Series]) -> Series | Target | None:
-    # One series, else its study, so the read shows in that study's access history.
+def _read_target(
+    series: list[Series], detail: dict[str, Any]
+) -> tuple[Series | Target | None, dict[str, Any]]:
+    """What a read is recorded against: its one series, else its study with the list of
+    series (so it shows in the study's access history), else the studies and series."""
     if len(series) == 1:
-        return series[0]
-    studies = {s.study_id for s in series}
-    if len(studies) != 1:
-        return None
-    return Target(type=Study._meta.label_lower, id=str(studies.pop()))
-
-
-def _read_scope(series: list[Series]) -> dict[str, list[str]]:
-    """Which series (and, across studies, which studies) a read of several covered."""
-    scope = {"series": [str(s.pk) for s in series]}
+        return series[0], detail
+    detail = {**detail, "series": [str(s.pk) for s in series]}
     studies = sorted({str(s.study_id) for s in series})
     if len(studies) > 1:
-        scope["studies"] = studies
-    return scope
+        return None, {**detail, "studies": studies}
+    return Target(type=Study._meta.label_lower, id=studies[0]), detail
 
 
 def pixel_read_audit(
@@ -69,12 +64,13 @@ def pixel_read_audit(
         s.study_id == viewer_session.study_id for s in series
     )
     if not in_session:
+        target, detail = _read_target(series, detail)
         audit.record(
             actor=actor,
             action=Action.DICOMWEB_RETRIEVE,
-            target=_read_target(series),
+            target=target,
             tenant=tenant,
-            detail=detail if len(series) == 1 else {**detail, **_read_scope(series)},
+            detail=detail,
         )
         return
     seen = set(

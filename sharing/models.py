@@ -30,6 +30,10 @@ class ShareLink(TenantOwnedModel):
         USED_UP = "used_up", "Used up"
         LOCKED = "locked", "Locked (wrong PIN)"
 
+    # A link opened more often than this is no longer a link for one recipient; the
+    # limit also keeps the figure inside a 32-bit column.
+    MAX_USES = 100_000
+
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     study = models.ForeignKey("imaging.Study", on_delete=models.PROTECT, related_name="+")
     series = models.ManyToManyField(
@@ -49,9 +53,6 @@ class ShareLink(TenantOwnedModel):
     secret_hash = models.CharField(max_length=256, blank=True)
     failed_attempts = models.PositiveSmallIntegerField(default=0)
     locked_at = models.DateTimeField(null=True, blank=True)
-    # A link opened more often than this is no longer a link for one recipient; the
-    # limit also keeps the figure inside a 32-bit column.
-    MAX_USES = 100_000
     max_uses = models.PositiveIntegerField(null=True, blank=True)
     use_count = models.PositiveIntegerField(default=0)
     allow_download = models.BooleanField(default=False)

@@ -136,7 +136,7 @@ def membership_add(*, tenant: Tenant, user: User, roles: Iterable[str], actor: A
         return membership
     return membership_update(
         membership=membership,
-        roles=set(membership.role_codes) | wanted if membership.is_active else wanted,
+        roles=(set(membership.role_codes) | wanted) if membership.is_active else wanted,
         is_active=True,
         actor=actor,
     )

@@ -111,22 +111,27 @@ class Query:
     patient: str | None = None
 
 
+def _tag(name: str) -> str | None:
+    """`name` as eight upper-case hex digits if it is a tag (GGGGEEEE or GGGG,EEEE)."""
+    upper = name.upper().replace(",", "")
+    return upper if re.fullmatch(r"[0-9A-F]{8}", upper) else None
+
+
 def _keyword(name: str) -> str:
     name = name.strip()
-    upper = name.upper().replace(",", "")
-    if re.fullmatch(r"[0-9A-F]{8}", upper):
-        if upper in BY_TAG:
-            return BY_TAG[upper]
-        raise QueryError(f"Attribute {name} cannot be used in a search here.")
-    return name
+    if (tag := _tag(name)) is None:
+        return name
+    if tag in BY_TAG:
+        return BY_TAG[tag]
+    raise QueryError(f"Attribute {name} cannot be used in a search here.")
 
 
 def _returned_keyword(name: str) -> str:
     # includefield may name by tag any attribute results carry, matchable or not.
-    upper = name.strip().upper().replace(",", "")
-    if re.fullmatch(r"[0-9A-F]{8}", upper):
-        return BY_TAG.get(upper) or keyword_for_tag(int(upper, 16)) or name
-    return name.strip()
+    name = name.strip()
+    if (tag := _tag(name)) is None:
+        return name
+    return BY_TAG.get(tag) or keyword_for_tag(int(tag, 16)) or name
 
 
 def _int(params: QueryDict, name: str, default: int) -> int:

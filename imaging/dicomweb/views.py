@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Any, TypeVar
 
+import numpy as np
 import pydicom
 from django.conf import settings
 from django.db.models import Q, QuerySet
@@ -267,13 +268,27 @@ def _transcode(data: bytes, target: str) -> bytes:
     return out.getvalue()
 
 
+# Word sizes of the binary VRs whose values pydicom keeps as the file's bytes.
+_WORDS = {"OW": "u2", "OL": "u4", "OF": "u4", "OD": "u8", "OV": "u8"}
+
+
 def _from_big_endian(ds: pydicom.Dataset, out: io.BytesIO) -> None:
-    # pydicom re-encodes the attributes it decodes, but writes pixel data as the bytes
-    # it holds: those are swapped here, from the decoded frames.
+    # pydicom re-encodes the attributes it decodes, but writes OW, OL, OF, OD and OV
+    # values (palette tables, overlays, ...) as the bytes it holds: those are swapped
+    # here word by word, and pixel data from its decoded frames, whatever its layout.
     if "PixelData" in ds:
         pixels = ds.pixel_array
         ds.PixelData = pixels.astype(pixels.dtype.newbyteorder("<"), copy=False).tobytes()
         ds["PixelData"].VR = "OW" if ds.BitsAllocated > 8 else "OB"
+
+    def swapped(dataset: pydicom.Dataset, element: pydicom.DataElement) -> None:
+        word = _WORDS.get(element.VR)
+        if word and element.keyword != "PixelData" and isinstance(element.value, bytes):
+            element.value = (
+                np.frombuffer(element.value, dtype=">" + word).astype("<" + word).tobytes()
+            )
+
+    ds.walk(swapped)
     ds.file_meta.TransferSyntaxUID = EXPLICIT_VR_LE
     ds.preamble = ds.preamble or bytes(128)
     dcmwrite(out, ds, implicit_vr=False, little_endian=True, force_encoding=True)

@@ -6,6 +6,7 @@ import io
 import json
 import re
 
+import numpy as np
 import pydicom
 import pytest
 
@@ -165,7 +166,13 @@ def test_compressed_instance_transcodes_to_explicit_little_endian(clinic, read_t
 
 @pytest.mark.django_db
 def test_big_endian_instance_is_retrieved_as_explicit_little_endian(clinic, read_token):
-    data = sample_bytes("MR_small_bigendian.dcm")
+    source = _ds(sample_bytes("MR_small_bigendian.dcm"))
+    # A word-valued attribute beside the pixels: its words are big endian in the file.
+    table = [1, 258, 65535]
+    source.add_new(0x00281201, "OW", np.array(table, dtype=">u2").tobytes())
+    out = io.BytesIO()
+    source.save_as(out)
+    data = out.getvalue()
     ingest(clinic, data)
     stored, reference = _ds(data), _ds(sample_bytes("MR_small.dcm"))
 
@@ -177,6 +184,8 @@ def test_big_endian_instance_is_retrieved_as_explicit_little_endian(clinic, read
     for element in reference:
         if element.keyword and element.keyword != "PixelData" and element.keyword in instance:
             assert instance[element.keyword].value == element.value, element.keyword
+    lut = instance.RedPaletteColorLookupTableData
+    assert np.frombuffer(lut, dtype="<u2").tolist() == table
 
 
 @pytest.mark.django_db
