@@ -13,7 +13,7 @@ import datetime as dt
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii as _quoted
-from typing import Any
+from typing import Any, NamedTuple
 
 from imaging.dicom_json import person_name_json
 
@@ -115,6 +115,7 @@ class Level:
 
     attributes: tuple[tuple[str, str, Render], ...]
     retrieve_path: tuple[tuple[str, str], ...]  # (URL segment, UID column)
+    study_column: str  # the study's id, for the search's audit event
 
     def __post_init__(self) -> None:
         # Results list their attributes in tag order, RetrieveURL among them.
@@ -122,8 +123,10 @@ class Level:
 
     @property
     def columns(self) -> list[str]:
-        return [column for _, column, _ in self.attributes] + [
-            column for _, column in self.retrieve_path
+        return [
+            *(column for _, column, _ in self.attributes),
+            *(column for _, column in self.retrieve_path),
+            self.study_column,
         ]
 
     @property
@@ -136,10 +139,11 @@ class Level:
 
 
 LEVELS = {
-    "study": Level(_STUDY, (("studies", "study_uid"),)),
+    "study": Level(_STUDY, (("studies", "study_uid"),), "pk"),
     "series": Level(
         _under("study__", _STUDY) + _SERIES,
         (("studies", "study__study_uid"), ("series", "series_uid")),
+        "study_id",
     ),
     "instance": Level(
         _under("study__", _STUDY) + _under("series__", _SERIES) + _INSTANCE,
@@ -148,6 +152,7 @@ LEVELS = {
             ("series", "series__series_uid"),
             ("instances", "sop_instance_uid"),
         ),
+        "study_id",
     ),
 }
 
@@ -164,23 +169,31 @@ def _memo(render: Render) -> Render:
     return memo
 
 
-def search_results(
-    rows: Iterable[Sequence[Any]], *, level: str, base_url: str
-) -> tuple[int, bytes]:
-    """Search result `rows` (the level's `columns`) as a DICOM JSON array: (count, body)."""
+class SearchResults(NamedTuple):
+    body: bytes  # the DICOM JSON array
+    count: int
+    studies: list[str]  # the ids of the studies the results belong to, each once
+
+
+def search_results(rows: Iterable[Sequence[Any]], *, level: str, base_url: str) -> SearchResults:
+    """Search result `rows` (the level's `columns`) as a DICOM JSON array."""
     spec = LEVELS[level]
     # Names repeat within one answer (a patient's studies, a referring physician's), and
     # splitting one into its groups is the dearest render: each is written once per call.
     renders = [_memo(render) if render is _name else render for _, _, render in spec.attributes]
     # One %-template per result: its tags in order, RetrieveURL in its place.
     keys = [f'"{tag}":%s' for tag in spec.tags]
-    url_position, url_columns = spec.tags.index(RETRIEVE_URL), len(renders)
+    url_position = spec.tags.index(RETRIEVE_URL)
+    url_columns = slice(len(renders), len(renders) + len(spec.retrieve_path))
     keys[url_position] = f'"{RETRIEVE_URL}":{{"vr":"UR","Value":[%s]}}'
     row_template = "{" + ",".join(keys) + "}"
     url_template = base_url + spec.url_template
     results = []
+    studies: dict[str, None] = {}  # in result order
     for row in rows:
         values = [render(value) for render, value in zip(renders, row, strict=False)]
-        values.insert(url_position, _quoted(url_template.format(*row[url_columns:])))
+        values.insert(url_position, _quoted(url_template.format(*row[url_columns])))
         results.append(row_template % tuple(values))
-    return len(results), ("[" + ",".join(results) + "]").encode()
+        studies[str(row[-1])] = None
+    body = ("[" + ",".join(results) + "]").encode()
+    return SearchResults(body=body, count=len(results), studies=list(studies))

@@ -106,6 +106,9 @@ class Query:
     filters: Q = field(default_factory=Q)
     limit: int = DEFAULT_LIMIT
     offset: int = 0
+    # The server set the limit (none asked for, or more than MAX_LIMIT): an answer cut
+    # there carries a warning (PS3.18 8.3.4.4).
+    capped: bool = False
     fuzzy: bool = False
     # The lookup path to the patient when a filter matches on patient attributes.
     patient: str | None = None
@@ -230,8 +233,10 @@ def _match(keyword: str, vr: str, path: str, value: str, fuzzy: bool) -> Q:
 
 def parse_query(params: QueryDict, *, level: str) -> Query:
     """Validate QIDO parameters for `level` (study, series or instance)."""
+    asked = _int(params, "limit", DEFAULT_LIMIT)
     query = Query(
-        limit=min(_int(params, "limit", DEFAULT_LIMIT), MAX_LIMIT),
+        limit=min(asked, MAX_LIMIT),
+        capped=not params.get("limit") or asked > MAX_LIMIT,
         offset=_int(params, "offset", 0),
         fuzzy=params.get("fuzzymatching", "false").lower() == "true",
     )

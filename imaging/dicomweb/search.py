@@ -49,7 +49,8 @@ def _matching(queryset: QuerySet, *, tenant: Tenant, query: Query, filters: Q, l
         # Naming the patient's clinic too lets PostgreSQL use the patient indexes
         # (tenant, patient_id) and (tenant, name) instead of scanning every patient row.
         queryset = queryset.filter(**{f"{query.patient}__tenant": tenant})
-    queryset = queryset.filter(filters)[query.offset : query.offset + query.limit]
+    # One row beyond the limit tells the caller whether the answer was cut.
+    queryset = queryset.filter(filters)[query.offset : query.offset + query.limit + 1]
     return queryset.values_list(*LEVELS[level].columns)  # results read columns, not rows
 
 
@@ -70,7 +71,8 @@ def search_rows(
 ) -> list[tuple]:
     """The result rows (`LEVELS[level].columns`) of `query` among the clinic's rows at
     `level`, narrowed to `scope` (the study or series in the request's path) and to the
-    `studies` and `series` a limited caller may see."""
+    `studies` and `series` a limited caller may see: up to `query.limit` rows and one
+    more when there are more."""
     filters = query.filters & scope if scope is not None else query.filters
     if studies is not None or series is not None:
         queryset = level_queryset(level, tenant=tenant, studies=studies, series=series)

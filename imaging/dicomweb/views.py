@@ -108,6 +108,12 @@ def _json(data: Any, status: int = 200) -> JsonResponse:
 
 # --- QIDO-RS --------------------------------------------------------------------------
 
+# PS3.18 8.3.4.4: an answer the server cut at its own limit says so.
+TRUNCATED = (
+    "The number of results exceeded the maximum supported by the server. "
+    "Additional results can be requested."
+)
+
 
 def _search(request: HttpRequest, level: str, scope: Q | None = None) -> HttpResponse:
     try:
@@ -123,11 +129,18 @@ def _search(request: HttpRequest, level: str, scope: Q | None = None) -> HttpRes
         studies=client.studies,
         series=client.series,
     )
-    count, body = search_results(found, level=level, base_url=_base_url(request))
-    _audit(request, Action.DICOMWEB_SEARCH, {"level": level, "results": count})
-    if not count:
+    cut = len(found) > query.limit
+    results = search_results(found[: query.limit], level=level, base_url=_base_url(request))
+    # Which studies the answer showed, as the worklist and the REST study list record:
+    # the results carry names, birth dates and IDs, and an auditor asks whose.
+    detail = {"level": level, "results": results.count, "studies": results.studies}
+    _audit(request, Action.DICOMWEB_SEARCH, detail)
+    if not results.count:
         return HttpResponse(status=204)
-    return HttpResponse(body, content_type=DICOM_JSON)
+    response = HttpResponse(results.body, content_type=DICOM_JSON)
+    if cut and query.capped:
+        response["Warning"] = f'299 {request.get_host()} "{TRUNCATED}"'
+    return response
 
 
 def _studies(request: HttpRequest) -> QuerySet[Study]:
