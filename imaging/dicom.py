@@ -85,14 +85,17 @@ class ParsedInstance:
 
 PIXEL_DATA_TAGS = (0x7FE00008, 0x7FE00009, 0x7FE00010)
 BULK_DATA_THRESHOLD = 1 << 20
+BULK = "bulkdata/"  # where an instance's bulk data is, below its URL
+PIXEL_DATA = "7FE00010"
 
 
 def metadata_dict(ds: Dataset) -> dict[str, Any]:
     """The DICOM JSON of a dataset's header, as WADO-RS metadata returns it.
 
     Pixel data and what follows it (padding, signatures) are left out; the caller adds
-    the pixel data's BulkDataURI. Other values over 1 MB
-    get an empty BulkDataURI rather than being inlined.
+    the pixel data's BulkDataURI. Other binary values over 1 MB are given as a
+    BulkDataURI relative to the instance (`bulkdata/<path>`, see
+    `imaging.dicomweb.bulkdata`), which metadata requests make absolute.
     """
     header = Dataset()
     for tag in sorted(ds.keys()):
@@ -100,7 +103,7 @@ def metadata_dict(ds: Dataset) -> dict[str, Any]:
             break  # like reading with stop_before_pixels: nothing after the pixels either
         header.add(ds[tag])
     return dataset_json(
-        header, bulk_data_threshold=BULK_DATA_THRESHOLD, bulk_data_element_handler=lambda _: ""
+        header, bulk_data_threshold=BULK_DATA_THRESHOLD, bulk_data_uri=lambda path: BULK + path
     )
 
 

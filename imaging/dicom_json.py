@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 _NAME_GROUPS = ("Alphabetic", "Ideographic", "Phonetic")
 _NUMBERS = {"IS": int, "DS": float}
 
-BulkDataHandler = Callable[[DataElement], str]
+BulkDataUri = Callable[[str], str]  # a value's path (`00540016/0/00181072`) to its URI
 
 
 def _each(value: Any) -> Iterable[Any]:
@@ -62,13 +62,15 @@ def _number_element(element: DataElement) -> dict[str, Any]:
 
 
 def dataset_json(
-    ds: Dataset, *, bulk_data_threshold: int, bulk_data_element_handler: BulkDataHandler
+    ds: Dataset, *, bulk_data_threshold: int, bulk_data_uri: BulkDataUri, path: str = ""
 ) -> dict[str, Any]:
     """`ds` as a DICOM JSON object, nested sequences included.
 
-    An element that still has no JSON form is kept as an attribute without a value,
-    and its tag (never its value) is logged: the stored object is unchanged and is
-    what a retrieve returns.
+    A binary value longer than `bulk_data_threshold` is given as the BulkDataURI
+    `bulk_data_uri` makes of its path: tags, and 0-based item indexes through sequences,
+    joined by "/" below `path`. An element that still has no JSON form is kept as an
+    attribute without a value, and its tag (never its value) is logged: the stored
+    object is unchanged and is what a retrieve returns.
     """
     result: dict[str, Any] = {}
     for tag in ds.keys():  # noqa: SIM118 (iterating a Dataset yields its elements)
@@ -78,7 +80,8 @@ def dataset_json(
             result[key] = _element_json(
                 element,
                 bulk_data_threshold=bulk_data_threshold,
-                bulk_data_element_handler=bulk_data_element_handler,
+                bulk_data_uri=bulk_data_uri,
+                path=path + key,
             )
         except Exception:  # pydicom raises many kinds on odd values
             logger.warning("tag %s has no DICOM JSON form; sent without its value", key)
@@ -87,16 +90,17 @@ def dataset_json(
 
 
 def _element_json(
-    element: DataElement, *, bulk_data_threshold: int, bulk_data_element_handler: BulkDataHandler
+    element: DataElement, *, bulk_data_threshold: int, bulk_data_uri: BulkDataUri, path: str
 ) -> dict[str, Any]:
     if element.VR == "SQ":  # an empty sequence too has a Value, as pydicom writes it
         items = [
             dataset_json(
                 item,
                 bulk_data_threshold=bulk_data_threshold,
-                bulk_data_element_handler=bulk_data_element_handler,
+                bulk_data_uri=bulk_data_uri,
+                path=f"{path}/{index}/",
             )
-            for item in element.value
+            for index, item in enumerate(element.value)
         ]
         return {"vr": "SQ", "Value": items}
     if element.is_empty:
@@ -105,7 +109,7 @@ def _element_json(
         return _name_element(element)
     try:
         return element.to_json_dict(
-            bulk_data_element_handler=bulk_data_element_handler,
+            bulk_data_element_handler=lambda _: bulk_data_uri(path),
             bulk_data_threshold=bulk_data_threshold,
         )
     except ValueError:

@@ -14,6 +14,7 @@ from typing import Any
 from uuid import UUID
 
 from imaging.crypto import ObjectContext, decrypt_stream, encrypt_bytes
+from imaging.dicom import BULK, PIXEL_DATA
 
 
 def _context(tenant_id: UUID, storage_key: str) -> ObjectContext:
@@ -33,14 +34,29 @@ def metadata_open(*, sealed: bytes, key: bytes, tenant_id: UUID, storage_key: st
     return b"".join(decrypt_stream(reader.read, key=key, context=_context(tenant_id, storage_key)))
 
 
-def metadata_with_pixel_uri(header_json: bytes, *, retrieve_uri: str) -> bytes:
-    """Append the pixel data's BulkDataURI to a header JSON object, without re-parsing."""
-    pixel = b'"7FE00010":' + json.dumps({"vr": "OB", "BulkDataURI": retrieve_uri}).encode()
+# Bulk data paths are kept relative to the instance (`imaging.dicom.BULK`). The json
+# module escapes every quote inside a string, so this key and quote, unescaped, start
+# a BulkDataURI member and nothing else.
+_RELATIVE_URI = b'"BulkDataURI":"' + BULK.encode()
+# Headers kept before bulk data had paths hold an empty URI: those are parsed afresh.
+STALE_URI = b'"BulkDataURI":""'
+
+
+def metadata_for_instance(header_json: bytes, *, instance_uri: str, pixel_vr: str | None) -> bytes:
+    """A header JSON object with its BulkDataURIs under `instance_uri`, without parsing,
+    and the pixel data's added (as `pixel_vr`) when the instance has pixel data."""
+    if _RELATIVE_URI in header_json:
+        absolute = b'"BulkDataURI":"' + f"{instance_uri}/{BULK}".encode()
+        header_json = header_json.replace(_RELATIVE_URI, absolute)
+    if pixel_vr is None:
+        return header_json
+    uri = f"{instance_uri}/{BULK}{PIXEL_DATA}"
+    pixel = b'"7FE00010":' + json.dumps({"vr": pixel_vr, "BulkDataURI": uri}).encode()
     separator = b"," if header_json.strip() != b"{}" else b""
     return header_json.rstrip()[:-1] + separator + pixel + b"}"
 
 
-def metadata_item(header: dict[str, Any], *, retrieve_uri: str) -> bytes:
+def metadata_item(header: dict[str, Any], *, instance_uri: str, pixel_vr: str | None) -> bytes:
     """The same for a header parsed at read time (rows stored before the cache, pseudonyms)."""
-    header["7FE00010"] = {"vr": "OB", "BulkDataURI": retrieve_uri}
-    return json.dumps(header, separators=(",", ":")).encode()
+    header_json = json.dumps(header, separators=(",", ":")).encode()
+    return metadata_for_instance(header_json, instance_uri=instance_uri, pixel_vr=pixel_vr)

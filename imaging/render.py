@@ -253,6 +253,18 @@ def frame_native_bytes(ds: pydicom.Dataset, number: int) -> bytes:
     return pixels.astype(pixels.dtype.newbyteorder("<"), copy=False).tobytes()
 
 
+def pixel_data_native_bytes(ds: pydicom.Dataset) -> bytes:
+    """Every frame as `frame_native_bytes` gives it, one after another, decoded once."""
+    frames = frame_count(ds)
+    if _native_frame(ds, 1) is not None:
+        return b"".join(frame_native_bytes(ds, n) for n in range(1, frames + 1))
+    try:
+        pixels = ds.pixel_array
+    except Exception as exc:
+        raise RenderError(f"{type(exc).__name__}: {exc}"[:200]) from None
+    return pixels.astype(pixels.dtype.newbyteorder("<"), copy=False).tobytes()
+
+
 def rendered(
     ds: pydicom.Dataset,
     *,

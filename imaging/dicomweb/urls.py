@@ -53,6 +53,11 @@ def dicomweb_patterns(channel: Callable, prefix: str) -> list[URLPattern]:
             views.metadata_instance,
             name="instance_metadata",
         ),
+        path(
+            "studies/<str:study>/series/<str:series>/instances/<str:instance>/bulkdata/<path:path>",
+            views.bulkdata,
+            name="bulkdata",
+        ),
         path("studies/<str:study>/thumbnail", views.thumbnail, name="study_thumbnail"),
         path(
             "studies/<str:study>/series/<str:series>/thumbnail",

@@ -21,6 +21,7 @@ from audit.models import Action
 from imaging.crypto import IntegrityError
 from imaging.dicom import deidentified_bytes, deidentify, metadata_dict
 from imaging.dicomweb.auth import DicomwebClient, dicomweb_error
+from imaging.dicomweb.bulkdata import WORDS, NoSuchAttribute, bulk_data_bytes, bulk_path_valid
 from imaging.dicomweb.dicomjson import search_results
 from imaging.dicomweb.multipart import (
     BodyTooLarge,
@@ -36,7 +37,7 @@ from imaging.dicomweb.query import QueryError, parse_query
 from imaging.dicomweb.search import level_queryset, search_rows
 from imaging.ingest import IngestOutcome, ingest_many
 from imaging.keyring import study_dek
-from imaging.metadata import metadata_item, metadata_with_pixel_uri
+from imaging.metadata import STALE_URI, metadata_for_instance, metadata_item
 from imaging.models import Instance, Series, Study
 from imaging.render import (
     NoSuchFrame,
@@ -281,10 +282,6 @@ def _transcode(data: bytes, target: str) -> bytes:
     return out.getvalue()
 
 
-# Word sizes of the binary VRs whose values pydicom keeps as the file's bytes.
-_WORDS = {"OW": "u2", "OL": "u4", "OF": "u4", "OD": "u8", "OV": "u8"}
-
-
 def _from_big_endian(ds: pydicom.Dataset, out: io.BytesIO) -> None:
     # pydicom re-encodes the attributes it decodes, but writes OW, OL, OF, OD and OV
     # values (palette tables, overlays, ...) as the bytes it holds: those are swapped
@@ -295,7 +292,7 @@ def _from_big_endian(ds: pydicom.Dataset, out: io.BytesIO) -> None:
         ds["PixelData"].VR = "OW" if ds.BitsAllocated > 8 else "OB"
 
     def swapped(dataset: pydicom.Dataset, element: pydicom.DataElement) -> None:
-        word = _WORDS.get(element.VR)
+        word = WORDS.get(element.VR)
         if word and element.keyword != "PixelData" and isinstance(element.value, bytes):
             element.value = (
                 np.frombuffer(element.value, dtype=">" + word).astype("<" + word).tobytes()
@@ -378,6 +375,17 @@ def retrieve_instance(request: HttpRequest, study: str, series: str, instance: s
     return _retrieve(request, _addressed(request, study, series, instance))
 
 
+# Pixel data is OW as these hold it uncompressed (PS3.5 8.2), OB encapsulated; its bulk
+# data is served uncompressed either way.
+_NATIVE_SYNTAXES = {EXPLICIT_VR_LE, EXPLICIT_VR_BE, "1.2.840.10008.1.2", "1.2.840.10008.1.2.1.99"}
+
+
+def _pixel_vr(row: Instance) -> str | None:
+    if row.rows is None:  # not an image: no pixel data
+        return None
+    return "OW" if row.transfer_syntax_uid in _NATIVE_SYNTAXES else "OB"
+
+
 def _metadata(request: HttpRequest, instances: QuerySet[Instance]) -> HttpResponse:
     rows = _read(request, instances, headers=True)
     if not rows:
@@ -389,25 +397,29 @@ def _metadata(request: HttpRequest, instances: QuerySet[Instance]) -> HttpRespon
     items = []
     try:
         for row in rows:
-            retrieve = (
-                f"{base}/studies/{row.study.study_uid}/series/{row.series.series_uid}"
-                f"/instances/{row.sop_instance_uid}"
-            )
+            where = {
+                "instance_uri": (
+                    f"{base}/studies/{row.study.study_uid}/series/{row.series.series_uid}"
+                    f"/instances/{row.sop_instance_uid}"
+                ),
+                "pixel_vr": _pixel_vr(row),
+            }
             header = b""
             if pseudonym is None:
                 if row.study_id not in keys:
                     keys[row.study_id] = study_dek(study=row.study)
                 header = instance_header_json(instance=row, actor=actor, key=keys[row.study_id])
-            if header:
-                items.append(metadata_with_pixel_uri(header, retrieve_uri=retrieve))
+            if header and STALE_URI not in header:
+                items.append(metadata_for_instance(header, **where))
                 continue
-            # De-identified clients, and rows stored before headers were kept: parse.
+            # De-identified clients, and rows stored before headers (or bulk data paths)
+            # were kept: parse.
             ds = pydicom.dcmread(
                 io.BytesIO(instance_bytes(instance=row, actor=actor)), stop_before_pixels=True
             )
             if pseudonym is not None:
                 deidentify(ds, pseudonym=pseudonym)
-            items.append(metadata_item(metadata_dict(ds), retrieve_uri=retrieve))
+            items.append(metadata_item(metadata_dict(ds), **where))
     except IntegrityError:
         return dicomweb_error(500, "A stored object failed its integrity check; it was not served.")
     _audit_read(request, [r.series for r in rows], {"metadata": len(rows)})
@@ -462,17 +474,20 @@ def _processed_while_audited(
     return instance_process_result(instance=row, actor=_actor(request), future=job)
 
 
+_UNSERVED = {NoSuchFrame: "no_such_frame", NoSuchAttribute: "no_such_attribute"}
+
+
 def _unserved(
     request: HttpRequest, row: Instance, error: RenderError, detail: dict[str, Any]
 ) -> HttpResponse:
     # The read was audited as it started; nothing is sent, and the log says so too.
-    missing = isinstance(error, NoSuchFrame)
+    missing = isinstance(error, NoSuchFrame | NoSuchAttribute)
     client = _client(request)
     pixel_read_unserved_audit(
         tenant=client.tenant,
         actor=client.actor,
         instance=row,
-        detail={**detail, "reason": "no_such_frame" if missing else "not_decodable"},
+        detail={**detail, "reason": _UNSERVED.get(type(error), "not_decodable")},
     )
     return dicomweb_error(404 if missing else 406, str(error))
 
@@ -511,12 +526,28 @@ def _frame_numbers(text: str) -> list[int]:
     return numbers
 
 
+_OCTET_STREAM_PARTS = {"application/octet-stream", "application/*", "*/*"}
+
+
+def _accepts_octet_stream(request: HttpRequest) -> bool:
+    """Whether Accept admits multipart/related; type="application/octet-stream"."""
+    for item in (request.headers.get("Accept", "") or "*/*").split(","):
+        media, params = content_type_parameters(item.strip())
+        if params.get("q", "1").strip() in ("0", "0.0", "0.00", "0.000"):
+            continue  # "not this one" (RFC 9110 12.4.2)
+        if media in _OCTET_STREAM_PARTS:
+            return True
+        part = params.get("type", "application/octet-stream").lower()
+        if media in ("multipart/related", "multipart/*") and part in _OCTET_STREAM_PARTS:
+            return True
+    return False
+
+
 @require_http_methods(["GET"])
 def frames(
     request: HttpRequest, study: str, series: str, instance: str, numbers: str
 ) -> HttpResponse:
-    accept = request.headers.get("Accept", "*/*")
-    if not any(m in accept for m in ("application/octet-stream", "*/*", "multipart/related")):
+    if not _accepts_octet_stream(request):
         return dicomweb_error(
             406, 'Frames are offered as multipart/related; type="application/octet-stream".'
         )
@@ -540,6 +571,44 @@ def frames(
     boundary, body = related_stream(
         ("application/octet-stream; transfer-syntax=1.2.840.10008.1.2.1", iter([p]))
         for p in payloads
+    )
+    return HttpResponse(
+        b"".join(body),
+        content_type=f'multipart/related; type="application/octet-stream"; boundary={boundary}',
+    )
+
+
+def _bulk_value(data: bytes, *, path: str, pseudonym: str | None) -> bytes:
+    ds = pydicom.dcmread(io.BytesIO(data))
+    if pseudonym is not None:
+        deidentify(ds, pseudonym=pseudonym)
+    return bulk_data_bytes(ds, path=path)
+
+
+@require_http_methods(["GET"])
+def bulkdata(
+    request: HttpRequest, study: str, series: str, instance: str, path: str
+) -> HttpResponse:
+    """A value metadata gave as a BulkDataURI, uncompressed and little endian."""
+    if not _accepts_octet_stream(request):
+        return dicomweb_error(
+            406, 'Bulk data is offered as multipart/related; type="application/octet-stream".'
+        )
+    if not bulk_path_valid(path):
+        return dicomweb_error(400, "A bulk data path is a tag, then item numbers and tags.")
+    row = _instance_row(request, study, series, instance)
+    if row is None:
+        return dicomweb_error(404, "Not found.")
+    detail = {"bulkdata": path.upper()}
+    process = partial(_bulk_value, path=path, pseudonym=_client(request).pseudonym)
+    try:
+        value = _processed_while_audited(request, row, process, detail)
+    except RenderError as exc:
+        return _unserved(request, row, exc, detail)
+    except IntegrityError:
+        return dicomweb_error(500, "A stored object failed its integrity check; it was not served.")
+    boundary, body = related_stream(
+        [("application/octet-stream; transfer-syntax=1.2.840.10008.1.2.1", iter([value]))]
     )
     return HttpResponse(
         b"".join(body),

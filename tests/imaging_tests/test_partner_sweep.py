@@ -37,6 +37,7 @@ def victim(clinic, django_capture_on_commit_callbacks):
         "instance": ds.SOPInstanceUID,
         "numbers": "1",
         "number": "1",
+        "path": "7FE00010",
         "id": str(study.pk),
     }
 

@@ -1,0 +1,74 @@
+"""Bulk data (PS3.18 8.6.1.2.3): the values metadata gives as a BulkDataURI. pydicom only.
+
+Metadata names a value by its path from the instance's top level: a tag, or tags and
+0-based item indexes through sequences (`00540016/0/00181072`), under the instance's
+`bulkdata/`. The path is kept in the stored header JSON relative to the instance
+(`bulkdata/<path>`) and made absolute when metadata is served, so it survives a
+change of host.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pydicom
+from pydicom.dataelem import DataElement
+
+from imaging.dicom import PIXEL_DATA
+from imaging.render import RenderError, pixel_data_native_bytes
+
+_PATH = re.compile(r"[0-9A-Fa-f]{8}(?:/\d{1,6}/[0-9A-Fa-f]{8}){0,8}")
+_BINARY_VRS = {"OB", "OW", "OD", "OF", "OL", "OV", "UN", "OB or OW", "US or OW"}
+# Word sizes of the binary VRs whose values pydicom keeps as the file's bytes.
+WORDS = {"OW": "u2", "OL": "u4", "OF": "u4", "OD": "u8", "OV": "u8"}
+
+
+class NoSuchAttribute(RenderError):
+    pass
+
+
+def bulk_path_valid(path: str) -> bool:
+    return _PATH.fullmatch(path) is not None
+
+
+def little_endian(element: DataElement, *, big_endian: bool) -> bytes:
+    """A binary value's bytes as explicit VR little endian holds them."""
+    value = element.value
+    word = WORDS.get(element.VR)
+    if not big_endian or word is None:
+        return bytes(value)
+    return np.frombuffer(value, dtype=">" + word).astype("<" + word).tobytes()
+
+
+def _element(ds: pydicom.Dataset, path: str) -> DataElement:
+    steps = path.split("/")
+    current = ds
+    for position in range(0, len(steps), 2):
+        tag = int(steps[position], 16)
+        if tag not in current:
+            raise NoSuchAttribute("The instance has no value at that bulk data path.")
+        element = current[tag]
+        if position + 1 == len(steps):
+            return element
+        index = int(steps[position + 1])
+        if element.VR != "SQ" or index >= len(element.value):
+            raise NoSuchAttribute("The instance has no value at that bulk data path.")
+        current = element.value[index]
+    raise NoSuchAttribute("The instance has no value at that bulk data path.")
+
+
+def bulk_data_bytes(ds: pydicom.Dataset, *, path: str) -> bytes:
+    """The value at `path` as application/octet-stream: little endian, uncompressed.
+
+    Pixel data is every frame decoded to native little-endian pixels, as the frames
+    resource serves them; other binary values are their bytes.
+    """
+    if path.upper() == PIXEL_DATA:
+        if "PixelData" not in ds:
+            raise NoSuchAttribute("The instance has no pixel data.")
+        return pixel_data_native_bytes(ds)
+    element = _element(ds, path)
+    if element.VR not in _BINARY_VRS or element.is_empty:
+        raise NoSuchAttribute("That attribute is not bulk data; it is in the metadata.")
+    return little_endian(element, big_endian=ds.original_encoding[1] is False)

@@ -1,0 +1,212 @@
+"""Bulk data: every BulkDataURI in metadata resolves, for the clinic that holds it only."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+
+from audit.models import Action, AuditEvent
+from imaging.keyring import study_dek
+from imaging.metadata import metadata_open, metadata_seal
+from imaging.models import Instance
+from tests.imaging_tests.dicomweb_support import BASE, dicomweb, http, token_for
+from tests.imaging_tests.helpers import ingest, sample_bytes, synthetic_ct
+
+pytestmark = pytest.mark.django_db
+
+OCTET = {"Accept": 'multipart/related; type="application/octet-stream"'}
+BIG = 1_200_000  # above the 1 MB bulk data threshold
+
+
+def _ds(data: bytes) -> pydicom.Dataset:
+    return pydicom.dcmread(io.BytesIO(data))
+
+
+def _instance_url(ds: pydicom.Dataset) -> str:
+    return (
+        f"{BASE}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+        f"/instances/{ds.SOPInstanceUID}"
+    )
+
+
+def _metadata(token: str, ds: pydicom.Dataset) -> dict:
+    (item,) = http(token).get(f"{_instance_url(ds)}/metadata").json()
+    return item
+
+
+def _with_large_values(data: bytes) -> bytes:
+    """The object with a 1.2 MB private OB value and a 1.2 MB icon in a sequence."""
+    ds = _ds(data)
+    block = ds.private_block(0x0009, "PORTAL TESTS", create=True)
+    block.add_new(0x10, "OB", bytes(range(256)) * (BIG // 256))
+    icon = Dataset()
+    icon.Rows, icon.Columns, icon.BitsAllocated = 1000, 600, 16
+    icon.add_new(0x7FE00010, "OW", np.arange(600_000, dtype="<u2").tobytes())
+    ds.IconImageSequence = [icon]
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+@pytest.fixture
+def large_values(clinic):
+    data = _with_large_values(synthetic_ct(slices=1)[0])
+    ingest(clinic, data)
+    return _ds(data)
+
+
+def test_pixel_data_bulk_data_uri_returns_the_pixels(clinic, read_token):
+    data = synthetic_ct(slices=1)[0]
+    ingest(clinic, data)
+    ds = _ds(data)
+
+    pixel = _metadata(read_token, ds)["7FE00010"]
+    (value,) = dicomweb(read_token).retrieve_bulkdata(pixel["BulkDataURI"])
+
+    assert pixel["vr"] == "OW"
+    assert pixel["BulkDataURI"] == f"{_instance_url(ds)}/bulkdata/7FE00010"
+    assert value == ds.PixelData
+
+
+def test_compressed_pixel_data_comes_back_decoded(clinic, read_token):
+    data = sample_bytes("SC_rgb_jpeg_dcmtk.dcm")
+    ingest(clinic, data)
+    ds = _ds(data)
+
+    pixel = _metadata(read_token, ds)["7FE00010"]
+    (value,) = dicomweb(read_token).retrieve_bulkdata(pixel["BulkDataURI"])
+
+    assert pixel["vr"] == "OB"
+    assert value == ds.pixel_array.tobytes()
+
+
+def test_large_values_top_level_and_nested_have_uris_that_resolve(clinic, read_token, large_values):
+    item = _metadata(read_token, large_values)
+    client = dicomweb(read_token)
+
+    private_uri = item["00091010"]["BulkDataURI"]
+    icon_uri = item["00880200"]["Value"][0]["7FE00010"]["BulkDataURI"]
+    (private,) = client.retrieve_bulkdata(private_uri)
+    (icon,) = client.retrieve_bulkdata(icon_uri)
+
+    assert private_uri == f"{_instance_url(large_values)}/bulkdata/00091010"
+    assert icon_uri == f"{_instance_url(large_values)}/bulkdata/00880200/0/7FE00010"
+    assert private == large_values[0x00091010].value
+    assert icon == large_values.IconImageSequence[0].PixelData
+
+
+def test_headers_kept_before_bulk_data_paths_are_rebuilt_with_them(
+    clinic, read_token, large_values
+):
+    row = Instance.objects.for_tenant(clinic).get(sop_instance_uid=large_values.SOPInstanceUID)
+    key = study_dek(study=row.study)
+    context = {"key": key, "tenant_id": clinic.pk, "storage_key": row.storage_key}
+    header = metadata_open(sealed=bytes(row.metadata), **context)
+    stale = header.replace(b'"BulkDataURI":"bulkdata/00091010"', b'"BulkDataURI":""')
+    assert stale != header
+    row.metadata = metadata_seal(header_json=stale, **context)
+    row.save(update_fields=["metadata"])
+
+    item = _metadata(read_token, large_values)
+
+    assert item["00091010"]["BulkDataURI"].endswith("/bulkdata/00091010")
+
+
+def test_an_object_without_pixel_data_has_no_pixel_uri(clinic, read_token):
+    ds = _ds(synthetic_ct(slices=1)[0])
+    del ds.PixelData
+    for keyword in ["Rows", "Columns", "BitsAllocated", "BitsStored", "HighBit"]:
+        delattr(ds, keyword)
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    ingest(clinic, out.getvalue())
+
+    item = _metadata(read_token, ds)
+    response = http(read_token).get(f"{_instance_url(ds)}/bulkdata/7FE00010", headers=OCTET)
+
+    assert "7FE00010" not in item
+    assert response.status_code == 404
+
+
+def test_a_bulk_data_read_is_audited_with_its_path(clinic, read_token, large_values):
+    http(read_token).get(f"{_instance_url(large_values)}/bulkdata/00091010", headers=OCTET)
+
+    event = AuditEvent.objects.for_tenant(clinic).order_by("-seq").first()
+    assert event.action == Action.DICOMWEB_RETRIEVE
+    assert event.detail["bulkdata"] == "00091010"
+
+
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [
+        ("00091010", 200),
+        ("not-a-tag", 400),
+        ("00091010/0", 400),
+        ("00091011", 404),  # no such attribute
+        ("00100010", 404),  # a name is metadata, not bulk data
+        ("00880200/1/7FE00010", 404),  # no second item
+        ("00100010/0/7FE00010", 404),  # not a sequence
+    ],
+)
+def test_bulk_data_paths(clinic, read_token, large_values, path, status):
+    response = http(read_token).get(f"{_instance_url(large_values)}/bulkdata/{path}", headers=OCTET)
+
+    assert response.status_code == status
+    assert b"Traceback" not in response.content
+
+
+def test_another_clinics_bulk_data_is_not_found(clinic, other_clinic, large_values):
+    outsider = token_for(other_clinic, "dicomweb:read")
+
+    response = http(outsider).get(f"{_instance_url(large_values)}/bulkdata/00091010", headers=OCTET)
+    missing = http(outsider).get(
+        f"{BASE}/studies/1.2.3/series/1.2.3.4/instances/1.2.3.4.5/bulkdata/00091010",
+        headers=OCTET,
+    )
+
+    assert response.status_code == missing.status_code == 404
+    assert response.json() == missing.json()
+
+
+@pytest.mark.parametrize("resource", ["frames/1", "bulkdata/00091010"])
+@pytest.mark.parametrize(
+    "accept",
+    [
+        'multipart/related; type="image/jpeg"',
+        "image/jpeg",
+        'multipart/related; type="application/octet-stream"; q=0',
+        "application/dicom",
+    ],
+)
+def test_frames_and_bulk_data_refuse_media_types_they_do_not_offer(
+    clinic, read_token, large_values, resource, accept
+):
+    response = http(read_token).get(
+        f"{_instance_url(large_values)}/{resource}", headers={"Accept": accept}
+    )
+
+    assert response.status_code == 406
+
+
+@pytest.mark.parametrize(
+    "accept",
+    [
+        'multipart/related; type="application/octet-stream"; transfer-syntax=*',
+        "multipart/related",
+        "*/*",
+        "application/octet-stream",
+        'multipart/related; type="image/jpeg", multipart/related; type=application/octet-stream',
+    ],
+)
+def test_frames_accept_what_they_offer(clinic, read_token, large_values, accept):
+    response = http(read_token).get(
+        f"{_instance_url(large_values)}/frames/1", headers={"Accept": accept}
+    )
+
+    assert response.status_code == 200
