@@ -219,6 +219,7 @@ REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["imaging.api.auth.ApiTokenAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["tenants.access.HasClinicPerm"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PAGINATION_CLASS": "portal.api_pagination.Pagination",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "portal.api_errors.api_exception_handler",
     "UNAUTHENTICATED_USER": None,

@@ -12,7 +12,6 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import generics
 from rest_framework.exceptions import ValidationError
-from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.response import Response
 
 import audit
@@ -21,11 +20,6 @@ from audit.models import Action
 from imaging.api.serializers import SeriesSerializer, StudySerializer
 from imaging.models import Series, Study
 from tenants.roles import Perm
-
-
-class Pagination(LimitOffsetPagination):
-    default_limit = 50
-    max_limit = 500
 
 
 def _actor(request: Any) -> Actor:
@@ -73,7 +67,6 @@ class StudyList(generics.ListAPIView):
     """The clinic's studies, newest first, with filters and pagination."""
 
     serializer_class = StudySerializer
-    pagination_class = Pagination
     required_scope = "studies:read"
     required_perms = (Perm.WORKLIST_VIEW,)
 
@@ -144,7 +137,6 @@ class StudyDetail(generics.RetrieveAPIView):
 
 class SeriesList(generics.ListAPIView):
     serializer_class = SeriesSerializer
-    pagination_class = Pagination
     required_scope = "studies:read"
     required_perms = (Perm.WORKLIST_VIEW,)
 

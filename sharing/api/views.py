@@ -12,7 +12,9 @@ from rest_framework import generics, status
 from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
 
+import audit
 from audit.actors import Actor, client_ip
+from audit.models import Action
 from imaging.models import Study
 from sharing.api.serializers import ShareCreateSerializer, ShareSerializer
 from sharing.models import ShareLink
@@ -40,6 +42,19 @@ class ShareListCreate(generics.ListCreateAPIView):
 
     def get_queryset(self) -> QuerySet[ShareLink]:
         return _token_shares(self.request).select_related("study").order_by("-created_at")
+
+    def get(self, request: Any, *args: Any, **kwargs: Any) -> Response:
+        response = super().get(request, *args, **kwargs)
+        # Recipients' addresses and which studies were shared went out: which links'.
+        shares = [str(row["id"]) for row in response.data.get("results", [])]
+        audit.record(
+            actor=_actor(request),
+            action=Action.API_READ,
+            target=None,
+            tenant=request.tenant,
+            detail={"resource": "shares", "shares": shares},
+        )
+        return response
 
     @extend_schema(request=ShareCreateSerializer, responses={201: ShareSerializer})
     def post(self, request: Any, *args: Any, **kwargs: Any) -> Response:

@@ -6,16 +6,19 @@ is added.
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import re
 
 import pydicom
 import pytest
 from django.test import Client
+from django.utils import timezone
 
 from imaging.api.urls import urlpatterns as api_patterns
 from imaging.dicomweb.urls import urlpatterns as dicomweb_patterns
 from imaging.models import Study
+from sharing.api.urls import urlpatterns as share_patterns
 from tests.imaging_tests.dicomweb_support import token_for
 from tests.imaging_tests.helpers import ingest, synthetic_ct
 
@@ -69,14 +72,33 @@ def victim_clinic(victim):
     return Study.objects.unscoped(reason="test helper").get(pk=victim["id"]).tenant
 
 
+def _rest_sweep(patterns, values: dict[str, str], outsider: Client, owner: Client) -> int:
+    """Each route as the outsider, then as the owner: (outsider, owner) status per URL."""
+    swept = 0
+    for pattern in patterns:
+        url = "/api/v1/" + _fill(str(pattern.pattern), values)
+        methods = [m for m in ("get", "delete") if hasattr(pattern.callback.view_class, m)]
+        for method in methods:
+            response = getattr(outsider, method)(url)
+            if "<" not in str(pattern.pattern) and method == "get":
+                assert response.json()["count"] == 0, url  # lists: nothing of theirs
+            else:
+                assert response.status_code == 404, (method, url)
+            assert getattr(owner, method)(url).status_code in (200, 204), (method, url)
+            swept += 1
+    return swept
+
+
 @pytest.mark.django_db
 def test_every_rest_route_is_404_or_empty_for_another_clinic(victim, other_clinic):
-    client = Client(headers={"Authorization": f"Bearer {token_for(other_clinic, 'studies:read')}"})
+    scopes = "studies:read", "shares:write"
+    outsider = Client(headers={"Authorization": f"Bearer {token_for(other_clinic, *scopes)}"})
+    owner = Client(headers={"Authorization": f"Bearer {token_for(victim_clinic(victim), *scopes)}"})
+    expires_at = (timezone.now() + dt.timedelta(days=1)).isoformat()
+    study = {"study_instance_uid": victim["study"], "expires_at": expires_at}
+    share_id = owner.post("/api/v1/shares", study, "application/json").json()["id"]
 
-    for pattern in api_patterns:
-        url = "/api/v1/" + _fill(str(pattern.pattern), victim)
-        response = client.get(url)
-        if "<" not in str(pattern.pattern):
-            assert response.json()["count"] == 0, url
-        else:
-            assert response.status_code == 404, url
+    swept = _rest_sweep(api_patterns, victim, outsider, owner)
+    swept += _rest_sweep(share_patterns, {**victim, "id": share_id}, outsider, owner)
+
+    assert swept == len(api_patterns) + len(share_patterns) >= 5

@@ -55,7 +55,8 @@ def test_create_list_and_revoke(study):
     data = created.json()
     assert data["url"].startswith("http://testserver/s/") and data["challenge"] == "pin"
     assert data["max_uses"] == 2 and data["allow_download"] is True and data["status"] == "active"
-    assert [row["id"] for row in listed.json()] == [share_id] and listed.json()[0]["url"] is None
+    rows = listed.json()["results"]
+    assert [row["id"] for row in rows] == [share_id] and rows[0]["url"] is None
     assert deleted.status_code == 204
     recipient = Client()
     assert recipient.get("/s/" + data["url"].rsplit("/", 1)[1]).status_code == 404
@@ -125,8 +126,26 @@ def test_another_clinics_study_and_share_are_404(study, other_clinic):
     listing = outsider.get("/api/v1/shares")
 
     assert create.status_code == 404 and delete.status_code == 404
-    assert listing.json() == []
+    assert listing.json()["count"] == 0
     assert ShareLink.objects.for_tenant(study.tenant).get().revoked_at is None
+
+
+def test_the_list_is_paged_newest_first_and_its_read_is_audited(study):
+    client = api(token_for(study.tenant, "shares:write"))
+    created = [
+        client.post("/api/v1/shares", body(study), "application/json").json()["id"]
+        for _ in range(3)
+    ]
+
+    first = client.get("/api/v1/shares?limit=2").json()
+    rest = client.get(first["next"]).json()
+
+    assert first["count"] == 3
+    assert [row["id"] for row in first["results"] + rest["results"]] == created[::-1]
+    assert rest["next"] is None
+    event = AuditEvent.objects.for_tenant(study.tenant).order_by("-seq").first()
+    assert event.action == Action.API_READ
+    assert event.detail == {"resource": "shares", "shares": [created[0]]}
 
 
 def test_a_signed_in_member_cannot_use_the_partner_endpoint(client_for, radiologist, study):
