@@ -73,7 +73,7 @@ def my_study(request: HttpRequest, study_id: uuid.UUID) -> HttpResponse:
     now = timezone.now()
     shares = [
         {"share": s, "state": s.state_at(now)}
-        for s in share_list(tenant=request.tenant, created_by=request.user).filter(study=study)  # type: ignore[arg-type]
+        for s in share_list(membership=request.membership).filter(study=study)  # type: ignore[attr-defined]
     ]
     history = study_access_history(membership=request.membership, study=study)  # type: ignore[attr-defined]
     audit.record(

@@ -21,22 +21,21 @@ from tenants.selectors import user_memberships
 PATIENT_HISTORY_SIZE = 100
 
 
-def share_list(*, tenant: Tenant, created_by: User) -> QuerySet[ShareLink]:
-    return (
-        ShareLink.objects.for_tenant(tenant)
-        .filter(created_by=created_by)
-        .select_related("study", "study__patient")
-        .order_by("-created_at")
-    )
+def share_list(*, membership: Membership) -> QuerySet[ShareLink]:
+    """The links this member made that they may still see, newest first.
+
+    A member who may share sees every link they made; a patient only those to studies
+    still theirs: a record unlinked (a mistaken match, say) takes its links' pages along.
+    """
+    shares = ShareLink.objects.for_tenant(membership.tenant).filter(created_by=membership.user)
+    if not membership.has_perm(Perm.STUDY_SHARE):
+        shares = shares.filter(study__in=own_studies(membership=membership).values("pk"))
+    return shares.select_related("study", "study__patient").order_by("-created_at")
 
 
-def share_get(*, tenant: Tenant, share_id: uuid.UUID) -> ShareLink | None:
-    return (
-        ShareLink.objects.for_tenant(tenant)
-        .select_related("study", "study__patient")
-        .filter(pk=share_id)
-        .first()
-    )
+def share_get(*, membership: Membership, share_id: uuid.UUID) -> ShareLink | None:
+    """One of `share_list`'s links."""
+    return share_list(membership=membership).filter(pk=share_id).first()
 
 
 def linked_patient_ids(*, tenant: Tenant, user: User) -> QuerySet:

@@ -132,7 +132,7 @@ def _actor(request: HttpRequest) -> Actor:
 
 @require_perm(Perm.STUDY_SHARE, Perm.OWN_STUDIES)
 def share_index(request: HttpRequest) -> HttpResponse:
-    links = list(share_list(tenant=request.tenant, created_by=request.user))
+    links = list(share_list(membership=request.membership))  # type: ignore[attr-defined]
     now = timezone.now()
     return render(
         request,
@@ -143,8 +143,8 @@ def share_index(request: HttpRequest) -> HttpResponse:
 
 def _own_share(request: HttpRequest, share_id: uuid.UUID) -> ShareLink:
     check_clinic_perm(request, Perm.STUDY_SHARE, Perm.OWN_STUDIES)
-    share = share_get(tenant=request.tenant, share_id=share_id)
-    if share is None or share.created_by_id != request.user.pk:
+    share = share_get(membership=request.membership, share_id=share_id)  # type: ignore[attr-defined]
+    if share is None:
         raise Http404("No such share link")
     return share
 

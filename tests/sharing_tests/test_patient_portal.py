@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import re
+import uuid
 import zipfile
 
 import pytest
@@ -504,6 +505,41 @@ def test_front_desk_ends_portal_access(own_study, front_desk, client_for, patien
     )
     share.refresh_from_db()
     assert share.revoked_at is not None  # the patient's own links end with the access
+
+
+def test_links_to_an_unlinked_record_leave_the_patients_pages(
+    own_study, neighbour_study, front_desk, client_for, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=True):
+        patient_invite(
+            tenant=own_study.tenant,
+            patients=[own_study.patient, neighbour_study.patient],
+            email="jane@example.org",
+            invited_by=front_desk,
+            actor=TEST_ACTOR,
+            now=timezone.now(),
+        )
+    patient = accept_as_new_patient(INVITE_LINK.search(mail.outbox[-1].body)[1])
+    form = {"expires_days": 7, "challenge": "pin", "pin": "2468", "message": ""}
+    for study in (own_study, neighbour_study):
+        patient.post(f"/t/north/my/studies/{study.pk}/share/", form)
+    shares = ShareLink.objects.for_tenant(own_study.tenant)
+    mistaken = shares.get(study=own_study)
+    kept = shares.get(study=neighbour_study)
+    link = PatientLink.objects.for_tenant(own_study.tenant).get(patient=own_study.patient)
+
+    client_for(front_desk).post(
+        f"/t/north/patients/{own_study.patient.pk}/portal/accounts/{link.pk}/end/"
+    )
+
+    listing = patient.get("/t/north/shares/").content.decode()
+    assert f"/t/north/shares/{kept.pk}/" in listing  # still a patient of the clinic
+    assert f"/t/north/shares/{mistaken.pk}/" not in listing
+    missing = patient.get(f"/t/north/shares/{uuid.uuid4()}/")
+    gone = patient.get(f"/t/north/shares/{mistaken.pk}/")
+    assert gone.status_code == missing.status_code == 404
+    assert patient.post(f"/t/north/shares/{mistaken.pk}/revoke/").status_code == 404
+    assert patient.get(f"/t/north/shares/{kept.pk}/").status_code == 200
 
 
 def test_clinic_policy_can_require_a_second_factor_for_patients(
