@@ -37,16 +37,34 @@ def metadata_open(*, sealed: bytes, key: bytes, tenant_id: UUID, storage_key: st
 # Bulk data paths are kept relative to the instance (`imaging.dicom.BULK`). The json
 # module escapes every quote inside a string, so this key and quote, unescaped, start
 # a BulkDataURI member and nothing else.
-_RELATIVE_URI = b'"BulkDataURI":"' + BULK.encode()
-# Headers kept before bulk data had paths hold an empty URI: those are parsed afresh.
-STALE_URI = b'"BulkDataURI":""'
+_URI = b'"BulkDataURI":"'
+_RELATIVE_URI = _URI + BULK.encode()
+# Headers kept before bulk data had paths hold an empty URI instead.
+_STALE_URI = _URI + b'"'
 
 
-def metadata_for_instance(header_json: bytes, *, instance_uri: str, pixel_vr: str | None) -> bytes:
+def metadata_for_instance(
+    header_json: bytes, *, instance_uri: str, pixel_vr: str | None
+) -> bytes | None:
     """A header JSON object with its BulkDataURIs under `instance_uri`, without parsing,
-    and the pixel data's added (as `pixel_vr`) when the instance has pixel data."""
-    if _RELATIVE_URI in header_json:
-        absolute = b'"BulkDataURI":"' + f"{instance_uri}/{BULK}".encode()
+    and the pixel data's added (as `pixel_vr`) when the instance has pixel data; None
+    for a header kept before bulk data had paths, which must be rebuilt."""
+    uris = _URI in header_json  # the one scan in the common case: no large values
+    if uris and _STALE_URI in header_json:
+        return None
+    return _with_uris(header_json, uris=uris, instance_uri=instance_uri, pixel_vr=pixel_vr)
+
+
+def metadata_item(header: dict[str, Any], *, instance_uri: str, pixel_vr: str | None) -> bytes:
+    """The same for a header parsed at read time (rows stored before the cache, pseudonyms)."""
+    header_json = json.dumps(header, separators=(",", ":")).encode()
+    uris = _URI in header_json
+    return _with_uris(header_json, uris=uris, instance_uri=instance_uri, pixel_vr=pixel_vr)
+
+
+def _with_uris(header_json: bytes, *, uris: bool, instance_uri: str, pixel_vr: str | None) -> bytes:
+    if uris:
+        absolute = _URI + f"{instance_uri}/{BULK}".encode()
         header_json = header_json.replace(_RELATIVE_URI, absolute)
     if pixel_vr is None:
         return header_json
@@ -54,9 +72,3 @@ def metadata_for_instance(header_json: bytes, *, instance_uri: str, pixel_vr: st
     pixel = b'"7FE00010":' + json.dumps({"vr": pixel_vr, "BulkDataURI": uri}).encode()
     separator = b"," if header_json.strip() != b"{}" else b""
     return header_json.rstrip()[:-1] + separator + pixel + b"}"
-
-
-def metadata_item(header: dict[str, Any], *, instance_uri: str, pixel_vr: str | None) -> bytes:
-    """The same for a header parsed at read time (rows stored before the cache, pseudonyms)."""
-    header_json = json.dumps(header, separators=(",", ":")).encode()
-    return metadata_for_instance(header_json, instance_uri=instance_uri, pixel_vr=pixel_vr)

@@ -37,7 +37,7 @@ from imaging.dicomweb.query import QueryError, parse_query
 from imaging.dicomweb.search import level_queryset, search_rows
 from imaging.ingest import IngestOutcome, ingest_many
 from imaging.keyring import study_dek
-from imaging.metadata import STALE_URI, metadata_for_instance, metadata_item
+from imaging.metadata import metadata_for_instance, metadata_item
 from imaging.models import Instance, Series, Study
 from imaging.render import (
     NoSuchFrame,
@@ -397,29 +397,28 @@ def _metadata(request: HttpRequest, instances: QuerySet[Instance]) -> HttpRespon
     items = []
     try:
         for row in rows:
-            where = {
-                "instance_uri": (
-                    f"{base}/studies/{row.study.study_uid}/series/{row.series.series_uid}"
-                    f"/instances/{row.sop_instance_uid}"
-                ),
-                "pixel_vr": _pixel_vr(row),
-            }
-            header = b""
+            uri = (
+                f"{base}/studies/{row.study.study_uid}/series/{row.series.series_uid}"
+                f"/instances/{row.sop_instance_uid}"
+            )
+            pixel_vr = _pixel_vr(row)
+            item = None
             if pseudonym is None:
                 if row.study_id not in keys:
                     keys[row.study_id] = study_dek(study=row.study)
                 header = instance_header_json(instance=row, actor=actor, key=keys[row.study_id])
-            if header and STALE_URI not in header:
-                items.append(metadata_for_instance(header, **where))
-                continue
-            # De-identified clients, and rows stored before headers (or bulk data paths)
-            # were kept: parse.
-            ds = pydicom.dcmread(
-                io.BytesIO(instance_bytes(instance=row, actor=actor)), stop_before_pixels=True
-            )
-            if pseudonym is not None:
-                deidentify(ds, pseudonym=pseudonym)
-            items.append(metadata_item(metadata_dict(ds), **where))
+                if header:
+                    item = metadata_for_instance(header, instance_uri=uri, pixel_vr=pixel_vr)
+            if item is None:
+                # De-identified clients, and rows stored before headers (or bulk data
+                # paths) were kept: parse.
+                ds = pydicom.dcmread(
+                    io.BytesIO(instance_bytes(instance=row, actor=actor)), stop_before_pixels=True
+                )
+                if pseudonym is not None:
+                    deidentify(ds, pseudonym=pseudonym)
+                item = metadata_item(metadata_dict(ds), instance_uri=uri, pixel_vr=pixel_vr)
+            items.append(item)
     except IntegrityError:
         return dicomweb_error(500, "A stored object failed its integrity check; it was not served.")
     _audit_read(request, [r.series for r in rows], {"metadata": len(rows)})
