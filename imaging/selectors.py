@@ -26,7 +26,7 @@ from imaging.models import Instance, Patient, Series, Study
 from portal import rows
 from tenants.breakglass import break_glass_active
 from tenants.grants import object_granted, objects_granted
-from tenants.models import BreakGlassGrant, Membership, Tenant
+from tenants.models import ApiToken, BreakGlassGrant, Membership, Tenant
 from tenants.roles import Perm
 
 STUDY_VIEW_PERM = "imaging.view_study"
@@ -208,6 +208,16 @@ def studies_with_images(*, membership: Membership, now: dt.datetime) -> QuerySet
         downloadable = _granted_ids(membership=membership, perm=STUDY_DOWNLOAD_PERM)
         return studies.filter(Q(pk__in=granted) | Q(pk__in=downloadable) | Q(pk__in=opened))
     return studies.none()
+
+
+def token_studies(*, token: ApiToken) -> QuerySet[Study]:
+    """The studies a partner's token may read: its clinic's, confidential ones only with
+    `confidential:read` (staff see those masked until they break the glass; a system
+    cannot, so it is granted them deliberately or not at all)."""
+    studies = Study.objects.for_tenant(token.tenant)
+    if not token.has_scope(ApiToken.Scope.CONFIDENTIAL_READ):
+        studies = studies.filter(confidential=False)
+    return studies
 
 
 def study_get(*, tenant: Tenant, study_id: uuid.UUID) -> Study | None:

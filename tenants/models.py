@@ -300,6 +300,9 @@ class ApiToken(TenantOwnedModel):
         DICOMWEB_WRITE = "dicomweb:write", "DICOMweb store"
         STUDIES_READ = "studies:read", "REST API: read studies"
         SHARES_WRITE = "shares:write", "REST API: create and revoke share links"
+        # Staff see a confidential study masked until they break the glass; a system
+        # cannot, so it sees none unless the clinic grants this deliberately.
+        CONFIDENTIAL_READ = "confidential:read", "Also confidential studies (REST and DICOMweb)"
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     name = models.CharField(max_length=100)

@@ -19,6 +19,7 @@ from audit.actors import Actor, client_ip
 from audit.models import Action
 from imaging.api.serializers import SeriesSerializer, StudySerializer
 from imaging.models import Series, Study
+from imaging.selectors import token_studies
 from tenants.roles import Perm
 
 
@@ -73,7 +74,7 @@ class StudyList(generics.ListAPIView):
     def get_queryset(self) -> QuerySet[Study]:
         params = self.request.query_params
         studies = (
-            Study.objects.for_tenant(self.request.tenant)
+            token_studies(token=self.request.api_token)
             .filter(patient__tenant=self.request.tenant)  # uses the clinic's patient indexes
             .select_related("patient")
             .order_by("-study_date", "-created_at")
@@ -120,7 +121,7 @@ class StudyDetail(generics.RetrieveAPIView):
     lookup_field = "id"
 
     def get_queryset(self) -> QuerySet[Study]:
-        return Study.objects.for_tenant(self.request.tenant).select_related("patient")
+        return token_studies(token=self.request.api_token).select_related("patient")
 
     def retrieve(self, request: Any, *args: Any, **kwargs: Any) -> Any:
         study = self.get_object()
@@ -142,7 +143,7 @@ class SeriesList(generics.ListAPIView):
 
     def get_queryset(self) -> QuerySet[Series]:
         self.study = get_object_or_404(
-            Study.objects.for_tenant(self.request.tenant), id=self.kwargs["id"]
+            token_studies(token=self.request.api_token), id=self.kwargs["id"]
         )
         return (
             Series.objects.for_tenant(self.request.tenant)

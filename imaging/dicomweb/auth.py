@@ -29,7 +29,7 @@ from audit.actors import Actor, client_ip
 from imaging.models import Series, Study, ViewerSession
 from imaging.selectors import studies_with_images
 from sharing.selectors import own_studies
-from tenants.models import Tenant
+from tenants.models import ApiToken, Tenant
 from tenants.roles import Perm
 from tenants.tokens import api_token_authenticate
 
@@ -48,6 +48,9 @@ class DicomwebClient:
     may_store: bool = False
     # Set for de-identified share links: metadata and objects carry this pseudonym.
     pseudonym: str | None = None
+    # False for a partner's token without confidential:read: confidential studies are
+    # then absent (searches) or missing (404), as another clinic's are.
+    confidential: bool = True
 
 
 def dicomweb_error(status: int, message: str, **headers: str) -> JsonResponse:
@@ -106,6 +109,7 @@ def bearer_token(
             tenant=token.tenant,
             actor=Actor.for_token(token, ip=client_ip(request)),
             may_store=True,
+            confidential=token.has_scope(ApiToken.Scope.CONFIDENTIAL_READ),
         )
         return view(request, *args, **kwargs)
 

@@ -24,6 +24,11 @@ _ORDER = {
     "instance": ("series__series_uid", "instance_number", "sop_instance_uid"),
 }
 _MODELS = {"study": Study, "series": Series, "instance": Instance}
+_CONFIDENTIAL = {
+    "study": "confidential",
+    "series": "study__confidential",
+    "instance": "study__confidential",
+}
 
 
 def level_queryset(
@@ -32,9 +37,13 @@ def level_queryset(
     tenant: Tenant,
     studies: QuerySet[Study] | None = None,
     series: QuerySet[Series] | None = None,
+    confidential: bool = True,
 ) -> QuerySet:
-    """The clinic's rows at `level` a caller limited to `studies` and `series` may see."""
+    """The clinic's rows at `level` a caller limited to `studies` and `series` (and to
+    studies not confidential, unless `confidential`) may see."""
     queryset = _MODELS[level].objects.for_tenant(tenant)
+    if not confidential:
+        queryset = queryset.filter(**{_CONFIDENTIAL[level]: False})
     if studies is not None:
         field = "pk" if level == "study" else "study"
         queryset = queryset.filter(**{f"{field}__in": studies.values("pk")})
@@ -68,25 +77,28 @@ def search_rows(
     scope: Q | None = None,
     studies: QuerySet[Study] | None = None,
     series: QuerySet[Series] | None = None,
+    confidential: bool = True,
 ) -> list[tuple]:
     """The result rows (`LEVELS[level].columns`) of `query` among the clinic's rows at
     `level`, narrowed to `scope` (the study or series in the request's path) and to the
-    `studies` and `series` a limited caller may see: up to `query.limit` rows and one
-    more when there are more."""
+    `studies` and `series` a limited caller may see (and to studies not confidential,
+    unless `confidential`): up to `query.limit` rows and one more when there are more."""
     filters = query.filters & scope if scope is not None else query.filters
     if studies is not None or series is not None:
-        queryset = level_queryset(level, tenant=tenant, studies=studies, series=series)
+        queryset = level_queryset(
+            level, tenant=tenant, studies=studies, series=series, confidential=confidential
+        )
         return list(_matching(queryset, tenant=tenant, query=query, filters=filters, level=level))
 
     def build(values: Sequence[Any]) -> QuerySet:
         clinic = Tenant(pk=values[0])
-        queryset = level_queryset(level, tenant=clinic)
+        queryset = level_queryset(level, tenant=clinic, confidential=confidential)
         return _matching(
             queryset, tenant=clinic, query=query, filters=q_with(filters, values[1:]), level=level
         )
 
     return _CLINIC_WIDE.rows(
-        shape=(level, q_shape(filters), query.patient, query.offset, query.limit),
+        shape=(level, q_shape(filters), query.patient, query.offset, query.limit, confidential),
         values=[tenant.pk, *q_values(filters)],
         build=build,
     )

@@ -129,6 +129,7 @@ def _search(request: HttpRequest, level: str, scope: Q | None = None) -> HttpRes
         scope=scope,
         studies=client.studies,
         series=client.series,
+        confidential=client.confidential,
     )
     cut = len(found) > query.limit
     results = search_results(found[: query.limit], level=level, base_url=_base_url(request))
@@ -146,13 +147,19 @@ def _search(request: HttpRequest, level: str, scope: Q | None = None) -> HttpRes
 
 def _studies(request: HttpRequest) -> QuerySet[Study]:
     client = _client(request)
-    return level_queryset("study", tenant=client.tenant, studies=client.studies)
+    return level_queryset(
+        "study", tenant=client.tenant, studies=client.studies, confidential=client.confidential
+    )
 
 
 def _series(request: HttpRequest) -> QuerySet[Series]:
     client = _client(request)
     series = level_queryset(
-        "series", tenant=client.tenant, studies=client.studies, series=client.series
+        "series",
+        tenant=client.tenant,
+        studies=client.studies,
+        series=client.series,
+        confidential=client.confidential,
     )
     return series.select_related("tenant", "study", "study__patient")
 
@@ -162,7 +169,11 @@ def _instances(request: HttpRequest) -> QuerySet[Instance]:
     # No clinic filter on the joined study or patient: the instance's own (tenant, UID)
     # indexes lead, and naming the patient's clinic made PostgreSQL scan every patient.
     return level_queryset(
-        "instance", tenant=client.tenant, studies=client.studies, series=client.series
+        "instance",
+        tenant=client.tenant,
+        studies=client.studies,
+        series=client.series,
+        confidential=client.confidential,
     )
 
 
@@ -446,9 +457,12 @@ def metadata_instance(request: HttpRequest, study: str, series: str, instance: s
 def _instance_row(request: HttpRequest, study: str, series: str, instance: str) -> Instance | None:
     client = _client(request)
     if client.studies is None and client.series is None:  # the whole clinic: the quick path
-        return instance_by_uids(
+        row = instance_by_uids(
             tenant=client.tenant, study_uid=study, series_uid=series, sop_instance_uid=instance
         )
+        if row is not None and row.study.confidential and not client.confidential:
+            return None
+        return row
     # One row: joined in the one query (sharing saves nothing here, and costs two more).
     row = _addressed(request, study, series, instance)
     return row.select_related("tenant", "study", "series").defer("metadata").first()

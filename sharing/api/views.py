@@ -15,7 +15,7 @@ from rest_framework.response import Response
 import audit
 from audit.actors import Actor, client_ip
 from audit.models import Action
-from imaging.models import Study
+from imaging.selectors import token_studies
 from sharing.api.serializers import ShareCreateSerializer, ShareSerializer
 from sharing.models import ShareLink
 from sharing.services import ShareInvalid, share_create, share_revoke
@@ -62,7 +62,7 @@ class ShareListCreate(generics.ListCreateAPIView):
         data.is_valid(raise_exception=True)
         values = data.validated_data
         study = get_object_or_404(
-            Study.objects.for_tenant(request.tenant).select_related("patient", "tenant"),
+            token_studies(token=request.api_token).select_related("patient", "tenant"),
             study_uid=values["study_instance_uid"],
         )
         try:

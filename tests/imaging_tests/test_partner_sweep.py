@@ -18,9 +18,14 @@ from django.utils import timezone
 from imaging.api.urls import urlpatterns as api_patterns
 from imaging.dicomweb.urls import urlpatterns as dicomweb_patterns
 from imaging.models import Study
+from imaging.services import study_set_confidential
 from sharing.api.urls import urlpatterns as share_patterns
+from tenants.models import ApiToken
+from tests.helpers import TEST_ACTOR
 from tests.imaging_tests.dicomweb_support import token_for
 from tests.imaging_tests.helpers import ingest, synthetic_ct
+
+SCOPE = ApiToken.Scope.CONFIDENTIAL_READ
 
 
 def _fill(route: str, values: dict[str, str]) -> str:
@@ -45,27 +50,51 @@ def victim(clinic, django_capture_on_commit_callbacks):
     }
 
 
-@pytest.mark.django_db
-def test_every_dicomweb_route_is_404_or_empty_for_another_clinic(victim, other_clinic):
-    client = Client(headers={"Authorization": f"Bearer {token_for(other_clinic, 'dicomweb:read')}"})
-    own = Client(
-        headers={"Authorization": f"Bearer {token_for(victim_clinic(victim), 'dicomweb:read')}"}
-    )
+def _bearer(tenant, *scopes: str) -> Client:
+    return Client(headers={"Authorization": f"Bearer {token_for(tenant, *scopes)}"})
 
+
+def _dicomweb_sweep(values: dict[str, str], hidden: Client, visible: Client) -> int:
+    """Each route for a caller it must stay hidden from, then for one who may see it."""
     results = {}
     for pattern in dicomweb_patterns:
-        url = "/dicomweb/" + _fill(str(pattern.pattern), victim)
-        results[url] = (client.get(url).status_code, own.get(url).status_code)
+        url = "/dicomweb/" + _fill(str(pattern.pattern), values)
+        results[url] = (hidden.get(url).status_code, visible.get(url).status_code)
 
     for url, (outsider, owner) in results.items():
-        if "<" in url:
-            continue
         if re.fullmatch(r"/dicomweb/(studies|series|instances)", url):
             assert outsider == 204, url  # searches: no results, not an error
         else:
             assert outsider == 404, url
-        assert owner == 200, url  # the same URL works for the clinic itself
-    assert len(results) == len(dicomweb_patterns) >= 17
+        assert owner == 200, url  # the same URL works for a caller who may see it
+    return len(results)
+
+
+@pytest.mark.django_db
+def test_every_dicomweb_route_is_404_or_empty_for_another_clinic(victim, other_clinic):
+    outsider = _bearer(other_clinic, "dicomweb:read")
+    own = _bearer(victim_clinic(victim), "dicomweb:read")
+
+    swept = _dicomweb_sweep(victim, outsider, own)
+
+    assert swept == len(dicomweb_patterns) >= 17
+
+
+def _confidential(victim, radiologist) -> None:
+    study = Study.objects.for_tenant(victim_clinic(victim)).get(pk=victim["id"])
+    study_set_confidential(study=study, confidential=True, by=radiologist, actor=TEST_ACTOR)
+
+
+@pytest.mark.django_db
+def test_a_confidential_study_is_missing_for_a_token_without_confidential_read(victim, radiologist):
+    clinic = victim_clinic(victim)
+    _confidential(victim, radiologist)
+
+    swept = _dicomweb_sweep(
+        victim, _bearer(clinic, "dicomweb:read"), _bearer(clinic, "dicomweb:read", SCOPE)
+    )
+
+    assert swept == len(dicomweb_patterns)
 
 
 def victim_clinic(victim):
@@ -102,3 +131,23 @@ def test_every_rest_route_is_404_or_empty_for_another_clinic(victim, other_clini
     swept += _rest_sweep(share_patterns, {**victim, "id": share_id}, outsider, owner)
 
     assert swept == len(api_patterns) + len(share_patterns) >= 5
+
+
+@pytest.mark.django_db
+def test_a_confidential_study_is_missing_from_the_rest_api_without_confidential_read(
+    victim, radiologist
+):
+    clinic = victim_clinic(victim)
+    scopes = "studies:read", "shares:write"
+    hidden, visible = _bearer(clinic, *scopes), _bearer(clinic, *scopes, SCOPE)
+    expires_at = (timezone.now() + dt.timedelta(days=1)).isoformat()
+    share = {"study_instance_uid": victim["study"], "expires_at": expires_at}
+    _confidential(victim, radiologist)
+
+    refused = hidden.post("/api/v1/shares", share, "application/json")
+    share_id = visible.post("/api/v1/shares", share, "application/json").json()["id"]
+    swept = _rest_sweep(api_patterns, victim, hidden, visible)
+    swept += _rest_sweep(share_patterns, {**victim, "id": share_id}, hidden, visible)
+
+    assert refused.status_code == 404
+    assert swept == len(api_patterns) + len(share_patterns)
