@@ -556,6 +556,17 @@ def _accepts_octet_stream(request: HttpRequest) -> bool:
     return False
 
 
+def _octet_stream_parts(payloads: list[bytes]) -> HttpResponse:
+    boundary, body = related_stream(
+        ("application/octet-stream; transfer-syntax=1.2.840.10008.1.2.1", iter([p]))
+        for p in payloads
+    )
+    return HttpResponse(
+        b"".join(body),
+        content_type=f'multipart/related; type="application/octet-stream"; boundary={boundary}',
+    )
+
+
 @require_http_methods(["GET"])
 def frames(
     request: HttpRequest, study: str, series: str, instance: str, numbers: str
@@ -581,14 +592,7 @@ def frames(
         return _unserved(request, row, exc, {"frames": len(wanted)})
     except IntegrityError:
         return dicomweb_error(500, "A stored object failed its integrity check; it was not served.")
-    boundary, body = related_stream(
-        ("application/octet-stream; transfer-syntax=1.2.840.10008.1.2.1", iter([p]))
-        for p in payloads
-    )
-    return HttpResponse(
-        b"".join(body),
-        content_type=f'multipart/related; type="application/octet-stream"; boundary={boundary}',
-    )
+    return _octet_stream_parts(payloads)
 
 
 def _bulk_value(data: bytes, *, path: str, pseudonym: str | None) -> bytes:
@@ -620,13 +624,7 @@ def bulkdata(
         return _unserved(request, row, exc, detail)
     except IntegrityError:
         return dicomweb_error(500, "A stored object failed its integrity check; it was not served.")
-    boundary, body = related_stream(
-        [("application/octet-stream; transfer-syntax=1.2.840.10008.1.2.1", iter([value]))]
-    )
-    return HttpResponse(
-        b"".join(body),
-        content_type=f'multipart/related; type="application/octet-stream"; boundary={boundary}',
-    )
+    return _octet_stream_parts([value])
 
 
 def _render_options(request: HttpRequest) -> dict[str, Any]:

@@ -112,3 +112,11 @@ def series_metadata_url(data: bytes) -> str:
     """The WADO-RS metadata URL of the series a Part 10 file belongs to."""
     ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
     return f"{BASE}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/metadata"
+
+
+def instance_url(ds: pydicom.Dataset) -> str:
+    """The WADO-RS URL of an instance."""
+    return (
+        f"{BASE}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+        f"/instances/{ds.SOPInstanceUID}"
+    )

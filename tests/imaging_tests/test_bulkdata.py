@@ -14,7 +14,7 @@ from audit.models import Action, AuditEvent
 from imaging.keyring import study_dek
 from imaging.metadata import metadata_open, metadata_seal
 from imaging.models import Instance
-from tests.imaging_tests.dicomweb_support import BASE, dicomweb, http, token_for
+from tests.imaging_tests.dicomweb_support import BASE, dicomweb, http, instance_url, token_for
 from tests.imaging_tests.helpers import ingest, sample_bytes, synthetic_ct
 
 pytestmark = pytest.mark.django_db
@@ -27,15 +27,8 @@ def _ds(data: bytes) -> pydicom.Dataset:
     return pydicom.dcmread(io.BytesIO(data))
 
 
-def _instance_url(ds: pydicom.Dataset) -> str:
-    return (
-        f"{BASE}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
-        f"/instances/{ds.SOPInstanceUID}"
-    )
-
-
 def _metadata(token: str, ds: pydicom.Dataset) -> dict:
-    (item,) = http(token).get(f"{_instance_url(ds)}/metadata").json()
+    (item,) = http(token).get(f"{instance_url(ds)}/metadata").json()
     return item
 
 
@@ -69,7 +62,7 @@ def test_pixel_data_bulk_data_uri_returns_the_pixels(clinic, read_token):
     (value,) = dicomweb(read_token).retrieve_bulkdata(pixel["BulkDataURI"])
 
     assert pixel["vr"] == "OW"
-    assert pixel["BulkDataURI"] == f"{_instance_url(ds)}/bulkdata/7FE00010"
+    assert pixel["BulkDataURI"] == f"{instance_url(ds)}/bulkdata/7FE00010"
     assert value == ds.PixelData
 
 
@@ -94,8 +87,8 @@ def test_large_values_top_level_and_nested_have_uris_that_resolve(clinic, read_t
     (private,) = client.retrieve_bulkdata(private_uri)
     (icon,) = client.retrieve_bulkdata(icon_uri)
 
-    assert private_uri == f"{_instance_url(large_values)}/bulkdata/00091010"
-    assert icon_uri == f"{_instance_url(large_values)}/bulkdata/00880200/0/7FE00010"
+    assert private_uri == f"{instance_url(large_values)}/bulkdata/00091010"
+    assert icon_uri == f"{instance_url(large_values)}/bulkdata/00880200/0/7FE00010"
     assert private == large_values[0x00091010].value
     assert icon == large_values.IconImageSequence[0].PixelData
 
@@ -128,14 +121,14 @@ def test_an_object_without_pixel_data_has_no_pixel_uri(clinic, read_token):
     ingest(clinic, out.getvalue())
 
     item = _metadata(read_token, ds)
-    response = http(read_token).get(f"{_instance_url(ds)}/bulkdata/7FE00010", headers=OCTET)
+    response = http(read_token).get(f"{instance_url(ds)}/bulkdata/7FE00010", headers=OCTET)
 
     assert "7FE00010" not in item
     assert response.status_code == 404
 
 
 def test_a_bulk_data_read_is_audited_with_its_path(clinic, read_token, large_values):
-    http(read_token).get(f"{_instance_url(large_values)}/bulkdata/00091010", headers=OCTET)
+    http(read_token).get(f"{instance_url(large_values)}/bulkdata/00091010", headers=OCTET)
 
     event = AuditEvent.objects.for_tenant(clinic).order_by("-seq").first()
     assert event.action == Action.DICOMWEB_RETRIEVE
@@ -155,7 +148,7 @@ def test_a_bulk_data_read_is_audited_with_its_path(clinic, read_token, large_val
     ],
 )
 def test_bulk_data_paths(clinic, read_token, large_values, path, status):
-    response = http(read_token).get(f"{_instance_url(large_values)}/bulkdata/{path}", headers=OCTET)
+    response = http(read_token).get(f"{instance_url(large_values)}/bulkdata/{path}", headers=OCTET)
 
     assert response.status_code == status
     assert b"Traceback" not in response.content
@@ -164,7 +157,7 @@ def test_bulk_data_paths(clinic, read_token, large_values, path, status):
 def test_another_clinics_bulk_data_is_not_found(clinic, other_clinic, large_values):
     outsider = token_for(other_clinic, "dicomweb:read")
 
-    response = http(outsider).get(f"{_instance_url(large_values)}/bulkdata/00091010", headers=OCTET)
+    response = http(outsider).get(f"{instance_url(large_values)}/bulkdata/00091010", headers=OCTET)
     missing = http(outsider).get(
         f"{BASE}/studies/1.2.3/series/1.2.3.4/instances/1.2.3.4.5/bulkdata/00091010",
         headers=OCTET,
@@ -188,7 +181,7 @@ def test_frames_and_bulk_data_refuse_media_types_they_do_not_offer(
     clinic, read_token, large_values, resource, accept
 ):
     response = http(read_token).get(
-        f"{_instance_url(large_values)}/{resource}", headers={"Accept": accept}
+        f"{instance_url(large_values)}/{resource}", headers={"Accept": accept}
     )
 
     assert response.status_code == 406
@@ -206,7 +199,7 @@ def test_frames_and_bulk_data_refuse_media_types_they_do_not_offer(
 )
 def test_frames_accept_what_they_offer(clinic, read_token, large_values, accept):
     response = http(read_token).get(
-        f"{_instance_url(large_values)}/frames/1", headers={"Accept": accept}
+        f"{instance_url(large_values)}/frames/1", headers={"Accept": accept}
     )
 
     assert response.status_code == 200

@@ -14,19 +14,12 @@ from audit.models import Action, AuditEvent
 from audit.verify import chains_verify
 from imaging.models import Instance, Series, Study
 from imaging.storage import object_delete, storage_for
-from tests.imaging_tests.dicomweb_support import BASE, dicomweb, http, token_for
+from tests.imaging_tests.dicomweb_support import BASE, dicomweb, http, instance_url, token_for
 from tests.imaging_tests.helpers import ingest, sample_bytes, synthetic_ct
 
 
 def _ds(data: bytes) -> pydicom.Dataset:
     return pydicom.dcmread(io.BytesIO(data))
-
-
-def _instance_url(ds: pydicom.Dataset) -> str:
-    return (
-        f"{BASE}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
-        f"/instances/{ds.SOPInstanceUID}"
-    )
 
 
 @pytest.fixture
@@ -560,7 +553,7 @@ def test_frames_single_and_list(clinic, read_token):
 @pytest.mark.django_db
 def test_missing_frame_is_404_and_bad_list_is_400(clinic, read_token, stored_ct):
     ds = _ds(stored_ct[0])
-    base = _instance_url(ds)
+    base = instance_url(ds)
     session = http(read_token)
 
     assert session.get(f"{base}/frames/5").status_code == 404
@@ -671,7 +664,7 @@ def test_a_frame_the_object_lacks_is_a_404_audited_as_no_such_frame(clinic, read
     ds = _ds(data)
     Instance.objects.for_tenant(clinic).update(number_of_frames=3)
 
-    response = http(read_token).get(f"{_instance_url(ds)}/frames/2/rendered")
+    response = http(read_token).get(f"{instance_url(ds)}/frames/2/rendered")
 
     assert response.status_code == 404 and b"frame 2 does not exist" in response.content
     unserved = AuditEvent.objects.for_tenant(clinic).order_by("-seq").first()
@@ -682,7 +675,7 @@ def test_a_frame_the_object_lacks_is_a_404_audited_as_no_such_frame(clinic, read
 @pytest.mark.django_db
 def test_outsider_gets_404_for_frames_and_rendered(clinic, outsider_token, stored_ct):
     ds = _ds(stored_ct[0])
-    base = _instance_url(ds)
+    base = instance_url(ds)
     session = http(outsider_token)
 
     statuses = [
