@@ -165,15 +165,14 @@ def signed_in_member(
     return wrapped
 
 
-# Routes a share recipient may use: viewing needs metadata (and the bulk data it points
-# to), frames, rendered images and thumbnails; whole objects only when the link allows
-# download; never a search.
+# Routes a share recipient may use: viewing needs metadata, frames, rendered images and
+# thumbnails; whole objects, and bulk data (any binary value, reports included), only
+# when the link allows download; never a search.
 SHARE_VIEW_ROUTES = frozenset(
     {
         "study_metadata",
         "series_metadata",
         "instance_metadata",
-        "bulkdata",
         "frames",
         "instance_rendered",
         "frame_rendered",
@@ -182,7 +181,7 @@ SHARE_VIEW_ROUTES = frozenset(
         "study_access",
     }
 )
-SHARE_DOWNLOAD_ROUTES = frozenset({"study", "series_retrieve", "instance"})
+SHARE_DOWNLOAD_ROUTES = frozenset({"study", "series_retrieve", "instance", "bulkdata"})
 
 
 def share_recipient(

@@ -18,7 +18,10 @@ from pydicom.dataelem import DataElement
 from imaging.dicom import PIXEL_DATA
 from imaging.render import RenderError, pixel_data_native_bytes
 
-_PATH = re.compile(r"[0-9A-Fa-f]{8}(?:/\d{1,6}/[0-9A-Fa-f]{8}){0,8}")
+_PATH = re.compile(r"[0-9A-Fa-f]{8}(?:/[0-9]{1,6}/[0-9A-Fa-f]{8}){0,16}")
+# Decoded pixel data is built in memory: larger answers are refused, and /frames serves
+# such an instance a frame at a time.
+MAX_DECODED_BYTES = 256 << 20
 _BINARY_VRS = {"OB", "OW", "OD", "OF", "OL", "OV", "UN", "OB or OW", "US or OW"}
 # Word sizes of the binary VRs whose values pydicom keeps as the file's bytes.
 WORDS = {"OW": "u2", "OL": "u4", "OF": "u4", "OD": "u8", "OV": "u8"}
@@ -58,6 +61,16 @@ def _element(ds: pydicom.Dataset, path: str) -> DataElement:
     raise NoSuchAttribute("The instance has no value at that bulk data path.")
 
 
+def _decoded_size(ds: pydicom.Dataset) -> int:
+    frames = ds.get("NumberOfFrames") or 1
+    try:
+        samples = int(ds.get("SamplesPerPixel") or 1)
+        allocated = max(int(ds.get("BitsAllocated") or 8), 8)
+        return int(ds.Rows) * int(ds.Columns) * int(frames) * samples * allocated // 8
+    except (AttributeError, TypeError, ValueError):
+        return 0  # the decoder says what is wrong
+
+
 def bulk_data_bytes(ds: pydicom.Dataset, *, path: str) -> bytes:
     """The value at `path` as application/octet-stream: little endian, uncompressed.
 
@@ -67,6 +80,8 @@ def bulk_data_bytes(ds: pydicom.Dataset, *, path: str) -> bytes:
     if path.upper() == PIXEL_DATA:
         if "PixelData" not in ds:
             raise NoSuchAttribute("The instance has no pixel data.")
+        if _decoded_size(ds) > MAX_DECODED_BYTES:
+            raise RenderError("The pixel data is too large to send at once; ask for its frames.")
         return pixel_data_native_bytes(ds)
     element = _element(ds, path)
     if element.VR not in _BINARY_VRS or element.is_empty:

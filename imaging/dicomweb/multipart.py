@@ -6,6 +6,7 @@ import re
 import secrets
 from collections.abc import Callable, Iterable, Iterator
 from email.message import Message
+from email.utils import collapse_rfc2231_value
 
 
 class MultipartError(ValueError):
@@ -15,7 +16,11 @@ class MultipartError(ValueError):
 def content_type_parameters(header: str) -> tuple[str, dict[str, str]]:
     message = Message()
     message["Content-Type"] = header
-    params = {k.lower(): v for k, v in message.get_params(failobj=[])[1:]}
+    # RFC 2231 parameters (`type*=utf-8''...`) come back as tuples: collapsed to text.
+    params = {
+        k.lower(): v if isinstance(v, str) else collapse_rfc2231_value(v)
+        for k, v in message.get_params(failobj=[])[1:]
+    }
     return message.get_content_type(), params
 
 

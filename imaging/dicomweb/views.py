@@ -546,8 +546,13 @@ def _accepts_octet_stream(request: HttpRequest) -> bool:
     """Whether Accept admits multipart/related; type="application/octet-stream"."""
     for item in (request.headers.get("Accept", "") or "*/*").split(","):
         media, params = content_type_parameters(item.strip())
-        if params.get("q", "1").strip() in ("0", "0.0", "0.00", "0.000"):
-            continue  # "not this one" (RFC 9110 12.4.2)
+        try:
+            if float(params.get("q", "1")) <= 0:
+                continue  # "not this one" (RFC 9110 12.4.2)
+        except ValueError:
+            continue
+        if params.get("transfer-syntax", "*") not in ("*", EXPLICIT_VR_LE):
+            continue  # only uncompressed little endian is offered
         if media in _OCTET_STREAM_PARTS:
             return True
         part = params.get("type", "application/octet-stream").lower()
@@ -599,7 +604,12 @@ def _bulk_value(data: bytes, *, path: str, pseudonym: str | None) -> bytes:
     ds = pydicom.dcmread(io.BytesIO(data))
     if pseudonym is not None:
         deidentify(ds, pseudonym=pseudonym)
-    return bulk_data_bytes(ds, path=path)
+    try:
+        return bulk_data_bytes(ds, path=path)
+    except RenderError:
+        raise
+    except Exception as exc:  # odd stored values fail deep in numpy or pydicom
+        raise RenderError(f"The value could not be read ({type(exc).__name__}).") from None
 
 
 @require_http_methods(["GET"])

@@ -11,6 +11,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from audit.models import Action, AuditEvent
+from imaging.dicomweb import bulkdata
 from imaging.keyring import study_dek
 from imaging.metadata import metadata_open, metadata_seal
 from imaging.models import Instance
@@ -174,6 +175,8 @@ def test_another_clinics_bulk_data_is_not_found(clinic, other_clinic, large_valu
         'multipart/related; type="image/jpeg"',
         "image/jpeg",
         'multipart/related; type="application/octet-stream"; q=0',
+        'multipart/related; type="application/octet-stream"; q=0.',
+        "multipart/related; type=application/octet-stream; transfer-syntax=1.2.840.10008.1.2.4.50",
         "application/dicom",
     ],
 )
@@ -195,6 +198,7 @@ def test_frames_and_bulk_data_refuse_media_types_they_do_not_offer(
         "*/*",
         "application/octet-stream",
         'multipart/related; type="image/jpeg", multipart/related; type=application/octet-stream',
+        "multipart/related; type*=utf-8''application%2Foctet-stream",  # RFC 2231: was a 500
     ],
 )
 def test_frames_accept_what_they_offer(clinic, read_token, large_values, accept):
@@ -203,3 +207,16 @@ def test_frames_accept_what_they_offer(clinic, read_token, large_values, accept)
     )
 
     assert response.status_code == 200
+
+
+def test_pixel_data_too_large_to_send_at_once_is_refused_for_frames(
+    clinic, read_token, large_values, monkeypatch
+):
+    monkeypatch.setattr(bulkdata, "MAX_DECODED_BYTES", 1000)
+
+    response = http(read_token).get(
+        f"{instance_url(large_values)}/bulkdata/7FE00010", headers=OCTET
+    )
+
+    assert response.status_code == 406
+    assert "frames" in response.json()["error"]

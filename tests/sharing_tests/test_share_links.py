@@ -351,6 +351,17 @@ def test_view_only_link_cannot_download(client, study, radiologist):
     assert client.get("/s/download/").status_code == 403
 
 
+@pytest.mark.parametrize(("allow_download", "status"), [(False, 404), (True, 200)])
+def test_bulk_data_is_a_download(client, study, radiologist, allow_download, status):
+    _, token = make_share(study, radiologist, allow_download=allow_download)
+    open_link(client, token)
+    bulk = frame_url(first_instance(study)).replace("/frames/1", "/bulkdata/7FE00010")
+
+    response = client.get(bulk, HTTP_ACCEPT=FRAMES)
+
+    assert response.status_code == status
+
+
 def test_download_link_downloads_and_is_audited(client, study, radiologist):
     share, token = make_share(study, radiologist, allow_download=True)
     open_link(client, token)
