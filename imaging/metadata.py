@@ -63,12 +63,16 @@ def metadata_item(header: dict[str, Any], *, instance_uri: str, pixel_vr: str | 
 
 
 def _with_uris(header_json: bytes, *, uris: bool, instance_uri: str, pixel_vr: str | None) -> bytes:
+    # The instance's bulk data URL, escaped as a JSON string's contents.
+    bulk = json.dumps(f"{instance_uri}/{BULK}")[1:-1].encode()
     if uris:
-        absolute = _URI + f"{instance_uri}/{BULK}".encode()
-        header_json = header_json.replace(_RELATIVE_URI, absolute)
+        header_json = header_json.replace(_RELATIVE_URI, _URI + bulk)
     if pixel_vr is None:
         return header_json
-    uri = f"{instance_uri}/{BULK}{PIXEL_DATA}"
-    pixel = b'"7FE00010":' + json.dumps({"vr": pixel_vr, "BulkDataURI": uri}).encode()
+    pixel = b'"7FE00010":{"vr":"%s","BulkDataURI":"%s%s"}' % (
+        pixel_vr.encode(),
+        bulk,
+        PIXEL_DATA.encode(),
+    )
     separator = b"," if header_json.strip() != b"{}" else b""
     return header_json.rstrip()[:-1] + separator + pixel + b"}"

@@ -16,7 +16,7 @@ import pydicom
 from pydicom.dataelem import DataElement
 
 from imaging.dicom import PIXEL_DATA
-from imaging.render import RenderError, pixel_data_native_bytes
+from imaging.render import RenderError, frame_count, pixel_data_native_bytes
 
 _PATH = re.compile(r"[0-9A-Fa-f]{8}(?:/[0-9]{1,6}/[0-9A-Fa-f]{8}){0,16}")
 # Decoded pixel data is built in memory: larger answers are refused, and /frames serves
@@ -62,11 +62,10 @@ def _element(ds: pydicom.Dataset, path: str) -> DataElement:
 
 
 def _decoded_size(ds: pydicom.Dataset) -> int:
-    frames = ds.get("NumberOfFrames") or 1
     try:
         samples = int(ds.get("SamplesPerPixel") or 1)
         allocated = max(int(ds.get("BitsAllocated") or 8), 8)
-        return int(ds.Rows) * int(ds.Columns) * int(frames) * samples * allocated // 8
+        return int(ds.Rows) * int(ds.Columns) * frame_count(ds) * samples * allocated // 8
     except (AttributeError, TypeError, ValueError):
         return 0  # the decoder says what is wrong
 

@@ -7,7 +7,6 @@ from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Any, TypeVar
 
-import numpy as np
 import pydicom
 from django.conf import settings
 from django.db.models import Q, QuerySet
@@ -21,7 +20,13 @@ from audit.models import Action
 from imaging.crypto import IntegrityError
 from imaging.dicom import deidentified_bytes, deidentify, metadata_dict
 from imaging.dicomweb.auth import DicomwebClient, dicomweb_error
-from imaging.dicomweb.bulkdata import WORDS, NoSuchAttribute, bulk_data_bytes, bulk_path_valid
+from imaging.dicomweb.bulkdata import (
+    WORDS,
+    NoSuchAttribute,
+    bulk_data_bytes,
+    bulk_path_valid,
+    little_endian,
+)
 from imaging.dicomweb.dicomjson import search_results
 from imaging.dicomweb.multipart import (
     BodyTooLarge,
@@ -303,11 +308,9 @@ def _from_big_endian(ds: pydicom.Dataset, out: io.BytesIO) -> None:
         ds["PixelData"].VR = "OW" if ds.BitsAllocated > 8 else "OB"
 
     def swapped(dataset: pydicom.Dataset, element: pydicom.DataElement) -> None:
-        word = WORDS.get(element.VR)
-        if word and element.keyword != "PixelData" and isinstance(element.value, bytes):
-            element.value = (
-                np.frombuffer(element.value, dtype=">" + word).astype("<" + word).tobytes()
-            )
+        word_valued = element.VR in WORDS and isinstance(element.value, bytes)
+        if word_valued and element.keyword != "PixelData":
+            element.value = little_endian(element, big_endian=True)
 
     ds.walk(swapped)
     ds.file_meta.TransferSyntaxUID = EXPLICIT_VR_LE
@@ -494,15 +497,15 @@ def _unserved(
     request: HttpRequest, row: Instance, error: RenderError, detail: dict[str, Any]
 ) -> HttpResponse:
     # The read was audited as it started; nothing is sent, and the log says so too.
-    missing = isinstance(error, NoSuchFrame | NoSuchAttribute)
+    reason = _UNSERVED.get(type(error))
     client = _client(request)
     pixel_read_unserved_audit(
         tenant=client.tenant,
         actor=client.actor,
         instance=row,
-        detail={**detail, "reason": _UNSERVED.get(type(error), "not_decodable")},
+        detail={**detail, "reason": reason or "not_decodable"},
     )
-    return dicomweb_error(404 if missing else 406, str(error))
+    return dicomweb_error(406 if reason is None else 404, str(error))
 
 
 def _no_such_frame(row: Instance, numbers: list[int]) -> HttpResponse | None:
