@@ -85,6 +85,8 @@ class Action(models.TextChoices):
     DICOMWEB_STORE = "dicomweb.store", "DICOMweb store"
     SHARE_CREATED = "share.created", "Share link created"
     SHARE_REVOKED = "share.revoked", "Share link revoked"
+    SHARES_LISTED = "share.listed", "Share links listed"
+    SHARE_VIEWED = "share.viewed", "Share link details viewed"
     SHARE_OPENED = "share.opened", "Share link opened"
     SHARE_REFUSED = "share.refused", "Share link refused"
     SHARE_PIN_FAILED = "share.pin_failed", "Share link PIN wrong"

@@ -146,6 +146,17 @@ def _filtered(
 
 def masked_study_ids(*, membership: Membership, studies: list[Study], now: dt.datetime) -> set:
     """Which of `studies` are shown without demographics to this member."""
+    if not membership.has_perm(Perm.WORKLIST_VIEW):
+        # A member who sees only what was granted: whatever is no longer granted to them.
+        ids = [s.pk for s in studies]
+        granted = set()
+        for perm in (STUDY_VIEW_PERM, STUDY_DOWNLOAD_PERM):
+            granted |= set(
+                _granted_ids(membership=membership, perm=perm)
+                .filter(pk__in=ids)
+                .values_list("pk", flat=True)
+            )
+        return {pk for pk in ids if pk not in granted}
     confidential = [s.pk for s in studies if s.confidential]
     if not confidential:
         return set()

@@ -27,7 +27,7 @@ from audit.models import Action, ActorType, AuditEvent
 from audit.selectors import actor_labels
 from imaging.archive import study_zip, zip_response
 from imaging.models import Series
-from imaging.selectors import instances_for_download, series_for_study
+from imaging.selectors import instances_for_download, masked_study_ids, series_for_study
 from imaging.viewing import viewer_session_open_for_share
 from imaging.views.study import study_for_request
 from imaging.views.viewer import viewer_context
@@ -118,6 +118,14 @@ def share_form_page(
                 },
             )
     status = 400 if request.method == "POST" else 200
+    # The form names the patient and the study.
+    audit.record(
+        actor=_actor(request),
+        action=Action.STUDY_VIEWED,
+        target=study,
+        tenant=tenant,
+        detail={"page": "share_form"},
+    )
     return render(
         request,
         "sharing/new.html",
@@ -132,13 +140,43 @@ def _actor(request: HttpRequest) -> Actor:
 
 @require_perm(Perm.STUDY_SHARE, Perm.OWN_STUDIES)
 def share_index(request: HttpRequest) -> HttpResponse:
-    links = list(share_list(membership=request.membership))  # type: ignore[attr-defined]
+    membership = request.membership  # type: ignore[attr-defined]
+    links = list(share_list(membership=membership))
     now = timezone.now()
+    masked = _masked(membership, links, now=now)
+    # Names, dates and recipients' addresses are shown: which links and studies, as the
+    # worklist records its pages.
+    audit.record(
+        actor=_actor(request),
+        action=Action.SHARES_LISTED,
+        target=None,
+        tenant=request.tenant,
+        detail={
+            "shares": [str(s.pk) for s in links],
+            "studies": list(dict.fromkeys(str(s.study_id) for s in links)),
+        },
+    )
     return render(
         request,
         "sharing/list.html",
-        {"rows": [{"share": s, "state": s.state_at(now)} for s in links]},
+        {
+            "rows": [
+                {"share": s, "state": s.state_at(now), "masked": s.study_id in masked}
+                for s in links
+            ]
+        },
     )
+
+
+def _masked(membership, links: list[ShareLink], *, now: dt.datetime) -> set:
+    """Studies of `links` whose demographics this member may no longer see.
+
+    Staff follow the worklist's rule (a study made confidential since, a grant withdrawn);
+    a patient's list holds only their own studies.
+    """
+    if not membership.has_perm(Perm.STUDY_SHARE):
+        return set()
+    return masked_study_ids(membership=membership, studies=[s.study for s in links], now=now)
 
 
 def _own_share(request: HttpRequest, share_id: uuid.UUID) -> ShareLink:
@@ -152,6 +190,8 @@ def _own_share(request: HttpRequest, share_id: uuid.UUID) -> ShareLink:
 @never_cache
 def share_detail(request: HttpRequest, share_id: uuid.UUID) -> HttpResponse:
     share = _own_share(request, share_id)
+    now = timezone.now()
+    masked = share.study_id in _masked(request.membership, [share], now=now)  # type: ignore[attr-defined]
     events = list(
         AuditEvent.objects.for_tenant(request.tenant)
         .filter(
@@ -166,10 +206,18 @@ def share_detail(request: HttpRequest, share_id: uuid.UUID) -> HttpResponse:
     rows = [
         {"event": e, "actor": labels.get((e.actor_type, e.actor_id), "Recipient")} for e in events
     ]
+    # On the study, so its access history (the patient's view included) shows the look.
+    audit.record(
+        actor=_actor(request),
+        action=Action.SHARE_VIEWED,
+        target=share.study,
+        tenant=request.tenant,
+        detail={"share": str(share.pk)},
+    )
     return render(
         request,
         "sharing/detail.html",
-        {"share": share, "state": share.state_at(timezone.now()), "rows": rows},
+        {"share": share, "state": share.state_at(now), "rows": rows, "masked": masked},
     )
 
 

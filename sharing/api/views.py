@@ -33,6 +33,20 @@ def _token_shares(request: Any) -> QuerySet[ShareLink]:
     return shares.filter(created_by_token=token) if token is not None else shares.none()
 
 
+def _token_visible_shares(request: Any) -> QuerySet[ShareLink]:
+    """`_token_shares` to studies the token may still see.
+
+    A study made confidential since drops out of the list of a token without
+    `confidential:read`, as it does from its study list. Revoking stays open to it: that
+    only takes access away and shows nothing.
+    """
+    shares = _token_shares(request)
+    token = getattr(request, "api_token", None)
+    if token is None:
+        return shares
+    return shares.filter(study__in=token_studies(token=token).values("pk"))
+
+
 class ShareListCreate(generics.ListCreateAPIView):
     """Share links created with this token, newest first; POST creates one."""
 
@@ -41,18 +55,23 @@ class ShareListCreate(generics.ListCreateAPIView):
     required_perms = (Perm.STUDY_SHARE,)
 
     def get_queryset(self) -> QuerySet[ShareLink]:
-        return _token_shares(self.request).select_related("study").order_by("-created_at")
+        return _token_visible_shares(self.request).select_related("study").order_by("-created_at")
 
     def get(self, request: Any, *args: Any, **kwargs: Any) -> Response:
-        response = super().get(request, *args, **kwargs)
-        # Recipients' addresses and which studies were shared went out: which links'.
-        shares = [str(row["id"]) for row in response.data.get("results", [])]
+        page = self.paginate_queryset(self.get_queryset())
+        response = self.get_paginated_response(self.get_serializer(page, many=True).data)
+        # Recipients' addresses and which studies were shared went out: which links and
+        # studies, as the study list records.
         audit.record(
             actor=_actor(request),
             action=Action.API_READ,
             target=None,
             tenant=request.tenant,
-            detail={"resource": "shares", "shares": shares},
+            detail={
+                "resource": "shares",
+                "shares": [str(share.pk) for share in page],
+                "studies": list(dict.fromkeys(str(share.study_id) for share in page)),
+            },
         )
         return response
 

@@ -14,6 +14,7 @@ from django.test import Client
 from django.utils import timezone
 
 from audit.models import Action, AuditEvent
+from imaging.services import study_set_confidential
 from sharing.invitations import InvitationInvalid, patient_invite
 from sharing.models import PatientInvitation, PatientLink, ShareLink
 from tenants.mfa import MFA_AT
@@ -652,3 +653,20 @@ def test_a_patient_invitation_does_not_give_back_ended_staff_roles(
     assert client.get("/t/north/").status_code == 403  # the worklist is staff's
     assert client.get(f"/t/north/studies/{own_study.pk}/").status_code == 404
     assert client.get(f"/t/north/my/studies/{own_study.pk}/").status_code == 200
+
+
+def test_a_patients_own_confidential_study_is_not_masked_on_their_share_pages(
+    own_study, radiologist, patient_client
+):
+    base = {"expires_days": 7, "max_uses": "", "recipient_email": "", "message": ""}
+    patient_client.post(
+        f"/t/north/my/studies/{own_study.pk}/share/", {**base, "challenge": "pin", "pin": "2468"}
+    )
+    share = ShareLink.objects.for_tenant(own_study.tenant).get()
+    study_set_confidential(study=own_study, confidential=True, by=radiologist, actor=TEST_ACTOR)
+
+    listing = patient_client.get("/t/north/shares/").content.decode()
+    detail = patient_client.get(f"/t/north/shares/{share.pk}/").content.decode()
+
+    assert "Doe, Jane" in listing and "Doe, Jane" in detail
+    assert "Confidential study" not in listing + detail

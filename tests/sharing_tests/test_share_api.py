@@ -9,6 +9,7 @@ from django.test import Client
 from django.utils import timezone
 
 from audit.models import Action, ActorType, AuditEvent
+from imaging.services import study_set_confidential
 from sharing.models import ShareLink
 from tenants.tokens import api_token_create
 from tests.helpers import TEST_ACTOR
@@ -145,7 +146,30 @@ def test_the_list_is_paged_newest_first_and_its_read_is_audited(study):
     assert rest["next"] is None
     event = AuditEvent.objects.for_tenant(study.tenant).order_by("-seq").first()
     assert event.action == Action.API_READ
-    assert event.detail == {"resource": "shares", "shares": [created[0]]}
+    assert event.detail == {
+        "resource": "shares",
+        "shares": [created[0]],
+        "studies": [str(study.pk)],
+    }
+
+
+def test_a_study_made_confidential_since_leaves_the_list_but_its_link_can_be_revoked(
+    study, radiologist
+):
+    plain = api(token_for(study.tenant, "shares:write"))
+    cleared = api(token_for(study.tenant, "shares:write", "confidential:read"))
+    plain_share = plain.post("/api/v1/shares", body(study), "application/json").json()["id"]
+    cleared.post("/api/v1/shares", body(study), "application/json")
+    study_set_confidential(study=study, confidential=True, by=radiologist, actor=TEST_ACTOR)
+
+    plain_list = plain.get("/api/v1/shares").json()
+    cleared_list = cleared.get("/api/v1/shares").json()
+    revoke = plain.delete(f"/api/v1/shares/{plain_share}")
+
+    assert plain_list["count"] == 0 and study.study_uid not in str(plain_list)
+    assert cleared_list["results"][0]["study_instance_uid"] == study.study_uid
+    assert revoke.status_code == 204
+    assert ShareLink.objects.for_tenant(study.tenant).get(pk=plain_share).revoked_at is not None
 
 
 def test_a_signed_in_member_cannot_use_the_partner_endpoint(client_for, radiologist, study):

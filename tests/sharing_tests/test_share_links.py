@@ -16,6 +16,7 @@ from django.utils import timezone
 
 from audit.models import Action, ActorType, AuditEvent
 from imaging.models import Instance, Series
+from imaging.services import study_set_confidential
 from sharing.models import ShareLink
 from sharing.services import ShareUnavailable, share_create, share_revoke, share_use
 from tests.helpers import TEST_ACTOR
@@ -493,6 +494,49 @@ def test_sharer_lists_reads_the_log_and_revokes_in_one_click(client_for, radiolo
     assert "Doe, Jane" in listing and "1" in listing
     assert "Share link opened" in detail
     assert recipient.get("/s/").status_code == 404
+
+
+def test_share_pages_are_audited_with_their_links_and_studies(
+    client_for, radiologist, study, other_study
+):
+    share, _ = make_share(study, radiologist)
+    other, _ = make_share(other_study, radiologist)
+    again, _ = make_share(study, radiologist)
+    client = client_for(radiologist)
+    slug = study.tenant.slug
+
+    client.get(f"/t/{slug}/shares/")
+    client.get(f"/t/{slug}/shares/{share.pk}/")
+
+    events = AuditEvent.objects.for_tenant(study.tenant)
+    listed = events.get(action=Action.SHARES_LISTED)
+    assert listed.actor_id == str(radiologist.pk)
+    assert listed.detail == {
+        "shares": [str(again.pk), str(other.pk), str(share.pk)],
+        "studies": [str(study.pk), str(other_study.pk)],
+    }
+    viewed = events.get(action=Action.SHARE_VIEWED)
+    assert (viewed.target_id, viewed.detail) == (str(study.pk), {"share": str(share.pk)})
+
+
+def test_a_study_made_confidential_since_is_masked_on_the_sharers_pages(
+    client_for, radiologist, clinic, study
+):
+    from tests.helpers import make_member
+
+    share, _ = make_share(study, radiologist, recipient_email="jane.doe@example.org")
+    marker = make_member(clinic, "radiologist", email="marker@north.example")
+    study_set_confidential(study=study, confidential=True, by=marker, actor=TEST_ACTOR)
+    slug = clinic.slug
+
+    listing = client_for(radiologist).get(f"/t/{slug}/shares/").content.decode()
+    detail = client_for(radiologist).get(f"/t/{slug}/shares/{share.pk}/").content.decode()
+    marker_listing = client_for(marker).get(f"/t/{slug}/shares/").content.decode()
+
+    for page in (listing, detail):
+        assert "Confidential study" in page
+        assert "Doe, Jane" not in page and "jane.doe@example.org" not in page
+    assert "You have not shared any study yet." in marker_listing
 
 
 def test_another_members_link_is_a_404(client_for, radiologist, technologist, clinic, study):
