@@ -14,6 +14,7 @@ import re
 import numpy as np
 import pydicom
 from pydicom.dataelem import DataElement
+from pydicom.uid import UID
 
 from imaging.dicom import PIXEL_DATA
 from imaging.render import RenderError, frame_count, pixel_data_native_bytes
@@ -41,6 +42,21 @@ def little_endian(element: DataElement, *, big_endian: bool) -> bytes:
     word = WORDS.get(element.VR)
     if not big_endian or word is None:
         return bytes(value)
+    return np.frombuffer(value, dtype=">" + word).astype("<" + word).tobytes()
+
+
+def stored_pixel_bytes(ds: pydicom.Dataset) -> bytes:
+    """Uncompressed pixel data as explicit VR little endian holds it, bit for bit.
+
+    Big endian OW pixel data is swapped a pixel at a time for 32- and 64-bit pixels and
+    a 16-bit word at a time otherwise (8- and 1-bit data included), as PS3.5 stores it.
+    """
+    element = ds["PixelData"]
+    value = bytes(element.value)
+    if ds.original_encoding[1] is not False or element.VR != "OW":
+        return value
+    size = max(int(ds.get("BitsAllocated") or 16), 16) // 8
+    word = f"u{size}" if size in (2, 4, 8) else "u2"
     return np.frombuffer(value, dtype=">" + word).astype("<" + word).tobytes()
 
 
@@ -73,16 +89,30 @@ def _decoded_size(ds: pydicom.Dataset) -> int:
 def bulk_data_bytes(ds: pydicom.Dataset, *, path: str) -> bytes:
     """The value at `path` as application/octet-stream: little endian, uncompressed.
 
-    Pixel data is every frame decoded to native little-endian pixels, as the frames
-    resource serves them; other binary values are their bytes.
+    A binary value is its stored bytes as explicit VR little endian holds them, pixel
+    data stored uncompressed included (bit for bit: unused high bits, 1-bit packing and
+    planar order as stored). Compressed pixel data is every frame decoded to native
+    little-endian pixels, as the frames resource serves them.
     """
+    big_endian = ds.original_encoding[1] is False
     if path.upper() == PIXEL_DATA:
         if "PixelData" not in ds:
             raise NoSuchAttribute("The instance has no pixel data.")
+        if not _encapsulated(ds):
+            return stored_pixel_bytes(ds)
         if _decoded_size(ds) > MAX_DECODED_BYTES:
             raise RenderError("The pixel data is too large to send at once; ask for its frames.")
         return pixel_data_native_bytes(ds)
     element = _element(ds, path)
     if element.VR not in _BINARY_VRS or element.is_empty:
         raise NoSuchAttribute("That attribute is not bulk data; it is in the metadata.")
-    return little_endian(element, big_endian=ds.original_encoding[1] is False)
+    return little_endian(element, big_endian=big_endian)
+
+
+def _encapsulated(ds: pydicom.Dataset) -> bool:
+    meta = getattr(ds, "file_meta", None)
+    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    try:
+        return syntax is not None and UID(str(syntax)).is_encapsulated
+    except ValueError:  # not a transfer syntax pydicom knows: its decoder says what is wrong
+        return True

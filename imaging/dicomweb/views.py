@@ -26,6 +26,7 @@ from imaging.dicomweb.bulkdata import (
     bulk_data_bytes,
     bulk_path_valid,
     little_endian,
+    stored_pixel_bytes,
 )
 from imaging.dicomweb.dicomjson import search_results
 from imaging.dicomweb.multipart import (
@@ -301,10 +302,9 @@ def _transcode(data: bytes, target: str) -> bytes:
 def _from_big_endian(ds: pydicom.Dataset, out: io.BytesIO) -> None:
     # pydicom re-encodes the attributes it decodes, but writes OW, OL, OF, OD and OV
     # values (palette tables, overlays, ...) as the bytes it holds: those are swapped
-    # here word by word, and pixel data from its decoded frames, whatever its layout.
+    # here word by word, and pixel data a pixel (or a word) at a time, bit for bit.
     if "PixelData" in ds:
-        pixels = ds.pixel_array
-        ds.PixelData = pixels.astype(pixels.dtype.newbyteorder("<"), copy=False).tobytes()
+        ds.PixelData = stored_pixel_bytes(ds)
         ds["PixelData"].VR = "OW" if ds.BitsAllocated > 8 else "OB"
 
     def swapped(dataset: pydicom.Dataset, element: pydicom.DataElement) -> None:
@@ -542,32 +542,50 @@ def _frame_numbers(text: str) -> list[int]:
     return numbers
 
 
-_OCTET_STREAM_PARTS = {"application/octet-stream", "application/*", "*/*"}
+_ANY_OCTETS = {"application/*", "*/*"}
+_MULTIPART = {"multipart/related", "multipart/*"}
+_OCTET_STREAM_PARTS = {"application/octet-stream"} | _ANY_OCTETS
 
 
-def _accepts_octet_stream(request: HttpRequest) -> bool:
-    """Whether Accept admits multipart/related; type="application/octet-stream"."""
-    for item in (request.headers.get("Accept", "") or "*/*").split(","):
+def _octet_stream_form(request: HttpRequest, *, parts: int) -> str | None:
+    """How to send `parts` octet streams: "single", "multipart", or None (not acceptable).
+
+    Multipart/related; type="application/octet-stream" is the default. A plain
+    `application/octet-stream` preferred in Accept gets one value as a single part, as
+    PS3.18 8.7.3.5 allows; several frames then need multipart to be acceptable too.
+    """
+    offered: list[tuple[float, int, str]] = []
+    for position, item in enumerate((request.headers.get("Accept", "") or "*/*").split(",")):
         media, params = content_type_parameters(item.strip())
         try:
-            if float(params.get("q", "1")) <= 0:
-                continue  # "not this one" (RFC 9110 12.4.2)
+            quality = float(params.get("q", "1"))
         except ValueError:
             continue
+        if quality <= 0:
+            continue  # "not this one" (RFC 9110 12.4.2)
         if params.get("transfer-syntax", "*") not in ("*", EXPLICIT_VR_LE):
             continue  # only uncompressed little endian is offered
-        if media in _OCTET_STREAM_PARTS:
-            return True
         part = params.get("type", "application/octet-stream").lower()
-        if media in ("multipart/related", "multipart/*") and part in _OCTET_STREAM_PARTS:
-            return True
-    return False
+        if media == "application/octet-stream":
+            offered.append((-quality, position, "single"))
+        elif media in _ANY_OCTETS or (media in _MULTIPART and part in _OCTET_STREAM_PARTS):
+            offered.append((-quality, position, "multipart"))
+    forms = [form for *_, form in sorted(offered)]
+    if not forms:
+        return None
+    if forms[0] == "single" and parts == 1:
+        return "single"
+    return "multipart" if "multipart" in forms else None
 
 
-def _octet_stream_parts(payloads: list[bytes]) -> HttpResponse:
+def _octet_streams(payloads: list[bytes], *, form: str) -> HttpResponse:
+    if form == "single":
+        (payload,) = payloads
+        return HttpResponse(
+            payload, content_type=f"application/octet-stream; transfer-syntax={EXPLICIT_VR_LE}"
+        )
     boundary, body = related_stream(
-        ("application/octet-stream; transfer-syntax=1.2.840.10008.1.2.1", iter([p]))
-        for p in payloads
+        (f"application/octet-stream; transfer-syntax={EXPLICIT_VR_LE}", iter([p])) for p in payloads
     )
     return HttpResponse(
         b"".join(body),
@@ -579,14 +597,17 @@ def _octet_stream_parts(payloads: list[bytes]) -> HttpResponse:
 def frames(
     request: HttpRequest, study: str, series: str, instance: str, numbers: str
 ) -> HttpResponse:
-    if not _accepts_octet_stream(request):
-        return dicomweb_error(
-            406, 'Frames are offered as multipart/related; type="application/octet-stream".'
-        )
     try:
         wanted = _frame_numbers(numbers)
     except QueryError as exc:
         return dicomweb_error(400, str(exc))
+    form = _octet_stream_form(request, parts=len(wanted))
+    if form is None:
+        return dicomweb_error(
+            406,
+            'Frames are offered as multipart/related; type="application/octet-stream", '
+            "and one frame as application/octet-stream.",
+        )
     row = _instance_row(request, study, series, instance)
     if row is None:
         return dicomweb_error(404, "Not found.")
@@ -600,7 +621,7 @@ def frames(
         return _unserved(request, row, exc, {"frames": len(wanted)})
     except IntegrityError:
         return dicomweb_error(500, "A stored object failed its integrity check; it was not served.")
-    return _octet_stream_parts(payloads)
+    return _octet_streams(payloads, form=form)
 
 
 def _bulk_value(data: bytes, *, path: str, pseudonym: str | None) -> bytes:
@@ -620,9 +641,12 @@ def bulkdata(
     request: HttpRequest, study: str, series: str, instance: str, path: str
 ) -> HttpResponse:
     """A value metadata gave as a BulkDataURI, uncompressed and little endian."""
-    if not _accepts_octet_stream(request):
+    form = _octet_stream_form(request, parts=1)
+    if form is None:
         return dicomweb_error(
-            406, 'Bulk data is offered as multipart/related; type="application/octet-stream".'
+            406,
+            "Bulk data is offered as application/octet-stream or multipart/related; "
+            'type="application/octet-stream".',
         )
     if not bulk_path_valid(path):
         return dicomweb_error(400, "A bulk data path is a tag, then item numbers and tags.")
@@ -637,7 +661,7 @@ def bulkdata(
         return _unserved(request, row, exc, detail)
     except IntegrityError:
         return dicomweb_error(500, "A stored object failed its integrity check; it was not served.")
-    return _octet_stream_parts([value])
+    return _octet_streams([value], form=form)
 
 
 def _render_options(request: HttpRequest) -> dict[str, Any]:

@@ -121,3 +121,20 @@ def flip_a_stored_byte(data_dir: Path, storage_key: str) -> None:
     blob = bytearray(path.read_bytes())
     blob[len(blob) // 2] ^= 0x01
     path.write_bytes(bytes(blob))
+
+
+BIG = 1_200_000  # above the 1 MB bulk data threshold
+
+
+def with_large_values(data: bytes) -> bytes:
+    """The object with a 1.2 MB private OB value and a 1.2 MB icon in a sequence."""
+    ds = pydicom.dcmread(io.BytesIO(data))
+    block = ds.private_block(0x0009, "PORTAL TESTS", create=True)
+    block.add_new(0x10, "OB", bytes(range(256)) * (BIG // 256))
+    icon = Dataset()
+    icon.Rows, icon.Columns, icon.BitsAllocated = 1000, 600, 16
+    icon.add_new(0x7FE00010, "OW", np.arange(600_000, dtype="<u2").tobytes())
+    ds.IconImageSequence = [icon]
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()

@@ -7,7 +7,6 @@ import io
 import numpy as np
 import pydicom
 import pytest
-from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from audit.models import Action, AuditEvent
@@ -16,12 +15,11 @@ from imaging.keyring import study_dek
 from imaging.metadata import metadata_open, metadata_seal
 from imaging.models import Instance
 from tests.imaging_tests.dicomweb_support import BASE, dicomweb, http, instance_url, token_for
-from tests.imaging_tests.helpers import ingest, sample_bytes, synthetic_ct
+from tests.imaging_tests.helpers import ingest, sample_bytes, synthetic_ct, with_large_values
 
 pytestmark = pytest.mark.django_db
 
 OCTET = {"Accept": 'multipart/related; type="application/octet-stream"'}
-BIG = 1_200_000  # above the 1 MB bulk data threshold
 
 
 def _ds(data: bytes) -> pydicom.Dataset:
@@ -33,23 +31,9 @@ def _metadata(token: str, ds: pydicom.Dataset) -> dict:
     return item
 
 
-def _with_large_values(data: bytes) -> bytes:
-    """The object with a 1.2 MB private OB value and a 1.2 MB icon in a sequence."""
-    ds = _ds(data)
-    block = ds.private_block(0x0009, "PORTAL TESTS", create=True)
-    block.add_new(0x10, "OB", bytes(range(256)) * (BIG // 256))
-    icon = Dataset()
-    icon.Rows, icon.Columns, icon.BitsAllocated = 1000, 600, 16
-    icon.add_new(0x7FE00010, "OW", np.arange(600_000, dtype="<u2").tobytes())
-    ds.IconImageSequence = [icon]
-    out = io.BytesIO()
-    ds.save_as(out, enforce_file_format=True)
-    return out.getvalue()
-
-
 @pytest.fixture
 def large_values(clinic):
-    data = _with_large_values(synthetic_ct(slices=1)[0])
+    data = with_large_values(synthetic_ct(slices=1)[0])
     ingest(clinic, data)
     return _ds(data)
 
@@ -65,6 +49,51 @@ def test_pixel_data_bulk_data_uri_returns_the_pixels(clinic, read_token):
     assert pixel["vr"] == "OW"
     assert pixel["BulkDataURI"] == f"{instance_url(ds)}/bulkdata/7FE00010"
     assert value == ds.PixelData
+
+
+def test_uncompressed_pixel_data_comes_back_as_stored_bit_for_bit(clinic, read_token):
+    ds = _ds(synthetic_ct(slices=1, size=16)[0])
+    ds.BitsStored, ds.HighBit = 12, 11
+    stored = np.frombuffer(ds.PixelData, dtype="<u2").copy()
+    stored[0] = 0xF123  # bits above Bits Stored (a retired overlay, say): not masked here
+    ds.PixelData = stored.tobytes()
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    ingest(clinic, out.getvalue())
+
+    (value,) = dicomweb(read_token).retrieve_bulkdata(f"{instance_url(ds)}/bulkdata/7FE00010")
+
+    assert value == stored.tobytes()
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("MR_small_bigendian.dcm", "MR_small.dcm"),
+        ("rtdose_expb.dcm", "rtdose.dcm"),  # 32-bit pixels, 15 frames
+        ("SC_rgb_small_odd_big_endian.dcm", "SC_rgb_small_odd.dcm"),  # 8-bit held as OW
+        ("rtdose.dcm", "rtdose.dcm"),  # native multi-frame: every frame, as stored
+    ],
+)
+def test_uncompressed_pixel_data_comes_back_little_endian(clinic, read_token, name, expected):
+    data = sample_bytes(name)
+    ingest(clinic, data)
+
+    (value,) = dicomweb(read_token).retrieve_bulkdata(
+        f"{instance_url(_ds(data))}/bulkdata/7FE00010"
+    )
+
+    assert value == _ds(sample_bytes(expected)).PixelData
+
+
+def test_compressed_multi_frame_pixel_data_comes_back_as_every_frame_decoded(clinic, read_token):
+    data = sample_bytes("SC_rgb_rle_2frame.dcm")
+    ingest(clinic, data)
+    ds = _ds(data)
+
+    (value,) = dicomweb(read_token).retrieve_bulkdata(f"{instance_url(ds)}/bulkdata/7FE00010")
+
+    assert value == ds.pixel_array.tobytes() and len(value) == 2 * ds.Rows * ds.Columns * 3
 
 
 def test_compressed_pixel_data_comes_back_decoded(clinic, read_token):
@@ -209,14 +238,62 @@ def test_frames_accept_what_they_offer(clinic, read_token, large_values, accept)
     assert response.status_code == 200
 
 
-def test_pixel_data_too_large_to_send_at_once_is_refused_for_frames(
-    clinic, read_token, large_values, monkeypatch
+def test_compressed_pixel_data_too_large_to_decode_at_once_is_refused_for_frames(
+    clinic, read_token, monkeypatch
 ):
+    data = sample_bytes("SC_rgb_jpeg_dcmtk.dcm")
+    ingest(clinic, data)
     monkeypatch.setattr(bulkdata, "MAX_DECODED_BYTES", 1000)
 
-    response = http(read_token).get(
-        f"{instance_url(large_values)}/bulkdata/7FE00010", headers=OCTET
-    )
+    response = http(read_token).get(f"{instance_url(_ds(data))}/bulkdata/7FE00010", headers=OCTET)
 
     assert response.status_code == 406
     assert "frames" in response.json()["error"]
+
+
+def test_one_frame_or_value_asked_for_as_octet_stream_comes_as_a_single_part(
+    clinic, read_token, large_values
+):
+    url = instance_url(large_values)
+    single = {"Accept": "application/octet-stream"}
+
+    frame = http(read_token).get(f"{url}/frames/1", headers=single)
+    value = http(read_token).get(f"{url}/bulkdata/00091010", headers=single)
+
+    for response in (frame, value):
+        assert response.status_code == 200
+        assert response.headers["Content-Type"].startswith("application/octet-stream")
+    assert frame.content == large_values.PixelData
+    assert value.content == large_values[0x00091010].value
+
+
+@pytest.mark.parametrize(
+    ("accept", "frames", "answer"),
+    [
+        ("application/octet-stream", "1,2", 406),  # several frames need multipart
+        (
+            "application/octet-stream, multipart/related; type=application/octet-stream; q=0.5",
+            "1,2",
+            "multipart/related",
+        ),
+        (
+            "application/octet-stream; q=0.5, multipart/related; type=application/octet-stream",
+            "1",
+            "multipart/related",
+        ),
+        ("*/*", "1", "multipart/related"),  # the default stays multipart
+    ],
+)
+def test_single_or_multipart_follows_accept(clinic, read_token, accept, frames, answer):
+    data = sample_bytes("rtdose.dcm")
+    ingest(clinic, data)
+
+    response = http(read_token).get(
+        f"{instance_url(_ds(data))}/frames/{frames}", headers={"Accept": accept}
+    )
+
+    if answer == 406:
+        assert response.status_code == 406
+    else:
+        assert response.status_code == 200
+        assert response.headers["Content-Type"].startswith(answer)

@@ -182,6 +182,24 @@ def test_big_endian_instance_is_retrieved_as_explicit_little_endian(clinic, read
 
 
 @pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("big", "little"),
+    [
+        ("rtdose_expb.dcm", "rtdose.dcm"),  # 32-bit pixels, 15 frames
+        ("SC_rgb_small_odd_big_endian.dcm", "SC_rgb_small_odd.dcm"),  # 8-bit RGB held as OW
+    ],
+)
+def test_big_endian_pixel_data_is_transcoded_bit_for_bit(clinic, read_token, big, little):
+    stored = _ds(sample_bytes(big))
+    ingest(clinic, sample_bytes(big))
+
+    (instance,) = dicomweb(read_token).retrieve_study(stored.StudyInstanceUID)
+
+    assert instance.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+    assert instance.PixelData == _ds(sample_bytes(little)).PixelData
+
+
+@pytest.mark.django_db
 def test_unavailable_transfer_syntax_is_406(clinic, read_token, stored_ct):
     ds = _ds(stored_ct[0])
 

@@ -15,12 +15,12 @@ from django.test import Client
 from django.utils import timezone
 
 from audit.models import Action, ActorType, AuditEvent
-from imaging.models import Instance, Series
+from imaging.models import Instance, Series, Study
 from imaging.services import study_set_confidential
 from sharing.models import ShareLink
 from sharing.services import ShareUnavailable, share_create, share_revoke, share_use
 from tests.helpers import TEST_ACTOR
-from tests.imaging_tests.helpers import ingest, ingest_study, synthetic_ct
+from tests.imaging_tests.helpers import ingest, ingest_study, synthetic_ct, with_large_values
 
 FRAMES = 'multipart/related; type="application/octet-stream"'
 PIN = "4711"
@@ -361,6 +361,25 @@ def test_bulk_data_is_a_download(client, study, radiologist, allow_download, sta
     response = client.get(bulk, HTTP_ACCEPT=FRAMES)
 
     assert response.status_code == status
+
+
+def test_deidentified_download_link_serves_pixels_but_no_private_bulk_data(
+    client, clinic, radiologist
+):
+    data = with_large_values(synthetic_ct(slices=1, size=16, patient_name="Doe^Jane")[0])
+    ingest(clinic, data)
+    study = Study.objects.for_tenant(clinic).get()
+    _, token = make_share(study, radiologist, deidentify=True, allow_download=True)
+    open_link(client, token)
+    instance = frame_url(first_instance(study)).removesuffix("/frames/1")
+
+    metadata = client.get(f"{instance}/metadata").json()[0]
+    private = client.get(f"{instance}/bulkdata/00091010", HTTP_ACCEPT=FRAMES)
+    pixels = client.get(f"{instance}/bulkdata/7FE00010", HTTP_ACCEPT=FRAMES)
+
+    assert "00091010" not in metadata and metadata["7FE00010"]["BulkDataURI"]
+    assert private.status_code == 404
+    assert pixels.status_code == 200 and b"Doe^Jane" not in pixels.content
 
 
 def test_download_link_downloads_and_is_audited(client, study, radiologist):
