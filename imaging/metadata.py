@@ -43,6 +43,11 @@ _RELATIVE_URI = _URI + BULK.encode()
 _STALE_URI = _URI + b'"'
 
 
+def header_stale(header_json: bytes) -> bool:
+    """Whether a kept header predates bulk data paths (an empty BulkDataURI)."""
+    return _STALE_URI in header_json
+
+
 def metadata_for_instance(
     header_json: bytes, *, instance_uri: str, pixel_vr: str | None
 ) -> bytes | None:
@@ -50,7 +55,7 @@ def metadata_for_instance(
     and the pixel data's added (as `pixel_vr`) when the instance has pixel data; None
     for a header kept before bulk data had paths, which must be rebuilt."""
     uris = _URI in header_json  # the one scan in the common case: no large values
-    if uris and _STALE_URI in header_json:
+    if uris and header_stale(header_json):
         return None
     return _with_uris(header_json, uris=uris, instance_uri=instance_uri, pixel_vr=pixel_vr)
 

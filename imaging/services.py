@@ -23,7 +23,7 @@ from audit.models import Action, Outcome
 from imaging.crypto import IntegrityError, ObjectContext, decrypt_stream, decrypt_verified
 from imaging.dicom import metadata_json
 from imaging.keyring import study_dek
-from imaging.metadata import metadata_open, metadata_seal
+from imaging.metadata import header_stale, metadata_open, metadata_seal
 from imaging.models import Instance, Series, Study
 from imaging.selectors import STUDY_DOWNLOAD_PERM, STUDY_VIEW_PERM
 from imaging.storage import object_delete, object_keys, object_open, storage_for
@@ -192,21 +192,24 @@ def instance_header_json(*, instance: Instance, actor: Actor, key: bytes) -> byt
 
 
 def instance_headers_backfill(*, tenant: Tenant, actor: Actor, batch: int = 200) -> int:
-    """Keep the encrypted header of instances stored before headers were kept.
+    """Keep the encrypted header of instances whose kept header is missing or stale.
 
-    Such rows are served by parsing their objects, which is slow for large series.
-    Reads each object once (verified), seals its header on the row, and records one
-    audit event per batch. Returns how many rows got a header.
+    Missing: stored before headers were kept. Stale: kept before binary values over
+    1 MB had bulk data paths (an empty BulkDataURI). Both are served by parsing their
+    objects on every metadata read, which is slow for large series. Reads each such
+    object once (verified), seals its header on the row, and records one audit event
+    per batch. Returns how many rows got a header.
     """
     done, after = 0, None
     while True:
-        rows = Instance.objects.for_tenant(tenant).filter(metadata=b"")
+        rows = Instance.objects.for_tenant(tenant)
         if after is not None:
             rows = rows.filter(pk__gt=after)
         rows = list(rows.select_related("tenant", "study").order_by("pk")[:batch])
         if not rows:
             return done
         after = rows[-1].pk
+        rows = [row for row in rows if _header_outdated(row, actor=actor)]
         sealed = []
         for row in rows:
             try:
@@ -233,6 +236,16 @@ def instance_headers_backfill(*, tenant: Tenant, actor: Actor, batch: int = 200)
                     detail={"instances": len(sealed)},
                 )
         done += len(sealed)
+
+
+def _header_outdated(row: Instance, *, actor: Actor) -> bool:
+    if not row.metadata:
+        return True
+    try:
+        header = instance_header_json(instance=row, actor=actor, key=study_dek(study=row.study))
+    except IntegrityError:
+        return False  # audited; the object is read on every request and checked there
+    return header_stale(header)
 
 
 def thumbnail_bytes(*, series: Series, actor: Actor) -> bytes | None:

@@ -140,6 +140,26 @@ def test_headers_kept_before_bulk_data_paths_are_rebuilt_with_them(
     assert item["00091010"]["BulkDataURI"].endswith("/bulkdata/00091010")
 
 
+def test_the_backfill_reseals_headers_kept_before_bulk_data_paths(clinic, large_values):
+    from django.core.management import call_command
+
+    ingest(clinic, synthetic_ct(slices=1)[0])  # a current header: left as it is
+    row = Instance.objects.for_tenant(clinic).get(sop_instance_uid=large_values.SOPInstanceUID)
+    context = {"key": study_dek(study=row.study), "tenant_id": clinic.pk}
+    context["storage_key"] = row.storage_key
+    header = metadata_open(sealed=bytes(row.metadata), **context)
+    stale = header.replace(b'"BulkDataURI":"bulkdata/00091010"', b'"BulkDataURI":""')
+    row.metadata = metadata_seal(header_json=stale, **context)
+    row.save(update_fields=["metadata"])
+    out = io.StringIO()
+
+    call_command("instance_headers_backfill", "--tenant", clinic.slug, stdout=out)
+
+    assert f"{clinic.slug}: 1 instance headers kept" in out.getvalue()
+    row.refresh_from_db()
+    assert metadata_open(sealed=bytes(row.metadata), **context) == header
+
+
 def test_an_object_without_pixel_data_has_no_pixel_uri(clinic, read_token):
     ds = _ds(synthetic_ct(slices=1)[0])
     del ds.PixelData
