@@ -77,6 +77,7 @@ class ParsedInstance:
     number_of_frames: int = 1
     rows: int | None = None
     columns: int | None = None
+    pixel_tag: str = ""  # see `pixel_tag`
     warnings: list[str] = field(default_factory=list)
     # DICOM JSON of the header (no pixel data), kept encrypted for metadata requests;
     # empty when the header cannot be expressed as JSON (then it is rebuilt on read).
@@ -84,6 +85,9 @@ class ParsedInstance:
 
 
 PIXEL_DATA_TAGS = (0x7FE00008, 0x7FE00009, 0x7FE00010)
+# Float and double float pixel data (parametric maps): their VR and bits per sample.
+FLOAT_PIXEL_VRS = {"7FE00008": "OF", "7FE00009": "OD"}
+FLOAT_PIXEL_BITS = {"7FE00008": 32, "7FE00009": 64}
 BULK_DATA_THRESHOLD = 1 << 20
 BULK = "bulkdata/"  # where an instance's bulk data is, below its URL
 PIXEL_DATA = "7FE00010"
@@ -185,20 +189,27 @@ def _int(ds: Dataset, keyword: str) -> int | None:
         return None
 
 
+def pixel_tag(ds: Dataset) -> str:
+    """Which pixel data the object holds: "7FE00010", float "7FE00008", double "7FE00009"."""
+    return next((f"{tag:08X}" for tag in PIXEL_DATA_TAGS if tag in ds), "")
+
+
 def _check_native_pixels(ds: Dataset, transfer_syntax: Any) -> None:
-    if "PixelData" not in ds or transfer_syntax.is_compressed:
+    tag = pixel_tag(ds)
+    if not tag or transfer_syntax.is_compressed:
         return
+    value = ds[int(tag, 16)].value or b""
     rows, columns = _int(ds, "Rows") or 0, _int(ds, "Columns") or 0
-    bits = _int(ds, "BitsAllocated") or 0
+    bits = FLOAT_PIXEL_BITS.get(tag) or _int(ds, "BitsAllocated") or 0
     samples = _int(ds, "SamplesPerPixel") or 1
     frames = _int(ds, "NumberOfFrames") or 1
     if str(ds.get("PhotometricInterpretation", "")) == "YBR_FULL_422":
         samples = 2  # chroma is subsampled horizontally: two samples per pixel on average
     expected = rows * columns * samples * frames * bits // 8
-    if expected and len(ds.PixelData) < expected:
+    if expected and len(value) < expected:
         raise DicomRejected(
             "truncated",
-            f"Pixel data holds {len(ds.PixelData)} bytes; the image needs {expected}.",
+            f"Pixel data holds {len(value)} bytes; the image needs {expected}.",
         )
 
 
@@ -312,6 +323,7 @@ def parse_part10(
         number_of_frames=_int(ds, "NumberOfFrames") or 1,
         rows=_int(ds, "Rows"),
         columns=_int(ds, "Columns"),
+        pixel_tag=pixel_tag(ds),
         warnings=messages[:5],
         metadata=metadata_json(ds),
     )

@@ -328,6 +328,7 @@ def _instance_row(
         instance_number=parsed.instance_number,
         number_of_frames=parsed.number_of_frames,
         rows=parsed.rows,
+        pixel_tag=parsed.pixel_tag,
         columns=parsed.columns,
         size_bytes=len(parsed.data),
         sha256=parsed.sha256,

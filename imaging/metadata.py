@@ -14,7 +14,7 @@ from typing import Any
 from uuid import UUID
 
 from imaging.crypto import ObjectContext, decrypt_stream, encrypt_bytes
-from imaging.dicom import BULK, PIXEL_DATA
+from imaging.dicom import BULK
 
 
 def _context(tenant_id: UUID, storage_key: str) -> ObjectContext:
@@ -49,35 +49,41 @@ def header_stale(header_json: bytes) -> bool:
 
 
 def metadata_for_instance(
-    header_json: bytes, *, instance_uri: str, pixel_vr: str | None
+    header_json: bytes, *, instance_uri: str, pixel: tuple[str, str] | None
 ) -> bytes | None:
     """A header JSON object with its BulkDataURIs under `instance_uri`, without parsing,
-    and the pixel data's added (as `pixel_vr`) when the instance has pixel data; None
+    and the pixel data's added (`pixel`: its tag and VR) when it has pixel data; None
     for a header kept before bulk data had paths, which must be rebuilt."""
     uris = _URI in header_json  # the one scan in the common case: no large values
     if uris and header_stale(header_json):
         return None
-    return _with_uris(header_json, uris=uris, instance_uri=instance_uri, pixel_vr=pixel_vr)
+    return _with_uris(header_json, uris=uris, instance_uri=instance_uri, pixel=pixel)
 
 
-def metadata_item(header: dict[str, Any], *, instance_uri: str, pixel_vr: str | None) -> bytes:
+def metadata_item(
+    header: dict[str, Any], *, instance_uri: str, pixel: tuple[str, str] | None
+) -> bytes:
     """The same for a header parsed at read time (rows stored before the cache, pseudonyms)."""
     header_json = json.dumps(header, separators=(",", ":")).encode()
     uris = _URI in header_json
-    return _with_uris(header_json, uris=uris, instance_uri=instance_uri, pixel_vr=pixel_vr)
+    return _with_uris(header_json, uris=uris, instance_uri=instance_uri, pixel=pixel)
 
 
-def _with_uris(header_json: bytes, *, uris: bool, instance_uri: str, pixel_vr: str | None) -> bytes:
+def _with_uris(
+    header_json: bytes, *, uris: bool, instance_uri: str, pixel: tuple[str, str] | None
+) -> bytes:
     # The instance's bulk data URL, escaped as a JSON string's contents.
     bulk = json.dumps(f"{instance_uri}/{BULK}")[1:-1].encode()
     if uris:
         header_json = header_json.replace(_RELATIVE_URI, _URI + bulk)
-    if pixel_vr is None:
+    if pixel is None:
         return header_json
-    pixel = b'"7FE00010":{"vr":"%s","BulkDataURI":"%s%s"}' % (
-        pixel_vr.encode(),
+    tag, vr = pixel
+    pixel_json = b'"%s":{"vr":"%s","BulkDataURI":"%s%s"}' % (
+        tag.encode(),
+        vr.encode(),
         bulk,
-        PIXEL_DATA.encode(),
+        tag.encode(),
     )
     separator = b"," if header_json.strip() != b"{}" else b""
-    return header_json.rstrip()[:-1] + separator + pixel + b"}"
+    return header_json.rstrip()[:-1] + separator + pixel_json + b"}"

@@ -157,6 +157,10 @@ class Instance(TenantOwnedModel):
     number_of_frames = models.PositiveIntegerField(default=1)
     rows = models.PositiveIntegerField(null=True, blank=True)
     columns = models.PositiveIntegerField(null=True, blank=True)
+    # Which pixel data the object holds (imaging.dicom.pixel_tag): "" none, "7FE00010",
+    # or float "7FE00008" / double "7FE00009". Null (not recorded: rows stored before it
+    # was kept) differs from "" (no pixel data), hence null on a text field.
+    pixel_tag = models.CharField(max_length=8, null=True, blank=True, default=None)  # noqa: DJ001
     size_bytes = models.BigIntegerField()
     sha256 = models.CharField(max_length=64)
     storage_key = models.CharField(max_length=128)

@@ -18,7 +18,13 @@ import audit
 from audit.actors import Actor
 from audit.models import Action
 from imaging.crypto import IntegrityError
-from imaging.dicom import deidentified_bytes, deidentify, metadata_dict
+from imaging.dicom import (
+    FLOAT_PIXEL_VRS,
+    PIXEL_DATA,
+    deidentified_bytes,
+    deidentify,
+    metadata_dict,
+)
 from imaging.dicomweb.auth import DicomwebClient, dicomweb_error
 from imaging.dicomweb.bulkdata import (
     WORDS,
@@ -394,10 +400,16 @@ def retrieve_instance(request: HttpRequest, study: str, series: str, instance: s
 _NATIVE_SYNTAXES = {EXPLICIT_VR_LE, EXPLICIT_VR_BE, "1.2.840.10008.1.2", "1.2.840.10008.1.2.1.99"}
 
 
-def _pixel_vr(row: Instance) -> str | None:
-    if row.rows is None:  # not an image: no pixel data
+def _pixel(row: Instance) -> tuple[str, str] | None:
+    """The pixel data's tag and VR in metadata; None when the instance has none."""
+    tag = row.pixel_tag
+    if tag is None:  # a row stored before the tag was kept: an image has Pixel Data
+        tag = PIXEL_DATA if row.rows is not None else ""
+    if not tag:
         return None
-    return "OW" if row.transfer_syntax_uid in _NATIVE_SYNTAXES else "OB"
+    if tag in FLOAT_PIXEL_VRS:
+        return tag, FLOAT_PIXEL_VRS[tag]
+    return tag, "OW" if row.transfer_syntax_uid in _NATIVE_SYNTAXES else "OB"
 
 
 def _metadata(request: HttpRequest, instances: QuerySet[Instance]) -> HttpResponse:
@@ -415,14 +427,14 @@ def _metadata(request: HttpRequest, instances: QuerySet[Instance]) -> HttpRespon
                 f"{base}/studies/{row.study.study_uid}/series/{row.series.series_uid}"
                 f"/instances/{row.sop_instance_uid}"
             )
-            pixel_vr = _pixel_vr(row)
+            pixel = _pixel(row)
             item = None
             if pseudonym is None:
                 if row.study_id not in keys:
                     keys[row.study_id] = study_dek(study=row.study)
                 header = instance_header_json(instance=row, actor=actor, key=keys[row.study_id])
                 if header:
-                    item = metadata_for_instance(header, instance_uri=uri, pixel_vr=pixel_vr)
+                    item = metadata_for_instance(header, instance_uri=uri, pixel=pixel)
             if item is None:
                 # De-identified clients, and rows stored before headers (or bulk data
                 # paths) were kept: parse.
@@ -431,7 +443,7 @@ def _metadata(request: HttpRequest, instances: QuerySet[Instance]) -> HttpRespon
                 )
                 if pseudonym is not None:
                     deidentify(ds, pseudonym=pseudonym)
-                item = metadata_item(metadata_dict(ds), instance_uri=uri, pixel_vr=pixel_vr)
+                item = metadata_item(metadata_dict(ds), instance_uri=uri, pixel=pixel)
             items.append(item)
     except IntegrityError:
         return dicomweb_error(500, "A stored object failed its integrity check; it was not served.")

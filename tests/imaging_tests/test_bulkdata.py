@@ -317,3 +317,56 @@ def test_single_or_multipart_follows_accept(clinic, read_token, accept, frames, 
     else:
         assert response.status_code == 200
         assert response.headers["Content-Type"].startswith(answer)
+
+
+def _float_pixel_object() -> tuple[bytes, np.ndarray]:
+    """A parametric-map-like object: 32-bit Float Pixel Data instead of Pixel Data."""
+    ds = _ds(synthetic_ct(slices=1, size=16)[0])
+    del ds.PixelData
+    for keyword in ("BitsStored", "HighBit", "PixelRepresentation"):
+        delattr(ds, keyword)
+    ds.BitsAllocated = 32
+    values = np.linspace(-1.5, 2.5, 256, dtype="<f4")
+    ds.FloatPixelData = values.tobytes()
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue(), values
+
+
+def test_float_pixel_data_is_advertised_under_its_own_tag_and_resolves(clinic, read_token):
+    data, values = _float_pixel_object()
+    ingest(clinic, data)
+    ds = _ds(data)
+
+    item = _metadata(read_token, ds)
+    (value,) = dicomweb(read_token).retrieve_bulkdata(item["7FE00008"]["BulkDataURI"])
+    frame = http(read_token).get(
+        f"{instance_url(ds)}/frames/1", headers={"Accept": "application/octet-stream"}
+    )
+
+    assert "7FE00010" not in item and item["7FE00008"]["vr"] == "OF"
+    assert np.frombuffer(value, dtype="<f4").tolist() == values.tolist()
+    assert frame.status_code == 200 and frame.content == value
+
+
+def test_rows_stored_before_the_pixel_tag_was_kept_still_advertise_pixel_data(clinic, read_token):
+    data = synthetic_ct(slices=1)[0]
+    ingest(clinic, data)
+    Instance.objects.for_tenant(clinic).update(pixel_tag=None)
+
+    item = _metadata(read_token, _ds(data))
+
+    assert item["7FE00010"]["vr"] == "OW"
+
+
+def test_truncated_float_pixel_data_is_rejected(clinic):
+    data, _ = _float_pixel_object()
+    ds = _ds(data)
+    ds.FloatPixelData = ds.FloatPixelData[:100]
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+
+    result = ingest(clinic, out.getvalue())
+
+    assert result.code == "truncated" and "Pixel data holds 100 bytes" in result.message
+    assert not Instance.objects.for_tenant(clinic).exists()
