@@ -147,8 +147,11 @@ def _filtered(
 def masked_study_ids(*, membership: Membership, studies: list[Study], now: dt.datetime) -> set:
     """Which of `studies` are shown without demographics to this member."""
     if not membership.has_perm(Perm.WORKLIST_VIEW):
-        # A member who sees only what was granted: whatever is no longer granted to them.
+        # A member who sees only what was granted (study_access's rule): whatever is no
+        # longer granted to them, and everything once their role no longer allows it.
         ids = [s.pk for s in studies]
+        if not membership.has_perm(Perm.STUDY_VIEW_GRANTED):
+            return set(ids)
         granted = set()
         for perm in (STUDY_VIEW_PERM, STUDY_DOWNLOAD_PERM):
             granted |= set(

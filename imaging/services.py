@@ -21,7 +21,7 @@ import audit
 from audit.actors import Actor
 from audit.models import Action, Outcome
 from imaging.crypto import IntegrityError, ObjectContext, decrypt_stream, decrypt_verified
-from imaging.dicom import metadata_json
+from imaging.dicom import metadata_json, pixel_tag
 from imaging.keyring import study_dek
 from imaging.metadata import header_stale, metadata_open, metadata_seal
 from imaging.models import Instance, Series, Study
@@ -195,10 +195,11 @@ def instance_headers_backfill(*, tenant: Tenant, actor: Actor, batch: int = 200)
     """Keep the encrypted header of instances whose kept header is missing or stale.
 
     Missing: stored before headers were kept. Stale: kept before binary values over
-    1 MB had bulk data paths (an empty BulkDataURI). Both are served by parsing their
-    objects on every metadata read, which is slow for large series. Reads each such
-    object once (verified), seals its header on the row, and records one audit event
-    per batch. Returns how many rows got a header.
+    1 MB had bulk data paths (an empty BulkDataURI), or before the row recorded which
+    pixel data its object holds. Such rows are served by parsing their objects on every
+    metadata read, which is slow for large series. Reads each such object once
+    (verified), seals its header on the row, and records one audit event per batch (the
+    kept headers it opened to check them included). Returns how many rows got a header.
     """
     done, after = 0, None
     while True:
@@ -209,14 +210,16 @@ def instance_headers_backfill(*, tenant: Tenant, actor: Actor, batch: int = 200)
         if not rows:
             return done
         after = rows[-1].pk
-        rows = [row for row in rows if _header_outdated(row, actor=actor)]
-        sealed = []
-        for row in rows:
+        checked = len(rows)
+        updated, sealed = [], 0
+        for row in [row for row in rows if _header_outdated(row, actor=actor)]:
             try:
                 data = instance_bytes(instance=row, actor=actor)
             except IntegrityError:
                 continue  # audited by instance_bytes; this row stays on the slow path
-            header = metadata_json(pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True))
+            ds = pydicom.dcmread(io.BytesIO(data))  # whole: which pixel data it holds too
+            row.pixel_tag = pixel_tag(ds)
+            header = metadata_json(ds)
             if header:  # else no JSON form: it stays on the slow path, which says why
                 row.metadata = metadata_seal(
                     header_json=header,
@@ -224,22 +227,23 @@ def instance_headers_backfill(*, tenant: Tenant, actor: Actor, batch: int = 200)
                     tenant_id=tenant.pk,
                     storage_key=row.storage_key,
                 )
-                sealed.append(row)
-        if sealed:
-            with transaction.atomic():
-                Instance.objects.for_tenant(tenant).bulk_update(sealed, ["metadata"])
-                audit.record(
-                    actor=actor,
-                    action=Action.HEADERS_INDEXED,
-                    target=None,
-                    tenant=tenant,
-                    detail={"instances": len(sealed)},
-                )
-        done += len(sealed)
+                sealed += 1
+            updated.append(row)
+        with transaction.atomic():
+            if updated:
+                Instance.objects.for_tenant(tenant).bulk_update(updated, ["metadata", "pixel_tag"])
+            audit.record(
+                actor=actor,
+                action=Action.HEADERS_INDEXED,
+                target=None,
+                tenant=tenant,
+                detail={"instances": sealed, "checked": checked},
+            )
+        done += sealed
 
 
 def _header_outdated(row: Instance, *, actor: Actor) -> bool:
-    if not row.metadata:
+    if not row.metadata or row.pixel_tag is None:
         return True
     try:
         header = instance_header_json(instance=row, actor=actor, key=study_dek(study=row.study))

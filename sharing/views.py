@@ -48,6 +48,7 @@ from sharing.services import (
 )
 from tenants.access import check_clinic_perm, require_perm
 from tenants.mfa import require_step_up
+from tenants.models import Membership
 from tenants.roles import Perm
 from tenants.throttle import too_many_lookups
 
@@ -168,7 +169,7 @@ def share_index(request: HttpRequest) -> HttpResponse:
     )
 
 
-def _masked(membership, links: list[ShareLink], *, now: dt.datetime) -> set:
+def _masked(membership: Membership, links: list[ShareLink], *, now: dt.datetime) -> set[uuid.UUID]:
     """Studies of `links` whose demographics this member may no longer see.
 
     Staff follow the worklist's rule (a study made confidential since, a grant withdrawn);

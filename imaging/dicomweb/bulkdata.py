@@ -49,7 +49,8 @@ def stored_pixel_bytes(ds: pydicom.Dataset) -> bytes:
     """Uncompressed pixel data as explicit VR little endian holds it, bit for bit.
 
     Big endian OW pixel data is swapped a pixel at a time for 32- and 64-bit pixels and
-    a 16-bit word at a time otherwise (8- and 1-bit data included), as PS3.5 stores it.
+    a 16-bit word at a time otherwise (8- and 1-bit data included), as pydicom reads it
+    (and its reference big endian files are written); OB is never swapped.
     """
     element = ds["PixelData"]
     value = bytes(element.value)

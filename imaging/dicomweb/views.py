@@ -564,7 +564,8 @@ def _octet_stream_form(request: HttpRequest, *, parts: int) -> str | None:
 
     Multipart/related; type="application/octet-stream" is the default. A plain
     `application/octet-stream` preferred in Accept gets one value as a single part, as
-    PS3.18 8.7.3.5 allows; several frames then need multipart to be acceptable too.
+    PS3.18 8.7.3.5 allows (so is `application/*`, which admits no multipart answer);
+    several frames then need multipart to be acceptable too.
     """
     offered: list[tuple[float, int, str]] = []
     for position, item in enumerate((request.headers.get("Accept", "") or "*/*").split(",")):
@@ -578,9 +579,10 @@ def _octet_stream_form(request: HttpRequest, *, parts: int) -> str | None:
         if params.get("transfer-syntax", "*") not in ("*", EXPLICIT_VR_LE):
             continue  # only uncompressed little endian is offered
         part = params.get("type", "application/octet-stream").lower()
-        if media == "application/octet-stream":
+        if media in ("application/octet-stream", "application/*"):
+            # application/* admits no multipart/related answer: one part, or nothing.
             offered.append((-quality, position, "single"))
-        elif media in _ANY_OCTETS or (media in _MULTIPART and part in _OCTET_STREAM_PARTS):
+        elif media == "*/*" or (media in _MULTIPART and part in _OCTET_STREAM_PARTS):
             offered.append((-quality, position, "multipart"))
     forms = [form for *_, form in sorted(offered)]
     if not forms:

@@ -12,7 +12,7 @@ import pytest
 from django.test import Client
 from django.utils import timezone
 
-from audit.models import AuditEvent
+from audit.models import AuditEvent, Outcome
 from imaging.models import Instance, Series
 from sharing.invitations import invitation_accept, patient_invite
 from sharing.services import share_create
@@ -23,7 +23,15 @@ from tests.tenants_tests.test_isolation_sweep import build_url, clinic_patterns
 
 NAME = "Sweep^Jane"
 PATIENT_ID = "PID-SWEEP-77"
-SHOWN = (b"Sweep, Jane", b"Sweep^Jane", PATIENT_ID.encode())
+# Name, patient id, birth date and accession number, as pages and DICOM JSON show them.
+SHOWN = (
+    b"Sweep, Jane",
+    b"Sweep^Jane",
+    PATIENT_ID.encode(),
+    b"1970-01-01",
+    b"19700101",
+    b"ACC-1",
+)
 # Ids only in the URLs of actions (POST): revoking a grant, an invitation, a portal account.
 POST_ONLY_GROUPS = {"user_id", "invitation_id", "link_id"}
 # The tenant admin shows no patient data (it manages staff, tokens and settings).
@@ -112,7 +120,7 @@ def _shows_phi(response) -> bool:
 
 
 def _audited(events: list[AuditEvent], user, ids: set[str]) -> bool:
-    mine = [e for e in events if e.actor_id == str(user.pk)]
+    mine = [e for e in events if e.actor_id == str(user.pk) and e.outcome == Outcome.SUCCESS]
     return any(e.target_id in ids or any(i in json.dumps(e.detail) for i in ids) for e in mine)
 
 
@@ -148,7 +156,13 @@ def test_every_staff_page_that_shows_a_patient_audits_it(client_for, all_staff_r
     assert unaudited == []
     # Not vacuous: the worklist, the study page, the share pages and metadata showed PHI.
     slug = study.tenant.slug
-    for page in (f"/t/{slug}/", f"/t/{slug}/studies/{study.pk}/", f"/t/{slug}/shares/"):
+    for page in (
+        f"/t/{slug}/",
+        f"/t/{slug}/studies/{study.pk}/",
+        f"/t/{slug}/studies/{study.pk}/share/",
+        f"/t/{slug}/shares/",
+        f"/t/{slug}/shares/{share.pk}/",
+    ):
         assert page in shown
     assert len(shown) >= 8
 
@@ -162,6 +176,7 @@ def test_every_patient_page_that_shows_their_record_audits_it(client_for, linked
     assert unaudited == []
     slug = study.tenant.slug
     assert f"/t/{slug}/my/studies/{study.pk}/" in shown
+    assert f"/t/{slug}/my/studies/{study.pk}/share/" in shown
     assert f"/t/{slug}/shares/{share.pk}/" in shown
 
 

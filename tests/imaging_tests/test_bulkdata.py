@@ -7,6 +7,7 @@ import io
 import numpy as np
 import pydicom
 import pytest
+from django.core.management import call_command
 from pydicom.uid import generate_uid
 
 from audit.models import Action, AuditEvent
@@ -141,8 +142,6 @@ def test_headers_kept_before_bulk_data_paths_are_rebuilt_with_them(
 
 
 def test_the_backfill_reseals_headers_kept_before_bulk_data_paths(clinic, large_values):
-    from django.core.management import call_command
-
     ingest(clinic, synthetic_ct(slices=1)[0])  # a current header: left as it is
     row = Instance.objects.for_tenant(clinic).get(sop_instance_uid=large_values.SOPInstanceUID)
     context = {"key": study_dek(study=row.study), "tenant_id": clinic.pk}
@@ -302,6 +301,8 @@ def test_one_frame_or_value_asked_for_as_octet_stream_comes_as_a_single_part(
             "multipart/related",
         ),
         ("*/*", "1", "multipart/related"),  # the default stays multipart
+        ("application/*", "1", "application/octet-stream"),  # admits no multipart answer
+        ("application/*", "1,2", 406),
     ],
 )
 def test_single_or_multipart_follows_accept(clinic, read_token, accept, frames, answer):
@@ -357,6 +358,21 @@ def test_rows_stored_before_the_pixel_tag_was_kept_still_advertise_pixel_data(cl
     item = _metadata(read_token, _ds(data))
 
     assert item["7FE00010"]["vr"] == "OW"
+
+
+def test_the_backfill_records_the_pixel_tag_of_rows_stored_before_it_was_kept(clinic, read_token):
+    data, _ = _float_pixel_object()
+    ingest(clinic, data)
+    Instance.objects.for_tenant(clinic).update(pixel_tag=None)
+    before = _metadata(read_token, _ds(data))
+
+    call_command("instance_headers_backfill", "--tenant", clinic.slug, stdout=io.StringIO())
+
+    assert "7FE00010" in before  # the old guess for a row that did not say
+    assert Instance.objects.for_tenant(clinic).get().pixel_tag == "7FE00008"
+    assert "7FE00008" in _metadata(read_token, _ds(data))
+    event = AuditEvent.objects.for_tenant(clinic).filter(action=Action.HEADERS_INDEXED).get()
+    assert event.detail == {"instances": 1, "checked": 1}
 
 
 def test_truncated_float_pixel_data_is_rejected(clinic):

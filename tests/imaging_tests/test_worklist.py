@@ -5,10 +5,12 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
+from django.utils import timezone
 
 from audit.models import Action, AuditEvent
-from imaging.services import study_grant, study_set_confidential
-from tests.helpers import TEST_ACTOR
+from imaging.selectors import masked_study_ids
+from imaging.services import study_grant, study_grant_revoke, study_set_confidential
+from tests.helpers import TEST_ACTOR, membership_of
 from tests.imaging_tests.helpers import ingest_study, synthetic_ct
 
 
@@ -232,3 +234,17 @@ def test_dates_are_shown_iso(client_for, radiologist, clinic, studies):
     html = client_for(radiologist).get(f"/t/{clinic.slug}/").content.decode()
 
     assert dt.date(2026, 1, 5).isoformat() in html
+
+
+def test_a_study_no_longer_granted_is_masked_for_a_member_who_sees_only_grants(
+    referring_physician, clinic, studies
+):
+    kept, withdrawn = studies["jane"], studies["john"]
+    for study in (kept, withdrawn):
+        study_grant(study=study, grantee=referring_physician, download=False, actor=TEST_ACTOR)
+    study_grant_revoke(study=withdrawn, grantee=referring_physician, actor=TEST_ACTOR)
+    membership = membership_of(referring_physician, clinic)
+
+    masked = masked_study_ids(membership=membership, studies=[kept, withdrawn], now=timezone.now())
+
+    assert masked == {withdrawn.pk}
