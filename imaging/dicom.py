@@ -85,9 +85,8 @@ class ParsedInstance:
 
 
 PIXEL_DATA_TAGS = (0x7FE00008, 0x7FE00009, 0x7FE00010)
-# Float and double float pixel data (parametric maps): their VR and bits per sample.
+# Float and double float pixel data (parametric maps): their VR, which sets the bits.
 FLOAT_PIXEL_VRS = {"7FE00008": "OF", "7FE00009": "OD"}
-FLOAT_PIXEL_BITS = {"7FE00008": 32, "7FE00009": 64}
 BULK_DATA_THRESHOLD = 1 << 20
 BULK = "bulkdata/"  # where an instance's bulk data is, below its URL
 PIXEL_DATA = "7FE00010"
@@ -200,7 +199,8 @@ def _check_native_pixels(ds: Dataset, transfer_syntax: Any) -> None:
         return
     value = ds[int(tag, 16)].value or b""
     rows, columns = _int(ds, "Rows") or 0, _int(ds, "Columns") or 0
-    bits = FLOAT_PIXEL_BITS.get(tag) or _int(ds, "BitsAllocated") or 0
+    float_bits = {"OF": 32, "OD": 64}.get(FLOAT_PIXEL_VRS.get(tag, ""))
+    bits = float_bits or _int(ds, "BitsAllocated") or 0
     samples = _int(ds, "SamplesPerPixel") or 1
     frames = _int(ds, "NumberOfFrames") or 1
     if str(ds.get("PhotometricInterpretation", "")) == "YBR_FULL_422":

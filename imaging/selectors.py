@@ -152,13 +152,15 @@ def masked_study_ids(*, membership: Membership, studies: list[Study], now: dt.da
         ids = [s.pk for s in studies]
         if not membership.has_perm(Perm.STUDY_VIEW_GRANTED):
             return set(ids)
-        granted = set()
-        for perm in (STUDY_VIEW_PERM, STUDY_DOWNLOAD_PERM):
-            granted |= set(
-                _granted_ids(membership=membership, perm=perm)
-                .filter(pk__in=ids)
-                .values_list("pk", flat=True)
+        granted = set(
+            Study.objects.for_tenant(membership.tenant)
+            .filter(pk__in=ids)
+            .filter(
+                Q(pk__in=_granted_ids(membership=membership, perm=STUDY_VIEW_PERM))
+                | Q(pk__in=_granted_ids(membership=membership, perm=STUDY_DOWNLOAD_PERM))
             )
+            .values_list("pk", flat=True)
+        )
         return {pk for pk in ids if pk not in granted}
     confidential = [s.pk for s in studies if s.confidential]
     if not confidential:

@@ -12,7 +12,7 @@ from audit.actors import Target
 from audit.models import ActorType, AuditEvent
 from audit.selectors import events_for_targets
 from imaging.models import Patient, Study
-from imaging.selectors import series_for_study, study_target
+from imaging.selectors import masked_study_ids, series_for_study, study_target
 from sharing.models import PatientInvitation, PatientLink, ShareLink
 from tenants.models import ApiToken, Membership, Tenant, User
 from tenants.roles import Perm
@@ -36,6 +36,19 @@ def share_list(*, membership: Membership) -> QuerySet[ShareLink]:
 def share_get(*, membership: Membership, share_id: uuid.UUID) -> ShareLink | None:
     """One of `share_list`'s links."""
     return share_list(membership=membership).filter(pk=share_id).first()
+
+
+def share_masked_study_ids(
+    *, membership: Membership, shares: list[ShareLink], now: dt.datetime
+) -> set[uuid.UUID]:
+    """Studies of `shares` whose demographics this member may no longer see.
+
+    Staff follow the worklist's rule (a study made confidential since, a grant withdrawn);
+    a patient's list holds only their own studies.
+    """
+    if not membership.has_perm(Perm.STUDY_SHARE):
+        return set()
+    return masked_study_ids(membership=membership, studies=[s.study for s in shares], now=now)
 
 
 def linked_patient_ids(*, tenant: Tenant, user: User) -> QuerySet:

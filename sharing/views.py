@@ -27,14 +27,14 @@ from audit.models import Action, ActorType, AuditEvent
 from audit.selectors import actor_labels
 from imaging.archive import study_zip, zip_response
 from imaging.models import Series
-from imaging.selectors import instances_for_download, masked_study_ids, series_for_study
+from imaging.selectors import instances_for_download, series_for_study
 from imaging.viewing import viewer_session_open_for_share
 from imaging.views.study import study_for_request
 from imaging.views.viewer import viewer_context
 from sharing.forms import ChallengeForm, ShareForm
 from sharing.models import ShareLink
 from sharing.recipient import recipient_begin, recipient_end, recipient_share, recipient_verified
-from sharing.selectors import share_get, share_list
+from sharing.selectors import share_get, share_list, share_masked_study_ids
 from sharing.services import (
     ShareInvalid,
     ShareUnavailable,
@@ -48,7 +48,6 @@ from sharing.services import (
 )
 from tenants.access import check_clinic_perm, require_perm
 from tenants.mfa import require_step_up
-from tenants.models import Membership
 from tenants.roles import Perm
 from tenants.throttle import too_many_lookups
 
@@ -144,7 +143,7 @@ def share_index(request: HttpRequest) -> HttpResponse:
     membership = request.membership  # type: ignore[attr-defined]
     links = list(share_list(membership=membership))
     now = timezone.now()
-    masked = _masked(membership, links, now=now)
+    masked = share_masked_study_ids(membership=membership, shares=links, now=now)
     # Names, dates and recipients' addresses are shown: which links and studies, as the
     # worklist records its pages.
     audit.record(
@@ -169,17 +168,6 @@ def share_index(request: HttpRequest) -> HttpResponse:
     )
 
 
-def _masked(membership: Membership, links: list[ShareLink], *, now: dt.datetime) -> set[uuid.UUID]:
-    """Studies of `links` whose demographics this member may no longer see.
-
-    Staff follow the worklist's rule (a study made confidential since, a grant withdrawn);
-    a patient's list holds only their own studies.
-    """
-    if not membership.has_perm(Perm.STUDY_SHARE):
-        return set()
-    return masked_study_ids(membership=membership, studies=[s.study for s in links], now=now)
-
-
 def _own_share(request: HttpRequest, share_id: uuid.UUID) -> ShareLink:
     check_clinic_perm(request, Perm.STUDY_SHARE, Perm.OWN_STUDIES)
     share = share_get(membership=request.membership, share_id=share_id)  # type: ignore[attr-defined]
@@ -192,7 +180,11 @@ def _own_share(request: HttpRequest, share_id: uuid.UUID) -> ShareLink:
 def share_detail(request: HttpRequest, share_id: uuid.UUID) -> HttpResponse:
     share = _own_share(request, share_id)
     now = timezone.now()
-    masked = share.study_id in _masked(request.membership, [share], now=now)  # type: ignore[attr-defined]
+    masked = share.study_id in share_masked_study_ids(
+        membership=request.membership,  # type: ignore[attr-defined]
+        shares=[share],
+        now=now,
+    )
     events = list(
         AuditEvent.objects.for_tenant(request.tenant)
         .filter(

@@ -38,10 +38,14 @@ def bulk_path_valid(path: str) -> bool:
 
 def little_endian(element: DataElement, *, big_endian: bool) -> bytes:
     """A binary value's bytes as explicit VR little endian holds them."""
-    value = element.value
     word = WORDS.get(element.VR)
     if not big_endian or word is None:
-        return bytes(value)
+        return bytes(element.value)
+    return _swapped(element.value, word=word)
+
+
+def _swapped(value: bytes, *, word: str) -> bytes:
+    """Big endian words of numpy type `word` ("u2", "u4", ...) as little endian."""
     return np.frombuffer(value, dtype=">" + word).astype("<" + word).tobytes()
 
 
@@ -53,12 +57,10 @@ def stored_pixel_bytes(ds: pydicom.Dataset) -> bytes:
     (and its reference big endian files are written); OB is never swapped.
     """
     element = ds["PixelData"]
-    value = bytes(element.value)
     if ds.original_encoding[1] is not False or element.VR != "OW":
-        return value
+        return bytes(element.value)
     size = max(int(ds.get("BitsAllocated") or 16), 16) // 8
-    word = f"u{size}" if size in (2, 4, 8) else "u2"
-    return np.frombuffer(value, dtype=">" + word).astype("<" + word).tobytes()
+    return _swapped(element.value, word=f"u{size}" if size in (2, 4, 8) else "u2")
 
 
 def _element(ds: pydicom.Dataset, path: str) -> DataElement:

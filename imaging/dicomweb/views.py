@@ -554,9 +554,9 @@ def _frame_numbers(text: str) -> list[int]:
     return numbers
 
 
-_ANY_OCTETS = {"application/*", "*/*"}
 _MULTIPART = {"multipart/related", "multipart/*"}
-_OCTET_STREAM_PARTS = {"application/octet-stream"} | _ANY_OCTETS
+# What a multipart Accept's `type=` may name for octet-stream parts.
+_OCTET_STREAM_PARTS = {"application/octet-stream", "application/*", "*/*"}
 
 
 def _octet_stream_form(request: HttpRequest, *, parts: int) -> str | None:
