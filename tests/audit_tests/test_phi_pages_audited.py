@@ -1,4 +1,4 @@
-"""Sweep every clinic page: one that shows a patient's name or id has audited the look.
+"""Sweep every clinic and share recipient page: one that shows PHI has audited the look.
 
 The pages are enumerated from the URL configuration, as the isolation sweep does, so a
 new page that shows PHI without recording it fails here the day it is added.
@@ -19,7 +19,7 @@ from sharing.services import share_create
 from tenants.services import user_create
 from tests.helpers import PASSWORD, TEST_ACTOR, make_member
 from tests.imaging_tests.helpers import ingest_study, synthetic_ct
-from tests.tenants_tests.test_isolation_sweep import build_url, clinic_patterns
+from tests.tenants_tests.test_isolation_sweep import build_url, clinic_patterns, walk_urls
 
 NAME = "Sweep^Jane"
 PATIENT_ID = "PID-SWEEP-77"
@@ -36,6 +36,8 @@ SHOWN = (
 POST_ONLY_GROUPS = {"user_id", "invitation_id", "link_id"}
 # The tenant admin shows no patient data (it manages staff, tokens and settings).
 ADMIN_GROUPS = {"app_label", "content_type_id", "object_id", "url"}
+# A share's own token: opening it is the redirect to the pages swept, not a page itself.
+RECIPIENT_ENTRY_GROUPS = {"token"}
 
 
 @pytest.fixture
@@ -82,6 +84,13 @@ def _share(study, user):
     return share
 
 
+def recipient_patterns() -> list[tuple[str, str, tuple[str, ...]]]:
+    """Every route of the share recipient's side (/s/), from the project's URLs."""
+    from portal import urls
+
+    return [entry for entry in walk_urls(urls.urlpatterns) if entry[1].startswith("s/")]
+
+
 def _values(study, share) -> dict[str, str]:
     instance = Instance.objects.for_tenant(study.tenant).filter(study=study).first()
     return {
@@ -98,12 +107,12 @@ def _values(study, share) -> dict[str, str]:
     }
 
 
-def _pages(study, share) -> list[str]:
+def _pages(study, share, patterns=None) -> list[str]:
     values = _values(study, share)
     urls = set()
-    for _, route, groups in clinic_patterns(study.tenant.slug):
+    for _, route, groups in patterns or clinic_patterns(study.tenant.slug):
         if "admin" in route or any(g not in values for g in groups):
-            continue  # see ADMIN_GROUPS and POST_ONLY_GROUPS
+            continue  # see ADMIN_GROUPS, POST_ONLY_GROUPS and RECIPIENT_ENTRY_GROUPS
         urls.add(build_url(route, {g: values[g] for g in groups}))
     return sorted(urls)
 
@@ -119,12 +128,14 @@ def _shows_phi(response) -> bool:
     return any(marker in body for marker in SHOWN)
 
 
-def _audited(events: list[AuditEvent], user, ids: set[str]) -> bool:
-    mine = [e for e in events if e.actor_id == str(user.pk) and e.outcome == Outcome.SUCCESS]
+def _audited(events: list[AuditEvent], actor_id: str, ids: set[str]) -> bool:
+    mine = [e for e in events if e.actor_id == actor_id and e.outcome == Outcome.SUCCESS]
     return any(e.target_id in ids or any(i in json.dumps(e.detail) for i in ids) for e in mine)
 
 
-def _sweep(client: Client, user, study, share) -> tuple[list[str], list[str]]:
+def _sweep(
+    client: Client, actor_id: str, study, share, patterns=None
+) -> tuple[list[str], list[str]]:
     """(pages that showed PHI, those of them that recorded nothing about the study)."""
     series = Series.objects.for_tenant(study.tenant).filter(study=study)
     ids = {
@@ -133,7 +144,7 @@ def _sweep(client: Client, user, study, share) -> tuple[list[str], list[str]]:
         *(str(pk) for pk in series.values_list("pk", flat=True)),
     }
     shown, unaudited = [], []
-    for url in _pages(study, share):
+    for url in _pages(study, share, patterns):
         before = AuditEvent.objects.for_tenant(study.tenant).order_by("-seq").first()
         response = client.get(url)
         if response.status_code != 200 or not _shows_phi(response):
@@ -142,7 +153,7 @@ def _sweep(client: Client, user, study, share) -> tuple[list[str], list[str]]:
         events = list(
             AuditEvent.objects.for_tenant(study.tenant).filter(seq__gt=before.seq if before else 0)
         )
-        if not _audited(events, user, ids):
+        if not _audited(events, actor_id, ids):
             unaudited.append(url)
     return shown, unaudited
 
@@ -151,7 +162,7 @@ def _sweep(client: Client, user, study, share) -> tuple[list[str], list[str]]:
 def test_every_staff_page_that_shows_a_patient_audits_it(client_for, all_staff_roles, study):
     share = _share(study, all_staff_roles)
 
-    shown, unaudited = _sweep(client_for(all_staff_roles), all_staff_roles, study, share)
+    shown, unaudited = _sweep(client_for(all_staff_roles), str(all_staff_roles.pk), study, share)
 
     assert unaudited == []
     # Not vacuous: the worklist, the study page, the share pages and metadata showed PHI.
@@ -171,7 +182,7 @@ def test_every_staff_page_that_shows_a_patient_audits_it(client_for, all_staff_r
 def test_every_patient_page_that_shows_their_record_audits_it(client_for, linked_patient, study):
     share = _share(study, linked_patient)
 
-    shown, unaudited = _sweep(client_for(linked_patient), linked_patient, study, share)
+    shown, unaudited = _sweep(client_for(linked_patient), str(linked_patient.pk), study, share)
 
     assert unaudited == []
     slug = study.tenant.slug
@@ -189,3 +200,36 @@ def test_the_sweep_fills_every_id_a_clinic_page_takes(all_staff_roles, study):
 
     # A new kind of id must be taught to the sweep, or its pages are silently skipped.
     assert unknown <= POST_ONLY_GROUPS
+
+
+@pytest.mark.django_db
+def test_every_recipient_page_that_shows_the_study_audits_it(front_desk, study):
+    share, token = share_create(
+        study=study,
+        actor=TEST_ACTOR,
+        now=timezone.now(),
+        created_by=front_desk,
+        pin="2468",
+        allow_download=True,
+    )
+    recipient = Client()
+    recipient.get(f"/s/{token}")
+    assert recipient.post("/s/", {"answer": "2468"}).status_code == 303
+
+    shown, unaudited = _sweep(recipient, str(share.pk), study, share, recipient_patterns())
+
+    assert unaudited == []
+    # Not vacuous: the share's page, its viewer's metadata and the download showed PHI.
+    for page in ("/s/", "/s/download/"):
+        assert page in shown
+    assert any(url.endswith("/metadata") for url in shown)
+
+
+@pytest.mark.django_db
+def test_the_sweep_fills_every_id_a_recipient_page_takes(front_desk, study):
+    share = _share(study, front_desk)
+    groups = {g for _, _, gs in recipient_patterns() for g in gs}
+
+    unknown = groups - set(_values(study, share))
+
+    assert unknown <= RECIPIENT_ENTRY_GROUPS

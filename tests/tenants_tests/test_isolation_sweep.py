@@ -21,7 +21,7 @@ from tests.helpers import make_member, membership_of, page_body
 MISSING_SLUG = "no-such-clinic"
 
 
-def _walk(
+def walk_urls(
     patterns: list, namespace: str = "", route: str = "", groups: tuple[str, ...] = ()
 ) -> Iterator[tuple[str, str, tuple[str, ...]]]:
     for pattern in patterns:
@@ -31,7 +31,7 @@ def _walk(
             inner_ns = namespace
             if pattern.namespace:
                 inner_ns = f"{namespace}:{pattern.namespace}" if namespace else pattern.namespace
-            yield from _walk(pattern.url_patterns, inner_ns, route + part, groups + names)
+            yield from walk_urls(pattern.url_patterns, inner_ns, route + part, groups + names)
         elif isinstance(pattern, URLPattern):
             name = f"{namespace}:{pattern.name}" if namespace and pattern.name else pattern.name
             yield name or "", route + part, groups + names
@@ -39,8 +39,7 @@ def _walk(
 
 def clinic_patterns(slug: str) -> list[tuple[str, str, tuple[str, ...]]]:
     urlconf = tenant_urlconf(slug)
-    found = [entry for entry in _walk(urlconf.urlpatterns) if entry[1].lstrip("^").startswith("t/")]
-    return found
+    return [e for e in walk_urls(urlconf.urlpatterns) if e[1].lstrip("^").startswith("t/")]
 
 
 def fill_kwargs(name: str, groups: tuple[str, ...], *, slug: str, victim: Membership) -> dict:
