@@ -18,11 +18,12 @@ from django.http import HttpRequest, HttpResponse
 import audit
 from audit.actors import Actor
 from audit.models import Action
+from portal.admin_guards import AccountPagesAdminSiteMixin, GuardedChangeListMixin
 from tenants.models import Tenant, User
 from tenants.services import tenant_create
 
 
-class PlatformAdminSite(admin.AdminSite):
+class PlatformAdminSite(AccountPagesAdminSiteMixin, admin.AdminSite):
     site_header = "Platform operations"
     site_title = "Platform operations"
     index_title = "Clinics and operators"
@@ -41,7 +42,7 @@ class PlatformAdminSite(admin.AdminSite):
 platform_admin_site = PlatformAdminSite(name="platform_admin")
 
 
-class AuditedAdmin(admin.ModelAdmin):
+class AuditedAdmin(GuardedChangeListMixin, admin.ModelAdmin):
     def _audit(self, request: HttpRequest, obj: Any, operation: str) -> None:
         audit.record(
             actor=Actor.from_request(request),

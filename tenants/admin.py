@@ -97,7 +97,18 @@ class MembershipAdmin(TenantScopedModelAdmin):
         self.message_user(request, f"Lockout lifted for {queryset.count()} member(s).")
 
     def get_queryset(self, request: HttpRequest) -> models.QuerySet:
-        return super().get_queryset(request).prefetch_related("roles")
+        # Staff only: a patient's portal account (its name, its email, the fact that
+        # they are this clinic's patient) is PHI, which administration does not include.
+        # Their accounts are managed from the patient's record, by staff who may see it.
+        roles = Membership.roles.through.objects
+        patients = roles.filter(role__code=RoleCode.PATIENT).values("membership_id")
+        staff = roles.filter(role__code__in=STAFF_ROLES).values("membership_id")
+        return (
+            super()
+            .get_queryset(request)
+            .exclude(models.Q(pk__in=patients) & ~models.Q(pk__in=staff))
+            .prefetch_related("roles")
+        )
 
     fields = ["email", "full_name", "roles", "is_active"]
     readonly_fields = ["email", "full_name"]

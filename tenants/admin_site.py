@@ -19,13 +19,14 @@ from django.http import Http404, HttpRequest, HttpResponse
 import audit
 from audit.actors import Actor
 from audit.models import Action
+from portal.admin_guards import AccountPagesAdminSiteMixin, GuardedChangeListMixin
 from tenants.access import has_clinic_perm
 from tenants.mfa import step_up_is_fresh, step_up_redirect
 from tenants.roles import Perm
 from tenants.scoping import TenantOwnedModel
 
 
-class TenantAdminSite(admin.AdminSite):
+class TenantAdminSite(AccountPagesAdminSiteMixin, admin.AdminSite):
     site_header = "Clinic administration"
     site_title = "Clinic administration"
     index_title = "Manage your clinic"
@@ -72,7 +73,7 @@ class TenantAdminSite(admin.AdminSite):
 tenant_admin_site = TenantAdminSite(name="tenant_admin")
 
 
-class TenantScopedModelAdmin(admin.ModelAdmin):
+class TenantScopedModelAdmin(GuardedChangeListMixin, admin.ModelAdmin):
     required_perm = Perm.CLINIC_MANAGE
     view_on_site = False
     # Set when the form's constructor takes `tenant=` (to validate against the clinic).

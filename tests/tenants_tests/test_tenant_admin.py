@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from django.utils import timezone
 
 from audit.models import Action, AuditEvent
 from tenants.models import Membership, Role, Tenant
-from tests.helpers import make_member, membership_of
+from tests.helpers import TEST_ACTOR, make_member, membership_of
 
 
 def _events(tenant, action):
@@ -264,3 +265,101 @@ def test_create_api_token_rejects_unknown_scopes(clinic):
         call_command(
             "create_api_token", "--tenant", "north", "--name", "x", "--scopes", "admin:all"
         )
+
+
+@pytest.mark.django_db
+def test_member_list_leaves_out_patients_portal_accounts(
+    clinic, tenant_admin, radiologist, patient, client_for
+):
+    client = client_for(tenant_admin)
+
+    listed = client.get("/t/north/admin/tenants/membership/")
+    searched = client.get("/t/north/admin/tenants/membership/", {"q": patient.email})
+    patient_page = client.get(
+        f"/t/north/admin/tenants/membership/{membership_of(patient, clinic).pk}/change/"
+    )
+
+    assert radiologist.email.encode() in listed.content
+    assert patient.email.encode() not in listed.content
+    assert list(searched.context["cl"].queryset) == []
+    assert patient_page.status_code == 404
+
+
+@pytest.mark.django_db
+def test_a_patient_who_joined_the_staff_is_listed_as_staff(clinic, tenant_admin, client_for):
+    both = make_member(clinic, "patient", "technologist", email="both@north.example")
+
+    listed = client_for(tenant_admin).get("/t/north/admin/tenants/membership/")
+
+    assert both.email.encode() in listed.content
+
+
+@pytest.mark.django_db
+def test_an_action_on_a_forged_id_is_a_message_and_changes_nothing(
+    clinic, tenant_admin, client_for
+):
+    from tenants.models import ApiToken
+    from tenants.tokens import api_token_create
+
+    api_token_create(
+        tenant=clinic, name="RIS", scopes=["dicomweb:read"], actor=TEST_ACTOR, now=timezone.now()
+    )
+    token = ApiToken.objects.for_tenant(clinic).get()
+    client = client_for(tenant_admin)
+
+    response = client.post(
+        "/t/north/admin/tenants/apitoken/",
+        {"action": "revoke", "index": "0", "_selected_action": [str(token.pk), "nope"]},
+        follow=True,
+    )
+
+    assert response.status_code == 200
+    assert b"not a row&#x27;s id" in response.content
+    assert ApiToken.objects.for_tenant(clinic).get().revoked_at is None
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "query",
+    [
+        {"user__email__regex": "("},
+        {"created_at__regex": "["},
+        {"is_active__exact": "\x00"},
+    ],
+)
+def test_a_filter_the_list_does_not_offer_is_a_400(tenant_admin, client_for, query):
+    response = client_for(tenant_admin).get("/t/north/admin/tenants/membership/", query)
+
+    assert response.status_code == 400
+
+
+@pytest.mark.django_db
+def test_the_filters_the_list_offers_still_work(clinic, tenant_admin, radiologist, client_for):
+    response = client_for(tenant_admin).get(
+        "/t/north/admin/tenants/membership/",
+        {"roles__code__exact": "radiologist", "is_active__exact": 1},
+    )
+
+    assert response.status_code == 200
+    assert [m.user for m in response.context["cl"].queryset] == [radiologist]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("query", [{"name__regex": "["}, {"slug": "\x00"}])
+def test_the_platform_admin_refuses_filters_it_does_not_offer(platform_operator, client_for, query):
+    response = client_for(platform_operator).get("/admin/tenants/tenant/", query)
+
+    assert response.status_code == 400
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("prefix", ["/t/north/admin", "/admin"])
+def test_the_admins_password_change_is_the_portals_audited_page(
+    tenant_admin, platform_operator, client_for, prefix
+):
+    user = tenant_admin if prefix.startswith("/t/") else platform_operator
+
+    response = client_for(user).get(f"{prefix}/password_change/")
+
+    assert response.status_code == 302
+    assert response["Location"] == "/accounts/password/"
