@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Any, TypeVar
@@ -24,6 +25,7 @@ from imaging.dicom import (
     deidentified_bytes,
     deidentify,
     metadata_dict,
+    valid_uid,
 )
 from imaging.dicomweb.auth import DicomwebClient, dicomweb_error
 from imaging.dicomweb.bulkdata import (
@@ -68,6 +70,8 @@ from imaging.services import (
     thumbnail_bytes,
 )
 from imaging.viewing import pixel_read_audit, pixel_read_unserved_audit
+
+logger = logging.getLogger(__name__)
 
 DICOM_JSON = "application/dicom+json"
 EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
@@ -783,15 +787,16 @@ def _failure(sop_class: str, sop_instance: str, reason: int) -> dict[str, Any]:
 
 def _store_batch(
     request: HttpRequest, *, base: str, study: str | None, payloads: list[bytes]
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Store received parts together; their referenced and failed SOP items."""
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], set[str]]:
+    """Store received parts together; their referenced and failed SOP items, and the
+    studies stored into."""
     results = ingest_many(
         tenant=_client(request).tenant,
         actor=_actor(request),
         items=[("stow", payload) for payload in payloads],
         study_uid=study,
     )
-    referenced, failed = [], []
+    referenced, failed, studies = [], [], set()
     for result, payload in zip(results, payloads, strict=True):
         if result.outcome == IngestOutcome.REJECTED:
             reason = {
@@ -802,6 +807,7 @@ def _store_batch(
             sop_class, sop_instance, _ = _uids(payload)
             failed.append(_failure(sop_class, sop_instance, reason))
             continue
+        studies.add(result.study_uid)
         referenced.append(
             {
                 **_sop_ref(result.sop_class_uid, result.sop_instance_uid),
@@ -814,7 +820,32 @@ def _store_batch(
                 },
             }
         )
-    return referenced, failed
+    return referenced, failed, studies
+
+
+def _store_batch_or_fail(
+    request: HttpRequest, *, base: str, study: str | None, payloads: list[bytes]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], set[str]]:
+    """`_store_batch`, or each part failed (0x0110) if storing raised.
+
+    Batches before this one are committed and the response must say so: a 500 would
+    tell the client nothing about them. The failed batch left nothing behind (its
+    transaction rolled back, its objects removed); a part the one-file-at-a-time path
+    had already committed is stored, and sending it again counts as stored.
+    """
+    try:
+        return _store_batch(request, base=base, study=study, payloads=payloads)
+    except Exception:
+        logger.exception("STOW-RS batch failed for tenant %s", _client(request).tenant.pk)
+        failed = [_failure(*_uids(payload)[:2], FAILURE_PROCESSING) for payload in payloads]
+        return [], failed, set()
+
+
+def _retrieve_url(base: str, study: str | None, stored: set[str]) -> dict[str, Any]:
+    # Type 2 (PS3.18 Table I.1-1): the study stored into when there is one, else empty.
+    if study is None and len(stored) == 1:
+        study = next(iter(stored))
+    return {"vr": "UR", "Value": [f"{base}/studies/{study}"]} if study else {"vr": "UR"}
 
 
 def store(request: HttpRequest, study: str | None = None) -> HttpResponse:
@@ -822,10 +853,15 @@ def store(request: HttpRequest, study: str | None = None) -> HttpResponse:
         return dicomweb_error(405, "This DICOMweb root is read-only.", Allow="GET")
     content_type = request.headers.get("Content-Type", "")
     media, params = content_type_parameters(content_type)
-    if media != "multipart/related" or params.get("type", "").strip('"') != "application/dicom":
+    part_type = params.get("type", "").strip('"').lower()
+    if media != "multipart/related" or part_type != "application/dicom":
         return dicomweb_error(
             415, 'Send multipart/related; type="application/dicom" with one DICOM file per part.'
         )
+    if study is not None and not valid_uid(study):
+        return dicomweb_error(400, "The study in the URL is not a valid UID.")
+    if request.headers.get("Content-Encoding", "identity").strip().lower() != "identity":
+        return dicomweb_error(415, "Send the body without a Content-Encoding (identity).")
     try:
         declared = int(request.headers.get("Content-Length") or 0)
     except ValueError:
@@ -844,13 +880,17 @@ def store(request: HttpRequest, study: str | None = None) -> HttpResponse:
     base = _base_url(request)
     referenced: list[dict[str, Any]] = []
     failed: list[dict[str, Any]] = []
+    studies: set[str] = set()
     pending: list[bytes] = []
 
     def flush() -> None:
         if pending:
-            stored, refused = _store_batch(request, base=base, study=study, payloads=pending)
+            stored, refused, into = _store_batch_or_fail(
+                request, base=base, study=study, payloads=pending
+            )
             referenced.extend(stored)
             failed.extend(refused)
+            studies.update(into)
             pending.clear()
 
     parts = iter_related_parts(
@@ -873,18 +913,27 @@ def store(request: HttpRequest, study: str | None = None) -> HttpResponse:
                 ):
                     flush()
         flush()
-    except MultipartError as exc:
+    except (MultipartError, OSError) as exc:  # OSError: the body could not be read
         flush()  # what arrived whole before the error is kept, as the response says
         if not referenced and not failed:
+            if isinstance(exc, OSError):
+                return dicomweb_error(400, "The request body could not be read to its end.")
             return dicomweb_error(413 if isinstance(exc, BodyTooLarge) else 400, str(exc))
         failed.append(_failure("", "", FAILURE_CANNOT_UNDERSTAND))
-    body: dict[str, Any] = {}
-    if study is not None:
-        body["00081190"] = {"vr": "UR", "Value": [f"{base}/studies/{study}"]}
+    # Failures of no instance (a part that is not DICOM, too large to read, a body cut
+    # short) go in the Other Failures Sequence: a Failed SOP item names its instance.
+    of_instances = [item for item in failed if "00081155" in item]
+    others = [item for item in failed if "00081155" not in item]
+    body: dict[str, Any] = {"00081190": _retrieve_url(base, study, studies)}
     if referenced:
         body["00081199"] = {"vr": "SQ", "Value": referenced}
-    if failed:
-        body["00081198"] = {"vr": "SQ", "Value": failed}
+    if of_instances:
+        body["00081198"] = {"vr": "SQ", "Value": of_instances}
+    if others:
+        body["0008119A"] = {
+            "vr": "SQ",
+            "Value": [{"00081197": item["00081197"]} for item in others],
+        }
     _audit(request, Action.DICOMWEB_STORE, {"stored": len(referenced), "failed": len(failed)})
     status = 200 if not failed else 202 if referenced else 409
     return _json(body, status=status)

@@ -500,8 +500,107 @@ def test_garbage_part_beside_good_ones_is_202_with_failures(clinic, write_token)
 
     assert response.status_code == 202
     assert len(response.json()["00081199"]["Value"]) == 2
-    assert response.json()["00081198"]["Value"][0]["00081197"]["Value"] == [0xC000]
+    # A part that names no instance is one of the Other Failures, not a Failed SOP item.
+    assert "00081198" not in response.json()
+    assert response.json()["0008119A"]["Value"] == [{"00081197": {"vr": "US", "Value": [0xC000]}}]
     assert Instance.objects.for_tenant(clinic).count() == 2
+
+
+@pytest.mark.django_db
+def test_the_response_names_the_study_stored_into_or_an_empty_retrieve_url(clinic, write_token):
+    one = synthetic_ct(slices=2)
+    two = synthetic_ct(slices=1) + synthetic_ct(slices=1)
+    session = http(write_token)
+
+    single = session.post(
+        f"{BASE}/studies",
+        data=_multipart([("application/dicom", d) for d in one]),
+        headers={"Content-Type": STOW_TYPE},
+    )
+    several = session.post(
+        f"{BASE}/studies",
+        data=_multipart([("application/dicom", d) for d in two]),
+        headers={"Content-Type": STOW_TYPE},
+    )
+
+    study_uid = _ds(one[0]).StudyInstanceUID
+    assert single.json()["00081190"] == {"vr": "UR", "Value": [f"{BASE}/studies/{study_uid}"]}
+    assert several.status_code == 200
+    assert several.json()["00081190"] == {"vr": "UR"}  # Type 2: present, empty
+
+
+@pytest.mark.django_db
+def test_the_part_type_is_matched_without_regard_to_case(clinic, write_token):
+    (data,) = synthetic_ct(slices=1)
+
+    response = http(write_token).post(
+        f"{BASE}/studies",
+        data=_multipart([("application/dicom", data)]),
+        headers={"Content-Type": 'Multipart/Related; TYPE="Application/DICOM"; boundary=b0undary'},
+    )
+
+    assert response.status_code == 200
+    assert Instance.objects.for_tenant(clinic).count() == 1
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("path", "headers", "status"),
+    [
+        ("/studies/1.2.3%20x", {}, 400),
+        ("/studies/not-a-uid", {}, 400),
+        ("/studies", {"Content-Encoding": "gzip"}, 415),
+    ],
+)
+def test_a_store_the_server_cannot_take_is_refused_whole(
+    clinic, write_token, path, headers, status
+):
+    (data,) = synthetic_ct(slices=1)
+
+    response = http(write_token).post(
+        f"{BASE}{path}",
+        data=_multipart([("application/dicom", data)]),
+        headers={"Content-Type": STOW_TYPE, **headers},
+    )
+
+    assert response.status_code == status
+    assert response.json()["error"]
+    assert not Instance.objects.for_tenant(clinic).exists()
+
+
+@pytest.mark.django_db
+def test_a_batch_that_fails_to_store_is_reported_beside_the_batches_stored(
+    clinic, write_token, settings, monkeypatch
+):
+    from imaging import ingest as ingest_module
+
+    settings.STOW_BATCH_INSTANCES = 2
+    files = synthetic_ct(slices=4)
+    real_write = ingest_module.object_write_many
+    calls = []
+
+    def second_batch_fails(storage, objects):
+        calls.append(len(objects))
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        real_write(storage, objects)
+
+    monkeypatch.setattr(ingest_module, "object_write_many", second_batch_fails)
+
+    response = http(write_token).post(
+        f"{BASE}/studies",
+        data=_multipart([("application/dicom", d) for d in files]),
+        headers={"Content-Type": STOW_TYPE},
+    )
+
+    assert response.status_code == 202
+    stored = [i["00081155"]["Value"][0] for i in response.json()["00081199"]["Value"]]
+    failed = response.json()["00081198"]["Value"]
+    assert stored == [_ds(f).SOPInstanceUID for f in files[:2]]
+    assert [i["00081155"]["Value"][0] for i in failed] == [_ds(f).SOPInstanceUID for f in files[2:]]
+    assert {i["00081197"]["Value"][0] for i in failed} == {0x0110}
+    rows = Instance.objects.for_tenant(clinic).values_list("sop_instance_uid", flat=True)
+    assert sorted(rows) == sorted(stored)
 
 
 @pytest.mark.django_db
