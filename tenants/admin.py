@@ -100,7 +100,7 @@ class MembershipAdmin(TenantScopedModelAdmin):
         # Staff only: a patient's portal account (its name, its email, the fact that
         # they are this clinic's patient) is PHI, which administration does not include.
         # Their accounts are managed from the patient's record, by staff who may see it.
-        roles = Membership.roles.through.objects
+        roles = Membership.roles.through.objects.filter(membership__tenant=request.tenant)
         patients = roles.filter(role__code=RoleCode.PATIENT).values("membership_id")
         staff = roles.filter(role__code__in=STAFF_ROLES).values("membership_id")
         return (
