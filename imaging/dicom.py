@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import re
+import struct
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -133,6 +134,37 @@ def neutralise_preamble(data: bytes) -> tuple[bytes, str]:
         "non_zero",
     )
     return b"\x00" * PREAMBLE_BYTES + data[PREAMBLE_BYTES:], kind
+
+
+# Explicit VR with a 4-byte length after two reserved bytes (PS3.5 7.1.2); group 0002
+# is always explicit VR little endian.
+_LONG_LENGTH_VRS = frozenset(b"OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())
+
+
+def dataset_offset(data: bytes) -> int | None:
+    """Where the data set starts, after the file meta information (group 0002).
+
+    Walks the meta elements rather than trusting FileMetaInformationGroupLength, which
+    toolkits get wrong; None if the meta is not well formed.
+    """
+    at = PREAMBLE_BYTES + 4
+    while at + 8 <= len(data):
+        group, _element = struct.unpack_from("<HH", data, at)
+        if group != 0x0002:
+            return at
+        vr = data[at + 4 : at + 6]
+        if vr in _LONG_LENGTH_VRS:
+            if at + 12 > len(data):
+                return None
+            (length,) = struct.unpack_from("<I", data, at + 8)
+            at += 12
+        else:
+            (length,) = struct.unpack_from("<H", data, at + 6)
+            at += 8
+        if length == UNDEFINED_LENGTH:
+            return None
+        at += length
+    return at if at == len(data) else None
 
 
 def _check_structure(ds: Dataset, *, max_depth: int, depth: int = 0) -> None:

@@ -28,11 +28,13 @@ from django.utils import timezone
 import audit
 from audit.actors import Actor
 from audit.models import Action, Outcome
+from imaging.crypto import IntegrityError as CryptoIntegrityError
 from imaging.crypto import ObjectContext, encrypt_stream
-from imaging.dicom import DicomRejected, ParsedInstance, parse_part10
+from imaging.dicom import DicomRejected, ParsedInstance, dataset_offset, parse_part10
 from imaging.keyring import study_dek, study_dek_new, tenant_key_active
 from imaging.metadata import metadata_seal
 from imaging.models import Instance, Patient, Series, Study
+from imaging.services import instance_bytes
 from imaging.storage import (
     object_delete,
     object_key_new,
@@ -191,13 +193,17 @@ def _is_unique_violation(exc: IntegrityError) -> bool:
 def _duplicate(
     *, tenant: Tenant, actor: Actor, name: str, existing: Instance, parsed: ParsedInstance
 ) -> IngestResult:
-    if existing.sha256 == parsed.sha256:
+    same_file = existing.sha256 == parsed.sha256
+    if same_file or _same_data_set(existing=existing, parsed=parsed, actor=actor):
+        detail = {"study": str(existing.study_id)}
+        if not same_file:
+            detail["file_meta"] = "differs"
         audit.record(
             actor=actor,
             action=Action.INSTANCE_DUPLICATE,
             target=existing,
             tenant=tenant,
-            detail={"study": str(existing.study_id)},
+            detail=detail,
         )
         return _stored(name, parsed, existing, IngestOutcome.DUPLICATE)
     return _reject(
@@ -210,6 +216,26 @@ def _duplicate(
             "the stored instance was kept unchanged."
         ),
     )
+
+
+def _same_data_set(*, existing: Instance, parsed: ParsedInstance, actor: Actor) -> bool:
+    """Whether a re-sent file differs from the stored one only in its file meta.
+
+    Toolkits rewrite group 0002 as they pass a file on (their implementation UID, the
+    source AE title), so the same instance comes back with another whole-file hash. The
+    data set after the meta, in the same transfer syntax, is the instance's content.
+    """
+    if existing.transfer_syntax_uid != parsed.transfer_syntax_uid:
+        return False
+    start = dataset_offset(parsed.data)
+    if start is None or abs(existing.size_bytes - len(parsed.data)) > 4096:
+        return False  # the meta alone cannot account for that much
+    try:
+        stored = instance_bytes(instance=existing, actor=actor)
+    except CryptoIntegrityError:
+        return False  # audited as it was read; the stored copy is kept as it is
+    stored_start = dataset_offset(stored)
+    return stored_start is not None and stored[stored_start:] == parsed.data[start:]
 
 
 def _patient_key(parsed: ParsedInstance) -> tuple[str, str]:

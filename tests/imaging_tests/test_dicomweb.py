@@ -604,6 +604,36 @@ def test_a_batch_that_fails_to_store_is_reported_beside_the_batches_stored(
 
 
 @pytest.mark.django_db
+def test_a_resend_through_another_toolkit_is_stored_once_and_answered_as_stored(
+    clinic, write_token
+):
+    (data,) = synthetic_ct(slices=1)
+    forwarded = _ds(data)
+    forwarded.file_meta.ImplementationClassUID = "1.2.826.0.1.3680043.9.9999.2"
+    forwarded.file_meta.SourceApplicationEntityTitle = "ROUTER"
+    buffer = io.BytesIO()
+    forwarded.save_as(buffer, enforce_file_format=True)
+    session = http(write_token)
+    session.post(
+        f"{BASE}/studies",
+        data=_multipart([("application/dicom", data)]),
+        headers={"Content-Type": STOW_TYPE},
+    )
+
+    response = session.post(
+        f"{BASE}/studies",
+        data=_multipart([("application/dicom", buffer.getvalue())]),
+        headers={"Content-Type": STOW_TYPE},
+    )
+
+    assert response.status_code == 200
+    assert "00081198" not in response.json()
+    (stored,) = response.json()["00081199"]["Value"]
+    assert stored["00081155"]["Value"] == [forwarded.SOPInstanceUID]
+    assert Instance.objects.for_tenant(clinic).count() == 1
+
+
+@pytest.mark.django_db
 def test_all_parts_failing_is_409_and_study_mismatch_is_reported(clinic, write_token):
     (data,) = synthetic_ct(slices=1)
     response = http(write_token).post(

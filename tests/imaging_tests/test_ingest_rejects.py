@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import struct
 import zipfile
@@ -117,6 +118,76 @@ def test_same_uid_with_different_content_is_refused_and_original_kept(clinic, da
     original = Instance.objects.for_tenant(clinic).get(pk=first.instance_id)
     assert instance_bytes(instance=original, actor=INGEST_ACTOR)[128:] == CT[128:]
     assert Study.objects.for_tenant(clinic).get().patient.name != "Someone^Else"
+
+
+def _meta_rewritten(data: bytes) -> bytes:
+    """The same instance as another toolkit passes it on: its own meta, private meta too."""
+
+    def change(ds):
+        ds.file_meta.ImplementationClassUID = "1.2.826.0.1.3680043.9.9999.1"
+        ds.file_meta.ImplementationVersionName = "OTHER_TOOLKIT_2"
+        ds.file_meta.SourceApplicationEntityTitle = "FORWARDER"
+        ds.file_meta.PrivateInformationCreatorUID = "1.2.3.4"
+        ds.file_meta.PrivateInformation = b"\x01" * 300
+
+    return _rewrite(data, change)
+
+
+@pytest.mark.django_db
+def test_a_resend_whose_file_meta_was_rewritten_is_a_duplicate(clinic, data_dir):
+    first = ingest(clinic, CT)
+    resent = _meta_rewritten(CT)
+    assert hashlib.sha256(resent).digest() != hashlib.sha256(CT).digest()
+    objects_before = _object_files(data_dir)
+
+    result = ingest(clinic, resent)
+
+    assert result.outcome == IngestOutcome.DUPLICATE
+    assert result.instance_id == first.instance_id
+    assert _object_files(data_dir) == objects_before
+    original = Instance.objects.for_tenant(clinic).get(pk=first.instance_id)
+    assert instance_bytes(instance=original, actor=INGEST_ACTOR)[128:] == CT[128:]
+    event = AuditEvent.objects.for_tenant(clinic).get(action=Action.INSTANCE_DUPLICATE)
+    assert event.detail == {"study": first.study_id, "file_meta": "differs"}
+
+
+@pytest.mark.django_db
+def test_a_resend_with_rewritten_meta_and_other_content_is_still_a_conflict(clinic, data_dir):
+    ingest(clinic, CT)
+    altered = _meta_rewritten(_rewrite(CT, lambda ds: setattr(ds, "StudyDescription", "Other")))
+
+    result = ingest(clinic, altered)
+
+    assert result.code == "conflict"
+    assert (
+        not AuditEvent.objects.for_tenant(clinic).filter(action=Action.INSTANCE_DUPLICATE).exists()
+    )
+
+
+@pytest.mark.django_db
+def test_the_same_data_set_in_another_transfer_syntax_is_a_conflict(clinic, data_dir):
+    # The stored bytes are the instance; a re-encoding is not silently taken as the same.
+    ingest(clinic, CT)
+    implicit = _rewrite(
+        CT,
+        lambda ds: setattr(ds.file_meta, "TransferSyntaxUID", pydicom.uid.ImplicitVRLittleEndian),
+    )
+
+    result = ingest(clinic, implicit)
+
+    assert result.code == "conflict"
+
+
+@pytest.mark.django_db
+def test_a_resend_is_a_conflict_when_the_stored_copy_fails_its_check(clinic, data_dir):
+    first = ingest(clinic, CT)
+    stored = Instance.objects.for_tenant(clinic).get(pk=first.instance_id)
+    (data_dir / "objects" / stored.storage_key).write_bytes(b"not the object")
+
+    result = ingest(clinic, _meta_rewritten(CT))
+
+    assert result.code == "conflict"
+    assert AuditEvent.objects.for_tenant(clinic).filter(action=Action.INTEGRITY_FAILED).exists()
 
 
 @pytest.mark.django_db
