@@ -80,6 +80,7 @@ FAILURE_CANNOT_UNDERSTAND = 0xC000
 FAILURE_PROCESSING = 0x0110
 FAILURE_STUDY_MISMATCH = 0xA900
 FAILURE_DUPLICATE_CONFLICT = 0x0111
+FAILURE_TRANSFER_SYNTAX = 0xC122  # Referenced Transfer Syntax not supported
 
 T = TypeVar("T")
 
@@ -803,6 +804,7 @@ def _store_batch(
                 "conflict": FAILURE_DUPLICATE_CONFLICT,
                 "busy": FAILURE_PROCESSING,
                 "study_mismatch": FAILURE_STUDY_MISMATCH,
+                "unknown_transfer_syntax": FAILURE_TRANSFER_SYNTAX,
             }.get(result.code, FAILURE_CANNOT_UNDERSTAND)
             sop_class, sop_instance, _ = _uids(payload)
             failed.append(_failure(sop_class, sop_instance, reason))

@@ -634,6 +634,27 @@ def test_a_resend_through_another_toolkit_is_stored_once_and_answered_as_stored(
 
 
 @pytest.mark.django_db
+def test_a_transfer_syntax_the_server_does_not_know_is_failure_c122(clinic, write_token):
+    (data,) = synthetic_ct(slices=1)
+    ds = _ds(data)
+    ds.file_meta.TransferSyntaxUID = "1.2.3.4.5.6"
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True, implicit_vr=False, little_endian=True)
+
+    response = http(write_token).post(
+        f"{BASE}/studies",
+        data=_multipart([("application/dicom", buffer.getvalue())]),
+        headers={"Content-Type": STOW_TYPE},
+    )
+
+    assert response.status_code == 409
+    (failed,) = response.json()["00081198"]["Value"]
+    assert failed["00081155"]["Value"] == [ds.SOPInstanceUID]
+    assert failed["00081197"]["Value"] == [0xC122]
+    assert not Instance.objects.for_tenant(clinic).exists()
+
+
+@pytest.mark.django_db
 def test_all_parts_failing_is_409_and_study_mismatch_is_reported(clinic, write_token):
     (data,) = synthetic_ct(slices=1)
     response = http(write_token).post(
