@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
+from django.db import connection, transaction
 from django.utils import timezone
 
 from audit.models import Action, AuditEvent
 from tenants.models import Membership, Role, Tenant
-from tests.helpers import TEST_ACTOR, make_member, membership_of
+from tenants.services import MembershipError, membership_update
+from tests.helpers import (
+    TEST_ACTOR,
+    make_clinic,
+    make_member,
+    membership_of,
+    require_postgresql,
+)
 
 
 def _events(tenant, action):
@@ -363,3 +374,66 @@ def test_the_admins_password_change_is_the_portals_audited_page(
 
     assert response.status_code == 302
     assert response["Location"] == "/accounts/password/"
+
+
+def _blocked_on_a_lock(*, seconds: float) -> bool:
+    """Whether another connection waits on a row lock within `seconds`."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+            )
+            if cursor.fetchone()[0]:
+                return True
+        time.sleep(0.02)
+    return False
+
+
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_two_admins_removing_each_other_at_once_leave_one_admin():
+    # Each change alone is allowed (the other admin remains); made at the same moment,
+    # the second must see the first and be refused, or the clinic is left with none.
+    require_postgresql()
+    clinic = make_clinic("pair")
+    first, second = (
+        membership_of(make_member(clinic, "tenant_admin", email=f"{n}@pair.example"), clinic)
+        for n in ("first", "second")
+    )
+    first_changed, first_may_commit = threading.Event(), threading.Event()
+    outcomes: dict[str, str] = {}
+
+    def remove(membership, name, *, hold=False):
+        try:
+            with transaction.atomic():
+                membership_update(
+                    membership=Membership.objects.for_tenant(clinic).get(pk=membership.pk),
+                    roles={"radiologist"},
+                    is_active=True,
+                    actor=TEST_ACTOR,
+                )
+                if hold:
+                    first_changed.set()
+                    first_may_commit.wait(timeout=30)
+            outcomes[name] = "changed"
+        except MembershipError:
+            outcomes[name] = "refused"
+        finally:
+            connection.close()
+
+    one = threading.Thread(target=remove, args=(first, "first"), kwargs={"hold": True})
+    one.start()
+    assert first_changed.wait(timeout=30)
+    two = threading.Thread(target=remove, args=(second, "second"))
+    two.start()
+    _blocked_on_a_lock(seconds=5)  # with the lock the second waits here; without, it ends
+    first_may_commit.set()
+    one.join(timeout=30)
+    two.join(timeout=30)
+
+    assert outcomes == {"first": "changed", "second": "refused"}
+    admins = Membership.objects.for_tenant(clinic).filter(
+        is_active=True, roles__code="tenant_admin"
+    )
+    assert list(admins) == [Membership.objects.for_tenant(clinic).get(pk=second.pk)]
