@@ -18,12 +18,16 @@ from django.http import HttpRequest, HttpResponse
 import audit
 from audit.actors import Actor
 from audit.models import Action
-from portal.admin_guards import AccountPagesAdminSiteMixin, GuardedChangeListMixin
+from portal.admin_guards import (
+    AccountPagesAdminSiteMixin,
+    GuardedChangeListMixin,
+    StepUpAdminSiteMixin,
+)
 from tenants.models import Tenant, User
 from tenants.services import tenant_create
 
 
-class PlatformAdminSite(AccountPagesAdminSiteMixin, admin.AdminSite):
+class PlatformAdminSite(AccountPagesAdminSiteMixin, StepUpAdminSiteMixin, admin.AdminSite):
     site_header = "Platform operations"
     site_title = "Platform operations"
     index_title = "Clinics and operators"

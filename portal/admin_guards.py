@@ -1,5 +1,8 @@
 """What both admin sites (the platform's and each clinic's) add to Django's admin.
 
+Every page of either site needs a recent second factor (a step-up), as downloads do:
+members, roles, tokens, clinics and operators are changed here.
+
 Django's admin trusts its query string and its action form more than the rest of the
 portal trusts input: any lookup on a model's own fields is allowed (`?email__regex=(`
 is a database error, so a 500), and an action runs `pk__in` on whatever ids were
@@ -18,6 +21,8 @@ from django.core.exceptions import SuspiciousOperation, ValidationError
 from django.db.models.constants import LOOKUP_SEP
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import reverse
+
+from tenants.mfa import step_up_is_fresh, step_up_redirect
 
 
 class GuardedChangeListMixin:
@@ -68,3 +73,25 @@ class AccountPagesAdminSiteMixin:
         self, request: HttpRequest, extra_context: dict | None = None
     ) -> HttpResponse:
         return HttpResponseRedirect(reverse("account_security"))
+
+
+class StepUpAdminSiteMixin:
+    """For AdminSites: every page needs a second factor verified within the step-up window.
+
+    A session left open, or one taken over, does not reach administration without the
+    second factor again. Anyone else gets the site's own answer (sign-in, or refusal).
+    """
+
+    def admin_view(self, view: Any, cacheable: bool = False) -> Any:
+        inner = super().admin_view(view, cacheable)  # type: ignore[misc]
+
+        def guarded(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+            if (
+                request.user.is_authenticated
+                and self.has_permission(request)  # type: ignore[attr-defined]
+                and not step_up_is_fresh(request)
+            ):
+                return step_up_redirect(request)
+            return inner(request, *args, **kwargs)
+
+        return guarded

@@ -19,14 +19,17 @@ from django.http import Http404, HttpRequest, HttpResponse
 import audit
 from audit.actors import Actor
 from audit.models import Action
-from portal.admin_guards import AccountPagesAdminSiteMixin, GuardedChangeListMixin
+from portal.admin_guards import (
+    AccountPagesAdminSiteMixin,
+    GuardedChangeListMixin,
+    StepUpAdminSiteMixin,
+)
 from tenants.access import has_clinic_perm
-from tenants.mfa import step_up_is_fresh, step_up_redirect
 from tenants.roles import Perm
 from tenants.scoping import TenantOwnedModel
 
 
-class TenantAdminSite(AccountPagesAdminSiteMixin, admin.AdminSite):
+class TenantAdminSite(AccountPagesAdminSiteMixin, StepUpAdminSiteMixin, admin.AdminSite):
     site_header = "Clinic administration"
     site_title = "Clinic administration"
     index_title = "Manage your clinic"
@@ -62,9 +65,6 @@ class TenantAdminSite(AccountPagesAdminSiteMixin, admin.AdminSite):
         def guarded(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
             if request.user.is_authenticated and not self.has_permission(request):
                 raise PermissionDenied("Your role in this clinic does not include administration.")
-            if not step_up_is_fresh(request):
-                # Role and member changes are sensitive: a recent second factor is required.
-                return step_up_redirect(request)
             return inner(request, *args, **kwargs)
 
         return guarded

@@ -6,6 +6,7 @@ import pytest
 
 from audit.models import Action, AuditEvent
 from tenants.mfa import MFA_AT
+from tenants.models import User
 from tests.helpers import current_totp, membership_of, totp_device_for
 
 
@@ -68,3 +69,36 @@ def test_step_up_rejects_a_wrong_code(clinic, radiologist, client_for):
 
     assert response.status_code == 200
     assert b"not valid" in response.content
+
+
+@pytest.mark.django_db
+def test_platform_admin_demands_step_up_before_an_operator_is_changed(
+    platform_operator, client_for
+):
+    # Making someone an operator (or a clinic's status change) is as sensitive as a
+    # clinic's role change: a session left open does not reach it without the factor.
+    other = User.objects.create_user(
+        email="colleague@platform.example", password="y" * 20, is_staff=True
+    )
+    client = client_for(platform_operator)
+    url = f"/admin/tenants/user/{other.pk}/change/"
+    _age_second_factor(client, 11)
+
+    change = {"email": other.email, "is_active": "on", "is_staff": "on", "is_superuser": "on"}
+    refused = client.post(url, change)
+
+    assert refused.status_code == 302
+    assert refused["Location"].startswith("/accounts/step-up/?next=")
+    other.refresh_from_db()
+    assert not other.is_superuser
+
+    device = totp_device_for(platform_operator)
+    client.post("/accounts/step-up/", {"code": current_totp(device), "next": url})
+
+    accepted = client.post(url, change)
+
+    assert accepted.status_code == 302
+    other.refresh_from_db()
+    assert other.is_superuser
+    platform_events = AuditEvent.objects.unscoped(reason="platform events").filter(tenant=None)
+    assert platform_events.filter(action=Action.STEP_UP_VERIFIED).exists()
