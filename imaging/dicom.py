@@ -22,6 +22,7 @@ from typing import Any
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, VR
 
 from imaging.dicom_json import dataset_json
 
@@ -136,16 +137,19 @@ def neutralise_preamble(data: bytes) -> tuple[bytes, str]:
     return b"\x00" * PREAMBLE_BYTES + data[PREAMBLE_BYTES:], kind
 
 
-# Explicit VR with a 4-byte length after two reserved bytes (PS3.5 7.1.2); group 0002
-# is always explicit VR little endian.
-_LONG_LENGTH_VRS = frozenset(b"OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())
+# Group 0002 is always explicit VR little endian; these VRs have a 4-byte length after
+# two reserved bytes (PS3.5 7.1.2). pydicom's own sets, so the meta is read as it reads it.
+_VRS = frozenset(vr.value.encode() for vr in VR if len(vr.value) == 2)
+_LONG_LENGTH_VRS = frozenset(vr.value.encode() for vr in EXPLICIT_VR_LENGTH_32)
 
 
 def dataset_offset(data: bytes) -> int | None:
     """Where the data set starts, after the file meta information (group 0002).
 
     Walks the meta elements rather than trusting FileMetaInformationGroupLength, which
-    toolkits get wrong; None if the meta is not well formed.
+    toolkits get wrong. None unless every element is plain explicit VR: pydicom reads an
+    element whose VR bytes are no VR as implicit VR, with another length, and the two
+    readings could then disagree about where the data set starts.
     """
     at = PREAMBLE_BYTES + 4
     while at + 8 <= len(data):
@@ -153,6 +157,8 @@ def dataset_offset(data: bytes) -> int | None:
         if group != 0x0002:
             return at
         vr = data[at + 4 : at + 6]
+        if vr not in _VRS:
+            return None
         if vr in _LONG_LENGTH_VRS:
             if at + 12 > len(data):
                 return None

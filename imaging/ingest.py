@@ -34,7 +34,7 @@ from imaging.dicom import DicomRejected, ParsedInstance, dataset_offset, parse_p
 from imaging.keyring import study_dek, study_dek_new, tenant_key_active
 from imaging.metadata import metadata_seal
 from imaging.models import Instance, Patient, Series, Study
-from imaging.services import instance_bytes
+from imaging.services import instance_chunks
 from imaging.storage import (
     object_delete,
     object_key_new,
@@ -228,14 +228,27 @@ def _same_data_set(*, existing: Instance, parsed: ParsedInstance, actor: Actor) 
     if existing.transfer_syntax_uid != parsed.transfer_syntax_uid:
         return False
     start = dataset_offset(parsed.data)
-    if start is None or abs(existing.size_bytes - len(parsed.data)) > 4096:
-        return False  # the meta alone cannot account for that much
+    if start is None:
+        return False
+    sent = memoryview(parsed.data)[start:]
+    # Compared a decrypted segment at a time: a large instance is never held twice.
+    chunks = instance_chunks(instance=existing, actor=actor)
     try:
-        stored = instance_bytes(instance=existing, actor=actor)
+        first = next(chunks, b"")
+        stored_start = dataset_offset(first)
+        if stored_start is None or existing.size_bytes - stored_start != len(sent):
+            return False
+        at, piece = 0, memoryview(first)[stored_start:]
+        while piece is not None:
+            if sent[at : at + len(piece)] != piece:
+                return False
+            at += len(piece)
+            piece = next(chunks, None)  # the last one ends with the SHA-256 check
+        return at == len(sent)
     except CryptoIntegrityError:
         return False  # audited as it was read; the stored copy is kept as it is
-    stored_start = dataset_offset(stored)
-    return stored_start is not None and stored[stored_start:] == parsed.data[start:]
+    finally:
+        chunks.close()
 
 
 def _patient_key(parsed: ParsedInstance) -> tuple[str, str]:

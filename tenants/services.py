@@ -100,21 +100,20 @@ def user_create(
 def membership_validate_change(*, membership: Membership, roles: set[str], active: bool) -> None:
     """Refuse a change that would leave the clinic without an active tenant admin.
 
-    Call it inside the transaction that makes the change: a change that takes admin
-    rights away locks the clinic's row until it commits, so two admins removing each
-    other at once take turns, and the second sees the first's change.
+    Call it inside the transaction that makes the change: a change that does not leave
+    the member an admin locks the clinic's row until it commits, so two admins removing
+    each other at once take turns, and the second sees the first's change.
     """
     if RoleCode.TENANT_ADMIN in roles and active:
         return
-    if not (RoleCode.TENANT_ADMIN in membership.role_codes and membership.is_active):
-        return
     Tenant.objects.select_for_update().only("pk").get(pk=membership.tenant_id)
-    others = (
-        Membership.objects.for_tenant(membership.tenant)
-        .filter(is_active=True, roles__code=RoleCode.TENANT_ADMIN)
-        .exclude(pk=membership.pk)
+    # Read after the lock, not from `membership`: another change may have just made
+    # this member an admin.
+    admins = Membership.objects.for_tenant(membership.tenant).filter(
+        is_active=True, roles__code=RoleCode.TENANT_ADMIN
     )
-    if not others.exists():
+    is_admin = admins.filter(pk=membership.pk).exists()
+    if is_admin and not admins.exclude(pk=membership.pk).exists():
         raise MembershipError("A clinic must keep at least one active tenant admin.")
 
 

@@ -10,9 +10,11 @@ import zipfile
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
+from pydicom.filewriter import write_file_meta_info
 from pydicom.sequence import Sequence
 
 from audit.models import Action, AuditEvent
+from imaging.dicom import dataset_offset
 from imaging.ingest import IngestOutcome, ingest_archive
 from imaging.models import Instance, Patient, Series, Study
 from imaging.services import instance_bytes
@@ -164,16 +166,43 @@ def test_a_resend_with_rewritten_meta_and_other_content_is_still_a_conflict(clin
     )
 
 
+def _meta_hiding_an_element(data: bytes) -> bytes:
+    """A meta element whose VR bytes are no VR: pydicom reads it as implicit VR, with a
+    4-byte length, so the next meta element's value becomes part of the data set."""
+    start = dataset_offset(data)
+    hidden = struct.pack("<HH", 0x0010, 0x1000) + b"LO" + struct.pack("<H", 8) + b"EVIL^ID "
+    not_a_vr = struct.pack("<HH", 0x0002, 0x0102) + b"\x10\x00" + b"\x00\x00"
+    carrier_value = b"\x00" * 4 + hidden
+    carrier = struct.pack("<HH", 0x0002, 0x0103) + b"OB\x00\x00" + struct.pack("<I", 20)
+    return data[:start] + not_a_vr + carrier + carrier_value + data[start:]
+
+
 @pytest.mark.django_db
-def test_the_same_data_set_in_another_transfer_syntax_is_a_conflict(clinic, data_dir):
-    # The stored bytes are the instance; a re-encoding is not silently taken as the same.
+def test_a_meta_that_pydicom_reads_otherwise_is_not_taken_for_a_duplicate(clinic, data_dir):
     ingest(clinic, CT)
-    implicit = _rewrite(
-        CT,
-        lambda ds: setattr(ds.file_meta, "TransferSyntaxUID", pydicom.uid.ImplicitVRLittleEndian),
+    hiding = _meta_hiding_an_element(CT)
+
+    result = ingest(clinic, hiding)
+
+    assert result.outcome != IngestOutcome.DUPLICATE
+    assert (
+        not AuditEvent.objects.for_tenant(clinic).filter(action=Action.INSTANCE_DUPLICATE).exists()
     )
 
-    result = ingest(clinic, implicit)
+
+@pytest.mark.django_db
+def test_the_same_data_set_under_another_transfer_syntax_is_a_conflict(clinic, data_dir):
+    # Byte for byte the same data set, labelled with another syntax: read another way,
+    # so not the instance stored.
+    ingest(clinic, CT)
+    meta = pydicom.dcmread(io.BytesIO(CT)).file_meta
+    meta.TransferSyntaxUID = pydicom.uid.JPEGBaseline8Bit
+    relabelled = io.BytesIO()
+    relabelled.write(b"\x00" * 128 + b"DICM")
+    write_file_meta_info(relabelled, meta)
+    relabelled.write(CT[dataset_offset(CT) :])
+
+    result = ingest(clinic, relabelled.getvalue())
 
     assert result.code == "conflict"
 
