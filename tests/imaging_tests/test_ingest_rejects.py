@@ -14,6 +14,7 @@ from pydicom.filewriter import write_file_meta_info
 from pydicom.sequence import Sequence
 
 from audit.models import Action, AuditEvent
+from imaging.crypto import SEGMENT_SIZE
 from imaging.dicom import dataset_offset
 from imaging.ingest import IngestOutcome, ingest_archive
 from imaging.models import Instance, Patient, Series, Study
@@ -175,6 +176,26 @@ def _meta_hiding_an_element(data: bytes) -> bytes:
     carrier_value = b"\x00" * 4 + hidden
     carrier = struct.pack("<HH", 0x0002, 0x0103) + b"OB\x00\x00" + struct.pack("<I", 20)
     return data[:start] + not_a_vr + carrier + carrier_value + data[start:]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("changed", [False, True], ids=["same", "pixel-in-third-segment"])
+def test_a_large_resend_is_compared_segment_by_segment(changed, clinic, data_dir):
+    # 2.5 MiB: the stored copy is decrypted over three segments as it is compared.
+    (data,) = synthetic_ct(slices=1, size=1152)
+    first = ingest(clinic, data)
+    resent = bytearray(_meta_rewritten(data))
+    if changed:
+        resent[-100] ^= 0xFF  # a pixel near the end
+
+    result = ingest(clinic, bytes(resent))
+
+    assert len(data) > 2 * SEGMENT_SIZE
+    if changed:
+        assert result.code == "conflict"
+    else:
+        assert result.outcome == IngestOutcome.DUPLICATE
+        assert result.instance_id == first.instance_id
 
 
 @pytest.mark.django_db
