@@ -837,8 +837,11 @@ def _store_batch_or_fail(
     """
     try:
         return _store_batch(request, base=base, study=study, payloads=payloads)
-    except Exception:
-        logger.exception("STOW-RS batch failed for tenant %s", _client(request).tenant.pk)
+    except Exception as exc:
+        # The type only: a database error's text can quote the row's values (a PatientID).
+        logger.error(
+            "STOW-RS batch failed for tenant %s: %s", _client(request).tenant.pk, type(exc).__name__
+        )
         failed = [_failure(*_uids(payload)[:2], FAILURE_PROCESSING) for payload in payloads]
         return [], failed, set()
 

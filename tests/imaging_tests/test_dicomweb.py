@@ -604,6 +604,29 @@ def test_a_batch_that_fails_to_store_is_reported_beside_the_batches_stored(
 
 
 @pytest.mark.django_db
+def test_a_failed_batch_is_logged_without_the_values_its_error_quotes(
+    clinic, write_token, monkeypatch, caplog
+):
+    from imaging import ingest as ingest_module
+
+    def fails_quoting_a_row(storage, objects):
+        raise RuntimeError("duplicate key: Key (patient_id)=(SYN-0001) already exists")
+
+    monkeypatch.setattr(ingest_module, "object_write_many", fails_quoting_a_row)
+
+    response = http(write_token).post(
+        f"{BASE}/studies",
+        data=_multipart([("application/dicom", d) for d in synthetic_ct(slices=3)]),
+        headers={"Content-Type": STOW_TYPE},
+    )
+
+    assert response.status_code == 409
+    assert "STOW-RS batch failed" in caplog.text
+    assert "RuntimeError" in caplog.text
+    assert "SYN-0001" not in caplog.text
+
+
+@pytest.mark.django_db
 def test_a_resend_through_another_toolkit_is_stored_once_and_answered_as_stored(
     clinic, write_token
 ):
