@@ -80,10 +80,13 @@ class StepUpAdminSiteMixin:
 
     A session left open, or one taken over, does not reach administration without the
     second factor again. Anyone else gets the site's own answer (sign-in, or refusal).
+    Signing out needs nothing: asking for a factor there would keep sessions open.
     """
 
     def admin_view(self, view: Any, cacheable: bool = False) -> Any:
         inner = super().admin_view(view, cacheable)  # type: ignore[misc]
+        if view == self.logout:  # type: ignore[attr-defined]
+            return inner
 
         def guarded(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
             if (

@@ -102,3 +102,25 @@ def test_platform_admin_demands_step_up_before_an_operator_is_changed(
     assert other.is_superuser
     platform_events = AuditEvent.objects.unscoped(reason="platform events").filter(tenant=None)
     assert platform_events.filter(action=Action.STEP_UP_VERIFIED).exists()
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("site", ["clinic", "platform"])
+def test_signing_out_of_an_admin_site_needs_no_fresh_second_factor(
+    site, clinic, tenant_admin, platform_operator, client_for
+):
+    # Asking for a factor to sign out would leave the session open for whoever comes next.
+    user, prefix = {
+        "clinic": (tenant_admin, f"/t/{clinic.slug}/admin/"),
+        "platform": (platform_operator, "/admin/"),
+    }[site]
+    client = client_for(user)
+    _age_second_factor(client, 11)
+    assert client.get(prefix)["Location"].startswith("/accounts/step-up/")
+
+    signed_out = client.post(f"{prefix}logout/")
+
+    assert signed_out.status_code == 302
+    assert signed_out["Location"] == "/accounts/login/"
+    assert "_auth_user_id" not in client.session
+    assert client.get(prefix)["Location"].startswith(("/accounts/login/", f"{prefix}login/"))
