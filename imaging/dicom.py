@@ -231,6 +231,34 @@ def pixel_tag(ds: Dataset) -> str:
     return next((f"{tag:08X}" for tag in PIXEL_DATA_TAGS if tag in ds), "")
 
 
+def _check_pixel_encoding(ds: Dataset, transfer_syntax: Any) -> None:
+    """Refuse pixel data not laid out as its transfer syntax says.
+
+    A compressed syntax keeps its frames encapsulated (undefined length, one item per
+    fragment); an uncompressed one keeps them as one value of defined length. A file
+    that says one and holds the other cannot be displayed by anyone, and would be
+    stored and served as if it could.
+    """
+    tag = pixel_tag(ds)
+    if not tag:
+        return
+    encapsulated = bool(ds[int(tag, 16)].is_undefined_length)
+    if transfer_syntax.is_encapsulated and not encapsulated:
+        raise DicomRejected(
+            "pixel_encoding",
+            f"The transfer syntax ({transfer_syntax.name}) needs encapsulated pixel data, "
+            "but the pixel data is stored as one uncompressed value. Send the file with "
+            "the transfer syntax its pixels are in.",
+        )
+    if not transfer_syntax.is_encapsulated and encapsulated:
+        raise DicomRejected(
+            "pixel_encoding",
+            f"The pixel data is encapsulated (compressed fragments), but the transfer "
+            f"syntax ({transfer_syntax.name}) is an uncompressed one. Send the file with "
+            "the transfer syntax its pixels are in.",
+        )
+
+
 def _check_native_pixels(ds: Dataset, transfer_syntax: Any) -> None:
     tag = pixel_tag(ds)
     if not tag or transfer_syntax.is_compressed:
@@ -329,6 +357,7 @@ def parse_part10(
         raise DicomRejected(
             "unknown_transfer_syntax", f"Transfer syntax {syntax} is not one this server knows."
         )
+    _check_pixel_encoding(ds, syntax)
     _check_native_pixels(ds, syntax)
     _check_ranges(ds)
     original_sha256 = digest() if digest is not None else hashlib.sha256(original).hexdigest()

@@ -48,11 +48,23 @@ def _deeply_nested(data: bytes) -> bytes:
     return _rewrite(data, change)
 
 
+def _relabelled(data: bytes, syntax: str) -> bytes:
+    """The same data set bytes under a file meta naming another transfer syntax."""
+    meta = pydicom.dcmread(io.BytesIO(data)).file_meta
+    meta.TransferSyntaxUID = syntax
+    relabelled = io.BytesIO()
+    relabelled.write(b"\x00" * 128 + b"DICM")
+    write_file_meta_info(relabelled, meta)
+    relabelled.write(data[dataset_offset(data) :])
+    return relabelled.getvalue()
+
+
 def _with_uid(value: str):
     return lambda data: _rewrite(data, lambda ds: setattr(ds, "SOPInstanceUID", value))
 
 
 CT = sample_bytes("CT_small.dcm")
+JPEG = sample_bytes("SC_rgb_jpeg_dcmtk.dcm")
 CASES = {
     "truncated": (lambda d: d[: len(d) // 2], "truncated"),
     "non-dicom": (lambda d: b"%PDF-1.7 not an image " * 50, "not_part10"),
@@ -65,6 +77,14 @@ CASES = {
     "uid with letters": (_with_uid("1.2.840.abc"), "invalid_uid"),
     "uid too long": (_with_uid("1." + "2" * 70), "invalid_uid"),
     "uid leading zero": (_with_uid("1.02.3"), "invalid_uid"),
+    "native pixels labelled jpeg": (
+        lambda d: _relabelled(d, pydicom.uid.JPEGBaseline8Bit),
+        "pixel_encoding",
+    ),
+    "jpeg pixels labelled native": (
+        lambda d: _relabelled(JPEG, pydicom.uid.ExplicitVRLittleEndian),
+        "pixel_encoding",
+    ),
 }
 
 
@@ -215,15 +235,9 @@ def test_a_meta_that_pydicom_reads_otherwise_is_not_taken_for_a_duplicate(clinic
 def test_the_same_data_set_under_another_transfer_syntax_is_a_conflict(clinic, data_dir):
     # Byte for byte the same data set, labelled with another syntax: read another way,
     # so not the instance stored.
-    ingest(clinic, CT)
-    meta = pydicom.dcmread(io.BytesIO(CT)).file_meta
-    meta.TransferSyntaxUID = pydicom.uid.JPEGBaseline8Bit
-    relabelled = io.BytesIO()
-    relabelled.write(b"\x00" * 128 + b"DICM")
-    write_file_meta_info(relabelled, meta)
-    relabelled.write(CT[dataset_offset(CT) :])
+    ingest(clinic, JPEG)
 
-    result = ingest(clinic, relabelled.getvalue())
+    result = ingest(clinic, _relabelled(JPEG, pydicom.uid.JPEGExtended12Bit))
 
     assert result.code == "conflict"
 
