@@ -231,6 +231,34 @@ def pixel_tag(ds: Dataset) -> str:
     return next((f"{tag:08X}" for tag in PIXEL_DATA_TAGS if tag in ds), "")
 
 
+# Papyrus 3 Implicit VR Little Endian (retired) is uncompressed, though pydicom counts
+# every syntax outside the four usual ones as encapsulated.
+_PAPYRUS_3 = "1.2.840.10008.1.20"
+ITEM, SEQUENCE_DELIMITER = (0xFFFE, 0xE000), (0xFFFE, 0xE0DD)
+
+
+def _holds_items(value: bytes, *, little_endian: bool) -> bool:
+    """Whether `value` is wholly a run of items (encapsulated fragments) of defined length.
+
+    Saving a compressed image under an uncompressed syntax (as pydicom's `save_as` does
+    when only the syntax is changed) writes its fragments as one defined-length value.
+    A real uncompressed image that happens to parse as items through to its last byte
+    is not to be expected.
+    """
+    header = struct.Struct("<HHI" if little_endian else ">HHI")
+    offset = items = 0
+    while offset + header.size <= len(value):
+        group, element, length = header.unpack_from(value, offset)
+        offset += header.size
+        if (group, element) == SEQUENCE_DELIMITER:
+            return items > 0 and offset == len(value)
+        if (group, element) != ITEM or length == 0xFFFFFFFF:
+            return False
+        offset += length
+        items += 1
+    return items > 0 and offset == len(value)
+
+
 def _check_pixel_encoding(ds: Dataset, transfer_syntax: Any) -> None:
     """Refuse pixel data not laid out as its transfer syntax says.
 
@@ -242,15 +270,20 @@ def _check_pixel_encoding(ds: Dataset, transfer_syntax: Any) -> None:
     tag = pixel_tag(ds)
     if not tag:
         return
-    encapsulated = bool(ds[int(tag, 16)].is_undefined_length)
-    if transfer_syntax.is_encapsulated and not encapsulated:
+    element = ds[int(tag, 16)]
+    compressed = transfer_syntax.is_encapsulated and transfer_syntax != _PAPYRUS_3
+    encapsulated = bool(element.is_undefined_length) or (
+        isinstance(element.value, bytes)
+        and _holds_items(element.value, little_endian=transfer_syntax.is_little_endian)
+    )
+    if compressed and not element.is_undefined_length:
         raise DicomRejected(
             "pixel_encoding",
             f"The transfer syntax ({transfer_syntax.name}) needs encapsulated pixel data, "
             "but the pixel data is stored as one uncompressed value. Send the file with "
             "the transfer syntax its pixels are in.",
         )
-    if not transfer_syntax.is_encapsulated and encapsulated:
+    if not compressed and encapsulated:
         raise DicomRejected(
             "pixel_encoding",
             f"The pixel data is encapsulated (compressed fragments), but the transfer "

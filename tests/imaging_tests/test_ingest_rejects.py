@@ -59,6 +59,16 @@ def _relabelled(data: bytes, syntax: str) -> bytes:
     return relabelled.getvalue()
 
 
+def _saved_as(name: str, syntax: str) -> bytes:
+    """A compressed file saved by pydicom under another syntax, its fragments left as
+    they were (written as one defined-length value)."""
+    ds = pydicom.dcmread(io.BytesIO(sample_bytes(name)))
+    ds.file_meta.TransferSyntaxUID = syntax
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
 def _with_uid(value: str):
     return lambda data: _rewrite(data, lambda ds: setattr(ds, "SOPInstanceUID", value))
 
@@ -83,6 +93,14 @@ CASES = {
     ),
     "jpeg pixels labelled native": (
         lambda d: _relabelled(JPEG, pydicom.uid.ExplicitVRLittleEndian),
+        "pixel_encoding",
+    ),
+    "jpeg saved as explicit native": (
+        lambda d: _saved_as("SC_rgb_small_odd_jpeg.dcm", pydicom.uid.ExplicitVRLittleEndian),
+        "pixel_encoding",
+    ),
+    "rle saved as implicit native": (
+        lambda d: _saved_as("MR_small_RLE.dcm", pydicom.uid.ImplicitVRLittleEndian),
         "pixel_encoding",
     ),
 }
@@ -114,6 +132,17 @@ def test_bad_file_is_rejected_with_its_reason_and_leaves_nothing(case, clinic, d
     _nothing_stored(clinic, data_dir)
     event = AuditEvent.objects.for_tenant(clinic).get(action=Action.INSTANCE_REJECTED)
     assert event.detail == {"code": code}
+
+
+@pytest.mark.django_db
+def test_uncompressed_pixels_that_begin_like_an_item_are_stored(clinic, data_dir):
+    # Two pixel values, 0xFFFE and 0xE000, read as an item tag; the rest is no item run.
+    def change(ds):
+        ds.PixelData = b"\xfe\xff\x00\xe0" + ds.PixelData[4:]
+
+    result = ingest(clinic, _rewrite(CT, change))
+
+    assert result.outcome == IngestOutcome.STORED, result.message
 
 
 @pytest.mark.django_db
