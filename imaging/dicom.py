@@ -234,7 +234,7 @@ def pixel_tag(ds: Dataset) -> str:
 # Papyrus 3 Implicit VR Little Endian (retired) is uncompressed, though pydicom counts
 # every syntax outside the four usual ones as encapsulated.
 _PAPYRUS_3 = "1.2.840.10008.1.20"
-ITEM, SEQUENCE_DELIMITER = (0xFFFE, 0xE000), (0xFFFE, 0xE0DD)
+_ITEM, _SEQUENCE_DELIMITER = (0xFFFE, 0xE000), (0xFFFE, 0xE0DD)
 
 
 def _holds_items(value: bytes, *, little_endian: bool) -> bool:
@@ -250,9 +250,9 @@ def _holds_items(value: bytes, *, little_endian: bool) -> bool:
     while offset + header.size <= len(value):
         group, element, length = header.unpack_from(value, offset)
         offset += header.size
-        if (group, element) == SEQUENCE_DELIMITER:
+        if (group, element) == _SEQUENCE_DELIMITER:
             return items > 0 and offset == len(value)
-        if (group, element) != ITEM or length == 0xFFFFFFFF:
+        if (group, element) != _ITEM or length == 0xFFFFFFFF:
             return False
         offset += length
         items += 1
