@@ -25,6 +25,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, VR
 
 from imaging.dicom_json import dataset_json
+from imaging.render import pixel_layout, pixel_value_offset
 
 PREAMBLE_BYTES = 128
 UNDEFINED_LENGTH = 0xFFFFFFFF
@@ -80,6 +81,8 @@ class ParsedInstance:
     rows: int | None = None
     columns: int | None = None
     pixel_tag: str = ""  # see `pixel_tag`
+    # Where its frames are, for reading them without a parse (imaging.render); {} if none.
+    pixel_layout: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     # DICOM JSON of the header (no pixel data), kept encrypted for metadata requests;
     # empty when the header cannot be expressed as JSON (then it is rebuilt on read).
@@ -355,6 +358,7 @@ def parse_part10(
         warnings.simplefilter("always")
         try:
             ds = pydicom.dcmread(io.BytesIO(data), force=False)
+            pixel_offset = pixel_value_offset(ds)  # before any check reads the value
         except (InvalidDicomError, Exception) as exc:  # pydicom fails in many shapes
             raise DicomRejected(
                 "malformed", f"The file could not be parsed as DICOM ({str(exc)[:120]})."
@@ -424,6 +428,7 @@ def parse_part10(
         rows=_int(ds, "Rows"),
         columns=_int(ds, "Columns"),
         pixel_tag=pixel_tag(ds),
+        pixel_layout=pixel_layout(ds, data=data, offset=pixel_offset),
         warnings=messages[:5],
         metadata=metadata_json(ds),
     )

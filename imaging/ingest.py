@@ -368,6 +368,7 @@ def _instance_row(
         number_of_frames=parsed.number_of_frames,
         rows=parsed.rows,
         pixel_tag=parsed.pixel_tag,
+        pixel_layout=parsed.pixel_layout,
         columns=parsed.columns,
         size_bytes=len(parsed.data),
         sha256=parsed.sha256,

@@ -161,6 +161,10 @@ class Instance(TenantOwnedModel):
     # or float "7FE00008" / double "7FE00009". Null (not recorded: rows stored before it
     # was kept) differs from "" (no pixel data), hence null on a text field.
     pixel_tag = models.CharField(max_length=8, null=True, blank=True, default=None)  # noqa: DJ001
+    # Where the plaintext's frames are and how they render (imaging.render.pixel_layout),
+    # so frames are read without parsing the file. Null: not recorded (stored before
+    # it was kept); {}: pixel data only pydicom can decode.
+    pixel_layout = models.JSONField(null=True, blank=True, default=None, editable=False)
     size_bytes = models.BigIntegerField()
     sha256 = models.CharField(max_length=64)
     storage_key = models.CharField(max_length=128)

@@ -270,13 +270,17 @@ def instances_for_reading(
 
     Joining them onto every row built a copy of the clinic, study, patient and series
     per instance: for a 300-instance series, 26 ms before the first byte went out,
-    against 7 ms this way. The sealed headers come only with `headers`.
+    against 7 ms this way. The sealed headers come only with `headers`; the pixel
+    layouts never.
     """
     # Scoped here too: each row's clinic is set from `tenant` below, so a row of another
     # clinic must never get this far.
+    # The pixel layout is for single-frame reads: a JSON value per row that a series'
+    # retrieve or metadata would parse for nothing (2 ms for 300 rows).
     instances = instances.filter(tenant=tenant).select_related(None).defer(None)
-    if not headers:
-        instances = instances.defer("metadata")
+    instances = (
+        instances.defer("pixel_layout") if headers else instances.defer("metadata", "pixel_layout")
+    )
     rows = list(
         instances.prefetch_related(
             Prefetch("study", queryset=Study.objects.for_tenant(tenant)),

@@ -25,6 +25,7 @@ from imaging.dicom import metadata_json, pixel_tag
 from imaging.keyring import study_dek
 from imaging.metadata import header_stale, metadata_open, metadata_seal
 from imaging.models import Instance, Series, Study
+from imaging.render import pixel_layout, pixel_value_offset
 from imaging.selectors import STUDY_DOWNLOAD_PERM, STUDY_VIEW_PERM
 from imaging.storage import object_delete, object_keys, object_open, storage_for
 from tenants.grants import object_grant, object_granted, object_revoke
@@ -196,8 +197,9 @@ def instance_headers_backfill(*, tenant: Tenant, actor: Actor, batch: int = 200)
 
     Missing: stored before headers were kept. Stale: kept before binary values over
     1 MB had bulk data paths (an empty BulkDataURI), or before the row recorded which
-    pixel data its object holds. Such rows are served by parsing their objects on every
-    metadata read, which is slow for large series. Reads each such object once
+    pixel data its object holds and where its frames are. Such rows are served by
+    parsing their objects on every metadata or frame read, which is slow for large
+    series. Reads each such object once
     (verified), seals its header on the row, and records one audit event per batch (the
     kept headers it opened to check them included). Returns how many rows got a header.
     """
@@ -218,6 +220,7 @@ def instance_headers_backfill(*, tenant: Tenant, actor: Actor, batch: int = 200)
             except IntegrityError:
                 continue  # audited by instance_bytes; this row stays on the slow path
             ds = pydicom.dcmread(io.BytesIO(data))  # whole: which pixel data it holds too
+            row.pixel_layout = pixel_layout(ds, data=data, offset=pixel_value_offset(ds))
             row.pixel_tag = pixel_tag(ds)
             header = metadata_json(ds)
             if header:  # else no JSON form: it stays on the slow path, which says why
@@ -231,7 +234,9 @@ def instance_headers_backfill(*, tenant: Tenant, actor: Actor, batch: int = 200)
             updated.append(row)
         with transaction.atomic():
             if updated:
-                Instance.objects.for_tenant(tenant).bulk_update(updated, ["metadata", "pixel_tag"])
+                Instance.objects.for_tenant(tenant).bulk_update(
+                    updated, ["metadata", "pixel_tag", "pixel_layout"]
+                )
             audit.record(
                 actor=actor,
                 action=Action.HEADERS_INDEXED,
@@ -243,7 +248,7 @@ def instance_headers_backfill(*, tenant: Tenant, actor: Actor, batch: int = 200)
 
 
 def _header_outdated(row: Instance, *, actor: Actor) -> bool:
-    if not row.metadata or row.pixel_tag is None:
+    if not row.metadata or row.pixel_tag is None or row.pixel_layout is None:
         return True
     try:
         header = instance_header_json(instance=row, actor=actor, key=study_dek(study=row.study))

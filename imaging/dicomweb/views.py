@@ -56,9 +56,9 @@ from imaging.models import Instance, Series, Study
 from imaging.render import (
     NoSuchFrame,
     RenderError,
-    frame_native_bytes,
     frame_number_check,
-    rendered,
+    frames_native_bytes,
+    rendered_file,
 )
 from imaging.selectors import instance_by_uids, instances_for_reading
 from imaging.services import (
@@ -536,15 +536,6 @@ def _no_such_frame(row: Instance, numbers: list[int]) -> HttpResponse | None:
     return None
 
 
-def _frame_payloads(data: bytes, *, numbers: list[int]) -> list[bytes]:
-    ds = pydicom.dcmread(io.BytesIO(data))
-    return [frame_native_bytes(ds, n) for n in numbers]
-
-
-def _rendered_frame(data: bytes, *, number: int, options: dict[str, Any]) -> bytes:
-    return rendered(pydicom.dcmread(io.BytesIO(data)), number=number, **options)
-
-
 def _frame_numbers(text: str) -> list[int]:
     try:
         numbers = [int(item) for item in text.split(",") if item.strip()]
@@ -634,7 +625,10 @@ def frames(
         return missing
     try:
         payloads = _processed_while_audited(
-            request, row, partial(_frame_payloads, numbers=wanted), {"frames": len(wanted)}
+            request,
+            row,
+            partial(frames_native_bytes, layout=row.pixel_layout, numbers=wanted),
+            {"frames": len(wanted)},
         )
     except RenderError as exc:
         return _unserved(request, row, exc, {"frames": len(wanted)})
@@ -728,7 +722,10 @@ def rendered_instance(
         return missing
     try:
         image = _processed_while_audited(
-            request, row, partial(_rendered_frame, number=frame, options=options), {"rendered": 1}
+            request,
+            row,
+            partial(rendered_file, layout=row.pixel_layout, number=frame, **options),
+            {"rendered": 1},
         )
     except RenderError as exc:
         return _unserved(request, row, exc, {"rendered": 1})

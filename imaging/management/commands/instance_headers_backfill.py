@@ -12,8 +12,9 @@ from tenants.models import Tenant
 class Command(BaseCommand):
     help = (
         "Keep the encrypted header of instances stored before the portal kept them, or "
-        "kept before large binary values had bulk data paths, so their metadata requests "
-        "need no object reads. Safe to run again; prints the count."
+        "kept before large binary values had bulk data paths, and record where their "
+        "frames are, so their metadata and frame requests need no parsing. Safe to run "
+        "again; prints the count."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
