@@ -177,9 +177,18 @@ def decrypt_verified(
         digest.update(segment)
         total += len(segment)
         held = segment
-    if digest.hexdigest() != sha256:
+    _matches(digest.hexdigest(), total, sha256=sha256, size=size)
+    if held:
+        yield held
+
+
+def plaintext_check(data: bytes, *, sha256: str, size: int | None = None) -> None:
+    """Raise IntegrityError unless `data` has the recorded SHA-256 (and size, if given)."""
+    _matches(hashlib.sha256(data).hexdigest(), len(data), sha256=sha256, size=size)
+
+
+def _matches(hexdigest: str, total: int, *, sha256: str, size: int | None) -> None:
+    if hexdigest != sha256:
         raise IntegrityError("plaintext hash does not match the recorded SHA-256")
     if size is not None and total != size:
         raise IntegrityError("plaintext size does not match the recorded size")
-    if held:
-        yield held

@@ -20,7 +20,13 @@ from django.db import transaction
 import audit
 from audit.actors import Actor
 from audit.models import Action, Outcome
-from imaging.crypto import IntegrityError, ObjectContext, decrypt_stream, decrypt_verified
+from imaging.crypto import (
+    IntegrityError,
+    ObjectContext,
+    decrypt_stream,
+    decrypt_verified,
+    plaintext_check,
+)
 from imaging.dicom import metadata_json, pixel_tag
 from imaging.keyring import study_dek
 from imaging.metadata import header_stale, metadata_open, metadata_seal
@@ -90,7 +96,14 @@ def _readers() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=READ_AHEAD, thread_name_prefix="object-read")
 
 
+@lru_cache(maxsize=1)
+def _checkers() -> ThreadPoolExecutor:
+    # Its own pool: a reader thread waits on these, so they must not queue behind it.
+    return ThreadPoolExecutor(max_workers=READ_AHEAD, thread_name_prefix="object-check")
+
+
 os.register_at_fork(after_in_child=_readers.cache_clear)
+os.register_at_fork(after_in_child=_checkers.cache_clear)
 
 
 def _verified(storage: Storage, instance: Instance, dek: bytes) -> list[bytes]:
@@ -150,8 +163,9 @@ T = TypeVar("T")
 
 
 def instance_process_start(*, instance: Instance, process: Callable[[bytes], T]) -> Future[T]:
-    """Read, decrypt and verify an instance on a reader thread and run `process` on its
-    plaintext there; collect the result with `instance_process_result`.
+    """Read and decrypt an instance on a reader thread and run `process` on its plaintext
+    there while another thread checks it against the row's SHA-256; collect the result
+    (given only if the check passed) with `instance_process_result`.
 
     The caller writes its audit event meanwhile: the append waits on the database's
     commit, the reading and processing on the CPU, and the two overlap. `process` must
@@ -165,7 +179,21 @@ def instance_process_start(*, instance: Instance, process: Callable[[bytes], T])
 def _processed(
     storage: Storage, instance: Instance, dek: bytes, process: Callable[[bytes], T]
 ) -> T:
-    return process(b"".join(_verified(storage, instance, dek)))
+    # AES-GCM has authenticated each segment (the study key made it, for this clinic and
+    # this object); the SHA-256 check against the row runs on another thread while
+    # `process` works, and its result is handed on only if the check passes. A failed
+    # check is what is raised, whatever `process` did. Hashing releases the GIL: for a
+    # rendered CT frame, 0.1-0.15 ms off the answer.
+    with object_open(storage, instance.storage_key) as handle:
+        context = ObjectContext(instance.tenant_id, instance.storage_key)
+        plaintext = b"".join(decrypt_stream(handle.read, key=dek, context=context))
+    check = _checkers().submit(
+        plaintext_check, plaintext, sha256=instance.sha256, size=instance.size_bytes
+    )
+    try:
+        return process(plaintext)
+    finally:
+        check.result()
 
 
 def instance_process_result(*, instance: Instance, actor: Actor, future: Future[T]) -> T:

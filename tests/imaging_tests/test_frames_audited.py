@@ -73,6 +73,28 @@ def test_an_altered_object_is_not_served_and_the_failure_is_audited(
 
 
 @pytest.mark.django_db
+@pytest.mark.parametrize(
+    "suffix", [*SUFFIXES, "bulkdata/7FE00010", "bulkdata/00091234"]  # the last: no such value
+)
+def test_content_other_than_the_rows_is_not_served_and_the_failure_is_audited(
+    suffix, clinic, slice_, reader
+):
+    # A valid object of other content under the right name (a faulty re-encryption, a
+    # key holder's swap): AES-GCM accepts it, the row's SHA-256 does not. The check runs
+    # beside the rendering; its failure is the answer, whatever the rendering did.
+    instance = Instance.objects.for_tenant(clinic).get()
+    Instance.objects.for_tenant(clinic).update(sha256="0" * 64)
+
+    response = reader.get(_url(slice_, suffix), HTTP_ACCEPT="*/*")
+
+    assert response.status_code == 500
+    assert "integrity check" in response.json()["error"]
+    (failure,) = _events(clinic, Action.INTEGRITY_FAILED)
+    assert failure.target_id == str(instance.pk)
+    assert "SHA-256" in failure.detail["reason"]
+
+
+@pytest.mark.django_db
 @pytest.mark.parametrize("suffix", ["frames/2", "frames/1,2", "frames/2/rendered"])
 def test_a_frame_past_the_last_is_404_and_no_read_is_audited(suffix, clinic, slice_, reader):
     response = reader.get(_url(slice_, suffix), HTTP_ACCEPT="*/*")
@@ -111,6 +133,6 @@ def test_reader_threads_open_no_database_connection(clinic, slice_, reader):
         both_threads.wait(timeout=10)  # so that each reader thread answers once
         return connection.connection is not None
 
-    futures = [services._readers().submit(connection_opened) for _ in range(services.READ_AHEAD)]
-
-    assert [f.result(timeout=10) for f in futures] == [False] * services.READ_AHEAD
+    for pool in (services._readers(), services._checkers()):  # the checks' threads too
+        futures = [pool.submit(connection_opened) for _ in range(services.READ_AHEAD)]
+        assert [f.result(timeout=10) for f in futures] == [False] * services.READ_AHEAD
