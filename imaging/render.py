@@ -359,8 +359,14 @@ def _encoded(
 # instance's row). Frames and rendered frames of such instances then come straight from
 # the verified plaintext: no pydicom parse, which was a third of a rendered frame's CPU.
 # The layout holds no PHI (sizes, bit depths, rescale and window). Rows without one (null:
-# stored before layouts were kept; {}: pixel data pydicom must decode) take the parsing
-# path, as does any layout that does not fit the bytes it is given.
+# stored before layouts were kept; no offset: pixel data pydicom must decode; another
+# version: recorded by other rendering rules) take the parsing path, as does any layout
+# whose Pixel Data element is not where it says in the bytes it is given.
+
+# Raised whenever what a layout records, or what the rendering does with it, changes:
+# older layouts are then not used, and the headers backfill records them again.
+PIXEL_LAYOUT_VERSION = 1
+_PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010), little endian
 
 
 def pixel_value_offset(ds: pydicom.Dataset) -> int | None:
@@ -374,45 +380,75 @@ def pixel_value_offset(ds: pydicom.Dataset) -> int | None:
 
 
 def pixel_layout(ds: pydicom.Dataset, *, data: bytes, offset: int | None) -> dict[str, Any]:
-    """How to read `data`'s frames without parsing it; {} where pydicom must decode them.
+    """How to read `data`'s frames without parsing it (no "offset" where pydicom must
+    decode them).
 
     `offset` is `pixel_value_offset(ds)`; the value found there must be the one pydicom
     read, or no layout is recorded.
     """
+    none = {"v": PIXEL_LAYOUT_VERSION}
     native = _native_format(ds)
     if native is None or offset is None:
-        return {}
+        return none
     dtype, rows, columns, stored = native
     value = ds.PixelData
-    if memoryview(data)[offset : offset + len(value)] != value:
-        return {}
+    if memoryview(data)[offset : offset + len(value)] != value or not _element_at(
+        data, offset, len(value)
+    ):
+        return none
+    photometric = str(ds.get("PhotometricInterpretation", ""))
     return {
+        **none,
         "offset": offset,
+        "length": len(value),
         "dtype": dtype.str,
         "rows": rows,
         "columns": columns,
         "stored": stored,
         "frames": frame_count(ds),
-        "grey": _grey_inputs(ds),
+        # Palette colour and the like keep the parsing path's rules, whatever they become.
+        "grey": _grey_inputs(ds) if photometric in ("MONOCHROME1", "MONOCHROME2") else None,
     }
+
+
+def pixel_layout_current(layout: Any) -> bool:
+    """Whether `layout` was recorded by this version's rules (else it is recorded again)."""
+    return isinstance(layout, dict) and layout.get("v") == PIXEL_LAYOUT_VERSION
+
+
+def _element_at(data: bytes, offset: int, length: int) -> bool:
+    """Whether a Pixel Data element of `length` bytes has its value at `offset`: its tag
+    and length just before it, explicit VR (12 bytes) or implicit (8)."""
+    if offset < 8 or offset + length > len(data):
+        return False
+    if data[offset - 4 : offset] != length.to_bytes(4, "little"):
+        return False
+    return data[offset - 8 : offset - 4] == _PIXEL_DATA_TAG or (
+        offset >= 12 and data[offset - 12 : offset - 8] == _PIXEL_DATA_TAG
+    )
 
 
 _LAYOUT_DTYPES = {"<u1", "|u1", "<i1", "|i1", "<u2", "<i2"}
 
 
-def _layout_frame(data: bytes, layout: dict[str, Any], number: int) -> np.ndarray | None:
+def _layout_frame(data: bytes, layout: Any, number: int) -> np.ndarray | None:
     """Frame `number` as `_native_frame` gives it, read at the layout's offset; None if
-    the layout is missing or does not fit `data`."""
-    try:
-        offset, rows, columns = int(layout["offset"]), int(layout["rows"]), int(layout["columns"])
-        frames, stored, kind = int(layout["frames"]), int(layout["stored"]), layout["dtype"]
-    except (KeyError, TypeError, ValueError):
+    there is no current layout or it does not fit `data`."""
+    if not pixel_layout_current(layout) or "offset" not in layout:
         return None
-    if kind not in _LAYOUT_DTYPES or min(offset, rows, columns, frames, stored) < 0:
+    try:
+        offset, length = int(layout["offset"]), int(layout["length"])
+        rows, columns = int(layout["rows"]), int(layout["columns"])
+        frames, stored, kind = int(layout["frames"]), int(layout["stored"]), layout["dtype"]
+    except (KeyError, TypeError, ValueError, OverflowError):
+        return None
+    if kind not in _LAYOUT_DTYPES or min(rows, columns, frames) < 1:
         return None
     dtype = np.dtype(kind)
     size = rows * columns * dtype.itemsize
-    if not size or not 1 <= stored <= dtype.itemsize * 8 or offset + frames * size > len(data):
+    if not 1 <= stored <= dtype.itemsize * 8 or frames * size > length:
+        return None
+    if not _element_at(data, offset, length):
         return None
     frame_number_check(number, frames=frames)
     return _frame_at(
@@ -430,7 +466,7 @@ def frames_native_bytes(
 ) -> list[bytes]:
     """Frames of a Part 10 file as `frame_native_bytes` gives them, by the layout where
     there is one."""
-    if layout:
+    if layout is not None:
         frames = [_layout_frame(data, layout, n) for n in numbers]
         if all(frame is not None for frame in frames):
             return [_little_endian_bytes(frame) for frame in frames]  # type: ignore[arg-type]
@@ -453,15 +489,18 @@ def rendered_file(
     quality: int = 90,
 ) -> bytes:
     """`rendered` for a Part 10 file, by its layout where the layout covers the frame."""
+    pixels = _layout_frame(data, layout, number)
     grey = None
-    if layout and layout.get("grey"):
-        pixels = _layout_frame(data, layout, number)
+    if pixels is not None and layout.get("grey"):  # type: ignore[union-attr]
         try:
-            grey = _through_table(pixels, layout["grey"], window) if pixels is not None else None
-        except (KeyError, TypeError, ValueError):  # an odd recorded layout: parse the file
+            grey = _through_table(pixels, layout["grey"], window)  # type: ignore[index]
+        except (KeyError, TypeError, ValueError, OverflowError):  # odd: parse the file
             grey = None
     if grey is not None:
-        return _encoded(Image.fromarray(grey), media_type, viewport, quality)
+        try:
+            return _encoded(Image.fromarray(grey), media_type, viewport, quality)
+        except Exception as exc:  # as `rendered` says it (a JPEG wider than 65,500...)
+            raise RenderError(f"The frame could not be rendered ({type(exc).__name__}).") from None
     return rendered(
         pydicom.dcmread(io.BytesIO(data)),
         number=number,

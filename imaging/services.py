@@ -31,7 +31,7 @@ from imaging.dicom import metadata_json, pixel_tag
 from imaging.keyring import study_dek
 from imaging.metadata import header_stale, metadata_open, metadata_seal
 from imaging.models import Instance, Series, Study
-from imaging.render import pixel_layout, pixel_value_offset
+from imaging.render import pixel_layout, pixel_layout_current, pixel_value_offset
 from imaging.selectors import STUDY_DOWNLOAD_PERM, STUDY_VIEW_PERM
 from imaging.storage import object_delete, object_keys, object_open, storage_for
 from tenants.grants import object_grant, object_granted, object_revoke
@@ -276,7 +276,7 @@ def instance_headers_backfill(*, tenant: Tenant, actor: Actor, batch: int = 200)
 
 
 def _header_outdated(row: Instance, *, actor: Actor) -> bool:
-    if not row.metadata or row.pixel_tag is None or row.pixel_layout is None:
+    if not row.metadata or row.pixel_tag is None or not pixel_layout_current(row.pixel_layout):
         return True
     try:
         header = instance_header_json(instance=row, actor=actor, key=study_dek(study=row.study))

@@ -50,6 +50,7 @@ def _series_thumbnail(*, tenant_id: str, series_id: str) -> str:
     instances = list(
         Instance.objects.filter(tenant_id=tenant_id, series=series)
         .select_related("tenant", "study")
+        .defer("metadata", "pixel_layout")  # one object is read; its row needs neither
         .order_by("instance_number", "created_at")
     )
     if not instances:

@@ -74,7 +74,8 @@ def test_an_altered_object_is_not_served_and_the_failure_is_audited(
 
 @pytest.mark.django_db
 @pytest.mark.parametrize(
-    "suffix", [*SUFFIXES, "bulkdata/7FE00010", "bulkdata/00091234"]  # the last: no such value
+    "suffix",
+    [*SUFFIXES, "bulkdata/7FE00010", "bulkdata/00091234"],  # the last: no such value
 )
 def test_content_other_than_the_rows_is_not_served_and_the_failure_is_audited(
     suffix, clinic, slice_, reader

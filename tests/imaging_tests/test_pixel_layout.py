@@ -1,9 +1,10 @@
 """Frames read by the pixel layout ingest records, without parsing the file again.
 
 Whatever the layout gives must be what parsing gives: the same frame bytes, the same
-rendered image, byte for byte. Where there is no layout (rows stored before it was kept,
-pixel data only pydicom can decode) or the layout does not fit the file, the file is
-parsed as before.
+rendered image, byte for byte; the tests that use a layout forbid parsing once they
+know what to expect. Where there is no layout (rows stored before it was kept, pixel
+data only pydicom can decode, an older version's) or the layout does not fit the file,
+the file is parsed as before.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from imaging.dicom import parse_part10
 from imaging.models import Instance
 from imaging.render import (
+    PIXEL_LAYOUT_VERSION,
     NoSuchFrame,
+    RenderError,
     frame_count,
     frame_native_bytes,
     frames_native_bytes,
@@ -64,6 +67,19 @@ RENDERINGS = [
 ]
 
 
+@pytest.fixture
+def no_parsing(monkeypatch):
+    """Once called, reading a file with pydicom fails the test."""
+
+    def forbid() -> None:
+        def parsed(*args, **kwargs):
+            raise AssertionError("the file was parsed")
+
+        monkeypatch.setattr(pydicom, "dcmread", parsed)
+
+    return forbid
+
+
 def _layout(data: bytes) -> dict:
     return parse_part10(data, **LIMITS).pixel_layout
 
@@ -74,35 +90,44 @@ def _stored(data: bytes) -> bytes:
 
 
 @pytest.mark.parametrize("name", WITH_LAYOUT)
-def test_frames_by_the_layout_are_the_parsed_frames(name):
+def test_frames_by_the_layout_are_the_parsed_frames(name, no_parsing):
     data = _stored(sample_bytes(name))
     layout = _layout(data)
     ds = pydicom.dcmread(io.BytesIO(data))
     value = ds.PixelData
     assert data[layout["offset"] : layout["offset"] + len(value)] == value
     numbers = list(range(1, frame_count(ds) + 1))
-    assert frames_native_bytes(data, layout=layout, numbers=numbers) == [
-        frame_native_bytes(ds, n) for n in numbers
-    ]
+    expected = [frame_native_bytes(ds, n) for n in numbers]
+    no_parsing()
+    assert frames_native_bytes(data, layout=layout, numbers=numbers) == expected
 
 
 @pytest.mark.parametrize("options", RENDERINGS)
 @pytest.mark.parametrize("name", WITH_LAYOUT)
-def test_a_frame_rendered_by_the_layout_is_the_parsed_rendering(name, options):
+def test_a_frame_rendered_by_the_layout_is_the_parsed_rendering(name, options, no_parsing):
     data = _stored(sample_bytes(name))
     ds = pydicom.dcmread(io.BytesIO(data))
     last = frame_count(ds)
     expected = rendered(ds, number=last, **options)
-    assert rendered_file(data, layout=_layout(data), number=last, **options) == expected
+    layout = _layout(data)
+    if layout["grey"] is not None:  # else (palette colour) the parse's rules apply
+        no_parsing()
+    assert rendered_file(data, layout=layout, number=last, **options) == expected
+
+
+def test_palette_colour_keeps_the_parsing_paths_rendering():
+    layout = _layout(_stored(sample_bytes("examples_palette.dcm")))
+    assert layout["offset"] and layout["grey"] is None
 
 
 @pytest.mark.parametrize("name", WITHOUT_LAYOUT)
 def test_pixel_data_only_pydicom_decodes_records_no_layout(name):
     data = _stored(sample_bytes(name))
-    assert _layout(data) == {}
+    layout = _layout(data)
+    assert layout == {"v": PIXEL_LAYOUT_VERSION}
     ds = pydicom.dcmread(io.BytesIO(data))
-    assert frames_native_bytes(data, layout={}, numbers=[1]) == [frame_native_bytes(ds, 1)]
-    assert rendered_file(data, layout={}, number=1) == rendered(ds, number=1)
+    assert frames_native_bytes(data, layout=layout, numbers=[1]) == [frame_native_bytes(ds, 1)]
+    assert rendered_file(data, layout=layout, number=1) == rendered(ds, number=1)
 
 
 def _written(ds: pydicom.Dataset) -> bytes:
@@ -117,6 +142,7 @@ def _monochrome(
     bits_stored: int,
     signed: bool,
     photometric: str = "MONOCHROME2",
+    bits_allocated: int = 16,
     **elements,
 ) -> bytes:
     ds = pydicom.Dataset()
@@ -127,11 +153,11 @@ def _monochrome(
     ds.Modality = "MR"
     ds.NumberOfFrames, ds.Rows, ds.Columns = frames.shape
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, bits_stored, bits_stored - 1
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = bits_allocated, bits_stored, bits_stored - 1
     ds.PixelRepresentation = int(signed)
     for keyword, value in elements.items():
         setattr(ds, keyword, value)
-    ds.PixelData = frames.astype("<u2").tobytes()
+    ds.PixelData = frames.astype("<u2" if bits_allocated == 16 else "u1").tobytes()
     return _written(ds)
 
 
@@ -141,10 +167,13 @@ def _garbage_high_bits(shape: tuple[int, ...]) -> np.ndarray:
 
 
 @pytest.mark.parametrize("signed", [False, True])
-def test_each_frame_of_a_multi_frame_instance_by_the_layout(signed):
+@pytest.mark.parametrize("bits", [(16, 12), (8, 6)])  # allocated, stored
+def test_each_frame_of_a_multi_frame_instance_by_the_layout(signed, bits, no_parsing):
+    allocated, stored = bits
     data = _monochrome(
-        _garbage_high_bits((4, 6, 5)),
-        bits_stored=12,
+        _garbage_high_bits((4, 6, 5)).astype(np.uint32) % (1 << allocated),
+        bits_stored=stored,
+        bits_allocated=allocated,
         signed=signed,
         WindowCenter=100,
         WindowWidth=900,
@@ -154,11 +183,12 @@ def test_each_frame_of_a_multi_frame_instance_by_the_layout(signed):
     layout = _layout(data)
     assert layout["frames"] == 4
     ds = pydicom.dcmread(io.BytesIO(data))
+    frames = [frame_native_bytes(ds, number) for number in (1, 2, 3, 4)]
+    images = [rendered(ds, number=number) for number in (1, 2, 3, 4)]
+    no_parsing()
     for number in (1, 2, 3, 4):
-        assert frames_native_bytes(data, layout=layout, numbers=[number]) == [
-            frame_native_bytes(ds, number)
-        ]
-        assert rendered_file(data, layout=layout, number=number) == rendered(ds, number=number)
+        assert frames_native_bytes(data, layout=layout, numbers=[number]) == [frames[number - 1]]
+        assert rendered_file(data, layout=layout, number=number) == images[number - 1]
     with pytest.raises(NoSuchFrame):
         rendered_file(data, layout=layout, number=5)
     with pytest.raises(NoSuchFrame):
@@ -196,6 +226,12 @@ def test_elements_after_the_pixel_data_do_not_move_the_layout():
     [
         {"offset": 10**9},  # past the end
         {"offset": -4},
+        {"shift": 2},  # within the file, but not where the value starts
+        {"shift": -12},
+        {"length": 10},
+        {"v": PIXEL_LAYOUT_VERSION - 1},  # recorded by older rules
+        {"v": None},
+        {"frames": float("inf")},
         {"dtype": ">f8"},
         {"frames": 10**6},
         {"stored": 40},
@@ -207,8 +243,22 @@ def test_a_layout_that_does_not_fit_the_file_is_not_used(broken):
     data = _stored(sample_bytes("CT_small.dcm"))
     ds = pydicom.dcmread(io.BytesIO(data))
     layout = {**_layout(data), **broken}
+    layout["offset"] += layout.pop("shift", 0)
     assert frames_native_bytes(data, layout=layout, numbers=[1]) == [frame_native_bytes(ds, 1)]
     assert rendered_file(data, layout=layout, number=1) == rendered(ds, number=1)
+
+
+def test_a_frame_too_wide_for_jpeg_is_a_render_error_either_way():
+    frames = np.arange(65_535, dtype=np.uint16).reshape(1, 1, 65_535)
+    data = _monochrome(frames, bits_stored=16, signed=False, WindowCenter=100, WindowWidth=50)
+    layout = _layout(data)
+    assert layout["grey"] is not None
+    with pytest.raises(RenderError):
+        rendered_file(data, layout=layout)
+    with pytest.raises(RenderError):
+        rendered(pydicom.dcmread(io.BytesIO(data)))
+    png = rendered_file(data, layout=layout, media_type="image/png")
+    assert png == rendered(pydicom.dcmread(io.BytesIO(data)), media_type="image/png")
 
 
 # --- Through DICOMweb, as a partner and the viewer read them ------------------------
@@ -246,21 +296,33 @@ def slice_(clinic, data_dir) -> SimpleNamespace:
 
 
 @pytest.mark.django_db
-def test_ingest_records_the_layout_and_dicomweb_serves_by_it(clinic, slice_, reader):
+def test_ingest_records_the_layout_and_dicomweb_serves_by_it(clinic, slice_, reader, no_parsing):
     layout = slice_.row.pixel_layout
     assert layout["offset"] > 0 and layout["frames"] == 1
     assert layout["grey"]["window"] is not None  # the CT's own window
-    rendered_ = reader.get(_url(slice_.data, "frames/1/rendered"), HTTP_ACCEPT="image/jpeg")
+    rendered_url, frame_url = (_url(slice_.data, s) for s in ("frames/1/rendered", "frames/1"))
+    no_parsing()
+    rendered_ = reader.get(rendered_url, HTTP_ACCEPT="image/jpeg")
     assert rendered_.status_code == 200
     assert rendered_.content == slice_.image
-    frame = reader.get(_url(slice_.data, "frames/1"))
+    frame = reader.get(frame_url)
     assert frame.status_code == 200
     assert _frame_body(frame) == slice_.frame
 
 
 @pytest.mark.django_db
-@pytest.mark.parametrize("layout", [None, {}, {"offset": 10**9, "rows": 1}])
+@pytest.mark.parametrize(
+    "layout",
+    [
+        None,
+        {"v": PIXEL_LAYOUT_VERSION},
+        {"v": PIXEL_LAYOUT_VERSION, "offset": 10**9, "rows": 1},
+        "an older version",
+    ],
+)
 def test_rows_without_a_usable_layout_are_parsed(layout, clinic, slice_, reader):
+    if layout == "an older version":
+        layout = {**slice_.row.pixel_layout, "v": PIXEL_LAYOUT_VERSION - 1}
     Instance.objects.for_tenant(clinic).update(pixel_layout=layout)
     rendered_ = reader.get(_url(slice_.data, "frames/1/rendered"), HTTP_ACCEPT="image/jpeg")
     assert rendered_.status_code == 200
@@ -280,8 +342,11 @@ def test_another_clinics_reader_gets_no_frame_by_the_layout(other_clinic, slice_
 
 
 @pytest.mark.django_db
-def test_the_backfill_records_the_layout_of_rows_stored_before_it(clinic, slice_):
+@pytest.mark.parametrize("before", [None, "an older version"])
+def test_the_backfill_records_the_layout_of_rows_stored_before_it(before, clinic, slice_):
     recorded = slice_.row.pixel_layout
-    Instance.objects.for_tenant(clinic).update(pixel_layout=None)
+    if before is not None:
+        before = {**recorded, "v": PIXEL_LAYOUT_VERSION - 1}
+    Instance.objects.for_tenant(clinic).update(pixel_layout=before)
     call_command("instance_headers_backfill", "--tenant", clinic.slug, stdout=io.StringIO())
     assert Instance.objects.for_tenant(clinic).get().pixel_layout == recorded
