@@ -392,9 +392,8 @@ def pixel_layout(ds: pydicom.Dataset, *, data: bytes, offset: int | None) -> dic
         return none
     dtype, rows, columns, stored = native
     value = ds.PixelData
-    if memoryview(data)[offset : offset + len(value)] != value or not _element_at(
-        data, offset, len(value)
-    ):
+    # startswith: a memcmp in place (comparing a memoryview went item by item, 0.5 ms).
+    if not data.startswith(value, offset) or not _element_at(data, offset, len(value)):
         return none
     photometric = str(ds.get("PhotometricInterpretation", ""))
     return {
