@@ -81,7 +81,7 @@ class ParsedInstance:
     rows: int | None = None
     columns: int | None = None
     pixel_tag: str = ""  # see `pixel_tag`
-    # Where its frames are, for reading them without a parse (imaging.render); {} if none.
+    # Where its frames are, for reading them without a parse (imaging.render.pixel_layout).
     pixel_layout: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     # DICOM JSON of the header (no pixel data), kept encrypted for metadata requests;

@@ -163,7 +163,7 @@ class Instance(TenantOwnedModel):
     pixel_tag = models.CharField(max_length=8, null=True, blank=True, default=None)  # noqa: DJ001
     # Where the plaintext's frames are and how they render (imaging.render.pixel_layout),
     # so frames are read without parsing the file. Null: not recorded (stored before
-    # it was kept); {}: pixel data only pydicom can decode.
+    # it was kept); no "offset": pixel data only pydicom can decode.
     pixel_layout = models.JSONField(null=True, blank=True, default=None, editable=False)
     size_bytes = models.BigIntegerField()
     sha256 = models.CharField(max_length=64)

@@ -275,9 +275,9 @@ def instances_for_reading(
     """
     # Scoped here too: each row's clinic is set from `tenant` below, so a row of another
     # clinic must never get this far.
+    instances = instances.filter(tenant=tenant).select_related(None).defer(None)
     # The pixel layout is for single-frame reads: a JSON value per row that a series'
     # retrieve or metadata would parse for nothing (2 ms for 300 rows).
-    instances = instances.filter(tenant=tenant).select_related(None).defer(None)
     instances = (
         instances.defer("pixel_layout") if headers else instances.defer("metadata", "pixel_layout")
     )
