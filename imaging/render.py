@@ -9,7 +9,12 @@ from typing import Any
 import numpy as np
 import pydicom
 from PIL import Image
-from pydicom.pixels import apply_modality_lut, apply_voi_lut, convert_color_space
+from pydicom.pixels import (
+    apply_color_lut,
+    apply_modality_lut,
+    apply_voi_lut,
+    convert_color_space,
+)
 
 # Window (centre, width) used when the file carries none.
 MODALITY_WINDOWS = {"CT": (40.0, 400.0), "MR": None, "PT": None}
@@ -99,10 +104,37 @@ def windowed_by_table(
     return _through_table(pixels, grey, window)
 
 
+def _is_palette(ds: pydicom.Dataset) -> bool:
+    return str(ds.get("PhotometricInterpretation", "")).strip().upper() == "PALETTE COLOR"
+
+
+def _palette_rgb(ds: pydicom.Dataset, pixels: np.ndarray) -> np.ndarray:
+    """Palette colour indices through the file's red, green and blue tables (PS3.3
+    C.7.6.3.1.5, segmented tables included) as 8-bit RGB.
+
+    Table entries of 16 bits span 0-65535 and keep their top byte. Some writers put
+    8-bit values in 16-bit entries; such a table (nothing above 255) is taken as the
+    8-bit one it is rather than shown nearly black.
+    """
+    rgb = apply_color_lut(pixels, ds)
+    if rgb.dtype.itemsize > 1 and _table_top(ds) > 255:
+        rgb = rgb >> 8
+    return rgb.astype(np.uint8)
+
+
+def _table_top(ds: pydicom.Dataset) -> int:
+    """The largest entry of the palette's tables (not of one frame's colours: a dark
+    frame of a 16-bit palette must not be taken for an 8-bit one)."""
+    entries, first = (int(v) for v in ds.RedPaletteColorLookupTableDescriptor[:2])
+    indices = np.arange(first, first + (entries or 65536), dtype=np.int64)
+    return int(apply_color_lut(indices, ds).max())
+
+
 def _grey_inputs(ds: pydicom.Dataset) -> dict[str, Any] | None:
     """What the lookup-table path needs from the header, or None if it does not apply."""
     if (
         ds.get("SamplesPerPixel", 1) != 1
+        or _is_palette(ds)
         or "ModalityLUTSequence" in ds
         or "VOILUTSequence" in ds
         or str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").upper() != "LINEAR"
@@ -152,6 +184,8 @@ def frame_to_uint8(ds: pydicom.Dataset, pixels: np.ndarray) -> np.ndarray:
     if fast is not None:
         return fast
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
+    if _is_palette(ds):
+        return _palette_rgb(ds, pixels)
     if ds.get("SamplesPerPixel", 1) > 1:
         if photometric.startswith("YBR") and not ds.file_meta.TransferSyntaxUID.is_compressed:
             pixels = convert_color_space(pixels, photometric, "RGB")
@@ -326,7 +360,8 @@ def _rendered(
     grey = windowed_by_table(ds, pixels, window) if window is not None else None
     if grey is not None:
         image = Image.fromarray(grey)
-    elif window is not None and ds.get("SamplesPerPixel", 1) == 1:
+    elif window is not None and ds.get("SamplesPerPixel", 1) == 1 and not _is_palette(ds):
+        # A window applies to grey levels; colour (palette colour too) keeps its own.
         centre, width = window
         grey = _linear_window(apply_modality_lut(pixels, ds).astype(np.float64), centre, width)
         if str(ds.get("PhotometricInterpretation", "")) == "MONOCHROME1":

@@ -89,14 +89,19 @@
     const spacing = nums(o, "00280030");
     const imager = nums(o, "00181164");
     const sp = spacing.length >= 2 ? spacing : imager.length >= 2 ? imager : null;
+    const photometric = text(o, "00280004").trim().toUpperCase();
+    const spp = num(o, "00280002", 1);
     const info = {
       sop: text(o, "00080018"),
       rows: num(o, "00280010", 0),
       cols: num(o, "00280011", 0),
       bits: num(o, "00280100", 16),
       signed: num(o, "00280103", 0) === 1,
-      spp: num(o, "00280002", 1),
-      mono1: text(o, "00280004").toUpperCase() === "MONOCHROME1",
+      spp,
+      // Palette colour stores one index per pixel, coloured by the file's tables: the
+      // server renders it, as it does images of three samples.
+      colour: spp > 1 || photometric === "PALETTE COLOR",
+      mono1: photometric === "MONOCHROME1",
       slope: num(o, "00281053", 1) || 1,
       intercept: num(o, "00281052", 0),
       center: num(o, "00281050", null),
@@ -108,7 +113,7 @@
     return info;
   }
   function pixelType(info) {
-    if (info.spp !== 1) return null;
+    if (info.colour) return null;
     if (info.bits === 8) return info.signed ? Int8Array : Uint8Array;
     if (info.bits === 16) return info.signed ? Int16Array : Uint16Array;
     if (info.bits === 32) return info.signed ? Int32Array : Uint32Array;
@@ -175,8 +180,8 @@
           const info = built.slices[0].info;
           s.slices = built.slices;
           s.label = seriesLabel(built.first);
-          s.colour = info.spp > 1;
-          if (info.center !== null && info.width > 0) s.initialWindow = { center: info.center, width: info.width };
+          s.colour = info.colour;
+          if (!s.colour && info.center !== null && info.width > 0) s.initialWindow = { center: info.center, width: info.width };
         })
         .catch((err) => { s.meta = null; throw err; }); // a later click retries
     }

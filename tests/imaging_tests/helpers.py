@@ -9,7 +9,12 @@ import numpy as np
 import pydicom
 import pydicom.data
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import (
+    CTImageStorage,
+    ExplicitVRLittleEndian,
+    SecondaryCaptureImageStorage,
+    generate_uid,
+)
 
 from audit.actors import Actor
 from imaging.crypto import IntegrityError
@@ -91,6 +96,51 @@ def synthetic_ct(
         ds.save_as(buffer, enforce_file_format=True)
         files.append(buffer.getvalue())
     return files
+
+
+def synthetic_palette(
+    *,
+    bits: int = 16,
+    entry_bits: int = 16,
+    eight_bit_values: bool = False,
+    frames: int = 1,
+    size: int = 24,
+) -> bytes:
+    """A palette colour file (an ultrasound secondary capture): red rises with the index,
+    green falls, blue stays a third up. The pixels' indices cover the whole table.
+    """
+    entries = 256 if bits == 8 else 4096
+    index = np.arange(entries)
+    top = 255 if eight_bit_values or entry_bits == 8 else 65535
+    red = (index * top // (entries - 1)).astype(f"<u{entry_bits // 8}")
+    green = (top - red.astype(np.int64)).astype(red.dtype)
+    blue = np.full(entries, top // 3, dtype=red.dtype)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.PatientName, ds.PatientID, ds.Modality = "Palette^Patient", "PAL-1", "US"
+    ds.Rows = ds.Columns = size
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "PALETTE COLOR"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits, bits, bits - 1, 0
+    # A window in the file, as some writers leave: it must not turn the image grey.
+    ds.WindowCenter, ds.WindowWidth = 40, 400
+    descriptor = [entries if entries < 65536 else 0, 0, entry_bits]
+    for colour, table in (("Red", red), ("Green", green), ("Blue", blue)):
+        setattr(ds, f"{colour}PaletteColorLookupTableDescriptor", descriptor)
+        setattr(ds, f"{colour}PaletteColorLookupTableData", table.tobytes())
+    if frames > 1:
+        ds.NumberOfFrames = frames
+    pixels = (np.arange(frames * size * size) * 7 % entries).reshape(frames, size, size)
+    ds.PixelData = pixels.astype(f"<u{bits // 8}").tobytes()
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
 
 
 def ingest_study(tenant: Tenant, files: list[bytes]):

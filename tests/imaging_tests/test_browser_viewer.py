@@ -19,7 +19,7 @@ from tests.helpers import (
     make_member,
     totp_device_for,
 )
-from tests.imaging_tests.helpers import ingest_study, synthetic_ct
+from tests.imaging_tests.helpers import ingest_study, synthetic_ct, synthetic_palette
 
 SLICES = 160
 SIZE = 128
@@ -198,3 +198,35 @@ def test_an_open_viewer_drops_its_images_once_the_grant_is_revoked(live_server, 
         assert message.is_visible()
         assert "Access to this study has ended" in message.inner_text()
         assert page.evaluate("window.portalViewer.state().cacheBytes") == 0
+
+
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+@pytest.mark.timeout(120)
+def test_a_palette_colour_image_is_shown_in_its_colours(live_server):
+    require_chromium()
+    clinic = make_clinic("north", "North Imaging")
+    radiologist = make_member(clinic, "radiologist", email="rad@north.example")
+    study = ingest_study(clinic, [synthetic_palette(size=64)])
+
+    with browser_page() as page:
+        asked: list[str] = []
+        page.on("request", lambda request: asked.append(request.url))
+        sign_in(page, live_server.url, radiologist, f"/t/north/studies/{study.pk}/")
+        page.goto(f"{live_server.url}/t/north/studies/{study.pk}/viewer/")
+        page.wait_for_selector("#viewer[data-loaded='1']", timeout=30_000)
+        page.wait_for_selector("#viewer[data-state=ready]", timeout=30_000)
+        screenshot(page, "viewer-9-palette-colour")
+        # Pixels whose red and green differ: none if the indices were drawn as grey.
+        coloured = page.evaluate(
+            """() => {
+              const c = document.getElementById("viewer-canvas");
+              const d = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
+              let n = 0;
+              for (let i = 0; i < d.length; i += 4) if (Math.abs(d[i] - d[i + 1]) > 40) n++;
+              return n / (d.length / 4);
+            }"""
+        )
+
+    assert coloured > 0.1
+    frames = [url for url in asked if "/frames/" in url]
+    assert frames and all(url.endswith("/rendered") for url in frames)
