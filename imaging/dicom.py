@@ -8,6 +8,7 @@ against the bytes actually present, and sequence nesting is bounded.
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import hashlib
 import io
@@ -22,6 +23,8 @@ from typing import Any
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_file_meta_info
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, VR
 
 from imaging.dicom_json import dataset_json
@@ -84,6 +87,10 @@ class ParsedInstance:
     # Where its frames are, for reading them without a parse (imaging.render.pixel_layout).
     pixel_layout: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    # File meta elements set to what the data set says (`_meta_corrected`): the stored
+    # file differs from the one received in these, and the sender is told (STOW-RS
+    # warning B000).
+    corrected: tuple[str, ...] = ()
     # DICOM JSON of the header (no pixel data), kept encrypted for metadata requests;
     # empty when the header cannot be expressed as JSON (then it is rebuilt on read).
     metadata: bytes = b""
@@ -397,13 +404,22 @@ def parse_part10(
     _check_pixel_encoding(ds, syntax)
     _check_native_pixels(ds, syntax)
     _check_ranges(ds)
+    data, corrected, moved = _meta_corrected(data, ds, uids)
+    if pixel_offset is not None:
+        pixel_offset += moved
     original_sha256 = digest() if digest is not None else hashlib.sha256(original).hexdigest()
     return ParsedInstance(
         data=data,
-        # Hashing 500 KB twice shows in STOW-RS profiles; the bytes differ only if zeroed.
-        sha256=original_sha256 if preamble == "zero" else hashlib.sha256(data).hexdigest(),
+        # Hashing 500 KB twice shows in STOW-RS profiles; the bytes differ only if zeroed
+        # or the meta corrected.
+        sha256=(
+            original_sha256
+            if preamble == "zero" and not corrected
+            else hashlib.sha256(data).hexdigest()
+        ),
         original_sha256=original_sha256,
         preamble=preamble,
+        corrected=corrected,
         transfer_syntax_uid=str(transfer_syntax),
         sop_class_uid=uids["SOPClassUID"],
         sop_instance_uid=uids["SOPInstanceUID"],
@@ -432,6 +448,61 @@ def parse_part10(
         warnings=messages[:5],
         metadata=metadata_json(ds),
     )
+
+
+# The file meta elements that name the instance, and the data set's that they must equal
+# (PS3.10 7.1).
+_META_NAMES = (
+    ("MediaStorageSOPClassUID", "SOPClassUID"),
+    ("MediaStorageSOPInstanceUID", "SOPInstanceUID"),
+)
+
+
+def _meta_corrected(
+    data: bytes, ds: Dataset, uids: dict[str, str]
+) -> tuple[bytes, tuple[str, ...], int]:
+    """`data` with its file meta naming the instance its data set is; the meta elements
+    set, and how far the data set moved.
+
+    The two must be the same (PS3.10 7.1), yet de-identification tools often change the
+    data set's UIDs and leave the meta's, so a file names two instances. The data set's
+    UID is the one every search, retrieve and audit event uses; the meta is set to it
+    rather than the file refused, so a reader that trusts the meta (a viewer's cache, a
+    DICOMDIR) finds what the portal lists. The data set's bytes are left as they were.
+    """
+    meta = ds.file_meta
+    wrong = tuple(
+        meta_name
+        for meta_name, name in _META_NAMES
+        if str(meta.get(meta_name) or "").strip("\x00 ") != uids[name]
+    )
+    if not wrong:
+        return data, (), 0
+    start = dataset_offset(data)
+    if start is None:
+        raise DicomRejected(
+            "meta_mismatch",
+            "The file meta information (group 0002) does not name the SOP instance and "
+            "class of its data set, and is not plain explicit VR to correct. Write the "
+            "file again with a DICOM toolkit and send it again.",
+        )
+    corrected = copy.deepcopy(meta)
+    for meta_name, name in _META_NAMES:
+        setattr(corrected, meta_name, uids[name])
+    # Nothing else is added or changed; the group length is written afresh.
+    corrected.FileMetaInformationGroupLength = 0
+    written = DicomBytesIO()
+    try:
+        write_file_meta_info(written, corrected, enforce_standard=False)
+    except Exception as exc:  # an element pydicom reads but will not write
+        raise DicomRejected(
+            "meta_mismatch",
+            "The file meta information (group 0002) does not name the SOP instance and "
+            f"class of its data set, and could not be corrected ({type(exc).__name__}).",
+        ) from None
+    head = data[: PREAMBLE_BYTES + 4] + written.getvalue()
+    ds.file_meta = corrected
+    return head + data[start:], wrong, len(head) - start
 
 
 # --- Basic de-identification (for de-identified share links) ------------------------

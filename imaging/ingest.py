@@ -48,6 +48,12 @@ logger = logging.getLogger(__name__)
 ZIP_MAGIC = b"PK\x03\x04"
 
 
+CORRECTED_MESSAGE = (
+    "Stored with its file meta information corrected: it named another SOP instance or "
+    "class than the data set, which is kept as sent."
+)
+
+
 class IngestOutcome(StrEnum):
     STORED = "stored"
     DUPLICATE = "duplicate"
@@ -66,6 +72,8 @@ class IngestResult:
     sop_instance_uid: str = ""
     study_uid: str = ""
     series_uid: str = ""
+    # File meta elements set to what the data set says (imaging.dicom._meta_corrected).
+    corrected: tuple[str, ...] = ()
 
 
 @dataclass
@@ -182,6 +190,8 @@ def _stored(
         sop_instance_uid=instance.sop_instance_uid,
         study_uid=parsed.study_uid,
         series_uid=parsed.series_uid,
+        corrected=parsed.corrected,
+        message=CORRECTED_MESSAGE if parsed.corrected else "",
     )
 
 
@@ -374,7 +384,7 @@ def _instance_row(
         sha256=parsed.sha256,
         storage_key=key,
         key_version=study.key_version,
-        original_sha256=parsed.original_sha256 if parsed.preamble != "zero" else "",
+        original_sha256=parsed.original_sha256 if parsed.sha256 != parsed.original_sha256 else "",
         metadata=metadata_seal(
             header_json=parsed.metadata, key=dek, tenant_id=tenant.pk, storage_key=key
         ),
@@ -390,6 +400,7 @@ def _stored_audit_entries(*, instance: Instance, parsed: ParsedInstance) -> list
                 "study": str(instance.study_id),
                 "series": str(instance.series_id),
                 "bytes": len(parsed.data),
+                **({"meta_corrected": list(parsed.corrected)} if parsed.corrected else {}),
             },
         )
     ]

@@ -170,7 +170,10 @@ class Instance(TenantOwnedModel):
     storage_key = models.CharField(max_length=128)
     key_version = models.PositiveIntegerField()
     original_sha256 = models.CharField(
-        max_length=64, blank=True, help_text="Hash as received, when the preamble was neutralised"
+        max_length=64,
+        blank=True,
+        help_text="Hash as received, when the bytes stored differ (preamble neutralised, "
+        "file meta corrected)",
     )
     # The header as DICOM JSON, AES-GCM under the study key (see imaging.metadata), so
     # metadata requests need no object reads. Empty for rows stored before it existed.

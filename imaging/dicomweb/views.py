@@ -81,6 +81,7 @@ FAILURE_PROCESSING = 0x0110
 FAILURE_STUDY_MISMATCH = 0xA900
 FAILURE_DUPLICATE_CONFLICT = 0x0111
 FAILURE_TRANSFER_SYNTAX = 0xC122  # Referenced Transfer Syntax not supported
+WARNING_COERCION = 0xB000  # Coercion of data elements: the file meta was corrected
 
 T = TypeVar("T")
 
@@ -807,18 +808,19 @@ def _store_batch(
             failed.append(_failure(sop_class, sop_instance, reason))
             continue
         studies.add(result.study_uid)
-        referenced.append(
-            {
-                **_sop_ref(result.sop_class_uid, result.sop_instance_uid),
-                "00081190": {
-                    "vr": "UR",
-                    "Value": [
-                        f"{base}/studies/{result.study_uid}/series/{result.series_uid}"
-                        f"/instances/{result.sop_instance_uid}"
-                    ],
-                },
-            }
-        )
+        item = {
+            **_sop_ref(result.sop_class_uid, result.sop_instance_uid),
+            "00081190": {
+                "vr": "UR",
+                "Value": [
+                    f"{base}/studies/{result.study_uid}/series/{result.series_uid}"
+                    f"/instances/{result.sop_instance_uid}"
+                ],
+            },
+        }
+        if result.corrected:  # what is stored differs from what was sent (PS3.18 10.5.3)
+            item["00081196"] = {"vr": "US", "Value": [WARNING_COERCION]}
+        referenced.append(item)
     return referenced, failed, studies
 
 
@@ -937,7 +939,8 @@ def store(request: HttpRequest, study: str | None = None) -> HttpResponse:
             "Value": [{"00081197": item["00081197"]} for item in others],
         }
     _audit(request, Action.DICOMWEB_STORE, {"stored": len(referenced), "failed": len(failed)})
-    status = 200 if not failed else 202 if referenced else 409
+    warned = any("00081196" in item for item in referenced)
+    status = 409 if failed and not referenced else 202 if failed or warned else 200
     return _json(body, status=status)
 
 
