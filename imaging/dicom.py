@@ -21,10 +21,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pydicom
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_file_meta_info
+from pydicom.tag import Tag
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, VR
 
 from imaging.dicom_json import dataset_json
@@ -472,37 +474,41 @@ def _meta_corrected(
     """
     meta = ds.file_meta
     wrong = tuple(
-        meta_name
-        for meta_name, name in _META_NAMES
-        if str(meta.get(meta_name) or "").strip("\x00 ") != uids[name]
+        meta_name for meta_name, name in _META_NAMES if _meta_text(meta, meta_name) != uids[name]
     )
     if not wrong:
         return data, (), 0
     start = dataset_offset(data)
-    if start is None:
-        raise DicomRejected(
-            "meta_mismatch",
-            "The file meta information (group 0002) does not name the SOP instance and "
-            "class of its data set, and is not plain explicit VR to correct. Write the "
-            "file again with a DICOM toolkit and send it again.",
-        )
-    corrected = copy.deepcopy(meta)
-    for meta_name, name in _META_NAMES:
-        setattr(corrected, meta_name, uids[name])
-    # Nothing else is added or changed; the group length is written afresh.
-    corrected.FileMetaInformationGroupLength = 0
-    written = DicomBytesIO()
     try:
+        if start is None:
+            raise ValueError("not plain explicit VR")
+        corrected = copy.deepcopy(meta)
+        # Whole elements replaced: one of another VR keeps it, and would not take a UID.
+        for meta_name, name in _META_NAMES:
+            tag = Tag(meta_name)
+            corrected[tag] = DataElement(tag, "UI", uids[name])
+        # Nothing else is added or changed; the group length is written afresh.
+        corrected[0x00020000] = DataElement(0x00020000, "UL", 0)
+        written = DicomBytesIO()
         write_file_meta_info(written, corrected, enforce_standard=False)
     except Exception as exc:  # an element pydicom reads but will not write
         raise DicomRejected(
             "meta_mismatch",
             "The file meta information (group 0002) does not name the SOP instance and "
-            f"class of its data set, and could not be corrected ({type(exc).__name__}).",
+            f"class of its data set, and could not be corrected ({str(exc)[:80]}). Write "
+            "the file again with a DICOM toolkit and send it again.",
         ) from None
     head = data[: PREAMBLE_BYTES + 4] + written.getvalue()
     ds.file_meta = corrected
     return head + data[start:], wrong, len(head) - start
+
+
+def _meta_text(meta: Dataset, keyword: str) -> str | None:
+    """A meta element's value as text; None if it cannot be read (then it is replaced)."""
+    try:
+        return str(meta.get(keyword) or "").strip("\x00 ")
+    except Exception:  # a value its VR cannot hold: pydicom raises many kinds
+        return None
 
 
 # --- Basic de-identification (for de-identified share links) ------------------------

@@ -180,7 +180,10 @@ def _stored(
     parsed: ParsedInstance,
     instance: Instance,
     outcome: IngestOutcome = IngestOutcome.STORED,
+    *,
+    corrected: bool = True,
 ) -> IngestResult:
+    corrections = parsed.corrected if corrected else ()
     return IngestResult(
         name=name,
         outcome=outcome,
@@ -190,8 +193,8 @@ def _stored(
         sop_instance_uid=instance.sop_instance_uid,
         study_uid=parsed.study_uid,
         series_uid=parsed.series_uid,
-        corrected=parsed.corrected,
-        message=CORRECTED_MESSAGE if parsed.corrected else "",
+        corrected=corrections,
+        message=CORRECTED_MESSAGE if corrections else "",
     )
 
 
@@ -215,7 +218,9 @@ def _duplicate(
             tenant=tenant,
             detail=detail,
         )
-        return _stored(name, parsed, existing, IngestOutcome.DUPLICATE)
+        # The meta correction is reported only where the stored file is the corrected
+        # one: a copy stored before corrections, or by another toolkit, keeps its meta.
+        return _stored(name, parsed, existing, IngestOutcome.DUPLICATE, corrected=same_file)
     return _reject(
         tenant=tenant,
         actor=actor,

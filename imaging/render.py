@@ -110,24 +110,48 @@ def _is_palette(ds: pydicom.Dataset) -> bool:
 
 def _palette_rgb(ds: pydicom.Dataset, pixels: np.ndarray) -> np.ndarray:
     """Palette colour indices through the file's red, green and blue tables (PS3.3
-    C.7.6.3.1.5, segmented tables included) as 8-bit RGB.
+    C.7.6.3.1.5) as 8-bit RGB; an alpha table, if any, is not applied.
 
-    Table entries of 16 bits span 0-65535 and keep their top byte. Some writers put
-    8-bit values in 16-bit entries; such a table (nothing above 255) is taken as the
-    8-bit one it is rather than shown nearly black.
+    Indices below the first mapped value take the first entry, those past the end the
+    last. Entries of 16 bits span 0-65535 and keep their top byte; some writers put 8-bit
+    values in 16-bit entries, and such a table (nothing above 255) is taken as the
+    8-bit one it is rather than shown nearly black. The lookup is done here for plain
+    tables: pydicom 3.0's indexes through the table's own type, so a table of more than
+    256 8-bit entries wrapped its indices. Segmented tables are expanded by pydicom.
     """
-    rgb = apply_color_lut(pixels, ds)
-    if rgb.dtype.itemsize > 1 and _table_top(ds) > 255:
+    entries, first = _palette_range(ds)
+    if "RedPaletteColorLookupTableData" not in ds:
+        rgb = apply_color_lut(pixels, ds)[..., :3]  # segmented (or none: ValueError)
+        top = int(apply_color_lut(np.arange(first, first + entries), ds)[..., :3].max())
+    else:
+        tables = np.stack([_palette_table(ds, colour, entries) for colour in _COLOURS], axis=-1)
+        top = int(tables.max()) if tables.size else 0
+        index = np.clip(pixels.astype(np.int64) - first, 0, entries - 1)
+        rgb = tables[index]
+    if rgb.dtype.itemsize > 1 and top > 255:
         rgb = rgb >> 8
     return rgb.astype(np.uint8)
 
 
-def _table_top(ds: pydicom.Dataset) -> int:
-    """The largest entry of the palette's tables (not of one frame's colours: a dark
-    frame of a 16-bit palette must not be taken for an 8-bit one)."""
-    entries, first = (int(v) for v in ds.RedPaletteColorLookupTableDescriptor[:2])
-    indices = np.arange(first, first + (entries or 65536), dtype=np.int64)
-    return int(apply_color_lut(indices, ds).max())
+_COLOURS = ("Red", "Green", "Blue")
+
+
+def _palette_range(ds: pydicom.Dataset) -> tuple[int, int]:
+    """(entries, first mapped value) from the red descriptor (PS3.3 C.7.6.3.1.5)."""
+    descriptor = [int(v) for v in ds.RedPaletteColorLookupTableDescriptor]
+    if len(descriptor) != 3 or descriptor[2] not in (8, 16):
+        raise RenderError("The palette's table descriptor is not three values of 8 or 16 bits.")
+    return descriptor[0] or 65536, descriptor[1]
+
+
+def _palette_table(ds: pydicom.Dataset, colour: str, entries: int) -> np.ndarray:
+    data = bytes(ds[f"{colour}PaletteColorLookupTableData"].value)
+    bits = len(data) * 8 // entries if entries else 0
+    if bits not in (8, 16) or len(data) != entries * bits // 8:
+        raise RenderError(f"The palette's {colour.lower()} table does not hold its entries.")
+    little = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    order = ">" if little is not None and little.is_little_endian is False else "<"
+    return np.frombuffer(data, dtype=f"{order}u{bits // 8}").astype(f"u{bits // 8}")
 
 
 def _grey_inputs(ds: pydicom.Dataset) -> dict[str, Any] | None:

@@ -209,3 +209,72 @@ def test_the_retrieved_file_names_its_own_instance(clinic, other_clinic, mismatc
     retrieved = pydicom.dcmread(io.BytesIO(body[start:]), stop_before_pixels=True)
     assert retrieved.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
     assert outsider.get(url).status_code == 404
+
+
+def _meta_vr(data: bytes, element: int, vr: bytes) -> bytes:
+    """`data` with a meta element's VR bytes swapped (its length and value kept)."""
+    tag = struct.pack("<HH", 0x0002, element)
+    at = data.index(tag + b"UI", 132)
+    return data[:at] + tag + vr + data[at + 6 :]
+
+
+ODD_METAS = [
+    pytest.param(0x0003, b"DS", id="instance-uid-as-DS"),
+    pytest.param(0x0003, b"AT", id="instance-uid-as-AT"),
+    pytest.param(0x0002, b"US", id="class-uid-as-US"),
+    pytest.param(0x0002, b"SQ", id="class-uid-as-SQ"),
+]
+
+
+@pytest.mark.parametrize(("element", "vr"), ODD_METAS)
+def test_a_meta_element_of_another_vr_is_replaced_or_refused_never_an_error(
+    mismatched, element, vr
+):
+    odd = _meta_vr(mismatched, element, vr)
+
+    try:
+        parsed = parse_part10(odd, **LIMITS)
+    except DicomRejected as refused:  # a clear reason, not a crash
+        assert refused.code and refused.message.endswith(".")
+        return
+    stored = pydicom.dcmread(io.BytesIO(parsed.data))
+    assert stored.file_meta["MediaStorageSOPInstanceUID"].VR == "UI"
+    assert stored.file_meta.MediaStorageSOPInstanceUID == stored.SOPInstanceUID
+    assert stored.file_meta.MediaStorageSOPClassUID == stored.SOPClassUID
+    assert _data_set(parsed.data) == _data_set(odd)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(("element", "vr"), ODD_METAS)
+def test_an_odd_meta_fails_only_its_own_part_of_a_stow_rs_batch(clinic, mismatched, element, vr):
+    (good,) = synthetic_ct(slices=1, size=16)
+    writer = Client(HTTP_AUTHORIZATION=f"Bearer {token_for(clinic, 'dicomweb:write')}")
+
+    response = _stow(writer, [good, _meta_vr(mismatched, element, vr)])
+
+    assert response.status_code == 202
+    good_uid = pydicom.dcmread(io.BytesIO(good)).SOPInstanceUID
+    assert good_uid in _referenced(response)
+    body = response.json()
+    # A part whose UIDs cannot be read fails in the Other Failures Sequence.
+    failed = [
+        item for key in ("00081198", "0008119A") for item in body.get(key, {}).get("Value", [])
+    ]
+    assert all(item["00081197"]["Value"] == [0xC000] for item in failed)
+    assert Instance.objects.for_tenant(clinic).count() == 2 - len(failed)
+
+
+@pytest.mark.django_db
+def test_a_re_send_of_a_copy_stored_uncorrected_is_a_duplicate_without_the_warning(
+    clinic, mismatched, monkeypatch
+):
+    from imaging import dicom
+
+    with monkeypatch.context() as before_corrections:  # the object keeps the meta as sent
+        before_corrections.setattr(dicom, "_meta_corrected", lambda data, ds, uids: (data, (), 0))
+        assert ingest(clinic, mismatched).corrected == ()
+
+    again = ingest(clinic, mismatched)
+
+    assert again.outcome == IngestOutcome.DUPLICATE
+    assert again.corrected == () and again.message == ""

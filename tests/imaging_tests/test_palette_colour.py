@@ -71,6 +71,31 @@ def test_sixteen_bit_entries_holding_eight_bit_values_are_not_shown_black():
     assert np.array_equal(colours, expected_rgb(data))
 
 
+def test_more_than_256_eight_bit_entries_index_the_whole_table():
+    # 4,096 entries of 8-bit values: indexing through the table's own type would wrap
+    # every index above 255 (pydicom 3.0's lookup does).
+    data = synthetic_palette(bits=16, entry_bits=8)
+    ds = pydicom.dcmread(io.BytesIO(data))
+    index = ds.pixel_array.astype(np.int64)
+
+    colours = png_pixels(rendered(ds, media_type="image/png")).astype(np.int64)
+
+    red = index * 255 // 4095
+    assert index.max() > 255
+    assert np.array_equal(colours[..., 0], red)
+    assert np.array_equal(colours[..., 1], 255 - red)
+    assert np.all(colours[..., 2] == 85)
+
+
+def test_an_alpha_table_is_not_applied():
+    data = synthetic_palette()
+    ds = pydicom.dcmread(io.BytesIO(data))
+    ds.AlphaPaletteColorLookupTableDescriptor = ds.RedPaletteColorLookupTableDescriptor
+    ds.AlphaPaletteColorLookupTableData = bytes(len(ds.RedPaletteColorLookupTableData))
+
+    assert np.array_equal(png_pixels(rendered(ds, media_type="image/png")), expected_rgb(data))
+
+
 @pytest.mark.parametrize("window", [(40.0, 400.0), (100.0, 1.0)])
 def test_a_window_leaves_a_palette_images_colours_as_they_are(window):
     data = synthetic_palette()
@@ -147,6 +172,7 @@ def test_the_layout_path_renders_palette_colour_as_parsing_does(clinic, palette_
     by_layout = rendered_file(palette_stored, layout=layout, number=2, media_type="image/png")
 
     assert by_layout == rendered(ds, number=2, media_type="image/png")
+    assert np.array_equal(png_pixels(by_layout), expected_rgb(palette_stored, 2))
 
 
 @pytest.mark.django_db
