@@ -479,9 +479,9 @@ def _meta_corrected(
     if not wrong:
         return data, (), 0
     start = dataset_offset(data)
+    if start is None:
+        raise _uncorrectable("its elements are not all plain explicit VR")
     try:
-        if start is None:
-            raise ValueError("not plain explicit VR")
         corrected = copy.deepcopy(meta)
         # Whole elements replaced: one of another VR keeps it, and would not take a UID.
         for meta_name, name in _META_NAMES:
@@ -492,15 +492,19 @@ def _meta_corrected(
         written = DicomBytesIO()
         write_file_meta_info(written, corrected, enforce_standard=False)
     except Exception as exc:  # an element pydicom reads but will not write
-        raise DicomRejected(
-            "meta_mismatch",
-            "The file meta information (group 0002) does not name the SOP instance and "
-            f"class of its data set, and could not be corrected ({str(exc)[:80]}). Write "
-            "the file again with a DICOM toolkit and send it again.",
-        ) from None
+        raise _uncorrectable(str(exc)[:80]) from None
     head = data[: PREAMBLE_BYTES + 4] + written.getvalue()
     ds.file_meta = corrected
     return head + data[start:], wrong, len(head) - start
+
+
+def _uncorrectable(why: str) -> DicomRejected:
+    return DicomRejected(
+        "meta_mismatch",
+        "The file meta information (group 0002) does not name the SOP instance and class "
+        f"of its data set, and could not be corrected ({why}). Write the file again with "
+        "a DICOM toolkit and send it again.",
+    )
 
 
 def _meta_text(meta: Dataset, keyword: str) -> str | None:

@@ -149,8 +149,8 @@ def _palette_table(ds: pydicom.Dataset, colour: str, entries: int) -> np.ndarray
     bits = len(data) * 8 // entries if entries else 0
     if bits not in (8, 16) or len(data) != entries * bits // 8:
         raise RenderError(f"The palette's {colour.lower()} table does not hold its entries.")
-    little = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-    order = ">" if little is not None and little.is_little_endian is False else "<"
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    order = ">" if syntax is not None and syntax.is_little_endian is False else "<"
     return np.frombuffer(data, dtype=f"{order}u{bits // 8}").astype(f"u{bits // 8}")
 
 
