@@ -9,15 +9,18 @@ change of host.
 
 from __future__ import annotations
 
+import io
 import re
+from struct import error as struct_error
 
 import numpy as np
 import pydicom
 from pydicom.dataelem import DataElement
+from pydicom.encaps import get_frame
 from pydicom.uid import UID
 
 from imaging.dicom import PIXEL_DATA
-from imaging.render import RenderError, frame_count, pixel_data_native_bytes
+from imaging.render import RenderError, frame_count, frame_number_check, pixel_data_native_bytes
 
 _PATH = re.compile(r"[0-9A-Fa-f]{8}(?:/[0-9]{1,6}/[0-9A-Fa-f]{8}){0,16}")
 # Decoded pixel data is built in memory: larger answers are refused, and /frames serves
@@ -119,3 +122,33 @@ def _encapsulated(ds: pydicom.Dataset) -> bool:
         return syntax is not None and UID(str(syntax)).is_encapsulated
     except ValueError:  # not a transfer syntax pydicom knows: its decoder says what is wrong
         return True
+
+
+def stored_frames(data: bytes, *, numbers: list[int], transfer_syntax: str) -> list[bytes]:
+    """Frames `numbers` (from 1) of a Part 10 file's encapsulated pixel data as stored:
+    each frame's fragments joined, nothing decoded.
+
+    Frames are found through the Extended Offset Table where there is one, else the
+    Basic Offset Table, else one fragment a frame (or JPEG markers, as pydicom does).
+    """
+    ds = pydicom.dcmread(io.BytesIO(data))
+    meta = getattr(ds, "file_meta", None)
+    if meta is None or str(meta.get("TransferSyntaxUID", "")) != transfer_syntax:
+        raise RenderError("The stored object is not in the transfer syntax its row records.")
+    if "PixelData" not in ds:
+        raise NoSuchAttribute("The instance has no pixel data.")
+    frames = frame_count(ds)
+    for number in numbers:
+        frame_number_check(number, frames=frames)
+    extended = None
+    if "ExtendedOffsetTable" in ds and "ExtendedOffsetTableLengths" in ds:
+        extended = (ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths)
+    try:
+        return [
+            get_frame(ds.PixelData, number - 1, number_of_frames=frames, extended_offsets=extended)
+            for number in numbers
+        ]
+    except (ValueError, IndexError, KeyError, EOFError, struct_error) as exc:
+        raise RenderError(
+            f"The frame's compressed data could not be found ({type(exc).__name__})."
+        ) from None

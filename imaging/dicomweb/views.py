@@ -34,6 +34,7 @@ from imaging.dicomweb.bulkdata import (
     bulk_data_bytes,
     bulk_path_valid,
     little_endian,
+    stored_frames,
     stored_pixel_bytes,
 )
 from imaging.dicomweb.dicomjson import search_results
@@ -46,6 +47,15 @@ from imaging.dicomweb.multipart import (
     limited_reader,
     related_length,
     related_stream,
+)
+from imaging.dicomweb.pixels import (
+    EXPLICIT_VR_LE,
+    OCTET_STREAM,
+    PixelForm,
+    any_pixel_form,
+    not_offered_message,
+    pixel_form,
+    pixel_offers,
 )
 from imaging.dicomweb.query import QueryError, parse_query
 from imaging.dicomweb.search import level_queryset, search_rows
@@ -74,7 +84,6 @@ from imaging.viewing import pixel_read_audit, pixel_read_unserved_audit
 logger = logging.getLogger(__name__)
 
 DICOM_JSON = "application/dicom+json"
-EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
 EXPLICIT_VR_BE = "1.2.840.10008.1.2.2"
 FAILURE_CANNOT_UNDERSTAND = 0xC000
 FAILURE_PROCESSING = 0x0110
@@ -551,56 +560,14 @@ def _frame_numbers(text: str) -> list[int]:
     return numbers
 
 
-_MULTIPART = {"multipart/related", "multipart/*"}
-# What a multipart Accept's `type=` may name for octet-stream parts.
-_OCTET_STREAM_PARTS = {"application/octet-stream", "application/*", "*/*"}
-
-
-def _octet_stream_form(request: HttpRequest, *, parts: int) -> str | None:
-    """How to send `parts` octet streams: "single", "multipart", or None (not acceptable).
-
-    Multipart/related; type="application/octet-stream" is the default. A plain
-    `application/octet-stream` preferred in Accept gets one value as a single part, as
-    PS3.18 8.7.3.5 allows (so is `application/*`, which admits no multipart answer);
-    several frames then need multipart to be acceptable too.
-    """
-    offered: list[tuple[float, int, str]] = []
-    for position, item in enumerate((request.headers.get("Accept", "") or "*/*").split(",")):
-        media, params = content_type_parameters(item.strip())
-        try:
-            quality = float(params.get("q", "1"))
-        except ValueError:
-            continue
-        if quality <= 0:
-            continue  # "not this one" (RFC 9110 12.4.2)
-        if params.get("transfer-syntax", "*") not in ("*", EXPLICIT_VR_LE):
-            continue  # only uncompressed little endian is offered
-        part = params.get("type", "application/octet-stream").lower()
-        if media in ("application/octet-stream", "application/*"):
-            # application/* admits no multipart/related answer: one part, or nothing.
-            offered.append((-quality, position, "single"))
-        elif media == "*/*" or (media in _MULTIPART and part in _OCTET_STREAM_PARTS):
-            offered.append((-quality, position, "multipart"))
-    forms = [form for *_, form in sorted(offered)]
-    if not forms:
-        return None
-    if forms[0] == "single" and parts == 1:
-        return "single"
-    return "multipart" if "multipart" in forms else None
-
-
-def _octet_streams(payloads: list[bytes], *, form: str) -> HttpResponse:
-    if form == "single":
+def _pixel_response(payloads: list[bytes], *, form: PixelForm) -> HttpResponse:
+    if form.single:
         (payload,) = payloads
-        return HttpResponse(
-            payload, content_type=f"application/octet-stream; transfer-syntax={EXPLICIT_VR_LE}"
-        )
-    boundary, body = related_stream(
-        (f"application/octet-stream; transfer-syntax={EXPLICIT_VR_LE}", iter([p])) for p in payloads
-    )
+        return HttpResponse(payload, content_type=form.part_content_type)
+    boundary, body = related_stream((form.part_content_type, iter([p])) for p in payloads)
     return HttpResponse(
         b"".join(body),
-        content_type=f'multipart/related; type="application/octet-stream"; boundary={boundary}',
+        content_type=f'multipart/related; type="{form.media_type}"; boundary={boundary}',
     )
 
 
@@ -608,34 +575,42 @@ def _octet_streams(payloads: list[bytes], *, form: str) -> HttpResponse:
 def frames(
     request: HttpRequest, study: str, series: str, instance: str, numbers: str
 ) -> HttpResponse:
+    """Frames decoded to native pixels, or as stored to a client asking for their
+    compressed media type (imaging.dicomweb.pixels)."""
     try:
         wanted = _frame_numbers(numbers)
     except QueryError as exc:
         return dicomweb_error(400, str(exc))
-    form = _octet_stream_form(request, parts=len(wanted))
-    if form is None:
+    offers = pixel_offers(request.headers.get("Accept", ""))
+    if not any_pixel_form(offers, parts=len(wanted)):
         return dicomweb_error(
             406,
-            'Frames are offered as multipart/related; type="application/octet-stream", '
-            "and one frame as application/octet-stream.",
+            f'Frames are offered as multipart/related; type="{OCTET_STREAM}" (one frame also '
+            f"as {OCTET_STREAM}), and frames stored compressed also in their compressed "
+            'media type (multipart/related; type="image/jpeg", "image/jls", "image/jp2", '
+            '"image/jpx", "image/jphc" or "image/dicom-rle").',
         )
     row = _instance_row(request, study, series, instance)
     if row is None:
         return dicomweb_error(404, "Not found.")
+    form = pixel_form(offers, parts=len(wanted), stored=row.transfer_syntax_uid)
+    if form is None:
+        return dicomweb_error(
+            406, not_offered_message(stored=row.transfer_syntax_uid, parts=len(wanted))
+        )
     if (missing := _no_such_frame(row, wanted)) is not None:
         return missing
+    if form.compressed:
+        process = partial(stored_frames, numbers=wanted, transfer_syntax=form.transfer_syntax)
+    else:
+        process = partial(frames_native_bytes, layout=row.pixel_layout, numbers=wanted)
     try:
-        payloads = _processed_while_audited(
-            request,
-            row,
-            partial(frames_native_bytes, layout=row.pixel_layout, numbers=wanted),
-            {"frames": len(wanted)},
-        )
+        payloads = _processed_while_audited(request, row, process, {"frames": len(wanted)})
     except RenderError as exc:
         return _unserved(request, row, exc, {"frames": len(wanted)})
     except IntegrityError:
         return dicomweb_error(500, "A stored object failed its integrity check; it was not served.")
-    return _octet_streams(payloads, form=form)
+    return _pixel_response(payloads, form=form)
 
 
 def _bulk_value(data: bytes, *, path: str, pseudonym: str | None) -> bytes:
@@ -655,7 +630,7 @@ def bulkdata(
     request: HttpRequest, study: str, series: str, instance: str, path: str
 ) -> HttpResponse:
     """A value metadata gave as a BulkDataURI, uncompressed and little endian."""
-    form = _octet_stream_form(request, parts=1)
+    form = pixel_form(pixel_offers(request.headers.get("Accept", "")), parts=1, stored=None)
     if form is None:
         return dicomweb_error(
             406,
@@ -675,7 +650,7 @@ def bulkdata(
         return _unserved(request, row, exc, detail)
     except IntegrityError:
         return dicomweb_error(500, "A stored object failed its integrity check; it was not served.")
-    return _octet_streams([value], form=form)
+    return _pixel_response([value], form=form)
 
 
 def _render_options(request: HttpRequest) -> dict[str, Any]:
