@@ -13,9 +13,7 @@ from django.shortcuts import render
 from django.urls import reverse
 from django.utils import timezone
 
-import audit
 from audit.actors import Actor
-from audit.models import Action
 from tenants.admin_site import TenantScopedModelAdmin, tenant_admin_site
 from tenants.invitations import (
     STAFF_INVITATION_DAYS,
@@ -28,11 +26,12 @@ from tenants.models import ApiToken, Membership, Role, StaffInvitation, Tenant
 from tenants.roles import STAFF_ROLES, RoleCode
 from tenants.services import (
     POLICY_FIELDS,
+    LockoutLiftRefused,
+    member_lockout_lift,
     membership_update,
     membership_validate_change,
     tenant_update_policy,
 )
-from tenants.throttle import throttle_reset
 from tenants.tokens import api_token_create, api_token_revoke
 
 
@@ -85,16 +84,20 @@ class MembershipAdmin(TenantScopedModelAdmin):
     @admin.action(description="Lift sign-in lockout of the selected members")
     def unlock_sign_in(self, request: HttpRequest, queryset: models.QuerySet) -> None:
         actor = Actor.from_request(request)
-        for membership in queryset.select_related("user"):
-            throttle_reset(account=membership.user.email)
-            audit.record(
-                actor=actor,
-                action=Action.THROTTLE_RESET,
-                target=membership.user,
-                tenant=request.tenant,
-                detail={"membership": str(membership.pk)},
+        lifted, refused = 0, []
+        for membership in queryset.select_related("tenant", "user"):
+            try:
+                member_lockout_lift(membership=membership, actor=actor)
+            except LockoutLiftRefused as exc:
+                refused.append(exc.message)
+            else:
+                lifted += 1
+        if lifted:
+            self.message_user(request, f"Lockout lifted for {lifted} member(s).")
+        if refused:
+            self.message_user(
+                request, f"Not lifted for {len(refused)} member(s): {refused[0]}", messages.WARNING
             )
-        self.message_user(request, f"Lockout lifted for {queryset.count()} member(s).")
 
     def get_queryset(self, request: HttpRequest) -> models.QuerySet:
         # Staff only: a patient's portal account (its name, its email, the fact that

@@ -16,7 +16,8 @@ from audit.actors import Actor
 from audit.models import Action
 from tenants.models import Membership, Role, Tenant, User
 from tenants.roles import STAFF_ROLES, RoleCode
-from tenants.selectors import roles_get, user_tenants
+from tenants.selectors import roles_get, user_memberships, user_tenants
+from tenants.throttle import throttle_reset
 
 POLICY_FIELDS = (
     "name",
@@ -115,6 +116,35 @@ def membership_validate_change(*, membership: Membership, roles: set[str], activ
     is_admin = admins.filter(pk=membership.pk).exists()
     if is_admin and not admins.exclude(pk=membership.pk).exists():
         raise MembershipError("A clinic must keep at least one active tenant admin.")
+
+
+class LockoutLiftRefused(MembershipError):
+    """The person also belongs to another clinic: not this clinic's lock to lift."""
+
+
+@transaction.atomic
+def member_lockout_lift(*, membership: Membership, actor: Actor) -> None:
+    """Lift a member's sign-in and second-factor lockout, for their clinic's admin.
+
+    A lockout guards the person's one account, whichever clinic they sign in to. An
+    admin may lift it only for someone who belongs to no other clinic: otherwise one
+    clinic's admin would reopen password guessing against another clinic's staff. The
+    lockout then ends by itself, or a platform operator lifts it (`unlock_signin`).
+    """
+    others = user_memberships(user=membership.user).exclude(tenant_id=membership.tenant_id)
+    if others.exists():
+        raise LockoutLiftRefused(
+            "This member also belongs to another clinic, so the lockout is not this "
+            "clinic's to lift. It ends by itself; a platform operator can lift it sooner."
+        )
+    throttle_reset(account=membership.user.email)
+    audit.record(
+        actor=actor,
+        action=Action.THROTTLE_RESET,
+        target=membership.user,
+        tenant=membership.tenant,
+        detail={"membership": str(membership.pk)},
+    )
 
 
 @transaction.atomic

@@ -314,6 +314,37 @@ def test_tenant_admin_lifts_a_lockout(clinic, radiologist, tenant_admin, client_
 
 
 @pytest.mark.django_db
+def test_a_clinic_admin_cannot_lift_the_lockout_of_someone_who_also_works_elsewhere(
+    clinic, other_clinic, radiologist, tenant_admin, client_for, settings
+):
+    # One account, two clinics: the lockout guards the account for both, so lifting it
+    # is not one clinic's call.
+    from audit.actors import Actor
+    from tenants.services import membership_add
+    from tests.helpers import membership_of
+
+    membership_add(
+        tenant=other_clinic, user=radiologist, roles=["radiologist"], actor=Actor.system("test")
+    )
+    settings.SIGNIN_ACCOUNT_FAILURE_LIMIT = 2
+    for _ in range(2):
+        Client().post("/accounts/login/", {"username": radiologist.email, "password": "x"})
+
+    response = client_for(tenant_admin).post(
+        "/t/north/admin/tenants/membership/",
+        {
+            "action": "unlock_sign_in",
+            "_selected_action": [str(membership_of(radiologist, clinic).pk)],
+        },
+        follow=True,
+    )
+
+    assert _sign_in_password(Client(), radiologist).status_code == 429
+    assert "also belongs to another clinic" in response.content.decode()
+    assert not _events(clinic, Action.THROTTLE_RESET).exists()
+
+
+@pytest.mark.django_db
 def test_second_factor_attempts_are_throttled(clinic, radiologist, settings):
     settings.SIGNIN_ACCOUNT_FAILURE_LIMIT = 3
     device = totp_device_for(radiologist)
