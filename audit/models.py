@@ -66,6 +66,7 @@ class Action(models.TextChoices):
     STAFF_INVITATION_REFUSED = "staff.invitation_refused", "Staff invitation link refused"
     INSTANCE_STORED = "instance.stored", "Instance stored"
     HEADERS_INDEXED = "instance.headers_indexed", "Instance headers kept for metadata requests"
+    THUMBNAILS_REBUILT = "series.thumbnails_rebuilt", "Series thumbnails queued to render again"
     INSTANCE_DUPLICATE = "instance.duplicate", "Identical instance received again"
     INSTANCE_REJECTED = "instance.rejected", "Instance rejected"
     PREAMBLE_NEUTRALISED = "security.preamble_neutralised", "Hostile preamble neutralised"

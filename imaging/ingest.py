@@ -36,7 +36,7 @@ from imaging.metadata import metadata_seal
 from imaging.models import Instance, Patient, Series, Study
 from imaging.services import instance_chunks
 from imaging.storage import (
-    object_delete,
+    object_delete_quietly,
     object_key_new,
     object_write,
     object_write_many,
@@ -743,9 +743,7 @@ def _enqueue_thumbnails(*, tenant_id: str, series_ids: list[str]) -> None:
 
 
 def _delete_quietly(storage: object, key: str) -> None:
-    try:
-        object_delete(storage, key)  # type: ignore[arg-type]
-    except Exception:
+    if not object_delete_quietly(storage, key):  # type: ignore[arg-type]
         logger.warning("could not remove object %s after a failed ingest; the sweep will", key)
 
 

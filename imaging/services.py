@@ -299,6 +299,58 @@ def thumbnail_bytes(*, series: Series, actor: Actor) -> bytes | None:
         )
 
 
+class SeriesNotFound(LookupError):
+    """A series asked for by UID is not the clinic's."""
+
+
+REBUILD_BATCH = 50
+
+
+def series_thumbnails_rebuild(
+    *, tenant: Tenant, actor: Actor, series_uids: Sequence[str] = (), failed_only: bool = False
+) -> int:
+    """Queue a clinic's series thumbnails to be rendered again; returns how many.
+
+    For after a change to rendering (palette colour, say): a thumbnail is rendered once,
+    so those made before keep the old rendering until then. Every series of the clinic,
+    or those named by UID, or only those whose thumbnail failed. Each keeps its present
+    thumbnail until the new one is stored. Audited once, as the system's pixel reads
+    for thumbnails are not.
+    """
+    series = Series.objects.for_tenant(tenant)
+    if series_uids:
+        series = series.filter(series_uid__in=set(series_uids))
+        missing = len(set(series_uids)) - series.count()
+        if missing:
+            raise SeriesNotFound(f"{missing} of the series UIDs given are not this clinic's.")
+    if failed_only:
+        series = series.filter(thumbnail_status=Series.ThumbnailStatus.FAILED)
+    ids = [str(pk) for pk in series.order_by("created_at", "pk").values_list("pk", flat=True)]
+    with transaction.atomic():
+        audit.record(
+            actor=actor,
+            action=Action.THUMBNAILS_REBUILT,
+            target=None,
+            tenant=tenant,
+            detail={"series": len(ids), "failed_only": failed_only},
+        )
+        transaction.on_commit(lambda: _thumbnails_queue(tenant=tenant, series_ids=ids))
+    return len(ids)
+
+
+def _thumbnails_queue(*, tenant: Tenant, series_ids: list[str]) -> None:
+    from imaging.tasks import series_thumbnails
+
+    for start in range(0, len(series_ids), REBUILD_BATCH):
+        series_thumbnails.apply_async(
+            kwargs={
+                "tenant_id": str(tenant.pk),
+                "series_ids": series_ids[start : start + REBUILD_BATCH],
+                "replace": True,
+            }
+        )
+
+
 def orphan_sweep(*, tenant: Tenant, older_than: dt.datetime) -> int:
     """Delete objects no row refers to (left by a crash between write and commit)."""
     storage = storage_for(tenant)

@@ -191,6 +191,18 @@ def object_delete(storage: Storage, key: str) -> None:
     storage.delete(key)
 
 
+def object_delete_quietly(storage: Storage, key: str) -> bool:
+    """Delete an object no row names; False if that failed (the orphan sweep removes it).
+
+    For clean-up after the fact, where a storage error must not undo what succeeded.
+    """
+    try:
+        object_delete(storage, key)
+    except Exception:  # any backend's error: local OSError, S3 ClientError, ...
+        return False
+    return True
+
+
 def object_keys(storage: Storage, prefix: str) -> list[str]:
     """Every key under `<prefix>/` (used by the orphan sweep)."""
     found: list[str] = []

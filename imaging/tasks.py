@@ -16,7 +16,13 @@ from imaging.keyring import study_dek
 from imaging.models import Instance, Series
 from imaging.render import RenderError, thumbnail_png
 from imaging.services import instance_bytes, orphan_sweep
-from imaging.storage import object_delete, object_key_new, object_write, storage_for
+from imaging.storage import (
+    object_delete,
+    object_delete_quietly,
+    object_key_new,
+    object_write,
+    storage_for,
+)
 from portal.tasks import portal_task
 from tenants.models import Tenant
 
@@ -25,28 +31,35 @@ SYSTEM = Actor.system("imaging.tasks")
 
 
 @portal_task(max_retries=3, autoretry_for=(OSError,))
-def series_thumbnail(*, tenant_id: str, series_id: str) -> str:
-    """Render and store the series thumbnail once; safe to run again or concurrently."""
-    return _series_thumbnail(tenant_id=tenant_id, series_id=series_id)
+def series_thumbnail(*, tenant_id: str, series_id: str, replace: bool = False) -> str:
+    """Render and store the series thumbnail once; safe to run again or concurrently.
+
+    `replace` renders it again even when there is one (after a change to rendering).
+    """
+    return _series_thumbnail(tenant_id=tenant_id, series_id=series_id, replace=replace)
 
 
 @portal_task(max_retries=3, autoretry_for=(OSError,))
-def series_thumbnails(*, tenant_id: str, series_ids: list[str]) -> list[str]:
+def series_thumbnails(*, tenant_id: str, series_ids: list[str], replace: bool = False) -> list[str]:
     """Thumbnails of the new series of one STOW-RS batch: one message, not one each.
 
-    Each is done once (a rerun after a crash skips the finished ones).
+    Each is done once (a rerun after a crash skips the finished ones); with `replace`,
+    each is rendered again (a rerun renders it once more).
     """
-    return [_series_thumbnail(tenant_id=tenant_id, series_id=sid) for sid in series_ids]
+    return [
+        _series_thumbnail(tenant_id=tenant_id, series_id=sid, replace=replace) for sid in series_ids
+    ]
 
 
-def _series_thumbnail(*, tenant_id: str, series_id: str) -> str:
+def _series_thumbnail(*, tenant_id: str, series_id: str, replace: bool = False) -> str:
     series = (
         Series.objects.filter(tenant_id=tenant_id, pk=series_id)
         .select_related("tenant", "study")
         .first()
     )
-    if series is None or series.thumbnail_status == Series.ThumbnailStatus.READY:
+    if series is None or (series.thumbnail_status == Series.ThumbnailStatus.READY and not replace):
         return "skipped"
+    previous_key = series.thumbnail_key
     instances = list(
         Instance.objects.filter(tenant_id=tenant_id, series=series)
         .select_related("tenant", "study")
@@ -59,7 +72,8 @@ def _series_thumbnail(*, tenant_id: str, series_id: str) -> str:
     try:
         png = thumbnail_png(instance_bytes(instance=middle, actor=SYSTEM))
     except RenderError as exc:
-        Series.objects.filter(tenant_id=tenant_id, pk=series_id).update(
+        # A thumbnail that cannot be rendered again keeps the one it has.
+        Series.objects.filter(tenant_id=tenant_id, pk=series_id, thumbnail_key="").update(
             thumbnail_status=Series.ThumbnailStatus.FAILED, thumbnail_error=str(exc)[:256]
         )
         logger.warning("thumbnail for series %s failed: %s", series_id, type(exc).__name__)
@@ -79,8 +93,11 @@ def _series_thumbnail(*, tenant_id: str, series_id: str) -> str:
         ],
     )
     with transaction.atomic():
-        # Only the first writer wins; a duplicate run removes its own copy.
-        won = Series.objects.filter(tenant_id=tenant_id, pk=series_id, thumbnail_key="").update(
+        # Only the first writer over the key it read wins; a duplicate run removes its
+        # own copy.
+        won = Series.objects.filter(
+            tenant_id=tenant_id, pk=series_id, thumbnail_key=previous_key
+        ).update(
             thumbnail_key=key,
             thumbnail_status=Series.ThumbnailStatus.READY,
             thumbnail_error="",
@@ -88,6 +105,8 @@ def _series_thumbnail(*, tenant_id: str, series_id: str) -> str:
     if not won:
         object_delete(storage, key)
         return "skipped"
+    if previous_key and not object_delete_quietly(storage, previous_key):
+        logger.warning("replaced thumbnail %s not removed; the orphan sweep will", previous_key)
     return "ready"
 
 

@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from audit.actors import Actor
+from imaging.services import SeriesNotFound, series_thumbnails_rebuild
+from tenants.models import Tenant
+
+
+class Command(BaseCommand):
+    help = (
+        "Render a clinic's series thumbnails again, after a change to rendering. Each "
+        "keeps its present thumbnail until the new one is stored. Prints the count queued."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--tenant", required=True, help="Clinic slug")
+        parser.add_argument(
+            "--series", nargs="+", default=[], metavar="UID", help="Only these series"
+        )
+        parser.add_argument(
+            "--failed", action="store_true", help="Only series whose thumbnail failed"
+        )
+
+    def handle(
+        self, *args: Any, tenant: str, series: list[str], failed: bool, **options: Any
+    ) -> None:
+        clinic = Tenant.objects.filter(slug=tenant).first()
+        if clinic is None:
+            raise CommandError(f"No clinic with slug {tenant!r}.")
+        try:
+            count = series_thumbnails_rebuild(
+                tenant=clinic,
+                actor=Actor.system("cli.rebuild_thumbnails"),
+                series_uids=series,
+                failed_only=failed,
+            )
+        except SeriesNotFound as exc:
+            raise CommandError(str(exc)) from None
+        self.stdout.write(f"{clinic.slug}: {count} series queued for new thumbnails")
