@@ -10,13 +10,13 @@ change of host.
 from __future__ import annotations
 
 import io
+import itertools
 import re
-from struct import error as struct_error
+import struct
 
 import numpy as np
 import pydicom
 from pydicom.dataelem import DataElement
-from pydicom.encaps import get_frame
 from pydicom.uid import UID
 
 from imaging.dicom import PIXEL_DATA
@@ -128,8 +128,10 @@ def stored_frames(data: bytes, *, numbers: list[int], transfer_syntax: str) -> l
     """Frames `numbers` (from 1) of a Part 10 file's encapsulated pixel data as stored:
     each frame's fragments joined, nothing decoded.
 
-    Frames are found through the Extended Offset Table where there is one, else the
-    Basic Offset Table, else one fragment a frame (or JPEG markers, as pydicom does).
+    Frames start where the Extended Offset Table says, else the Basic Offset Table, when
+    the table is sound (a start for every frame, the first 0, increasing, each at a
+    fragment); else one fragment is one frame, or all of them are the only frame. Tables
+    come from the sender: whatever they hold, the answer is the frames or a RenderError.
     """
     ds = pydicom.dcmread(io.BytesIO(data))
     meta = getattr(ds, "file_meta", None)
@@ -140,15 +142,81 @@ def stored_frames(data: bytes, *, numbers: list[int], transfer_syntax: str) -> l
     frames = frame_count(ds)
     for number in numbers:
         frame_number_check(number, frames=frames)
-    extended = None
-    if "ExtendedOffsetTable" in ds and "ExtendedOffsetTableLengths" in ds:
-        extended = (ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths)
-    try:
-        return [
-            get_frame(ds.PixelData, number - 1, number_of_frames=frames, extended_offsets=extended)
-            for number in numbers
-        ]
-    except (ValueError, IndexError, KeyError, EOFError, struct_error) as exc:
+    value = ds.PixelData
+    if not isinstance(value, bytes):
+        raise RenderError("The pixel data is not encapsulated.")
+    basic, fragments = _items(value)
+    starts = _frame_starts(
+        [_extended_offsets(ds), basic],
+        fragment_starts=[start for start, _ in fragments],
+        frames=frames,
+    )
+    chunks = [chunk for _, chunk in fragments]
+    if starts is not None:
+        spans = list(itertools.pairwise([*starts, len(chunks)]))
+    elif len(chunks) == frames:
+        spans = [(i, i + 1) for i in range(frames)]
+    elif frames == 1:
+        spans = [(0, len(chunks))]
+    else:
         raise RenderError(
-            f"The frame's compressed data could not be found ({type(exc).__name__})."
-        ) from None
+            "Where each frame starts among the pixel data's fragments is not recorded; "
+            "ask for the frames decoded (application/octet-stream)."
+        )
+    # Fragments are views into the pixel data: only the frames asked for are copied.
+    wanted = [b"".join(chunks[slice(*spans[number - 1])]) for number in numbers]
+    if not all(wanted):
+        raise RenderError("A frame's compressed data is empty.")
+    return wanted
+
+
+_ITEM = (0xFFFE, 0xE000)
+_SEQUENCE_END = (0xFFFE, 0xE0DD)
+
+
+def _items(value: bytes) -> tuple[list[int], list[tuple[int, memoryview]]]:
+    """The Basic Offset Table, and each fragment with where its item starts (counted,
+    as offset tables count, from the first fragment's item)."""
+    view = memoryview(value)
+    position, first, table = 0, None, None
+    fragments: list[tuple[int, memoryview]] = []
+    while position + 8 <= len(value):
+        group, element, length = struct.unpack_from("<HHL", value, position)
+        if (group, element) == _SEQUENCE_END:
+            break
+        end = position + 8 + length
+        if (group, element) != _ITEM or end > len(value):
+            raise RenderError("The pixel data's fragments are malformed.")
+        item = view[position + 8 : end]
+        if table is None:
+            if length % 4:
+                raise RenderError("The pixel data's Basic Offset Table is malformed.")
+            table = list(struct.unpack(f"<{length // 4}L", item))
+        else:
+            first = position if first is None else first
+            fragments.append((position - first, item))
+        position = end
+    if table is None or not fragments:
+        raise RenderError("The pixel data holds no fragments.")
+    return table, fragments
+
+
+def _extended_offsets(ds: pydicom.Dataset) -> list[int]:
+    raw = ds.get("ExtendedOffsetTable")  # of any VR the sender chose
+    if not isinstance(raw, bytes) or len(raw) % 8:
+        return []
+    return list(struct.unpack(f"<{len(raw) // 8}Q", raw))
+
+
+def _frame_starts(
+    tables: list[list[int]], *, fragment_starts: list[int], frames: int
+) -> list[int] | None:
+    """The index of each frame's first fragment, from the first sound table; None if
+    neither is."""
+    index = {start: i for i, start in enumerate(fragment_starts)}
+    for table in tables:
+        if len(table) != frames or not table or table[0] != 0:
+            continue
+        if all(a < b for a, b in itertools.pairwise(table)) and all(t in index for t in table):
+            return [index[t] for t in table]
+    return None

@@ -66,6 +66,7 @@ class _Offer:
     media_type: str  # of each part: OCTET_STREAM or a compressed type
     transfer_syntax: str | None  # as asked for; None: no parameter
     single: bool
+    label: str = ""  # the media type as asked for (an alias is answered as asked)
 
 
 def pixel_offers(accept: str) -> list[_Offer]:
@@ -77,21 +78,23 @@ def pixel_offers(accept: str) -> list[_Offer]:
             quality = float(params.get("q", "1"))
         except ValueError:
             continue
-        if quality <= 0:
-            continue  # "not this one" (RFC 9110 12.4.2)
+        if not 0 < quality <= 1:
+            continue  # 0: "not this one" (RFC 9110 12.4.2); nan and the like: malformed
         syntax = params.get("transfer-syntax")
         part = params.get("type", OCTET_STREAM).lower()
-        part = _ALIASES.get(part, part)
-        media = _ALIASES.get(media, media)
         if media in (OCTET_STREAM, "application/*"):
             # application/* admits no multipart/related answer: one part, or nothing.
             offers.append(_Offer(quality, position, OCTET_STREAM, syntax, single=True))
-        elif media in COMPRESSED_MEDIA_TYPES:
-            offers.append(_Offer(quality, position, media, syntax, single=True))
+        elif _ALIASES.get(media, media) in COMPRESSED_MEDIA_TYPES:
+            offers.append(
+                _Offer(quality, position, _ALIASES.get(media, media), syntax, True, label=media)
+            )
         elif media == "*/*" or (media in _MULTIPART and part in _OCTET_STREAM_PARTS):
             offers.append(_Offer(quality, position, OCTET_STREAM, syntax, single=False))
-        elif media in _MULTIPART and part in COMPRESSED_MEDIA_TYPES:
-            offers.append(_Offer(quality, position, part, syntax, single=False))
+        elif media in _MULTIPART and _ALIASES.get(part, part) in COMPRESSED_MEDIA_TYPES:
+            offers.append(
+                _Offer(quality, position, _ALIASES.get(part, part), syntax, False, label=part)
+            )
     return sorted(offers, key=lambda offer: (-offer.quality, offer.position))
 
 
@@ -120,7 +123,7 @@ def pixel_form(offers: list[_Offer], *, parts: int, stored: str | None) -> Pixel
             continue
         syntax = _matches(offer, stored)
         if syntax is not None:
-            return PixelForm(offer.media_type, syntax, single=offer.single)
+            return PixelForm(offer.label or offer.media_type, syntax, single=offer.single)
     return None
 
 
@@ -133,8 +136,9 @@ def any_pixel_form(offers: list[_Offer], *, parts: int) -> bool:
     )
 
 
-def not_offered_message(*, stored: str, parts: int) -> str:
-    """What to ask for instead, for frames stored in `stored`."""
+def not_offered_message(*, stored: str | None, parts: int) -> str:
+    """What to ask for instead, for frames stored in `stored` (None: offered decoded
+    only)."""
     single = "; one frame as application/octet-stream" if parts == 1 else ""
     decoded = f'multipart/related; type="{OCTET_STREAM}" (decoded){single}'
     media = next((m for m, syntaxes in COMPRESSED_MEDIA_TYPES.items() if stored in syntaxes), None)

@@ -593,21 +593,24 @@ def frames(
     row = _instance_row(request, study, series, instance)
     if row is None:
         return dicomweb_error(404, "Not found.")
-    form = pixel_form(offers, parts=len(wanted), stored=row.transfer_syntax_uid)
+    # A de-identified share gets decoded pixels only: a bitstream can carry text the
+    # de-identification never sees (JPEG comment and APPn segments, JPEG 2000 comments).
+    stored = None if _client(request).pseudonym is not None else row.transfer_syntax_uid
+    form = pixel_form(offers, parts=len(wanted), stored=stored)
     if form is None:
-        return dicomweb_error(
-            406, not_offered_message(stored=row.transfer_syntax_uid, parts=len(wanted))
-        )
+        return dicomweb_error(406, not_offered_message(stored=stored, parts=len(wanted)))
     if (missing := _no_such_frame(row, wanted)) is not None:
         return missing
+    detail: dict[str, Any] = {"frames": len(wanted)}
     if form.compressed:
+        detail["as_stored"] = True
         process = partial(stored_frames, numbers=wanted, transfer_syntax=form.transfer_syntax)
     else:
         process = partial(frames_native_bytes, layout=row.pixel_layout, numbers=wanted)
     try:
-        payloads = _processed_while_audited(request, row, process, {"frames": len(wanted)})
+        payloads = _processed_while_audited(request, row, process, detail)
     except RenderError as exc:
-        return _unserved(request, row, exc, {"frames": len(wanted)})
+        return _unserved(request, row, exc, detail)
     except IntegrityError:
         return dicomweb_error(500, "A stored object failed its integrity check; it was not served.")
     return _pixel_response(payloads, form=form)

@@ -54,7 +54,11 @@ def _parts(response) -> list[tuple[str, bytes]]:
 
 
 def _retrieves(clinic) -> list[AuditEvent]:
-    return list(AuditEvent.objects.for_tenant(clinic).filter(action=Action.DICOMWEB_RETRIEVE))
+    return list(
+        AuditEvent.objects.for_tenant(clinic)
+        .filter(action=Action.DICOMWEB_RETRIEVE)
+        .order_by("seq")
+    )
 
 
 @pytest.mark.django_db
@@ -164,11 +168,13 @@ def test_several_frames_need_a_multipart_offer(clinic, read_token):
     ingest(clinic, data)
     ds = _ds(data)
 
-    response = http(read_token).get(
-        f"{instance_url(ds)}/frames/1,2", headers={"Accept": "image/dicom-rle"}
-    )
+    url = f"{instance_url(ds)}/frames"
 
-    assert response.status_code == 406
+    several = http(read_token).get(f"{url}/1,2", headers={"Accept": "image/dicom-rle"})
+    one = http(read_token).get(f"{url}/2", headers={"Accept": "image/dicom-rle"})
+
+    assert several.status_code == 406
+    assert one.status_code == 200 and one.content == _stored_frames(ds)[1]
 
 
 @pytest.mark.django_db
@@ -290,7 +296,157 @@ def test_a_frame_that_cannot_be_found_in_the_fragments_is_a_render_error():
     buffer = io.BytesIO()
     ds.save_as(buffer)
 
-    with pytest.raises(RenderError, match="compressed data could not be found"):
+    with pytest.raises(RenderError, match="is not recorded"):
         stored_frames(buffer.getvalue(), numbers=[2], transfer_syntax=RLE)
     with pytest.raises(RenderError, match="transfer syntax its row records"):
         stored_frames(buffer.getvalue(), numbers=[1], transfer_syntax=JPEG_BASELINE)
+
+
+def _reencapsulated(name: str, *, fragments_per_frame: int, offsets: bytes | None = None) -> bytes:
+    """`name` with its frames split into several fragments each, with a Basic Offset
+    Table (or `offsets` in its place)."""
+    from pydicom.encaps import encapsulate
+
+    ds = _ds(sample_bytes(name))
+    ds.PixelData = encapsulate(
+        _stored_frames(ds), fragments_per_frame=fragments_per_frame, has_bot=True
+    )
+    if offsets is not None:  # the table's item: tag, length, offsets
+        header = ds.PixelData[:8]
+        table_length = int.from_bytes(header[4:8], "little")
+        ds.PixelData = header + offsets + ds.PixelData[8 + table_length :]
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+@pytest.mark.django_db
+def test_frames_of_several_fragments_are_joined_by_the_offset_table(clinic, read_token):
+    data = _reencapsulated("SC_rgb_rle_2frame.dcm", fragments_per_frame=3)
+    ingest(clinic, data)
+    ds = _ds(data)
+
+    response = http(read_token).get(
+        f"{instance_url(ds)}/frames/2", headers={"Accept": "image/dicom-rle"}
+    )
+
+    assert response.status_code == 200
+    assert response.content == _stored_frames(ds)[1]
+    assert response.content == _stored_frames(_ds(sample_bytes("SC_rgb_rle_2frame.dcm")))[1]
+
+
+@pytest.mark.django_db
+def test_an_unsound_offset_table_is_a_clear_406_audited_as_not_served(clinic, read_token):
+    # Offsets out of order, and no other way to tell three fragments a frame apart.
+    bad = (0).to_bytes(4, "little") + (0).to_bytes(4, "little")
+    data = _reencapsulated("SC_rgb_rle_2frame.dcm", fragments_per_frame=3, offsets=bad)
+    ingest(clinic, data)
+    ds = _ds(data)
+
+    response = http(read_token).get(
+        f"{instance_url(ds)}/frames/1", headers={"Accept": "image/dicom-rle"}
+    )
+
+    assert response.status_code == 406
+    assert "application/octet-stream" in response.json()["error"]
+    read, unserved = _retrieves(clinic)
+    assert (read.outcome, read.detail) == ("success", {"frames": 1, "as_stored": True})
+    assert (unserved.outcome, unserved.detail["reason"]) == ("failure", "not_decodable")
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "offsets",
+    [
+        (b"\xff" * 8, b"\xff" * 8),  # past any buffer, and too long to add up
+        (b"", b""),  # empty
+        (b"\x00" * 7, b"\x00" * 7),  # not 64-bit values
+        ((1).to_bytes(8, "little"), (2).to_bytes(8, "little")),  # not the first at 0
+    ],
+)
+def test_a_hostile_extended_offset_table_is_ignored(offsets, clinic, read_token):
+    ds = _ds(sample_bytes("MR_small_RLE.dcm"))
+    ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths = offsets
+    buffer = io.BytesIO()
+    ds.save_as(buffer)
+    ingest(clinic, buffer.getvalue())
+
+    response = http(read_token).get(
+        f"{instance_url(ds)}/frames/1", headers={"Accept": "image/dicom-rle"}
+    )
+
+    assert response.status_code == 200
+    assert response.content == _stored_frames(ds)[0]
+
+
+@pytest.mark.django_db
+def test_a_sound_extended_offset_table_is_followed(clinic, read_token):
+    from pydicom.encaps import encapsulate_extended
+
+    ds = _ds(sample_bytes("SC_rgb_rle_2frame.dcm"))
+    frames = _stored_frames(ds)
+    ds.PixelData, ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths = encapsulate_extended(
+        frames
+    )
+    buffer = io.BytesIO()
+    ds.save_as(buffer)
+    ingest(clinic, buffer.getvalue())
+
+    response = http(read_token).get(
+        f"{instance_url(ds)}/frames/2", headers={"Accept": "image/dicom-rle"}
+    )
+
+    assert response.status_code == 200 and response.content == frames[1]
+
+
+@pytest.mark.django_db
+def test_an_alias_is_answered_under_the_name_asked_for(clinic, read_token):
+    ds = _stored(clinic, "MR_small_jpeg_ls_lossless.dcm")
+
+    response = http(read_token).get(
+        f"{instance_url(ds)}/frames/1", headers={"Accept": 'multipart/related; type="image/x-jls"'}
+    )
+
+    assert _parts(response)[0][0] == f"image/x-jls; transfer-syntax={JPEG_LS_LOSSLESS}"
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("quality", ["0", "nan", "2"])
+def test_a_compressed_type_with_no_or_a_malformed_quality_is_not_chosen(
+    quality, clinic, read_token
+):
+    ds = _stored(clinic, "MR_small_jpeg_ls_lossless.dcm")
+    accept = (
+        f'multipart/related; type="image/jls"; q={quality}, '
+        'multipart/related; type="application/octet-stream"; q=0.1'
+    )
+
+    response = http(read_token).get(f"{instance_url(ds)}/frames/1", headers={"Accept": accept})
+
+    assert _parts(response)[0][0].startswith("application/octet-stream")
+
+
+@pytest.mark.django_db
+def test_bulk_data_is_never_sent_compressed(clinic, read_token):
+    ds = _stored(clinic, "MR_small_jpeg_ls_lossless.dcm")
+
+    response = http(read_token).get(
+        f"{instance_url(ds)}/bulkdata/7FE00010",
+        headers={"Accept": 'multipart/related; type="image/jls"'},
+    )
+
+    assert response.status_code == 406
+
+
+@pytest.mark.django_db
+def test_an_outsider_asking_for_another_syntax_still_gets_the_404(clinic, other_clinic):
+    # The 406 that names the stored syntax is only for those who may read the instance.
+    ds = _stored(clinic, "examples_ybr_color.dcm")
+    outsider = http(token_for(other_clinic, "dicomweb:read"))
+    accept = {"Accept": 'multipart/related; type="image/jls"'}
+
+    theirs = outsider.get(f"{instance_url(ds)}/frames/1", headers=accept)
+    missing = outsider.get(f"{instance_url(ds)}9/frames/1", headers=accept)
+
+    assert theirs.status_code == missing.status_code == 404
+    assert theirs.content == missing.content

@@ -382,6 +382,47 @@ def test_deidentified_download_link_serves_pixels_but_no_private_bulk_data(
     assert pixels.status_code == 200 and b"Doe^Jane" not in pixels.content
 
 
+def _jpeg_with_a_comment(text: bytes) -> bytes:
+    """A JPEG baseline file whose bitstream carries `text` in a COM segment, which
+    de-identifying the data set never sees."""
+    import io
+
+    import pydicom
+    from pydicom.encaps import encapsulate, generate_frames
+
+    from tests.imaging_tests.helpers import sample_bytes
+
+    ds = pydicom.dcmread(io.BytesIO(sample_bytes("SC_rgb_jpeg_dcmtk.dcm")))
+    (frame,) = generate_frames(ds.PixelData, number_of_frames=1)
+    comment = b"\xff\xfe" + (len(text) + 2).to_bytes(2, "big") + text
+    ds.PixelData = encapsulate([frame[:2] + comment + frame[2:]])
+    ds.PatientName = "Doe^Jane"
+    buffer = io.BytesIO()
+    ds.save_as(buffer)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("deidentify", [True, False])
+def test_frames_go_as_stored_only_through_identified_links(deidentify, client, clinic, radiologist):
+    ingest(clinic, _jpeg_with_a_comment(b"Patient Doe^Jane MRN 123456"))
+    study = Study.objects.for_tenant(clinic).get()
+    _, token = make_share(study, radiologist, deidentify=deidentify)
+    open_link(client, token)
+    url = frame_url(first_instance(study))
+
+    as_stored = client.get(
+        url, HTTP_ACCEPT='multipart/related; type="image/jpeg"; transfer-syntax=*'
+    )
+    decoded = client.get(url, HTTP_ACCEPT=FRAMES)
+
+    assert decoded.status_code == 200 and b"Doe^Jane" not in decoded.content
+    if deidentify:
+        assert as_stored.status_code == 406
+        assert "decoded" in as_stored.json()["error"]
+    else:
+        assert as_stored.status_code == 200 and b"Doe^Jane" in as_stored.content
+
+
 def test_download_link_downloads_and_is_audited(client, study, radiologist):
     share, token = make_share(study, radiologist, allow_download=True)
     open_link(client, token)
