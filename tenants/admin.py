@@ -89,15 +89,13 @@ class MembershipAdmin(TenantScopedModelAdmin):
             try:
                 member_lockout_lift(membership=membership, actor=actor)
             except LockoutLiftRefused as exc:
-                refused.append(exc.message)
+                refused.append((membership.user.email, exc.message))
             else:
                 lifted += 1
         if lifted:
             self.message_user(request, f"Lockout lifted for {lifted} member(s).")
-        if refused:
-            self.message_user(
-                request, f"Not lifted for {len(refused)} member(s): {refused[0]}", messages.WARNING
-            )
+        for email, reason in refused:
+            self.message_user(request, f"{email}: {reason}", messages.WARNING)
 
     def get_queryset(self, request: HttpRequest) -> models.QuerySet:
         # Staff only: a patient's portal account (its name, its email, the fact that

@@ -13,10 +13,10 @@ from django_otp.plugins.otp_totp.models import TOTPDevice
 
 import audit
 from audit.actors import Actor
-from audit.models import Action
+from audit.models import Action, Outcome
 from tenants.models import Membership, Role, Tenant, User
 from tenants.roles import STAFF_ROLES, RoleCode
-from tenants.selectors import roles_get, user_memberships, user_tenants
+from tenants.selectors import roles_get, user_tenants
 from tenants.throttle import throttle_reset
 
 POLICY_FIELDS = (
@@ -119,32 +119,45 @@ def membership_validate_change(*, membership: Membership, roles: set[str], activ
 
 
 class LockoutLiftRefused(MembershipError):
-    """The person also belongs to another clinic: not this clinic's lock to lift."""
+    """Not this clinic's lock to lift: only a platform operator may."""
 
 
-@transaction.atomic
 def member_lockout_lift(*, membership: Membership, actor: Actor) -> None:
     """Lift a member's sign-in and second-factor lockout, for their clinic's admin.
 
     A lockout guards the person's one account, whichever clinic they sign in to. An
-    admin may lift it only for someone who belongs to no other clinic: otherwise one
-    clinic's admin would reopen password guessing against another clinic's staff. The
-    lockout then ends by itself, or a platform operator lifts it (`unlock_signin`).
+    admin may lift it only for someone whose account is this clinic's alone: not a
+    platform operator, and no membership of another clinic, active or not (one may be
+    reactivated). Otherwise one clinic's admin would reopen password guessing against
+    an account that reaches further. The lockout then ends by itself, or an operator
+    lifts it (`unlock_signin`). A refusal is audited too, so probing shows.
     """
-    others = user_memberships(user=membership.user).exclude(tenant_id=membership.tenant_id)
-    if others.exists():
-        raise LockoutLiftRefused(
-            "This member also belongs to another clinic, so the lockout is not this "
-            "clinic's to lift. It ends by itself; a platform operator can lift it sooner."
-        )
-    throttle_reset(account=membership.user.email)
-    audit.record(
-        actor=actor,
-        action=Action.THROTTLE_RESET,
-        target=membership.user,
-        tenant=membership.tenant,
-        detail={"membership": str(membership.pk)},
+    user = membership.user
+    elsewhere = (
+        Membership.objects.unscoped(reason="whether the account reaches another clinic")
+        .filter(user=user)
+        .exclude(tenant_id=membership.tenant_id)
+        .exists()
     )
+    refused = elsewhere or user.is_staff or user.is_superuser
+    with transaction.atomic():
+        audit.record(
+            actor=actor,
+            action=Action.THROTTLE_RESET,
+            target=user,
+            tenant=membership.tenant,
+            outcome=Outcome.DENIED if refused else Outcome.SUCCESS,
+            detail={"membership": str(membership.pk)},
+        )
+        if not refused:
+            # The cache is outside the transaction: lifted once the audit event is kept.
+            transaction.on_commit(lambda: throttle_reset(account=user.email))
+    if refused:
+        # Worded alike for every reason: it must not tell the admin where else the
+        # person is a member (as a patient, say).
+        raise LockoutLiftRefused(
+            "Only a platform operator can lift this lockout; it ends by itself."
+        )
 
 
 @transaction.atomic

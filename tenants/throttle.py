@@ -3,8 +3,8 @@
 Counts live in the cache (Redis in production, so every process sees them) under
 hashed keys, so no email address is stored there. A lockout is time-based: it ends
 by itself after SIGNIN_LOCKOUT_SECONDS, so nobody can lock a colleague out for good,
-and an operator, or a tenant admin for a member of no other clinic, can lift it
-earlier (`throttle_reset`). The account limit is low (guessing one password); the IP
+and an operator, or a tenant admin for an account that is the clinic's alone, can
+lift it earlier (`throttle_reset`). The account limit is low (guessing one password); the IP
 limit is high, because a hospital's staff often share one outgoing address.
 
 Written here rather than taken from django-axes: axes stores and logs the attempted

@@ -293,55 +293,116 @@ def test_per_ip_limit_stops_spraying_across_accounts(clinic, settings):
     assert elsewhere.status_code == 200
 
 
-@pytest.mark.django_db
-def test_tenant_admin_lifts_a_lockout(clinic, radiologist, tenant_admin, client_for, settings):
+def _lock_out(user, settings) -> None:
     settings.SIGNIN_ACCOUNT_FAILURE_LIMIT = 2
     for _ in range(2):
-        Client().post("/accounts/login/", {"username": radiologist.email, "password": "x"})
-    assert _sign_in_password(Client(), radiologist).status_code == 429
+        Client().post("/accounts/login/", {"username": user.email, "password": "x"})
+    assert _sign_in_password(Client(), user).status_code == 429
+
+
+def _lift_as_admin(client_for, admin, clinic, *members, capture):
     from tests.helpers import membership_of
 
-    client_for(tenant_admin).post(
-        "/t/north/admin/tenants/membership/",
-        {
-            "action": "unlock_sign_in",
-            "_selected_action": [str(membership_of(radiologist, clinic).pk)],
-        },
+    with capture(execute=True):
+        return client_for(admin).post(
+            f"/t/{clinic.slug}/admin/tenants/membership/",
+            {
+                "action": "unlock_sign_in",
+                "_selected_action": [str(membership_of(m, clinic).pk) for m in members],
+            },
+            follow=True,
+        )
+
+
+@pytest.mark.django_db
+def test_tenant_admin_lifts_a_lockout(
+    clinic, radiologist, tenant_admin, client_for, settings, django_capture_on_commit_callbacks
+):
+    _lock_out(radiologist, settings)
+
+    _lift_as_admin(
+        client_for, tenant_admin, clinic, radiologist, capture=django_capture_on_commit_callbacks
     )
 
     assert _sign_in_password(Client(), radiologist).status_code == 302
-    assert _events(clinic, Action.THROTTLE_RESET).filter(target_id=str(radiologist.pk)).exists()
+    event = _events(clinic, Action.THROTTLE_RESET).get(target_id=str(radiologist.pk))
+    assert event.outcome == Outcome.SUCCESS
+
+
+def _also_member_elsewhere(user, other_clinic, *, active: bool) -> None:
+    from audit.actors import Actor
+    from tenants.services import membership_add
+
+    membership = membership_add(
+        tenant=other_clinic, user=user, roles=["radiologist"], actor=Actor.system("test")
+    )
+    if not active:
+        membership.is_active = False
+        membership.save()
 
 
 @pytest.mark.django_db
-def test_a_clinic_admin_cannot_lift_the_lockout_of_someone_who_also_works_elsewhere(
-    clinic, other_clinic, radiologist, tenant_admin, client_for, settings
+@pytest.mark.parametrize("elsewhere", ["active member", "former member", "operator"])
+def test_a_clinic_admin_cannot_lift_the_lockout_of_an_account_that_reaches_further(
+    elsewhere,
+    clinic,
+    other_clinic,
+    radiologist,
+    tenant_admin,
+    client_for,
+    settings,
+    django_capture_on_commit_callbacks,
 ):
-    # One account, two clinics: the lockout guards the account for both, so lifting it
-    # is not one clinic's call.
-    from audit.actors import Actor
-    from tenants.services import membership_add
-    from tests.helpers import membership_of
+    # One account: its lockout guards it for every clinic and, for an operator, the
+    # platform. A former membership may be reactivated.
+    if elsewhere == "operator":
+        radiologist.is_staff = True
+        radiologist.save()
+    else:
+        _also_member_elsewhere(radiologist, other_clinic, active=elsewhere == "active member")
+    _lock_out(radiologist, settings)
 
-    membership_add(
-        tenant=other_clinic, user=radiologist, roles=["radiologist"], actor=Actor.system("test")
-    )
-    settings.SIGNIN_ACCOUNT_FAILURE_LIMIT = 2
-    for _ in range(2):
-        Client().post("/accounts/login/", {"username": radiologist.email, "password": "x"})
-
-    response = client_for(tenant_admin).post(
-        "/t/north/admin/tenants/membership/",
-        {
-            "action": "unlock_sign_in",
-            "_selected_action": [str(membership_of(radiologist, clinic).pk)],
-        },
-        follow=True,
+    response = _lift_as_admin(
+        client_for, tenant_admin, clinic, radiologist, capture=django_capture_on_commit_callbacks
     )
 
     assert _sign_in_password(Client(), radiologist).status_code == 429
-    assert "also belongs to another clinic" in response.content.decode()
-    assert not _events(clinic, Action.THROTTLE_RESET).exists()
+    page = response.content.decode()
+    assert "Only a platform operator can lift this lockout" in page
+    assert "another clinic" not in page  # the same words whatever the reason
+    (event,) = _events(clinic, Action.THROTTLE_RESET)
+    assert event.outcome == Outcome.DENIED
+
+
+@pytest.mark.django_db
+def test_a_mixed_selection_lifts_some_and_names_the_others(
+    clinic,
+    other_clinic,
+    radiologist,
+    technologist,
+    tenant_admin,
+    client_for,
+    settings,
+    django_capture_on_commit_callbacks,
+):
+    _also_member_elsewhere(technologist, other_clinic, active=True)
+    _lock_out(radiologist, settings)
+    _lock_out(technologist, settings)
+
+    response = _lift_as_admin(
+        client_for,
+        tenant_admin,
+        clinic,
+        radiologist,
+        technologist,
+        capture=django_capture_on_commit_callbacks,
+    )
+
+    page = response.content.decode()
+    assert "Lockout lifted for 1 member(s)." in page
+    assert f"{technologist.email}: Only a platform operator".lower() in page.lower()
+    assert _sign_in_password(Client(), radiologist).status_code == 302
+    assert _sign_in_password(Client(), technologist).status_code == 429
 
 
 @pytest.mark.django_db
