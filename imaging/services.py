@@ -286,14 +286,38 @@ def _header_outdated(row: Instance, *, actor: Actor) -> bool:
 
 
 def thumbnail_bytes(*, series: Series, actor: Actor) -> bytes | None:
+    """The series thumbnail, verified; None if it has none yet.
+
+    A thumbnail rendered again (`rebuild_thumbnails`) replaces its object: one gone
+    between reading the row and opening it is read again under the row's new key, not
+    reported as an integrity failure.
+    """
     if not series.thumbnail_key:
         return None
+    try:
+        return _thumbnail_plaintext(series)
+    except FileNotFoundError:
+        now = (
+            Series.objects.for_tenant(series.tenant)
+            .filter(pk=series.pk)
+            .values_list("thumbnail_key", flat=True)
+            .first()
+        )
+        if not now or now == series.thumbnail_key:
+            _integrity_failed(instance=series, actor=actor, reason="object missing")
+            raise IntegrityError("stored object is missing") from None
+        series.thumbnail_key = now
+    except IntegrityError as exc:
+        _integrity_failed(instance=series, actor=actor, reason=str(exc))
+        raise
+    with _failures_audited(instance=series, actor=actor):
+        return _thumbnail_plaintext(series)
+
+
+def _thumbnail_plaintext(series: Series) -> bytes:
     storage = storage_for(series.tenant)
     context = ObjectContext(series.tenant_id, series.thumbnail_key)
-    with (
-        _failures_audited(instance=series, actor=actor),
-        object_open(storage, series.thumbnail_key) as handle,
-    ):
+    with object_open(storage, series.thumbnail_key) as handle:
         return b"".join(
             decrypt_stream(handle.read, key=study_dek(study=series.study), context=context)
         )

@@ -11,13 +11,12 @@ from django.db import transaction
 from django.utils import timezone
 
 from audit.actors import Actor
-from imaging.crypto import ObjectContext, encrypt_bytes
+from imaging.crypto import IntegrityError, ObjectContext, encrypt_bytes
 from imaging.keyring import study_dek
 from imaging.models import Instance, Series
 from imaging.render import RenderError, thumbnail_png
 from imaging.services import instance_bytes, orphan_sweep
 from imaging.storage import (
-    object_delete,
     object_delete_quietly,
     object_key_new,
     object_write,
@@ -41,14 +40,27 @@ def series_thumbnail(*, tenant_id: str, series_id: str, replace: bool = False) -
 
 @portal_task(max_retries=3, autoretry_for=(OSError,))
 def series_thumbnails(*, tenant_id: str, series_ids: list[str], replace: bool = False) -> list[str]:
-    """Thumbnails of the new series of one STOW-RS batch: one message, not one each.
+    """Thumbnails of several series in one message (a STOW-RS batch's new series, or a
+    rebuild's batch).
 
-    Each is done once (a rerun after a crash skips the finished ones); with `replace`,
-    each is rendered again (a rerun renders it once more).
+    Each is done once (a rerun after a crash skips the finished ones). When rebuilding
+    (`replace`), one series that cannot be done is logged and the rest still are: a
+    retry would render the finished ones again.
     """
-    return [
-        _series_thumbnail(tenant_id=tenant_id, series_id=sid, replace=replace) for sid in series_ids
-    ]
+    if not replace:
+        return [_series_thumbnail(tenant_id=tenant_id, series_id=sid) for sid in series_ids]
+    results = []
+    for series_id in series_ids:
+        try:
+            results.append(
+                _series_thumbnail(tenant_id=tenant_id, series_id=series_id, replace=True)
+            )
+        except Exception as exc:
+            logger.warning(
+                "thumbnail rebuild of series %s failed: %s", series_id, type(exc).__name__
+            )
+            results.append("failed")
+    return results
 
 
 def _series_thumbnail(*, tenant_id: str, series_id: str, replace: bool = False) -> str:
@@ -71,11 +83,14 @@ def _series_thumbnail(*, tenant_id: str, series_id: str, replace: bool = False) 
     middle = instances[len(instances) // 2]
     try:
         png = thumbnail_png(instance_bytes(instance=middle, actor=SYSTEM))
-    except RenderError as exc:
-        # A thumbnail that cannot be rendered again keeps the one it has.
-        Series.objects.filter(tenant_id=tenant_id, pk=series_id, thumbnail_key="").update(
+    except (RenderError, IntegrityError) as exc:  # an integrity failure is audited there
+        rows = Series.objects.filter(tenant_id=tenant_id, pk=series_id)
+        rows.filter(thumbnail_key="").update(
             thumbnail_status=Series.ThumbnailStatus.FAILED, thumbnail_error=str(exc)[:256]
         )
+        # A thumbnail that cannot be rendered again keeps the one it has; the error says
+        # why it was not replaced.
+        rows.exclude(thumbnail_key="").update(thumbnail_error=f"Not rendered again: {exc}"[:256])
         logger.warning("thumbnail for series %s failed: %s", series_id, type(exc).__name__)
         return "failed"
     if settings.PORTAL_FAULT_THUMBNAIL_DELAY_SECONDS:
@@ -103,7 +118,7 @@ def _series_thumbnail(*, tenant_id: str, series_id: str, replace: bool = False) 
             thumbnail_error="",
         )
     if not won:
-        object_delete(storage, key)
+        object_delete_quietly(storage, key)
         return "skipped"
     if previous_key and not object_delete_quietly(storage, previous_key):
         logger.warning("replaced thumbnail %s not removed; the orphan sweep will", previous_key)

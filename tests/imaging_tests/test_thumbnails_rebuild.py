@@ -153,3 +153,66 @@ def test_the_request_is_audited_with_its_count(clinic, data_dir):
 def test_an_unknown_clinic_is_a_clear_error(clinic):
     with pytest.raises(CommandError, match="No clinic with slug 'nowhere'"):
         _rebuild("--tenant", "nowhere")
+
+
+@pytest.mark.django_db
+def test_a_reader_holding_the_replaced_key_gets_the_new_thumbnail_not_an_alarm(
+    clinic, data_dir, django_capture_on_commit_callbacks
+):
+    stale = _series_with_thumbnail(clinic, synthetic_ct(slices=1)[0])  # read before the swap
+
+    with django_capture_on_commit_callbacks(execute=True):
+        _rebuild("--tenant", clinic.slug)
+
+    assert not storage_for(clinic).exists(stale.thumbnail_key)
+    assert thumbnail_bytes(series=stale, actor=TEST_ACTOR)[:4] == b"\x89PNG"
+    assert not AuditEvent.objects.for_tenant(clinic).filter(action=Action.INTEGRITY_FAILED).exists()
+
+
+@pytest.mark.django_db
+def test_one_series_that_cannot_be_read_does_not_stop_the_others(
+    clinic, data_dir, django_capture_on_commit_callbacks
+):
+    from imaging.models import Instance
+    from imaging.storage import object_delete
+
+    broken = _series_with_thumbnail(clinic, synthetic_ct(slices=1)[0])
+    fine = _series_with_thumbnail(clinic, synthetic_ct(slices=1)[0])
+    lost = Instance.objects.for_tenant(clinic).get(series=broken)
+    object_delete(storage_for(clinic), lost.storage_key)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        _rebuild("--tenant", clinic.slug)
+
+    broken_after = Series.objects.for_tenant(clinic).get(pk=broken.pk)
+    fine_after = Series.objects.for_tenant(clinic).get(pk=fine.pk)
+    assert fine_after.thumbnail_key != fine.thumbnail_key
+    assert broken_after.thumbnail_key == broken.thumbnail_key  # kept
+    assert broken_after.thumbnail_error.startswith("Not rendered again")
+    assert AuditEvent.objects.for_tenant(clinic).filter(action=Action.INTEGRITY_FAILED).exists()
+
+
+@pytest.mark.django_db
+def test_two_rebuilds_at_once_leave_one_thumbnail_object(clinic, data_dir, monkeypatch):
+    from imaging.models import Instance
+    from imaging.storage import object_keys
+
+    series = _series_with_thumbnail(clinic, synthetic_ct(slices=1)[0])
+    real = tasks.thumbnail_png
+    raced: list[bool] = []
+
+    def racing(data: bytes) -> bytes:
+        if not raced:  # another rebuild of the same series finishes first
+            raced.append(True)
+            series_thumbnail(tenant_id=str(clinic.pk), series_id=str(series.pk), replace=True)
+        return real(data)
+
+    monkeypatch.setattr(tasks, "thumbnail_png", racing)
+
+    outcome = series_thumbnail(tenant_id=str(clinic.pk), series_id=str(series.pk), replace=True)
+
+    series.refresh_from_db()
+    instances = set(Instance.objects.for_tenant(clinic).values_list("storage_key", flat=True))
+    thumbnails = set(object_keys(storage_for(clinic), str(clinic.pk))) - instances
+    assert outcome == "skipped"
+    assert thumbnails == {series.thumbnail_key}
