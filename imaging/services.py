@@ -294,24 +294,20 @@ def thumbnail_bytes(*, series: Series, actor: Actor) -> bytes | None:
     """
     if not series.thumbnail_key:
         return None
-    try:
-        return _thumbnail_plaintext(series)
-    except FileNotFoundError:
-        now = (
-            Series.objects.for_tenant(series.tenant)
-            .filter(pk=series.pk)
-            .values_list("thumbnail_key", flat=True)
-            .first()
-        )
-        if not now or now == series.thumbnail_key:
-            _integrity_failed(instance=series, actor=actor, reason="object missing")
-            raise IntegrityError("stored object is missing") from None
-        series.thumbnail_key = now
-    except IntegrityError as exc:
-        _integrity_failed(instance=series, actor=actor, reason=str(exc))
-        raise
     with _failures_audited(instance=series, actor=actor):
-        return _thumbnail_plaintext(series)
+        try:
+            return _thumbnail_plaintext(series)
+        except FileNotFoundError:
+            moved = (
+                Series.objects.for_tenant(series.tenant)
+                .filter(pk=series.pk)
+                .values_list("thumbnail_key", flat=True)
+                .first()
+            )
+            if not moved or moved == series.thumbnail_key:
+                raise  # missing, not replaced: audited as such
+            series.thumbnail_key = moved
+            return _thumbnail_plaintext(series)
 
 
 def _thumbnail_plaintext(series: Series) -> bytes:

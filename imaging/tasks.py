@@ -16,12 +16,7 @@ from imaging.keyring import study_dek
 from imaging.models import Instance, Series
 from imaging.render import RenderError, thumbnail_png
 from imaging.services import instance_bytes, orphan_sweep
-from imaging.storage import (
-    object_delete_quietly,
-    object_key_new,
-    object_write,
-    storage_for,
-)
+from imaging.storage import object_delete_quietly, object_key_new, object_write, storage_for
 from portal.tasks import portal_task
 from tenants.models import Tenant
 
