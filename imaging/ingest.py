@@ -42,6 +42,7 @@ from imaging.storage import (
     object_write_many,
     storage_for,
 )
+from portal.tasks import task_send_on_commit
 from tenants.models import Tenant
 
 logger = logging.getLogger(__name__)
@@ -425,8 +426,11 @@ def _store(*, tenant: Tenant, actor: Actor, name: str, parsed: ParsedInstance) -
     storage = storage_for(tenant)
     key = object_key_new(tenant)
     written = False
+    committed: list[bool] = []  # objects of a committed row are never removed
     try:
         with transaction.atomic():
+            # The first callback after the commit, before any that might raise.
+            transaction.on_commit(partial(committed.append, True))
             patient = _patient(tenant, parsed)
             study, dek = _study(tenant, parsed, patient)
             series, new_series = _series(tenant, parsed, study)
@@ -447,11 +451,9 @@ def _store(*, tenant: Tenant, actor: Actor, name: str, parsed: ParsedInstance) -
                 entries=_stored_audit_entries(instance=instance, parsed=parsed),
             )
             if new_series:
-                transaction.on_commit(
-                    partial(_enqueue_thumbnail, tenant_id=str(tenant.pk), series_id=str(series.pk))
-                )
+                _enqueue_thumbnails(tenant_id=str(tenant.pk), series_ids=[str(series.pk)])
     except BaseException:
-        if written:
+        if written and not committed:
             _delete_quietly(storage, key)
         raise
     return _stored(name, parsed, instance)
@@ -530,12 +532,17 @@ def _store_many(
     batch = sorted(batch, key=lambda item: (item[2].study_uid, item[2].series_uid))
     storage = storage_for(tenant)
     written: list[str] = []
+    committed: list[bool] = []  # objects of committed rows are never removed
     try:
         with transaction.atomic():
+            # The first callback after the commit, before any that might raise.
+            transaction.on_commit(partial(committed.append, True))
             return _store_many_locked(
                 tenant=tenant, actor=actor, batch=batch, storage=storage, written=written
             )
     except BaseException as exc:
+        if committed:
+            raise
         for key in written:
             _delete_quietly(storage, key)
         if (
@@ -584,12 +591,8 @@ def _store_many_locked(
         entries.extend(_stored_audit_entries(instance=instance, parsed=parsed))
     audit.record_many(actor=actor, tenant=tenant, entries=entries)
     if new_series:
-        transaction.on_commit(
-            partial(
-                _enqueue_thumbnails,
-                tenant_id=str(tenant.pk),
-                series_ids=[str(series.pk) for series in new_series],
-            )
+        _enqueue_thumbnails(
+            tenant_id=str(tenant.pk), series_ids=[str(series.pk) for series in new_series]
         )
     return [
         (index, _stored(name, parsed, instance))
@@ -720,26 +723,18 @@ def _series_for(
     return rows, created
 
 
-def _enqueue_thumbnail(*, tenant_id: str, series_id: str) -> None:
-    from imaging.tasks import series_thumbnail
-
-    # A short delay lets the rest of the series arrive, so the middle slice is chosen.
-    series_thumbnail.apply_async(
-        kwargs={"tenant_id": tenant_id, "series_id": series_id},
-        countdown=settings.THUMBNAIL_DELAY_SECONDS,
-    )
-
-
 def _enqueue_thumbnails(*, tenant_id: str, series_ids: list[str]) -> None:
-    from imaging.tasks import series_thumbnails
+    """Queue the new series' thumbnails once the rows commit.
+
+    A short delay lets the rest of a series arrive, so the middle slice is chosen.
+    """
+    from imaging.tasks import series_thumbnail, series_thumbnails
 
     if len(series_ids) == 1:
-        _enqueue_thumbnail(tenant_id=tenant_id, series_id=series_ids[0])
-        return
-    series_thumbnails.apply_async(
-        kwargs={"tenant_id": tenant_id, "series_ids": series_ids},
-        countdown=settings.THUMBNAIL_DELAY_SECONDS,
-    )
+        task, kwargs = series_thumbnail, {"tenant_id": tenant_id, "series_id": series_ids[0]}
+    else:
+        task, kwargs = series_thumbnails, {"tenant_id": tenant_id, "series_ids": series_ids}
+    task_send_on_commit(task=task, kwargs=kwargs, countdown=settings.THUMBNAIL_DELAY_SECONDS)
 
 
 def _delete_quietly(storage: object, key: str) -> None:

@@ -14,6 +14,7 @@ from itertools import islice
 from typing import Any, TypeVar
 
 import pydicom
+from django.conf import settings
 from django.core.files.storage import Storage
 from django.db import transaction
 
@@ -34,6 +35,7 @@ from imaging.models import Instance, Series, Study
 from imaging.render import pixel_layout, pixel_layout_current, pixel_value_offset
 from imaging.selectors import STUDY_DOWNLOAD_PERM, STUDY_VIEW_PERM
 from imaging.storage import object_delete, object_keys, object_open, storage_for
+from portal.tasks import task_send_on_commit
 from tenants.grants import object_grant, object_granted, object_revoke
 from tenants.models import Tenant, User
 
@@ -354,20 +356,40 @@ def series_thumbnails_rebuild(
             tenant=tenant,
             detail={"series": len(ids), "failed_only": failed_only},
         )
-        transaction.on_commit(lambda: _thumbnails_queue(tenant=tenant, series_ids=ids))
+        _thumbnails_queue(tenant=tenant, series_ids=ids, replace=True)
     return len(ids)
 
 
-def _thumbnails_queue(*, tenant: Tenant, series_ids: list[str]) -> None:
+def thumbnails_pending_requeue(*, tenant: Tenant, now: dt.datetime) -> int:
+    """Queue again the thumbnails still pending long after their series arrived.
+
+    Their message was lost (a broker that could not be reached when the series
+    committed) or its retries were spent. The task does nothing for a thumbnail made
+    meanwhile, so a message that was only slow costs a no-op.
+    """
+    since = now - dt.timedelta(minutes=settings.TASK_RECOVER_AFTER_MINUTES)
+    ids = [
+        str(pk)
+        for pk in Series.objects.for_tenant(tenant)
+        .filter(thumbnail_status=Series.ThumbnailStatus.PENDING, created_at__lt=since)
+        .order_by("created_at", "pk")
+        .values_list("pk", flat=True)
+    ]
+    _thumbnails_queue(tenant=tenant, series_ids=ids, replace=False)
+    return len(ids)
+
+
+def _thumbnails_queue(*, tenant: Tenant, series_ids: list[str], replace: bool) -> None:
     from imaging.tasks import series_thumbnails
 
     for start in range(0, len(series_ids), REBUILD_BATCH):
-        series_thumbnails.apply_async(
+        task_send_on_commit(
+            task=series_thumbnails,
             kwargs={
                 "tenant_id": str(tenant.pk),
                 "series_ids": series_ids[start : start + REBUILD_BATCH],
-                "replace": True,
-            }
+                "replace": replace,
+            },
         )
 
 

@@ -15,7 +15,7 @@ from imaging.crypto import IntegrityError, ObjectContext, encrypt_bytes
 from imaging.keyring import study_dek
 from imaging.models import Instance, Series
 from imaging.render import RenderError, thumbnail_png
-from imaging.services import instance_bytes, orphan_sweep
+from imaging.services import instance_bytes, orphan_sweep, thumbnails_pending_requeue
 from imaging.storage import object_delete_quietly, object_key_new, object_write, storage_for
 from portal.tasks import portal_task
 from tenants.models import Tenant
@@ -118,6 +118,14 @@ def _series_thumbnail(*, tenant_id: str, series_id: str, replace: bool = False) 
     if previous_key and not object_delete_quietly(storage, previous_key):
         logger.warning("replaced thumbnail %s not removed; the orphan sweep will", previous_key)
     return "ready"
+
+
+@portal_task(max_retries=0)
+def thumbnails_pending_requeue_all() -> int:
+    """Beat entry point: in every clinic, queue again the thumbnails whose message was lost."""
+    now = timezone.now()
+    tenants = Tenant.objects.order_by("pk")
+    return sum(thumbnails_pending_requeue(tenant=tenant, now=now) for tenant in tenants)
 
 
 @portal_task(max_retries=0)

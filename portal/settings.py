@@ -179,6 +179,11 @@ OTP_WEBAUTHN_ALLOWED_ORIGINS = (
     or ["https://localhost"]
 )
 THUMBNAIL_DELAY_SECONDS = env_int("THUMBNAIL_DELAY_SECONDS", 10)
+# Work still undone this long after it was due (a thumbnail, an email) is queued again:
+# its message was lost to a broker fault or its retries were spent. The checks run as
+# often; emails are retried for TASK_RECOVER_WITHIN_DAYS.
+TASK_RECOVER_AFTER_MINUTES = env_int("TASK_RECOVER_AFTER_MINUTES", 30)
+TASK_RECOVER_WITHIN_DAYS = env_int("TASK_RECOVER_WITHIN_DAYS", 7)
 # Fault injection for the crash tests only: a pause inside the thumbnail task.
 PORTAL_FAULT_THUMBNAIL_DELAY_SECONDS = env_int("PORTAL_FAULT_THUMBNAIL_DELAY_SECONDS", 0)
 BREAK_GLASS_MINUTES = env_int("BREAK_GLASS_MINUTES", 60)
@@ -357,6 +362,18 @@ CELERY_BEAT_SCHEDULE = {
     "orphan-objects-sweep": {
         "task": "imaging.tasks.orphan_objects_sweep_all",
         "schedule": env_int("ORPHAN_SWEEP_INTERVAL_SECONDS", 3600),
+    },
+    "thumbnails-pending-requeue": {
+        "task": "imaging.tasks.thumbnails_pending_requeue_all",
+        "schedule": 60 * TASK_RECOVER_AFTER_MINUTES,
+    },
+    "share-notices-unsent-requeue": {
+        "task": "sharing.tasks.notices_unsent_requeue",
+        "schedule": 60 * TASK_RECOVER_AFTER_MINUTES,
+    },
+    "clinic-notices-unsent-requeue": {
+        "task": "tenants.tasks.notices_unsent_requeue",
+        "schedule": 60 * TASK_RECOVER_AFTER_MINUTES,
     },
     "audit-chains-verify": {
         "task": "audit.tasks.audit_chains_verify",

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from typing import Any
 
 from celery import shared_task  # noqa: TID251  (this is the wrapper)
+from django.db import transaction
+from kombu.exceptions import KombuError
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +37,36 @@ def portal_task(
         return shared_task(**task_options)(func)
 
     return decorator
+
+
+def task_send_on_commit(
+    *, task: Any, kwargs: dict[str, Any], countdown: float | None = None
+) -> None:
+    """Send `task` once the current transaction commits; a broker fault never fails it.
+
+    By then the change is committed and may be acknowledged. An exception raised by an
+    on-commit callback reaches the code that committed: an upload would be answered as
+    failed though stored, and the ingest's clean-up would remove the objects its
+    committed rows name. A message that cannot be sent is logged by task name; where
+    its work matters, a periodic job picks it up (thumbnails still pending).
+    """
+
+    def send() -> None:
+        try:
+            task.apply_async(kwargs=kwargs, countdown=countdown)
+        except (KombuError, OSError) as exc:
+            logger.error("could not queue %s after commit: %s", task.name, type(exc).__name__)
+
+    # robust: anything else a send raises is logged by Django, not raised either.
+    transaction.on_commit(send, robust=True)
+
+
+def broker_check() -> None:
+    """Raise unless the broker accepts a connection within a couple of seconds."""
+    from portal.celery import app
+
+    with app.connection_for_write() as connection:
+        connection.ensure_connection(max_retries=1, timeout=2)
 
 
 @portal_task()

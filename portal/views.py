@@ -14,6 +14,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
+from portal.tasks import broker_check
 from tenants.access import landing_url
 from tenants.roles import Perm
 from tenants.selectors import user_memberships
@@ -42,17 +43,10 @@ def _check_storage() -> None:
     probe.unlink()
 
 
-def _check_broker() -> None:
-    from portal.celery import app
-
-    with app.connection_for_write() as conn:
-        conn.ensure_connection(max_retries=1, timeout=2)
-
-
 READINESS_CHECKS = {
     "database": _check_database,
     "storage": _check_storage,
-    "broker": _check_broker,
+    "broker": broker_check,
 }
 
 

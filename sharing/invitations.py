@@ -23,6 +23,7 @@ import audit
 from audit.actors import Actor
 from audit.models import Action, ActorType, Outcome
 from imaging.models import Patient
+from portal.tasks import task_send_on_commit
 from sharing.models import PatientInvitation, PatientLink, ShareLink
 from sharing.services import share_revoke
 from tenants.invitations import (
@@ -101,7 +102,7 @@ def patient_invite(
         )
     from sharing.tasks import patient_invitation_send
 
-    transaction.on_commit(lambda: patient_invitation_send.delay(invitation_id=str(invitation.pk)))
+    task_send_on_commit(task=patient_invitation_send, kwargs={"invitation_id": str(invitation.pk)})
     return invitation
 
 

@@ -12,6 +12,7 @@ import re
 import secrets
 from collections.abc import Iterable
 
+from django.conf import settings
 from django.contrib.auth.hashers import check_password, make_password
 from django.db import transaction
 from django.db.models import F, Q
@@ -23,6 +24,7 @@ from audit.models import Action, ActorType, Outcome
 from imaging.crypto import wrap_key
 from imaging.keyring import study_dek
 from imaging.models import Series, Study
+from portal.tasks import task_send_on_commit
 from sharing.models import ShareLink
 from tenants.models import ApiToken, User
 from tenants.tokens import token_digest
@@ -148,7 +150,7 @@ def share_create(
     if recipient_email:
         from sharing.tasks import share_invitation_send
 
-        transaction.on_commit(lambda: share_invitation_send.delay(share_id=str(share.pk)))
+        task_send_on_commit(task=share_invitation_send, kwargs={"share_id": str(share.pk)})
     return share, raw
 
 
@@ -248,7 +250,7 @@ def share_check_secret(*, share: ShareLink, answer: str, now: dt.datetime, ip: s
             )
             from sharing.tasks import share_locked_notify
 
-            transaction.on_commit(lambda: share_locked_notify.delay(share_id=str(share.pk)))
+            task_send_on_commit(task=share_locked_notify, kwargs={"share_id": str(share.pk)})
         locked.save(update_fields=fields)
     return False
 
@@ -285,7 +287,7 @@ def _opened(share: ShareLink, *, now: dt.datetime, ip: str | None) -> None:
     if first and share.notify_on_first_open:
         from sharing.tasks import share_opened_notify
 
-        transaction.on_commit(lambda: share_opened_notify.delay(share_id=str(share.pk)))
+        task_send_on_commit(task=share_opened_notify, kwargs={"share_id": str(share.pk)})
 
 
 def share_touch(*, share: ShareLink, now: dt.datetime) -> None:
@@ -309,3 +311,70 @@ def share_invitation_forget(*, share: ShareLink) -> None:
     ShareLink.objects.for_tenant(share.tenant).filter(pk=share.pk).update(
         invitation_token_wrapped=None
     )
+
+
+def notices_unsent_requeue(*, now: dt.datetime) -> int:
+    """Queue again, in every clinic, the share and patient-portal emails still unsent.
+
+    Those due more than TASK_RECOVER_AFTER_MINUTES ago and within TASK_RECOVER_WITHIN_DAYS:
+    their message was lost (a broker that could not be reached at the commit) or the mail
+    server's retries were spent. Each email claims its marker, so none goes twice.
+    """
+    from sharing.models import PatientInvitation
+    from sharing.tasks import (
+        patient_invitation_send,
+        share_invitation_send,
+        share_locked_notify,
+        share_opened_notify,
+    )
+
+    due = now - dt.timedelta(minutes=settings.TASK_RECOVER_AFTER_MINUTES)
+    since = now - dt.timedelta(days=settings.TASK_RECOVER_WITHIN_DAYS)
+    links = ShareLink.objects.unscoped(reason="a platform job finds unsent emails everywhere")
+    pending = [
+        (
+            share_invitation_send,
+            "share_id",
+            links.filter(
+                invitation_sent_at__isnull=True,
+                invitation_token_wrapped__isnull=False,
+                revoked_at__isnull=True,
+                expires_at__gt=now,
+                created_at__range=(since, due),
+            ),
+        ),
+        (
+            share_opened_notify,
+            "share_id",
+            links.filter(
+                notify_on_first_open=True,
+                opened_notice_sent_at__isnull=True,
+                first_opened_at__range=(since, due),
+            ),
+        ),
+        (
+            share_locked_notify,
+            "share_id",
+            links.filter(lock_notice_sent_at__isnull=True, locked_at__range=(since, due)),
+        ),
+        (
+            patient_invitation_send,
+            "invitation_id",
+            PatientInvitation.objects.unscoped(
+                reason="a platform job finds unsent emails everywhere"
+            ).filter(
+                sent_at__isnull=True,
+                token_wrapped__isnull=False,
+                revoked_at__isnull=True,
+                accepted_at__isnull=True,
+                expires_at__gt=now,
+                created_at__range=(since, due),
+            ),
+        ),
+    ]
+    count = 0
+    for task, argument, rows in pending:
+        for pk in rows.values_list("pk", flat=True):
+            task_send_on_commit(task=task, kwargs={argument: str(pk)})
+            count += 1
+    return count

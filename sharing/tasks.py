@@ -14,12 +14,20 @@ import smtplib
 from django.conf import settings
 from django.core.mail import send_mail
 from django.db import transaction
+from django.utils import timezone
 
 from imaging.crypto import unwrap_key
 from imaging.keyring import study_dek
 from portal.tasks import portal_task
 from sharing.models import ShareLink
-from sharing.services import invitation_context, share_claim_notice, share_invitation_forget
+from sharing.services import (
+    invitation_context,
+    share_claim_notice,
+    share_invitation_forget,
+)
+from sharing.services import (
+    notices_unsent_requeue as _notices_unsent_requeue,
+)
 
 logger = logging.getLogger(__name__)
 RETRY = {"max_retries": 5, "autoretry_for": (OSError, smtplib.SMTPException)}
@@ -122,3 +130,9 @@ def patient_invitation_send(*, invitation_id: str) -> bool:
         )
     logger.info("patient invitation %s sent", invitation_id)
     return True
+
+
+@portal_task(max_retries=0)
+def notices_unsent_requeue() -> int:
+    """Beat entry point: queue again the share and patient emails whose message was lost."""
+    return _notices_unsent_requeue(now=timezone.now())

@@ -17,6 +17,7 @@ from django.db import transaction
 import audit
 from audit.actors import Actor, Target
 from audit.models import Action
+from portal.tasks import task_send_on_commit
 from tenants.models import BreakGlassGrant, Membership
 from tenants.roles import Perm
 
@@ -62,8 +63,9 @@ def break_glass_open(
         )
         from tenants.tasks import break_glass_notify
 
-        transaction.on_commit(
-            lambda: break_glass_notify.delay(tenant_id=str(tenant.pk), grant_id=str(grant.pk))
+        task_send_on_commit(
+            task=break_glass_notify,
+            kwargs={"tenant_id": str(tenant.pk), "grant_id": str(grant.pk)},
         )
     return grant
 

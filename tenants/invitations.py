@@ -28,6 +28,7 @@ from audit.actors import Actor
 from audit.models import Action, ActorType, Outcome
 from imaging.crypto import unwrap_key, wrap_key
 from imaging.keyring import tenant_key, tenant_key_active
+from portal.tasks import task_send_on_commit
 from tenants.models import Invitation, Membership, StaffInvitation, Tenant, User
 from tenants.roles import STAFF_ROLES
 from tenants.selectors import roles_get
@@ -141,7 +142,7 @@ def staff_invite(
     )
     from tenants.tasks import staff_invitation_send
 
-    transaction.on_commit(lambda: staff_invitation_send.delay(invitation_id=str(invitation.pk)))
+    task_send_on_commit(task=staff_invitation_send, kwargs={"invitation_id": str(invitation.pk)})
     return invitation
 
 

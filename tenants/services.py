@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterable
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
@@ -14,6 +16,7 @@ from django_otp.plugins.otp_totp.models import TOTPDevice
 import audit
 from audit.actors import Actor
 from audit.models import Action, Outcome
+from portal.tasks import task_send_on_commit
 from tenants.models import Membership, Role, Tenant, User
 from tenants.roles import STAFF_ROLES, RoleCode
 from tenants.selectors import roles_get, user_tenants
@@ -246,3 +249,42 @@ def totp_device_create_confirmed(
             detail={"device": "totp"},
         )
     return device
+
+
+def notices_unsent_requeue(*, now: dt.datetime) -> int:
+    """Queue again, in every clinic, the break-glass notices and staff invitations unsent.
+
+    Those due more than TASK_RECOVER_AFTER_MINUTES ago and within TASK_RECOVER_WITHIN_DAYS:
+    their message was lost (a broker that could not be reached at the commit) or the mail
+    server's retries were spent. A privacy officer must hear of every break-glass access,
+    so its notice is not left to one message. Each task claims its marker: none goes twice.
+    """
+    from tenants.models import BreakGlassGrant, StaffInvitation
+    from tenants.tasks import break_glass_notify, staff_invitation_send
+
+    due = now - dt.timedelta(minutes=settings.TASK_RECOVER_AFTER_MINUTES)
+    since = now - dt.timedelta(days=settings.TASK_RECOVER_WITHIN_DAYS)
+    reason = "a platform job finds unsent emails everywhere"
+    grants = BreakGlassGrant.objects.unscoped(reason=reason).filter(
+        notified_at__isnull=True, created_at__range=(since, due)
+    )
+    invitations = StaffInvitation.objects.unscoped(reason=reason).filter(
+        sent_at__isnull=True,
+        token_wrapped__isnull=False,
+        revoked_at__isnull=True,
+        accepted_at__isnull=True,
+        expires_at__gt=now,
+        created_at__range=(since, due),
+    )
+    count = 0
+    for tenant_id, grant_id in grants.values_list("tenant_id", "pk"):
+        task_send_on_commit(
+            task=break_glass_notify, kwargs={"tenant_id": str(tenant_id), "grant_id": str(grant_id)}
+        )
+        count += 1
+    for invitation_id in invitations.values_list("pk", flat=True):
+        task_send_on_commit(
+            task=staff_invitation_send, kwargs={"invitation_id": str(invitation_id)}
+        )
+        count += 1
+    return count

@@ -78,3 +78,12 @@ def staff_invitation_send(*, invitation_id: str) -> bool:
         )
     logger.info("staff invitation %s sent", invitation_id)
     return True
+
+
+@portal_task(max_retries=0)
+def notices_unsent_requeue() -> int:
+    """Beat entry point: queue again the break-glass notices and invitations whose message
+    was lost."""
+    from tenants.services import notices_unsent_requeue as requeue
+
+    return requeue(now=timezone.now())

@@ -41,8 +41,19 @@ def test_a_batch_of_two_studies_is_stored_with_counts_and_one_event_per_instance
     first = synthetic_ct(slices=3, patient_id="PID-A", patient_name="A^One")
     second = synthetic_ct(slices=2, patient_id="PID-B", patient_name="B^Two")
 
-    with django_capture_on_commit_callbacks(execute=True) as callbacks:
-        results = ingest_many(tenant=clinic, actor=ACTOR, items=_items(second + first))
+    from celery.signals import task_prerun
+
+    tasks_run: list[str] = []
+
+    def record(sender, **kwargs):
+        tasks_run.append(sender.name)
+
+    task_prerun.connect(record, weak=False)
+    try:
+        with django_capture_on_commit_callbacks(execute=True):
+            results = ingest_many(tenant=clinic, actor=ACTOR, items=_items(second + first))
+    finally:
+        task_prerun.disconnect(record)
 
     assert [r.outcome for r in results] == [IngestOutcome.STORED] * 5
     assert [r.sop_instance_uid for r in results] == [_sop(f) for f in second + first]
@@ -61,7 +72,8 @@ def test_a_batch_of_two_studies_is_stored_with_counts_and_one_event_per_instance
         r.instance_id for r in results
     )
     assert chain_verify(chain=AuditChain.objects.get(tenant=clinic)).intact
-    assert len(callbacks) == 1  # one task message for the batch's new series
+    # One task message for the batch's new series.
+    assert tasks_run == ["imaging.tasks.series_thumbnails"]
     thumbnails = Series.objects.for_tenant(clinic).values_list("thumbnail_status", flat=True)
     assert list(thumbnails) == [Series.ThumbnailStatus.READY] * 2
     assert len(object_keys(storage_for(clinic), str(clinic.pk))) == 5 + 2

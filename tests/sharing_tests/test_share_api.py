@@ -176,3 +176,26 @@ def test_a_signed_in_member_cannot_use_the_partner_endpoint(client_for, radiolog
     response = client_for(radiologist).get("/api/v1/shares")
 
     assert response.status_code in (401, 404)
+
+
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_a_share_emailed_while_the_broker_is_down_is_created_not_a_500(clinic, caplog):
+    from portal.celery import app
+    from tests.helpers import celery_broker
+
+    study = ingest_study(clinic, synthetic_ct(slices=1, size=16))
+    app.conf.task_always_eager = False
+    try:
+        with celery_broker("redis://127.0.0.1:1/0"):
+            created = api(token_for(clinic, "shares:write")).post(
+                "/api/v1/shares",
+                body(study, recipient_email="doctor@example.org"),
+                "application/json",
+            )
+    finally:
+        app.conf.task_always_eager = True
+
+    assert created.status_code == 201
+    share = ShareLink.objects.for_tenant(clinic).get(pk=created.json()["id"])
+    assert share.invitation_sent_at is None
+    assert "could not queue sharing.tasks.share_invitation_send" in caplog.text

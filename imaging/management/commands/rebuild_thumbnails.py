@@ -6,6 +6,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from audit.actors import Actor
 from imaging.services import SeriesNotFound, series_thumbnails_rebuild
+from portal.tasks import broker_check
 from tenants.models import Tenant
 
 
@@ -30,6 +31,13 @@ class Command(BaseCommand):
         clinic = Tenant.objects.filter(slug=tenant).first()
         if clinic is None:
             raise CommandError(f"No clinic with slug {tenant!r}.")
+        try:
+            broker_check()
+        except Exception as exc:  # whatever the transport raises: nothing may be queued
+            raise CommandError(
+                f"The task queue cannot be reached ({type(exc).__name__}); nothing was "
+                "queued. Start it (REDIS_URL names it) and run this again."
+            ) from None
         try:
             count = series_thumbnails_rebuild(
                 tenant=clinic,

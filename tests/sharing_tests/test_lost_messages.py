@@ -1,0 +1,96 @@
+"""Share and patient-portal emails whose task message was lost are sent later, once.
+
+Each arrangement commits its change without running the on-commit send, as when the
+broker could not be reached at the commit.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from django.core import mail
+from django.test import Client
+from django.utils import timezone
+
+from sharing.invitations import patient_invite
+from sharing.services import notices_unsent_requeue, share_revoke
+from sharing.tasks import notices_unsent_requeue as notices_unsent_requeue_task
+from tests.helpers import TEST_ACTOR
+from tests.imaging_tests.helpers import ingest_study, synthetic_ct
+from tests.sharing_tests.test_share_links import make_share, open_link
+
+LATER = dt.timedelta(minutes=31)
+
+
+@pytest.fixture
+def study(clinic):
+    return ingest_study(clinic, synthetic_ct(slices=1, size=16))
+
+
+def _requeue(capture, *, now: dt.datetime) -> int:
+    with capture(execute=True):
+        return notices_unsent_requeue(now=now)
+
+
+def test_every_lost_share_and_patient_email_goes_later_and_only_once(
+    study,
+    radiologist,
+    front_desk,
+    django_capture_on_commit_callbacks,
+):
+    make_share(study, radiologist, recipient_email="doctor@example.org")
+    _, opened_token = make_share(study, radiologist, notify_on_first_open=True)
+    open_link(Client(), opened_token)
+    _, locked_token = make_share(study, radiologist)
+    guesser = Client()
+    guesser.get(f"/s/{locked_token}")
+    for attempt in range(5):
+        guesser.post("/s/", {"answer": f"000{attempt}"})
+    patient_invite(
+        tenant=study.tenant,
+        patients=[study.patient],
+        email="jane@example.org",
+        invited_by=front_desk,
+        actor=TEST_ACTOR,
+        now=timezone.now(),
+    )
+    assert mail.outbox == []
+    now = timezone.now()
+
+    too_soon = _requeue(django_capture_on_commit_callbacks, now=now)
+    later = _requeue(django_capture_on_commit_callbacks, now=now + LATER)
+    again = _requeue(django_capture_on_commit_callbacks, now=now + 2 * LATER)
+
+    assert (too_soon, later, again) == (0, 4, 0)
+    recipients = sorted(address for message in mail.outbox for address in message.to)
+    assert recipients == sorted(
+        ["doctor@example.org", radiologist.email, radiologist.email, "jane@example.org"]
+    )
+    assert any("locked" in message.subject for message in mail.outbox)
+
+
+def test_a_withdrawn_share_or_one_past_the_window_is_not_emailed(
+    study,
+    radiologist,
+    django_capture_on_commit_callbacks,
+):
+    share, _ = make_share(study, radiologist, recipient_email="doctor@example.org")
+    share_revoke(share=share, actor=TEST_ACTOR, now=timezone.now())
+    make_share(study, radiologist, recipient_email="late@example.org")
+
+    withdrawn = _requeue(django_capture_on_commit_callbacks, now=timezone.now() + LATER)
+    past_window = _requeue(
+        django_capture_on_commit_callbacks, now=timezone.now() + dt.timedelta(days=8)
+    )
+
+    assert withdrawn == 1  # the second share only
+    assert past_window == 0
+    assert [message.to for message in mail.outbox] == [["late@example.org"]]
+
+
+def test_the_periodic_job_is_scheduled_and_runs(settings, db):
+    scheduled = {entry["task"] for entry in settings.CELERY_BEAT_SCHEDULE.values()}
+
+    assert "sharing.tasks.notices_unsent_requeue" in scheduled
+    assert notices_unsent_requeue_task() == 0
