@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from functools import lru_cache, partial
 from pathlib import Path
+from typing import TypeVar
 
 from django.conf import settings
 from django.db import IntegrityError, OperationalError, transaction
@@ -46,6 +47,7 @@ from portal.tasks import task_send_on_commit
 from tenants.models import Tenant
 
 logger = logging.getLogger(__name__)
+_T = TypeVar("_T")
 ZIP_MAGIC = b"PK\x03\x04"
 
 
@@ -426,11 +428,14 @@ def _store(*, tenant: Tenant, actor: Actor, name: str, parsed: ParsedInstance) -
     storage = storage_for(tenant)
     key = object_key_new(tenant)
     written = False
-    committed: list[bool] = []  # objects of a committed row are never removed
+    # Objects are removed only while their row surely did not commit: not once the
+    # commit has run its first callback, nor when the commit itself failed (its outcome
+    # is unknown then; the orphan sweep removes the object if the row is not there).
+    committed: list[bool] = []
+    at_commit = False
     try:
         with transaction.atomic():
-            # The first callback after the commit, before any that might raise.
-            transaction.on_commit(partial(committed.append, True))
+            transaction.on_commit(partial(committed.append, True))  # the first callback
             patient = _patient(tenant, parsed)
             study, dek = _study(tenant, parsed, patient)
             series, new_series = _series(tenant, parsed, study)
@@ -452,11 +457,24 @@ def _store(*, tenant: Tenant, actor: Actor, name: str, parsed: ParsedInstance) -
             )
             if new_series:
                 _enqueue_thumbnails(tenant_id=str(tenant.pk), series_ids=[str(series.pk)])
+            at_commit = True
+    except Exception as exc:
+        if committed:
+            return _stored_despite(exc, _stored(name, parsed, instance))
+        if written and not at_commit:
+            _delete_quietly(storage, key)
+        raise
     except BaseException:
-        if written and not committed:
+        if written and not committed and not at_commit:
             _delete_quietly(storage, key)
         raise
     return _stored(name, parsed, instance)
+
+
+def _stored_despite(exc: Exception, stored: _T) -> _T:
+    """The store committed and something after it failed: the store is still the answer."""
+    logger.error("a step after an ingest committed failed: %s", type(exc).__name__)
+    return stored
 
 
 # --- Many files in one transaction (STOW-RS) -------------------------------------------
@@ -532,16 +550,21 @@ def _store_many(
     batch = sorted(batch, key=lambda item: (item[2].study_uid, item[2].series_uid))
     storage = storage_for(tenant)
     written: list[str] = []
-    committed: list[bool] = []  # objects of committed rows are never removed
+    committed: list[bool] = []  # as in _store
+    at_commit = False
+    stored: list[tuple[int, IngestResult]] = []
     try:
         with transaction.atomic():
-            # The first callback after the commit, before any that might raise.
-            transaction.on_commit(partial(committed.append, True))
-            return _store_many_locked(
+            transaction.on_commit(partial(committed.append, True))  # the first callback
+            stored = _store_many_locked(
                 tenant=tenant, actor=actor, batch=batch, storage=storage, written=written
             )
+            at_commit = True
+        return stored
     except BaseException as exc:
-        if committed:
+        if committed and isinstance(exc, Exception):
+            return _stored_despite(exc, stored)
+        if committed or at_commit:
             raise
         for key in written:
             _delete_quietly(storage, key)

@@ -35,7 +35,7 @@ from imaging.models import Instance, Series, Study
 from imaging.render import pixel_layout, pixel_layout_current, pixel_value_offset
 from imaging.selectors import STUDY_DOWNLOAD_PERM, STUDY_VIEW_PERM
 from imaging.storage import object_delete, object_keys, object_open, storage_for
-from portal.tasks import task_send_on_commit
+from portal.tasks import task_send, task_send_on_commit
 from tenants.grants import object_grant, object_granted, object_revoke
 from tenants.models import Tenant, User
 
@@ -321,6 +321,10 @@ def _thumbnail_plaintext(series: Series) -> bytes:
         )
 
 
+class ThumbnailsNotQueued(Exception):
+    """The broker did not take every batch of a thumbnail rebuild."""
+
+
 class SeriesNotFound(LookupError):
     """A series asked for by UID is not the clinic's."""
 
@@ -337,8 +341,11 @@ def series_thumbnails_rebuild(
     so those made before keep the old rendering until then. Every series of the clinic,
     or those named by UID, or only those whose thumbnail failed. Each keeps its present
     thumbnail until the new one is stored. Audited once, as the system's pixel reads
-    for thumbnails are not.
+    for thumbnails are not. ThumbnailsNotQueued when the broker took none or only some:
+    no periodic job would send them later.
     """
+    from imaging.tasks import series_thumbnails
+
     series = Series.objects.for_tenant(tenant)
     if series_uids:
         series = series.filter(series_uid__in=set(series_uids))
@@ -348,15 +355,27 @@ def series_thumbnails_rebuild(
     if failed_only:
         series = series.filter(thumbnail_status=Series.ThumbnailStatus.FAILED)
     ids = [str(pk) for pk in series.order_by("created_at", "pk").values_list("pk", flat=True)]
-    with transaction.atomic():
-        audit.record(
-            actor=actor,
-            action=Action.THUMBNAILS_REBUILT,
-            target=None,
-            tenant=tenant,
-            detail={"series": len(ids), "failed_only": failed_only},
+    audit.record(
+        actor=actor,
+        action=Action.THUMBNAILS_REBUILT,
+        target=None,
+        tenant=tenant,
+        detail={"series": len(ids), "failed_only": failed_only},
+    )
+    batches = [ids[start : start + REBUILD_BATCH] for start in range(0, len(ids), REBUILD_BATCH)]
+    queued = sum(
+        len(batch)
+        for batch in batches
+        if task_send(
+            task=series_thumbnails,
+            kwargs={"tenant_id": str(tenant.pk), "series_ids": batch, "replace": True},
         )
-        _thumbnails_queue(tenant=tenant, series_ids=ids, replace=True)
+    )
+    if queued < len(ids):
+        raise ThumbnailsNotQueued(
+            f"The task queue took {queued} of {len(ids)} series; run this again once it "
+            "can be reached."
+        )
     return len(ids)
 
 
@@ -364,33 +383,27 @@ def thumbnails_pending_requeue(*, tenant: Tenant, now: dt.datetime) -> int:
     """Queue again the thumbnails still pending long after their series arrived.
 
     Their message was lost (a broker that could not be reached when the series
-    committed) or its retries were spent. The task does nothing for a thumbnail made
-    meanwhile, so a message that was only slow costs a no-op.
+    committed) or its retries were spent. One message per series, so one that keeps
+    failing holds up no other; tried for TASK_RECOVER_WITHIN_DAYS. The task does nothing
+    for a thumbnail made meanwhile, so a message that was only slow costs a no-op.
     """
-    since = now - dt.timedelta(minutes=settings.TASK_RECOVER_AFTER_MINUTES)
-    ids = [
-        str(pk)
-        for pk in Series.objects.for_tenant(tenant)
-        .filter(thumbnail_status=Series.ThumbnailStatus.PENDING, created_at__lt=since)
+    from imaging.tasks import series_thumbnail
+
+    due = now - dt.timedelta(minutes=settings.TASK_RECOVER_AFTER_MINUTES)
+    since = now - dt.timedelta(days=settings.TASK_RECOVER_WITHIN_DAYS)
+    pending = (
+        Series.objects.for_tenant(tenant)
+        .filter(thumbnail_status=Series.ThumbnailStatus.PENDING, created_at__range=(since, due))
         .order_by("created_at", "pk")
         .values_list("pk", flat=True)
-    ]
-    _thumbnails_queue(tenant=tenant, series_ids=ids, replace=False)
-    return len(ids)
-
-
-def _thumbnails_queue(*, tenant: Tenant, series_ids: list[str], replace: bool) -> None:
-    from imaging.tasks import series_thumbnails
-
-    for start in range(0, len(series_ids), REBUILD_BATCH):
+    )
+    count = 0
+    for series_id in pending:
         task_send_on_commit(
-            task=series_thumbnails,
-            kwargs={
-                "tenant_id": str(tenant.pk),
-                "series_ids": series_ids[start : start + REBUILD_BATCH],
-                "replace": replace,
-            },
+            task=series_thumbnail, kwargs={"tenant_id": str(tenant.pk), "series_id": str(series_id)}
         )
+        count += 1
+    return count
 
 
 def orphan_sweep(*, tenant: Tenant, older_than: dt.datetime) -> int:

@@ -338,7 +338,9 @@ if REDIS_URL:
     CELERY_RESULT_BACKEND = REDIS_URL
     # An unacknowledged task (worker killed) is redelivered after this many seconds.
     CELERY_BROKER_TRANSPORT_OPTIONS: dict = {
-        "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600)
+        "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600),
+        # A broker host that drops packets must not hold a request that has committed.
+        "socket_connect_timeout": env_int("CELERY_BROKER_CONNECT_TIMEOUT_SECONDS", 2),
     }
 else:
     # Embedded default: a filesystem broker needs no server. Messages carry ids only.

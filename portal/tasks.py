@@ -39,6 +39,21 @@ def portal_task(
     return decorator
 
 
+# A request waits for the broker at most about two connection timeouts after its commit;
+# what is lost then is picked up by the recovery jobs.
+PUBLISH_RETRY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2}
+
+
+def task_send(*, task: Any, kwargs: dict[str, Any], countdown: float | None = None) -> bool:
+    """Send `task` now; False, logged by task name, when the broker cannot take it."""
+    try:
+        task.apply_async(kwargs=kwargs, countdown=countdown, retry_policy=PUBLISH_RETRY)
+    except (KombuError, OSError) as exc:
+        logger.error("could not queue %s: %s", task.name, type(exc).__name__)
+        return False
+    return True
+
+
 def task_send_on_commit(
     *, task: Any, kwargs: dict[str, Any], countdown: float | None = None
 ) -> None:
@@ -48,14 +63,12 @@ def task_send_on_commit(
     on-commit callback reaches the code that committed: an upload would be answered as
     failed though stored, and the ingest's clean-up would remove the objects its
     committed rows name. A message that cannot be sent is logged by task name; where
-    its work matters, a periodic job picks it up (thumbnails still pending).
+    its work matters, a periodic job picks it up (thumbnails still pending, emails
+    still unsent).
     """
 
     def send() -> None:
-        try:
-            task.apply_async(kwargs=kwargs, countdown=countdown)
-        except (KombuError, OSError) as exc:
-            logger.error("could not queue %s after commit: %s", task.name, type(exc).__name__)
+        task_send(task=task, kwargs=kwargs, countdown=countdown)
 
     # robust: anything else a send raises is logged by Django, not raised either.
     transaction.on_commit(send, robust=True)

@@ -26,7 +26,7 @@ from imaging.keyring import study_dek
 from imaging.models import Series, Study
 from portal.tasks import task_send_on_commit
 from sharing.models import ShareLink
-from tenants.models import ApiToken, User
+from tenants.models import ApiToken, Tenant, User
 from tenants.tokens import token_digest
 
 TOKEN_BYTES = 32
@@ -159,7 +159,8 @@ def share_revoke(*, share: ShareLink, actor: Actor, now: dt.datetime) -> bool:
     revoked = (
         ShareLink.objects.for_tenant(share.tenant)
         .filter(pk=share.pk, revoked_at__isnull=True)
-        .update(revoked_at=now)
+        # The invitation's token goes too: an email still queued must not carry it.
+        .update(revoked_at=now, invitation_token_wrapped=None)
     )
     if revoked:
         share.revoked_at = now
@@ -302,7 +303,16 @@ def share_claim_notice(*, share_id: str, marker: str) -> ShareLink | None:
     if marker not in NOTICE_MARKERS:
         raise ValueError(marker)
     links = ShareLink.objects.unscoped(reason="a task loads its own row by id").filter(pk=share_id)
-    if not links.filter(**{f"{marker}__isnull": True}).update(**{marker: timezone.now()}):
+    claimable = links.filter(**{f"{marker}__isnull": True})
+    if marker == "invitation_sent_at":
+        # A message that waited (or was sent again by the recovery job) sends nothing
+        # for a share withdrawn or ended meanwhile, or of a suspended clinic.
+        claimable = claimable.filter(
+            revoked_at__isnull=True,
+            expires_at__gt=timezone.now(),
+            tenant__status=Tenant.Status.ACTIVE,
+        )
+    if not claimable.update(**{marker: timezone.now()}):
         return None
     return links.select_related("tenant", "study", "created_by").get()
 
@@ -327,10 +337,13 @@ def notices_unsent_requeue(*, now: dt.datetime) -> int:
         share_locked_notify,
         share_opened_notify,
     )
+    from tenants.invitations import invitations_unsent
 
     due = now - dt.timedelta(minutes=settings.TASK_RECOVER_AFTER_MINUTES)
     since = now - dt.timedelta(days=settings.TASK_RECOVER_WITHIN_DAYS)
-    links = ShareLink.objects.unscoped(reason="a platform job finds unsent emails everywhere")
+    links = ShareLink.objects.unscoped(
+        reason="a platform job finds unsent emails everywhere"
+    ).filter(tenant__status=Tenant.Status.ACTIVE)
     pending = [
         (
             share_invitation_send,
@@ -360,16 +373,7 @@ def notices_unsent_requeue(*, now: dt.datetime) -> int:
         (
             patient_invitation_send,
             "invitation_id",
-            PatientInvitation.objects.unscoped(
-                reason="a platform job finds unsent emails everywhere"
-            ).filter(
-                sent_at__isnull=True,
-                token_wrapped__isnull=False,
-                revoked_at__isnull=True,
-                accepted_at__isnull=True,
-                expires_at__gt=now,
-                created_at__range=(since, due),
-            ),
+            invitations_unsent(PatientInvitation, now=now, since=since, due=due),
         ),
     ]
     count = 0

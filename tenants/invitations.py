@@ -352,6 +352,22 @@ def invitation_token_seal(invitation: Any, *, raw: str, context: bytes) -> None:
     invitation.save(update_fields=["token_wrapped", "token_key_version"])
 
 
+def invitations_unsent(
+    model: type[Invitation], *, now: dt.datetime, since: dt.datetime, due: dt.datetime
+) -> models.QuerySet:
+    """Invitations in every clinic, created between `since` and `due`, that
+    `invitation_token_claim` would still claim: the email not sent, nothing ended them."""
+    return model.objects.unscoped(reason="a platform job finds unsent emails everywhere").filter(
+        tenant__status=Tenant.Status.ACTIVE,
+        sent_at__isnull=True,
+        token_wrapped__isnull=False,
+        revoked_at__isnull=True,
+        accepted_at__isnull=True,
+        expires_at__gt=now,
+        created_at__range=(since, due),
+    )
+
+
 def invitation_token_claim(
     rows: models.QuerySet, *, context: Callable[[Any], bytes]
 ) -> tuple[Any, str] | None:

@@ -154,7 +154,7 @@ def member_lockout_lift(*, membership: Membership, actor: Actor) -> None:
         )
         if not refused:
             # The cache is outside the transaction: lifted once the audit event is kept.
-            transaction.on_commit(lambda: throttle_reset(account=user.email))
+            transaction.on_commit(lambda: throttle_reset(account=user.email), robust=True)
     if refused:
         # Worded alike for every reason: it must not tell the admin where else the
         # person is a member (as a patient, say).
@@ -259,23 +259,16 @@ def notices_unsent_requeue(*, now: dt.datetime) -> int:
     server's retries were spent. A privacy officer must hear of every break-glass access,
     so its notice is not left to one message. Each task claims its marker: none goes twice.
     """
+    from tenants.invitations import invitations_unsent
     from tenants.models import BreakGlassGrant, StaffInvitation
     from tenants.tasks import break_glass_notify, staff_invitation_send
 
     due = now - dt.timedelta(minutes=settings.TASK_RECOVER_AFTER_MINUTES)
     since = now - dt.timedelta(days=settings.TASK_RECOVER_WITHIN_DAYS)
-    reason = "a platform job finds unsent emails everywhere"
-    grants = BreakGlassGrant.objects.unscoped(reason=reason).filter(
+    grants = BreakGlassGrant.objects.unscoped(reason="a platform job finds unsent notices").filter(
         notified_at__isnull=True, created_at__range=(since, due)
     )
-    invitations = StaffInvitation.objects.unscoped(reason=reason).filter(
-        sent_at__isnull=True,
-        token_wrapped__isnull=False,
-        revoked_at__isnull=True,
-        accepted_at__isnull=True,
-        expires_at__gt=now,
-        created_at__range=(since, due),
-    )
+    invitations = invitations_unsent(StaffInvitation, now=now, since=since, due=due)
     count = 0
     for tenant_id, grant_id in grants.values_list("tenant_id", "pk"):
         task_send_on_commit(

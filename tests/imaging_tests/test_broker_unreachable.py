@@ -80,7 +80,8 @@ def test_stow_with_the_broker_down_is_stored_and_acknowledged(slices, clinic, br
 
 
 @pytest.mark.django_db(transaction=True, serialized_rollback=True)
-def test_an_error_after_the_commit_never_removes_committed_objects(clinic, monkeypatch):
+@pytest.mark.parametrize("slices", [1, 3], ids=["one file", "a batch"])
+def test_an_error_after_the_commit_keeps_the_objects_and_the_answer(slices, clinic, monkeypatch):
     # Any on-commit callback that raises, not only a broker fault.
     def raising_enqueue(**kwargs):
         def fail():
@@ -89,14 +90,17 @@ def test_an_error_after_the_commit_never_removes_committed_objects(clinic, monke
         transaction.on_commit(fail)
 
     monkeypatch.setattr(ingest_module, "_enqueue_thumbnails", raising_enqueue)
-    files = synthetic_ct(slices=3, size=32)
+    files = synthetic_ct(slices=slices, size=32)
     session = http(token_for(clinic, "dicomweb:read", "dicomweb:write"))
 
-    session.post(f"{BASE}/studies", data=_multipart(files), headers={"Content-Type": STOW_TYPE})
+    stored = session.post(
+        f"{BASE}/studies", data=_multipart(files), headers={"Content-Type": STOW_TYPE}
+    )
 
+    assert stored.status_code == 200
     storage = storage_for(clinic)
     keys = list(Instance.objects.for_tenant(clinic).values_list("storage_key", flat=True))
-    assert len(keys) == 3
+    assert len(keys) == slices
     assert all(storage.exists(key) for key in keys)
     assert [_retrieved(session, data) for data in files] == files
 
@@ -113,11 +117,11 @@ def test_a_thumbnail_whose_message_was_lost_is_queued_again_later(
 
     with django_capture_on_commit_callbacks(execute=True):
         too_soon = thumbnails_pending_requeue(tenant=clinic, now=now)
+        past_window = thumbnails_pending_requeue(tenant=clinic, now=now + dt.timedelta(days=8))
     with django_capture_on_commit_callbacks(execute=True):
         later = thumbnails_pending_requeue(tenant=clinic, now=now + dt.timedelta(minutes=31))
 
-    assert too_soon == 0
-    assert later == 1
+    assert (too_soon, past_window, later) == (0, 0, 1)
     assert Series.objects.for_tenant(clinic).get().thumbnail_status == "ready"
     assert Series.objects.for_tenant(other_clinic).get().thumbnail_status == "pending"
 
@@ -155,3 +159,17 @@ def test_rebuild_with_the_broker_down_says_so_and_queues_nothing(clinic, broker_
         call_command("rebuild_thumbnails", "--tenant", clinic.slug, stdout=io.StringIO())
 
     assert not AuditEvent.objects.for_tenant(clinic).filter(action=Action.THUMBNAILS_REBUILT)
+
+
+@pytest.mark.django_db
+def test_rebuild_that_the_broker_drops_after_the_check_is_an_error(clinic, monkeypatch):
+    from imaging.management.commands import rebuild_thumbnails
+
+    ingest(clinic, synthetic_ct(slices=1, size=32)[0])
+    monkeypatch.setattr(rebuild_thumbnails, "broker_check", lambda: None)
+    app.conf.task_always_eager = False
+    try:
+        with celery_broker(UNREACHABLE), pytest.raises(CommandError, match="took 0 of 1 series"):
+            call_command("rebuild_thumbnails", "--tenant", clinic.slug, stdout=io.StringIO())
+    finally:
+        app.conf.task_always_eager = True

@@ -62,4 +62,4 @@ def test_a_send_that_fails_is_logged_by_task_name_and_raises_nothing(caplog):
     finally:
         app.conf.task_always_eager = True
 
-    assert "could not queue portal.tasks.ping after commit: OperationalError" in caplog.text
+    assert "could not queue portal.tasks.ping: OperationalError" in caplog.text

@@ -16,6 +16,7 @@ from django.utils import timezone
 from sharing.invitations import patient_invite
 from sharing.services import notices_unsent_requeue, share_revoke
 from sharing.tasks import notices_unsent_requeue as notices_unsent_requeue_task
+from tenants.models import Tenant
 from tests.helpers import TEST_ACTOR
 from tests.imaging_tests.helpers import ingest_study, synthetic_ct
 from tests.sharing_tests.test_share_links import make_share, open_link
@@ -33,6 +34,17 @@ def _requeue(capture, *, now: dt.datetime) -> int:
         return notices_unsent_requeue(now=now)
 
 
+def _lose_a_patient_invitation(study, front_desk) -> None:
+    patient_invite(
+        tenant=study.tenant,
+        patients=[study.patient],
+        email="jane@example.org",
+        invited_by=front_desk,
+        actor=TEST_ACTOR,
+        now=timezone.now(),
+    )
+
+
 def test_every_lost_share_and_patient_email_goes_later_and_only_once(
     study,
     radiologist,
@@ -47,14 +59,7 @@ def test_every_lost_share_and_patient_email_goes_later_and_only_once(
     guesser.get(f"/s/{locked_token}")
     for attempt in range(5):
         guesser.post("/s/", {"answer": f"000{attempt}"})
-    patient_invite(
-        tenant=study.tenant,
-        patients=[study.patient],
-        email="jane@example.org",
-        invited_by=front_desk,
-        actor=TEST_ACTOR,
-        now=timezone.now(),
-    )
+    _lose_a_patient_invitation(study, front_desk)
     assert mail.outbox == []
     now = timezone.now()
 
@@ -77,16 +82,49 @@ def test_a_withdrawn_share_or_one_past_the_window_is_not_emailed(
 ):
     share, _ = make_share(study, radiologist, recipient_email="doctor@example.org")
     share_revoke(share=share, actor=TEST_ACTOR, now=timezone.now())
-    make_share(study, radiologist, recipient_email="late@example.org")
+    make_share(
+        study,
+        radiologist,
+        recipient_email="late@example.org",
+        expires_at=timezone.now() + dt.timedelta(days=30),
+    )
 
-    withdrawn = _requeue(django_capture_on_commit_callbacks, now=timezone.now() + LATER)
     past_window = _requeue(
         django_capture_on_commit_callbacks, now=timezone.now() + dt.timedelta(days=8)
     )
+    withdrawn = _requeue(django_capture_on_commit_callbacks, now=timezone.now() + LATER)
 
-    assert withdrawn == 1  # the second share only
     assert past_window == 0
+    assert withdrawn == 1  # the second share only
     assert [message.to for message in mail.outbox] == [["late@example.org"]]
+
+
+def test_a_share_withdrawn_while_its_email_waited_sends_nothing(study, radiologist):
+    from sharing.tasks import share_invitation_send
+
+    share, _ = make_share(study, radiologist, recipient_email="doctor@example.org")
+    share_revoke(share=share, actor=TEST_ACTOR, now=timezone.now())
+
+    sent = share_invitation_send(share_id=str(share.pk))  # the message queued before
+
+    share.refresh_from_db()
+    assert sent is False
+    assert mail.outbox == []
+    assert share.invitation_token_wrapped is None
+
+
+def test_a_suspended_clinic_emails_nothing(
+    study, radiologist, front_desk, django_capture_on_commit_callbacks
+):
+    make_share(study, radiologist, recipient_email="doctor@example.org")
+    _lose_a_patient_invitation(study, front_desk)
+    study.tenant.status = Tenant.Status.SUSPENDED
+    study.tenant.save(update_fields=["status"])
+
+    queued = _requeue(django_capture_on_commit_callbacks, now=timezone.now() + LATER)
+
+    assert queued == 0
+    assert mail.outbox == []
 
 
 def test_the_periodic_job_is_scheduled_and_runs(settings, db):

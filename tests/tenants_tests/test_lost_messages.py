@@ -16,6 +16,7 @@ from django.utils import timezone
 from audit.actors import Actor, Target
 from tenants.breakglass import break_glass_open
 from tenants.invitations import staff_invite
+from tenants.models import Tenant
 from tenants.services import notices_unsent_requeue
 from tenants.tasks import notices_unsent_requeue as notices_unsent_requeue_task
 from tests.helpers import TEST_ACTOR, membership_of
@@ -28,11 +29,8 @@ def _requeue(capture, *, now: dt.datetime) -> int:
         return notices_unsent_requeue(now=now)
 
 
-@pytest.mark.django_db
-def test_a_lost_break_glass_notice_and_invitation_go_later_and_only_once(
-    clinic, radiologist, privacy_officer, tenant_admin, django_capture_on_commit_callbacks
-):
-    now = timezone.now()
+def _lose_a_notice_and_an_invitation(clinic, radiologist, tenant_admin, *, now) -> None:
+    """Commit both without running their on-commit sends."""
     break_glass_open(
         membership=membership_of(radiologist, clinic),
         target=Target("imaging.study", str(uuid.UUID(int=7))),
@@ -48,6 +46,14 @@ def test_a_lost_break_glass_notice_and_invitation_go_later_and_only_once(
         actor=TEST_ACTOR,
         now=now,
     )
+
+
+@pytest.mark.django_db
+def test_a_lost_break_glass_notice_and_invitation_go_later_and_only_once(
+    clinic, radiologist, privacy_officer, tenant_admin, django_capture_on_commit_callbacks
+):
+    now = timezone.now()
+    _lose_a_notice_and_an_invitation(clinic, radiologist, tenant_admin, now=now)
     assert mail.outbox == []
 
     too_soon = _requeue(django_capture_on_commit_callbacks, now=now)
@@ -58,6 +64,23 @@ def test_a_lost_break_glass_notice_and_invitation_go_later_and_only_once(
     assert sorted(message.to[0] for message in mail.outbox) == sorted(
         [privacy_officer.email, "new.colleague@north.example"]
     )
+
+
+@pytest.mark.django_db
+def test_nothing_past_the_window_or_of_a_suspended_clinic(
+    clinic, radiologist, privacy_officer, tenant_admin, django_capture_on_commit_callbacks
+):
+    now = timezone.now()
+    _lose_a_notice_and_an_invitation(clinic, radiologist, tenant_admin, now=now)
+
+    past_window = _requeue(django_capture_on_commit_callbacks, now=now + dt.timedelta(days=8))
+    clinic.status = Tenant.Status.SUSPENDED
+    clinic.save(update_fields=["status"])
+    suspended = _requeue(django_capture_on_commit_callbacks, now=now + LATER)
+
+    assert past_window == 0
+    assert suspended == 1  # the break-glass notice still goes; the invitation does not
+    assert [message.to for message in mail.outbox] == [[privacy_officer.email]]
 
 
 @pytest.mark.django_db

@@ -5,7 +5,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from audit.actors import Actor
-from imaging.services import SeriesNotFound, series_thumbnails_rebuild
+from imaging.services import SeriesNotFound, ThumbnailsNotQueued, series_thumbnails_rebuild
 from portal.tasks import broker_check
 from tenants.models import Tenant
 
@@ -45,6 +45,6 @@ class Command(BaseCommand):
                 series_uids=series,
                 failed_only=failed,
             )
-        except SeriesNotFound as exc:
+        except (SeriesNotFound, ThumbnailsNotQueued) as exc:
             raise CommandError(str(exc)) from None
         self.stdout.write(f"{clinic.slug}: {count} series queued for new thumbnails")
