@@ -287,7 +287,10 @@ def patient_link_revoke(*, link: PatientLink, actor: Actor, now: dt.datetime) ->
     if membership is not None and not others.exists():
         roles = set(membership.role_codes) - {RoleCode.PATIENT}
         if roles:
-            membership_update(membership=membership, roles=roles, is_active=True, actor=actor)
+            # Dropping a role never restores access: a deactivated member stays so.
+            membership_update(
+                membership=membership, roles=roles, is_active=membership.is_active, actor=actor
+            )
         elif membership.is_active:
             membership_update(
                 membership=membership, roles=membership.role_codes, is_active=False, actor=actor

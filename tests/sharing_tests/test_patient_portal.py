@@ -598,6 +598,33 @@ def test_staff_member_who_is_also_a_patient_sees_only_own_studies_in_the_portal(
     }
 
 
+def test_ending_portal_access_leaves_a_deactivated_staff_member_deactivated(
+    own_study, front_desk, tenant_admin, client_for, django_capture_on_commit_callbacks
+):
+    technologist = make_member(own_study.tenant, "technologist", email="jane@example.org")
+    token = invite(own_study, front_desk, capture=django_capture_on_commit_callbacks)
+    client = verified_client(technologist)
+    client.get(f"/portal/invitation/{token}")
+    client.post("/portal/invitation/", {"birth_date": BIRTH_DATE})
+    client.post("/portal/invitation/")
+    membership = membership_of(technologist, own_study.tenant)
+    client_for(tenant_admin).post(  # the clinic ends the member's access (they left)
+        f"/t/north/admin/tenants/membership/{membership.pk}/change/",
+        {"roles": ["technologist", "patient"]},
+    )
+    assert not membership_of(technologist, own_study.tenant).is_active
+    link = PatientLink.objects.for_tenant(own_study.tenant).get(user=technologist)
+
+    response = client_for(front_desk).post(
+        f"/t/north/patients/{own_study.patient.pk}/portal/accounts/{link.pk}/end/"
+    )
+
+    assert response.status_code == 302
+    membership = membership_of(technologist, own_study.tenant)
+    assert not membership.is_active and membership.role_codes == {"technologist"}
+    assert client.get("/t/north/").status_code == 302  # signed out of the clinic
+
+
 def test_invitation_email_goes_out_once_even_if_the_task_runs_again(
     own_study, front_desk, django_capture_on_commit_callbacks
 ):
