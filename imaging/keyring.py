@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from django.db import IntegrityError as DbIntegrityError
 from django.db import transaction
 
@@ -41,13 +43,18 @@ def tenant_key_active(*, tenant: Tenant) -> tuple[int, bytes]:
 
 def _tenant_key(*, tenant_id: object, version: int, row: TenantKey | None = None) -> bytes:
     cache_key = (str(tenant_id), version)
-    if cache_key not in _unwrapped:
+    key = _unwrapped.get(cache_key)
+    if key is None:
         if row is None:
             row = TenantKey.objects.filter(tenant_id=tenant_id, version=version).get()
-        _unwrapped[cache_key] = key_provider().unwrap(
+        key = key_provider().unwrap(
             bytes(row.wrapped_key), context=_tenant_key_context(tenant_id, version)
         )
-    return _unwrapped[cache_key]
+        # Remembered only once the row is known to be committed: a key created in a
+        # transaction that rolls back exists nowhere, and data keys wrapped under it
+        # would be lost for good (another process makes the clinic a different key).
+        transaction.on_commit(partial(_unwrapped.__setitem__, cache_key, key))
+    return key
 
 
 def tenant_key(*, tenant: Tenant, version: int) -> bytes:

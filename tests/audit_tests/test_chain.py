@@ -408,3 +408,35 @@ def test_the_audit_key_is_stored_only_wrapped(clinic):
     key = audit_key()
 
     assert key not in bytes(AuditKey.objects.get(version=1).wrapped_key)
+
+
+@pytest.mark.django_db
+def test_a_deleted_audit_key_is_not_replaced_while_events_exist(clinic, capsys):
+    from audit.keys import AuditKeyMissing, audit_key_forget
+
+    record_probes(clinic, 2)
+    raw_sql("DELETE FROM audit_auditkey", [])
+    audit_key_forget()  # another process, or this one restarted
+
+    with pytest.raises(AuditKeyMissing), transaction.atomic():
+        record_probes(clinic, 1)
+    ok, out = verify_command(capsys)
+
+    assert not ok
+    assert "key is missing" in out
+
+
+@pytest.mark.django_db
+def test_an_audit_key_made_in_a_rolled_back_transaction_is_not_kept(db):
+    from audit.keys import audit_key
+    from audit.models import AuditKey
+    from imaging.keys import key_provider
+
+    with pytest.raises(RuntimeError), transaction.atomic():
+        audit_key()
+        raise RuntimeError("the first audited change fails")
+
+    key = audit_key()
+
+    stored = AuditKey.objects.get(version=1)
+    assert key == key_provider().unwrap(bytes(stored.wrapped_key), context=b"audit-chain-key|v1")

@@ -166,3 +166,28 @@ def test_wrong_master_key_cannot_open_a_clinic_key(clinic, settings):
 
     with pytest.raises(IntegrityError):
         study_dek(study=Study.objects.for_tenant(clinic).get(pk=result.study_id))
+
+
+@pytest.mark.django_db
+def test_a_clinic_key_made_in_a_rolled_back_store_is_not_kept(clinic):
+    from pydicom.uid import generate_uid
+
+    from imaging.ingest import ingest_many
+    from imaging.keyring import keyring_forget, study_dek
+    from imaging.models import Study, TenantKey
+    from tests.helpers import TEST_ACTOR
+    from tests.imaging_tests.helpers import synthetic_ct
+
+    # The clinic's first batch rolls back (one study, two PatientIDs), making its key in
+    # the transaction that is undone; the files are then stored one by one.
+    study_uid = generate_uid()
+    a = synthetic_ct(slices=1, study_uid=study_uid, patient_id="P-A")[0]
+    b = synthetic_ct(slices=1, study_uid=study_uid, patient_id="P-B")[0]
+    results = ingest_many(tenant=clinic, actor=TEST_ACTOR, items=[("a.dcm", a), ("b.dcm", b)])
+    assert [r.outcome for r in results].count("stored") == 1
+    keyring_forget()  # another process, or this one restarted
+
+    study = Study.objects.for_tenant(clinic).get()
+
+    assert len(study_dek(study=study)) == 32
+    assert TenantKey.objects.for_tenant(clinic).count() == 1

@@ -4,6 +4,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from audit.keys import AuditKeyMissing
 from audit.models import PLATFORM_CHAIN_KEY
 from audit.verify import ChainReport, chains_verify
 from tenants.models import Tenant
@@ -18,7 +19,10 @@ class Command(BaseCommand):
     def handle(self, *args: Any, tenant: str | None = None, **options: Any) -> None:
         if tenant is not None and not Tenant.objects.filter(slug=tenant).exists():
             raise CommandError(f"No clinic with slug {tenant!r}.")
-        reports = chains_verify(tenant_slug=tenant)
+        try:
+            reports = chains_verify(tenant_slug=tenant)
+        except AuditKeyMissing as exc:
+            raise CommandError(f"Audit chains cannot be verified: {exc}") from None
         broken = [report for report in reports if not report.intact]
         for report in reports:
             name = _name(report)
