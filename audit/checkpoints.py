@@ -31,7 +31,7 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import Storage
 
 from audit.keys import audit_key
-from audit.models import AuditChain
+from audit.models import AuditChain, AuditEvent
 from imaging.storage import PrivateFileSystemStorage, bucket_storage
 
 logger = logging.getLogger(__name__)
@@ -97,9 +97,7 @@ def checkpoints_write(*, now: dt.datetime) -> int:
     ):
         # The newest that verifies: a planted file with a huge seq must not stop this.
         pinned = _checkpoints(storage, chain_key, key).newest_valid
-        if pinned is not None and (
-            last_seq < pinned.seq or (last_seq == pinned.seq and last_hash != pinned.hash)
-        ):
+        if pinned is not None and not _still_holds(pinned, last_seq=last_seq, last_hash=last_hash):
             logger.error(
                 "audit chain %s no longer matches its checkpoint at seq %s (head at seq %s)",
                 chain_key,
@@ -117,6 +115,26 @@ def checkpoints_write(*, now: dt.datetime) -> int:
         storage.save(_name(chain_key, last_seq), ContentFile(json.dumps(document).encode()))
         written += 1
     return written
+
+
+def _still_holds(pinned: Checkpoint, *, last_seq: int, last_hash: str) -> bool:
+    """Whether the chain still holds, at the checkpoint's seq, the event it pinned.
+
+    Comparing the head alone is not enough: a tail deleted and the head rewound, then
+    grown past the checkpoint by new events, would be pinned afresh and the gap hidden
+    from verification, which reads the newest checkpoint.
+    """
+    if last_seq < pinned.seq:
+        return False
+    if last_seq == pinned.seq:
+        return last_hash == pinned.hash
+    held = (
+        AuditEvent.objects.unscoped(reason="a checkpoint compares its chain's event")
+        .filter(chain__key=pinned.chain_key, seq=pinned.seq)
+        .values_list("hash", flat=True)
+        .first()
+    )
+    return held == pinned.hash
 
 
 def _seqs(storage: Storage, chain_key: str) -> list[int]:

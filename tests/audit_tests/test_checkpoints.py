@@ -128,6 +128,24 @@ def test_a_truncated_chain_is_not_checkpointed_again_and_is_logged(clinic, caplo
 
 
 @pytest.mark.django_db
+def test_a_truncated_chain_grown_past_its_checkpoint_is_not_pinned_again(clinic, caplog, capsys):
+    events = record_probes(clinic, 6)
+    checkpoints_write(now=NOW)
+    _truncate(clinic, keep=events[2].seq)
+    record_probes(clinic, 6)  # new events, the head now past the checkpoint's seq
+
+    with caplog.at_level(logging.ERROR, logger="audit.checkpoints"):
+        written = checkpoints_write(now=NOW + dt.timedelta(minutes=5))
+    ok, out = verify_command(capsys, clinic)
+
+    assert written == 0
+    assert len(_checkpoint_files(str(clinic.pk))) == 1
+    assert f"no longer matches its checkpoint at seq {events[-1].seq}" in caplog.text
+    assert not ok
+    assert f"first broken seq {events[-1].seq}" in out
+
+
+@pytest.mark.django_db
 def test_an_event_rechained_with_the_audit_key_differs_from_its_checkpoint(clinic, capsys):
     """Even a holder of the audit key cannot rewrite what a checkpoint saw."""
     events = record_probes(clinic, 3)
