@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.http import HttpRequest
+from django.utils.ipv6 import clean_ipv6_address
 
 from audit.models import ActorType
 
@@ -16,6 +19,10 @@ class Actor:
     type: ActorType
     id: str = ""
     ip: str | None = None
+
+    def __post_init__(self) -> None:
+        # The event's hash covers the address as stored, so store it in one spelling.
+        object.__setattr__(self, "ip", ip_canonical(self.ip))
 
     @classmethod
     def for_user(cls, user: Any, *, ip: str | None = None) -> Actor:
@@ -48,6 +55,19 @@ class Target:
         if isinstance(obj, Target):
             return obj
         return cls(type=obj._meta.label_lower, id=str(obj.pk))
+
+
+def ip_canonical(ip: str | None) -> str | None:
+    """The address as the database stores it (Django's IPv6 spelling); None when it is
+    not an address (a misconfigured proxy), which the column would refuse."""
+    if not ip:
+        return None
+    try:
+        if ":" in ip:
+            return clean_ipv6_address(ip.strip())
+        return str(ipaddress.IPv4Address(ip.strip()))
+    except (ValueError, ValidationError):
+        return None
 
 
 def client_ip(request: HttpRequest) -> str | None:

@@ -9,6 +9,7 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import IntegrityError, connection, transaction
+from django.test import Client
 
 import audit
 from audit.actors import Actor, Target
@@ -440,3 +441,37 @@ def test_an_audit_key_made_in_a_rolled_back_transaction_is_not_kept(db):
 
     stored = AuditKey.objects.get(version=1)
     assert key == key_provider().unwrap(bytes(stored.wrapped_key), context=b"audit-chain-key|v1")
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("peer", "stored"),
+    [("2001:DB8:0:0::1", "2001:db8::1"), ("::FFFF:10.0.0.1", "::ffff:10.0.0.1"), ("junk", None)],
+)
+def test_a_peer_address_in_any_spelling_keeps_the_chain_intact(clinic, capsys, peer, stored):
+    audit.record(
+        actor=Actor(type=TEST_ACTOR.type, id=TEST_ACTOR.id, ip=peer),
+        action=Action.ADMIN_ACTION,
+        target=Target("probe", "1"),
+        tenant=clinic,
+        detail={},
+    )
+
+    ok, out = verify_command(capsys, clinic)
+
+    assert ok, out
+    assert AuditEvent.objects.for_tenant(clinic).latest("seq").actor_ip == stored
+
+
+@pytest.mark.django_db
+def test_a_removed_platform_chain_is_reported(db, capsys):
+    from audit.models import AuditChain
+
+    Client().post("/accounts/login/", {"username": "nobody@x.example", "password": "guess"})
+    tamper("DELETE FROM audit_auditevent WHERE tenant_id IS NULL", [])
+    AuditChain.objects.filter(key="platform").delete()
+
+    ok, out = verify_command(capsys)
+
+    assert not ok
+    assert "platform: BROKEN at seq 1 (chain missing)" in out
