@@ -11,8 +11,10 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import lzma
 import os
 import zipfile
+import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -840,7 +842,16 @@ def ingest_archive(
             with archive.open(info) as handle:
                 # One byte past the declared size: a lying header cannot inflate further.
                 data = handle.read(info.file_size + 1)
-        except (zipfile.BadZipFile, RuntimeError, OSError, NotImplementedError, EOFError) as exc:
+        except (
+            zipfile.BadZipFile,
+            zlib.error,
+            lzma.LZMAError,
+            RuntimeError,
+            OSError,
+            NotImplementedError,
+            EOFError,
+            ValueError,
+        ) as exc:
             results.append(
                 _reject(
                     tenant=tenant,
@@ -878,39 +889,77 @@ def ingest_archive(
 
 
 def ingest_paths(*, tenant: Tenant, actor: Actor, paths: Iterable[Path]) -> IngestSummary:
-    """Ingest files, folders (recursively) and zip archives from the local disk."""
+    """Ingest files, folders (recursively) and zip archives from the local disk.
+
+    A path that cannot be read (no permission, removed meanwhile, not a regular file) is
+    rejected with its reason; the others go on.
+    """
     results: list[IngestResult] = []
-    for path in _walk(paths):
-        with path.open("rb") as handle:
-            head = handle.read(4)
-            handle.seek(0)
-            if head == ZIP_MAGIC:
-                results.extend(
-                    ingest_archive(tenant=tenant, actor=actor, fileobj=handle, name=str(path))
-                )
+    for path, problem in _walk(paths):
+        if problem is None:
+            try:
+                results.extend(_ingest_path(tenant=tenant, actor=actor, path=path))
                 continue
-            if path.stat().st_size > settings.INGEST_MAX_INSTANCE_BYTES:
-                results.append(
-                    _reject(
-                        tenant=tenant,
-                        actor=actor,
-                        name=str(path),
-                        code="too_large",
-                        message="File is larger than the per-file limit.",
-                    )
-                )
-                continue
-            data = handle.read()
-        results.append(ingest_bytes(tenant=tenant, actor=actor, data=data, name=str(path)))
+            except _Unreadable as exc:
+                problem = f"The file could not be read ({exc})."
+        results.append(
+            _reject(tenant=tenant, actor=actor, name=str(path), code="unreadable", message=problem)
+        )
     return IngestSummary(results)
 
 
-def _walk(paths: Iterable[Path]) -> Iterator[Path]:
+class _Unreadable(Exception):
+    """Reading a local file failed (an OSError while reading, not while storing)."""
+
+
+def _ingest_path(*, tenant: Tenant, actor: Actor, path: Path) -> list[IngestResult]:
+    try:
+        handle = path.open("rb")
+    except OSError as exc:
+        raise _Unreadable(exc.strerror or type(exc).__name__) from None
+    with handle:
+        try:
+            head = handle.read(4)
+            handle.seek(0)
+            size = os.fstat(handle.fileno()).st_size
+            is_zip = head == ZIP_MAGIC
+            data = b"" if is_zip or size > settings.INGEST_MAX_INSTANCE_BYTES else handle.read()
+        except OSError as exc:
+            raise _Unreadable(exc.strerror or type(exc).__name__) from None
+        if is_zip:
+            return ingest_archive(tenant=tenant, actor=actor, fileobj=handle, name=str(path))
+        if size > settings.INGEST_MAX_INSTANCE_BYTES:
+            return [
+                _reject(
+                    tenant=tenant,
+                    actor=actor,
+                    name=str(path),
+                    code="too_large",
+                    message="File is larger than the per-file limit.",
+                )
+            ]
+    return [ingest_bytes(tenant=tenant, actor=actor, data=data, name=str(path))]
+
+
+def _walk(paths: Iterable[Path]) -> Iterator[tuple[Path, str | None]]:
+    """Each file to ingest, with None, or with why it is not read."""
     for path in paths:
-        if path.is_dir():
-            yield from sorted(p for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+        if path.is_symlink() and not path.exists():
+            yield path, "The path is a broken symbolic link."
+        elif path.is_dir():
+            for found in sorted(path.rglob("*")):
+                if found.is_symlink():
+                    continue  # inside a folder, links are not followed (they may lead out)
+                if found.is_file():
+                    yield found, None
+                elif not found.is_dir():
+                    yield found, "Not a regular file (a device, pipe or socket); skipped."
         elif path.is_file():
-            yield path
+            yield path, None
+        elif path.exists():
+            yield path, "Not a regular file (a device, pipe or socket); skipped."
+        else:
+            yield path, "No such file or folder."
 
 
 def ingest_uploads(*, tenant: Tenant, actor: Actor, files: Iterable[object]) -> IngestSummary:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import os
 import zipfile
+from pathlib import Path
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
@@ -153,3 +155,44 @@ def test_cli_errors_are_specific(clinic, other_clinic, tmp_path):
         call_command("ingest", str(tmp_path / "missing"), "--tenant", "north")
     with pytest.raises(CommandError, match="not an active member"):
         call_command("ingest", str(path), "--tenant", "north", "--as", outsider.email)
+
+
+@pytest.mark.django_db
+def test_cli_rejects_unreadable_paths_with_a_reason_and_stores_the_rest(clinic, tmp_path, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "0.dcm").write_bytes(synthetic_ct(slices=1)[0])
+    os.mkfifo(folder / "pipe")  # a reader would block on it for ever
+    unreadable = Path("/proc/self/mem")  # a regular file whose reads fail (EIO)
+
+    with pytest.raises(SystemExit):
+        call_command("ingest", str(folder), str(unreadable), "--tenant", "north")
+
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-1] == "stored 1, duplicate 0, rejected 2"
+    assert any("pipe" in line and "Not a regular file" in line for line in lines)
+    assert any("/proc/self/mem" in line and "could not be read" in line for line in lines)
+
+
+@pytest.mark.django_db
+def test_a_corrupt_deflate_stream_in_a_zip_is_rejected_and_the_rest_stored(
+    clinic, tmp_path, capsys
+):
+    first, second = synthetic_ct(slices=2)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("a.dcm", first)
+        archive.writestr("b.dcm", second)
+    data = bytearray(buffer.getvalue())
+    entry = zipfile.ZipFile(io.BytesIO(bytes(data))).getinfo("a.dcm")
+    body = entry.header_offset + 30 + len(entry.filename)
+    data[body : body + 64] = bytes(64)  # the first entry's deflate stream, zeroed
+    path = tmp_path / "study.zip"
+    path.write_bytes(bytes(data))
+
+    with pytest.raises(SystemExit):
+        call_command("ingest", str(path), "--tenant", "north")
+
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-1] == "stored 1, duplicate 0, rejected 1"
+    assert "a.dcm" in lines[0] and "cannot be read" in lines[0]
