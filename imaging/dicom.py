@@ -34,7 +34,7 @@ from imaging.render import pixel_layout, pixel_value_offset
 
 PREAMBLE_BYTES = 128
 UNDEFINED_LENGTH = 0xFFFFFFFF
-UID_PATTERN = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+UID_PATTERN = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")  # fullmatch: no "\n" at the end
 EXECUTABLE_SIGNATURES = {
     b"MZ": "Windows executable (MZ)",
     b"\x7fELF": "ELF executable",
@@ -134,7 +134,7 @@ def metadata_json(ds: Dataset) -> bytes:
 
 def valid_uid(value: Any) -> bool:
     text = str(value or "")
-    return 0 < len(text) <= 64 and bool(UID_PATTERN.match(text))
+    return 0 < len(text) <= 64 and bool(UID_PATTERN.fullmatch(text))
 
 
 def neutralise_preamble(data: bytes) -> tuple[bytes, str]:

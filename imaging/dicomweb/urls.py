@@ -8,17 +8,35 @@ recipient, within the link's scope.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import wraps
+from typing import Any
 
+from django.http import HttpRequest, HttpResponse
 from django.urls import URLPattern
 from django.urls import path as django_path
 
+from imaging.dicom import valid_uid
 from imaging.dicomweb import views
-from imaging.dicomweb.auth import bearer_token, share_recipient, signed_in_member
+from imaging.dicomweb.auth import bearer_token, dicomweb_error, share_recipient, signed_in_member
+
+
+def _uids_checked(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """Refuse a URL whose study, series or instance is not a UID, before any view
+    passes it to the database (a NUL byte there is an error in PostgreSQL)."""
+
+    @wraps(view)
+    def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        for level in ("study", "series", "instance"):
+            if level in kwargs and not valid_uid(kwargs[level]):
+                return dicomweb_error(400, f"The {level} in the URL is not a valid UID.")
+        return view(request, *args, **kwargs)
+
+    return wrapped
 
 
 def dicomweb_patterns(channel: Callable, prefix: str) -> list[URLPattern]:
     def path(route: str, view: Callable, *, name: str) -> URLPattern:
-        return django_path(route, channel(view, name=name), name=f"{prefix}{name}")
+        return django_path(route, channel(_uids_checked(view), name=name), name=f"{prefix}{name}")
 
     return [
         path("studies", views.studies, name="studies"),
@@ -84,7 +102,7 @@ def dicomweb_patterns(channel: Callable, prefix: str) -> list[URLPattern]:
 
 def viewer_only_patterns(channel: Callable, prefix: str) -> list[URLPattern]:
     """Not DICOMweb: what the portal's own viewer asks besides it (not for partners)."""
-    view = channel(views.study_access, name="study_access")
+    view = channel(_uids_checked(views.study_access), name="study_access")
     return [django_path("studies/<str:study>/access", view, name=f"{prefix}study_access")]
 
 

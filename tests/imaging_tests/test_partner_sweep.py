@@ -151,3 +151,18 @@ def test_a_confidential_study_is_missing_from_the_rest_api_without_confidential_
 
     assert refused.status_code == 404
     assert swept == len(api_patterns) + len(share_patterns)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("bad", ["%00", "%0A", "x"])
+def test_every_dicomweb_route_refuses_a_malformed_uid_in_its_url(victim, bad):
+    own = _bearer(victim_clinic(victim), "dicomweb:read")
+    routes = [str(p.pattern) for p in dicomweb_patterns if "<str:" in str(p.pattern)]
+
+    for level in ("study", "series", "instance"):
+        for route in (r for r in routes if f"<str:{level}>" in r):
+            url = "/dicomweb/" + _fill(route, {**victim, level: victim[level] + bad})
+            response = own.get(url)
+
+            assert response.status_code == 400, url
+            assert response.json() == {"error": f"The {level} in the URL is not a valid UID."}
