@@ -278,19 +278,45 @@ class NotAcceptable(Exception):
     pass
 
 
-def _requested_transfer_syntax(request: HttpRequest) -> str:
-    """The transfer syntax asked for: '*' (as stored), a UID, or the default."""
+def _requested_transfer_syntaxes(request: HttpRequest) -> list[str]:
+    """The transfer syntaxes asked for, most preferred first: '*' (as stored) or UIDs.
+
+    Every entry of the Accept header counts, by its q (RFC 9110 12.5.1): clients such
+    as dicomweb-client list a specific syntax, then `transfer-syntax=*` as a fallback.
+    """
     accept = request.headers.get("Accept", "") or "*/*"
-    for item in accept.split(","):
+    offers: list[tuple[float, int, str]] = []
+    for position, item in enumerate(accept.split(",")):
         media, params = content_type_parameters(item.strip())
-        if media in ("*/*", "multipart/related", "application/dicom"):
-            part_type = params.get("type", "application/dicom").strip('"')
-            if part_type not in ("application/dicom", "*/*"):
-                continue
-            return params.get("transfer-syntax", EXPLICIT_VR_LE if media != "*/*" else "*")
-    raise NotAcceptable(
-        'Only multipart/related; type="application/dicom" is offered for this resource.'
-    )
+        if media not in ("*/*", "multipart/related", "application/dicom"):
+            continue
+        part_type = params.get("type", "application/dicom").strip('"')
+        if part_type not in ("application/dicom", "*/*"):
+            continue
+        try:
+            quality = float(params.get("q", "1"))
+        except ValueError:
+            continue
+        if not 0 < quality <= 1:
+            continue  # 0: "not this one"; nan and the like: malformed
+        syntax = params.get("transfer-syntax", EXPLICIT_VR_LE if media != "*/*" else "*")
+        offers.append((-quality, position, syntax))
+    if not offers:
+        raise NotAcceptable(
+            'Only multipart/related; type="application/dicom" is offered for this resource.'
+        )
+    return [syntax for _, _, syntax in sorted(offers)]
+
+
+def _syntax_for(stored: str, wanted: list[str]) -> str | None:
+    """The syntax an instance stored in `stored` goes out in, or None if none asked for
+    can be served (stored as is, or transcoded to explicit VR little endian)."""
+    for syntax in wanted:
+        if syntax in ("*", stored):
+            return stored
+        if syntax == EXPLICIT_VR_LE:
+            return syntax
+    return None
 
 
 def _transcode(data: bytes, target: str) -> bytes:
@@ -341,7 +367,7 @@ def _from_big_endian(ds: pydicom.Dataset, out: io.BytesIO) -> None:
 
 def _retrieve(request: HttpRequest, instances: QuerySet[Instance]) -> HttpResponse:
     try:
-        wanted = _requested_transfer_syntax(request)
+        wanted = _requested_transfer_syntaxes(request)
     except NotAcceptable as exc:
         return dicomweb_error(406, str(exc))
     rows = _read(request, instances)
@@ -349,13 +375,21 @@ def _retrieve(request: HttpRequest, instances: QuerySet[Instance]) -> HttpRespon
         return dicomweb_error(404, "Not found.")
     actor = _actor(request)
     pseudonym = _client(request).pseudonym
-    needs_transcode = [r for r in rows if wanted not in ("*", r.transfer_syntax_uid)]
-    transcoded = {r.pk.hex for r in needs_transcode}
+    syntaxes = {r.pk.hex: _syntax_for(r.transfer_syntax_uid, wanted) for r in rows}
+    if None in syntaxes.values():
+        return dicomweb_error(
+            406,
+            f"Transcoding to {', '.join(wanted)} is not offered; ask for "
+            f"transfer-syntax=* (as stored) or {EXPLICIT_VR_LE}.",
+        )
+    needs_transcode = [r for r in rows if syntaxes[r.pk.hex] != r.transfer_syntax_uid]
     prepared: dict[str, bytes] = {}
     try:
         for row in needs_transcode:
             # Transcoding needs the whole dataset; decide 406 before streaming starts.
-            prepared[row.pk.hex] = _transcode(instance_bytes(instance=row, actor=actor), wanted)
+            prepared[row.pk.hex] = _transcode(
+                instance_bytes(instance=row, actor=actor), EXPLICIT_VR_LE
+            )
         if pseudonym is not None:
             for row in rows:
                 data = prepared.get(row.pk.hex) or instance_bytes(instance=row, actor=actor)
@@ -366,8 +400,7 @@ def _retrieve(request: HttpRequest, instances: QuerySet[Instance]) -> HttpRespon
         return dicomweb_error(500, "A stored object failed its integrity check; it was not served.")
 
     def content_type(row: Instance) -> str:
-        syntax = wanted if row.pk.hex in transcoded else row.transfer_syntax_uid
-        return f"application/dicom; transfer-syntax={syntax}"
+        return f"application/dicom; transfer-syntax={syntaxes[row.pk.hex]}"
 
     def parts() -> Iterator[tuple[str, Iterator[bytes]]]:
         stored = instances_chunks(  # each checked against its size_bytes

@@ -216,6 +216,39 @@ def test_unavailable_transfer_syntax_is_406(clinic, read_token, stored_ct):
 
 
 @pytest.mark.django_db
+@pytest.mark.parametrize(
+    "accept",
+    [
+        'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.50, '
+        'multipart/related; type="application/dicom"; transfer-syntax=*',
+        'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.50, '
+        'multipart/related; type="application/dicom"; transfer-syntax=*; q=0.5',
+    ],
+)
+def test_a_later_acceptable_transfer_syntax_is_served(clinic, read_token, stored_ct, accept):
+    ds = _ds(stored_ct[0])
+
+    response = http(read_token).get(
+        f"{BASE}/studies/{ds.StudyInstanceUID}", headers={"Accept": accept}
+    )
+
+    assert response.status_code == 200
+    assert f"transfer-syntax={ds.file_meta.TransferSyntaxUID}" in response.text[:2000]
+
+
+@pytest.mark.django_db
+def test_a_transfer_syntax_refused_with_q_0_is_not_served(clinic, read_token, stored_ct):
+    ds = _ds(stored_ct[0])
+    accept = 'multipart/related; type="application/dicom"; transfer-syntax=*; q=0'
+
+    response = http(read_token).get(
+        f"{BASE}/studies/{ds.StudyInstanceUID}", headers={"Accept": accept}
+    )
+
+    assert response.status_code == 406
+
+
+@pytest.mark.django_db
 def test_qido_matching(clinic, read_token, stored_ct):
     client = dicomweb(read_token)
     study_uid = _ds(stored_ct[0]).StudyInstanceUID
