@@ -294,6 +294,17 @@ def _patient(tenant: Tenant, parsed: ParsedInstance) -> Patient:
     return patient
 
 
+def _study_key(study: Study) -> bytes:
+    try:
+        return study_dek(study=study)
+    except CryptoIntegrityError:
+        raise _Conflict(
+            "study_key_unreadable",
+            "The study's data key cannot be opened (an integrity failure for the clinic's "
+            "administrators); the file was not added to it.",
+        ) from None
+
+
 def _study(tenant: Tenant, parsed: ParsedInstance, patient: Patient) -> tuple[Study, bytes]:
     study = (
         Study.objects.for_tenant(tenant)
@@ -308,7 +319,7 @@ def _study(tenant: Tenant, parsed: ParsedInstance, patient: Patient) -> tuple[St
                 "This study is already stored under a different patient ID; the file was not "
                 "added to it.",
             )
-        return study, study_dek(study=study)
+        return study, _study_key(study)
     study, dek = _new_study(tenant, parsed, patient)
     study.save(force_insert=True)
     return study, dek
@@ -686,7 +697,7 @@ def _studies_for(
         elif study.patient_id != patient.pk:
             raise _Conflict("patient_mismatch", "")
         else:
-            dek = study_dek(study=study)
+            dek = _study_key(study)
         new_series = {p.series_uid for p in parsed_list} - known_series
         _count_into(study=study, parsed_list=parsed_list, new_series=len(new_series))
         if study_uid in locked:

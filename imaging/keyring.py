@@ -7,7 +7,7 @@ from functools import partial
 from django.db import IntegrityError as DbIntegrityError
 from django.db import transaction
 
-from imaging.crypto import new_key, unwrap_key, wrap_key
+from imaging.crypto import IntegrityError, new_key, unwrap_key, wrap_key
 from imaging.keys import key_provider
 from imaging.models import Study, TenantKey
 from tenants.models import Tenant
@@ -46,7 +46,10 @@ def _tenant_key(*, tenant_id: object, version: int, row: TenantKey | None = None
     key = _unwrapped.get(cache_key)
     if key is None:
         if row is None:
-            row = TenantKey.objects.filter(tenant_id=tenant_id, version=version).get()
+            try:
+                row = TenantKey.objects.filter(tenant_id=tenant_id, version=version).get()
+            except TenantKey.DoesNotExist:
+                raise IntegrityError(f"clinic key version {version} is missing") from None
         key = key_provider().unwrap(
             bytes(row.wrapped_key), context=_tenant_key_context(tenant_id, version)
         )

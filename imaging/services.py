@@ -56,12 +56,10 @@ def _integrity_failed(*, instance: Instance | Series, actor: Actor, reason: str)
 def instance_chunks(*, instance: Instance, actor: Actor) -> Iterator[bytes]:
     """Decrypt an instance in bounded memory; raises IntegrityError (audited) if altered."""
     storage = storage_for(instance.tenant)
-    dek = study_dek(study=instance.study)
-    with (
-        _failures_audited(instance=instance, actor=actor),
-        object_open(storage, instance.storage_key) as handle,
-    ):
-        yield from _plaintext(handle, instance=instance, dek=dek)
+    with _failures_audited(instance=instance, actor=actor):
+        dek = study_dek(study=instance.study)
+        with object_open(storage, instance.storage_key) as handle:
+            yield from _plaintext(handle, instance=instance, dek=dek)
 
 
 def _plaintext(handle: Any, *, instance: Instance, dek: bytes) -> Iterator[bytes]:
@@ -86,6 +84,13 @@ def _failures_audited(*, instance: Instance | Series, actor: Actor) -> Iterator[
     except FileNotFoundError:
         _integrity_failed(instance=instance, actor=actor, reason="object missing")
         raise IntegrityError("stored object is missing") from None
+
+
+def instance_study_key(*, instance: Instance, actor: Actor) -> bytes:
+    """The data key of the instance's study; a key that cannot be opened is audited
+    against the instance and raised as an IntegrityError."""
+    with _failures_audited(instance=instance, actor=actor):
+        return study_dek(study=instance.study)
 
 
 # Objects up to this size are read, decrypted and verified ahead of the one being sent.
@@ -133,7 +138,8 @@ def instances_chunks(*, instances: Sequence[Instance], actor: Actor) -> Iterator
         if instance.tenant_id not in storages:
             storages[instance.tenant_id] = storage_for(instance.tenant)
         if instance.study_id not in keys:
-            keys[instance.study_id] = study_dek(study=instance.study)
+            with _failures_audited(instance=instance, actor=actor):
+                keys[instance.study_id] = study_dek(study=instance.study)
         storage, dek = storages[instance.tenant_id], keys[instance.study_id]
         pending.append((instance, _readers().submit(_verified, storage, instance, dek)))
 
@@ -174,7 +180,12 @@ def instance_process_start(*, instance: Instance, process: Callable[[bytes], T])
     not touch the database (the reader threads have no connection).
     """
     storage = storage_for(instance.tenant)
-    dek = study_dek(study=instance.study)  # may query: here, not on the reader thread
+    try:
+        dek = study_dek(study=instance.study)  # may query: here, not on the reader thread
+    except IntegrityError as exc:
+        failed: Future[T] = Future()  # handed on, audited, by instance_process_result
+        failed.set_exception(exc)
+        return failed
     return _readers().submit(_processed, storage, instance, dek, process)
 
 

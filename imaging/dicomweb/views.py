@@ -60,7 +60,6 @@ from imaging.dicomweb.pixels import (
 from imaging.dicomweb.query import QueryError, parse_query
 from imaging.dicomweb.search import level_queryset, search_rows
 from imaging.ingest import IngestOutcome, ingest_many
-from imaging.keyring import study_dek
 from imaging.metadata import metadata_for_instance, metadata_item
 from imaging.models import Instance, Series, Study
 from imaging.render import (
@@ -76,6 +75,7 @@ from imaging.services import (
     instance_header_json,
     instance_process_result,
     instance_process_start,
+    instance_study_key,
     instances_chunks,
     thumbnail_bytes,
 )
@@ -385,6 +385,10 @@ def _retrieve(request: HttpRequest, instances: QuerySet[Instance]) -> HttpRespon
     needs_transcode = [r for r in rows if syntaxes[r.pk.hex] != r.transfer_syntax_uid]
     prepared: dict[str, bytes] = {}
     try:
+        # A study key that cannot be opened fails every object of the study: say so
+        # before the answer starts, rather than cut the stream at its first object.
+        for row in {r.study_id: r for r in rows}.values():
+            instance_study_key(instance=row, actor=actor)
         for row in needs_transcode:
             # Transcoding needs the whole dataset; decide 406 before streaming starts.
             prepared[row.pk.hex] = _transcode(
@@ -479,7 +483,7 @@ def _metadata(request: HttpRequest, instances: QuerySet[Instance]) -> HttpRespon
             item = None
             if pseudonym is None:
                 if row.study_id not in keys:
-                    keys[row.study_id] = study_dek(study=row.study)
+                    keys[row.study_id] = instance_study_key(instance=row, actor=actor)
                 header = instance_header_json(instance=row, actor=actor, key=keys[row.study_id])
                 if header:
                     item = metadata_for_instance(header, instance_uri=uri, pixel=pixel)
