@@ -50,7 +50,8 @@ class PrivateFileSystemStorage(FileSystemStorage):
         The caller fsyncs the directory (`sync_directory`), once for many files.
         """
         path = Path(self.path(name))
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not path.parent.is_dir():
+            _make_directories(path.parent)
         temp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.part")
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
@@ -64,6 +65,18 @@ class PrivateFileSystemStorage(FileSystemStorage):
             temp.unlink(missing_ok=True)
             raise
         return path
+
+
+def _make_directories(directory: Path) -> None:
+    """Create `directory` and any missing parents, each new entry made durable in its
+    parent (a clinic's first object must not vanish with its new folder on a power cut)."""
+    missing = []
+    while not directory.is_dir() and directory != directory.parent:
+        missing.append(directory)
+        directory = directory.parent
+    for new in reversed(missing):
+        new.mkdir(mode=0o700, exist_ok=True)  # another writer may have just made it
+        sync_directory(new.parent)
 
 
 def sync_directory(path: Path) -> None:

@@ -205,3 +205,22 @@ def test_objects_are_private_files(clinic, data_dir):
 
     with pytest.raises(NoPublicURL):
         storage_for(clinic).url(instance.storage_key)
+
+
+@pytest.mark.django_db
+def test_a_clinics_first_object_is_durable_with_its_new_folder(clinic, data_dir, monkeypatch):
+    from imaging import storage
+
+    synced = []
+    real = storage.sync_directory
+    monkeypatch.setattr(storage, "sync_directory", lambda path: synced.append(path) or real(path))
+
+    result = ingest(clinic, sample_bytes("CT_small.dcm"))
+
+    folder = (
+        data_dir
+        / "objects"
+        / Instance.objects.for_tenant(clinic).get(pk=result.instance_id).storage_key
+    ).parent
+    assert folder.parent in synced  # the clinic's new folder, recorded in the root
+    assert folder in synced  # the object, recorded in the clinic's folder
