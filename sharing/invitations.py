@@ -35,7 +35,7 @@ from tenants.invitations import (
     invitation_token_seal,
     invitation_usable,
 )
-from tenants.models import Membership, Tenant, User
+from tenants.models import EMAIL_MAX_LENGTH, Membership, Tenant, User
 from tenants.roles import RoleCode
 from tenants.services import membership_add, membership_update
 from tenants.tokens import token_digest
@@ -70,6 +70,8 @@ def patient_invite(
         validate_email(email)
     except ValidationError as exc:
         raise InvitationInvalid("Enter the patient's email address.") from exc
+    if len(email) > EMAIL_MAX_LENGTH:
+        raise InvitationInvalid(f"An email address has at most {EMAIL_MAX_LENGTH} characters.")
     if not patients:
         raise InvitationInvalid("Choose at least one patient record.")
     if any(p.tenant_id != tenant.pk for p in patients):

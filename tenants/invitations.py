@@ -29,7 +29,14 @@ from audit.models import Action, ActorType, Outcome
 from imaging.crypto import unwrap_key, wrap_key
 from imaging.keyring import tenant_key, tenant_key_active
 from portal.tasks import task_send_on_commit
-from tenants.models import Invitation, Membership, StaffInvitation, Tenant, User
+from tenants.models import (
+    EMAIL_MAX_LENGTH,
+    Invitation,
+    Membership,
+    StaffInvitation,
+    Tenant,
+    User,
+)
 from tenants.roles import STAFF_ROLES
 from tenants.selectors import roles_get
 from tenants.services import membership_add, membership_update, user_create
@@ -74,6 +81,8 @@ def staff_invite_check(
         validate_email(email)
     except ValidationError as exc:
         raise InvitationInvalid("Enter the person's email address.") from exc
+    if len(email) > EMAIL_MAX_LENGTH:
+        raise InvitationInvalid(f"An email address has at most {EMAIL_MAX_LENGTH} characters.")
     codes = set(roles)
     if not codes:
         raise InvitationInvalid("Choose at least one role.")

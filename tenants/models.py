@@ -21,9 +21,13 @@ from tenants.roles import ROLE_NAMES, Perm, RoleCode, perms_for
 from tenants.scoping import TenantOwnedModel
 
 slug_validator = RegexValidator(
-    r"^[a-z0-9](?:[a-z0-9-]{0,48}[a-z0-9])?$",
+    r"^[a-z0-9](?:[a-z0-9-]{0,48}[a-z0-9])?\Z",
     "Use 1-50 lowercase letters, digits and hyphens, not starting or ending with a hyphen.",
 )
+
+
+# Every email column's length (RFC 5321's 256-octet path less its angle brackets).
+EMAIL_MAX_LENGTH = 254
 
 
 class Tenant(models.Model):
@@ -159,7 +163,7 @@ class User(AbstractBaseUser, PermissionsMixin):
     """
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    email = models.EmailField("email address", max_length=254, unique=True)
+    email = models.EmailField("email address", max_length=EMAIL_MAX_LENGTH, unique=True)
     full_name = models.CharField(max_length=150, blank=True)
     is_active = models.BooleanField(default=True)
     is_staff = models.BooleanField(

@@ -148,12 +148,19 @@ def test_other_clinics_patient_is_a_404(front_desk, client_for, other_clinic):
         assert client.get(url).status_code == 404
 
 
-def test_bad_email_is_refused_and_nothing_is_stored(own_study, front_desk):
-    with pytest.raises(InvitationInvalid):
+@pytest.mark.parametrize(
+    ("email", "error"),
+    [
+        ("not an email", "email address"),
+        ("a" * 64 + "@" + ".".join(["b" * 60] * 4) + ".org", "at most 254 characters"),
+    ],
+)
+def test_bad_email_is_refused_and_nothing_is_stored(own_study, front_desk, email, error):
+    with pytest.raises(InvitationInvalid, match=error):
         patient_invite(
             tenant=own_study.tenant,
             patients=[own_study.patient],
-            email="not an email",
+            email=email,
             invited_by=front_desk,
             actor=TEST_ACTOR,
             now=timezone.now(),

@@ -160,6 +160,10 @@ def test_members_cannot_be_added_directly_any_more(clinic, other_clinic, tenant_
     assert not Membership.objects.for_tenant(clinic).filter(user=foreign).exists()
 
 
+# A valid address (local part 64, domain 247) longer than any email column.
+LONG_EMAIL = "a" * 64 + "@" + ".".join(["b" * 60] * 4) + ".org"
+
+
 @pytest.mark.django_db
 @pytest.mark.parametrize(
     ("email", "roles", "error"),
@@ -168,6 +172,7 @@ def test_members_cannot_be_added_directly_any_more(clinic, other_clinic, tenant_
         ("radiologist@north.example", ["technologist"], b"already on the clinic&#x27;s staff"),
         ("pending@north.example", ["radiologist"], b"has an invitation waiting until"),
         ("someone@north.example", [], b"This field is required"),
+        (LONG_EMAIL, ["radiologist"], b"at most 254 characters"),
     ],
 )
 def test_invitation_form_errors_change_nothing(
@@ -204,6 +209,15 @@ def test_patient_role_is_neither_offered_nor_accepted(clinic, tenant_admin, clie
         "referring_physician",
         "privacy_officer",
     }
+    with pytest.raises(InvitationInvalid, match="at most 254"):
+        staff_invite(
+            tenant=clinic,
+            email=LONG_EMAIL,
+            roles=["radiologist"],
+            invited_by=tenant_admin,
+            actor=TEST_ACTOR,
+            now=timezone.now(),
+        )
     with pytest.raises(InvitationInvalid, match="patient portal invitation"):
         staff_invite(
             tenant=clinic,
