@@ -12,6 +12,7 @@ sets `request.dicomweb` (a `DicomwebClient`):
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,10 +32,13 @@ from imaging.selectors import studies_with_images
 from sharing.selectors import own_studies
 from tenants.models import ApiToken, Tenant
 from tenants.roles import Perm
+from tenants.sessions import STARTED_AT
 from tenants.tokens import api_token_authenticate
 
 VIEWER_SESSION_HEADER = "X-Viewer-Session"
 VIEWER_SESSION_PARAM = "vs"  # for <img> elements, which cannot send headers
+# One sitting at the viewer; past it, reads are audited one by one again.
+VIEWER_SESSION_MAX_AGE = dt.timedelta(hours=12)
 
 
 @dataclass(frozen=True)
@@ -116,17 +120,34 @@ def bearer_token(
     return wrapped
 
 
-def _viewer_session(request: HttpRequest, tenant: Tenant, **owner: Any) -> ViewerSession | None:
-    """The viewer session the request names, if `owner` (a user or a share) opened it.
+def _viewer_session(
+    request: HttpRequest, tenant: Tenant, *, opened_after: dt.datetime, **owner: Any
+) -> ViewerSession | None:
+    """The viewer session the request names, if `owner` (a user or a share) opened it
+    after `opened_after` and within VIEWER_SESSION_MAX_AGE.
 
-    Another person's id is ignored, and their reads are then audited one by one.
+    Another person's id, an old one (from a browser history, a thumbnail URL) or one of
+    an earlier sign-in is ignored, and the reads are then audited one by one: a viewer
+    session only stands for one sitting at the viewer.
     """
     raw = request.headers.get(VIEWER_SESSION_HEADER) or request.GET.get(VIEWER_SESSION_PARAM, "")
     try:
         session_id = uuid.UUID(raw)
     except ValueError:
         return None
-    return ViewerSession.objects.for_tenant(tenant).filter(pk=session_id, **owner).first()
+    since = max(opened_after, timezone.now() - VIEWER_SESSION_MAX_AGE)
+    return (
+        ViewerSession.objects.for_tenant(tenant)
+        .filter(pk=session_id, created_at__gte=since, **owner)
+        .first()
+    )
+
+
+def _signed_in_at(request: HttpRequest) -> dt.datetime:
+    started = request.session.get(STARTED_AT)
+    if not isinstance(started, int | float):
+        return timezone.now()  # no recorded sign-in: no viewer session counts
+    return dt.datetime.fromtimestamp(started, tz=dt.UTC)
 
 
 def signed_in_member(
@@ -158,7 +179,9 @@ def signed_in_member(
             tenant=tenant,
             actor=Actor.from_request(request),
             studies=studies,
-            viewer_session=_viewer_session(request, tenant, user=request.user),
+            viewer_session=_viewer_session(
+                request, tenant, opened_after=_signed_in_at(request), user=request.user
+            ),
         )
         return view(request, *args, **kwargs)
 
@@ -213,7 +236,9 @@ def share_recipient(
             actor=share_actor(share, ip=client_ip(request)),
             studies=Study.objects.for_tenant(share.tenant).filter(pk=share.study_id),
             series=chosen if chosen.exists() else None,
-            viewer_session=_viewer_session(request, share.tenant, share=share),
+            viewer_session=_viewer_session(
+                request, share.tenant, opened_after=share.created_at, share=share
+            ),
             pseudonym=share.pseudonym,
         )
         return view(request, *args, **kwargs)

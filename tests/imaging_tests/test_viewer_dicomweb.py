@@ -6,6 +6,7 @@ reads without one are audited one by one.
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 
 import numpy as np
@@ -119,6 +120,36 @@ def test_someone_elses_viewer_session_does_not_silence_the_audit(
 ):
     session_id = open_viewer(client_for(radiologist), study)
     client = client_for(technologist)
+
+    for row in instances(study):
+        client.get(frame_url(row), HTTP_ACCEPT=FRAMES_ACCEPT, HTTP_X_VIEWER_SESSION=session_id)
+
+    assert audit_actions(study.tenant).count(Action.DICOMWEB_RETRIEVE) == 4
+
+
+def test_a_viewer_session_of_an_earlier_sign_in_does_not_silence_the_audit(
+    client_for, radiologist, study
+):
+    session_id = open_viewer(client_for(radiologist), study)
+    ViewerSession.objects.for_tenant(study.tenant).filter(pk=session_id).update(
+        created_at=timezone.now() - dt.timedelta(minutes=5)
+    )
+    later = client_for(radiologist)  # signed in again since (another day, a history URL)
+
+    for row in instances(study):
+        later.get(frame_url(row), HTTP_ACCEPT=FRAMES_ACCEPT, HTTP_X_VIEWER_SESSION=session_id)
+
+    assert audit_actions(study.tenant).count(Action.DICOMWEB_RETRIEVE) == 4
+
+
+def test_a_viewer_session_past_its_sitting_does_not_silence_the_audit(
+    client_for, radiologist, study
+):
+    client = client_for(radiologist)
+    session_id = open_viewer(client, study)
+    ViewerSession.objects.for_tenant(study.tenant).filter(pk=session_id).update(
+        created_at=timezone.now() - dt.timedelta(hours=13)
+    )
 
     for row in instances(study):
         client.get(frame_url(row), HTTP_ACCEPT=FRAMES_ACCEPT, HTTP_X_VIEWER_SESSION=session_id)
