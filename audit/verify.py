@@ -87,10 +87,6 @@ def chains_verify(*, tenant_slug: str | None = None) -> list[ChainReport]:
         for tenant in tenants
         if tenant.pk not in chained
     ]
-    if tenant_slug is None and PLATFORM_CHAIN_KEY not in {r.chain_key for r in reports}:
-        # Migrations create it: without it, failed sign-ins and operators' actions
-        # (the platform's own events) could be removed with their chain unnoticed.
-        reports.append(ChainReport(PLATFORM_CHAIN_KEY, None, None, 0, 1, "chain missing"))
     if tenant_slug is None:
         # A checkpointed chain whose row is gone altogether (the platform's, or a
         # clinic's removed with its clinic row) was removed too.
@@ -100,4 +96,8 @@ def chains_verify(*, tenant_slug: str | None = None) -> list[ChainReport]:
             for key in checkpointed_chain_keys()
             if key not in known
         ]
+        if PLATFORM_CHAIN_KEY not in {r.chain_key for r in reports}:
+            # Migrations create it: without it, failed sign-ins and operators' actions
+            # (the platform's own events) could be removed with their chain unnoticed.
+            reports.append(ChainReport(PLATFORM_CHAIN_KEY, None, None, 0, 1, "chain missing"))
     return reports
