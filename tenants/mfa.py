@@ -41,6 +41,8 @@ from tenants.selectors import user_memberships
 from tenants.throttle import ThrottleKey, is_locked, register_failure, register_success
 
 MFA_AT = "_mfa_verified_at"
+# The pending authenticator this session started; only this session may confirm it.
+PENDING_TOTP = "_mfa_pending_totp_device"
 DEFAULT_STEP_UP_MINUTES = 10
 BACKUP_CODE_ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"
 
@@ -94,10 +96,45 @@ def has_totp(user: User) -> bool:
 # --- Enrolment ----------------------------------------------------------------------
 
 
+@transaction.atomic
 def totp_device_start(*, user: User) -> TOTPDevice:
-    """The user's pending authenticator (reused on reload until confirmed)."""
-    device = TOTPDevice.objects.filter(user=user, confirmed=False).order_by("-id").first()
-    return device or TOTPDevice.objects.create(user=user, name="Authenticator", confirmed=False)
+    """A pending authenticator with a fresh secret; any earlier pending one is dropped.
+
+    A secret is shown once. Showing the same pending secret again would let whoever saw
+    it first (someone with only the password, before the user enrols) hold the second
+    factor the user confirms later.
+    """
+    TOTPDevice.objects.filter(user=user, confirmed=False).delete()
+    return TOTPDevice.objects.create(user=user, name="Authenticator", confirmed=False)
+
+
+def session_totp_start(request: HttpRequest, *, user: User) -> TOTPDevice:
+    """Start enrolment and tie the pending authenticator to this session."""
+    device = totp_device_start(user=user)
+    request.session[PENDING_TOTP] = device.pk
+    return device
+
+
+def session_totp_pending(request: HttpRequest, *, user: User) -> TOTPDevice | None:
+    """The pending authenticator this session was shown, if it is still pending."""
+    device_id = request.session.get(PENDING_TOTP)
+    if device_id is None:
+        return None
+    return TOTPDevice.objects.filter(pk=device_id, user=user, confirmed=False).first()
+
+
+def session_totp_confirm(
+    request: HttpRequest, *, user: User, token: str, actor: Actor
+) -> list[str]:
+    """Confirm the authenticator this session started (no other); returns backup codes.
+
+    The session is then verified with it, under a fresh session key.
+    """
+    device_id = request.session.get(PENDING_TOTP)
+    codes = totp_device_confirm(user=user, device_id=device_id, token=token, actor=actor)
+    del request.session[PENDING_TOTP]
+    session_mark_verified(request, TOTPDevice.objects.get(pk=device_id, user=user))
+    return codes
 
 
 def totp_secret_base32(device: TOTPDevice) -> str:
@@ -112,7 +149,9 @@ def qr_svg_data_uri(text: str) -> str:
 
 
 @transaction.atomic
-def totp_device_confirm(*, user: User, device_id: int, token: str, actor: Actor) -> list[str]:
+def totp_device_confirm(
+    *, user: User, device_id: int | None, token: str, actor: Actor
+) -> list[str]:
     """Confirm a pending authenticator with a current code; returns fresh backup codes."""
     device = (
         TOTPDevice.objects.select_for_update()

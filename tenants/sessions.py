@@ -5,6 +5,13 @@ clinics (never longer than the platform's SESSION_IDLE_SECONDS / SESSION_COOKIE_
 Deactivating the user is caught by Django's auth backend on the next request;
 deactivating one of the memberships the session started with, or suspending its
 clinic, ends the whole session on the next request.
+
+Only what a person does counts as activity. Polls a page makes by itself on a timer
+(the viewer's access check) are answered, and refused once the session has ended,
+but do not move the idle clock: an unattended workstation with the viewer open
+still idles out. A poll that reports input since the last one (`?active=1`: the
+viewer's scrolling and windowing through images it already holds ask the server
+nothing) counts, as the person's own action.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from django.contrib.auth import logout
 from django.contrib.auth.signals import user_logged_in
 from django.dispatch import receiver
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
-from django.urls import reverse
+from django.urls import Resolver404, resolve, reverse
 
 import audit
 from audit.actors import Actor
@@ -35,6 +42,10 @@ LAST_SEEN_AT = "_session_last_seen_at"
 IDLE_LIMIT = "_session_idle_seconds"
 ABSOLUTE_LIMIT = "_session_absolute_seconds"
 MEMBERSHIPS = "_session_memberships"
+
+# Routes only ever asked by a timer, never by a person's action. Named here, on the
+# server, rather than marked by a request header: nothing a client sends extends a session.
+BACKGROUND_POLL_ROUTES = frozenset({"viewer_dicomweb_study_access", "share_dicomweb_study_access"})
 
 
 def session_limits(user: User) -> tuple[int, int, list[str]]:
@@ -61,6 +72,15 @@ def session_start(request: HttpRequest, user: User, *, now: float) -> None:
 def _on_login(sender: Any, request: HttpRequest | None, user: User, **kwargs: Any) -> None:
     if request is not None and hasattr(request, "session"):
         session_start(request, user, now=time.time())
+
+
+def is_background_poll(request: HttpRequest) -> bool:
+    """Whether the request is a timer's poll rather than someone's action."""
+    try:
+        match = resolve(request.path_info, getattr(request, "urlconf", None))
+    except Resolver404:
+        return False
+    return match.url_name in BACKGROUND_POLL_ROUTES and request.GET.get("active") != "1"
 
 
 def _memberships_still_valid(ids: list[str]) -> bool:
@@ -99,7 +119,8 @@ class SessionSecurityMiddleware:
                     # than through the sign-in page with its token in `next=`.
                     return self.get_response(request)
                 return response
-            session[LAST_SEEN_AT] = now
+            if not is_background_poll(request):
+                session[LAST_SEEN_AT] = now
         return self.get_response(request)
 
     @staticmethod

@@ -15,6 +15,7 @@ accounts and addresses alike.
 from __future__ import annotations
 
 import hashlib
+import unicodedata
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -23,6 +24,19 @@ from django.http import HttpRequest
 from django.utils import timezone
 
 from audit.actors import client_ip
+
+
+def account_identity(account: str) -> str:
+    """The one spelling of an account that its lockout counts under.
+
+    The sign-in form NFKC-normalises the username and the account is looked up
+    ignoring case, so every spelling that reaches an account (fullwidth letters,
+    capitals, spaces around it) must count against the same lockout. NFKC, then
+    case-folded, then NFKC again (Unicode's NFKC_Casefold, near enough): case-folding
+    matches at least what a case-insensitive lookup matches.
+    """
+    folded = unicodedata.normalize("NFKC", account).strip().casefold()
+    return unicodedata.normalize("NFKC", folded)
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,7 +50,7 @@ class ThrottleKey:
 
     @property
     def account_key(self) -> str:
-        return f"throttle:{self.kind}:acct:{self._digest(self.account.strip().lower())}"
+        return f"throttle:{self.kind}:acct:{self._digest(account_identity(self.account))}"
 
     @property
     def ip_key(self) -> str | None:

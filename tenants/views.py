@@ -31,10 +31,11 @@ from tenants.mfa import (
     require_step_up,
     second_factor_verify,
     session_mark_verified,
+    session_totp_confirm,
+    session_totp_pending,
+    session_totp_start,
     step_up_is_fresh,
     step_up_redirect,
-    totp_device_confirm,
-    totp_device_start,
     totp_secret_base32,
 )
 from tenants.models import User
@@ -137,26 +138,30 @@ def mfa_enrol(request: HttpRequest) -> HttpResponse:
         if not step_up_is_fresh(request):
             # Adding a factor (and new backup codes) is as sensitive as a role change.
             return step_up_redirect(request)
-    device = totp_device_start(user=user)
-    form = EnrolForm(request.POST or None, initial={"device_id": device.pk})
-    if request.method == "POST" and form.is_valid():
-        try:
-            codes = totp_device_confirm(
-                user=user,
-                device_id=form.cleaned_data["device_id"],
-                token=form.cleaned_data["code"],
-                actor=Actor.from_request(request),
-            )
-        except SecondFactorError as exc:
-            form.add_error("code", str(exc))
-        else:
-            device.refresh_from_db()
-            session_mark_verified(request, device)
-            return render(
-                request,
-                "accounts/backup_codes.html",
-                {"codes": codes, "next": safe_next(request)},
-            )
+    if request.method == "POST":
+        form = EnrolForm(request.POST)
+        if form.is_valid():
+            try:
+                codes = session_totp_confirm(
+                    request,
+                    user=user,
+                    token=form.cleaned_data["code"],
+                    actor=Actor.from_request(request),
+                )
+            except SecondFactorError as exc:
+                form.add_error("code", str(exc))
+            else:
+                return render(
+                    request,
+                    "accounts/backup_codes.html",
+                    {"codes": codes, "next": safe_next(request)},
+                )
+        # A wrong code keeps the secret on screen; one replaced by another session's
+        # start (or never started) gives way to a fresh one.
+        device = session_totp_pending(request, user=user) or session_totp_start(request, user=user)
+    else:
+        device = session_totp_start(request, user=user)
+        form = EnrolForm(initial={"device_id": device.pk})
     return render(
         request,
         "accounts/enrol.html",

@@ -673,13 +673,21 @@
   // Access can end while nothing is being fetched (every image already loaded), so the
   // viewer asks now and then, and when its tab comes back into view. A redirect (to the
   // sign-in page) counts as ended; a network failure does not (the next check asks again).
+  // A check also says whether the reader has scrolled, windowed or typed since the last
+  // one: reading images already loaded asks the server nothing, and that must count as
+  // activity for the sign-in's idle limit, while an unattended viewer must not.
   const ACCESS_CHECK_MS = Number(viewer.dataset.accessCheckMs) || 30000;
   let lastAccessCheck = performance.now();
+  let lastInput = 0;
+  for (const type of ["pointerdown", "wheel", "keydown", "touchstart"]) {
+    viewer.addEventListener(type, () => { lastInput = performance.now(); }, { passive: true });
+  }
   async function checkAccess() {
     if (ended) return;
+    const active = lastInput > lastAccessCheck ? "?active=1" : "";
     lastAccessCheck = performance.now();
     try {
-      const res = await fetch(`${cfg.root}/studies/${encodeURIComponent(cfg.study)}/access`, {
+      const res = await fetch(`${cfg.root}/studies/${encodeURIComponent(cfg.study)}/access${active}`, {
         credentials: "same-origin", redirect: "manual", headers: { "X-Viewer-Session": cfg.session } });
       if (ENDED_STATUSES.has(res.status) || res.type === "opaqueredirect") endAccess();
     } catch (err) {
