@@ -10,13 +10,22 @@ from __future__ import annotations
 import datetime as dt
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
-from django.db.models import Q
+from django.db import models
+from django.db.models import Lookup, Q
 from django.http import QueryDict
 from pydicom.datadict import keyword_for_tag
 
 MAX_LIMIT = 1000
 DEFAULT_LIMIT = 200
+# Wildcards in one value (a run of * counts once) and a value's length: both bound the
+# work one pattern costs the database per row. PN and LO may be as long as the index
+# keeps them (imaging.dicom), every other VR matched here holds at most 64 characters;
+# a longer value could match nothing.
+MAX_WILDCARDS = 16
+MAX_LENGTH = {"PN": 324, "LO": 256}
+DEFAULT_MAX_LENGTH = 64
 
 
 class QueryError(ValueError):
@@ -94,8 +103,10 @@ RETURN_ONLY = {
     "BodyPartExamined",
 }
 CONTROL = {"limit", "offset", "includefield", "fuzzymatching"}
-DATE = re.compile(r"^\d{8}$")
-TIME = re.compile(r"^\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?$")
+# Matched whole (fullmatch): $ would let a trailing newline through, and \d any digit
+# Unicode knows.
+DATE = re.compile(r"[0-9]{8}")
+TIME = re.compile(r"[0-9]{2}([0-9]{2}([0-9]{2}(\.[0-9]{1,6})?)?)?")
 # Whole numbers the database's integer columns hold (IS is at most 12 characters, and
 # an offset beyond this is past any clinic's studies).
 INT_MAX = 2**31 - 1
@@ -151,7 +162,7 @@ def _int(params: QueryDict, name: str, default: int) -> int:
 
 
 def _date(text: str, name: str) -> dt.date:
-    if not DATE.match(text):
+    if not DATE.fullmatch(text):
         raise QueryError(f"{name}: {text!r} is not a date (YYYYMMDD).")
     try:
         return dt.date(int(text[:4]), int(text[4:6]), int(text[6:]))
@@ -159,22 +170,63 @@ def _date(text: str, name: str) -> dt.date:
         raise QueryError(f"{name}: {text!r} is not a valid date.") from None
 
 
-def _wildcard_regex(value: str) -> str:
-    # Runs of * are one *: stacked .* make a backtracking regular expression engine
-    # (SQLite's is Python's) take minutes over a non-matching value.
-    value = re.sub(r"\*+", "*", value)
-    return (
-        "^"
-        + "".join(".*" if ch == "*" else "." if ch == "?" else re.escape(ch) for ch in value)
-        + "$"
-    )
+def _sql_text(text: str, vendor: str) -> str:
+    """`text` as an SQL string literal in a statement that takes %s parameters."""
+    # E'' reads a backslash alike whatever PostgreSQL's standard_conforming_strings says.
+    quoted = "E'" + text.replace("\\", "\\\\") + "'" if vendor == "postgresql" else f"'{text}'"
+    return quoted.replace("%", "%%")
+
+
+class WildcardMatch(Lookup):
+    """PS3.4 C.2.2.2.4 wildcard matching, case-sensitive: * any run of characters, ? one.
+
+    Matched with LIKE (GLOB on SQLite, whose LIKE ignores ASCII case), never a regular
+    expression: both databases match these patterns in time bounded by the lengths,
+    where a backtracking engine (SQLite's REGEXP is Python's) took seconds per row on a
+    value like `*?*?*?*?*?*?*!`. The SQL turns the value into the pattern, so the value
+    is bound as sent and a statement compiled once (portal.statements) stays right for
+    every value.
+    """
+
+    lookup_name = "dicom_wildcard"
+    case_sensitive = True
+
+    def as_sql(self, compiler: Any, connection: Any) -> tuple[str, list[Any]]:
+        lhs, lhs_params = self.process_lhs(compiler, connection)
+        rhs, rhs_params = self.process_rhs(compiler, connection)
+        params = [*lhs_params, *rhs_params]
+        vendor = connection.vendor
+        if vendor == "sqlite" and self.case_sensitive:
+            # GLOB's own wildcards are * and ?; only [ (a character class) needs escaping.
+            return f"{lhs} GLOB REPLACE({rhs}, '[', '[[]')", params
+        pattern = rhs
+        # The user's %, _ and the escape character are literal; then * and ? become
+        # LIKE's wildcards.
+        for old, new in (("\\", "\\\\"), ("%", "\\%"), ("_", "\\_"), ("*", "%"), ("?", "_")):
+            pattern = f"REPLACE({pattern}, {_sql_text(old, vendor)}, {_sql_text(new, vendor)})"
+        escape = _sql_text("\\", vendor)
+        if self.case_sensitive or vendor == "sqlite":  # SQLite's LIKE ignores ASCII case
+            return f"{lhs} LIKE {pattern} ESCAPE {escape}", params
+        # As Django's iexact and icontains fold case on PostgreSQL.
+        return f"UPPER({lhs}) LIKE UPPER({pattern}) ESCAPE {escape}", params
+
+
+class WildcardIMatch(WildcardMatch):
+    """Wildcard matching ignoring case, as person names are matched."""
+
+    lookup_name = "dicom_iwildcard"
+    case_sensitive = False
+
+
+models.CharField.register_lookup(WildcardMatch)
+models.CharField.register_lookup(WildcardIMatch)
 
 
 def _time_bounds(text: str, name: str) -> tuple[str, str]:
     """Text bounds for the stored TM values (HH[MM[SS[.F...]]]) at or after, and at or
     before, the time `text`: stored times keep the precision they came with."""
     whole, _, fraction = text.partition(".")
-    parts = [int(whole[i : i + 2]) for i in range(0, len(whole), 2)] if TIME.match(text) else []
+    parts = [int(whole[i : i + 2]) for i in range(0, len(whole), 2)] if TIME.fullmatch(text) else []
     if not parts or any(part > top for part, top in zip(parts, (23, 59, 60), strict=False)):
         raise QueryError(f"{name}: {text!r} is not a time (HHMMSS).")
     end = whole + "235959"[len(whole) :] + "." + fraction.ljust(6, "9")
@@ -222,8 +274,13 @@ def _match(keyword: str, vr: str, path: str, value: str, fuzzy: bool) -> Q:
             q |= Q(**{f"{path}__regex": rf"(^|\\){re.escape(modality)}($|\\)"})
         return q
     if "*" in value or "?" in value:
-        lookup = "iregex" if vr == "PN" else "regex"
-        return Q(**{f"{path}__{lookup}": _wildcard_regex(value)})
+        value = re.sub(r"\*+", "*", value)  # a run of * matches what one does
+        if value.count("*") + value.count("?") > MAX_WILDCARDS:
+            raise QueryError(
+                f"{keyword}: a value may hold at most {MAX_WILDCARDS} wildcards (* or ?)."
+            )
+        lookup = "dicom_iwildcard" if vr == "PN" else "dicom_wildcard"
+        return Q(**{f"{path}__{lookup}": value})
     if vr == "PN" and fuzzy:
         return Q(**{f"{path}__icontains": value})
     if vr == "PN":
@@ -233,10 +290,14 @@ def _match(keyword: str, vr: str, path: str, value: str, fuzzy: bool) -> Q:
 
 def parse_query(params: QueryDict, *, level: str) -> Query:
     """Validate QIDO parameters for `level` (study, series or instance)."""
-    asked = _int(params, "limit", DEFAULT_LIMIT)
+    # limit=0 would ask for an empty answer, which no client wants: it is read as no
+    # limit given, for which PS3.18 8.3.4.4 has the server answer up to its own maximum
+    # (and say so when it cuts there). Refusing it would also leave "from 0" wrong in
+    # the message every other bad limit gets.
+    asked = _int(params, "limit", 0)
     query = Query(
-        limit=min(asked, MAX_LIMIT),
-        capped=not params.get("limit") or asked > MAX_LIMIT,
+        limit=min(asked or DEFAULT_LIMIT, MAX_LIMIT),
+        capped=not asked or asked > MAX_LIMIT,
         offset=_int(params, "offset", 0),
         fuzzy=params.get("fuzzymatching", "false").lower() == "true",
     )
@@ -259,8 +320,17 @@ def parse_query(params: QueryDict, *, level: str) -> Query:
         for value in params.getlist(name):
             if "\x00" in value:  # no database text holds it
                 raise QueryError(f"{keyword}: a value may not contain NUL.")
-            if value:
+            # A UID list may be long: it is matched by equality, item by item.
+            if vr != "UI" and len(value) > (most := MAX_LENGTH.get(vr, DEFAULT_MAX_LENGTH)):
+                raise QueryError(f"{keyword}: a value may have at most {most} characters.")
+            if not value:
+                continue
+            try:
                 query.filters &= _match(keyword, vr, path, value, query.fuzzy)
-                if "patient__" in path:
-                    query.patient = path[: path.index("patient__") + len("patient")]
+            except QueryError:
+                raise
+            except ValueError:  # a value no check above foresaw: the client's error still
+                raise QueryError(f"{keyword}: {value!r} cannot be matched.") from None
+            if "patient__" in path:
+                query.patient = path[: path.index("patient__") + len("patient")]
     return query
