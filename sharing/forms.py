@@ -5,7 +5,9 @@ from typing import Any
 from django import forms
 
 from sharing.models import ShareLink
+from sharing.services import EMAIL_TOO_LONG
 from tenants.forms import NewAccountForm
+from tenants.models import EMAIL_MAX_LENGTH
 
 
 class ShareForm(forms.Form):
@@ -34,7 +36,12 @@ class ShareForm(forms.Form):
     deidentify = forms.BooleanField(
         label="De-identify (hide the patient's name, ID and birth date)", required=False
     )
-    recipient_email = forms.EmailField(label="Send the link to (optional)", required=False)
+    recipient_email = forms.EmailField(
+        label="Send the link to (optional)",
+        required=False,
+        max_length=EMAIL_MAX_LENGTH,
+        error_messages={"max_length": EMAIL_TOO_LONG},
+    )
     message = forms.CharField(
         label="Message (optional)",
         required=False,
@@ -86,6 +93,8 @@ class PatientShareForm(ShareForm):
 class PatientInviteForm(forms.Form):
     email = forms.EmailField(
         label="Patient's email address",
+        max_length=EMAIL_MAX_LENGTH,
+        error_messages={"max_length": EMAIL_TOO_LONG},
         help_text="Check it with the patient in person: the invitation goes to this address.",
     )
     patients = forms.MultipleChoiceField(

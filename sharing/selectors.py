@@ -20,6 +20,13 @@ from tenants.selectors import user_memberships
 
 PATIENT_HISTORY_SIZE = 100
 
+# Who may see and revoke every link of the clinic, whoever made it (a partner's token, a
+# member who left, a patient): the privacy officer, whose job is overseeing disclosures.
+# Not `study.share` (a radiologist manages their own links, not colleagues'), not
+# `clinic.manage` (administration sees no patient data). Revoking only takes access
+# away, and the list shows no demographics unless the member's roles already do.
+SHARE_OVERSIGHT_PERM = Perm.AUDIT_READ
+
 
 def share_list(*, membership: Membership) -> QuerySet[ShareLink]:
     """The links this member made that they may still see, newest first.
@@ -33,20 +40,42 @@ def share_list(*, membership: Membership) -> QuerySet[ShareLink]:
     return shares.select_related("study", "study__patient").order_by("-created_at")
 
 
+def share_list_live(*, membership: Membership, now: dt.datetime) -> QuerySet[ShareLink]:
+    """Every live link of the clinic, whoever made it, newest first; none for a member
+    without oversight."""
+    shares = ShareLink.objects.for_tenant(membership.tenant)
+    if not membership.has_perm(SHARE_OVERSIGHT_PERM):
+        return shares.none()
+    return (
+        shares.filter(revoked_at__isnull=True, expires_at__gt=now)
+        .select_related("study", "study__patient", "created_by", "created_by_token")
+        .order_by("-created_at")
+    )
+
+
 def share_get(*, membership: Membership, share_id: uuid.UUID) -> ShareLink | None:
-    """One of `share_list`'s links."""
-    return share_list(membership=membership).filter(pk=share_id).first()
+    """One of `share_list`'s links; for a member with oversight, any link of the clinic."""
+    if membership.has_perm(SHARE_OVERSIGHT_PERM):
+        shares = ShareLink.objects.for_tenant(membership.tenant).select_related(
+            "study", "study__patient", "created_by", "created_by_token"
+        )
+    else:
+        shares = share_list(membership=membership)
+    return shares.filter(pk=share_id).first()
 
 
 def share_masked_study_ids(
     *, membership: Membership, shares: list[ShareLink], now: dt.datetime
 ) -> set[uuid.UUID]:
-    """Studies of `shares` whose demographics this member may no longer see.
+    """Studies of `shares` whose demographics this member may not see.
 
-    Staff follow the worklist's rule (a study made confidential since, a grant withdrawn);
-    a patient's list holds only their own studies.
+    Staff follow the worklist's rule (a study made confidential since, a grant withdrawn;
+    every study for an overseer whose roles show no worklist); a patient's own links are
+    to their own studies.
     """
     if not membership.has_perm(Perm.STUDY_SHARE):
+        shares = [s for s in shares if s.created_by_id != membership.user_id]
+    if not shares:
         return set()
     return masked_study_ids(membership=membership, studies=[s.study for s in shares], now=now)
 

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from django.conf import settings
 from django.contrib.auth.hashers import check_password, make_password
 from django.db import transaction
-from django.db.models import F, Q
+from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
 import audit
@@ -26,12 +26,14 @@ from imaging.keyring import study_dek
 from imaging.models import Series, Study
 from portal.tasks import task_send_on_commit
 from sharing.models import ShareLink
-from tenants.models import ApiToken, Tenant, User
+from tenants.models import EMAIL_MAX_LENGTH, ApiToken, Tenant, User
 from tenants.tokens import token_digest
 
 TOKEN_BYTES = 32
 MAX_SECRET_ATTEMPTS = 5
 PIN_PATTERN = re.compile(r"^[0-9]{4,12}$")
+# A longer address would fail at the database (PostgreSQL) instead of being refused.
+EMAIL_TOO_LONG = f"An email address has at most {EMAIL_MAX_LENGTH} characters."
 
 
 class ShareInvalid(ValueError):
@@ -106,6 +108,11 @@ def share_create(
         raise ShareInvalid("Choose series of this study only.")
     if challenge not in ShareLink.Challenge.values:
         raise ShareInvalid("Unknown challenge.")
+    if len(recipient_email) > EMAIL_MAX_LENGTH:
+        raise ShareInvalid(EMAIL_TOO_LONG)
+    if created_by_token is not None and not _token_live_locked(created_by_token, now=now):
+        # Revoked while this request was under way: its links are being revoked too.
+        raise ShareInvalid("This token is no longer valid.")
     raw = secrets.token_urlsafe(TOKEN_BYTES)
     share = ShareLink.objects.create(
         tenant=tenant,
@@ -154,8 +161,23 @@ def share_create(
     return share, raw
 
 
+def _token_live_locked(token: ApiToken, *, now: dt.datetime) -> bool:
+    """Lock the token's row until commit, so its revocation waits for this link and
+    revokes it, or has committed and this link is refused."""
+    return (
+        ApiToken.objects.for_tenant(token.tenant)
+        .select_for_update()
+        .filter(pk=token.pk, revoked_at__isnull=True)
+        .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
+        .values_list("pk", flat=True)
+        .first()
+        is not None
+    )
+
+
 @transaction.atomic
-def share_revoke(*, share: ShareLink, actor: Actor, now: dt.datetime) -> bool:
+def share_revoke(*, share: ShareLink, actor: Actor, now: dt.datetime, reason: str = "") -> bool:
+    """Revoke a link; False when it already was. `reason` goes into the audit detail."""
     revoked = (
         ShareLink.objects.for_tenant(share.tenant)
         .filter(pk=share.pk, revoked_at__isnull=True)
@@ -169,9 +191,36 @@ def share_revoke(*, share: ShareLink, actor: Actor, now: dt.datetime) -> bool:
             action=Action.SHARE_REVOKED,
             target=share.study,
             tenant=share.tenant,
-            detail={"share": str(share.pk)},
+            detail={"share": str(share.pk), **({"reason": reason} if reason else {})},
         )
     return bool(revoked)
+
+
+def _revoke_live(
+    shares: QuerySet[ShareLink], *, actor: Actor, now: dt.datetime, reason: str
+) -> int:
+    live = shares.filter(revoked_at__isnull=True, expires_at__gt=now)
+    return sum(
+        share_revoke(share=share, actor=actor, now=now, reason=reason)
+        for share in live.select_related("study", "tenant").order_by("created_at")
+    )
+
+
+@transaction.atomic
+def shares_revoke_created_by(*, tenant: Tenant, user: User, actor: Actor, now: dt.datetime) -> int:
+    """Revoke every live link `user` made in `tenant` (a member who left); returns how many.
+
+    Each revocation is audited on its study, as if revoked one by one.
+    """
+    shares = ShareLink.objects.for_tenant(tenant).filter(created_by=user)
+    return _revoke_live(shares, actor=actor, now=now, reason="creator_deactivated")
+
+
+@transaction.atomic
+def shares_revoke_created_by_token(*, token: ApiToken, actor: Actor, now: dt.datetime) -> int:
+    """Revoke every live link a partner token made (the token was revoked); returns how many."""
+    shares = ShareLink.objects.for_tenant(token.tenant).filter(created_by_token=token)
+    return _revoke_live(shares, actor=actor, now=now, reason="token_revoked")
 
 
 def _refuse(share: ShareLink, *, state: str, ip: str | None) -> ShareUnavailable:

@@ -27,6 +27,7 @@ clinic_patterns = [
     ),
     path("studies/<uuid:study_id>/share/", views.share_new, name="share_new"),
     path("shares/", views.share_index, name="share_list"),
+    path("shares/live/", views.share_oversight, name="share_oversight"),
     path("shares/<uuid:share_id>/", views.share_detail, name="share_detail"),
     path("shares/<uuid:share_id>/revoke/", views.share_revoke_view, name="share_revoke"),
 ]

@@ -34,7 +34,13 @@ from imaging.views.viewer import viewer_context
 from sharing.forms import ChallengeForm, ShareForm
 from sharing.models import ShareLink
 from sharing.recipient import recipient_begin, recipient_end, recipient_share, recipient_verified
-from sharing.selectors import share_get, share_list, share_masked_study_ids
+from sharing.selectors import (
+    SHARE_OVERSIGHT_PERM,
+    share_get,
+    share_list,
+    share_list_live,
+    share_masked_study_ids,
+)
 from sharing.services import (
     ShareInvalid,
     ShareUnavailable,
@@ -168,8 +174,52 @@ def share_index(request: HttpRequest) -> HttpResponse:
     )
 
 
-def _own_share(request: HttpRequest, share_id: uuid.UUID) -> ShareLink:
-    check_clinic_perm(request, Perm.STUDY_SHARE, Perm.OWN_STUDIES)
+@require_perm(SHARE_OVERSIGHT_PERM)
+def share_oversight(request: HttpRequest) -> HttpResponse:
+    """Every live link of the clinic, whoever made it, for the member who oversees them."""
+    membership = request.membership  # type: ignore[attr-defined]
+    now = timezone.now()
+    links = list(share_list_live(membership=membership, now=now))
+    masked = share_masked_study_ids(membership=membership, shares=links, now=now)
+    audit.record(
+        actor=_actor(request),
+        action=Action.SHARES_LISTED,
+        target=None,
+        tenant=request.tenant,
+        detail={
+            "scope": "clinic",
+            "shares": [str(s.pk) for s in links],
+            "studies": list(dict.fromkeys(str(s.study_id) for s in links)),
+        },
+    )
+    return render(
+        request,
+        "sharing/oversight.html",
+        {
+            "rows": [
+                {
+                    "share": s,
+                    "state": s.state_at(now),
+                    "masked": s.study_id in masked,
+                    "creator": _creator(s),
+                }
+                for s in links
+            ]
+        },
+    )
+
+
+def _creator(share: ShareLink) -> str:
+    if share.created_by_token_id is not None:
+        return f"API token “{share.created_by_token.name}”"
+    if share.created_by_id is not None:
+        return share.created_by.email
+    return "—"
+
+
+def _member_share(request: HttpRequest, share_id: uuid.UUID) -> ShareLink:
+    """A link the member made, or any link of the clinic for one who oversees them."""
+    check_clinic_perm(request, Perm.STUDY_SHARE, Perm.OWN_STUDIES, SHARE_OVERSIGHT_PERM)
     share = share_get(membership=request.membership, share_id=share_id)  # type: ignore[attr-defined]
     if share is None:
         raise Http404("No such share link")
@@ -178,12 +228,11 @@ def _own_share(request: HttpRequest, share_id: uuid.UUID) -> ShareLink:
 
 @never_cache
 def share_detail(request: HttpRequest, share_id: uuid.UUID) -> HttpResponse:
-    share = _own_share(request, share_id)
+    share = _member_share(request, share_id)
+    membership = request.membership  # type: ignore[attr-defined]
     now = timezone.now()
     masked = share.study_id in share_masked_study_ids(
-        membership=request.membership,  # type: ignore[attr-defined]
-        shares=[share],
-        now=now,
+        membership=membership, shares=[share], now=now
     )
     events = list(
         AuditEvent.objects.for_tenant(request.tenant)
@@ -207,16 +256,24 @@ def share_detail(request: HttpRequest, share_id: uuid.UUID) -> HttpResponse:
         tenant=request.tenant,
         detail={"share": str(share.pk)},
     )
+    mine = share.created_by_id == membership.user_id
     return render(
         request,
         "sharing/detail.html",
-        {"share": share, "state": share.state_at(now), "rows": rows, "masked": masked},
+        {
+            "share": share,
+            "state": share.state_at(now),
+            "rows": rows,
+            "masked": masked,
+            "oversight": not mine,
+            "creator": "" if mine else _creator(share),
+        },
     )
 
 
 @require_POST
 def share_revoke_view(request: HttpRequest, share_id: uuid.UUID) -> HttpResponse:
-    share = _own_share(request, share_id)
+    share = _member_share(request, share_id)
     share_revoke(share=share, actor=_actor(request), now=timezone.now())
     messages.success(request, "The link is revoked. The recipient's next request is refused.")
     return HttpResponseRedirect(

@@ -32,7 +32,16 @@ from tenants.services import (
     membership_validate_change,
     tenant_update_policy,
 )
-from tenants.tokens import api_token_create, api_token_revoke
+from tenants.tokens import (
+    api_token_check,
+    api_token_create,
+    api_token_grantable_scopes,
+    api_token_revoke,
+)
+
+# Tokens made in the admin expire: a forgotten partner credential must not live forever.
+ADMIN_TOKEN_MAX_DAYS = 365
+ADMIN_TOKEN_DEFAULT_DAYS = 90
 
 
 class MembershipForm(forms.ModelForm):
@@ -345,21 +354,62 @@ class ClinicPolicyAdmin(TenantScopedModelAdmin):
 
 
 class ApiTokenForm(forms.ModelForm):
+    """Offers only the scopes the signed-in member's own roles allow giving a token."""
+
     scopes = forms.MultipleChoiceField(
-        choices=ApiToken.Scope.choices, widget=forms.CheckboxSelectMultiple
+        choices=ApiToken.Scope.choices,
+        widget=forms.CheckboxSelectMultiple,
+        help_text="Only what your own roles here allow: a token may do no more than you.",
+        error_messages={
+            "invalid_choice": "Your roles in this clinic do not allow giving a token %(value)s."
+        },
     )
     expires_days = forms.IntegerField(
-        min_value=1, max_value=3650, required=False, help_text="Leave empty for no expiry."
+        label="Expires after (days)",
+        min_value=1,
+        max_value=ADMIN_TOKEN_MAX_DAYS,
+        initial=ADMIN_TOKEN_DEFAULT_DAYS,
+        help_text=f"At most {ADMIN_TOKEN_MAX_DAYS} days; make a new token before it expires.",
     )
 
     class Meta:
         model = ApiToken
         fields = ["name"]
 
+    def __init__(self, *args: Any, tenant: Tenant, creator: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.tenant = tenant
+        self.creator = creator
+        if "scopes" in self.fields:
+            grantable = api_token_grantable_scopes(tenant=tenant, created_by=creator)
+            self.fields["scopes"].choices = [
+                (value, label) for value, label in ApiToken.Scope.choices if value in grantable
+            ]
+            if not grantable:
+                self.fields["scopes"].help_text = (
+                    "Your roles in this clinic allow giving a token no scope: a member whose "
+                    "roles see the studies must create it."
+                )
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        if "scopes" in cleaned and "expires_days" in cleaned:
+            try:
+                cleaned["scopes"] = api_token_check(
+                    tenant=self.tenant,
+                    scopes=cleaned["scopes"],
+                    expires_days=cleaned["expires_days"],
+                    created_by=self.creator,
+                )
+            except ValidationError as exc:
+                self.add_error("scopes", exc)
+        return cleaned
+
 
 @admin.register(ApiToken, site=tenant_admin_site)
 class ApiTokenAdmin(TenantScopedModelAdmin):
     form = ApiTokenForm
+    form_takes_tenant = True
     list_display = [
         "name",
         "prefix",
@@ -388,6 +438,16 @@ class ApiTokenAdmin(TenantScopedModelAdmin):
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
         return self.get_fields(request, obj) if obj is not None else []
 
+    def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any):
+        form_class = super().get_form(request, obj, change=change, **kwargs)
+        creator = request.user
+
+        class CreatorForm(form_class):  # type: ignore[misc, valid-type]
+            def __init__(self, *args: Any, **kw: Any) -> None:
+                super().__init__(*args, creator=creator, **kw)
+
+        return CreatorForm
+
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return obj is None and super().has_change_permission(request, obj)
 
@@ -396,15 +456,19 @@ class ApiTokenAdmin(TenantScopedModelAdmin):
         return ", ".join(obj.scopes)
 
     def save_model(self, request: HttpRequest, obj: ApiToken, form: Any, change: bool) -> None:
-        token, plaintext = api_token_create(
-            tenant=request.tenant,
-            name=form.cleaned_data["name"],
-            scopes=form.cleaned_data["scopes"],
-            expires_days=form.cleaned_data.get("expires_days"),
-            actor=Actor.from_request(request),
-            now=timezone.now(),
-            created_by=request.user,
-        )
+        try:
+            token, plaintext = api_token_create(
+                tenant=request.tenant,
+                name=form.cleaned_data["name"],
+                scopes=form.cleaned_data["scopes"],
+                expires_days=form.cleaned_data["expires_days"],
+                actor=Actor.from_request(request),
+                now=timezone.now(),
+                created_by=request.user,
+            )
+        except ValidationError as exc:  # the member's roles changed since the form was checked
+            request._new_token_refused = "; ".join(exc.messages)  # type: ignore[attr-defined]
+            return
         obj.pk, obj.tenant, obj.prefix = token.pk, token.tenant, token.prefix
         obj._state.adding = False
         request._new_token_plaintext = plaintext  # type: ignore[attr-defined]
@@ -416,6 +480,10 @@ class ApiTokenAdmin(TenantScopedModelAdmin):
         """The token service audits."""
 
     def response_add(self, request: HttpRequest, obj: ApiToken, post_url_continue: Any = None):
+        refused = getattr(request, "_new_token_refused", None)
+        if refused is not None:
+            self.message_user(request, refused, level=messages.ERROR)
+            return HttpResponseRedirect(reverse("tenant_admin:tenants_apitoken_changelist"))
         # Shown once, in this response only: never in a message cookie or the session.
         return render(
             request,

@@ -15,10 +15,27 @@ import audit
 from audit.actors import Actor
 from audit.models import Action
 from portal import rows
-from tenants.models import ApiToken, Tenant
+from tenants.models import ApiToken, Tenant, User
+from tenants.roles import Perm
+from tenants.selectors import membership_for_user
 
 TOKEN_PREFIX = "ptk"  # noqa: S105  (a label, not a secret)
 LAST_USED_RESOLUTION = dt.timedelta(minutes=1)
+# Beyond this a token is not "expiring"; it also keeps the date inside what datetime holds.
+MAX_EXPIRES_DAYS = 3650
+
+# What a member must hold to put each scope on a token. A token acts for the whole
+# clinic, so its creator needs the clinic-wide permissions behind what the scope opens:
+# a tenant admin who sees no images cannot hand a system the images.
+SCOPE_PERMS: dict[str, frozenset[Perm]] = {
+    ApiToken.Scope.DICOMWEB_READ: frozenset({Perm.WORKLIST_VIEW, Perm.IMAGES_VIEW}),
+    ApiToken.Scope.DICOMWEB_WRITE: frozenset({Perm.STUDY_UPLOAD}),
+    ApiToken.Scope.STUDIES_READ: frozenset({Perm.WORKLIST_VIEW}),
+    ApiToken.Scope.SHARES_WRITE: frozenset({Perm.STUDY_SHARE, Perm.WORKLIST_VIEW}),
+    # Staff open a confidential study only by breaking the glass, with a reason; only
+    # those who may do that may give a system the same access without one.
+    ApiToken.Scope.CONFIDENTIAL_READ: frozenset({Perm.BREAK_GLASS}),
+}
 
 
 def _hash(secret: str) -> str:
@@ -31,6 +48,44 @@ def token_digest(raw: str) -> str:
     return hashlib.sha256(raw.encode("utf-8", "surrogatepass")).hexdigest()
 
 
+def api_token_grantable_scopes(*, tenant: Tenant, created_by: User | None) -> list[str]:
+    """The scopes `created_by` may put on a token of `tenant`; all for an operator (None)."""
+    if created_by is None:
+        return list(ApiToken.Scope.values)
+    membership = membership_for_user(tenant=tenant, user=created_by)
+    held = membership.permissions if membership is not None else frozenset()
+    return [
+        scope
+        for scope in ApiToken.Scope.values
+        if scope in SCOPE_PERMS and SCOPE_PERMS[scope] <= held
+    ]
+
+
+def api_token_check(
+    *, tenant: Tenant, scopes: list[str], expires_days: int | None, created_by: User | None
+) -> list[str]:
+    """The scopes, deduplicated, once valid for this creator; raises ValidationError."""
+    valid = set(ApiToken.Scope.values)
+    unknown = sorted(set(scopes) - valid)
+    if not scopes or unknown:
+        raise ValidationError(
+            f"Unknown or missing scopes: {', '.join(unknown) or '(none)'}; "
+            f"choose from {', '.join(sorted(valid))}."
+        )
+    grantable = api_token_grantable_scopes(tenant=tenant, created_by=created_by)
+    refused = sorted(set(scopes) - set(grantable))
+    if refused:
+        raise ValidationError(
+            f"Your roles in this clinic do not allow giving a token {', '.join(refused)}: "
+            "a token may only do what its creator may."
+        )
+    if expires_days is not None and not 1 <= expires_days <= MAX_EXPIRES_DAYS:
+        raise ValidationError(
+            f"A token expires after 1 to {MAX_EXPIRES_DAYS} days (asked: {expires_days})."
+        )
+    return sorted(set(scopes))
+
+
 @transaction.atomic
 def api_token_create(
     *,
@@ -40,18 +95,16 @@ def api_token_create(
     actor: Actor,
     now: dt.datetime,
     expires_days: int | None = None,
-    created_by: object | None = None,
+    created_by: User | None = None,
 ) -> tuple[ApiToken, str]:
-    """Create a token; the returned plaintext is never stored or shown again."""
-    valid = set(ApiToken.Scope.values)
-    unknown = sorted(set(scopes) - valid)
-    if not scopes or unknown:
-        raise ValidationError(
-            f"Unknown or missing scopes: {', '.join(unknown) or '(none)'}; "
-            f"choose from {', '.join(sorted(valid))}."
-        )
-    if expires_days is not None and expires_days <= 0:
-        raise ValidationError("--expires-days must be a positive number of days.")
+    """Create a token; the returned plaintext is never stored or shown again.
+
+    A member creating it (`created_by`) may give only the scopes their roles allow;
+    without one (an operator's command on the server) every scope may be given.
+    """
+    scopes = api_token_check(
+        tenant=tenant, scopes=scopes, expires_days=expires_days, created_by=created_by
+    )
     prefix = secrets.token_hex(4)
     secret = secrets.token_urlsafe(32)
     token = ApiToken.objects.create(
@@ -59,7 +112,7 @@ def api_token_create(
         name=name[:100],
         prefix=prefix,
         secret_hash=_hash(secret),
-        scopes=sorted(set(scopes)),
+        scopes=scopes,
         created_by=created_by,
         created_at=now,
         expires_at=now + dt.timedelta(days=expires_days) if expires_days else None,
@@ -125,9 +178,19 @@ def api_token_authenticate(*, raw: str, now: dt.datetime) -> ApiToken | None:
 
 @transaction.atomic
 def api_token_revoke(*, token: ApiToken, actor: Actor, now: dt.datetime) -> None:
-    if token.revoked_at is not None:
+    """Revoke a token and every live share link it made, each revocation audited.
+
+    The conditional UPDATE holds the token's row until commit: a link the token is
+    creating meanwhile either commits first (and is revoked here) or finds it revoked.
+    """
+    # Sharing builds on tenants, so it is imported here, not at the top.
+    from sharing.services import shares_revoke_created_by_token
+
+    revoked = ApiToken.objects.filter(
+        tenant=token.tenant, pk=token.pk, revoked_at__isnull=True
+    ).update(revoked_at=now)
+    if not revoked:
         return
-    ApiToken.objects.filter(tenant=token.tenant, pk=token.pk).update(revoked_at=now)
     token.revoked_at = now
     audit.record(
         actor=actor,
@@ -136,3 +199,4 @@ def api_token_revoke(*, token: ApiToken, actor: Actor, now: dt.datetime) -> None
         tenant=token.tenant,
         detail={"prefix": token.prefix},
     )
+    shares_revoke_created_by_token(token=token, actor=actor, now=now)

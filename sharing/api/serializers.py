@@ -4,6 +4,8 @@ from django.utils import timezone
 from rest_framework import serializers
 
 from sharing.models import ShareLink
+from sharing.services import EMAIL_TOO_LONG
+from tenants.models import EMAIL_MAX_LENGTH
 
 
 class ShareCreateSerializer(serializers.Serializer):
@@ -15,7 +17,13 @@ class ShareCreateSerializer(serializers.Serializer):
     )
     allow_download = serializers.BooleanField(required=False, default=False)
     deidentify = serializers.BooleanField(required=False, default=False)
-    recipient_email = serializers.EmailField(required=False, allow_blank=True, default="")
+    recipient_email = serializers.EmailField(
+        required=False,
+        allow_blank=True,
+        default="",
+        max_length=EMAIL_MAX_LENGTH,
+        error_messages={"max_length": EMAIL_TOO_LONG},
+    )
     message = serializers.CharField(required=False, allow_blank=True, max_length=2000, default="")
 
 

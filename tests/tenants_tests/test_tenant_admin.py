@@ -214,10 +214,12 @@ def test_clinic_staff_cannot_use_the_platform_admin(tenant_admin, client_for):
 
 
 @pytest.mark.django_db
-def test_tenant_admin_creates_shows_once_and_revokes_api_tokens(clinic, tenant_admin, client_for):
+def test_tenant_admin_creates_shows_once_and_revokes_api_tokens(clinic, client_for):
     from tenants.models import ApiToken
 
-    client = client_for(tenant_admin)
+    # The read scopes need a role that sees the studies: administration alone does not.
+    admin_technologist = make_member(clinic, "tenant_admin", "technologist")
+    client = client_for(admin_technologist)
     created = client.post(
         "/t/north/admin/tenants/apitoken/add/",
         {"name": "RIS", "scopes": ["dicomweb:read", "studies:read"], "expires_days": "30"},

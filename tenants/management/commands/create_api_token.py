@@ -8,7 +8,7 @@ from django.utils import timezone
 
 from audit.actors import Actor
 from tenants.selectors import tenant_get_active
-from tenants.tokens import api_token_create
+from tenants.tokens import MAX_EXPIRES_DAYS, api_token_create
 
 
 class Command(BaseCommand):
@@ -18,7 +18,12 @@ class Command(BaseCommand):
         parser.add_argument("--tenant", required=True, help="Clinic slug")
         parser.add_argument("--name", required=True, help="Who or what uses the token")
         parser.add_argument("--scopes", required=True, help="Comma-separated, e.g. dicomweb:read")
-        parser.add_argument("--expires-days", type=int, default=None)
+        parser.add_argument(
+            "--expires-days",
+            type=int,
+            default=None,
+            help=f"Days until it expires, 1 to {MAX_EXPIRES_DAYS}; omit for no expiry",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         tenant = tenant_get_active(slug=options["tenant"])

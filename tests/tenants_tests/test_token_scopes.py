@@ -1,0 +1,209 @@
+"""API token scopes: a member gives a token only what their own roles allow; tokens made
+in the admin expire within a year; the operator's command validates what it is given."""
+
+from __future__ import annotations
+
+import pytest
+from django.core.exceptions import ValidationError
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.utils import timezone
+
+from tenants.models import ApiToken
+from tenants.tokens import MAX_EXPIRES_DAYS, SCOPE_PERMS, api_token_create
+from tests.helpers import TEST_ACTOR, make_member
+
+ADD_URL = "/t/north/admin/tenants/apitoken/add/"
+
+
+def create(tenant, scopes: list[str], created_by=None, expires_days: int | None = 30):
+    return api_token_create(
+        tenant=tenant,
+        name="RIS",
+        scopes=scopes,
+        actor=TEST_ACTOR,
+        now=timezone.now(),
+        expires_days=expires_days,
+        created_by=created_by,
+    )
+
+
+def test_every_scope_names_the_permissions_it_needs():
+    assert set(SCOPE_PERMS) == set(ApiToken.Scope.values)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("roles", "scope"),
+    [
+        (("tenant_admin", "technologist"), "dicomweb:read"),
+        (("tenant_admin", "technologist"), "dicomweb:write"),
+        (("tenant_admin", "front_desk"), "studies:read"),
+        (("tenant_admin", "radiologist"), "shares:write"),
+        (("tenant_admin", "radiologist"), "confidential:read"),
+    ],
+)
+def test_a_scope_is_given_when_the_creators_roles_allow_it(clinic, roles, scope):
+    creator = make_member(clinic, *roles)
+
+    token, _ = create(clinic, [scope], created_by=creator)
+
+    assert token.scopes == [scope] and token.created_by == creator
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("roles", "scope"),
+    [
+        (("tenant_admin",), "dicomweb:read"),
+        (("tenant_admin",), "studies:read"),
+        (("tenant_admin",), "confidential:read"),
+        (("tenant_admin", "technologist"), "shares:write"),
+        (("tenant_admin", "technologist"), "confidential:read"),
+        (("tenant_admin", "front_desk"), "dicomweb:read"),
+        (("tenant_admin", "referring_physician"), "dicomweb:read"),
+        (("tenant_admin", "privacy_officer"), "studies:read"),
+    ],
+)
+def test_a_scope_is_refused_without_the_roles_behind_it(clinic, roles, scope):
+    creator = make_member(clinic, *roles)
+
+    with pytest.raises(ValidationError, match=f"do not allow giving a token {scope}"):
+        create(clinic, [scope], created_by=creator)
+
+    assert not ApiToken.objects.for_tenant(clinic).exists()
+
+
+@pytest.mark.django_db
+def test_roles_in_another_clinic_grant_nothing_here(clinic, other_clinic):
+    outsider = make_member(other_clinic, "tenant_admin", "radiologist")
+
+    with pytest.raises(ValidationError, match="do not allow"):
+        create(clinic, ["studies:read"], created_by=outsider)
+
+    assert not ApiToken.objects.for_tenant(clinic).exists()
+
+
+@pytest.mark.django_db
+def test_a_deactivated_member_grants_nothing(clinic):
+    from tenants.services import membership_update
+    from tests.helpers import membership_of
+
+    creator = make_member(clinic, "tenant_admin", "radiologist")
+    membership = membership_of(creator, clinic)
+    make_member(clinic, "tenant_admin", email="remaining-admin@north.example")
+    membership_update(
+        membership=membership, roles=membership.role_codes, is_active=False, actor=TEST_ACTOR
+    )
+
+    with pytest.raises(ValidationError, match="do not allow"):
+        create(clinic, ["studies:read"], created_by=creator)
+
+
+@pytest.mark.django_db
+def test_tenant_admin_is_offered_no_scope_and_refused_with_a_clear_error(
+    clinic, tenant_admin, client_for
+):
+    client = client_for(tenant_admin)
+
+    page = client.get(ADD_URL)
+    response = client.post(
+        ADD_URL,
+        {"name": "RIS", "scopes": ["dicomweb:read", "confidential:read"], "expires_days": "30"},
+    )
+
+    assert page.status_code == 200
+    assert page.context["adminform"].form.fields["scopes"].choices == []
+    assert response.status_code == 200
+    errors = response.context["adminform"].form.errors["scopes"]
+    assert errors == ["Your roles in this clinic do not allow giving a token dicomweb:read."]
+    assert not ApiToken.objects.for_tenant(clinic).exists()
+
+
+@pytest.mark.django_db
+def test_admin_offers_and_accepts_only_the_scopes_the_admins_roles_grant(
+    clinic, other_tenant_admin, client_for
+):
+    admin_technologist = make_member(clinic, "tenant_admin", "technologist")
+    client = client_for(admin_technologist)
+
+    page = client.get(ADD_URL)
+    refused = client.post(
+        ADD_URL, {"name": "AI", "scopes": ["confidential:read"], "expires_days": "30"}
+    )
+    outsider = client_for(other_tenant_admin).post(
+        ADD_URL, {"name": "AI", "scopes": ["studies:read"], "expires_days": "30"}
+    )
+    created = client.post(
+        ADD_URL, {"name": "RIS", "scopes": ["dicomweb:read"], "expires_days": "30"}
+    )
+
+    offered = [value for value, _ in page.context["adminform"].form.fields["scopes"].choices]
+    assert offered == ["dicomweb:read", "dicomweb:write", "studies:read"]
+    assert refused.status_code == 200 and "confidential:read" in str(
+        refused.context["adminform"].form.errors["scopes"]
+    )
+    assert outsider.status_code == 404
+    assert created.status_code == 200 and "plaintext" in created.context
+    token = ApiToken.objects.for_tenant(clinic).get()
+    assert token.scopes == ["dicomweb:read"] and token.created_by == admin_technologist
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(("days", "accepted"), [("", False), ("366", False), ("365", True)])
+def test_admin_tokens_expire_within_a_year(clinic, client_for, days, accepted):
+    client = client_for(make_member(clinic, "tenant_admin", "technologist"))
+
+    page = client.get(ADD_URL)
+    response = client.post(
+        ADD_URL, {"name": "RIS", "scopes": ["studies:read"], "expires_days": days}
+    )
+
+    assert page.context["adminform"].form.fields["expires_days"].initial == 90
+    assert ApiToken.objects.for_tenant(clinic).exists() is accepted
+    if not accepted:
+        assert response.context["adminform"].form.errors["expires_days"]
+
+
+@pytest.mark.django_db
+def test_command_refuses_an_expiry_beyond_ten_years_with_a_clear_error(clinic):
+    with pytest.raises(CommandError, match=f"1 to {MAX_EXPIRES_DAYS} days"):
+        call_command(
+            "create_api_token",
+            "--tenant",
+            "north",
+            "--name",
+            "x",
+            "--scopes",
+            "studies:read",
+            "--expires-days",
+            "5000000",
+        )
+
+    assert not ApiToken.objects.for_tenant(clinic).exists()
+
+
+@pytest.mark.django_db
+def test_the_service_caps_the_expiry(clinic):
+    with pytest.raises(ValidationError, match=f"1 to {MAX_EXPIRES_DAYS} days"):
+        create(clinic, ["studies:read"], expires_days=MAX_EXPIRES_DAYS + 1)
+
+    token, _ = create(clinic, ["studies:read"], expires_days=MAX_EXPIRES_DAYS)
+    assert token.expires_at is not None
+
+
+@pytest.mark.django_db
+def test_the_operators_command_may_give_any_scope(clinic, capsys):
+    call_command(
+        "create_api_token",
+        "--tenant",
+        "north",
+        "--name",
+        "archive",
+        "--scopes",
+        "dicomweb:read,confidential:read",
+    )
+
+    token = ApiToken.objects.for_tenant(clinic).get()
+    assert token.scopes == ["confidential:read", "dicomweb:read"]
+    assert token.created_by is None
