@@ -31,7 +31,7 @@ from tenants.tokens import token_digest
 
 TOKEN_BYTES = 32
 MAX_SECRET_ATTEMPTS = 5
-PIN_PATTERN = re.compile(r"^[0-9]{4,12}$")
+PIN_PATTERN = re.compile(r"[0-9]{4,12}")  # fullmatch: "\n" may not end a PIN
 # A longer address would fail at the database (PostgreSQL) instead of being refused.
 EMAIL_TOO_LONG = f"An email address has at most {EMAIL_MAX_LENGTH} characters."
 
@@ -61,7 +61,7 @@ def _secret_for(*, challenge: str, pin: str | None, study: Study) -> str:
     if challenge == ShareLink.Challenge.NONE:
         return ""
     if challenge == ShareLink.Challenge.PIN:
-        if not pin or not PIN_PATTERN.match(pin):
+        if not pin or not PIN_PATTERN.fullmatch(pin):
             raise ShareInvalid("Choose a PIN of 4 to 12 digits and give it to the recipient.")
         return make_password(pin)
     if study.patient.birth_date is None:

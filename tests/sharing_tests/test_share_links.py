@@ -18,7 +18,13 @@ from audit.models import Action, ActorType, AuditEvent
 from imaging.models import Instance, Series, Study
 from imaging.services import study_set_confidential
 from sharing.models import ShareLink
-from sharing.services import ShareUnavailable, share_create, share_revoke, share_use
+from sharing.services import (
+    ShareInvalid,
+    ShareUnavailable,
+    share_create,
+    share_revoke,
+    share_use,
+)
 from tests.helpers import TEST_ACTOR
 from tests.imaging_tests.helpers import ingest, ingest_study, synthetic_ct, with_large_values
 
@@ -625,3 +631,12 @@ def test_front_desk_cannot_share(client_for, front_desk, study):
     response = client_for(front_desk).get(f"/t/{study.tenant.slug}/studies/{study.pk}/share/")
 
     assert response.status_code == 403
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("pin", ["2468\n", "12", "\uff11\uff12\uff13\uff14"])  # fullwidth 1234
+def test_a_pin_must_be_4_to_12_plain_digits(study, radiologist, pin):
+    with pytest.raises(ShareInvalid, match="PIN of 4 to 12 digits"):
+        make_share(study, radiologist, pin=pin)
+
+    assert not ShareLink.objects.for_tenant(study.tenant).exists()
