@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections.abc import Iterable
 
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
@@ -54,7 +55,8 @@ from sharing.services import (
 )
 from tenants.access import check_clinic_perm, require_perm
 from tenants.mfa import require_step_up
-from tenants.roles import Perm
+from tenants.models import Membership, Tenant
+from tenants.roles import STAFF_ROLES, Perm
 from tenants.throttle import too_many_lookups
 
 # --- The sharer's pages ------------------------------------------------------------
@@ -181,6 +183,7 @@ def share_oversight(request: HttpRequest) -> HttpResponse:
     now = timezone.now()
     links = list(share_list_live(membership=membership, now=now))
     masked = share_masked_study_ids(membership=membership, shares=links, now=now)
+    staff_ids = _staff_ids(request.tenant, {s.created_by_id for s in links if s.created_by_id})
     audit.record(
         actor=_actor(request),
         action=Action.SHARES_LISTED,
@@ -201,7 +204,7 @@ def share_oversight(request: HttpRequest) -> HttpResponse:
                     "share": s,
                     "state": s.state_at(now),
                     "masked": s.study_id in masked,
-                    "creator": _creator(s),
+                    "creator": _creator(s, staff_ids),
                 }
                 for s in links
             ]
@@ -209,11 +212,25 @@ def share_oversight(request: HttpRequest) -> HttpResponse:
     )
 
 
-def _creator(share: ShareLink) -> str:
+PATIENT_LABEL = "The patient (patient portal)"
+
+
+def _staff_ids(tenant: Tenant, user_ids: Iterable[object]) -> set[str]:
+    """Which of `user_ids` are the clinic's staff: a patient's address is PHI, which
+    the member overseeing links (the privacy officer) is not shown."""
+    return {
+        str(user_id)
+        for user_id in Membership.objects.for_tenant(tenant)
+        .filter(user_id__in=list(user_ids), roles__code__in=STAFF_ROLES)
+        .values_list("user_id", flat=True)
+    }
+
+
+def _creator(share: ShareLink, staff_ids: set[str]) -> str:
     if share.created_by_token_id is not None:
         return f"API token “{share.created_by_token.name}”"
     if share.created_by_id is not None:
-        return share.created_by.email
+        return share.created_by.email if str(share.created_by_id) in staff_ids else PATIENT_LABEL
     return "—"
 
 
@@ -245,6 +262,15 @@ def share_detail(request: HttpRequest, share_id: uuid.UUID) -> HttpResponse:
         .order_by("-seq")[:200]
     )
     labels = actor_labels(tenant=request.tenant, events=events)
+    mine = share.created_by_id == membership.user_id
+    if not mine:  # overseeing another's link: patients are not named
+        users = {key[1] for key in labels if key[0] == ActorType.USER}
+        users |= {str(share.created_by_id)} if share.created_by_id else set()
+        staff_ids = _staff_ids(request.tenant, users)
+        labels = {
+            key: PATIENT_LABEL if key[0] == ActorType.USER and key[1] not in staff_ids else label
+            for key, label in labels.items()
+        }
     rows = [
         {"event": e, "actor": labels.get((e.actor_type, e.actor_id), "Recipient")} for e in events
     ]
@@ -256,7 +282,6 @@ def share_detail(request: HttpRequest, share_id: uuid.UUID) -> HttpResponse:
         tenant=request.tenant,
         detail={"share": str(share.pk)},
     )
-    mine = share.created_by_id == membership.user_id
     return render(
         request,
         "sharing/detail.html",
@@ -266,7 +291,7 @@ def share_detail(request: HttpRequest, share_id: uuid.UUID) -> HttpResponse:
             "rows": rows,
             "masked": masked,
             "oversight": not mine,
-            "creator": "" if mine else _creator(share),
+            "creator": "" if mine else _creator(share, staff_ids),
         },
     )
 

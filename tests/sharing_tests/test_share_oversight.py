@@ -194,6 +194,7 @@ def test_privacy_officer_lists_every_live_link_of_the_clinic_without_demographic
     page = response.content.decode()
     assert "API token “partner”" in page and radiologist.email in page
     assert "Doe, Jane" not in page and "Study details hidden" in page
+    assert patient.email not in page and "The patient (patient portal)" in page
     event = AuditEvent.objects.for_tenant(clinic).get(action=Action.SHARES_LISTED)
     assert event.detail["scope"] == "clinic" and set(event.detail["shares"]) == listed
 
@@ -215,6 +216,7 @@ def test_privacy_officer_revokes_a_link_nobody_else_could(
     revoke = client.post(f"/t/north/shares/{share_id}/revoke/")
 
     assert detail.status_code == 200
+    assert patient.email.encode() not in page_body(detail)  # a patient's address is not shown
     assert revoke.status_code == 302 and revoke["Location"] == f"/t/north/shares/{share_id}/"
     assert client.get(revoke["Location"]).status_code == 200
     assert not opens(link)
