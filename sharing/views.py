@@ -152,18 +152,7 @@ def share_index(request: HttpRequest) -> HttpResponse:
     links = list(share_list(membership=membership))
     now = timezone.now()
     masked = share_masked_study_ids(membership=membership, shares=links, now=now)
-    # Names, dates and recipients' addresses are shown: which links and studies, as the
-    # worklist records its pages.
-    audit.record(
-        actor=_actor(request),
-        action=Action.SHARES_LISTED,
-        target=None,
-        tenant=request.tenant,
-        detail={
-            "shares": [str(s.pk) for s in links],
-            "studies": list(dict.fromkeys(str(s.study_id) for s in links)),
-        },
-    )
+    _shares_listed(request, links)
     return render(
         request,
         "sharing/list.html",
@@ -176,6 +165,22 @@ def share_index(request: HttpRequest) -> HttpResponse:
     )
 
 
+def _shares_listed(request: HttpRequest, links: list[ShareLink], **detail: str) -> None:
+    # Names, dates and recipients' addresses are shown: which links and studies, as the
+    # worklist records its pages.
+    audit.record(
+        actor=_actor(request),
+        action=Action.SHARES_LISTED,
+        target=None,
+        tenant=request.tenant,
+        detail={
+            **detail,
+            "shares": [str(s.pk) for s in links],
+            "studies": list(dict.fromkeys(str(s.study_id) for s in links)),
+        },
+    )
+
+
 @require_perm(SHARE_OVERSIGHT_PERM)
 def share_oversight(request: HttpRequest) -> HttpResponse:
     """Every live link of the clinic, whoever made it, for the member who oversees them."""
@@ -184,17 +189,7 @@ def share_oversight(request: HttpRequest) -> HttpResponse:
     links = list(share_list_live(membership=membership, now=now))
     masked = share_masked_study_ids(membership=membership, shares=links, now=now)
     staff_ids = _staff_ids(request.tenant, {s.created_by_id for s in links if s.created_by_id})
-    audit.record(
-        actor=_actor(request),
-        action=Action.SHARES_LISTED,
-        target=None,
-        tenant=request.tenant,
-        detail={
-            "scope": "clinic",
-            "shares": [str(s.pk) for s in links],
-            "studies": list(dict.fromkeys(str(s.study_id) for s in links)),
-        },
-    )
+    _shares_listed(request, links, scope="clinic")
     return render(
         request,
         "sharing/oversight.html",
