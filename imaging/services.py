@@ -292,7 +292,8 @@ def _header_outdated(row: Instance, *, actor: Actor) -> bool:
     if not row.metadata or row.pixel_tag is None or not pixel_layout_current(row.pixel_layout):
         return True
     try:
-        header = instance_header_json(instance=row, actor=actor, key=study_dek(study=row.study))
+        key = instance_study_key(instance=row, actor=actor)
+        header = instance_header_json(instance=row, actor=actor, key=key)
     except IntegrityError:
         return False  # audited; the object is read on every request and checked there
     return header_stale(header)
