@@ -540,12 +540,38 @@ def ingest_many(
             stored = _store_many(tenant=tenant, actor=actor, batch=batch)
         except _OneByOne:
             stored = [
-                (index, _ingest_parsed(tenant=tenant, actor=actor, name=name, parsed=parsed))
+                (index, _ingest_one(tenant=tenant, actor=actor, name=name, parsed=parsed))
                 for index, name, parsed in batch
             ]
         for index, result in stored:
             results[index] = result
     return [result for result in results if result is not None]
+
+
+def _ingest_one(*, tenant: Tenant, actor: Actor, name: str, parsed: ParsedInstance) -> IngestResult:
+    """`_ingest_parsed` for one file of a batch stored one at a time, a failure to store
+    it being that file's result.
+
+    The files before it are committed by then, and the caller has to be able to say so:
+    an exception would report the whole batch as failed. The failed file left nothing
+    behind (its transaction, or savepoint inside a caller's, rolled back, its object
+    removed).
+    """
+    try:
+        return _ingest_parsed(tenant=tenant, actor=actor, name=name, parsed=parsed)
+    except Exception as exc:
+        # The type only: a database error's text can quote the row's values (a PatientID).
+        logger.error(
+            "ingest failed to store a file for tenant %s: %s", tenant.pk, type(exc).__name__
+        )
+        return IngestResult(
+            name=name,
+            outcome=IngestOutcome.REJECTED,
+            code="store_failed",
+            message="The file could not be stored; nothing of it was kept. Send it again.",
+            sop_class_uid=parsed.sop_class_uid,
+            sop_instance_uid=parsed.sop_instance_uid,
+        )
 
 
 def _store_many(

@@ -237,3 +237,34 @@ def test_object_writes_still_run_in_a_forked_child(tmp_path):
 
     assert finished
     assert (tmp_path / "child" / "one").read_bytes() == b"c"
+
+
+@pytest.mark.django_db
+def test_a_file_failing_in_a_batch_stored_one_at_a_time_fails_alone(clinic, monkeypatch, caplog):
+    files = synthetic_ct(slices=4)
+    ingest(clinic, files[0])  # a duplicate in the batch sends it down the one-at-a-time path
+    real_write = PrivateFileSystemStorage.write_file
+    calls: list[str] = []
+
+    def failing_write(storage, name, content):
+        calls.append(name)
+        if len(calls) == 2:
+            raise OSError("disk full")
+        return real_write(storage, name, content)
+
+    monkeypatch.setattr(PrivateFileSystemStorage, "write_file", failing_write)
+
+    results = ingest_many(tenant=clinic, actor=ACTOR, items=_items(files))
+
+    assert [r.outcome for r in results] == [
+        IngestOutcome.DUPLICATE,
+        IngestOutcome.STORED,
+        IngestOutcome.REJECTED,
+        IngestOutcome.STORED,
+    ]
+    assert results[2].code == "store_failed"
+    assert results[2].sop_instance_uid == _sop(files[2])
+    stored = set(Instance.objects.for_tenant(clinic).values_list("sop_instance_uid", flat=True))
+    assert stored == {_sop(files[0]), _sop(files[1]), _sop(files[3])}
+    assert len(object_keys(storage_for(clinic), str(clinic.pk))) == 3
+    assert "OSError" in caplog.text
