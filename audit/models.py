@@ -56,6 +56,7 @@ class Action(models.TextChoices):
     TENANT_UPDATED = "tenant.updated", "Clinic settings changed"
     USER_CREATED = "user.created", "User created"
     MFA_DEVICE_CONFIRMED = "mfa.device_confirmed", "Second-factor device confirmed"
+    MFA_ENROLMENT_STARTED = "mfa.enrolment_started", "Second-factor enrolment started"
     MEMBERSHIP_CREATED = "membership.created", "Member added"
     MEMBERSHIP_ROLES_CHANGED = "membership.roles_changed", "Member roles changed"
     MEMBERSHIP_DEACTIVATED = "membership.deactivated", "Member deactivated"

@@ -97,20 +97,29 @@ def has_totp(user: User) -> bool:
 
 
 @transaction.atomic
-def totp_device_start(*, user: User) -> TOTPDevice:
+def totp_device_start(*, user: User, actor: Actor) -> TOTPDevice:
     """A pending authenticator with a fresh secret; any earlier pending one is dropped.
 
     A secret is shown once. Showing the same pending secret again would let whoever saw
     it first (someone with only the password, before the user enrols) hold the second
-    factor the user confirms later.
+    factor the user confirms later. Each start is audited: a second factor's secret was
+    shown, and a start nobody confirms is what an investigation of a stolen password
+    looks for.
     """
-    TOTPDevice.objects.filter(user=user, confirmed=False).delete()
-    return TOTPDevice.objects.create(user=user, name="Authenticator", confirmed=False)
+    dropped, _ = TOTPDevice.objects.filter(user=user, confirmed=False).delete()
+    device = TOTPDevice.objects.create(user=user, name="Authenticator", confirmed=False)
+    audit.record_for_user(
+        user=user,
+        actor=actor,
+        action=Action.MFA_ENROLMENT_STARTED,
+        detail={"device": "totp", "replaced_pending": bool(dropped)},
+    )
+    return device
 
 
 def session_totp_start(request: HttpRequest, *, user: User) -> TOTPDevice:
     """Start enrolment and tie the pending authenticator to this session."""
-    device = totp_device_start(user=user)
+    device = totp_device_start(user=user, actor=Actor.from_request(request))
     request.session[PENDING_TOTP] = device.pk
     return device
 
@@ -124,13 +133,20 @@ def session_totp_pending(request: HttpRequest, *, user: User) -> TOTPDevice | No
 
 
 def session_totp_confirm(
-    request: HttpRequest, *, user: User, token: str, actor: Actor
+    request: HttpRequest, *, user: User, shown_device_id: int, token: str, actor: Actor
 ) -> list[str]:
     """Confirm the authenticator this session started (no other); returns backup codes.
 
-    The session is then verified with it, under a fresh session key.
+    `shown_device_id` is the one the submitted page showed. The session is then verified
+    with it, under a fresh session key.
     """
     device_id = request.session.get(PENDING_TOTP)
+    if device_id is not None and device_id != shown_device_id:
+        # The page was opened again in another tab: its code is for a secret since dropped.
+        raise SecondFactorError(
+            "This code was replaced by a newer one (the page was opened again in another "
+            "tab or window). Scan the code shown now and enter the code it gives."
+        )
     codes = totp_device_confirm(user=user, device_id=device_id, token=token, actor=actor)
     del request.session[PENDING_TOTP]
     session_mark_verified(request, TOTPDevice.objects.get(pk=device_id, user=user))

@@ -145,6 +145,7 @@ def mfa_enrol(request: HttpRequest) -> HttpResponse:
                 codes = session_totp_confirm(
                     request,
                     user=user,
+                    shown_device_id=form.cleaned_data["device_id"],
                     token=form.cleaned_data["code"],
                     actor=Actor.from_request(request),
                 )
@@ -159,6 +160,10 @@ def mfa_enrol(request: HttpRequest) -> HttpResponse:
         # A wrong code keeps the secret on screen; one replaced by another session's
         # start (or never started) gives way to a fresh one.
         device = session_totp_pending(request, user=user) or session_totp_start(request, user=user)
+        if form.data.get("device_id") != str(device.pk):
+            # The page shows another secret than the one submitted: the next try is for it.
+            form.data = form.data.copy()
+            form.data["device_id"] = str(device.pk)
     else:
         device = session_totp_start(request, user=user)
         form = EnrolForm(initial={"device_id": device.pk})

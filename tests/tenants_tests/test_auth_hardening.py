@@ -9,6 +9,7 @@ import pytest
 from django.test import Client
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
+from audit.models import Action, AuditEvent
 from tenants.mfa import totp_secret_base32
 from tenants.sessions import IDLE_LIMIT, LAST_SEEN_AT
 from tenants.throttle import throttle_reset
@@ -211,6 +212,50 @@ def test_a_session_cannot_confirm_the_pending_device_another_session_was_shown(
     assert "codes" not in response.context
     assert b"This enrolment has expired" in response.content
     assert not TOTPDevice.objects.filter(user=radiologist, confirmed=True).exists()
+
+
+@pytest.mark.django_db
+def test_a_code_from_a_page_replaced_in_another_tab_says_so_and_the_next_try_works(
+    clinic, radiologist, password_only_client_for
+):
+    client = password_only_client_for(radiologist)
+    first_tab = _shown_device(_enrolment_page(client))
+    code_from_first_tab = current_totp(first_tab)
+    second_tab = _shown_device(_enrolment_page(client))  # the same session, opened again
+
+    replaced = client.post(
+        "/accounts/enrol/", {"device_id": first_tab.pk, "code": code_from_first_tab}
+    )
+    done = client.post(
+        "/accounts/enrol/",
+        {
+            "device_id": replaced.context["form"]["device_id"].value(),
+            "code": current_totp(second_tab),
+        },
+    )
+
+    assert b"replaced by a newer one" in replaced.content
+    assert totp_secret_base32(second_tab).encode() in replaced.content
+    assert done.context["codes"]
+    assert TOTPDevice.objects.get(user=radiologist, confirmed=True).pk == second_tab.pk
+
+
+@pytest.mark.django_db
+def test_each_enrolment_start_is_audited_for_the_person(
+    clinic, radiologist, password_only_client_for
+):
+    client = password_only_client_for(radiologist)
+    before = (
+        AuditEvent.objects.for_tenant(clinic).filter(action=Action.MFA_ENROLMENT_STARTED).count()
+    )
+
+    _enrolment_page(client)
+    _enrolment_page(client)
+
+    events = AuditEvent.objects.for_tenant(clinic).filter(action=Action.MFA_ENROLMENT_STARTED)
+    assert events.count() == before + 2
+    assert [e.detail["replaced_pending"] for e in events.order_by("seq")][-2:] == [False, True]
+    assert all(e.target_id == str(radiologist.pk) for e in events)
 
 
 @pytest.mark.django_db
