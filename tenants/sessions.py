@@ -1,10 +1,12 @@
 """Session lifetime: idle timeout, absolute lifetime, and revocation on access change.
 
-Limits are fixed when the session starts, from the strictest policy among the user's
-clinics (never longer than the platform's SESSION_IDLE_SECONDS / SESSION_COOKIE_AGE).
-Deactivating the user is caught by Django's auth backend on the next request;
-deactivating one of the memberships the session started with, or suspending its
-clinic, ends the whole session on the next request.
+Limits come from the strictest policy among the user's clinics (never longer than the
+platform's SESSION_IDLE_SECONDS / SESSION_COOKIE_AGE), read again on every request: a
+clinic joined mid-session, or one that shortens its limits, binds sessions already
+open at once. Deactivating the user is caught by Django's auth backend on the next
+request; deactivating one of the session's memberships (those it started with and
+those added since), or suspending its clinic, ends the whole session on the next
+request.
 
 Only what a person does counts as activity. Polls a page makes by itself on a timer
 (the viewer's access check) are answered, and refused once the session has ended,
@@ -83,15 +85,33 @@ def is_background_poll(request: HttpRequest) -> bool:
     return match.url_name in BACKGROUND_POLL_ROUTES and request.GET.get("active") != "1"
 
 
-def _memberships_still_valid(ids: list[str]) -> bool:
-    if not ids:
-        return True
-    active = (
+def _live_limits(user: User) -> dict[str, tuple[int, int]]:
+    """Each live membership of `user`, with its clinic's (idle, absolute) seconds; one
+    query, the same cost as counting them."""
+    rows = (
         Membership.objects.unscoped(reason="the session's own memberships span clinics")
-        .filter(pk__in=ids, is_active=True, tenant__status=Tenant.Status.ACTIVE)
-        .count()
+        .filter(user=user, is_active=True, tenant__status=Tenant.Status.ACTIVE)
+        .values_list("pk", "tenant__session_idle_minutes", "tenant__session_absolute_hours")
     )
-    return active == len(ids)
+    return {str(pk): (idle * 60, absolute * 3600) for pk, idle, absolute in rows}
+
+
+def _limits_follow_policy(session: Any, live: dict[str, tuple[int, int]]) -> bool:
+    """Apply the strictest live policy to `session`; False if one of its memberships is
+    gone (deactivated, or its clinic suspended)."""
+    known = session.get(MEMBERSHIPS, [])
+    if any(pk not in live for pk in known):
+        return False
+    idle = min([settings.SESSION_IDLE_SECONDS, *(limits[0] for limits in live.values())])
+    absolute = min([settings.SESSION_COOKIE_AGE, *(limits[1] for limits in live.values())])
+    # Written only on change: a background poll must not save the session.
+    if session[IDLE_LIMIT] != idle:
+        session[IDLE_LIMIT] = idle
+    if session[ABSOLUTE_LIMIT] != absolute:
+        session[ABSOLUTE_LIMIT] = absolute
+    if len(known) != len(live):  # joined since: its deactivation ends the session too
+        session[MEMBERSHIPS] = sorted(live)
+    return True
 
 
 class SessionSecurityMiddleware:
@@ -106,12 +126,12 @@ class SessionSecurityMiddleware:
             if STARTED_AT not in session:
                 session_start(request, user, now=now)
             reason = None
-            if now - session[LAST_SEEN_AT] > session[IDLE_LIMIT]:
+            if not _limits_follow_policy(session, _live_limits(user)):
+                reason = "access_changed"
+            elif now - session[LAST_SEEN_AT] > session[IDLE_LIMIT]:
                 reason = "idle"
             elif now - session[STARTED_AT] > session[ABSOLUTE_LIMIT]:
                 reason = "absolute"
-            elif not _memberships_still_valid(session.get(MEMBERSHIPS, [])):
-                reason = "access_changed"
             if reason is not None:
                 response = self._end(request, user, reason)
                 if is_token_url(request.path):

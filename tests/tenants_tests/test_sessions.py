@@ -113,3 +113,59 @@ def test_suspended_clinic_ends_its_members_sessions(clinic, radiologist, client_
 
     assert client.get("/").status_code == 302
     assert "_auth_user_id" not in client.session
+
+
+@pytest.mark.django_db
+def test_a_clinic_joined_mid_session_binds_the_session_to_its_limits(
+    clinic, other_clinic, client_for
+):
+    other_clinic.session_idle_minutes = 5
+    other_clinic.save()
+    user = make_member(clinic, "radiologist", email="tele@rad.example")
+    client = client_for(user)
+    assert client.session[IDLE_LIMIT] == 15 * 60
+
+    make_member(other_clinic, "radiologist", email="tele@rad.example")
+    assert client.get("/t/south/").status_code == 200
+    _shift(client, LAST_SEEN_AT, 5 * 60 + 1)
+    response = client.get("/t/north/")
+
+    assert response.status_code == 302
+    assert _expired_events(clinic, "idle").exists()
+
+
+@pytest.mark.django_db
+def test_a_clinic_shortening_its_limits_binds_sessions_already_open(
+    clinic, radiologist, client_for
+):
+    client = client_for(radiologist)
+    assert client.get("/t/north/").status_code == 200
+
+    clinic.session_absolute_hours = 1
+    clinic.save()
+    _shift(client, STARTED_AT, 3600 + 1)
+    response = client.get("/t/north/")
+
+    assert response.status_code == 302
+    assert _expired_events(clinic, "absolute").exists()
+
+
+@pytest.mark.django_db
+def test_a_membership_added_mid_session_and_removed_ends_the_session(
+    clinic, other_clinic, tenant_admin, client_for
+):
+    user = make_member(clinic, "radiologist", email="tele@rad.example")
+    client = client_for(user)
+    make_member(other_clinic, "radiologist", email="tele@rad.example")
+    assert client.get("/t/south/").status_code == 200
+
+    membership_update(
+        membership=membership_of(user, other_clinic),
+        roles={"radiologist"},
+        is_active=False,
+        actor=Actor.system("test"),
+    )
+    response = client.get("/t/north/")
+
+    assert response.status_code == 302
+    assert _expired_events(clinic, "access_changed").exists()
