@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import functools
 import io
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pydicom
+from django.conf import settings
 from PIL import Image
+from pydicom.encaps import encapsulate, generate_frames
 from pydicom.pixels import (
     apply_color_lut,
     apply_modality_lut,
     apply_voi_lut,
+    as_pixel_options,
     convert_color_space,
+    get_decoder,
 )
+from pydicom.uid import UID
 
 # Window (centre, width) used when the file carries none.
 MODALITY_WINDOWS = {"CT": (40.0, 400.0), "MR": None, "PT": None}
@@ -26,6 +32,10 @@ class RenderError(Exception):
 
 class NoSuchFrame(RenderError):
     """The frame asked for is not one of the instance's."""
+
+
+class FrameTooLarge(RenderError):
+    """One frame would decode to more bytes than `RENDER_MAX_FRAME_BYTES` allows."""
 
 
 def _to_uint8(pixels: np.ndarray) -> np.ndarray:
@@ -236,11 +246,10 @@ def thumbnail_png(data: bytes, *, max_size: int = 256) -> bytes:
     """A PNG of the middle frame of one instance, at most `max_size` pixels wide or high."""
     try:
         ds = pydicom.dcmread(io.BytesIO(data), force=False)
-        frames = frame_count(ds)
-        pixels = ds.pixel_array
-        if frames > 1:
-            pixels = pixels[frames // 2]
+        pixels = frame_pixels(ds, frame_count(ds) // 2 + 1)
         image = Image.fromarray(frame_to_uint8(ds, pixels))
+    except RenderError:
+        raise
     except Exception as exc:  # codecs raise many kinds of errors on bad data
         raise RenderError(f"{type(exc).__name__}: {exc}"[:200]) from None
     image.thumbnail((max_size, max_size))
@@ -324,17 +333,8 @@ def frame_number_check(number: int, *, frames: int) -> None:
 
 
 def frame_pixels(ds: pydicom.Dataset, number: int) -> np.ndarray:
-    """Frame `number` (1-based) as decoded pixels."""
-    frames = frame_count(ds)
-    frame_number_check(number, frames=frames)
-    native = _native_frame(ds, number)
-    if native is not None:
-        return native
-    try:
-        pixels = ds.pixel_array
-    except Exception as exc:
-        raise RenderError(f"{type(exc).__name__}: {exc}"[:200]) from None
-    return pixels[number - 1] if frames > 1 else pixels
+    """Frame `number` (1-based) as decoded pixels; only that frame is decoded."""
+    return next(_frames_pixels(ds, [number]))
 
 
 def frame_native_bytes(ds: pydicom.Dataset, number: int) -> bytes:
@@ -342,11 +342,131 @@ def frame_native_bytes(ds: pydicom.Dataset, number: int) -> bytes:
     return _little_endian_bytes(frame_pixels(ds, number))
 
 
+def max_frame_bytes() -> int:
+    """The most bytes one decoded frame may take (`RENDER_MAX_FRAME_BYTES`).
+
+    Compressed pixel data can claim any size in its header (65535 x 65535 x 3 samples of
+    16 bits is 24 GiB, from a few bytes of stored data), and the decoders allocate what
+    the header claims before decoding anything; a larger frame is refused instead. The
+    largest real single frames (mammography, large secondary captures) are a few tens of
+    MiB.
+    """
+    return settings.RENDER_MAX_FRAME_BYTES
+
+
+def decoded_frame_bytes(ds: pydicom.Dataset) -> int | None:
+    """Bytes one frame takes decoded: Rows x Columns x Samples per Pixel x the bytes of
+    the type pydicom decodes a sample to; None if the header does not say (pydicom then
+    says what is wrong)."""
+    rows, columns = _number(ds.get("Rows")), _number(ds.get("Columns"))
+    samples = _number(ds.get("SamplesPerPixel"), 1.0)
+    allocated = _number(ds.get("BitsAllocated"))
+    if rows is None or columns is None or samples is None or allocated is None:
+        return None
+    # 1-bit data is unpacked to a byte per pixel; 24 bits go to 32, 40 to 64.
+    itemsize = next((size for size in (1, 2, 4, 8) if allocated <= size * 8), None)
+    if itemsize is None:
+        return None
+    return max(int(rows), 0) * max(int(columns), 0) * max(int(samples), 1) * itemsize
+
+
+def _frames_pixels(ds: pydicom.Dataset, numbers: list[int]) -> Iterator[np.ndarray]:
+    """Frames `numbers` (1-based), each checked first, decoded one after another."""
+    frames = frame_count(ds)
+    for number in numbers:
+        frame_number_check(number, frames=frames)
+    if _native_format(ds) is not None:
+        return (_native_frame(ds, number) for number in numbers)  # type: ignore[misc]
+    return _decoded_frames(ds, numbers)
+
+
+def _decoded_frames(ds: pydicom.Dataset, numbers: list[int]) -> Iterator[np.ndarray]:
+    """Frames `numbers` decoded by pydicom, only those: never every frame of the
+    instance for one of them (a 2,000-frame compressed cine is gigabytes decoded).
+
+    Raises FrameTooLarge, before anything is decoded, for a frame larger than
+    `max_frame_bytes()`.
+    """
+    _frame_size_check(ds)
+    return _decoding(ds, numbers)
+
+
+def _frame_size_check(ds: pydicom.Dataset) -> None:
+    size, limit = decoded_frame_bytes(ds), max_frame_bytes()
+    if size is not None and size > limit:
+        raise FrameTooLarge(
+            f"A frame of this instance decodes to {size:,} bytes, more than the "
+            f"{limit:,} bytes a frame may take; it is not decoded."
+        )
+
+
+def _decoding(ds: pydicom.Dataset, numbers: list[int]) -> Iterator[np.ndarray]:
+    try:
+        if _encapsulated(ds) and len(numbers) > 1:
+            yield from _encapsulated_frames(ds, numbers)
+        else:
+            for number in numbers:
+                yield _pydicom_frame(ds, number - 1)
+    except RenderError:
+        raise
+    except Exception as exc:  # codecs raise many kinds of errors on bad data
+        raise RenderError(f"{type(exc).__name__}: {exc}"[:200]) from None
+
+
+def _pydicom_frame(ds: pydicom.Dataset, index: int) -> np.ndarray:
+    """Frame `index` (0-based) by the dataset's own decoding, set to that frame only.
+
+    pydicom finds one frame of encapsulated data by the Basic or Extended Offset Table,
+    or without one by walking the fragments (one or several a frame), and decodes only
+    it; native data is sliced.
+    """
+    ds.pixel_array_options(index=index)
+    try:
+        return ds.pixel_array
+    finally:
+        ds.pixel_array_options()  # whole-object decoding again, and no frame kept on `ds`
+
+
+def _encapsulated(ds: pydicom.Dataset) -> bool:
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    return syntax is not None and UID(str(syntax)).is_encapsulated
+
+
+def _encapsulated_frames(ds: pydicom.Dataset, numbers: list[int]) -> Iterator[np.ndarray]:
+    """Several frames of encapsulated pixel data, split from it in one pass.
+
+    Without an offset table pydicom finds a frame by walking the fragments from the
+    first; asked once a frame, for all 2,000 frames of a cine, that walk would be
+    quadratic in the instance's size. Each frame found is then decoded as a one-frame
+    object with the instance's pixel description, as `pixel_array` decodes it.
+    """
+    options = as_pixel_options(ds)
+    wanted, last = {number - 1 for number in numbers}, max(numbers) - 1
+    encoded: dict[int, bytes] = {}
+    split = generate_frames(
+        ds.PixelData,
+        number_of_frames=options["number_of_frames"],
+        extended_offsets=options.pop("extended_offsets", None),
+    )
+    for index, frame in enumerate(split):
+        if index in wanted:
+            encoded[index] = frame
+        if index >= last:
+            break
+    decoder = get_decoder(ds.file_meta.TransferSyntaxUID)
+    options["number_of_frames"] = 1
+    for number in numbers:
+        if number - 1 not in encoded:
+            raise RenderError(f"The pixel data holds no frame {number}.")
+        yield decoder.as_array(encapsulate([encoded[number - 1]]), index=0, **options)[0]
+
+
 def pixel_data_native_bytes(ds: pydicom.Dataset) -> bytes:
     """Every frame as `frame_native_bytes` gives it, one after another, decoded once."""
     frames = frame_count(ds)
     if _native_frame(ds, 1) is not None:
         return b"".join(frame_native_bytes(ds, n) for n in range(1, frames + 1))
+    _frame_size_check(ds)  # a frame refused on its own is refused among the others
     try:
         pixels = ds.pixel_array
     except Exception as exc:
@@ -529,7 +649,7 @@ def frames_native_bytes(
         if all(frame is not None for frame in frames):
             return [_little_endian_bytes(frame) for frame in frames]  # type: ignore[arg-type]
     ds = pydicom.dcmread(io.BytesIO(data))
-    return [frame_native_bytes(ds, n) for n in numbers]
+    return [_little_endian_bytes(pixels) for pixels in _frames_pixels(ds, numbers)]
 
 
 def _little_endian_bytes(pixels: np.ndarray) -> bytes:

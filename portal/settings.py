@@ -314,6 +314,9 @@ AUDIT_CHECKPOINT_ROOT = Path(
 # Ingest limits, checked before any expensive work.
 INGEST_MAX_INSTANCE_BYTES = env_int("INGEST_MAX_INSTANCE_BYTES", 1024 * 1024 * 1024)
 INGEST_MAX_SEQUENCE_DEPTH = env_int("INGEST_MAX_SEQUENCE_DEPTH", 8)
+# One decoded frame at most (rendering, thumbnails, decoded frames): compressed data can
+# claim any size in its header, and decoders allocate what it claims.
+RENDER_MAX_FRAME_BYTES = env_int("RENDER_MAX_FRAME_BYTES", 256 * 1024 * 1024)
 INGEST_MAX_ZIP_ENTRIES = env_int("INGEST_MAX_ZIP_ENTRIES", 20000)
 INGEST_MAX_ZIP_TOTAL_BYTES = env_int("INGEST_MAX_ZIP_TOTAL_BYTES", 8 * 1024 * 1024 * 1024)
 INGEST_MAX_ZIP_RATIO = env_int("INGEST_MAX_ZIP_RATIO", 100)
