@@ -17,7 +17,6 @@ from pydicom.pixels import (
     apply_modality_lut,
     apply_voi_lut,
     as_pixel_options,
-    convert_color_space,
     get_decoder,
 )
 from pydicom.uid import UID
@@ -221,8 +220,8 @@ def frame_to_uint8(ds: pydicom.Dataset, pixels: np.ndarray) -> np.ndarray:
     if _is_palette(ds):
         return _palette_rgb(ds, pixels)
     if ds.get("SamplesPerPixel", 1) > 1:
-        if photometric.startswith("YBR") and not ds.file_meta.TransferSyntaxUID.is_compressed:
-            pixels = convert_color_space(pixels, photometric, "RGB")
+        # Colour frames come from pydicom, which returns YBR_FULL and YBR_FULL_422 as RGB
+        # already, stored compressed or not; converting again shifts every colour.
         if pixels.dtype != np.uint8:
             pixels = _to_uint8(pixels)
         return pixels

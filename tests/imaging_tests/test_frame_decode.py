@@ -322,3 +322,16 @@ def test_a_single_frame_instance_is_decoded_as_before():
     pixels = frame_pixels(_read(data), 1)
 
     assert np.array_equal(pixels, _read(data).pixel_array)
+
+
+@pytest.mark.parametrize(
+    "name", ["SC_ybr_full_422_uncompressed.dcm", "SC_rgb_jpeg.dcm", "examples_ybr_color.dcm"]
+)
+def test_a_ybr_colour_frame_renders_in_the_colours_pydicom_decodes(name):
+    ds = _read(sample_bytes(name))
+    expected = ds.pixel_array  # pydicom returns YBR as RGB
+
+    shown = np.asarray(Image.open(io.BytesIO(rendered(ds, media_type="image/png"))))
+
+    first = expected[0] if expected.ndim == 4 else expected
+    assert np.array_equal(shown, first)
