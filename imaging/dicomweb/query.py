@@ -32,64 +32,44 @@ class QueryError(ValueError):
     """The query cannot be answered; the message says why."""
 
 
-# keyword -> (tag, vr, ORM path per level: study, series, instance)
-ATTRIBUTES: dict[str, tuple[str, str, dict[str, str]]] = {
-    "StudyInstanceUID": (
-        "0020000D",
-        "UI",
-        {"study": "study_uid", "series": "study__study_uid", "instance": "study__study_uid"},
-    ),
-    "StudyDate": (
-        "00080020",
-        "DA",
-        {"study": "study_date", "series": "study__study_date", "instance": "study__study_date"},
-    ),
-    "StudyTime": ("00080030", "TM", {"study": "study_time"}),
-    "AccessionNumber": (
-        "00080050",
-        "SH",
-        {
-            "study": "accession_number",
-            "series": "study__accession_number",
-            "instance": "study__accession_number",
-        },
-    ),
-    "ModalitiesInStudy": ("00080061", "CS", {"study": "modalities"}),
-    "ReferringPhysicianName": ("00080090", "PN", {"study": "referring_physician"}),
-    "StudyDescription": ("00081030", "LO", {"study": "description"}),
-    "PatientName": (
-        "00100010",
-        "PN",
-        {
-            "study": "patient__name",
-            "series": "study__patient__name",
-            "instance": "study__patient__name",
-        },
-    ),
-    "PatientID": (
-        "00100020",
-        "LO",
-        {
-            "study": "patient__patient_id",
-            "series": "study__patient__patient_id",
-            "instance": "study__patient__patient_id",
-        },
-    ),
-    "PatientBirthDate": ("00100030", "DA", {"study": "patient__birth_date"}),
-    "PatientSex": ("00100040", "CS", {"study": "patient__sex"}),
-    "SeriesInstanceUID": (
-        "0020000E",
-        "UI",
-        {"series": "series_uid", "instance": "series__series_uid"},
-    ),
-    "Modality": ("00080060", "CS", {"series": "modality", "instance": "series__modality"}),
-    "SeriesNumber": ("00200011", "IS", {"series": "series_number"}),
-    "SeriesDescription": ("0008103E", "LO", {"series": "description"}),
-    "SOPInstanceUID": ("00080018", "UI", {"instance": "sop_instance_uid"}),
-    "SOPClassUID": ("00080016", "UI", {"instance": "sop_class_uid"}),
-    "InstanceNumber": ("00200013", "IS", {"instance": "instance_number"}),
+# keyword -> (tag, vr, the level it belongs to, its column on that level's model)
+ATTRIBUTES: dict[str, tuple[str, str, str, str]] = {
+    "StudyInstanceUID": ("0020000D", "UI", "study", "study_uid"),
+    "StudyDate": ("00080020", "DA", "study", "study_date"),
+    "StudyTime": ("00080030", "TM", "study", "study_time"),
+    "AccessionNumber": ("00080050", "SH", "study", "accession_number"),
+    "ModalitiesInStudy": ("00080061", "CS", "study", "modalities"),
+    "ReferringPhysicianName": ("00080090", "PN", "study", "referring_physician"),
+    "StudyDescription": ("00081030", "LO", "study", "description"),
+    "PatientName": ("00100010", "PN", "study", "patient__name"),
+    "PatientID": ("00100020", "LO", "study", "patient__patient_id"),
+    "PatientBirthDate": ("00100030", "DA", "study", "patient__birth_date"),
+    "PatientSex": ("00100040", "CS", "study", "patient__sex"),
+    "SeriesInstanceUID": ("0020000E", "UI", "series", "series_uid"),
+    "Modality": ("00080060", "CS", "series", "modality"),
+    "SeriesNumber": ("00200011", "IS", "series", "series_number"),
+    "SeriesDescription": ("0008103E", "LO", "series", "description"),
+    "SOPInstanceUID": ("00080018", "UI", "instance", "sop_instance_uid"),
+    "SOPClassUID": ("00080016", "UI", "instance", "sop_class_uid"),
+    "InstanceNumber": ("00200013", "IS", "instance", "instance_number"),
 }
-BY_TAG = {tag: keyword for keyword, (tag, _, _) in ATTRIBUTES.items()}
+# From a level's rows to a higher level's: an instance row names its series and study,
+# a series row its study (and a study its patient, in the columns above).
+_JOIN = {
+    ("series", "study"): "study__",
+    ("instance", "study"): "study__",
+    ("instance", "series"): "series__",
+}
+# PS3.18 Table 10.6.1-5: whose attributes a search at each level may match on. Under a
+# URL that names a study or series, attributes of that level or above only restate (or
+# contradict) it; some clients repeat them (StudyInstanceUID on /studies/{study}/series),
+# so they are matched like any other key rather than refused.
+MATCHABLE: dict[str, tuple[str, ...]] = {
+    "study": ("study",),
+    "series": ("study", "series"),
+    "instance": ("study", "series", "instance"),
+}
+BY_TAG = {tag: keyword for keyword, (tag, *_) in ATTRIBUTES.items()}
 # Returned attributes a client may ask for by includefield without matching on them.
 RETURN_ONLY = {
     "NumberOfStudyRelatedSeries",
@@ -288,8 +268,17 @@ def _match(keyword: str, vr: str, path: str, value: str, fuzzy: bool) -> Q:
     return Q(**{path: value})
 
 
+def _path(keyword: str, *, level: str) -> str:
+    """The lookup from `level`'s rows to the column `keyword` is matched on, or a
+    QueryError if a search at `level` may not match it."""
+    _, _, owner, column = ATTRIBUTES[keyword]
+    if owner not in MATCHABLE[level]:
+        raise QueryError(f"{keyword} cannot be matched at the {level} level.")
+    return _JOIN.get((level, owner), "") + column
+
+
 def parse_query(params: QueryDict, *, level: str) -> Query:
-    """Validate QIDO parameters for `level` (study, series or instance)."""
+    """Validate QIDO parameters for a search at `level` (study, series or instance)."""
     # limit=0 would ask for an empty answer, which no client wants: it is read as no
     # limit given, for which PS3.18 8.3.4.4 has the server answer up to its own maximum
     # (and say so when it cuts there). Refusing it would also leave "from 0" wrong in
@@ -313,10 +302,8 @@ def parse_query(params: QueryDict, *, level: str) -> Query:
         keyword = _keyword(name)
         if keyword not in ATTRIBUTES:
             raise QueryError(f"Unknown or unsupported search attribute {name!r}.")
-        _, vr, paths = ATTRIBUTES[keyword]
-        if level not in paths:
-            raise QueryError(f"{keyword} cannot be matched at the {level} level.")
-        path = paths[level]
+        vr = ATTRIBUTES[keyword][1]
+        path = _path(keyword, level=level)
         for value in params.getlist(name):
             if "\x00" in value:  # no database text holds it
                 raise QueryError(f"{keyword}: a value may not contain NUL.")

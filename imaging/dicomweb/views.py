@@ -12,7 +12,9 @@ import pydicom
 from django.conf import settings
 from django.db.models import Q, QuerySet
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.utils.cache import patch_vary_headers
 from django.views.decorators.http import require_http_methods
+from PIL import Image
 from pydicom.filewriter import dcmwrite
 
 import audit
@@ -57,7 +59,7 @@ from imaging.dicomweb.pixels import (
     pixel_form,
     pixel_offers,
 )
-from imaging.dicomweb.query import QueryError, parse_query
+from imaging.dicomweb.query import Query, QueryError, parse_query
 from imaging.dicomweb.search import level_queryset, search_rows
 from imaging.ingest import IngestOutcome, ingest_many
 from imaging.metadata import metadata_for_instance, metadata_item
@@ -143,11 +145,7 @@ TRUNCATED = (
 )
 
 
-def _search(request: HttpRequest, level: str, scope: Q | None = None) -> HttpResponse:
-    try:
-        query = parse_query(request.GET, level=level)
-    except QueryError as exc:
-        return dicomweb_error(400, str(exc))
+def _search(request: HttpRequest, query: Query, level: str, scope: Q | None = None) -> HttpResponse:
     client = _client(request)
     found = search_rows(
         tenant=client.tenant,
@@ -245,22 +243,36 @@ def studies(request: HttpRequest) -> HttpResponse:
 
 
 def search_studies(request: HttpRequest) -> HttpResponse:
-    return _search(request, "study")
+    try:
+        query = parse_query(request.GET, level="study")
+    except QueryError as exc:
+        return dicomweb_error(400, str(exc))
+    return _search(request, query, "study")
 
 
 @require_http_methods(["GET"])
 def search_series(request: HttpRequest, study: str | None = None) -> HttpResponse:
+    # The query is checked before the study in the URL is looked up (here and for
+    # instances): whether a query is valid never depends on what the clinic holds.
+    try:
+        query = parse_query(request.GET, level="series")
+    except QueryError as exc:
+        return dicomweb_error(400, str(exc))
     if study is None:
-        return _search(request, "series")
+        return _search(request, query, "series")
     if not _studies(request).filter(study_uid=study).exists():
         return dicomweb_error(404, "No such study.")
-    return _search(request, "series", Q(study__study_uid=study))
+    return _search(request, query, "series", Q(study__study_uid=study))
 
 
 @require_http_methods(["GET"])
 def search_instances(
     request: HttpRequest, study: str | None = None, series: str | None = None
 ) -> HttpResponse:
+    try:
+        query = parse_query(request.GET, level="instance")
+    except QueryError as exc:
+        return dicomweb_error(400, str(exc))
     scope = Q()
     if study is not None:
         scope &= Q(study__study_uid=study)
@@ -268,7 +280,7 @@ def search_instances(
         scope &= Q(series__series_uid=series)
     if study is not None and not _instances(request).filter(scope).exists():
         return dicomweb_error(404, "No such study or series.")
-    return _search(request, "instance", scope)
+    return _search(request, query, "instance", scope)
 
 
 # --- WADO-RS --------------------------------------------------------------------------
@@ -276,6 +288,70 @@ def search_instances(
 
 class NotAcceptable(Exception):
     pass
+
+
+def _negotiated(request: HttpRequest, offered: tuple[str, ...]) -> str | None:
+    """The media type of `offered` (the server's preference first, its default) that
+    the request's Accept ranks highest; None if Accept admits none of them.
+
+    Each offered type takes the q of the most specific range naming it (RFC 9110
+    12.5.1): type/subtype, then type/*, then */*; so `image/*, image/jpeg;q=0` refuses
+    JPEG, and q=0 anywhere means "not this one". Equal qualities go to a type named
+    outright over one a wildcard admits, then to the one listed first, then to the
+    server's order: `*/*`, `image/*` and no Accept at all get the default. A range's
+    parameters other than q are not matched (none of the types offered takes any).
+    Django's `HttpRequest.get_preferred_type` is not used: it drops q=0 ranges rather
+    than letting them refuse a type a wildcard admits, and a range with parameters
+    (`application/dicom+json; charset=utf-8`) does not match a type offered without.
+    """
+    accept = request.headers.get("Accept", "").strip() or "*/*"
+    ranges: list[tuple[str, float, int]] = []  # (media range, q, position)
+    for position, item in enumerate(accept.split(",")):
+        if not item.strip():
+            continue
+        _, params = content_type_parameters(item.strip())
+        media = item.partition(";")[0].strip().lower()
+        try:
+            quality = float(params.get("q", "1"))
+        except ValueError:
+            continue
+        if not 0 <= quality <= 1:
+            continue  # nan and the like: malformed
+        # A bare * is how some old HTTP stacks (Java's among them) write */*.
+        ranges.append(("*/*" if media == "*" else media, quality, position))
+    best: tuple[float, int, int, int] | None = None
+    chosen = None
+    for preference, offer in enumerate(offered):
+        specificity_of = {offer: 2, f"{offer.partition('/')[0]}/*": 1, "*/*": 0}
+        matching = [(specificity_of[m], q, p) for m, q, p in ranges if m in specificity_of]
+        if not matching:
+            continue
+        specificity = max(named for named, _, _ in matching)
+        # The most specific ranges decide; of those (a type listed twice), the best q.
+        quality, earliest = max((q, -p) for named, q, p in matching if named == specificity)
+        if quality == 0:
+            continue
+        rank = (quality, specificity, earliest, -preference)
+        if best is None or rank > best:
+            best, chosen = rank, offer
+    return chosen
+
+
+# What `_negotiated` chooses among, the default first, and the 406 naming them. A 406
+# is decided from the request alone, before anything is looked up: it says nothing
+# about whether the addressed object exists, and reads and audits nothing.
+METADATA_TYPES = (DICOM_JSON, "application/json")
+METADATA_NOT_OFFERED = (
+    f"Metadata is offered as {DICOM_JSON} (the default) or application/json; DICOM XML "
+    '(multipart/related; type="application/dicom+xml") is not offered.'
+)
+# What imaging.render encodes: image/gif, image/jp2 and video are not offered.
+RENDERED_TYPES = ("image/jpeg", "image/png")
+RENDERED_NOT_OFFERED = "Rendered images are offered as image/jpeg (the default) or image/png."
+# Thumbnails are stored as PNG: sent as stored unless JPEG is preferred (PS3.18
+# 10.4.3.3.4 leaves a thumbnail's representation to the origin server).
+THUMBNAIL_TYPES = ("image/png", "image/jpeg")
+THUMBNAIL_NOT_OFFERED = "Thumbnails are offered as image/png (the default) or image/jpeg."
 
 
 def _requested_transfer_syntaxes(request: HttpRequest) -> list[str]:
@@ -465,6 +541,9 @@ def _pixel(row: Instance) -> tuple[str, str] | None:
 
 
 def _metadata(request: HttpRequest, instances: QuerySet[Instance]) -> HttpResponse:
+    media_type = _negotiated(request, METADATA_TYPES)
+    if media_type is None:
+        return dicomweb_error(406, METADATA_NOT_OFFERED)
     rows = _read(request, instances, headers=True)
     if not rows:
         return dicomweb_error(404, "Not found.")
@@ -500,7 +579,9 @@ def _metadata(request: HttpRequest, instances: QuerySet[Instance]) -> HttpRespon
     except IntegrityError:
         return dicomweb_error(500, "A stored object failed its integrity check; it was not served.")
     _audit_read(request, [r.series for r in rows], {"metadata": len(rows)})
-    return HttpResponse(b"[" + b",".join(items) + b"]", content_type=DICOM_JSON)
+    response = HttpResponse(b"[" + b",".join(items) + b"]", content_type=media_type)
+    patch_vary_headers(response, ["Accept"])
+    return response
 
 
 @require_http_methods(["GET"])
@@ -715,10 +796,6 @@ def _render_options(request: HttpRequest) -> dict[str, Any]:
             "window=center,width (width > 0), viewport=width,height (1-4096) and "
             "quality=1-100 are the accepted rendering parameters."
         ) from None
-    accept = request.headers.get("Accept", "image/jpeg")
-    options["media_type"] = (
-        "image/png" if "image/png" in accept and "image/jpeg" not in accept else "image/jpeg"
-    )
     return options
 
 
@@ -731,6 +808,9 @@ def rendered_instance(
         frame = _frame_numbers(number)[0]
     except QueryError as exc:
         return dicomweb_error(400, str(exc))
+    options["media_type"] = _negotiated(request, RENDERED_TYPES)
+    if options["media_type"] is None:
+        return dicomweb_error(406, RENDERED_NOT_OFFERED)
     row = _instance_row(request, study, series, instance)
     if row is None:
         return dicomweb_error(404, "Not found.")
@@ -747,11 +827,16 @@ def rendered_instance(
         return _unserved(request, row, exc, {"rendered": 1})
     except IntegrityError:
         return dicomweb_error(500, "A stored object failed its integrity check; it was not served.")
-    return HttpResponse(image, content_type=options["media_type"])
+    response = HttpResponse(image, content_type=options["media_type"])
+    patch_vary_headers(response, ["Accept"])
+    return response
 
 
 @require_http_methods(["GET"])
 def thumbnail(request: HttpRequest, study: str, series: str | None = None) -> HttpResponse:
+    media_type = _negotiated(request, THUMBNAIL_TYPES)
+    if media_type is None:
+        return dicomweb_error(406, THUMBNAIL_NOT_OFFERED)
     queryset = _series(request).filter(study__study_uid=study)
     if series is not None:
         queryset = queryset.filter(series_uid=series)
@@ -760,11 +845,26 @@ def thumbnail(request: HttpRequest, study: str, series: str | None = None) -> Ht
         exists = queryset.exists()
         return dicomweb_error(404, "No thumbnail yet." if exists else "Not found.")
     try:
-        png = thumbnail_bytes(series=row, actor=_actor(request))
+        image = thumbnail_bytes(series=row, actor=_actor(request))
     except IntegrityError:
         return dicomweb_error(500, "A stored object failed its integrity check; it was not served.")
+    if media_type == "image/jpeg":
+        image = _jpeg_from_png(image)
     _audit_read(request, [row], {"thumbnail": 1})
-    return HttpResponse(png, content_type="image/png")
+    response = HttpResponse(image, content_type=media_type)
+    patch_vary_headers(response, ["Accept"])
+    return response
+
+
+def _jpeg_from_png(png: bytes) -> bytes:
+    # A stored thumbnail is a small PNG of grey or RGB pixels the server rendered itself
+    # (imaging.render.thumbnail_png), read back verified.
+    image = Image.open(io.BytesIO(png))
+    out = io.BytesIO()
+    image.convert("RGB" if image.mode not in ("L", "RGB") else image.mode).save(
+        out, format="JPEG", quality=90
+    )
+    return out.getvalue()
 
 
 # --- STOW-RS --------------------------------------------------------------------------
@@ -816,6 +916,7 @@ def _store_batch(
             reason = {
                 "conflict": FAILURE_DUPLICATE_CONFLICT,
                 "busy": FAILURE_PROCESSING,
+                "store_failed": FAILURE_PROCESSING,
                 "study_mismatch": FAILURE_STUDY_MISMATCH,
                 "unknown_transfer_syntax": FAILURE_TRANSFER_SYNTAX,
             }.get(result.code, FAILURE_CANNOT_UNDERSTAND)

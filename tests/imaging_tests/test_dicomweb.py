@@ -637,6 +637,42 @@ def test_a_batch_that_fails_to_store_is_reported_beside_the_batches_stored(
 
 
 @pytest.mark.django_db
+def test_a_part_failing_in_a_batch_stored_one_at_a_time_is_the_only_failed_one(
+    clinic, write_token, monkeypatch
+):
+    from imaging.storage import PrivateFileSystemStorage
+
+    files = synthetic_ct(slices=3)
+    ingest(clinic, files[0])  # the duplicate sends the batch down the one-at-a-time path
+    real_write, calls = PrivateFileSystemStorage.write_file, []
+
+    def second_write_fails(storage, name, content):
+        calls.append(name)
+        if len(calls) == 2:
+            raise OSError("disk full")
+        return real_write(storage, name, content)
+
+    monkeypatch.setattr(PrivateFileSystemStorage, "write_file", second_write_fails)
+
+    response = http(write_token).post(
+        f"{BASE}/studies",
+        data=_multipart([("application/dicom", d) for d in files]),
+        headers={"Content-Type": STOW_TYPE},
+    )
+
+    body = response.json()
+    referenced = [i["00081155"]["Value"][0] for i in body["00081199"]["Value"]]
+    failed = body["00081198"]["Value"]
+    sops = [pydicom.dcmread(io.BytesIO(d), stop_before_pixels=True).SOPInstanceUID for d in files]
+    assert response.status_code == 202
+    assert referenced == [sops[0], sops[1]]
+    assert [(i["00081155"]["Value"][0], i["00081197"]["Value"][0]) for i in failed] == [
+        (sops[2], 0x0110)
+    ]
+    assert Instance.objects.for_tenant(clinic).count() == 2
+
+
+@pytest.mark.django_db
 def test_a_failed_batch_is_logged_without_the_values_its_error_quotes(
     clinic, write_token, monkeypatch, caplog
 ):
