@@ -17,6 +17,7 @@ import pydicom
 from django.conf import settings
 from django.core.files.storage import Storage
 from django.db import transaction
+from django.utils import timezone
 
 import audit
 from audit.actors import Actor
@@ -445,9 +446,29 @@ def orphan_sweep(*, tenant: Tenant, older_than: dt.datetime) -> int:
 # --- Study actions -------------------------------------------------------------------
 
 
-def study_set_confidential(*, study: Study, confidential: bool, by: User, actor: Actor) -> None:
-    """Mark a study confidential (or not). Whoever marks it keeps access by an explicit grant."""
+def study_set_confidential(
+    *,
+    study: Study,
+    confidential: bool,
+    by: User,
+    actor: Actor,
+    now: dt.datetime | None = None,
+) -> int:
+    """Mark a study confidential (or not); returns how many share links that revoked.
+
+    Whoever marks it keeps access by an explicit grant. Marking it revokes the live
+    links staff and partners made to it (`shares_revoke_for_confidential_study`);
+    removing the mark brings none back. `now` is the caller's clock (None: now, for
+    callers written before it was asked for).
+    """
+    # Sharing builds on imaging, so it is imported here, not at the top.
+    from sharing.services import shares_revoke_for_confidential_study
+
+    now = now or timezone.now()
+    revoked = 0
     with transaction.atomic():
+        # The conditional UPDATE holds the study's row until commit: a link being made
+        # meanwhile commits first (and is revoked below) or sees the mark and is refused.
         changed = (
             Study.objects.for_tenant(study.tenant)
             .filter(pk=study.pk)
@@ -463,10 +484,13 @@ def study_set_confidential(*, study: Study, confidential: bool, by: User, actor:
                 tenant=study.tenant,
                 detail={"confidential": confidential},
             )
+            if confidential:
+                revoked = shares_revoke_for_confidential_study(study=study, actor=actor, now=now)
         if confidential and not object_granted(
             tenant=study.tenant, user=by, perm=STUDY_VIEW_PERM, obj=study
         ):
             object_grant(tenant=study.tenant, user=by, perm=STUDY_VIEW_PERM, obj=study, actor=actor)
+    return revoked
 
 
 def study_grant(*, study: Study, grantee: User, download: bool, actor: Actor) -> None:

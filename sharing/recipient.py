@@ -3,6 +3,10 @@
 The first visit swaps the token in the URL for this session (new session key) and
 redirects to a token-free URL; every later request re-reads the link, so revocation
 and expiry apply to the very next request, an open viewer's included.
+
+The session starts unverified whatever the link's challenge: a GET (which mail link
+scanners send for every URL of a message) spends no use and shows no study. Only the
+recipient's POST, the challenge's answer or the Open button, spends one and verifies it.
 """
 
 from __future__ import annotations
@@ -25,6 +29,13 @@ def recipient_begin(
     request.session[SESSION_KEY] = {"id": str(share.pk), "verified": verified}
     remaining = int((share.expires_at - now).total_seconds())
     request.session.set_expiry(max(1, min(SESSION_MAX_SECONDS, remaining)))
+
+
+def recipient_holds_verified(request: HttpRequest, share: ShareLink) -> bool:
+    """Whether this browser already opened `share` (its session is still alive): the
+    recipient clicking the emailed link again, which must not spend another use."""
+    data = request.session.get(SESSION_KEY) or {}
+    return data.get("id") == str(share.pk) and bool(data.get("verified"))
 
 
 def recipient_verified(request: HttpRequest) -> None:

@@ -12,10 +12,10 @@ from audit.actors import Target
 from audit.models import ActorType, AuditEvent
 from audit.selectors import events_for_targets
 from imaging.models import Patient, Study
-from imaging.selectors import masked_study_ids, series_for_study, study_target
+from imaging.selectors import masked_study_ids, series_for_study, study_access, study_target
 from sharing.models import PatientInvitation, PatientLink, ShareLink
-from tenants.models import ApiToken, Membership, Tenant, User
-from tenants.roles import Perm
+from tenants.models import ApiToken, BreakGlassGrant, Membership, Tenant, User
+from tenants.roles import Perm, RoleCode
 from tenants.selectors import user_memberships
 
 PATIENT_HISTORY_SIZE = 100
@@ -78,6 +78,44 @@ def share_masked_study_ids(
     if not shares:
         return set()
     return masked_study_ids(membership=membership, studies=[s.study for s in shares], now=now)
+
+
+def break_glass_sole_grant(
+    *, membership: Membership, study: Study, now: dt.datetime
+) -> BreakGlassGrant | None:
+    """The break-glass grant this member's access to `study` rests on alone, or None.
+
+    None too when the member cannot open the study at all, or also opens it by role or
+    by an explicit grant. With several live grants, the one that ends last.
+    """
+    access = study_access(membership=membership, study=study, now=now)
+    grant = access.break_glass
+    if not access.details or grant is None:
+        return None
+    # The same rule asked again at the instant the last live grant ends: what still
+    # opens the study then (a role on a study not confidential, a grant on it) does
+    # not rest on break-glass. No other part of the rule depends on the clock.
+    after = study_access(membership=membership, study=study, now=grant.expires_at)
+    return None if after.details else grant
+
+
+def study_patient_user_ids(*, study: Study) -> QuerySet:
+    """The accounts that are this study's patient (a subquery of user ids).
+
+    Linked to its Patient record through the portal and still holding the patient role
+    in the clinic: front desk confirmed the person, so their links are their own.
+    """
+    tenant = study.tenant
+    linked = (
+        PatientLink.objects.for_tenant(tenant)
+        .filter(patient_id=study.patient_id, revoked_at__isnull=True)
+        .values("user_id")
+    )
+    return (
+        Membership.objects.for_tenant(tenant)
+        .filter(user_id__in=linked, is_active=True, roles__code=RoleCode.PATIENT)
+        .values("user_id")
+    )
 
 
 def linked_patient_ids(*, tenant: Tenant, user: User) -> QuerySet:

@@ -24,9 +24,11 @@ from audit.models import Action, ActorType, Outcome
 from imaging.crypto import wrap_key
 from imaging.keyring import study_dek
 from imaging.models import Series, Study
+from imaging.selectors import study_target
 from portal.tasks import task_send_on_commit
 from sharing.models import ShareLink
-from tenants.models import EMAIL_MAX_LENGTH, ApiToken, Tenant, User
+from sharing.selectors import study_patient_user_ids
+from tenants.models import EMAIL_MAX_LENGTH, ApiToken, BreakGlassGrant, Tenant, User
 from tenants.tokens import token_digest
 
 TOKEN_BYTES = 32
@@ -87,14 +89,36 @@ def share_create(
     recipient_email: str = "",
     message: str = "",
     notify_on_first_open: bool = False,
+    break_glass: BreakGlassGrant | None = None,
 ) -> tuple[ShareLink, str]:
-    """Create a link; returns it and its token, which is shown once and never stored."""
+    """Create a link; returns it and its token, which is shown once and never stored.
+
+    `break_glass` is the grant the creator's access to the study rests on alone
+    (`sharing.selectors.break_glass_sole_grant`): the link expires no later than it,
+    so emergency access does not outlive itself through a link. A later expiry asked
+    for is shortened, and the audit event says so.
+    """
     tenant = study.tenant
     expires_at = expires_at or now + dt.timedelta(days=tenant.share_link_default_days)
     if expires_at <= now:
         raise ShareInvalid("The expiry must be in the future.")
     if expires_at > now + dt.timedelta(days=tenant.share_link_max_days):
         raise ShareInvalid(f"Links of this clinic last at most {tenant.share_link_max_days} days.")
+    capped = False
+    if break_glass is not None:
+        target = study_target(study)
+        if (
+            break_glass.user_id != getattr(created_by, "pk", None)
+            or break_glass.tenant_id != tenant.pk
+            or (break_glass.target_type, break_glass.target_id) != (target.type, target.id)
+        ):
+            raise ValueError("The break-glass grant is not the creator's, to this study.")
+        if break_glass.expires_at <= now:
+            raise ShareInvalid(
+                "Your break-glass access to this study has ended, and a link cannot outlive it."
+            )
+        capped = expires_at > break_glass.expires_at
+        expires_at = min(expires_at, break_glass.expires_at)
     if max_uses is not None and not 1 <= max_uses <= ShareLink.MAX_USES:
         raise ShareInvalid(f"The number of uses must be from 1 to {ShareLink.MAX_USES:,}.")
     if tenant.share_link_max_uses is not None:
@@ -110,6 +134,12 @@ def share_create(
         raise ShareInvalid("Unknown challenge.")
     if len(recipient_email) > EMAIL_MAX_LENGTH:
         raise ShareInvalid(EMAIL_TOO_LONG)
+    if _confidential_locked(study) and not study.confidential:
+        # Marked confidential since the caller read it: its links are being revoked, and
+        # whether this one may exist is for the caller to decide again.
+        raise ShareInvalid(
+            "This study was just marked confidential. Open it again before sharing it."
+        )
     if created_by_token is not None and not _token_live_locked(created_by_token, now=now):
         # Revoked while this request was under way: its links are being revoked too.
         raise ShareInvalid("This token is no longer valid.")
@@ -152,6 +182,8 @@ def share_create(
             "download": allow_download,
             "deidentified": deidentify,
             "emailed": bool(recipient_email),
+            **({"break_glass": str(break_glass.pk)} if break_glass is not None else {}),
+            **({"capped_by_break_glass": str(break_glass.pk)} if capped else {}),
         },
     )
     if recipient_email:
@@ -159,6 +191,19 @@ def share_create(
 
         task_send_on_commit(task=share_invitation_send, kwargs={"share_id": str(share.pk)})
     return share, raw
+
+
+def _confidential_locked(study: Study) -> bool:
+    """Whether the study is confidential now, its row locked until commit: marking it
+    confidential waits for this link and revokes it, or has committed and is seen here
+    (`study_set_confidential`)."""
+    return bool(
+        Study.objects.for_tenant(study.tenant)
+        .select_for_update()
+        .filter(pk=study.pk)
+        .values_list("confidential", flat=True)
+        .first()
+    )
 
 
 def _token_live_locked(token: ApiToken, *, now: dt.datetime) -> bool:
@@ -221,6 +266,25 @@ def shares_revoke_created_by_token(*, token: ApiToken, actor: Actor, now: dt.dat
     """Revoke every live link a partner token made (the token was revoked); returns how many."""
     shares = ShareLink.objects.for_tenant(token.tenant).filter(created_by_token=token)
     return _revoke_live(shares, actor=actor, now=now, reason="token_revoked")
+
+
+@transaction.atomic
+def shares_revoke_for_confidential_study(*, study: Study, actor: Actor, now: dt.datetime) -> int:
+    """Revoke the live links to a study just marked confidential; returns how many.
+
+    The mark narrows who sees the study (a public figure, a colleague as the patient,
+    a legal hold), so links made by staff or by partners' tokens, made under the wider
+    access, go. Links the patient made of their own study in the patient portal stay:
+    the mark restricts the clinic's staff, not the patient, who still sees the study
+    in the portal and may share it again; revoking would only break what they chose
+    to share of their own data. Each revocation is audited on the study.
+    """
+    shares = (
+        ShareLink.objects.for_tenant(study.tenant)
+        .filter(study=study)
+        .exclude(created_by__in=study_patient_user_ids(study=study))
+    )
+    return _revoke_live(shares, actor=actor, now=now, reason="study_confidential")
 
 
 def _refuse(share: ShareLink, *, state: str, ip: str | None) -> ShareUnavailable:

@@ -34,9 +34,16 @@ from imaging.views.study import study_for_request
 from imaging.views.viewer import viewer_context
 from sharing.forms import ChallengeForm, ShareForm
 from sharing.models import ShareLink
-from sharing.recipient import recipient_begin, recipient_end, recipient_share, recipient_verified
+from sharing.recipient import (
+    recipient_begin,
+    recipient_end,
+    recipient_holds_verified,
+    recipient_share,
+    recipient_verified,
+)
 from sharing.selectors import (
     SHARE_OVERSIGHT_PERM,
+    break_glass_sole_grant,
     share_get,
     share_list,
     share_list_live,
@@ -55,7 +62,7 @@ from sharing.services import (
 )
 from tenants.access import check_clinic_perm, require_perm
 from tenants.mfa import require_step_up
-from tenants.models import Membership, Tenant
+from tenants.models import BreakGlassGrant, Membership, Tenant
 from tenants.roles import STAFF_ROLES, Perm
 from tenants.throttle import too_many_lookups
 
@@ -73,13 +80,27 @@ def share_new(request: HttpRequest, study_id: uuid.UUID) -> HttpResponse:
 
 @require_step_up
 def _share_new(request: HttpRequest, study) -> HttpResponse:
-    return share_form_page(request, study, form_class=ShareForm)
+    # Access that rests on break-glass alone ends with it, and so does any link made from it.
+    glass = break_glass_sole_grant(
+        membership=request.membership,  # type: ignore[attr-defined]
+        study=study,
+        now=timezone.now(),
+    )
+    return share_form_page(request, study, form_class=ShareForm, break_glass=glass)
 
 
 def share_form_page(
-    request: HttpRequest, study, *, form_class: type[ShareForm], back_url: str = ""
+    request: HttpRequest,
+    study,
+    *,
+    form_class: type[ShareForm],
+    back_url: str = "",
+    break_glass: BreakGlassGrant | None = None,
 ) -> HttpResponse:
-    """The create-a-link form and its result, for staff and for patients (their own form)."""
+    """The create-a-link form and its result, for staff and for patients (their own form).
+
+    `break_glass`: the grant the member's access rests on alone; links end with it.
+    """
     tenant = request.tenant
     series = [s for s in series_for_study(study=study) if s.num_instances]
     choices = [
@@ -95,6 +116,7 @@ def share_form_page(
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
         now = timezone.now()
+        asked = now + dt.timedelta(days=data["expires_days"])
         try:
             share, token = share_create(
                 study=study,
@@ -102,7 +124,7 @@ def share_form_page(
                 now=now,
                 created_by=request.user,
                 series=[s for s in series if str(s.pk) in data["series"]],
-                expires_at=now + dt.timedelta(days=data["expires_days"]),
+                expires_at=asked,
                 challenge=data["challenge"],
                 pin=data["pin"] or None,
                 max_uses=data["max_uses"],
@@ -111,6 +133,7 @@ def share_form_page(
                 recipient_email=data["recipient_email"],
                 message=data["message"],
                 notify_on_first_open=data["notify_on_first_open"],
+                break_glass=break_glass,
             )
         except ShareInvalid as exc:
             form.add_error(None, str(exc))
@@ -123,6 +146,7 @@ def share_form_page(
                     "share": share,
                     "url": request.build_absolute_uri(f"/s/{token}"),
                     "back_url": back_url,
+                    "asked_expires_at": asked if share.expires_at < asked else None,
                 },
             )
     status = 400 if request.method == "POST" else 200
@@ -137,7 +161,7 @@ def share_form_page(
     return render(
         request,
         "sharing/new.html",
-        {"study": study, "form": form, "back_url": back_url},
+        {"study": study, "form": form, "back_url": back_url, "break_glass": break_glass},
         status=status,
     )
 
@@ -315,7 +339,12 @@ def _unavailable(request: HttpRequest, exc: ShareUnavailable) -> HttpResponse:
 @never_cache
 @require_http_methods(["GET"])
 def share_open(request: HttpRequest, token: str) -> HttpResponse:
-    """Swap the token in the URL for a short-lived session, then drop it from the URL."""
+    """Swap the token in the URL for a short-lived session, then drop it from the URL.
+
+    Only looks the link up: mail link scanners GET every URL of a message and follow
+    its redirects, so a use is spent (and access granted) only by the recipient's POST
+    on share_home, after the challenge or, for a link without one, the Open button.
+    """
     if too_many_lookups(request):
         response = render(request, "sharing/slow_down.html", status=429)
         response["Retry-After"] = "60"
@@ -324,9 +353,6 @@ def share_open(request: HttpRequest, token: str) -> HttpResponse:
     ip = client_ip(request)
     try:
         share = share_lookup(raw=token, now=now, ip=ip)
-        verified = share.challenge == ShareLink.Challenge.NONE
-        if verified:
-            share_use(share=share, now=now, ip=ip)
     except ShareUnavailable as exc:
         if exc.reason == "unknown":
             with transaction.atomic():
@@ -340,7 +366,10 @@ def share_open(request: HttpRequest, token: str) -> HttpResponse:
                 )
         response = _unavailable(request, exc)
     else:
-        recipient_begin(request, share, verified=verified, now=now)
+        # Opened already in this browser: the session goes on as it was (its lifetime
+        # too, so clicking again does not extend it), and no use is spent.
+        if not recipient_holds_verified(request, share):
+            recipient_begin(request, share, verified=False, now=now)
         response = HttpResponseRedirect(reverse("share_home"), status=303)
     response["Referrer-Policy"] = "no-referrer"
     return response
@@ -365,17 +394,18 @@ def share_home(request: HttpRequest) -> HttpResponse:
     now = timezone.now()
     ip = client_ip(request)
     if not verified:
+        if share.challenge == ShareLink.Challenge.NONE:
+            # Nothing to answer: the Open button's POST, which link scanners do not send,
+            # is what spends the use.
+            if request.method == "POST":
+                return _recipient_open(request, share, now=now, ip=ip)
+            return render(request, "sharing/challenge.html", {"share": share, "form": None})
         form = ChallengeForm(request.POST or None)
         if share.challenge == ShareLink.Challenge.BIRTH_DATE:
             form.fields["answer"].label = "Patient's date of birth (YYYY-MM-DD)"
         if request.method == "POST" and form.is_valid():
             if share_check_secret(share=share, answer=form.cleaned_data["answer"], now=now, ip=ip):
-                try:
-                    share_use(share=share, now=now, ip=ip)
-                except ShareUnavailable as exc:
-                    return _unavailable(request, exc)
-                recipient_verified(request)
-                return HttpResponseRedirect(reverse("share_home"), status=303)
+                return _recipient_open(request, share, now=now, ip=ip)
             share.refresh_from_db()
             if share.locked_at is not None:
                 return _unavailable(request, ShareUnavailable(status=403, reason="locked"))
@@ -396,6 +426,18 @@ def share_home(request: HttpRequest) -> HttpResponse:
         detail={"share": str(share.pk)},
     )
     return render(request, "sharing/recipient.html", {"share": share, "series": series})
+
+
+def _recipient_open(
+    request: HttpRequest, share: ShareLink, *, now: dt.datetime, ip: str | None
+) -> HttpResponse:
+    """Spend a use and let this session in; the gone page when the last use went meanwhile."""
+    try:
+        share_use(share=share, now=now, ip=ip)
+    except ShareUnavailable as exc:
+        return _unavailable(request, exc)
+    recipient_verified(request)
+    return HttpResponseRedirect(reverse("share_home"), status=303)
 
 
 def _shared_series(share: ShareLink) -> list[Series]:

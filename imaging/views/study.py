@@ -15,6 +15,7 @@ from django.http import (
     HttpResponseRedirect,
 )
 from django.shortcuts import render
+from django.template.defaultfilters import pluralize
 from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_http_methods, require_POST
@@ -261,8 +262,12 @@ def study_confidential(request: HttpRequest, study_id: uuid.UUID) -> HttpRespons
     if not access.details:
         raise PermissionDenied("Open the study first.")
     confidential = request.POST.get("confidential") == "1"
-    study_set_confidential(
-        study=study, confidential=confidential, by=request.user, actor=Actor.from_request(request)
+    revoked = study_set_confidential(
+        study=study,
+        confidential=confidential,
+        by=request.user,
+        actor=Actor.from_request(request),
+        now=timezone.now(),
     )
     messages.success(
         request,
@@ -270,4 +275,11 @@ def study_confidential(request: HttpRequest, study_id: uuid.UUID) -> HttpRespons
         if confidential
         else "The study is no longer confidential.",
     )
+    if revoked:
+        messages.warning(
+            request,
+            f"{revoked} live share link{pluralize(revoked)} to this study "
+            f"{pluralize(revoked, 'was,were')} revoked: their recipients' next request is "
+            "refused.",
+        )
     return HttpResponseRedirect(study_url(study))

@@ -65,14 +65,16 @@ def test_create_list_and_revoke(study):
     assert event.actor_type == ActorType.API_TOKEN
 
 
-def test_link_without_pin_opens_directly(study):
+def test_link_without_pin_opens_with_the_open_button(study):
     created = api(token_for(study.tenant, "shares:write")).post(
         "/api/v1/shares", body(study), "application/json"
     )
     recipient = Client()
 
     recipient.get("/s/" + created.json()["url"].rsplit("/", 1)[1])
+    opened = recipient.post("/s/")
 
+    assert opened.status_code == 303
     assert "Doe, Jane" in recipient.get("/s/").content.decode()
 
 
