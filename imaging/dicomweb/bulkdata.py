@@ -83,7 +83,8 @@ def _element(ds: pydicom.Dataset, path: str) -> DataElement:
     raise NoSuchAttribute("The instance has no value at that bulk data path.")
 
 
-def _decoded_size(ds: pydicom.Dataset) -> int:
+def decoded_size(ds: pydicom.Dataset) -> int:
+    """Bytes every frame of the pixel data takes decoded, as its header says."""
     try:
         samples = int(ds.get("SamplesPerPixel") or 1)
         allocated = max(int(ds.get("BitsAllocated") or 8), 8)
@@ -106,7 +107,7 @@ def bulk_data_bytes(ds: pydicom.Dataset, *, path: str) -> bytes:
             raise NoSuchAttribute("The instance has no pixel data.")
         if not _encapsulated(ds):
             return stored_pixel_bytes(ds)
-        if _decoded_size(ds) > MAX_DECODED_BYTES:
+        if decoded_size(ds) > MAX_DECODED_BYTES:
             raise RenderError("The pixel data is too large to send at once; ask for its frames.")
         return pixel_data_native_bytes(ds)
     element = _element(ds, path)

@@ -31,10 +31,12 @@ from imaging.dicom import (
 )
 from imaging.dicomweb.auth import DicomwebClient, dicomweb_error
 from imaging.dicomweb.bulkdata import (
+    MAX_DECODED_BYTES,
     WORDS,
     NoSuchAttribute,
     bulk_data_bytes,
     bulk_path_valid,
+    decoded_size,
     little_endian,
     stored_frames,
     stored_pixel_bytes,
@@ -402,8 +404,15 @@ def _transcode(data: bytes, target: str) -> bytes:
             f"Transcoding to {target} is not offered; ask for * or {EXPLICIT_VR_LE}."
         )
     ds = pydicom.dcmread(io.BytesIO(data))
+    compressed = ds.file_meta.TransferSyntaxUID.is_compressed
+    if compressed and decoded_size(ds) > MAX_DECODED_BYTES:
+        # Decoded whole in memory: a few stored bytes can claim gigabytes of pixels.
+        raise NotAcceptable(
+            "The stored image is too large to decode at once; ask for transfer-syntax=* "
+            "to receive it as stored, or for its frames."
+        )
     try:
-        if ds.file_meta.TransferSyntaxUID.is_compressed:
+        if compressed:
             ds.decompress()
     except Exception as exc:
         raise NotAcceptable(f"The stored image cannot be decoded losslessly ({exc}).") from None

@@ -158,6 +158,28 @@ def test_compressed_instance_transcodes_to_explicit_little_endian(clinic, read_t
 
 
 @pytest.mark.django_db
+def test_a_compressed_instance_too_large_to_decode_at_once_is_406_not_decoded(
+    clinic, read_token, monkeypatch
+):
+    from imaging.dicomweb import views
+
+    data = sample_bytes("MR_small_jp2klossless.dcm")
+    ingest(clinic, data)
+    ds = _ds(data)
+    monkeypatch.setattr(views, "MAX_DECODED_BYTES", 64 * 64 * 2 - 1)  # one byte short
+    monkeypatch.setattr(pydicom.Dataset, "decompress", lambda *a, **k: pytest.fail("decoded"))
+
+    response = http(read_token).get(
+        f"{BASE}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+        f"/instances/{ds.SOPInstanceUID}",
+        headers={"Accept": 'multipart/related; type="application/dicom"'},
+    )
+
+    assert response.status_code == 406
+    assert "too large to decode at once" in response.json()["error"]
+
+
+@pytest.mark.django_db
 def test_big_endian_instance_is_retrieved_as_explicit_little_endian(clinic, read_token):
     source = _ds(sample_bytes("MR_small_bigendian.dcm"))
     # A word-valued attribute beside the pixels: its words are big endian in the file.
