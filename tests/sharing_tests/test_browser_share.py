@@ -4,10 +4,13 @@ the PIN and sees the image; the sharer revokes; the recipient's next action fail
 from __future__ import annotations
 
 import pytest
+from django.utils import timezone
 
+from sharing.models import ShareLink
+from sharing.services import share_create
 from tests.browser import SHARE_METADATA_STATUS as METADATA_STATUS
 from tests.browser import browser_page, require_chromium, screenshot
-from tests.helpers import make_clinic, make_member
+from tests.helpers import TEST_ACTOR, make_clinic, make_member
 from tests.imaging_tests.helpers import ingest_study, synthetic_ct
 from tests.imaging_tests.test_browser_viewer import sign_in
 
@@ -59,3 +62,67 @@ def test_share_open_on_a_phone_with_pin_then_revoke(live_server):
         assert phone.get_by_role("heading", name="This link does not work").is_visible()
         screenshot(phone, "share-4-recipient-after-revoke")
         phone_context.close()
+
+
+# The button pressed twice, at once and 50 ms apart (the second after the first request
+# reached the server, before its answer came back).
+SECOND_PRESS = """(gap) => {
+  const button = document.querySelector("main form[method=post] button[type=submit]");
+  button.click();
+  setTimeout(() => button.click(), gap);
+}"""
+
+
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize(("pin", "gap"), [(None, 0), (None, 50), ("8642", 0), ("8642", 50)])
+def test_open_pressed_twice_spends_one_use_and_shows_the_images(live_server, pin, gap):
+    # Without the guard the second submission, sent with the cookie the first one
+    # replaced, finds its session gone or the last use spent, and its error page
+    # replaces the images the first one opened.
+    require_chromium()
+    clinic = make_clinic("north", "North Imaging")
+    radiologist = make_member(clinic, "radiologist", email="rad@north.example")
+    study = ingest_study(clinic, synthetic_ct(slices=2, size=16))
+    share, token = share_create(
+        study=study,
+        actor=TEST_ACTOR,
+        now=timezone.now(),
+        created_by=radiologist,
+        challenge=ShareLink.Challenge.PIN if pin else ShareLink.Challenge.NONE,
+        pin=pin,
+        max_uses=1,
+    )
+
+    with browser_page() as page:
+        page.goto(f"{live_server.url}/s/{token}")
+        page.wait_for_url("**/s/")
+        if pin:
+            page.get_by_label("PIN").fill(pin)
+        page.evaluate(SECOND_PRESS, gap)
+
+        page.get_by_role("link", name="Open viewer").wait_for(timeout=10_000)
+        page.wait_for_timeout(300)  # anything a second submission would bring
+        assert page.get_by_role("link", name="Open viewer").is_visible()
+    share.refresh_from_db()
+    assert share.use_count == 1
+
+
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+@pytest.mark.timeout(240)
+def test_create_link_pressed_twice_makes_one_link(live_server):
+    # A second link would be live, and never shown to anyone.
+    require_chromium()
+    clinic = make_clinic("north", "North Imaging")
+    radiologist = make_member(clinic, "radiologist", email="rad@north.example")
+    study = ingest_study(clinic, synthetic_ct(slices=2, size=16))
+
+    with browser_page() as page:
+        sign_in(page, live_server.url, radiologist, f"/t/north/studies/{study.pk}/share/")
+        page.get_by_label("PIN (4 to 12 digits)").fill("8642")
+        page.evaluate(SECOND_PRESS, 0)
+
+        page.locator("#share-url").wait_for(timeout=10_000)
+        page.wait_for_timeout(300)
+        assert "/s/" in page.locator("#share-url").input_value()
+    assert ShareLink.objects.for_tenant(clinic).filter(study=study).count() == 1
