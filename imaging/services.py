@@ -34,11 +34,12 @@ from imaging.keyring import study_dek
 from imaging.metadata import header_stale, metadata_open, metadata_seal
 from imaging.models import Instance, Series, Study
 from imaging.render import pixel_layout, pixel_layout_current, pixel_value_offset
-from imaging.selectors import STUDY_DOWNLOAD_PERM, STUDY_VIEW_PERM
+from imaging.selectors import STUDY_DOWNLOAD_PERM, STUDY_VIEW_PERM, study_access
 from imaging.storage import object_delete, object_keys, object_open, storage_for
 from portal.tasks import task_send, task_send_on_commit
 from tenants.grants import object_grant, object_granted, object_revoke
 from tenants.models import Tenant, User
+from tenants.selectors import membership_for_user
 
 
 def _integrity_failed(*, instance: Instance | Series, actor: Actor, reason: str) -> None:
@@ -508,8 +509,31 @@ def study_grant(*, study: Study, grantee: User, download: bool, actor: Actor) ->
             )
 
 
-def study_grant_revoke(*, study: Study, grantee: User, actor: Actor) -> None:
+def study_grant_revoke(
+    *, study: Study, grantee: User, actor: Actor, now: dt.datetime | None = None
+) -> int:
+    """Withdraw a member's grant on a study; returns how many of their links that revoked.
+
+    A link passes on its maker's access and must not outlive it (a break-glass link
+    ends with its grant too): when the grant was what let the member see the study (a
+    confidential study, a referring physician's), the live links they made of it are
+    revoked, each audited. A member whose role lists the study anyway keeps theirs.
+    """
+    from sharing.services import shares_revoke_for_withdrawn_grant
+
+    now = now or timezone.now()
+    tenant = study.tenant
     with transaction.atomic():
+        # share_create locks the study's row too: a link made meanwhile commits first
+        # (and is revoked here) or waits for this.
+        Study.objects.for_tenant(tenant).select_for_update().filter(pk=study.pk).exists()
         for perm in (STUDY_DOWNLOAD_PERM, STUDY_VIEW_PERM):
-            if object_granted(tenant=study.tenant, user=grantee, perm=perm, obj=study):
-                object_revoke(tenant=study.tenant, user=grantee, perm=perm, obj=study, actor=actor)
+            if object_granted(tenant=tenant, user=grantee, perm=perm, obj=study):
+                object_revoke(tenant=tenant, user=grantee, perm=perm, obj=study, actor=actor)
+        membership = membership_for_user(tenant=tenant, user=grantee)
+        if (
+            membership is not None
+            and study_access(membership=membership, study=study, now=now).details
+        ):
+            return 0
+        return shares_revoke_for_withdrawn_grant(study=study, user=grantee, actor=actor, now=now)

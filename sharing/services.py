@@ -287,6 +287,17 @@ def shares_revoke_for_confidential_study(*, study: Study, actor: Actor, now: dt.
     return _revoke_live(shares, actor=actor, now=now, reason="study_confidential")
 
 
+@transaction.atomic
+def shares_revoke_for_withdrawn_grant(
+    *, study: Study, user: User, actor: Actor, now: dt.datetime
+) -> int:
+    """Revoke the live links `user` made of `study`, whose grant on it was withdrawn and
+    who no longer sees it otherwise (`imaging.services.study_grant_revoke` decides);
+    returns how many. Each revocation is audited on the study."""
+    shares = ShareLink.objects.for_tenant(study.tenant).filter(study=study, created_by=user)
+    return _revoke_live(shares, actor=actor, now=now, reason="grant_withdrawn")
+
+
 def _refuse(share: ShareLink, *, state: str, ip: str | None) -> ShareUnavailable:
     status = 404 if state == ShareLink.State.REVOKED else 410
     if state == ShareLink.State.LOCKED:

@@ -250,8 +250,16 @@ def study_grant_remove(
     )
     if grantee is None:
         raise Http404("No such grant")
-    study_grant_revoke(study=study, grantee=grantee, actor=Actor.from_request(request))
-    messages.success(request, f"{grantee.email} can no longer open this study.")
+    revoked = study_grant_revoke(
+        study=study, grantee=grantee, actor=Actor.from_request(request), now=timezone.now()
+    )
+    message = f"{grantee.email} can no longer open this study."
+    if revoked:
+        message += (
+            f" {revoked} live share link{pluralize(revoked)} they made of it "
+            f"{pluralize(revoked, 'was,were')} revoked."
+        )
+    messages.success(request, message)
     return HttpResponseRedirect(study_url(study) + "#access")
 
 

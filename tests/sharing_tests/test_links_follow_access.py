@@ -1,4 +1,5 @@
-"""Share links follow the access they were made with: a confidential mark, break-glass."""
+"""Share links follow the access they were made with: a confidential mark, break-glass,
+a grant withdrawn."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from django.utils import timezone
 from audit.actors import Actor
 from audit.models import Action, AuditEvent
 from imaging.selectors import study_target
-from imaging.services import study_grant, study_set_confidential
+from imaging.services import study_grant, study_grant_revoke, study_set_confidential
 from sharing.invitations import invitation_accept, patient_invite
 from sharing.models import ShareLink
 from sharing.selectors import break_glass_sole_grant
@@ -243,6 +244,75 @@ def test_the_page_that_marks_the_study_says_how_many_links_were_revoked(
     assert response.status_code == 200
     assert message in response.content.decode()
     assert not ShareLink.objects.for_tenant(study.tenant).filter(revoked_at=None).exists()
+
+
+# --- A grant withdrawn -------------------------------------------------------------------
+
+
+def test_withdrawing_the_grant_a_member_saw_the_study_by_revokes_their_links_to_it(
+    clinic, confidential, radiologist, marker
+):
+    study_grant(study=confidential, grantee=radiologist, download=False, actor=TEST_ACTOR)
+    theirs = link(confidential, created_by=radiologist)
+    markers = link(confidential, created_by=marker)
+    other = ingest_study(clinic, synthetic_ct(slices=1, size=16, patient_name="Roe^John"))
+    elsewhere = link(other, created_by=radiologist)
+    now = timezone.now()
+
+    revoked = study_grant_revoke(
+        study=confidential, grantee=radiologist, actor=Actor.for_user(marker), now=now
+    )
+
+    assert revoked == 1
+    assert fresh(theirs).revoked_at == now
+    assert fresh(markers).revoked_at is None
+    assert fresh(elsewhere).revoked_at is None
+    (event,) = revocations(confidential).values()
+    assert event.detail == {"share": str(theirs.pk), "reason": "grant_withdrawn"}
+    assert event.actor_id == str(marker.pk)
+
+
+def test_a_member_whose_role_lists_the_study_anyway_keeps_their_links(study, radiologist):
+    study_grant(study=study, grantee=radiologist, download=True, actor=TEST_ACTOR)
+    theirs = link(study, created_by=radiologist)
+
+    revoked = study_grant_revoke(study=study, grantee=radiologist, actor=TEST_ACTOR)
+
+    assert revoked == 0
+    assert fresh(theirs).revoked_at is None
+
+
+def test_the_recipient_of_a_link_revoked_with_the_grant_gets_404(client, confidential, radiologist):
+    study_grant(study=confidential, grantee=radiologist, download=False, actor=TEST_ACTOR)
+    raw = share_create(
+        study=confidential,
+        actor=TEST_ACTOR,
+        now=timezone.now(),
+        created_by=radiologist,
+        challenge=ShareLink.Challenge.PIN,
+        pin=PIN,
+    )[1]
+
+    study_grant_revoke(study=confidential, grantee=radiologist, actor=TEST_ACTOR)
+
+    assert client.get(f"/s/{raw}").status_code == 404
+
+
+def test_the_study_page_says_how_many_links_went_with_the_grant(
+    client_for, confidential, radiologist, marker
+):
+    study_grant(study=confidential, grantee=radiologist, download=False, actor=TEST_ACTOR)
+    link(confidential, created_by=radiologist)
+    link(confidential, created_by=radiologist)
+
+    response = client_for(marker).post(
+        study_url(confidential, f"grants/{radiologist.pk}/revoke/"), follow=True
+    )
+
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert "can no longer open this study. 2 live share links they made of it were revoked." in page
+    assert not ShareLink.objects.for_tenant(confidential.tenant).filter(revoked_at=None).exists()
 
 
 # --- Break-glass -------------------------------------------------------------------------
