@@ -343,6 +343,16 @@ def share_current(*, share: ShareLink, now: dt.datetime, ip: str | None) -> Shar
     return fresh
 
 
+def share_openable(*, share: ShareLink, now: dt.datetime, ip: str | None) -> None:
+    """Raise ShareUnavailable (410) when no use is left for a browser yet to open the link.
+
+    share_current lets a used-up link through for the session that spent its last use;
+    anyone else is told at once, not after answering the challenge or pressing Open.
+    """
+    if share.state_at(now) == ShareLink.State.USED_UP:
+        raise _refuse(share, state=ShareLink.State.USED_UP, ip=ip)
+
+
 def share_check_secret(*, share: ShareLink, answer: str, now: dt.datetime, ip: str | None) -> bool:
     """Check the PIN or date of birth; the link locks after MAX_SECRET_ATTEMPTS misses."""
     with transaction.atomic():

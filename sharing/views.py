@@ -56,6 +56,7 @@ from sharing.services import (
     share_check_secret,
     share_create,
     share_lookup,
+    share_openable,
     share_revoke,
     share_touch,
     share_use,
@@ -394,6 +395,10 @@ def share_home(request: HttpRequest) -> HttpResponse:
     now = timezone.now()
     ip = client_ip(request)
     if not verified:
+        try:
+            share_openable(share=share, now=now, ip=ip)
+        except ShareUnavailable as exc:
+            return _unavailable(request, exc)
         if share.challenge == ShareLink.Challenge.NONE:
             # Nothing to answer: the Open button's POST, which link scanners do not send,
             # is what spends the use.

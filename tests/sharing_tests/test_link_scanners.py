@@ -34,12 +34,12 @@ def other_study(clinic):
 def open_link(study, user, **options) -> tuple[ShareLink, str]:
     """A link without a challenge, one use unless told otherwise."""
     options.setdefault("max_uses", 1)
+    options.setdefault("challenge", ShareLink.Challenge.NONE)
     return share_create(
         study=study,
         actor=TEST_ACTOR,
         now=timezone.now(),
         created_by=user,
-        challenge=ShareLink.Challenge.NONE,
         message=MESSAGE,
         **options,
     )
@@ -227,6 +227,24 @@ def test_the_last_use_spent_meanwhile_gives_the_gone_page(study, radiologist):
     assert "This link has expired" in response.content.decode()
     assert uses(share) == 1
     assert "Doe, Jane" in first.get("/s/").content.decode()
+
+
+@pytest.mark.parametrize("challenge", [ShareLink.Challenge.NONE, ShareLink.Challenge.PIN])
+def test_a_used_up_link_says_so_at_once_not_after_the_button_or_pin(study, radiologist, challenge):
+    pin = "4711" if challenge == ShareLink.Challenge.PIN else None
+    share, token = open_link(study, radiologist, challenge=challenge, pin=pin)
+    first = Client()
+    first.get(f"/s/{token}")
+    first.post("/s/", {"answer": "4711"})
+
+    response = Client().get(f"/s/{token}", follow=True)
+
+    page = response.content.decode()
+    assert response.status_code == 410
+    assert "opened as many times as the sender allowed" in page
+    assert OPEN_BUTTON not in page and "PIN" not in page
+    assert share_events(share, Action.SHARE_REFUSED) == 1
+    assert "Doe, Jane" in first.get("/s/").content.decode()  # who spent it still sees it
 
 
 # --- One link's session, not another's ------------------------------------------------------
