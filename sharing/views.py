@@ -8,8 +8,9 @@ from collections.abc import Iterable
 
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
+from django.core.paginator import Page, Paginator
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import Q, QuerySet
 from django.http import (
     Http404,
     HttpRequest,
@@ -171,10 +172,20 @@ def _actor(request: HttpRequest) -> Actor:
     return Actor.from_request(request)
 
 
+# Links of a sharer over the years, or every live link of a busy clinic: a page at a
+# time, like the worklist and the audit log, and each page audited for what it showed.
+LINKS_PAGE_SIZE = 50
+
+
+def _links_page(request: HttpRequest, shares: QuerySet[ShareLink]) -> tuple[Page, list[ShareLink]]:
+    page = Paginator(shares, LINKS_PAGE_SIZE).get_page(request.GET.get("page"))
+    return page, list(page.object_list)
+
+
 @require_perm(Perm.STUDY_SHARE, Perm.OWN_STUDIES)
 def share_index(request: HttpRequest) -> HttpResponse:
     membership = request.membership  # type: ignore[attr-defined]
-    links = list(share_list(membership=membership))
+    page, links = _links_page(request, share_list(membership=membership))
     now = timezone.now()
     masked = share_masked_study_ids(membership=membership, shares=links, now=now)
     _shares_listed(request, links)
@@ -182,10 +193,11 @@ def share_index(request: HttpRequest) -> HttpResponse:
         request,
         "sharing/list.html",
         {
+            "page": page,
             "rows": [
                 {"share": s, "state": s.state_at(now), "masked": s.study_id in masked}
                 for s in links
-            ]
+            ],
         },
     )
 
@@ -211,7 +223,7 @@ def share_oversight(request: HttpRequest) -> HttpResponse:
     """Every live link of the clinic, whoever made it, for the member who oversees them."""
     membership = request.membership  # type: ignore[attr-defined]
     now = timezone.now()
-    links = list(share_list_live(membership=membership, now=now))
+    page, links = _links_page(request, share_list_live(membership=membership, now=now))
     masked = share_masked_study_ids(membership=membership, shares=links, now=now)
     staff_ids = _staff_ids(request.tenant, {s.created_by_id for s in links if s.created_by_id})
     _shares_listed(request, links, scope="clinic")
@@ -219,6 +231,7 @@ def share_oversight(request: HttpRequest) -> HttpResponse:
         request,
         "sharing/oversight.html",
         {
+            "page": page,
             "rows": [
                 {
                     "share": s,
@@ -227,7 +240,7 @@ def share_oversight(request: HttpRequest) -> HttpResponse:
                     "creator": _creator(s, staff_ids),
                 }
                 for s in links
-            ]
+            ],
         },
     )
 

@@ -199,6 +199,45 @@ def test_privacy_officer_lists_every_live_link_of_the_clinic_without_demographic
     assert event.detail["scope"] == "clinic" and set(event.detail["shares"]) == listed
 
 
+@pytest.mark.parametrize(
+    ("url", "maker_role"), [("/t/north/shares/live/", "privacy"), ("/t/north/shares/", "own")]
+)
+def test_link_lists_go_a_page_at_a_time_each_page_audited_for_its_links(
+    monkeypatch,
+    clinic,
+    other_clinic,
+    study,
+    other_study,
+    privacy_officer,
+    radiologist,
+    client_for,
+    url,
+    maker_role,
+):
+    monkeypatch.setattr("sharing.views.LINKS_PAGE_SIZE", 2)
+    oldest, newer, newest = (member_link(study, radiologist)[0] for _ in range(3))
+    member_link(other_study, make_member(other_clinic, "radiologist"))
+    client = client_for(privacy_officer if maker_role == "privacy" else radiologist)
+
+    first = client.get(url)
+    second = client.get(url + "?page=2")
+    beyond = client.get(url + "?page=9")
+
+    def shown(response):
+        return [row["share"].pk for row in response.context["rows"]]
+
+    assert shown(first) == [newest.pk, newer.pk]
+    assert shown(second) == [oldest.pk]
+    assert shown(beyond) == [oldest.pk]  # the last page, not an error
+    assert "Page 1 of 2" in first.content.decode()
+    events = AuditEvent.objects.for_tenant(clinic).filter(action=Action.SHARES_LISTED)
+    assert [e.detail["shares"] for e in events.order_by("seq")] == [
+        [str(newest.pk), str(newer.pk)],
+        [str(oldest.pk)],
+        [str(oldest.pk)],
+    ]
+
+
 @pytest.mark.parametrize("maker", ["token", "departed", "patient"])
 def test_privacy_officer_revokes_a_link_nobody_else_could(
     clinic, study, radiologist, patient, privacy_officer, client_for, maker
