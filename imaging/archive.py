@@ -13,7 +13,7 @@ from django.http import StreamingHttpResponse
 from zipstream import ZIP_STORED, ZipStream
 
 from audit.actors import Actor
-from imaging.dicom import deidentified_bytes
+from imaging.deidentify import deidentified_bytes
 from imaging.models import Instance, Study
 from imaging.services import instances_chunks
 

@@ -34,7 +34,11 @@ class ShareForm(forms.Form):
     )
     allow_download = forms.BooleanField(label="Allow download", required=False)
     deidentify = forms.BooleanField(
-        label="De-identify (hide the patient's name, ID and birth date)", required=False
+        label=(
+            "De-identify (names, IDs, birth date, addresses, notes and private data "
+            "removed; dates, sex and age kept)"
+        ),
+        required=False,
     )
     recipient_email = forms.EmailField(
         label="Send the link to (optional)",

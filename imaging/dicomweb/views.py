@@ -21,11 +21,10 @@ import audit
 from audit.actors import Actor
 from audit.models import Action
 from imaging.crypto import IntegrityError
+from imaging.deidentify import deidentified_bytes, deidentify
 from imaging.dicom import (
     FLOAT_PIXEL_VRS,
     PIXEL_DATA,
-    deidentified_bytes,
-    deidentify,
     metadata_dict,
     valid_uid,
 )

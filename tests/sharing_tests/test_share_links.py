@@ -455,7 +455,7 @@ def test_deidentified_link_hides_identity_in_pages_and_metadata(client, study, r
 
     assert "Doe" not in page and "Doe" not in viewer and "SYN-0001" not in viewer
     assert metadata[0]["00100010"]["Value"][0]["Alphabetic"] == "ANONYMOUS"
-    assert "00100030" not in metadata[0]  # birth date
+    assert "Value" not in metadata[0].get("00100030", {})  # birth date: empty (Z)
     assert b"Doe^Jane" not in archive and b"SYN-0001" not in archive
 
 
