@@ -36,7 +36,7 @@ def marker(clinic):
     return make_member(clinic, "radiologist", email="marker@north.example")
 
 
-def link(study, *, now=None, **options):
+def link_and_token(study, *, now=None, **options) -> tuple[ShareLink, str]:
     options.setdefault("created_by", None)
     return share_create(
         study=study,
@@ -45,7 +45,11 @@ def link(study, *, now=None, **options):
         challenge=ShareLink.Challenge.PIN,
         pin=PIN,
         **options,
-    )[0]
+    )
+
+
+def link(study, *, now=None, **options) -> ShareLink:
+    return link_and_token(study, now=now, **options)[0]
 
 
 def link_by_token(study, *, now=None):
@@ -210,14 +214,7 @@ def test_a_link_being_made_from_a_study_read_before_the_mark_is_refused(study, r
 
 
 def test_a_revoked_link_is_refused_to_its_recipient(client, study, radiologist, marker):
-    raw = share_create(
-        study=study,
-        actor=TEST_ACTOR,
-        now=timezone.now(),
-        created_by=radiologist,
-        challenge=ShareLink.Challenge.PIN,
-        pin=PIN,
-    )[1]
+    _, raw = link_and_token(study, created_by=radiologist)
 
     study_set_confidential(study=study, confidential=True, by=marker, actor=TEST_ACTOR)
 
@@ -284,14 +281,7 @@ def test_a_member_whose_role_lists_the_study_anyway_keeps_their_links(study, rad
 
 def test_the_recipient_of_a_link_revoked_with_the_grant_gets_404(client, confidential, radiologist):
     study_grant(study=confidential, grantee=radiologist, download=False, actor=TEST_ACTOR)
-    raw = share_create(
-        study=confidential,
-        actor=TEST_ACTOR,
-        now=timezone.now(),
-        created_by=radiologist,
-        challenge=ShareLink.Challenge.PIN,
-        pin=PIN,
-    )[1]
+    _, raw = link_and_token(confidential, created_by=radiologist)
 
     study_grant_revoke(study=confidential, grantee=radiologist, actor=TEST_ACTOR)
 
