@@ -87,6 +87,7 @@ class Action(models.TextChoices):
     DICOMWEB_STORE = "dicomweb.store", "DICOMweb store"
     SHARE_CREATED = "share.created", "Share link created"
     SHARE_REVOKED = "share.revoked", "Share link revoked"
+    SHARE_SHORTENED = "share.shortened", "Share link shortened"
     SHARES_LISTED = "share.listed", "Share links listed"
     SHARE_VIEWED = "share.viewed", "Share link details viewed"
     SHARE_OPENED = "share.opened", "Share link opened"

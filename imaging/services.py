@@ -9,6 +9,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import lru_cache
 from itertools import islice
 from typing import Any, TypeVar
@@ -509,31 +510,55 @@ def study_grant(*, study: Study, grantee: User, download: bool, actor: Actor) ->
             )
 
 
+@dataclass(frozen=True)
+class GrantWithdrawn:
+    """What withdrawing a grant did to the member's live links to the study."""
+
+    still_opens: bool
+    revoked: int = 0
+    shortened: int = 0
+
+
 def study_grant_revoke(
     *, study: Study, grantee: User, actor: Actor, now: dt.datetime | None = None
-) -> int:
-    """Withdraw a member's grant on a study; returns how many of their links that revoked.
+) -> GrantWithdrawn:
+    """Withdraw a member's grant on a study, and bring their links to it into line.
 
-    A link passes on its maker's access and must not outlive it (a break-glass link
-    ends with its grant too): when the grant was what let the member see the study (a
-    confidential study, a referring physician's), the live links they made of it are
-    revoked, each audited. A member whose role lists the study anyway keeps theirs.
+    A link passes on its maker's access and must not outlive it: when the grant was
+    what let the member see the study (a confidential study, a referring physician's),
+    the live links they made of it are revoked; when break-glass is all that is left,
+    they end with it. Each change is audited. A member whose role lists the study
+    anyway keeps theirs.
     """
-    from sharing.services import shares_revoke_for_withdrawn_grant
+    from sharing.selectors import break_glass_sole_grant
+    from sharing.services import shares_end_with_break_glass, shares_revoke_for_withdrawn_grant
 
     now = now or timezone.now()
     tenant = study.tenant
     with transaction.atomic():
-        # share_create locks the study's row too: a link made meanwhile commits first
-        # (and is revoked here) or waits for this.
+        # share_create locks the study's row too and asks for the maker's access under
+        # it: a link made meanwhile commits first (and is dealt with here) or is refused.
         Study.objects.for_tenant(tenant).select_for_update().filter(pk=study.pk).exists()
         for perm in (STUDY_DOWNLOAD_PERM, STUDY_VIEW_PERM):
             if object_granted(tenant=tenant, user=grantee, perm=perm, obj=study):
                 object_revoke(tenant=tenant, user=grantee, perm=perm, obj=study, actor=actor)
         membership = membership_for_user(tenant=tenant, user=grantee)
         if (
-            membership is not None
-            and study_access(membership=membership, study=study, now=now).details
+            membership is None
+            or not study_access(membership=membership, study=study, now=now).details
         ):
-            return 0
-        return shares_revoke_for_withdrawn_grant(study=study, user=grantee, actor=actor, now=now)
+            return GrantWithdrawn(
+                still_opens=False,
+                revoked=shares_revoke_for_withdrawn_grant(
+                    study=study, user=grantee, actor=actor, now=now
+                ),
+            )
+        glass = break_glass_sole_grant(membership=membership, study=study, now=now)
+        if glass is None:
+            return GrantWithdrawn(still_opens=True)
+        return GrantWithdrawn(
+            still_opens=True,
+            shortened=shares_end_with_break_glass(
+                study=study, user=grantee, grant=glass, actor=actor, now=now
+            ),
+        )

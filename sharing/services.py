@@ -24,11 +24,11 @@ from audit.models import Action, ActorType, Outcome
 from imaging.crypto import wrap_key
 from imaging.keyring import study_dek
 from imaging.models import Series, Study
-from imaging.selectors import study_target
+from imaging.selectors import study_access
 from portal.tasks import task_send_on_commit
 from sharing.models import ShareLink
-from sharing.selectors import study_patient_user_ids
-from tenants.models import EMAIL_MAX_LENGTH, ApiToken, BreakGlassGrant, Tenant, User
+from sharing.selectors import break_glass_sole_grant, study_patient_user_ids
+from tenants.models import EMAIL_MAX_LENGTH, ApiToken, BreakGlassGrant, Membership, Tenant, User
 from tenants.tokens import token_digest
 
 TOKEN_BYTES = 32
@@ -89,14 +89,17 @@ def share_create(
     recipient_email: str = "",
     message: str = "",
     notify_on_first_open: bool = False,
-    break_glass: BreakGlassGrant | None = None,
+    membership: Membership | None = None,
 ) -> tuple[ShareLink, str]:
     """Create a link; returns it and its token, which is shown once and never stored.
 
-    `break_glass` is the grant the creator's access to the study rests on alone
-    (`sharing.selectors.break_glass_sole_grant`): the link expires no later than it,
-    so emergency access does not outlive itself through a link. A later expiry asked
-    for is shortened, and the audit event says so.
+    `membership` is the staff member making the link (`created_by` in this clinic).
+    Their access is asked again once the study's row is locked, as withdrawing a grant
+    locks it (`imaging.services.study_grant_revoke`): a grant withdrawn meanwhile makes
+    no link rather than one nobody revokes. Access resting on break-glass alone
+    (`sharing.selectors.break_glass_sole_grant`) ends the link no later than the
+    grant, so emergency access does not outlive itself through a link; a later expiry
+    asked for is shortened, and the audit event says so.
     """
     tenant = study.tenant
     expires_at = expires_at or now + dt.timedelta(days=tenant.share_link_default_days)
@@ -104,21 +107,10 @@ def share_create(
         raise ShareInvalid("The expiry must be in the future.")
     if expires_at > now + dt.timedelta(days=tenant.share_link_max_days):
         raise ShareInvalid(f"Links of this clinic last at most {tenant.share_link_max_days} days.")
-    capped = False
-    if break_glass is not None:
-        target = study_target(study)
-        if (
-            break_glass.user_id != getattr(created_by, "pk", None)
-            or break_glass.tenant_id != tenant.pk
-            or (break_glass.target_type, break_glass.target_id) != (target.type, target.id)
-        ):
-            raise ValueError("The break-glass grant is not the creator's, to this study.")
-        if break_glass.expires_at <= now:
-            raise ShareInvalid(
-                "Your break-glass access to this study has ended, and a link cannot outlive it."
-            )
-        capped = expires_at > break_glass.expires_at
-        expires_at = min(expires_at, break_glass.expires_at)
+    if membership is not None and (
+        membership.user_id != getattr(created_by, "pk", None) or membership.tenant_id != tenant.pk
+    ):
+        raise ValueError("The membership is not the creator's, in this study's clinic.")
     if max_uses is not None and not 1 <= max_uses <= ShareLink.MAX_USES:
         raise ShareInvalid(f"The number of uses must be from 1 to {ShareLink.MAX_USES:,}.")
     if tenant.share_link_max_uses is not None:
@@ -143,6 +135,16 @@ def share_create(
     if created_by_token is not None and not _token_live_locked(created_by_token, now=now):
         # Revoked while this request was under way: its links are being revoked too.
         raise ShareInvalid("This token is no longer valid.")
+    break_glass = None
+    capped = False
+    if membership is not None:
+        # Asked under the study's lock: the caller's earlier answer may be stale.
+        if not study_access(membership=membership, study=study, now=now).details:
+            raise ShareInvalid("You no longer have access to this study, so it cannot be shared.")
+        break_glass = break_glass_sole_grant(membership=membership, study=study, now=now)
+        if break_glass is not None:
+            capped = expires_at > break_glass.expires_at
+            expires_at = min(expires_at, break_glass.expires_at)
     raw = secrets.token_urlsafe(TOKEN_BYTES)
     share = ShareLink.objects.create(
         tenant=tenant,
@@ -296,6 +298,46 @@ def shares_revoke_for_withdrawn_grant(
     returns how many. Each revocation is audited on the study."""
     shares = ShareLink.objects.for_tenant(study.tenant).filter(study=study, created_by=user)
     return _revoke_live(shares, actor=actor, now=now, reason="grant_withdrawn")
+
+
+@transaction.atomic
+def shares_end_with_break_glass(
+    *, study: Study, user: User, grant: BreakGlassGrant, actor: Actor, now: dt.datetime
+) -> int:
+    """End the live links `user` made of `study` no later than `grant`, the break-glass
+    access their view of it now rests on alone (a grant was withdrawn); returns how
+    many were shortened. Each is audited on the study."""
+    shares = (
+        ShareLink.objects.for_tenant(study.tenant)
+        .select_for_update()
+        .filter(
+            study=study,
+            created_by=user,
+            revoked_at__isnull=True,
+            expires_at__gt=max(now, grant.expires_at),
+        )
+        .order_by("created_at")
+    )
+    shortened = 0
+    for share in shares:
+        was = share.expires_at
+        share.expires_at = grant.expires_at
+        share.save(update_fields=["expires_at"])
+        audit.record(
+            actor=actor,
+            action=Action.SHARE_SHORTENED,
+            target=study,
+            tenant=study.tenant,
+            detail={
+                "share": str(share.pk),
+                "reason": "grant_withdrawn",
+                "break_glass": str(grant.pk),
+                "expires_at": grant.expires_at.isoformat(),
+                "was": was.isoformat(),
+            },
+        )
+        shortened += 1
+    return shortened
 
 
 def _refuse(share: ShareLink, *, state: str, ip: str | None) -> ShareUnavailable:

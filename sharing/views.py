@@ -64,7 +64,7 @@ from sharing.services import (
 )
 from tenants.access import check_clinic_perm, require_perm
 from tenants.mfa import require_step_up
-from tenants.models import BreakGlassGrant, Membership, Tenant
+from tenants.models import Membership, Tenant
 from tenants.roles import STAFF_ROLES, Perm
 from tenants.throttle import too_many_lookups
 
@@ -82,13 +82,12 @@ def share_new(request: HttpRequest, study_id: uuid.UUID) -> HttpResponse:
 
 @require_step_up
 def _share_new(request: HttpRequest, study) -> HttpResponse:
-    # Access that rests on break-glass alone ends with it, and so does any link made from it.
-    glass = break_glass_sole_grant(
+    return share_form_page(
+        request,
+        study,
+        form_class=ShareForm,
         membership=request.membership,  # type: ignore[attr-defined]
-        study=study,
-        now=timezone.now(),
     )
-    return share_form_page(request, study, form_class=ShareForm, break_glass=glass)
 
 
 def share_form_page(
@@ -97,13 +96,20 @@ def share_form_page(
     *,
     form_class: type[ShareForm],
     back_url: str = "",
-    break_glass: BreakGlassGrant | None = None,
+    membership: Membership | None = None,
 ) -> HttpResponse:
     """The create-a-link form and its result, for staff and for patients (their own form).
 
-    `break_glass`: the grant the member's access rests on alone; links end with it.
+    `membership`: the staff member sharing, whose access the link may not outlive.
     """
     tenant = request.tenant
+    # Access that rests on break-glass alone ends with it, and so does any link made from
+    # it: the form says so before the link is made (share_create decides again).
+    break_glass = (
+        break_glass_sole_grant(membership=membership, study=study, now=timezone.now())
+        if membership is not None
+        else None
+    )
     series = [s for s in series_for_study(study=study) if s.num_instances]
     choices = [
         (str(s.pk), f"Series {s.series_number or '?'} · {s.modality} · {s.description}")
@@ -135,7 +141,7 @@ def share_form_page(
                 recipient_email=data["recipient_email"],
                 message=data["message"],
                 notify_on_first_open=data["notify_on_first_open"],
-                break_glass=break_glass,
+                membership=membership,
             )
         except ShareInvalid as exc:
             form.add_error(None, str(exc))

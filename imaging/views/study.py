@@ -250,14 +250,25 @@ def study_grant_remove(
     )
     if grantee is None:
         raise Http404("No such grant")
-    revoked = study_grant_revoke(
+    withdrawn = study_grant_revoke(
         study=study, grantee=grantee, actor=Actor.from_request(request), now=timezone.now()
     )
-    message = f"{grantee.email} can no longer open this study."
-    if revoked:
+    if withdrawn.still_opens:
+        message = (
+            f"{grantee.email} no longer has a grant on this study; "
+            "their role or break-glass access still opens it."
+        )
+    else:
+        message = f"{grantee.email} can no longer open this study."
+    if revoked := withdrawn.revoked:
         message += (
             f" {revoked} live share link{pluralize(revoked)} they made of it "
             f"{pluralize(revoked, 'was,were')} revoked."
+        )
+    if shortened := withdrawn.shortened:
+        message += (
+            f" {shortened} live share link{pluralize(shortened)} they made of it "
+            f"now end{pluralize(shortened, 's,')} when their break-glass access does."
         )
     messages.success(request, message)
     return HttpResponseRedirect(study_url(study) + "#access")

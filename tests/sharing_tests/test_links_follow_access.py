@@ -256,11 +256,11 @@ def test_withdrawing_the_grant_a_member_saw_the_study_by_revokes_their_links_to_
     elsewhere = link(other, created_by=radiologist)
     now = timezone.now()
 
-    revoked = study_grant_revoke(
+    withdrawn = study_grant_revoke(
         study=confidential, grantee=radiologist, actor=Actor.for_user(marker), now=now
     )
 
-    assert revoked == 1
+    assert (withdrawn.still_opens, withdrawn.revoked) == (False, 1)
     assert fresh(theirs).revoked_at == now
     assert fresh(markers).revoked_at is None
     assert fresh(elsewhere).revoked_at is None
@@ -273,10 +273,11 @@ def test_a_member_whose_role_lists_the_study_anyway_keeps_their_links(study, rad
     study_grant(study=study, grantee=radiologist, download=True, actor=TEST_ACTOR)
     theirs = link(study, created_by=radiologist)
 
-    revoked = study_grant_revoke(study=study, grantee=radiologist, actor=TEST_ACTOR)
+    withdrawn = study_grant_revoke(study=study, grantee=radiologist, actor=TEST_ACTOR)
 
-    assert revoked == 0
+    assert (withdrawn.still_opens, withdrawn.revoked, withdrawn.shortened) == (True, 0, 0)
     assert fresh(theirs).revoked_at is None
+    assert fresh(theirs).expires_at == theirs.expires_at
 
 
 def test_the_recipient_of_a_link_revoked_with_the_grant_gets_404(client, confidential, radiologist):
@@ -303,6 +304,69 @@ def test_the_study_page_says_how_many_links_went_with_the_grant(
     page = response.content.decode()
     assert "can no longer open this study. 2 live share links they made of it were revoked." in page
     assert not ShareLink.objects.for_tenant(confidential.tenant).filter(revoked_at=None).exists()
+
+
+def test_a_grant_withdrawn_after_the_makers_access_was_checked_makes_no_link(
+    confidential, radiologist
+):
+    study_grant(study=confidential, grantee=radiologist, download=False, actor=TEST_ACTOR)
+    membership = membership_of(radiologist, confidential.tenant)
+    # The share view has checked access; the withdrawal commits before share_create runs.
+    study_grant_revoke(study=confidential, grantee=radiologist, actor=TEST_ACTOR)
+
+    with pytest.raises(ShareInvalid, match="no longer have access to this study"):
+        link(confidential, created_by=radiologist, membership=membership)
+
+    assert not ShareLink.objects.for_tenant(confidential.tenant).exists()
+    assert not AuditEvent.objects.for_tenant(confidential.tenant).filter(
+        action=Action.SHARE_CREATED
+    )
+
+
+def test_links_of_a_member_left_with_break_glass_alone_end_with_it(
+    confidential, radiologist, marker
+):
+    study_grant(study=confidential, grantee=radiologist, download=False, actor=TEST_ACTOR)
+    theirs = link(confidential, created_by=radiologist)
+    short = link(
+        confidential, created_by=radiologist, expires_at=timezone.now() + dt.timedelta(minutes=5)
+    )
+    grant = break_glass(confidential, radiologist)
+    assert theirs.expires_at > grant.expires_at > short.expires_at
+    now = timezone.now()
+
+    withdrawn = study_grant_revoke(
+        study=confidential, grantee=radiologist, actor=Actor.for_user(marker), now=now
+    )
+
+    assert (withdrawn.still_opens, withdrawn.revoked, withdrawn.shortened) == (True, 0, 1)
+    assert fresh(theirs).expires_at == grant.expires_at and fresh(theirs).revoked_at is None
+    assert fresh(short).expires_at == short.expires_at
+    event = AuditEvent.objects.for_tenant(confidential.tenant).get(action=Action.SHARE_SHORTENED)
+    assert event.actor_id == str(marker.pk) and event.target_id == str(confidential.pk)
+    assert event.detail == {
+        "share": str(theirs.pk),
+        "reason": "grant_withdrawn",
+        "break_glass": str(grant.pk),
+        "expires_at": grant.expires_at.isoformat(),
+        "was": theirs.expires_at.isoformat(),
+    }
+
+
+def test_the_study_page_says_when_links_now_end_with_break_glass(
+    client_for, confidential, radiologist, marker
+):
+    study_grant(study=confidential, grantee=radiologist, download=False, actor=TEST_ACTOR)
+    link(confidential, created_by=radiologist)
+    break_glass(confidential, radiologist)
+
+    response = client_for(marker).post(
+        study_url(confidential, f"grants/{radiologist.pk}/revoke/"), follow=True
+    )
+
+    page = response.content.decode()
+    assert "no longer has a grant on this study; their role or break-glass access" in page
+    assert "1 live share link they made of it now ends when their break-glass access does." in page
 
 
 # --- Break-glass -------------------------------------------------------------------------
@@ -372,7 +436,13 @@ def test_an_earlier_expiry_than_the_grant_is_kept_and_the_grant_recorded(confide
     now = timezone.now()
     asked = now + dt.timedelta(minutes=5)
 
-    share = link(confidential, now=now, created_by=radiologist, expires_at=asked, break_glass=grant)
+    share = link(
+        confidential,
+        now=now,
+        created_by=radiologist,
+        expires_at=asked,
+        membership=membership_of(radiologist, confidential.tenant),
+    )
 
     assert share.expires_at == asked
     detail = created_event(confidential).detail
@@ -383,12 +453,12 @@ def test_an_earlier_expiry_than_the_grant_is_kept_and_the_grant_recorded(confide
 def test_a_grant_ended_meanwhile_makes_no_link(confidential, radiologist):
     grant = break_glass(confidential, radiologist)
 
-    with pytest.raises(ShareInvalid, match="break-glass access to this study has ended"):
+    with pytest.raises(ShareInvalid, match="no longer have access to this study"):
         link(
             confidential,
             now=grant.expires_at + dt.timedelta(seconds=1),
             created_by=radiologist,
-            break_glass=grant,
+            membership=membership_of(radiologist, confidential.tenant),
         )
 
     assert not ShareLink.objects.for_tenant(confidential.tenant).exists()
@@ -445,13 +515,18 @@ def test_the_sole_grant_is_the_one_that_ends_last(confidential, radiologist):
     assert after is None  # no access left at all
 
 
-def test_a_grant_for_another_member_or_study_is_a_programming_error(
-    clinic, confidential, radiologist, marker
+def test_another_members_or_clinics_membership_is_a_programming_error(
+    confidential, radiologist, marker, other_clinic, other_tenant_all_roles
 ):
-    grant = break_glass(confidential, radiologist)
-    other = ingest_study(clinic, synthetic_ct(slices=1, size=16, patient_name="Roe^John"))
+    elsewhere = membership_of(other_tenant_all_roles, other_clinic)
 
     with pytest.raises(ValueError, match="not the creator's"):
-        link(confidential, created_by=marker, break_glass=grant)
+        link(
+            confidential,
+            created_by=marker,
+            membership=membership_of(radiologist, confidential.tenant),
+        )
     with pytest.raises(ValueError, match="not the creator's"):
-        link(other, created_by=radiologist, break_glass=grant)
+        link(confidential, created_by=other_tenant_all_roles, membership=elsewhere)
+
+    assert not ShareLink.objects.for_tenant(confidential.tenant).exists()
