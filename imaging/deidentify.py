@@ -12,8 +12,10 @@ nested data set and to the file meta, with these options of PS3.15 E.3:
 - Retain Patient Characteristics (113108), the coded and measured ones only: sex, age,
   size, weight, pregnancy and smoking status (free-text ones such as allergies go).
 
-Private attributes are removed. Pixel data are not examined: text burned into the
-image is not found (see README).
+Private attributes are removed. Pixel data are not cleaned (the Clean Pixel Data and
+Clean Recognizable Visual Features options are not offered): an instance whose pixels
+may show who the patient is (`pixels_may_identify`) is withheld from de-identified
+links, with the rest of its series, instead of being sent as if it were clean.
 """
 
 from __future__ import annotations
@@ -42,6 +44,47 @@ _ACTION_OF_CATEGORY = {
     "X_Z_D_TAGS": "D",
     "X_Z_U_STAR_TAGS": "K",  # sequences of references: their UIDs are retained
 }
+
+
+# SOP classes whose pixels carry identifying text or features as a rule, unless the
+# instance says otherwise (Burned In Annotation NO): screen captures and scanned
+# documents, ultrasound (the scanner burns the patient's name into the image), visible
+# light photographs, video and slide labels, and encapsulated documents (a PDF report
+# has the name on it). Prefixes end with a dot or are whole UIDs.
+_PIXELS_IDENTIFY_AS_A_RULE = (
+    "1.2.840.10008.5.1.4.1.1.7",  # Secondary Capture
+    "1.2.840.10008.5.1.4.1.1.7.",  # Multi-frame Secondary Captures
+    "1.2.840.10008.5.1.4.1.1.3.1",  # Ultrasound Multi-frame
+    "1.2.840.10008.5.1.4.1.1.6.",  # Ultrasound, Enhanced US Volume, Photoacoustic
+    "1.2.840.10008.5.1.4.1.1.77.1.",  # Visible light: endoscopy, microscopy, photographs
+    "1.2.840.10008.5.1.4.1.1.104.",  # Encapsulated PDF, CDA, STL, OBJ, MTL
+)
+
+
+def pixels_may_identify(ds: Dataset) -> bool:
+    """Whether the instance's pixels (or document) may show who the patient is.
+
+    Burned In Annotation (0028,0301) or Recognizable Visual Features (0028,0302) YES
+    says so; Burned In Annotation NO says otherwise; with neither, the SOP class
+    decides (`_PIXELS_IDENTIFY_AS_A_RULE`). Header-only objects are not at risk here:
+    their attributes are de-identified.
+    """
+    if _flag(ds, 0x00280302) == "YES":
+        return True
+    burned_in = _flag(ds, 0x00280301)
+    if burned_in:
+        return burned_in != "NO"  # YES, or a value nobody can vouch for
+    sop_class = str(ds.get("SOPClassUID", ""))
+    return any(
+        sop_class == rule or (rule.endswith(".") and sop_class.startswith(rule))
+        for rule in _PIXELS_IDENTIFY_AS_A_RULE
+    )
+
+
+def _flag(ds: Dataset, tag: int) -> str:
+    element = ds.get(tag)
+    value = element.value if element is not None else None
+    return str(value).strip().upper() if value else ""
 
 
 def _tables() -> tuple[dict[int, str], list[tuple[int, int, str]]]:

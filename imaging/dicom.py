@@ -29,6 +29,7 @@ from pydicom.filewriter import write_file_meta_info
 from pydicom.tag import Tag
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, VR
 
+from imaging.deidentify import pixels_may_identify
 from imaging.dicom_json import dataset_json
 from imaging.render import pixel_layout, pixel_value_offset
 
@@ -88,6 +89,9 @@ class ParsedInstance:
     pixel_tag: str = ""  # see `pixel_tag`
     # Where its frames are, for reading them without a parse (imaging.render.pixel_layout).
     pixel_layout: dict[str, Any] = field(default_factory=dict)
+    # Whether its pixels may show who the patient is (imaging.deidentify): such
+    # instances are withheld from de-identified links.
+    pixels_may_identify: bool = False
     warnings: list[str] = field(default_factory=list)
     # File meta elements set to what the data set says (`_meta_corrected`): the stored
     # file differs from the one received in these, and the sender is told (STOW-RS
@@ -447,6 +451,7 @@ def parse_part10(
         columns=_int(ds, "Columns"),
         pixel_tag=pixel_tag(ds),
         pixel_layout=pixel_layout(ds, data=data, offset=pixel_offset),
+        pixels_may_identify=pixels_may_identify(ds),
         warnings=messages[:5],
         metadata=metadata_json(ds),
     )

@@ -400,6 +400,7 @@ def _instance_row(
         rows=parsed.rows,
         pixel_tag=parsed.pixel_tag,
         pixel_layout=parsed.pixel_layout,
+        pixels_may_identify=parsed.pixels_may_identify,
         columns=parsed.columns,
         size_bytes=len(parsed.data),
         sha256=parsed.sha256,

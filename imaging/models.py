@@ -165,6 +165,10 @@ class Instance(TenantOwnedModel):
     # so frames are read without parsing the file. Null: not recorded (stored before
     # it was kept); no "offset": pixel data only pydicom can decode.
     pixel_layout = models.JSONField(null=True, blank=True, default=None, editable=False)
+    # Whether its pixels may show who the patient is (imaging.deidentify.
+    # pixels_may_identify): withheld from de-identified links. Null: not assessed
+    # (stored before it was), withheld too until `instance_headers_backfill` decides.
+    pixels_may_identify = models.BooleanField(null=True, default=None, editable=False)
     size_bytes = models.BigIntegerField()
     sha256 = models.CharField(max_length=64)
     storage_key = models.CharField(max_length=128)

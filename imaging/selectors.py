@@ -262,6 +262,18 @@ def series_for_study(*, study: Study) -> QuerySet[Series]:
     return Series.objects.for_tenant(study.tenant).filter(study=study).order_by("series_number")
 
 
+def series_with_identifying_pixels(*, study: Study) -> QuerySet[Series]:
+    """The study's series with an instance whose pixels may show who the patient is, or
+    not assessed yet (`Instance.pixels_may_identify`): what a de-identified copy leaves out."""
+    flagged = (
+        Instance.objects.for_tenant(study.tenant)
+        .filter(study=study)
+        .filter(Q(pixels_may_identify=True) | Q(pixels_may_identify__isnull=True))
+        .values("series_id")
+    )
+    return series_for_study(study=study).filter(pk__in=flagged)
+
+
 def instances_for_reading(
     *, tenant: Tenant, instances: QuerySet[Instance], headers: bool = False
 ) -> list[Instance]:

@@ -30,6 +30,7 @@ from imaging.crypto import (
     decrypt_verified,
     plaintext_check,
 )
+from imaging.deidentify import pixels_may_identify
 from imaging.dicom import metadata_json, pixel_tag
 from imaging.keyring import study_dek
 from imaging.metadata import header_stale, metadata_open, metadata_seal
@@ -266,6 +267,7 @@ def instance_headers_backfill(*, tenant: Tenant, actor: Actor, batch: int = 200)
             ds = pydicom.dcmread(io.BytesIO(data))  # whole: which pixel data it holds too
             row.pixel_layout = pixel_layout(ds, data=data, offset=pixel_value_offset(ds))
             row.pixel_tag = pixel_tag(ds)
+            row.pixels_may_identify = pixels_may_identify(ds)
             header = metadata_json(ds)
             if header:  # else no JSON form: it stays on the slow path, which says why
                 row.metadata = metadata_seal(
@@ -279,7 +281,7 @@ def instance_headers_backfill(*, tenant: Tenant, actor: Actor, batch: int = 200)
         with transaction.atomic():
             if updated:
                 Instance.objects.for_tenant(tenant).bulk_update(
-                    updated, ["metadata", "pixel_tag", "pixel_layout"]
+                    updated, ["metadata", "pixel_tag", "pixel_layout", "pixels_may_identify"]
                 )
             audit.record(
                 actor=actor,
@@ -292,7 +294,12 @@ def instance_headers_backfill(*, tenant: Tenant, actor: Actor, batch: int = 200)
 
 
 def _header_outdated(row: Instance, *, actor: Actor) -> bool:
-    if not row.metadata or row.pixel_tag is None or not pixel_layout_current(row.pixel_layout):
+    if (
+        not row.metadata
+        or row.pixel_tag is None
+        or row.pixels_may_identify is None
+        or not pixel_layout_current(row.pixel_layout)
+    ):
         return True
     try:
         key = instance_study_key(instance=row, actor=actor)

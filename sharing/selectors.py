@@ -11,8 +11,14 @@ from django.db.models import QuerySet
 from audit.actors import Target
 from audit.models import ActorType, AuditEvent
 from audit.selectors import events_for_targets
-from imaging.models import Patient, Study
-from imaging.selectors import masked_study_ids, series_for_study, study_access, study_target
+from imaging.models import Patient, Series, Study
+from imaging.selectors import (
+    masked_study_ids,
+    series_for_study,
+    series_with_identifying_pixels,
+    study_access,
+    study_target,
+)
 from sharing.models import PatientInvitation, PatientLink, ShareLink
 from tenants.models import ApiToken, BreakGlassGrant, Membership, Tenant, User
 from tenants.roles import Perm, RoleCode
@@ -26,6 +32,31 @@ PATIENT_HISTORY_SIZE = 100
 # `clinic.manage` (administration sees no patient data). Revoking only takes access
 # away, and the list shows no demographics unless the member's roles already do.
 SHARE_OVERSIGHT_PERM = Perm.AUDIT_READ
+
+
+def share_series(*, share: ShareLink) -> QuerySet[Series]:
+    """The series a link shows: those chosen (or all the study's), less, on a
+    de-identified link, those it withholds (`share_series_withheld`)."""
+    series = series_for_study(study=share.study)
+    chosen = share.series.values("pk")
+    if chosen.exists():
+        series = series.filter(pk__in=chosen)
+    if share.deidentify:
+        series = series.exclude(
+            pk__in=series_with_identifying_pixels(study=share.study).values("pk")
+        )
+    return series
+
+
+def share_series_withheld(*, share: ShareLink) -> QuerySet[Series]:
+    """The series a de-identified link leaves out although chosen: their pixels may show
+    who the patient is (burned-in text, a photograph, a scanned document), and the
+    de-identification cleans headers, not images. None on other links."""
+    if not share.deidentify:
+        return Series.objects.for_tenant(share.tenant).none()
+    withheld = series_with_identifying_pixels(study=share.study)
+    chosen = share.series.values("pk")
+    return withheld.filter(pk__in=chosen) if chosen.exists() else withheld
 
 
 def share_list(*, membership: Membership) -> QuerySet[ShareLink]:

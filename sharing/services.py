@@ -27,7 +27,11 @@ from imaging.models import Series, Study
 from imaging.selectors import study_access
 from portal.tasks import task_send_on_commit
 from sharing.models import ShareLink
-from sharing.selectors import break_glass_sole_grant, study_patient_user_ids
+from sharing.selectors import (
+    break_glass_sole_grant,
+    share_series_withheld,
+    study_patient_user_ids,
+)
 from tenants.models import EMAIL_MAX_LENGTH, ApiToken, BreakGlassGrant, Membership, Tenant, User
 from tenants.tokens import token_digest
 
@@ -183,6 +187,7 @@ def share_create(
             "max_uses": max_uses,
             "download": allow_download,
             "deidentified": deidentify,
+            **({"withheld_series": _withheld(share)} if deidentify else {}),
             "emailed": bool(recipient_email),
             **({"break_glass": str(break_glass.pk)} if break_glass is not None else {}),
             **({"capped_by_break_glass": str(break_glass.pk)} if capped else {}),
@@ -193,6 +198,10 @@ def share_create(
 
         task_send_on_commit(task=share_invitation_send, kwargs={"share_id": str(share.pk)})
     return share, raw
+
+
+def _withheld(share: ShareLink) -> list[str]:
+    return [str(pk) for pk in share_series_withheld(share=share).values_list("pk", flat=True)]
 
 
 def _confidential_locked(study: Study) -> bool:

@@ -29,7 +29,11 @@ from audit.models import Action, ActorType, AuditEvent
 from audit.selectors import actor_labels
 from imaging.archive import study_zip, zip_response
 from imaging.models import Series
-from imaging.selectors import instances_for_download, series_for_study
+from imaging.selectors import (
+    instances_for_download,
+    series_for_study,
+    series_with_identifying_pixels,
+)
 from imaging.viewing import viewer_session_open_for_share
 from imaging.views.study import study_for_request
 from imaging.views.viewer import viewer_context
@@ -49,6 +53,8 @@ from sharing.selectors import (
     share_list,
     share_list_live,
     share_masked_study_ids,
+    share_series,
+    share_series_withheld,
 )
 from sharing.services import (
     ShareInvalid,
@@ -166,10 +172,21 @@ def share_form_page(
         tenant=tenant,
         detail={"page": "share_form"},
     )
+    identifying = (
+        [s for s in series_with_identifying_pixels(study=study) if s.num_instances]
+        if "deidentify" in form.fields
+        else []
+    )
     return render(
         request,
         "sharing/new.html",
-        {"study": study, "form": form, "back_url": back_url, "break_glass": break_glass},
+        {
+            "study": study,
+            "form": form,
+            "back_url": back_url,
+            "break_glass": break_glass,
+            "identifying": identifying,
+        },
         status=status,
     )
 
@@ -449,7 +466,12 @@ def share_home(request: HttpRequest) -> HttpResponse:
         tenant=share.tenant,
         detail={"share": str(share.pk)},
     )
-    return render(request, "sharing/recipient.html", {"share": share, "series": series})
+    withheld = [s for s in share_series_withheld(share=share) if s.num_instances]
+    return render(
+        request,
+        "sharing/recipient.html",
+        {"share": share, "series": series, "withheld": withheld},
+    )
 
 
 def _recipient_open(
@@ -465,12 +487,7 @@ def _recipient_open(
 
 
 def _shared_series(share: ShareLink) -> list[Series]:
-    chosen = set(share.series.values_list("pk", flat=True))
-    return [
-        s
-        for s in series_for_study(study=share.study)
-        if s.num_instances and (not chosen or s.pk in chosen)
-    ]
+    return [s for s in share_series(share=share) if s.num_instances]
 
 
 @never_cache

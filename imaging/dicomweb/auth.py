@@ -215,6 +215,7 @@ def share_recipient(
     @wraps(view)
     def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         from sharing.recipient import recipient_share
+        from sharing.selectors import share_series
         from sharing.services import ShareUnavailable, share_actor
 
         if request.method not in ("GET", "HEAD"):
@@ -230,12 +231,11 @@ def share_recipient(
         allowed = SHARE_VIEW_ROUTES | (SHARE_DOWNLOAD_ROUTES if share.allow_download else set())
         if name not in allowed:
             return dicomweb_error(404, "Not found.")
-        chosen = share.series.all()
         request.dicomweb = DicomwebClient(  # type: ignore[attr-defined]
             tenant=share.tenant,
             actor=share_actor(share, ip=client_ip(request)),
             studies=Study.objects.for_tenant(share.tenant).filter(pk=share.study_id),
-            series=chosen if chosen.exists() else None,
+            series=share_series(share=share),
             viewer_session=_viewer_session(
                 request, share.tenant, opened_after=share.created_at, share=share
             ),

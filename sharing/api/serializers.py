@@ -1,9 +1,11 @@
 from __future__ import annotations
 
 from django.utils import timezone
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from sharing.models import ShareLink
+from sharing.selectors import share_series_withheld
 from sharing.services import EMAIL_TOO_LONG
 from tenants.models import EMAIL_MAX_LENGTH
 
@@ -31,6 +33,12 @@ class ShareSerializer(serializers.ModelSerializer):
     study_instance_uid = serializers.CharField(source="study.study_uid")
     status = serializers.SerializerMethodField()
     url = serializers.SerializerMethodField()
+    withheld_series_instance_uids = serializers.SerializerMethodField(
+        help_text=(
+            "Series a de-identified link leaves out: their images may show the patient's "
+            "details in the pixels (burned-in text, photographs, documents)."
+        )
+    )
 
     class Meta:
         model = ShareLink
@@ -47,12 +55,19 @@ class ShareSerializer(serializers.ModelSerializer):
             "use_count",
             "allow_download",
             "deidentify",
+            "withheld_series_instance_uids",
             "recipient_email",
             "last_access_at",
         ]
 
     def get_status(self, share: ShareLink) -> str:
         return share.state_at(timezone.now()).value
+
+    @extend_schema_field(serializers.ListField(child=serializers.CharField()))
+    def get_withheld_series_instance_uids(self, share: ShareLink) -> list[str]:
+        if not share.deidentify:
+            return []
+        return list(share_series_withheld(share=share).values_list("series_uid", flat=True))
 
     def get_url(self, share: ShareLink) -> str | None:
         # The link exists in clear only in the creation response.

@@ -403,6 +403,7 @@ def _jpeg_with_a_comment(text: bytes) -> bytes:
     comment = b"\xff\xfe" + (len(text) + 2).to_bytes(2, "big") + text
     ds.PixelData = encapsulate([frame[:2] + comment + frame[2:]])
     ds.PatientName = "Doe^Jane"
+    ds.BurnedInAnnotation = "NO"  # no text in the picture: de-identified links serve it
     buffer = io.BytesIO()
     ds.save_as(buffer)
     return buffer.getvalue()

@@ -1,0 +1,261 @@
+"""De-identified links leave out series whose pixels may show who the patient is.
+
+De-identification cleans headers, not pixels: an ultrasound with the name burned in, a
+screen capture or a scanned document would show the patient to an anonymous recipient.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import zipfile
+
+import pydicom
+import pytest
+from django.core.management import call_command
+from django.utils import timezone
+from pydicom.uid import SecondaryCaptureImageStorage, generate_uid
+
+from audit.models import Action, AuditEvent
+from imaging.deidentify import pixels_may_identify
+from imaging.models import Instance, Series
+from sharing.models import ShareLink
+from tests.helpers import TEST_ACTOR
+from tests.imaging_tests.helpers import ingest, ingest_study, sample_bytes, synthetic_ct
+from tests.sharing_tests.test_share_links import make_share, open_link
+
+CT = "1.2.840.10008.5.1.4.1.1.2"
+US = "1.2.840.10008.5.1.4.1.1.6.1"
+PDF = "1.2.840.10008.5.1.4.1.1.104.1"
+PHOTO = "1.2.840.10008.5.1.4.1.1.77.1.4"
+
+
+def header(sop_class: str, **tags: str) -> pydicom.Dataset:
+    ds = pydicom.Dataset()
+    ds.SOPClassUID = sop_class
+    for keyword, value in tags.items():
+        setattr(ds, keyword, value)
+    return ds
+
+
+@pytest.mark.parametrize(
+    ("ds", "identifying"),
+    [
+        (header(CT), False),
+        (header(CT, BurnedInAnnotation="YES"), True),
+        (header(CT, BurnedInAnnotation="yes "), True),
+        (header(CT, RecognizableVisualFeatures="YES"), True),
+        (header(CT, BurnedInAnnotation="NO", RecognizableVisualFeatures="YES"), True),
+        (header(CT, BurnedInAnnotation="MAYBE"), True),
+        (header(SecondaryCaptureImageStorage), True),
+        (header(SecondaryCaptureImageStorage, BurnedInAnnotation="NO"), False),
+        (header(US), True),
+        (header(PDF), True),
+        (header(PHOTO), True),
+        (header("1.2.840.10008.5.1.4.1.1.77"), False),  # a prefix, not a whole class
+        (header("1.2.840.10008.5.1.4.1.1.71"), False),
+    ],
+)
+def test_which_pixels_may_identify_the_patient(ds, identifying):
+    assert pixels_may_identify(ds) is identifying
+
+
+def _secondary_capture(*, study_uid: str, patient_id: str, patient_name: str) -> bytes:
+    """pydicom's screen capture, filed in the given study as series 3."""
+    ds = pydicom.dcmread(io.BytesIO(sample_bytes("SC_rgb_rle.dcm")))
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, generate_uid()
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.PatientID, ds.PatientName, ds.SeriesNumber = patient_id, patient_name, 3
+    ds.Modality = "OT"
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+@pytest.fixture
+def study(clinic):
+    """A CT series, a CT series marked as having burned-in text, and a screen capture."""
+    study_uid = generate_uid()
+    person = {"patient_name": "Doe^Jane", "patient_id": "MRN-4711"}
+    plain = synthetic_ct(slices=2, size=16, study_uid=study_uid, **person)
+    marked = synthetic_ct(
+        slices=1,
+        size=16,
+        study_uid=study_uid,
+        tags={"SeriesNumber": 2, "BurnedInAnnotation": "YES"},
+        **person,
+    )
+    capture = _secondary_capture(study_uid=study_uid, **person)
+    return ingest_study(clinic, [*plain, *marked, capture])
+
+
+def series_numbered(study, number: int) -> Series:
+    return Series.objects.for_tenant(study.tenant).get(study=study, series_number=number)
+
+
+def test_ingest_records_whether_pixels_may_identify(study):
+    flags = dict(
+        Instance.objects.for_tenant(study.tenant)
+        .filter(study=study)
+        .values_list("series__series_number", "pixels_may_identify")
+        .distinct()
+    )
+
+    assert flags == {1: False, 2: True, 3: True}
+
+
+def test_the_recipient_of_a_deidentified_link_sees_only_clean_series_and_is_told(
+    client, study, radiologist
+):
+    _, token = make_share(study, radiologist, deidentify=True, allow_download=True)
+    open_link(client, token)
+
+    page = client.get("/s/").content.decode()
+
+    assert "Series 1 · CT" in page
+    assert "Series 2" not in page.split("left out")[0] and "Series 3" not in page
+    assert "2 series are left out of this anonymised copy: series 2 (CT), series 3 (OT)" in page
+    assert "Synthetic CT" not in page  # descriptions go with the headers' de-identification
+
+
+def test_deidentified_dicomweb_reads_of_withheld_series_are_not_found(client, study, radiologist):
+    _, token = make_share(study, radiologist, deidentify=True, allow_download=True)
+    open_link(client, token)
+    base = f"/s/dicomweb/studies/{study.study_uid}"
+    withheld = Instance.objects.for_tenant(study.tenant).get(series__series_number=3)
+    instance = f"{base}/series/{withheld.series.series_uid}/instances/{withheld.sop_instance_uid}"
+
+    answers = {
+        "metadata": client.get(f"{base}/series/{withheld.series.series_uid}/metadata"),
+        "series": client.get(f"{base}/series/{withheld.series.series_uid}"),
+        "instance": client.get(instance),
+        "frame": client.get(
+            f"{instance}/frames/1", HTTP_ACCEPT='multipart/related; type="application/octet-stream"'
+        ),
+        "rendered": client.get(f"{instance}/rendered", HTTP_ACCEPT="image/png"),
+        "thumbnail": client.get(
+            f"{base}/series/{withheld.series.series_uid}/thumbnail", HTTP_ACCEPT="image/png"
+        ),
+    }
+    study_metadata = client.get(f"{base}/metadata").json()
+
+    assert {name: r.status_code for name, r in answers.items()} == dict.fromkeys(answers, 404)
+    assert {item["0020000E"]["Value"][0] for item in study_metadata} == {
+        series_numbered(study, 1).series_uid
+    }
+
+
+def test_a_deidentified_download_holds_only_the_clean_series(client, study, radiologist):
+    _, token = make_share(study, radiologist, deidentify=True, allow_download=True)
+    open_link(client, token)
+
+    response = client.get("/s/download/")
+
+    archive = zipfile.ZipFile(io.BytesIO(b"".join(response.streaming_content)))
+    files = [n for n in archive.namelist() if n.endswith(".dcm")]
+    assert len(files) == 2
+    series = {pydicom.dcmread(io.BytesIO(archive.read(n))).SeriesNumber for n in files}
+    assert series == {1}
+
+
+def test_an_identified_link_shows_every_series(client, study, radiologist):
+    _, token = make_share(study, radiologist, deidentify=False)
+    open_link(client, token)
+
+    page = client.get("/s/").content.decode()
+    metadata = client.get(f"/s/dicomweb/studies/{study.study_uid}/metadata").json()
+
+    assert "left out" not in page
+    assert len(metadata) == 4
+
+
+def test_chosen_series_that_are_withheld_are_named_and_others_not(client, study, radiologist):
+    chosen = [series_numbered(study, 1), series_numbered(study, 2)]
+    _, token = make_share(study, radiologist, deidentify=True, series=chosen)
+    open_link(client, token)
+
+    page = client.get("/s/").content.decode()
+
+    assert "1 series is left out of this anonymised copy: series 2 (CT)." in page
+    assert "series 3" not in page
+
+
+def test_the_share_form_warns_which_series_a_deidentified_link_leaves_out(
+    client_for, study, radiologist
+):
+    page = client_for(radiologist).get(f"/t/{study.tenant.slug}/studies/{study.pk}/share/")
+
+    text = page.content.decode()
+    assert "A de-identified link leaves out series 2 (CT), series 3 (OT)" in text
+
+
+def test_the_creation_is_audited_with_the_series_withheld(study, radiologist):
+    share, _ = make_share(study, radiologist, deidentify=True)
+
+    event = AuditEvent.objects.for_tenant(study.tenant).get(action=Action.SHARE_CREATED)
+
+    assert sorted(event.detail["withheld_series"]) == sorted(
+        str(series_numbered(study, n).pk) for n in (2, 3)
+    )
+    assert event.detail["share"] == str(share.pk)
+
+
+def test_the_partner_api_names_the_series_withheld(study, clinic):
+    from rest_framework.test import APIClient
+
+    from tenants.tokens import api_token_create
+
+    _, raw = api_token_create(
+        tenant=clinic, name="RIS", scopes=["shares:write"], actor=TEST_ACTOR, now=timezone.now()
+    )
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")
+
+    created = api.post(
+        "/api/v1/shares",
+        {
+            "study_instance_uid": study.study_uid,
+            "expires_at": (timezone.now() + dt.timedelta(days=7)).isoformat(),
+            "pin": "4711",
+            "deidentify": True,
+        },
+        format="json",
+    )
+
+    assert created.status_code == 201, created.content
+    assert sorted(created.json()["withheld_series_instance_uids"]) == sorted(
+        series_numbered(study, n).series_uid for n in (2, 3)
+    )
+
+
+def test_instances_not_assessed_are_withheld_until_the_backfill_assesses_them(
+    client, clinic, radiologist
+):
+    study = ingest_study(clinic, synthetic_ct(slices=2, size=16, patient_name="Doe^Jane"))
+    Instance.objects.for_tenant(clinic).filter(study=study).update(pixels_may_identify=None)
+    _, token = make_share(study, radiologist, deidentify=True)
+    open_link(client, token)
+    before = client.get("/s/").content.decode()
+
+    call_command("instance_headers_backfill", "--tenant", clinic.slug, stdout=io.StringIO())
+
+    after = client.get("/s/").content.decode()
+    assert "1 series is left out" in before and "Series 1 · CT" not in before
+    assert "left out" not in after and "Series 1 · CT" in after
+    assert not Instance.objects.for_tenant(clinic).filter(pixels_may_identify=None).exists()
+
+
+def test_a_study_of_only_withheld_series_gives_the_recipient_nothing_to_open(
+    client, clinic, radiologist
+):
+    ingest(
+        clinic, _secondary_capture(study_uid=generate_uid(), patient_id="P-1", patient_name="X^Y")
+    )
+    study = Series.objects.for_tenant(clinic).get().study
+    _, token = make_share(study, radiologist, deidentify=True)
+    open_link(client, token)
+
+    page = client.get("/s/").content.decode()
+
+    assert "No series to show." in page and "Open viewer" not in page
+    assert ShareLink.objects.for_tenant(clinic).count() == 1
