@@ -159,7 +159,7 @@ def stored_frames(data: bytes, *, numbers: list[int], transfer_syntax: str) -> l
         spans = [(i, i + 1) for i in range(frames)]
     elif frames == 1:
         spans = [(0, len(chunks))]
-    else:
+    elif (spans := _spans_by_markers(chunks, frames=frames, syntax=transfer_syntax)) is None:
         raise RenderError(
             "Where each frame starts among the pixel data's fragments is not recorded; "
             "ask for the frames decoded (application/octet-stream)."
@@ -173,6 +173,38 @@ def stored_frames(data: bytes, *, numbers: list[int], transfer_syntax: str) -> l
 
 _ITEM = (0xFFFE, 0xE000)
 _SEQUENCE_END = (0xFFFE, 0xE0DD)
+
+
+# The JPEG family's codestreams begin with a start marker (JPEG and JPEG-LS SOI, JPEG
+# 2000 and HTJ2K SOC) and end with FFD9 (EOI, or EOC).
+_MARKED_SYNTAXES = "1.2.840.10008.1.2.4."  # JPEG, JPEG-LS, JPEG 2000, HTJ2K; not RLE
+_STARTS = (b"\xff\xd8", b"\xff\x4f")
+_END = b"\xff\xd9"
+
+
+def _spans_by_markers(
+    chunks: list[memoryview], *, frames: int, syntax: str
+) -> list[tuple[int, int]] | None:
+    """Each frame's fragments told apart by its codestream's markers, when nothing
+    records where frames start: a frame ends with a fragment ending in the end marker
+    (and at most one byte of padding, as fragments have even lengths), and the next
+    starts with a start marker. None unless that finds exactly `frames` frames: a
+    marker's bytes inside the compressed data must not split a frame."""
+    if not syntax.startswith(_MARKED_SYNTAXES):
+        return None
+    spans, first = [], 0
+    for index, chunk in enumerate(chunks):
+        if index == first and bytes(chunk[:2]) not in _STARTS:
+            return None
+        tail = bytes(chunk[-3:])
+        following = chunks[index + 1] if index + 1 < len(chunks) else None
+        ends = tail.endswith(_END) or tail[:2] == _END
+        if ends and (following is None or bytes(following[:2]) in _STARTS):
+            spans.append((first, index + 1))
+            first = index + 1
+    if first != len(chunks) or len(spans) != frames:
+        return None
+    return spans
 
 
 def _items(value: bytes) -> tuple[list[int], list[tuple[int, memoryview]]]:

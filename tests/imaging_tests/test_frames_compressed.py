@@ -444,3 +444,59 @@ def test_bulk_data_is_never_sent_compressed(clinic, read_token):
     )
 
     assert response.status_code == 406
+
+
+def _multiframe_without_offsets(name: str, *, frames: int, fragments_per_frame: int) -> bytes:
+    """`name`'s one frame `frames` times over, each frame in several fragments, with an
+    empty Basic Offset Table: only the codestreams' markers say where frames start."""
+    from pydicom.encaps import encapsulate
+
+    ds = _ds(sample_bytes(name))
+    (frame,) = _stored_frames(ds)
+    ds.NumberOfFrames = frames
+    ds.PixelData = encapsulate(
+        [frame] * frames, fragments_per_frame=fragments_per_frame, has_bot=False
+    )
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("name", "media_type"),
+    [
+        ("SC_rgb_jpeg_dcmtk.dcm", "image/jpeg"),
+        ("MR_small_jpeg_ls_lossless.dcm", "image/jls"),
+        ("MR_small_jp2klossless.dcm", "image/jp2"),
+    ],
+)
+def test_frames_of_several_fragments_without_an_offset_table_are_found_by_their_markers(
+    name, media_type, clinic, read_token
+):
+    data = _multiframe_without_offsets(name, frames=3, fragments_per_frame=3)
+    ingest(clinic, data)
+    ds = _ds(data)
+    (expected,) = _stored_frames(_ds(sample_bytes(name)))
+
+    response = http(read_token).get(
+        f"{instance_url(ds)}/frames/2,3",
+        headers={"Accept": f'multipart/related; type="{media_type}"; transfer-syntax=*'},
+    )
+
+    assert response.status_code == 200, response.content[:300]
+    assert [body for _, body in _parts(response)] == [expected, expected]
+
+
+def test_markers_that_do_not_give_the_number_of_frames_are_not_trusted():
+    from imaging.dicomweb.bulkdata import stored_frames
+    from imaging.render import RenderError
+
+    data = _multiframe_without_offsets("SC_rgb_jpeg_dcmtk.dcm", frames=3, fragments_per_frame=2)
+    ds = _ds(data)
+    ds.NumberOfFrames = 4  # three codestreams in the data
+    buffer = io.BytesIO()
+    ds.save_as(buffer)
+
+    with pytest.raises(RenderError, match="is not recorded"):
+        stored_frames(buffer.getvalue(), numbers=[1], transfer_syntax=JPEG_BASELINE)
