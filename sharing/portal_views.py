@@ -132,5 +132,5 @@ def my_share_new(request: HttpRequest, study_id: uuid.UUID) -> HttpResponse:
 @require_step_up_if_enrolled
 def _my_share_new(request: HttpRequest, study: Study) -> HttpResponse:
     return share_form_page(
-        request, study, form_class=PatientShareForm, back_url=my_study_url(study)
+        request, study, form_class=PatientShareForm, back_url=my_study_url(study), as_patient=True
     )

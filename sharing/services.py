@@ -26,13 +26,14 @@ from imaging.keyring import study_dek
 from imaging.models import Series, Study
 from imaging.selectors import study_access
 from portal.tasks import task_send_on_commit
-from sharing.models import ShareLink
+from sharing.models import PatientLink, ShareLink
 from sharing.selectors import (
     break_glass_sole_grant,
     share_series_withheld,
     study_patient_user_ids,
 )
 from tenants.models import EMAIL_MAX_LENGTH, ApiToken, BreakGlassGrant, Membership, Tenant, User
+from tenants.roles import Perm
 from tenants.tokens import token_digest
 
 TOKEN_BYTES = 32
@@ -94,6 +95,7 @@ def share_create(
     message: str = "",
     notify_on_first_open: bool = False,
     membership: Membership | None = None,
+    as_patient: bool = False,
 ) -> tuple[ShareLink, str]:
     """Create a link; returns it and its token, which is shown once and never stored.
 
@@ -103,7 +105,9 @@ def share_create(
     no link rather than one nobody revokes. Access resting on break-glass alone
     (`sharing.selectors.break_glass_sole_grant`) ends the link no later than the
     grant, so emergency access does not outlive itself through a link; a later expiry
-    asked for is shortened, and the audit event says so.
+    asked for is shortened, and the audit event says so. `as_patient`: the member is
+    sharing their own study from the patient portal; their link to its record is
+    locked and asked for instead, as unlinking the record revokes their links.
     """
     tenant = study.tenant
     expires_at = expires_at or now + dt.timedelta(days=tenant.share_link_default_days)
@@ -141,7 +145,10 @@ def share_create(
         raise ShareInvalid("This token is no longer valid.")
     break_glass = None
     capped = False
-    if membership is not None:
+    if membership is not None and as_patient:
+        if not _own_study_locked(membership=membership, study=study):
+            raise ShareInvalid("This study is no longer in your portal, so it cannot be shared.")
+    elif membership is not None:
         # Asked under the study's lock: the caller's earlier answer may be stale.
         if not study_access(membership=membership, study=study, now=now).details:
             raise ShareInvalid("You no longer have access to this study, so it cannot be shared.")
@@ -202,6 +209,21 @@ def share_create(
 
 def _withheld(share: ShareLink) -> list[str]:
     return [str(pk) for pk in share_series_withheld(share=share).values_list("pk", flat=True)]
+
+
+def _own_study_locked(*, membership: Membership, study: Study) -> bool:
+    """Whether the member is this study's patient in the portal, their link to its
+    record locked until commit: unlinking it (`patient_link_revoke`) waits for this link
+    and revokes it, or has committed and is seen here."""
+    return (
+        membership.has_perm(Perm.OWN_STUDIES)
+        and PatientLink.objects.for_tenant(study.tenant)
+        .select_for_update()
+        .filter(user_id=membership.user_id, patient_id=study.patient_id, revoked_at__isnull=True)
+        .values_list("pk", flat=True)
+        .first()
+        is not None
+    )
 
 
 def _confidential_locked(study: Study) -> bool:

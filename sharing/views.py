@@ -88,12 +88,7 @@ def share_new(request: HttpRequest, study_id: uuid.UUID) -> HttpResponse:
 
 @require_step_up
 def _share_new(request: HttpRequest, study) -> HttpResponse:
-    return share_form_page(
-        request,
-        study,
-        form_class=ShareForm,
-        membership=request.membership,  # type: ignore[attr-defined]
-    )
+    return share_form_page(request, study, form_class=ShareForm)
 
 
 def share_form_page(
@@ -102,19 +97,18 @@ def share_form_page(
     *,
     form_class: type[ShareForm],
     back_url: str = "",
-    membership: Membership | None = None,
+    as_patient: bool = False,
 ) -> HttpResponse:
-    """The create-a-link form and its result, for staff and for patients (their own form).
-
-    `membership`: the staff member sharing, whose access the link may not outlive.
-    """
+    """The create-a-link form and its result, for staff and for patients (their own form,
+    `as_patient`). The link may not outlive the sharer's access (`share_create`)."""
     tenant = request.tenant
+    membership = request.membership  # type: ignore[attr-defined]
     # Access that rests on break-glass alone ends with it, and so does any link made from
     # it: the form says so before the link is made (share_create decides again).
     break_glass = (
-        break_glass_sole_grant(membership=membership, study=study, now=timezone.now())
-        if membership is not None
-        else None
+        None
+        if as_patient
+        else break_glass_sole_grant(membership=membership, study=study, now=timezone.now())
     )
     series = [s for s in series_for_study(study=study) if s.num_instances]
     choices = [
@@ -148,6 +142,7 @@ def share_form_page(
                 message=data["message"],
                 notify_on_first_open=data["notify_on_first_open"],
                 membership=membership,
+                as_patient=as_patient,
             )
         except ShareInvalid as exc:
             form.add_error(None, str(exc))

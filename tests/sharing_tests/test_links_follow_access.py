@@ -12,8 +12,8 @@ from audit.actors import Actor
 from audit.models import Action, AuditEvent
 from imaging.selectors import study_target
 from imaging.services import study_grant, study_grant_revoke, study_set_confidential
-from sharing.invitations import invitation_accept, patient_invite
-from sharing.models import ShareLink
+from sharing.invitations import invitation_accept, patient_invite, patient_link_revoke
+from sharing.models import PatientLink, ShareLink
 from sharing.selectors import break_glass_sole_grant
 from sharing.services import ShareInvalid, share_create, share_revoke
 from tenants.breakglass import break_glass_open
@@ -321,6 +321,30 @@ def test_a_grant_withdrawn_after_the_makers_access_was_checked_makes_no_link(
     assert not AuditEvent.objects.for_tenant(confidential.tenant).filter(
         action=Action.SHARE_CREATED
     )
+
+
+def test_a_record_unlinked_after_the_patients_check_makes_no_link(study, front_desk):
+    user = linked_patient(study, front_desk)
+    membership = membership_of(user, study.tenant)
+    record = PatientLink.objects.for_tenant(study.tenant).get(user=user)
+    # The portal's share view has found the study the patient's; the unlinking commits
+    # before share_create runs.
+    patient_link_revoke(link=record, actor=TEST_ACTOR, now=timezone.now())
+
+    with pytest.raises(ShareInvalid, match="no longer in your portal"):
+        link(study, created_by=user, membership=membership, as_patient=True)
+
+    assert not ShareLink.objects.for_tenant(study.tenant).exists()
+
+
+def test_a_linked_patient_shares_their_own_study(study, front_desk):
+    user = linked_patient(study, front_desk)
+
+    share = link(
+        study, created_by=user, membership=membership_of(user, study.tenant), as_patient=True
+    )
+
+    assert share.created_by == user and share.revoked_at is None
 
 
 def test_links_of_a_member_left_with_break_glass_alone_end_with_it(
