@@ -62,8 +62,9 @@ def test_front_desk_invites_patient_who_shares_on_a_phone_then_revokes(live_serv
         screenshot(patient, "portal-2-patient-phone-studies")
 
         patient.get_by_role("link", name="Chest CT").click()
+        # The click returns once the study page starts loading; wait for it to be there.
+        patient.get_by_role("heading", name="Who accessed these images").wait_for()
         assert patient.evaluate(NO_SIDEWAYS_SCROLL)
-        assert patient.get_by_role("heading", name="Who accessed these images").is_visible()
         # Script in the name is shown as text.
         assert "<script>" in patient.locator(".details").inner_text()
         screenshot(patient, "portal-3-patient-study")
