@@ -67,6 +67,8 @@ class ShareSerializer(serializers.ModelSerializer):
     def get_withheld_series_instance_uids(self, share: ShareLink) -> list[str]:
         if not share.deidentify:
             return []
+        if "withheld" in self.context:  # a list: worked out for the whole page at once
+            return self.context["withheld"].get(share.pk, [])
         return list(share_series_withheld(share=share).values_list("series_uid", flat=True))
 
     def get_url(self, share: ShareLink) -> str | None:

@@ -18,6 +18,7 @@ from audit.models import Action
 from imaging.selectors import token_studies
 from sharing.api.serializers import ShareCreateSerializer, ShareSerializer
 from sharing.models import ShareLink
+from sharing.selectors import shares_series_withheld_uids
 from sharing.services import ShareInvalid, share_create, share_revoke
 from tenants.roles import Perm
 
@@ -59,7 +60,11 @@ class ShareListCreate(generics.ListCreateAPIView):
 
     def get(self, request: Any, *args: Any, **kwargs: Any) -> Response:
         page = self.paginate_queryset(self.get_queryset())
-        response = self.get_paginated_response(self.get_serializer(page, many=True).data)
+        withheld = shares_series_withheld_uids(tenant=request.tenant, shares=page)
+        serializer = self.get_serializer(
+            page, many=True, context={**self.get_serializer_context(), "withheld": withheld}
+        )
+        response = self.get_paginated_response(serializer.data)
         # Recipients' addresses and which studies were shared went out: which links and
         # studies, as the study list records.
         audit.record(

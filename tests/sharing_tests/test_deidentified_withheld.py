@@ -13,13 +13,17 @@ import zipfile
 import pydicom
 import pytest
 from django.core.management import call_command
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from pydicom.uid import SecondaryCaptureImageStorage, generate_uid
+from rest_framework.test import APIClient
 
 from audit.models import Action, AuditEvent
 from imaging.deidentify import pixels_may_identify
 from imaging.models import Instance, Series
 from sharing.models import ShareLink
+from tenants.tokens import api_token_create
 from tests.helpers import TEST_ACTOR
 from tests.imaging_tests.helpers import ingest, ingest_study, sample_bytes, synthetic_ct
 from tests.sharing_tests.test_share_links import make_share, open_link
@@ -201,10 +205,6 @@ def test_the_creation_is_audited_with_the_series_withheld(study, radiologist):
 
 
 def test_the_partner_api_names_the_series_withheld(study, clinic):
-    from rest_framework.test import APIClient
-
-    from tenants.tokens import api_token_create
-
     _, raw = api_token_create(
         tenant=clinic, name="RIS", scopes=["shares:write"], actor=TEST_ACTOR, now=timezone.now()
     )
@@ -226,6 +226,42 @@ def test_the_partner_api_names_the_series_withheld(study, clinic):
     assert sorted(created.json()["withheld_series_instance_uids"]) == sorted(
         series_numbered(study, n).series_uid for n in (2, 3)
     )
+
+
+def test_the_partner_share_list_names_each_links_withheld_series_in_fixed_queries(study, clinic):
+    token, raw = api_token_create(
+        tenant=clinic, name="RIS", scopes=["shares:write"], actor=TEST_ACTOR, now=timezone.now()
+    )
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")
+
+    def share(**options):
+        return make_share(study, None, created_by_token=token, **options)[0]
+
+    whole = share(deidentify=True)
+    chosen = share(deidentify=True, series=[series_numbered(study, 1), series_numbered(study, 3)])
+    clean = share(deidentify=True, series=[series_numbered(study, 1)])
+    identified = share(deidentify=False)
+    listed = api.get("/api/v1/shares")
+    with CaptureQueriesContext(connection) as four:  # after the token's first-use update
+        api.get("/api/v1/shares")
+    for _ in range(6):
+        share(deidentify=True, series=[series_numbered(study, 2)])
+
+    with CaptureQueriesContext(connection) as ten:
+        longer = api.get("/api/v1/shares")
+
+    assert listed.status_code == 200, listed.content
+    withheld = {row["id"]: row["withheld_series_instance_uids"] for row in listed.json()["results"]}
+    uid = {n: series_numbered(study, n).series_uid for n in (2, 3)}
+    assert withheld == {
+        str(whole.pk): [uid[2], uid[3]],
+        str(chosen.pk): [uid[3]],
+        str(clean.pk): [],
+        str(identified.pk): [],
+    }
+    assert len(longer.json()["results"]) == 10
+    assert len(ten.captured_queries) == len(four.captured_queries)
 
 
 def test_instances_not_assessed_are_withheld_until_the_backfill_assesses_them(
