@@ -82,7 +82,7 @@ def share_create(
     study: Study,
     actor: Actor,
     now: dt.datetime,
-    created_by: User | None = None,
+    membership: Membership | None = None,
     created_by_token: ApiToken | None = None,
     series: Iterable[Series] = (),
     expires_at: dt.datetime | None = None,
@@ -94,13 +94,13 @@ def share_create(
     recipient_email: str = "",
     message: str = "",
     notify_on_first_open: bool = False,
-    membership: Membership | None = None,
     as_patient: bool = False,
 ) -> tuple[ShareLink, str]:
     """Create a link; returns it and its token, which is shown once and never stored.
 
-    `membership` is the staff member making the link (`created_by` in this clinic).
-    Their access is asked again once the study's row is locked, as withdrawing a grant
+    A link is made by a member of the study's clinic (`membership`) or by a partner's
+    token, one of the two. The member's access is asked again once the study's row is
+    locked, as withdrawing a grant
     locks it (`imaging.services.study_grant_revoke`): a grant withdrawn meanwhile makes
     no link rather than one nobody revokes. Access resting on break-glass alone
     (`sharing.selectors.break_glass_sole_grant`) ends the link no later than the
@@ -115,10 +115,10 @@ def share_create(
         raise ShareInvalid("The expiry must be in the future.")
     if expires_at > now + dt.timedelta(days=tenant.share_link_max_days):
         raise ShareInvalid(f"Links of this clinic last at most {tenant.share_link_max_days} days.")
-    if membership is not None and (
-        membership.user_id != getattr(created_by, "pk", None) or membership.tenant_id != tenant.pk
-    ):
-        raise ValueError("The membership is not the creator's, in this study's clinic.")
+    if (membership is None) == (created_by_token is None):
+        raise ValueError("A link is made by a member or by a partner's token, one of them.")
+    if membership is not None and membership.tenant_id != tenant.pk:
+        raise ValueError("The member belongs to another clinic than the study.")
     if max_uses is not None and not 1 <= max_uses <= ShareLink.MAX_USES:
         raise ShareInvalid(f"The number of uses must be from 1 to {ShareLink.MAX_USES:,}.")
     if tenant.share_link_max_uses is not None:
@@ -161,7 +161,7 @@ def share_create(
         tenant=tenant,
         study=study,
         token_sha256=token_digest(raw),
-        created_by=created_by,
+        created_by_id=membership.user_id if membership is not None else None,
         created_by_token=created_by_token,
         created_at=now,
         expires_at=expires_at,

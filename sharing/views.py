@@ -130,7 +130,7 @@ def share_form_page(
                 study=study,
                 actor=_actor(request),
                 now=now,
-                created_by=request.user,
+                membership=membership,
                 series=[s for s in series if str(s.pk) in data["series"]],
                 expires_at=asked,
                 challenge=data["challenge"],
@@ -141,7 +141,6 @@ def share_form_page(
                 recipient_email=data["recipient_email"],
                 message=data["message"],
                 notify_on_first_open=data["notify_on_first_open"],
-                membership=membership,
                 as_patient=as_patient,
             )
         except ShareInvalid as exc:

@@ -6,6 +6,7 @@ import os
 import socket
 import time
 from contextlib import contextmanager
+from typing import Any
 from urllib.parse import urlparse
 
 import pytest
@@ -14,6 +15,7 @@ from django.test import Client
 
 from audit.actors import Actor
 from tenants.models import Membership, Tenant, User
+from tenants.roles import Perm
 from tenants.services import (
     membership_add,
     tenant_create,
@@ -100,6 +102,14 @@ def make_member(tenant: Tenant, *roles: str, email: str | None = None) -> User:
 
 def membership_of(user: User, tenant: Tenant) -> Membership:
     return Membership.objects.for_tenant(tenant).get(user=user)
+
+
+def sharer(user: User, tenant: Tenant) -> dict[str, Any]:
+    """`share_create`'s arguments for a link made by `user`: a member, or, for a patient,
+    from their portal."""
+    membership = membership_of(user, tenant)
+    as_patient = membership.has_perm(Perm.OWN_STUDIES) and not membership.has_perm(Perm.STUDY_SHARE)
+    return {"membership": membership, "as_patient": as_patient}
 
 
 @contextmanager

@@ -17,7 +17,7 @@ from imaging.models import Instance, Series
 from sharing.invitations import invitation_accept, patient_invite
 from sharing.services import share_create
 from tenants.services import user_create
-from tests.helpers import PASSWORD, TEST_ACTOR, make_member
+from tests.helpers import PASSWORD, TEST_ACTOR, make_member, sharer
 from tests.imaging_tests.helpers import ingest_study, synthetic_ct
 from tests.tenants_tests.test_isolation_sweep import build_url, clinic_patterns, walk_urls
 
@@ -79,7 +79,7 @@ def linked_patient(clinic, study, front_desk):
 
 def _share(study, user):
     share, _ = share_create(
-        study=study, actor=TEST_ACTOR, now=timezone.now(), created_by=user, pin="2468"
+        study=study, actor=TEST_ACTOR, now=timezone.now(), **sharer(user, study.tenant), pin="2468"
     )
     return share
 
@@ -208,7 +208,7 @@ def test_every_recipient_page_that_shows_the_study_audits_it(front_desk, study):
         study=study,
         actor=TEST_ACTOR,
         now=timezone.now(),
-        created_by=front_desk,
+        **sharer(front_desk, study.tenant),
         pin="2468",
         allow_download=True,
     )

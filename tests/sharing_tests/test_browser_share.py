@@ -10,7 +10,7 @@ from sharing.models import ShareLink
 from sharing.services import share_create
 from tests.browser import SHARE_METADATA_STATUS as METADATA_STATUS
 from tests.browser import browser_page, require_chromium, screenshot
-from tests.helpers import TEST_ACTOR, make_clinic, make_member
+from tests.helpers import TEST_ACTOR, make_clinic, make_member, sharer
 from tests.imaging_tests.helpers import ingest_study, synthetic_ct
 from tests.imaging_tests.test_browser_viewer import sign_in
 
@@ -88,7 +88,7 @@ def test_open_pressed_twice_spends_one_use_and_shows_the_images(live_server, pin
         study=study,
         actor=TEST_ACTOR,
         now=timezone.now(),
-        created_by=radiologist,
+        **sharer(radiologist, clinic),
         challenge=ShareLink.Challenge.PIN if pin else ShareLink.Challenge.NONE,
         pin=pin,
         max_uses=1,

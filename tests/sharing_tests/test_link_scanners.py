@@ -14,7 +14,7 @@ from django.utils import timezone
 from audit.models import Action, ActorType, AuditEvent
 from sharing.models import ShareLink
 from sharing.services import share_create, share_revoke
-from tests.helpers import TEST_ACTOR
+from tests.helpers import TEST_ACTOR, sharer
 from tests.imaging_tests.helpers import ingest_study, synthetic_ct
 
 OPEN_BUTTON = "Open the shared images"
@@ -39,7 +39,7 @@ def open_link(study, user, **options) -> tuple[ShareLink, str]:
         study=study,
         actor=TEST_ACTOR,
         now=timezone.now(),
-        created_by=user,
+        **sharer(user, study.tenant),
         message=MESSAGE,
         **options,
     )
@@ -289,7 +289,7 @@ def test_a_pin_link_shows_its_challenge_and_no_open_button(study, radiologist):
         study=study,
         actor=TEST_ACTOR,
         now=timezone.now(),
-        created_by=radiologist,
+        **sharer(radiologist, study.tenant),
         pin="4711",
         max_uses=1,
     )

@@ -18,7 +18,7 @@ from sharing.selectors import break_glass_sole_grant
 from sharing.services import ShareInvalid, share_create, share_revoke
 from tenants.breakglass import break_glass_open
 from tenants.tokens import api_token_create
-from tests.helpers import TEST_ACTOR, make_member, membership_of
+from tests.helpers import TEST_ACTOR, make_member, membership_of, sharer
 from tests.imaging_tests.helpers import ingest_study, synthetic_ct
 
 PIN = "4711"
@@ -37,7 +37,8 @@ def marker(clinic):
 
 
 def link_and_token(study, *, now=None, **options) -> tuple[ShareLink, str]:
-    options.setdefault("created_by", None)
+    if user := options.pop("created_by", None):
+        options.update(sharer(user, study.tenant))
     return share_create(
         study=study,
         actor=TEST_ACTOR,
@@ -178,8 +179,10 @@ def test_a_patient_account_linked_to_another_record_is_not_this_studys_patient(
         clinic, synthetic_ct(slices=1, size=16, patient_name="Roe^John", patient_id="P-2")
     )
     other_patient = linked_patient(neighbour, front_desk, email="john@example.org")
-    # Made through the service directly: the portal would not offer this study to them.
-    stray = link(study, created_by=other_patient)
+    # Neither the portal nor `share_create` lets them share it; a link left from before
+    # the service asked is what this models.
+    stray = link(study, created_by=marker)
+    ShareLink.objects.for_tenant(clinic).filter(pk=stray.pk).update(created_by=other_patient)
 
     revoked = study_set_confidential(study=study, confidential=True, by=marker, actor=TEST_ACTOR)
 
@@ -539,18 +542,27 @@ def test_the_sole_grant_is_the_one_that_ends_last(confidential, radiologist):
     assert after is None  # no access left at all
 
 
-def test_another_members_or_clinics_membership_is_a_programming_error(
-    confidential, radiologist, marker, other_clinic, other_tenant_all_roles
+def test_a_link_needs_one_maker_of_the_studys_clinic(
+    confidential, radiologist, other_clinic, other_tenant_all_roles
 ):
     elsewhere = membership_of(other_tenant_all_roles, other_clinic)
+    token, _ = api_token_create(
+        tenant=confidential.tenant,
+        name="RIS",
+        scopes=["shares:write"],
+        actor=TEST_ACTOR,
+        now=timezone.now(),
+    )
 
-    with pytest.raises(ValueError, match="not the creator's"):
+    with pytest.raises(ValueError, match="another clinic"):
+        link(confidential, membership=elsewhere)
+    with pytest.raises(ValueError, match="one of them"):
+        link(confidential)
+    with pytest.raises(ValueError, match="one of them"):
         link(
             confidential,
-            created_by=marker,
             membership=membership_of(radiologist, confidential.tenant),
+            created_by_token=token,
         )
-    with pytest.raises(ValueError, match="not the creator's"):
-        link(confidential, created_by=other_tenant_all_roles, membership=elsewhere)
 
     assert not ShareLink.objects.for_tenant(confidential.tenant).exists()

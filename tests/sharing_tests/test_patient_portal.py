@@ -26,6 +26,7 @@ from tests.helpers import (
     make_member,
     membership_of,
     page_body,
+    sharer,
     verified_client,
 )
 from tests.imaging_tests.helpers import ingest_study, synthetic_ct
@@ -482,7 +483,11 @@ def test_patient_cannot_manage_someone_elses_link(own_study, radiologist, patien
     from sharing.services import share_create
 
     share, _ = share_create(
-        study=own_study, actor=TEST_ACTOR, now=timezone.now(), created_by=radiologist, pin="1234"
+        study=own_study,
+        actor=TEST_ACTOR,
+        now=timezone.now(),
+        **sharer(radiologist, own_study.tenant),
+        pin="1234",
     )
 
     assert patient_client.get(f"/t/north/shares/{share.pk}/").status_code == 404

@@ -25,7 +25,7 @@ from sharing.services import (
     share_revoke,
     share_use,
 )
-from tests.helpers import TEST_ACTOR
+from tests.helpers import TEST_ACTOR, sharer
 from tests.imaging_tests.helpers import ingest, ingest_study, synthetic_ct, with_large_values
 
 FRAMES = 'multipart/related; type="application/octet-stream"'
@@ -43,12 +43,11 @@ def other_study(clinic):
 
 
 def make_share(study, radiologist, **options):
+    creator = sharer(radiologist, study.tenant) if radiologist is not None else {}
     options.setdefault("challenge", ShareLink.Challenge.PIN)
     if options["challenge"] == ShareLink.Challenge.PIN:
         options.setdefault("pin", PIN)
-    return share_create(
-        study=study, actor=TEST_ACTOR, now=timezone.now(), created_by=radiologist, **options
-    )
+    return share_create(study=study, actor=TEST_ACTOR, now=timezone.now(), **creator, **options)
 
 
 def open_link(client: Client, token: str, pin: str | None = PIN):

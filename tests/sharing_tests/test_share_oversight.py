@@ -23,8 +23,9 @@ from sharing.services import (
 from tenants.models import ApiToken
 from tenants.services import membership_update
 from tenants.tokens import api_token_create, api_token_revoke
-from tests.helpers import TEST_ACTOR, make_member, membership_of, page_body
+from tests.helpers import TEST_ACTOR, make_member, membership_of, page_body, sharer
 from tests.imaging_tests.helpers import ingest_study, synthetic_ct
+from tests.sharing_tests.test_links_follow_access import linked_patient
 
 PIN = "4711"
 # 264 characters, valid by every other rule: the local part and each label within limits.
@@ -34,6 +35,12 @@ LONG_EMAIL = "a" * 64 + "@" + ".".join(["b" * 63] * 3) + ".example"
 @pytest.fixture
 def study(clinic):
     return ingest_study(clinic, synthetic_ct(slices=1, size=16, patient_name="Doe^Jane"))
+
+
+@pytest.fixture
+def patient(study, front_desk):
+    """The study's patient, with a portal account from which they may share it."""
+    return linked_patient(study, front_desk)
 
 
 @pytest.fixture
@@ -67,7 +74,7 @@ def member_link(study, user, **options) -> tuple[ShareLink, str]:
         study=study,
         actor=TEST_ACTOR,
         now=timezone.now(),
-        created_by=user,
+        **sharer(user, study.tenant),
         challenge=ShareLink.Challenge.PIN,
         pin=PIN,
         **options,
