@@ -1,6 +1,7 @@
 // Diagnostic DICOM viewer: DICOMweb metadata plus raw frames, windowed in the browser.
 // Raw pixels (not server-rendered JPEGs) so window/level is exact and instant; colour images
-// use the server's /rendered PNGs. Contract: data-* attributes on #viewer and
+// use the server's /rendered PNGs, or their JPEG frames as stored, which the browser decodes
+// itself (a fraction of the bytes, and no decoding on the server). Contract: data-* attributes on #viewer and
 // window.portalViewer are read by automated tests and benchmarks; keep them current.
 (function () {
   "use strict";
@@ -33,6 +34,8 @@
   const SERIES_ERROR_TEXT = "This series could not be loaded.";
   const ENDED_STATUSES = new Set([401, 403, 404, 410]);
   const FRAMES_ACCEPT = 'multipart/related; type="application/octet-stream"';
+  const JPEG_BASELINE = "1.2.840.10008.1.2.4.50";
+  const STORED_JPEG_ACCEPT = `multipart/related; type="image/jpeg"; transfer-syntax=${JPEG_BASELINE}`;
 
   // --- State ---------------------------------------------------------------------------------
   const seriesCache = new Map(); // SeriesInstanceUID -> series record (metadata and pixels)
@@ -110,6 +113,11 @@
     };
     info.Type = pixelType(info);
     info.rendered = !info.Type; // colour or an unusual layout: ask the server for a PNG
+    // 8-bit YBR colour is what lossy JPEG stores (ultrasound, endoscopy, photographs), and a
+    // browser decodes such a frame to the right RGB itself. If these frames are not stored
+    // as JPEG baseline (or a de-identified link sends decoded pixels only), the server says
+    // 406 and the series falls back to /rendered.
+    info.storedJpeg = spp === 3 && info.bits === 8 && (photometric === "YBR_FULL_422" || photometric === "YBR_FULL");
     return info;
   }
   function pixelType(info) {
@@ -235,6 +243,7 @@
   // --- Fetch scheduler: nearest missing slice first, at most MAX_IN_FLIGHT requests ---------
   const needs = (sl) => !sl.data && !sl.pending && !sl.failed;
   const useRendered = (s, sl) => s.rendered || sl.info.rendered;
+  const useStoredJpeg = (s, sl) => sl.info.storedJpeg && !s.storedRefused;
   const sliceBytes = (sl) => Math.max(1, sl.info.rows * sl.info.cols * (sl.info.Type ? sl.info.Type.BYTES_PER_ELEMENT : 4));
 
   function pump() {
@@ -265,7 +274,8 @@
     if (pick < 0) return null;
     const group = [sl[pick]];
     // Neighbouring frames of one multi-frame instance travel in one request.
-    if (sl[pick].frames > 1 && s.shownOnce && !useRendered(s, sl[pick])) {
+    const batched = !useRendered(s, sl[pick]) || useStoredJpeg(s, sl[pick]);
+    if (sl[pick].frames > 1 && s.shownOnce && batched) {
       for (let d = 1; d < FRAME_BATCH * 2 && group.length < FRAME_BATCH; d++) {
         for (const j of [pick + d, pick - d]) {
           if (group.length < FRAME_BATCH && fits(j) && sl[j].info === sl[pick].info) group.push(sl[j]);
@@ -282,7 +292,18 @@
     inFlight.add(req);
     for (const sl of group) sl.pending = true;
     try {
-      if (useRendered(s, group[0])) {
+      if (useStoredJpeg(s, group[0])) {
+        const frames = group.map((g) => g.frame).join(",");
+        const res = await get(frameUrl(s, group[0], frames), STORED_JPEG_ACCEPT, signal);
+        const parts = splitMultipart(await res.arrayBuffer(), res.headers.get("Content-Type") || "", 0);
+        if (parts.length < group.length) throw new Error("Fewer frames than requested.");
+        const bitmaps = await Promise.all(
+          group.map((sl, i) => createImageBitmap(new Blob([parts[i]], { type: "image/jpeg" }))));
+        s.storedJpegFrames = (s.storedJpegFrames || 0) + group.length;
+        if (s === series) viewer.setAttribute("data-stored-jpeg-frames", String(s.storedJpegFrames));
+        if (signal.aborted) bitmaps.forEach((b) => b.close());
+        else group.forEach((sl, i) => store(s, sl, bitmaps[i]));
+      } else if (useRendered(s, group[0])) {
         const res = await get(frameUrl(s, group[0], group[0].frame) + "/rendered", "image/png", signal);
         const bitmap = await createImageBitmap(await res.blob());
         if (signal.aborted) bitmap.close(); else store(s, group[0], bitmap);
@@ -298,6 +319,8 @@
         // switched series or access ended: nothing to record
       } else if (isEnded(err)) {
         endAccess();
+      } else if (err instanceof HttpError && err.status === 406 && useStoredJpeg(s, group[0])) {
+        s.storedRefused = true; // not stored as JPEG baseline, or not sent as stored: /rendered
       } else if (err instanceof HttpError && err.status === 406 && !s.rendered) {
         s.rendered = true; // the server will not send raw frames: use /rendered from now on
       } else {
@@ -707,7 +730,7 @@
     setCine(false);
     let s = seriesCache.get(uid);
     if (!s) {
-      s = { uid, slices: null, meta: null, loaded: 0, label: "", colour: false, rendered: false,
+      s = { uid, slices: null, meta: null, loaded: 0, label: "", colour: false, rendered: false, storedRefused: false,
         initialWindow: null, shownOnce: false, measures: new Map() };
       seriesCache.set(uid, s);
     }

@@ -9,9 +9,11 @@ import numpy as np
 import pydicom
 import pydicom.data
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate
 from pydicom.uid import (
     CTImageStorage,
     ExplicitVRLittleEndian,
+    JPEGBaseline8Bit,
     SecondaryCaptureImageStorage,
     generate_uid,
 )
@@ -138,6 +140,50 @@ def synthetic_palette(
         ds.NumberOfFrames = frames
     pixels = (np.arange(frames * size * size) * 7 % entries).reshape(frames, size, size)
     ds.PixelData = pixels.astype(f"<u{bits // 8}").tobytes()
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+def synthetic_colour_cine(
+    *, frames: int = 4, rows: int = 48, cols: int = 64, jpeg: bool = True
+) -> bytes:
+    """An ultrasound-like colour cine, the left half of each frame red, the right half
+    blue: stored as JPEG baseline, YBR_FULL_422 as lossy JPEG writers record it, or
+    (`jpeg=False`) uncompressed YBR_FULL."""
+    from PIL import Image
+    from pydicom.pixels import convert_color_space
+
+    rgb = np.zeros((rows, cols, 3), dtype=np.uint8)
+    rgb[:, : cols // 2] = (220, 30, 30)
+    rgb[:, cols // 2 :] = (30, 30, 220)
+    encoded = []
+    for _ in range(frames):
+        out = io.BytesIO()
+        Image.fromarray(rgb).save(out, format="JPEG", quality=95, subsampling=1)  # 4:2:2
+        encoded.append(out.getvalue())
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.3.1"  # Ultrasound Multi-frame
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = JPEGBaseline8Bit if jpeg else ExplicitVRLittleEndian
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = (
+        meta.MediaStorageSOPClassUID,
+        meta.MediaStorageSOPInstanceUID,
+    )
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.PatientName, ds.PatientID, ds.Modality = "Colour^Cine", "US-1", "US"
+    ds.Rows, ds.Columns, ds.NumberOfFrames = rows, cols, frames
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "YBR_FULL_422", 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    if jpeg:
+        ds.PixelData = encapsulate(encoded)
+        ds["PixelData"].VR = "OB"
+    else:
+        ds.PhotometricInterpretation = "YBR_FULL"
+        ybr = convert_color_space(rgb, "RGB", "YBR_FULL")
+        ds.PixelData = np.stack([ybr] * frames).tobytes()
     out = io.BytesIO()
     ds.save_as(out, enforce_file_format=True)
     return out.getvalue()

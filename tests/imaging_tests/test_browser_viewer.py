@@ -19,7 +19,12 @@ from tests.helpers import (
     make_member,
     totp_device_for,
 )
-from tests.imaging_tests.helpers import ingest_study, synthetic_ct, synthetic_palette
+from tests.imaging_tests.helpers import (
+    ingest_study,
+    synthetic_colour_cine,
+    synthetic_ct,
+    synthetic_palette,
+)
 
 SLICES = 160
 SIZE = 128
@@ -230,3 +235,45 @@ def test_a_palette_colour_image_is_shown_in_its_colours(live_server):
     assert coloured > 0.1
     frames = [url for url in asked if "/frames/" in url]
     assert frames and all(url.endswith("/rendered") for url in frames)
+
+
+RED_AND_BLUE = """() => {
+  const c = document.getElementById("viewer-canvas");
+  const d = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
+  let red = 0, blue = 0;
+  for (let i = 0; i < d.length; i += 4) {
+    if (d[i] > 170 && d[i + 2] < 90) red++;
+    if (d[i + 2] > 170 && d[i] < 90) blue++;
+  }
+  return [red, blue];
+}"""
+
+
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(("jpeg", "as_stored"), [(True, True), (False, False)])
+def test_a_colour_cine_stored_as_jpeg_is_decoded_by_the_browser(live_server, jpeg, as_stored):
+    # YBR colour frames are asked for as stored JPEG; frames stored otherwise get a 406
+    # and the series falls back to the server's rendered PNGs. Either way, the colours.
+    require_chromium()
+    clinic = make_clinic("north", "North Imaging")
+    radiologist = make_member(clinic, "radiologist", email="rad@north.example")
+    study = ingest_study(clinic, [synthetic_colour_cine(frames=4, jpeg=jpeg)])
+
+    with browser_page() as page:
+        asked: list[str] = []
+        page.on("request", lambda request: asked.append(request.url))
+        sign_in(page, live_server.url, radiologist, f"/t/north/studies/{study.pk}/")
+        page.goto(f"{live_server.url}/t/north/studies/{study.pk}/viewer/")
+        page.wait_for_selector("#viewer[data-loaded='4']", timeout=30_000)
+        page.wait_for_selector("#viewer[data-state=ready]", timeout=30_000)
+        screenshot(page, f"viewer-10-colour-cine-{'jpeg' if jpeg else 'native'}")
+        red, blue = page.evaluate(RED_AND_BLUE)
+        stored_frames = viewer_attr(page, "stored-jpeg-frames")
+
+    assert red > 1000 and blue > 1000
+    rendered = [url for url in asked if url.endswith("/rendered")]
+    if as_stored:
+        assert not rendered and stored_frames == "4"
+    else:
+        assert len(rendered) == 4 and stored_frames == ""
