@@ -55,9 +55,19 @@ _PIXELS_IDENTIFY_AS_A_RULE = (
     "1.2.840.10008.5.1.4.1.1.7",  # Secondary Capture
     "1.2.840.10008.5.1.4.1.1.7.",  # Multi-frame Secondary Captures
     "1.2.840.10008.5.1.4.1.1.3.1",  # Ultrasound Multi-frame
+    "1.2.840.10008.5.1.4.1.1.3",  # Ultrasound Multi-frame (retired, still written)
+    "1.2.840.10008.5.1.4.1.1.6",  # Ultrasound (retired, still written)
     "1.2.840.10008.5.1.4.1.1.6.",  # Ultrasound, Enhanced US Volume, Photoacoustic
+    "1.2.840.10008.5.1.4.1.1.77.1",  # VL Image, trial (retired)
+    "1.2.840.10008.5.1.4.1.1.77.2",  # VL Multi-frame Image, trial (retired)
     "1.2.840.10008.5.1.4.1.1.77.1.",  # Visible light: endoscopy, microscopy, photographs
     "1.2.840.10008.5.1.4.1.1.104.",  # Encapsulated PDF, CDA, STL, OBJ, MTL
+)
+# Photographs show a face as a rule: Burned In Annotation NO says there is no text, not
+# that there is no face, so only Recognizable Visual Features NO clears them.
+_FACES_AS_A_RULE = (
+    "1.2.840.10008.5.1.4.1.1.77.1.4",  # VL Photographic Image
+    "1.2.840.10008.5.1.4.1.1.77.1.4.",  # Video Photographic Image
 )
 
 
@@ -65,19 +75,26 @@ def pixels_may_identify(ds: Dataset) -> bool:
     """Whether the instance's pixels (or document) may show who the patient is.
 
     Burned In Annotation (0028,0301) or Recognizable Visual Features (0028,0302) YES
-    says so; Burned In Annotation NO says otherwise; with neither, the SOP class
+    says so; Burned In Annotation NO says otherwise, except for photographs, which need
+    Recognizable Visual Features NO (`_FACES_AS_A_RULE`); with neither, the SOP class
     decides (`_PIXELS_IDENTIFY_AS_A_RULE`). Header-only objects are not at risk here:
     their attributes are de-identified.
     """
-    if _flag(ds, 0x00280302) == "YES":
+    features = _flag(ds, 0x00280302)
+    if features == "YES":
+        return True
+    sop_class = str(ds.get("SOPClassUID", ""))
+    if features != "NO" and _in_classes(sop_class, _FACES_AS_A_RULE):
         return True
     burned_in = _flag(ds, 0x00280301)
     if burned_in:
         return burned_in != "NO"  # YES, or a value nobody can vouch for
-    sop_class = str(ds.get("SOPClassUID", ""))
+    return _in_classes(sop_class, _PIXELS_IDENTIFY_AS_A_RULE)
+
+
+def _in_classes(sop_class: str, rules: tuple[str, ...]) -> bool:
     return any(
-        sop_class == rule or (rule.endswith(".") and sop_class.startswith(rule))
-        for rule in _PIXELS_IDENTIFY_AS_A_RULE
+        sop_class == rule or (rule.endswith(".") and sop_class.startswith(rule)) for rule in rules
     )
 
 

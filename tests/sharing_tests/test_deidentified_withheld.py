@@ -58,6 +58,18 @@ def header(sop_class: str, **tags: str) -> pydicom.Dataset:
         (header(PHOTO), True),
         (header("1.2.840.10008.5.1.4.1.1.77"), False),  # a prefix, not a whole class
         (header("1.2.840.10008.5.1.4.1.1.71"), False),
+        # Retired ultrasound and visible-light classes, which old devices still write.
+        (header("1.2.840.10008.5.1.4.1.1.6"), True),
+        (header("1.2.840.10008.5.1.4.1.1.3"), True),
+        (header("1.2.840.10008.5.1.4.1.1.77.1"), True),
+        (header("1.2.840.10008.5.1.4.1.1.77.2"), True),
+        (header("1.2.840.10008.5.1.4.1.1.6", BurnedInAnnotation="NO"), False),
+        # A photograph without text may still show a face.
+        (header(PHOTO, BurnedInAnnotation="NO"), True),
+        (header(PHOTO + ".1", BurnedInAnnotation="NO"), True),  # video
+        (header(PHOTO, RecognizableVisualFeatures="NO"), True),  # text not ruled out
+        (header(PHOTO, BurnedInAnnotation="NO", RecognizableVisualFeatures="NO"), False),
+        (header(PHOTO, BurnedInAnnotation="YES", RecognizableVisualFeatures="NO"), True),
     ],
 )
 def test_which_pixels_may_identify_the_patient(ds, identifying):
@@ -295,3 +307,30 @@ def test_a_study_of_only_withheld_series_gives_the_recipient_nothing_to_open(
 
     assert "No series to show." in page and "Open viewer" not in page
     assert ShareLink.objects.for_tenant(clinic).count() == 1
+
+
+def test_instances_of_classes_now_identifying_are_assessed_again_after_the_upgrade(clinic):
+    import importlib
+
+    from django.apps import apps
+
+    upgrade = importlib.import_module("imaging.migrations.0010_reassess_pixels_may_identify")
+    legacy_us = "1.2.840.10008.5.1.4.1.1.6"
+    same = {"slices": 1, "size": 16, "study_uid": generate_uid()}
+    study = ingest_study(
+        clinic,
+        [
+            *synthetic_ct(**same, tags={"SOPClassUID": legacy_us, "SeriesNumber": 1}),
+            *synthetic_ct(**same, tags={"SeriesNumber": 2}),
+        ],
+    )
+    rows = Instance.objects.for_tenant(clinic).filter(study=study)
+    rows.update(pixels_may_identify=False)  # as the earlier rule assessed both
+
+    upgrade.forward(apps, None)
+    between = dict(rows.values_list("series__series_number", "pixels_may_identify"))
+    call_command("instance_headers_backfill", "--tenant", clinic.slug, stdout=io.StringIO())
+
+    after = dict(rows.values_list("series__series_number", "pixels_may_identify"))
+    assert between == {1: None, 2: False}
+    assert after == {1: True, 2: False}
