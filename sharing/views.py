@@ -293,6 +293,10 @@ def _member_share(request: HttpRequest, share_id: uuid.UUID) -> ShareLink:
     return share
 
 
+# What was done to a link, beside what its recipients did with it.
+_LINK_HISTORY_ACTIONS = [Action.SHARE_CREATED, Action.SHARE_SHORTENED, Action.SHARE_REVOKED]
+
+
 @never_cache
 def share_detail(request: HttpRequest, share_id: uuid.UUID) -> HttpResponse:
     share = _member_share(request, share_id)
@@ -305,9 +309,7 @@ def share_detail(request: HttpRequest, share_id: uuid.UUID) -> HttpResponse:
         AuditEvent.objects.for_tenant(request.tenant)
         .filter(
             Q(actor_type=ActorType.SHARE_LINK, actor_id=str(share.pk))
-            | Q(
-                action__in=[Action.SHARE_CREATED, Action.SHARE_REVOKED], detail__share=str(share.pk)
-            )
+            | Q(action__in=_LINK_HISTORY_ACTIONS, detail__share=str(share.pk))
         )
         .order_by("-seq")[:200]
     )

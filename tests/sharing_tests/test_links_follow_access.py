@@ -351,7 +351,7 @@ def test_a_linked_patient_shares_their_own_study(study, front_desk):
 
 
 def test_links_of_a_member_left_with_break_glass_alone_end_with_it(
-    confidential, radiologist, marker
+    confidential, radiologist, marker, client_for
 ):
     study_grant(study=confidential, grantee=radiologist, download=False, actor=TEST_ACTOR)
     theirs = link(confidential, created_by=radiologist)
@@ -378,6 +378,8 @@ def test_links_of_a_member_left_with_break_glass_alone_end_with_it(
         "expires_at": grant.expires_at.isoformat(),
         "was": theirs.expires_at.isoformat(),
     }
+    history = client_for(radiologist).get(f"/t/{confidential.tenant.slug}/shares/{theirs.pk}/")
+    assert "Share link shortened" in history.content.decode()
 
 
 def test_the_study_page_says_when_links_now_end_with_break_glass(
