@@ -326,8 +326,13 @@ def shares_revoke_for_withdrawn_grant(
 ) -> int:
     """Revoke the live links `user` made of `study`, whose grant on it was withdrawn and
     who no longer sees it otherwise (`imaging.services.study_grant_revoke` decides);
-    returns how many. Each revocation is audited on the study."""
-    shares = ShareLink.objects.for_tenant(study.tenant).filter(study=study, created_by=user)
+    returns how many. Each revocation is audited on the study. The study's patient keeps
+    their links: they still see it from their portal."""
+    shares = (
+        ShareLink.objects.for_tenant(study.tenant)
+        .filter(study=study, created_by=user)
+        .exclude(created_by__in=study_patient_user_ids(study=study))
+    )
     return _revoke_live(shares, actor=actor, now=now, reason="grant_withdrawn")
 
 

@@ -272,6 +272,24 @@ def test_withdrawing_the_grant_a_member_saw_the_study_by_revokes_their_links_to_
     assert event.actor_id == str(marker.pk)
 
 
+def test_a_grantee_who_is_the_patient_keeps_their_links_when_the_grant_is_withdrawn(
+    confidential, front_desk, marker
+):
+    # They still see the study from their patient portal: the grant was not their only way.
+    colleague = linked_patient(
+        confidential, front_desk, roles=("radiologist",), email="colleague@north.example"
+    )
+    study_grant(study=confidential, grantee=colleague, download=False, actor=TEST_ACTOR)
+    theirs = link(confidential, created_by=colleague)
+
+    withdrawn = study_grant_revoke(
+        study=confidential, grantee=colleague, actor=Actor.for_user(marker)
+    )
+
+    assert withdrawn.revoked == 0
+    assert fresh(theirs).revoked_at is None
+
+
 def test_a_member_whose_role_lists_the_study_anyway_keeps_their_links(study, radiologist):
     study_grant(study=study, grantee=radiologist, download=True, actor=TEST_ACTOR)
     theirs = link(study, created_by=radiologist)
