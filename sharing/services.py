@@ -100,14 +100,14 @@ def share_create(
 
     A link is made by a member of the study's clinic (`membership`) or by a partner's
     token, one of the two. The member's access is asked again once the study's row is
-    locked, as withdrawing a grant
-    locks it (`imaging.services.study_grant_revoke`): a grant withdrawn meanwhile makes
-    no link rather than one nobody revokes. Access resting on break-glass alone
-    (`sharing.selectors.break_glass_sole_grant`) ends the link no later than the
-    grant, so emergency access does not outlive itself through a link; a later expiry
-    asked for is shortened, and the audit event says so. `as_patient`: the member is
-    sharing their own study from the patient portal; their link to its record is
-    locked and asked for instead, as unlinking the record revokes their links.
+    locked, as withdrawing a grant locks it (`imaging.services.study_grant_revoke`): a
+    grant withdrawn meanwhile makes no link rather than one nobody revokes. Access
+    resting on break-glass alone (`sharing.selectors.break_glass_sole_grant`) ends the
+    link no later than the grant, so emergency access does not outlive itself through a
+    link; a later expiry asked for is shortened, and the audit event says so.
+    `as_patient`: the member is sharing their own study from the patient portal; their
+    link to its record is locked and asked for instead, as unlinking the record revokes
+    their links.
     """
     tenant = study.tenant
     expires_at = expires_at or now + dt.timedelta(days=tenant.share_link_default_days)

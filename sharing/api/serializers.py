@@ -5,7 +5,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from sharing.models import ShareLink
-from sharing.selectors import share_series_withheld
+from sharing.selectors import shares_series_withheld_uids
 from sharing.services import EMAIL_TOO_LONG
 from tenants.models import EMAIL_MAX_LENGTH
 
@@ -65,11 +65,11 @@ class ShareSerializer(serializers.ModelSerializer):
 
     @extend_schema_field(serializers.ListField(child=serializers.CharField()))
     def get_withheld_series_instance_uids(self, share: ShareLink) -> list[str]:
-        if not share.deidentify:
-            return []
-        if "withheld" in self.context:  # a list: worked out for the whole page at once
-            return self.context["withheld"].get(share.pk, [])
-        return list(share_series_withheld(share=share).values_list("series_uid", flat=True))
+        # A list works them out for the whole page at once and passes them in.
+        withheld = self.context.get("withheld")
+        if withheld is None:
+            withheld = shares_series_withheld_uids(tenant=share.tenant, shares=[share])
+        return withheld.get(share.pk, [])
 
     def get_url(self, share: ShareLink) -> str | None:
         # The link exists in clear only in the creation response.

@@ -1,8 +1,9 @@
 // Diagnostic DICOM viewer: DICOMweb metadata plus raw frames, windowed in the browser.
 // Raw pixels (not server-rendered JPEGs) so window/level is exact and instant; colour images
 // use the server's /rendered PNGs, or their JPEG frames as stored, which the browser decodes
-// itself (a fraction of the bytes, and no decoding on the server). Contract: data-* attributes on #viewer and
-// window.portalViewer are read by automated tests and benchmarks; keep them current.
+// itself (a fraction of the bytes, and no decoding on the server). Contract: data-*
+// attributes on #viewer and window.portalViewer are read by automated tests and benchmarks;
+// keep them current.
 (function () {
   "use strict";
   const T0 = performance.now();
