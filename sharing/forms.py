@@ -57,10 +57,17 @@ class ShareForm(forms.Form):
     )
 
     def __init__(
-        self, *args: Any, series: list[tuple[str, str]], max_days: int, **kwargs: Any
+        self,
+        *args: Any,
+        series: list[tuple[str, str]],
+        max_days: int,
+        may_download: bool = True,
+        **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.fields["series"].choices = series
+        if not may_download:  # a link allows no more than its maker may do
+            del self.fields["allow_download"]
         self.fields["expires_days"].widget.attrs.update({"min": 1, "max": max_days})
         self.max_days = max_days
 

@@ -41,6 +41,7 @@ MAX_SECRET_ATTEMPTS = 5
 PIN_PATTERN = re.compile(r"[0-9]{4,12}")  # fullmatch: "\n" may not end a PIN
 # A longer address would fail at the database (PostgreSQL) instead of being refused.
 EMAIL_TOO_LONG = f"An email address has at most {EMAIL_MAX_LENGTH} characters."
+DOWNLOAD_NOT_YOURS = "You may not download this study, so a link you make cannot allow it either."
 
 
 class ShareInvalid(ValueError):
@@ -99,12 +100,14 @@ def share_create(
     """Create a link; returns it and its token, which is shown once and never stored.
 
     A link is made by a member of the study's clinic (`membership`) or by a partner's
-    token, one of the two. The member's access is asked again once the study's row is
-    locked, as withdrawing a grant locks it (`imaging.services.study_grant_revoke`): a
-    grant withdrawn meanwhile makes no link rather than one nobody revokes. Access
-    resting on break-glass alone (`sharing.selectors.break_glass_sole_grant`) ends the
-    link no later than the grant, so emergency access does not outlive itself through a
-    link; a later expiry asked for is shortened, and the audit event says so.
+    token, one of the two, and allows no more than its maker may do: download only if the
+    member may download the study, or the token may retrieve studies. The member's
+    access is asked again once the study's row is locked, as withdrawing a grant locks it
+    (`imaging.services.study_grant_revoke`): a grant withdrawn meanwhile makes no link
+    rather than one nobody revokes. Access resting on break-glass alone
+    (`sharing.selectors.break_glass_sole_grant`) ends the link no later than the grant,
+    so emergency access does not outlive itself through a link; a later expiry asked for
+    is shortened, and the audit event says so.
     `as_patient`: the member is sharing their own study from the patient portal; their
     link to its record is locked and asked for instead, as unlinking the record revokes
     their links.
@@ -143,6 +146,15 @@ def share_create(
     if created_by_token is not None and not _token_live_locked(created_by_token, now=now):
         # Revoked while this request was under way: its links are being revoked too.
         raise ShareInvalid("This token is no longer valid.")
+    if (
+        created_by_token is not None
+        and allow_download
+        and not created_by_token.has_scope(ApiToken.Scope.DICOMWEB_READ)
+    ):
+        raise ShareInvalid(
+            "This token may not retrieve studies (scope dicomweb:read), so its links "
+            "cannot allow download either."
+        )
     break_glass = None
     capped = False
     if membership is not None and as_patient:
@@ -150,8 +162,11 @@ def share_create(
             raise ShareInvalid("This study is no longer in your portal, so it cannot be shared.")
     elif membership is not None:
         # Asked under the study's lock: the caller's earlier answer may be stale.
-        if not study_access(membership=membership, study=study, now=now).details:
+        access = study_access(membership=membership, study=study, now=now)
+        if not access.details:
             raise ShareInvalid("You no longer have access to this study, so it cannot be shared.")
+        if allow_download and not access.download:
+            raise ShareInvalid(DOWNLOAD_NOT_YOURS)
         break_glass = break_glass_sole_grant(membership=membership, study=study, now=now)
         if break_glass is not None:
             capped = expires_at > break_glass.expires_at

@@ -33,6 +33,7 @@ from imaging.selectors import (
     instances_for_download,
     series_for_study,
     series_with_identifying_pixels,
+    study_access,
 )
 from imaging.viewing import viewer_session_open_for_share
 from imaging.views.study import study_for_request
@@ -115,10 +116,14 @@ def share_form_page(
         (str(s.pk), f"Series {s.series_number or '?'} · {s.modality} · {s.description}")
         for s in series
     ]
+    may_download = (
+        as_patient or study_access(membership=membership, study=study, now=timezone.now()).download
+    )
     form = form_class(
         request.POST or None,
         series=choices,
         max_days=tenant.share_link_max_days,
+        may_download=may_download,
         initial={"expires_days": tenant.share_link_default_days, "challenge": "pin"},
     )
     if request.method == "POST" and form.is_valid():
@@ -136,7 +141,7 @@ def share_form_page(
                 challenge=data["challenge"],
                 pin=data["pin"] or None,
                 max_uses=data["max_uses"],
-                allow_download=data["allow_download"],
+                allow_download=data.get("allow_download", False),
                 deidentify=data.get("deidentify", False),
                 recipient_email=data["recipient_email"],
                 message=data["message"],

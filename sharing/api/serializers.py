@@ -17,7 +17,11 @@ class ShareCreateSerializer(serializers.Serializer):
     max_uses = serializers.IntegerField(
         required=False, min_value=1, max_value=ShareLink.MAX_USES, allow_null=True
     )
-    allow_download = serializers.BooleanField(required=False, default=False)
+    allow_download = serializers.BooleanField(
+        required=False,
+        default=False,
+        help_text="Let recipients download the originals; needs the dicomweb:read scope too.",
+    )
     deidentify = serializers.BooleanField(required=False, default=False)
     recipient_email = serializers.EmailField(
         required=False,

@@ -203,12 +203,12 @@ def test_the_sweep_fills_every_id_a_clinic_page_takes(all_staff_roles, study):
 
 
 @pytest.mark.django_db
-def test_every_recipient_page_that_shows_the_study_audits_it(front_desk, study):
+def test_every_recipient_page_that_shows_the_study_audits_it(radiologist, study):
     share, token = share_create(
         study=study,
         actor=TEST_ACTOR,
         now=timezone.now(),
-        **sharer(front_desk, study.tenant),
+        **sharer(radiologist, study.tenant),
         pin="2468",
         allow_download=True,
     )

@@ -41,7 +41,7 @@ def body(study, **extra):
 
 
 def test_create_list_and_revoke(study):
-    client = api(token_for(study.tenant, "shares:write"))
+    client = api(token_for(study.tenant, "shares:write", "dicomweb:read"))
 
     created = client.post(
         "/api/v1/shares",
@@ -63,6 +63,18 @@ def test_create_list_and_revoke(study):
     assert recipient.get("/s/" + data["url"].rsplit("/", 1)[1]).status_code == 404
     event = AuditEvent.objects.for_tenant(study.tenant).get(action=Action.SHARE_CREATED)
     assert event.actor_type == ActorType.API_TOKEN
+
+
+def test_a_token_that_may_not_retrieve_studies_makes_no_downloadable_link(study):
+    client = api(token_for(study.tenant, "shares:write"))
+
+    refused = client.post("/api/v1/shares", body(study, allow_download=True), "application/json")
+    view_only = client.post("/api/v1/shares", body(study), "application/json")
+
+    assert refused.status_code == 400
+    assert "dicomweb:read" in refused.json()["error"]["fields"]["non_field_errors"][0]
+    assert view_only.status_code == 201 and view_only.json()["allow_download"] is False
+    assert ShareLink.objects.for_tenant(study.tenant).count() == 1
 
 
 def test_link_without_pin_opens_with_the_open_button(study):

@@ -17,15 +17,17 @@ from django.utils import timezone
 from audit.models import Action, ActorType, AuditEvent
 from imaging.models import Instance, Series, Study
 from imaging.services import study_set_confidential
+from sharing.forms import ShareForm
 from sharing.models import ShareLink
 from sharing.services import (
+    DOWNLOAD_NOT_YOURS,
     ShareInvalid,
     ShareUnavailable,
     share_create,
     share_revoke,
     share_use,
 )
-from tests.helpers import TEST_ACTOR, sharer
+from tests.helpers import TEST_ACTOR, make_member, sharer
 from tests.imaging_tests.helpers import ingest, ingest_study, synthetic_ct, with_large_values
 
 FRAMES = 'multipart/related; type="application/octet-stream"'
@@ -355,6 +357,27 @@ def test_view_only_link_cannot_download(client, study, radiologist):
     open_link(client, token)
 
     assert client.get("/s/download/").status_code == 403
+
+
+@pytest.mark.parametrize("role", ["technologist", "front_desk"])
+def test_a_link_allows_download_only_if_its_maker_may_download(role, clinic, study):
+    member = make_member(clinic, role)  # sees the study, may not download it
+
+    with pytest.raises(ShareInvalid, match=DOWNLOAD_NOT_YOURS):
+        make_share(study, member, allow_download=True)
+
+    assert not ShareLink.objects.for_tenant(clinic).exists()
+    assert not AuditEvent.objects.for_tenant(clinic).filter(action=Action.SHARE_CREATED).exists()
+
+
+def test_the_share_form_offers_download_only_to_who_may_download():
+    posted = {"expires_days": 3, "challenge": "pin", "pin": PIN, "allow_download": "on"}
+    offered = ShareForm(posted, series=[], max_days=30)
+    withheld = ShareForm(posted, series=[], max_days=30, may_download=False)
+
+    assert offered.is_valid() and offered.cleaned_data["allow_download"] is True
+    assert withheld.is_valid() and "allow_download" not in withheld.cleaned_data
+    assert "allow_download" not in withheld.as_div()
 
 
 @pytest.mark.parametrize(("allow_download", "status"), [(False, 404), (True, 200)])

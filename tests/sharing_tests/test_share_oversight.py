@@ -50,7 +50,11 @@ def other_study(other_clinic):
 
 def partner_token(tenant, name: str = "partner") -> tuple[ApiToken, str]:
     return api_token_create(
-        tenant=tenant, name=name, scopes=["shares:write"], actor=TEST_ACTOR, now=timezone.now()
+        tenant=tenant,
+        name=name,
+        scopes=["shares:write", "dicomweb:read"],
+        actor=TEST_ACTOR,
+        now=timezone.now(),
     )
 
 
