@@ -471,7 +471,7 @@ def study_set_confidential(
     callers written before it was asked for).
     """
     # Sharing builds on imaging, so it is imported here, not at the top.
-    from sharing.services import shares_revoke_for_confidential_study
+    from sharing.services import shares_lock_live, shares_revoke_for_confidential_study
 
     now = now or timezone.now()
     revoked = 0
@@ -485,6 +485,8 @@ def study_set_confidential(
             .update(confidential=confidential)
         )
         study.confidential = confidential
+        if changed and confidential:
+            shares_lock_live(tenant=study.tenant, study=study)  # before the first audit write
         if changed:
             audit.record(
                 actor=actor,
@@ -538,7 +540,11 @@ def study_grant_revoke(
     anyway keeps theirs.
     """
     from sharing.selectors import break_glass_sole_grant
-    from sharing.services import shares_end_with_break_glass, shares_revoke_for_withdrawn_grant
+    from sharing.services import (
+        shares_end_with_break_glass,
+        shares_lock_live,
+        shares_revoke_for_withdrawn_grant,
+    )
 
     now = now or timezone.now()
     tenant = study.tenant
@@ -546,6 +552,7 @@ def study_grant_revoke(
         # share_create locks the study's row too and asks for the maker's access under
         # it: a link made meanwhile commits first (and is dealt with here) or is refused.
         Study.objects.for_tenant(tenant).select_for_update().filter(pk=study.pk).exists()
+        shares_lock_live(tenant=tenant, study=study, created_by=grantee)  # before any audit
         for perm in (STUDY_DOWNLOAD_PERM, STUDY_VIEW_PERM):
             if object_granted(tenant=tenant, user=grantee, perm=perm, obj=study):
                 object_revoke(tenant=tenant, user=grantee, perm=perm, obj=study, actor=actor)

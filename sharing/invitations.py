@@ -25,7 +25,7 @@ from audit.models import Action, ActorType, Outcome
 from imaging.models import Patient
 from portal.tasks import task_send_on_commit
 from sharing.models import PatientInvitation, PatientLink, ShareLink
-from sharing.services import share_revoke
+from sharing.services import share_revoke, shares_lock_live
 from tenants.invitations import (
     InvitationInvalid,
     InvitationUnavailable,
@@ -271,6 +271,7 @@ def patient_link_revoke(*, link: PatientLink, actor: Actor, now: dt.datetime) ->
     )
     if not revoked:
         return False
+    shares_lock_live(tenant=tenant, created_by=link.user)  # before the first audit write
     audit.record(
         actor=actor,
         action=Action.PATIENT_UNLINKED,
@@ -282,7 +283,7 @@ def patient_link_revoke(*, link: PatientLink, actor: Actor, now: dt.datetime) ->
     shares = ShareLink.objects.for_tenant(tenant).filter(
         created_by=link.user, study__patient=link.patient, revoked_at__isnull=True
     )
-    for share in shares.select_related("study", "tenant"):
+    for share in shares.select_related("study", "tenant").order_by("created_at"):
         share_revoke(share=share, actor=actor, now=now)
     others = PatientLink.objects.for_tenant(tenant).filter(user=link.user, revoked_at__isnull=True)
     membership = Membership.objects.for_tenant(tenant).filter(user=link.user).first()

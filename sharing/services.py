@@ -289,14 +289,45 @@ def share_revoke(*, share: ShareLink, actor: Actor, now: dt.datetime, reason: st
     return bool(revoked)
 
 
+def shares_lock_live(
+    *,
+    tenant: Tenant,
+    study: Study | None = None,
+    created_by: User | None = None,
+    created_by_token: ApiToken | None = None,
+) -> None:
+    """Lock the unrevoked links to `study` and/or made by `created_by` or
+    `created_by_token`, in id order, until the transaction ends.
+
+    A revocation calls this before its first audit write. A recipient's request locks
+    its link and then appends to the clinic's audit chain (`share_use`,
+    `share_check_secret`); a revocation that appended first and locked the links after
+    would wait for that request while it waited for the chain, and PostgreSQL would
+    end one of the two with a deadlock error. Links first, then the chain, everywhere.
+    """
+    shares = ShareLink.objects.for_tenant(tenant).filter(revoked_at__isnull=True)
+    if study is None and created_by is None and created_by_token is None:
+        raise ValueError("Name the links to lock.")
+    if study is not None:
+        shares = shares.filter(study=study)
+    if created_by is not None:
+        shares = shares.filter(created_by=created_by)
+    if created_by_token is not None:
+        shares = shares.filter(created_by_token=created_by_token)
+    list(shares.select_for_update(of=("self",)).order_by("pk").values_list("pk", flat=True))
+
+
 def _revoke_live(
     shares: QuerySet[ShareLink], *, actor: Actor, now: dt.datetime, reason: str
 ) -> int:
     live = shares.filter(revoked_at__isnull=True, expires_at__gt=now)
-    return sum(
-        share_revoke(share=share, actor=actor, now=now, reason=reason)
-        for share in live.select_related("study", "tenant").order_by("created_at")
+    # All locked before the first audit write, in id order (see shares_lock_live); then
+    # revoked, and audited, oldest first.
+    locked = list(
+        live.select_for_update(of=("self",)).select_related("study", "tenant").order_by("pk")
     )
+    locked.sort(key=lambda share: share.created_at)
+    return sum(share_revoke(share=share, actor=actor, now=now, reason=reason) for share in locked)
 
 
 @transaction.atomic

@@ -184,7 +184,7 @@ def api_token_revoke(*, token: ApiToken, actor: Actor, now: dt.datetime) -> None
     creating meanwhile either commits first (and is revoked here) or finds it revoked.
     """
     # Sharing builds on tenants, so it is imported here, not at the top.
-    from sharing.services import shares_revoke_created_by_token
+    from sharing.services import shares_lock_live, shares_revoke_created_by_token
 
     revoked = ApiToken.objects.filter(
         tenant=token.tenant, pk=token.pk, revoked_at__isnull=True
@@ -192,6 +192,7 @@ def api_token_revoke(*, token: ApiToken, actor: Actor, now: dt.datetime) -> None
     if not revoked:
         return
     token.revoked_at = now
+    shares_lock_live(tenant=token.tenant, created_by_token=token)  # before the audit write
     audit.record(
         actor=actor,
         action=Action.API_TOKEN_REVOKED,
