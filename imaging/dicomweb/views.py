@@ -396,6 +396,18 @@ def _syntax_for(stored: str, wanted: list[str]) -> str | None:
     return None
 
 
+class RetrieveCutShort(Exception):
+    """An object could not be prepared after its answer had started streaming."""
+
+
+# How many bytes of re-encoded or de-identified objects a retrieve prepares before its
+# answer starts (see _retrieve).
+PREPARE_AHEAD_BYTES = 64 << 20
+# A stored object larger than this is not re-encoded: it would be held whole in memory
+# several times over (stored, parsed, written).
+MAX_REENCODED_BYTES = 256 << 20
+
+
 def _transcode(data: bytes, target: str) -> bytes:
     """Re-encode to explicit VR little endian, decoding compressed pixel data if needed."""
     if target != EXPLICIT_VR_LE:
@@ -466,53 +478,88 @@ def _retrieve(request: HttpRequest, instances: QuerySet[Instance]) -> HttpRespon
             f"Transcoding to {', '.join(wanted)} is not offered; ask for "
             f"transfer-syntax=* (as stored) or {EXPLICIT_VR_LE}.",
         )
-    needs_transcode = [r for r in rows if syntaxes[r.pk.hex] != r.transfer_syntax_uid]
+    transcoded = {r.pk.hex for r in rows if syntaxes[r.pk.hex] != r.transfer_syntax_uid}
+    # Re-encoded or de-identified objects are prepared whole, in memory.
+    to_prepare = [r for r in rows if r.pk.hex in transcoded or pseudonym is not None]
+
+    def prepare(row: Instance) -> bytes:
+        data = instance_bytes(instance=row, actor=actor)
+        if row.pk.hex in transcoded:
+            data = _transcode(data, EXPLICIT_VR_LE)
+        if pseudonym is not None:
+            data = deidentified_bytes(data, pseudonym=pseudonym)
+        return data
+
     prepared: dict[str, bytes] = {}
     try:
         # A study key that cannot be opened fails every object of the study: say so
         # before the answer starts, rather than cut the stream at its first object.
         for row in {r.study_id: r for r in rows}.values():
             instance_study_key(instance=row, actor=actor)
-        for row in needs_transcode:
-            # Transcoding needs the whole dataset; decide 406 before streaming starts.
-            prepared[row.pk.hex] = _transcode(
-                instance_bytes(instance=row, actor=actor), EXPLICIT_VR_LE
+        if too_large := [
+            r for r in rows if r.pk.hex in transcoded and r.size_bytes > MAX_REENCODED_BYTES
+        ]:
+            raise NotAcceptable(
+                f"An instance ({too_large[0].sop_instance_uid}) is too large to re-encode at "
+                "once; ask for transfer-syntax=* to receive it as stored."
             )
-        if pseudonym is not None:
-            for row in rows:
-                data = prepared.get(row.pk.hex) or instance_bytes(instance=row, actor=actor)
-                prepared[row.pk.hex] = deidentified_bytes(data, pseudonym=pseudonym)
+        # The first objects are prepared before the answer starts, so a failure is a
+        # 406 and the length is known; past PREPARE_AHEAD_BYTES the rest are prepared one
+        # at a time as their parts go out, so a whole study holds one object in memory.
+        held = 0
+        for row in to_prepare:
+            if held > PREPARE_AHEAD_BYTES:
+                break
+            prepared[row.pk.hex] = prepare(row)
+            held += len(prepared[row.pk.hex])
     except NotAcceptable as exc:
         return dicomweb_error(406, str(exc))
     except IntegrityError:
         return dicomweb_error(500, "A stored object failed its integrity check; it was not served.")
+    later = {r.pk.hex for r in to_prepare} - prepared.keys()
 
     def content_type(row: Instance) -> str:
         return f"application/dicom; transfer-syntax={syntaxes[row.pk.hex]}"
 
+    def prepared_late(row: Instance) -> bytes:
+        try:
+            return prepare(row)
+        except NotAcceptable:
+            # The answer has started: end it without its closing delimiter, so the
+            # client sees it cut short rather than a whole answer missing an object
+            # (as a failed integrity check does).
+            logger.warning("retrieve cut short: instance %s could not be re-encoded", row.pk)
+            raise RetrieveCutShort(str(row.pk)) from None
+
     def parts() -> Iterator[tuple[str, Iterator[bytes]]]:
         stored = instances_chunks(  # each checked against its size_bytes
-            instances=[r for r in rows if r.pk.hex not in prepared], actor=actor
+            instances=[r for r in rows if r.pk.hex not in prepared and r.pk.hex not in later],
+            actor=actor,
         )
         for row in rows:
-            chunks = iter([prepared[row.pk.hex]]) if row.pk.hex in prepared else next(stored)
+            key = row.pk.hex
+            if key in prepared:
+                chunks = iter([prepared.pop(key)])  # let go of it once sent
+            elif key in later:
+                chunks = iter([prepared_late(row)])
+            else:
+                chunks = next(stored)
             yield content_type(row), chunks
 
     _audit_read(request, [r.series for r in rows], {"instances": len(rows)})
+    lengths = {key: len(data) for key, data in prepared.items()}
     boundary, body = related_stream(parts())
     response = StreamingHttpResponse(
         body,
         content_type=f'multipart/related; type="application/dicom"; boundary={boundary}',
     )
-    # Known up front, so clients can show progress and tell a cut-off body from a whole
-    # one, and the body goes out as is rather than chunked.
-    response["Content-Length"] = related_length(
-        boundary,
-        (
-            (content_type(r), len(prepared[r.pk.hex]) if r.pk.hex in prepared else r.size_bytes)
-            for r in rows
-        ),
-    )
+    if not later:
+        # Known up front, so clients can show progress and tell a cut-off body from a
+        # whole one, and the body goes out as is rather than chunked.
+        response["Content-Length"] = related_length(
+            boundary,
+            ((content_type(r), lengths.get(r.pk.hex, r.size_bytes)) for r in rows),
+        )
     return response
 
 

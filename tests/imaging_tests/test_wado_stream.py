@@ -18,6 +18,7 @@ from django.test.utils import CaptureQueriesContext
 from audit.models import Action, AuditEvent
 from imaging import services
 from imaging.crypto import IntegrityError
+from imaging.dicomweb import views
 from imaging.models import Instance
 from imaging.selectors import instances_for_reading
 from tests.imaging_tests.dicomweb_support import token_for
@@ -215,3 +216,112 @@ def test_an_outsider_asking_for_the_series_gets_404(other_clinic, series):
 
     assert response.status_code == 404
     assert b"DICM" not in response.content
+
+
+# --- Objects prepared on the way out (re-encoded, de-identified) ------------------------
+
+DEFAULT = 'multipart/related; type="application/dicom"'  # explicit VR little endian
+
+
+def _implicit(files: list[bytes]) -> list[bytes]:
+    """The files re-encoded as implicit VR little endian, as most modalities send them."""
+    out = []
+    for data in files:
+        ds = pydicom.dcmread(io.BytesIO(data))
+        ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
+        buffer = io.BytesIO()
+        ds.save_as(buffer, implicit_vr=True, little_endian=True, enforce_file_format=True)
+        out.append(buffer.getvalue())
+    return out
+
+
+@pytest.fixture
+def implicit_series(clinic, data_dir):
+    files = _implicit(synthetic_ct(slices=4))
+    for data in files:
+        ingest(clinic, data)
+    return files
+
+
+@pytest.fixture
+def transcodes(monkeypatch) -> list[int]:
+    """Counts the objects re-encoded so far."""
+    calls: list[int] = []
+    real = views._transcode
+
+    def counted(data: bytes, target: str) -> bytes:
+        calls.append(len(data))
+        return real(data, target)
+
+    monkeypatch.setattr(views, "_transcode", counted)
+    return calls
+
+
+@pytest.mark.django_db
+def test_a_series_re_encoded_on_the_way_out_holds_one_object_at_a_time(
+    implicit_series, reader, transcodes, monkeypatch
+):
+    small = reader.get(_series_url(implicit_series), HTTP_ACCEPT=DEFAULT)
+    small_body = b"".join(small.streaming_content)
+    transcodes.clear()
+    monkeypatch.setattr(views, "PREPARE_AHEAD_BYTES", 0)  # as if the series were large
+
+    response = reader.get(_series_url(implicit_series), HTTP_ACCEPT=DEFAULT)
+    before_the_body = len(transcodes)
+    body = b"".join(response.streaming_content)
+
+    # Small enough to prepare ahead: every object ready, the exact length announced.
+    assert int(small["Content-Length"]) == len(small_body)
+    # Past the budget, the first object is prepared before the answer starts and each
+    # of the others as its part goes out; the length is not known ahead.
+    assert response.status_code == 200 and before_the_body == 1
+    assert "Content-Length" not in response
+    parts = _parts(response, body)
+    assert len(transcodes) == len(parts) == len(implicit_series)
+    for part, original in zip(parts, implicit_series, strict=True):
+        sent = pydicom.dcmread(io.BytesIO(part))
+        assert sent.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+        assert (sent.pixel_array == pydicom.dcmread(io.BytesIO(original)).pixel_array).all()
+    assert _parts(small, small_body) == parts
+
+
+@pytest.mark.django_db
+def test_an_object_that_fails_to_re_encode_mid_answer_cuts_the_body_short(
+    implicit_series, reader, monkeypatch
+):
+    monkeypatch.setattr(views, "PREPARE_AHEAD_BYTES", 0)
+    real, calls = views._transcode, []
+
+    def third_fails(data: bytes, target: str) -> bytes:
+        calls.append(target)
+        if len(calls) == 3:
+            raise views.NotAcceptable("cannot be decoded")
+        return real(data, target)
+
+    monkeypatch.setattr(views, "_transcode", third_fails)
+
+    response = reader.get(_series_url(implicit_series), HTTP_ACCEPT=DEFAULT)
+    received = bytearray()
+    with pytest.raises(views.RetrieveCutShort):
+        for chunk in response.streaming_content:
+            received += chunk
+
+    assert response.status_code == 200
+    # Never a whole-looking answer that lacks an object: no closing delimiter.
+    boundary = re.search(r"boundary=([^;]+)", response["Content-Type"])[1].encode()
+    assert received.count(b"--" + boundary) == 2 and b"--" + boundary + b"--" not in received
+
+
+@pytest.mark.django_db
+def test_an_object_too_large_to_re_encode_is_406_and_served_as_stored(
+    implicit_series, reader, transcodes, monkeypatch
+):
+    monkeypatch.setattr(views, "MAX_REENCODED_BYTES", len(implicit_series[0]) - 1)
+
+    refused = reader.get(_series_url(implicit_series), HTTP_ACCEPT=DEFAULT)
+    as_stored = reader.get(_series_url(implicit_series), HTTP_ACCEPT=ANY_SYNTAX)
+
+    assert refused.status_code == 406
+    assert "too large to re-encode at once" in refused.json()["error"]
+    assert transcodes == []
+    assert _parts(as_stored, b"".join(as_stored.streaming_content)) == implicit_series
