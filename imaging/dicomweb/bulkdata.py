@@ -9,10 +9,13 @@ change of host.
 
 from __future__ import annotations
 
+import bisect
 import io
 import itertools
 import re
 import struct
+from array import array
+from collections.abc import Sequence
 
 import numpy as np
 import pydicom
@@ -146,26 +149,26 @@ def stored_frames(data: bytes, *, numbers: list[int], transfer_syntax: str) -> l
     value = ds.PixelData
     if not isinstance(value, bytes):
         raise RenderError("The pixel data is not encapsulated.")
-    basic, fragments = _items(value)
+    fragments = _fragments(value, frames=frames)
     starts = _frame_starts(
-        [_extended_offsets(ds), basic],
-        fragment_starts=[start for start, _ in fragments],
+        [_extended_offsets(ds, frames=frames), fragments.table],
+        fragment_starts=fragments.starts,
         frames=frames,
     )
-    chunks = [chunk for _, chunk in fragments]
+    count = len(fragments)
     if starts is not None:
-        spans = list(itertools.pairwise([*starts, len(chunks)]))
-    elif len(chunks) == frames:
+        spans = list(itertools.pairwise([*starts, count]))
+    elif count == frames:
         spans = [(i, i + 1) for i in range(frames)]
     elif frames == 1:
-        spans = [(0, len(chunks))]
-    elif (spans := _spans_by_markers(chunks, frames=frames, syntax=transfer_syntax)) is None:
+        spans = [(0, count)]
+    elif (spans := _spans_by_markers(fragments, frames=frames, syntax=transfer_syntax)) is None:
         raise RenderError(
             "Where each frame starts among the pixel data's fragments is not recorded; "
             "ask for the frames decoded (application/octet-stream)."
         )
     # Fragments are views into the pixel data: only the frames asked for are copied.
-    wanted = [b"".join(chunks[slice(*spans[number - 1])]) for number in numbers]
+    wanted = [b"".join(fragments[i] for i in range(*spans[number - 1])) for number in numbers]
     if not all(wanted):
         raise RenderError("A frame's compressed data is empty.")
     return wanted
@@ -183,7 +186,7 @@ _END = b"\xff\xd9"
 
 
 def _spans_by_markers(
-    chunks: list[memoryview], *, frames: int, syntax: str
+    fragments: _Fragments, *, frames: int, syntax: str
 ) -> list[tuple[int, int]] | None:
     """Each frame's fragments told apart by its codestream's markers, when nothing
     records where frames start: a frame ends with a fragment ending in the end marker
@@ -192,27 +195,54 @@ def _spans_by_markers(
     marker's bytes inside the compressed data must not split a frame."""
     if not syntax.startswith(_MARKED_SYNTAXES):
         return None
-    spans, first = [], 0
-    for index, chunk in enumerate(chunks):
+    spans, first, count = [], 0, len(fragments)
+    for index in range(count):
+        chunk = fragments[index]
         if index == first and bytes(chunk[:2]) not in _STARTS:
             return None
         tail = bytes(chunk[-3:])
-        following = chunks[index + 1] if index + 1 < len(chunks) else None
+        following = fragments[index + 1] if index + 1 < count else None
         ends = tail.endswith(_END) or tail[:2] == _END
         if ends and (following is None or bytes(following[:2]) in _STARTS):
             spans.append((first, index + 1))
             first = index + 1
-    if first != len(chunks) or len(spans) != frames:
+    if first != count or len(spans) != frames:
         return None
     return spans
 
 
-def _items(value: bytes) -> tuple[list[int], list[tuple[int, memoryview]]]:
-    """The Basic Offset Table, and each fragment with where its item starts (counted,
-    as offset tables count, from the first fragment's item)."""
-    view = memoryview(value)
-    position, first, table = 0, None, None
-    fragments: list[tuple[int, memoryview]] = []
+# Indexing a fragment takes 16 bytes (twice its smallest size in the file) and some
+# time: a crafted object of millions of empty fragments is refused rather than indexed.
+# Real encoders write one fragment per frame, or a few (this is 4 GB of 64 KB ones).
+MAX_FRAGMENTS = 1 << 16
+
+
+class _Fragments:
+    """The encapsulated pixel data's items: its Basic Offset Table, and where each
+    fragment's item starts (counted, as offset tables count, from the first fragment's
+    item) and its value ends. Fragments are views into the value, made when asked for.
+    """
+
+    def __init__(self, value: bytes, *, table: list[int], items: array, ends: array) -> None:
+        self._view = memoryview(value)
+        self.table = table
+        self._items = items
+        self._ends = ends
+        first = items[0]
+        self.starts = array("q", (item - first for item in items))
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __getitem__(self, index: int) -> memoryview:
+        return self._view[self._items[index] + 8 : self._ends[index]]
+
+
+def _fragments(value: bytes, *, frames: int) -> _Fragments:
+    """The items of encapsulated pixel data; RenderError if malformed or too many. The
+    Basic Offset Table is kept only if it has an entry for each of the `frames`."""
+    position, table = 0, None
+    items, ends = array("q"), array("q")
     while position + 8 <= len(value):
         group, element, length = struct.unpack_from("<HHL", value, position)
         if (group, element) == _SEQUENCE_END:
@@ -220,36 +250,51 @@ def _items(value: bytes) -> tuple[list[int], list[tuple[int, memoryview]]]:
         end = position + 8 + length
         if (group, element) != _ITEM or end > len(value):
             raise RenderError("The pixel data's fragments are malformed.")
-        item = view[position + 8 : end]
         if table is None:
             if length % 4:
                 raise RenderError("The pixel data's Basic Offset Table is malformed.")
-            table = list(struct.unpack(f"<{length // 4}L", item))
+            table = (
+                list(struct.unpack_from(f"<{frames}L", value, position + 8))
+                if length == 4 * frames
+                else []
+            )
         else:
-            first = position if first is None else first
-            fragments.append((position - first, item))
+            if len(items) == max(MAX_FRAGMENTS, frames):
+                raise RenderError(
+                    f"The pixel data is split into more than {len(items):,} fragments; "
+                    "ask for the frames decoded (application/octet-stream)."
+                )
+            items.append(position)
+            ends.append(end)
         position = end
-    if table is None or not fragments:
+    if table is None or not items:
         raise RenderError("The pixel data holds no fragments.")
-    return table, fragments
+    return _Fragments(value, table=table, items=items, ends=ends)
 
 
-def _extended_offsets(ds: pydicom.Dataset) -> list[int]:
+def _extended_offsets(ds: pydicom.Dataset, *, frames: int) -> list[int]:
     raw = ds.get("ExtendedOffsetTable")  # of any VR the sender chose
-    if not isinstance(raw, bytes) or len(raw) % 8:
-        return []
-    return list(struct.unpack(f"<{len(raw) // 8}Q", raw))
+    if not isinstance(raw, bytes) or len(raw) != 8 * frames:
+        return []  # not one offset for each frame: of no use
+    return list(struct.unpack(f"<{frames}Q", raw))
 
 
 def _frame_starts(
-    tables: list[list[int]], *, fragment_starts: list[int], frames: int
+    tables: list[list[int]], *, fragment_starts: Sequence[int], frames: int
 ) -> list[int] | None:
     """The index of each frame's first fragment, from the first sound table; None if
-    neither is."""
-    index = {start: i for i, start in enumerate(fragment_starts)}
+    neither is. `fragment_starts` increase, so each entry is looked up by bisection."""
+
+    def fragment_at(start: int) -> int | None:
+        i = bisect.bisect_left(fragment_starts, start)
+        return i if i < len(fragment_starts) and fragment_starts[i] == start else None
+
     for table in tables:
         if len(table) != frames or not table or table[0] != 0:
             continue
-        if all(a < b for a, b in itertools.pairwise(table)) and all(t in index for t in table):
-            return [index[t] for t in table]
+        if not all(a < b for a, b in itertools.pairwise(table)):
+            continue
+        found = [i for t in table if (i := fragment_at(t)) is not None]
+        if len(found) == frames:
+            return found
     return None

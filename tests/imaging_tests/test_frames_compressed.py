@@ -344,6 +344,30 @@ def test_frames_of_several_fragments_are_joined_by_the_offset_table(clinic, read
 
 
 @pytest.mark.django_db
+def test_pixel_data_of_more_fragments_than_served_as_stored_is_a_clear_406(
+    clinic, read_token, monkeypatch
+):
+    from imaging.dicomweb import bulkdata
+
+    data = _reencapsulated("SC_rgb_rle_2frame.dcm", fragments_per_frame=3)  # six fragments
+    ingest(clinic, data)
+    ds = _ds(data)
+    monkeypatch.setattr(bulkdata, "MAX_FRAGMENTS", 5)  # as a crafted object of millions
+
+    as_stored = http(read_token).get(
+        f"{instance_url(ds)}/frames/2", headers={"Accept": "image/dicom-rle"}
+    )
+    decoded = http(read_token).get(
+        f"{instance_url(ds)}/frames/2",
+        headers={"Accept": 'multipart/related; type="application/octet-stream"'},
+    )
+
+    assert as_stored.status_code == 406
+    assert "more than 5 fragments" in as_stored.json()["error"]
+    assert decoded.status_code == 200
+
+
+@pytest.mark.django_db
 def test_an_unsound_offset_table_is_a_clear_406_audited_as_not_served(clinic, read_token):
     # Offsets out of order, and no other way to tell three fragments a frame apart.
     bad = (0).to_bytes(4, "little") + (0).to_bytes(4, "little")
