@@ -314,7 +314,9 @@ def shares_lock_live(
         shares = shares.filter(created_by=created_by)
     if created_by_token is not None:
         shares = shares.filter(created_by_token=created_by_token)
-    list(shares.select_for_update(of=("self",)).order_by("pk").values_list("pk", flat=True))
+    # NO KEY: a viewer session being opened on a link (its foreign key) need not wait.
+    locked = shares.select_for_update(no_key=True, of=("self",)).order_by("pk")
+    list(locked.values_list("pk", flat=True))
 
 
 def _revoke_live(
@@ -324,7 +326,9 @@ def _revoke_live(
     # All locked before the first audit write, in id order (see shares_lock_live); then
     # revoked, and audited, oldest first.
     locked = list(
-        live.select_for_update(of=("self",)).select_related("study", "tenant").order_by("pk")
+        live.select_for_update(no_key=True, of=("self",))
+        .select_related("study", "tenant")
+        .order_by("pk")
     )
     locked.sort(key=lambda share: share.created_at)
     return sum(share_revoke(share=share, actor=actor, now=now, reason=reason) for share in locked)

@@ -213,8 +213,9 @@ def _spans_by_markers(
 
 # Indexing a fragment takes 16 bytes (twice its smallest size in the file) and some
 # time: a crafted object of millions of empty fragments is refused rather than indexed.
-# Real encoders write one fragment per frame, or a few (this is 4 GB of 64 KB ones).
-MAX_FRAGMENTS = 1 << 16
+# Real encoders write one fragment per frame, or a few: this is a slide scan's tiles, or
+# 16 GB of 64 KB fragments. Not raised by Number of Frames, which the sender writes.
+MAX_FRAGMENTS = 1 << 18
 
 
 class _Fragments:
@@ -259,9 +260,9 @@ def _fragments(value: bytes, *, frames: int) -> _Fragments:
                 else []
             )
         else:
-            if len(items) == max(MAX_FRAGMENTS, frames):
+            if len(items) == MAX_FRAGMENTS:
                 raise RenderError(
-                    f"The pixel data is split into more than {len(items):,} fragments; "
+                    f"The pixel data is split into more than {MAX_FRAGMENTS:,} fragments; "
                     "ask for the frames decoded (application/octet-stream)."
                 )
             items.append(position)

@@ -403,9 +403,9 @@ class RetrieveCutShort(Exception):
 # How many bytes of re-encoded or de-identified objects a retrieve prepares before its
 # answer starts (see _retrieve).
 PREPARE_AHEAD_BYTES = 64 << 20
-# A stored object larger than this is not re-encoded: it would be held whole in memory
-# several times over (stored, parsed, written).
-MAX_REENCODED_BYTES = 256 << 20
+# A stored object larger than this is not re-encoded or de-identified: it would be held
+# whole in memory several times over (stored, parsed, written).
+MAX_PREPARED_BYTES = 256 << 20
 
 
 def _transcode(data: bytes, target: str) -> bytes:
@@ -496,12 +496,14 @@ def _retrieve(request: HttpRequest, instances: QuerySet[Instance]) -> HttpRespon
         # before the answer starts, rather than cut the stream at its first object.
         for row in {r.study_id: r for r in rows}.values():
             instance_study_key(instance=row, actor=actor)
-        if too_large := [
-            r for r in rows if r.pk.hex in transcoded and r.size_bytes > MAX_REENCODED_BYTES
-        ]:
+        if too_large := [r for r in to_prepare if r.size_bytes > MAX_PREPARED_BYTES]:
             raise NotAcceptable(
-                f"An instance ({too_large[0].sop_instance_uid}) is too large to re-encode at "
-                "once; ask for transfer-syntax=* to receive it as stored."
+                f"An instance ({too_large[0].sop_instance_uid}) is too large to "
+                + (
+                    "re-encode at once; ask for transfer-syntax=* to receive it as stored."
+                    if pseudonym is None
+                    else "de-identify at once; ask the clinic for it."
+                )
             )
         # The first objects are prepared before the answer starts, so a failure is a
         # 406 and the length is known; past PREPARE_AHEAD_BYTES the rest are prepared one
@@ -524,11 +526,24 @@ def _retrieve(request: HttpRequest, instances: QuerySet[Instance]) -> HttpRespon
     def prepared_late(row: Instance) -> bytes:
         try:
             return prepare(row)
-        except NotAcceptable:
+        except IntegrityError:
+            raise  # audited where it was found, and it cuts the body short too
+        except Exception as exc:  # pydicom fails on odd stored headers in many shapes
             # The answer has started: end it without its closing delimiter, so the
-            # client sees it cut short rather than a whole answer missing an object
-            # (as a failed integrity check does).
-            logger.warning("retrieve cut short: instance %s could not be re-encoded", row.pk)
+            # client sees it cut short rather than a whole answer missing an object.
+            # The read was audited as it started; the log says this one was not sent.
+            logger.warning(
+                "retrieve cut short: instance %s could not be prepared (%s)",
+                row.pk,
+                type(exc).__name__,
+            )
+            client = _client(request)
+            pixel_read_unserved_audit(
+                tenant=client.tenant,
+                actor=client.actor,
+                instance=row,
+                detail={"instances": 1, "reason": "not_decodable", "cut_short": True},
+            )
             raise RetrieveCutShort(str(row.pk)) from None
 
     def parts() -> Iterator[tuple[str, Iterator[bytes]]]:

@@ -287,7 +287,7 @@ def test_a_series_re_encoded_on_the_way_out_holds_one_object_at_a_time(
 
 @pytest.mark.django_db
 def test_an_object_that_fails_to_re_encode_mid_answer_cuts_the_body_short(
-    implicit_series, reader, monkeypatch
+    clinic, implicit_series, reader, monkeypatch
 ):
     monkeypatch.setattr(views, "PREPARE_AHEAD_BYTES", 0)
     real, calls = views._transcode, []
@@ -307,6 +307,11 @@ def test_an_object_that_fails_to_re_encode_mid_answer_cuts_the_body_short(
             received += chunk
 
     assert response.status_code == 200
+    third = _instance(clinic, implicit_series[2])
+    unserved = AuditEvent.objects.for_tenant(clinic).get(
+        action=Action.DICOMWEB_RETRIEVE, outcome="failure"
+    )
+    assert (unserved.target_id, unserved.detail["cut_short"]) == (str(third.pk), True)
     # Never a whole-looking answer that lacks an object: no closing delimiter.
     boundary = re.search(r"boundary=([^;]+)", response["Content-Type"])[1].encode()
     assert received.count(b"--" + boundary) == 2 and b"--" + boundary + b"--" not in received
@@ -316,7 +321,7 @@ def test_an_object_that_fails_to_re_encode_mid_answer_cuts_the_body_short(
 def test_an_object_too_large_to_re_encode_is_406_and_served_as_stored(
     implicit_series, reader, transcodes, monkeypatch
 ):
-    monkeypatch.setattr(views, "MAX_REENCODED_BYTES", len(implicit_series[0]) - 1)
+    monkeypatch.setattr(views, "MAX_PREPARED_BYTES", len(implicit_series[0]) - 1)
 
     refused = reader.get(_series_url(implicit_series), HTTP_ACCEPT=DEFAULT)
     as_stored = reader.get(_series_url(implicit_series), HTTP_ACCEPT=ANY_SYNTAX)

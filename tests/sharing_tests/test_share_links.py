@@ -482,6 +482,28 @@ def test_deidentified_link_hides_identity_in_pages_and_metadata(client, study, r
     assert b"Doe^Jane" not in archive and b"SYN-0001" not in archive
 
 
+def test_a_deidentified_study_past_the_prepare_ahead_budget_streams_deidentified(
+    client, study, radiologist, monkeypatch
+):
+    from imaging.dicomweb import views
+
+    _, token = make_share(study, radiologist, deidentify=True, allow_download=True)
+    open_link(client, token)
+    url = f"/s/dicomweb/studies/{study.study_uid}"
+    accept = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+    monkeypatch.setattr(views, "PREPARE_AHEAD_BYTES", 0)
+
+    streamed = client.get(url, HTTP_ACCEPT=accept)
+    body = b"".join(streamed.streaming_content)
+    monkeypatch.setattr(views, "MAX_PREPARED_BYTES", 1)
+    too_large = client.get(url, HTTP_ACCEPT=accept)
+
+    assert streamed.status_code == 200 and "Content-Length" not in streamed
+    assert body.count(b"DICM") == 3 and b"Doe^Jane" not in body and b"ANONYMOUS" in body
+    assert too_large.status_code == 406
+    assert "too large to de-identify at once" in too_large.json()["error"]
+
+
 def test_every_recipient_access_is_audited_with_the_share_id(client, study, radiologist):
     share, token = make_share(study, radiologist)
     open_link(client, token)
