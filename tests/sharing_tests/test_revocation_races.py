@@ -23,10 +23,10 @@ from imaging.services import study_grant, study_grant_revoke, study_set_confiden
 from sharing.invitations import patient_link_revoke
 from sharing.models import PatientLink, ShareLink
 from sharing.services import share_check_secret
-from tenants.tokens import api_token_create, api_token_revoke
+from tenants.tokens import api_token_revoke
 from tests.helpers import TEST_ACTOR, make_member, membership_of, require_postgresql
 from tests.imaging_tests.helpers import ingest_study, synthetic_ct
-from tests.sharing_tests.test_links_follow_access import link, linked_patient
+from tests.sharing_tests.test_links_follow_access import link, link_by_token, linked_patient
 
 WAIT_SECONDS = 20
 
@@ -49,14 +49,8 @@ def _granted_link(study) -> tuple[ShareLink, Callable[[], object]]:
 
 
 def _token_link(study) -> tuple[ShareLink, Callable[[], object]]:
-    token, _ = api_token_create(
-        tenant=study.tenant,
-        name="RIS",
-        scopes=["shares:write"],
-        actor=TEST_ACTOR,
-        now=timezone.now(),
-    )
-    share = link(study, created_by_token=token)
+    share = link_by_token(study)
+    token = share.created_by_token
     return share, lambda: api_token_revoke(token=token, actor=TEST_ACTOR, now=timezone.now())
 
 
