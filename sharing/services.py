@@ -305,9 +305,9 @@ def shares_lock_live(
     would wait for that request while it waited for the chain, and PostgreSQL would
     end one of the two with a deadlock error. Links first, then the chain, everywhere.
     """
-    shares = ShareLink.objects.for_tenant(tenant).filter(revoked_at__isnull=True)
     if study is None and created_by is None and created_by_token is None:
         raise ValueError("Name the links to lock.")
+    shares = ShareLink.objects.for_tenant(tenant).filter(revoked_at__isnull=True)
     if study is not None:
         shares = shares.filter(study=study)
     if created_by is not None:

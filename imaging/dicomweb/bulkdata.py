@@ -224,26 +224,27 @@ class _Fragments:
     item) and its value ends. Fragments are views into the value, made when asked for.
     """
 
-    def __init__(self, value: bytes, *, table: list[int], items: array, ends: array) -> None:
+    def __init__(
+        self, value: bytes, *, table: list[int], first: int, starts: array, ends: array
+    ) -> None:
         self._view = memoryview(value)
         self.table = table
-        self._items = items
+        self._first = first  # where the first fragment's item is in the value
+        self.starts = starts
         self._ends = ends
-        first = items[0]
-        self.starts = array("q", (item - first for item in items))
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self.starts)
 
     def __getitem__(self, index: int) -> memoryview:
-        return self._view[self._items[index] + 8 : self._ends[index]]
+        return self._view[self._first + self.starts[index] + 8 : self._ends[index]]
 
 
 def _fragments(value: bytes, *, frames: int) -> _Fragments:
     """The items of encapsulated pixel data; RenderError if malformed or too many. The
     Basic Offset Table is kept only if it has an entry for each of the `frames`."""
-    position, table = 0, None
-    items, ends = array("q"), array("q")
+    position, table, first = 0, None, 0
+    starts, ends = array("q"), array("q")
     while position + 8 <= len(value):
         group, element, length = struct.unpack_from("<HHL", value, position)
         if (group, element) == _SEQUENCE_END:
@@ -260,17 +261,18 @@ def _fragments(value: bytes, *, frames: int) -> _Fragments:
                 else []
             )
         else:
-            if len(items) == MAX_FRAGMENTS:
+            if len(starts) == MAX_FRAGMENTS:
                 raise RenderError(
                     f"The pixel data is split into more than {MAX_FRAGMENTS:,} fragments; "
                     "ask for the frames decoded (application/octet-stream)."
                 )
-            items.append(position)
+            first = first if starts else position
+            starts.append(position - first)
             ends.append(end)
         position = end
-    if table is None or not items:
+    if table is None or not starts:
         raise RenderError("The pixel data holds no fragments.")
-    return _Fragments(value, table=table, items=items, ends=ends)
+    return _Fragments(value, table=table, first=first, starts=starts, ends=ends)
 
 
 def _extended_offsets(ds: pydicom.Dataset, *, frames: int) -> list[int]:
