@@ -98,26 +98,30 @@ def iter_related_parts(
     if not boundary or not re.fullmatch(r"[0-9A-Za-z'()+_,\-./:=? ]{1,70}", boundary):
         raise MultipartError("The multipart boundary is missing or invalid.")
     delimiter = b"\r\n--" + boundary.encode()
-    buffer = b"\r\n"  # lets the first delimiter match like every later one
+    # A delimiter not found in the buffer can only start in its last `keep` bytes.
+    keep = len(delimiter) - 1
+    # One growing buffer, consumed from the front (`del` there is cheap for a
+    # bytearray): each byte is copied in once and out once, however the reads split it.
+    buffer = bytearray(b"\r\n")  # lets the first delimiter match like every later one
     eof = False
 
     def fill() -> bool:
-        nonlocal buffer, eof
+        nonlocal eof
         if eof:
             return False
         chunk = read(chunk_size)
         if not chunk:
             eof = True
             return False
-        buffer += chunk
+        buffer.extend(chunk)
         return True
 
     # Preamble: everything before the first delimiter is ignored.
     while (start := buffer.find(delimiter)) < 0:
-        buffer = buffer[-len(delimiter) :]
+        del buffer[: max(0, len(buffer) - keep)]
         if not fill():
             raise MultipartError("The body does not contain the declared multipart boundary.")
-    buffer = buffer[start + len(delimiter) :]
+    del buffer[: start + len(delimiter)]
     parts = 0
     while True:
         while len(buffer) < 2 and fill():
@@ -128,29 +132,28 @@ def iter_related_parts(
             if len(buffer) > 16384 or not fill():
                 raise MultipartError("A part's headers are malformed or never end.")
         headers = buffer[:end].decode("latin-1").strip().split("\r\n")
-        buffer = buffer[end + 4 :]
+        del buffer[: end + 4]
         part_type = "application/octet-stream"
         for line in headers:
             name, _, value = line.partition(":")
             if name.strip().lower() == "content-type":
                 part_type = content_type_parameters(value.strip())[0]
-        payload = bytearray()
         too_large = False
-        while (end := buffer.find(delimiter)) < 0:
-            keep = len(delimiter)
-            if len(buffer) > keep:
-                if not too_large:
-                    payload += buffer[:-keep]
-                    if len(payload) > max_part_bytes:
-                        too_large, payload = True, bytearray()
-                buffer = buffer[-keep:]
+        searched = 0
+        while (end := buffer.find(delimiter, searched)) < 0:
+            searched = max(0, len(buffer) - keep)
+            if searched > max_part_bytes:  # longer than allowed already: drop what came
+                too_large = True
+                del buffer[:searched]
+                searched = 0
             if not fill():
                 raise MultipartError("The body ends inside a part (no closing boundary).")
-        if not too_large:
-            payload += buffer[:end]
-            too_large = len(payload) > max_part_bytes
-        buffer = buffer[end + len(delimiter) :]
+        payload: bytes | PartTooLarge = PartTooLarge()
+        if not too_large and end <= max_part_bytes:
+            with memoryview(buffer) as view, view[:end] as part:
+                payload = bytes(part)
+        del buffer[: end + len(delimiter)]
         parts += 1
-        yield part_type, (PartTooLarge() if too_large else bytes(payload))
+        yield part_type, payload
     if not parts:
         raise MultipartError("The multipart body has no parts.")

@@ -57,3 +57,20 @@ def test_oversized_part_is_flagged_and_the_rest_still_parsed():
 def test_malformed_bodies_raise_a_clear_error(body, content_type, message):
     with pytest.raises(MultipartError, match=message):
         list(iter_related_parts(io.BytesIO(body).read, content_type, max_part_bytes=100))
+
+
+@pytest.mark.parametrize("chunk_size", [1, 5, 64, 1 << 20])
+def test_a_part_of_exactly_the_limit_passes_and_one_byte_more_is_flagged(chunk_size):
+    body = _body(b"a" * 100, b"b" * 101, b"c" * 1000, b"d" * 99)
+
+    parts = [
+        payload
+        for _, payload in iter_related_parts(
+            io.BytesIO(body).read, TYPE, max_part_bytes=100, chunk_size=chunk_size
+        )
+    ]
+
+    assert parts[0] == b"a" * 100
+    assert isinstance(parts[1], PartTooLarge)
+    assert isinstance(parts[2], PartTooLarge)
+    assert parts[3] == b"d" * 99
