@@ -196,15 +196,19 @@ def portal_env(work: Path, database_url: str, redis_url: str) -> dict[str, str]:
     }
 
 
-def bench_clinic(env: dict[str, str]) -> str:
-    """Migrate, make the master key and the clinic `bench`; its read-write API token."""
-    manage(env, "migrate", "--noinput")
-    manage(env, "init_master_key")
-    manage(env, "create_tenant", "bench", "--name", "Bench")
+def bench_clinic(env: dict[str, str], root: Path = ROOT) -> str:
+    """Migrate, make the master key and the clinic `bench`; its read-write API token.
+
+    `root` is the checkout whose code (and migrations) to use.
+    """
+    manage(env, "migrate", "--noinput", root=root)
+    manage(env, "init_master_key", root=root)
+    manage(env, "create_tenant", "bench", "--name", "Bench", root=root)
     created = manage(
         env,
         *("create_api_token", "--tenant", "bench", "--name", "bench"),
         *("--scopes", "dicomweb:read,dicomweb:write"),
+        root=root,
     )
     return created.splitlines()[-1].strip()
 

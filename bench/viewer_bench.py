@@ -203,11 +203,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def manage(env: dict[str, str], *args: str, stdin: str | None = None) -> str:
+def manage(env: dict[str, str], *args: str, stdin: str | None = None, root: Path = ROOT) -> str:
+    """Run `manage.py` of the code under `root` (this checkout unless told)."""
     done = subprocess.run(  # noqa: S603 - fixed argv, no shell
-        [PYTHON, str(ROOT / "manage.py"), *args],
+        [PYTHON, str(root / "manage.py"), *args],
         env=env,
-        cwd=ROOT,
+        cwd=root,
         input=stdin,
         capture_output=True,
         text=True,
