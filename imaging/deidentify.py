@@ -24,8 +24,10 @@ import io
 
 import pydicom
 from dicomanonymizer.dicomfields_selector import dicom_anonymization_database_selector
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
+from pydicom.tag import BaseTag
 from pydicom.uid import generate_uid
 
 _TABLE = dicom_anonymization_database_selector("dicomfields_2026c")
@@ -173,10 +175,23 @@ def _dummy(vr: str, value: object) -> object:
     return b""  # OB, OW, UN and the other binary VRs
 
 
+def _readable(ds: Dataset, tag: BaseTag) -> DataElement | None:
+    """The element at `tag`; None, and the element removed, if its value cannot be read
+    as its VR (objects stored before ingest refused such values): what cannot be read
+    cannot be judged safe to keep."""
+    try:
+        return ds[tag]
+    except Exception:  # pydicom raises many kinds on odd values
+        del ds[tag]
+        return None
+
+
 def _dummy_items(sequence: Sequence) -> None:
     for item in sequence:
         for tag in list(item.keys()):
-            element = item[tag]
+            element = _readable(item, tag)
+            if element is None:
+                continue
             if element.tag.is_private:
                 del item[tag]
             elif element.VR == "SQ":
@@ -187,7 +202,9 @@ def _dummy_items(sequence: Sequence) -> None:
 
 def _clean(ds: Dataset) -> None:
     for tag in list(ds.keys()):
-        element = ds[tag]
+        element = _readable(ds, tag)
+        if element is None:
+            continue
         if element.tag.is_private:
             del ds[tag]
             continue

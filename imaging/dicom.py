@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pydicom
+from pydicom.datadict import keyword_for_tag
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
@@ -122,7 +123,9 @@ def metadata_dict(ds: Dataset) -> dict[str, Any]:
     for tag in sorted(ds.keys()):
         if tag in PIXEL_DATA_TAGS:
             break  # like reading with stop_before_pixels: nothing after the pixels either
-        header.add(ds[tag])
+        # As read, unconverted: a value pydicom cannot read as its VR (objects stored
+        # before ingest refused them) is then one element without a value, not a failure.
+        header[tag] = ds.get_item(tag)
     return dataset_json(
         header, bulk_data_threshold=BULK_DATA_THRESHOLD, bulk_data_uri=lambda path: BULK + path
     )
@@ -208,8 +211,20 @@ def _check_structure(ds: Dataset, *, max_depth: int, depth: int = 0) -> None:
                 f"Element {tag} declares {length} bytes but only {len(value)} are present: "
                 "the file is truncated or its lengths are corrupt.",
             )
-        if raw.VR == "SQ":
-            for item in ds[tag].value:
+        # Every value is read once here, as pydicom reads it on first use: one it cannot
+        # read as its VR (a US of three bytes, an IS of "1e400") would otherwise pass
+        # ingest and fail each later read of the header.
+        try:
+            element = ds[tag]
+        except Exception:  # pydicom raises many kinds on odd values
+            name = " ".join(filter(None, [str(Tag(tag)), keyword_for_tag(tag)]))
+            raise DicomRejected(
+                "invalid_value",
+                f"Element {name} holds a value that is not a valid {raw.VR}. "
+                "Correct it and send the file again.",
+            ) from None
+        if element.VR == "SQ":
+            for item in element.value:
                 _check_structure(item, max_depth=max_depth, depth=depth + 1)
 
 
@@ -238,7 +253,7 @@ def _int(ds: Dataset, keyword: str) -> int | None:
     try:
         value = ds.get(keyword)
         return int(value) if value not in (None, "") else None
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
 
 

@@ -3,12 +3,14 @@
 pydicom's `Dataset.to_json_dict` raises on values that ingest rightly accepts, which
 turned a metadata request for such an instance into a server error: a multi-valued
 person name with an empty value (`Doe^John\\`), or a decimal string that is not a
-number. This writes those elements itself and hands every other one to pydicom.
+number; and it writes NaN and infinity as JSON numbers, which JSON does not have. This
+writes those elements itself and hands every other one to pydicom.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -20,6 +22,7 @@ logger = logging.getLogger(__name__)
 
 _NAME_GROUPS = ("Alphabetic", "Ideographic", "Phonetic")
 _NUMBERS = {"IS": int, "DS": float}
+_FLOAT_VRS = ("DS", "FL", "FD")
 
 BulkDataUri = Callable[[str], str]  # a value's path (`00540016/0/00181072`) to its URI
 
@@ -55,10 +58,32 @@ def _number_element(element: DataElement) -> dict[str, Any]:
     for item in _each(element.value):
         text = str(item).strip() if item is not None else ""
         try:
-            values.append(convert(text) if text else None)
+            number = convert(text) if text else None
         except ValueError:
-            values.append(text)
+            number = text
+        # JSON has no NaN or infinity ("1e999" reads as one): those keep their text too.
+        values.append(text if isinstance(number, float) and not math.isfinite(number) else number)
     return {"vr": element.VR, "Value": values}
+
+
+# JSON has no NaN or infinity; binary floats holding one are written as these strings,
+# as other DICOM JSON writers do.
+_SPECIAL_FLOATS = {"nan": "NaN", "inf": "inf", "-inf": "-inf"}
+
+
+def _finite_json(result: dict[str, Any], element: DataElement) -> dict[str, Any]:
+    values = result.get("Value")
+    if not values or all(not isinstance(v, float) or math.isfinite(v) for v in values):
+        return result
+    if element.VR == "DS":
+        return _number_element(element)
+    return {
+        **result,
+        "Value": [
+            _SPECIAL_FLOATS[repr(v)] if isinstance(v, float) and not math.isfinite(v) else v
+            for v in values
+        ],
+    }
 
 
 def dataset_json(
@@ -108,10 +133,11 @@ def _element_json(
     if element.VR == "PN":
         return _name_element(element)
     try:
-        return element.to_json_dict(
+        result = element.to_json_dict(
             bulk_data_element_handler=lambda _: bulk_data_uri(path),
             bulk_data_threshold=bulk_data_threshold,
         )
+        return _finite_json(result, element) if element.VR in _FLOAT_VRS else result
     except ValueError:
         if element.VR in _NUMBERS:
             return _number_element(element)

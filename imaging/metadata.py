@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from typing import Any
 from uuid import UUID
 
@@ -43,9 +44,22 @@ _RELATIVE_URI = _URI + BULK.encode()
 _STALE_URI = _URI + b'"'
 
 
+# Headers kept before NaN and infinity were written as text hold them as bare JSON
+# tokens, which JSON does not have (values always stand in a "Value" array).
+_NOT_JSON = re.compile(rb"[\[,]-?(?:NaN|Infinity)")
+
+
 def header_stale(header_json: bytes) -> bool:
-    """Whether a kept header predates bulk data paths (an empty BulkDataURI)."""
-    return _STALE_URI in header_json
+    """Whether a kept header predates bulk data paths (an empty BulkDataURI) or holds
+    NaN or infinity as bare tokens; either is rebuilt."""
+    return _STALE_URI in header_json or _holds_non_json(header_json)
+
+
+def _holds_non_json(header_json: bytes) -> bool:
+    # Two substring scans first: the expression runs only on the rare header that may.
+    return (b"NaN" in header_json or b"Infinity" in header_json) and bool(
+        _NOT_JSON.search(header_json)
+    )
 
 
 def metadata_for_instance(
@@ -53,9 +67,10 @@ def metadata_for_instance(
 ) -> bytes | None:
     """A header JSON object with its BulkDataURIs under `instance_uri`, without parsing,
     and the pixel data's added (`pixel`: its tag and VR) when it has pixel data; None
-    for a header kept before bulk data had paths, which must be rebuilt."""
-    uris = _URI in header_json  # the one scan in the common case: no large values
-    if uris and header_stale(header_json):
+    for a header kept before bulk data had paths or before NaN and infinity were
+    written as text, which must be rebuilt."""
+    uris = _URI in header_json
+    if (uris and _STALE_URI in header_json) or _holds_non_json(header_json):
         return None
     return _with_uris(header_json, uris=uris, instance_uri=instance_uri, pixel=pixel)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Any, TypeVar
@@ -848,10 +849,14 @@ def _render_options(request: HttpRequest) -> dict[str, Any]:
     options: dict[str, Any] = {}
     try:
         if "window" in request.GET:
+            # PS3.18 8.3.5.1.4: center,width[,function]; only LINEAR is drawn here.
             parts = request.GET["window"].split(",")
-            options["window"] = (float(parts[0]), float(parts[1]))
-            if options["window"][1] <= 0:
+            centre, width = float(parts[0]), float(parts[1])
+            if not (math.isfinite(centre) and math.isfinite(width) and width > 0):
                 raise ValueError
+            if len(parts) > 3 or (len(parts) == 3 and parts[2].strip().lower() != "linear"):
+                raise ValueError
+            options["window"] = (centre, width)
         if "viewport" in request.GET:
             width, height = (int(v) for v in request.GET["viewport"].split(",")[:2])
             if not (0 < width <= 4096 and 0 < height <= 4096):
@@ -863,8 +868,9 @@ def _render_options(request: HttpRequest) -> dict[str, Any]:
                 raise ValueError
     except (ValueError, IndexError):
         raise QueryError(
-            "window=center,width (width > 0), viewport=width,height (1-4096) and "
-            "quality=1-100 are the accepted rendering parameters."
+            "window=center,width[,linear] (finite numbers, width > 0), "
+            "viewport=width,height (1-4096) and quality=1-100 are the accepted "
+            "rendering parameters."
         ) from None
     return options
 

@@ -855,9 +855,16 @@ def test_rendered_jpeg_and_png_with_window_and_viewport(clinic, read_token, stor
     jpeg = client.retrieve_instance_rendered(*ids, params={"window": "40,400", "viewport": "32,32"})
     png = client.retrieve_instance_rendered(*ids, media_types=("image/png",))
     frame = client.retrieve_instance_frames_rendered(*ids, frame_numbers=[1])
+    linear = client.retrieve_instance_rendered(
+        *ids, media_types=("image/png",), params={"window": "40,400,linear"}
+    )
+    plain = client.retrieve_instance_rendered(
+        *ids, media_types=("image/png",), params={"window": "40,400"}
+    )
 
     from PIL import Image
 
+    assert linear == plain  # the function PS3.18 names, and the one drawn
     assert jpeg[:2] == b"\xff\xd8"
     assert Image.open(io.BytesIO(jpeg)).size == (32, 32)
     assert png[:4] == b"\x89PNG"
@@ -865,7 +872,20 @@ def test_rendered_jpeg_and_png_with_window_and_viewport(clinic, read_token, stor
 
 
 @pytest.mark.django_db
-@pytest.mark.parametrize("params", ["window=40", "window=40,0", "viewport=0,10", "quality=101"])
+@pytest.mark.parametrize(
+    "params",
+    [
+        "window=40",
+        "window=40,0",
+        "window=nan,nan",
+        "window=1,inf",
+        "window=1e309,1",
+        "window=40,400,sigmoid",  # only LINEAR is drawn
+        "window=40,400,linear,x",
+        "viewport=0,10",
+        "quality=101",
+    ],
+)
 def test_bad_rendering_parameters_are_400(params, clinic, read_token, stored_ct):
     ds = _ds(stored_ct[0])
     url = (
