@@ -3,14 +3,16 @@
 import gc
 import os
 
-from django.core.wsgi import get_wsgi_application
+import django
 from django.urls import get_resolver
 
 from portal.allocator import keep_freed_memory
+from portal.handlers import PortalWSGIHandler
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
 keep_freed_memory()
-application = get_wsgi_application()
+django.setup(set_prefix=False)  # what get_wsgi_application() does before its handler
+application = PortalWSGIHandler()
 
 # Import every view now, then take the start-up heap (Django, boto3, pydicom, numpy:
 # hundreds of thousands of objects that live as long as the process) out of the

@@ -166,12 +166,14 @@ def test_temporary_file_upload_handler_is_refused(settings):
 def test_the_wsgi_entry_point_loads_every_view_and_freezes_the_start_up_heap(tmp_path):
     script = (
         "import gc, sys, portal.wsgi\n"
-        "print(gc.get_freeze_count(), 'imaging.dicomweb.views' in sys.modules)"
+        "print(gc.get_freeze_count(), 'imaging.dicomweb.views' in sys.modules,\n"
+        "      type(portal.wsgi.application).__name__)"
     )
 
     result = _run(["-c", script], {**PROD, "SECRET_KEY": STRONG_KEY}, tmp_path)
 
     assert result.returncode == 0, result.stderr
-    frozen, views_loaded = result.stdout.split()
+    frozen, views_loaded, handler = result.stdout.split()
     assert int(frozen) > 10_000  # objects the collector no longer walks
     assert views_loaded == "True"
+    assert handler == "PortalWSGIHandler"  # refuses a Content-Type Django cannot parse
