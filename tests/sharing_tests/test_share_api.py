@@ -120,6 +120,22 @@ def test_bad_input_is_a_specific_400_and_creates_nothing(study, extra, field):
     assert not ShareLink.objects.for_tenant(study.tenant).exists()
 
 
+@pytest.mark.parametrize(
+    "document", ["[" * 100_000 + "]" * 100_000, '{"a":' * 50_000 + "1" + "}" * 50_000]
+)
+def test_json_nested_past_the_parsers_depth_is_a_400_not_a_server_error(study, document):
+    response = api(token_for(study.tenant, "shares:write")).post(
+        "/api/v1/shares", document, "application/json"
+    )
+
+    assert response.status_code == 400
+    assert response.json()["error"] == {
+        "code": "parse_error",
+        "message": "JSON parse error - the document is nested too deeply.",
+    }
+    assert not ShareLink.objects.for_tenant(study.tenant).exists()
+
+
 def test_policy_violation_is_a_400(study):
     far = (timezone.now() + dt.timedelta(days=90)).isoformat()
 
