@@ -35,3 +35,5 @@ urlpatterns = [
     path("s/", include(share_recipient_patterns)),
     path("portal/", include(invitation_patterns)),
 ]
+
+handler404 = "portal.views.not_found"

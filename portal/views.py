@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
+from django.views.defaults import page_not_found
 
 from portal.tasks import broker_check
 from tenants.access import landing_url
@@ -84,3 +86,18 @@ def home(request: HttpRequest) -> HttpResponse:
         "portal/choose_clinic.html",
         {"choices": [(m, landing_url(m)) for m in memberships]},
     )
+
+
+# The partner and recipient roots. A clinic's own viewer root (/t/<slug>/dicomweb/)
+# keeps the page: its 404 must read the same whether or not the clinic exists.
+_DICOMWEB_PATH = re.compile(r"/(?:s/)?dicomweb/")
+
+
+def not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
+    """404 for a path no route matches (a typo, an id not in canonical UUID form): on the
+    partner API and DICOMweb, their JSON error, the same as for a missing object."""
+    if request.path_info.startswith("/api/"):
+        return JsonResponse({"error": {"code": "not_found", "message": "Not found."}}, status=404)
+    if _DICOMWEB_PATH.match(request.path_info):
+        return JsonResponse({"error": "Not found."}, status=404)
+    return page_not_found(request, exception)
