@@ -245,7 +245,7 @@ SPECTACULAR_SETTINGS = {
 }
 
 # --- Sessions and transport security --------------------------------------------------
-SESSION_ENGINE = "django.contrib.sessions.backends.db"
+SESSION_ENGINE = "tenants.session_store"  # Django's database sessions, keys checked
 # Upper bounds; each clinic's policy (idle minutes, absolute hours) can only shorten them.
 SESSION_COOKIE_AGE = env_int("SESSION_ABSOLUTE_SECONDS", 12 * 3600)
 SESSION_IDLE_SECONDS = env_int("SESSION_IDLE_SECONDS", 15 * 60)

@@ -12,6 +12,7 @@ from typing import Any
 
 from django.contrib.auth.models import AnonymousUser
 from django.contrib.auth.views import redirect_to_login
+from django.core.validators import slug_re
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 
 from tenants.selectors import membership_for_user, tenant_get_active
@@ -65,6 +66,8 @@ class TenantMiddleware:
                     return signed_out_response()
                 return redirect_to_login(request.get_full_path())
             slug = match["slug"]
+            if not slug_re.match(slug):  # a NUL, say, which PostgreSQL refuses to compare
+                raise Http404("No such clinic")
             tenant = tenant_get_active(slug=slug)
             membership = membership_for_user(tenant=tenant, user=request.user) if tenant else None
             if membership is None:
