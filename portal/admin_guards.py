@@ -50,7 +50,8 @@ def _guarded_changelist(changelist: type) -> type:
 
 
 class GuardedChangeListMixin:
-    """For ModelAdmins: filters limited to the sidebar's, NUL refused, action ids checked."""
+    """For ModelAdmins: filters limited to the sidebar's, NUL refused, action ids checked,
+    an empty `_to_field` ignored."""
 
     def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type:
         return _guarded_changelist(super().get_changelist(request, **kwargs))  # type: ignore[misc]
@@ -59,6 +60,11 @@ class GuardedChangeListMixin:
         if any("\x00" in value for _, values in request.GET.lists() for value in values):
             raise SuspiciousOperation("A filter or search value holds a NUL character.")
         return super().changelist_view(request, extra_context)  # type: ignore[misc]
+
+    def get_object(self, request: HttpRequest, object_id: str, from_field: Any = None) -> Any:
+        # Django's change and delete views check `_to_field` only when it is not empty,
+        # then look an empty one up as a field name: an error instead of the row.
+        return super().get_object(request, object_id, from_field or None)  # type: ignore[misc]
 
     def response_action(self, request: HttpRequest, queryset: Any) -> HttpResponse | None:
         pk = self.model._meta.pk  # type: ignore[attr-defined]

@@ -7,13 +7,16 @@ import time
 
 import pytest
 from django.test import Client
+from django.utils import timezone
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from audit.models import Action, AuditEvent
 from tenants.mfa import totp_secret_base32
+from tenants.models import ApiToken, Membership
 from tenants.sessions import IDLE_LIMIT, LAST_SEEN_AT
 from tenants.throttle import throttle_reset
-from tests.helpers import PASSWORD, current_totp
+from tenants.tokens import api_token_create
+from tests.helpers import PASSWORD, TEST_ACTOR, current_totp
 from tests.imaging_tests.helpers import ingest_study, synthetic_ct
 
 FULLWIDTH_R = "\uff52"  # FULLWIDTH LATIN SMALL LETTER R: NFKC makes it "r"
@@ -320,3 +323,26 @@ def test_a_bad_value_for_an_offered_filter_is_not_a_server_error(tenant_admin, c
     )
 
     assert response.status_code < 500
+
+
+@pytest.mark.django_db
+def test_an_empty_to_field_is_ignored_on_change_and_delete_pages(
+    clinic, tenant_admin, radiologist, platform_operator, client_for
+):
+    membership = Membership.objects.for_tenant(clinic).get(user=radiologist)
+    api_token_create(
+        tenant=clinic, name="partner", scopes=["studies:read"], actor=TEST_ACTOR, now=timezone.now()
+    )
+    token = ApiToken.objects.for_tenant(clinic).get()
+    admin, operator = client_for(tenant_admin), client_for(platform_operator)
+
+    answers = [
+        admin.get(f"/t/north/admin/tenants/membership/{membership.pk}/change/?_to_field="),
+        admin.get(f"/t/north/admin/tenants/tenant/{clinic.pk}/change/?_to_field="),
+        admin.get(f"/t/north/admin/tenants/apitoken/{token.pk}/delete/?_to_field="),
+        operator.get(f"/admin/tenants/tenant/{clinic.pk}/change/?_to_field="),
+    ]
+
+    # Tokens are revoked, never deleted: that page is refused, as without `_to_field`.
+    assert [answer.status_code for answer in answers] == [200, 200, 403, 200]
+    assert admin.get(f"/t/north/admin/tenants/apitoken/{token.pk}/delete/").status_code == 403
