@@ -16,6 +16,7 @@ from django.db import transaction
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import path
 from django.views.i18n import JavaScriptCatalog
+from django_otp_webauthn import exceptions as webauthn_errors
 from django_otp_webauthn import views as webauthn_views
 from django_otp_webauthn.helpers import WebAuthnHelper
 
@@ -39,7 +40,36 @@ class PortalWebAuthnHelper(WebAuthnHelper):
         return [f"{scheme}://{self.request.get_host()}"]
 
 
-class CompleteAuthentication(webauthn_views.CompleteCredentialAuthenticationView):
+class ReadableRequestMixin:
+    """For the ceremony views: a body that cannot be read is a 400, not a server error.
+
+    The library turns only a JSON syntax error into one; a document nested past the
+    decoder's recursion limit (two kilobytes of `[`) raised.
+    """
+
+    def _parse_request_data(self, request: HttpRequest) -> Any:
+        try:
+            return super()._parse_request_data(request)  # type: ignore[misc]
+        except RecursionError:
+            raise webauthn_errors.MalformedRequest() from None
+
+
+class BeginAuthentication(ReadableRequestMixin, webauthn_views.BeginCredentialAuthenticationView):
+    pass
+
+
+class CompleteAuthentication(
+    ReadableRequestMixin, webauthn_views.CompleteCredentialAuthenticationView
+):
+    def initial(self, request: HttpRequest, *args: Any, **kwargs: Any) -> None:
+        super().initial(request, *args, **kwargs)
+        # py_webauthn decodes userHandle outside the checks that turn a malformed
+        # credential into the library's error: a non-ASCII one raised.
+        response = request.data.get("response") if isinstance(request.data, dict) else None
+        handle = response.get("userHandle") if isinstance(response, dict) else None
+        if isinstance(handle, str) and not handle.isascii():
+            raise webauthn_errors.MalformedRequest()
+
     def complete_auth(self, device: Any) -> Any:
         step_up = self.request.user.is_verified()
         session_mark_verified(self.request, device)
@@ -68,7 +98,7 @@ class CompleteAuthentication(webauthn_views.CompleteCredentialAuthenticationView
         return super().handle_exception(exc)
 
 
-class BeginRegistration(webauthn_views.BeginCredentialRegistrationView):
+class BeginRegistration(ReadableRequestMixin, webauthn_views.BeginCredentialRegistrationView):
     def post(self, *args: Any, **kwargs: Any) -> HttpResponse:
         if self.request.user.is_verified() and not step_up_is_fresh(self.request):
             return JsonResponse(
@@ -78,7 +108,7 @@ class BeginRegistration(webauthn_views.BeginCredentialRegistrationView):
         return super().post(*args, **kwargs)
 
 
-class CompleteRegistration(webauthn_views.CompleteCredentialRegistrationView):
+class CompleteRegistration(ReadableRequestMixin, webauthn_views.CompleteCredentialRegistrationView):
     @transaction.atomic
     def post(self, *args: Any, **kwargs: Any) -> HttpResponse:
         was_verified = self.request.user.is_verified()
@@ -111,7 +141,7 @@ urlpatterns = [
     ),
     path(
         "authentication/begin/",
-        webauthn_views.BeginCredentialAuthenticationView.as_view(),
+        BeginAuthentication.as_view(),
         name="credential-authentication-begin",
     ),
     path(
