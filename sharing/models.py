@@ -13,7 +13,7 @@ import uuid
 from django.db import models
 from django.utils import timezone
 
-from tenants.models import Invitation
+from tenants.models import SHARE_LINK_MAX_USES, Invitation
 from tenants.scoping import TenantOwnedModel
 
 
@@ -30,9 +30,7 @@ class ShareLink(TenantOwnedModel):
         USED_UP = "used_up", "Used up"
         LOCKED = "locked", "Locked (wrong PIN)"
 
-    # A link opened more often than this is no longer a link for one recipient; the
-    # limit also keeps the figure inside a 32-bit column.
-    MAX_USES = 100_000
+    MAX_USES = SHARE_LINK_MAX_USES
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     study = models.ForeignKey("imaging.Study", on_delete=models.PROTECT, related_name="+")

@@ -30,6 +30,12 @@ slug_validator = RegexValidator(
 EMAIL_MAX_LENGTH = 254
 
 
+# The most uses any share link may allow (sharing.models.ShareLink.MAX_USES): a link
+# opened more often is no longer a link for one recipient, and it keeps the figure
+# inside a 32-bit column.
+SHARE_LINK_MAX_USES = 100_000
+
+
 class Tenant(models.Model):
     """A clinic. Everything clinical belongs to exactly one."""
 
@@ -69,7 +75,10 @@ class Tenant(models.Model):
         default=30, validators=[MinValueValidator(1), MaxValueValidator(365)]
     )
     share_link_max_uses = models.PositiveIntegerField(
-        null=True, blank=True, help_text="Upper bound on uses per link; empty for no bound."
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1), MaxValueValidator(SHARE_LINK_MAX_USES)],
+        help_text="Upper bound on uses per link; empty for no bound.",
     )
 
     cors_allowed_origins = models.TextField(

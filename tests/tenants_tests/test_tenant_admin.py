@@ -157,6 +157,29 @@ def test_invalid_policy_is_rejected_and_changes_nothing(clinic, tenant_admin, cl
 
 
 @pytest.mark.django_db
+@pytest.mark.parametrize("max_uses", ["0", "100001"])
+def test_a_link_use_limit_no_link_can_have_is_refused(clinic, tenant_admin, client_for, max_uses):
+    response = client_for(tenant_admin).post(
+        f"/t/north/admin/tenants/tenant/{clinic.pk}/change/",
+        {
+            "name": "North",
+            "session_idle_minutes": 15,
+            "session_absolute_hours": 12,
+            "step_up_minutes": 10,
+            "share_link_default_days": 7,
+            "share_link_max_days": 30,
+            "share_link_max_uses": max_uses,
+        },
+    )
+
+    assert response.status_code == 200
+    assert "share_link_max_uses" in response.context["adminform"].form.errors
+    clinic.refresh_from_db()
+    assert clinic.share_link_max_uses is None and clinic.name == "North Imaging"
+    assert not _events(clinic, Action.TENANT_UPDATED).exists()
+
+
+@pytest.mark.django_db
 def test_tenant_admin_cannot_edit_slug_status_or_storage(clinic, tenant_admin, client_for):
     client_for(tenant_admin).post(
         f"/t/north/admin/tenants/tenant/{clinic.pk}/change/",
