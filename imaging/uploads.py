@@ -12,12 +12,14 @@ import io
 import os
 import struct
 import tempfile
+from dataclasses import dataclass
 from typing import Any
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from django.conf import settings
 from django.core.files.uploadedfile import UploadedFile
 from django.core.files.uploadhandler import FileUploadHandler, StopUpload
+from django.http import HttpRequest
 
 from imaging.crypto import SEGMENT_SIZE, TAG_BYTES, new_key
 
@@ -123,6 +125,19 @@ class EncryptedUploadedFile(UploadedFile):
         self.spool.close()
 
 
+@dataclass(frozen=True)
+class UploadTooLarge:
+    """A file of the request went past the spool's limit: the upload was stopped."""
+
+    name: str
+    limit_bytes: int
+
+
+def upload_too_large(request: HttpRequest) -> UploadTooLarge | None:
+    """Why a request's files were cut off, once they have been read (request.FILES)."""
+    return getattr(request, "upload_too_large", None)
+
+
 class EncryptedSpoolUploadHandler(FileUploadHandler):
     """Spool uploads encrypted; refuse any single file over the configured limit."""
 
@@ -134,6 +149,10 @@ class EncryptedSpoolUploadHandler(FileUploadHandler):
     def receive_data_chunk(self, raw_data: bytes, start: int) -> None:
         if self.spool.size + len(raw_data) > self.limit:
             self.spool.close()
+            # The view then sees no files; this tells it which one and why.
+            self.request.upload_too_large = UploadTooLarge(  # type: ignore[union-attr]
+                name=self.file_name or "", limit_bytes=self.limit
+            )
             raise StopUpload(connection_reset=True)
         self.spool.write(raw_data)
         return None

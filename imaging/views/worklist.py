@@ -24,6 +24,7 @@ from imaging.forms import WorklistSearchForm
 from imaging.ingest import ingest_uploads
 from imaging.models import Series, Study
 from imaging.selectors import DEFAULT_SORT, SORTS, WorklistQuery, masked_study_ids, study_list
+from imaging.uploads import upload_too_large
 from tenants.access import require_perm
 from tenants.roles import Perm
 
@@ -142,17 +143,31 @@ def _wants_json(request: HttpRequest) -> bool:
     return "application/json" in request.headers.get("Accept", "")
 
 
+def _upload_refused(request: HttpRequest, message: str, *, status: int) -> HttpResponse:
+    if _wants_json(request):
+        return JsonResponse({"error": message}, status=status)
+    return render(request, "imaging/upload.html", {"error": message}, status=status)
+
+
 @require_perm(Perm.STUDY_UPLOAD)
 @require_http_methods(["GET", "POST"])
 def upload(request: HttpRequest) -> HttpResponse:
     if request.method == "GET":
         return render(request, "imaging/upload.html", {})
     files = request.FILES.getlist("files")
+    too_large = upload_too_large(request)
+    if too_large is not None:
+        return _upload_refused(
+            request,
+            f"“{too_large.name}” is larger than one file of an upload may be "
+            f"({too_large.limit_bytes // 2**20:,} MB), so nothing was stored. Upload it "
+            "in smaller zips, or its files themselves.",
+            status=413,
+        )
     if not files:
-        message = "Choose at least one DICOM file, folder or zip archive."
-        if _wants_json(request):
-            return JsonResponse({"error": message}, status=400)
-        return render(request, "imaging/upload.html", {"error": message}, status=400)
+        return _upload_refused(
+            request, "Choose at least one DICOM file, folder or zip archive.", status=400
+        )
     summary = ingest_uploads(tenant=request.tenant, actor=Actor.from_request(request), files=files)
     if _wants_json(request):
         return JsonResponse(

@@ -67,6 +67,30 @@ def test_upload_without_files_is_a_clear_400(clinic, technologist, client_for):
 
 
 @pytest.mark.django_db
+@pytest.mark.parametrize("accept", ["application/json", "text/html"])
+def test_a_file_over_the_limit_is_a_413_naming_it_and_stores_nothing(
+    clinic, technologist, client_for, settings, accept
+):
+    settings.FILE_UPLOAD_MAX_MEMORY_SIZE = 100  # through the encrypted spool
+    settings.INGEST_MAX_INSTANCE_BYTES = settings.INGEST_MAX_ZIP_TOTAL_BYTES = 2**20
+    good = sample_bytes("CT_small.dcm")
+
+    response = client_for(technologist).post(
+        "/t/north/upload/",
+        {"files": [_file(good, "ct.dcm"), _file(b"\0" * (2**20 + 1), "huge.zip")]},
+        HTTP_ACCEPT=accept,
+    )
+
+    assert response.status_code == 413
+    message = "“huge.zip” is larger than one file of an upload may be (1 MB)"
+    if accept == "application/json":
+        assert response.json()["error"].startswith(message)
+    else:
+        assert message in response.content.decode()
+    assert not Instance.objects.for_tenant(clinic).exists()
+
+
+@pytest.mark.django_db
 def test_upload_page_needs_the_upload_permission(clinic, front_desk, radiologist, client_for):
     assert client_for(front_desk).get("/t/north/upload/").status_code == 403
     assert client_for(radiologist).post("/t/north/upload/", {}).status_code == 403
