@@ -120,3 +120,15 @@ def instance_url(ds: pydicom.Dataset) -> str:
         f"{BASE}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
         f"/instances/{ds.SOPInstanceUID}"
     )
+
+
+def stow_files(client: Client, files: list[bytes]):
+    """POST `files` to /dicomweb/studies as one STOW-RS request, one part each."""
+    body = b"".join(
+        b"--b0undary\r\nContent-Type: application/dicom\r\n\r\n" + data + b"\r\n" for data in files
+    )
+    return client.post(
+        "/dicomweb/studies",
+        data=body + b"--b0undary--\r\n",
+        content_type='multipart/related; type="application/dicom"; boundary=b0undary',
+    )

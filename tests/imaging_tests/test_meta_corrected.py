@@ -24,7 +24,7 @@ from imaging.dicom import DicomRejected, dataset_offset, parse_part10
 from imaging.ingest import IngestOutcome
 from imaging.models import Instance
 from imaging.services import instance_bytes
-from tests.imaging_tests.dicomweb_support import token_for
+from tests.imaging_tests.dicomweb_support import stow_files, token_for
 from tests.imaging_tests.helpers import INGEST_ACTOR, ingest, synthetic_ct
 
 LIMITS = {"max_bytes": 1 << 30, "max_depth": 16}
@@ -139,17 +139,6 @@ def test_ingest_keeps_the_hash_as_received_and_audits_the_correction(clinic, mis
     assert event.detail["meta_corrected"] == ["MediaStorageSOPInstanceUID"]
 
 
-def _stow(client: Client, files: list[bytes]):
-    body = b"".join(
-        b"--b0undary\r\nContent-Type: application/dicom\r\n\r\n" + data + b"\r\n" for data in files
-    )
-    return client.post(
-        "/dicomweb/studies",
-        data=body + b"--b0undary--\r\n",
-        content_type='multipart/related; type="application/dicom"; boundary=b0undary',
-    )
-
-
 def _referenced(response) -> dict[str, dict]:
     items = response.json()["00081199"]["Value"]
     return {item["00081155"]["Value"][0]: item for item in items}
@@ -160,7 +149,7 @@ def test_stow_rs_warns_of_the_correction_for_that_instance_only(clinic, mismatch
     (good,) = synthetic_ct(slices=1, size=16)
     writer = Client(HTTP_AUTHORIZATION=f"Bearer {token_for(clinic, 'dicomweb:write')}")
 
-    response = _stow(writer, [good, mismatched])
+    response = stow_files(writer, [good, mismatched])
 
     assert response.status_code == 202
     assert "00081198" not in response.json()  # nothing failed
@@ -171,7 +160,7 @@ def test_stow_rs_warns_of_the_correction_for_that_instance_only(clinic, mismatch
     assert "00081196" not in items[good_uid]
     assert Instance.objects.for_tenant(clinic).count() == 2
 
-    again = _stow(writer, [mismatched])  # a retry is a duplicate, told the same
+    again = stow_files(writer, [mismatched])  # a retry is a duplicate, told the same
 
     assert again.status_code == 202
     assert _referenced(again)[corrected_uid]["00081196"]["Value"] == [WARNING_COERCION]
@@ -182,7 +171,7 @@ def test_stow_rs_warns_of_the_correction_for_that_instance_only(clinic, mismatch
 def test_stow_rs_of_files_stored_as_sent_is_a_plain_200(clinic):
     writer = Client(HTTP_AUTHORIZATION=f"Bearer {token_for(clinic, 'dicomweb:write')}")
 
-    response = _stow(writer, synthetic_ct(slices=2, size=16))
+    response = stow_files(writer, synthetic_ct(slices=2, size=16))
 
     assert response.status_code == 200
     assert all("00081196" not in item for item in _referenced(response).values())
@@ -250,7 +239,7 @@ def test_an_odd_meta_fails_only_its_own_part_of_a_stow_rs_batch(clinic, mismatch
     (good,) = synthetic_ct(slices=1, size=16)
     writer = Client(HTTP_AUTHORIZATION=f"Bearer {token_for(clinic, 'dicomweb:write')}")
 
-    response = _stow(writer, [good, _meta_vr(mismatched, element, vr)])
+    response = stow_files(writer, [good, _meta_vr(mismatched, element, vr)])
 
     assert response.status_code == 202
     good_uid = pydicom.dcmread(io.BytesIO(good)).SOPInstanceUID

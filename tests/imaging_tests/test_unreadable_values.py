@@ -26,7 +26,7 @@ from pydicom.tag import Tag
 from imaging import dicom, dicom_json
 from imaging.ingest import IngestOutcome
 from imaging.models import Instance, Study
-from tests.imaging_tests.dicomweb_support import token_for
+from tests.imaging_tests.dicomweb_support import stow_files, token_for
 from tests.imaging_tests.helpers import ingest, synthetic_ct
 from tests.sharing_tests.test_share_links import make_share, open_link
 
@@ -86,24 +86,13 @@ def test_an_unreadable_value_inside_a_sequence_item_is_refused(clinic):
     assert not Instance.objects.for_tenant(clinic).exists()
 
 
-def _stow(client: Client, files: list[bytes]):
-    body = b"".join(
-        b"--b0undary\r\nContent-Type: application/dicom\r\n\r\n" + data + b"\r\n" for data in files
-    )
-    return client.post(
-        "/dicomweb/studies",
-        data=body + b"--b0undary--\r\n",
-        content_type='multipart/related; type="application/dicom"; boundary=b0undary',
-    )
-
-
 @pytest.mark.parametrize(("tag", "vr", "value"), UNREADABLE[:3])
 def test_one_unreadable_file_fails_only_its_own_part_of_a_stow_rs_request(clinic, tag, vr, value):
     first, middle, last = synthetic_ct(slices=3, size=16)
     bad = _with_raw(middle, tag, vr, value)
     writer = Client(HTTP_AUTHORIZATION=f"Bearer {token_for(clinic, 'dicomweb:write')}")
 
-    response = _stow(writer, [first, bad, last])
+    response = stow_files(writer, [first, bad, last])
 
     assert response.status_code == 202
     body = response.json()
