@@ -66,9 +66,10 @@ def _number_element(element: DataElement) -> dict[str, Any]:
     return {"vr": element.VR, "Value": values}
 
 
-# JSON has no NaN or infinity; binary floats holding one are written as these strings,
-# as other DICOM JSON writers do.
-_SPECIAL_FLOATS = {"nan": "NaN", "inf": "inf", "-inf": "-inf"}
+def _special_float(value: float) -> str:
+    # JSON has no NaN or infinity; binary floats holding one are written as these
+    # strings, as other DICOM JSON writers do.
+    return "NaN" if math.isnan(value) else "inf" if value > 0 else "-inf"
 
 
 def _finite_json(result: dict[str, Any], element: DataElement) -> dict[str, Any]:
@@ -80,7 +81,7 @@ def _finite_json(result: dict[str, Any], element: DataElement) -> dict[str, Any]
     return {
         **result,
         "Value": [
-            _SPECIAL_FLOATS[repr(v)] if isinstance(v, float) and not math.isfinite(v) else v
+            _special_float(v) if isinstance(v, float) and not math.isfinite(v) else v
             for v in values
         ],
     }

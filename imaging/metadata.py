@@ -69,10 +69,9 @@ def metadata_for_instance(
     and the pixel data's added (`pixel`: its tag and VR) when it has pixel data; None
     for a header kept before bulk data had paths or before NaN and infinity were
     written as text, which must be rebuilt."""
-    uris = _URI in header_json
-    if (uris and _STALE_URI in header_json) or _holds_non_json(header_json):
+    if header_stale(header_json):
         return None
-    return _with_uris(header_json, uris=uris, instance_uri=instance_uri, pixel=pixel)
+    return _with_uris(header_json, uris=_URI in header_json, instance_uri=instance_uri, pixel=pixel)
 
 
 def metadata_item(
