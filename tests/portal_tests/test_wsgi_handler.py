@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 from wsgiref.util import setup_testing_defaults
 
 import pytest
+from asgiref.sync import async_to_sync
 
-from portal.handlers import PortalWSGIHandler
+from portal.handlers import PortalASGIHandler, PortalWSGIHandler
 
 
 def _call(path: str, content_type: str) -> tuple[str, dict[str, str], bytes]:
@@ -52,3 +54,54 @@ def test_a_well_formed_rfc_2231_parameter_reaches_the_application():
     status, _, _ = _call("/dicomweb/studies", "application/json; charset*=utf-8''utf-8")
 
     assert status.startswith("401")  # the DICOMweb root's answer: no credential
+
+
+def _call_asgi(path: str, content_type: str) -> tuple[int, dict[bytes, bytes], bytes]:
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"testserver"), (b"content-type", content_type.encode())],
+        "client": ("127.0.0.1", 40000),
+        "server": ("testserver", 80),
+    }
+    sent: list[dict] = []
+    received: list[bool] = []
+
+    async def receive():
+        if received:  # the client stays connected until the answer is sent
+            await asyncio.Event().wait()
+        received.append(True)
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    async_to_sync(PortalASGIHandler())(scope, receive, send)
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return start["status"], dict(start["headers"]), body
+
+
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_the_asgi_handler_refuses_an_unknown_charset_parameter_as_well():
+    status, headers, body = _call_asgi(
+        "/dicomweb/studies", "multipart/related; boundary*=bogus''b0undary"
+    )
+
+    assert status == 400
+    assert headers[b"Cache-Control"] == b"no-store"
+    assert b"Content-Type header is malformed" in body
+
+
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_the_asgi_handler_passes_a_well_formed_request_on():
+    status, _, _ = _call_asgi("/dicomweb/studies", "application/json; charset*=utf-8''utf-8")
+
+    assert status == 401
