@@ -3,8 +3,9 @@
 pydicom's `Dataset.to_json_dict` raises on values that ingest rightly accepts, which
 turned a metadata request for such an instance into a server error: a multi-valued
 person name with an empty value (`Doe^John\\`), or a decimal string that is not a
-number; and it writes NaN and infinity as JSON numbers, which JSON does not have. This
-writes those elements itself and hands every other one to pydicom.
+number; it writes NaN and infinity as JSON numbers, which JSON does not have; and it
+rounds an integer string that is not an integer ("1.5"). This writes those elements
+itself and hands every other one to pydicom.
 """
 
 from __future__ import annotations
@@ -133,6 +134,10 @@ def _element_json(
         return {"vr": element.VR}
     if element.VR == "PN":
         return _name_element(element)
+    if element.VR == "IS":
+        # pydicom reads "1.5" as an IS (with a warning) and writes it as the integer 1:
+        # a value silently changed. Each value is written from its own text instead.
+        return _number_element(element)
     try:
         result = element.to_json_dict(
             bulk_data_element_handler=lambda _: bulk_data_uri(path),

@@ -118,6 +118,21 @@ def test_numbers_that_are_not_numbers_keep_their_text(kept_header, clinic, read_
 
 
 @pytest.mark.django_db
+@pytest.mark.parametrize("kept_header", [True, False], ids=["kept-header", "from-object"])
+def test_an_integer_string_that_is_not_an_integer_is_not_rounded(kept_header, clinic, read_token):
+    (data,) = synthetic_ct(slices=1)
+    data = _with_raw_values(data, {IMAGES_IN_ACQUISITION: ("IS", "1.5")})
+    ingest(clinic, data)
+    if not kept_header:
+        Instance.objects.for_tenant(clinic).update(metadata=b"")
+
+    item = http(read_token).get(series_metadata_url(data)).json()[0]
+
+    assert item["00201002"] == {"vr": "IS", "Value": ["1.5"]}  # not 1
+    assert item["00200013"]["Value"] == [1]  # a valid IS is still a number
+
+
+@pytest.mark.django_db
 @pytest.mark.parametrize(
     ("tag", "vr", "text"),
     [(WINDOW_CENTER, "DS", "abc"), (WINDOW_WIDTH, "DS", "wide"), (RESCALE_SLOPE, "DS", "x\\2")],
