@@ -133,6 +133,11 @@ class UploadTooLarge:
     limit_bytes: int
 
 
+def upload_file_limit_bytes() -> int:
+    """The largest single file (a DICOM file or a zip of them) an upload may carry."""
+    return max(settings.INGEST_MAX_INSTANCE_BYTES, settings.INGEST_MAX_ZIP_TOTAL_BYTES)
+
+
 def upload_too_large(request: HttpRequest) -> UploadTooLarge | None:
     """Why a request's files were cut off, once they have been read (request.FILES)."""
     return getattr(request, "upload_too_large", None)
@@ -144,7 +149,7 @@ class EncryptedSpoolUploadHandler(FileUploadHandler):
     def new_file(self, *args: Any, **kwargs: Any) -> None:
         super().new_file(*args, **kwargs)
         self.spool = EncryptedSpool()
-        self.limit = max(settings.INGEST_MAX_INSTANCE_BYTES, settings.INGEST_MAX_ZIP_TOTAL_BYTES)
+        self.limit = upload_file_limit_bytes()
 
     def receive_data_chunk(self, raw_data: bytes, start: int) -> None:
         if self.spool.size + len(raw_data) > self.limit:

@@ -24,7 +24,7 @@ from imaging.forms import WorklistSearchForm
 from imaging.ingest import ingest_uploads
 from imaging.models import Series, Study
 from imaging.selectors import DEFAULT_SORT, SORTS, WorklistQuery, masked_study_ids, study_list
-from imaging.uploads import upload_too_large
+from imaging.uploads import upload_file_limit_bytes, upload_too_large
 from tenants.access import require_perm
 from tenants.roles import Perm
 
@@ -143,17 +143,27 @@ def _wants_json(request: HttpRequest) -> bool:
     return "application/json" in request.headers.get("Accept", "")
 
 
+def _upload_page(
+    request: HttpRequest, context: dict[str, object], *, status: int = 200
+) -> HttpResponse:
+    # The page's script refuses a file over the limit before sending it: a browser cut
+    # off mid-upload sees a reset connection, not the 413 that names the file.
+    limit = upload_file_limit_bytes()
+    context = {**context, "upload_limit_bytes": limit, "upload_limit_mb": limit // 2**20}
+    return render(request, "imaging/upload.html", context, status=status)
+
+
 def _upload_refused(request: HttpRequest, message: str, *, status: int) -> HttpResponse:
     if _wants_json(request):
         return JsonResponse({"error": message}, status=status)
-    return render(request, "imaging/upload.html", {"error": message}, status=status)
+    return _upload_page(request, {"error": message}, status=status)
 
 
 @require_perm(Perm.STUDY_UPLOAD)
 @require_http_methods(["GET", "POST"])
 def upload(request: HttpRequest) -> HttpResponse:
     if request.method == "GET":
-        return render(request, "imaging/upload.html", {})
+        return _upload_page(request, {})
     files = request.FILES.getlist("files")
     too_large = upload_too_large(request)
     if too_large is not None:
@@ -179,4 +189,4 @@ def upload(request: HttpRequest) -> HttpResponse:
                 ],
             }
         )
-    return render(request, "imaging/upload.html", {"summary": summary, "results": summary.results})
+    return _upload_page(request, {"summary": summary, "results": summary.results})

@@ -8,6 +8,8 @@
   const table = document.getElementById("upload-results");
   const body = table.querySelector("tbody");
   const token = form.querySelector("input[name=csrfmiddlewaretoken]").value;
+  const maxBytes = Number(form.dataset.maxBytes) || Infinity;
+  const maxMb = Number(form.dataset.maxMb).toLocaleString("en-US");
 
   function addRow(result) {
     const row = document.createElement("tr");
@@ -53,7 +55,13 @@
     const setProgress = function (loaded) { progress.value = Math.min(100, Math.round(loaded * 100 / total)); };
     for (let i = 0; i < files.length; i++) {
       status.textContent = "Uploading " + (i + 1) + " of " + files.length + "…";
-      await send(files[i], done, total, setProgress);
+      if (files[i].size > maxBytes) {
+        // The server would stop reading it, and a browser cut off mid-upload sees a
+        // reset connection rather than the answer that says why.
+        addRow({ name: files[i].webkitRelativePath || files[i].name, outcome: "rejected", message: "Larger than one file of an upload may be (" + maxMb + " MB), so it was not sent. Upload it in smaller zips, or its files themselves." });
+      } else {
+        await send(files[i], done, total, setProgress);
+      }
       done += files[i].size;
       setProgress(done);
     }

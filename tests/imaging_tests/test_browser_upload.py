@@ -51,3 +51,46 @@ def test_upload_page_shows_progress_and_results(live_server, tmp_path):
         screenshot(page, "upload-results")
 
     assert Instance.objects.for_tenant(clinic).count() == 3
+
+
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+@pytest.mark.timeout(180)
+def test_a_file_over_the_limit_is_refused_by_name_before_it_is_sent(
+    live_server, tmp_path, settings
+):
+    require_chromium()
+    settings.INGEST_MAX_INSTANCE_BYTES = settings.INGEST_MAX_ZIP_TOTAL_BYTES = 3 * 2**20
+    clinic = make_clinic("north", "North Imaging")
+    user = make_member(clinic, "technologist", email="tech@north.example")
+    device = totp_device_for(user)
+    (small,) = synthetic_ct(slices=1, size=64)
+    (tmp_path / "small.dcm").write_bytes(small)
+    (tmp_path / "huge.zip").write_bytes(b"\0" * (4 * 2**20))
+
+    with browser_page() as page:
+        page.goto(f"{live_server.url}/accounts/login/?next=/t/north/upload/")
+        page.get_by_label("Email address").fill(user.email)
+        page.get_by_label("Password").fill(PASSWORD)
+        page.get_by_role("button", name="Sign in").click()
+        page.wait_for_url("**/accounts/verify/**")
+        page.get_by_label("Code").fill(current_totp(device))
+        page.get_by_role("button", name="Verify").click()
+        page.wait_for_url("**/t/north/upload/")
+
+        page.locator("#files").set_input_files(
+            [str(tmp_path / "huge.zip"), str(tmp_path / "small.dcm")]
+        )
+        page.get_by_role("button", name="Upload").click()
+        page.locator("#upload-status").filter(has_text="Done").wait_for(timeout=60_000)
+
+        assert page.locator("#upload-status").inner_text() == (
+            "Done: stored 1, duplicate 0, rejected 1."
+        )
+        cells = page.locator("#upload-results tbody tr").nth(0).locator("td")
+        assert cells.nth(0).inner_text() == "huge.zip"
+        assert cells.nth(2).inner_text() == (
+            "Larger than one file of an upload may be (3 MB), so it was not sent. "
+            "Upload it in smaller zips, or its files themselves."
+        )
+
+    assert Instance.objects.for_tenant(clinic).count() == 1
