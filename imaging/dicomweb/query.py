@@ -82,7 +82,21 @@ RETURN_ONLY = {
     "AvailableTransferSyntaxUID",
     "BodyPartExamined",
 }
-CONTROL = {"limit", "offset", "includefield", "fuzzymatching"}
+# PS3.18 Table 8.3.4-1. `accept` is read where the response is negotiated.
+CONTROL = {
+    "limit",
+    "offset",
+    "includefield",
+    "fuzzymatching",
+    "emptyvaluematching",
+    "multiplevaluematching",
+    "accept",
+}
+# Matching features a client may ask for that this server does not offer: the search
+# runs without them and says so (PS3.18 8.3.4.1, a 299 warning).
+UNSUPPORTED_MATCHING = ("emptyvaluematching", "multiplevaluematching")
+# An includefield item quoted in a warning: a keyword or a tag, nothing else.
+_ATTRIBUTE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9]{0,63}|[0-9A-Fa-f]{4},?[0-9A-Fa-f]{4}")
 # Matched whole (fullmatch): $ would let a trailing newline through, and \d any digit
 # Unicode knows.
 DATE = re.compile(r"[0-9]{8}")
@@ -101,6 +115,8 @@ class Query:
     # there carries a warning (PS3.18 8.3.4.4).
     capped: bool = False
     fuzzy: bool = False
+    # What the answer's 299 warnings say the search did not do as asked.
+    warnings: list[str] = field(default_factory=list)
     # The lookup path to the patient when a filter matches on patient attributes.
     patient: str | None = None
 
@@ -277,6 +293,28 @@ def _path(keyword: str, *, level: str) -> str:
     return _JOIN.get((level, owner), "") + column
 
 
+def _flag(params: QueryDict, name: str) -> bool:
+    value = params.get(name, "false").strip().lower()
+    if value not in ("true", "false", ""):
+        raise QueryError(f"{name} must be true or false, not {params[name]!r}.")
+    return value == "true"
+
+
+def _not_returned(params: QueryDict) -> list[str]:
+    """includefield items no result carries. PS3.18 10.6.3.3: a server returns the
+    attributes it supports, so these are left out (and named in a warning), not
+    refused: viewers ask for more than any one server keeps."""
+    unknown = []
+    for name in params.getlist("includefield"):
+        for item in name.split(","):
+            item = item.strip()
+            returned = _returned_keyword(item)
+            if item in ("all", "") or returned in ATTRIBUTES or returned in RETURN_ONLY:
+                continue
+            unknown.append(item if _ATTRIBUTE_NAME.fullmatch(item) else "(unreadable)")
+    return list(dict.fromkeys(unknown))
+
+
 def parse_query(params: QueryDict, *, level: str) -> Query:
     """Validate QIDO parameters for a search at `level` (study, series or instance)."""
     # limit=0 would ask for an empty answer, which no client wants: it is read as no
@@ -288,14 +326,16 @@ def parse_query(params: QueryDict, *, level: str) -> Query:
         limit=min(asked or DEFAULT_LIMIT, MAX_LIMIT),
         capped=not asked or asked > MAX_LIMIT,
         offset=_int(params, "offset", 0),
-        fuzzy=params.get("fuzzymatching", "false").lower() == "true",
+        fuzzy=_flag(params, "fuzzymatching"),
     )
-    for name in params.getlist("includefield"):
-        for item in name.split(","):
-            returned = _returned_keyword(item)
-            if item in ("all", "") or returned in ATTRIBUTES or returned in RETURN_ONLY:
-                continue
-            raise QueryError(f"includefield: unknown attribute {item!r}.")
+    for name in UNSUPPORTED_MATCHING:
+        if _flag(params, name):
+            query.warnings.append(f"{name} is not supported; the search ran without it.")
+    if unknown := _not_returned(params):
+        query.warnings.append(
+            f"includefield: {', '.join(unknown[:10])}{' ...' if len(unknown) > 10 else ''} "
+            "not kept by this server; results carry the attributes it keeps."
+        )
     for name in params:
         if name in CONTROL:
             continue

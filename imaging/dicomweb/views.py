@@ -164,11 +164,14 @@ def _search(request: HttpRequest, query: Query, level: str, scope: Q | None = No
     # the results carry names, birth dates and IDs, and an auditor asks whose.
     detail = {"level": level, "results": results.count, "studies": results.studies}
     _audit(request, Action.DICOMWEB_SEARCH, detail)
-    if not results.count:
-        return HttpResponse(status=204)
-    response = HttpResponse(results.body, content_type=DICOM_JSON)
-    if cut and query.capped:
-        response["Warning"] = f'299 {request.get_host()} "{TRUNCATED}"'
+    if results.count:
+        response = HttpResponse(results.body, content_type=DICOM_JSON)
+    else:
+        response = HttpResponse(status=204)
+    warnings = [*query.warnings, *([TRUNCATED] if cut and query.capped else [])]
+    if warnings:
+        response["Warning"] = ", ".join(f'299 {request.get_host()} "{text}"' for text in warnings)
+    patch_vary_headers(response, ["Accept"])
     return response
 
 
@@ -244,11 +247,21 @@ def studies(request: HttpRequest) -> HttpResponse:
     return search_studies(request)
 
 
-def search_studies(request: HttpRequest) -> HttpResponse:
+def _search_refused(request: HttpRequest, level: str) -> HttpResponse | Query:
+    """The parsed query, or the 406 or 400 that refuses it (decided from the request
+    alone, before anything is looked up)."""
+    if _negotiated(request, SEARCH_TYPES) is None:
+        return dicomweb_error(406, SEARCH_NOT_OFFERED)
     try:
-        query = parse_query(request.GET, level="study")
+        return parse_query(request.GET, level=level)
     except QueryError as exc:
         return dicomweb_error(400, str(exc))
+
+
+def search_studies(request: HttpRequest) -> HttpResponse:
+    query = _search_refused(request, "study")
+    if isinstance(query, HttpResponse):
+        return query
     return _search(request, query, "study")
 
 
@@ -256,10 +269,9 @@ def search_studies(request: HttpRequest) -> HttpResponse:
 def search_series(request: HttpRequest, study: str | None = None) -> HttpResponse:
     # The query is checked before the study in the URL is looked up (here and for
     # instances): whether a query is valid never depends on what the clinic holds.
-    try:
-        query = parse_query(request.GET, level="series")
-    except QueryError as exc:
-        return dicomweb_error(400, str(exc))
+    query = _search_refused(request, "series")
+    if isinstance(query, HttpResponse):
+        return query
     if study is None:
         return _search(request, query, "series")
     if not _studies(request).filter(study_uid=study).exists():
@@ -271,10 +283,9 @@ def search_series(request: HttpRequest, study: str | None = None) -> HttpRespons
 def search_instances(
     request: HttpRequest, study: str | None = None, series: str | None = None
 ) -> HttpResponse:
-    try:
-        query = parse_query(request.GET, level="instance")
-    except QueryError as exc:
-        return dicomweb_error(400, str(exc))
+    query = _search_refused(request, "instance")
+    if isinstance(query, HttpResponse):
+        return query
     scope = Q()
     if study is not None:
         scope &= Q(study__study_uid=study)
@@ -292,6 +303,12 @@ class NotAcceptable(Exception):
     pass
 
 
+def _accept(request: HttpRequest) -> str:
+    """What the client accepts: the `accept` query parameter if given (PS3.18 8.3.3.1,
+    for links that cannot set a header), else the Accept header."""
+    return request.GET.get("accept") or request.headers.get("Accept", "")
+
+
 def _negotiated(request: HttpRequest, offered: tuple[str, ...]) -> str | None:
     """The media type of `offered` (the server's preference first, its default) that
     the request's Accept ranks highest; None if Accept admits none of them.
@@ -306,7 +323,7 @@ def _negotiated(request: HttpRequest, offered: tuple[str, ...]) -> str | None:
     than letting them refuse a type a wildcard admits, and a range with parameters
     (`application/dicom+json; charset=utf-8`) does not match a type offered without.
     """
-    accept = request.headers.get("Accept", "").strip() or "*/*"
+    accept = _accept(request).strip() or "*/*"
     ranges: list[tuple[str, float, int]] = []  # (media range, q, position)
     for position, item in enumerate(accept.split(",")):
         if not item.strip():
@@ -342,6 +359,11 @@ def _negotiated(request: HttpRequest, offered: tuple[str, ...]) -> str | None:
 # What `_negotiated` chooses among, the default first, and the 406 naming them. A 406
 # is decided from the request alone, before anything is looked up: it says nothing
 # about whether the addressed object exists, and reads and audits nothing.
+SEARCH_TYPES = (DICOM_JSON, "application/json")
+SEARCH_NOT_OFFERED = (
+    f"Search results are offered as {DICOM_JSON} (the default) or application/json; DICOM "
+    'XML (multipart/related; type="application/dicom+xml") is not offered.'
+)
 METADATA_TYPES = (DICOM_JSON, "application/json")
 METADATA_NOT_OFFERED = (
     f"Metadata is offered as {DICOM_JSON} (the default) or application/json; DICOM XML "
@@ -362,13 +384,13 @@ def _requested_transfer_syntaxes(request: HttpRequest) -> list[str]:
     Every entry of the Accept header counts, by its q (RFC 9110 12.5.1): clients such
     as dicomweb-client list a specific syntax, then `transfer-syntax=*` as a fallback.
     """
-    accept = request.headers.get("Accept", "") or "*/*"
+    accept = _accept(request) or "*/*"
     offers: list[tuple[float, int, str]] = []
     for position, item in enumerate(accept.split(",")):
         media, params = content_type_parameters(item.strip())
         if media not in ("*/*", "multipart/related", "application/dicom"):
             continue
-        part_type = params.get("type", "application/dicom").strip('"')
+        part_type = params.get("type", "application/dicom").strip('"').lower()
         if part_type not in ("application/dicom", "*/*"):
             continue
         try:
@@ -770,7 +792,7 @@ def frames(
         wanted = _frame_numbers(numbers)
     except QueryError as exc:
         return dicomweb_error(400, str(exc))
-    offers = pixel_offers(request.headers.get("Accept", ""))
+    offers = pixel_offers(_accept(request))
     if not any_pixel_form(offers, parts=len(wanted)):
         return dicomweb_error(
             406,
@@ -822,7 +844,7 @@ def bulkdata(
     request: HttpRequest, study: str, series: str, instance: str, path: str
 ) -> HttpResponse:
     """A value metadata gave as a BulkDataURI, uncompressed and little endian."""
-    form = pixel_form(pixel_offers(request.headers.get("Accept", "")), parts=1, stored=None)
+    form = pixel_form(pixel_offers(_accept(request)), parts=1, stored=None)
     if form is None:
         return dicomweb_error(
             406,

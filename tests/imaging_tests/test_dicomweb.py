@@ -462,7 +462,8 @@ def test_missing_revoked_and_expired_tokens_get_401(clinic):
         ("StudyDate=20261345", "not a valid date"),
         ("NoSuchAttribute=1", "Unknown or unsupported"),
         ("7FE00010=1", "cannot be used"),
-        ("includefield=Nonsense", "unknown attribute"),
+        ("fuzzymatching=maybe", "must be true or false"),
+        ("emptyvaluematching=1", "must be true or false"),
         ("SOPInstanceUID=1.2.3", "cannot be matched at the study level"),
     ],
 )
@@ -471,6 +472,45 @@ def test_bad_queries_get_a_clear_400(query, message, clinic, read_token):
 
     assert response.status_code == 400
     assert message in response.json()["error"]
+
+
+@pytest.mark.django_db
+def test_includefield_naming_what_the_server_does_not_keep_is_answered_with_a_warning(
+    clinic, read_token, stored_ct
+):
+    study = _ds(stored_ct[0]).StudyInstanceUID
+
+    # What OHIF asks for a study's series list: SeriesDate is not kept here.
+    response = http(read_token).get(
+        f"{BASE}/studies/{study}/series?includefield=0008103E,00080021&includefield=StudyID"
+    )
+
+    assert response.status_code == 200
+    assert response.json()[0]["0008103E"]["vr"] == "LO"
+    assert response.headers["Warning"].startswith('299 testserver "includefield: 00080021')
+    assert "StudyID" in response.headers["Warning"]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("name", ["emptyvaluematching", "multiplevaluematching"])
+def test_a_matching_feature_not_offered_runs_the_search_without_it_and_says_so(
+    name, clinic, read_token, stored_ct
+):
+    asked = http(read_token).get(f"{BASE}/studies?{name}=true")
+    declined = http(read_token).get(f"{BASE}/studies?{name}=false")
+
+    assert asked.status_code == declined.status_code == 200
+    assert asked.json() == declined.json()
+    assert f"{name} is not supported" in asked.headers["Warning"]
+    assert "Warning" not in declined.headers
+
+
+@pytest.mark.django_db
+def test_an_unreadable_includefield_is_not_echoed_in_the_warning(clinic, read_token, stored_ct):
+    response = http(read_token).get(f'{BASE}/studies?includefield=<b>"x"</b>')
+
+    assert response.status_code == 200
+    assert response.headers["Warning"].startswith('299 testserver "includefield: (unreadable)')
 
 
 @pytest.mark.django_db

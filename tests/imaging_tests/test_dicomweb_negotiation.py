@@ -218,3 +218,70 @@ def test_a_metadata_406_is_the_same_for_ours_theirs_and_a_missing_study(
     assert {r.status_code for r in answers} == {406}
     assert len({r.content for r in answers}) == 1
     assert AuditEvent.objects.unscoped(reason="test").count() == before
+
+
+# --- Search (QIDO-RS) ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "accept", [None, "*/*", "application/dicom+json", "application/json", CHROME_IMG]
+)
+def test_search_answers_dicom_json_to_what_admits_it(clinic, stored, accept):
+    headers = {"HTTP_ACCEPT": accept} if accept is not None else {}
+
+    response = _reader(clinic).get(f"{BASE}/studies", **headers)
+
+    assert response.status_code == 200
+    assert response["Content-Type"] == "application/dicom+json"
+    assert "Accept" in response["Vary"]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"{BASE}/studies",
+        f"{BASE}/series?Modality=CT",
+        f"{BASE}/studies?accept=application/dicom%2Bxml",  # the query parameter decides
+    ],
+)
+@pytest.mark.parametrize(
+    "accept", ['multipart/related; type="application/dicom+xml"', "application/dicom+xml"]
+)
+def test_search_refuses_xml_with_a_406_rather_than_json_it_cannot_read(clinic, stored, url, accept):
+    if "accept=" in url:
+        accept = "*/*"
+
+    response = _reader(clinic).get(url, HTTP_ACCEPT=accept)
+
+    assert response.status_code == 406
+    assert "DICOM XML" in response.json()["error"]
+
+
+def test_a_search_406_is_the_same_for_a_study_of_ours_theirs_and_none(clinic, stored, theirs):
+    xml = {"HTTP_ACCEPT": "application/dicom+xml"}
+    answers = [
+        _reader(clinic).get(f"{BASE}/studies/{uid}/series", **xml)
+        for uid in (stored.StudyInstanceUID, theirs.StudyInstanceUID, "1.2.3.4")
+    ]
+
+    assert {a.status_code for a in answers} == {406}
+    assert len({a.content for a in answers}) == 1
+    assert not AuditEvent.objects.for_tenant(clinic).filter(action="dicomweb.search").exists()
+
+
+def test_the_accept_query_parameter_chooses_the_rendered_type(clinic, stored):
+    response = _reader(clinic).get(
+        _instance(stored) + "/rendered?accept=image/png", HTTP_ACCEPT="*/*"
+    )
+
+    assert response.status_code == 200
+    assert response.content.startswith(PNG)
+
+
+def test_the_retrieve_part_type_is_matched_ignoring_case(clinic, stored):
+    response = _reader(clinic).get(
+        _instance(stored), HTTP_ACCEPT='multipart/related; type="Application/DICOM"'
+    )
+
+    assert response.status_code == 200
+    assert b"DICM" in b"".join(response.streaming_content)
