@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import logging
 import math
+import re
 from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Any, TypeVar
@@ -748,7 +749,11 @@ def _unserved(
 
 def _no_such_frame(row: Instance, numbers: list[int]) -> HttpResponse | None:
     # Checked from the row before the read is audited: asking for a frame that is not
-    # there reads nothing.
+    # there reads nothing. An instance without pixel data (a report, a plan) has none;
+    # rows stored before the portal recorded which pixel data an object holds are
+    # found out when the object is read.
+    if row.pixel_tag == "":
+        return dicomweb_error(404, "The instance has no pixel data.")
     try:
         for number in numbers:
             frame_number_check(number, frames=row.number_of_frames)
@@ -758,8 +763,9 @@ def _no_such_frame(row: Instance, numbers: list[int]) -> HttpResponse | None:
 
 
 def _frame_numbers(text: str) -> list[int]:
+    # Commas, or spaces (%20) as earlier editions of PS3.18 had it and clients still send.
     try:
-        numbers = [int(item) for item in text.split(",") if item.strip()]
+        numbers = [int(item) for item in re.split(r"[,\s]", text) if item]
     except ValueError:
         raise QueryError("Frame numbers must be a comma-separated list of integers.") from None
     if not numbers or any(n < 1 for n in numbers):
@@ -903,9 +909,15 @@ def rendered_instance(
 ) -> HttpResponse:
     try:
         options = _render_options(request)
-        frame = _frame_numbers(number)[0]
+        numbers = _frame_numbers(number)
     except QueryError as exc:
         return dicomweb_error(400, str(exc))
+    if len(numbers) > 1:
+        # JPEG and PNG hold one image; the multi-frame types (GIF, video) are not offered.
+        return dicomweb_error(
+            400, "A rendered frame list names one frame here: ask for each frame on its own."
+        )
+    (frame,) = numbers
     options["media_type"] = _negotiated(request, RENDERED_TYPES)
     if options["media_type"] is None:
         return dicomweb_error(406, RENDERED_NOT_OFFERED)

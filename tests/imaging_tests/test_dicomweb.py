@@ -887,6 +887,50 @@ def test_missing_frame_is_404_and_bad_list_is_400(clinic, read_token, stored_ct)
 
 
 @pytest.mark.django_db
+def test_a_frame_list_may_be_separated_by_spaces(clinic, read_token):
+    data = sample_bytes("SC_rgb_rle_2frame.dcm")
+    ingest(clinic, data)
+    ds = _ds(data)
+
+    response = http(read_token).get(f"{instance_url(ds)}/frames/2%201")
+
+    assert response.status_code == 200
+    assert response.content.count(ds.pixel_array[1].tobytes()) == 1
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(("frames", "status"), [("2,1", 400), ("1,9", 400), ("9", 404)])
+def test_a_rendered_frame_list_names_one_frame_that_exists(frames, status, clinic, read_token):
+    data = sample_bytes("SC_rgb_rle_2frame.dcm")
+    ingest(clinic, data)
+    ds = _ds(data)
+
+    response = http(read_token).get(f"{instance_url(ds)}/frames/{frames}/rendered")
+
+    assert response.status_code == status
+    if status == 400:
+        assert "ask for each frame on its own" in response.json()["error"]
+    assert (
+        not AuditEvent.objects.for_tenant(clinic).filter(action=Action.DICOMWEB_RETRIEVE).exists()
+    )
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("suffix", ["frames/1", "rendered", "frames/1/rendered"])
+def test_frames_of_an_instance_without_pixel_data_are_a_404_saying_so(suffix, clinic, read_token):
+    data = sample_bytes("rtplan.dcm")
+    ingest(clinic, data)
+
+    response = http(read_token).get(f"{instance_url(_ds(data))}/{suffix}")
+
+    assert response.status_code == 404
+    assert response.json()["error"] == "The instance has no pixel data."
+    assert (
+        not AuditEvent.objects.for_tenant(clinic).filter(action=Action.DICOMWEB_RETRIEVE).exists()
+    )
+
+
+@pytest.mark.django_db
 def test_rendered_jpeg_and_png_with_window_and_viewport(clinic, read_token, stored_ct):
     ds = _ds(stored_ct[0])
     client = dicomweb(read_token)
