@@ -9,6 +9,7 @@ backslashes or markup is still one well-formed JSON string.
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -107,6 +108,9 @@ def _under(prefix: str, spec: tuple) -> tuple:
 
 
 RETRIEVE_URL = "00081190"
+# InstanceAvailability: every stored instance is online (PS3.18 Table 10.6.3-3 requires
+# it). The same text in every result, written into the template.
+CONSTANT_TAG, CONSTANT_JSON = "00080056", '{"vr":"CS","Value":["ONLINE"]}'
 
 
 @dataclass(frozen=True)
@@ -181,11 +185,13 @@ def search_results(rows: Iterable[Sequence[Any]], *, level: str, base_url: str) 
     # Names repeat within one answer (a patient's studies, a referring physician's), and
     # splitting one into its groups is the dearest render: each is written once per call.
     renders = [_memo(render) if render is _name else render for _, _, render in spec.attributes]
-    # One %-template per result: its tags in order, RetrieveURL in its place.
+    # One %-template per result: its tags in order, RetrieveURL in its place, and
+    # InstanceAvailability written into it.
     keys = [f'"{tag}":%s' for tag in spec.tags]
     url_position = spec.tags.index(RETRIEVE_URL)
     url_columns = slice(len(renders), len(renders) + len(spec.retrieve_path))
     keys[url_position] = f'"{RETRIEVE_URL}":{{"vr":"UR","Value":[%s]}}'
+    keys.insert(bisect.bisect(spec.tags, CONSTANT_TAG), f'"{CONSTANT_TAG}":{CONSTANT_JSON}')
     row_template = "{" + ",".join(keys) + "}"
     url_template = base_url + spec.url_template
     results = []

@@ -130,3 +130,15 @@ def test_the_next_page_follows_a_cut_answer_without_repeats(
     uids = [r["0020000D"]["Value"][0] for r in first.json() + rest.json()]
     assert uids == three_studies
     assert "Warning" not in rest.headers
+
+
+@pytest.mark.parametrize("level", ["studies", "series", "instances"])
+def test_every_result_says_its_instances_are_online_in_tag_order(
+    clinic, read_token, three_studies, level
+):
+    results = http(read_token).get(f"{BASE}/{level}").json()
+
+    assert results
+    for result in results:
+        assert result["00080056"] == {"vr": "CS", "Value": ["ONLINE"]}
+        assert list(result) == sorted(result)
