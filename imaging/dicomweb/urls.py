@@ -88,6 +88,16 @@ def dicomweb_patterns(channel: Callable, prefix: str) -> list[URLPattern]:
             name="instance_rendered",
         ),
         path(
+            "studies/<str:study>/series/<str:series>/instances/<str:instance>/thumbnail",
+            views.instance_thumbnail,
+            name="instance_thumbnail",
+        ),
+        path(
+            "studies/<str:study>/series/<str:series>/instances/<str:instance>/frames/<str:number>/thumbnail",
+            views.instance_thumbnail,
+            name="frame_thumbnail",
+        ),
+        path(
             "studies/<str:study>/series/<str:series>/instances/<str:instance>/frames/<str:numbers>",
             views.frames,
             name="frames",

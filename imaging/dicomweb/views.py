@@ -907,6 +907,38 @@ def _render_options(request: HttpRequest) -> dict[str, Any]:
 def rendered_instance(
     request: HttpRequest, study: str, series: str, instance: str, number: str = "1"
 ) -> HttpResponse:
+    return _rendered(request, (study, series, instance), number, detail={"rendered": 1})
+
+
+# A thumbnail of an instance or frame fits in this, unless `viewport` asks otherwise.
+THUMBNAIL_VIEWPORT = (128, 128)
+
+
+@require_http_methods(["GET"])
+def instance_thumbnail(
+    request: HttpRequest, study: str, series: str, instance: str, number: str = "1"
+) -> HttpResponse:
+    """PS3.18 10.4.1.1 thumbnail of an instance or a frame: rendered as small.
+
+    Viewers (OHIF) ask for one per series from the instance they will show first.
+    """
+    return _rendered(
+        request,
+        (study, series, instance),
+        number,
+        detail={"thumbnail": 1},
+        viewport=THUMBNAIL_VIEWPORT,
+    )
+
+
+def _rendered(
+    request: HttpRequest,
+    uids: tuple[str, str, str],
+    number: str,
+    *,
+    detail: dict[str, Any],
+    viewport: tuple[int, int] | None = None,
+) -> HttpResponse:
     try:
         options = _render_options(request)
         numbers = _frame_numbers(number)
@@ -921,7 +953,9 @@ def rendered_instance(
     options["media_type"] = _negotiated(request, RENDERED_TYPES)
     if options["media_type"] is None:
         return dicomweb_error(406, RENDERED_NOT_OFFERED)
-    row = _instance_row(request, study, series, instance)
+    if viewport is not None:
+        options.setdefault("viewport", viewport)
+    row = _instance_row(request, *uids)
     if row is None:
         return dicomweb_error(404, "Not found.")
     if (missing := _no_such_frame(row, [frame])) is not None:
@@ -931,10 +965,10 @@ def rendered_instance(
             request,
             row,
             partial(rendered_file, layout=row.pixel_layout, number=frame, **options),
-            {"rendered": 1},
+            detail,
         )
     except RenderError as exc:
-        return _unserved(request, row, exc, {"rendered": 1})
+        return _unserved(request, row, exc, detail)
     except IntegrityError:
         return dicomweb_error(500, "A stored object failed its integrity check; it was not served.")
     response = HttpResponse(image, content_type=options["media_type"])

@@ -1186,3 +1186,26 @@ def test_chunked_stow_is_bounded_and_needs_a_server_that_ends_the_input(clinic, 
     assert unterminated.status_code == 411
     assert too_large.status_code == 413
     assert Instance.objects.for_tenant(clinic).count() == 0
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("suffix", ["thumbnail", "frames/1/thumbnail"])
+def test_an_instance_or_frame_thumbnail_is_its_rendering_made_small(
+    suffix, clinic, read_token, outsider_token
+):
+    from PIL import Image
+
+    (data,) = synthetic_ct(slices=1, size=256)
+    ingest(clinic, data)
+    url = f"{instance_url(_ds(data))}/{suffix}"
+
+    ours = http(read_token).get(url, headers={"Accept": "image/jpeg"})
+    sized = http(read_token).get(f"{url}?viewport=64,64", headers={"Accept": "image/png"})
+    theirs = http(outsider_token).get(url)
+
+    assert ours.status_code == 200 and ours.headers["Content-Type"] == "image/jpeg"
+    assert Image.open(io.BytesIO(ours.content)).size == (128, 128)
+    assert Image.open(io.BytesIO(sized.content)).size == (64, 64)
+    assert theirs.status_code == 404
+    read = AuditEvent.objects.for_tenant(clinic).filter(action=Action.DICOMWEB_RETRIEVE)
+    assert [e.detail for e in read.order_by("seq")] == [{"thumbnail": 1}] * 2
