@@ -592,6 +592,7 @@ def _retrieve(request: HttpRequest, instances: QuerySet[Instance]) -> HttpRespon
         body,
         content_type=f'multipart/related; type="application/dicom"; boundary={boundary}',
     )
+    patch_vary_headers(response, ["Accept"])  # the transfer syntax follows it
     if not later:
         # Known up front, so clients can show progress and tell a cut-off body from a
         # whole one, and the body goes out as is rather than chunked.
@@ -780,12 +781,15 @@ def _frame_numbers(text: str) -> list[int]:
 def _pixel_response(payloads: list[bytes], *, form: PixelForm) -> HttpResponse:
     if form.single:
         (payload,) = payloads
-        return HttpResponse(payload, content_type=form.part_content_type)
-    boundary, body = related_stream((form.part_content_type, iter([p])) for p in payloads)
-    return HttpResponse(
-        b"".join(body),
-        content_type=f'multipart/related; type="{form.media_type}"; boundary={boundary}',
-    )
+        response = HttpResponse(payload, content_type=form.part_content_type)
+    else:
+        boundary, body = related_stream((form.part_content_type, iter([p])) for p in payloads)
+        response = HttpResponse(
+            b"".join(body),
+            content_type=f'multipart/related; type="{form.media_type}"; boundary={boundary}',
+        )
+    patch_vary_headers(response, ["Accept"])  # the form sent follows it
+    return response
 
 
 @require_http_methods(["GET"])

@@ -285,3 +285,11 @@ def test_the_retrieve_part_type_is_matched_ignoring_case(clinic, stored):
 
     assert response.status_code == 200
     assert b"DICM" in b"".join(response.streaming_content)
+
+
+@pytest.mark.parametrize("suffix", ["", "/frames/1", "/bulkdata/7FE00010"])
+def test_every_answer_chosen_by_accept_says_it_varies_by_accept(clinic, stored, suffix):
+    response = _reader(clinic).get(_instance(stored) + suffix)
+
+    assert response.status_code == 200
+    assert "Accept" in response["Vary"]
