@@ -365,6 +365,11 @@ SEARCH_NOT_OFFERED = (
     f"Search results are offered as {DICOM_JSON} (the default) or application/json; DICOM "
     'XML (multipart/related; type="application/dicom+xml") is not offered.'
 )
+# The STOW-RS response (PS3.18 10.5.3) is a DICOM JSON object, the search's types.
+STORE_NOT_OFFERED = (
+    f"The store response is offered as {DICOM_JSON} (the default) or application/json; "
+    "DICOM XML (application/dicom+xml) is not offered."
+)
 METADATA_TYPES = (DICOM_JSON, "application/json")
 METADATA_NOT_OFFERED = (
     f"Metadata is offered as {DICOM_JSON} (the default) or application/json; DICOM XML "
@@ -1119,6 +1124,8 @@ def _retrieve_url(base: str, study: str | None, stored: set[str]) -> dict[str, A
 def store(request: HttpRequest, study: str | None = None) -> HttpResponse:
     if not _client(request).may_store:
         return dicomweb_error(405, "This DICOMweb root is read-only.", Allow="GET")
+    if _negotiated(request, SEARCH_TYPES) is None:  # refused before anything is stored
+        return dicomweb_error(406, STORE_NOT_OFFERED)
     content_type = request.headers.get("Content-Type", "")
     media, params = content_type_parameters(content_type)
     part_type = params.get("type", "").strip('"').lower()

@@ -11,7 +11,7 @@ from django.test import Client
 from PIL import Image
 
 from audit.models import AuditEvent
-from tests.imaging_tests.dicomweb_support import token_for
+from tests.imaging_tests.dicomweb_support import stow_files, token_for
 from tests.imaging_tests.helpers import ingest, synthetic_ct
 
 pytestmark = pytest.mark.django_db
@@ -293,3 +293,22 @@ def test_every_answer_chosen_by_accept_says_it_varies_by_accept(clinic, stored, 
 
     assert response.status_code == 200
     assert "Accept" in response["Vary"]
+
+
+@pytest.mark.parametrize(
+    ("accept", "status"),
+    [("application/dicom+xml", 406), ("application/dicom+json", 200), (None, 200)],
+)
+def test_a_store_answers_dicom_json_or_refuses_before_storing_anything(clinic, accept, status):
+    from imaging.models import Instance
+
+    headers = {"Authorization": f"Bearer {token_for(clinic, 'dicomweb:write')}"}
+    if accept is not None:
+        headers["Accept"] = accept
+
+    response = stow_files(Client(headers=headers), synthetic_ct(slices=1, size=16))
+
+    assert response.status_code == status
+    assert Instance.objects.for_tenant(clinic).count() == (status == 200)
+    if status == 406:
+        assert "DICOM XML" in response.json()["error"]
