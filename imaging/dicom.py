@@ -77,16 +77,20 @@ class ParsedInstance:
     study_date: dt.date | None = None
     study_time: str = ""
     accession_number: str = ""
+    study_id: str = ""
     study_description: str = ""
     referring_physician: str = ""
     modality: str = ""
     series_number: int | None = None
     series_description: str = ""
     body_part: str = ""
+    performed_date: dt.date | None = None
+    performed_time: str = ""
     instance_number: int | None = None
     number_of_frames: int = 1
     rows: int | None = None
     columns: int | None = None
+    bits_allocated: int | None = None
     pixel_tag: str = ""  # see `pixel_tag`
     # Where its frames are, for reading them without a parse (imaging.render.pixel_layout).
     pixel_layout: dict[str, Any] = field(default_factory=dict)
@@ -240,7 +244,12 @@ def _text(ds: Dataset, keyword: str, limit: int = 256) -> str:
 
 
 def _date(ds: Dataset, keyword: str) -> dt.date | None:
-    text = _text(ds, keyword)
+    return date_from_text(_text(ds, keyword))
+
+
+def date_from_text(text: str) -> dt.date | None:
+    """A DA value's date (its first eight digits), or None if it holds none."""
+    text = text.strip()
     try:
         if len(text) < 8 or not text[:8].isdigit():
             return None
@@ -454,16 +463,20 @@ def parse_part10(
         study_date=_date(ds, "StudyDate"),
         study_time=_text(ds, "StudyTime", 16),
         accession_number=_text(ds, "AccessionNumber", 64),
+        study_id=_text(ds, "StudyID", 16),
         study_description=_text(ds, "StudyDescription", 256),
         referring_physician=_text(ds, "ReferringPhysicianName", 324),
         modality=_text(ds, "Modality", 16),
         series_number=_int(ds, "SeriesNumber"),
         series_description=_text(ds, "SeriesDescription", 256),
         body_part=_text(ds, "BodyPartExamined", 64),
+        performed_date=_date(ds, "PerformedProcedureStepStartDate"),
+        performed_time=_text(ds, "PerformedProcedureStepStartTime", 16),
         instance_number=_int(ds, "InstanceNumber"),
         number_of_frames=_int(ds, "NumberOfFrames") or 1,
         rows=_int(ds, "Rows"),
         columns=_int(ds, "Columns"),
+        bits_allocated=_int(ds, "BitsAllocated"),
         pixel_tag=pixel_tag(ds),
         pixel_layout=pixel_layout(ds, data=data, offset=pixel_offset),
         pixels_may_identify=pixels_may_identify(ds),

@@ -339,6 +339,7 @@ def _new_study(
         study_date=parsed.study_date,
         study_time=parsed.study_time,
         accession_number=parsed.accession_number,
+        study_id=parsed.study_id,
         description=parsed.study_description,
         referring_physician=parsed.referring_physician,
     )
@@ -376,6 +377,8 @@ def _new_series(tenant: Tenant, parsed: ParsedInstance, study: Study) -> Series:
         series_number=parsed.series_number,
         description=parsed.series_description,
         body_part=parsed.body_part,
+        performed_date=parsed.performed_date,
+        performed_time=parsed.performed_time,
     )
 
 
@@ -402,6 +405,7 @@ def _instance_row(
         pixel_layout=parsed.pixel_layout,
         pixels_may_identify=parsed.pixels_may_identify,
         columns=parsed.columns,
+        bits_allocated=parsed.bits_allocated,
         size_bytes=len(parsed.data),
         sha256=parsed.sha256,
         storage_key=key,

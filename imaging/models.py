@@ -75,6 +75,7 @@ class Study(TenantOwnedModel):
     study_date = models.DateField(null=True, blank=True)
     study_time = models.CharField(max_length=16, blank=True)
     accession_number = models.CharField(max_length=64, blank=True)
+    study_id = models.CharField(max_length=16, blank=True)  # StudyID (0020,0010), not a key
     description = models.CharField(max_length=256, blank=True)
     modalities = models.CharField(max_length=128, blank=True)
     referring_physician = models.CharField(max_length=324, blank=True)
@@ -123,6 +124,9 @@ class Series(TenantOwnedModel):
     series_number = models.IntegerField(null=True, blank=True)
     description = models.CharField(max_length=256, blank=True)
     body_part = models.CharField(max_length=64, blank=True)
+    # Performed Procedure Step Start Date and Time (0040,0244/0245): QIDO-RS matches them.
+    performed_date = models.DateField(null=True, blank=True)
+    performed_time = models.CharField(max_length=16, blank=True)
     num_instances = models.PositiveIntegerField(default=0)
     thumbnail_key = models.CharField(max_length=128, blank=True)
     thumbnail_status = models.CharField(
@@ -157,6 +161,7 @@ class Instance(TenantOwnedModel):
     number_of_frames = models.PositiveIntegerField(default=1)
     rows = models.PositiveIntegerField(null=True, blank=True)
     columns = models.PositiveIntegerField(null=True, blank=True)
+    bits_allocated = models.PositiveSmallIntegerField(null=True, blank=True)
     # Which pixel data the object holds (imaging.dicom.pixel_tag): "" none, "7FE00010",
     # or float "7FE00008" / double "7FE00009". Null (not recorded: rows stored before it
     # was kept) differs from "" (no pixel data), hence null on a text field.

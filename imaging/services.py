@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import json
 import os
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -31,7 +32,7 @@ from imaging.crypto import (
     plaintext_check,
 )
 from imaging.deidentify import pixels_may_identify
-from imaging.dicom import metadata_json, pixel_tag
+from imaging.dicom import date_from_text, metadata_json, pixel_tag
 from imaging.keyring import study_dek
 from imaging.metadata import header_stale, metadata_open, metadata_seal
 from imaging.models import Instance, Series, Study
@@ -238,50 +239,77 @@ def instance_header_json(*, instance: Instance, actor: Actor, key: bytes) -> byt
 
 
 def instance_headers_backfill(*, tenant: Tenant, actor: Actor, batch: int = 200) -> int:
-    """Keep the encrypted header of instances whose kept header is missing or stale.
+    """Keep the encrypted header of instances whose kept header is missing or stale, and
+    index from each header what rows stored before it was indexed lack.
 
     Missing: stored before headers were kept. Stale: kept before binary values over
     1 MB had bulk data paths (an empty BulkDataURI), or before the row recorded which
     pixel data its object holds and where its frames are. Such rows are served by
     parsing their objects on every metadata or frame read, which is slow for large
-    series. Reads each such object once
-    (verified), seals its header on the row, and records one audit event per batch (the
-    kept headers it opened to check them included). Returns how many rows got a header.
+    series. Reads each such object once (verified) and seals its header on the row.
+    Indexed: StudyID, the performed procedure step's start, BitsAllocated (QIDO-RS
+    matches or returns them), where the row has none. Records one audit event per batch
+    (the kept headers it opened included). Returns how many rows got a header.
     """
     done, after = 0, None
     while True:
         rows = Instance.objects.for_tenant(tenant)
         if after is not None:
             rows = rows.filter(pk__gt=after)
-        rows = list(rows.select_related("tenant", "study").order_by("pk")[:batch])
+        rows = list(rows.select_related("tenant", "study", "series").order_by("pk")[:batch])
         if not rows:
             return done
         after = rows[-1].pk
         checked = len(rows)
         updated, sealed = [], 0
-        for row in [row for row in rows if _header_outdated(row, actor=actor)]:
+        studies: dict[Any, Study] = {}
+        series: dict[Any, Series] = {}
+        for row in rows:
             try:
-                data = instance_bytes(instance=row, actor=actor)
+                header = _header_current(row, actor=actor)
             except IntegrityError:
-                continue  # audited by instance_bytes; this row stays on the slow path
-            ds = pydicom.dcmread(io.BytesIO(data))  # whole: which pixel data it holds too
-            row.pixel_layout = pixel_layout(ds, data=data, offset=pixel_value_offset(ds))
-            row.pixel_tag = pixel_tag(ds)
-            row.pixels_may_identify = pixels_may_identify(ds)
-            header = metadata_json(ds)
-            if header:  # else no JSON form: it stays on the slow path, which says why
-                row.metadata = metadata_seal(
-                    header_json=header,
-                    key=study_dek(study=row.study),
-                    tenant_id=tenant.pk,
-                    storage_key=row.storage_key,
-                )
-                sealed += 1
-            updated.append(row)
+                continue  # audited; the object is read on every request and checked there
+            if header is None:
+                try:
+                    data = instance_bytes(instance=row, actor=actor)
+                except IntegrityError:
+                    continue  # audited by instance_bytes; this row stays on the slow path
+                ds = pydicom.dcmread(io.BytesIO(data))  # whole: which pixel data it holds too
+                row.pixel_layout = pixel_layout(ds, data=data, offset=pixel_value_offset(ds))
+                row.pixel_tag = pixel_tag(ds)
+                row.pixels_may_identify = pixels_may_identify(ds)
+                header = metadata_json(ds)
+                if header:  # else no JSON form: it stays on the slow path, which says why
+                    row.metadata = metadata_seal(
+                        header_json=header,
+                        key=study_dek(study=row.study),
+                        tenant_id=tenant.pk,
+                        storage_key=row.storage_key,
+                    )
+                    sealed += 1
+                updated.append(row)
+            indexed = bool(header) and _indexed_from_header(
+                row, json.loads(header), studies, series
+            )
+            if indexed and row not in updated:
+                updated.append(row)
         with transaction.atomic():
             if updated:
                 Instance.objects.for_tenant(tenant).bulk_update(
-                    updated, ["metadata", "pixel_tag", "pixel_layout", "pixels_may_identify"]
+                    updated,
+                    [
+                        "metadata",
+                        "pixel_tag",
+                        "pixel_layout",
+                        "pixels_may_identify",
+                        "bits_allocated",
+                    ],
+                )
+            if studies:
+                Study.objects.for_tenant(tenant).bulk_update(list(studies.values()), ["study_id"])
+            if series:
+                Series.objects.for_tenant(tenant).bulk_update(
+                    list(series.values()), ["performed_date", "performed_time"]
                 )
             audit.record(
                 actor=actor,
@@ -293,20 +321,54 @@ def instance_headers_backfill(*, tenant: Tenant, actor: Actor, batch: int = 200)
         done += sealed
 
 
-def _header_outdated(row: Instance, *, actor: Actor) -> bool:
+def _header_current(row: Instance, *, actor: Actor) -> bytes | None:
+    """The row's kept header, or None if it is missing or outdated (rebuilt from the
+    object). Raises IntegrityError (audited) if the kept header fails its check."""
     if (
         not row.metadata
         or row.pixel_tag is None
         or row.pixels_may_identify is None
         or not pixel_layout_current(row.pixel_layout)
     ):
+        return None
+    key = instance_study_key(instance=row, actor=actor)
+    header = instance_header_json(instance=row, actor=actor, key=key)
+    return None if header_stale(header) else header
+
+
+def _first_value(header: dict[str, Any], tag: str) -> Any:
+    values = (header.get(tag) or {}).get("Value") or [None]
+    return values[0]
+
+
+def _indexed_from_header(
+    row: Instance,
+    header: dict[str, Any],
+    studies: dict[Any, Study],
+    series: dict[Any, Series],
+) -> bool:
+    """Fill the index columns `row`, its study and series lack from `header`, as ingest
+    would have (imaging.dicom.parse); True if the instance row changed."""
+    study = studies.get(row.study_id, row.study)
+    study_id = _first_value(header, "00200010")
+    if not study.study_id and isinstance(study_id, str) and study_id.strip():
+        study.study_id = study_id.replace("\x00", "").strip()[:16]
+        studies[study.pk] = study
+    one = series.get(row.series_id, row.series)
+    started = _first_value(header, "00400244")
+    started_date = date_from_text(started) if isinstance(started, str) else None
+    if one.performed_date is None and started_date is not None:
+        one.performed_date = started_date
+        series[one.pk] = one
+    time = _first_value(header, "00400245")
+    if not one.performed_time and isinstance(time, str) and time.strip():
+        one.performed_time = time.replace("\x00", "").strip()[:16]
+        series[one.pk] = one
+    bits = _first_value(header, "00280100")
+    if row.bits_allocated is None and isinstance(bits, int) and 0 <= bits <= 64:
+        row.bits_allocated = bits
         return True
-    try:
-        key = instance_study_key(instance=row, actor=actor)
-        header = instance_header_json(instance=row, actor=actor, key=key)
-    except IntegrityError:
-        return False  # audited; the object is read on every request and checked there
-    return header_stale(header)
+    return False
 
 
 def thumbnail_bytes(*, series: Series, actor: Actor) -> bytes | None:

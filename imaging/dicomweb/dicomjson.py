@@ -81,6 +81,7 @@ _STUDY = (
     ("00100030", "patient__birth_date", _date),
     ("00100040", "patient__sex", _text("CS")),
     ("0020000D", "study_uid", _text("UI")),
+    ("00200010", "study_id", _text("SH")),
     ("00201206", "num_series", _number("IS")),
     ("00201208", "num_instances", _number("IS")),
 )
@@ -91,6 +92,8 @@ _SERIES = (
     ("0020000E", "series_uid", _text("UI")),
     ("00200011", "series_number", _number("IS")),
     ("00201209", "num_instances", _number("IS")),
+    ("00400244", "performed_date", _date),
+    ("00400245", "performed_time", _text("TM")),
 )
 _INSTANCE = (
     ("00080016", "sop_class_uid", _text("UI")),
@@ -100,6 +103,7 @@ _INSTANCE = (
     ("00280008", "number_of_frames", _number("IS")),
     ("00280010", "rows", _number("US")),
     ("00280011", "columns", _number("US")),
+    ("00280100", "bits_allocated", _number("US")),
 )
 
 

@@ -482,13 +482,13 @@ def test_includefield_naming_what_the_server_does_not_keep_is_answered_with_a_wa
 
     # What OHIF asks for a study's series list: SeriesDate is not kept here.
     response = http(read_token).get(
-        f"{BASE}/studies/{study}/series?includefield=0008103E,00080021&includefield=StudyID"
+        f"{BASE}/studies/{study}/series?includefield=0008103E,00080021&includefield=InstitutionName"
     )
 
     assert response.status_code == 200
     assert response.json()[0]["0008103E"]["vr"] == "LO"
     assert response.headers["Warning"].startswith('299 testserver "includefield: 00080021')
-    assert "StudyID" in response.headers["Warning"]
+    assert "InstitutionName" in response.headers["Warning"]
 
 
 @pytest.mark.django_db

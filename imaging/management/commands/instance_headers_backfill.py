@@ -13,8 +13,9 @@ class Command(BaseCommand):
     help = (
         "Keep the encrypted header of instances stored before the portal kept them, or "
         "kept before large binary values had bulk data paths, and record where their "
-        "frames are, so their metadata and frame requests need no parsing. Safe to run "
-        "again; prints the count."
+        "frames are, so their metadata and frame requests need no parsing; and index the "
+        "QIDO-RS keys added later (StudyID, performed procedure step start, "
+        "BitsAllocated) where rows lack them. Safe to run again; prints the count."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:

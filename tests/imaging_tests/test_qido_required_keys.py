@@ -1,0 +1,110 @@
+"""QIDO-RS keys PS3.18 requires an origin server to match and return (Tables 10.6.1-5
+and 10.6.3-3 to 10.6.3-5): StudyID, the performed procedure step's start date and time,
+and BitsAllocated; kept for instances stored before they were indexed too."""
+
+from __future__ import annotations
+
+import io
+
+import pydicom
+import pytest
+from django.core.management import call_command
+
+from imaging.models import Instance, Series, Study
+from tests.imaging_tests.dicomweb_support import BASE, http
+from tests.imaging_tests.helpers import ingest, sample_bytes, synthetic_ct
+
+pytestmark = pytest.mark.django_db
+
+PROCEDURE = {
+    "StudyID": "S-77",
+    "PerformedProcedureStepStartDate": "20260115",
+    "PerformedProcedureStepStartTime": "101500",
+}
+
+
+@pytest.fixture
+def performed(clinic) -> pydicom.Dataset:
+    files = synthetic_ct(slices=2, tags=PROCEDURE)
+    for data in files:
+        ingest(clinic, data)
+    ingest(clinic, synthetic_ct(slices=1, tags={"StudyID": "S-78"})[0])  # another study
+    return pydicom.dcmread(io.BytesIO(files[0]), stop_before_pixels=True)
+
+
+def _found(token: str, url: str) -> list[dict]:
+    response = http(token).get(f"{BASE}/{url}")
+    assert response.status_code in (200, 204), response.content
+    return response.json() if response.status_code == 200 else []
+
+
+def test_a_study_is_found_by_its_study_id_which_results_carry(read_token, performed):
+    (study,) = _found(read_token, "studies?StudyID=S-77")
+
+    assert study["0020000D"]["Value"] == [performed.StudyInstanceUID]
+    assert study["00200010"] == {"vr": "SH", "Value": ["S-77"]}
+    assert _found(read_token, "studies?StudyID=S-7*") and not _found(
+        read_token, "studies?StudyID=S-79"
+    )
+
+
+@pytest.mark.parametrize(
+    ("query", "matches"),
+    [
+        ("PerformedProcedureStepStartDate=20260115", True),
+        ("PerformedProcedureStepStartDate=20260101-20260131", True),
+        ("PerformedProcedureStepStartDate=20260116-", False),
+        ("PerformedProcedureStepStartTime=1000-1030", True),
+        ("00400245=1100-", False),
+    ],
+)
+def test_series_are_found_by_when_their_procedure_step_started(
+    read_token, performed, query, matches
+):
+    found = _found(read_token, f"series?{query}")
+
+    assert [s["0020000E"]["Value"][0] for s in found] == (
+        [performed.SeriesInstanceUID] if matches else []
+    )
+    if matches:
+        assert found[0]["00400244"] == {"vr": "DA", "Value": ["20260115"]}
+        assert found[0]["00400245"] == {"vr": "TM", "Value": ["101500"]}
+
+
+def test_instance_results_carry_bits_allocated(read_token, clinic):
+    ingest(clinic, sample_bytes("rtplan.dcm"))
+    ingest(clinic, synthetic_ct(slices=1)[0])
+
+    found = _found(read_token, "instances?includefield=BitsAllocated")
+
+    assert sorted(str(i["00280100"]) for i in found) == sorted(
+        [str({"vr": "US"}), str({"vr": "US", "Value": [16]})]
+    )
+
+
+def test_a_bad_performed_date_is_a_clear_400(read_token, performed):
+    response = http(read_token).get(f"{BASE}/series?PerformedProcedureStepStartDate=2026-01")
+
+    assert response.status_code == 400
+    assert "PerformedProcedureStepStartDate" in response.json()["error"]
+
+
+def test_the_backfill_indexes_what_rows_stored_before_these_keys_lack(
+    clinic, other_clinic, read_token, performed
+):
+    (theirs,) = synthetic_ct(slices=1, tags=PROCEDURE)
+    ingest(other_clinic, theirs)
+    for tenant in (clinic, other_clinic):  # as the migration left rows stored before it
+        Study.objects.for_tenant(tenant).update(study_id="")
+        Series.objects.for_tenant(tenant).update(performed_date=None, performed_time="")
+        Instance.objects.for_tenant(tenant).update(bits_allocated=None)
+    assert not _found(read_token, "studies?StudyID=S-77")
+
+    call_command("instance_headers_backfill", "--tenant", clinic.slug, stdout=io.StringIO())
+
+    assert len(_found(read_token, "studies?StudyID=S-77")) == 1
+    (series,) = _found(read_token, "series?PerformedProcedureStepStartDate=20260115")
+    assert series["00400245"]["Value"] == ["101500"]
+    assert {i["00280100"]["Value"][0] for i in _found(read_token, "instances")} == {16}
+    # Another clinic's rows are its own command's to index.
+    assert Study.objects.for_tenant(other_clinic).get().study_id == ""
