@@ -226,6 +226,16 @@ def studies_with_images(*, membership: Membership, now: dt.datetime) -> QuerySet
     return studies.none()
 
 
+def studies_downloadable(*, membership: Membership, now: dt.datetime) -> QuerySet[Study]:
+    """Studies whose original objects a staff member may take away: those whose images
+    they may read, if their role downloads or the study is granted them for download
+    (study_access's rule). A patient's own studies are the patient portal's to add."""
+    studies = studies_with_images(membership=membership, now=now)
+    if membership.has_perm(Perm.STUDY_DOWNLOAD):
+        return studies
+    return studies.filter(pk__in=_granted_ids(membership=membership, perm=STUDY_DOWNLOAD_PERM))
+
+
 def token_studies(*, token: ApiToken) -> QuerySet[Study]:
     """The studies a partner's token may read: its clinic's, confidential ones only with
     `confidential:read` (staff see those masked until they break the glass; a system

@@ -28,8 +28,9 @@ from django.views.decorators.csrf import csrf_exempt
 
 from audit.actors import Actor, client_ip
 from imaging.models import Series, Study, ViewerSession
-from imaging.selectors import studies_with_images
+from imaging.selectors import studies_downloadable, studies_with_images
 from sharing.selectors import own_studies
+from tenants.mfa import confirmed_devices, step_up_is_fresh
 from tenants.models import ApiToken, Tenant
 from tenants.roles import Perm
 from tenants.sessions import STARTED_AT
@@ -150,6 +151,22 @@ def _signed_in_at(request: HttpRequest) -> dt.datetime:
     return dt.datetime.fromtimestamp(started, tz=dt.UTC)
 
 
+# Routes that send original objects or their binary values rather than images to view.
+DOWNLOAD_ROUTES = frozenset({"study", "series_retrieve", "instance", "bulkdata"})
+DOWNLOAD_STEP_UP = (
+    "Downloading original images needs a recent second-factor check: use Download on the "
+    "study's page, which asks for it."
+)
+
+
+def _download_step_up_fresh(request: HttpRequest, membership: Any) -> bool:
+    # As the study page's download (staff: always) and the patient portal's (patients:
+    # when they have a second factor to re-verify).
+    if membership.has_perm(Perm.IMAGES_VIEW) or confirmed_devices(request.user):
+        return step_up_is_fresh(request)
+    return True
+
+
 def signed_in_member(
     view: Callable[..., HttpResponse], *, name: str = ""
 ) -> Callable[..., HttpResponse]:
@@ -168,7 +185,16 @@ def signed_in_member(
             )
         if not membership.has_perm(Perm.IMAGES_VIEW) and not membership.has_perm(Perm.OWN_STUDIES):
             return dicomweb_error(403, "Your role in this clinic does not include images.")
-        studies = studies_with_images(membership=membership, now=timezone.now())
+        if name in DOWNLOAD_ROUTES:
+            # Whole objects and bulk data are the originals taken away (the viewer reads
+            # metadata and frames only): what the study page's Download button gives,
+            # to whom it gives it, after the same second-factor check.
+            if not _download_step_up_fresh(request, membership):
+                return dicomweb_error(403, DOWNLOAD_STEP_UP)
+            select = studies_downloadable
+        else:
+            select = studies_with_images
+        studies = select(membership=membership, now=timezone.now())
         if membership.has_perm(Perm.OWN_STUDIES):
             # A patient reads their own studies here too (the patient portal's viewer).
             studies = Study.objects.for_tenant(tenant).filter(
@@ -204,7 +230,7 @@ SHARE_VIEW_ROUTES = frozenset(
         "study_access",
     }
 )
-SHARE_DOWNLOAD_ROUTES = frozenset({"study", "series_retrieve", "instance", "bulkdata"})
+SHARE_DOWNLOAD_ROUTES = DOWNLOAD_ROUTES
 
 
 def share_recipient(

@@ -338,3 +338,71 @@ def test_an_undecodable_codec_is_a_clear_406_audited_as_not_served(client_for, r
     assert (unserved.action, unserved.outcome) == (Action.DICOMWEB_RETRIEVE, "failure")
     assert unserved.target_id == str(row.pk)
     assert unserved.detail == {"frames": 1, "reason": "not_decodable"}
+
+
+def _originals_urls(study) -> dict[str, str]:
+    first = instances(study)[0]
+    base = f"/t/{study.tenant.slug}/dicomweb/studies/{study.study_uid}"
+    series = f"{base}/series/{first.series.series_uid}"
+    instance = f"{series}/instances/{first.sop_instance_uid}"
+    return {
+        "study": base,
+        "series": series,
+        "instance": instance,
+        "bulkdata": f"{instance}/bulkdata/7FE00010",
+    }
+
+
+DICOM_ACCEPT = 'multipart/related; type="application/dicom"'
+
+
+def _get_original(client, url: str):
+    accept = FRAMES_ACCEPT if "/bulkdata/" in url else DICOM_ACCEPT
+    return client.get(url, HTTP_ACCEPT=accept)
+
+
+@pytest.mark.parametrize("route", ["study", "series", "instance", "bulkdata"])
+def test_a_member_whose_role_does_not_download_gets_no_originals(
+    client_for, technologist, study, route
+):
+    client = client_for(technologist)
+
+    original = _get_original(client, _originals_urls(study)[route])
+    frame = client.get(frame_url(instances(study)[0]), HTTP_ACCEPT=FRAMES_ACCEPT)
+
+    assert original.status_code == 404
+    assert frame.status_code == 200  # viewing is still theirs
+    assert Action.DICOMWEB_RETRIEVE not in audit_actions(study.tenant)[:-1]
+
+
+@pytest.mark.parametrize("route", ["study", "instance", "bulkdata"])
+def test_a_member_who_downloads_gets_originals_only_after_a_recent_step_up(
+    client_for, radiologist, study, route
+):
+    from tenants.mfa import MFA_AT
+
+    client = client_for(radiologist)
+    url = _originals_urls(study)[route]
+
+    fresh = _get_original(client, url)
+    session = client.session
+    session[MFA_AT] -= 2 * 3600
+    session.save()
+    stale = _get_original(client, url)
+
+    assert fresh.status_code == 200
+    assert stale.status_code == 403
+    assert "second-factor check" in stale.json()["error"]
+
+
+def test_a_referring_physician_gets_originals_only_with_a_download_grant(
+    client_for, referring_physician, study, radiologist
+):
+    url = _originals_urls(study)["instance"]
+    study_grant(study=study, grantee=referring_physician, download=False, actor=TEST_ACTOR)
+    view_only = _get_original(client_for(referring_physician), url)
+    study_grant(study=study, grantee=referring_physician, download=True, actor=TEST_ACTOR)
+    downloadable = _get_original(client_for(referring_physician), url)
+
+    assert view_only.status_code == 404
+    assert downloadable.status_code == 200
