@@ -74,6 +74,8 @@ class StudyAccess:
 
 
 def _break_glass_study_ids(*, membership: Membership, now: dt.datetime) -> set[uuid.UUID]:
+    if not membership.has_perm(Perm.BREAK_GLASS):  # a role taken away ends its grants' use
+        return set()
     ids = (
         BreakGlassGrant.objects.for_tenant(membership.tenant)
         .filter(user=membership.user, target_type=STUDY_TARGET_TYPE, expires_at__gt=now)

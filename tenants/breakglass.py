@@ -73,6 +73,10 @@ def break_glass_open(
 def break_glass_active(
     *, membership: Membership, target: Target, now: dt.datetime
 ) -> BreakGlassGrant | None:
+    """The member's unexpired break-glass grant on `target`, while their role still
+    allows breaking the glass (a grant outlives a role taken away, but not its use)."""
+    if not membership.has_perm(Perm.BREAK_GLASS):
+        return None
     return (
         BreakGlassGrant.objects.for_tenant(membership.tenant)
         .filter(

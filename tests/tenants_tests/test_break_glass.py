@@ -109,3 +109,43 @@ def test_roles_without_break_glass_cannot_open_it(clinic, front_desk):
             actor=Actor.for_user(front_desk),
             now=timezone.now(),
         )
+
+
+@pytest.mark.django_db
+def test_a_grant_stops_counting_once_the_role_that_broke_the_glass_is_taken_away(
+    clinic, radiologist, tenant_admin, client_for
+):
+    from imaging.selectors import study_target
+    from imaging.services import study_set_confidential
+    from tenants.services import membership_update
+    from tests.helpers import TEST_ACTOR
+    from tests.imaging_tests.helpers import ingest_study, synthetic_ct
+
+    study = ingest_study(clinic, synthetic_ct(slices=1, patient_name="Vip^Person"))
+    study_set_confidential(study=study, confidential=True, by=tenant_admin, actor=TEST_ACTOR)
+    membership = membership_of(radiologist, clinic)
+    break_glass_open(
+        membership=membership,
+        target=study_target(study),
+        reason="Patient unconscious in ER, prior CT needed for comparison",
+        actor=Actor.for_user(radiologist),
+        now=timezone.now(),
+    )
+    url = f"/t/{clinic.slug}/dicomweb/studies/{study.study_uid}/metadata"
+    client = client_for(radiologist)
+    assert client.get(url).status_code == 200
+
+    membership_update(
+        membership=membership, roles=["technologist"], is_active=True, actor=TEST_ACTOR
+    )
+
+    assert client.get(url).status_code == 404
+    assert b"Vip" not in client.get(f"/t/{clinic.slug}/studies/{study.pk}/").content
+    assert (
+        break_glass_active(
+            membership=membership_of(radiologist, clinic),
+            target=study_target(study),
+            now=timezone.now(),
+        )
+        is None
+    )
