@@ -1,7 +1,8 @@
 """Logging filters that keep credentials and tag values out of log lines.
 
-A share or invitation token in a URL is a credential: request logs (runserver's, Django's
-5xx reports) would otherwise keep it, in the path or percent-encoded in a `next=`. A
+A share, invitation or password reset token in a URL is a credential: request logs
+(runserver's, Django's 5xx reports) would otherwise keep it, in the path or
+percent-encoded in a `next=`. A
 query string's values can be a patient's name or ID (searches): they are dropped too.
 pydicom quotes the value it is warning about ("Invalid value for VR DA: '19701301'"),
 and that value can be a birth date or a name. Both filters rewrite the rendered message.
@@ -16,6 +17,13 @@ _SLASH = r"(?:/|%2F)"
 SHARE_TOKEN = re.compile(
     rf"({_SLASH}(?:s|portal{_SLASH}invitation|accounts{_SLASH}invitation){_SLASH})"
     r"(?!dicomweb|viewer|download|leave)[A-Za-z0-9_\-]{16,}",
+    re.IGNORECASE,
+)
+# A password reset link's token (Django's view swaps it for a session and redirects to
+# `.../set-password/`, but the first request's line still carries it).
+RESET_TOKEN = re.compile(
+    rf"({_SLASH}accounts{_SLASH}password-reset{_SLASH}[A-Za-z0-9_\-]+{_SLASH})"
+    r"(?!set-password)[A-Za-z0-9\-]{10,}",
     re.IGNORECASE,
 )
 # The pages that swap a token in their URL for a session: the token is their last segment.
@@ -47,7 +55,8 @@ QUOTED = re.compile(r"b?'[^']*'|b?\"[^\"]*\"")
 
 
 def redact(text: str) -> str:
-    return QUERY.sub(_query_redacted, SHARE_TOKEN.sub(r"\1[redacted]", text))
+    text = RESET_TOKEN.sub(r"\1[redacted]", SHARE_TOKEN.sub(r"\1[redacted]", text))
+    return QUERY.sub(_query_redacted, text)
 
 
 class RedactShareTokens(logging.Filter):

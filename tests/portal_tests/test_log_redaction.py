@@ -45,3 +45,19 @@ def test_a_question_in_a_message_is_left_alone(request_log):
     logging.getLogger("django.server").info("Is the broker up? Yes")
 
     assert "Is the broker up? Yes" in request_log.getvalue()
+
+
+def test_a_password_reset_token_never_reaches_the_request_log(request_log):
+    token = "cq8x1z-4d7b0e6f1a2c3b4d5e6f7a8b9c0d1e2f"
+
+    logging.getLogger("django.server").info(
+        '"GET /accounts/password-reset/MTIz/%s/ HTTP/1.1" 302 0', token
+    )
+    logging.getLogger("django.server").info(
+        '"GET /accounts/password-reset/MTIz/set-password/ HTTP/1.1" 200 512'
+    )
+
+    lines = request_log.getvalue().splitlines()
+    assert token not in request_log.getvalue()
+    assert "/accounts/password-reset/MTIz/[redacted]/" in lines[0]
+    assert "/accounts/password-reset/MTIz/set-password/" in lines[1]
