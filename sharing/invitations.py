@@ -74,6 +74,10 @@ def patient_invite(
         raise InvitationInvalid(f"An email address has at most {EMAIL_MAX_LENGTH} characters.")
     if not patients:
         raise InvitationInvalid("Choose at least one patient record.")
+    if email == invited_by.email.lower():
+        # Staff would otherwise give themselves a patient's images, downloads included,
+        # beyond what their role allows: a colleague invites a member who is a patient.
+        raise InvitationInvalid("You cannot invite yourself; ask a colleague to invite you.")
     if any(p.tenant_id != tenant.pk for p in patients):
         raise InvitationInvalid("Choose records of this clinic only.")
     already = set(
@@ -202,6 +206,8 @@ def invitation_accept(
         raise InvitationInvalid(
             "This invitation was sent to another email address. Sign out and open it again."
         )
+    if user.pk == invitation.invited_by_id:  # their address changed since: still themselves
+        raise InvitationInvalid("You cannot accept an invitation you sent; ask a colleague.")
     tenant = invitation.tenant
     claimed = (
         PatientInvitation.objects.for_tenant(tenant)

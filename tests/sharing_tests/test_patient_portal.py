@@ -169,6 +169,41 @@ def test_bad_email_is_refused_and_nothing_is_stored(own_study, front_desk, email
     assert not PatientInvitation.objects.for_tenant(own_study.tenant).exists()
 
 
+def test_staff_cannot_invite_themselves_to_a_patients_records(own_study, front_desk):
+    with pytest.raises(InvitationInvalid, match="cannot invite yourself"):
+        patient_invite(
+            tenant=own_study.tenant,
+            patients=[own_study.patient],
+            email=f"  {front_desk.email.upper()} ",
+            invited_by=front_desk,
+            actor=TEST_ACTOR,
+            now=timezone.now(),
+        )
+
+    assert not PatientInvitation.objects.for_tenant(own_study.tenant).exists()
+
+
+def test_staff_cannot_accept_an_invitation_they_sent_under_another_address(
+    own_study, front_desk, client_for, django_capture_on_commit_callbacks
+):
+    token = invite(
+        own_study,
+        front_desk,
+        email="desk.private@example.org",
+        capture=django_capture_on_commit_callbacks,
+    )
+    front_desk.email = "desk.private@example.org"  # their own address, changed since
+    front_desk.save()
+    client = client_for(front_desk)
+    client.get(f"/portal/invitation/{token}")
+    client.post("/portal/invitation/", {"birth_date": BIRTH_DATE})
+
+    response = client.post("/portal/invitation/")
+
+    assert response.status_code == 400 and b"invitation you sent" in response.content
+    assert not PatientLink.objects.for_tenant(own_study.tenant).exists()
+
+
 def test_records_alike_are_offered_but_only_chosen_ones_linked(
     clinic, own_study, front_desk, client_for, django_capture_on_commit_callbacks
 ):
