@@ -281,6 +281,20 @@ def _staff_ids(tenant: Tenant, user_ids: Iterable[object]) -> set[str]:
     }
 
 
+def _patient_facing_label(tenant: Tenant, key: tuple[str, str], me: str) -> str:
+    if key[1] == me:
+        return "You"
+    membership = (
+        Membership.objects.for_tenant(tenant)
+        .filter(user_id=key[1])
+        .prefetch_related("roles")
+        .first()
+    )
+    if membership is None:
+        return "Clinic staff"
+    return ", ".join(sorted(r.name for r in membership.roles.all())) or "Clinic staff"
+
+
 def _creator(share: ShareLink, staff_ids: set[str]) -> str:
     if share.created_by_token_id is not None:
         return f"API token “{share.created_by_token.name}”"
@@ -328,8 +342,26 @@ def share_detail(request: HttpRequest, share_id: uuid.UUID) -> HttpResponse:
             key: PATIENT_LABEL if key[0] == ActorType.USER and key[1] not in staff_ids else label
             for key, label in labels.items()
         }
+    me = str(membership.user_id)
+    viewer_is_staff = bool(_staff_ids(request.tenant, [me]))
+    if not viewer_is_staff:  # a patient's own link: staff by role, as in their study history
+        labels = {
+            key: _patient_facing_label(request.tenant, key, me)
+            if key[0] == ActorType.USER
+            else label
+            for key, label in labels.items()
+        }
     rows = [
-        {"event": e, "actor": labels.get((e.actor_type, e.actor_id), "Recipient")} for e in events
+        {
+            "event": e,
+            "actor": labels.get((e.actor_type, e.actor_id), "Recipient"),
+            # Where staff worked from is not the patient's to see; the recipient's and
+            # their own addresses are.
+            "ip": e.actor_ip
+            if viewer_is_staff or e.actor_type != ActorType.USER or e.actor_id == me
+            else "",
+        }
+        for e in events
     ]
     # On the study, so its access history (the patient's view included) shows the look.
     audit.record(

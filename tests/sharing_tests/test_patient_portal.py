@@ -514,6 +514,25 @@ def test_patient_shares_with_a_pin_and_revokes(own_study, patient_client):
     assert recipient.get("/s/").status_code == 404
 
 
+def test_a_patients_link_history_names_staff_by_role_without_their_address(
+    own_study, patient_client, privacy_officer, client_for
+):
+    url = f"/t/north/my/studies/{own_study.pk}/share/"
+    base = {"expires_days": 7, "max_uses": "", "recipient_email": "", "message": ""}
+    patient_client.post(url, {**base, "challenge": "pin", "pin": "2468"}, REMOTE_ADDR="10.9.9.9")
+    share = ShareLink.objects.for_tenant(own_study.tenant).get()
+    officer = client_for(privacy_officer)
+    officer.post(f"/t/north/shares/{share.pk}/revoke/", REMOTE_ADDR="10.1.2.3")
+
+    patients_view = patient_client.get(f"/t/north/shares/{share.pk}/").content.decode()
+    officers_view = officer.get(f"/t/north/shares/{share.pk}/").content.decode()
+
+    assert "Privacy officer" in patients_view
+    assert privacy_officer.email not in patients_view and "10.1.2.3" not in patients_view
+    assert "10.9.9.9" in patients_view  # their own
+    assert privacy_officer.email in officers_view and "10.1.2.3" in officers_view
+
+
 def test_patient_cannot_manage_someone_elses_link(own_study, radiologist, patient_client):
     from sharing.services import share_create
 
