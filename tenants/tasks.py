@@ -87,3 +87,17 @@ def notices_unsent_requeue() -> int:
     from tenants.services import notices_unsent_requeue as requeue
 
     return requeue(now=timezone.now())
+
+
+@portal_task(max_retries=5, autoretry_for=(OSError, smtplib.SMTPException))
+def password_reset_send(*, user_id: str, domain: str, use_https: bool) -> bool:
+    """Mail an account its password reset link; False if it is gone or disabled since."""
+    from tenants.forms import password_reset_mail
+    from tenants.models import User
+
+    user = User.objects.filter(pk=user_id, is_active=True).first()
+    if user is None:
+        return False
+    password_reset_mail(user=user, domain=domain, use_https=use_https)
+    logger.info("password reset mailed to user %s", user_id)
+    return True

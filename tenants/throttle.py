@@ -105,3 +105,27 @@ def too_many_lookups(request: HttpRequest) -> bool:
         return cache.incr(key) > TOKEN_LOOKUPS_PER_MINUTE
     except ValueError:
         return False
+
+
+# Password reset requests an hour: an account gets a few mails however often its address
+# is typed (nobody's mailbox is flooded), an address a great many (a clinic's staff
+# share one).
+RESET_REQUESTS_PER_ACCOUNT = 3
+RESET_REQUESTS_PER_IP = 30
+RESET_WINDOW_SECONDS = 3600
+
+
+def _within(key: str, limit: int) -> bool:
+    cache.add(key, 0, timeout=RESET_WINDOW_SECONDS)
+    try:
+        return cache.incr(key) <= limit
+    except ValueError:  # expired between the two calls
+        cache.set(key, 1, timeout=RESET_WINDOW_SECONDS)
+        return True
+
+
+def password_reset_allowed(*, account: str, ip: str | None) -> bool:
+    """Count a password reset request; False past the hourly limits."""
+    key = ThrottleKey(kind="reset", account=account, ip=ip)
+    by_ip = key.ip_key is None or _within(key.ip_key, RESET_REQUESTS_PER_IP)
+    return _within(key.account_key, RESET_REQUESTS_PER_ACCOUNT) and by_ip

@@ -247,14 +247,20 @@ class PasswordResetView(auth_views.PasswordResetView):
     form_class = InvitationAwarePasswordResetForm
 
     def form_valid(self, form: Any) -> HttpResponse:
+        from tenants.throttle import password_reset_allowed
+
         email = form.cleaned_data["email"]
+        ip = client_ip(self.request)
         user = User.objects.filter(email__iexact=email, is_active=True).first()
+        allowed = password_reset_allowed(account=email, ip=ip)
         audit.record_for_user(
             user=user,
-            actor=Actor.for_user(None, ip=client_ip(self.request)),
+            actor=Actor.for_user(None, ip=ip),
             action=Action.PASSWORD_RESET_REQUESTED,
-            detail={"known_account": user is not None},
+            detail={"known_account": user is not None, **({} if allowed else {"throttled": True})},
         )
+        if not allowed:  # the same answer: whether a mail went says nothing either
+            return HttpResponseRedirect(self.get_success_url())
         return super().form_valid(form)
 
 
