@@ -45,10 +45,15 @@ ADMIN_TOKEN_DEFAULT_DAYS = 90
 
 
 class MembershipForm(forms.ModelForm):
-    """Changes a member's roles and active flag. Members join through staff invitations."""
+    """Changes a member's roles and active flag. Members join through staff invitations.
+
+    The patient role is neither shown nor offered: that a colleague is the clinic's
+    patient is PHI, which administration does not include. A member who is one stays
+    one whatever is saved here (`roles_kept`).
+    """
 
     roles = forms.ModelMultipleChoiceField(
-        queryset=Role.objects.all(), widget=forms.CheckboxSelectMultiple
+        queryset=Role.objects.exclude(code=RoleCode.PATIENT), widget=forms.CheckboxSelectMultiple
     )
 
     class Meta:
@@ -58,13 +63,19 @@ class MembershipForm(forms.ModelForm):
     def __init__(self, *args: Any, tenant: Tenant, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.tenant = tenant
-        self.initial["roles"] = list(self.instance.roles.all())
+        self.initial["roles"] = list(self.instance.roles.exclude(code=RoleCode.PATIENT))
+
+    def roles_kept(self) -> set[str]:
+        """The roles to save: those chosen, and the patient role if the member has it."""
+        current = Membership.objects.for_tenant(self.tenant).get(pk=self.instance.pk)
+        chosen = {role.code for role in self.cleaned_data["roles"]}
+        return chosen | (current.role_codes & {RoleCode.PATIENT})
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean()
         if "roles" in cleaned:
             current = Membership.objects.for_tenant(self.tenant).get(pk=self.instance.pk)
-            wanted = {role.code for role in cleaned["roles"]}
+            wanted = self.roles_kept()
             if wanted & STAFF_ROLES and not current.role_codes & STAFF_ROLES:
                 # A patient becomes staff only by accepting an invitation: their consent.
                 raise ValidationError(
@@ -79,12 +90,29 @@ class MembershipForm(forms.ModelForm):
         return cleaned
 
 
+class StaffRoleFilter(admin.SimpleListFilter):
+    """Filter by a staff role; the patient role is not one to filter colleagues by."""
+
+    title = "role"
+    parameter_name = "role"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        roles = Role.objects.filter(code__in=STAFF_ROLES).order_by("name")
+        return [(role.code, role.name) for role in roles]
+
+    def queryset(self, request: HttpRequest, queryset: models.QuerySet) -> models.QuerySet:
+        value = self.value()
+        if value in STAFF_ROLES:
+            return queryset.filter(roles__code=value)
+        return queryset
+
+
 @admin.register(Membership, site=tenant_admin_site)
 class MembershipAdmin(TenantScopedModelAdmin):
     form = MembershipForm
     form_takes_tenant = True
     list_display = ["email", "full_name", "role_list", "is_active", "created_at"]
-    list_filter = ["is_active", "roles"]
+    list_filter = ["is_active", StaffRoleFilter]
     search_fields = ["user__email", "user__full_name"]
     ordering = ["user__email"]
     list_select_related = ["user"]
@@ -139,13 +167,14 @@ class MembershipAdmin(TenantScopedModelAdmin):
 
     @admin.display(description="Roles")
     def role_list(self, obj: Membership) -> str:
-        return ", ".join(sorted(role.name for role in obj.roles.all()))
+        staff = (role.name for role in obj.roles.all() if role.code != RoleCode.PATIENT)
+        return ", ".join(sorted(staff))
 
     def save_model(self, request: HttpRequest, obj: Membership, form: Any, change: bool) -> None:
         current = Membership.objects.for_tenant(request.tenant).get(pk=obj.pk)
         membership_update(
             membership=current,
-            roles={role.code for role in form.cleaned_data["roles"]},
+            roles=form.roles_kept(),
             is_active=form.cleaned_data["is_active"],
             actor=Actor.from_request(request),
         )
