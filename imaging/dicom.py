@@ -87,7 +87,7 @@ class ParsedInstance:
     performed_date: dt.date | None = None
     performed_time: str = ""
     instance_number: int | None = None
-    number_of_frames: int = 1
+    number_of_frames: int | None = 1  # None: no pixel data
     rows: int | None = None
     columns: int | None = None
     bits_allocated: int | None = None
@@ -473,7 +473,7 @@ def parse_part10(
         performed_date=_date(ds, "PerformedProcedureStepStartDate"),
         performed_time=_text(ds, "PerformedProcedureStepStartTime", 16),
         instance_number=_int(ds, "InstanceNumber"),
-        number_of_frames=_int(ds, "NumberOfFrames") or 1,
+        number_of_frames=(_int(ds, "NumberOfFrames") or 1) if pixel_tag(ds) else None,
         rows=_int(ds, "Rows"),
         columns=_int(ds, "Columns"),
         bits_allocated=_int(ds, "BitsAllocated"),

@@ -158,7 +158,8 @@ class Instance(TenantOwnedModel):
     sop_class_uid = models.CharField(max_length=64)
     transfer_syntax_uid = models.CharField(max_length=64)
     instance_number = models.IntegerField(null=True, blank=True)
-    number_of_frames = models.PositiveIntegerField(default=1)
+    # Null: no pixel data (a report, a plan), which has no frames to count.
+    number_of_frames = models.PositiveIntegerField(null=True, blank=True, default=1)
     rows = models.PositiveIntegerField(null=True, blank=True)
     columns = models.PositiveIntegerField(null=True, blank=True)
     bits_allocated = models.PositiveSmallIntegerField(null=True, blank=True)

@@ -277,6 +277,8 @@ def instance_headers_backfill(*, tenant: Tenant, actor: Actor, batch: int = 200)
                 ds = pydicom.dcmread(io.BytesIO(data))  # whole: which pixel data it holds too
                 row.pixel_layout = pixel_layout(ds, data=data, offset=pixel_value_offset(ds))
                 row.pixel_tag = pixel_tag(ds)
+                if not row.pixel_tag:
+                    row.number_of_frames = None  # no pixel data, no frames
                 row.pixels_may_identify = pixels_may_identify(ds)
                 header = metadata_json(ds)
                 if header:  # else no JSON form: it stays on the slow path, which says why
@@ -303,6 +305,7 @@ def instance_headers_backfill(*, tenant: Tenant, actor: Actor, batch: int = 200)
                         "pixel_layout",
                         "pixels_may_identify",
                         "bits_allocated",
+                        "number_of_frames",
                     ],
                 )
             if studies:

@@ -71,15 +71,17 @@ def test_series_are_found_by_when_their_procedure_step_started(
         assert found[0]["00400245"] == {"vr": "TM", "Value": ["101500"]}
 
 
-def test_instance_results_carry_bits_allocated(read_token, clinic):
+def test_instance_results_carry_bits_allocated_and_frames_only_for_images(read_token, clinic):
     ingest(clinic, sample_bytes("rtplan.dcm"))
     ingest(clinic, synthetic_ct(slices=1)[0])
 
     found = _found(read_token, "instances?includefield=BitsAllocated")
 
-    assert sorted(str(i["00280100"]) for i in found) == sorted(
-        [str({"vr": "US"}), str({"vr": "US", "Value": [16]})]
-    )
+    plan = next(i for i in found if i["00080060"]["Value"] == ["RTPLAN"])
+    image = next(i for i in found if i is not plan)
+    assert plan["00280100"] == {"vr": "US"} and plan["00280008"] == {"vr": "IS"}
+    assert image["00280100"] == {"vr": "US", "Value": [16]}
+    assert image["00280008"] == {"vr": "IS", "Value": [1]}
 
 
 def test_a_bad_performed_date_is_a_clear_400(read_token, performed):
@@ -108,3 +110,22 @@ def test_the_backfill_indexes_what_rows_stored_before_these_keys_lack(
     assert {i["00280100"]["Value"][0] for i in _found(read_token, "instances")} == {16}
     # Another clinic's rows are its own command's to index.
     assert Study.objects.for_tenant(other_clinic).get().study_id == ""
+
+
+def test_the_upgrade_leaves_instances_without_pixel_data_without_a_frame_count(clinic):
+    import importlib
+
+    from django.apps import apps
+
+    upgrade = importlib.import_module("imaging.migrations.0012_frames_null_without_pixels")
+    ingest(clinic, sample_bytes("rtplan.dcm"))
+    ingest(clinic, synthetic_ct(slices=1)[0])
+    rows = Instance.objects.for_tenant(clinic)
+    rows.update(number_of_frames=1)  # as recorded before
+
+    upgrade.forward(apps, None)
+
+    assert sorted(rows.values_list("pixel_tag", "number_of_frames")) == [
+        ("", None),
+        ("7FE00010", 1),
+    ]
