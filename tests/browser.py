@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tests.helpers import require_service
+from tests.helpers import PASSWORD, current_totp, require_service, totp_device_for
 
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
@@ -74,3 +74,16 @@ def screenshot(page: object, name: str) -> Path:
     path = ARTIFACTS / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)  # type: ignore[attr-defined]
     return path
+
+
+def sign_in(page: object, base: str, user: object, next_url: str) -> None:
+    """Sign `user` in through the real pages (password, then TOTP) and land on `next_url`."""
+    device = totp_device_for(user)
+    page.goto(f"{base}/accounts/login/?next={next_url}")
+    page.get_by_label("Email address").fill(user.email)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url("**/accounts/verify/**")
+    page.get_by_label("Code").fill(current_totp(device))
+    page.get_by_role("button", name="Verify").click()
+    page.wait_for_url(f"**{next_url}")

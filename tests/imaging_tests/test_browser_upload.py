@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from imaging.models import Instance
-from tests.browser import browser_page, require_chromium, screenshot
-from tests.helpers import PASSWORD, current_totp, make_clinic, make_member, totp_device_for
+from tests.browser import browser_page, require_chromium, screenshot, sign_in
+from tests.helpers import make_clinic, make_member
 from tests.imaging_tests.helpers import synthetic_ct
 
 
@@ -16,7 +16,6 @@ def test_upload_page_shows_progress_and_results(live_server, tmp_path):
     require_chromium()
     clinic = make_clinic("north", "North Imaging")
     user = make_member(clinic, "technologist", email="tech@north.example")
-    device = totp_device_for(user)
     paths = []
     for index, data in enumerate(synthetic_ct(slices=3, size=256)):
         path = tmp_path / f"slice{index}.dcm"
@@ -27,14 +26,7 @@ def test_upload_page_shows_progress_and_results(live_server, tmp_path):
     paths.append(str(junk))
 
     with browser_page() as page:
-        page.goto(f"{live_server.url}/accounts/login/?next=/t/north/upload/")
-        page.get_by_label("Email address").fill(user.email)
-        page.get_by_label("Password").fill(PASSWORD)
-        page.get_by_role("button", name="Sign in").click()
-        page.wait_for_url("**/accounts/verify/**")
-        page.get_by_label("Code").fill(current_totp(device))
-        page.get_by_role("button", name="Verify").click()
-        page.wait_for_url("**/t/north/upload/")
+        sign_in(page, live_server.url, user, "/t/north/upload/")
 
         page.locator("#files").set_input_files(paths)
         page.get_by_role("button", name="Upload").click()
@@ -62,20 +54,12 @@ def test_a_file_over_the_limit_is_refused_by_name_before_it_is_sent(
     settings.INGEST_MAX_INSTANCE_BYTES = settings.INGEST_MAX_ZIP_TOTAL_BYTES = 3 * 2**20
     clinic = make_clinic("north", "North Imaging")
     user = make_member(clinic, "technologist", email="tech@north.example")
-    device = totp_device_for(user)
     (small,) = synthetic_ct(slices=1, size=64)
     (tmp_path / "small.dcm").write_bytes(small)
     (tmp_path / "huge.zip").write_bytes(b"\0" * (4 * 2**20))
 
     with browser_page() as page:
-        page.goto(f"{live_server.url}/accounts/login/?next=/t/north/upload/")
-        page.get_by_label("Email address").fill(user.email)
-        page.get_by_label("Password").fill(PASSWORD)
-        page.get_by_role("button", name="Sign in").click()
-        page.wait_for_url("**/accounts/verify/**")
-        page.get_by_label("Code").fill(current_totp(device))
-        page.get_by_role("button", name="Verify").click()
-        page.wait_for_url("**/t/north/upload/")
+        sign_in(page, live_server.url, user, "/t/north/upload/")
 
         page.locator("#files").set_input_files(
             [str(tmp_path / "huge.zip"), str(tmp_path / "small.dcm")]

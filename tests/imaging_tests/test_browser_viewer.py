@@ -10,14 +10,11 @@ import pytest
 
 from audit.models import Action, AuditEvent
 from imaging.services import study_grant, study_grant_revoke
-from tests.browser import browser_page, require_chromium, screenshot
+from tests.browser import browser_page, require_chromium, screenshot, sign_in
 from tests.helpers import (
-    PASSWORD,
     TEST_ACTOR,
-    current_totp,
     make_clinic,
     make_member,
-    totp_device_for,
 )
 from tests.imaging_tests.helpers import (
     ingest_study,
@@ -33,18 +30,6 @@ SPACING_MM = 0.7
 # description an event handler.
 HOSTILE_NAME = "Browser^<script>alert(1)</script>"
 HOSTILE_DESCRIPTION = '<img src=x onerror="window.__xss=1">'
-
-
-def sign_in(page, base: str, user, next_url: str) -> None:
-    device = totp_device_for(user)
-    page.goto(f"{base}/accounts/login/?next={next_url}")
-    page.get_by_label("Email address").fill(user.email)
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Sign in").click()
-    page.wait_for_url("**/accounts/verify/**")
-    page.get_by_label("Code").fill(current_totp(device))
-    page.get_by_role("button", name="Verify").click()
-    page.wait_for_url(f"**{next_url}")
 
 
 def viewer_attr(page, name: str) -> str:

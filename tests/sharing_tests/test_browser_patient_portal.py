@@ -10,10 +10,9 @@ import pytest
 from django.core import mail
 
 from tests.browser import SHARE_METADATA_STATUS as METADATA_STATUS
-from tests.browser import browser_page, require_chromium, screenshot
+from tests.browser import browser_page, require_chromium, screenshot, sign_in
 from tests.helpers import make_clinic, make_member
 from tests.imaging_tests.helpers import ingest_study, synthetic_ct
-from tests.imaging_tests.test_browser_viewer import sign_in
 
 PHONE = {"viewport": {"width": 390, "height": 844}, "is_mobile": True, "has_touch": True}
 NO_SIDEWAYS_SCROLL = "() => document.documentElement.scrollWidth <= window.innerWidth"

@@ -9,10 +9,9 @@ from django.utils import timezone
 from sharing.models import ShareLink
 from sharing.services import share_create
 from tests.browser import SHARE_METADATA_STATUS as METADATA_STATUS
-from tests.browser import browser_page, require_chromium, screenshot
+from tests.browser import browser_page, require_chromium, screenshot, sign_in
 from tests.helpers import TEST_ACTOR, make_clinic, make_member, sharer
 from tests.imaging_tests.helpers import ingest_study, synthetic_ct
-from tests.imaging_tests.test_browser_viewer import sign_in
 
 
 @pytest.mark.django_db(transaction=True, serialized_rollback=True)

@@ -9,9 +9,8 @@ import pytest
 from django.core import mail
 
 from tenants.models import Membership
-from tests.browser import browser_page, require_chromium, screenshot
+from tests.browser import browser_page, require_chromium, screenshot, sign_in
 from tests.helpers import make_clinic, make_member
-from tests.imaging_tests.test_browser_viewer import sign_in
 from tests.tenants_tests.test_browser_signin import _code_from_secret
 
 NEW_PASSWORD = "a long staff passphrase 42"
