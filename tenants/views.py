@@ -228,7 +228,33 @@ def backup_codes_regenerate(request: HttpRequest) -> HttpResponse:
 
 
 class PasswordChangeView(auth_views.PasswordChangeView):
+    """Wrong current passwords count against the account's sign-in lockout: a session
+    left open must not be a way to guess its password without limit."""
+
     success_url = reverse_lazy("account_security")
+
+    def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        self._throttle = ThrottleKey(
+            kind="signin", account=request.user.email, ip=client_ip(request)
+        )
+        if is_locked(self._throttle):
+            audit.record_for_user(
+                user=request.user,
+                actor=Actor.from_request(request),
+                action=Action.SIGNIN_LOCKED,
+                outcome=Outcome.DENIED,
+                detail={"page": "password_change"},
+            )
+            form = self.get_form_class()(user=request.user)  # unbound: nothing is checked
+            form.cleaned_data = {}
+            form.add_error(None, LOCKED_MESSAGE)
+            return self.render_to_response(self.get_context_data(form=form), status=429)
+        return super().post(request, *args, **kwargs)
+
+    def form_invalid(self, form: Any) -> HttpResponse:
+        if "old_password" in form.errors:
+            register_failure(self._throttle)
+        return super().form_invalid(form)
 
     @transaction.atomic
     def form_valid(self, form: Any) -> HttpResponse:

@@ -547,6 +547,31 @@ def test_password_reset_mails_to_one_account_are_limited_an_hour(
 
 
 @pytest.mark.django_db
+def test_guessing_the_current_password_on_an_open_session_locks_the_account(
+    clinic, radiologist, client_for
+):
+    client = client_for(radiologist)
+    new = "quiet lantern river 2026"
+    for attempt in range(settings.SIGNIN_ACCOUNT_FAILURE_LIMIT):
+        wrong = {"old_password": f"guess {attempt}", "new_password1": new, "new_password2": new}
+        assert client.post("/accounts/password/", wrong).status_code == 200
+
+    right = client.post(
+        "/accounts/password/",
+        {"old_password": PASSWORD, "new_password1": new, "new_password2": new},
+    )
+    sign_in = Client().post(
+        "/accounts/login/", {"username": radiologist.email, "password": PASSWORD}
+    )
+
+    assert right.status_code == 429 and b"Too many attempts" in right.content
+    radiologist.refresh_from_db()
+    assert radiologist.check_password(PASSWORD)  # unchanged
+    assert sign_in.status_code == 429
+    assert _events(clinic, Action.SIGNIN_LOCKED).filter(detail__page="password_change").exists()
+
+
+@pytest.mark.django_db
 def test_password_policy_rejects_short_common_and_email_like(clinic, radiologist, client_for):
     client = client_for(radiologist)
     for bad in ["short", "password1234", "radiologist-north"]:
