@@ -124,10 +124,11 @@ def _filtered(
     if query.text:
         text = query.text
         studies = studies.filter(
-            Q(patient__name__icontains=text)
+            # Ignoring case in any script (imaging.dicomweb.query), "müller" finds Müller.
+            Q(patient__name__dicom_icontains=text)
             | Q(patient__patient_id__iexact=text)
             | Q(accession_number__iexact=text)
-            | Q(description__icontains=text)
+            | Q(description__dicom_icontains=text)
         )
         if membership.has_perm(Perm.WORKLIST_VIEW):
             # Searching by a confidential patient's name must not reveal the study.
@@ -142,7 +143,7 @@ def _filtered(
     if query.modality:
         studies = studies.filter(modalities__icontains=query.modality)
     if query.referring:
-        studies = studies.filter(referring_physician__icontains=query.referring)
+        studies = studies.filter(referring_physician__dicom_icontains=query.referring)
     return studies
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from django.db import models
 from django.db.models import Lookup, Q
+from django.db.models.lookups import IContains, IExact
 from django.http import QueryDict
 from pydicom.datadict import keyword_for_tag
 
@@ -177,6 +178,11 @@ def _sql_text(text: str, vendor: str) -> str:
     return quoted.replace("%", "%%")
 
 
+# SQLite's UPPER folds ASCII letters only: connections register this one, Python's
+# (imaging.apps), so person names match ignoring case in any script there too.
+UNICODE_UPPER = "portal_upper"
+
+
 class WildcardMatch(Lookup):
     """PS3.4 C.2.2.2.4 wildcard matching, case-sensitive: * any run of characters, ? one.
 
@@ -205,10 +211,12 @@ class WildcardMatch(Lookup):
         for old, new in (("\\", "\\\\"), ("%", "\\%"), ("_", "\\_"), ("*", "%"), ("?", "_")):
             pattern = f"REPLACE({pattern}, {_sql_text(old, vendor)}, {_sql_text(new, vendor)})"
         escape = _sql_text("\\", vendor)
-        if self.case_sensitive or vendor == "sqlite":  # SQLite's LIKE ignores ASCII case
+        if self.case_sensitive:
             return f"{lhs} LIKE {pattern} ESCAPE {escape}", params
-        # As Django's iexact and icontains fold case on PostgreSQL.
-        return f"UPPER({lhs}) LIKE UPPER({pattern}) ESCAPE {escape}", params
+        # As Django's iexact and icontains fold case on PostgreSQL; SQLite's own UPPER
+        # and LIKE fold ASCII letters only ("Ärzte" against "ärzte").
+        upper = UNICODE_UPPER if vendor == "sqlite" else "UPPER"
+        return f"{upper}({lhs}) LIKE {upper}({pattern}) ESCAPE {escape}", params
 
 
 class WildcardIMatch(WildcardMatch):
@@ -218,8 +226,39 @@ class WildcardIMatch(WildcardMatch):
     case_sensitive = False
 
 
+class NameIExact(IExact):
+    """Equality ignoring case in any script: Django's iexact, whose SQLite form (LIKE)
+    folds ASCII letters only."""
+
+    lookup_name = "dicom_iexact"
+
+    def as_sql(self, compiler: Any, connection: Any) -> tuple[str, list[Any]]:
+        if connection.vendor != "sqlite":  # Django's own, under its own name
+            return IExact(self.lhs, self.rhs).as_sql(compiler, connection)
+        lhs, lhs_params = self.process_lhs(compiler, connection)
+        rhs, rhs_params = self.process_rhs(compiler, connection)
+        return f"{UNICODE_UPPER}({lhs}) = {UNICODE_UPPER}({rhs})", [*lhs_params, *rhs_params]
+
+
+class NameIContains(IContains):
+    """A substring ignoring case in any script: Django's icontains, whose SQLite form
+    folds ASCII letters only."""
+
+    lookup_name = "dicom_icontains"
+
+    def as_sql(self, compiler: Any, connection: Any) -> tuple[str, list[Any]]:
+        if connection.vendor != "sqlite":  # Django's own, under its own name
+            return IContains(self.lhs, self.rhs).as_sql(compiler, connection)
+        lhs, lhs_params = self.process_lhs(compiler, connection)
+        rhs, rhs_params = self.process_rhs(compiler, connection)  # %value%, escaped
+        sql = f"{UNICODE_UPPER}({lhs}) LIKE {UNICODE_UPPER}({rhs}) ESCAPE '\\'"
+        return sql, [*lhs_params, *rhs_params]
+
+
 models.CharField.register_lookup(WildcardMatch)
 models.CharField.register_lookup(WildcardIMatch)
+models.CharField.register_lookup(NameIExact)
+models.CharField.register_lookup(NameIContains)
 
 
 def _time_bounds(text: str, name: str) -> tuple[str, str]:
@@ -282,9 +321,9 @@ def _match(keyword: str, vr: str, path: str, value: str, fuzzy: bool) -> Q:
         lookup = "dicom_iwildcard" if vr == "PN" else "dicom_wildcard"
         return Q(**{f"{path}__{lookup}": value})
     if vr == "PN" and fuzzy:
-        return Q(**{f"{path}__icontains": value})
+        return Q(**{f"{path}__dicom_icontains": value})
     if vr == "PN":
-        return Q(**{f"{path}__iexact": value})
+        return Q(**{f"{path}__dicom_iexact": value})
     return Q(**{path: value})
 
 

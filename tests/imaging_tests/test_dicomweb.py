@@ -1209,3 +1209,26 @@ def test_an_instance_or_frame_thumbnail_is_its_rendering_made_small(
     assert theirs.status_code == 404
     read = AuditEvent.objects.for_tenant(clinic).filter(action=Action.DICOMWEB_RETRIEVE)
     assert [e.detail for e in read.order_by("seq")] == [{"thumbnail": 1}] * 2
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "query",
+    [
+        "PatientName=ärzte^ölaf",
+        "PatientName=ÄRZTE^ÖLAF",
+        "PatientName=ärzte*",
+        "PatientName=ÄRZTE%5E%C3%B6l?f",
+        "PatientName=rzte%5E%C3%B6&fuzzymatching=true",
+        "PatientName=%C3%A4rzte^%C3%B6laf",
+    ],
+)
+def test_person_names_match_ignoring_case_in_any_script(query, clinic, read_token):
+    ingest(clinic, synthetic_ct(slices=1, patient_name="Ärzte^Ölaf", patient_id="P-U")[0])
+    ingest(clinic, synthetic_ct(slices=1, patient_name="Arzte^Olaf", patient_id="P-A")[0])
+
+    response = http(read_token).get(f"{BASE}/studies?{query}")
+
+    assert response.status_code == 200
+    names = [s["00100010"]["Value"][0]["Alphabetic"] for s in response.json()]
+    assert names == ["Ärzte^Ölaf"]

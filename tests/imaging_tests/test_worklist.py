@@ -248,3 +248,17 @@ def test_a_study_no_longer_granted_is_masked_for_a_member_who_sees_only_grants(
     masked = masked_study_ids(membership=membership, studies=[kept, withdrawn], now=timezone.now())
 
     assert masked == {withdrawn.pk}
+
+
+@pytest.mark.django_db
+def test_the_worklist_finds_a_name_typed_in_another_case_in_any_script(
+    clinic, radiologist, client_for
+):
+    ingest_study(clinic, synthetic_ct(slices=1, patient_name="Ärzte^Ölaf", patient_id="P-U"))
+    ingest_study(clinic, synthetic_ct(slices=1, patient_name="Arzte^Olaf", patient_id="P-A"))
+
+    client = client_for(radiologist)
+
+    page = client.get(_search(client, clinic, text="ärzte^ö")["Location"]).content.decode()
+
+    assert "P-U" in page and "P-A" not in page
