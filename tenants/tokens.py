@@ -6,6 +6,7 @@ import datetime as dt
 import functools
 import hashlib
 import hmac
+import re
 import secrets
 
 from django.core.exceptions import ValidationError
@@ -157,12 +158,18 @@ def _token_with_tenant(prefix: str) -> ApiToken | None:
     return token
 
 
+_PREFIX = re.compile(r"[0-9a-f]{8}")
+
+
 def api_token_authenticate(*, raw: str, now: dt.datetime) -> ApiToken | None:
     """The live token for a presented credential, or None (unknown, revoked, expired)."""
     parts = raw.strip().split("_", 2)
     if len(parts) != 3 or parts[0] != TOKEN_PREFIX:
         return None
     _, prefix, secret = parts
+    if not _PREFIX.fullmatch(prefix):
+        # Not one this server made (token_hex(4)); a NUL in it is an error in PostgreSQL.
+        return None
     token = _token_with_tenant(prefix)
     expected = token.secret_hash if token is not None else _hash("")
     if not hmac.compare_digest(expected, _hash(secret)) or token is None:

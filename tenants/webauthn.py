@@ -8,6 +8,7 @@ password. Adding a passkey needs a verified session, except at first enrolment.
 
 from __future__ import annotations
 
+import binascii
 import time
 from typing import Any
 
@@ -19,6 +20,7 @@ from django.views.i18n import JavaScriptCatalog
 from django_otp_webauthn import exceptions as webauthn_errors
 from django_otp_webauthn import views as webauthn_views
 from django_otp_webauthn.helpers import WebAuthnHelper
+from webauthn.helpers import base64url_to_bytes
 
 import audit
 from audit.actors import Actor, client_ip
@@ -40,17 +42,29 @@ class PortalWebAuthnHelper(WebAuthnHelper):
         return [f"{scheme}://{self.request.get_host()}"]
 
 
+def _base64url(text: str) -> bool:
+    """Whether `text` decodes as base64url (unpadded, as WebAuthn sends it)."""
+    if not text.isascii():
+        return False
+    try:
+        base64url_to_bytes(text)
+    except (binascii.Error, ValueError):
+        return False
+    return True
+
+
 class ReadableRequestMixin:
     """For the ceremony views: a body that cannot be read is a 400, not a server error.
 
     The library turns only a JSON syntax error into one; a document nested past the
-    decoder's recursion limit (two kilobytes of `[`) raised.
+    decoder's recursion limit (two kilobytes of `[`) raised, and so did a number past
+    Python's limit on integer digits (4,300).
     """
 
     def _parse_request_data(self, request: HttpRequest) -> Any:
         try:
             return super()._parse_request_data(request)  # type: ignore[misc]
-        except RecursionError:
+        except (RecursionError, ValueError):
             raise webauthn_errors.MalformedRequest() from None
 
 
@@ -64,10 +78,10 @@ class CompleteAuthentication(
     def initial(self, request: HttpRequest, *args: Any, **kwargs: Any) -> None:
         super().initial(request, *args, **kwargs)
         # py_webauthn decodes userHandle outside the checks that turn a malformed
-        # credential into the library's error: a non-ASCII one raised.
+        # credential into the library's error: one that is not base64url raised.
         response = request.data.get("response") if isinstance(request.data, dict) else None
         handle = response.get("userHandle") if isinstance(response, dict) else None
-        if isinstance(handle, str) and not handle.isascii():
+        if isinstance(handle, str) and not _base64url(handle):
             raise webauthn_errors.MalformedRequest()
 
     def complete_auth(self, device: Any) -> Any:

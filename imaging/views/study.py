@@ -12,6 +12,7 @@ from django.http import (
     Http404,
     HttpRequest,
     HttpResponse,
+    HttpResponseBadRequest,
     HttpResponseRedirect,
 )
 from django.shortcuts import render
@@ -280,7 +281,14 @@ def study_confidential(request: HttpRequest, study_id: uuid.UUID) -> HttpRespons
     study, access = study_for_request(request, study_id)
     if not access.details:
         raise PermissionDenied("Open the study first.")
-    confidential = request.POST.get("confidential") == "1"
+    choice = request.POST.get("confidential")
+    if choice not in ("1", "0"):
+        # Anything else used to read as "not confidential": a bad form removed the mark.
+        return HttpResponseBadRequest(
+            "Choose whether the study is confidential (1) or not (0); nothing was changed.",
+            content_type="text/plain; charset=utf-8",
+        )
+    confidential = choice == "1"
     revoked = study_set_confidential(
         study=study,
         confidential=confidential,

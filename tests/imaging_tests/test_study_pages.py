@@ -231,6 +231,24 @@ def test_marking_confidential_is_audited(client_for, radiologist, study):
     }
 
 
+@pytest.mark.parametrize("value", ["true", "yes", "", "\x00", None])
+def test_a_confidentiality_choice_that_is_not_1_or_0_is_a_400_and_keeps_the_mark(
+    client_for, radiologist, study, value
+):
+    client = client_for(radiologist)
+    client.post(url(study, "confidential/"), {"confidential": "1"})
+    before = len(events(study.tenant, Action.STUDY_CONFIDENTIALITY_CHANGED))
+
+    response = client.post(
+        url(study, "confidential/"), {} if value is None else {"confidential": value}
+    )
+
+    study.refresh_from_db()
+    assert response.status_code == 400 and b"nothing was changed" in response.content
+    assert study.confidential
+    assert len(events(study.tenant, Action.STUDY_CONFIDENTIALITY_CHANGED)) == before
+
+
 def test_technologist_cannot_mark_confidential(client_for, technologist, study):
     response = client_for(technologist).post(url(study, "confidential/"), {"confidential": "1"})
 

@@ -1,6 +1,7 @@
-"""A NUL where a clinic slug or a session key goes: the missing clinic's 404 and a fresh
-session, never a server error. (SQLite compares such text and finds nothing;
-PostgreSQL refuses to hold it and raises, so these matter there, as in CI.)"""
+"""A NUL where a clinic slug, a session key or a token's prefix goes: the missing clinic's
+404, a fresh session or an unknown credential's 401, never a server error. (SQLite
+compares such text and finds nothing; PostgreSQL refuses to hold it and raises, so these
+matter there, as in CI.)"""
 
 from __future__ import annotations
 
@@ -34,3 +35,11 @@ def test_a_session_cookie_no_session_key_can_be_starts_a_fresh_session(clinic):
     assert SessionStore("abcdefgh\x00").session_key is None
     assert SessionStore("ABCDEFGH12").session_key is None  # Django makes a-z0-9 only
     assert SessionStore("abcdefgh12").session_key == "abcdefgh12"
+
+
+@pytest.mark.parametrize("path", ["/dicomweb/studies", "/api/v1/studies"])
+@pytest.mark.parametrize("prefix", ["a\x00b", "0123456\x00", "ABCDEF01", "0123456789"])
+def test_a_token_prefix_this_server_never_makes_is_an_unknown_credential(clinic, path, prefix):
+    response = Client().get(path, HTTP_AUTHORIZATION=f"Bearer ptk_{prefix}_secret")
+
+    assert response.status_code == 401
