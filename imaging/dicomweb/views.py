@@ -1027,6 +1027,10 @@ def _sop_ref(sop_class: str, sop_instance: str) -> dict[str, Any]:
     item: dict[str, Any] = {}
     if sop_class:
         item["00081150"] = {"vr": "UI", "Value": [sop_class]}
+    elif sop_instance:
+        # An item names both (PS3.18 Table 10.5.3-2); a file without a class UID says
+        # which instance it was, and the class is given as unknown (no value).
+        item["00081150"] = {"vr": "UI"}
     if sop_instance:
         item["00081155"] = {"vr": "UI", "Value": [sop_instance]}
     return item

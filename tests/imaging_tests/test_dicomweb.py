@@ -788,6 +788,28 @@ def test_a_resend_through_another_toolkit_is_stored_once_and_answered_as_stored(
 
 
 @pytest.mark.django_db
+def test_a_failed_item_for_a_file_without_a_class_uid_still_names_the_class_unknown(
+    clinic, write_token
+):
+    (data,) = synthetic_ct(slices=1)
+    ds = _ds(data)
+    del ds.SOPClassUID
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True, implicit_vr=False, little_endian=True)
+
+    response = http(write_token).post(
+        f"{BASE}/studies",
+        data=_multipart([("application/dicom", buffer.getvalue())]),
+        headers={"Content-Type": STOW_TYPE},
+    )
+
+    (failed,) = response.json()["00081198"]["Value"]
+    assert failed["00081150"] == {"vr": "UI"}
+    assert failed["00081155"]["Value"] == [ds.SOPInstanceUID]
+    assert not Instance.objects.for_tenant(clinic).exists()
+
+
+@pytest.mark.django_db
 def test_a_transfer_syntax_the_server_does_not_know_is_failure_c122(clinic, write_token):
     (data,) = synthetic_ct(slices=1)
     ds = _ds(data)
