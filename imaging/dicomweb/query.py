@@ -226,33 +226,40 @@ class WildcardIMatch(WildcardMatch):
     case_sensitive = False
 
 
-class NameIExact(IExact):
-    """Equality ignoring case in any script: Django's iexact, whose SQLite form (LIKE)
-    folds ASCII letters only."""
+class _FoldedOnSQLite(Lookup):
+    """Django's `folded` lookup, except on SQLite, whose LIKE folds ASCII letters only:
+    there both sides go through UNICODE_UPPER and `operator` compares them."""
 
-    lookup_name = "dicom_iexact"
+    folded: type[Lookup]
+    operator: str
 
     def as_sql(self, compiler: Any, connection: Any) -> tuple[str, list[Any]]:
         if connection.vendor != "sqlite":  # Django's own, under its own name
-            return IExact(self.lhs, self.rhs).as_sql(compiler, connection)
+            return self.folded(self.lhs, self.rhs).as_sql(compiler, connection)
         lhs, lhs_params = self.process_lhs(compiler, connection)
         rhs, rhs_params = self.process_rhs(compiler, connection)
-        return f"{UNICODE_UPPER}({lhs}) = {UNICODE_UPPER}({rhs})", [*lhs_params, *rhs_params]
+        sql = f"{UNICODE_UPPER}({lhs}) {self.operator} {UNICODE_UPPER}({rhs})"
+        return sql, [*lhs_params, *rhs_params]
 
 
-class NameIContains(IContains):
-    """A substring ignoring case in any script: Django's icontains, whose SQLite form
-    folds ASCII letters only."""
+class NameIExact(_FoldedOnSQLite, IExact):
+    """Equality ignoring case in any script."""
+
+    lookup_name = "dicom_iexact"
+    folded = IExact
+    operator = "="
+
+
+class NameIContains(_FoldedOnSQLite, IContains):
+    """A substring ignoring case in any script (the value arrives as %value%, escaped)."""
 
     lookup_name = "dicom_icontains"
+    folded = IContains
+    operator = "LIKE"
 
     def as_sql(self, compiler: Any, connection: Any) -> tuple[str, list[Any]]:
-        if connection.vendor != "sqlite":  # Django's own, under its own name
-            return IContains(self.lhs, self.rhs).as_sql(compiler, connection)
-        lhs, lhs_params = self.process_lhs(compiler, connection)
-        rhs, rhs_params = self.process_rhs(compiler, connection)  # %value%, escaped
-        sql = f"{UNICODE_UPPER}({lhs}) LIKE {UNICODE_UPPER}({rhs}) ESCAPE '\\'"
-        return sql, [*lhs_params, *rhs_params]
+        sql, params = super().as_sql(compiler, connection)
+        return (f"{sql} ESCAPE '\\'" if connection.vendor == "sqlite" else sql), params
 
 
 models.CharField.register_lookup(WildcardMatch)

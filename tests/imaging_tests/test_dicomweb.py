@@ -787,21 +787,25 @@ def test_a_resend_through_another_toolkit_is_stored_once_and_answered_as_stored(
     assert Instance.objects.for_tenant(clinic).count() == 1
 
 
-@pytest.mark.django_db
-def test_a_failed_item_for_a_file_without_a_class_uid_still_names_the_class_unknown(
-    clinic, write_token
-):
-    (data,) = synthetic_ct(slices=1)
-    ds = _ds(data)
-    del ds.SOPClassUID
+def _stow_dataset(token: str, ds: pydicom.Dataset):
+    """STOW-RS one data set, written as explicit VR little endian whatever it says."""
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True, implicit_vr=False, little_endian=True)
-
-    response = http(write_token).post(
+    return http(token).post(
         f"{BASE}/studies",
         data=_multipart([("application/dicom", buffer.getvalue())]),
         headers={"Content-Type": STOW_TYPE},
     )
+
+
+@pytest.mark.django_db
+def test_a_failed_item_for_a_file_without_a_class_uid_still_names_the_class_unknown(
+    clinic, write_token
+):
+    ds = _ds(synthetic_ct(slices=1)[0])
+    del ds.SOPClassUID
+
+    response = _stow_dataset(write_token, ds)
 
     (failed,) = response.json()["00081198"]["Value"]
     assert failed["00081150"] == {"vr": "UI"}
@@ -811,17 +815,10 @@ def test_a_failed_item_for_a_file_without_a_class_uid_still_names_the_class_unkn
 
 @pytest.mark.django_db
 def test_a_transfer_syntax_the_server_does_not_know_is_failure_c122(clinic, write_token):
-    (data,) = synthetic_ct(slices=1)
-    ds = _ds(data)
+    ds = _ds(synthetic_ct(slices=1)[0])
     ds.file_meta.TransferSyntaxUID = "1.2.3.4.5.6"
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True, implicit_vr=False, little_endian=True)
 
-    response = http(write_token).post(
-        f"{BASE}/studies",
-        data=_multipart([("application/dicom", buffer.getvalue())]),
-        headers={"Content-Type": STOW_TYPE},
-    )
+    response = _stow_dataset(write_token, ds)
 
     assert response.status_code == 409
     (failed,) = response.json()["00081198"]["Value"]
