@@ -281,18 +281,17 @@ def _staff_ids(tenant: Tenant, user_ids: Iterable[object]) -> set[str]:
     }
 
 
-def _patient_facing_label(tenant: Tenant, key: tuple[str, str], me: str) -> str:
-    if key[1] == me:
-        return "You"
-    membership = (
+def _role_labels(tenant: Tenant, user_ids: Iterable[str]) -> dict[str, str]:
+    """Each member's roles, as a patient sees who acted: a role, never a name."""
+    memberships = (
         Membership.objects.for_tenant(tenant)
-        .filter(user_id=key[1])
+        .filter(user_id__in=list(user_ids))
         .prefetch_related("roles")
-        .first()
     )
-    if membership is None:
-        return "Clinic staff"
-    return ", ".join(sorted(r.name for r in membership.roles.all())) or "Clinic staff"
+    return {
+        str(m.user_id): ", ".join(sorted(r.name for r in m.roles.all())) or "Clinic staff"
+        for m in memberships
+    }
 
 
 def _creator(share: ShareLink, staff_ids: set[str]) -> str:
@@ -345,8 +344,10 @@ def share_detail(request: HttpRequest, share_id: uuid.UUID) -> HttpResponse:
     me = str(membership.user_id)
     viewer_is_staff = bool(_staff_ids(request.tenant, [me]))
     if not viewer_is_staff:  # a patient's own link: staff by role, as in their study history
+        users = [key[1] for key in labels if key[0] == ActorType.USER and key[1] != me]
+        roles = _role_labels(request.tenant, users)
         labels = {
-            key: _patient_facing_label(request.tenant, key, me)
+            key: ("You" if key[1] == me else roles.get(key[1], "Clinic staff"))
             if key[0] == ActorType.USER
             else label
             for key, label in labels.items()
