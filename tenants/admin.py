@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from django import forms
@@ -65,16 +66,20 @@ class MembershipForm(forms.ModelForm):
         self.tenant = tenant
         self.initial["roles"] = list(self.instance.roles.exclude(code=RoleCode.PATIENT))
 
+    @functools.cached_property
+    def current(self) -> Membership:
+        """The membership as stored (the instance carries the form's changes)."""
+        return Membership.objects.for_tenant(self.tenant).get(pk=self.instance.pk)
+
     def roles_kept(self) -> set[str]:
         """The roles to save: those chosen, and the patient role if the member has it."""
-        current = Membership.objects.for_tenant(self.tenant).get(pk=self.instance.pk)
         chosen = {role.code for role in self.cleaned_data["roles"]}
-        return chosen | (current.role_codes & {RoleCode.PATIENT})
+        return chosen | (self.current.role_codes & {RoleCode.PATIENT})
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean()
         if "roles" in cleaned:
-            current = Membership.objects.for_tenant(self.tenant).get(pk=self.instance.pk)
+            current = self.current
             wanted = self.roles_kept()
             if wanted & STAFF_ROLES and not current.role_codes & STAFF_ROLES:
                 # A patient becomes staff only by accepting an invitation: their consent.

@@ -251,7 +251,7 @@ def studies(request: HttpRequest) -> HttpResponse:
 def _search_refused(request: HttpRequest, level: str) -> HttpResponse | Query:
     """The parsed query, or the 406 or 400 that refuses it (decided from the request
     alone, before anything is looked up)."""
-    if _negotiated(request, SEARCH_TYPES) is None:
+    if _negotiated(request, JSON_TYPES) is None:
         return dicomweb_error(406, SEARCH_NOT_OFFERED)
     try:
         return parse_query(request.GET, level=level)
@@ -360,17 +360,16 @@ def _negotiated(request: HttpRequest, offered: tuple[str, ...]) -> str | None:
 # What `_negotiated` chooses among, the default first, and the 406 naming them. A 406
 # is decided from the request alone, before anything is looked up: it says nothing
 # about whether the addressed object exists, and reads and audits nothing.
-SEARCH_TYPES = (DICOM_JSON, "application/json")
+# Search results, store responses and metadata: one DICOM JSON body, either name.
+JSON_TYPES = (DICOM_JSON, "application/json")
 SEARCH_NOT_OFFERED = (
     f"Search results are offered as {DICOM_JSON} (the default) or application/json; DICOM "
     'XML (multipart/related; type="application/dicom+xml") is not offered.'
 )
-# The STOW-RS response (PS3.18 10.5.3) is a DICOM JSON object, the search's types.
 STORE_NOT_OFFERED = (
     f"The store response is offered as {DICOM_JSON} (the default) or application/json; "
     "DICOM XML (application/dicom+xml) is not offered."
 )
-METADATA_TYPES = (DICOM_JSON, "application/json")
 METADATA_NOT_OFFERED = (
     f"Metadata is offered as {DICOM_JSON} (the default) or application/json; DICOM XML "
     '(multipart/related; type="application/dicom+xml") is not offered.'
@@ -641,7 +640,7 @@ def _pixel(row: Instance) -> tuple[str, str] | None:
 
 
 def _metadata(request: HttpRequest, instances: QuerySet[Instance]) -> HttpResponse:
-    media_type = _negotiated(request, METADATA_TYPES)
+    media_type = _negotiated(request, JSON_TYPES)
     if media_type is None:
         return dicomweb_error(406, METADATA_NOT_OFFERED)
     rows = _read(request, instances, headers=True)
@@ -1128,7 +1127,7 @@ def _retrieve_url(base: str, study: str | None, stored: set[str]) -> dict[str, A
 def store(request: HttpRequest, study: str | None = None) -> HttpResponse:
     if not _client(request).may_store:
         return dicomweb_error(405, "This DICOMweb root is read-only.", Allow="GET")
-    if _negotiated(request, SEARCH_TYPES) is None:  # refused before anything is stored
+    if _negotiated(request, JSON_TYPES) is None:  # refused before anything is stored
         return dicomweb_error(406, STORE_NOT_OFFERED)
     content_type = request.headers.get("Content-Type", "")
     media, params = content_type_parameters(content_type)

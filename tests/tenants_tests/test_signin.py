@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import smtplib
 import threading
 
 import pytest
 from django.conf import settings
 from django.core import mail
+from django.core.mail.backends.base import BaseEmailBackend
 from django.test import Client
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
@@ -528,6 +530,24 @@ def test_the_reset_mail_is_sent_after_the_answer_not_while_the_request_waits(
     assert response["Location"] == "/accounts/password-reset/sent/"
     assert sent_during_request == 0
     assert len(mail.outbox) == 1 and mail.outbox[0].to == [radiologist.email]
+
+
+class SmtpDown(BaseEmailBackend):
+    """A mail server that refuses every message."""
+
+    def send_messages(self, email_messages):
+        raise smtplib.SMTPServerDisconnected("the mail server is down")
+
+
+@pytest.mark.django_db
+def test_a_reset_mail_the_server_refuses_is_retried_not_dropped(radiologist, settings):
+    from tenants.forms import password_reset_mail
+
+    settings.EMAIL_BACKEND = "tests.tenants_tests.test_signin.SmtpDown"
+
+    # The task retries on this (autoretry_for); swallowed, the mail would be lost.
+    with pytest.raises(smtplib.SMTPException):
+        password_reset_mail(user=radiologist, domain="testserver", use_https=False)
 
 
 @pytest.mark.django_db
