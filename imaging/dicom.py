@@ -86,6 +86,9 @@ class ParsedInstance:
     body_part: str = ""
     performed_date: dt.date | None = None
     performed_time: str = ""
+    # (ScheduledProcedureStepID, RequestedProcedureID) of each RequestAttributesSequence
+    # item (`request_attributes`): the orders a series fulfils, which QIDO-RS matches.
+    request_attributes: tuple[tuple[str, str], ...] = ()
     instance_number: int | None = None
     number_of_frames: int | None = 1  # None: no pixel data
     rows: int | None = None
@@ -264,6 +267,25 @@ def _int(ds: Dataset, keyword: str) -> int | None:
         return int(value) if value not in (None, "") else None
     except (TypeError, ValueError, OverflowError):
         return None
+
+
+# A series fulfils one order, rarely a few: more items than this are not indexed.
+MAX_REQUEST_ATTRIBUTES = 16
+
+
+def request_attributes(ds: Dataset) -> tuple[tuple[str, str], ...]:
+    """(ScheduledProcedureStepID, RequestedProcedureID) of each RequestAttributesSequence
+    item that names either, in order, each once (PS3.18 Table 10.6.1-5 matches both)."""
+    try:
+        items = ds.get("RequestAttributesSequence") or ()
+        pairs = (
+            (_text(item, "ScheduledProcedureStepID", 16), _text(item, "RequestedProcedureID", 16))
+            for item in items
+        )
+        kept = dict.fromkeys(pair for pair in pairs if any(pair))
+    except (TypeError, ValueError, AttributeError):
+        return ()  # a malformed item is not indexed; the header keeps what arrived
+    return tuple(kept)[:MAX_REQUEST_ATTRIBUTES]
 
 
 def pixel_tag(ds: Dataset) -> str:
@@ -472,6 +494,7 @@ def parse_part10(
         body_part=_text(ds, "BodyPartExamined", 64),
         performed_date=_date(ds, "PerformedProcedureStepStartDate"),
         performed_time=_text(ds, "PerformedProcedureStepStartTime", 16),
+        request_attributes=request_attributes(ds),
         instance_number=_int(ds, "InstanceNumber"),
         number_of_frames=(_int(ds, "NumberOfFrames") or 1) if pixel_tag(ds) else None,
         rows=_int(ds, "Rows"),

@@ -37,7 +37,7 @@ from imaging.dicom import DicomRejected, ParsedInstance, dataset_offset, parse_p
 from imaging.keyring import study_dek, study_dek_new, tenant_key_active
 from imaging.metadata import metadata_seal
 from imaging.models import Instance, Patient, Series, Study
-from imaging.services import instance_chunks
+from imaging.services import instance_chunks, series_requests_create
 from imaging.storage import (
     object_delete_quietly,
     object_key_new,
@@ -364,6 +364,7 @@ def _series(tenant: Tenant, parsed: ParsedInstance, study: Study) -> tuple[Serie
         return series, False
     series = _new_series(tenant, parsed, study)
     series.save(force_insert=True)
+    series_requests_create(tenant=tenant, series=[series])
     return series, True
 
 
@@ -379,6 +380,7 @@ def _new_series(tenant: Tenant, parsed: ParsedInstance, study: Study) -> Series:
         body_part=parsed.body_part,
         performed_date=parsed.performed_date,
         performed_time=parsed.performed_time,
+        request_attributes=[list(pair) for pair in parsed.request_attributes],
     )
 
 
@@ -787,6 +789,7 @@ def _series_for(
             series.save(update_fields=["num_instances"])
         rows[series_uid] = series
     Series.objects.bulk_create(created)
+    series_requests_create(tenant=tenant, series=created)
     return rows, created
 
 

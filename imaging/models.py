@@ -127,6 +127,10 @@ class Series(TenantOwnedModel):
     # Performed Procedure Step Start Date and Time (0040,0244/0245): QIDO-RS matches them.
     performed_date = models.DateField(null=True, blank=True)
     performed_time = models.CharField(max_length=16, blank=True)
+    # [ScheduledProcedureStepID, RequestedProcedureID] of each RequestAttributesSequence
+    # item (imaging.dicom.request_attributes), as QIDO-RS results return them; matched
+    # through SeriesRequest rows.
+    request_attributes = models.JSONField(default=list, blank=True)
     num_instances = models.PositiveIntegerField(default=0)
     thumbnail_key = models.CharField(max_length=128, blank=True)
     thumbnail_status = models.CharField(
@@ -148,6 +152,26 @@ class Series(TenantOwnedModel):
 
     def __str__(self) -> str:
         return f"Series {self.id}"
+
+
+class SeriesRequest(TenantOwnedModel):
+    """One order a series fulfils (a RequestAttributesSequence item), for QIDO-RS matching.
+
+    A row per item, so a search matches both keys within one item (PS3.4 C.2.2.2.6).
+    """
+
+    series = models.ForeignKey(Series, on_delete=models.CASCADE, related_name="requests")
+    scheduled_step_id = models.CharField(max_length=16, blank=True)  # (0040,0009)
+    requested_procedure_id = models.CharField(max_length=16, blank=True)  # (0040,1001)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["tenant", "scheduled_step_id"]),
+            models.Index(fields=["tenant", "requested_procedure_id"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"SeriesRequest {self.pk}"
 
 
 class Instance(TenantOwnedModel):

@@ -32,10 +32,10 @@ from imaging.crypto import (
     plaintext_check,
 )
 from imaging.deidentify import pixels_may_identify
-from imaging.dicom import date_from_text, metadata_json, pixel_tag
+from imaging.dicom import MAX_REQUEST_ATTRIBUTES, date_from_text, metadata_json, pixel_tag
 from imaging.keyring import study_dek
 from imaging.metadata import header_stale, metadata_open, metadata_seal
-from imaging.models import Instance, Series, Study
+from imaging.models import Instance, Series, SeriesRequest, Study
 from imaging.render import pixel_layout, pixel_layout_current, pixel_value_offset
 from imaging.selectors import STUDY_DOWNLOAD_PERM, STUDY_VIEW_PERM, study_access
 from imaging.storage import object_delete, object_keys, object_open, storage_for
@@ -238,6 +238,21 @@ def instance_header_json(*, instance: Instance, actor: Actor, key: bytes) -> byt
         raise
 
 
+def series_requests_create(*, tenant: Tenant, series: Sequence[Series]) -> None:
+    """The rows QIDO-RS matches the orders of `series` by, one per RequestAttributesSequence
+    item, for series that have none yet; no query when none names an order, as most
+    series do not."""
+    rows = [
+        SeriesRequest(
+            tenant=tenant, series=one, scheduled_step_id=step, requested_procedure_id=procedure
+        )
+        for one in series
+        for step, procedure in one.request_attributes
+    ]
+    if rows:
+        SeriesRequest.objects.bulk_create(rows)
+
+
 def instance_headers_backfill(*, tenant: Tenant, actor: Actor, batch: int = 200) -> int:
     """Keep the encrypted header of instances whose kept header is missing or stale, and
     index from each header what rows stored before it was indexed lack.
@@ -247,9 +262,10 @@ def instance_headers_backfill(*, tenant: Tenant, actor: Actor, batch: int = 200)
     pixel data its object holds and where its frames are. Such rows are served by
     parsing their objects on every metadata or frame read, which is slow for large
     series. Reads each such object once (verified) and seals its header on the row.
-    Indexed: StudyID, the performed procedure step's start, BitsAllocated (QIDO-RS
-    matches or returns them), where the row has none. Records one audit event per batch
-    (the kept headers it opened included). Returns how many rows got a header.
+    Indexed: StudyID, the performed procedure step's start, the series' orders,
+    BitsAllocated (QIDO-RS matches or returns them), where the row has none. Records
+    one audit event per batch (the kept headers it opened included). Returns how many
+    rows got a header.
     """
     done, after = 0, None
     while True:
@@ -312,8 +328,10 @@ def instance_headers_backfill(*, tenant: Tenant, actor: Actor, batch: int = 200)
                 Study.objects.for_tenant(tenant).bulk_update(list(studies.values()), ["study_id"])
             if series:
                 Series.objects.for_tenant(tenant).bulk_update(
-                    list(series.values()), ["performed_date", "performed_time"]
+                    list(series.values()),
+                    ["performed_date", "performed_time", "request_attributes"],
                 )
+                series_requests_create(tenant=tenant, series=list(series.values()))
             audit.record(
                 actor=actor,
                 action=Action.HEADERS_INDEXED,
@@ -344,6 +362,21 @@ def _first_value(header: dict[str, Any], tag: str) -> Any:
     return values[0]
 
 
+def _request_attributes(header: dict[str, Any]) -> list[list[str]]:
+    """What imaging.dicom.request_attributes reads, from a header's DICOM JSON."""
+    pairs: dict[tuple[str, str], None] = {}
+    for item in (header.get("00400275") or {}).get("Value") or []:
+        if not isinstance(item, dict):
+            continue
+        pair = tuple(
+            value.replace("\x00", "").strip()[:16] if isinstance(value, str) else ""
+            for value in (_first_value(item, "00400009"), _first_value(item, "00401001"))
+        )
+        if any(pair):
+            pairs[pair] = None
+    return [list(pair) for pair in pairs][:MAX_REQUEST_ATTRIBUTES]
+
+
 def _indexed_from_header(
     row: Instance,
     header: dict[str, Any],
@@ -366,6 +399,9 @@ def _indexed_from_header(
     time = _first_value(header, "00400245")
     if not one.performed_time and isinstance(time, str) and time.strip():
         one.performed_time = time.replace("\x00", "").strip()[:16]
+        series[one.pk] = one
+    if not one.request_attributes and (orders := _request_attributes(header)):
+        one.request_attributes = orders
         series[one.pk] = one
     bits = _first_value(header, "00280100")
     if row.bits_allocated is None and isinstance(bits, int) and 0 <= bits <= 64:

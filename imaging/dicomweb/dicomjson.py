@@ -63,9 +63,22 @@ def _date(value: dt.date | None) -> str:
     )
 
 
+_sh = _text("SH")
+
+
 def _modalities(value: str) -> str:
     modalities = ",".join(_quoted(m) for m in value.split("\\") if m)
     return f'{{"vr":"CS","Value":[{modalities}]}}' if modalities else '{"vr":"CS"}'
+
+
+def _request_attributes(value: list[list[str]] | None) -> str:
+    # Each item with the two keys QIDO-RS matches in it (PS3.18 Table 10.6.3-4).
+    if not value:
+        return '{"vr":"SQ"}'
+    items = ",".join(
+        f'{{"00400009":{_sh(step)},"00401001":{_sh(procedure)}}}' for step, procedure in value
+    )
+    return f'{{"vr":"SQ","Value":[{items}]}}'
 
 
 # (tag, column relative to the level's model, how to render it)
@@ -94,6 +107,7 @@ _SERIES = (
     ("00201209", "num_instances", _number("IS")),
     ("00400244", "performed_date", _date),
     ("00400245", "performed_time", _text("TM")),
+    ("00400275", "request_attributes", _request_attributes),
 )
 _INSTANCE = (
     ("00080016", "sop_class_uid", _text("UI")),

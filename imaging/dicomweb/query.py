@@ -33,6 +33,7 @@ class QueryError(ValueError):
     """The query cannot be answered; the message says why."""
 
 
+REQUESTS = "RequestAttributesSequence"
 # keyword -> (tag, vr, the level it belongs to, its column on that level's model)
 ATTRIBUTES: dict[str, tuple[str, str, str, str]] = {
     "StudyInstanceUID": ("0020000D", "UI", "study", "study_uid"),
@@ -53,6 +54,20 @@ ATTRIBUTES: dict[str, tuple[str, str, str, str]] = {
     "SeriesDescription": ("0008103E", "LO", "series", "description"),
     "PerformedProcedureStepStartDate": ("00400244", "DA", "series", "performed_date"),
     "PerformedProcedureStepStartTime": ("00400245", "TM", "series", "performed_time"),
+    # Keys within a sequence are named by a path (PS3.18 8.3.4.1): a series matches when
+    # one of its RequestAttributesSequence items matches every such key asked for.
+    f"{REQUESTS}.ScheduledProcedureStepID": (
+        "00400275.00400009",
+        "SH",
+        "series",
+        "requests__scheduled_step_id",
+    ),
+    f"{REQUESTS}.RequestedProcedureID": (
+        "00400275.00401001",
+        "SH",
+        "series",
+        "requests__requested_procedure_id",
+    ),
     "SOPInstanceUID": ("00080018", "UI", "instance", "sop_instance_uid"),
     "SOPClassUID": ("00080016", "UI", "instance", "sop_class_uid"),
     "InstanceNumber": ("00200013", "IS", "instance", "instance_number"),
@@ -86,6 +101,7 @@ RETURN_ONLY = {
     "NumberOfFrames",
     "AvailableTransferSyntaxUID",
     "BodyPartExamined",
+    REQUESTS,
 }
 # PS3.18 Table 8.3.4-1. `accept` is read where the response is negotiated.
 CONTROL = {
@@ -124,6 +140,9 @@ class Query:
     warnings: list[str] = field(default_factory=list)
     # The lookup path to the patient when a filter matches on patient attributes.
     patient: str | None = None
+    # A filter matches on rows of which a result may have several (a series' orders):
+    # the results are made distinct.
+    distinct: bool = False
 
 
 def _tag(name: str) -> str | None:
@@ -132,8 +151,20 @@ def _tag(name: str) -> str | None:
     return upper if re.fullmatch(r"[0-9A-F]{8}", upper) else None
 
 
+def _path_keyword(name: str) -> str:
+    """A path to an attribute within a sequence (`00400275.00400009`), each step named by
+    tag or keyword, as the keywords' path (`RequestAttributesSequence.ScheduledProc...`)."""
+    steps = []
+    for step in name.split("."):
+        tag = _tag(step)
+        steps.append(step if tag is None else keyword_for_tag(int(tag, 16)) or step)
+    return ".".join(steps)
+
+
 def _keyword(name: str) -> str:
     name = name.strip()
+    if "." in name:
+        return _path_keyword(name)
     if (tag := _tag(name)) is None:
         return name
     if tag in BY_TAG:
@@ -142,8 +173,12 @@ def _keyword(name: str) -> str:
 
 
 def _returned_keyword(name: str) -> str:
-    # includefield may name by tag any attribute results carry, matchable or not.
+    # includefield may name by tag any attribute results carry, matchable or not; a
+    # sequence's results carry the items' keys the server keeps.
     name = name.strip()
+    if "." in name:
+        keyword = _path_keyword(name)
+        return keyword if keyword in ATTRIBUTES else name
     if (tag := _tag(name)) is None:
         return name
     return BY_TAG.get(tag) or keyword_for_tag(int(tag, 16)) or name
@@ -410,4 +445,5 @@ def parse_query(params: QueryDict, *, level: str) -> Query:
                 raise QueryError(f"{keyword}: {value!r} cannot be matched.") from None
             if "patient__" in path:
                 query.patient = path[: path.index("patient__") + len("patient")]
+            query.distinct |= "requests__" in path
     return query

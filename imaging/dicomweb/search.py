@@ -58,8 +58,11 @@ def _matching(queryset: QuerySet, *, tenant: Tenant, query: Query, filters: Q, l
         # Naming the patient's clinic too lets PostgreSQL use the patient indexes
         # (tenant, patient_id) and (tenant, name) instead of scanning every patient row.
         queryset = queryset.filter(**{f"{query.patient}__tenant": tenant})
+    queryset = queryset.filter(filters)
+    if query.distinct:
+        queryset = queryset.distinct()  # a series with two matching orders is one result
     # One row beyond the limit tells the caller whether the answer was cut.
-    queryset = queryset.filter(filters)[query.offset : query.offset + query.limit + 1]
+    queryset = queryset[query.offset : query.offset + query.limit + 1]
     return queryset.values_list(*LEVELS[level].columns)  # results read columns, not rows
 
 

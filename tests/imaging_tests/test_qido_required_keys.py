@@ -9,9 +9,11 @@ import io
 import pydicom
 import pytest
 from django.core.management import call_command
+from django.test import Client
+from pydicom.sequence import Sequence
 
-from imaging.models import Instance, Series, Study
-from tests.imaging_tests.dicomweb_support import BASE, http
+from imaging.models import Instance, Series, SeriesRequest, Study
+from tests.imaging_tests.dicomweb_support import BASE, http, stow_files, token_for
 from tests.imaging_tests.helpers import ingest, sample_bytes, synthetic_ct
 
 pytestmark = pytest.mark.django_db
@@ -129,3 +131,134 @@ def test_the_upgrade_leaves_instances_without_pixel_data_without_a_frame_count(c
         ("", None),
         ("7FE00010", 1),
     ]
+
+
+def _orders(*pairs: tuple[str, str]) -> Sequence:
+    items = []
+    for step, procedure in pairs:
+        item = pydicom.Dataset()
+        if step:
+            item.ScheduledProcedureStepID = step
+        if procedure:
+            item.RequestedProcedureID = procedure
+        items.append(item)
+    return Sequence(items)
+
+
+@pytest.fixture
+def ordered(clinic) -> dict[str, str]:
+    """Series by the orders they fulfil: one order, two, and none."""
+    uids = {}
+    for name, orders in (
+        ("one", _orders(("SPS-1", "RP-1"))),
+        ("two", _orders(("SPS-2", "RP-2"), ("SPS-3", "RP-3"))),
+        ("none", None),
+    ):
+        tags = {"RequestAttributesSequence": orders} if orders is not None else {}
+        (data,) = synthetic_ct(slices=1, tags=tags)
+        ingest(clinic, data)
+        uids[name] = pydicom.dcmread(io.BytesIO(data)).SeriesInstanceUID
+    return uids
+
+
+def _series_uids(token: str, query: str) -> set[str]:
+    return {s["0020000E"]["Value"][0] for s in _found(token, f"series?{query}")}
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("RequestAttributesSequence.ScheduledProcedureStepID=SPS-1", {"one"}),
+        ("00400275.00400009=SPS-3", {"two"}),
+        ("RequestAttributesSequence.RequestedProcedureID=RP-2", {"two"}),
+        ("00400275.00401001=RP-*", {"one", "two"}),
+        # Both keys must match within one item: SPS-2 and RP-3 are different orders.
+        ("00400275.00400009=SPS-2&00400275.00401001=RP-3", set()),
+        ("00400275.00400009=SPS-2&00400275.00401001=RP-2", {"two"}),
+        ("00400275.00400009=NONE", set()),
+    ],
+)
+def test_series_are_found_by_the_orders_they_fulfil(read_token, ordered, query, expected):
+    found = _found(read_token, f"series?{query}")
+
+    uids = [s["0020000E"]["Value"][0] for s in found]
+    assert sorted(uids) == sorted(ordered[name] for name in expected)  # each series once
+
+
+def test_series_results_carry_their_orders(read_token, ordered):
+    found = {s["0020000E"]["Value"][0]: s for s in _found(read_token, "series")}
+
+    assert found[ordered["two"]]["00400275"] == {
+        "vr": "SQ",
+        "Value": [
+            {
+                "00400009": {"vr": "SH", "Value": ["SPS-2"]},
+                "00401001": {"vr": "SH", "Value": ["RP-2"]},
+            },
+            {
+                "00400009": {"vr": "SH", "Value": ["SPS-3"]},
+                "00401001": {"vr": "SH", "Value": ["RP-3"]},
+            },
+        ],
+    }
+    assert found[ordered["none"]]["00400275"] == {"vr": "SQ"}
+    (instance,) = _found(read_token, f"instances?SeriesInstanceUID={ordered['one']}")
+    assert instance["00400275"]["Value"][0]["00400009"]["Value"] == ["SPS-1"]
+
+
+def test_stow_rs_indexes_the_orders_of_each_new_series(read_token, clinic):
+    files = [
+        synthetic_ct(slices=2, tags={"RequestAttributesSequence": _orders((f"S-{n}", ""))})
+        for n in range(3)
+    ]
+
+    writer = Client(HTTP_AUTHORIZATION=f"Bearer {token_for(clinic, 'dicomweb:write')}")
+
+    response = stow_files(writer, [data for pair in files for data in pair])
+
+    assert response.status_code == 200, response.content
+    for n, pair in enumerate(files):
+        series_uid = pydicom.dcmread(io.BytesIO(pair[0])).SeriesInstanceUID
+        assert _series_uids(read_token, f"00400275.00400009=S-{n}") == {series_uid}
+        (series,) = _found(read_token, f"series?SeriesInstanceUID={series_uid}")
+        assert series["00400275"]["Value"] == [
+            {"00400009": {"vr": "SH", "Value": [f"S-{n}"]}, "00401001": {"vr": "SH"}}
+        ]
+
+
+def test_another_clinics_orders_are_not_found(read_token, other_clinic):
+    (data,) = synthetic_ct(slices=1, tags={"RequestAttributesSequence": _orders(("SPS-X", ""))})
+    ingest(other_clinic, data)
+
+    assert not _found(read_token, "series?00400275.00400009=SPS-X")
+
+
+def test_a_key_of_another_sequence_is_a_clear_400(read_token, ordered):
+    response = http(read_token).get(
+        f"{BASE}/series?ReferencedStudySequence.ReferencedSOPInstanceUID=1.2.3"
+    )
+
+    assert response.status_code == 400
+    assert "ReferencedStudySequence.ReferencedSOPInstanceUID" in response.json()["error"]
+
+
+def test_asking_for_the_orders_by_includefield_draws_no_warning(read_token, ordered):
+    response = http(read_token).get(
+        f"{BASE}/series?includefield=00400275&includefield=RequestAttributesSequence.RequestedProcedureID"
+    )
+
+    assert response.status_code == 200
+    assert "Warning" not in response
+
+
+def test_the_backfill_indexes_the_orders_of_series_stored_before(read_token, ordered, clinic):
+    series = Series.objects.for_tenant(clinic)
+    series.update(request_attributes=[])  # as the migration left rows stored before it
+    SeriesRequest.objects.for_tenant(clinic).delete()
+    assert not _series_uids(read_token, "00400275.00400009=SPS-3")
+
+    call_command("instance_headers_backfill", "--tenant", clinic.slug, stdout=io.StringIO())
+    call_command("instance_headers_backfill", "--tenant", clinic.slug, stdout=io.StringIO())
+
+    assert _series_uids(read_token, "00400275.00400009=SPS-3") == {ordered["two"]}
+    assert SeriesRequest.objects.for_tenant(clinic).count() == 3  # a second run adds none
