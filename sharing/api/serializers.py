@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import re
+
 from django.utils import timezone
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
@@ -10,11 +12,40 @@ from sharing.services import EMAIL_TOO_LONG
 from tenants.models import EMAIL_MAX_LENGTH
 
 
+class _Text(serializers.CharField):
+    """Text only: DRF's CharField would store a number sent for it as its digits (a PIN
+    sent as 01234 would become 1234)."""
+
+    default_error_messages = {"not_text": "Must be a string."}
+
+    def to_internal_value(self, data: object) -> str:
+        if not isinstance(data, str):
+            self.fail("not_text")
+        return super().to_internal_value(data)
+
+
+class _Pattern(_Text, serializers.RegexField):
+    pass
+
+
+class _WholeNumber(serializers.IntegerField):
+    """A JSON integer, or its digits as text (a form's value). DRF's IntegerField also
+    reads "٣" (Arabic-Indic three), "3.0", 3.0 and true as numbers, so a partner's bug
+    would pass unseen."""
+
+    def to_internal_value(self, data: object) -> int:
+        if isinstance(data, bool | float) or (
+            isinstance(data, str) and not re.fullmatch(r"-?[0-9]+", data.strip())
+        ):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
 class ShareCreateSerializer(serializers.Serializer):
-    study_instance_uid = serializers.CharField(max_length=64)
+    study_instance_uid = _Text(max_length=64)
     expires_at = serializers.DateTimeField()
-    pin = serializers.RegexField(r"^[0-9]{4,12}$", required=False, allow_blank=False)
-    max_uses = serializers.IntegerField(
+    pin = _Pattern(r"^[0-9]{4,12}$", required=False, allow_blank=False)
+    max_uses = _WholeNumber(
         required=False, min_value=1, max_value=ShareLink.MAX_USES, allow_null=True
     )
     allow_download = serializers.BooleanField(
@@ -30,7 +61,7 @@ class ShareCreateSerializer(serializers.Serializer):
         max_length=EMAIL_MAX_LENGTH,
         error_messages={"max_length": EMAIL_TOO_LONG},
     )
-    message = serializers.CharField(required=False, allow_blank=True, max_length=2000, default="")
+    message = _Text(required=False, allow_blank=True, max_length=2000, default="")
 
 
 class ShareSerializer(serializers.ModelSerializer):

@@ -108,6 +108,14 @@ def test_scope_is_required(study):
         ({"max_uses": 2**31}, "max_uses"),  # beyond the column on PostgreSQL
         ({"expires_at": "tomorrow"}, "expires_at"),
         ({"recipient_email": "not-an-email"}, "recipient_email"),
+        # Types a partner's code got wrong are refused, not coerced.
+        ({"max_uses": "\u0663"}, "max_uses"),  # an Arabic-Indic three
+        ({"max_uses": 3.0}, "max_uses"),
+        ({"max_uses": "3.0"}, "max_uses"),
+        ({"max_uses": True}, "max_uses"),
+        ({"pin": 123456}, "pin"),  # as a number its leading zeros would be lost
+        ({"message": 1.5}, "message"),
+        ({"study_instance_uid": 1.2}, "study_instance_uid"),
     ],
 )
 def test_bad_input_is_a_specific_400_and_creates_nothing(study, extra, field):
