@@ -122,15 +122,19 @@ def bearer_token(
 
 
 def _viewer_session(
-    request: HttpRequest, tenant: Tenant, *, opened_after: dt.datetime, **owner: Any
+    request: HttpRequest, tenant: Tenant, *, name: str, opened_after: dt.datetime, **owner: Any
 ) -> ViewerSession | None:
     """The viewer session the request names, if `owner` (a user or a share) opened it
     after `opened_after` and within VIEWER_SESSION_MAX_AGE.
 
     Another person's id, an old one (from a browser history, a thumbnail URL) or one of
     an earlier sign-in is ignored, and the reads are then audited one by one: a viewer
-    session only stands for one sitting at the viewer.
+    session only stands for one sitting at the viewer. Whole objects and bulk data
+    (route `name`) are never read under one: they are originals taken away, each audited
+    as a retrieve with what it held, not folded into the series' first view.
     """
+    if name in DOWNLOAD_ROUTES:
+        return None
     raw = request.headers.get(VIEWER_SESSION_HEADER) or request.GET.get(VIEWER_SESSION_PARAM, "")
     try:
         session_id = uuid.UUID(raw)
@@ -206,7 +210,7 @@ def signed_in_member(
             actor=Actor.from_request(request),
             studies=studies,
             viewer_session=_viewer_session(
-                request, tenant, opened_after=_signed_in_at(request), user=request.user
+                request, tenant, name=name, opened_after=_signed_in_at(request), user=request.user
             ),
         )
         return view(request, *args, **kwargs)
@@ -263,7 +267,7 @@ def share_recipient(
             studies=Study.objects.for_tenant(share.tenant).filter(pk=share.study_id),
             series=share_series(share=share),
             viewer_session=_viewer_session(
-                request, share.tenant, opened_after=share.created_at, share=share
+                request, share.tenant, name=name, opened_after=share.created_at, share=share
             ),
             pseudonym=share.pseudonym,
         )

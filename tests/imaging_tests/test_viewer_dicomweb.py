@@ -406,3 +406,24 @@ def test_a_referring_physician_gets_originals_only_with_a_download_grant(
 
     assert view_only.status_code == 404
     assert downloadable.status_code == 200
+
+
+@pytest.mark.parametrize("route", ["study", "series", "instance", "bulkdata"])
+def test_originals_taken_under_a_viewer_session_are_audited_as_retrieves(
+    client_for, radiologist, study, route
+):
+    client = client_for(radiologist)
+    session_id = open_viewer(client, study)
+    first = instances(study)[0]
+    client.get(metadata_url(study, first.series.series_uid), HTTP_X_VIEWER_SESSION=session_id)
+    accept = FRAMES_ACCEPT if route == "bulkdata" else DICOM_ACCEPT
+    before = audit_actions(study.tenant)
+
+    original = client.get(
+        _originals_urls(study)[route], HTTP_ACCEPT=accept, HTTP_X_VIEWER_SESSION=session_id
+    )
+
+    assert original.status_code == 200
+    # The series was already viewed under the session: the download still leaves its own
+    # event, not silence (or one more "viewed").
+    assert audit_actions(study.tenant)[len(before) :] == [Action.DICOMWEB_RETRIEVE]

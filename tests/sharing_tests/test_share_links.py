@@ -685,3 +685,29 @@ def test_a_pin_must_be_4_to_12_plain_digits(study, radiologist, pin):
         make_share(study, radiologist, pin=pin)
 
     assert not ShareLink.objects.for_tenant(study.tenant).exists()
+
+
+def test_a_recipient_taking_originals_from_the_viewer_is_audited_each_time(
+    client, study, radiologist
+):
+    share, token = make_share(study, radiologist, allow_download=True)
+    open_link(client, token)
+    session_id = re.search(
+        r'data-viewer-session="([0-9a-f-]+)"', client.get("/s/viewer/").content.decode()
+    )[1]
+    instance = first_instance(study)
+    client.get(frame_url(instance), HTTP_ACCEPT=FRAMES, HTTP_X_VIEWER_SESSION=session_id)
+    events = AuditEvent.objects.for_tenant(study.tenant).filter(actor_id=str(share.pk))
+    before = events.count()
+
+    for _ in range(2):
+        response = client.get(
+            f"/s/dicomweb/studies/{study.study_uid}",
+            HTTP_ACCEPT='multipart/related; type="application/dicom"',
+            HTTP_X_VIEWER_SESSION=session_id,
+        )
+        assert response.status_code == 200
+
+    taken = list(events.order_by("seq")[before:].values_list("action", "detail"))
+    assert [action for action, _ in taken] == [Action.DICOMWEB_RETRIEVE] * 2
+    assert all(detail["instances"] == 3 for _, detail in taken)
