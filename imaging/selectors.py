@@ -19,7 +19,7 @@ import uuid
 from dataclasses import dataclass
 
 from django.db import connection
-from django.db.models import Prefetch, Q, QuerySet
+from django.db.models import Case, F, Prefetch, Q, QuerySet, Value, When
 
 from audit.actors import Target
 from imaging.models import Instance, Patient, Series, Study
@@ -100,10 +100,22 @@ def _granted_ids(*, membership: Membership, perm: str) -> QuerySet[Study]:
     ).values("pk")
 
 
+# Sorts by what a masked row hides: its place in the order would tell the hidden value.
+_SORTS_BY_HIDDEN = {"patient": "patient__name", "accession": "accession_number"}
+
+
 def study_list(
-    *, membership: Membership, query: WorklistQuery | None = None, sort: str = DEFAULT_SORT
+    *,
+    membership: Membership,
+    now: dt.datetime,
+    query: WorklistQuery | None = None,
+    sort: str = DEFAULT_SORT,
 ) -> QuerySet[Study]:
-    """The studies a member may list: all of the clinic's, or only those granted to them."""
+    """The studies a member may list: all of the clinic's, or only those granted to them.
+
+    Confidential studies the member may not open are listed masked (`masked_study_ids`);
+    neither a search nor a sort tells anything about what such a row hides.
+    """
     tenant = membership.tenant
     # patient__tenant lets PostgreSQL search the clinic's patient indexes, not all rows.
     studies = (
@@ -113,13 +125,24 @@ def study_list(
         if not membership.has_perm(Perm.STUDY_VIEW_GRANTED):
             return studies.none()
         studies = studies.filter(pk__in=_granted_ids(membership=membership, perm=STUDY_VIEW_PERM))
+    # Masked rows: what the member does not see the details of (masked_study_ids' rule).
+    masked = Q(confidential=True) & ~(
+        Q(pk__in=_granted_ids(membership=membership, perm=STUDY_VIEW_PERM))
+        | Q(pk__in=_break_glass_study_ids(membership=membership, now=now))
+    )
     if query is not None and not query.is_empty:
-        studies = _filtered(studies, query, membership=membership)
-    return studies.order_by(*SORTS.get(sort, SORTS[DEFAULT_SORT]))
+        studies = _filtered(studies, query, membership=membership, masked=masked)
+    order = SORTS.get(sort, SORTS[DEFAULT_SORT])
+    hidden = _SORTS_BY_HIDDEN.get(sort.lstrip("-"))
+    if hidden is not None and membership.has_perm(Perm.WORKLIST_VIEW):
+        # Masked rows sort as if the value were empty, by date among themselves.
+        key = Case(When(masked, then=Value("")), default=F(hidden))
+        order = (key.desc() if sort.startswith("-") else key.asc(), *order[1:])
+    return studies.order_by(*order)
 
 
 def _filtered(
-    studies: QuerySet[Study], query: WorklistQuery, *, membership: Membership
+    studies: QuerySet[Study], query: WorklistQuery, *, membership: Membership, masked: Q
 ) -> QuerySet[Study]:
     if query.text:
         text = query.text
@@ -130,12 +153,10 @@ def _filtered(
             | Q(accession_number__iexact=text)
             | Q(description__dicom_icontains=text)
         )
-        if membership.has_perm(Perm.WORKLIST_VIEW):
-            # Searching by a confidential patient's name must not reveal the study.
-            studies = studies.filter(
-                Q(confidential=False)
-                | Q(pk__in=_granted_ids(membership=membership, perm=STUDY_VIEW_PERM))
-            )
+    if (query.text or query.referring) and membership.has_perm(Perm.WORKLIST_VIEW):
+        # Searching by what a masked row hides (a confidential patient's name, its
+        # referring physician) must not reveal the study.
+        studies = studies.exclude(masked)
     if query.date_from:
         studies = studies.filter(study_date__gte=query.date_from)
     if query.date_to:

@@ -101,10 +101,11 @@ def worklist(request: HttpRequest) -> HttpResponse:
     sort = request.GET.get("sort", DEFAULT_SORT)
     sort = sort if sort in SORTS else DEFAULT_SORT
     membership = request.membership
-    studies = study_list(membership=membership, query=query, sort=sort)
+    now = timezone.now()
+    studies = study_list(membership=membership, now=now, query=query, sort=sort)
     page = Paginator(studies, PAGE_SIZE).get_page(request.GET.get("page"))
     rows = list(page)
-    masked = masked_study_ids(membership=membership, studies=rows, now=timezone.now())
+    masked = masked_study_ids(membership=membership, studies=rows, now=now)
     show_images = membership.has_perm(Perm.IMAGES_VIEW)
     thumbnails = _thumbnails([s for s in rows if s.pk not in masked]) if show_images else {}
     # Demographics are PHI: every page shown is audited (ids, never the search text).

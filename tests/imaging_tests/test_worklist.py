@@ -262,3 +262,45 @@ def test_the_worklist_finds_a_name_typed_in_another_case_in_any_script(
     page = client.get(_search(client, clinic, text="ärzte^ö")["Location"]).content.decode()
 
     assert "P-U" in page and "P-A" not in page
+
+
+def test_a_masked_study_is_not_found_by_its_referring_physician(
+    client_for, radiologist, technologist, clinic, studies
+):
+    study_set_confidential(
+        study=studies["jane"], confidential=True, by=radiologist, actor=TEST_ACTOR
+    )
+    client = client_for(technologist)
+
+    searched = client.get(_search(client, clinic, referring="house")["Location"]).content.decode()
+
+    rows = searched[searched.index("<tbody>") : searched.index("</tbody>")]
+    assert "Smith, Ann" in rows and "Confidential study" not in rows
+
+
+@pytest.mark.parametrize(
+    ("sort", "expected"),
+    [
+        ("patient", ["Confidential study", "Doe, Jane", "Smith, Ann"]),
+        ("-patient", ["Smith, Ann", "Doe, Jane", "Confidential study"]),
+        ("accession", ["Confidential study", "Doe, Jane", "Smith, Ann"]),
+    ],
+)
+def test_sorting_by_what_a_masked_row_hides_does_not_place_it_by_that(
+    client_for, radiologist, technologist, clinic, studies, sort, expected
+):
+    # Roe sorts between Doe and Smith (ACC-200 between 100 and 300): in that place, the
+    # masked row would tell its patient's name (or accession) to a few letters.
+    study_set_confidential(
+        study=studies["john"], confidential=True, by=radiologist, actor=TEST_ACTOR
+    )
+
+    html = client_for(technologist).get(f"/t/{clinic.slug}/?sort={sort}").content.decode()
+    marked = client_for(radiologist).get(f"/t/{clinic.slug}/?sort={sort}").content.decode()
+
+    rows = html[html.index("<tbody>") :]
+    assert sorted(expected, key=rows.index) == expected
+    assert "Confidential study" not in marked  # who may open it sees it by its name
+    unmasked = marked[marked.index("<tbody>") :]
+    names = ["Doe, Jane", "Roe, John", "Smith, Ann"]
+    assert sorted(names, key=unmasked.index) == (names if sort != "-patient" else names[::-1])
