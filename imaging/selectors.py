@@ -58,7 +58,12 @@ class WorklistQuery:
 
     @property
     def is_empty(self) -> bool:
-        return not (self.text or self.date_from or self.date_to or self.modality or self.referring)
+        return not self.fields
+
+    @property
+    def fields(self) -> list[str]:
+        """The criteria given, by name (what an audit event may say of a search)."""
+        return [name for name, value in vars(self).items() if value]
 
 
 @dataclass(frozen=True)

@@ -97,7 +97,12 @@ def _portal_page(
         action=Action.PATIENT_VIEWED,
         target=patient,
         tenant=request.tenant,  # type: ignore[attr-defined]
-        detail={"via": "patient_portal_access"},
+        # The page lists the clinic's other records of the same name and birth date (their
+        # IDs and dates of birth), to invite for them too: those were shown as well.
+        detail={
+            "via": "patient_portal_access",
+            "records": [str(p.pk) for p in records if p.pk != patient.pk],
+        },
     )
     return render(
         request,

@@ -60,7 +60,11 @@ def my_studies(request: HttpRequest) -> HttpResponse:
                 action=Action.WORKLIST_VIEWED,
                 target=None,
                 tenant=membership.tenant,
-                detail={"via": "patient_portal", "results": len(studies)},
+                detail={
+                    "via": "patient_portal",
+                    "results": len(studies),
+                    "studies": [str(study.pk) for study in studies],
+                },
             )
     return render(request, "sharing/my_studies.html", {"clinics": clinics})
 

@@ -62,6 +62,7 @@ FILTERS = [
     OpenApiParameter("date_from", OpenApiTypes.DATE),
     OpenApiParameter("date_to", OpenApiTypes.DATE),
 ]
+FILTER_NAMES = [parameter.name for parameter in FILTERS]
 
 
 class StudyList(generics.ListAPIView):
@@ -109,6 +110,9 @@ class StudyList(generics.ListAPIView):
             detail={
                 "resource": "studies",
                 "studies": [str(study["id"]) for study in response.data.get("results", [])],
+                # Which filters, never their values: a search that found nothing differs
+                # from an empty listing.
+                "filters": sorted(name for name in FILTER_NAMES if request.query_params.get(name)),
             },
         )
         return response

@@ -143,6 +143,9 @@ class Query:
     # A filter matches on rows of which a result may have several (a series' orders):
     # the results are made distinct.
     distinct: bool = False
+    # The attributes matched on, by keyword (what the search's audit event may say of
+    # it: never the values).
+    keys: list[str] = field(default_factory=list)
 
 
 def _tag(name: str) -> str | None:
@@ -437,6 +440,8 @@ def parse_query(params: QueryDict, *, level: str) -> Query:
                 raise QueryError(f"{keyword}: a value may have at most {most} characters.")
             if not value:
                 continue
+            if keyword not in query.keys:
+                query.keys.append(keyword)
             try:
                 query.filters &= _match(keyword, vr, path, value, query.fuzzy)
             except QueryError:

@@ -163,7 +163,12 @@ def _search(request: HttpRequest, query: Query, level: str, scope: Q | None = No
     results = search_results(found[: query.limit], level=level, base_url=_base_url(request))
     # Which studies the answer showed, as the worklist and the REST study list record:
     # the results carry names, birth dates and IDs, and an auditor asks whose.
-    detail = {"level": level, "results": results.count, "studies": results.studies}
+    detail = {
+        "level": level,
+        "results": results.count,
+        "studies": results.studies,
+        "keys": query.keys,  # which attributes were matched, never the values
+    }
     _audit(request, Action.DICOMWEB_SEARCH, detail)
     if results.count:
         response = HttpResponse(results.body, content_type=DICOM_JSON)

@@ -114,10 +114,14 @@ def worklist(request: HttpRequest) -> HttpResponse:
         action=Action.WORKLIST_VIEWED,
         target=None,
         tenant=request.tenant,
+        # Masked rows showed no demographics; which fields a search used (never what
+        # was typed) tells an empty page from a search that found nothing.
         detail={
             "page": page.number,
             "studies": [str(s.pk) for s in rows],
+            "masked": [str(s.pk) for s in rows if s.pk in masked],
             "searched": query is not None,
+            "search_fields": query.fields if query is not None else [],
         },
     )
     search_id = request.GET.get("s", "") if query is not None else ""

@@ -50,6 +50,8 @@ def test_a_search_records_which_studies_it_showed(clinic, read_token, three_stud
     assert response.status_code == 200
     assert detail["results"] == 2
     assert detail["studies"] == _study_ids(clinic, three_studies[:2])
+    assert detail["keys"] == ["PatientID"]  # what was matched on, never the value
+    assert "PID-9" not in str(detail)
 
 
 def test_a_series_or_instance_search_records_each_study_once(clinic, read_token, three_studies):

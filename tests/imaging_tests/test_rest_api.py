@@ -113,7 +113,7 @@ def test_filter_values_the_database_cannot_take_are_a_clear_400(clinic, studies,
 def test_partner_reads_name_the_studies_they_showed(clinic, studies):
     api = _api(token_for(clinic, "studies:read"))
 
-    api.get("/api/v1/studies", {"limit": 2})
+    api.get("/api/v1/studies", {"limit": 2, "modality": "CT", "date_from": ""})
     api.get(f"/api/v1/studies/{studies[0].pk}")
     api.get(f"/api/v1/studies/{studies[1].pk}/series")
 
@@ -122,6 +122,7 @@ def test_partner_reads_name_the_studies_they_showed(clinic, studies):
     )
     newest_first = sorted(studies, key=lambda s: (s.study_date, s.created_at), reverse=True)
     assert listed.detail["studies"] == [str(s.pk) for s in newest_first[:2]]
+    assert listed.detail["filters"] == ["modality"]  # which ones, never the values
     assert (detail.target_type, detail.target_id) == ("imaging.study", str(studies[0].pk))
     assert (series.target_type, series.target_id) == ("imaging.study", str(studies[1].pk))
     assert series.detail == {"resource": "series", "results": 1}

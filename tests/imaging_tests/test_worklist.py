@@ -104,6 +104,7 @@ def test_search_terms_never_appear_in_the_url(client_for, radiologist, clinic, s
     assert "Roe, John" in listed.content.decode()
     event = AuditEvent.objects.for_tenant(clinic).filter(action=Action.WORKLIST_VIEWED).last()
     assert event.detail["searched"] is True
+    assert event.detail["search_fields"] == ["text", "referring"]
     assert "Roe" not in str(event.detail) and "Wilson" not in str(event.detail)
 
 
@@ -197,6 +198,10 @@ def test_confidential_study_is_masked_and_not_found_by_name(
 
     assert "Confidential study" in listing
     assert "Doe, Jane" not in listing and "PID-1" not in listing
+    # The audit tells the masked row (no demographics shown) from the others.
+    event = AuditEvent.objects.for_tenant(clinic).filter(action=Action.WORKLIST_VIEWED).first()
+    assert event.detail["masked"] == [str(studies["jane"].pk)]
+    assert len(event.detail["studies"]) == 3
     rows = searched[searched.index("<tbody>") : searched.index("</tbody>")]
     assert "No studies match this search." in rows
 

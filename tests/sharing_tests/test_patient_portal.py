@@ -236,9 +236,14 @@ def test_records_alike_are_offered_but_only_chosen_ones_linked(
     patient = accept_as_new_patient(INVITE_LINK.search(mail.outbox[-1].body)[1])
 
     assert "P-1b" in page and "P-9" not in page
+    # The twin's record was shown on the page too, and its view says so.
+    shown = AuditEvent.objects.for_tenant(clinic).filter(action=Action.PATIENT_VIEWED).first()
+    assert shown.detail["records"] == [str(twin.patient.pk)]
     listing = patient.get("/t/north/my/").content.decode()
     assert f"/my/studies/{twin.pk}/" in listing and f"/my/studies/{own_study.pk}/" in listing
     assert f"/my/studies/{namesake.pk}/" not in listing
+    listed = AuditEvent.objects.for_tenant(clinic).filter(action=Action.WORKLIST_VIEWED).last()
+    assert sorted(listed.detail["studies"]) == sorted([str(twin.pk), str(own_study.pk)])
 
 
 # --- The invitee ------------------------------------------------------------------------
