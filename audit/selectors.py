@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from django.db.models import Q, QuerySet
 
@@ -10,9 +12,61 @@ from audit.actors import Target
 from audit.models import ActorType, AuditEvent
 from tenants.models import ApiToken, Membership, Tenant
 
+# Target types as audit.actors.Target writes them (a model's label, lower case).
+STUDY_TARGET_TYPE = "imaging.study"
+SERIES_TARGET_TYPE = "imaging.series"
 
-def event_list(*, tenant: Tenant) -> QuerySet[AuditEvent]:
-    return AuditEvent.objects.for_tenant(tenant).order_by("-seq")
+
+@dataclass(frozen=True)
+class EventFilter:
+    """What a privacy officer narrows the log to; every part optional."""
+
+    study_ids: tuple[str, ...] = ()  # the study, then its series: their ids as events hold them
+    actor: tuple[str, str] | None = None  # (actor type, actor id)
+    action: str = ""
+    outcome: str = ""
+    date_from: dt.date | None = None
+    date_to: dt.date | None = None
+
+
+def event_list(*, tenant: Tenant, filters: EventFilter | None = None) -> QuerySet[AuditEvent]:
+    events = AuditEvent.objects.for_tenant(tenant).order_by("-seq")
+    if filters is None:
+        return events
+    if filters.study_ids:
+        study, *series = filters.study_ids
+        events = events.filter(_about_study(study, series))
+    if filters.actor is not None:
+        events = events.filter(actor_type=filters.actor[0], actor_id=filters.actor[1])
+    if filters.action:
+        events = events.filter(action=filters.action)
+    if filters.outcome:
+        events = events.filter(outcome=filters.outcome)
+    if filters.date_from:
+        events = events.filter(created_at__date__gte=filters.date_from)
+    if filters.date_to:
+        events = events.filter(created_at__date__lte=filters.date_to)
+    return events
+
+
+def _about_study(study_id: str, series_ids: Iterable[str]) -> Q:
+    # Events aimed at the study or one of its series, and those naming it in their detail:
+    # worklist pages, searches and list reads name every study they showed, a series'
+    # first view its study. A study's id is a UUID, which no other value in a detail
+    # contains, so a text match finds no other study's events. It reads the clinic's
+    # events in turn (no index holds the detail), newest first, until a page is full.
+    return (
+        Q(target_type=STUDY_TARGET_TYPE, target_id=study_id)
+        | Q(target_type=SERIES_TARGET_TYPE, target_id__in=list(series_ids))
+        | Q(detail__icontains=study_id)
+    )
+
+
+def events_about_study(
+    *, tenant: Tenant, study_id: str, series_ids: Iterable[str]
+) -> QuerySet[AuditEvent]:
+    """Everything the log holds about one study, newest first: who saw it, and how."""
+    return event_list(tenant=tenant).filter(_about_study(study_id, series_ids))
 
 
 def events_for_targets(*, tenant: Tenant, targets: Iterable[Target]) -> QuerySet[AuditEvent]:

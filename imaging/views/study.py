@@ -22,9 +22,9 @@ from django.utils import timezone
 from django.views.decorators.http import require_http_methods, require_POST
 
 import audit
-from audit.actors import Actor, Target
+from audit.actors import Actor
 from audit.models import Action
-from audit.selectors import actor_labels, events_for_targets
+from audit.selectors import actor_labels, events_about_study
 from imaging.archive import study_zip, zip_response
 from imaging.forms import BreakGlassForm, GrantForm
 from imaging.models import Study
@@ -108,8 +108,13 @@ def study_detail(request: HttpRequest, study_id: uuid.UUID) -> HttpResponse:
             detail={"via": "break_glass" if access.break_glass else "access"},
         )
     if has_clinic_perm(request, Perm.AUDIT_READ):
-        targets = [study_target(study)] + [Target.of(s) for s in series]
-        events = list(events_for_targets(tenant=request.tenant, targets=targets)[:HISTORY_SIZE])
+        events = list(
+            events_about_study(
+                tenant=request.tenant,
+                study_id=str(study.pk),
+                series_ids=[str(s.pk) for s in series],
+            )[:HISTORY_SIZE]
+        )
         labels = actor_labels(tenant=request.tenant, events=events)
         context["show_history"] = True
         context["history"] = [

@@ -104,6 +104,7 @@ def test_history_is_shown_only_to_roles_that_read_the_audit(client_for, clinic, 
     auditor = make_member(clinic, "radiologist", "privacy_officer", email="both@north.example")
     plain = make_member(clinic, "radiologist", email="plain@north.example")
     client_for(plain).get(url(study, "viewer/"))
+    client_for(plain).get(f"/t/{clinic.slug}/")  # the worklist showed its demographics
 
     with_history = client_for(auditor).get(url(study)).content.decode()
     without = client_for(plain).get(url(study)).content.decode()
@@ -111,6 +112,7 @@ def test_history_is_shown_only_to_roles_that_read_the_audit(client_for, clinic, 
     assert "Access history" in with_history
     assert "plain@north.example (Radiologist)" in with_history
     assert "Study opened in the viewer" in with_history
+    assert "Worklist viewed" in with_history  # events naming the study in their detail too
     assert "Access history" not in without
 
 
