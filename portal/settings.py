@@ -252,6 +252,9 @@ SESSION_IDLE_SECONDS = env_int("SESSION_IDLE_SECONDS", 15 * 60)
 SESSION_EXPIRE_AT_BROWSER_CLOSE = True
 SESSION_COOKIE_NAME = "portal_session"
 CSRF_COOKIE_NAME = "portal_csrf"
+# A form sent with an outdated token (another tab signed in or out) gets a page that says
+# so in the portal's layout, not Django's bare one, whose inline style the CSP blocks.
+CSRF_FAILURE_VIEW = "portal.views.csrf_failure"
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SAMESITE = "Lax"
 CSRF_COOKIE_HTTPONLY = True

@@ -93,6 +93,16 @@ def home(request: HttpRequest) -> HttpResponse:
 _DICOMWEB_PATH = re.compile(r"/(?:s/)?dicomweb/")
 
 
+def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
+    """A form whose CSRF check failed: the portal's own page; the reason stays in the log."""
+    message = "The CSRF check failed: reload the page that sends this and try again."
+    if request.path_info.startswith("/api/"):
+        return JsonResponse({"error": {"code": "csrf_failed", "message": message}}, status=403)
+    if _DICOMWEB_PATH.match(request.path_info):
+        return JsonResponse({"error": message}, status=403)
+    return render(request, "403_csrf.html", status=403)
+
+
 def not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
     """404 for a path no route matches (a typo, an id not in canonical UUID form): on the
     partner API and DICOMweb, their JSON error, the same as for a missing object."""

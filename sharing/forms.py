@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import datetime as dt
+import re
 from typing import Any
 
 from django import forms
@@ -84,6 +86,30 @@ class ChallengeForm(forms.Form):
         max_length=32,
         widget=forms.TextInput(attrs={"autocomplete": "off", "autofocus": True}),
     )
+
+    def __init__(self, *args: Any, birth_date: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.birth_date = birth_date
+        if birth_date:
+            self.fields["answer"].label = "Patient's date of birth (YYYY-MM-DD)"
+            self.fields["answer"].widget = forms.DateInput(
+                attrs={"type": "date", "autocomplete": "off", "autofocus": True}
+            )
+
+    def clean_answer(self) -> str:
+        answer = self.cleaned_data["answer"].strip()
+        if self.birth_date:
+            # A date written another way is a slip, not a wrong answer: it is refused
+            # before it is checked, so it costs none of the link's few attempts.
+            try:
+                if not re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", answer):
+                    raise ValueError
+                dt.date.fromisoformat(answer)
+            except ValueError:
+                raise forms.ValidationError(
+                    "Enter the date of birth as year-month-day, for example 1970-01-31."
+                ) from None
+        return answer
 
 
 class PatientShareForm(ShareForm):

@@ -66,9 +66,9 @@ def patient_portal_url(patient: Patient) -> str:
 
 
 def _record_label(patient: Patient) -> str:
-    born = patient.birth_date.isoformat() if patient.birth_date else "birth date unknown"
+    born = f"born {patient.birth_date.isoformat()}" if patient.birth_date else "birth date unknown"
     issuer = f" ({patient.issuer})" if patient.issuer else ""
-    return f"ID {patient.patient_id}{issuer} · born {born}"
+    return f"ID {patient.patient_id}{issuer} · {born}"
 
 
 @require_perm(Perm.PATIENT_INVITE)

@@ -87,6 +87,13 @@ def share_new(request: HttpRequest, study_id: uuid.UUID) -> HttpResponse:
     return _share_new(request, study)
 
 
+def _series_label(series: Series) -> str:
+    # "Series 2 · CT · Axial", leaving out what the series does not say.
+    return " · ".join(
+        filter(None, [f"Series {series.series_number or '?'}", series.modality, series.description])
+    )
+
+
 @require_step_up
 def _share_new(request: HttpRequest, study) -> HttpResponse:
     return share_form_page(request, study, form_class=ShareForm)
@@ -112,10 +119,7 @@ def share_form_page(
         else break_glass_sole_grant(membership=membership, study=study, now=timezone.now())
     )
     series = [s for s in series_for_study(study=study) if s.num_instances]
-    choices = [
-        (str(s.pk), f"Series {s.series_number or '?'} · {s.modality} · {s.description}")
-        for s in series
-    ]
+    choices = [(str(s.pk), _series_label(s)) for s in series]
     may_download = (
         as_patient or study_access(membership=membership, study=study, now=timezone.now()).download
     )
@@ -475,9 +479,9 @@ def share_home(request: HttpRequest) -> HttpResponse:
             if request.method == "POST":
                 return _recipient_open(request, share, now=now, ip=ip)
             return render(request, "sharing/challenge.html", {"share": share, "form": None})
-        form = ChallengeForm(request.POST or None)
-        if share.challenge == ShareLink.Challenge.BIRTH_DATE:
-            form.fields["answer"].label = "Patient's date of birth (YYYY-MM-DD)"
+        form = ChallengeForm(
+            request.POST or None, birth_date=share.challenge == ShareLink.Challenge.BIRTH_DATE
+        )
         if request.method == "POST" and form.is_valid():
             if share_check_secret(share=share, answer=form.cleaned_data["answer"], now=now, ip=ip):
                 return _recipient_open(request, share, now=now, ip=ip)

@@ -18,6 +18,16 @@ def person_name(value: str) -> str:
 
 
 @register.filter
+def dicom_time(value: str) -> str:
+    """A DICOM TM ("HHMMSS.FFFFFF", or fewer digits) as "HH:MM", or "" if it is not one."""
+    text = str(value or "").strip()
+    hours, minutes = text[:2], text[2:4] or "00"  # "10" is ten o'clock (PS3.5 6.2)
+    if not (hours + minutes).isdigit() or len(hours + minutes) != 4:
+        return ""
+    return f"{hours}:{minutes}"
+
+
+@register.filter
 def filesize_mb(value: int) -> str:
     megabytes = (value or 0) / 1_000_000
     return f"{megabytes:.1f} MB" if megabytes < 1000 else f"{megabytes / 1000:.2f} GB"

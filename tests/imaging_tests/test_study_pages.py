@@ -306,3 +306,14 @@ def test_technologist_cannot_grant(client_for, technologist, referring_physician
     )
 
     assert response.status_code == 403
+
+
+@pytest.mark.parametrize(
+    ("stored", "shown"), [("235959.123", "23:59"), ("0730", "07:30"), ("10", "10:00")]
+)
+def test_the_study_time_is_shown_as_a_time(client_for, radiologist, clinic, stored, shown):
+    study = ingest_study(clinic, synthetic_ct(slices=1, size=16, tags={"StudyTime": stored}))
+
+    body = client_for(radiologist).get(url(study)).content.decode()
+
+    assert f"{shown}</dd>" in body

@@ -122,6 +122,22 @@ def test_birth_date_challenge(client, study, radiologist):
     assert "Doe, Jane" in client.get("/s/").content.decode()
 
 
+def test_a_birth_date_written_another_way_is_a_slip_not_a_miss(client, study, radiologist):
+    share, token = make_share(study, radiologist, challenge=ShareLink.Challenge.BIRTH_DATE)
+    client.get(f"/s/{token}")
+    page = client.get("/s/")
+
+    slips = [client.post("/s/", {"answer": "01/01/1970"}) for _ in range(6)]
+    right = client.post("/s/", {"answer": "1970-01-01"})
+
+    assert 'type="date"' in page.content.decode()
+    assert {slip.status_code for slip in slips} == {400}
+    assert "year-month-day" in slips[-1].content.decode()
+    share.refresh_from_db()
+    assert share.failed_attempts == 0 and share.locked_at is None  # none counted
+    assert right.status_code == 303
+
+
 def test_pin_lockout_after_five_misses_tells_the_sharer_once(
     client, study, radiologist, django_capture_on_commit_callbacks
 ):
@@ -711,3 +727,35 @@ def test_a_recipient_taking_originals_from_the_viewer_is_audited_each_time(
     taken = list(events.order_by("seq")[before:].values_list("action", "detail"))
     assert [action for action, _ in taken] == [Action.DICOMWEB_RETRIEVE] * 2
     assert all(detail["instances"] == 3 for _, detail in taken)
+
+
+def test_a_view_only_recipient_asking_for_the_download_is_told_why(client, study, radiologist):
+    _, token = make_share(study, radiologist)
+    open_link(client, token)
+
+    response = client.get("/s/download/")
+    viewer = client.get("/s/viewer/").content.decode()
+
+    body = response.content.decode()
+    assert response.status_code == 403
+    assert "This link does not allow download." in body
+    assert "administrator" not in body  # a recipient has no role or administrator here
+    assert "<title>Viewer · Shared study" in viewer
+
+
+def test_the_share_forms_series_are_a_labelled_group_of_plain_choices(
+    client_for, radiologist, clinic
+):
+    study = ingest_study(
+        clinic, synthetic_ct(slices=1, size=16, tags={"SeriesDescription": "", "SeriesNumber": 1})
+    )
+
+    body = (
+        client_for(radiologist).get(f"/t/{clinic.slug}/studies/{study.pk}/share/").content.decode()
+    )
+
+    assert "<legend>Series to share</legend>" in body
+    group = body[body.index("<legend>Series to share</legend>") : body.index("</fieldset>")]
+    assert "Series 1 · CT</label>" in group  # no dangling separator without a description
+    assert body.count("<label") == body.count("</label>")
+    assert "<label>" not in group  # no label wrapping the group (labels may not nest)
