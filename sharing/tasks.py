@@ -16,6 +16,9 @@ from django.core.mail import send_mail
 from django.db import transaction
 from django.utils import timezone
 
+import audit
+from audit.actors import Actor
+from audit.models import Action
 from imaging.crypto import unwrap_key
 from imaging.keyring import study_dek
 from portal.tasks import portal_task
@@ -30,6 +33,7 @@ from sharing.services import (
 )
 
 logger = logging.getLogger(__name__)
+SYSTEM = Actor.system("sharing.tasks")
 RETRY = {"max_retries": 5, "autoretry_for": (OSError, smtplib.SMTPException)}
 
 
@@ -65,6 +69,15 @@ def share_invitation_send(*, share_id: str) -> bool:
             recipient_list=[share.recipient_email],
         )
         share_invitation_forget(share=share)
+        # The link and the sender's message left the portal: when, and to whom (the
+        # address is on the link's row), is part of who could see what.
+        audit.record(
+            actor=SYSTEM,
+            action=Action.SHARE_EMAILED,
+            target=share,
+            tenant=share.tenant,
+            detail={"share": str(share.pk), "study": str(share.study_id)},
+        )
     logger.info("share %s invitation sent", share_id)
     return True
 
@@ -127,6 +140,13 @@ def patient_invitation_send(*, invitation_id: str) -> bool:
             ),
             from_email=None,
             recipient_list=[invitation.email],
+        )
+        audit.record(
+            actor=SYSTEM,
+            action=Action.PATIENT_INVITATION_EMAILED,
+            target=invitation,
+            tenant=invitation.tenant,
+            detail={"invitation": str(invitation.pk)},
         )
     logger.info("patient invitation %s sent", invitation_id)
     return True

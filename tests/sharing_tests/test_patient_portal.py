@@ -707,6 +707,10 @@ def test_invitation_email_goes_out_once_even_if_the_task_runs_again(
     again = patient_invitation_send(invitation_id=str(invitation.pk))
 
     assert again is False and len(mail.outbox) == 1
+    emailed = AuditEvent.objects.for_tenant(own_study.tenant).filter(
+        action=Action.PATIENT_INVITATION_EMAILED
+    )
+    assert [e.target_id for e in emailed] == [str(invitation.pk)]  # recorded once, as sent
 
 
 def test_withdrawn_invitation_is_never_emailed(own_study, front_desk):

@@ -556,6 +556,9 @@ def test_invitation_email_is_sent_once_after_commit_and_forgets_the_token(
     assert f"/s/{token}" in mail.outbox[0].body and PIN not in mail.outbox[0].body
     assert "Doe" not in mail.outbox[0].body
     assert share.invitation_token_wrapped is None
+    # The email is on the record once, as the link it carried.
+    (emailed,) = AuditEvent.objects.for_tenant(study.tenant).filter(action=Action.SHARE_EMAILED)
+    assert emailed.target_id == str(share.pk) and emailed.detail["study"] == str(study.pk)
 
 
 def test_first_open_notifies_the_sharer_when_asked(
