@@ -52,6 +52,7 @@ class Action(models.TextChoices):
     STEP_UP_VERIFIED = "mfa.step_up", "Second factor re-verified for a sensitive action"
     BACKUP_CODES_ISSUED = "mfa.backup_codes_issued", "Backup codes issued"
     BREAK_GLASS_OPENED = "access.break_glass", "Break-glass access opened"
+    ACCESS_DENIED = "access.denied", "Access refused"
     TENANT_CREATED = "tenant.created", "Clinic created"
     TENANT_UPDATED = "tenant.updated", "Clinic settings changed"
     USER_CREATED = "user.created", "User created"

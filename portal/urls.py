@@ -36,4 +36,5 @@ urlpatterns = [
     path("portal/", include(invitation_patterns)),
 ]
 
+handler403 = "portal.views.permission_denied"
 handler404 = "portal.views.not_found"

@@ -12,10 +12,12 @@ from django.contrib.auth.decorators import login_required
 from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
+from django.views import defaults
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
-from django.views.defaults import page_not_found
 
+from audit.actors import Actor
+from portal.denials import access_denied_record
 from portal.tasks import broker_check
 from tenants.access import landing_url
 from tenants.roles import Perm
@@ -93,6 +95,17 @@ def home(request: HttpRequest) -> HttpResponse:
 _DICOMWEB_PATH = re.compile(r"/(?:s/)?dicomweb/")
 
 
+def permission_denied(request: HttpRequest, exception: Exception) -> HttpResponse:
+    """403: the page says why; a member of the clinic refused is on its audit log."""
+    tenant = getattr(request, "tenant", None)
+    user = getattr(request, "user", None)
+    if tenant is not None and user is not None and user.is_authenticated:
+        access_denied_record(
+            request=request, tenant=tenant, actor=Actor.from_request(request), reason=str(exception)
+        )
+    return defaults.permission_denied(request, exception)
+
+
 def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
     """A form whose CSRF check failed: the portal's own page; the reason stays in the log."""
     message = "The CSRF check failed: reload the page that sends this and try again."
@@ -110,4 +123,4 @@ def not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
         return JsonResponse({"error": {"code": "not_found", "message": "Not found."}}, status=404)
     if _DICOMWEB_PATH.match(request.path_info):
         return JsonResponse({"error": "Not found."}, status=404)
-    return page_not_found(request, exception)
+    return defaults.page_not_found(request, exception)

@@ -15,6 +15,10 @@ from django.urls import include, path
 
 
 class TenantURLConf:
+    # Error views come from the URLconf that served the request: the project's own.
+    handler403 = "portal.views.permission_denied"
+    handler404 = "portal.views.not_found"
+
     def __init__(self, slug: str) -> None:
         from tenants.admin_site import tenant_admin_site
 

@@ -29,6 +29,7 @@ from django.views.decorators.csrf import csrf_exempt
 from audit.actors import Actor, client_ip
 from imaging.models import Series, Study, ViewerSession
 from imaging.selectors import studies_downloadable, studies_with_images
+from portal.denials import access_denied_record
 from sharing.selectors import own_studies
 from tenants.mfa import confirmed_devices, step_up_is_fresh
 from tenants.models import ApiToken, Tenant
@@ -63,6 +64,12 @@ def dicomweb_error(status: int, message: str, **headers: str) -> JsonResponse:
     for name, value in headers.items():
         response[name.replace("_", "-")] = value
     return response
+
+
+def _refused(request: HttpRequest, tenant: Tenant, actor: Actor, reason: str) -> JsonResponse:
+    """The 403 for a caller the clinic knows, recorded on its audit log."""
+    access_denied_record(request=request, tenant=tenant, actor=actor, reason=reason)
+    return dicomweb_error(403, reason)
 
 
 def _rate_limited(key_id: str) -> bool:
@@ -103,7 +110,12 @@ def bearer_token(
             )
         scope = "dicomweb:write" if request.method == "POST" else "dicomweb:read"
         if not token.has_scope(scope):
-            return dicomweb_error(403, f"This token lacks the {scope} scope.")
+            return _refused(
+                request,
+                token.tenant,
+                Actor.for_token(token, ip=client_ip(request)),
+                f"This token lacks the {scope} scope.",
+            )
         if _rate_limited(f"token:{token.pk}"):
             return dicomweb_error(
                 429, "Too many requests for this token; retry in a minute.", Retry_After="60"
@@ -188,13 +200,18 @@ def signed_in_member(
                 405, "The viewer's DICOMweb is read-only; upload on the Upload page.", Allow="GET"
             )
         if not membership.has_perm(Perm.IMAGES_VIEW) and not membership.has_perm(Perm.OWN_STUDIES):
-            return dicomweb_error(403, "Your role in this clinic does not include images.")
+            return _refused(
+                request,
+                tenant,
+                Actor.from_request(request),
+                "Your role in this clinic does not include images.",
+            )
         if name in DOWNLOAD_ROUTES:
             # Whole objects and bulk data are the originals taken away (the viewer reads
             # metadata and frames only): what the study page's Download button gives,
             # to whom it gives it, after the same second-factor check.
             if not _download_step_up_fresh(request, membership):
-                return dicomweb_error(403, DOWNLOAD_STEP_UP)
+                return _refused(request, tenant, Actor.from_request(request), DOWNLOAD_STEP_UP)
             select = studies_downloadable
         else:
             select = studies_with_images
