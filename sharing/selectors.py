@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from django.db.models import QuerySet
 
 from audit.actors import Target
-from audit.models import ActorType, AuditEvent
+from audit.models import Action, ActorType, AuditEvent
 from audit.selectors import events_for_targets
 from imaging.models import Patient, Series, Study
 from imaging.selectors import (
@@ -262,6 +262,17 @@ class AccessRow:
     outcome: str
 
 
+# What the patient reads for the protocol-level names staff and auditors see.
+PATIENT_ACTION_LABELS = {
+    Action.DICOMWEB_RETRIEVE: "Images read by a connected system or viewer",
+    Action.SERIES_VIEWED: "Images viewed",
+    Action.INSTANCE_STORED: "Images stored",
+    Action.GRANT_ADDED: "A doctor was given access",
+    Action.GRANT_REVOKED: "A doctor's access was ended",
+    Action.ACCESS_DENIED: "Access refused",
+}
+
+
 def study_access_history(
     *, membership: Membership, study: Study, limit: int = PATIENT_HISTORY_SIZE
 ) -> list[AccessRow]:
@@ -309,7 +320,7 @@ def study_access_history(
             at=e.created_at,
             who=who(e),
             organisation=tenant.name,
-            what=e.action_label,
+            what=PATIENT_ACTION_LABELS.get(e.action, e.action_label),
             outcome=e.get_outcome_display(),
         )
         for e in events

@@ -317,3 +317,15 @@ def test_the_study_time_is_shown_as_a_time(client_for, radiologist, clinic, stor
     body = client_for(radiologist).get(url(study)).content.decode()
 
     assert f"{shown}</dd>" in body
+
+
+def test_a_series_without_a_modality_is_labelled_without_a_gap(client_for, radiologist, clinic):
+    study = ingest_study(
+        clinic, synthetic_ct(slices=1, size=16, tags={"Modality": "", "SeriesNumber": 4})
+    )
+
+    page = client_for(radiologist).get(url(study)).content.decode()
+    viewer = client_for(radiologist).get(url(study, "viewer/")).content.decode()
+
+    assert "Series 4 · 1 image" in page and "Series 4 · 1 image" in viewer
+    assert "· ·" not in page and "· ·" not in viewer

@@ -29,6 +29,7 @@ from tests.helpers import (
     sharer,
     verified_client,
 )
+from tests.imaging_tests.dicomweb_support import BASE, http, token_for
 from tests.imaging_tests.helpers import ingest_study, synthetic_ct
 
 BIRTH_DATE = "1970-01-01"  # synthetic_ct's PatientBirthDate
@@ -482,6 +483,9 @@ def test_access_history_shows_role_and_organisation_not_names(
     own_study, radiologist, client_for, patient_client
 ):
     client_for(radiologist).get(f"/t/north/studies/{own_study.pk}/")
+    http(token_for(own_study.tenant, "dicomweb:read")).get(
+        f"{BASE}/studies/{own_study.study_uid}/metadata"
+    )
     patient_client.get(f"/t/north/my/studies/{own_study.pk}/")
 
     page = patient_client.get(f"/t/north/my/studies/{own_study.pk}/").content.decode()
@@ -489,6 +493,9 @@ def test_access_history_shows_role_and_organisation_not_names(
 
     assert "Radiologist" in history and "North" in history
     assert "Study details viewed" in history
+    # In words a patient reads, not the protocol's.
+    assert "Images read by a connected system or viewer" in history
+    assert "DICOMweb" not in history
     assert radiologist.email not in page
     assert "You" in history  # the patient's own opening
 
