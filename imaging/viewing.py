@@ -23,7 +23,12 @@ if TYPE_CHECKING:
     from sharing.models import ShareLink
 
 
-def viewer_session_open(*, tenant: Tenant, user: User, study: Study, actor: Actor) -> ViewerSession:
+def viewer_session_open(
+    *, tenant: Tenant, user: User, study: Study, actor: Actor, break_glass: str | None = None
+) -> ViewerSession:
+    """Open a sitting at the viewer; `break_glass`, the grant the access rests on, if any
+    (its session's reads are then tied to the grant a privacy officer reviews)."""
+    detail = {"break_glass": break_glass} if break_glass is not None else {}
     with transaction.atomic():
         session = ViewerSession.objects.create(tenant=tenant, user=user, study=study)
         audit.record(
@@ -31,7 +36,7 @@ def viewer_session_open(*, tenant: Tenant, user: User, study: Study, actor: Acto
             action=Action.VIEWER_OPENED,
             target=study,
             tenant=tenant,
-            detail={"viewer_session": str(session.pk)},
+            detail={**detail, "viewer_session": str(session.pk)},
         )
     return session
 

@@ -56,7 +56,11 @@ def viewer(request: HttpRequest, study_id: uuid.UUID) -> HttpResponse:
         raise PermissionDenied("Your role in this clinic does not include viewing images.")
     series = [s for s in series_for_study(study=study) if s.num_instances]
     session = viewer_session_open(
-        tenant=request.tenant, user=request.user, study=study, actor=Actor.from_request(request)
+        tenant=request.tenant,
+        user=request.user,
+        study=study,
+        actor=Actor.from_request(request),
+        break_glass=str(access.break_glass.pk) if access.break_glass else None,
     )
     wado_root = reverse(
         "viewer_dicomweb_studies", kwargs={"tenant_slug": request.tenant.slug}

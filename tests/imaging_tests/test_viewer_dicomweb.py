@@ -14,10 +14,13 @@ import pydicom
 import pytest
 from django.utils import timezone
 
+from audit.actors import Actor
 from audit.models import Action, AuditEvent
 from imaging.models import Instance, ViewerSession
+from imaging.selectors import study_target
 from imaging.services import study_grant, study_grant_revoke, study_set_confidential
-from tests.helpers import TEST_ACTOR, make_member
+from tenants.breakglass import break_glass_open
+from tests.helpers import TEST_ACTOR, make_member, membership_of
 from tests.imaging_tests.dicomweb_support import BASE, http, token_for
 from tests.imaging_tests.helpers import (
     ingest,
@@ -427,3 +430,22 @@ def test_originals_taken_under_a_viewer_session_are_audited_as_retrieves(
     # The series was already viewed under the session: the download still leaves its own
     # event, not silence (or one more "viewed").
     assert audit_actions(study.tenant)[len(before) :] == [Action.DICOMWEB_RETRIEVE]
+
+
+def test_a_viewer_opened_under_break_glass_names_the_grant(client_for, radiologist, study):
+    marker = make_member(study.tenant, "radiologist", email="marker@north.example")
+    study_set_confidential(study=study, confidential=True, by=marker, actor=TEST_ACTOR)
+    grant = break_glass_open(
+        membership=membership_of(radiologist, study.tenant),
+        target=study_target(study),
+        reason="Emergency: patient in resus, prior imaging needed",
+        actor=Actor.for_user(radiologist),
+        now=timezone.now(),
+    )
+
+    open_viewer(client_for(radiologist), study)
+    open_viewer(client_for(marker), study)
+
+    opened = AuditEvent.objects.for_tenant(study.tenant).filter(action=Action.VIEWER_OPENED)
+    by_whom = {e.actor_id: e.detail.get("break_glass") for e in opened}
+    assert by_whom == {str(radiologist.pk): str(grant.pk), str(marker.pk): None}
