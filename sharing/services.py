@@ -531,7 +531,15 @@ def share_use(*, share: ShareLink, now: dt.datetime, ip: str | None) -> None:
         if spent:
             _opened(share, now=now, ip=ip)
     if not spent:
-        raise _refuse(share, state=ShareLink.State.USED_UP, ip=ip)
+        # Revoked, expired or locked since it was read, or its last use just spent: the
+        # refusal (its status and its audit event) names which.
+        share.refresh_from_db(fields=["revoked_at", "expires_at", "locked_at", "use_count"])
+        state = share.state_at(now)
+        raise _refuse(
+            share,
+            state=ShareLink.State.USED_UP if state == ShareLink.State.ACTIVE else state,
+            ip=ip,
+        )
 
 
 def _opened(share: ShareLink, *, now: dt.datetime, ip: str | None) -> None:

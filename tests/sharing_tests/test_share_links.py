@@ -762,3 +762,25 @@ def test_the_share_forms_series_are_a_labelled_group_of_plain_choices(
     assert "Series 1 · CT</label>" in group  # no dangling separator without a description
     assert body.count("<label") == body.count("</label>")
     assert "<label>" not in group  # no label wrapping the group (labels may not nest)
+
+
+@pytest.mark.parametrize(
+    ("change", "state", "status"),
+    [
+        ({"revoked_at": timezone.now()}, "revoked", 404),
+        ({"locked_at": timezone.now()}, "locked", 403),
+        ({"use_count": 1}, "used_up", 410),
+    ],
+)
+def test_a_use_refused_names_why_when_the_link_changed_since_it_was_read(
+    study, radiologist, change, state, status
+):
+    share, _ = make_share(study, radiologist, challenge=ShareLink.Challenge.NONE, max_uses=1)
+    ShareLink.objects.for_tenant(study.tenant).filter(pk=share.pk).update(**change)
+
+    with pytest.raises(ShareUnavailable) as refused:
+        share_use(share=share, now=timezone.now(), ip=None)  # the copy read before
+
+    assert (refused.value.status, refused.value.reason) == (status, state)
+    event = AuditEvent.objects.for_tenant(study.tenant).get(action=Action.SHARE_REFUSED)
+    assert event.detail["state"] == state
