@@ -12,7 +12,8 @@ from audit.actors import Target
 from audit.models import ActorType, AuditEvent
 from tenants.models import ApiToken, Membership, Tenant
 
-# Target types as audit.actors.Target writes them (a model's label, lower case).
+# Target types as audit.actors.Target writes them (a model's label, lower case); the
+# imaging and portal code that names studies in events imports these.
 STUDY_TARGET_TYPE = "imaging.study"
 SERIES_TARGET_TYPE = "imaging.series"
 

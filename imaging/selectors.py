@@ -22,6 +22,7 @@ from django.db import connection
 from django.db.models import Case, F, Prefetch, Q, QuerySet, Value, When
 
 from audit.actors import Target
+from audit.selectors import STUDY_TARGET_TYPE
 from imaging.models import Instance, Patient, Series, Study
 from portal import rows
 from tenants.breakglass import break_glass_active
@@ -31,7 +32,6 @@ from tenants.roles import Perm
 
 STUDY_VIEW_PERM = "imaging.view_study"
 STUDY_DOWNLOAD_PERM = "imaging.download_study"
-STUDY_TARGET_TYPE = "imaging.study"
 
 SORTS: dict[str, tuple[str, ...]] = {
     "date": ("study_date", "created_at"),
@@ -130,16 +130,24 @@ def study_list(
         if not membership.has_perm(Perm.STUDY_VIEW_GRANTED):
             return studies.none()
         studies = studies.filter(pk__in=_granted_ids(membership=membership, perm=STUDY_VIEW_PERM))
-    # Masked rows: what the member does not see the details of (masked_study_ids' rule).
-    masked = Q(confidential=True) & ~(
-        Q(pk__in=_granted_ids(membership=membership, perm=STUDY_VIEW_PERM))
-        | Q(pk__in=_break_glass_study_ids(membership=membership, now=now))
-    )
-    if query is not None and not query.is_empty:
-        studies = _filtered(studies, query, membership=membership, masked=masked)
-    order = SORTS.get(sort, SORTS[DEFAULT_SORT])
+    searched = query is not None and not query.is_empty
     hidden = _SORTS_BY_HIDDEN.get(sort.lstrip("-"))
-    if hidden is not None and membership.has_perm(Perm.WORKLIST_VIEW):
+    # Only a member who lists the whole clinic sees masked rows; only a search by what
+    # they hide, or a sort by it, needs to know which they are (masked_study_ids' rule).
+    masked = (
+        Q(confidential=True)
+        & ~(
+            Q(pk__in=_granted_ids(membership=membership, perm=STUDY_VIEW_PERM))
+            | Q(pk__in=_break_glass_study_ids(membership=membership, now=now))
+        )
+        if membership.has_perm(Perm.WORKLIST_VIEW)
+        and (hidden is not None or (searched and (query.text or query.referring)))
+        else None
+    )
+    if searched:
+        studies = _filtered(studies, query, masked=masked)
+    order = SORTS.get(sort, SORTS[DEFAULT_SORT])
+    if hidden is not None and masked is not None:
         # Masked rows sort as if the value were empty, by date among themselves.
         key = Case(When(masked, then=Value("")), default=F(hidden))
         order = (key.desc() if sort.startswith("-") else key.asc(), *order[1:])
@@ -147,7 +155,7 @@ def study_list(
 
 
 def _filtered(
-    studies: QuerySet[Study], query: WorklistQuery, *, membership: Membership, masked: Q
+    studies: QuerySet[Study], query: WorklistQuery, *, masked: Q | None
 ) -> QuerySet[Study]:
     if query.text:
         text = query.text
@@ -158,7 +166,7 @@ def _filtered(
             | Q(accession_number__iexact=text)
             | Q(description__dicom_icontains=text)
         )
-    if (query.text or query.referring) and membership.has_perm(Perm.WORKLIST_VIEW):
+    if masked is not None and (query.text or query.referring):
         # Searching by what a masked row hides (a confidential patient's name, its
         # referring physician) must not reveal the study.
         studies = studies.exclude(masked)

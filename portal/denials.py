@@ -15,9 +15,8 @@ from django.http import HttpRequest
 import audit
 from audit.actors import Actor, Target
 from audit.models import Action, Outcome
+from audit.selectors import STUDY_TARGET_TYPE
 from tenants.models import Tenant
-
-STUDY_TARGET_TYPE = "imaging.study"
 
 
 def _target(request: HttpRequest, tenant: Tenant) -> tuple[Target | None, dict[str, str]]:
