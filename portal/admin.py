@@ -25,6 +25,7 @@ from portal.admin_guards import (
 )
 from tenants.models import Tenant, User
 from tenants.services import tenant_create
+from tenants.timezones import time_zone_form_field
 
 
 class PlatformAdminSite(AccountPagesAdminSiteMixin, StepUpAdminSiteMixin, admin.AdminSite):
@@ -80,16 +81,36 @@ class TenantPlatformAdmin(AuditedAdmin):
     list_display = ["name", "slug", "status", "storage_backend", "storage_region", "created_at"]
     list_filter = ["status", "storage_backend"]
     search_fields = ["name", "slug"]
-    fields = ["name", "slug", "status", "storage_backend", "storage_bucket", "storage_region"]
+    fields = [
+        "name",
+        "slug",
+        "time_zone",
+        "status",
+        "storage_backend",
+        "storage_bucket",
+        "storage_region",
+    ]
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
         return ["slug"] if obj is not None else []
+
+    def formfield_for_dbfield(
+        self, db_field: models.Field, request: HttpRequest, **kwargs: Any
+    ) -> Any:
+        if db_field.name == "time_zone":
+            return time_zone_form_field()
+        return super().formfield_for_dbfield(db_field, request, **kwargs)
 
     def save_model(self, request: HttpRequest, obj: Tenant, form: Any, change: bool) -> None:
         if change:
             super().save_model(request, obj, form, change)
             return
-        created = tenant_create(slug=obj.slug, name=obj.name, actor=Actor.from_request(request))
+        created = tenant_create(
+            slug=obj.slug,
+            name=obj.name,
+            time_zone=obj.time_zone,
+            actor=Actor.from_request(request),
+        )
         for field in ("status", "storage_backend", "storage_bucket", "storage_region"):
             setattr(created, field, getattr(obj, field))
         created.save()

@@ -31,6 +31,7 @@ from sharing.services import (
 from sharing.services import (
     notices_unsent_requeue as _notices_unsent_requeue,
 )
+from tenants.timezones import local_time_text
 
 logger = logging.getLogger(__name__)
 SYSTEM = Actor.system("sharing.tasks")
@@ -57,12 +58,13 @@ def share_invitation_send(*, share_id: str) -> bool:
             ShareLink.Challenge.BIRTH_DATE: "You will be asked for the patient's date of birth.",
         }.get(share.challenge, "")
         note = f"\nMessage from the sender:\n{share.message}\n" if share.message else ""
+        expires = local_time_text(at=share.expires_at, zone=share.tenant.zone)
         send_mail(
             subject=f"[{share.tenant.name}] Medical images shared with you",
             message=(
                 f"{share.tenant.name} has shared medical images with you.\n\n"
                 f"Open them here (no account needed): {share_url(token)}\n{challenge}\n"
-                f"The link expires on {share.expires_at:%Y-%m-%d %H:%M} UTC.\n{note}\n"
+                f"The link expires on {expires}.\n{note}\n"
                 "If you did not expect this email, do not open the link and delete it.\n"
             ),
             from_email=None,
@@ -135,7 +137,8 @@ def patient_invitation_send(*, invitation_id: str) -> bool:
                 "Accept the invitation here: "
                 f"{settings.PORTAL_BASE_URL}/portal/invitation/{token}\n"
                 "You will be asked for your date of birth, then to choose a password.\n"
-                f"The invitation expires on {invitation.expires_at:%Y-%m-%d} (UTC).\n\n"
+                "The invitation expires on "
+                f"{local_time_text(at=invitation.expires_at, zone=invitation.tenant.zone)}.\n\n"
                 "If you did not ask the clinic for this, ignore this email and tell the clinic.\n"
             ),
             from_email=None,

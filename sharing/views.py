@@ -505,11 +505,12 @@ def share_home(request: HttpRequest) -> HttpResponse:
         detail={"share": str(share.pk)},
     )
     withheld = [s for s in share_series_withheld(share=share) if s.num_instances]
-    return render(
-        request,
-        "sharing/recipient.html",
-        {"share": share, "series": series, "withheld": withheld},
-    )
+    with timezone.override(share.tenant.zone):  # the recipient reads the clinic's time
+        return render(
+            request,
+            "sharing/recipient.html",
+            {"share": share, "series": series, "withheld": withheld},
+        )
 
 
 def _recipient_open(

@@ -33,6 +33,7 @@ from tenants.services import (
     membership_validate_change,
     tenant_update_policy,
 )
+from tenants.timezones import time_zone_form_field
 from tenants.tokens import (
     api_token_check,
     api_token_create,
@@ -329,6 +330,8 @@ class ClinicPolicyForm(forms.ModelForm):
         help_text="Staff always must.",
     )
 
+    time_zone = time_zone_form_field()
+
     class Meta:
         model = Tenant
         fields = list(POLICY_FIELDS)
@@ -363,6 +366,7 @@ class ClinicPolicyAdmin(TenantScopedModelAdmin):
             "Sharing",
             {"fields": ["share_link_default_days", "share_link_max_days", "share_link_max_uses"]},
         ),
+        ("Local time", {"fields": ["time_zone"]}),
         ("Partners", {"fields": ["cors_allowed_origins"]}),
         ("Data residency (set by the platform)", {"fields": ["storage_backend", "storage_region"]}),
     ]

@@ -40,6 +40,7 @@ from tenants.models import (
 from tenants.roles import STAFF_ROLES
 from tenants.selectors import roles_get
 from tenants.services import membership_add, membership_update, user_create
+from tenants.timezones import local_time_text
 from tenants.tokens import token_digest
 
 TOKEN_BYTES = 32
@@ -109,8 +110,9 @@ def staff_invite_check(
         .first()
     )
     if pending is not None:
+        until = local_time_text(at=pending.expires_at, zone=tenant.zone)
         raise InvitationInvalid(
-            f"This address has an invitation waiting until {pending.expires_at:%Y-%m-%d}. "
+            f"This address has an invitation waiting until {until}. "
             "Withdraw it first to send a new one."
         )
     return email

@@ -14,6 +14,7 @@ from django.contrib.auth.models import AnonymousUser
 from django.contrib.auth.views import redirect_to_login
 from django.core.validators import slug_re
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.utils import timezone
 
 from tenants.selectors import membership_for_user, tenant_get_active
 from tenants.urlconf import tenant_urlconf
@@ -75,6 +76,9 @@ class TenantMiddleware:
             request.tenant = tenant  # type: ignore[attr-defined]
             request.membership = membership  # type: ignore[attr-defined]
             request.urlconf = tenant_urlconf(slug)  # type: ignore[attr-defined]
+            # Pages, forms and `__date` lookups read the clock in the clinic's zone.
+            with timezone.override(tenant.zone):
+                return self.get_response(request)
         return self.get_response(request)
 
     def process_view(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import uuid
+import zoneinfo
 from typing import Any
 
 from django.contrib.auth.base_user import AbstractBaseUser, BaseUserManager
@@ -19,6 +20,7 @@ from django_otp.models import Device
 
 from tenants.roles import ROLE_NAMES, Perm, RoleCode, perms_for
 from tenants.scoping import TenantOwnedModel
+from tenants.timezones import DEFAULT_TIME_ZONE, validate_time_zone, zone_named
 
 slug_validator = RegexValidator(
     r"^[a-z0-9](?:[a-z0-9-]{0,48}[a-z0-9])?\Z",
@@ -81,6 +83,14 @@ class Tenant(models.Model):
         help_text="Upper bound on uses per link; empty for no bound.",
     )
 
+    time_zone = models.CharField(
+        max_length=64,
+        default=DEFAULT_TIME_ZONE,
+        validators=[validate_time_zone],
+        help_text="The clinic's local time, by IANA name (e.g. Europe/Zurich): pages, emails "
+        "and date filters use it. Records are kept in UTC whatever it is.",
+    )
+
     cors_allowed_origins = models.TextField(
         blank=True,
         help_text="Browser viewers allowed to call DICOMweb with this clinic's tokens, one "
@@ -114,6 +124,10 @@ class Tenant(models.Model):
     @property
     def is_active(self) -> bool:
         return self.status == self.Status.ACTIVE
+
+    @property
+    def zone(self) -> zoneinfo.ZoneInfo:
+        return zone_named(self.time_zone)
 
     @property
     def cors_origins(self) -> set[str]:

@@ -21,6 +21,7 @@ from tenants.models import Membership, Role, Tenant, User
 from tenants.roles import STAFF_ROLES, RoleCode
 from tenants.selectors import roles_get, user_tenants
 from tenants.throttle import throttle_reset
+from tenants.timezones import DEFAULT_TIME_ZONE
 
 POLICY_FIELDS = (
     "name",
@@ -31,6 +32,7 @@ POLICY_FIELDS = (
     "share_link_max_days",
     "share_link_max_uses",
     "cors_allowed_origins",
+    "time_zone",
 )
 
 
@@ -39,8 +41,10 @@ class MembershipError(ValidationError):
 
 
 @transaction.atomic
-def tenant_create(*, slug: str, name: str, actor: Actor) -> Tenant:
-    tenant = Tenant(slug=slug, name=name)
+def tenant_create(
+    *, slug: str, name: str, actor: Actor, time_zone: str = DEFAULT_TIME_ZONE
+) -> Tenant:
+    tenant = Tenant(slug=slug, name=name, time_zone=time_zone)
     tenant.full_clean()
     tenant.save()
     tenant.mfa_required_roles.set(Role.objects.filter(code__in=[r.value for r in STAFF_ROLES]))

@@ -14,6 +14,7 @@ from portal.tasks import portal_task
 from tenants.models import BreakGlassGrant
 from tenants.roles import RoleCode
 from tenants.selectors import members_with_role
+from tenants.timezones import local_time_text
 
 logger = logging.getLogger(__name__)
 
@@ -40,8 +41,9 @@ def break_glass_notify(*, tenant_id: str, grant_id: str) -> int:
                 message=(
                     f"A clinician opened a record outside their normal access in "
                     f"{grant.tenant.name}.\n\nAccess id: {grant.pk}\nUser id: {grant.user_id}\n"
-                    f"Opened: {grant.created_at:%Y-%m-%d %H:%M} UTC, expires "
-                    f"{grant.expires_at:%H:%M} UTC\n\nReview it in the audit log: {audit_url}\n"
+                    f"Opened: {local_time_text(at=grant.created_at, zone=grant.tenant.zone)}, "
+                    f"expires {local_time_text(at=grant.expires_at, zone=grant.tenant.zone)}"
+                    f"\n\nReview it in the audit log: {audit_url}\n"
                 ),
                 from_email=None,
                 recipient_list=recipients,
@@ -69,7 +71,8 @@ def staff_invitation_send(*, invitation_id: str) -> bool:
                 f"{settings.PORTAL_BASE_URL}/accounts/invitation/{token}\n"
                 "You will sign in, or create an account if you have none, then set up a "
                 "second factor.\n"
-                f"The invitation expires on {invitation.expires_at:%Y-%m-%d} (UTC).\n\n"
+                "The invitation expires on "
+                f"{local_time_text(at=invitation.expires_at, zone=invitation.tenant.zone)}.\n\n"
                 "If you did not expect this, ignore this email: nothing happens unless you "
                 "accept.\n"
             ),

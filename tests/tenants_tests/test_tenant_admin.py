@@ -122,6 +122,7 @@ def test_policy_change_is_audited_and_staff_mfa_stays_required(clinic, tenant_ad
             "share_link_default_days": 7,
             "share_link_max_days": 14,
             "share_link_max_uses": "",
+            "time_zone": "UTC",
         },
     )
 
@@ -143,6 +144,7 @@ VALID_POLICY = {
     "step_up_minutes": 10,
     "share_link_default_days": 7,
     "share_link_max_days": 30,
+    "time_zone": "UTC",
 }
 
 
@@ -181,6 +183,7 @@ def test_tenant_admin_cannot_edit_slug_status_or_storage(clinic, tenant_admin, c
             "step_up_minutes": 10,
             "share_link_default_days": 7,
             "share_link_max_days": 30,
+            "time_zone": "UTC",
         },
     )
 
@@ -208,11 +211,18 @@ def test_platform_admin_lists_clinics_but_not_clinic_people(
 def test_platform_admin_creates_a_clinic_through_the_service(platform_operator, client_for):
     response = client_for(platform_operator).post(
         "/admin/tenants/tenant/add/",
-        {"name": "East", "slug": "east", "status": "active", "storage_backend": "filesystem"},
+        {
+            "name": "East",
+            "slug": "east",
+            "time_zone": "America/Chicago",
+            "status": "active",
+            "storage_backend": "filesystem",
+        },
     )
 
     assert response.status_code == 302
     east = Tenant.objects.get(slug="east")
+    assert east.time_zone == "America/Chicago"
     assert _events(east, Action.TENANT_CREATED).exists()
 
 

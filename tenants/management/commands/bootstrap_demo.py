@@ -28,7 +28,10 @@ class Command(BaseCommand):
         actor = Actor.system("cli.bootstrap_demo")
         credentials: list[tuple[str, str, str]] = []
         with transaction.atomic():
-            tenant = tenant_create(slug=DEMO_SLUG, name="Demo Clinic", actor=actor)
+            # A zone other than UTC, so the demo shows times as a clinic reads them.
+            tenant = tenant_create(
+                slug=DEMO_SLUG, name="Demo Clinic", time_zone="Europe/Zurich", actor=actor
+            )
             for role in RoleCode:
                 email = f"{role.value.replace('_', '-')}@{DEMO_DOMAIN}"
                 password = secrets.token_urlsafe(12)
