@@ -176,6 +176,13 @@ class MembershipAdmin(TenantScopedModelAdmin):
         staff = (role.name for role in obj.roles.all() if role.code != RoleCode.PATIENT)
         return ", ".join(sorted(staff))
 
+    def render_change_form(
+        self, request: HttpRequest, context: dict[str, Any], *args: Any, obj: Any = None, **kw: Any
+    ) -> Any:
+        if obj is not None:
+            context["subtitle"] = obj.user.email  # staff, not PHI: the admin lists it too
+        return super().render_change_form(request, context, *args, obj=obj, **kw)
+
     def save_model(self, request: HttpRequest, obj: Membership, form: Any, change: bool) -> None:
         current = Membership.objects.for_tenant(request.tenant).get(pk=obj.pk)
         membership_update(

@@ -40,6 +40,33 @@ def test_member_list_shows_only_own_clinic(
 
 
 @pytest.mark.django_db
+def test_member_page_is_titled_by_email_not_by_id(clinic, tenant_admin, radiologist, client_for):
+    membership = membership_of(radiologist, clinic)
+
+    page = client_for(tenant_admin).get(
+        f"/t/north/admin/tenants/membership/{membership.pk}/change/"
+    )
+
+    assert page.status_code == 200
+    title = page.content.split(b"<title>")[1].split(b"</title>")[0]
+    assert radiologist.email.encode() in title
+    assert str(membership.pk).encode() not in page.content.split(b'<div id="content"')[0]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("path", ["/t/north/admin/", "/admin/"])
+def test_admin_pages_name_an_icon_so_browsers_do_not_ask_for_one(
+    clinic, tenant_admin, platform_operator, client_for, path
+):
+    user = tenant_admin if path.startswith("/t/") else platform_operator
+
+    page = client_for(user).get(path)
+
+    assert page.status_code == 200
+    assert b'<link rel="icon" href="data:,">' in page.content
+
+
+@pytest.mark.django_db
 def test_policy_list_shows_only_own_clinic(clinic, other_clinic, tenant_admin, client_for):
     response = client_for(tenant_admin).get("/t/north/admin/tenants/tenant/")
 
