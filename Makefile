@@ -52,6 +52,7 @@ bench: $(STAMP)
 	BENCH_STOW_MB=1024 $(PY) bench/stow_memory.py
 	$(PY) bench/orthanc_compare.py
 	$(PY) bench/viewer_bench.py
+	$(PY) bench/audit_study_filter.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

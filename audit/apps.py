@@ -8,3 +8,7 @@ class AuditConfig(AppConfig):
 
     def ready(self) -> None:
         from audit import signals  # noqa: F401  (sign-in and sign-out events)
+        from audit.lookups import Mentions
+        from audit.models import AuditEvent
+
+        AuditEvent._meta.get_field("detail").register_lookup(Mentions)

@@ -53,13 +53,11 @@ def event_list(*, tenant: Tenant, filters: EventFilter | None = None) -> QuerySe
 def _about_study(study_id: str, series_ids: Iterable[str]) -> Q:
     # Events aimed at the study or one of its series, and those naming it in their detail:
     # worklist pages, searches and list reads name every study they showed, a series'
-    # first view its study. A study's id is a UUID, which no other value in a detail
-    # contains, so a text match finds no other study's events. It reads the clinic's
-    # events in turn (no index holds the detail), newest first, until a page is full.
+    # first view its study. Indexes serve each part on PostgreSQL (audit.lookups).
     return (
         Q(target_type=STUDY_TARGET_TYPE, target_id=study_id)
         | Q(target_type=SERIES_TARGET_TYPE, target_id__in=list(series_ids))
-        | Q(detail__icontains=study_id)
+        | Q(detail__mentions=study_id)
     )
 
 
