@@ -6,7 +6,7 @@ import io
 import logging
 import math
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from typing import Any, TypeVar
 
@@ -122,9 +122,20 @@ def _audit(request: HttpRequest, action: Action, detail: dict[str, Any]) -> None
     )
 
 
-def _audit_read(request: HttpRequest, series: list[Series], detail: dict[str, Any]) -> None:
-    """Pixel and metadata reads: once per series under a viewer session, else each time."""
+def _audit_read(
+    request: HttpRequest,
+    series: list[Series],
+    detail: dict[str, Any],
+    *,
+    rows: Sequence[Instance] = (),
+) -> None:
+    """Pixel and metadata reads: once per series under a viewer session, else each time.
+
+    A read of one instance (`rows`) names it: "who saw what" down to the image, where a
+    series has hundreds."""
     client = _client(request)
+    if len(rows) == 1:
+        detail = {**detail, "instance": str(rows[0].pk)}
     unique = list({s.pk: s for s in series}.values())
     pixel_read_audit(
         tenant=client.tenant,
@@ -594,7 +605,7 @@ def _retrieve(request: HttpRequest, instances: QuerySet[Instance]) -> HttpRespon
                 chunks = next(stored)
             yield content_type(row), chunks
 
-    _audit_read(request, [r.series for r in rows], {"instances": len(rows)})
+    _audit_read(request, [r.series for r in rows], {"instances": len(rows)}, rows=rows)
     lengths = {key: len(data) for key, data in prepared.items()}
     boundary, body = related_stream(parts())
     response = StreamingHttpResponse(
@@ -682,7 +693,7 @@ def _metadata(request: HttpRequest, instances: QuerySet[Instance]) -> HttpRespon
             items.append(item)
     except IntegrityError:
         return dicomweb_error(500, "A stored object failed its integrity check; it was not served.")
-    _audit_read(request, [r.series for r in rows], {"metadata": len(rows)})
+    _audit_read(request, [r.series for r in rows], {"metadata": len(rows)}, rows=rows)
     response = HttpResponse(b"[" + b",".join(items) + b"]", content_type=media_type)
     patch_vary_headers(response, ["Accept"])
     return response
@@ -732,7 +743,7 @@ def _processed_while_audited(
     """
     job = instance_process_start(instance=row, process=process)
     try:
-        _audit_read(request, [row.series], detail)
+        _audit_read(request, [row.series], detail, rows=[row])
     except BaseException:
         job.cancel()
         raise

@@ -1227,7 +1227,8 @@ def test_an_instance_or_frame_thumbnail_is_its_rendering_made_small(
     assert Image.open(io.BytesIO(sized.content)).size == (64, 64)
     assert theirs.status_code == 404
     read = AuditEvent.objects.for_tenant(clinic).filter(action=Action.DICOMWEB_RETRIEVE)
-    assert [e.detail for e in read.order_by("seq")] == [{"thumbnail": 1}] * 2
+    instance = str(Instance.objects.for_tenant(clinic).get().pk)
+    assert [e.detail for e in read.order_by("seq")] == [{"thumbnail": 1, "instance": instance}] * 2
 
 
 @pytest.mark.django_db

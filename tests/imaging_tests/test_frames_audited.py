@@ -57,6 +57,49 @@ def test_a_frame_is_served_and_its_read_audited(suffix, clinic, slice_, reader):
 
 
 @pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("suffix", "accept"),
+    [
+        *((suffix, "*/*") for suffix in SUFFIXES),
+        ("", "multipart/related; type=application/dicom"),
+        ("metadata", "application/dicom+json"),
+        ("bulkdata/7FE00010", "multipart/related; type=application/octet-stream"),
+    ],
+)
+def test_a_read_of_one_instance_names_it_in_the_log(suffix, accept, clinic, data_dir, reader):
+    # Two slices in the series: the series alone would not say which image was seen.
+    series = synthetic_ct(slices=2)
+    for data in series:
+        ingest(clinic, data)
+    first = series[0]
+    sop = pydicom.dcmread(io.BytesIO(first), stop_before_pixels=True).SOPInstanceUID
+    wanted = Instance.objects.for_tenant(clinic).get(sop_instance_uid=sop)
+
+    response = reader.get(_url(first, suffix).rstrip("/"), HTTP_ACCEPT=accept)
+
+    assert response.status_code == 200
+    (event,) = _events(clinic, Action.DICOMWEB_RETRIEVE)
+    assert event.target_id == str(wanted.series_id)  # the series' history still shows it
+    assert event.detail["instance"] == str(wanted.pk)
+
+
+@pytest.mark.django_db
+def test_a_read_of_a_whole_series_counts_its_instances(clinic, data_dir, reader):
+    series = synthetic_ct(slices=2)
+    for data in series:
+        ingest(clinic, data)
+    first = series[0]
+    series_url = _url(first, "").split("/instances/")[0]
+
+    response = reader.get(series_url, HTTP_ACCEPT="multipart/related; type=application/dicom")
+
+    assert response.status_code == 200
+    b"".join(response.streaming_content)
+    (event,) = _events(clinic, Action.DICOMWEB_RETRIEVE)
+    assert event.detail == {"instances": 2}
+
+
+@pytest.mark.django_db
 @pytest.mark.parametrize("suffix", SUFFIXES)
 def test_an_altered_object_is_not_served_and_the_failure_is_audited(
     suffix, clinic, data_dir, slice_, reader

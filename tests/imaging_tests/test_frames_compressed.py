@@ -382,7 +382,12 @@ def test_an_unsound_offset_table_is_a_clear_406_audited_as_not_served(clinic, re
     assert response.status_code == 406
     assert "application/octet-stream" in response.json()["error"]
     read, unserved = _retrieves(clinic)
-    assert (read.outcome, read.detail) == ("success", {"frames": 1, "as_stored": True})
+    instance = str(read.detail["instance"])
+    assert (read.outcome, read.detail) == (
+        "success",
+        {"frames": 1, "as_stored": True, "instance": instance},
+    )
+    assert unserved.target_id == instance  # the read named the instance it failed on
     assert (unserved.outcome, unserved.detail["reason"]) == ("failure", "not_decodable")
 
 
