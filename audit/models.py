@@ -106,6 +106,7 @@ class Action(models.TextChoices):
     PATIENT_INVITATION_EMAILED = "patient.invitation_emailed", "Portal invitation emailed"
     PATIENT_LINKED = "patient.linked", "Portal account linked to patient record"
     PATIENT_UNLINKED = "patient.unlinked", "Portal account unlinked from patient record"
+    PATIENT_ACCESS_FLAGGED = "patient.access_flagged", "Portal access flagged for review"
     GRANT_ADDED = "grant.added", "Access granted"
     GRANT_REVOKED = "grant.revoked", "Access revoked"
     ADMIN_ACTION = "admin.action", "Tenant admin action"

@@ -12,6 +12,7 @@ person's portal gathers their studies from every clinic that invited them.
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import secrets
 from collections.abc import Sequence
 
@@ -36,7 +37,7 @@ from tenants.invitations import (
     invitation_usable,
 )
 from tenants.models import EMAIL_MAX_LENGTH, Membership, Tenant, User
-from tenants.roles import RoleCode
+from tenants.roles import STAFF_ROLES, RoleCode
 from tenants.services import membership_add, membership_update
 from tenants.tokens import token_digest
 
@@ -95,6 +96,7 @@ def patient_invite(
         invited_by=invited_by,
         created_at=now,
         expires_at=now + dt.timedelta(days=INVITATION_DAYS),
+        created_ip=actor.ip,
     )
     invitation.patients.set(patients)
     invitation_token_seal(invitation, raw=raw, context=_context(invitation))
@@ -241,7 +243,104 @@ def invitation_accept(
                 tenant=tenant,
                 detail={"invitation": str(invitation.pk), "user": str(user.pk)},
             )
+    _review(invitation=invitation, user=user, actor=actor)
     return links
+
+
+# --- Review by the privacy officers -----------------------------------------------------
+
+Review = PatientInvitation.Review
+
+
+def _same_network(one: str | None, other: str | None) -> bool:
+    """Whether two addresses are one network: the same IPv4 address (a clinic's NAT),
+    or the same IPv6 /64 (one site's prefix; a device's own part changes)."""
+    try:
+        a, b = ipaddress.ip_address(one or ""), ipaddress.ip_address(other or "")
+    except ValueError:  # one is unknown
+        return False
+    if a.version != b.version:
+        return False
+    if a.version == 6:
+        return ipaddress.ip_network(f"{a}/64", strict=False) == ipaddress.ip_network(
+            f"{b}/64", strict=False
+        )
+    return a == b
+
+
+def _people(patients: Sequence[Patient]) -> int:
+    """How many people `patients` are, counting records alike (same name and birth date,
+    as the invitation form offers them) as one person."""
+    return len(
+        {(p.name.casefold(), p.birth_date) if p.name and p.birth_date else p.pk for p in patients}
+    )
+
+
+def invitation_review_reasons(
+    *, invitation: PatientInvitation, user: User, ip: str | None
+) -> list[str]:
+    """Why the accepted `invitation` should be looked at: the ways front desk, who may
+    invite but not see images, could give them to an address of their own."""
+    tenant = invitation.tenant
+    reasons = []
+    if (
+        Membership.objects.for_tenant(tenant)
+        .filter(user=user, is_active=True, roles__code__in=STAFF_ROLES)
+        .exists()
+    ):
+        reasons.append(Review.STAFF_ACCOUNT.value)
+    linked = Patient.objects.for_tenant(tenant).filter(
+        pk__in=PatientLink.objects.for_tenant(tenant)
+        .filter(user=user, revoked_at__isnull=True)
+        .values("patient_id")
+    )
+    if _people(list(linked)) > 1:
+        reasons.append(Review.SEVERAL_PEOPLE.value)
+    if _same_network(invitation.created_ip, ip):
+        reasons.append(Review.INVITER_NETWORK.value)
+    return reasons
+
+
+def _review(*, invitation: PatientInvitation, user: User, actor: Actor) -> None:
+    reasons = invitation_review_reasons(invitation=invitation, user=user, ip=actor.ip)
+    if not reasons:
+        return
+    tenant = invitation.tenant
+    PatientInvitation.objects.for_tenant(tenant).filter(pk=invitation.pk).update(
+        review_reasons=reasons
+    )
+    audit.record(
+        actor=actor,
+        action=Action.PATIENT_ACCESS_FLAGGED,
+        target=invitation,
+        tenant=tenant,
+        detail={
+            "invitation": str(invitation.pk),
+            "user": str(user.pk),
+            "invited_by": str(invitation.invited_by_id),
+            "reasons": reasons,
+        },
+    )
+    from sharing.tasks import patient_access_review_notify
+
+    task_send_on_commit(
+        task=patient_access_review_notify, kwargs={"invitation_id": str(invitation.pk)}
+    )
+
+
+def invitation_claim_review_notice(
+    *, invitation_id: str, now: dt.datetime
+) -> PatientInvitation | None:
+    """Claim the privacy officers' notice of a flagged acceptance, at most once."""
+    rows = PatientInvitation.objects.unscoped(reason="a task loads its own row by id").filter(
+        pk=invitation_id
+    )
+    claimed = (
+        rows.filter(review_notified_at__isnull=True)
+        .exclude(review_reasons=[])
+        .update(review_notified_at=now)
+    )
+    return rows.select_related("tenant").get() if claimed else None
 
 
 @transaction.atomic

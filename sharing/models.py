@@ -121,10 +121,28 @@ class PatientInvitation(Invitation):
         REVOKED = "revoked", "Withdrawn"
         LOCKED = "locked", "Locked (wrong date of birth)"
 
+    class Review(models.TextChoices):
+        """Why an accepted invitation is put before the clinic's privacy officers: each is
+        how front desk could give themselves a patient's images, or how a mistake looks."""
+
+        STAFF_ACCOUNT = "staff_account", "The account belongs to a member of the clinic's staff"
+        SEVERAL_PEOPLE = (
+            "several_people",
+            "The account now holds the records of more than one person at the clinic",
+        )
+        INVITER_NETWORK = (
+            "inviter_network",
+            "Accepted from the network address the invitation was sent from",
+        )
+
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     patients = models.ManyToManyField("imaging.Patient", related_name="+")
     failed_attempts = models.PositiveSmallIntegerField(default=0)
     locked_at = models.DateTimeField(null=True, blank=True)
+    # Where the invitation was sent from, to compare with where it is accepted.
+    created_ip = models.GenericIPAddressField(null=True, blank=True)
+    review_reasons = models.JSONField(default=list, blank=True)
+    review_notified_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         indexes = [models.Index(fields=["tenant", "-created_at"])]

@@ -594,7 +594,8 @@ def share_invitation_forget(*, share: ShareLink) -> None:
 
 
 def notices_unsent_requeue(*, now: dt.datetime) -> int:
-    """Queue again, in every clinic, the share and patient-portal emails still unsent.
+    """Queue again, in every clinic, the share and patient-portal emails still unsent, and
+    the privacy officers' notices of portal access to review.
 
     Those due more than TASK_RECOVER_AFTER_MINUTES ago and within TASK_RECOVER_WITHIN_DAYS:
     their message was lost (a broker that could not be reached at the commit) or the mail
@@ -602,6 +603,7 @@ def notices_unsent_requeue(*, now: dt.datetime) -> int:
     """
     from sharing.models import PatientInvitation
     from sharing.tasks import (
+        patient_access_review_notify,
         patient_invitation_send,
         share_invitation_send,
         share_locked_notify,
@@ -644,6 +646,13 @@ def notices_unsent_requeue(*, now: dt.datetime) -> int:
             patient_invitation_send,
             "invitation_id",
             invitations_unsent(PatientInvitation, now=now, since=since, due=due),
+        ),
+        (
+            patient_access_review_notify,
+            "invitation_id",
+            PatientInvitation.objects.unscoped(reason="a platform job finds unsent notices")
+            .filter(review_notified_at__isnull=True, accepted_at__range=(since, due))
+            .exclude(review_reasons=[]),
         ),
     ]
     count = 0

@@ -31,6 +31,8 @@ from sharing.services import (
 from sharing.services import (
     notices_unsent_requeue as _notices_unsent_requeue,
 )
+from tenants.roles import RoleCode
+from tenants.selectors import members_with_role
 from tenants.timezones import local_time_text
 
 logger = logging.getLogger(__name__)
@@ -153,6 +155,49 @@ def patient_invitation_send(*, invitation_id: str) -> bool:
         )
     logger.info("patient invitation %s sent", invitation_id)
     return True
+
+
+@portal_task(**RETRY)
+def patient_access_review_notify(*, invitation_id: str) -> int:
+    """Email the clinic's privacy officers about a flagged portal acceptance; returns
+    recipients. Like a break-glass notice: ids, reasons and a link, never a name."""
+    from sharing.invitations import invitation_claim_review_notice
+    from sharing.models import PatientInvitation
+
+    with transaction.atomic():
+        invitation = invitation_claim_review_notice(invitation_id=invitation_id, now=timezone.now())
+        if invitation is None:
+            return 0
+        tenant = invitation.tenant
+        recipients = [
+            m.user.email for m in members_with_role(tenant=tenant, role=RoleCode.PRIVACY_OFFICER)
+        ]
+        if recipients:
+            reasons = "".join(
+                f"- {PatientInvitation.Review(code).label}\n" for code in invitation.review_reasons
+            )
+            audit_url = (
+                f"{settings.PORTAL_BASE_URL}/t/{tenant.slug}/audit/"
+                f"?action={Action.PATIENT_ACCESS_FLAGGED.value}"
+            )
+            accepted = local_time_text(at=invitation.accepted_at, zone=tenant.zone)
+            send_mail(
+                subject=f"[{tenant.name}] Patient portal access to review",
+                message=(
+                    f"A patient portal invitation of {tenant.name} was accepted in a way "
+                    "that needs review:\n\n"
+                    f"{reasons}\nInvitation id: {invitation.pk}\n"
+                    f"Invited by user id: {invitation.invited_by_id}\n"
+                    f"Accepted by user id: {invitation.accepted_by_id}\n"
+                    f"Accepted: {accepted}\n\n"
+                    f"Review it in the audit log: {audit_url}\n"
+                    "Front desk ends the access on the patient's portal page if it is wrong.\n"
+                ),
+                from_email=None,
+                recipient_list=recipients,
+            )
+    logger.info("portal invitation %s review notified %s", invitation_id, len(recipients))
+    return len(recipients)
 
 
 @portal_task(max_retries=0)
