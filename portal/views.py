@@ -14,7 +14,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.views import defaults
 from django.views.decorators.cache import never_cache
-from django.views.decorators.http import require_GET
+from django.views.decorators.http import require_safe
 
 from audit.actors import Actor
 from portal.denials import access_denied_record
@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 
 @never_cache
-@require_GET
+@require_safe
 def healthz(request: HttpRequest) -> HttpResponse:
     """The process is up and answering."""
     return JsonResponse({"status": "ok"})
@@ -55,7 +55,7 @@ READINESS_CHECKS = {
 
 
 @never_cache
-@require_GET
+@require_safe
 def readyz(request: HttpRequest) -> HttpResponse:
     """Database, storage and broker reachable; 503 naming the part that is not."""
     results: dict[str, str] = {}

@@ -197,7 +197,9 @@ def signed_in_member(
             return dicomweb_error(404, "Not found.")
         if request.method not in ("GET", "HEAD"):
             return dicomweb_error(
-                405, "The viewer's DICOMweb is read-only; upload on the Upload page.", Allow="GET"
+                405,
+                "The viewer's DICOMweb is read-only; upload on the Upload page.",
+                Allow="GET, HEAD",
             )
         if not membership.has_perm(Perm.IMAGES_VIEW) and not membership.has_perm(Perm.OWN_STUDIES):
             return _refused(
@@ -266,7 +268,7 @@ def share_recipient(
         from sharing.services import ShareUnavailable, share_actor
 
         if request.method not in ("GET", "HEAD"):
-            return dicomweb_error(405, "A shared study is read-only.", Allow="GET")
+            return dicomweb_error(405, "A shared study is read-only.", Allow="GET, HEAD")
         now = timezone.now()
         try:
             share, verified = recipient_share(request, now=now, ip=client_ip(request))

@@ -115,8 +115,16 @@ def _base_url(request: HttpRequest) -> str:
     return request.build_absolute_uri(root).rstrip("/")
 
 
+def _head(request: HttpRequest, detail: dict[str, Any]) -> dict[str, Any]:
+    # A HEAD answer is the GET's headers without its body: what it says (a search's
+    # 200 or 204, a length) is still about a patient's records, so it is audited, and
+    # the log says that only headers were sent.
+    return {**detail, "head": True} if request.method == "HEAD" else detail
+
+
 def _audit(request: HttpRequest, action: Action, detail: dict[str, Any]) -> None:
     client = _client(request)
+    detail = _head(request, detail)
     audit.record(
         actor=client.actor, action=action, target=None, tenant=client.tenant, detail=detail
     )
@@ -140,9 +148,10 @@ def _audit_read(
     pixel_read_audit(
         tenant=client.tenant,
         actor=client.actor,
-        viewer_session=client.viewer_session,
+        # A HEAD shows no image: it is its own event, and no series counts as viewed.
+        viewer_session=None if request.method == "HEAD" else client.viewer_session,
         series=unique,
-        detail=detail,
+        detail=_head(request, detail),
     )
 
 
@@ -244,7 +253,7 @@ def _addressed(
     return instances
 
 
-@require_http_methods(["GET"])
+@require_http_methods(["GET", "HEAD"])
 def study_access(request: HttpRequest, study: str) -> HttpResponse:
     """204 while the caller may still read the study, else the 404 of any other route.
 
@@ -257,7 +266,7 @@ def study_access(request: HttpRequest, study: str) -> HttpResponse:
     return HttpResponse(status=204)
 
 
-@require_http_methods(["GET", "POST"])
+@require_http_methods(["GET", "HEAD", "POST"])
 def studies(request: HttpRequest) -> HttpResponse:
     if request.method == "POST":
         return store(request)
@@ -282,7 +291,7 @@ def search_studies(request: HttpRequest) -> HttpResponse:
     return _search(request, query, "study")
 
 
-@require_http_methods(["GET"])
+@require_http_methods(["GET", "HEAD"])
 def search_series(request: HttpRequest, study: str | None = None) -> HttpResponse:
     # The query is checked before the study in the URL is looked up (here and for
     # instances): whether a query is valid never depends on what the clinic holds.
@@ -296,7 +305,7 @@ def search_series(request: HttpRequest, study: str | None = None) -> HttpRespons
     return _search(request, query, "series", Q(study__study_uid=study))
 
 
-@require_http_methods(["GET"])
+@require_http_methods(["GET", "HEAD"])
 def search_instances(
     request: HttpRequest, study: str | None = None, series: str | None = None
 ) -> HttpResponse:
@@ -623,17 +632,17 @@ def _retrieve(request: HttpRequest, instances: QuerySet[Instance]) -> HttpRespon
     return response
 
 
-@require_http_methods(["GET"])
+@require_http_methods(["GET", "HEAD"])
 def retrieve_study(request: HttpRequest, study: str) -> HttpResponse:
     return _retrieve(request, _addressed(request, study))
 
 
-@require_http_methods(["GET"])
+@require_http_methods(["GET", "HEAD"])
 def retrieve_series(request: HttpRequest, study: str, series: str) -> HttpResponse:
     return _retrieve(request, _addressed(request, study, series))
 
 
-@require_http_methods(["GET"])
+@require_http_methods(["GET", "HEAD"])
 def retrieve_instance(request: HttpRequest, study: str, series: str, instance: str) -> HttpResponse:
     return _retrieve(request, _addressed(request, study, series, instance))
 
@@ -699,17 +708,17 @@ def _metadata(request: HttpRequest, instances: QuerySet[Instance]) -> HttpRespon
     return response
 
 
-@require_http_methods(["GET"])
+@require_http_methods(["GET", "HEAD"])
 def metadata_study(request: HttpRequest, study: str) -> HttpResponse:
     return _metadata(request, _addressed(request, study))
 
 
-@require_http_methods(["GET"])
+@require_http_methods(["GET", "HEAD"])
 def metadata_series(request: HttpRequest, study: str, series: str) -> HttpResponse:
     return _metadata(request, _addressed(request, study, series))
 
 
-@require_http_methods(["GET"])
+@require_http_methods(["GET", "HEAD"])
 def metadata_instance(request: HttpRequest, study: str, series: str, instance: str) -> HttpResponse:
     return _metadata(request, _addressed(request, study, series, instance))
 
@@ -812,7 +821,7 @@ def _pixel_response(payloads: list[bytes], *, form: PixelForm) -> HttpResponse:
     return response
 
 
-@require_http_methods(["GET"])
+@require_http_methods(["GET", "HEAD"])
 def frames(
     request: HttpRequest, study: str, series: str, instance: str, numbers: str
 ) -> HttpResponse:
@@ -869,7 +878,7 @@ def _bulk_value(data: bytes, *, path: str, pseudonym: str | None) -> bytes:
         raise RenderError(f"The value could not be read ({type(exc).__name__}).") from None
 
 
-@require_http_methods(["GET"])
+@require_http_methods(["GET", "HEAD"])
 def bulkdata(
     request: HttpRequest, study: str, series: str, instance: str, path: str
 ) -> HttpResponse:
@@ -927,7 +936,7 @@ def _render_options(request: HttpRequest) -> dict[str, Any]:
     return options
 
 
-@require_http_methods(["GET"])
+@require_http_methods(["GET", "HEAD"])
 def rendered_instance(
     request: HttpRequest, study: str, series: str, instance: str, number: str = "1"
 ) -> HttpResponse:
@@ -938,7 +947,7 @@ def rendered_instance(
 THUMBNAIL_VIEWPORT = (128, 128)
 
 
-@require_http_methods(["GET"])
+@require_http_methods(["GET", "HEAD"])
 def instance_thumbnail(
     request: HttpRequest, study: str, series: str, instance: str, number: str = "1"
 ) -> HttpResponse:
@@ -1000,7 +1009,7 @@ def _rendered(
     return response
 
 
-@require_http_methods(["GET"])
+@require_http_methods(["GET", "HEAD"])
 def thumbnail(request: HttpRequest, study: str, series: str | None = None) -> HttpResponse:
     media_type = _negotiated(request, THUMBNAIL_TYPES)
     if media_type is None:
@@ -1142,7 +1151,7 @@ def _retrieve_url(base: str, study: str | None, stored: set[str]) -> dict[str, A
 
 def store(request: HttpRequest, study: str | None = None) -> HttpResponse:
     if not _client(request).may_store:
-        return dicomweb_error(405, "This DICOMweb root is read-only.", Allow="GET")
+        return dicomweb_error(405, "This DICOMweb root is read-only.", Allow="GET, HEAD")
     if _negotiated(request, JSON_TYPES) is None:  # refused before anything is stored
         return dicomweb_error(406, STORE_NOT_OFFERED)
     content_type = request.headers.get("Content-Type", "")
@@ -1234,7 +1243,7 @@ def store(request: HttpRequest, study: str | None = None) -> HttpResponse:
     return _json(body, status=status)
 
 
-@require_http_methods(["GET", "POST"])
+@require_http_methods(["GET", "HEAD", "POST"])
 def study(request: HttpRequest, study: str) -> HttpResponse:
     if request.method == "POST":
         return store(request, study=study)
