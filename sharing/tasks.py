@@ -31,8 +31,7 @@ from sharing.services import (
 from sharing.services import (
     notices_unsent_requeue as _notices_unsent_requeue,
 )
-from tenants.roles import RoleCode
-from tenants.selectors import members_with_role
+from tenants.selectors import oversight_emails
 from tenants.timezones import local_time_text
 
 logger = logging.getLogger(__name__)
@@ -159,8 +158,9 @@ def patient_invitation_send(*, invitation_id: str) -> bool:
 
 @portal_task(**RETRY)
 def patient_access_review_notify(*, invitation_id: str) -> int:
-    """Email the clinic's privacy officers about a flagged portal acceptance; returns
-    recipients. Like a break-glass notice: ids, reasons and a link, never a name."""
+    """Email the clinic's privacy officers (else its tenant admins) about a flagged portal
+    acceptance; returns recipients. Like a break-glass notice: ids, reasons and a link,
+    never a name."""
     from sharing.invitations import invitation_claim_review_notice
     from sharing.models import PatientInvitation
 
@@ -169,9 +169,7 @@ def patient_access_review_notify(*, invitation_id: str) -> int:
         if invitation is None:
             return 0
         tenant = invitation.tenant
-        recipients = [
-            m.user.email for m in members_with_role(tenant=tenant, role=RoleCode.PRIVACY_OFFICER)
-        ]
+        recipients = oversight_emails(tenant=tenant)
         if recipients:
             reasons = "".join(
                 f"- {PatientInvitation.Review(code).label}\n" for code in invitation.review_reasons

@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.db.models import QuerySet
 
 from tenants.models import Membership, Role, Tenant, User
+from tenants.roles import RoleCode
 
 
 def tenant_get_active(*, slug: str) -> Tenant | None:
@@ -49,7 +50,20 @@ def membership_list(*, tenant: Tenant) -> QuerySet[Membership]:
 
 
 def members_with_role(*, tenant: Tenant, role: str) -> QuerySet[Membership]:
-    return membership_list(tenant=tenant).filter(is_active=True, roles__code=role)
+    return membership_list(tenant=tenant).filter(
+        is_active=True, user__is_active=True, roles__code=role
+    )
+
+
+def oversight_emails(*, tenant: Tenant) -> list[str]:
+    """Who hears of access to review (break-glass, flagged portal access): the clinic's
+    privacy officers, or, in a clinic that has none, its tenant admins, so that no such
+    notice goes to nobody."""
+    for role in (RoleCode.PRIVACY_OFFICER, RoleCode.TENANT_ADMIN):
+        emails = [m.user.email for m in members_with_role(tenant=tenant, role=role)]
+        if emails:
+            return emails
+    return []
 
 
 def roles_get(*, codes: list[str]) -> list[Role]:

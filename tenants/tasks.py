@@ -12,8 +12,7 @@ from django.utils import timezone
 
 from portal.tasks import portal_task
 from tenants.models import BreakGlassGrant
-from tenants.roles import RoleCode
-from tenants.selectors import members_with_role
+from tenants.selectors import oversight_emails
 from tenants.timezones import local_time_text
 
 logger = logging.getLogger(__name__)
@@ -21,7 +20,8 @@ logger = logging.getLogger(__name__)
 
 @portal_task(max_retries=5, autoretry_for=(OSError, smtplib.SMTPException))
 def break_glass_notify(*, tenant_id: str, grant_id: str) -> int:
-    """Email the clinic's privacy officers about a break-glass access; returns recipients."""
+    """Email the clinic's privacy officers (else its tenant admins) about a break-glass
+    access; returns recipients."""
     with transaction.atomic():
         # Claim the row: a retried or duplicated message finds it claimed and stops.
         grants = BreakGlassGrant.objects.filter(tenant_id=tenant_id, pk=grant_id)
@@ -29,10 +29,7 @@ def break_glass_notify(*, tenant_id: str, grant_id: str) -> int:
         if not claimed:
             return 0
         grant = grants.select_related("tenant", "user").get()
-        recipients = [
-            m.user.email
-            for m in members_with_role(tenant=grant.tenant, role=RoleCode.PRIVACY_OFFICER)
-        ]
+        recipients = oversight_emails(tenant=grant.tenant)
         if recipients:
             audit_url = f"{settings.PORTAL_BASE_URL}/t/{grant.tenant.slug}/audit/"
             # Names and reasons stay in the portal: the email carries ids and a link.
@@ -48,7 +45,7 @@ def break_glass_notify(*, tenant_id: str, grant_id: str) -> int:
                 from_email=None,
                 recipient_list=recipients,
             )
-    logger.info("break-glass %s notified %s privacy officer(s)", grant_id, len(recipients))
+    logger.info("break-glass %s notified %s member(s)", grant_id, len(recipients))
     return len(recipients)
 
 

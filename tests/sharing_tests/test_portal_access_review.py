@@ -284,3 +284,17 @@ def test_the_privacy_officer_finds_flagged_access_in_the_audit_log_and_outsiders
     assert ours.status_code == 200 and str(invitation.pk) in ours.content.decode()
     assert theirs.status_code == 200 and str(invitation.pk) not in theirs.content.decode()
     assert desk.status_code == 403
+
+
+def test_a_clinic_without_a_privacy_officer_tells_its_tenant_admins(
+    clinic, jane, front_desk, tenant_admin, django_capture_on_commit_callbacks
+):
+    invitation, _ = invite_from_desk(
+        [jane], front_desk, "x@example.org", django_capture_on_commit_callbacks
+    )
+    user = User.objects.create_user(email="x@example.org", password=PASSWORD)
+
+    accept_directly(invitation, user, django_capture_on_commit_callbacks, ip=CLINIC_NETWORK)
+
+    [notice] = notices()
+    assert notice.to == [tenant_admin.email]

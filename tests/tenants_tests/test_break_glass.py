@@ -13,7 +13,8 @@ from audit.actors import Actor, Target
 from audit.models import Action, AuditEvent
 from tenants.breakglass import BreakGlassRefused, break_glass_active, break_glass_open
 from tenants.models import BreakGlassGrant
-from tests.helpers import membership_of
+from tenants.services import membership_update
+from tests.helpers import TEST_ACTOR, make_member, membership_of
 
 STUDY = Target("imaging.study", str(uuid.UUID(int=7)))
 
@@ -57,6 +58,37 @@ def test_break_glass_is_audited_and_privacy_officers_are_emailed(
     assert mailoutbox[0].to == [privacy_officer.email]
     assert reason not in mailoutbox[0].body
     assert "/t/north/audit/" in mailoutbox[0].body
+
+
+@pytest.mark.django_db
+def test_a_clinic_without_a_privacy_officer_tells_its_tenant_admins(
+    clinic,
+    other_clinic,
+    radiologist,
+    tenant_admin,
+    other_tenant_admin,
+    mailoutbox,
+    django_capture_on_commit_callbacks,
+):
+    departed = make_member(clinic, "privacy_officer", email="gone@north.example")
+    membership_update(
+        membership=membership_of(departed, clinic),
+        roles=["privacy_officer"],
+        is_active=False,
+        actor=TEST_ACTOR,
+    )
+
+    with django_capture_on_commit_callbacks(execute=True):
+        break_glass_open(
+            membership=membership_of(radiologist, clinic),
+            target=STUDY,
+            reason="Trauma call, need prior imaging",
+            actor=Actor.for_user(radiologist),
+            now=timezone.now(),
+        )
+
+    [notice] = mailoutbox
+    assert notice.to == [tenant_admin.email]  # not the departed officer, nor another clinic's
 
 
 @pytest.mark.django_db
