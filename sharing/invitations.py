@@ -24,6 +24,7 @@ import audit
 from audit.actors import Actor
 from audit.models import Action, ActorType, Outcome
 from imaging.models import Patient
+from imaging.selectors import patient_records_alike
 from portal.tasks import task_send_on_commit
 from sharing.models import PatientInvitation, PatientLink, ShareLink
 from sharing.services import share_revoke, shares_lock_live
@@ -211,6 +212,9 @@ def invitation_accept(
     if user.pk == invitation.invited_by_id:  # their address changed since: still themselves
         raise InvitationInvalid("You cannot accept an invitation you sent; ask a colleague.")
     tenant = invitation.tenant
+    # One acceptance at a time per account: the review below counts the records the
+    # account holds, which two acceptances at once would each count without the other's.
+    User.objects.select_for_update().filter(pk=user.pk).first()
     claimed = (
         PatientInvitation.objects.for_tenant(tenant)
         .filter(
@@ -259,6 +263,9 @@ def _same_network(one: str | None, other: str | None) -> bool:
         a, b = ipaddress.ip_address(one or ""), ipaddress.ip_address(other or "")
     except ValueError:  # one is unknown
         return False
+    # A dual-stack server sees IPv4 peers as ::ffff:a.b.c.d: all one /64, yet each its own.
+    a = getattr(a, "ipv4_mapped", None) or a
+    b = getattr(b, "ipv4_mapped", None) or b
     if a.version != b.version:
         return False
     if a.version == 6:
@@ -268,12 +275,14 @@ def _same_network(one: str | None, other: str | None) -> bool:
     return a == b
 
 
-def _people(patients: Sequence[Patient]) -> int:
-    """How many people `patients` are, counting records alike (same name and birth date,
-    as the invitation form offers them) as one person."""
-    return len(
-        {(p.name.casefold(), p.birth_date) if p.name and p.birth_date else p.pk for p in patients}
-    )
+def _one_person(patients: Sequence[Patient]) -> bool:
+    """Whether `patients` are all records alike, as the invitation form offers them for
+    one person (`patient_records_alike`: same name, by the database's own case rule,
+    and birth date)."""
+    if len(patients) < 2:
+        return True
+    alike = {p.pk for p in patient_records_alike(patient=patients[0])}
+    return all(p.pk in alike for p in patients)
 
 
 def invitation_review_reasons(
@@ -294,7 +303,7 @@ def invitation_review_reasons(
         .filter(user=user, revoked_at__isnull=True)
         .values("patient_id")
     )
-    if _people(list(linked)) > 1:
+    if not _one_person(list(linked)):
         reasons.append(Review.SEVERAL_PEOPLE.value)
     if _same_network(invitation.created_ip, ip):
         reasons.append(Review.INVITER_NETWORK.value)

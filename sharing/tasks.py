@@ -170,30 +170,34 @@ def patient_access_review_notify(*, invitation_id: str) -> int:
             return 0
         tenant = invitation.tenant
         recipients = oversight_emails(tenant=tenant)
-        if recipients:
-            reasons = "".join(
-                f"- {PatientInvitation.Review(code).label}\n" for code in invitation.review_reasons
-            )
-            audit_url = (
-                f"{settings.PORTAL_BASE_URL}/t/{tenant.slug}/audit/"
-                f"?action={Action.PATIENT_ACCESS_FLAGGED.value}"
-            )
-            accepted = local_time_text(at=invitation.accepted_at, zone=tenant.zone)
-            send_mail(
-                subject=f"[{tenant.name}] Patient portal access to review",
-                message=(
-                    f"A patient portal invitation of {tenant.name} was accepted in a way "
-                    "that needs review:\n\n"
-                    f"{reasons}\nInvitation id: {invitation.pk}\n"
-                    f"Invited by user id: {invitation.invited_by_id}\n"
-                    f"Accepted by user id: {invitation.accepted_by_id}\n"
-                    f"Accepted: {accepted}\n\n"
-                    f"Review it in the audit log: {audit_url}\n"
-                    "Front desk ends the access on the patient's portal page if it is wrong.\n"
-                ),
-                from_email=None,
-                recipient_list=recipients,
-            )
+        if not recipients:
+            # Left unclaimed: the recovery job sends it once the clinic has someone.
+            transaction.set_rollback(True)
+            logger.warning("portal invitation %s: the clinic has nobody to notify", invitation_id)
+            return 0
+        reasons = "".join(
+            f"- {PatientInvitation.Review(code).label}\n" for code in invitation.review_reasons
+        )
+        audit_url = (
+            f"{settings.PORTAL_BASE_URL}/t/{tenant.slug}/audit/"
+            f"?action={Action.PATIENT_ACCESS_FLAGGED.value}"
+        )
+        accepted = local_time_text(at=invitation.accepted_at, zone=tenant.zone)
+        send_mail(
+            subject=f"[{tenant.name}] Patient portal access to review",
+            message=(
+                f"A patient portal invitation of {tenant.name} was accepted in a way "
+                "that needs review:\n\n"
+                f"{reasons}\nInvitation id: {invitation.pk}\n"
+                f"Invited by user id: {invitation.invited_by_id}\n"
+                f"Accepted by user id: {invitation.accepted_by_id}\n"
+                f"Accepted: {accepted}\n\n"
+                f"Review it in the audit log: {audit_url}\n"
+                "Front desk ends the access on the patient's portal page if it is wrong.\n"
+            ),
+            from_email=None,
+            recipient_list=recipients,
+        )
     logger.info("portal invitation %s review notified %s", invitation_id, len(recipients))
     return len(recipients)
 

@@ -30,21 +30,25 @@ def break_glass_notify(*, tenant_id: str, grant_id: str) -> int:
             return 0
         grant = grants.select_related("tenant", "user").get()
         recipients = oversight_emails(tenant=grant.tenant)
-        if recipients:
-            audit_url = f"{settings.PORTAL_BASE_URL}/t/{grant.tenant.slug}/audit/"
-            # Names and reasons stay in the portal: the email carries ids and a link.
-            send_mail(
-                subject=f"[{grant.tenant.name}] Break-glass access to review",
-                message=(
-                    f"A clinician opened a record outside their normal access in "
-                    f"{grant.tenant.name}.\n\nAccess id: {grant.pk}\nUser id: {grant.user_id}\n"
-                    f"Opened: {local_time_text(at=grant.created_at, zone=grant.tenant.zone)}, "
-                    f"expires {local_time_text(at=grant.expires_at, zone=grant.tenant.zone)}"
-                    f"\n\nReview it in the audit log: {audit_url}\n"
-                ),
-                from_email=None,
-                recipient_list=recipients,
-            )
+        if not recipients:
+            # Left unclaimed: the recovery job sends it once the clinic has someone.
+            transaction.set_rollback(True)
+            logger.warning("break-glass %s: the clinic has nobody to notify", grant_id)
+            return 0
+        audit_url = f"{settings.PORTAL_BASE_URL}/t/{grant.tenant.slug}/audit/"
+        # Names and reasons stay in the portal: the email carries ids and a link.
+        send_mail(
+            subject=f"[{grant.tenant.name}] Break-glass access to review",
+            message=(
+                f"A clinician opened a record outside their normal access in "
+                f"{grant.tenant.name}.\n\nAccess id: {grant.pk}\nUser id: {grant.user_id}\n"
+                f"Opened: {local_time_text(at=grant.created_at, zone=grant.tenant.zone)}, "
+                f"expires {local_time_text(at=grant.expires_at, zone=grant.tenant.zone)}"
+                f"\n\nReview it in the audit log: {audit_url}\n"
+            ),
+            from_email=None,
+            recipient_list=recipients,
+        )
     logger.info("break-glass %s notified %s member(s)", grant_id, len(recipients))
     return len(recipients)
 

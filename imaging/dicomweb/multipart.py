@@ -24,11 +24,15 @@ def content_type_parameters(header: str) -> tuple[str, dict[str, str]]:
     return message.get_content_type(), params
 
 
+def new_boundary() -> str:
+    return secrets.token_hex(16)
+
+
 def related_stream(
     parts: Iterable[tuple[str, Iterable[bytes]]], *, boundary: str | None = None
 ) -> tuple[str, Iterator[bytes]]:
     """A boundary and an iterator of body bytes for (part content type, chunks) pairs."""
-    boundary = boundary or secrets.token_hex(16)
+    boundary = boundary or new_boundary()
 
     def body() -> Iterator[bytes]:
         # Each part's trailing CRLF goes out with the next delimiter: one small write

@@ -50,6 +50,7 @@ from imaging.dicomweb.multipart import (
     content_type_parameters,
     iter_related_parts,
     limited_reader,
+    new_boundary,
     related_length,
     related_stream,
 )
@@ -157,6 +158,15 @@ def _audit_read(
 
 def _json(data: Any, status: int = 200) -> JsonResponse:
     return JsonResponse(data, status=status, safe=False, content_type=DICOM_JSON)
+
+
+def _headers_only(content_type: str) -> HttpResponse:
+    """HEAD's answer to a read, once its checks passed and it is audited: the GET's type
+    and no length (RFC 9110 9.3.2 lets it be left out), since the length would take
+    decrypting, decoding or rendering what is not sent."""
+    response = StreamingHttpResponse(iter(()), content_type=content_type)
+    patch_vary_headers(response, ["Accept"])
+    return response
 
 
 # --- QIDO-RS --------------------------------------------------------------------------
@@ -563,8 +573,8 @@ def _retrieve(request: HttpRequest, instances: QuerySet[Instance]) -> HttpRespon
         # at a time as their parts go out, so a whole study holds one object in memory.
         held = 0
         for row in to_prepare:
-            if held > PREPARE_AHEAD_BYTES:
-                break
+            if held > PREPARE_AHEAD_BYTES or request.method == "HEAD":
+                break  # HEAD: its length would take preparing what is not sent
             prepared[row.pk.hex] = prepare(row)
             held += len(prepared[row.pk.hex])
     except NotAcceptable as exc:
@@ -671,6 +681,9 @@ def _metadata(request: HttpRequest, instances: QuerySet[Instance]) -> HttpRespon
     rows = _read(request, instances, headers=True)
     if not rows:
         return dicomweb_error(404, "Not found.")
+    if request.method == "HEAD":
+        _audit_read(request, [r.series for r in rows], {"metadata": len(rows)}, rows=rows)
+        return _headers_only(media_type)
     actor = _actor(request)
     pseudonym = _client(request).pseudonym
     base = _base_url(request)
@@ -807,18 +820,28 @@ def _frame_numbers(text: str) -> list[int]:
     return numbers
 
 
+def _pixel_content_type(form: PixelForm, boundary: str) -> str:
+    if form.single:
+        return form.part_content_type
+    return f'multipart/related; type="{form.media_type}"; boundary={boundary}'
+
+
 def _pixel_response(payloads: list[bytes], *, form: PixelForm) -> HttpResponse:
     if form.single:
         (payload,) = payloads
-        response = HttpResponse(payload, content_type=form.part_content_type)
+        response = HttpResponse(payload, content_type=_pixel_content_type(form, ""))
     else:
         boundary, body = related_stream((form.part_content_type, iter([p])) for p in payloads)
-        response = HttpResponse(
-            b"".join(body),
-            content_type=f'multipart/related; type="{form.media_type}"; boundary={boundary}',
-        )
+        response = HttpResponse(b"".join(body), content_type=_pixel_content_type(form, boundary))
     patch_vary_headers(response, ["Accept"])  # the form sent follows it
     return response
+
+
+def _head_of_read(
+    request: HttpRequest, row: Instance, detail: dict[str, Any], content_type: str
+) -> HttpResponse:
+    _audit_read(request, [row.series], detail, rows=[row])
+    return _headers_only(content_type)
 
 
 @require_http_methods(["GET", "HEAD"])
@@ -857,6 +880,8 @@ def frames(
         process = partial(stored_frames, numbers=wanted, transfer_syntax=form.transfer_syntax)
     else:
         process = partial(frames_native_bytes, layout=row.pixel_layout, numbers=wanted)
+    if request.method == "HEAD":
+        return _head_of_read(request, row, detail, _pixel_content_type(form, new_boundary()))
     try:
         payloads = _processed_while_audited(request, row, process, detail)
     except RenderError as exc:
@@ -896,6 +921,8 @@ def bulkdata(
     if row is None:
         return dicomweb_error(404, "Not found.")
     detail = {"bulkdata": path.upper()}
+    if request.method == "HEAD":
+        return _head_of_read(request, row, detail, _pixel_content_type(form, new_boundary()))
     process = partial(_bulk_value, path=path, pseudonym=_client(request).pseudonym)
     try:
         value = _processed_while_audited(request, row, process, detail)
@@ -993,6 +1020,8 @@ def _rendered(
         return dicomweb_error(404, "Not found.")
     if (missing := _no_such_frame(row, [frame])) is not None:
         return missing
+    if request.method == "HEAD":
+        return _head_of_read(request, row, detail, options["media_type"])
     try:
         image = _processed_while_audited(
             request,

@@ -133,7 +133,9 @@ def test_a_patient_accepting_from_elsewhere_is_not_flagged(
         ("2001:db8:1:2::10", "2001:db8:1:2:abcd::99", True),  # one site's /64
         ("2001:db8:1:2::10", "2001:db8:1:3::10", False),
         ("203.0.113.10", "203.0.113.11", False),  # a neighbour, not the clinic's NAT
-        ("203.0.113.10", "::ffff:203.0.113.10", False),  # another family is another path
+        # A dual-stack server writes IPv4 peers as IPv6: still one address each.
+        ("203.0.113.10", "::ffff:203.0.113.10", True),
+        ("::ffff:203.0.113.10", "::ffff:198.51.100.7", False),
         (None, "203.0.113.10", False),  # sent by a system: nowhere to compare
     ],
 )
@@ -298,3 +300,23 @@ def test_a_clinic_without_a_privacy_officer_tells_its_tenant_admins(
 
     [notice] = notices()
     assert notice.to == [tenant_admin.email]
+
+
+def test_with_nobody_to_tell_the_notice_waits_until_the_clinic_has_someone(
+    clinic, jane, front_desk, django_capture_on_commit_callbacks
+):
+    invitation, _ = invite_from_desk(
+        [jane], front_desk, "x@example.org", django_capture_on_commit_callbacks
+    )
+    user = User.objects.create_user(email="x@example.org", password=PASSWORD)
+    accept_directly(invitation, user, django_capture_on_commit_callbacks, ip=CLINIC_NETWORK)
+    invitation.refresh_from_db()
+    unsent = invitation.review_notified_at
+    officer = make_member(clinic, "privacy_officer")
+
+    with django_capture_on_commit_callbacks(execute=True):
+        notices_unsent_requeue(now=timezone.now() + dt.timedelta(minutes=31))
+
+    assert unsent is None
+    [notice] = notices()
+    assert notice.to == [officer.email]

@@ -92,6 +92,32 @@ def test_a_clinic_without_a_privacy_officer_tells_its_tenant_admins(
 
 
 @pytest.mark.django_db
+def test_with_nobody_to_tell_the_break_glass_notice_waits_for_someone(
+    clinic, radiologist, mailoutbox, django_capture_on_commit_callbacks
+):
+    from tenants.services import notices_unsent_requeue
+
+    with django_capture_on_commit_callbacks(execute=True):
+        grant = break_glass_open(
+            membership=membership_of(radiologist, clinic),
+            target=STUDY,
+            reason="Trauma call, need prior imaging",
+            actor=Actor.for_user(radiologist),
+            now=timezone.now(),
+        )
+    grant.refresh_from_db()
+    unsent = grant.notified_at
+    officer = make_member(clinic, "privacy_officer")
+
+    with django_capture_on_commit_callbacks(execute=True):
+        notices_unsent_requeue(now=timezone.now() + dt.timedelta(minutes=31))
+
+    assert unsent is None
+    [notice] = mailoutbox
+    assert notice.to == [officer.email]
+
+
+@pytest.mark.django_db
 def test_notification_is_sent_once_even_if_the_task_runs_twice(
     clinic, radiologist, privacy_officer, mailoutbox
 ):
