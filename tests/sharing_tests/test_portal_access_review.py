@@ -13,6 +13,7 @@ from django.utils import timezone
 from audit.actors import Actor
 from audit.models import Action, AuditEvent
 from sharing.invitations import invitation_accept, patient_invite
+from sharing.models import PatientInvitation
 from sharing.services import notices_unsent_requeue
 from sharing.tasks import patient_access_review_notify
 from tenants.models import User
@@ -66,6 +67,14 @@ def accept_directly(invitation, user: User, capture, ip: str) -> None:
             actor=Actor.for_user(user, ip=ip),
             now=timezone.now(),
         )
+
+
+def flagged_acceptance(patient, front_desk, capture) -> PatientInvitation:
+    """An address invited from the clinic's network and accepted there."""
+    invitation, _ = invite_from_desk([patient], front_desk, "x@example.org", capture)
+    user = User.objects.create_user(email="x@example.org", password=PASSWORD)
+    accept_directly(invitation, user, capture, ip=CLINIC_NETWORK)
+    return invitation
 
 
 def flags(tenant) -> list[AuditEvent]:
@@ -222,11 +231,7 @@ def test_the_notice_goes_once_and_only_to_this_clinics_privacy_officers(
     django_capture_on_commit_callbacks,
 ):
     other_officer = make_member(other_clinic, "privacy_officer")
-    invitation, _ = invite_from_desk(
-        [jane], front_desk, "x@example.org", django_capture_on_commit_callbacks
-    )
-    user = User.objects.create_user(email="x@example.org", password=PASSWORD)
-    accept_directly(invitation, user, django_capture_on_commit_callbacks, ip=CLINIC_NETWORK)
+    invitation = flagged_acceptance(jane, front_desk, django_capture_on_commit_callbacks)
 
     again = patient_access_review_notify(invitation_id=str(invitation.pk))
 
@@ -272,11 +277,7 @@ def test_the_privacy_officer_finds_flagged_access_in_the_audit_log_and_outsiders
     django_capture_on_commit_callbacks,
 ):
     other_officer = make_member(other_clinic, "privacy_officer")
-    invitation, _ = invite_from_desk(
-        [jane], front_desk, "x@example.org", django_capture_on_commit_callbacks
-    )
-    user = User.objects.create_user(email="x@example.org", password=PASSWORD)
-    accept_directly(invitation, user, django_capture_on_commit_callbacks, ip=CLINIC_NETWORK)
+    invitation = flagged_acceptance(jane, front_desk, django_capture_on_commit_callbacks)
     query = f"?action={FLAGGED.value}"
 
     ours = client_for(privacy_officer).get(f"/t/north/audit/{query}")
@@ -305,11 +306,7 @@ def test_a_clinic_without_a_privacy_officer_tells_its_tenant_admins(
 def test_with_nobody_to_tell_the_notice_waits_until_the_clinic_has_someone(
     clinic, jane, front_desk, django_capture_on_commit_callbacks
 ):
-    invitation, _ = invite_from_desk(
-        [jane], front_desk, "x@example.org", django_capture_on_commit_callbacks
-    )
-    user = User.objects.create_user(email="x@example.org", password=PASSWORD)
-    accept_directly(invitation, user, django_capture_on_commit_callbacks, ip=CLINIC_NETWORK)
+    invitation = flagged_acceptance(jane, front_desk, django_capture_on_commit_callbacks)
     invitation.refresh_from_db()
     unsent = invitation.review_notified_at
     officer = make_member(clinic, "privacy_officer")
