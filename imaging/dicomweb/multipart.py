@@ -7,6 +7,7 @@ import secrets
 from collections.abc import Callable, Iterable, Iterator
 from email.message import Message
 from email.utils import collapse_rfc2231_value
+from typing import NamedTuple
 
 
 class MultipartError(ValueError):
@@ -85,14 +86,23 @@ class PartTooLarge(Exception):
     """A part exceeded the per-part limit; its bytes were discarded."""
 
 
+class Part(NamedTuple):
+    """One part of a multipart/related body."""
+
+    type: str  # media type, lower case, without parameters
+    payload: bytes | PartTooLarge
+    params: dict[str, str]  # of its Content-Type (a `transfer-syntax`, say)
+    location: str  # its Content-Location, or ""
+
+
 def iter_related_parts(
     read: Callable[[int], bytes],
     content_type: str,
     *,
     max_part_bytes: int,
     chunk_size: int = 1 << 20,
-) -> Iterator[tuple[str, bytes | PartTooLarge]]:
-    """Stream (part content type, payload) from a multipart/related body.
+) -> Iterator[Part]:
+    """Stream the parts of a multipart/related body.
 
     Memory stays at one part plus one read chunk, however large the request: each part
     is handed over as soon as its closing delimiter arrives.
@@ -137,11 +147,13 @@ def iter_related_parts(
                 raise MultipartError("A part's headers are malformed or never end.")
         headers = buffer[:end].decode("latin-1").strip().split("\r\n")
         del buffer[: end + 4]
-        part_type = "application/octet-stream"
+        part_type, part_params, location = "application/octet-stream", {}, ""
         for line in headers:
             name, _, value = line.partition(":")
             if name.strip().lower() == "content-type":
-                part_type = content_type_parameters(value.strip())[0]
+                part_type, part_params = content_type_parameters(value.strip())
+            elif name.strip().lower() == "content-location":
+                location = value.strip()
         too_large = False
         searched = 0
         while (end := buffer.find(delimiter, searched)) < 0:
@@ -158,6 +170,6 @@ def iter_related_parts(
                 payload = bytes(part)
         del buffer[: end + len(delimiter)]
         parts += 1
-        yield part_type, payload
+        yield Part(part_type, payload, part_params, location)
     if not parts:
         raise MultipartError("The multipart body has no parts.")

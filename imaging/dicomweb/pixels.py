@@ -149,3 +149,14 @@ def not_offered_message(*, stored: str | None, parts: int) -> str:
         f'multipart/related; type="{media}"; transfer-syntax={stored} (or transfer-syntax=*), '
         f"as stored, or as {decoded}."
     )
+
+
+def sent_transfer_syntax(media_type: str, params: dict[str, str]) -> str | None:
+    """The transfer syntax a part of compressed pixel data sent as `media_type` is in:
+    its `transfer-syntax` parameter, or the type's default; None if the type carries no
+    compressed syntax or the parameter names one it cannot carry."""
+    syntaxes = COMPRESSED_MEDIA_TYPES.get(_ALIASES.get(media_type, media_type))
+    if syntaxes is None:
+        return None
+    syntax = params.get("transfer-syntax", syntaxes[0]).strip('"')
+    return syntax if syntax in syntaxes else None

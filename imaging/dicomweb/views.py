@@ -65,6 +65,7 @@ from imaging.dicomweb.pixels import (
 )
 from imaging.dicomweb.query import Query, QueryError, parse_query
 from imaging.dicomweb.search import level_queryset, search_rows
+from imaging.dicomweb.stow_json import METADATA_TYPE, JsonStow, Rebuilt
 from imaging.ingest import IngestOutcome, ingest_many
 from imaging.metadata import metadata_for_instance, metadata_item
 from imaging.models import Instance, Series, Study
@@ -1185,10 +1186,12 @@ def store(request: HttpRequest, study: str | None = None) -> HttpResponse:
         return dicomweb_error(406, STORE_NOT_OFFERED)
     content_type = request.headers.get("Content-Type", "")
     media, params = content_type_parameters(content_type)
-    part_type = params.get("type", "").strip('"').lower()
-    if media != "multipart/related" or part_type != "application/dicom":
+    root_type = params.get("type", "").strip('"').lower()
+    if media != "multipart/related" or root_type not in ("application/dicom", METADATA_TYPE):
         return dicomweb_error(
-            415, 'Send multipart/related; type="application/dicom" with one DICOM file per part.'
+            415,
+            'Send multipart/related; type="application/dicom" with one DICOM file per part, '
+            f'or type="{METADATA_TYPE}" with DICOM JSON metadata and then its bulk data.',
         )
     if study is not None and not valid_uid(study):
         return dicomweb_error(400, "The study in the URL is not a valid UID.")
@@ -1225,27 +1228,55 @@ def store(request: HttpRequest, study: str | None = None) -> HttpResponse:
             studies.update(into)
             pending.clear()
 
+    def take(payload: bytes) -> None:
+        pending.append(payload)
+        if (
+            len(pending) >= settings.STOW_BATCH_INSTANCES
+            or sum(map(len, pending)) >= settings.STOW_BATCH_BYTES
+        ):
+            flush()
+
+    def take_rebuilt(rebuilt: list[Rebuilt]) -> None:
+        for item in rebuilt:
+            if item.data is not None:
+                take(item.data)
+                continue
+            logger.info(
+                "STOW-RS metadata instance not stored for tenant %s: %s",
+                _client(request).tenant.pk,
+                item.problem,
+            )
+            reason = FAILURE_PROCESSING if item.too_large else FAILURE_CANNOT_UNDERSTAND
+            failed.append(_failure(item.sop_class, item.sop_instance, reason))
+
+    # Metadata and bulk data (PS3.18 10.5.1.2): each instance rebuilt once complete.
+    rebuilder = (
+        JsonStow(max_held_bytes=settings.INGEST_MAX_INSTANCE_BYTES)
+        if root_type == METADATA_TYPE
+        else None
+    )
     parts = iter_related_parts(
         read, content_type, max_part_bytes=settings.INGEST_MAX_INSTANCE_BYTES
     )
     try:
         # Parts are stored in batches of a few as they arrive (one transaction each), so
         # memory holds at most one batch and a large request is not one huge transaction.
-        for part_type, payload in parts:
-            if isinstance(payload, PartTooLarge):
+        for part in parts:
+            if rebuilder is not None and part.type != "application/dicom":
+                take_rebuilt(rebuilder.part(part))
+            elif isinstance(part.payload, PartTooLarge):
                 failed.append(_failure("", "", FAILURE_PROCESSING))
-            elif part_type != "application/dicom":
-                sop_class, sop_instance, _ = _uids(payload)
+            elif part.type != "application/dicom":
+                sop_class, sop_instance, _ = _uids(part.payload)
                 failed.append(_failure(sop_class, sop_instance, FAILURE_CANNOT_UNDERSTAND))
             else:
-                pending.append(payload)
-                if (
-                    len(pending) >= settings.STOW_BATCH_INSTANCES
-                    or sum(map(len, pending)) >= settings.STOW_BATCH_BYTES
-                ):
-                    flush()
+                take(part.payload)
+        if rebuilder is not None:
+            take_rebuilt(rebuilder.finish())
         flush()
     except (MultipartError, OSError) as exc:  # OSError: the body could not be read
+        if rebuilder is not None:
+            take_rebuilt(rebuilder.finish())  # each instance still waiting fails by name
         flush()  # what arrived whole before the error is kept, as the response says
         if not referenced and not failed:
             if isinstance(exc, OSError):

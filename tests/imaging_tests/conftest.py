@@ -20,3 +20,15 @@ def read_ahead(request, monkeypatch) -> str:
 def read_token(clinic) -> str:
     """A partner's API token that may read the clinic's DICOMweb."""
     return token_for(clinic, "dicomweb:read")
+
+
+@pytest.fixture
+def write_token(clinic) -> str:
+    """A partner's API token that may read and store into the clinic's DICOMweb."""
+    return token_for(clinic, "dicomweb:read", "dicomweb:write")
+
+
+@pytest.fixture
+def outsider_token(other_clinic) -> str:
+    """The same, for another clinic."""
+    return token_for(other_clinic, "dicomweb:read", "dicomweb:write")

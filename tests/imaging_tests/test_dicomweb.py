@@ -23,16 +23,6 @@ def _ds(data: bytes) -> pydicom.Dataset:
 
 
 @pytest.fixture
-def write_token(clinic):
-    return token_for(clinic, "dicomweb:read", "dicomweb:write")
-
-
-@pytest.fixture
-def outsider_token(other_clinic):
-    return token_for(other_clinic, "dicomweb:read", "dicomweb:write")
-
-
-@pytest.fixture
 def stored_ct(clinic):
     files = synthetic_ct(slices=3, patient_name="Müller^Jürgen", patient_id="PID-1")
     for data in files:

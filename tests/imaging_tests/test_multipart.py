@@ -29,8 +29,8 @@ def test_parts_survive_any_chunking(chunk_size):
         )
     )
 
-    assert [payload for _, payload in parts] == payloads
-    assert {part_type for part_type, _ in parts} == {"application/dicom"}
+    assert [part.payload for part in parts] == payloads
+    assert {part.type for part in parts} == {"application/dicom"}
 
 
 def test_oversized_part_is_flagged_and_the_rest_still_parsed():
@@ -40,8 +40,8 @@ def test_oversized_part_is_flagged_and_the_rest_still_parsed():
         )
     )
 
-    assert isinstance(parts[0][1], PartTooLarge)
-    assert parts[1][1] == b"ok"
+    assert isinstance(parts[0].payload, PartTooLarge)
+    assert parts[1].payload == b"ok"
 
 
 @pytest.mark.parametrize(
@@ -64,8 +64,8 @@ def test_a_part_of_exactly_the_limit_passes_and_one_byte_more_is_flagged(chunk_s
     body = _body(b"a" * 100, b"b" * 101, b"c" * 1000, b"d" * 99)
 
     parts = [
-        payload
-        for _, payload in iter_related_parts(
+        part.payload
+        for part in iter_related_parts(
             io.BytesIO(body).read, TYPE, max_part_bytes=100, chunk_size=chunk_size
         )
     ]
@@ -74,3 +74,19 @@ def test_a_part_of_exactly_the_limit_passes_and_one_byte_more_is_flagged(chunk_s
     assert isinstance(parts[1], PartTooLarge)
     assert isinstance(parts[2], PartTooLarge)
     assert parts[3] == b"d" * 99
+
+
+def test_a_part_gives_its_type_parameters_and_content_location():
+    body = (
+        b"--XyZ\r\ncontent-type: Image/JPEG; transfer-syntax=1.2.840.10008.1.2.4.50\r\n"
+        b"Content-Location:  https://partner.example/bulk/1 \r\n\r\nFRAME\r\n"
+        b"--XyZ\r\n\r\nbare\r\n--XyZ--\r\n"
+    )
+
+    first, second = iter_related_parts(io.BytesIO(body).read, TYPE, max_part_bytes=100)
+
+    assert first.type == "image/jpeg"
+    assert first.params == {"transfer-syntax": "1.2.840.10008.1.2.4.50"}
+    assert first.location == "https://partner.example/bulk/1"
+    assert first.payload == b"FRAME"
+    assert (second.type, second.params, second.location) == ("application/octet-stream", {}, "")
