@@ -10,6 +10,7 @@ from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse
 
 from tenants.roles import Perm
+from tenants.tokens import token_scope_refusal
 
 
 def has_clinic_perm(request: HttpRequest, *perms: Perm) -> bool:
@@ -88,7 +89,7 @@ class HasClinicPerm:
         if token is not None:
             scope = getattr(view, "required_scope", None)
             if scope is None or not token.has_scope(scope):
-                self.message = f"This token lacks the {scope} scope."
+                self.message = token_scope_refusal(token, scope)
                 return False
             return True
         perms = tuple(getattr(view, "required_perms", ()))

@@ -39,6 +39,7 @@ from tenants.tokens import (
     api_token_create,
     api_token_grantable_scopes,
     api_token_revoke,
+    scopes_suspended,
 )
 
 # Tokens made in the admin expire: a forgotten partner credential must not live forever.
@@ -77,11 +78,22 @@ class MembershipForm(forms.ModelForm):
         chosen = {role.code for role in self.cleaned_data["roles"]}
         return chosen | (self.current.role_codes & {RoleCode.PATIENT})
 
+    # The administrator editing, set by MembershipAdmin.get_form.
+    editor_id: Any = None
+
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean()
         if "roles" in cleaned:
             current = self.current
             wanted = self.roles_kept()
+            if current.user_id == self.editor_id and wanted - current.role_codes:
+                # Separation of duties: an administrator who sees no images must not
+                # be able to give themselves a clinical role (and with it images, or a
+                # token that reads them) without anyone else taking part.
+                raise ValidationError(
+                    "You cannot give yourself a role. Another administrator of the clinic "
+                    "must do it, or a platform operator."
+                )
             if wanted & STAFF_ROLES and not current.role_codes & STAFF_ROLES:
                 # A patient becomes staff only by accepting an invitation: their consent.
                 raise ValidationError(
@@ -139,6 +151,10 @@ class MembershipAdmin(TenantScopedModelAdmin):
             self.message_user(request, f"Lockout lifted for {lifted} member(s).")
         for email, reason in refused:
             self.message_user(request, f"{email}: {reason}", messages.WARNING)
+
+    def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any):
+        form_class = super().get_form(request, obj, change=change, **kwargs)
+        return type(form_class.__name__, (form_class,), {"editor_id": request.user.pk})
 
     def get_queryset(self, request: HttpRequest) -> models.QuerySet:
         # Staff only: a patient's portal account (its name, its email, the fact that
@@ -496,9 +512,30 @@ class ApiTokenAdmin(TenantScopedModelAdmin):
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return obj is None and super().has_change_permission(request, obj)
 
+    def get_queryset(self, request: HttpRequest) -> models.QuerySet:
+        # The creator's live membership here, for the scopes it no longer covers.
+        live = (
+            Membership.objects.for_tenant(request.tenant)
+            .filter(is_active=True, user__is_active=True)
+            .prefetch_related("roles")
+        )
+        return (
+            super()
+            .get_queryset(request)
+            .prefetch_related(models.Prefetch("created_by__memberships", live, to_attr="live"))
+        )
+
     @admin.display(description="Scopes")
     def scope_list(self, obj: ApiToken) -> str:
-        return ", ".join(obj.scopes)
+        text = ", ".join(obj.scopes)
+        if obj.created_by is None:  # an operator's token
+            return text
+        live = getattr(obj.created_by, "live", [])
+        held = live[0].permissions if live else frozenset()
+        suspended = scopes_suspended(scopes=obj.scopes, held=held)
+        if suspended:
+            text += f" (suspended: {', '.join(suspended)}; its creator no longer holds the role)"
+        return text
 
     def save_model(self, request: HttpRequest, obj: ApiToken, form: Any, change: bool) -> None:
         try:

@@ -38,7 +38,7 @@ from portal.logredact import is_token_url
 from tenants.models import BackupCode, BackupCodeDevice, User
 from tenants.roles import STAFF_ROLES, RoleCode
 from tenants.selectors import user_memberships
-from tenants.throttle import ThrottleKey, is_locked, register_failure, register_success
+from tenants.throttle import ThrottleKey, attempt_allowed, attempt_succeeded
 
 MFA_AT = "_mfa_verified_at"
 # The pending authenticator this session started; only this session may confirm it.
@@ -239,7 +239,7 @@ def _digits(token: str) -> str:
 def second_factor_verify(*, user: User, token: str, actor: Actor, step_up: bool = False) -> Device:
     """Check a TOTP or backup code; audit the attempt; raise SecondFactorError if refused."""
     throttle = ThrottleKey(kind="otp", account=user.email, ip=actor.ip)
-    if is_locked(throttle):
+    if not attempt_allowed(throttle):
         audit.record_for_user(
             user=user,
             actor=actor,
@@ -251,7 +251,6 @@ def second_factor_verify(*, user: User, token: str, actor: Actor, step_up: bool 
     token = _digits(token)
     device = _verify_totp(user, token) if token.isdigit() else _verify_backup(user, token)
     if device is None:
-        register_failure(throttle)
         audit.record_for_user(
             user=user,
             actor=actor,
@@ -260,7 +259,7 @@ def second_factor_verify(*, user: User, token: str, actor: Actor, step_up: bool 
             detail={"reason": "invalid_code"},
         )
         raise SecondFactorError("That code is not valid, or it was already used.")
-    register_success(throttle)
+    attempt_succeeded(throttle)
     kind = "totp" if isinstance(device, TOTPDevice) else "backup_code"
     detail: dict[str, Any] = {"device": kind}
     if kind == "backup_code":

@@ -344,6 +344,10 @@ class ApiToken(TenantOwnedModel):
     last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
     revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
 
+    # Set when a request presents the token: scopes its creator no longer holds the
+    # permissions for (tenants.tokens), left out of `scopes` for that request.
+    suspended_scopes: tuple[str, ...] = ()
+
     class Meta:
         indexes = [models.Index(fields=["tenant", "-created_at"])]
 

@@ -14,6 +14,7 @@ accounts and addresses alike.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import unicodedata
 from dataclasses import dataclass
@@ -57,34 +58,60 @@ class ThrottleKey:
         return f"throttle:{self.kind}:ip:{self._digest(self.ip)}" if self.ip else None
 
 
-def _count(key: str | None) -> int:
-    return int(cache.get(key, 0)) if key else 0
+def _keys(key: ThrottleKey) -> list[tuple[str, int]]:
+    keys = [(key.account_key, settings.SIGNIN_ACCOUNT_FAILURE_LIMIT)]
+    if key.ip_key is not None:
+        keys.append((key.ip_key, settings.SIGNIN_IP_FAILURE_LIMIT))
+    return keys
 
 
-def is_locked(key: ThrottleKey) -> bool:
-    return (
-        _count(key.account_key) >= settings.SIGNIN_ACCOUNT_FAILURE_LIMIT
-        or _count(key.ip_key) >= settings.SIGNIN_IP_FAILURE_LIMIT
-    )
+def _incr(cache_key: str) -> int:
+    # add() then incr() keeps the window fixed from the first attempt.
+    cache.add(cache_key, 0, timeout=settings.SIGNIN_LOCKOUT_SECONDS)
+    try:
+        return cache.incr(cache_key)
+    except ValueError:  # expired between the two calls
+        cache.set(cache_key, 1, timeout=settings.SIGNIN_LOCKOUT_SECONDS)
+        return 1
 
 
-def register_failure(key: ThrottleKey) -> bool:
-    """Count a failure; True when this failure starts a lockout."""
-    was_locked = is_locked(key)
-    for cache_key in (key.account_key, key.ip_key):
-        if cache_key is None:
-            continue
-        # add() then incr() keeps the window fixed from the first failure.
-        cache.add(cache_key, 0, timeout=settings.SIGNIN_LOCKOUT_SECONDS)
-        try:
-            cache.incr(cache_key)
-        except ValueError:
-            cache.set(cache_key, 1, timeout=settings.SIGNIN_LOCKOUT_SECONDS)
-    return not was_locked and is_locked(key)
+def attempt_allowed(key: ThrottleKey) -> bool:
+    """Count an attempt before it is checked; False past either limit.
+
+    Counting first, with the cache's atomic increment, is what bounds guesses made at
+    once: had the count been read, the guess checked and only then a failure counted,
+    twenty requests sent together would all be checked against a limit of five.
+    An attempt that then succeeds or turns out not to be a guess is given back
+    (`attempt_succeeded`, `attempt_uncounted`), and so is one refused.
+    """
+    counts = [(_incr(cache_key), limit) for cache_key, limit in _keys(key)]
+    if all(count <= limit for count, limit in counts):
+        return True
+    # Refused, not checked: not a guess, so the other count does not grow by it.
+    attempt_uncounted(key)
+    return False
 
 
-def register_success(key: ThrottleKey) -> None:
+def attempt_uncounted(key: ThrottleKey) -> None:
+    """Give back an attempt that was not a guess (a form refused for another reason)."""
+    for cache_key, _ in _keys(key):
+        with contextlib.suppress(ValueError):  # the window has ended meanwhile
+            cache.decr(cache_key)
+
+
+def attempt_succeeded(key: ThrottleKey) -> None:
+    """The account's failures are forgotten; the address's count gets the attempt back
+    (colleagues share a hospital's outgoing address: their sign-ins are not guesses)."""
     cache.delete(key.account_key)
+    if key.ip_key is not None:
+        with contextlib.suppress(ValueError):
+            cache.decr(key.ip_key)
+
+
+def register_failure(key: ThrottleKey) -> None:
+    """Count a failure that no `attempt_allowed` counted (a failed passkey ceremony)."""
+    for cache_key, _ in _keys(key):
+        _incr(cache_key)
 
 
 def throttle_reset(*, account: str) -> None:

@@ -16,8 +16,8 @@ import audit
 from audit.actors import Actor
 from audit.models import Action
 from portal import rows
-from tenants.models import ApiToken, Tenant, User
-from tenants.roles import Perm
+from tenants.models import ApiToken, Membership, Tenant, User
+from tenants.roles import Perm, perms_for
 from tenants.selectors import membership_for_user
 
 TOKEN_PREFIX = "ptk"  # noqa: S105  (a label, not a secret)
@@ -132,6 +132,23 @@ _TOKEN_FIELDS = rows.fields(ApiToken)
 _TENANT_FIELDS = rows.fields(Tenant)
 
 
+def _creator_roles_sql(vendor: str) -> str:
+    """The role codes, comma-separated, of the token's creator as a live member of its
+    clinic (an active account and membership); NULL when there are none."""
+    through = Membership.roles.through
+    joined = "string_agg" if vendor == "postgresql" else "group_concat"
+    return (
+        f"(SELECT {joined}({rows.column(through, 'role')}, ',') "  # noqa: S608
+        f"FROM {rows.table(through)} "
+        f"JOIN {rows.table(Membership)} "
+        f"ON {rows.column(Membership, 'id')} = {rows.column(through, 'membership')} "
+        f"JOIN {rows.table(User)} ON {rows.column(User, 'id')} = {rows.column(Membership, 'user')} "
+        f"WHERE {rows.column(Membership, 'tenant')} = {rows.column(ApiToken, 'tenant')} "
+        f"AND {rows.column(Membership, 'user')} = {rows.column(ApiToken, 'created_by')} "
+        f"AND {rows.column(Membership, 'is_active')} AND {rows.column(User, 'is_active')})"
+    )
+
+
 @functools.cache
 def _lookup_sql(vendor: str) -> str:
     # A credential names its clinic only once found, so this lookup is not clinic-scoped.
@@ -139,23 +156,55 @@ def _lookup_sql(vendor: str) -> str:
     # Identifiers come from the models' metadata; the prefix is a parameter.
     selected = rows.columns(ApiToken, _TOKEN_FIELDS) + rows.columns(Tenant, _TENANT_FIELDS)
     return (
-        f"SELECT {', '.join(selected)} "  # noqa: S608
+        f"SELECT {', '.join(selected)}, {_creator_roles_sql(vendor)} "  # noqa: S608
         f"FROM {rows.table(ApiToken)} JOIN {rows.table(Tenant)} "
         f"ON {rows.column(Tenant, 'id')} = {rows.column(ApiToken, 'tenant')} "
         f"WHERE {rows.column(ApiToken, 'prefix')} = %s"
     )
 
 
-def _token_with_tenant(prefix: str) -> ApiToken | None:
+def _token_with_tenant(prefix: str) -> tuple[ApiToken, frozenset[str]] | None:
+    """The token, its clinic and its creator's live roles there."""
     with rows.prepared_cursor() as cursor:
         cursor.execute(_lookup_sql(connection.vendor), [prefix])
         row = cursor.fetchone()
     if row is None:
         return None
-    split = len(_TOKEN_FIELDS)
+    split, end = len(_TOKEN_FIELDS), len(_TOKEN_FIELDS) + len(_TENANT_FIELDS)
     token = rows.from_row(ApiToken, _TOKEN_FIELDS, row[:split])
-    token.tenant = rows.from_row(Tenant, _TENANT_FIELDS, row[split:])
-    return token
+    token.tenant = rows.from_row(Tenant, _TENANT_FIELDS, row[split:end])
+    return token, frozenset(row[end].split(",")) if row[end] else frozenset()
+
+
+def _scopes_still_held(token: ApiToken, creator_roles: frozenset[str]) -> None:
+    """Suspend the scopes whose permissions the token's creator no longer holds.
+
+    A token may do no more than the member who made it, and that holds for as long
+    as it is used, not only when it was made: a member who leaves the clinic, or
+    loses the role behind a scope, must not keep that access through a token they
+    still hold. The scopes come back if the role does. An operator's token (no
+    creator) keeps its scopes.
+    """
+    if token.created_by_id is None:
+        return
+    token.suspended_scopes = scopes_suspended(scopes=token.scopes, held=perms_for(creator_roles))
+    token.scopes = [s for s in token.scopes if s not in token.suspended_scopes]
+
+
+def scopes_suspended(*, scopes: list[str], held: frozenset[Perm]) -> tuple[str, ...]:
+    """Those of a member's token's `scopes` that the member's permissions `held` no
+    longer cover."""
+    return tuple(s for s in scopes if not (s in SCOPE_PERMS and SCOPE_PERMS[s] <= held))
+
+
+def token_scope_refusal(token: ApiToken, scope: str | None) -> str:
+    """Why `token` may not use `scope`, in words a partner's engineer can act on."""
+    if scope in token.suspended_scopes:
+        return (
+            f"This token's {scope} scope is suspended: the person who created it no longer "
+            "holds the role it needs in the clinic. Ask the clinic for a new token."
+        )
+    return f"This token lacks the {scope} scope."
 
 
 _PREFIX = re.compile(r"[0-9a-f]{8}")
@@ -170,16 +219,19 @@ def api_token_authenticate(*, raw: str, now: dt.datetime) -> ApiToken | None:
     if not _PREFIX.fullmatch(prefix):
         # Not one this server made (token_hex(4)); a NUL in it is an error in PostgreSQL.
         return None
-    token = _token_with_tenant(prefix)
+    found = _token_with_tenant(prefix)
+    token = found[0] if found is not None else None
     expected = token.secret_hash if token is not None else _hash("")
-    if not hmac.compare_digest(expected, _hash(secret)) or token is None:
+    if not hmac.compare_digest(expected, _hash(secret)) or found is None:
         return None
+    token, creator_roles = found
     if token.revoked_at is not None or (token.expires_at and token.expires_at <= now):
         return None
     if not token.tenant.is_active:
         return None
     if token.last_used_at is None or now - token.last_used_at > LAST_USED_RESOLUTION:
         ApiToken.objects.filter(tenant=token.tenant, pk=token.pk).update(last_used_at=now)
+    _scopes_still_held(token, creator_roles)
     return token
 
 

@@ -39,7 +39,7 @@ from tenants.mfa import (
     totp_secret_base32,
 )
 from tenants.models import User
-from tenants.throttle import ThrottleKey, is_locked, register_failure, register_success
+from tenants.throttle import ThrottleKey, attempt_allowed, attempt_succeeded, attempt_uncounted
 
 LOCKED_MESSAGE = "Too many attempts. Wait 15 minutes and try again, or ask your administrator."
 
@@ -61,7 +61,7 @@ class SignInView(auth_views.LoginView):
         throttle = ThrottleKey(
             kind="signin", account=request.POST.get("username", ""), ip=client_ip(request)
         )
-        if is_locked(throttle):
+        if not attempt_allowed(throttle):
             audit.record(
                 actor=Actor.for_user(None, ip=client_ip(request)),
                 action=Action.SIGNIN_LOCKED,
@@ -70,19 +70,16 @@ class SignInView(auth_views.LoginView):
                 outcome=Outcome.DENIED,
                 detail={},
             )
-            form = self.get_form()
-            form.errors.clear()
+            # Unbound: a bound form's errors would check the password all the same.
+            form = self.get_form_class()(request)
+            form.cleaned_data = {}
             form.add_error(None, LOCKED_MESSAGE)
             return self.render_to_response(self.get_context_data(form=form), status=429)
         self._throttle = throttle
         return super().post(request, *args, **kwargs)
 
-    def form_invalid(self, form: Any) -> HttpResponse:
-        register_failure(self._throttle)
-        return super().form_invalid(form)
-
     def form_valid(self, form: Any) -> HttpResponse:
-        register_success(self._throttle)
+        attempt_succeeded(self._throttle)
         super().form_valid(form)  # logs in and cycles the session key
         user = form.get_user()
         next_url = safe_next(self.request)
@@ -237,7 +234,7 @@ class PasswordChangeView(auth_views.PasswordChangeView):
         self._throttle = ThrottleKey(
             kind="signin", account=request.user.email, ip=client_ip(request)
         )
-        if is_locked(self._throttle):
+        if not attempt_allowed(self._throttle):
             audit.record_for_user(
                 user=request.user,
                 actor=Actor.from_request(request),
@@ -252,12 +249,13 @@ class PasswordChangeView(auth_views.PasswordChangeView):
         return super().post(request, *args, **kwargs)
 
     def form_invalid(self, form: Any) -> HttpResponse:
-        if "old_password" in form.errors:
-            register_failure(self._throttle)
+        if "old_password" not in form.errors:
+            attempt_uncounted(self._throttle)  # the password was right: not a guess
         return super().form_invalid(form)
 
     @transaction.atomic
     def form_valid(self, form: Any) -> HttpResponse:
+        attempt_succeeded(self._throttle)
         response = super().form_valid(form)
         audit.record_for_user(
             user=self.request.user,

@@ -35,7 +35,7 @@ from tenants.mfa import confirmed_devices, step_up_is_fresh
 from tenants.models import ApiToken, Tenant
 from tenants.roles import Perm
 from tenants.sessions import STARTED_AT
-from tenants.tokens import api_token_authenticate
+from tenants.tokens import api_token_authenticate, token_scope_refusal
 
 VIEWER_SESSION_HEADER = "X-Viewer-Session"
 VIEWER_SESSION_PARAM = "vs"  # for <img> elements, which cannot send headers
@@ -114,7 +114,7 @@ def bearer_token(
                 request,
                 token.tenant,
                 Actor.for_token(token, ip=client_ip(request)),
-                f"This token lacks the {scope} scope.",
+                token_scope_refusal(token, scope),
             )
         if _rate_limited(f"token:{token.pk}"):
             return dicomweb_error(

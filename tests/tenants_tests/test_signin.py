@@ -251,6 +251,98 @@ def test_wrong_passwords_lock_the_account_for_a_while_then_unlock(clinic, radiol
     assert _sign_in_password(Client(), radiologist).status_code == 302
 
 
+def _guesses_arrive_while_the_first_is_checked(monkeypatch, *, send) -> list[str]:
+    """Record each password check; while the first is under way, `send` more attempts
+    (what requests sent at once do to a count read before the check)."""
+    from django.contrib.auth.backends import ModelBackend
+
+    checked: list[str] = []
+    real = ModelBackend.authenticate
+
+    def authenticate(backend, request, username=None, password=None, **kwargs):
+        checked.append(password)
+        if len(checked) == 1:
+            send()
+        return real(backend, request, username=username, password=password, **kwargs)
+
+    monkeypatch.setattr(ModelBackend, "authenticate", authenticate)
+    return checked
+
+
+@pytest.mark.django_db
+def test_guesses_sent_at_once_are_checked_no_more_often_than_the_limit(
+    clinic, radiologist, settings, monkeypatch
+):
+    settings.SIGNIN_ACCOUNT_FAILURE_LIMIT = 3
+    answers: list[int] = []
+
+    def send() -> None:
+        for attempt in range(5):
+            guess = {"username": radiologist.email, "password": f"guess {attempt}"}
+            answers.append(Client().post("/accounts/login/", guess).status_code)
+
+    checked = _guesses_arrive_while_the_first_is_checked(monkeypatch, send=send)
+
+    first = Client().post("/accounts/login/", {"username": radiologist.email, "password": "x"})
+
+    assert len(checked) == 3, answers
+    assert answers == [200, 200, 429, 429, 429] and first.status_code == 200
+    assert _sign_in_password(Client(), radiologist).status_code == 429
+
+
+@pytest.mark.django_db
+def test_codes_sent_at_once_are_checked_no_more_often_than_the_limit(
+    clinic, radiologist, settings, monkeypatch
+):
+    from tenants import mfa
+
+    settings.SIGNIN_ACCOUNT_FAILURE_LIMIT = 3
+    totp_device_for(radiologist)
+    checked: list[str] = []
+    real = mfa._verify_totp
+
+    def verify(user, token):
+        checked.append(token)
+        if len(checked) == 1:
+            for _ in range(5):
+                with pytest.raises(mfa.SecondFactorError):
+                    second_factor_verify(user=radiologist, token="000000", actor=TEST_ACTOR)
+        return real(user, token)
+
+    monkeypatch.setattr(mfa, "_verify_totp", verify)
+
+    with pytest.raises(mfa.SecondFactorError):
+        second_factor_verify(user=radiologist, token="111111", actor=TEST_ACTOR)
+
+    assert len(checked) == 3
+
+
+@pytest.mark.django_db
+def test_attempts_refused_on_a_locked_account_do_not_count_against_the_address(
+    clinic, radiologist, technologist, settings
+):
+    settings.SIGNIN_ACCOUNT_FAILURE_LIMIT = 2
+    settings.SIGNIN_IP_FAILURE_LIMIT = 4
+    hospital = Client(REMOTE_ADDR="203.0.113.7")
+    for _ in range(6):  # two guesses, then four refusals
+        hospital.post("/accounts/login/", {"username": radiologist.email, "password": "x"})
+
+    colleague = _sign_in_password(Client(REMOTE_ADDR="203.0.113.7"), technologist)
+
+    assert colleague.status_code == 302
+
+
+@pytest.mark.django_db
+def test_colleagues_signing_in_from_one_address_do_not_use_up_its_limit(
+    clinic, radiologist, technologist, settings
+):
+    settings.SIGNIN_IP_FAILURE_LIMIT = 2
+    for _ in range(3):
+        assert _sign_in_password(Client(REMOTE_ADDR="203.0.113.8"), radiologist).status_code == 302
+
+    assert _sign_in_password(Client(REMOTE_ADDR="203.0.113.8"), technologist).status_code == 302
+
+
 @pytest.mark.django_db
 def test_lockout_looks_the_same_for_unknown_accounts(clinic, radiologist, settings):
     settings.SIGNIN_ACCOUNT_FAILURE_LIMIT = 2
@@ -589,6 +681,18 @@ def test_guessing_the_current_password_on_an_open_session_locks_the_account(
     assert radiologist.check_password(PASSWORD)  # unchanged
     assert sign_in.status_code == 429
     assert _events(clinic, Action.SIGNIN_LOCKED).filter(detail__page="password_change").exists()
+
+
+@pytest.mark.django_db
+def test_a_new_password_refused_for_itself_does_not_count_as_a_guess(
+    clinic, radiologist, client_for
+):
+    client = client_for(radiologist)
+    for _ in range(settings.SIGNIN_ACCOUNT_FAILURE_LIMIT + 1):
+        short = {"old_password": PASSWORD, "new_password1": "short", "new_password2": "short"}
+        assert client.post("/accounts/password/", short).status_code == 200
+
+    assert _sign_in_password(Client(), radiologist).status_code == 302
 
 
 @pytest.mark.django_db

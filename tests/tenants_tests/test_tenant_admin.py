@@ -107,17 +107,55 @@ def test_deactivating_a_member_is_audited_and_locks_them_out(
 
 
 @pytest.mark.django_db
-def test_last_tenant_admin_cannot_remove_their_own_admin_role(clinic, tenant_admin, client_for):
-    membership = membership_of(tenant_admin, clinic)
+def test_last_tenant_admin_cannot_remove_their_own_admin_role(client_for):
+    solo = make_clinic("solo")
+    admin = make_member(solo, "tenant_admin", "radiologist")
+    membership = membership_of(admin, solo)
 
-    response = client_for(tenant_admin).post(
-        f"/t/north/admin/tenants/membership/{membership.pk}/change/",
+    response = client_for(admin).post(
+        f"/t/solo/admin/tenants/membership/{membership.pk}/change/",
         {"roles": ["radiologist"], "is_active": "on"},
     )
 
     assert response.status_code == 200
     assert b"at least one active tenant admin" in response.content
+    assert membership_of(admin, solo).role_codes == {"tenant_admin", "radiologist"}
+
+
+@pytest.mark.django_db
+def test_an_admin_cannot_give_themselves_a_role(clinic, tenant_admin, client_for):
+    membership = membership_of(tenant_admin, clinic)
+
+    response = client_for(tenant_admin).post(
+        f"/t/north/admin/tenants/membership/{membership.pk}/change/",
+        {"roles": ["tenant_admin", "radiologist"], "is_active": "on"},
+    )
+
+    assert response.status_code == 200
+    assert b"You cannot give yourself a role" in response.content
     assert membership_of(tenant_admin, clinic).role_codes == {"tenant_admin"}
+    assert not _events(clinic, Action.MEMBERSHIP_ROLES_CHANGED).exists()
+
+
+@pytest.mark.django_db
+def test_another_admin_gives_an_admin_a_role_and_an_admin_may_drop_their_own(
+    clinic, tenant_admin, client_for
+):
+    colleague = make_member(clinic, "tenant_admin", "radiologist", email="second@north.example")
+    membership = membership_of(tenant_admin, clinic)
+    url = f"/t/north/admin/tenants/membership/{membership.pk}/change/"
+
+    given = client_for(colleague).post(
+        url, {"roles": ["tenant_admin", "radiologist"], "is_active": "on"}
+    )
+    dropped = client_for(colleague).post(
+        f"/t/north/admin/tenants/membership/{membership_of(colleague, clinic).pk}/change/",
+        {"roles": ["tenant_admin"], "is_active": "on"},
+    )
+
+    assert given.status_code == dropped.status_code == 302
+    assert membership_of(tenant_admin, clinic).role_codes == {"tenant_admin", "radiologist"}
+    assert membership_of(colleague, clinic).role_codes == {"tenant_admin"}
 
 
 @pytest.mark.django_db

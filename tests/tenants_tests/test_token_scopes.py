@@ -207,3 +207,94 @@ def test_the_operators_command_may_give_any_scope(clinic, capsys):
     token = ApiToken.objects.for_tenant(clinic).get()
     assert token.scopes == ["confidential:read", "dicomweb:read"]
     assert token.created_by is None
+
+
+def _bearer(raw: str) -> dict[str, str]:
+    return {"HTTP_AUTHORIZATION": f"Bearer {raw}"}
+
+
+def _set_membership(user, tenant, *, roles, is_active=True) -> None:
+    from tenants.services import membership_update
+    from tests.helpers import membership_of
+
+    membership_update(
+        membership=membership_of(user, tenant), roles=roles, is_active=is_active, actor=TEST_ACTOR
+    )
+
+
+@pytest.mark.django_db
+def test_a_token_stops_working_when_its_creator_leaves_the_clinic(clinic, client):
+    creator = make_member(clinic, "tenant_admin", "radiologist")
+    make_member(clinic, "tenant_admin", email="remaining-admin@north.example")
+    _, raw = create(clinic, ["studies:read", "dicomweb:read"], created_by=creator)
+    assert client.get("/api/v1/studies", **_bearer(raw)).status_code == 200
+
+    _set_membership(creator, clinic, roles={"tenant_admin", "radiologist"}, is_active=False)
+    rest = client.get("/api/v1/studies", **_bearer(raw))
+    dicomweb = client.get("/dicomweb/studies", **_bearer(raw))
+
+    assert rest.status_code == dicomweb.status_code == 403
+    assert "studies:read scope is suspended" in rest.json()["error"]["message"]
+    assert "dicomweb:read scope is suspended" in dicomweb.json()["error"]
+
+
+@pytest.mark.django_db
+def test_a_token_stops_working_when_its_creators_account_is_disabled(clinic, client):
+    creator = make_member(clinic, "radiologist")
+    _, raw = create(clinic, ["studies:read"], created_by=creator)
+
+    creator.is_active = False
+    creator.save(update_fields=["is_active"])
+
+    assert client.get("/api/v1/studies", **_bearer(raw)).status_code == 403
+
+
+@pytest.mark.django_db
+def test_a_scope_is_suspended_while_its_creator_lacks_the_role_behind_it(clinic, client):
+    from audit.models import Action, AuditEvent
+
+    creator = make_member(clinic, "tenant_admin", "radiologist")
+    _, raw = create(clinic, ["studies:read", "dicomweb:read"], created_by=creator)
+
+    _set_membership(creator, clinic, roles={"tenant_admin", "front_desk"})
+    kept = client.get("/api/v1/studies", **_bearer(raw))
+    suspended = client.get("/dicomweb/studies", **_bearer(raw))
+    _set_membership(creator, clinic, roles={"tenant_admin"})
+    lost = client.get("/api/v1/studies", **_bearer(raw))
+    _set_membership(creator, clinic, roles={"tenant_admin", "radiologist"})
+    back = client.get("/dicomweb/studies", **_bearer(raw))
+
+    assert kept.status_code == 200  # front desk still sees the worklist, not images
+    assert suspended.status_code == lost.status_code == 403
+    assert back.status_code == 204  # the role came back, and with it the scope (no studies)
+    denied = AuditEvent.objects.for_tenant(clinic).filter(action=Action.ACCESS_DENIED)
+    assert any("dicomweb:read scope is suspended" in e.detail["reason"] for e in denied)
+
+
+@pytest.mark.django_db
+def test_roles_elsewhere_do_not_keep_a_token_alive(clinic, other_clinic, client):
+    creator = make_member(clinic, "radiologist", email="moves@north.example")
+    make_member(other_clinic, "radiologist", email="moves@north.example")
+    _, raw = create(clinic, ["studies:read"], created_by=creator)
+
+    _set_membership(creator, clinic, roles={"radiologist"}, is_active=False)
+
+    assert client.get("/api/v1/studies", **_bearer(raw)).status_code == 403
+
+
+@pytest.mark.django_db
+def test_an_operators_token_keeps_its_scopes(clinic, client):
+    _, raw = create(clinic, ["studies:read"], created_by=None)
+
+    assert client.get("/api/v1/studies", **_bearer(raw)).status_code == 200
+
+
+@pytest.mark.django_db
+def test_the_token_list_names_the_scopes_suspended(clinic, tenant_admin, client_for):
+    creator = make_member(clinic, "radiologist", "tenant_admin", email="leaver@north.example")
+    create(clinic, ["studies:read", "dicomweb:read"], created_by=creator)
+    _set_membership(creator, clinic, roles={"tenant_admin", "front_desk"})
+
+    page = client_for(tenant_admin).get("/t/north/admin/tenants/apitoken/")
+
+    assert b"dicomweb:read, studies:read (suspended: dicomweb:read;" in page.content
