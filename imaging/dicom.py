@@ -354,11 +354,9 @@ def _check_pixel_encoding(ds: Dataset, transfer_syntax: Any) -> None:
         )
 
 
-def _check_native_pixels(ds: Dataset, transfer_syntax: Any) -> None:
-    tag = pixel_tag(ds)
-    if not tag or transfer_syntax.is_compressed:
-        return
-    value = ds[int(tag, 16)].value or b""
+def native_pixel_bytes(ds: Dataset, tag: str) -> int:
+    """How many bytes the uncompressed pixel data at `tag` needs; 0 when its attributes
+    do not say."""
     rows, columns = _int(ds, "Rows") or 0, _int(ds, "Columns") or 0
     float_bits = {"OF": 32, "OD": 64}.get(FLOAT_PIXEL_VRS.get(tag, ""))
     bits = float_bits or _int(ds, "BitsAllocated") or 0
@@ -366,7 +364,15 @@ def _check_native_pixels(ds: Dataset, transfer_syntax: Any) -> None:
     frames = _int(ds, "NumberOfFrames") or 1
     if str(ds.get("PhotometricInterpretation", "")) == "YBR_FULL_422":
         samples = 2  # chroma is subsampled horizontally: two samples per pixel on average
-    expected = rows * columns * samples * frames * bits // 8
+    return (rows * columns * samples * frames * bits + 7) // 8
+
+
+def _check_native_pixels(ds: Dataset, transfer_syntax: Any) -> None:
+    tag = pixel_tag(ds)
+    if not tag or transfer_syntax.is_compressed:
+        return
+    value = ds[int(tag, 16)].value or b""
+    expected = native_pixel_bytes(ds, tag)
     if expected and len(value) < expected:
         raise DicomRejected(
             "truncated",

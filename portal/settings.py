@@ -161,6 +161,12 @@ STOW_MAX_REQUEST_BYTES = env_int("STOW_MAX_REQUEST_BYTES", 2 * 1024 * 1024 * 102
 # STOW-RS stores parts in batches, one transaction each: up to this many parts or bytes.
 STOW_BATCH_INSTANCES = env_int("STOW_BATCH_INSTANCES", 50)
 STOW_BATCH_BYTES = env_int("STOW_BATCH_BYTES", 32 * 1024 * 1024)
+# STOW-RS of DICOM JSON metadata holds each instance's bulk data, and the metadata of
+# those waiting for theirs, until it is complete: at most this much at once. An instance
+# larger than that goes as a DICOM file, which is stored as it arrives.
+STOW_JSON_MAX_HELD_BYTES = env_int("STOW_JSON_MAX_HELD_BYTES", 256 * 1024 * 1024)
+# One metadata part's JSON (parsed, it takes several times its text).
+STOW_JSON_MAX_METADATA_BYTES = env_int("STOW_JSON_MAX_METADATA_BYTES", 32 * 1024 * 1024)
 # An open viewer asks this often whether its study is still reachable, and drops the
 # images it holds once it is not (a grant or share revoked, a membership ended).
 VIEWER_ACCESS_CHECK_SECONDS = env_int("VIEWER_ACCESS_CHECK_SECONDS", 30)

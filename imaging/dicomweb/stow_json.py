@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,7 +29,7 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.filewriter import dcmwrite
 
-from imaging.dicom import RANGES
+from imaging.dicom import RANGES, native_pixel_bytes
 from imaging.dicomweb.multipart import Part, PartTooLarge
 from imaging.dicomweb.pixels import EXPLICIT_VR_LE, OCTET_STREAM, sent_transfer_syntax
 
@@ -42,6 +43,9 @@ NUMBER_OF_FRAMES = "00280008"
 # text in bulk data would need parsing by VR; a partner sends those in the JSON.
 BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
 MAX_URI_LENGTH = 2048
+FRAME_NUMBER = re.compile(r"[1-9][0-9]{0,8}")  # ASCII digits only: str.isdigit takes "²"
+# The syntaxes whose pixel data is the bytes of an application/octet-stream part.
+NATIVE_LITTLE_ENDIAN = frozenset({"1.2.840.10008.1.2", EXPLICIT_VR_LE, "1.2.840.10008.1.2.1.99"})
 
 
 class Unusable(Exception):
@@ -86,7 +90,12 @@ class _Waiting:
         )
 
     def missing(self) -> int:
-        return len(self.uris - self.got) + (0 if self.complete() else 1)
+        pixels_missing = (
+            self.pixel_uri is not None
+            and self.pixel_uri not in self.got
+            and len(self.frames_got) != self.frames
+        )
+        return len(self.uris - self.got) + pixels_missing
 
 
 class JsonStow:
@@ -98,78 +107,110 @@ class JsonStow:
     instances or frames costs no more per part than one of a few.
     """
 
-    def __init__(self, *, max_held_bytes: int) -> None:
+    def __init__(
+        self, *, max_held_bytes: int, max_metadata_bytes: int, max_rebuilt_bytes: int
+    ) -> None:
         self._max_held = max_held_bytes
+        self._max_metadata = max_metadata_bytes
+        self._rebuilt_left = max_rebuilt_bytes
         self._waiting: dict[int, _Waiting] = {}  # by id(): in the order they came
-        self._naming: dict[str, list[_Waiting]] = {}  # URI -> the instances naming it
+        # URI -> the instances naming it, by id(): one is let go of without a search.
+        self._naming: dict[str, dict[int, _Waiting]] = {}
         self._parts: dict[str, Part] = {}  # held while an instance it completes waits
         self._users: dict[str, int] = {}  # how many waiting instances hold each part
-        self._held = 0
+        self._weight: dict[int, int] = {}  # a waiting instance's share of its metadata part
+        self._held = 0  # bulk data held, and the metadata of the instances waiting
         self._seen: set[str] = set()
 
-    def part(self, part: Part) -> list[Rebuilt]:
+    def part(self, part: Part) -> Iterator[Rebuilt]:
+        """The instances this part completes or fails, one at a time: each is a whole
+        DICOM file, so the caller stores them as they come rather than all at once."""
         if isinstance(part.payload, PartTooLarge):
-            return self._too_large(part)
+            return iter(self._too_large(part))
         if part.type == METADATA_TYPE:
-            return self._metadata(part.payload)
+            return self._metadata(part.payload)  # type: ignore[arg-type]
         return self._bulk(part)
 
     def finish(self) -> list[Rebuilt]:
         """What is still waiting fails: its bulk data never came."""
         return self._fail(list(self._waiting.values()), problem=None)
 
-    def _metadata(self, payload: bytes) -> list[Rebuilt]:
+    def _metadata(self, payload: bytes) -> Iterator[Rebuilt]:
+        if len(payload) > self._max_metadata:
+            yield Rebuilt(
+                "",
+                "",
+                None,
+                f"A metadata part is larger than {self._max_metadata:,} bytes; send fewer "
+                "data sets in each part, or in each request.",
+                too_large=True,
+            )
+            return
         try:
             datasets = json.loads(payload)
         except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
-            return [_other("A metadata part is not valid JSON.")]
+            yield _other("A metadata part is not valid JSON.")
+            return
         if isinstance(datasets, dict):
             datasets = [datasets]
         if not isinstance(datasets, list) or not all(isinstance(d, dict) for d in datasets):
-            return [_other("A metadata part must be a JSON array of DICOM JSON data sets.")]
-        done: list[Rebuilt] = []
+            yield _other("A metadata part must be a JSON array of DICOM JSON data sets.")
+            return
+        if not datasets:
+            yield _other("A metadata part holds no data set.")
+            return
+        # Parsed JSON takes several times its text; a waiting instance is counted as
+        # held at its share of that text, until it is complete.
+        weight = len(payload) // len(datasets)
         for metadata in datasets:
             try:
                 waiting = _waiting(metadata)
             except Unusable as exc:
                 sop_class, sop_instance = _uid(metadata, "00080016"), _uid(metadata, "00080018")
-                done.append(Rebuilt(sop_class, sop_instance, None, str(exc)))
+                yield Rebuilt(sop_class, sop_instance, None, str(exc))
                 continue
             if waiting.complete():  # no bulk data: everything is in the JSON
-                done.append(_rebuilt(waiting, self._parts))
+                yield self._rebuilt(waiting)
                 continue
-            self._waiting[id(waiting)] = waiting
+            key = id(waiting)
+            self._waiting[key] = waiting
+            self._weight[key] = weight
+            self._held += weight
             for uri in {*waiting.uris, waiting.pixel_uri} - {None}:
-                self._naming.setdefault(uri, []).append(waiting)  # type: ignore[arg-type]
-        return done
+                self._naming.setdefault(uri, {})[key] = waiting  # type: ignore[index]
+        if self._held > self._max_held:
+            yield from self._fail(
+                list(self._waiting.values()), problem=HELD_TOO_MUCH, too_large=True
+            )
 
     def _matches(self, location: str) -> list[tuple[_Waiting, int]]:
-        """The waiting instances `location` is for, each with the frame it is (0: none)."""
-        found = [(w, 0) for w in self._naming.get(location, ())]
+        """The waiting instances `location` is for, each once, with the frame it is (0:
+        none)."""
+        found = {key: (w, 0) for key, w in self._naming.get(location, {}).items()}
         base, marker, number = location.rpartition("/frames/")
-        if marker and number.isdigit():
-            found += [
-                (w, int(number))
-                for w in self._naming.get(base, ())
-                if w.pixel_uri == base and 1 <= int(number) <= w.frames
-            ]
-        return found
+        if marker and FRAME_NUMBER.fullmatch(number):
+            frame = int(number)
+            for key, w in self._naming.get(base, {}).items():
+                if w.pixel_uri == base and frame <= w.frames:
+                    found[key] = (w, frame)
+        return list(found.values())
 
-    def _bulk(self, part: Part) -> list[Rebuilt]:
+    def _bulk(self, part: Part) -> Iterator[Rebuilt]:
         location = part.location
         if not location:
-            return [_other("A bulk data part has no Content-Location naming it.")]
+            yield _other("A bulk data part has no Content-Location naming it.")
+            return
         if location in self._seen:
-            return [_other("Two bulk data parts have the same Content-Location.")]
+            yield _other("Two bulk data parts have the same Content-Location.")
+            return
         self._seen.add(location)
         matches = self._matches(location)
         if not matches:
-            return [
-                _other(
-                    "No data set sent before this bulk data part names its Content-Location; "
-                    "send each instance's metadata before its bulk data."
-                )
-            ]
+            yield _other(
+                "No data set sent before this bulk data part names its Content-Location; "
+                "send each instance's metadata before its bulk data."
+            )
+            return
         self._parts[location] = part
         self._held += len(part.payload)  # type: ignore[arg-type]
         self._users[location] = len(matches)
@@ -178,17 +219,30 @@ class JsonStow:
             if frame:
                 waiting.frames_got.add(frame)
         if self._held > self._max_held:
-            return self._fail(
-                list(self._waiting.values()),
-                problem=(
-                    "Bulk data for instances not yet complete grew past what one instance "
-                    "may be; send each instance's bulk data together, after its metadata."
-                ),
+            yield from self._fail(
+                list(self._waiting.values()), problem=HELD_TOO_MUCH, too_large=True
+            )
+            return
+        for waiting, _ in matches:
+            if waiting.complete():
+                rebuilt = self._rebuilt(waiting)
+                self._forget([waiting])  # its bulk data let go of before the next is made
+                yield rebuilt
+
+    def _rebuilt(self, waiting: _Waiting) -> Rebuilt:
+        """The instance as a file, within what the request may rebuild in all (one bulk
+        data part named by a thousand data sets would otherwise make a thousand copies)."""
+        if self._rebuilt_left <= 0:
+            return Rebuilt(
+                waiting.sop_class,
+                waiting.sop_instance,
+                None,
+                "The instances rebuilt from this request are larger in all than a request "
+                "may be; send them in several requests.",
                 too_large=True,
             )
-        done = [w for w, _ in matches if w.complete()]
-        rebuilt = [_rebuilt(w, self._parts) for w in done]
-        self._forget(done)
+        rebuilt = _rebuilt(waiting, self._parts)
+        self._rebuilt_left -= len(rebuilt.data or b"")
         return rebuilt
 
     def _too_large(self, part: Part) -> list[Rebuilt]:
@@ -216,11 +270,13 @@ class JsonStow:
     def _forget(self, done: list[_Waiting]) -> None:
         """Stop waiting for `done`, and let go of bulk data no waiting instance holds."""
         for waiting in done:
-            if self._waiting.pop(id(waiting), None) is None:
+            key = id(waiting)
+            if self._waiting.pop(key, None) is None:
                 continue
+            self._held -= self._weight.pop(key)
             for uri in {*waiting.uris, waiting.pixel_uri} - {None}:
-                naming = self._naming.get(uri, [])  # type: ignore[arg-type]
-                naming[:] = [w for w in naming if w is not waiting]
+                naming = self._naming.get(uri, {})  # type: ignore[arg-type]
+                naming.pop(key, None)
                 if not naming:
                     self._naming.pop(uri, None)  # type: ignore[arg-type]
             for location in waiting.got:
@@ -228,6 +284,13 @@ class JsonStow:
                 if not self._users[location]:
                     del self._users[location]
                     self._held -= len(self._parts.pop(location).payload)  # type: ignore[arg-type]
+
+
+HELD_TOO_MUCH = (
+    "Metadata and bulk data held for instances not yet complete grew past what this "
+    "server holds for a request; send each instance's bulk data together, right after its "
+    "metadata, or send large instances as DICOM files."
+)
 
 
 def _other(problem: str) -> Rebuilt:
@@ -254,7 +317,7 @@ def _bulk_uris(metadata: dict[str, Any], *, depth: int = 0) -> Iterator[tuple[st
         if uri is not None:
             if not isinstance(uri, str) or not uri.strip() or len(uri) > MAX_URI_LENGTH:
                 raise Unusable(f"The BulkDataURI of {tag[:8]} is not a usable URI.")
-            if vr not in BINARY_VRS:
+            if not isinstance(vr, str) or vr not in BINARY_VRS:
                 raise Unusable(
                     f"{tag[:8]} ({str(vr)[:2]}) is sent as bulk data; only binary values "
                     f"({', '.join(sorted(BINARY_VRS))}) are accepted so. Send it in the JSON."
@@ -315,6 +378,15 @@ def _pixel_data(waiting: _Waiting, parts: dict[str, Part]) -> tuple[str, bytes]:
     """The pixel data's transfer syntax and value, from its part or its frames' parts."""
     whole = parts.get(waiting.pixel_uri or "")
     if whole is not None and whole.type == OCTET_STREAM:
+        sent = whole.params.get("transfer-syntax", EXPLICIT_VR_LE).strip('"')
+        declared = _uid(waiting.metadata, TRANSFER_SYNTAX) or EXPLICIT_VR_LE
+        said = sent if sent != EXPLICIT_VR_LE else declared
+        if said not in NATIVE_LITTLE_ENDIAN:
+            raise Unusable(
+                "Pixel data sent as application/octet-stream is uncompressed, little "
+                f"endian; its metadata or part says it is in {said[:64]}. Send compressed "
+                "pixel data as its image media type, one frame per part."
+            )
         return EXPLICIT_VR_LE, bytes(whole.payload)  # type: ignore[arg-type]
     if whole is not None and waiting.frames == 1:
         frames = [whole]
@@ -338,6 +410,21 @@ def _pixel_data(waiting: _Waiting, parts: dict[str, Part]) -> tuple[str, bytes]:
             "image/dicom-rle)."
         )
     return syntaxes.pop(), encapsulate([bytes(part.payload) for part in frames])  # type: ignore[arg-type]
+
+
+def _check_pixel_length(dataset: Dataset, syntax: str) -> None:
+    """Uncompressed pixel data sent as bulk data must be exactly as long as the image
+    (a byte of padding to an even length allowed): extra bytes would be stored as part
+    of the image, and there is no file here whose trailing bytes a reader could skip."""
+    if syntax != EXPLICIT_VR_LE or "PixelData" not in dataset:
+        return
+    expected = native_pixel_bytes(dataset, PIXEL_DATA)
+    sent = len(dataset["PixelData"].value or b"")
+    if expected and sent not in (expected, expected + expected % 2):
+        raise Unusable(
+            f"Its pixel data holds {sent} bytes; Rows, Columns, Samples per Pixel, Bits "
+            f"Allocated and Number of Frames make the image {expected}."
+        )
 
 
 def _rebuilt(waiting: _Waiting, parts: dict[str, Part]) -> Rebuilt:
@@ -376,6 +463,7 @@ def _file(waiting: _Waiting, parts: dict[str, Part]) -> bytes:
         dataset = Dataset.from_json(metadata, bulk_data_uri_handler=value)
         if syntax != EXPLICIT_VR_LE and "PixelData" in dataset:
             dataset["PixelData"].VR = "OB"  # encapsulated pixel data is OB (PS3.5 A.4)
+        _check_pixel_length(dataset, syntax)
         dataset.file_meta = FileMetaDataset()
         dataset.file_meta.MediaStorageSOPClassUID = waiting.sop_class
         dataset.file_meta.MediaStorageSOPInstanceUID = waiting.sop_instance

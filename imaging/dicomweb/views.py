@@ -6,7 +6,8 @@ import io
 import logging
 import math
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import partial
 from typing import Any, TypeVar
 
@@ -1215,8 +1216,18 @@ def store(request: HttpRequest, study: str | None = None) -> HttpResponse:
     base = _base_url(request)
     referenced: list[dict[str, Any]] = []
     failed: list[dict[str, Any]] = []
+    # Failures naming no instance, by reason: a request of many stray parts is a count,
+    # not a list as long as the request.
+    others: Counter[int] = Counter()
+    problems: Counter[str] = Counter()  # why rebuilt instances failed, logged once each
     studies: set[str] = set()
     pending: list[bytes] = []
+
+    def fail(item: dict[str, Any]) -> None:
+        if "00081155" in item:
+            failed.append(item)
+        else:
+            others[item["00081197"]["Value"][0]] += 1
 
     def flush() -> None:
         if pending:
@@ -1224,7 +1235,8 @@ def store(request: HttpRequest, study: str | None = None) -> HttpResponse:
                 request, base=base, study=study, payloads=pending
             )
             referenced.extend(stored)
-            failed.extend(refused)
+            for item in refused:
+                fail(item)
             studies.update(into)
             pending.clear()
 
@@ -1236,22 +1248,32 @@ def store(request: HttpRequest, study: str | None = None) -> HttpResponse:
         ):
             flush()
 
-    def take_rebuilt(rebuilt: list[Rebuilt]) -> None:
-        for item in rebuilt:
-            if item.data is not None:
-                take(item.data)
-                continue
-            logger.info(
-                "STOW-RS metadata instance not stored for tenant %s: %s",
+    def take_rebuilt(rebuilt: Iterable[Rebuilt]) -> None:
+        try:
+            for item in rebuilt:
+                if item.data is not None:
+                    take(item.data)
+                    continue
+                problems[item.problem] += 1
+                reason = FAILURE_PROCESSING if item.too_large else FAILURE_CANNOT_UNDERSTAND
+                fail(_failure(item.sop_class, item.sop_instance, reason))
+        except Exception as exc:
+            # A part this code did not foresee: it fails, and the instances stored before
+            # it stay in the answer. The type only: a message could quote a value.
+            logger.error(
+                "STOW-RS metadata part failed for tenant %s: %s",
                 _client(request).tenant.pk,
-                item.problem,
+                type(exc).__name__,
             )
-            reason = FAILURE_PROCESSING if item.too_large else FAILURE_CANNOT_UNDERSTAND
-            failed.append(_failure(item.sop_class, item.sop_instance, reason))
+            fail(_failure("", "", FAILURE_CANNOT_UNDERSTAND))
 
     # Metadata and bulk data (PS3.18 10.5.1.2): each instance rebuilt once complete.
     rebuilder = (
-        JsonStow(max_held_bytes=settings.INGEST_MAX_INSTANCE_BYTES)
+        JsonStow(
+            max_held_bytes=settings.STOW_JSON_MAX_HELD_BYTES,
+            max_metadata_bytes=settings.STOW_JSON_MAX_METADATA_BYTES,
+            max_rebuilt_bytes=settings.STOW_MAX_REQUEST_BYTES,
+        )
         if root_type == METADATA_TYPE
         else None
     )
@@ -1265,10 +1287,10 @@ def store(request: HttpRequest, study: str | None = None) -> HttpResponse:
             if rebuilder is not None and part.type != "application/dicom":
                 take_rebuilt(rebuilder.part(part))
             elif isinstance(part.payload, PartTooLarge):
-                failed.append(_failure("", "", FAILURE_PROCESSING))
+                fail(_failure("", "", FAILURE_PROCESSING))
             elif part.type != "application/dicom":
                 sop_class, sop_instance, _ = _uids(part.payload)
-                failed.append(_failure(sop_class, sop_instance, FAILURE_CANNOT_UNDERSTAND))
+                fail(_failure(sop_class, sop_instance, FAILURE_CANNOT_UNDERSTAND))
             else:
                 take(part.payload)
         if rebuilder is not None:
@@ -1278,28 +1300,35 @@ def store(request: HttpRequest, study: str | None = None) -> HttpResponse:
         if rebuilder is not None:
             take_rebuilt(rebuilder.finish())  # each instance still waiting fails by name
         flush()  # what arrived whole before the error is kept, as the response says
-        if not referenced and not failed:
+        if not referenced and not failed and not others:
             if isinstance(exc, OSError):
                 return dicomweb_error(400, "The request body could not be read to its end.")
             return dicomweb_error(413 if isinstance(exc, BodyTooLarge) else 400, str(exc))
-        failed.append(_failure("", "", FAILURE_CANNOT_UNDERSTAND))
+        fail(_failure("", "", FAILURE_CANNOT_UNDERSTAND))
+    for problem, count in problems.items():  # no PHI: the texts are this code's own
+        logger.info(
+            "STOW-RS metadata: %s instance(s) or part(s) not stored for tenant %s: %s",
+            count,
+            _client(request).tenant.pk,
+            problem,
+        )
     # Failures of no instance (a part that is not DICOM, too large to read, a body cut
-    # short) go in the Other Failures Sequence: a Failed SOP item names its instance.
-    of_instances = [item for item in failed if "00081155" in item]
-    others = [item for item in failed if "00081155" not in item]
+    # short) go in the Other Failures Sequence, one item per reason: a Failed SOP item
+    # names its instance.
     body: dict[str, Any] = {"00081190": _retrieve_url(base, study, studies)}
     if referenced:
         body["00081199"] = {"vr": "SQ", "Value": referenced}
-    if of_instances:
-        body["00081198"] = {"vr": "SQ", "Value": of_instances}
+    if failed:
+        body["00081198"] = {"vr": "SQ", "Value": failed}
     if others:
         body["0008119A"] = {
             "vr": "SQ",
-            "Value": [{"00081197": item["00081197"]} for item in others],
+            "Value": [{"00081197": {"vr": "US", "Value": [reason]}} for reason in sorted(others)],
         }
-    _audit(request, Action.DICOMWEB_STORE, {"stored": len(referenced), "failed": len(failed)})
+    failures = len(failed) + sum(others.values())
+    _audit(request, Action.DICOMWEB_STORE, {"stored": len(referenced), "failed": failures})
     warned = any("00081196" in item for item in referenced)
-    status = 409 if failed and not referenced else 202 if failed or warned else 200
+    status = 409 if failures and not referenced else 202 if failures or warned else 200
     return _json(body, status=status)
 
 

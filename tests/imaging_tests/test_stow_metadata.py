@@ -250,7 +250,7 @@ def test_bulk_data_before_its_metadata_or_named_by_nothing_fails_alone(clinic, w
         second.SOPInstanceUID
     ]
     assert _failed_uids(answer) == [first.SOPInstanceUID]  # its pixels never came after
-    assert _reasons(answer, OTHERS) == [CANNOT_UNDERSTAND] * 3
+    assert _reasons(answer, OTHERS) == [CANNOT_UNDERSTAND]  # one item per reason
 
 
 @pytest.mark.django_db
@@ -300,7 +300,7 @@ def test_bulk_data_held_for_incomplete_instances_is_bounded(clinic, write_token,
     meta_first, bulk_first = _split(first)
     meta_second, bulk_second = _split(second)
     meta_first["00431001"] = {"vr": "OB", "BulkDataURI": f"{PARTNER}late"}
-    settings.INGEST_MAX_INSTANCE_BYTES = 12_000
+    settings.STOW_JSON_MAX_HELD_BYTES = 12_000
 
     response = _post(
         write_token,
@@ -414,3 +414,226 @@ def test_a_frame_past_number_of_frames_names_nothing(clinic, write_token):
     assert response.status_code == 202
     assert len(response.json()[REFERENCED]["Value"]) == 1
     assert _reasons(response.json(), OTHERS) == [CANNOT_UNDERSTAND]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("vr", [["OB"], {"OB": 1}, 7, None])
+def test_a_bulk_data_value_with_a_vr_that_is_not_text_fails_its_instance(clinic, write_token, vr):
+    (data,) = synthetic_ct(slices=1)
+    metadata, bulk = _split(_ds(data))
+    metadata["7FE00010"]["vr"] = vr
+
+    response = _post(write_token, [_metadata_part(metadata), *_octets(bulk)])
+
+    assert response.status_code == 409
+    assert _reasons(response.json(), FAILED) == [CANNOT_UNDERSTAND]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("number", ["²", "1" * 5000, "0", "-1", "1x"])
+def test_a_frame_number_that_is_not_one_fails_cleanly(clinic, write_token, number):
+    ds = _ds(sample_bytes("SC_rgb_jpeg_dcmtk.dcm"))
+    (frame,) = generate_frames(ds.PixelData, number_of_frames=1)
+    metadata, _ = _split(ds)
+    pixel_uri = metadata["7FE00010"]["BulkDataURI"]
+    body = _body([_metadata_part(metadata)])[: -len(f"--{BOUNDARY}--\r\n")]
+    body += f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Location: ".encode()
+    body += f"{pixel_uri}/frames/{number}".encode("latin-1") + b"\r\n\r\n" + frame + b"\r\n"
+    body += f"--{BOUNDARY}--\r\n".encode()
+
+    response = http(write_token).post(
+        f"{BASE}/studies", data=body, headers={"Content-Type": JSON_STOW}
+    )
+
+    assert response.status_code == 409
+    assert _failed_uids(response.json()) == [ds.SOPInstanceUID]  # its frame never came
+    assert _reasons(response.json(), OTHERS) == [CANNOT_UNDERSTAND]  # the stray part
+
+
+@pytest.mark.django_db
+def test_a_part_the_rebuilder_did_not_foresee_fails_alone_after_what_was_stored(
+    clinic, write_token, settings, monkeypatch
+):
+    from imaging.dicomweb import stow_json
+
+    settings.STOW_BATCH_INSTANCES = 1
+    first, second = (_ds(d) for d in synthetic_ct(slices=2))
+    meta_first, bulk_first = _split(first)
+    meta_second, bulk_second = _split(second)
+    real = stow_json._waiting
+    monkeypatch.setattr(
+        stow_json,
+        "_waiting",
+        lambda m: real(m) if m is meta_first or "Bad" not in json.dumps(m) else 1 / 0,
+    )
+    meta_second["00104000"] = {"vr": "LT", "Value": ["Bad"]}
+
+    response = _post(
+        write_token,
+        [
+            _metadata_part(meta_first),
+            *_octets(bulk_first),
+            _metadata_part(meta_second),
+            *_octets(bulk_second),
+        ],
+    )
+
+    assert response.status_code == 202
+    assert [i["00081155"]["Value"][0] for i in response.json()[REFERENCED]["Value"]] == [
+        first.SOPInstanceUID
+    ]
+    assert Instance.objects.for_tenant(clinic).count() == 1
+    assert AuditEvent.objects.for_tenant(clinic).filter(action=Action.DICOMWEB_STORE).exists()
+
+
+@pytest.mark.django_db
+def test_instances_sharing_one_bulk_data_part_are_stored_as_they_are_rebuilt(
+    clinic, write_token, settings, monkeypatch
+):
+    from imaging.dicomweb import stow_json, views
+
+    settings.STOW_BATCH_INSTANCES = 1
+    datasets = [_ds(d) for d in synthetic_ct(slices=4, size=64)]
+    shared = f"{PARTNER}shared"
+    metadata = []
+    for ds in datasets:
+        meta, _ = _split(ds)
+        meta["7FE00010"]["BulkDataURI"] = shared
+        metadata.append(meta)
+    rebuilt, rebuilt_when_stored = [], []
+    real_rebuilt, real_store = stow_json._rebuilt, views._store_batch
+    monkeypatch.setattr(stow_json, "_rebuilt", lambda *a: rebuilt.append(1) or real_rebuilt(*a))
+    monkeypatch.setattr(
+        views,
+        "_store_batch",
+        lambda request, **kw: rebuilt_when_stored.append(len(rebuilt)) or real_store(request, **kw),
+    )
+
+    response = _post(
+        write_token,
+        [_metadata_part(*metadata), ("application/octet-stream", datasets[0].PixelData, shared)],
+    )
+
+    assert response.status_code == 200
+    assert Instance.objects.for_tenant(clinic).count() == 4
+    assert rebuilt_when_stored == [1, 2, 3, 4]  # never all four files held together
+
+
+@pytest.mark.django_db
+def test_instances_rebuilt_past_the_request_limit_fail(clinic, write_token, settings):
+    datasets = [_ds(d) for d in synthetic_ct(slices=3, size=64)]
+    shared = f"{PARTNER}shared"
+    metadata = []
+    for ds in datasets:
+        meta, _ = _split(ds)
+        meta["7FE00010"]["BulkDataURI"] = shared
+        metadata.append(meta)
+    body = _body(
+        [_metadata_part(*metadata), ("application/octet-stream", datasets[0].PixelData, shared)]
+    )
+    settings.STOW_MAX_REQUEST_BYTES = len(body) + 1  # one rebuilt file passes it already
+
+    response = _post(
+        write_token,
+        [_metadata_part(*metadata), ("application/octet-stream", datasets[0].PixelData, shared)],
+    )
+
+    assert response.status_code == 202
+    assert len(response.json()[REFERENCED]["Value"]) == 2
+    assert _reasons(response.json(), FAILED) == [PROCESSING]
+
+
+@pytest.mark.django_db
+def test_a_metadata_part_past_its_limit_is_refused_unparsed(clinic, write_token, settings):
+    (data,) = synthetic_ct(slices=1)
+    metadata, bulk = _split(_ds(data))
+    settings.STOW_JSON_MAX_METADATA_BYTES = 100
+
+    response = _post(write_token, [_metadata_part(metadata), *_octets(bulk)])
+
+    assert response.status_code == 409
+    assert _reasons(response.json(), OTHERS) == [PROCESSING, CANNOT_UNDERSTAND]
+    assert not Instance.objects.for_tenant(clinic).exists()
+
+
+@pytest.mark.django_db
+def test_an_empty_metadata_part_is_a_failure_not_a_success(clinic, write_token):
+    response = _post(write_token, [("application/dicom+json", b"[]", "")])
+
+    assert response.status_code == 409
+    assert _reasons(response.json(), OTHERS) == [CANNOT_UNDERSTAND]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("declared", "params"),
+    [
+        ("1.2.840.10008.1.2.4.50", ""),  # the metadata says JPEG
+        ("", "; transfer-syntax=1.2.840.10008.1.2.4.50"),  # the part says JPEG
+        ("1.2.840.10008.1.2.2", ""),  # big endian: its words are not these bytes
+    ],
+)
+def test_pixel_data_as_octet_stream_in_another_syntax_fails(clinic, write_token, declared, params):
+    (data,) = synthetic_ct(slices=1)
+    metadata, bulk = _split(_ds(data))
+    if declared:
+        metadata["00020010"] = {"vr": "UI", "Value": [declared]}
+    parts = [(f"application/octet-stream{params}", v, uri) for uri, v in bulk.items()]
+
+    response = _post(write_token, [_metadata_part(metadata), *parts])
+
+    assert response.status_code == 409
+    assert _reasons(response.json(), FAILED) == [CANNOT_UNDERSTAND]
+    assert not Instance.objects.for_tenant(clinic).exists()
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("change", [b"\0\0", -2])
+def test_uncompressed_pixel_data_of_the_wrong_length_fails(clinic, write_token, change):
+    (data,) = synthetic_ct(slices=1, size=64)
+    ds = _ds(data)
+    metadata, _ = _split(ds)
+    pixels = ds.PixelData + change if isinstance(change, bytes) else ds.PixelData[:change]
+    uri = metadata["7FE00010"]["BulkDataURI"]
+
+    response = _post(
+        write_token, [_metadata_part(metadata), ("application/octet-stream", pixels, uri)]
+    )
+
+    assert response.status_code == 409
+    assert _reasons(response.json(), FAILED) == [CANNOT_UNDERSTAND]
+
+
+@pytest.mark.django_db
+def test_a_location_that_is_both_a_value_and_a_frame_counts_once(clinic, write_token):
+    ds = _ds(sample_bytes("SC_rgb_jpeg_dcmtk.dcm"))
+    (frame,) = generate_frames(ds.PixelData, number_of_frames=1)
+    metadata, _ = _split(ds)
+    pixel_uri = metadata["7FE00010"]["BulkDataURI"]
+    metadata["00431001"] = {"vr": "OB", "BulkDataURI": f"{pixel_uri}/frames/1"}
+
+    response = _post(
+        write_token,
+        [_metadata_part(metadata), ("image/jpeg", frame, f"{pixel_uri}/frames/1")],
+    )
+
+    assert response.status_code in (200, 409)
+    answer = response.json()
+    items = answer.get(REFERENCED, {}).get("Value", []) + answer.get(FAILED, {}).get("Value", [])
+    assert len(items) == 1  # answered once, not once per way the location matched
+
+
+def test_a_missing_value_is_counted_once():
+    from imaging.dicomweb.stow_json import _Waiting
+
+    waiting = _Waiting(
+        metadata={},
+        sop_class="1.2",
+        sop_instance="1.2.3",
+        uris=frozenset({"a", "b"}),
+        pixel_uri="p",
+        frames=1,
+        got={"a", "p"},
+    )
+
+    assert waiting.missing() == 1
