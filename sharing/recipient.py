@@ -25,10 +25,22 @@ SESSION_MAX_SECONDS = 4 * 3600
 def recipient_begin(
     request: HttpRequest, share: ShareLink, *, verified: bool, now: dt.datetime
 ) -> None:
+    """Hold `share` in this browser's session for at most SESSION_MAX_SECONDS.
+
+    The limit is kept in the session, not set as the session's own expiry: a member
+    signed in on this browser who opens a link keeps their session as it was (a link
+    must not be a way to end or stretch a colleague's session), and a recipient's
+    cookie lasts only until the browser closes (a shared computer).
+    """
     request.session.cycle_key()
-    request.session[SESSION_KEY] = {"id": str(share.pk), "verified": verified}
-    remaining = int((share.expires_at - now).total_seconds())
-    request.session.set_expiry(max(1, min(SESSION_MAX_SECONDS, remaining)))
+    until = now + dt.timedelta(seconds=SESSION_MAX_SECONDS)
+    request.session[SESSION_KEY] = {
+        "id": str(share.pk),
+        "verified": verified,
+        "until": until.timestamp(),
+    }
+    if not request.user.is_authenticated:
+        request.session.set_expiry(0)
 
 
 def recipient_holds_verified(request: HttpRequest, share: ShareLink) -> bool:
@@ -58,6 +70,9 @@ def recipient_share(
     """
     data = request.session.get(SESSION_KEY)
     if not data:
+        return None, False
+    if now.timestamp() >= data.get("until", 0):
+        recipient_end(request)
         return None, False
     share = (
         ShareLink.objects.unscoped(reason="the recipient session names the link")

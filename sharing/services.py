@@ -107,7 +107,8 @@ def share_create(
     rather than one nobody revokes. Access resting on break-glass alone
     (`sharing.selectors.break_glass_sole_grant`) ends the link no later than the grant,
     so emergency access does not outlive itself through a link; a later expiry asked for
-    is shortened, and the audit event says so.
+    is shortened, and the audit event says so. A token's link ends no later than the
+    token does, likewise.
     `as_patient`: the member is sharing their own study from the patient portal; their
     link to its record is locked and asked for instead, as unlinking the record revokes
     their links.
@@ -171,6 +172,14 @@ def share_create(
         if break_glass is not None:
             capped = expires_at > break_glass.expires_at
             expires_at = min(expires_at, break_glass.expires_at)
+    token_capped = (
+        created_by_token is not None
+        and created_by_token.expires_at is not None
+        and expires_at > created_by_token.expires_at
+    )
+    if token_capped:
+        # The token's access ends then; a link it made must not carry it further.
+        expires_at = created_by_token.expires_at  # type: ignore[union-attr]
     raw = secrets.token_urlsafe(TOKEN_BYTES)
     share = ShareLink.objects.create(
         tenant=tenant,
@@ -213,6 +222,7 @@ def share_create(
             "emailed": bool(recipient_email),
             **({"break_glass": str(break_glass.pk)} if break_glass is not None else {}),
             **({"capped_by_break_glass": str(break_glass.pk)} if capped else {}),
+            **({"capped_by_token_expiry": True} if token_capped else {}),
         },
     )
     if recipient_email:

@@ -403,12 +403,17 @@ def share_revoke_view(request: HttpRequest, share_id: uuid.UUID) -> HttpResponse
 # --- The recipient's pages ----------------------------------------------------------
 
 
-def _unavailable(request: HttpRequest, exc: ShareUnavailable) -> HttpResponse:
-    recipient_end(request)
+def _refused(request: HttpRequest, exc: ShareUnavailable) -> HttpResponse:
     template = {410: "sharing/gone.html", 403: "sharing/locked.html"}.get(
         exc.status, "sharing/not_found.html"
     )
     return render(request, template, {"reason": exc.reason}, status=exc.status)
+
+
+def _unavailable(request: HttpRequest, exc: ShareUnavailable) -> HttpResponse:
+    """The page for the session's own link, no longer usable: the session lets go of it."""
+    recipient_end(request)
+    return _refused(request, exc)
 
 
 @never_cache
@@ -439,7 +444,9 @@ def share_open(request: HttpRequest, token: str) -> HttpResponse:
                     outcome="denied",
                     detail={"state": "unknown"},
                 )
-        response = _unavailable(request, exc)
+        # The session's own link, if any, is left alone: it is checked on its own next
+        # request, and another page must not be able to end it by linking to /s/<junk>.
+        response = _refused(request, exc)
     else:
         # Opened already in this browser: the session goes on as it was (its lifetime
         # too, so clicking again does not extend it), and no use is spent.

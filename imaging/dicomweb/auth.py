@@ -263,7 +263,7 @@ def share_recipient(
 
     @wraps(view)
     def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-        from sharing.recipient import recipient_share
+        from sharing.recipient import recipient_end, recipient_share
         from sharing.selectors import share_series
         from sharing.services import ShareUnavailable, share_actor
 
@@ -273,6 +273,9 @@ def share_recipient(
         try:
             share, verified = recipient_share(request, now=now, ip=client_ip(request))
         except ShareUnavailable as exc:
+            # Let go of the link, as the recipient's pages do: the refusal is audited
+            # once, not again on each of an open viewer's later requests.
+            recipient_end(request)
             message = "This share link has expired." if exc.status == 410 else "Not found."
             return dicomweb_error(exc.status if exc.status != 403 else 404, message)
         if share is None or not verified:

@@ -237,3 +237,27 @@ def test_a_share_emailed_while_the_broker_is_down_is_created_not_a_500(clinic, c
     share = ShareLink.objects.for_tenant(clinic).get(pk=created.json()["id"])
     assert share.invitation_sent_at is None
     assert "could not queue sharing.tasks.share_invitation_send" in caplog.text
+
+
+def test_a_link_made_by_a_token_ends_no_later_than_the_token(study):
+    _, raw = api_token_create(
+        tenant=study.tenant,
+        name="partner",
+        scopes=["shares:write"],
+        actor=TEST_ACTOR,
+        now=timezone.now(),
+        expires_days=1,
+    )
+
+    created = api(raw).post(
+        "/api/v1/shares",
+        {**body(study), "expires_at": (timezone.now() + dt.timedelta(days=5)).isoformat()},
+        "application/json",
+    )
+
+    assert created.status_code == 201
+    share = ShareLink.objects.for_tenant(study.tenant).get(pk=created.json()["id"])
+    assert share.expires_at == share.created_by_token.expires_at
+    assert dt.datetime.fromisoformat(created.json()["expires_at"]) == share.expires_at
+    event = AuditEvent.objects.for_tenant(study.tenant).get(action=Action.SHARE_CREATED)
+    assert event.detail["capped_by_token_expiry"] is True

@@ -784,3 +784,64 @@ def test_a_use_refused_names_why_when_the_link_changed_since_it_was_read(
     assert (refused.value.status, refused.value.reason) == (status, state)
     event = AuditEvent.objects.for_tenant(study.tenant).get(action=Action.SHARE_REFUSED)
     assert event.detail["state"] == state
+
+
+# --- The recipient's session ---------------------------------------------------------------
+
+
+def test_a_viewer_of_a_revoked_link_is_refused_once_then_holds_no_link(study, radiologist):
+    share, token = make_share(study, radiologist)
+    client = Client()
+    open_link(client, token)
+    share_revoke(share=share, actor=TEST_ACTOR, now=timezone.now())
+
+    answers = [client.get(frame_url(first_instance(study)), HTTP_ACCEPT=FRAMES) for _ in range(5)]
+
+    assert answers[0].status_code == 404
+    assert {a.status_code for a in answers[1:]} == {401}
+    refused = AuditEvent.objects.for_tenant(study.tenant).filter(action=Action.SHARE_REFUSED)
+    assert refused.count() == 1
+
+
+def test_a_member_opening_a_link_keeps_their_own_session(study, radiologist, client_for):
+    _, token = make_share(study, radiologist)
+    client = client_for(radiologist)
+    before = client.session.get_expiry_age()
+
+    opened = client.get(f"/s/{token}")
+
+    assert opened.status_code == 303
+    assert client.session.get_expire_at_browser_close()
+    assert abs(client.session.get_expiry_age() - before) < 60
+    assert client.get(f"/t/{study.tenant.slug}/").status_code == 200
+
+
+def test_a_recipients_session_ends_with_the_browser_and_after_four_hours(
+    study, radiologist, monkeypatch, settings
+):
+    from sharing import recipient
+
+    _, token = make_share(study, radiologist, expires_at=timezone.now() + dt.timedelta(days=2))
+    client = Client()
+    open_link(client, token)
+    cookie = client.cookies[settings.SESSION_COOKIE_NAME]
+    assert client.get("/s/").status_code == 200
+
+    later = timezone.now() + dt.timedelta(seconds=recipient.SESSION_MAX_SECONDS + 1)
+    monkeypatch.setattr(timezone, "now", lambda: later)
+
+    assert not cookie["max-age"] and not cookie["expires"]  # ends with the browser
+    assert client.get("/s/").status_code == 404
+
+
+def test_another_page_linking_to_an_unknown_token_does_not_end_a_recipients_session(
+    study, radiologist
+):
+    _, token = make_share(study, radiologist)
+    client = Client()
+    open_link(client, token)
+
+    junk = client.get("/s/download")  # no trailing slash: taken for a token
+
+    assert junk.status_code == 404
+    assert client.get("/s/").status_code == 200
