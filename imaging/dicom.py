@@ -16,6 +16,7 @@ import json
 import re
 import struct
 import warnings
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +27,7 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import _read_file_meta_info, read_preamble
 from pydicom.filewriter import write_file_meta_info
 from pydicom.tag import Tag
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, VR
@@ -400,6 +402,43 @@ def _check_ranges(ds: Dataset) -> None:
             )
 
 
+DEFLATED = "1.2.840.10008.1.2.1.99"
+# A deflated data set of images rarely shrinks past a tenth; a hundredth is generous.
+DEFLATE_MAX_RATIO = 100
+
+
+def _check_inflated_size(data: bytes, *, limit: int) -> None:
+    """Refuse a deflated data set (Deflated Explicit VR Little Endian) that inflates past
+    `limit`, before pydicom inflates it whole: a few hundred KiB can hold gigabytes of
+    zeros. Inflated here a MiB at a time and counted, nothing kept."""
+    fp = io.BytesIO(data)
+    try:
+        read_preamble(fp, False)
+        meta = _read_file_meta_info(fp)
+    except Exception:  # left for the full parse to name
+        return
+    if str(meta.get("TransferSyntaxUID", "")).rstrip("\0 ") != DEFLATED:
+        return
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    pending, total = data[fp.tell() :], 0
+    try:
+        while pending and not inflater.eof:
+            total += len(inflater.decompress(pending, 1 << 20))
+            pending = inflater.unconsumed_tail
+            if total > limit:
+                break
+    except zlib.error:
+        raise DicomRejected(
+            "malformed", "The deflated data set is not valid deflate data."
+        ) from None
+    if total > limit:
+        raise DicomRejected(
+            "too_large",
+            f"The deflated data set inflates to more than {limit} bytes, the limit for a file "
+            f"of this size.",
+        )
+
+
 def parse_part10(
     data: bytes, *, max_bytes: int, max_depth: int, digest: Callable[[], str] | None = None
 ) -> ParsedInstance:
@@ -419,6 +458,7 @@ def parse_part10(
         )
     original = data
     data, preamble = neutralise_preamble(data)
+    _check_inflated_size(data, limit=min(max_bytes, max(len(data) * DEFLATE_MAX_RATIO, 16 << 20)))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:

@@ -850,6 +850,16 @@ def ingest_archive(
                 message=f"The zip archive could not be read ({exc}).",
             )
         ]
+    except Exception:  # zipfile raises others on hostile input (a version, a name)
+        return [
+            _reject(
+                tenant=tenant,
+                actor=actor,
+                name=name,
+                code="bad_archive",
+                message="The zip archive could not be read (its directory is not valid).",
+            )
+        ]
     total = sum(info.file_size for info in entries)
     compressed = sum(info.compress_size for info in entries) or 1
     problem = None

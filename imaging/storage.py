@@ -225,7 +225,11 @@ def object_keys(storage: Storage, prefix: str) -> list[str]:
             directories, files = storage.listdir(path)
         except FileNotFoundError:
             return
-        found.extend(f"{path}/{name}" for name in files if not name.startswith("."))
+        # Dot files are none of the portal's, except a write a crash left half done
+        # (`write_file`'s ".<key>.<random>.part"): no row names it, so the sweep takes it.
+        found.extend(
+            f"{path}/{name}" for name in files if not name.startswith(".") or name.endswith(".part")
+        )
         for directory in directories:
             walk(f"{path}/{directory}")
 

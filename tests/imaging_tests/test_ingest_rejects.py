@@ -360,3 +360,81 @@ def test_corrupt_zip_gets_a_clear_error(clinic, data_dir):
 
     assert [r.code for r in results] == ["bad_archive"]
     _nothing_stored(clinic, data_dir)
+
+
+def _zip_with_central_directory(change) -> io.BytesIO:
+    """A one-entry zip whose central directory record `change` rewrites."""
+    data = bytearray(_zip({"a.dcm": b"x" * 300}, zipfile.ZIP_STORED).getvalue())
+    at = data.find(b"PK\x01\x02")
+    change(data, at)
+    return io.BytesIO(bytes(data))
+
+
+def _version_needed(data: bytearray, at: int) -> None:
+    data[at + 6] = 218  # "zip file version 21.8": zipfile raises NotImplementedError
+
+
+def _empty_name(data: bytearray, at: int) -> None:
+    name_length = struct.unpack_from("<H", data, at + 28)[0]
+    struct.pack_into("<H", data, at + 28, 0)  # is_dir() indexes the last character
+    del data[at + 46 : at + 46 + name_length]
+    end = data.find(b"PK\x05\x06")
+    size = struct.unpack_from("<I", data, end + 12)[0]
+    struct.pack_into("<I", data, end + 12, size - name_length)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("change", [_version_needed, _empty_name])
+def test_a_zip_directory_zipfile_cannot_take_gets_a_clear_error(clinic, data_dir, change):
+    archive = _zip_with_central_directory(change)
+
+    results = ingest_archive(tenant=clinic, actor=INGEST_ACTOR, fileobj=archive, name="x.zip")
+
+    assert [r.code for r in results] == ["bad_archive"]
+    _nothing_stored(clinic, data_dir)
+
+
+def _deflated(data: bytes, *, padding: int = 0) -> bytes:
+    """`data` re-encoded as Deflated Explicit VR Little Endian, with `padding` zero bytes
+    of a private OB value appended to its data set before deflating."""
+    import zlib
+
+    ds = pydicom.dcmread(io.BytesIO(data))
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    plain = io.BytesIO()
+    ds.save_as(plain, enforce_file_format=True)
+    body = plain.getvalue()[dataset_offset(plain.getvalue()) :]
+    if padding:
+        body += struct.pack("<HH", 0x0009, 0x0010) + b"LO" + struct.pack("<H", 6) + b"BOMB  "
+        body += struct.pack("<HH", 0x0009, 0x1000) + b"OB\0\0" + struct.pack("<I", padding)
+    deflater = zlib.compressobj(9, zlib.DEFLATED, -15)
+    packed = deflater.compress(body)
+    for _ in range(padding >> 20):
+        packed += deflater.compress(b"\0" * (1 << 20))
+    packed += deflater.flush()
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.DeflatedExplicitVRLittleEndian
+    head = io.BytesIO()
+    head.write(b"\0" * 128 + b"DICM")
+    write_file_meta_info(head, ds.file_meta, enforce_standard=True)
+    return head.getvalue() + packed
+
+
+@pytest.mark.django_db
+def test_a_deflated_file_that_inflates_past_its_limit_is_refused_unparsed(
+    clinic, data_dir, monkeypatch
+):
+    bomb = _deflated(CT, padding=64 << 20)  # about 65 KiB inflating to 64 MiB
+    monkeypatch.setattr(pydicom, "dcmread", lambda *a, **k: pytest.fail("parsed"))
+
+    result = ingest(clinic, bomb, "bomb.dcm")
+
+    assert len(bomb) < 1 << 20
+    assert result.code == "too_large" and "inflates" in result.message
+    _nothing_stored(clinic, data_dir)
+
+
+@pytest.mark.django_db
+def test_a_deflated_file_of_ordinary_size_is_stored(clinic, data_dir):
+    result = ingest(clinic, _deflated(CT), "deflated.dcm")
+
+    assert result.outcome == IngestOutcome.STORED, result.message
