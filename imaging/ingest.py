@@ -840,24 +840,16 @@ def ingest_archive(
     try:
         archive = zipfile.ZipFile(fileobj)
         entries = [info for info in archive.infolist() if not info.is_dir()]
-    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+    except Exception as exc:  # zipfile raises others on hostile input (a version, a name)
+        known = isinstance(exc, (zipfile.BadZipFile, OSError, ValueError))
         return [
             _reject(
                 tenant=tenant,
                 actor=actor,
                 name=name,
                 code="bad_archive",
-                message=f"The zip archive could not be read ({exc}).",
-            )
-        ]
-    except Exception:  # zipfile raises others on hostile input (a version, a name)
-        return [
-            _reject(
-                tenant=tenant,
-                actor=actor,
-                name=name,
-                code="bad_archive",
-                message="The zip archive could not be read (its directory is not valid).",
+                message="The zip archive could not be read "
+                f"({exc if known else 'its directory is not valid'}).",
             )
         ]
     total = sum(info.file_size for info in entries)

@@ -486,6 +486,17 @@ def test_a_part_the_rebuilder_did_not_foresee_fails_alone_after_what_was_stored(
     assert AuditEvent.objects.for_tenant(clinic).filter(action=Action.DICOMWEB_STORE).exists()
 
 
+def _naming_one_part(datasets: list[pydicom.Dataset]) -> tuple[str, list[dict]]:
+    """Their metadata, each naming one and the same bulk data part for its pixel data."""
+    shared = f"{PARTNER}shared"
+    metadata = []
+    for ds in datasets:
+        meta, _ = _split(ds)
+        meta["7FE00010"]["BulkDataURI"] = shared
+        metadata.append(meta)
+    return shared, metadata
+
+
 @pytest.mark.django_db
 def test_instances_sharing_one_bulk_data_part_are_stored_as_they_are_rebuilt(
     clinic, write_token, settings, monkeypatch
@@ -494,12 +505,7 @@ def test_instances_sharing_one_bulk_data_part_are_stored_as_they_are_rebuilt(
 
     settings.STOW_BATCH_INSTANCES = 1
     datasets = [_ds(d) for d in synthetic_ct(slices=4, size=64)]
-    shared = f"{PARTNER}shared"
-    metadata = []
-    for ds in datasets:
-        meta, _ = _split(ds)
-        meta["7FE00010"]["BulkDataURI"] = shared
-        metadata.append(meta)
+    shared, metadata = _naming_one_part(datasets)
     rebuilt, rebuilt_when_stored = [], []
     real_rebuilt, real_store = stow_json._rebuilt, views._store_batch
     monkeypatch.setattr(stow_json, "_rebuilt", lambda *a: rebuilt.append(1) or real_rebuilt(*a))
@@ -522,12 +528,7 @@ def test_instances_sharing_one_bulk_data_part_are_stored_as_they_are_rebuilt(
 @pytest.mark.django_db
 def test_instances_rebuilt_past_the_request_limit_fail(clinic, write_token, settings):
     datasets = [_ds(d) for d in synthetic_ct(slices=3, size=64)]
-    shared = f"{PARTNER}shared"
-    metadata = []
-    for ds in datasets:
-        meta, _ = _split(ds)
-        meta["7FE00010"]["BulkDataURI"] = shared
-        metadata.append(meta)
+    shared, metadata = _naming_one_part(datasets)
     body = _body(
         [_metadata_part(*metadata), ("application/octet-stream", datasets[0].PixelData, shared)]
     )
