@@ -127,6 +127,16 @@ def ingest_bytes(*, tenant: Tenant, actor: Actor, data: bytes, name: str) -> Ing
     return _ingest_parsed(tenant=tenant, actor=actor, name=name, parsed=parsed)
 
 
+def _ingest_isolated(*, tenant: Tenant, actor: Actor, data: bytes, name: str) -> IngestResult:
+    """`ingest_bytes` for one file of many (an upload, a zip, a folder): a failure to
+    store it is its result, and the files after it are still tried."""
+    try:
+        parsed = _parse(data)
+    except DicomRejected as exc:
+        return _reject(tenant=tenant, actor=actor, name=name, code=exc.code, message=exc.message)
+    return _ingest_one(tenant=tenant, actor=actor, name=name, parsed=parsed)
+
+
 def _parse(data: bytes, digest: Future[str] | None = None) -> ParsedInstance:
     return parse_part10(
         data,
@@ -556,11 +566,11 @@ def ingest_many(
 
 
 def _ingest_one(*, tenant: Tenant, actor: Actor, name: str, parsed: ParsedInstance) -> IngestResult:
-    """`_ingest_parsed` for one file of a batch stored one at a time, a failure to store
+    """`_ingest_parsed` for one file of many stored one at a time, a failure to store
     it being that file's result.
 
     The files before it are committed by then, and the caller has to be able to say so:
-    an exception would report the whole batch as failed. The failed file left nothing
+    an exception would report them all as failed. The failed file left nothing
     behind (its transaction, or savepoint inside a caller's, rolled back, its object
     removed).
     """
@@ -931,7 +941,7 @@ def ingest_archive(
                 )
             )
             continue
-        results.append(ingest_bytes(tenant=tenant, actor=actor, data=data, name=entry_name))
+        results.append(_ingest_isolated(tenant=tenant, actor=actor, data=data, name=entry_name))
     return results
 
 
@@ -985,7 +995,7 @@ def _ingest_path(*, tenant: Tenant, actor: Actor, path: Path) -> list[IngestResu
                     message="File is larger than the per-file limit.",
                 )
             ]
-    return [ingest_bytes(tenant=tenant, actor=actor, data=data, name=str(path))]
+    return [_ingest_isolated(tenant=tenant, actor=actor, data=data, name=str(path))]
 
 
 def _walk(paths: Iterable[Path]) -> Iterator[tuple[Path, str | None]]:
@@ -1034,7 +1044,7 @@ def ingest_uploads(*, tenant: Tenant, actor: Actor, files: Iterable[object]) -> 
                 )
             else:
                 results.append(
-                    ingest_bytes(tenant=tenant, actor=actor, data=handle.read(), name=name)
+                    _ingest_isolated(tenant=tenant, actor=actor, data=handle.read(), name=name)
                 )
         finally:
             upload.close()  # type: ignore[attr-defined]

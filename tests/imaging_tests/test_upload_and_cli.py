@@ -14,6 +14,7 @@ from django.core.management.base import CommandError
 
 from audit.models import Action, AuditEvent
 from imaging.models import Instance
+from imaging.storage import PrivateFileSystemStorage, object_keys, storage_for
 from imaging.uploads import EncryptedSpool, SpoolReader
 from tests.imaging_tests.helpers import sample_bytes, synthetic_ct
 
@@ -220,3 +221,74 @@ def test_a_corrupt_deflate_stream_in_a_zip_is_rejected_and_the_rest_stored(
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[-1] == "stored 1, duplicate 0, rejected 1"
     assert "a.dcm" in lines[0] and "cannot be read" in lines[0]
+
+
+def _second_write_fails(monkeypatch) -> None:
+    """The second object written fails, as a full disk or a lost bucket would."""
+    real_write, calls = PrivateFileSystemStorage.write_file, []
+
+    def failing_write(storage, name, content):
+        calls.append(name)
+        if len(calls) == 2:
+            raise OSError("disk full")
+        return real_write(storage, name, content)
+
+    monkeypatch.setattr(PrivateFileSystemStorage, "write_file", failing_write)
+
+
+@pytest.mark.django_db
+def test_an_upload_file_failing_to_store_fails_alone_and_the_rest_are_stored(
+    clinic, technologist, client_for, monkeypatch
+):
+    files = synthetic_ct(slices=3)
+    _second_write_fails(monkeypatch)
+
+    response = client_for(technologist).post(
+        "/t/north/upload/",
+        {"files": [_file(data, f"{i}.dcm") for i, data in enumerate(files)]},
+        HTTP_ACCEPT="application/json",
+    )
+
+    assert response.status_code == 200
+    body = response.json()
+    assert body["summary"] == "stored 2, duplicate 0, rejected 1"
+    assert [r["outcome"] for r in body["results"]] == ["stored", "rejected", "stored"]
+    assert "could not be stored" in body["results"][1]["message"]
+    assert Instance.objects.for_tenant(clinic).count() == 2
+    assert len(object_keys(storage_for(clinic), str(clinic.pk))) == 2  # none half-written
+
+
+@pytest.mark.django_db
+def test_a_zip_entry_failing_to_store_fails_alone(clinic, technologist, client_for, monkeypatch):
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as zf:
+        for i, data in enumerate(synthetic_ct(slices=3)):
+            zf.writestr(f"{i}.dcm", data)
+    _second_write_fails(monkeypatch)
+
+    response = client_for(technologist).post(
+        "/t/north/upload/",
+        {"files": [_file(archive.getvalue(), "study.zip")]},
+        HTTP_ACCEPT="application/json",
+    )
+
+    assert response.json()["summary"] == "stored 2, duplicate 0, rejected 1"
+    assert Instance.objects.for_tenant(clinic).count() == 2
+
+
+@pytest.mark.django_db
+def test_cli_reports_a_file_failing_to_store_and_stores_the_rest(
+    clinic, tmp_path, capsys, monkeypatch
+):
+    for i, data in enumerate(synthetic_ct(slices=3)):
+        (tmp_path / f"{i}.dcm").write_bytes(data)
+    _second_write_fails(monkeypatch)
+
+    with pytest.raises(SystemExit) as exit_info:
+        call_command("ingest", str(tmp_path), "--tenant", "north")
+
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert exit_info.value.code == 1
+    assert lines[-1] == "stored 2, duplicate 0, rejected 1"
+    assert "1.dcm" in lines[0] and "could not be stored" in lines[0]
+    assert Instance.objects.for_tenant(clinic).count() == 2
