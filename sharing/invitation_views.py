@@ -179,6 +179,8 @@ def _unavailable(request: HttpRequest, exc: InvitationUnavailable) -> HttpRespon
         "used": "This invitation has already been used. Sign in to see your images.",
         "locked": "This invitation is locked after too many wrong dates of birth. "
         "Ask the clinic to send a new one.",
+        "suspended": "This invitation cannot be used now: the person who sent it may no "
+        "longer send invitations for the clinic. Ask the clinic to send a new one.",
     }
     text = messages_by_reason.get(exc.reason, "This invitation link does not work.")
     return render(

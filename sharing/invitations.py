@@ -36,6 +36,7 @@ from tenants.invitations import (
     invitation_token_claim,
     invitation_token_seal,
     invitation_usable,
+    inviter_still_may,
 )
 from tenants.models import EMAIL_MAX_LENGTH, Membership, Tenant, User
 from tenants.roles import STAFF_ROLES, RoleCode
@@ -211,6 +212,7 @@ def invitation_accept(
         )
     if user.pk == invitation.invited_by_id:  # their address changed since: still themselves
         raise InvitationInvalid("You cannot accept an invitation you sent; ask a colleague.")
+    inviter_still_may(invitation)
     tenant = invitation.tenant
     # One acceptance at a time per account: the review below counts the records the
     # account holds, which two acceptances at once would each count without the other's.

@@ -14,6 +14,7 @@ from django.db import models
 from django.utils import timezone
 
 from tenants.models import SHARE_LINK_MAX_USES, Invitation
+from tenants.roles import Perm
 from tenants.scoping import TenantOwnedModel
 
 
@@ -134,6 +135,8 @@ class PatientInvitation(Invitation):
             "inviter_network",
             "Accepted from the network address the invitation was sent from",
         )
+
+    inviter_perm = Perm.PATIENT_INVITE
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     patients = models.ManyToManyField("imaging.Patient", related_name="+")

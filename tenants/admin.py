@@ -19,6 +19,8 @@ from tenants.admin_site import TenantScopedModelAdmin, tenant_admin_site
 from tenants.invitations import (
     STAFF_INVITATION_DAYS,
     InvitationInvalid,
+    InvitationUnavailable,
+    inviter_still_may,
     staff_invitation_revoke,
     staff_invite,
     staff_invite_check,
@@ -290,7 +292,13 @@ class StaffInvitationAdmin(TenantScopedModelAdmin):
 
     @admin.display(description="State")
     def state(self, obj: StaffInvitation) -> str:
-        return obj.state_at(timezone.now()).label
+        state = obj.state_at(timezone.now())
+        if state == StaffInvitation.State.PENDING:
+            try:
+                inviter_still_may(obj)
+            except InvitationUnavailable:
+                return "Suspended: its sender may no longer invite staff"
+        return state.label
 
     @admin.display(description="Invited by", ordering="invited_by__email")
     def invited_by_email(self, obj: StaffInvitation) -> str:

@@ -43,6 +43,8 @@ UNAVAILABLE_TEXT = {
     "expired": "This invitation has expired. Ask the clinic's administrator for a new one.",
     "accepted": "This invitation has already been accepted. Sign in to reach the clinic.",
     "used": "This invitation has already been accepted. Sign in to reach the clinic.",
+    "suspended": "This invitation cannot be used now: the administrator who sent it may "
+    "no longer invite staff. Ask the clinic's administrators for a new one.",
 }
 
 

@@ -210,6 +210,7 @@ def staff_invitation_accept(
             "This invitation was sent to another email address. Sign out, then open the "
             "link from the email again."
         )
+    inviter_still_may(invitation)
     tenant = invitation.tenant
     current = Membership.objects.for_tenant(tenant).select_for_update().filter(user=user).first()
     ended_staff = (
@@ -277,15 +278,36 @@ def staff_invitation_claim_send(*, invitation_id: str) -> tuple[StaffInvitation,
 
 def invitation_usable(invitation: Invitation | None, *, now: dt.datetime) -> Any:
     """`invitation` if it can still be accepted, else InvitationUnavailable: 404 for an
-    unknown or withdrawn one (or a suspended clinic's), 403 locked, 410 expired or used."""
+    unknown or withdrawn one (or a suspended clinic's), 403 locked, 410 expired, used or
+    suspended (its sender may no longer send it)."""
     if invitation is None or not invitation.tenant.is_active:
         raise InvitationUnavailable(status=404, reason="unknown")
     state = invitation.state_at(now)
-    if state == "pending":
-        return invitation
-    raise InvitationUnavailable(
-        status={"revoked": 404, "locked": 403}.get(state, 410), reason=state
+    if state != "pending":
+        raise InvitationUnavailable(
+            status={"revoked": 404, "locked": 403}.get(state, 410), reason=state
+        )
+    inviter_still_may(invitation)
+    return invitation
+
+
+def inviter_still_may(invitation: Invitation) -> None:
+    """InvitationUnavailable (410, suspended) unless the member who sent `invitation`
+    still holds the permission to send it.
+
+    An invitation carries its sender's authority for as long as it waits, as an API
+    token carries its creator's: an administrator who is removed must not be able to
+    join a private address to the staff afterwards through an invitation sent before.
+    It is suspended, not withdrawn: it works again if the member is given the role back.
+    """
+    membership = (
+        Membership.objects.for_tenant(invitation.tenant)
+        .filter(user_id=invitation.invited_by_id, is_active=True, user__is_active=True)
+        .prefetch_related("roles")
+        .first()
     )
+    if membership is None or not membership.has_perm(invitation.inviter_perm):
+        raise InvitationUnavailable(status=410, reason="suspended")
 
 
 def invitation_find(

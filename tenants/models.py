@@ -377,6 +377,9 @@ class Invitation(TenantOwnedModel):
     token_wrapped = models.BinaryField(null=True, blank=True)
     token_key_version = models.PositiveIntegerField(null=True, blank=True)
 
+    # What the member who sent it must still be allowed to do for it to be accepted.
+    inviter_perm: Perm
+
     class Meta:
         abstract = True
 
@@ -405,6 +408,8 @@ class StaffInvitation(Invitation):
         ACCEPTED = "accepted", "Accepted"
         EXPIRED = "expired", "Expired"
         REVOKED = "revoked", "Withdrawn"
+
+    inviter_perm = Perm.CLINIC_MANAGE
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     roles = models.ManyToManyField(Role, related_name="+")

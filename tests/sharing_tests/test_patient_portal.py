@@ -779,3 +779,26 @@ def test_a_patients_own_confidential_study_is_not_masked_on_their_share_pages(
 
     assert "Doe, Jane" in listing and "Doe, Jane" in detail
     assert "Confidential study" not in listing + detail
+
+
+def test_an_invitation_from_front_desk_who_left_is_suspended(
+    own_study, front_desk, django_capture_on_commit_callbacks
+):
+    from tenants.services import membership_update
+
+    token = invite(own_study, front_desk, capture=django_capture_on_commit_callbacks)
+    client = Client()
+    assert client.get(f"/portal/invitation/{token}").status_code == 303
+    membership_update(
+        membership=membership_of(front_desk, own_study.tenant),
+        roles=["front_desk"],
+        is_active=False,
+        actor=TEST_ACTOR,
+    )
+
+    response = client.post("/portal/invitation/", {"birth_date": BIRTH_DATE})
+
+    assert response.status_code == 410
+    assert b"may no longer send invitations" in response.content
+    assert not PatientLink.objects.for_tenant(own_study.tenant).exists()
+    assert not User.objects.filter(email="jane@example.org").exists()

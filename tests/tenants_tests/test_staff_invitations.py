@@ -705,3 +705,58 @@ def _wait_for_a_blocked_insert_into(table: str) -> None:
                 return
         time.sleep(0.02)
     raise AssertionError(f"no INSERT into {table} waited on a lock")
+
+
+@pytest.mark.django_db
+def test_an_invitation_from_an_admin_who_was_removed_is_suspended_until_they_are_back(
+    clinic, other_clinic, tenant_admin, django_capture_on_commit_callbacks
+):
+    from tenants.services import membership_update
+
+    make_member(clinic, "tenant_admin", email="second.admin@north.example")
+    person = make_member(other_clinic, "technologist", email="tech@south.example")
+    token = invite(
+        clinic, tenant_admin, "tech@south.example", capture=django_capture_on_commit_callbacks
+    )
+    client = verified_client(person)
+    _open(client, token)  # opened while the admin still was one
+    sender = membership_of(tenant_admin, clinic)
+
+    membership_update(membership=sender, roles=["tenant_admin"], is_active=False, actor=TEST_ACTOR)
+    refused = client.post("/accounts/invitation/")
+    reopened = client.get(f"/accounts/invitation/{token}")
+    membership_update(membership=sender, roles=["tenant_admin"], is_active=True, actor=TEST_ACTOR)
+    _open(client, token)
+    accepted = client.post("/accounts/invitation/")
+
+    assert refused.status_code == 410 and b"may no longer invite staff" in refused.content
+    assert reopened.status_code == 410
+    assert _events(clinic, Action.STAFF_INVITATION_REFUSED).get().detail["state"] == "suspended"
+    assert accepted.status_code == 302
+    assert membership_of(person, clinic).role_codes == {"radiologist"}
+
+
+@pytest.mark.django_db
+def test_an_invitation_is_suspended_while_its_sender_lacks_the_admin_role(
+    clinic, other_clinic, tenant_admin, client_for, django_capture_on_commit_callbacks
+):
+    from tenants.services import membership_update
+
+    colleague = make_member(clinic, "tenant_admin", email="second.admin@north.example")
+    person = make_member(other_clinic, "technologist", email="tech@south.example")
+    token = invite(
+        clinic, tenant_admin, "tech@south.example", capture=django_capture_on_commit_callbacks
+    )
+    membership_update(
+        membership=membership_of(tenant_admin, clinic),
+        roles=["radiologist"],
+        is_active=True,
+        actor=TEST_ACTOR,
+    )
+
+    response = verified_client(person).get(f"/accounts/invitation/{token}")
+    listing = client_for(colleague).get(ADMIN)
+
+    assert response.status_code == 410
+    assert b"Suspended: its sender may no longer invite staff" in listing.content
+    assert not Membership.objects.for_tenant(clinic).filter(user=person).exists()
