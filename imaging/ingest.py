@@ -13,6 +13,7 @@ import io
 import logging
 import lzma
 import os
+import struct
 import zipfile
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
@@ -848,8 +849,9 @@ def ingest_archive(
     extracted to disk; nested archives are refused.
     """
     try:
-        archive = zipfile.ZipFile(fileobj)
-        entries = [info for info in archive.infolist() if not info.is_dir()]
+        problem = _zip_directory_problem(fileobj)
+        archive = zipfile.ZipFile(fileobj) if problem is None else None
+        entries = [info for info in archive.infolist() if not info.is_dir()] if archive else []
     except Exception as exc:  # zipfile raises others on hostile input (a version, a name)
         known = isinstance(exc, (zipfile.BadZipFile, OSError, ValueError))
         return [
@@ -862,15 +864,7 @@ def ingest_archive(
                 f"({exc if known else 'its directory is not valid'}).",
             )
         ]
-    total = sum(info.file_size for info in entries)
-    compressed = sum(info.compress_size for info in entries) or 1
-    problem = None
-    if len(entries) > settings.INGEST_MAX_ZIP_ENTRIES:
-        problem = f"it holds {len(entries)} files (limit {settings.INGEST_MAX_ZIP_ENTRIES})"
-    elif total > settings.INGEST_MAX_ZIP_TOTAL_BYTES:
-        problem = f"it expands to {total} bytes (limit {settings.INGEST_MAX_ZIP_TOTAL_BYTES})"
-    elif total / compressed > settings.INGEST_MAX_ZIP_RATIO:
-        problem = f"it expands {total // compressed}-fold (limit {settings.INGEST_MAX_ZIP_RATIO})"
+    problem = problem or _zip_size_problem(entries)
     if problem:
         return [
             _reject(
@@ -943,6 +937,66 @@ def ingest_archive(
             continue
         results.append(_ingest_isolated(tenant=tenant, actor=actor, data=data, name=entry_name))
     return results
+
+
+def _zip_size_problem(entries: list[zipfile.ZipInfo]) -> str | None:
+    """Why a zip's listed files are too many or expand too far, or None."""
+    total = sum(info.file_size for info in entries)
+    compressed = sum(info.compress_size for info in entries) or 1
+    if len(entries) > settings.INGEST_MAX_ZIP_ENTRIES:
+        return f"it holds {len(entries)} files (limit {settings.INGEST_MAX_ZIP_ENTRIES})"
+    if total > settings.INGEST_MAX_ZIP_TOTAL_BYTES:
+        return f"it expands to {total} bytes (limit {settings.INGEST_MAX_ZIP_TOTAL_BYTES})"
+    if total / compressed > settings.INGEST_MAX_ZIP_RATIO:
+        return f"it expands {total // compressed}-fold (limit {settings.INGEST_MAX_ZIP_RATIO})"
+    return None
+
+
+# A central directory entry: its signature, then the lengths of its name, extra field and
+# comment at offsets 28, 30 and 32 (PKWARE APPNOTE 4.3.12).
+_DIRECTORY_ENTRY = struct.Struct("<4s24xHHH12x")
+_DIRECTORY_SIGNATURE = b"PK\x01\x02"
+# Room for one entry of the central directory: its fixed part and a long path.
+ZIP_DIRECTORY_BYTES_PER_ENTRY = 1024
+
+
+def _zip_directory_problem(fileobj: io.BufferedIOBase) -> str | None:
+    """Why a zip's central directory is too large to read, or None.
+
+    zipfile reads the whole directory and makes an object for every entry (about ten
+    times the directory's size) before the entry limit could be checked: a 45 MiB
+    directory of a million entries took 460 MiB. The directory's size and entries are
+    checked first, on its raw bytes. A directory zipfile would refuse anyway is left
+    for zipfile to describe.
+    """
+    # zipfile's own reader of the end records (ZIP64 included), so both agree on where
+    # the directory is; stable since Python 2.
+    end = zipfile._EndRecData(fileobj)
+    if not end:
+        return None
+    size, offset = end[zipfile._ECD_SIZE], end[zipfile._ECD_OFFSET]
+    location = end[zipfile._ECD_LOCATION]
+    limit = settings.INGEST_MAX_ZIP_ENTRIES
+    if size > limit * ZIP_DIRECTORY_BYTES_PER_ENTRY:
+        return f"its directory takes {size} bytes (limit {limit * ZIP_DIRECTORY_BYTES_PER_ENTRY})"
+    start = location - size
+    if end[0] == zipfile.stringEndArchive64:
+        start -= zipfile.sizeEndCentDir64 + zipfile.sizeEndCentDir64Locator
+    if start < 0 or offset < 0:
+        return None
+    fileobj.seek(start)
+    directory = fileobj.read(size)
+    fileobj.seek(0)
+    entries, at = 0, 0
+    while at + _DIRECTORY_ENTRY.size <= len(directory):
+        signature, name, extra, comment = _DIRECTORY_ENTRY.unpack_from(directory, at)
+        if signature != _DIRECTORY_SIGNATURE:
+            return None
+        entries += 1
+        if entries > limit:
+            return f"its directory lists more than {limit} entries (limit {limit})"
+        at += _DIRECTORY_ENTRY.size + name + extra + comment
+    return None
 
 
 def ingest_paths(*, tenant: Tenant, actor: Actor, paths: Iterable[Path]) -> IngestSummary:

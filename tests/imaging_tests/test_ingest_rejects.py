@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import struct
+import tracemalloc
 import zipfile
 
 import pydicom
@@ -438,3 +439,74 @@ def test_a_deflated_file_of_ordinary_size_is_stored(clinic, data_dir):
     result = ingest(clinic, _deflated(CT), "deflated.dcm")
 
     assert result.outcome == IngestOutcome.STORED, result.message
+
+
+def _as_zip64(archive: io.BytesIO) -> io.BytesIO:
+    """The same zip with ZIP64 end records, as large archives carry them."""
+    data = archive.getvalue()
+    end = data.rindex(b"PK\x05\x06")
+    entries, size, offset = struct.unpack_from("<HLL", data, end + 10)
+    record = struct.pack(
+        "<4sQHHLLQQQQ", b"PK\x06\x06", 44, 45, 45, 0, 0, entries, entries, size, offset
+    )
+    locator = struct.pack("<4sLQL", b"PK\x06\x07", 0, end, 1)
+    eocd = struct.pack("<4sHHHHLLH", b"PK\x05\x06", 0, 0, 0xFFFF, 0xFFFF, 2**32 - 1, 2**32 - 1, 0)
+    return io.BytesIO(data[:end] + record + locator + eocd)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("zip64", [False, True], ids=["zip", "zip64"])
+def test_a_zip_directory_listing_too_many_entries_is_refused_before_it_is_read(
+    clinic, data_dir, settings, zip64
+):
+    settings.INGEST_MAX_ZIP_ENTRIES = 3
+    archive = _zip({f"{i}.dcm": b"x" for i in range(4)}, zipfile.ZIP_STORED)
+    archive = _as_zip64(archive) if zip64 else archive
+    assert len(zipfile.ZipFile(archive).infolist()) == 4  # a valid zip, either way
+
+    results = ingest_archive(tenant=clinic, actor=INGEST_ACTOR, fileobj=archive, name="many.zip")
+
+    assert [r.code for r in results] == ["zip_bomb"]
+    assert "directory lists more than 3 entries" in results[0].message
+    _nothing_stored(clinic, data_dir)
+
+
+@pytest.mark.django_db
+def test_a_huge_zip_directory_is_refused_without_reading_it_into_objects(clinic, settings):
+    settings.INGEST_MAX_ZIP_ENTRIES = 1000
+    data = _zip({"a.dcm": b"x"}, zipfile.ZIP_STORED).getvalue()
+    start = data.index(b"PK\x01\x02")
+    end = data.rindex(b"PK\x05\x06")
+    count = 200_000  # about 9 MiB of directory, fine by its size alone
+    directory = data[start:end] * count
+    tail = struct.pack("<4sHHHHLLH", b"PK\x05\x06", 0, 0, 0xFFFF, 0xFFFF, len(directory), start, 0)
+    archive = io.BytesIO(data[:start] + directory + tail)
+    settings.INGEST_MAX_ZIP_ENTRIES = len(directory) // 1024 + 1  # its size is within limits
+
+    tracemalloc.start()
+    try:
+        results = ingest_archive(
+            tenant=clinic, actor=INGEST_ACTOR, fileobj=archive, name="wide.zip"
+        )
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+    assert [r.code for r in results] == ["zip_bomb"]
+    assert "directory lists more than" in results[0].message
+    assert peak < 3 * len(directory)  # zipfile's objects for it took about ten times
+
+
+@pytest.mark.django_db
+def test_a_zip_directory_larger_than_its_entries_need_is_refused(clinic, settings):
+    settings.INGEST_MAX_ZIP_ENTRIES = 2
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as zf:
+        info = zipfile.ZipInfo("a.dcm")
+        info.comment = b"c" * 3000
+        zf.writestr(info, b"x")
+
+    results = ingest_archive(tenant=clinic, actor=INGEST_ACTOR, fileobj=archive, name="fat.zip")
+
+    assert [r.code for r in results] == ["zip_bomb"]
+    assert "its directory takes" in results[0].message
