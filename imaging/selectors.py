@@ -76,6 +76,9 @@ class StudyAccess:
     download: bool = False
     break_glass: BreakGlassGrant | None = None
     may_break_glass: bool = False
+    # The details are open through break-glass alone: enough to read the study in an
+    # emergency, never to change who may read it afterwards (grants, the confidential mark).
+    glass_only: bool = False
 
 
 def _break_glass_study_ids(*, membership: Membership, now: dt.datetime) -> set[uuid.UUID]:
@@ -239,6 +242,7 @@ def study_access(*, membership: Membership, study: Study, now: dt.datetime) -> S
         download=download,
         break_glass=glass,
         may_break_glass=not details and membership.has_perm(Perm.BREAK_GLASS),
+        glass_only=details and lists_all and study.confidential and not granted,
     )
 
 

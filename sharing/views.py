@@ -173,7 +173,10 @@ def share_form_page(
         action=Action.STUDY_VIEWED,
         target=study,
         tenant=tenant,
-        detail={"page": "share_form"},
+        detail={
+            "page": "share_form",
+            **({"break_glass": str(break_glass.pk)} if break_glass else {}),
+        },
     )
     identifying = (
         [s for s in series_with_identifying_pixels(study=study) if s.num_instances]

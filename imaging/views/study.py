@@ -43,7 +43,7 @@ from tenants.access import check_clinic_perm, has_clinic_perm
 from tenants.breakglass import break_glass_open
 from tenants.grants import object_granted, object_grantees
 from tenants.mfa import require_step_up, step_up_is_fresh
-from tenants.models import User
+from tenants.models import BreakGlassGrant, User
 from tenants.roles import Perm, RoleCode
 from tenants.selectors import members_with_role
 
@@ -68,8 +68,9 @@ def study_url(study: Study) -> str:
 
 
 def _candidates(request: HttpRequest) -> list[tuple[str, str]]:
+    """Referring physicians a member may grant a study to: never themselves."""
     members = members_with_role(tenant=request.tenant, role=RoleCode.REFERRING_PHYSICIAN)
-    return [(str(m.user_id), m.user.email) for m in members]
+    return [(str(m.user_id), m.user.email) for m in members if m.user_id != request.user.pk]
 
 
 def _grants(request: HttpRequest, study: Study) -> dict:
@@ -98,7 +99,7 @@ def study_detail(request: HttpRequest, study_id: uuid.UUID) -> HttpResponse:
     series = list(series_for_study(study=study)) if access.details else []
     context: dict = {"study": study, "access": access, "series": series}
     if access.details:
-        if has_clinic_perm(request, Perm.STUDY_GRANT):
+        if has_clinic_perm(request, Perm.STUDY_GRANT) and not access.glass_only:
             context["grants"] = _grants(request, study)
         audit.record(
             actor=Actor.from_request(request),
@@ -132,32 +133,47 @@ def study_download(request: HttpRequest, study_id: uuid.UUID) -> HttpResponse:
     study, access = study_for_request(request, study_id)
     if not access.download:
         raise PermissionDenied("You may not download this study.")
-    return _download(request, study)
+    return _download(request, study, access)
 
 
 @require_step_up
-def _download(request: HttpRequest, study: Study) -> HttpResponse:
-    return study_download_response(request, study, back_url=study_url(study))
+def _download(request: HttpRequest, study: Study, access: StudyAccess) -> HttpResponse:
+    return study_download_response(
+        request, study, back_url=study_url(study), break_glass=access.break_glass
+    )
 
 
 def study_download_response(
-    request: HttpRequest, study: Study, *, back_url: str, via: str = ""
+    request: HttpRequest,
+    study: Study,
+    *,
+    back_url: str,
+    via: str = "",
+    break_glass: BreakGlassGrant | None = None,
 ) -> HttpResponse:
-    """The whole study as a zip for a signed-in member, audited; staff and patients alike."""
+    """The whole study as a zip for a signed-in member, audited; staff and patients alike.
+
+    A download under break-glass names the grant, so the privacy officers reviewing it
+    see every copy taken under it.
+    """
     instances = instances_for_download(study=study)
     if not instances:
         messages.error(request, "This study has no images to download yet.")
         return HttpResponseRedirect(back_url)
     actor = Actor.from_request(request)
     archive = study_zip(study=study, instances=instances, actor=actor)
-    detail = {"instances": len(instances), "bytes": len(archive)}
+    detail: dict = {"instances": len(instances), "bytes": len(archive)}
+    if via:
+        detail["via"] = via
+    if break_glass is not None:
+        detail["break_glass"] = str(break_glass.pk)
     with transaction.atomic():
         audit.record(
             actor=actor,
             action=Action.STUDY_DOWNLOADED,
             target=study,
             tenant=request.tenant,
-            detail={**detail, "via": via} if via else detail,
+            detail=detail,
         )
     return zip_response(archive, study=study)
 
@@ -169,6 +185,14 @@ def study_break_glass(request: HttpRequest, study_id: uuid.UUID) -> HttpResponse
         return HttpResponseRedirect(study_url(study))
     if not access.may_break_glass:
         raise PermissionDenied("Your role does not allow break-glass access.")
+    if not step_up_is_fresh(request):
+        # The most sensitive access there is: an unattended or stolen session must not open it.
+        messages.info(request, "Confirm your second factor before breaking the glass.")
+        here = reverse(
+            "study_break_glass", kwargs={"tenant_slug": study.tenant.slug, "study_id": study.pk}
+        )
+        query = urlencode({"next": here})
+        return HttpResponseRedirect(f"{reverse('step_up')}?{query}")
     form = BreakGlassForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         try:
@@ -194,25 +218,40 @@ def study_break_glass(request: HttpRequest, study_id: uuid.UUID) -> HttpResponse
     )
 
 
+GLASS_ONLY_REFUSAL = (
+    "Break-glass access lets you read this study, not change who may read it. Ask a "
+    "colleague with a grant on it, or the privacy officers."
+)
+
+
 def _grant_target(request: HttpRequest, study_id: uuid.UUID) -> Study:
     check_clinic_perm(request, Perm.STUDY_GRANT)
     study, access = study_for_request(request, study_id)
     if not access.details:
         raise PermissionDenied("Open the study first.")
+    if access.glass_only:
+        raise PermissionDenied(GLASS_ONLY_REFUSAL)
     return study
 
 
 def _referring_physician(request: HttpRequest, user_id: str) -> User | None:
+    """A referring physician of the clinic other than the member granting."""
     members = members_with_role(tenant=request.tenant, role=RoleCode.REFERRING_PHYSICIAN)
-    return next((m.user for m in members if str(m.user_id) == user_id), None)
+    return next(
+        (m.user for m in members if str(m.user_id) == user_id and m.user_id != request.user.pk),
+        None,
+    )
 
 
-def _step_up_first(request: HttpRequest, study: Study) -> HttpResponse | None:
-    """Sharing needs a fresh second factor; a POST cannot be replayed, so come back here."""
+def _step_up_first(
+    request: HttpRequest, study: Study, *, anchor: str = "#access"
+) -> HttpResponse | None:
+    """Changing who may read a study needs a fresh second factor; a POST cannot be
+    replayed, so come back to the study page."""
     if step_up_is_fresh(request):
         return None
     messages.info(request, "Confirm your second factor, then repeat the change.")
-    query = urlencode({"next": study_url(study) + "#access"})
+    query = urlencode({"next": study_url(study) + anchor})
     return HttpResponseRedirect(f"{reverse('step_up')}?{query}")
 
 
@@ -286,6 +325,10 @@ def study_confidential(request: HttpRequest, study_id: uuid.UUID) -> HttpRespons
     study, access = study_for_request(request, study_id)
     if not access.details:
         raise PermissionDenied("Open the study first.")
+    if access.glass_only:
+        raise PermissionDenied(GLASS_ONLY_REFUSAL)
+    if (step_up := _step_up_first(request, study, anchor="")) is not None:
+        return step_up
     choice = request.POST.get("confidential")
     if choice not in ("1", "0"):
         # Anything else used to read as "not confidential": a bad form removed the mark.

@@ -15,7 +15,7 @@ from django.core import mail
 from audit.models import Action, AuditEvent
 from imaging.models import Instance
 from imaging.services import study_grant, study_set_confidential
-from tenants.models import BreakGlassGrant
+from tenants.models import BreakGlassGrant, User
 from tests.helpers import TEST_ACTOR, make_member, page_body
 from tests.imaging_tests.helpers import ingest_study, synthetic_ct
 
@@ -329,3 +329,108 @@ def test_a_series_without_a_modality_is_labelled_without_a_gap(client_for, radio
 
     assert "Series 4 · 1 image" in page and "Series 4 · 1 image" in viewer
     assert "· ·" not in page and "· ·" not in viewer
+
+
+# --- Break-glass reads; it does not change who may read -----------------------------------
+
+
+def _broken_open(client, study) -> None:
+    response = client.post(url(study, "break-glass/"), {"reason": "Unconscious patient in the ED"})
+    assert response.status_code == 302
+
+
+def test_break_glass_needs_a_fresh_second_factor(client_for, radiologist, confidential):
+    client = client_for(radiologist)
+    stale_step_up(client)
+
+    asked = client.post(url(confidential, "break-glass/"), {"reason": "Unconscious patient, ED"})
+    page = client.get(url(confidential, "break-glass/"))
+
+    assert asked.status_code == 302 and asked["Location"].startswith("/accounts/step-up/")
+    assert page["Location"] == asked["Location"]
+    assert url(confidential, "break-glass/") in asked["Location"].replace("%2F", "/")
+    assert not BreakGlassGrant.objects.for_tenant(confidential.tenant).exists()
+
+
+def test_break_glass_does_not_let_a_member_grant_the_study(
+    client_for, radiologist, referring_physician, confidential
+):
+    client = client_for(radiologist)
+    _broken_open(client, confidential)
+    before = len(events(confidential.tenant, Action.GRANT_ADDED))  # the marker's own
+
+    page = client.get(url(confidential)).content.decode()
+    response = client.post(
+        url(confidential, "grants/"), {"grantee": str(referring_physician.pk), "level": "download"}
+    )
+
+    assert url(confidential, "grants/") not in page
+    assert response.status_code == 403
+    assert len(events(confidential.tenant, Action.GRANT_ADDED)) == before
+    assert client_for(referring_physician).get(url(confidential)).status_code == 404
+
+
+def test_break_glass_does_not_let_a_member_revoke_the_markers_grant(
+    client_for, radiologist, confidential
+):
+    marker = User.objects.get(email="marker@north.example")
+    client = client_for(radiologist)
+    _broken_open(client, confidential)
+
+    response = client.post(url(confidential, f"grants/{marker.pk}/revoke/"))
+
+    assert response.status_code == 403
+    assert not events(confidential.tenant, Action.GRANT_REVOKED)
+
+
+@pytest.mark.parametrize("choice", ["0", "1"])
+def test_break_glass_does_not_let_a_member_change_the_confidential_mark(
+    client_for, radiologist, front_desk, confidential, choice
+):
+    client = client_for(radiologist)
+    _broken_open(client, confidential)
+    before = len(events(confidential.tenant, Action.STUDY_CONFIDENTIALITY_CHANGED))
+
+    page = client.get(url(confidential)).content.decode()
+    response = client.post(url(confidential, "confidential/"), {"confidential": choice})
+
+    confidential.refresh_from_db()
+    assert url(confidential, "confidential/") not in page
+    assert response.status_code == 403 and confidential.confidential
+    assert len(events(confidential.tenant, Action.STUDY_CONFIDENTIALITY_CHANGED)) == before
+    assert "Doe" not in client_for(front_desk).get("/t/north/").content.decode()
+
+
+def test_changing_the_confidential_mark_needs_a_fresh_second_factor(client_for, radiologist, study):
+    client = client_for(radiologist)
+    stale_step_up(client)
+
+    response = client.post(url(study, "confidential/"), {"confidential": "1"})
+
+    study.refresh_from_db()
+    assert response["Location"].startswith("/accounts/step-up/")
+    assert not study.confidential
+
+
+def test_a_member_cannot_grant_a_study_to_themselves(client_for, clinic, study):
+    both = make_member(clinic, "radiologist", "referring_physician", email="both@north.example")
+    client = client_for(both)
+
+    page = client.get(url(study)).content.decode()
+    response = client.post(url(study, "grants/"), {"grantee": str(both.pk), "level": "download"})
+
+    assert "both@north.example</option>" not in page
+    assert response.status_code == 302
+    assert not events(study.tenant, Action.GRANT_ADDED)
+
+
+def test_a_download_under_break_glass_names_the_grant(client_for, radiologist, confidential):
+    client = client_for(radiologist)
+    _broken_open(client, confidential)
+    grant = BreakGlassGrant.objects.for_tenant(confidential.tenant).get()
+
+    response = client.get(url(confidential, "download/"))
+    b"".join(response.streaming_content)
+
+    (event,) = events(confidential.tenant, Action.STUDY_DOWNLOADED)
+    assert event.detail["break_glass"] == str(grant.pk)
