@@ -251,9 +251,28 @@ def _code(value: str, meaning: str) -> Dataset:
     return item
 
 
+class DeidentifyRefused(ValueError):
+    """The object cannot be de-identified safely; the message says why."""
+
+
 def deidentified_bytes(data: bytes, *, pseudonym: str) -> bytes:
-    """A stored Part 10 file, de-identified, in its own transfer syntax."""
+    """A stored Part 10 file, de-identified.
+
+    Compressed pixel data is decoded (explicit VR little endian): a compressed bitstream
+    can carry text that de-identifying the header never sees (JPEG comment and
+    application segments, JPEG 2000 comments). One that cannot be decoded, or would
+    decode past `MAX_DECODED_BYTES`, is refused, never sent as stored.
+    """
+    from imaging.dicomweb.bulkdata import MAX_DECODED_BYTES, decoded_size
+
     ds = pydicom.dcmread(io.BytesIO(data))
+    if ds.file_meta.TransferSyntaxUID.is_encapsulated:
+        if decoded_size(ds) > MAX_DECODED_BYTES:
+            raise DeidentifyRefused("The stored image is too large to decode at once.")
+        try:
+            ds.decompress()
+        except Exception as exc:  # the decoders raise many kinds
+            raise DeidentifyRefused(f"The stored image cannot be decoded ({exc}).") from None
     deidentify(ds, pseudonym=pseudonym)
     out = io.BytesIO()
     ds.save_as(out, enforce_file_format=True)

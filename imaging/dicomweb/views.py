@@ -24,7 +24,7 @@ import audit
 from audit.actors import Actor
 from audit.models import Action
 from imaging.crypto import IntegrityError
-from imaging.deidentify import deidentified_bytes, deidentify
+from imaging.deidentify import DeidentifyRefused, deidentified_bytes, deidentify
 from imaging.dicom import (
     FLOAT_PIXEL_VRS,
     PIXEL_DATA,
@@ -441,7 +441,8 @@ def _requested_transfer_syntaxes(request: HttpRequest) -> list[str]:
             continue
         if not 0 < quality <= 1:
             continue  # 0: "not this one"; nan and the like: malformed
-        syntax = params.get("transfer-syntax", EXPLICIT_VR_LE if media != "*/*" else "*")
+        # PS3.18 8.7.3.5.2: the default transfer syntax, `*/*` and no Accept included.
+        syntax = params.get("transfer-syntax", EXPLICIT_VR_LE)
         offers.append((-quality, position, syntax))
     if not offers:
         raise NotAcceptable(
@@ -450,14 +451,19 @@ def _requested_transfer_syntaxes(request: HttpRequest) -> list[str]:
     return [syntax for _, _, syntax in sorted(offers)]
 
 
-def _syntax_for(stored: str, wanted: list[str]) -> str | None:
+def _syntax_for(stored: str, wanted: list[str], *, decoded_only: bool = False) -> str | None:
     """The syntax an instance stored in `stored` goes out in, or None if none asked for
-    can be served (stored as is, or transcoded to explicit VR little endian)."""
+    can be served (stored as is, or transcoded to explicit VR little endian).
+
+    `decoded_only` (de-identified objects) never sends compressed pixel data as stored:
+    a bitstream can carry text that de-identifying the header never sees.
+    """
+    as_stored = not (decoded_only and pydicom.uid.UID(stored).is_encapsulated)
     for syntax in wanted:
-        if syntax in ("*", stored):
+        if syntax in ("*", stored) and as_stored:
             return stored
-        if syntax == EXPLICIT_VR_LE:
-            return syntax
+        if syntax in ("*", EXPLICIT_VR_LE):
+            return EXPLICIT_VR_LE
     return None
 
 
@@ -536,12 +542,18 @@ def _retrieve(request: HttpRequest, instances: QuerySet[Instance]) -> HttpRespon
         return dicomweb_error(404, "Not found.")
     actor = _actor(request)
     pseudonym = _client(request).pseudonym
-    syntaxes = {r.pk.hex: _syntax_for(r.transfer_syntax_uid, wanted) for r in rows}
+    syntaxes = {
+        r.pk.hex: _syntax_for(r.transfer_syntax_uid, wanted, decoded_only=pseudonym is not None)
+        for r in rows
+    }
     if None in syntaxes.values():
         return dicomweb_error(
             406,
             f"Transcoding to {', '.join(wanted)} is not offered; ask for "
-            f"transfer-syntax=* (as stored) or {EXPLICIT_VR_LE}.",
+            f"transfer-syntax=* (as stored) or {EXPLICIT_VR_LE}."
+            if pseudonym is None
+            else "De-identified objects are sent with their images decoded, as "
+            f"{EXPLICIT_VR_LE}; ask for that transfer syntax or *.",
         )
     transcoded = {r.pk.hex for r in rows if syntaxes[r.pk.hex] != r.transfer_syntax_uid}
     # Re-encoded or de-identified objects are prepared whole, in memory.
@@ -579,7 +591,7 @@ def _retrieve(request: HttpRequest, instances: QuerySet[Instance]) -> HttpRespon
                 break  # HEAD: its length would take preparing what is not sent
             prepared[row.pk.hex] = prepare(row)
             held += len(prepared[row.pk.hex])
-    except NotAcceptable as exc:
+    except (NotAcceptable, DeidentifyRefused) as exc:
         return dicomweb_error(406, str(exc))
     except IntegrityError:
         return dicomweb_error(500, "A stored object failed its integrity check; it was not served.")

@@ -312,3 +312,31 @@ def test_a_store_answers_dicom_json_or_refuses_before_storing_anything(clinic, a
     assert Instance.objects.for_tenant(clinic).count() == (status == 200)
     if status == 406:
         assert "DICOM XML" in response.json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("accept", "syntax"),
+    [
+        (None, "1.2.840.10008.1.2.1"),
+        ("*/*", "1.2.840.10008.1.2.1"),
+        ('multipart/related; type="application/dicom"', "1.2.840.10008.1.2.1"),
+        (
+            'multipart/related; type="application/dicom"; transfer-syntax=*',
+            "1.2.840.10008.1.2.4.50",
+        ),
+    ],
+)
+def test_a_retrieve_defaults_to_explicit_vr_little_endian_whatever_was_stored(
+    clinic, accept, syntax
+):
+    from tests.imaging_tests.helpers import sample_bytes
+
+    data = sample_bytes("SC_rgb_jpeg_dcmtk.dcm")  # stored as JPEG baseline
+    ingest(clinic, data)
+    ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+
+    response = _reader(clinic).get(_instance(ds), **({"HTTP_ACCEPT": accept} if accept else {}))
+
+    body = b"".join(response.streaming_content)
+    assert response.status_code == 200
+    assert f"application/dicom; transfer-syntax={syntax}\r\n".encode() in body

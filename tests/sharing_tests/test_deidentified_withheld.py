@@ -21,7 +21,7 @@ from rest_framework.test import APIClient
 
 from audit.models import Action, AuditEvent
 from imaging.deidentify import pixels_may_identify
-from imaging.models import Instance, Series
+from imaging.models import Instance, Series, Study
 from sharing.models import ShareLink
 from tenants.tokens import api_token_create
 from tests.helpers import TEST_ACTOR
@@ -334,3 +334,91 @@ def test_instances_of_classes_now_identifying_are_assessed_again_after_the_upgra
     after = dict(rows.values_list("series__series_number", "pixels_may_identify"))
     assert between == {1: None, 2: False}
     assert after == {1: True, 2: False}
+
+
+# --- Text inside a compressed bitstream ---------------------------------------------------
+
+SECRET = b"Doe^Jane MRN-4711"
+
+
+def _jpeg_ct_with_a_comment() -> tuple[bytes, pydicom.Dataset]:
+    """A CT stored as JPEG baseline whose bitstream carries the patient's name in a
+    comment segment, which de-identifying the header never sees."""
+    import numpy as np
+    from PIL import Image
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit
+
+    picture = io.BytesIO()
+    pixels = (np.arange(64 * 64) % 256).astype(np.uint8).reshape(64, 64)
+    Image.fromarray(pixels, mode="L").save(picture, format="JPEG", comment=SECRET)
+    assert SECRET in picture.getvalue()
+    ds = pydicom.Dataset()
+    ds.file_meta = pydicom.dataset.FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = CT
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.PatientName, ds.PatientID, ds.Modality, ds.SeriesNumber = "Doe^Jane", "MRN-4711", "CT", 1
+    ds.Rows = ds.Columns = 64
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.BurnedInAnnotation = "NO"
+    ds.PixelData = encapsulate([picture.getvalue()])
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue(), ds
+
+
+@pytest.fixture
+def jpeg_link(client, clinic, radiologist):
+    data, ds = _jpeg_ct_with_a_comment()
+    ingest(clinic, data)
+    study = Study.objects.for_tenant(clinic).get(study_uid=ds.StudyInstanceUID)
+    _, token = make_share(study, radiologist, deidentify=True, allow_download=True)
+    open_link(client, token)
+    return ds
+
+
+@pytest.mark.parametrize(
+    "accept",
+    [None, "*/*", 'multipart/related; type="application/dicom"; transfer-syntax=*'],
+)
+def test_a_deidentified_object_goes_out_decoded_without_its_bitstreams_text(
+    client, jpeg_link, accept
+):
+    ds = jpeg_link
+    url = (
+        f"/s/dicomweb/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+        f"/instances/{ds.SOPInstanceUID}"
+    )
+
+    response = client.get(url, **({"HTTP_ACCEPT": accept} if accept else {}))
+
+    body = b"".join(response.streaming_content)
+    assert response.status_code == 200
+    assert SECRET not in body and b"MRN-4711" not in body
+    assert b"transfer-syntax=1.2.840.10008.1.2.1\r\n" in body
+
+
+def test_a_deidentified_object_is_not_sent_in_its_compressed_syntax(client, jpeg_link):
+    ds = jpeg_link
+
+    response = client.get(
+        f"/s/dicomweb/studies/{ds.StudyInstanceUID}",
+        HTTP_ACCEPT='multipart/related; type="application/dicom"; '
+        "transfer-syntax=1.2.840.10008.1.2.4.50",
+    )
+
+    assert response.status_code == 406
+    assert "sent with their images decoded" in response.json()["error"]
+
+
+def test_a_deidentified_download_decodes_compressed_images(client, jpeg_link):
+    response = client.get("/s/download/")
+
+    archive = zipfile.ZipFile(io.BytesIO(b"".join(response.streaming_content)))
+    (name,) = [n for n in archive.namelist() if n.endswith(".dcm")]
+    data = archive.read(name)
+    assert SECRET not in data
+    assert pydicom.dcmread(io.BytesIO(data)).file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
