@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import io
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -638,17 +638,40 @@ def _layout_frame(data: bytes, layout: Any, number: int) -> np.ndarray | None:
     )
 
 
+class FramesTooLarge(RenderError):
+    """The frames asked for together decode to more than a request may hold."""
+
+
 def frames_native_bytes(
-    data: bytes, *, layout: dict[str, Any] | None, numbers: list[int]
+    data: bytes,
+    *,
+    layout: dict[str, Any] | None,
+    numbers: list[int],
+    max_bytes: int | None = None,
 ) -> list[bytes]:
     """Frames of a Part 10 file as `frame_native_bytes` gives them, by the layout where
-    there is one."""
+    there is one; FramesTooLarge once they pass `max_bytes` together.
+
+    Frames are decoded one after another and counted as they come: a small compressed
+    object (RLE of flat frames, JPEG-LS runs) can decode to gigabytes.
+    """
+    frames: Iterable[np.ndarray | None] | None = None
     if layout is not None:
         frames = [_layout_frame(data, layout, n) for n in numbers]
-        if all(frame is not None for frame in frames):
-            return [_little_endian_bytes(frame) for frame in frames]  # type: ignore[arg-type]
-    ds = pydicom.dcmread(io.BytesIO(data))
-    return [_little_endian_bytes(pixels) for pixels in _frames_pixels(ds, numbers)]
+        if not all(frame is not None for frame in frames):
+            frames = None
+    if frames is None:
+        frames = _frames_pixels(pydicom.dcmread(io.BytesIO(data)), numbers)
+    out, total = [], 0
+    for pixels in frames:
+        total += pixels.nbytes  # type: ignore[union-attr]
+        if max_bytes is not None and total > max_bytes:
+            raise FramesTooLarge(
+                f"The frames asked for decode to more than {max_bytes:,} bytes together; "
+                "ask for fewer frames at a time."
+            )
+        out.append(_little_endian_bytes(pixels))  # type: ignore[arg-type]
+    return out
 
 
 def _little_endian_bytes(pixels: np.ndarray) -> bytes:

@@ -71,6 +71,7 @@ from imaging.ingest import IngestOutcome, ingest_many
 from imaging.metadata import metadata_for_instance, metadata_item
 from imaging.models import Instance, Series, Study
 from imaging.render import (
+    FramesTooLarge,
     NoSuchFrame,
     RenderError,
     frame_number_check,
@@ -787,6 +788,7 @@ def _processed_while_audited(
 
 
 _UNSERVED = {NoSuchFrame: "no_such_frame", NoSuchAttribute: "no_such_attribute"}
+_UNSERVED_406 = {FramesTooLarge: "too_large"}
 
 
 def _unserved(
@@ -799,7 +801,7 @@ def _unserved(
         tenant=client.tenant,
         actor=client.actor,
         instance=row,
-        detail={**detail, "reason": reason or "not_decodable"},
+        detail={**detail, "reason": reason or _UNSERVED_406.get(type(error), "not_decodable")},
     )
     return dicomweb_error(406 if reason is None else 404, str(error))
 
@@ -845,8 +847,12 @@ def _pixel_response(payloads: list[bytes], *, form: PixelForm) -> HttpResponse:
         (payload,) = payloads
         response = HttpResponse(payload, content_type=_pixel_content_type(form, ""))
     else:
+        # Streamed: joining the parts would hold every frame twice.
         boundary, body = related_stream((form.part_content_type, iter([p])) for p in payloads)
-        response = HttpResponse(b"".join(body), content_type=_pixel_content_type(form, boundary))
+        response = StreamingHttpResponse(body, content_type=_pixel_content_type(form, boundary))
+        response["Content-Length"] = related_length(
+            boundary, ((form.part_content_type, len(p)) for p in payloads)
+        )
     patch_vary_headers(response, ["Accept"])  # the form sent follows it
     return response
 
@@ -893,7 +899,12 @@ def frames(
         detail["as_stored"] = True
         process = partial(stored_frames, numbers=wanted, transfer_syntax=form.transfer_syntax)
     else:
-        process = partial(frames_native_bytes, layout=row.pixel_layout, numbers=wanted)
+        process = partial(
+            frames_native_bytes,
+            layout=row.pixel_layout,
+            numbers=wanted,
+            max_bytes=MAX_DECODED_BYTES,
+        )
     if request.method == "HEAD":
         return _head_of_read(request, row, detail, _pixel_content_type(form, new_boundary()))
     try:

@@ -15,6 +15,7 @@ from django.test import Client
 from audit.models import Action, AuditEvent
 from imaging import services, viewing
 from imaging.models import Instance
+from tests.helpers import response_bytes
 from tests.imaging_tests.dicomweb_support import token_for
 from tests.imaging_tests.helpers import flip_a_stored_byte, ingest, synthetic_ct
 
@@ -51,7 +52,7 @@ def test_a_frame_is_served_and_its_read_audited(suffix, clinic, slice_, reader):
     response = reader.get(_url(slice_, suffix), HTTP_ACCEPT="*/*")
 
     assert response.status_code == 200
-    assert response.content
+    assert response_bytes(response)
     (event,) = _events(clinic, Action.DICOMWEB_RETRIEVE)
     assert event.target_id == str(Instance.objects.for_tenant(clinic).get().series_id)
 

@@ -529,3 +529,25 @@ def test_markers_that_do_not_give_the_number_of_frames_are_not_trusted():
 
     with pytest.raises(RenderError, match="is not recorded"):
         stored_frames(buffer.getvalue(), numbers=[1], transfer_syntax=JPEG_BASELINE)
+
+
+def test_frames_asked_for_together_are_refused_past_the_decoded_limit(clinic, monkeypatch):
+    from imaging.dicomweb import views
+
+    ds = _stored(clinic, "SC_rgb_rle_2frame.dcm")  # 2 frames of 100 x 100 RGB, RLE
+    frame_bytes = 100 * 100 * 3
+    client = http(token_for(clinic, "dicomweb:read"))
+    url = f"{instance_url(ds)}/frames/1,2"
+    accept = {"Accept": 'multipart/related; type="application/octet-stream"'}
+
+    monkeypatch.setattr(views, "MAX_DECODED_BYTES", 2 * frame_bytes)
+    both = client.get(url, headers=accept)
+    monkeypatch.setattr(views, "MAX_DECODED_BYTES", 2 * frame_bytes - 1)
+    refused = client.get(url, headers=accept)
+
+    assert both.status_code == 200
+    assert int(both.headers["Content-Length"]) == len(both.content)
+    assert [len(body) for _, body in _parts(both)] == [frame_bytes] * 2
+    assert refused.status_code == 406 and "ask for fewer frames" in refused.json()["error"]
+    event = _retrieves(clinic)[-1]
+    assert event.outcome == "failure" and event.detail["reason"] == "too_large"

@@ -32,6 +32,7 @@ from imaging.render import (
     rendered,
     rendered_file,
 )
+from tests.helpers import response_bytes
 from tests.imaging_tests.dicomweb_support import token_for
 from tests.imaging_tests.helpers import ingest, sample_bytes, synthetic_ct
 
@@ -280,7 +281,7 @@ def _url(data: bytes, suffix: str) -> str:
 def _frame_body(response) -> bytes:
     """The one part of a multipart frames answer."""
     boundary = response["Content-Type"].split("boundary=")[1].strip('"').encode()
-    part = response.content.split(b"--" + boundary)[1]
+    part = response_bytes(response).split(b"--" + boundary)[1]
     return part.split(b"\r\n\r\n", 1)[1].removesuffix(b"\r\n")
 
 

@@ -20,7 +20,7 @@ from imaging.models import Instance, ViewerSession
 from imaging.selectors import study_target
 from imaging.services import study_grant, study_grant_revoke, study_set_confidential
 from tenants.breakglass import break_glass_open
-from tests.helpers import TEST_ACTOR, make_member, membership_of
+from tests.helpers import TEST_ACTOR, make_member, membership_of, response_bytes
 from tests.imaging_tests.dicomweb_support import BASE, http, token_for
 from tests.imaging_tests.helpers import (
     ingest,
@@ -66,7 +66,7 @@ def open_viewer(client, study) -> str:
 
 def first_part(response) -> bytes:
     boundary = re.search(r"boundary=([^;\s]+)", response["Content-Type"])[1].encode()
-    part = response.content.split(b"--" + boundary)[1]
+    part = response_bytes(response).split(b"--" + boundary)[1]
     return part.split(b"\r\n\r\n", 1)[1].rsplit(b"\r\n", 1)[0]
 
 
