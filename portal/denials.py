@@ -20,6 +20,7 @@ from tenants.models import Tenant
 
 
 def _target(request: HttpRequest, tenant: Tenant) -> tuple[Target | None, dict[str, str]]:
+    from imaging.dicom import valid_uid
     from imaging.models import Study
 
     match = getattr(request, "resolver_match", None)
@@ -27,7 +28,11 @@ def _target(request: HttpRequest, tenant: Tenant) -> tuple[Target | None, dict[s
     if isinstance(kwargs.get("study_id"), uuid.UUID):
         return Target(type=STUDY_TARGET_TYPE, id=str(kwargs["study_id"])), {}
     uid = kwargs.get("study")
-    if isinstance(uid, str) and len(uid) <= 64:
+    if isinstance(uid, str) and not valid_uid(uid):
+        # Refusals come before the UID is checked: a NUL would fail the query (and the
+        # refusal's record) on PostgreSQL, and other bytes have no place on the log.
+        return None, {"study_uid_invalid": "true"} if uid else {}
+    if isinstance(uid, str):
         found = Study.objects.for_tenant(tenant).filter(study_uid=uid).values_list("pk", flat=True)
         if study_id := found.first():
             return Target(type=STUDY_TARGET_TYPE, id=str(study_id)), {}

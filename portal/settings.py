@@ -422,6 +422,9 @@ LOGGING = {
     },
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
     "loggers": {
+        # Django's own handlers (a console one under DEBUG, mail to ADMINS) would write
+        # its records before redaction: its loggers go through the redacting one only.
+        "django": {"handlers": ["console"], "level": "INFO", "propagate": False},
         # django.request logs full URLs of 4xx/5xx; the portal's own handlers log ids.
         "django.request": {"level": "ERROR"},
         # runserver's request lines, through the redacting handler.

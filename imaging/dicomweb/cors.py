@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from django.http import HttpRequest, HttpResponse
+from django.utils.cache import patch_vary_headers
 
 from tenants.models import Tenant
 
@@ -52,5 +53,5 @@ class DicomwebCorsMiddleware:
         if tenant is not None and origin in tenant.cors_origins:
             response["Access-Control-Allow-Origin"] = origin
             response["Access-Control-Expose-Headers"] = EXPOSED_HEADERS
-        response["Vary"] = "Origin"
+        patch_vary_headers(response, ["Origin"])  # beside the view's own (Accept)
         return response

@@ -1075,6 +1075,9 @@ def thumbnail(request: HttpRequest, study: str, series: str | None = None) -> Ht
     if row is None:
         exists = queryset.exists()
         return dicomweb_error(404, "No thumbnail yet." if exists else "Not found.")
+    if request.method == "HEAD":
+        _audit_read(request, [row], {"thumbnail": 1})
+        return _headers_only(media_type)
     try:
         image = thumbnail_bytes(series=row, actor=_actor(request))
     except IntegrityError:

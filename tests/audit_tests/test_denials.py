@@ -85,3 +85,17 @@ def test_an_outsider_leaves_nothing_in_this_clinics_log(client_for, other_tenant
 
     assert response.status_code == 404
     assert _denials(study.tenant) == []
+
+
+@pytest.mark.parametrize("uid", ["1.2%003", "1.2.%3Cscript%3E", "9" * 65])
+def test_a_refusal_naming_a_malformed_uid_is_recorded_without_it(
+    client_for, front_desk, clinic, uid
+):
+    token = token_for(clinic, "studies:read")
+
+    partner = http(token).get(f"{BASE}/studies/{uid}/metadata")
+    member = client_for(front_desk).get(f"/t/{clinic.slug}/dicomweb/studies/{uid}/metadata")
+
+    assert partner.status_code == member.status_code == 403
+    assert [d.detail.get("study_uid_invalid") for d in _denials(clinic)] == ["true", "true"]
+    assert all("study_uid" not in d.detail for d in _denials(clinic))

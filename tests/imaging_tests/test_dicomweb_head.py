@@ -213,3 +213,27 @@ def test_a_head_of_an_object_to_re_encode_decodes_nothing(clinic, read_token, mo
 
     assert head_status.startswith("200") and head_body == b"" and head_opened == 0
     assert get_status.startswith("200") and b"1.2.840.10008.1.2.1" in get_body and opened
+
+
+@pytest.mark.django_db
+def test_a_head_on_a_thumbnail_reads_no_stored_object(
+    clinic, read_token, monkeypatch, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=True):  # the thumbnail is rendered
+        (data,) = synthetic_ct(slices=1)
+        ingest(clinic, data)
+    ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+    opened = []
+    real = views.thumbnail_bytes
+    monkeypatch.setattr(views, "thumbnail_bytes", lambda **kw: opened.append(kw) or real(**kw))
+    path = "/dicomweb" + _routes(ds)["thumbnail"][0]
+    auth = {"HTTP_AUTHORIZATION": f"Bearer {read_token}", "HTTP_ACCEPT": "image/jpeg"}
+
+    head_status, head_body = _as_a_wsgi_server("HEAD", path, **auth)
+    head_opened = len(opened)
+    get_status, get_body = _as_a_wsgi_server("GET", path, **auth)
+
+    assert head_status.startswith("200") and head_body == b"" and head_opened == 0
+    assert get_status.startswith("200") and get_body.startswith(b"\xff\xd8") and opened
+    events = AuditEvent.objects.for_tenant(clinic).filter(action=Action.DICOMWEB_RETRIEVE)
+    assert [e.detail.get("head", False) for e in events.order_by("seq")] == [True, False]

@@ -61,3 +61,22 @@ def test_a_password_reset_token_never_reaches_the_request_log(request_log):
     assert token not in request_log.getvalue()
     assert "/accounts/password-reset/MTIz/[redacted]/" in lines[0]
     assert "/accounts/password-reset/MTIz/set-password/" in lines[1]
+
+
+def _handlers_reached(name: str) -> list[logging.Handler]:
+    """The handlers a record logged to `name` reaches, but pytest's own."""
+    handlers, logger = [], logging.getLogger(name)
+    while logger is not None:
+        handlers += [h for h in logger.handlers if not type(h).__module__.startswith("_pytest")]
+        logger = logger.parent if logger.propagate else None
+    return handlers
+
+
+@pytest.mark.parametrize(
+    "name", ["django.request", "django.security.csrf", "django.db.backends", "django.template"]
+)
+def test_every_handler_of_djangos_loggers_redacts(name):
+    handlers = _handlers_reached(name)
+
+    assert handlers
+    assert all(any(isinstance(f, RedactShareTokens) for f in h.filters) for h in handlers)
