@@ -475,3 +475,30 @@ def test_a_removed_platform_chain_is_reported(db, capsys):
 
     assert not ok
     assert "platform: BROKEN at seq 1 (chain missing)" in out
+
+
+@pytest.mark.django_db
+def test_events_appended_while_verification_runs_are_not_reported_as_tampering(
+    clinic, other_clinic, monkeypatch
+):
+    import audit.verify as verify
+
+    record_probes(clinic, 3)
+    record_probes(other_clinic, 3)
+    real_checkpoints = verify.chain_checkpoints
+    calls = []
+
+    def checkpoints_then_traffic(*, chain_key):
+        # While one chain is verified, the other clinic serves an audited request.
+        if not calls:
+            record_probes(other_clinic, 1)
+        calls.append(chain_key)
+        return real_checkpoints(chain_key=chain_key)
+
+    monkeypatch.setattr(verify, "chain_checkpoints", checkpoints_then_traffic)
+
+    reports = verify.chains_verify()
+
+    assert [(r.tenant_slug, r.reason) for r in reports if not r.intact] == []
+    monkeypatch.undo()
+    assert all(r.intact for r in verify.chains_verify())
