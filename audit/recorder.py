@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +16,8 @@ from audit.hashing import event_hash
 from audit.keys import audit_key
 from audit.models import PLATFORM_CHAIN_KEY, Action, AuditChain, AuditEvent, Outcome
 from portal import rows
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from django.db import models
@@ -48,11 +51,17 @@ def chain_key_for(tenant: Tenant | None) -> str:
     return str(tenant.pk) if tenant is not None else PLATFORM_CHAIN_KEY
 
 
-def _locked_head(tenant: Tenant | None) -> tuple[int, int, str]:
+class AuditChainMissing(RuntimeError):
+    """A clinic's chain row is gone: it was removed, and is not silently started again."""
+
+
+def _locked_head(tenant: Tenant | None, *, first_action: Action) -> tuple[int, int, str]:
     """The chain's (id, last seq, last hash), its row locked until the transaction ends.
 
     The row lock serialises writers per clinic on PostgreSQL; on SQLite the IMMEDIATE
-    transaction mode already holds the database write lock.
+    transaction mode already holds the database write lock. A clinic's chain starts
+    with its `tenant.created` event; a missing chain at any other event was removed,
+    and starting a new one would hide that from verification: the write fails instead.
     """
     key = chain_key_for(tenant)
     lock = " FOR UPDATE" if connection.features.has_select_for_update else ""
@@ -60,6 +69,9 @@ def _locked_head(tenant: Tenant | None) -> tuple[int, int, str]:
         cursor.execute(f"{_HEAD_SQL}{lock}", [key])
         row = cursor.fetchone()
     if row is None:  # the clinic's first event
+        if tenant is not None and first_action != Action.TENANT_CREATED:
+            logger.error("audit chain %s is missing; nothing is recorded in it", key)
+            raise AuditChainMissing(f"The audit chain {key} is missing.")
         chain, _ = AuditChain.objects.select_for_update().get_or_create(
             key=key, defaults={"tenant": tenant}
         )
@@ -256,7 +268,7 @@ def record_many(
                 return events
             _HEADS.pop(chain_key, None)
     with transaction.atomic(savepoint=False):
-        head = _locked_head(tenant)
+        head = _locked_head(tenant, first_action=prepared[0][0])
         events = chained(head)
         _append(events, chain_id=head[0], seq=events[-1].seq, last_hash=events[-1].hash)
     if connection.vendor == "postgresql":

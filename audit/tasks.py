@@ -32,13 +32,17 @@ def audit_chains_verify() -> dict[str, int]:
                 report.reason,
             )
         tenant = Tenant.objects.get(pk=report.tenant_id) if report.tenant_id else None
+        detail = {"events": report.events, "broken_seq": report.broken_seq}
+        if tenant is not None and report.events == 0 and not report.intact:
+            # Its chain is missing, and is not started again: reported in the platform's.
+            tenant, detail["tenant"] = None, str(report.tenant_id)
         audit.record(
             actor=Actor.system("audit.verify"),
             action=Action.AUDIT_VERIFIED,
             target=None,
             tenant=tenant,
             outcome=Outcome.SUCCESS if report.intact else Outcome.FAILURE,
-            detail={"events": report.events, "broken_seq": report.broken_seq},
+            detail=detail,
         )
     return {"chains": len(reports), "broken": broken}
 

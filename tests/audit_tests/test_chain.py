@@ -502,3 +502,29 @@ def test_events_appended_while_verification_runs_are_not_reported_as_tampering(
     assert [(r.tenant_slug, r.reason) for r in reports if not r.intact] == []
     monkeypatch.undo()
     assert all(r.intact for r in verify.chains_verify())
+
+
+@pytest.mark.django_db
+def test_a_removed_chain_is_not_started_again_by_the_next_event_or_the_check(clinic, capsys):
+    from audit.models import AuditChain
+    from audit.recorder import AuditChainMissing
+    from audit.tasks import audit_chains_verify
+
+    record_probes(clinic, 3)
+    tamper(
+        "DELETE FROM audit_auditevent WHERE tenant_id = %s",
+        [clinic.pk.hex if connection.vendor == "sqlite" else str(clinic.pk)],
+    )
+    AuditChain.objects.filter(tenant=clinic).delete()
+
+    with pytest.raises(AuditChainMissing), transaction.atomic():
+        record_probes(clinic, 1)  # any audited action of the clinic's
+    audit_chains_verify()
+    ok, out = verify_command(capsys, clinic)
+
+    assert not ok and "chain missing" in out
+    assert not AuditChain.objects.filter(tenant=clinic).exists()
+    reported = AuditEvent.objects.unscoped(reason="the platform chain").filter(
+        chain__key="platform", action=Action.AUDIT_VERIFIED
+    )
+    assert reported.filter(detail__tenant=str(clinic.pk), outcome="failure").exists()
