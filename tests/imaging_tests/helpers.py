@@ -234,3 +234,18 @@ def with_large_values(data: bytes) -> bytes:
     out = io.BytesIO()
     ds.save_as(out, enforce_file_format=True)
     return out.getvalue()
+
+
+def second_write_fails(monkeypatch) -> None:
+    """The second object written fails, as a full disk or a lost bucket would."""
+    from imaging.storage import PrivateFileSystemStorage
+
+    real_write, calls = PrivateFileSystemStorage.write_file, []
+
+    def failing_write(storage, name, content):
+        calls.append(name)
+        if len(calls) == 2:
+            raise OSError("disk full")
+        return real_write(storage, name, content)
+
+    monkeypatch.setattr(PrivateFileSystemStorage, "write_file", failing_write)

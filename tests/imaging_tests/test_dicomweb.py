@@ -692,19 +692,11 @@ def test_a_batch_that_fails_to_store_is_reported_beside_the_batches_stored(
 def test_a_part_failing_in_a_batch_stored_one_at_a_time_is_the_only_failed_one(
     clinic, write_token, monkeypatch
 ):
-    from imaging.storage import PrivateFileSystemStorage
+    from tests.imaging_tests.helpers import second_write_fails
 
     files = synthetic_ct(slices=3)
     ingest(clinic, files[0])  # the duplicate sends the batch down the one-at-a-time path
-    real_write, calls = PrivateFileSystemStorage.write_file, []
-
-    def second_write_fails(storage, name, content):
-        calls.append(name)
-        if len(calls) == 2:
-            raise OSError("disk full")
-        return real_write(storage, name, content)
-
-    monkeypatch.setattr(PrivateFileSystemStorage, "write_file", second_write_fails)
+    second_write_fails(monkeypatch)
 
     response = http(write_token).post(
         f"{BASE}/studies",

@@ -21,7 +21,7 @@ from imaging.ingest import IngestOutcome, ingest_many
 from imaging.models import Instance, Patient, Series, Study
 from imaging.storage import PrivateFileSystemStorage, object_keys, object_write_many, storage_for
 from tests.helpers import make_clinic, require_postgresql
-from tests.imaging_tests.helpers import ingest, sample_bytes, synthetic_ct
+from tests.imaging_tests.helpers import ingest, sample_bytes, second_write_fails, synthetic_ct
 
 ACTOR = Actor.system("test")
 
@@ -243,16 +243,7 @@ def test_object_writes_still_run_in_a_forked_child(tmp_path):
 def test_a_file_failing_in_a_batch_stored_one_at_a_time_fails_alone(clinic, monkeypatch, caplog):
     files = synthetic_ct(slices=4)
     ingest(clinic, files[0])  # a duplicate in the batch sends it down the one-at-a-time path
-    real_write = PrivateFileSystemStorage.write_file
-    calls: list[str] = []
-
-    def failing_write(storage, name, content):
-        calls.append(name)
-        if len(calls) == 2:
-            raise OSError("disk full")
-        return real_write(storage, name, content)
-
-    monkeypatch.setattr(PrivateFileSystemStorage, "write_file", failing_write)
+    second_write_fails(monkeypatch)
 
     results = ingest_many(tenant=clinic, actor=ACTOR, items=_items(files))
 

@@ -14,9 +14,9 @@ from django.core.management.base import CommandError
 
 from audit.models import Action, AuditEvent
 from imaging.models import Instance
-from imaging.storage import PrivateFileSystemStorage, object_keys, storage_for
+from imaging.storage import object_keys, storage_for
 from imaging.uploads import EncryptedSpool, SpoolReader
-from tests.imaging_tests.helpers import sample_bytes, synthetic_ct
+from tests.imaging_tests.helpers import sample_bytes, second_write_fails, synthetic_ct
 
 
 def _file(data: bytes, name: str = "a.dcm") -> SimpleUploadedFile:
@@ -223,25 +223,12 @@ def test_a_corrupt_deflate_stream_in_a_zip_is_rejected_and_the_rest_stored(
     assert "a.dcm" in lines[0] and "cannot be read" in lines[0]
 
 
-def _second_write_fails(monkeypatch) -> None:
-    """The second object written fails, as a full disk or a lost bucket would."""
-    real_write, calls = PrivateFileSystemStorage.write_file, []
-
-    def failing_write(storage, name, content):
-        calls.append(name)
-        if len(calls) == 2:
-            raise OSError("disk full")
-        return real_write(storage, name, content)
-
-    monkeypatch.setattr(PrivateFileSystemStorage, "write_file", failing_write)
-
-
 @pytest.mark.django_db
 def test_an_upload_file_failing_to_store_fails_alone_and_the_rest_are_stored(
     clinic, technologist, client_for, monkeypatch
 ):
     files = synthetic_ct(slices=3)
-    _second_write_fails(monkeypatch)
+    second_write_fails(monkeypatch)
 
     response = client_for(technologist).post(
         "/t/north/upload/",
@@ -264,7 +251,7 @@ def test_a_zip_entry_failing_to_store_fails_alone(clinic, technologist, client_f
     with zipfile.ZipFile(archive, "w") as zf:
         for i, data in enumerate(synthetic_ct(slices=3)):
             zf.writestr(f"{i}.dcm", data)
-    _second_write_fails(monkeypatch)
+    second_write_fails(monkeypatch)
 
     response = client_for(technologist).post(
         "/t/north/upload/",
@@ -282,7 +269,7 @@ def test_cli_reports_a_file_failing_to_store_and_stores_the_rest(
 ):
     for i, data in enumerate(synthetic_ct(slices=3)):
         (tmp_path / f"{i}.dcm").write_bytes(data)
-    _second_write_fails(monkeypatch)
+    second_write_fails(monkeypatch)
 
     with pytest.raises(SystemExit) as exit_info:
         call_command("ingest", str(tmp_path), "--tenant", "north")
