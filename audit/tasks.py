@@ -10,7 +10,7 @@ import audit
 from audit.actors import Actor
 from audit.checkpoints import checkpoints_write
 from audit.models import Action, Outcome
-from audit.verify import chains_verify
+from audit.verify import CHAIN_MISSING, chains_verify
 from portal.tasks import portal_task
 from tenants.models import Tenant
 
@@ -33,7 +33,7 @@ def audit_chains_verify() -> dict[str, int]:
             )
         tenant = Tenant.objects.get(pk=report.tenant_id) if report.tenant_id else None
         detail = {"events": report.events, "broken_seq": report.broken_seq}
-        if tenant is not None and report.events == 0 and not report.intact:
+        if tenant is not None and report.reason == CHAIN_MISSING:
             # Its chain is missing, and is not started again: reported in the platform's.
             tenant, detail["tenant"] = None, str(report.tenant_id)
         audit.record(

@@ -9,6 +9,8 @@ from audit.models import PLATFORM_CHAIN_KEY, AuditChain, AuditEvent
 from audit.recorder import hash_of
 from tenants.models import Tenant
 
+CHAIN_MISSING = "chain missing"
+
 
 @dataclass(frozen=True, slots=True)
 class ChainReport:
@@ -87,7 +89,7 @@ def chains_verify(*, tenant_slug: str | None = None) -> list[ChainReport]:
     # Every clinic's chain starts when it is created: a missing one was removed.
     chained = {report.tenant_id for report in reports}
     reports += [
-        ChainReport(str(tenant.pk), tenant.slug, tenant.pk, 0, 1, "chain missing")
+        ChainReport(str(tenant.pk), tenant.slug, tenant.pk, 0, 1, CHAIN_MISSING)
         for tenant in tenants
         if tenant.pk not in chained
     ]
@@ -103,5 +105,5 @@ def chains_verify(*, tenant_slug: str | None = None) -> list[ChainReport]:
         if PLATFORM_CHAIN_KEY not in {r.chain_key for r in reports}:
             # Migrations create it: without it, failed sign-ins and operators' actions
             # (the platform's own events) could be removed with their chain unnoticed.
-            reports.append(ChainReport(PLATFORM_CHAIN_KEY, None, None, 0, 1, "chain missing"))
+            reports.append(ChainReport(PLATFORM_CHAIN_KEY, None, None, 0, 1, CHAIN_MISSING))
     return reports

@@ -263,6 +263,7 @@ def deidentified_bytes(data: bytes, *, pseudonym: str) -> bytes:
     application segments, JPEG 2000 comments). One that cannot be decoded, or would
     decode past `MAX_DECODED_BYTES`, is refused, never sent as stored.
     """
+    # Imported here: imaging.dicom, which bulkdata imports, imports this module.
     from imaging.dicomweb.bulkdata import MAX_DECODED_BYTES, decoded_size
 
     ds = pydicom.dcmread(io.BytesIO(data))

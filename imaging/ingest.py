@@ -974,15 +974,14 @@ def _zip_directory_problem(fileobj: io.BufferedIOBase) -> str | None:
     end = zipfile._EndRecData(fileobj)
     if not end:
         return None
-    size, offset = end[zipfile._ECD_SIZE], end[zipfile._ECD_OFFSET]
-    location = end[zipfile._ECD_LOCATION]
+    size, location = end[zipfile._ECD_SIZE], end[zipfile._ECD_LOCATION]
     limit = settings.INGEST_MAX_ZIP_ENTRIES
     if size > limit * ZIP_DIRECTORY_BYTES_PER_ENTRY:
         return f"its directory takes {size} bytes (limit {limit * ZIP_DIRECTORY_BYTES_PER_ENTRY})"
     start = location - size
     if end[0] == zipfile.stringEndArchive64:
         start -= zipfile.sizeEndCentDir64 + zipfile.sizeEndCentDir64Locator
-    if start < 0 or offset < 0:
+    if start < 0:
         return None
     fileobj.seek(start)
     directory = fileobj.read(size)

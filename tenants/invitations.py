@@ -38,7 +38,7 @@ from tenants.models import (
     User,
 )
 from tenants.roles import STAFF_ROLES
-from tenants.selectors import roles_get
+from tenants.selectors import membership_for_user, roles_get
 from tenants.services import membership_add, membership_update, user_create
 from tenants.timezones import local_time_text
 from tenants.tokens import token_digest
@@ -300,12 +300,7 @@ def inviter_still_may(invitation: Invitation) -> None:
     join a private address to the staff afterwards through an invitation sent before.
     It is suspended, not withdrawn: it works again if the member is given the role back.
     """
-    membership = (
-        Membership.objects.for_tenant(invitation.tenant)
-        .filter(user_id=invitation.invited_by_id, is_active=True, user__is_active=True)
-        .prefetch_related("roles")
-        .first()
-    )
+    membership = membership_for_user(tenant=invitation.tenant, user=invitation.invited_by)
     if membership is None or not membership.has_perm(invitation.inviter_perm):
         raise InvitationUnavailable(status=410, reason="suspended")
 

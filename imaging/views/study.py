@@ -42,7 +42,7 @@ from imaging.services import study_grant, study_grant_revoke, study_set_confiden
 from tenants.access import check_clinic_perm, has_clinic_perm
 from tenants.breakglass import break_glass_open
 from tenants.grants import object_granted, object_grantees
-from tenants.mfa import require_step_up, step_up_is_fresh
+from tenants.mfa import require_step_up, step_up_is_fresh, step_up_redirect
 from tenants.models import BreakGlassGrant, User
 from tenants.roles import Perm, RoleCode
 from tenants.selectors import members_with_role
@@ -188,11 +188,7 @@ def study_break_glass(request: HttpRequest, study_id: uuid.UUID) -> HttpResponse
     if not step_up_is_fresh(request):
         # The most sensitive access there is: an unattended or stolen session must not open it.
         messages.info(request, "Confirm your second factor before breaking the glass.")
-        here = reverse(
-            "study_break_glass", kwargs={"tenant_slug": study.tenant.slug, "study_id": study.pk}
-        )
-        query = urlencode({"next": here})
-        return HttpResponseRedirect(f"{reverse('step_up')}?{query}")
+        return step_up_redirect(request)
     form = BreakGlassForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         try:
@@ -224,8 +220,9 @@ GLASS_ONLY_REFUSAL = (
 )
 
 
-def _grant_target(request: HttpRequest, study_id: uuid.UUID) -> Study:
-    check_clinic_perm(request, Perm.STUDY_GRANT)
+def _study_to_change(request: HttpRequest, study_id: uuid.UUID, *, perm: Perm) -> Study:
+    """The study whose access the member changes (grants, the confidential mark)."""
+    check_clinic_perm(request, perm)
     study, access = study_for_request(request, study_id)
     if not access.details:
         raise PermissionDenied("Open the study first.")
@@ -257,7 +254,7 @@ def _step_up_first(
 
 @require_POST
 def study_grant_add(request: HttpRequest, study_id: uuid.UUID) -> HttpResponse:
-    study = _grant_target(request, study_id)
+    study = _study_to_change(request, study_id, perm=Perm.STUDY_GRANT)
     if (step_up := _step_up_first(request, study)) is not None:
         return step_up
     form = GrantForm(request.POST, grantees=_candidates(request))
@@ -282,7 +279,7 @@ def study_grant_add(request: HttpRequest, study_id: uuid.UUID) -> HttpResponse:
 def study_grant_remove(
     request: HttpRequest, study_id: uuid.UUID, user_id: uuid.UUID
 ) -> HttpResponse:
-    study = _grant_target(request, study_id)
+    study = _study_to_change(request, study_id, perm=Perm.STUDY_GRANT)
     if (step_up := _step_up_first(request, study)) is not None:
         return step_up
     grantee = next(
@@ -321,12 +318,7 @@ def study_grant_remove(
 
 @require_POST
 def study_confidential(request: HttpRequest, study_id: uuid.UUID) -> HttpResponse:
-    check_clinic_perm(request, Perm.STUDY_MARK_CONFIDENTIAL)
-    study, access = study_for_request(request, study_id)
-    if not access.details:
-        raise PermissionDenied("Open the study first.")
-    if access.glass_only:
-        raise PermissionDenied(GLASS_ONLY_REFUSAL)
+    study = _study_to_change(request, study_id, perm=Perm.STUDY_MARK_CONFIDENTIAL)
     if (step_up := _step_up_first(request, study, anchor="")) is not None:
         return step_up
     choice = request.POST.get("confidential")
