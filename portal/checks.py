@@ -5,9 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
-from django.core.checks import Error, register
+from django.core.checks import Error, Tags, Warning, register
 
 PLAINTEXT_UPLOAD_HANDLER = "django.core.files.uploadhandler.TemporaryFileUploadHandler"
+PER_PROCESS_CACHES = (
+    "django.core.cache.backends.locmem.LocMemCache",
+    "django.core.cache.backends.dummy.DummyCache",
+)
 
 
 @register()
@@ -18,6 +22,22 @@ def check_upload_handlers(app_configs: Any, **kwargs: Any) -> list[Error]:
                 "TemporaryFileUploadHandler writes uploads to disk in plaintext.",
                 hint="Remove it from FILE_UPLOAD_HANDLERS; PHI never touches disk unencrypted.",
                 id="portal.E001",
+            )
+        ]
+    return []
+
+
+@register(Tags.security, deploy=True)
+def check_shared_counters(app_configs: Any, **kwargs: Any) -> list[Warning]:
+    """Sign-in throttles and API rate limits count in the cache: one shared by every
+    process, or each gunicorn worker gives an attacker its own budget."""
+    if settings.CACHES["default"]["BACKEND"] in PER_PROCESS_CACHES:
+        return [
+            Warning(
+                "The cache is per process, so sign-in throttles and API rate limits are "
+                "counted separately by each worker process.",
+                hint="Set REDIS_URL so every process shares one count.",
+                id="portal.W001",
             )
         ]
     return []

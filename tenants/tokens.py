@@ -9,6 +9,8 @@ import hmac
 import re
 import secrets
 
+from django.conf import settings
+from django.core.cache import cache
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
 
@@ -236,6 +238,24 @@ def api_token_authenticate(*, raw: str, now: dt.datetime) -> ApiToken | None:
 
 
 @transaction.atomic
+def api_token_rate_limited(*, token: ApiToken, now: dt.datetime) -> bool:
+    """Count one request of `token` and say whether it is past this minute's budget.
+
+    One budget per token, whichever door it comes through (DICOMweb or the REST API),
+    so a partner cannot double its rate by switching. The counter lives in the shared
+    cache (Redis when configured); a counter that has gone missing lets the request pass.
+    """
+    limit = settings.API_RATE_LIMIT_PER_MINUTE
+    if not limit:
+        return False
+    key = f"ratelimit:token:{token.pk}:{int(now.timestamp() // 60)}"
+    cache.add(key, 0, timeout=120)
+    try:
+        return cache.incr(key) > limit
+    except ValueError:
+        return False
+
+
 def api_token_revoke(*, token: ApiToken, actor: Actor, now: dt.datetime) -> None:
     """Revoke a token and every live share link it made, each revocation audited.
 

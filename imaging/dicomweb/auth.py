@@ -19,8 +19,6 @@ from dataclasses import dataclass
 from functools import wraps
 from typing import Any
 
-from django.conf import settings
-from django.core.cache import cache
 from django.db.models import Q, QuerySet
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils import timezone
@@ -35,7 +33,7 @@ from tenants.mfa import confirmed_devices, step_up_is_fresh
 from tenants.models import ApiToken, Tenant
 from tenants.roles import Perm
 from tenants.sessions import STARTED_AT
-from tenants.tokens import api_token_authenticate, token_scope_refusal
+from tenants.tokens import api_token_authenticate, api_token_rate_limited, token_scope_refusal
 
 VIEWER_SESSION_HEADER = "X-Viewer-Session"
 VIEWER_SESSION_PARAM = "vs"  # for <img> elements, which cannot send headers
@@ -72,18 +70,6 @@ def _refused(request: HttpRequest, tenant: Tenant, actor: Actor, reason: str) ->
     return dicomweb_error(403, reason)
 
 
-def _rate_limited(key_id: str) -> bool:
-    limit = settings.API_RATE_LIMIT_PER_MINUTE
-    if not limit:
-        return False
-    key = f"ratelimit:dicomweb:{key_id}:{int(timezone.now().timestamp() // 60)}"
-    cache.add(key, 0, timeout=120)
-    try:
-        return cache.incr(key) > limit
-    except ValueError:
-        return False
-
-
 def bearer_token(
     view: Callable[..., HttpResponse], *, name: str = ""
 ) -> Callable[..., HttpResponse]:
@@ -116,7 +102,7 @@ def bearer_token(
                 Actor.for_token(token, ip=client_ip(request)),
                 token_scope_refusal(token, scope),
             )
-        if _rate_limited(f"token:{token.pk}"):
+        if api_token_rate_limited(token=token, now=timezone.now()):
             return dicomweb_error(
                 429, "Too many requests for this token; retry in a minute.", Retry_After="60"
             )

@@ -146,3 +146,30 @@ def test_api_reference_page_lists_the_operations_without_script(db):
     assert b"GET /api/v1/studies" in response.content
     assert b"patient_id" in response.content
     assert b"<script" not in response.content
+
+
+@pytest.mark.django_db
+def test_requests_beyond_the_token_rate_limit_get_429(clinic, studies, settings):
+    settings.API_RATE_LIMIT_PER_MINUTE = 3
+    api = _api(token_for(clinic, "studies:read"))
+
+    responses = [api.get("/api/v1/studies") for _ in range(4)]
+    other = _api(token_for(clinic, "studies:read")).get("/api/v1/studies")
+
+    assert [r.status_code for r in responses] == [200, 200, 200, 429]
+    assert responses[-1]["Retry-After"] == "60"
+    assert responses[-1].json()["error"]["code"] == "throttled"
+    assert other.status_code == 200
+
+
+@pytest.mark.django_db
+def test_dicomweb_and_rest_share_one_budget_per_token(clinic, studies, settings):
+    settings.API_RATE_LIMIT_PER_MINUTE = 3
+    token = token_for(clinic, "studies:read", "dicomweb:read")
+    api = _api(token)
+
+    dicomweb = [api.get("/dicomweb/studies").status_code for _ in range(3)]
+    rest = api.get("/api/v1/studies")
+
+    assert dicomweb == [200, 200, 200]
+    assert rest.status_code == 429

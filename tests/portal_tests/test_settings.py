@@ -32,7 +32,12 @@ def _run(args: list[str], extra_env: dict[str, str], tmp_path: Path) -> subproce
     )
 
 
-PROD = {"DEBUG": "0", "ALLOWED_HOSTS": "portal.example.org"}
+# Redis is not reached by `check`; it is named because production shares counters in it.
+PROD = {
+    "DEBUG": "0",
+    "ALLOWED_HOSTS": "portal.example.org",
+    "REDIS_URL": "redis://redis.internal:6379/0",
+}
 
 
 def test_deploy_check_passes_with_production_values(tmp_path):
@@ -44,6 +49,20 @@ def test_deploy_check_passes_with_production_values(tmp_path):
 
     assert result.returncode == 0, result.stdout + result.stderr
     assert "no issues" in result.stdout
+
+
+def test_deploy_check_warns_when_throttles_are_counted_per_process(tmp_path):
+    without_redis = {k: v for k, v in PROD.items() if k != "REDIS_URL"}
+
+    result = _run(
+        ["manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        {**without_redis, "SECRET_KEY": STRONG_KEY},
+        tmp_path,
+    )
+
+    assert result.returncode != 0
+    assert "portal.W001" in result.stderr + result.stdout
+    assert "REDIS_URL" in result.stderr + result.stdout
 
 
 def test_missing_secret_key_fails_loudly_at_start(tmp_path):
