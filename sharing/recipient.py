@@ -4,6 +4,11 @@ The first visit swaps the token in the URL for this session (new session key) an
 redirects to a token-free URL; every later request re-reads the link, so revocation
 and expiry apply to the very next request, an open viewer's included.
 
+The session lets go of the link after SESSION_MAX_SECONDS, or sooner after the idle
+limit a member's session has (the clinic's when shorter): a recipient who walked away
+from a shared computer leaves nothing open for the next person. The viewer's timed
+access check does not count as activity, as for members.
+
 The session starts unverified whatever the link's challenge: a GET (which mail link
 scanners send for every URL of a message) spends no use and shows no study. Only the
 recipient's POST, the challenge's answer or the Open button, spends one and verifies it.
@@ -13,13 +18,32 @@ from __future__ import annotations
 
 import datetime as dt
 
+from django.conf import settings
+from django.db import transaction
 from django.http import HttpRequest
 
+import audit
+from audit.models import Action
 from sharing.models import ShareLink
-from sharing.services import share_current
+from sharing.services import share_actor, share_current
+from tenants.sessions import is_background_poll
 
 SESSION_KEY = "share_access"
 SESSION_MAX_SECONDS = 4 * 3600
+# Activity is written to the session at most this often, not on every image request.
+SEEN_RESOLUTION_SECONDS = 10
+
+
+class RecipientSessionEnded(Exception):
+    """This browser's hold on its link ran out (`reason`: "idle" or "absolute")."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def recipient_idle_seconds(share: ShareLink) -> int:
+    return min(settings.SESSION_IDLE_SECONDS, share.tenant.session_idle_minutes * 60)
 
 
 def recipient_begin(
@@ -38,6 +62,7 @@ def recipient_begin(
         "id": str(share.pk),
         "verified": verified,
         "until": until.timestamp(),
+        "seen": now.timestamp(),
     }
     if not request.user.is_authenticated:
         request.session.set_expiry(0)
@@ -66,13 +91,11 @@ def recipient_share(
 ) -> tuple[ShareLink | None, bool]:
     """The link this browser holds and whether its challenge was passed.
 
-    Raises ShareUnavailable when the link was revoked, expired or locked meanwhile.
+    Raises RecipientSessionEnded when the hold ran out (audited once, then let go), and
+    ShareUnavailable when the link was revoked, expired or locked meanwhile.
     """
     data = request.session.get(SESSION_KEY)
     if not data:
-        return None, False
-    if now.timestamp() >= data.get("until", 0):
-        recipient_end(request)
         return None, False
     share = (
         ShareLink.objects.unscoped(reason="the recipient session names the link")
@@ -81,5 +104,28 @@ def recipient_share(
         .first()
     )
     if share is None:
+        recipient_end(request)
         return None, False
-    return share_current(share=share, now=now, ip=ip), bool(data.get("verified"))
+    stamp = now.timestamp()
+    seen = data.get("seen", data.get("until", 0) - SESSION_MAX_SECONDS)
+    if stamp >= data.get("until", 0):
+        _ended(request, share, reason="absolute", ip=ip)
+    if stamp - seen > recipient_idle_seconds(share):
+        _ended(request, share, reason="idle", ip=ip)
+    share = share_current(share=share, now=now, ip=ip)
+    if stamp - seen >= SEEN_RESOLUTION_SECONDS and not is_background_poll(request):
+        request.session[SESSION_KEY] = {**data, "seen": stamp}
+    return share, bool(data.get("verified"))
+
+
+def _ended(request: HttpRequest, share: ShareLink, *, reason: str, ip: str | None) -> None:
+    recipient_end(request)
+    with transaction.atomic():
+        audit.record(
+            actor=share_actor(share, ip=ip),
+            action=Action.SESSION_EXPIRED,
+            target=share,
+            tenant=share.tenant,
+            detail={"share": str(share.pk), "reason": reason},
+        )
+    raise RecipientSessionEnded(reason)

@@ -41,6 +41,7 @@ from imaging.views.viewer import viewer_context
 from sharing.forms import ChallengeForm, ShareForm
 from sharing.models import ShareLink
 from sharing.recipient import (
+    RecipientSessionEnded,
     recipient_begin,
     recipient_end,
     recipient_holds_verified,
@@ -463,6 +464,9 @@ def share_open(request: HttpRequest, token: str) -> HttpResponse:
 def _recipient(request: HttpRequest) -> tuple[ShareLink | None, bool, HttpResponse | None]:
     try:
         share, verified = recipient_share(request, now=timezone.now(), ip=client_ip(request))
+    except RecipientSessionEnded as exc:
+        page = render(request, "sharing/timed_out.html", {"reason": exc.reason}, status=403)
+        return None, False, page
     except ShareUnavailable as exc:
         return None, False, _unavailable(request, exc)
     if share is None:

@@ -249,7 +249,7 @@ def share_recipient(
 
     @wraps(view)
     def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-        from sharing.recipient import recipient_end, recipient_share
+        from sharing.recipient import RecipientSessionEnded, recipient_end, recipient_share
         from sharing.selectors import share_series
         from sharing.services import ShareUnavailable, share_actor
 
@@ -258,6 +258,8 @@ def share_recipient(
         now = timezone.now()
         try:
             share, verified = recipient_share(request, now=now, ip=client_ip(request))
+        except RecipientSessionEnded:
+            return dicomweb_error(401, "Your time with this link ran out; open the link again.")
         except ShareUnavailable as exc:
             # Let go of the link, as the recipient's pages do: the refusal is audited
             # once, not again on each of an open viewer's later requests.

@@ -839,7 +839,91 @@ def test_a_recipients_session_ends_with_the_browser_and_after_four_hours(
     monkeypatch.setattr(timezone, "now", lambda: later)
 
     assert not cookie["max-age"] and not cookie["expires"]  # ends with the browser
-    assert client.get("/s/").status_code == 404
+    ended = client.get("/s/")
+    assert ended.status_code == 403
+    assert "ran out" in ended.content.decode()
+    assert client.get("/s/").status_code == 404  # let go of: the link must be opened again
+
+
+def _at(monkeypatch, moment: dt.datetime) -> None:
+    monkeypatch.setattr(timezone, "now", lambda: moment)
+
+
+def test_a_recipient_idle_past_the_limit_must_open_the_link_again(
+    study, radiologist, monkeypatch, settings
+):
+    settings.SESSION_IDLE_SECONDS = 15 * 60
+    share, token = make_share(study, radiologist)
+    client = Client()
+    open_link(client, token)
+    start = timezone.now()
+
+    _at(monkeypatch, start + dt.timedelta(minutes=16))
+    ended = client.get("/s/")
+    again = client.get("/s/")
+
+    assert ended.status_code == 403
+    assert "Nothing was done here for a while" in ended.content.decode()
+    assert again.status_code == 404
+    events = AuditEvent.objects.filter(action=Action.SESSION_EXPIRED, tenant=study.tenant)
+    assert [(e.actor_id, e.detail) for e in events] == [
+        (str(share.pk), {"share": str(share.pk), "reason": "idle"})
+    ]
+
+
+def test_a_recipient_who_keeps_looking_stays_until_the_absolute_limit(
+    study, radiologist, monkeypatch, settings
+):
+    settings.SESSION_IDLE_SECONDS = 15 * 60
+    _, token = make_share(study, radiologist, expires_at=timezone.now() + dt.timedelta(days=2))
+    client = Client()
+    open_link(client, token)
+    start = timezone.now()
+
+    statuses = []
+    for minutes in range(10, 4 * 60, 10):
+        _at(monkeypatch, start + dt.timedelta(minutes=minutes))
+        statuses.append(client.get("/s/").status_code)
+
+    assert set(statuses) == {200}
+
+
+def test_the_clinics_shorter_idle_limit_binds_its_recipients(
+    study, radiologist, monkeypatch, settings
+):
+    settings.SESSION_IDLE_SECONDS = 15 * 60
+    study.tenant.session_idle_minutes = 5
+    study.tenant.save(update_fields=["session_idle_minutes"])
+    _, token = make_share(study, radiologist)
+    client = Client()
+    open_link(client, token)
+
+    _at(monkeypatch, timezone.now() + dt.timedelta(minutes=6))
+
+    assert client.get("/s/").status_code == 403
+
+
+def test_the_viewers_timed_access_check_does_not_keep_a_recipient_in(
+    study, radiologist, monkeypatch, settings
+):
+    settings.SESSION_IDLE_SECONDS = 15 * 60
+    _, token = make_share(study, radiologist)
+    client = Client()
+    open_link(client, token)
+    start = timezone.now()
+    poll = f"/s/dicomweb/studies/{study.study_uid}/access"
+    instance = first_instance(study)
+
+    polled = []
+    for minutes in (5, 10, 14):
+        _at(monkeypatch, start + dt.timedelta(minutes=minutes))
+        polled.append(client.get(poll).status_code)
+    _at(monkeypatch, start + dt.timedelta(minutes=16))
+    frame = client.get(frame_url(instance), HTTP_ACCEPT="application/octet-stream")
+
+    assert polled == [204, 204, 204]
+    assert frame.status_code == 401
+    assert "open the link again" in frame.json()["error"]
 
 
 def test_another_page_linking_to_an_unknown_token_does_not_end_a_recipients_session(
