@@ -100,6 +100,13 @@ FAILURE_STUDY_MISMATCH = 0xA900
 FAILURE_DUPLICATE_CONFLICT = 0x0111
 FAILURE_TRANSFER_SYNTAX = 0xC122  # Referenced Transfer Syntax not supported
 WARNING_COERCION = 0xB000  # Coercion of data elements: the file meta was corrected
+# Why a part failed, for the Warning header field, where ingest gives no text of its own.
+STORE_FAILED_TEXT = "The file could not be stored; nothing of it was kept. Send it again."
+PART_TOO_LARGE_TEXT = "A part is larger than the per-instance limit."
+NOT_DICOM_PART_TEXT = "A part is not application/dicom, the type the request declared."
+BODY_CUT_TEXT = "The request body ended before its closing boundary."
+UNFORESEEN_PART_TEXT = "A part could not be read as metadata or bulk data."
+MAX_WARNINGS = 10
 
 T = TypeVar("T")
 
@@ -1139,18 +1146,19 @@ def _failure(sop_class: str, sop_instance: str, reason: int) -> dict[str, Any]:
 
 def _store_batch(
     request: HttpRequest, *, base: str, study: str | None, payloads: list[bytes]
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]], set[str]]:
-    """Store received parts together; their referenced and failed SOP items, and the
-    studies stored into."""
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], set[str], list[str]]:
+    """Store received parts together; their referenced and failed SOP items, the
+    studies stored into, and why each failed part failed."""
     results = ingest_many(
         tenant=_client(request).tenant,
         actor=_actor(request),
         items=[("stow", payload) for payload in payloads],
         study_uid=study,
     )
-    referenced, failed, studies = [], [], set()
+    referenced, failed, studies, problems = [], [], set(), []
     for result, payload in zip(results, payloads, strict=True):
         if result.outcome == IngestOutcome.REJECTED:
+            problems.append(result.message)
             reason = {
                 "conflict": FAILURE_DUPLICATE_CONFLICT,
                 "busy": FAILURE_PROCESSING,
@@ -1175,12 +1183,12 @@ def _store_batch(
         if result.corrected:  # what is stored differs from what was sent (PS3.18 10.5.3)
             item["00081196"] = {"vr": "US", "Value": [WARNING_COERCION]}
         referenced.append(item)
-    return referenced, failed, studies
+    return referenced, failed, studies, problems
 
 
 def _store_batch_or_fail(
     request: HttpRequest, *, base: str, study: str | None, payloads: list[bytes]
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]], set[str]]:
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], set[str], list[str]]:
     """`_store_batch`, or each part failed (0x0110) if storing raised.
 
     Batches before this one are committed and the response must say so: a 500 would
@@ -1196,7 +1204,7 @@ def _store_batch_or_fail(
             "STOW-RS batch failed for tenant %s: %s", _client(request).tenant.pk, type(exc).__name__
         )
         failed = [_failure(*_uids(payload)[:2], FAILURE_PROCESSING) for payload in payloads]
-        return [], failed, set()
+        return [], failed, set(), [STORE_FAILED_TEXT] * len(payloads)
 
 
 def _retrieve_url(base: str, study: str | None, stored: set[str]) -> dict[str, Any]:
@@ -1245,7 +1253,8 @@ def store(request: HttpRequest, study: str | None = None) -> HttpResponse:
     # Failures naming no instance, by reason: a request of many stray parts is a count,
     # not a list as long as the request.
     others: Counter[int] = Counter()
-    problems: Counter[str] = Counter()  # why rebuilt instances failed, logged once each
+    # Why parts failed, by text: the partner reads them in the Warning header field.
+    problems: Counter[str] = Counter()
     studies: set[str] = set()
     pending: list[bytes] = []
 
@@ -1257,13 +1266,14 @@ def store(request: HttpRequest, study: str | None = None) -> HttpResponse:
 
     def flush() -> None:
         if pending:
-            stored, refused, into = _store_batch_or_fail(
+            stored, refused, into, why = _store_batch_or_fail(
                 request, base=base, study=study, payloads=pending
             )
             referenced.extend(stored)
             for item in refused:
                 fail(item)
             studies.update(into)
+            problems.update(why)
             pending.clear()
 
     def take(payload: bytes) -> None:
@@ -1291,6 +1301,7 @@ def store(request: HttpRequest, study: str | None = None) -> HttpResponse:
                 _client(request).tenant.pk,
                 type(exc).__name__,
             )
+            problems[UNFORESEEN_PART_TEXT] += 1
             fail(_failure("", "", FAILURE_CANNOT_UNDERSTAND))
 
     # Metadata and bulk data (PS3.18 10.5.1.2): each instance rebuilt once complete.
@@ -1313,8 +1324,10 @@ def store(request: HttpRequest, study: str | None = None) -> HttpResponse:
             if rebuilder is not None and part.type != "application/dicom":
                 take_rebuilt(rebuilder.part(part))
             elif isinstance(part.payload, PartTooLarge):
+                problems[PART_TOO_LARGE_TEXT] += 1
                 fail(_failure("", "", FAILURE_PROCESSING))
             elif part.type != "application/dicom":
+                problems[NOT_DICOM_PART_TEXT] += 1
                 sop_class, sop_instance, _ = _uids(part.payload)
                 fail(_failure(sop_class, sop_instance, FAILURE_CANNOT_UNDERSTAND))
             else:
@@ -1330,10 +1343,11 @@ def store(request: HttpRequest, study: str | None = None) -> HttpResponse:
             if isinstance(exc, OSError):
                 return dicomweb_error(400, "The request body could not be read to its end.")
             return dicomweb_error(413 if isinstance(exc, BodyTooLarge) else 400, str(exc))
+        problems[BODY_CUT_TEXT] += 1
         fail(_failure("", "", FAILURE_CANNOT_UNDERSTAND))
     for problem, count in problems.items():  # no PHI: the texts are this code's own
         logger.info(
-            "STOW-RS metadata: %s instance(s) or part(s) not stored for tenant %s: %s",
+            "STOW-RS: %s instance(s) or part(s) not stored for tenant %s: %s",
             count,
             _client(request).tenant.pk,
             problem,
@@ -1355,7 +1369,26 @@ def store(request: HttpRequest, study: str | None = None) -> HttpResponse:
     _audit(request, Action.DICOMWEB_STORE, {"stored": len(referenced), "failed": failures})
     warned = any("00081196" in item for item in referenced)
     status = 409 if failures and not referenced else 202 if failures or warned else 200
-    return _json(body, status=status)
+    response = _json(body, status=status)
+    if problems:
+        response["Warning"] = _warnings(request, problems)
+    return response
+
+
+def _warnings(request: HttpRequest, problems: Counter[str]) -> str:
+    """The Warning header field (PS3.18 8.4; RFC 9111 5.5's form) saying why parts
+    failed, most frequent first: the Failed SOP Sequence has a code, not a reason.
+
+    The texts are this code's own (the ones web uploads show), never a value sent.
+    """
+    agent = request.get_host()
+    fields = []
+    for text, count in problems.most_common(MAX_WARNINGS):
+        text = "".join(c if " " <= c <= "~" and c not in '"\\' else "'" for c in text)
+        fields.append(f'299 {agent} "{text} ({count} part{"s" if count != 1 else ""})"')
+    if len(problems) > MAX_WARNINGS:
+        fields.append(f'299 {agent} "{len(problems) - MAX_WARNINGS} other reasons not listed"')
+    return ", ".join(fields)
 
 
 @require_http_methods(["GET", "HEAD", "POST"])

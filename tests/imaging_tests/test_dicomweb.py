@@ -689,6 +689,52 @@ def test_a_batch_that_fails_to_store_is_reported_beside_the_batches_stored(
 
 
 @pytest.mark.django_db
+def test_the_warning_header_says_why_parts_failed_most_frequent_first(clinic, write_token):
+    files = synthetic_ct(slices=3)
+    ingest(clinic, files[0])
+    changed = _ds(files[0])
+    changed.PatientName = "Changed^Content"
+    buffer = io.BytesIO()
+    changed.save_as(buffer, enforce_file_format=True)
+    script = b"<script>alert(1)</script>"
+
+    response = http(write_token).post(
+        f"{BASE}/studies",
+        data=_multipart(
+            [
+                ("application/dicom", files[1]),
+                ("application/dicom", buffer.getvalue()),
+                ("application/dicom", b"not DICOM at all"),
+                ("application/dicom", script),
+                ("text/plain", b"Doe^Jane"),
+            ]
+        ),
+        headers={"Content-Type": STOW_TYPE},
+    )
+
+    assert response.status_code == 202
+    warning = response.headers["Warning"]
+    fields = re.findall(r'299 testserver "([^"]*)"', warning)
+    assert len(fields) == 3, warning
+    assert fields[0] == "File is too short to be a DICOM file. (2 parts)"
+    assert any("already stored with different content" in f for f in fields), warning
+    assert any("not application/dicom" in f for f in fields), warning
+    assert "script" not in warning and "Doe" not in warning and "Changed" not in warning
+
+
+@pytest.mark.django_db
+def test_a_store_with_nothing_failed_has_no_warning(clinic, write_token):
+    response = http(write_token).post(
+        f"{BASE}/studies",
+        data=_multipart([("application/dicom", d) for d in synthetic_ct(slices=2)]),
+        headers={"Content-Type": STOW_TYPE},
+    )
+
+    assert response.status_code == 200
+    assert "Warning" not in response.headers
+
+
+@pytest.mark.django_db
 def test_a_part_failing_in_a_batch_stored_one_at_a_time_is_the_only_failed_one(
     clinic, write_token, monkeypatch
 ):

@@ -224,6 +224,9 @@ def test_unusable_metadata_fails_by_name_where_it_can_and_stores_nothing(
     if breakage in ("name_as_bulk_data", "bad_vr", "deep"):
         assert _failed_uids(answer) == [ds.SOPInstanceUID]
     assert set(_reasons(answer, FAILED) + _reasons(answer, OTHERS)) == {CANNOT_UNDERSTAND}
+    assert response.headers["Warning"].startswith("299 testserver ")
+    if breakage == "bad_vr":
+        assert "not valid DICOM JSON" in response.headers["Warning"]
     assert not Instance.objects.for_tenant(clinic).exists()
 
 
