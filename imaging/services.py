@@ -477,6 +477,7 @@ def series_thumbnails_rebuild(
             raise SeriesNotFound(f"{missing} of the series UIDs given are not this clinic's.")
     if failed_only:
         series = series.filter(thumbnail_status=Series.ThumbnailStatus.FAILED)
+    series.update(thumbnail_attempts=0)  # a rebuild tries even those given up on
     ids = [str(pk) for pk in series.order_by("created_at", "pk").values_list("pk", flat=True)]
     audit.record(
         actor=actor,

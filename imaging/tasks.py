@@ -8,6 +8,7 @@ import time
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import F
 from django.utils import timezone
 
 from audit.actors import Actor
@@ -22,9 +23,18 @@ from tenants.models import Tenant
 
 logger = logging.getLogger(__name__)
 SYSTEM = Actor.system("imaging.tasks")
+GAVE_UP = (
+    "Rendering was cut off too many times (its worker stopped: out of memory or time); "
+    "not tried again until the thumbnails are rebuilt."
+)
 
 
-@portal_task(max_retries=3, autoretry_for=(OSError,))
+# Past the limit Celery ends the worker process; the message comes back (acks_late,
+# reject_on_worker_lost) and counts as one more attempt.
+THUMBNAIL_LIMITS = {"time_limit": settings.THUMBNAIL_TIME_LIMIT_SECONDS}
+
+
+@portal_task(max_retries=3, autoretry_for=(OSError,), **THUMBNAIL_LIMITS)
 def series_thumbnail(*, tenant_id: str, series_id: str, replace: bool = False) -> str:
     """Render and store the series thumbnail once; safe to run again or concurrently.
 
@@ -33,7 +43,7 @@ def series_thumbnail(*, tenant_id: str, series_id: str, replace: bool = False) -
     return _series_thumbnail(tenant_id=tenant_id, series_id=series_id, replace=replace)
 
 
-@portal_task(max_retries=3, autoretry_for=(OSError,))
+@portal_task(max_retries=3, autoretry_for=(OSError,), **THUMBNAIL_LIMITS)
 def series_thumbnails(*, tenant_id: str, series_ids: list[str], replace: bool = False) -> list[str]:
     """Thumbnails of several series in one message (a STOW-RS batch's new series, or a
     rebuild's batch).
@@ -76,18 +86,14 @@ def _series_thumbnail(*, tenant_id: str, series_id: str, replace: bool = False) 
     if not instances:
         return "skipped"
     middle = instances[len(instances) // 2]
+    if _attempt_counted(tenant_id=tenant_id, series_id=series_id) > settings.THUMBNAIL_MAX_ATTEMPTS:
+        return _failed(tenant_id=tenant_id, series_id=series_id, error=GAVE_UP, kind="gave_up")
     try:
         png = thumbnail_png(instance_bytes(instance=middle, actor=SYSTEM))
     except (RenderError, IntegrityError) as exc:  # an integrity failure is audited there
-        rows = Series.objects.filter(tenant_id=tenant_id, pk=series_id)
-        rows.filter(thumbnail_key="").update(
-            thumbnail_status=Series.ThumbnailStatus.FAILED, thumbnail_error=str(exc)[:256]
+        return _failed(
+            tenant_id=tenant_id, series_id=series_id, error=str(exc), kind=type(exc).__name__
         )
-        # A thumbnail that cannot be rendered again keeps the one it has; the error says
-        # why it was not replaced.
-        rows.exclude(thumbnail_key="").update(thumbnail_error=f"Not rendered again: {exc}"[:256])
-        logger.warning("thumbnail for series %s failed: %s", series_id, type(exc).__name__)
-        return "failed"
     if settings.PORTAL_FAULT_THUMBNAIL_DELAY_SECONDS:
         logger.info("thumbnail for series %s: fault-injection pause", series_id)
         time.sleep(settings.PORTAL_FAULT_THUMBNAIL_DELAY_SECONDS)
@@ -111,6 +117,7 @@ def _series_thumbnail(*, tenant_id: str, series_id: str, replace: bool = False) 
             thumbnail_key=key,
             thumbnail_status=Series.ThumbnailStatus.READY,
             thumbnail_error="",
+            thumbnail_attempts=0,
         )
     if not won:
         object_delete_quietly(storage, key)
@@ -118,6 +125,27 @@ def _series_thumbnail(*, tenant_id: str, series_id: str, replace: bool = False) 
     if previous_key and not object_delete_quietly(storage, previous_key):
         logger.warning("replaced thumbnail %s not removed; the orphan sweep will", previous_key)
     return "ready"
+
+
+def _attempt_counted(*, tenant_id: str, series_id: str) -> int:
+    """Count one more render of the series, committed before it starts: a crash that
+    ends the process midway must still leave the count behind."""
+    rows = Series.objects.filter(tenant_id=tenant_id, pk=series_id)
+    with transaction.atomic():
+        rows.update(thumbnail_attempts=F("thumbnail_attempts") + 1)
+        return rows.values_list("thumbnail_attempts", flat=True).get()
+
+
+def _failed(*, tenant_id: str, series_id: str, error: str, kind: str) -> str:
+    rows = Series.objects.filter(tenant_id=tenant_id, pk=series_id)
+    rows.filter(thumbnail_key="").update(
+        thumbnail_status=Series.ThumbnailStatus.FAILED, thumbnail_error=error[:256]
+    )
+    # A thumbnail that cannot be rendered again keeps the one it has; the error says
+    # why it was not replaced.
+    rows.exclude(thumbnail_key="").update(thumbnail_error=f"Not rendered again: {error}"[:256])
+    logger.warning("thumbnail for series %s failed: %s", series_id, kind)
+    return "failed"
 
 
 @portal_task(max_retries=0)

@@ -187,6 +187,11 @@ OTP_WEBAUTHN_ALLOWED_ORIGINS = (
     or ["https://localhost"]
 )
 THUMBNAIL_DELAY_SECONDS = env_int("THUMBNAIL_DELAY_SECONDS", 10)
+# A series' thumbnail is begun at most this many times without finishing (each crash of
+# its worker is one); then it is marked failed rather than handed back without end.
+THUMBNAIL_MAX_ATTEMPTS = env_int("THUMBNAIL_MAX_ATTEMPTS", 5)
+# A render still running after this many seconds is stopped (its worker process ends).
+THUMBNAIL_TIME_LIMIT_SECONDS = env_int("THUMBNAIL_TIME_LIMIT_SECONDS", 600)
 # Work still undone this long after it was due (a thumbnail, an email) is queued again:
 # its message was lost to a broker fault or its retries were spent. The checks run as
 # often; emails are retried for TASK_RECOVER_WITHIN_DAYS.
