@@ -256,11 +256,14 @@ def api_token_rate_limited(*, token: ApiToken, now: dt.datetime) -> bool:
         return False
 
 
+@transaction.atomic
 def api_token_revoke(*, token: ApiToken, actor: Actor, now: dt.datetime) -> None:
-    """Revoke a token and every live share link it made, each revocation audited.
+    """Revoke a token and every live share link it made, each revocation audited; all
+    or nothing (callers such as the admin's action run outside a transaction).
 
     The conditional UPDATE holds the token's row until commit: a link the token is
     creating meanwhile either commits first (and is revoked here) or finds it revoked.
+    Revoking a revoked token again revokes any link of its still live.
     """
     # Sharing builds on tenants, so it is imported here, not at the top.
     from sharing.services import shares_lock_live, shares_revoke_created_by_token
@@ -268,15 +271,14 @@ def api_token_revoke(*, token: ApiToken, actor: Actor, now: dt.datetime) -> None
     revoked = ApiToken.objects.filter(
         tenant=token.tenant, pk=token.pk, revoked_at__isnull=True
     ).update(revoked_at=now)
-    if not revoked:
-        return
-    token.revoked_at = now
     shares_lock_live(tenant=token.tenant, created_by_token=token)  # before the audit write
-    audit.record(
-        actor=actor,
-        action=Action.API_TOKEN_REVOKED,
-        target=token,
-        tenant=token.tenant,
-        detail={"prefix": token.prefix},
-    )
+    if revoked:
+        token.revoked_at = now
+        audit.record(
+            actor=actor,
+            action=Action.API_TOKEN_REVOKED,
+            target=token,
+            tenant=token.tenant,
+            detail={"prefix": token.prefix},
+        )
     shares_revoke_created_by_token(token=token, actor=actor, now=now)

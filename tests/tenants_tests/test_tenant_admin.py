@@ -330,6 +330,33 @@ def test_tenant_admin_creates_shows_once_and_revokes_api_tokens(clinic, client_f
     assert {Action.API_TOKEN_CREATED, Action.API_TOKEN_REVOKED} <= actions
 
 
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_the_admins_revoke_action_revokes_a_tokens_links_in_one_transaction(clinic, client_for):
+    """The admin runs actions outside a transaction; on PostgreSQL, locking the token's
+    links needs one (on SQLite the lock is not taken at all)."""
+    from sharing.models import ShareLink
+    from tenants.models import ApiToken
+    from tests.imaging_tests.helpers import ingest_study, synthetic_ct
+    from tests.sharing_tests.test_share_oversight import partner_link, partner_token
+
+    require_postgresql()
+    study = ingest_study(clinic, synthetic_ct(slices=1, size=16))
+    token, raw = partner_token(clinic)
+    link_id, _ = partner_link(raw, study)
+    admin = make_member(clinic, "tenant_admin")
+
+    response = client_for(admin).post(
+        "/t/north/admin/tenants/apitoken/",
+        {"action": "revoke", "_selected_action": [str(token.pk)]},
+    )
+
+    assert response.status_code == 302
+    assert ApiToken.objects.for_tenant(clinic).get().revoked_at is not None
+    assert ShareLink.objects.for_tenant(clinic).get(pk=link_id).revoked_at is not None
+    events = AuditEvent.objects.for_tenant(clinic).values_list("action", flat=True)
+    assert Action.API_TOKEN_REVOKED in set(events)
+
+
 @pytest.mark.django_db
 def test_create_api_token_command_prints_the_token_last(clinic, capsys):
     from django.core.management import call_command
