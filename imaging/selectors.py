@@ -287,6 +287,12 @@ def token_studies(*, token: ApiToken) -> QuerySet[Study]:
     return studies
 
 
+def tenant_holds_objects(*, tenant: Tenant) -> bool:
+    """Whether anything of the clinic is in its object storage (thumbnails come with
+    instances)."""
+    return Instance.objects.for_tenant(tenant).exists()
+
+
 def study_get(*, tenant: Tenant, study_id: uuid.UUID) -> Study | None:
     return Study.objects.for_tenant(tenant).select_related("patient").filter(pk=study_id).first()
 

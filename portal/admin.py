@@ -18,6 +18,7 @@ from django.http import HttpRequest, HttpResponse
 import audit
 from audit.actors import Actor
 from audit.models import Action
+from imaging.selectors import tenant_holds_objects
 from portal.admin_guards import (
     AccountPagesAdminSiteMixin,
     GuardedChangeListMixin,
@@ -48,20 +49,23 @@ platform_admin_site = PlatformAdminSite(name="platform_admin")
 
 
 class AuditedAdmin(GuardedChangeListMixin, admin.ModelAdmin):
-    def _audit(self, request: HttpRequest, obj: Any, operation: str) -> None:
+    def _audit(
+        self, request: HttpRequest, obj: Any, operation: str, fields: list[str] | None = None
+    ) -> None:
+        detail = {"operation": operation, "model": obj._meta.label_lower, "site": "platform"}
         audit.record(
             actor=Actor.from_request(request),
             action=Action.ADMIN_ACTION,
             target=obj,
             tenant=obj if isinstance(obj, Tenant) else None,
-            detail={"operation": operation, "model": obj._meta.label_lower, "site": "platform"},
+            detail={**detail, "fields": fields} if fields is not None else detail,
         )
 
     def log_addition(self, request: HttpRequest, obj: Any, message: Any) -> None:
         self._audit(request, obj, "add")
 
     def log_change(self, request: HttpRequest, obj: Any, message: Any) -> None:
-        self._audit(request, obj, "change")
+        self._audit(request, obj, "change", fields=_changed_fields(message))
 
     def log_deletions(self, request: HttpRequest, queryset: Any) -> None:
         for obj in queryset:
@@ -74,6 +78,21 @@ class AuditedAdmin(GuardedChangeListMixin, admin.ModelAdmin):
         from django.http import Http404
 
         raise Http404("History is in the audit log")
+
+
+STORAGE_FIELDS = ("storage_backend", "storage_bucket", "storage_region")
+
+
+def _changed_fields(message: Any) -> list[str]:
+    """The field names of Django's change message (`construct_change_message`)."""
+    if not isinstance(message, list):
+        return []
+    return [
+        str(name)
+        for entry in message
+        if isinstance(entry, dict) and "changed" in entry
+        for name in entry["changed"].get("fields", [])
+    ]
 
 
 @admin.register(Tenant, site=platform_admin_site)
@@ -92,7 +111,13 @@ class TenantPlatformAdmin(AuditedAdmin):
     ]
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
-        return ["slug"] if obj is not None else []
+        if obj is None:
+            return []
+        if tenant_holds_objects(tenant=obj):
+            # Objects are read where the clinic's storage fields say now: changing them
+            # would leave every stored image behind. Moving a clinic is a migration.
+            return ["slug", *STORAGE_FIELDS]
+        return ["slug"]
 
     def formfield_for_dbfield(
         self, db_field: models.Field, request: HttpRequest, **kwargs: Any
@@ -111,7 +136,7 @@ class TenantPlatformAdmin(AuditedAdmin):
             time_zone=obj.time_zone,
             actor=Actor.from_request(request),
         )
-        for field in ("status", "storage_backend", "storage_bucket", "storage_region"):
+        for field in ("status", *STORAGE_FIELDS):
             setattr(created, field, getattr(obj, field))
         created.save()
         obj.pk = created.pk

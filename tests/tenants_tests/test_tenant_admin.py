@@ -291,6 +291,57 @@ def test_platform_admin_creates_a_clinic_through_the_service(platform_operator, 
     assert _events(east, Action.TENANT_CREATED).exists()
 
 
+def _platform_change(client, tenant, **changes):
+    fields = {
+        "name": tenant.name,
+        "time_zone": tenant.time_zone,
+        "status": tenant.status,
+        "storage_backend": tenant.storage_backend,
+        "storage_bucket": tenant.storage_bucket,
+        "storage_region": tenant.storage_region,
+    }
+    return client.post(f"/admin/tenants/tenant/{tenant.pk}/change/", {**fields, **changes})
+
+
+@pytest.mark.django_db
+def test_the_platform_cannot_move_a_clinics_storage_once_it_holds_images(
+    clinic, platform_operator, client_for
+):
+    from tests.imaging_tests.helpers import ingest, synthetic_ct
+
+    ingest(clinic, synthetic_ct(slices=1, size=16)[0])
+
+    response = _platform_change(
+        client_for(platform_operator),
+        clinic,
+        name="North Imaging AG",
+        storage_backend="s3",
+        storage_bucket="elsewhere",
+    )
+
+    assert response.status_code == 302
+    clinic.refresh_from_db()
+    assert clinic.name == "North Imaging AG"
+    assert (clinic.storage_backend, clinic.storage_bucket) == ("filesystem", "")
+    event = AuditEvent.objects.for_tenant(clinic).filter(action=Action.ADMIN_ACTION).latest("seq")
+    assert event.detail["fields"] == ["Name"]
+
+
+@pytest.mark.django_db
+def test_the_platform_may_set_an_empty_clinics_storage(platform_operator, client_for):
+    empty = make_clinic("east", "East")
+
+    response = _platform_change(
+        client_for(platform_operator), empty, storage_backend="s3", storage_bucket="east-images"
+    )
+
+    assert response.status_code == 302
+    empty.refresh_from_db()
+    assert (empty.storage_backend, empty.storage_bucket) == ("s3", "east-images")
+    event = AuditEvent.objects.for_tenant(empty).filter(action=Action.ADMIN_ACTION).latest("seq")
+    assert set(event.detail["fields"]) == {"Storage backend", "Storage bucket"}
+
+
 @pytest.mark.django_db
 def test_clinic_staff_cannot_use_the_platform_admin(tenant_admin, client_for):
     response = client_for(tenant_admin).get("/admin/tenants/tenant/")
