@@ -1,18 +1,18 @@
-"""Share-link emails: sent after commit, retried on mail errors, never twice.
+"""Share-link emails: sent after commit, retried on mail errors, once.
 
 Each email claims its marker column with a conditional UPDATE inside the transaction
-that sends it, so a retried or duplicated message finds it claimed and stops. Messages
-carry ids only; the invitation's token is read from the row, encrypted under the
-study key, and erased once sent.
+that sends it, so a retried or duplicated message finds it claimed and stops. Only a
+crash after the mail server took the message and before that commit sends it again
+(the mail server's wait is bounded by EMAIL_TIMEOUT, and so is the claim's lock).
+Messages carry ids only; the invitation's token is read from the row, encrypted under
+the study key, and erased once sent.
 """
 
 from __future__ import annotations
 
 import logging
-import smtplib
 
 from django.conf import settings
-from django.core.mail import send_mail
 from django.db import transaction
 from django.utils import timezone
 
@@ -21,6 +21,7 @@ from audit.actors import Actor
 from audit.models import Action
 from imaging.crypto import unwrap_key
 from imaging.keyring import study_dek
+from portal.mail import MAIL_TASK, mail_send
 from portal.tasks import portal_task
 from sharing.models import ShareLink
 from sharing.services import (
@@ -36,14 +37,13 @@ from tenants.timezones import local_time_text
 
 logger = logging.getLogger(__name__)
 SYSTEM = Actor.system("sharing.tasks")
-RETRY = {"max_retries": 5, "autoretry_for": (OSError, smtplib.SMTPException)}
 
 
 def share_url(token: str) -> str:
     return f"{settings.PORTAL_BASE_URL}/s/{token}"
 
 
-@portal_task(**RETRY)
+@portal_task(**MAIL_TASK)
 def share_invitation_send(*, share_id: str) -> bool:
     with transaction.atomic():
         share = share_claim_notice(share_id=share_id, marker="invitation_sent_at")
@@ -60,7 +60,7 @@ def share_invitation_send(*, share_id: str) -> bool:
         }.get(share.challenge, "")
         note = f"\nMessage from the sender:\n{share.message}\n" if share.message else ""
         expires = local_time_text(at=share.expires_at, zone=share.tenant.zone)
-        send_mail(
+        mail_send(
             subject=f"[{share.tenant.name}] Medical images shared with you",
             message=(
                 f"{share.tenant.name} has shared medical images with you.\n\n"
@@ -68,7 +68,6 @@ def share_invitation_send(*, share_id: str) -> bool:
                 f"The link expires on {expires}.\n{note}\n"
                 "If you did not expect this email, do not open the link and delete it.\n"
             ),
-            from_email=None,
             recipient_list=[share.recipient_email],
         )
         share_invitation_forget(share=share)
@@ -91,16 +90,15 @@ def _notify_sharer(share_id: str, marker: str, subject: str, body: str) -> bool:
         if share is None or share.created_by is None:
             return False
         link = f"{settings.PORTAL_BASE_URL}/t/{share.tenant.slug}/shares/{share.pk}/"
-        send_mail(
+        mail_send(
             subject=f"[{share.tenant.name}] {subject}",
             message=f"{body}\n\nShare link id: {share.pk}\nDetails and access log: {link}\n",
-            from_email=None,
             recipient_list=[share.created_by.email],
         )
     return True
 
 
-@portal_task(**RETRY)
+@portal_task(**MAIL_TASK)
 def share_opened_notify(*, share_id: str) -> bool:
     return _notify_sharer(
         share_id,
@@ -110,7 +108,7 @@ def share_opened_notify(*, share_id: str) -> bool:
     )
 
 
-@portal_task(**RETRY)
+@portal_task(**MAIL_TASK)
 def share_locked_notify(*, share_id: str) -> bool:
     return _notify_sharer(
         share_id,
@@ -121,7 +119,7 @@ def share_locked_notify(*, share_id: str) -> bool:
     )
 
 
-@portal_task(**RETRY)
+@portal_task(**MAIL_TASK)
 def patient_invitation_send(*, invitation_id: str) -> bool:
     from sharing.invitations import invitation_claim_send
 
@@ -131,7 +129,7 @@ def patient_invitation_send(*, invitation_id: str) -> bool:
             return False
         invitation, token = claimed
         clinic = invitation.tenant.name
-        send_mail(
+        mail_send(
             subject=f"[{clinic}] Your images online: an invitation to the patient portal",
             message=(
                 f"{clinic} invites you to see your medical images online.\n\n"
@@ -142,7 +140,6 @@ def patient_invitation_send(*, invitation_id: str) -> bool:
                 f"{local_time_text(at=invitation.expires_at, zone=invitation.tenant.zone)}.\n\n"
                 "If you did not ask the clinic for this, ignore this email and tell the clinic.\n"
             ),
-            from_email=None,
             recipient_list=[invitation.email],
         )
         audit.record(
@@ -156,7 +153,7 @@ def patient_invitation_send(*, invitation_id: str) -> bool:
     return True
 
 
-@portal_task(**RETRY)
+@portal_task(**MAIL_TASK)
 def patient_access_review_notify(*, invitation_id: str) -> int:
     """Email the clinic's privacy officers (else its tenant admins) about a flagged portal
     acceptance; returns recipients. Like a break-glass notice: ids, reasons and a link,
@@ -183,7 +180,7 @@ def patient_access_review_notify(*, invitation_id: str) -> int:
             f"?action={Action.PATIENT_ACCESS_FLAGGED.value}"
         )
         accepted = local_time_text(at=invitation.accepted_at, zone=tenant.zone)
-        send_mail(
+        mail_send(
             subject=f"[{tenant.name}] Patient portal access to review",
             message=(
                 f"A patient portal invitation of {tenant.name} was accepted in a way "
@@ -195,7 +192,6 @@ def patient_access_review_notify(*, invitation_id: str) -> int:
                 f"Review it in the audit log: {audit_url}\n"
                 "Front desk ends the access on the patient's portal page if it is wrong.\n"
             ),
-            from_email=None,
             recipient_list=recipients,
         )
     logger.info("portal invitation %s review notified %s", invitation_id, len(recipients))

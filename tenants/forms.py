@@ -7,11 +7,12 @@ from django import forms
 from django.contrib.auth.forms import PasswordResetForm
 from django.contrib.auth.tokens import default_token_generator
 from django.contrib.sites.shortcuts import get_current_site
-from django.core.mail import EmailMessage
 from django.http import HttpRequest
 from django.template.loader import render_to_string
 from django.utils.encoding import force_bytes
 from django.utils.http import urlsafe_base64_encode
+
+from portal.mail import mail_send
 
 
 class CodeForm(forms.Form):
@@ -122,4 +123,4 @@ def password_reset_mail(*, user: Any, domain: str, use_https: bool) -> None:
         render_to_string("registration/password_reset_subject.txt", context).splitlines()
     )
     body = render_to_string("registration/password_reset_email.html", context)
-    EmailMessage(subject, body, to=[user.email]).send()
+    mail_send(subject=subject, message=body, recipient_list=[user.email])

@@ -1,15 +1,15 @@
-"""Clinic notifications sent in the background, after commit, at most once."""
+"""Clinic notifications sent in the background, after commit, once (as share emails are,
+see sharing.tasks)."""
 
 from __future__ import annotations
 
 import logging
-import smtplib
 
 from django.conf import settings
-from django.core.mail import send_mail
 from django.db import transaction
 from django.utils import timezone
 
+from portal.mail import MAIL_TASK, mail_send
 from portal.tasks import portal_task
 from tenants.models import BreakGlassGrant
 from tenants.selectors import oversight_emails
@@ -18,7 +18,7 @@ from tenants.timezones import local_time_text
 logger = logging.getLogger(__name__)
 
 
-@portal_task(max_retries=5, autoretry_for=(OSError, smtplib.SMTPException))
+@portal_task(**MAIL_TASK)
 def break_glass_notify(*, tenant_id: str, grant_id: str) -> int:
     """Email the clinic's privacy officers (else its tenant admins) about a break-glass
     access; returns recipients."""
@@ -37,7 +37,7 @@ def break_glass_notify(*, tenant_id: str, grant_id: str) -> int:
             return 0
         audit_url = f"{settings.PORTAL_BASE_URL}/t/{grant.tenant.slug}/audit/"
         # Names and reasons stay in the portal: the email carries ids and a link.
-        send_mail(
+        mail_send(
             subject=f"[{grant.tenant.name}] Break-glass access to review",
             message=(
                 f"A clinician opened a record outside their normal access in "
@@ -46,14 +46,13 @@ def break_glass_notify(*, tenant_id: str, grant_id: str) -> int:
                 f"expires {local_time_text(at=grant.expires_at, zone=grant.tenant.zone)}"
                 f"\n\nReview it in the audit log: {audit_url}\n"
             ),
-            from_email=None,
             recipient_list=recipients,
         )
     logger.info("break-glass %s notified %s member(s)", grant_id, len(recipients))
     return len(recipients)
 
 
-@portal_task(max_retries=5, autoretry_for=(OSError, smtplib.SMTPException))
+@portal_task(**MAIL_TASK)
 def staff_invitation_send(*, invitation_id: str) -> bool:
     from tenants.invitations import staff_invitation_claim_send, staff_invitation_roles
 
@@ -63,7 +62,7 @@ def staff_invitation_send(*, invitation_id: str) -> bool:
             return False
         invitation, token = claimed
         clinic = invitation.tenant.name
-        send_mail(
+        mail_send(
             subject=f"[{clinic}] An invitation to join the clinic's staff",
             message=(
                 f"{clinic} invites you to join its staff on the imaging portal, as "
@@ -77,7 +76,6 @@ def staff_invitation_send(*, invitation_id: str) -> bool:
                 "If you did not expect this, ignore this email: nothing happens unless you "
                 "accept.\n"
             ),
-            from_email=None,
             recipient_list=[invitation.email],
         )
     logger.info("staff invitation %s sent", invitation_id)
@@ -93,7 +91,7 @@ def notices_unsent_requeue() -> int:
     return requeue(now=timezone.now())
 
 
-@portal_task(max_retries=5, autoretry_for=(OSError, smtplib.SMTPException))
+@portal_task(**MAIL_TASK)
 def password_reset_send(*, user_id: str, domain: str, use_https: bool) -> bool:
     """Mail an account its password reset link; False if it is gone or disabled since."""
     from tenants.forms import password_reset_mail
