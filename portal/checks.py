@@ -41,3 +41,30 @@ def check_shared_counters(app_configs: Any, **kwargs: Any) -> list[Warning]:
             )
         ]
     return []
+
+
+@register(Tags.security, deploy=True)
+def check_base_url(app_configs: Any, **kwargs: Any) -> list[Error | Warning]:
+    """Emails carry links to PORTAL_BASE_URL; a one-time token in one is erased once
+    sent, so a link without a host is an invitation lost, and one over http a token
+    sent in the clear."""
+    base = settings.PORTAL_BASE_URL
+    if not base:
+        return [
+            Error(
+                "PORTAL_BASE_URL is not set: links in emails (share links, invitations, "
+                "password resets) would have no host and could not be opened.",
+                hint="Set PORTAL_BASE_URL to the portal's public https:// address.",
+                id="portal.E002",
+            )
+        ]
+    if not base.startswith("https://"):
+        return [
+            Warning(
+                "PORTAL_BASE_URL is not https://: the tokens in emailed links would "
+                "travel in the clear.",
+                hint="Set PORTAL_BASE_URL to the portal's public https:// address.",
+                id="portal.W002",
+            )
+        ]
+    return []

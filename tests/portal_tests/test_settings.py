@@ -37,6 +37,7 @@ PROD = {
     "DEBUG": "0",
     "ALLOWED_HOSTS": "portal.example.org",
     "REDIS_URL": "redis://redis.internal:6379/0",
+    "PORTAL_BASE_URL": "https://portal.example.org",
 }
 
 
@@ -63,6 +64,20 @@ def test_deploy_check_warns_when_throttles_are_counted_per_process(tmp_path):
     assert result.returncode != 0
     assert "portal.W001" in result.stderr + result.stdout
     assert "REDIS_URL" in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize(
+    ("base_url", "check"), [("", "portal.E002"), ("http://portal.example.org", "portal.W002")]
+)
+def test_deploy_check_refuses_emailed_links_without_a_host_or_tls(tmp_path, base_url, check):
+    result = _run(
+        ["manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        {**PROD, "PORTAL_BASE_URL": base_url, "SECRET_KEY": STRONG_KEY},
+        tmp_path,
+    )
+
+    assert result.returncode != 0
+    assert check in result.stderr + result.stdout
 
 
 def test_missing_secret_key_fails_loudly_at_start(tmp_path):
