@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
+import logging
 import os
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -38,11 +39,19 @@ from imaging.metadata import header_stale, metadata_open, metadata_seal
 from imaging.models import Instance, Series, SeriesRequest, Study
 from imaging.render import pixel_layout, pixel_layout_current, pixel_value_offset
 from imaging.selectors import STUDY_DOWNLOAD_PERM, STUDY_VIEW_PERM, study_access
-from imaging.storage import object_delete, object_keys, object_open, storage_for
+from imaging.storage import (
+    object_delete,
+    object_key_is_ours,
+    object_keys,
+    object_open,
+    storage_for,
+)
 from portal.tasks import task_send, task_send_on_commit
 from tenants.grants import object_grant, object_granted, object_revoke
 from tenants.models import Tenant, User
 from tenants.selectors import membership_for_user
+
+logger = logging.getLogger(__name__)
 
 
 def _integrity_failed(*, instance: Instance | Series, actor: Actor, reason: str) -> None:
@@ -540,17 +549,25 @@ def orphan_sweep(*, tenant: Tenant, older_than: dt.datetime) -> int:
         .exclude(thumbnail_key="")
         .values_list("thumbnail_key", flat=True)
     )
-    removed = 0
+    removed = failed = 0
     for key in object_keys(storage, str(tenant.pk)):
-        if key in referenced:
+        if key in referenced or not object_key_is_ours(key, tenant=tenant):
             continue
         try:
-            modified = storage.get_modified_time(key)
+            if storage.get_modified_time(key) >= older_than:
+                continue
+            object_delete(storage, key)
         except (FileNotFoundError, NotImplementedError):
             continue
-        if modified < older_than:
-            object_delete(storage, key)
-            removed += 1
+        except Exception as exc:  # any backend's error: one object must not stop the rest
+            failed += 1
+            logger.warning("orphan sweep could not remove %s: %s", key, type(exc).__name__)
+            continue
+        removed += 1
+    if failed:
+        logger.error(
+            "orphan sweep of tenant %s left %s object(s) it could not remove", tenant.pk, failed
+        )
     return removed
 
 

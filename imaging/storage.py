@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import secrets
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -143,8 +144,23 @@ def storage_for(tenant: Tenant) -> Storage:
     return PrivateFileSystemStorage(str(settings.PORTAL_STORAGE_ROOT))
 
 
+OBJECT_NAME = re.compile(r"[0-9a-f]{32}")
+# `write_file`'s temporary name for a write under way, left behind by a crash.
+PARTIAL_NAME = re.compile(r"\.[0-9a-f]{32}\.[0-9a-f]{8}\.part")
+
+
 def object_key_new(tenant: Tenant) -> str:
     return f"{tenant.pk}/{secrets.token_hex(16)}"
+
+
+def object_key_is_ours(key: str, *, tenant: Tenant) -> bool:
+    """Whether `key` has the shape of a key `object_key_new` made for `tenant` (or of
+    a write of one cut short): what the orphan sweep may delete, and nothing else that
+    happens to share the prefix (audit checkpoints put beside the objects, say)."""
+    prefix, _, name = key.partition("/")
+    return prefix == str(tenant.pk) and bool(
+        OBJECT_NAME.fullmatch(name) or PARTIAL_NAME.fullmatch(name)
+    )
 
 
 def object_write(storage: Storage, key: str, chunks: Iterable[bytes]) -> None:

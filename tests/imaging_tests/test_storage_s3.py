@@ -15,7 +15,7 @@ from imaging import storage as storage_module
 from imaging.ingest import IngestOutcome, ingest_many
 from imaging.models import Instance
 from imaging.services import instance_bytes, orphan_sweep
-from imaging.storage import NoPublicURL, object_write, storage_for
+from imaging.storage import NoPublicURL, object_key_new, object_write, storage_for
 from tests.helpers import s3_client
 from tests.imaging_tests.dicomweb_support import token_for
 from tests.imaging_tests.helpers import INGEST_ACTOR, ingest, synthetic_ct
@@ -85,7 +85,7 @@ def test_a_stow_batch_on_s3_writes_every_object_encrypted(s3_clinic, s3_endpoint
 def test_orphan_sweep_on_s3_removes_only_unreferenced_objects(s3_clinic, s3_endpoint):
     result = ingest(s3_clinic, synthetic_ct(slices=1)[0])
     storage = storage_for(s3_clinic)
-    object_write(storage, f"{s3_clinic.pk}/orphan", [b"left by a crash"])
+    object_write(storage, object_key_new(s3_clinic), [b"left by a crash"])
 
     removed = orphan_sweep(tenant=s3_clinic, older_than=timezone.now() + timezone.timedelta(1))
 
