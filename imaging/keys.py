@@ -40,6 +40,15 @@ def master_key_file_ensure(path: Path) -> bool:
     with os.fdopen(fd, "w", encoding="ascii") as handle:
         handle.write(base64.b64encode(secrets.token_bytes(MASTER_KEY_BYTES)).decode("ascii"))
         handle.write("\n")
+        handle.flush()
+        # On disk before any key is wrapped under it: a power cut must not leave the
+        # database holding keys wrapped by a key file that is empty or gone.
+        os.fsync(handle.fileno())
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
     return True
 
 
@@ -95,6 +104,12 @@ class LocalKeyProvider(KeyProvider):
         return unwrap_key(kek=self.master_key, wrapped=wrapped[2:], context=context)
 
 
+# KMS's answers for a ciphertext it cannot or will not decrypt as asked.
+KMS_REFUSALS = frozenset(
+    {"InvalidCiphertextException", "IncorrectKeyException", "InvalidKeyUsageException"}
+)
+
+
 class AwsKmsKeyProvider(KeyProvider):
     """AWS KMS: tenant keys are encrypted by a KMS key and never leave KMS unwrapped.
 
@@ -122,13 +137,22 @@ class AwsKmsKeyProvider(KeyProvider):
         return b"K1" + response["CiphertextBlob"]
 
     def unwrap(self, wrapped: bytes, *, context: bytes) -> bytes:
+        from botocore.exceptions import ClientError
+
         from imaging.crypto import IntegrityError
 
         if wrapped[:2] != b"K1":
             raise IntegrityError("tenant key was not wrapped by KMS")
-        response = self.client.decrypt(  # type: ignore[attr-defined]
-            CiphertextBlob=wrapped[2:], EncryptionContext={"portal": context.hex()}
-        )
+        try:
+            response = self.client.decrypt(  # type: ignore[attr-defined]
+                CiphertextBlob=wrapped[2:], EncryptionContext={"portal": context.hex()}
+            )
+        except ClientError as exc:
+            # KMS saying the blob is not its own, or not for this context, is tampering
+            # (audited as the local provider's failure is); an outage or a throttle is not.
+            if exc.response.get("Error", {}).get("Code") in KMS_REFUSALS:
+                raise IntegrityError("KMS refused to unwrap the tenant key") from None
+            raise
         return response["Plaintext"]
 
 

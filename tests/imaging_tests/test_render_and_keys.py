@@ -145,7 +145,9 @@ def test_kms_provider_wraps_with_the_clinic_context():
 
     assert secret not in wrapped
     assert provider.unwrap(wrapped, context=b"tenant-key|A|1") == secret
-    with pytest.raises(Exception):  # noqa: B017  KMS refuses a different encryption context
+    with pytest.raises(IntegrityError):  # KMS refuses a different encryption context
         provider.unwrap(wrapped, context=b"tenant-key|B|1")
+    with pytest.raises(IntegrityError):  # nor a blob altered
+        provider.unwrap(wrapped[:-1] + bytes([wrapped[-1] ^ 1]), context=b"tenant-key|A|1")
     with pytest.raises(IntegrityError):
         LocalKeyProvider(b"m" * 32).unwrap(wrapped, context=b"tenant-key|A|1")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import os
 import stat
 
 import pytest
@@ -56,3 +57,20 @@ def test_key_from_environment_must_be_32_bytes(settings):
 
     with pytest.raises(ImproperlyConfigured, match="32 bytes"):
         master_key_load()
+
+
+def test_a_new_key_file_is_on_disk_before_it_is_used(key_path, monkeypatch):
+    from imaging.keys import master_key_file_ensure
+
+    synced = []
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        synced.append(os.path.realpath(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+
+    master_key_file_ensure(key_path)
+
+    assert synced == [os.path.realpath(key_path), os.path.realpath(key_path.parent)]
