@@ -17,10 +17,12 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from botocore.exceptions import ClientError
 from django.conf import settings
 from django.core.files.base import File
 from django.core.files.storage import FileSystemStorage, Storage
 from storages.backends.s3 import S3Storage
+from storages.utils import clean_name
 
 from tenants.models import Tenant
 
@@ -213,7 +215,23 @@ def _readable(key: str, chunks: Iterable[bytes]) -> File:
 
 
 def object_open(storage: Storage, key: str) -> Any:
+    """A binary reader of the stored object, read front to back; FileNotFoundError if
+    there is none."""
+    if isinstance(storage, S3Storage):
+        return _s3_body(storage, key)
     return storage.open(key, "rb")
+
+
+def _s3_body(storage: S3Storage, key: str) -> Any:
+    # The response body, read as it arrives: django-storages' S3File downloads the whole
+    # object into memory before its first byte can be read, and objects reach 1 GiB.
+    name = storage._normalize_name(clean_name(key))
+    try:
+        return storage.bucket.Object(name).get()["Body"]
+    except ClientError as exc:
+        if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
+            raise FileNotFoundError(f"no stored object {key}") from None
+        raise
 
 
 def object_delete(storage: Storage, key: str) -> None:

@@ -117,3 +117,35 @@ def test_a_series_retrieved_over_wado_rs_comes_whole_from_the_bucket(s3_clinic):
     boundary = re.search(r"boundary=([^;]+)", response["Content-Type"])[1].encode()
     parts = [p.split(b"\r\n\r\n", 1)[1][:-2] for p in body.split(b"--" + boundary)[1:-1]]
     assert parts == files
+
+
+@pytest.mark.django_db
+def test_an_s3_object_is_read_as_it_arrives_not_fetched_whole_first(s3_clinic):
+    import os
+    import tracemalloc
+
+    from imaging.storage import object_open
+
+    storage = storage_for(s3_clinic)
+    key = object_key_new(s3_clinic)
+    size = 24 * 1024 * 1024
+    object_write(storage, key, [os.urandom(1024 * 1024) for _ in range(size // (1024 * 1024))])
+
+    tracemalloc.start()
+    try:
+        with object_open(storage, key) as handle:
+            first = handle.read(1024)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+
+    assert len(first) == 1024
+    assert peak < size // 4
+
+
+@pytest.mark.django_db
+def test_a_missing_s3_object_is_file_not_found(s3_clinic):
+    from imaging.storage import object_open
+
+    with pytest.raises(FileNotFoundError):
+        object_open(storage_for(s3_clinic), object_key_new(s3_clinic))
