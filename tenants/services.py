@@ -96,6 +96,8 @@ def user_create(
     user = User(email=email.strip(), full_name=full_name)
     user.clean()
     validate_email(user.email)
+    # The lengths the columns hold: validate_email allows 320 characters, the column 254.
+    user.clean_fields(exclude=["password"])
     if password is not None:
         validate_password(password, user)
     if User.objects.filter(email__iexact=user.email).exists():

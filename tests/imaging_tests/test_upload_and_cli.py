@@ -180,6 +180,9 @@ def test_cli_errors_are_specific(clinic, other_clinic, tmp_path):
         call_command("ingest", str(tmp_path / "missing"), "--tenant", "north")
     with pytest.raises(CommandError, match="not an active member"):
         call_command("ingest", str(path), "--tenant", "north", "--as", outsider.email)
+    front_desk = make_member(clinic, "front_desk")
+    with pytest.raises(CommandError, match="may not upload studies"):
+        call_command("ingest", str(path), "--tenant", "north", "--as", front_desk.email)
 
 
 @pytest.mark.django_db

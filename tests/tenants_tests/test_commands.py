@@ -150,3 +150,37 @@ def test_bootstrap_demo_creates_one_user_per_role_once(capsys):
         "privacy_officer",
         "patient",
     }
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("email", "full_name"),
+    [
+        (f"{'a' * 64}@{'b' * 63}.{'c' * 63}.{'d' * 63}.example", ""),
+        ("long@north.example", "N" * 151),
+    ],
+)
+def test_create_user_refuses_what_the_columns_cannot_hold(clinic, email, full_name):
+    with pytest.raises(CommandError, match="at most"):
+        _call(
+            "create_user",
+            email,
+            "--tenant",
+            "north",
+            "--role",
+            "radiologist",
+            "--full-name",
+            full_name,
+        )
+
+    assert not User.objects.filter(email__iexact=email).exists()
+
+
+@pytest.mark.django_db
+def test_unlock_signin_says_it_cannot_reach_counts_kept_per_process(clinic, radiologist, settings):
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
+    with pytest.raises(CommandError, match="REDIS_URL"):
+        _call("unlock_signin", radiologist.email)
+
+    assert not AuditEvent.objects.for_tenant(clinic).filter(action=Action.THROTTLE_RESET).exists()

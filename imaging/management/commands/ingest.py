@@ -8,6 +8,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from audit.actors import Actor
 from imaging.ingest import IngestOutcome, ingest_paths
 from tenants.models import User
+from tenants.roles import Perm
 from tenants.selectors import membership_for_user, tenant_get_active
 
 
@@ -32,8 +33,15 @@ class Command(BaseCommand):
         actor = Actor.system("cli.ingest")
         if options.get("as_email"):
             user = User.objects.filter(email__iexact=options["as_email"]).first()
-            if user is None or membership_for_user(tenant=clinic, user=user) is None:
+            membership = membership_for_user(tenant=clinic, user=user) if user else None
+            if membership is None:
                 raise CommandError(f"{options['as_email']} is not an active member of {tenant}.")
+            if not membership.has_perm(Perm.STUDY_UPLOAD):
+                # The audit trail would name as uploader someone whose roles cannot upload.
+                raise CommandError(
+                    f"{options['as_email']} may not upload studies in {tenant}: "
+                    "give them a role that may (technologist), or name someone who has one."
+                )
             actor = Actor.for_user(user)
         summary = ingest_paths(tenant=clinic, actor=actor, paths=paths)
         for result in summary.results:

@@ -2,11 +2,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandParser
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 import audit
 from audit.actors import Actor
 from audit.models import Action
+from portal.checks import PER_PROCESS_CACHES
 from tenants.models import User
 from tenants.throttle import throttle_reset
 
@@ -18,6 +20,14 @@ class Command(BaseCommand):
         parser.add_argument("email")
 
     def handle(self, *args: Any, email: str, **options: Any) -> None:
+        if settings.CACHES["default"]["BACKEND"] in PER_PROCESS_CACHES:
+            # The counts are in each web process's memory: this process has none of them.
+            raise CommandError(
+                "Sign-in failures are counted in each web process's memory (REDIS_URL is "
+                "not set), out of this command's reach. Restart the portal to clear them, "
+                f"or wait {settings.SIGNIN_LOCKOUT_SECONDS // 60} minutes; set REDIS_URL "
+                "so this command can lift a lockout."
+            )
         throttle_reset(account=email)
         user = User.objects.filter(email__iexact=email).first()
         audit.record_for_user(
