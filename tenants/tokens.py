@@ -10,7 +10,6 @@ import re
 import secrets
 
 from django.conf import settings
-from django.core.cache import cache
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
 
@@ -21,6 +20,7 @@ from portal import rows
 from tenants.models import ApiToken, Membership, Tenant, User
 from tenants.roles import Perm, perms_for
 from tenants.selectors import membership_for_user
+from tenants.throttle import past_minute_limit
 
 TOKEN_PREFIX = "ptk"  # noqa: S105  (a label, not a secret)
 LAST_USED_RESOLUTION = dt.timedelta(minutes=1)
@@ -237,23 +237,17 @@ def api_token_authenticate(*, raw: str, now: dt.datetime) -> ApiToken | None:
     return token
 
 
-@transaction.atomic
 def api_token_rate_limited(*, token: ApiToken, now: dt.datetime) -> bool:
     """Count one request of `token` and say whether it is past this minute's budget.
 
     One budget per token, whichever door it comes through (DICOMweb or the REST API),
     so a partner cannot double its rate by switching. The counter lives in the shared
-    cache (Redis when configured); a counter that has gone missing lets the request pass.
+    cache (Redis when configured).
     """
     limit = settings.API_RATE_LIMIT_PER_MINUTE
     if not limit:
         return False
-    key = f"ratelimit:token:{token.pk}:{int(now.timestamp() // 60)}"
-    cache.add(key, 0, timeout=120)
-    try:
-        return cache.incr(key) > limit
-    except ValueError:
-        return False
+    return past_minute_limit(name=f"ratelimit:token:{token.pk}", limit=limit, now=now)
 
 
 @transaction.atomic

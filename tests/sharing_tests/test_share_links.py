@@ -849,14 +849,23 @@ def _at(monkeypatch, moment: dt.datetime) -> None:
     monkeypatch.setattr(timezone, "now", lambda: moment)
 
 
-def test_a_recipient_idle_past_the_limit_must_open_the_link_again(
-    study, radiologist, monkeypatch, settings
-):
+@pytest.fixture
+def idle_limit(settings):
     settings.SESSION_IDLE_SECONDS = 15 * 60
-    share, token = make_share(study, radiologist)
+
+
+def _recipient(study, radiologist, **options) -> tuple[ShareLink, Client, dt.datetime]:
+    """A link opened in a browser: the link, the browser, and when it was opened."""
+    share, token = make_share(study, radiologist, **options)
     client = Client()
     open_link(client, token)
-    start = timezone.now()
+    return share, client, timezone.now()
+
+
+def test_a_recipient_idle_past_the_limit_must_open_the_link_again(
+    study, radiologist, monkeypatch, idle_limit
+):
+    share, client, start = _recipient(study, radiologist)
 
     _at(monkeypatch, start + dt.timedelta(minutes=16))
     ended = client.get("/s/")
@@ -872,13 +881,10 @@ def test_a_recipient_idle_past_the_limit_must_open_the_link_again(
 
 
 def test_a_recipient_who_keeps_looking_stays_until_the_absolute_limit(
-    study, radiologist, monkeypatch, settings
+    study, radiologist, monkeypatch, idle_limit
 ):
-    settings.SESSION_IDLE_SECONDS = 15 * 60
-    _, token = make_share(study, radiologist, expires_at=timezone.now() + dt.timedelta(days=2))
-    client = Client()
-    open_link(client, token)
-    start = timezone.now()
+    later = timezone.now() + dt.timedelta(days=2)
+    _, client, start = _recipient(study, radiologist, expires_at=later)
 
     statuses = []
     for minutes in range(10, 4 * 60, 10):
@@ -889,28 +895,21 @@ def test_a_recipient_who_keeps_looking_stays_until_the_absolute_limit(
 
 
 def test_the_clinics_shorter_idle_limit_binds_its_recipients(
-    study, radiologist, monkeypatch, settings
+    study, radiologist, monkeypatch, idle_limit
 ):
-    settings.SESSION_IDLE_SECONDS = 15 * 60
     study.tenant.session_idle_minutes = 5
     study.tenant.save(update_fields=["session_idle_minutes"])
-    _, token = make_share(study, radiologist)
-    client = Client()
-    open_link(client, token)
+    _, client, start = _recipient(study, radiologist)
 
-    _at(monkeypatch, timezone.now() + dt.timedelta(minutes=6))
+    _at(monkeypatch, start + dt.timedelta(minutes=6))
 
     assert client.get("/s/").status_code == 403
 
 
 def test_the_viewers_timed_access_check_does_not_keep_a_recipient_in(
-    study, radiologist, monkeypatch, settings
+    study, radiologist, monkeypatch, idle_limit
 ):
-    settings.SESSION_IDLE_SECONDS = 15 * 60
-    _, token = make_share(study, radiologist)
-    client = Client()
-    open_link(client, token)
-    start = timezone.now()
+    _, client, start = _recipient(study, radiologist)
     poll = f"/s/dicomweb/studies/{study.study_uid}/access"
     instance = first_instance(study)
 
