@@ -137,8 +137,8 @@ class Series(TenantOwnedModel):
         max_length=16, choices=ThumbnailStatus.choices, default=ThumbnailStatus.PENDING
     )
     thumbnail_error = models.CharField(max_length=256, blank=True)
-    # Renders begun since the last one that finished: one that kills its worker (out of
-    # memory, a decoder crash) leaves no other trace, and the broker hands it back.
+    # Renders begun that never ended: one that kills its worker (out of memory, a decoder
+    # crash, the time limit) leaves no other trace, and its message comes back.
     thumbnail_attempts = models.PositiveSmallIntegerField(default=0)
     created_at = models.DateTimeField(default=timezone.now)
 

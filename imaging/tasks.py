@@ -24,17 +24,18 @@ from tenants.models import Tenant
 logger = logging.getLogger(__name__)
 SYSTEM = Actor.system("imaging.tasks")
 GAVE_UP = (
-    "Rendering was cut off too many times (its worker stopped: out of memory or time); "
-    "not tried again until the thumbnails are rebuilt."
+    "Rendering was cut off too many times (its worker stopped: out of memory, a decoder "
+    "crash or the time limit); not tried again until the thumbnails are rebuilt."
 )
 
 
-# Past the limit Celery ends the worker process; the message comes back (acks_late,
-# reject_on_worker_lost) and counts as one more attempt.
-THUMBNAIL_LIMITS = {"time_limit": settings.THUMBNAIL_TIME_LIMIT_SECONDS}
-
-
-@portal_task(max_retries=3, autoretry_for=(OSError,), **THUMBNAIL_LIMITS)
+# Past the limit Celery ends the worker process and acknowledges the message: the series
+# stays pending, the recovery job sends it again later, and the render cut off counts
+# towards THUMBNAIL_MAX_ATTEMPTS. Not on the batch task: one limit for up to 50 series
+# would drop the rest of a rebuild unnoticed.
+@portal_task(
+    max_retries=3, autoretry_for=(OSError,), time_limit=settings.THUMBNAIL_TIME_LIMIT_SECONDS
+)
 def series_thumbnail(*, tenant_id: str, series_id: str, replace: bool = False) -> str:
     """Render and store the series thumbnail once; safe to run again or concurrently.
 
@@ -43,7 +44,7 @@ def series_thumbnail(*, tenant_id: str, series_id: str, replace: bool = False) -
     return _series_thumbnail(tenant_id=tenant_id, series_id=series_id, replace=replace)
 
 
-@portal_task(max_retries=3, autoretry_for=(OSError,), **THUMBNAIL_LIMITS)
+@portal_task(max_retries=3, autoretry_for=(OSError,))
 def series_thumbnails(*, tenant_id: str, series_ids: list[str], replace: bool = False) -> list[str]:
     """Thumbnails of several series in one message (a STOW-RS batch's new series, or a
     rebuild's batch).
@@ -86,14 +87,19 @@ def _series_thumbnail(*, tenant_id: str, series_id: str, replace: bool = False) 
     if not instances:
         return "skipped"
     middle = instances[len(instances) // 2]
-    if _attempt_counted(tenant_id=tenant_id, series_id=series_id) > settings.THUMBNAIL_MAX_ATTEMPTS:
+    if _render_begun(tenant_id=tenant_id, series_id=series_id) > settings.THUMBNAIL_MAX_ATTEMPTS:
         return _failed(tenant_id=tenant_id, series_id=series_id, error=GAVE_UP, kind="gave_up")
     try:
         png = thumbnail_png(instance_bytes(instance=middle, actor=SYSTEM))
     except (RenderError, IntegrityError) as exc:  # an integrity failure is audited there
+        _render_ended(tenant_id=tenant_id, series_id=series_id)
         return _failed(
             tenant_id=tenant_id, series_id=series_id, error=str(exc), kind=type(exc).__name__
         )
+    except Exception:  # storage or key service down: retried, and no render was cut off
+        _render_ended(tenant_id=tenant_id, series_id=series_id)
+        raise
+    _render_ended(tenant_id=tenant_id, series_id=series_id)
     if settings.PORTAL_FAULT_THUMBNAIL_DELAY_SECONDS:
         logger.info("thumbnail for series %s: fault-injection pause", series_id)
         time.sleep(settings.PORTAL_FAULT_THUMBNAIL_DELAY_SECONDS)
@@ -127,13 +133,21 @@ def _series_thumbnail(*, tenant_id: str, series_id: str, replace: bool = False) 
     return "ready"
 
 
-def _attempt_counted(*, tenant_id: str, series_id: str) -> int:
-    """Count one more render of the series, committed before it starts: a crash that
-    ends the process midway must still leave the count behind."""
+def _render_begun(*, tenant_id: str, series_id: str) -> int:
+    """Count a render of the series as begun, committed before it starts, and return
+    how many were begun and never ended: a worker killed midway leaves its count behind.
+    """
     rows = Series.objects.filter(tenant_id=tenant_id, pk=series_id)
     with transaction.atomic():
         rows.update(thumbnail_attempts=F("thumbnail_attempts") + 1)
         return rows.values_list("thumbnail_attempts", flat=True).get()
+
+
+def _render_ended(*, tenant_id: str, series_id: str) -> None:
+    """The render returned or raised: it did not take its worker down with it."""
+    Series.objects.filter(tenant_id=tenant_id, pk=series_id, thumbnail_attempts__gt=0).update(
+        thumbnail_attempts=F("thumbnail_attempts") - 1
+    )
 
 
 def _failed(*, tenant_id: str, series_id: str, error: str, kind: str) -> str:

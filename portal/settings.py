@@ -187,8 +187,9 @@ OTP_WEBAUTHN_ALLOWED_ORIGINS = (
     or ["https://localhost"]
 )
 THUMBNAIL_DELAY_SECONDS = env_int("THUMBNAIL_DELAY_SECONDS", 10)
-# A series' thumbnail is begun at most this many times without finishing (each crash of
-# its worker is one); then it is marked failed rather than handed back without end.
+# A series' thumbnail render may be cut off (its worker killed: out of memory, a decoder
+# crash, the time limit) this many times; then it is marked failed rather than sent again
+# without end. Renders that return or raise (storage down, say) do not count.
 THUMBNAIL_MAX_ATTEMPTS = env_int("THUMBNAIL_MAX_ATTEMPTS", 5)
 # A render still running after this many seconds is stopped (its worker process ends).
 THUMBNAIL_TIME_LIMIT_SECONDS = env_int("THUMBNAIL_TIME_LIMIT_SECONDS", 600)

@@ -107,6 +107,15 @@ NOT_DICOM_PART_TEXT = "A part is not application/dicom, the type the request dec
 BODY_CUT_TEXT = "The request body ended before its closing boundary."
 UNFORESEEN_PART_TEXT = "A part could not be read as metadata or bulk data."
 MAX_WARNINGS = 10
+# Ingest's texts that quote a parser's message (which can quote a value), said without it.
+STOW_TEXT_BY_CODE = {
+    "malformed": "The file could not be parsed as DICOM: an element or sequence is malformed.",
+    "meta_mismatch": (
+        "The file meta information (group 0002) does not name the SOP instance and class "
+        "of its data set, and could not be corrected. Write the file again with a DICOM "
+        "toolkit and send it again."
+    ),
+}
 
 T = TypeVar("T")
 
@@ -1158,7 +1167,7 @@ def _store_batch(
     referenced, failed, studies, problems = [], [], set(), []
     for result, payload in zip(results, payloads, strict=True):
         if result.outcome == IngestOutcome.REJECTED:
-            problems.append(result.message)
+            problems.append(STOW_TEXT_BY_CODE.get(result.code, result.message))
             reason = {
                 "conflict": FAILURE_DUPLICATE_CONFLICT,
                 "busy": FAILURE_PROCESSING,
@@ -1254,7 +1263,14 @@ def store(request: HttpRequest, study: str | None = None) -> HttpResponse:
     # not a list as long as the request.
     others: Counter[int] = Counter()
     # Why parts failed, by text: the partner reads them in the Warning header field.
+    # `logged` holds this view's own texts; ingest logs its rejections by code.
     problems: Counter[str] = Counter()
+    logged: Counter[str] = Counter()
+
+    def problem(text: str) -> None:
+        problems[text] += 1
+        logged[text] += 1
+
     studies: set[str] = set()
     pending: list[bytes] = []
 
@@ -1290,7 +1306,7 @@ def store(request: HttpRequest, study: str | None = None) -> HttpResponse:
                 if item.data is not None:
                     take(item.data)
                     continue
-                problems[item.problem] += 1
+                problem(item.problem)
                 reason = FAILURE_PROCESSING if item.too_large else FAILURE_CANNOT_UNDERSTAND
                 fail(_failure(item.sop_class, item.sop_instance, reason))
         except Exception as exc:
@@ -1301,7 +1317,7 @@ def store(request: HttpRequest, study: str | None = None) -> HttpResponse:
                 _client(request).tenant.pk,
                 type(exc).__name__,
             )
-            problems[UNFORESEEN_PART_TEXT] += 1
+            problem(UNFORESEEN_PART_TEXT)
             fail(_failure("", "", FAILURE_CANNOT_UNDERSTAND))
 
     # Metadata and bulk data (PS3.18 10.5.1.2): each instance rebuilt once complete.
@@ -1324,10 +1340,10 @@ def store(request: HttpRequest, study: str | None = None) -> HttpResponse:
             if rebuilder is not None and part.type != "application/dicom":
                 take_rebuilt(rebuilder.part(part))
             elif isinstance(part.payload, PartTooLarge):
-                problems[PART_TOO_LARGE_TEXT] += 1
+                problem(PART_TOO_LARGE_TEXT)
                 fail(_failure("", "", FAILURE_PROCESSING))
             elif part.type != "application/dicom":
-                problems[NOT_DICOM_PART_TEXT] += 1
+                problem(NOT_DICOM_PART_TEXT)
                 sop_class, sop_instance, _ = _uids(part.payload)
                 fail(_failure(sop_class, sop_instance, FAILURE_CANNOT_UNDERSTAND))
             else:
@@ -1343,14 +1359,14 @@ def store(request: HttpRequest, study: str | None = None) -> HttpResponse:
             if isinstance(exc, OSError):
                 return dicomweb_error(400, "The request body could not be read to its end.")
             return dicomweb_error(413 if isinstance(exc, BodyTooLarge) else 400, str(exc))
-        problems[BODY_CUT_TEXT] += 1
+        problem(BODY_CUT_TEXT)
         fail(_failure("", "", FAILURE_CANNOT_UNDERSTAND))
-    for problem, count in problems.items():  # no PHI: the texts are this code's own
+    for text, count in logged.items():  # no PHI: the texts are this code's own
         logger.info(
             "STOW-RS: %s instance(s) or part(s) not stored for tenant %s: %s",
             count,
             _client(request).tenant.pk,
-            problem,
+            text,
         )
     # Failures of no instance (a part that is not DICOM, too large to read, a body cut
     # short) go in the Other Failures Sequence, one item per reason: a Failed SOP item

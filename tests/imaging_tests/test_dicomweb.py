@@ -723,6 +723,32 @@ def test_the_warning_header_says_why_parts_failed_most_frequent_first(clinic, wr
 
 
 @pytest.mark.django_db
+def test_a_parsers_message_quoting_a_value_reaches_neither_the_warning_nor_the_log(
+    clinic, write_token, monkeypatch, caplog
+):
+    import logging
+
+    from imaging import dicom
+
+    def parser_quoting_a_value(*args, **kwargs):
+        raise ValueError("Invalid value for PN: 'Doe^Jane'")
+
+    monkeypatch.setattr(dicom.pydicom, "dcmread", parser_quoting_a_value)
+
+    with caplog.at_level(logging.DEBUG):
+        response = http(write_token).post(
+            f"{BASE}/studies",
+            data=_multipart([("application/dicom", synthetic_ct(slices=1)[0])]),
+            headers={"Content-Type": STOW_TYPE},
+        )
+
+    assert response.status_code == 409
+    assert "could not be parsed as DICOM" in response.headers["Warning"]
+    assert "Doe" not in response.headers["Warning"]
+    assert "Doe" not in caplog.text
+
+
+@pytest.mark.django_db
 def test_a_store_with_nothing_failed_has_no_warning(clinic, write_token):
     response = http(write_token).post(
         f"{BASE}/studies",

@@ -53,6 +53,24 @@ def test_a_render_that_keeps_killing_its_worker_is_marked_failed(
 
 
 @pytest.mark.django_db
+def test_renders_that_fail_without_killing_the_worker_are_not_counted(
+    clinic, series, data_dir, monkeypatch, settings
+):
+    settings.THUMBNAIL_MAX_ATTEMPTS = 2
+
+    def storage_down(*args, **kwargs):
+        raise ConnectionError("storage unreachable")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(tasks, "instance_bytes", storage_down)
+        for _ in range(5):  # retries, then the recovery job, while storage is down
+            with pytest.raises(ConnectionError):
+                tasks._series_thumbnail(tenant_id=str(series.tenant_id), series_id=str(series.pk))
+
+    assert _run(series) == "ready"
+
+
+@pytest.mark.django_db
 def test_a_render_that_finishes_starts_the_count_again(clinic, series, data_dir, monkeypatch):
     with monkeypatch.context() as patched:
         patched.setattr(tasks, "thumbnail_png", _dies)
