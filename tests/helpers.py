@@ -162,3 +162,13 @@ def s3_client(endpoint: str):
         aws_secret_access_key="testing",
         region_name="eu-central-1",
     )
+
+
+def within_one_minute(monkeypatch) -> None:
+    """Hold the clock at the start of a minute: per-minute counts then see one minute."""
+    import datetime as dt
+
+    from django.utils import timezone
+
+    moment = timezone.now().replace(second=1, microsecond=0) + dt.timedelta(minutes=1)
+    monkeypatch.setattr(timezone, "now", lambda: moment)

@@ -7,6 +7,7 @@ from django.test import Client
 
 from audit.models import Action, AuditEvent
 from imaging.models import Study
+from tests.helpers import within_one_minute
 from tests.imaging_tests.dicomweb_support import token_for
 from tests.imaging_tests.helpers import ingest, synthetic_ct
 
@@ -149,8 +150,9 @@ def test_api_reference_page_lists_the_operations_without_script(db):
 
 
 @pytest.mark.django_db
-def test_requests_beyond_the_token_rate_limit_get_429(clinic, studies, settings):
+def test_requests_beyond_the_token_rate_limit_get_429(clinic, studies, settings, monkeypatch):
     settings.API_RATE_LIMIT_PER_MINUTE = 3
+    within_one_minute(monkeypatch)
     api = _api(token_for(clinic, "studies:read"))
 
     responses = [api.get("/api/v1/studies") for _ in range(4)]
@@ -163,8 +165,9 @@ def test_requests_beyond_the_token_rate_limit_get_429(clinic, studies, settings)
 
 
 @pytest.mark.django_db
-def test_dicomweb_and_rest_share_one_budget_per_token(clinic, studies, settings):
+def test_dicomweb_and_rest_share_one_budget_per_token(clinic, studies, settings, monkeypatch):
     settings.API_RATE_LIMIT_PER_MINUTE = 3
+    within_one_minute(monkeypatch)
     token = token_for(clinic, "studies:read", "dicomweb:read")
     api = _api(token)
 
