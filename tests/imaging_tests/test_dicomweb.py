@@ -151,12 +151,12 @@ def test_compressed_instance_transcodes_to_explicit_little_endian(clinic, read_t
 def test_a_compressed_instance_too_large_to_decode_at_once_is_406_not_decoded(
     clinic, read_token, monkeypatch
 ):
-    from imaging.dicomweb import views
+    from imaging.dicomweb.views import wado
 
     data = sample_bytes("MR_small_jp2klossless.dcm")
     ingest(clinic, data)
     ds = _ds(data)
-    monkeypatch.setattr(views, "MAX_DECODED_BYTES", 64 * 64 * 2 - 1)  # one byte short
+    monkeypatch.setattr(wado, "MAX_DECODED_BYTES", 64 * 64 * 2 - 1)  # one byte short
     monkeypatch.setattr(pydicom.Dataset, "decompress", lambda *a, **k: pytest.fail("decoded"))
 
     response = http(read_token).get(

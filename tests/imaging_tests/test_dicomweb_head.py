@@ -13,7 +13,7 @@ from django.db import close_old_connections
 from django.test import RequestFactory
 
 from audit.models import Action, AuditEvent
-from imaging.dicomweb import views
+from imaging.dicomweb.views import images, wado
 from tests.imaging_tests.dicomweb_support import BASE, http, token_for
 from tests.imaging_tests.helpers import ingest, sample_bytes, synthetic_ct
 from tests.imaging_tests.test_viewer_dicomweb import FRAMES_ACCEPT, open_viewer
@@ -119,12 +119,13 @@ def _as_a_wsgi_server(method: str, path: str, **headers: str) -> tuple[str, byte
     return started[0], content
 
 
-# Each read, and the service function through which its GET reads stored objects.
+# Each read, and the view module and service function through which its GET reads
+# stored objects.
 READS = {
-    "series as stored": ("series", DICOM, "instances_chunks"),
-    "metadata": ("metadata", "application/dicom+json", "instance_header_json"),
-    "frame": ("frame", FRAMES_ACCEPT, "instance_process_start"),
-    "rendered": ("rendered", "image/jpeg", "instance_process_start"),
+    "series as stored": ("series", DICOM, wado, "instances_chunks"),
+    "metadata": ("metadata", "application/dicom+json", wado, "instance_header_json"),
+    "frame": ("frame", FRAMES_ACCEPT, images, "instance_process_start"),
+    "rendered": ("rendered", "image/jpeg", images, "instance_process_start"),
 }
 
 
@@ -133,15 +134,15 @@ READS = {
 def test_a_server_iterating_a_head_answer_reads_no_stored_object(
     read, clinic, series, read_token, monkeypatch
 ):
-    route, accept, reader = READS[read]
+    route, accept, module, reader = READS[read]
     opened = []
-    real = getattr(views, reader)
+    real = getattr(module, reader)
 
     def spy(*args, **kwargs):
         opened.append(kwargs)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(views, reader, spy)
+    monkeypatch.setattr(module, reader, spy)
     path = "/dicomweb" + _routes(series)[route][0]
     auth = {"HTTP_AUTHORIZATION": f"Bearer {read_token}", "HTTP_ACCEPT": accept}
 
@@ -200,8 +201,8 @@ def test_a_head_of_an_object_to_re_encode_decodes_nothing(clinic, read_token, mo
     ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
     path = f"/dicomweb{_series_path(ds)}/instances/{ds.SOPInstanceUID}"
     opened = []
-    real = views.instance_bytes
-    monkeypatch.setattr(views, "instance_bytes", lambda **kw: opened.append(kw) or real(**kw))
+    real = wado.instance_bytes
+    monkeypatch.setattr(wado, "instance_bytes", lambda **kw: opened.append(kw) or real(**kw))
     auth = {
         "HTTP_AUTHORIZATION": f"Bearer {read_token}",
         "HTTP_ACCEPT": f"{DICOM}; transfer-syntax=1.2.840.10008.1.2.1",
@@ -224,8 +225,8 @@ def test_a_head_on_a_thumbnail_reads_no_stored_object(
         ingest(clinic, data)
     ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
     opened = []
-    real = views.thumbnail_bytes
-    monkeypatch.setattr(views, "thumbnail_bytes", lambda **kw: opened.append(kw) or real(**kw))
+    real = images.thumbnail_bytes
+    monkeypatch.setattr(images, "thumbnail_bytes", lambda **kw: opened.append(kw) or real(**kw))
     path = "/dicomweb" + _routes(ds)["thumbnail"][0]
     auth = {"HTTP_AUTHORIZATION": f"Bearer {read_token}", "HTTP_ACCEPT": "image/jpeg"}
 

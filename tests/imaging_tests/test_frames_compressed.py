@@ -532,7 +532,7 @@ def test_markers_that_do_not_give_the_number_of_frames_are_not_trusted():
 
 
 def test_frames_asked_for_together_are_refused_past_the_decoded_limit(clinic, monkeypatch):
-    from imaging.dicomweb import views
+    from imaging.dicomweb.views import images
 
     ds = _stored(clinic, "SC_rgb_rle_2frame.dcm")  # 2 frames of 100 x 100 RGB, RLE
     frame_bytes = 100 * 100 * 3
@@ -540,9 +540,9 @@ def test_frames_asked_for_together_are_refused_past_the_decoded_limit(clinic, mo
     url = f"{instance_url(ds)}/frames/1,2"
     accept = {"Accept": 'multipart/related; type="application/octet-stream"'}
 
-    monkeypatch.setattr(views, "MAX_DECODED_BYTES", 2 * frame_bytes)
+    monkeypatch.setattr(images, "MAX_DECODED_BYTES", 2 * frame_bytes)
     both = client.get(url, headers=accept)
-    monkeypatch.setattr(views, "MAX_DECODED_BYTES", 2 * frame_bytes - 1)
+    monkeypatch.setattr(images, "MAX_DECODED_BYTES", 2 * frame_bytes - 1)
     refused = client.get(url, headers=accept)
 
     assert both.status_code == 200

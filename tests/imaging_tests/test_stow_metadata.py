@@ -504,16 +504,17 @@ def _naming_one_part(datasets: list[pydicom.Dataset]) -> tuple[str, list[dict]]:
 def test_instances_sharing_one_bulk_data_part_are_stored_as_they_are_rebuilt(
     clinic, write_token, settings, monkeypatch
 ):
-    from imaging.dicomweb import stow_json, views
+    from imaging.dicomweb import stow_json
+    from imaging.dicomweb.views import stow
 
     settings.STOW_BATCH_INSTANCES = 1
     datasets = [_ds(d) for d in synthetic_ct(slices=4, size=64)]
     shared, metadata = _naming_one_part(datasets)
     rebuilt, rebuilt_when_stored = [], []
-    real_rebuilt, real_store = stow_json._rebuilt, views._store_batch
+    real_rebuilt, real_store = stow_json._rebuilt, stow._store_batch
     monkeypatch.setattr(stow_json, "_rebuilt", lambda *a: rebuilt.append(1) or real_rebuilt(*a))
     monkeypatch.setattr(
-        views,
+        stow,
         "_store_batch",
         lambda request, **kw: rebuilt_when_stored.append(len(rebuilt)) or real_store(request, **kw),
     )

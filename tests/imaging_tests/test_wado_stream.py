@@ -18,7 +18,7 @@ from django.test.utils import CaptureQueriesContext
 from audit.models import Action, AuditEvent
 from imaging import services
 from imaging.crypto import IntegrityError
-from imaging.dicomweb import views
+from imaging.dicomweb.views import wado
 from imaging.models import Instance
 from imaging.selectors import instances_for_reading
 from tests.imaging_tests.dicomweb_support import token_for
@@ -247,13 +247,13 @@ def implicit_series(clinic, data_dir):
 def transcodes(monkeypatch) -> list[int]:
     """Counts the objects re-encoded so far."""
     calls: list[int] = []
-    real = views._transcode
+    real = wado._transcode
 
     def counted(data: bytes, target: str) -> bytes:
         calls.append(len(data))
         return real(data, target)
 
-    monkeypatch.setattr(views, "_transcode", counted)
+    monkeypatch.setattr(wado, "_transcode", counted)
     return calls
 
 
@@ -264,7 +264,7 @@ def test_a_series_re_encoded_on_the_way_out_holds_one_object_at_a_time(
     small = reader.get(_series_url(implicit_series), HTTP_ACCEPT=DEFAULT)
     small_body = b"".join(small.streaming_content)
     transcodes.clear()
-    monkeypatch.setattr(views, "PREPARE_AHEAD_BYTES", 0)  # as if the series were large
+    monkeypatch.setattr(wado, "PREPARE_AHEAD_BYTES", 0)  # as if the series were large
 
     response = reader.get(_series_url(implicit_series), HTTP_ACCEPT=DEFAULT)
     before_the_body = len(transcodes)
@@ -289,20 +289,20 @@ def test_a_series_re_encoded_on_the_way_out_holds_one_object_at_a_time(
 def test_an_object_that_fails_to_re_encode_mid_answer_cuts_the_body_short(
     clinic, implicit_series, reader, monkeypatch
 ):
-    monkeypatch.setattr(views, "PREPARE_AHEAD_BYTES", 0)
-    real, calls = views._transcode, []
+    monkeypatch.setattr(wado, "PREPARE_AHEAD_BYTES", 0)
+    real, calls = wado._transcode, []
 
     def third_fails(data: bytes, target: str) -> bytes:
         calls.append(target)
         if len(calls) == 3:
-            raise views.NotAcceptable("cannot be decoded")
+            raise wado.NotAcceptable("cannot be decoded")
         return real(data, target)
 
-    monkeypatch.setattr(views, "_transcode", third_fails)
+    monkeypatch.setattr(wado, "_transcode", third_fails)
 
     response = reader.get(_series_url(implicit_series), HTTP_ACCEPT=DEFAULT)
     received = bytearray()
-    with pytest.raises(views.RetrieveCutShort):
+    with pytest.raises(wado.RetrieveCutShort):
         for chunk in response.streaming_content:
             received += chunk
 
@@ -321,7 +321,7 @@ def test_an_object_that_fails_to_re_encode_mid_answer_cuts_the_body_short(
 def test_an_object_too_large_to_re_encode_is_406_and_served_as_stored(
     implicit_series, reader, transcodes, monkeypatch
 ):
-    monkeypatch.setattr(views, "MAX_PREPARED_BYTES", len(implicit_series[0]) - 1)
+    monkeypatch.setattr(wado, "MAX_PREPARED_BYTES", len(implicit_series[0]) - 1)
 
     refused = reader.get(_series_url(implicit_series), HTTP_ACCEPT=DEFAULT)
     as_stored = reader.get(_series_url(implicit_series), HTTP_ACCEPT=ANY_SYNTAX)

@@ -509,17 +509,17 @@ def test_deidentified_link_hides_identity_in_pages_and_metadata(client, study, r
 def test_a_deidentified_study_past_the_prepare_ahead_budget_streams_deidentified(
     client, study, radiologist, monkeypatch
 ):
-    from imaging.dicomweb import views
+    from imaging.dicomweb.views import wado
 
     _, token = make_share(study, radiologist, deidentify=True, allow_download=True)
     open_link(client, token)
     url = f"/s/dicomweb/studies/{study.study_uid}"
     accept = 'multipart/related; type="application/dicom"; transfer-syntax=*'
-    monkeypatch.setattr(views, "PREPARE_AHEAD_BYTES", 0)
+    monkeypatch.setattr(wado, "PREPARE_AHEAD_BYTES", 0)
 
     streamed = client.get(url, HTTP_ACCEPT=accept)
     body = b"".join(streamed.streaming_content)
-    monkeypatch.setattr(views, "MAX_PREPARED_BYTES", 1)
+    monkeypatch.setattr(wado, "MAX_PREPARED_BYTES", 1)
     too_large = client.get(url, HTTP_ACCEPT=accept)
 
     assert streamed.status_code == 200 and "Content-Length" not in streamed
