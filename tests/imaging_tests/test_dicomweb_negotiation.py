@@ -1,5 +1,6 @@
-"""WADO-RS content negotiation (PS3.18 8.7): rendered images, thumbnails and metadata
-answer in a media type the Accept header admits, or 406 naming what is offered."""
+"""DICOMweb content negotiation (PS3.18 8.7): rendered images, thumbnails, metadata,
+search results and store responses answer in a media type the Accept header admits, or
+406 naming what is offered."""
 
 from __future__ import annotations
 
@@ -224,16 +225,42 @@ def test_a_metadata_406_is_the_same_for_ours_theirs_and_a_missing_study(
 
 
 @pytest.mark.parametrize(
-    "accept", [None, "*/*", "application/dicom+json", "application/json", CHROME_IMG]
+    ("accept", "media_type"),
+    [
+        (None, "application/dicom+json"),
+        ("*/*", "application/dicom+json"),
+        ("application/dicom+json", "application/dicom+json"),
+        (CHROME_IMG, "application/dicom+json"),
+        ("application/json", "application/json"),
+        ("application/json, application/dicom+json;q=0.5", "application/json"),
+    ],
 )
-def test_search_answers_dicom_json_to_what_admits_it(clinic, stored, accept):
+def test_search_answers_in_the_json_type_the_client_prefers(clinic, stored, accept, media_type):
     headers = {"HTTP_ACCEPT": accept} if accept is not None else {}
 
     response = _reader(clinic).get(f"{BASE}/studies", **headers)
 
     assert response.status_code == 200
-    assert response["Content-Type"] == "application/dicom+json"
+    assert response["Content-Type"] == media_type
+    assert response.json()[0]["0020000D"]["Value"] == [stored.StudyInstanceUID]
     assert "Accept" in response["Vary"]
+
+
+@pytest.mark.parametrize(
+    ("accept", "media_type"),
+    [(None, "application/dicom+json"), ("application/json", "application/json")],
+)
+def test_the_store_response_is_in_the_json_type_the_client_prefers(clinic, accept, media_type):
+    (data,) = synthetic_ct(slices=1)
+    headers = {"Authorization": f"Bearer {token_for(clinic, 'dicomweb:write')}"}
+    if accept is not None:
+        headers["Accept"] = accept
+
+    response = stow_files(Client(headers=headers), [data])
+
+    assert response.status_code == 200
+    assert response["Content-Type"] == media_type
+    assert "00081199" in response.json()
 
 
 @pytest.mark.parametrize(

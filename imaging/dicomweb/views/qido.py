@@ -58,7 +58,10 @@ def _search(request: HttpRequest, query: Query, level: str, scope: Q | None = No
     }
     audit_event(request, Action.DICOMWEB_SEARCH, detail)
     if results.count:
-        response = HttpResponse(results.body, content_type=DICOM_JSON)
+        # In the type negotiated (checked before the search): a client that names only
+        # application/json gets what it named.
+        media_type = negotiated(request, JSON_TYPES) or DICOM_JSON
+        response = HttpResponse(results.body, content_type=media_type)
     else:
         response = HttpResponse(status=204)
     warnings = [*query.warnings, *([TRUNCATED] if cut and query.capped else [])]

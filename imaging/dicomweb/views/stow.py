@@ -67,10 +67,6 @@ STORE_NOT_OFFERED = (
 )
 
 
-def _json(data: Any, status: int = 200) -> JsonResponse:
-    return JsonResponse(data, status=status, safe=False, content_type=DICOM_JSON)
-
-
 def _sop_ref(sop_class: str, sop_instance: str) -> dict[str, Any]:
     item: dict[str, Any] = {}
     if sop_class:
@@ -179,7 +175,8 @@ def _retrieve_url(base: str, study: str | None, stored: set[str]) -> dict[str, A
 def store(request: HttpRequest, study: str | None = None) -> HttpResponse:
     if not client_of(request).may_store:
         return dicomweb_error(405, "This DICOMweb root is read-only.", Allow="GET, HEAD")
-    if negotiated(request, JSON_TYPES) is None:  # refused before anything is stored
+    media_type = negotiated(request, JSON_TYPES)
+    if media_type is None:  # refused before anything is stored
         return dicomweb_error(406, STORE_NOT_OFFERED)
     content_type = request.headers.get("Content-Type", "")
     media, params = content_type_parameters(content_type)
@@ -338,7 +335,7 @@ def store(request: HttpRequest, study: str | None = None) -> HttpResponse:
     audit_event(request, Action.DICOMWEB_STORE, {"stored": len(referenced), "failed": failures})
     warned = any("00081196" in item for item in referenced)
     status = 409 if failures and not referenced else 202 if failures or warned else 200
-    response = _json(body, status=status)
+    response = JsonResponse(body, status=status, content_type=media_type)
     if problems:
         response["Warning"] = _warnings(request, problems)
     return response
