@@ -21,8 +21,10 @@ from audit.models import Action
 from imaging.selectors import tenant_holds_objects
 from portal.admin_guards import (
     AccountPagesAdminSiteMixin,
+    ChangedFieldsMixin,
     GuardedChangeListMixin,
     StepUpAdminSiteMixin,
+    changed_fields,
 )
 from tenants.models import Tenant, User
 from tenants.services import tenant_create
@@ -48,7 +50,7 @@ class PlatformAdminSite(AccountPagesAdminSiteMixin, StepUpAdminSiteMixin, admin.
 platform_admin_site = PlatformAdminSite(name="platform_admin")
 
 
-class AuditedAdmin(GuardedChangeListMixin, admin.ModelAdmin):
+class AuditedAdmin(ChangedFieldsMixin, GuardedChangeListMixin, admin.ModelAdmin):
     def _audit(
         self, request: HttpRequest, obj: Any, operation: str, fields: list[str] | None = None
     ) -> None:
@@ -65,7 +67,7 @@ class AuditedAdmin(GuardedChangeListMixin, admin.ModelAdmin):
         self._audit(request, obj, "add")
 
     def log_change(self, request: HttpRequest, obj: Any, message: Any) -> None:
-        self._audit(request, obj, "change", fields=_changed_fields(message))
+        self._audit(request, obj, "change", fields=changed_fields(request))
 
     def log_deletions(self, request: HttpRequest, queryset: Any) -> None:
         for obj in queryset:
@@ -81,18 +83,6 @@ class AuditedAdmin(GuardedChangeListMixin, admin.ModelAdmin):
 
 
 STORAGE_FIELDS = ("storage_backend", "storage_bucket", "storage_region")
-
-
-def _changed_fields(message: Any) -> list[str]:
-    """The field names of Django's change message (`construct_change_message`)."""
-    if not isinstance(message, list):
-        return []
-    return [
-        str(name)
-        for entry in message
-        if isinstance(entry, dict) and "changed" in entry
-        for name in entry["changed"].get("fields", [])
-    ]
 
 
 @admin.register(Tenant, site=platform_admin_site)

@@ -118,3 +118,23 @@ class StepUpAdminSiteMixin:
             return inner(request, *args, **kwargs)
 
         return guarded
+
+
+class ChangedFieldsMixin:
+    """For ModelAdmins: the names of the fields a change form changed, for its audit event.
+
+    Django's change message holds the fields' labels ("Storage backend"), which change
+    with wording and translation; an auditor matches columns. The names are kept on the
+    request, not on the ModelAdmin, which every thread shares.
+    """
+
+    def construct_change_message(
+        self, request: HttpRequest, form: Any, formsets: Any, add: bool = False
+    ) -> Any:
+        request.changed_fields = sorted(form.changed_data)  # type: ignore[attr-defined]
+        return super().construct_change_message(request, form, formsets, add)  # type: ignore[misc]
+
+
+def changed_fields(request: HttpRequest) -> list[str]:
+    """The fields the request's change form changed (see ChangedFieldsMixin)."""
+    return list(getattr(request, "changed_fields", []))

@@ -21,8 +21,10 @@ from audit.actors import Actor
 from audit.models import Action
 from portal.admin_guards import (
     AccountPagesAdminSiteMixin,
+    ChangedFieldsMixin,
     GuardedChangeListMixin,
     StepUpAdminSiteMixin,
+    changed_fields,
 )
 from tenants.access import has_clinic_perm
 from tenants.roles import Perm
@@ -73,7 +75,7 @@ class TenantAdminSite(AccountPagesAdminSiteMixin, StepUpAdminSiteMixin, admin.Ad
 tenant_admin_site = TenantAdminSite(name="tenant_admin")
 
 
-class TenantScopedModelAdmin(GuardedChangeListMixin, admin.ModelAdmin):
+class TenantScopedModelAdmin(ChangedFieldsMixin, GuardedChangeListMixin, admin.ModelAdmin):
     required_perm = Perm.CLINIC_MANAGE
     view_on_site = False
     # Set when the form's constructor takes `tenant=` (to validate against the clinic).
@@ -151,17 +153,20 @@ class TenantScopedModelAdmin(GuardedChangeListMixin, admin.ModelAdmin):
         self._audit(request, obj, "add")
 
     def log_change(self, request: HttpRequest, obj: Any, message: Any) -> None:
-        self._audit(request, obj, "change")
+        self._audit(request, obj, "change", fields=changed_fields(request))
 
     def log_deletions(self, request: HttpRequest, queryset: Any) -> None:
         for obj in queryset:
             self._audit(request, obj, "delete")
 
-    def _audit(self, request: HttpRequest, obj: Any, operation: str) -> None:
+    def _audit(
+        self, request: HttpRequest, obj: Any, operation: str, fields: list[str] | None = None
+    ) -> None:
+        detail = {"operation": operation, "model": obj._meta.label_lower}
         audit.record(
             actor=Actor.from_request(request),
             action=Action.ADMIN_ACTION,
             target=obj,
             tenant=request.tenant,
-            detail={"operation": operation, "model": obj._meta.label_lower},
+            detail={**detail, "fields": fields} if fields is not None else detail,
         )
