@@ -7,10 +7,14 @@ requests read those rows instead of decrypting and parsing every stored object.
 from __future__ import annotations
 
 import io
+import json
 
+import pydicom
 import pytest
+from django.test import Client
 
 from audit.models import Action, AuditEvent
+from imaging.crypto import IntegrityError
 from imaging.models import Instance
 from imaging.storage import object_delete, storage_for
 from tests.imaging_tests.dicomweb_support import http, series_metadata_url
@@ -106,3 +110,63 @@ def test_backfill_keeps_headers_of_older_rows_and_skips_altered_objects(clinic, 
     events = AuditEvent.objects.for_tenant(clinic)
     assert events.filter(action=Action.HEADERS_INDEXED, detail__instances=2).exists()
     assert events.filter(action=Action.INTEGRITY_FAILED, target_id=str(broken.pk)).exists()
+
+
+def _study_metadata(client, files: list[bytes]):
+    ds = pydicom.dcmread(io.BytesIO(files[0]), stop_before_pixels=True)
+    return client.get(f"/dicomweb/studies/{ds.StudyInstanceUID}/metadata")
+
+
+@pytest.mark.django_db
+def test_metadata_past_the_ahead_budget_streams_the_same_items_built_as_sent(
+    clinic, read_token, monkeypatch
+):
+    from imaging.dicomweb.views import wado
+
+    files = synthetic_ct(slices=4)
+    for data in files:
+        ingest(clinic, data)
+    reader = Client(headers={"Authorization": f"Bearer {read_token}"})
+    whole = _study_metadata(reader, files)
+    monkeypatch.setattr(wado, "METADATA_AHEAD_BYTES", 0)
+    opened = []
+    real = wado.instance_header_json
+    monkeypatch.setattr(wado, "instance_header_json", lambda **kw: opened.append(1) or real(**kw))
+
+    streamed = _study_metadata(reader, files)
+    opened_before_sending = len(opened)
+    body = b"".join(streamed.streaming_content)
+
+    assert not whole.streaming and whole.has_header("Content-Length")
+    assert streamed.status_code == 200 and streamed.streaming
+    assert streamed["Content-Type"] == "application/dicom+json"
+    assert opened_before_sending == 1 and len(opened) == 4
+    assert json.loads(body) == whole.json()
+
+
+@pytest.mark.django_db
+def test_a_header_failing_its_check_mid_answer_cuts_the_metadata_short(
+    clinic, read_token, monkeypatch
+):
+    from imaging.dicomweb.views import wado
+
+    files = synthetic_ct(slices=3)
+    for data in files:
+        ingest(clinic, data)
+    reader = Client(headers={"Authorization": f"Bearer {read_token}"})
+    first_sent = _study_metadata(reader, files).json()[0]["00080018"]["Value"][0]
+    rows = Instance.objects.for_tenant(clinic)
+    later = rows.exclude(sop_instance_uid=first_sent).order_by("pk")
+    rows.filter(pk=later[0].pk).update(metadata=later[1].metadata)  # moved between rows
+    monkeypatch.setattr(wado, "METADATA_AHEAD_BYTES", 0)
+
+    response = _study_metadata(reader, files)
+    received = bytearray()
+    with pytest.raises(IntegrityError):
+        for chunk in response.streaming_content:
+            received += chunk
+
+    assert response.status_code == 200
+    assert received.startswith(b"[") and not received.endswith(b"]")
+    failed = AuditEvent.objects.filter(tenant=clinic, action=Action.INTEGRITY_FAILED)
+    assert failed.filter(target_id=str(later[0].pk)).exists()

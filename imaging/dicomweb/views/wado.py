@@ -342,6 +342,12 @@ def _pixel(row: Instance) -> tuple[str, str] | None:
     return tag, "OW" if row.transfer_syntax_uid in _NATIVE_SYNTAXES else "OB"
 
 
+# Metadata of this many bytes is built before the answer starts, so a failed integrity
+# check among them is a 500 and a series' answer goes out whole with its length; past
+# it (a study of thousands of instances) the rest is built item by item as it is sent.
+METADATA_AHEAD_BYTES = 8 << 20
+
+
 def _metadata(request: HttpRequest, instances: QuerySet[Instance]) -> HttpResponse:
     media_type = negotiated(request, JSON_TYPES)
     if media_type is None:
@@ -356,35 +362,60 @@ def _metadata(request: HttpRequest, instances: QuerySet[Instance]) -> HttpRespon
     pseudonym = client_of(request).pseudonym
     base = base_url(request)
     keys: dict[Any, bytes] = {}
-    items = []
-    try:
-        for row in rows:
-            uri = (
-                f"{base}/studies/{row.study.study_uid}/series/{row.series.series_uid}"
-                f"/instances/{row.sop_instance_uid}"
+
+    def item_of(row: Instance) -> bytes:
+        uri = (
+            f"{base}/studies/{row.study.study_uid}/series/{row.series.series_uid}"
+            f"/instances/{row.sop_instance_uid}"
+        )
+        pixel = _pixel(row)
+        item = None
+        if pseudonym is None:
+            header = instance_header_json(instance=row, actor=actor, key=keys[row.study_id])
+            row.metadata = None  # the sealed header, let go of once opened
+            if header:
+                item = metadata_for_instance(header, instance_uri=uri, pixel=pixel)
+        if item is None:
+            # De-identified clients, and rows stored before headers (or bulk data
+            # paths) were kept: parse.
+            ds = pydicom.dcmread(
+                io.BytesIO(instance_bytes(instance=row, actor=actor)), stop_before_pixels=True
             )
-            pixel = _pixel(row)
-            item = None
-            if pseudonym is None:
-                if row.study_id not in keys:
-                    keys[row.study_id] = instance_study_key(instance=row, actor=actor)
-                header = instance_header_json(instance=row, actor=actor, key=keys[row.study_id])
-                if header:
-                    item = metadata_for_instance(header, instance_uri=uri, pixel=pixel)
-            if item is None:
-                # De-identified clients, and rows stored before headers (or bulk data
-                # paths) were kept: parse.
-                ds = pydicom.dcmread(
-                    io.BytesIO(instance_bytes(instance=row, actor=actor)), stop_before_pixels=True
-                )
-                if pseudonym is not None:
-                    deidentify(ds, pseudonym=pseudonym)
-                item = metadata_item(metadata_dict(ds), instance_uri=uri, pixel=pixel)
-            items.append(item)
+            if pseudonym is not None:
+                deidentify(ds, pseudonym=pseudonym)
+            item = metadata_item(metadata_dict(ds), instance_uri=uri, pixel=pixel)
+        return item
+
+    items: list[bytes] = []
+    held = 0
+    try:
+        # A study key that cannot be opened fails every instance of the study: say so
+        # before the answer starts.
+        for row in {r.study_id: r for r in rows}.values():
+            keys[row.study_id] = instance_study_key(instance=row, actor=actor)
+        for row in rows:
+            if held > METADATA_AHEAD_BYTES:
+                break
+            items.append(item_of(row))
+            held += len(items[-1])
     except IntegrityError:
         return dicomweb_error(500, "A stored object failed its integrity check; it was not served.")
     audit_read(request, [r.series for r in rows], {"metadata": len(rows)}, rows=rows)
-    response = HttpResponse(b"[" + b",".join(items) + b"]", content_type=media_type)
+    later = rows[len(items) :]
+    if not later:
+        response = HttpResponse(b"[" + b",".join(items) + b"]", content_type=media_type)
+    else:
+
+        def body() -> Iterator[bytes]:
+            yield b"[" + b",".join(items)
+            items.clear()
+            for row in later:
+                # An integrity failure here (audited where found) ends the body without
+                # its closing bracket: the client sees it cut short, not a whole answer.
+                yield b"," + item_of(row)
+            yield b"]"
+
+        response = StreamingHttpResponse(body(), content_type=media_type)
     patch_vary_headers(response, ["Accept"])
     return response
 
