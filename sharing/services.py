@@ -147,14 +147,14 @@ def share_create(
     if created_by_token is not None and not _token_live_locked(created_by_token, now=now):
         # Revoked while this request was under way: its links are being revoked too.
         raise ShareInvalid("This token is no longer valid.")
-    if (
-        created_by_token is not None
-        and allow_download
-        and not created_by_token.has_scope(ApiToken.Scope.DICOMWEB_READ)
+    if created_by_token is not None and not created_by_token.has_scope(
+        ApiToken.Scope.DICOMWEB_READ
     ):
+        # A link shows its study's images and headers to whoever opens it, the token's
+        # own system included: a token that may not read them must not make one.
         raise ShareInvalid(
-            "This token may not retrieve studies (scope dicomweb:read), so its links "
-            "cannot allow download either."
+            "This token may not read images (scope dicomweb:read), so it cannot make a "
+            "link that shows them."
         )
     break_glass = None
     capped = False

@@ -51,7 +51,7 @@ class ShareCreateSerializer(serializers.Serializer):
     allow_download = serializers.BooleanField(
         required=False,
         default=False,
-        help_text="Let recipients download the originals; needs the dicomweb:read scope too.",
+        help_text="Let recipients download the originals.",
     )
     deidentify = serializers.BooleanField(required=False, default=False)
     recipient_email = serializers.EmailField(

@@ -49,7 +49,11 @@ def _token_visible_shares(request: Any) -> QuerySet[ShareLink]:
 
 
 class ShareListCreate(generics.ListCreateAPIView):
-    """Share links created with this token, newest first; POST creates one."""
+    """Share links created with this token, newest first; POST creates one.
+
+    Creating needs `dicomweb:read` beside `shares:write`: a link shows its study to
+    whoever opens it, the partner's own system included.
+    """
 
     serializer_class = ShareSerializer
     required_scope = "shares:write"

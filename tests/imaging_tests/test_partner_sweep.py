@@ -120,7 +120,7 @@ def _rest_sweep(patterns, values: dict[str, str], outsider: Client, owner: Clien
 
 @pytest.mark.django_db
 def test_every_rest_route_is_404_or_empty_for_another_clinic(victim, other_clinic):
-    scopes = "studies:read", "shares:write"
+    scopes = "studies:read", "shares:write", "dicomweb:read"
     outsider = Client(headers={"Authorization": f"Bearer {token_for(other_clinic, *scopes)}"})
     owner = Client(headers={"Authorization": f"Bearer {token_for(victim_clinic(victim), *scopes)}"})
     expires_at = (timezone.now() + dt.timedelta(days=1)).isoformat()
@@ -138,7 +138,7 @@ def test_a_confidential_study_is_missing_from_the_rest_api_without_confidential_
     victim, radiologist
 ):
     clinic = victim_clinic(victim)
-    scopes = "studies:read", "shares:write"
+    scopes = "studies:read", "shares:write", "dicomweb:read"
     hidden, visible = _bearer(clinic, *scopes), _bearer(clinic, *scopes, SCOPE)
     expires_at = (timezone.now() + dt.timedelta(days=1)).isoformat()
     share = {"study_instance_uid": victim["study"], "expires_at": expires_at}

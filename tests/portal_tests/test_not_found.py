@@ -23,7 +23,7 @@ def _client(clinic, *scopes: str) -> Client:
 
 
 def test_an_api_path_no_route_matches_is_the_apis_json_404(clinic):
-    api = _client(clinic, "shares:write")
+    api = _client(clinic, "shares:write", "dicomweb:read")
     missing = api.delete(f"/api/v1/shares/{uuid.uuid4()}")
 
     answers = [

@@ -218,7 +218,11 @@ def test_the_creation_is_audited_with_the_series_withheld(study, radiologist):
 
 def test_the_partner_api_names_the_series_withheld(study, clinic):
     _, raw = api_token_create(
-        tenant=clinic, name="RIS", scopes=["shares:write"], actor=TEST_ACTOR, now=timezone.now()
+        tenant=clinic,
+        name="RIS",
+        scopes=["shares:write", "dicomweb:read"],
+        actor=TEST_ACTOR,
+        now=timezone.now(),
     )
     api = APIClient()
     api.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")
@@ -242,7 +246,11 @@ def test_the_partner_api_names_the_series_withheld(study, clinic):
 
 def test_the_partner_share_list_names_each_links_withheld_series_in_fixed_queries(study, clinic):
     token, raw = api_token_create(
-        tenant=clinic, name="RIS", scopes=["shares:write"], actor=TEST_ACTOR, now=timezone.now()
+        tenant=clinic,
+        name="RIS",
+        scopes=["shares:write", "dicomweb:read"],
+        actor=TEST_ACTOR,
+        now=timezone.now(),
     )
     api = APIClient()
     api.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")

@@ -57,7 +57,7 @@ def link_by_token(study, *, now=None):
     token, _ = api_token_create(
         tenant=study.tenant,
         name="RIS",
-        scopes=["shares:write", "confidential:read"],
+        scopes=["shares:write", "dicomweb:read", "confidential:read"],
         actor=TEST_ACTOR,
         now=timezone.now(),
     )
@@ -569,7 +569,7 @@ def test_a_link_needs_one_maker_of_the_studys_clinic(
     token, _ = api_token_create(
         tenant=confidential.tenant,
         name="RIS",
-        scopes=["shares:write"],
+        scopes=["shares:write", "dicomweb:read"],
         actor=TEST_ACTOR,
         now=timezone.now(),
     )

@@ -65,20 +65,24 @@ def test_create_list_and_revoke(study):
     assert event.actor_type == ActorType.API_TOKEN
 
 
-def test_a_token_that_may_not_retrieve_studies_makes_no_downloadable_link(study):
-    client = api(token_for(study.tenant, "shares:write"))
-
-    refused = client.post("/api/v1/shares", body(study, allow_download=True), "application/json")
-    view_only = client.post("/api/v1/shares", body(study), "application/json")
+def test_a_token_that_may_not_read_images_makes_no_link(study):
+    """A link shows the study to whoever opens it, the token's own system included."""
+    refused = api(token_for(study.tenant, "shares:write")).post(
+        "/api/v1/shares", body(study), "application/json"
+    )
+    reader = api(token_for(study.tenant, "shares:write", "dicomweb:read"))
+    view_only = reader.post("/api/v1/shares", body(study), "application/json")
+    download = reader.post("/api/v1/shares", body(study, allow_download=True), "application/json")
 
     assert refused.status_code == 400
     assert "dicomweb:read" in refused.json()["error"]["fields"]["non_field_errors"][0]
     assert view_only.status_code == 201 and view_only.json()["allow_download"] is False
-    assert ShareLink.objects.for_tenant(study.tenant).count() == 1
+    assert download.status_code == 201 and download.json()["allow_download"] is True
+    assert ShareLink.objects.for_tenant(study.tenant).count() == 2
 
 
 def test_link_without_pin_opens_with_the_open_button(study):
-    created = api(token_for(study.tenant, "shares:write")).post(
+    created = api(token_for(study.tenant, "shares:write", "dicomweb:read")).post(
         "/api/v1/shares", body(study), "application/json"
     )
     recipient = Client()
@@ -119,7 +123,7 @@ def test_scope_is_required(study):
     ],
 )
 def test_bad_input_is_a_specific_400_and_creates_nothing(study, extra, field):
-    response = api(token_for(study.tenant, "shares:write")).post(
+    response = api(token_for(study.tenant, "shares:write", "dicomweb:read")).post(
         "/api/v1/shares", body(study, **extra), "application/json"
     )
 
@@ -132,7 +136,7 @@ def test_bad_input_is_a_specific_400_and_creates_nothing(study, extra, field):
     "document", ["[" * 100_000 + "]" * 100_000, '{"a":' * 50_000 + "1" + "}" * 50_000]
 )
 def test_json_nested_past_the_parsers_depth_is_a_400_not_a_server_error(study, document):
-    response = api(token_for(study.tenant, "shares:write")).post(
+    response = api(token_for(study.tenant, "shares:write", "dicomweb:read")).post(
         "/api/v1/shares", document, "application/json"
     )
 
@@ -147,7 +151,7 @@ def test_json_nested_past_the_parsers_depth_is_a_400_not_a_server_error(study, d
 def test_policy_violation_is_a_400(study):
     far = (timezone.now() + dt.timedelta(days=90)).isoformat()
 
-    response = api(token_for(study.tenant, "shares:write")).post(
+    response = api(token_for(study.tenant, "shares:write", "dicomweb:read")).post(
         "/api/v1/shares", body(study, expires_at=far), "application/json"
     )
 
@@ -156,8 +160,8 @@ def test_policy_violation_is_a_400(study):
 
 
 def test_another_clinics_study_and_share_are_404(study, other_clinic):
-    outsider = api(token_for(other_clinic, "shares:write"))
-    own = api(token_for(study.tenant, "shares:write"))
+    outsider = api(token_for(other_clinic, "shares:write", "dicomweb:read"))
+    own = api(token_for(study.tenant, "shares:write", "dicomweb:read"))
     share_id = own.post("/api/v1/shares", body(study), "application/json").json()["id"]
 
     create = outsider.post("/api/v1/shares", body(study), "application/json")
@@ -170,7 +174,7 @@ def test_another_clinics_study_and_share_are_404(study, other_clinic):
 
 
 def test_the_list_is_paged_newest_first_and_its_read_is_audited(study):
-    client = api(token_for(study.tenant, "shares:write"))
+    client = api(token_for(study.tenant, "shares:write", "dicomweb:read"))
     created = [
         client.post("/api/v1/shares", body(study), "application/json").json()["id"]
         for _ in range(3)
@@ -194,8 +198,8 @@ def test_the_list_is_paged_newest_first_and_its_read_is_audited(study):
 def test_a_study_made_confidential_since_leaves_the_list_but_its_link_can_be_revoked(
     study, radiologist
 ):
-    plain = api(token_for(study.tenant, "shares:write"))
-    cleared = api(token_for(study.tenant, "shares:write", "confidential:read"))
+    plain = api(token_for(study.tenant, "shares:write", "dicomweb:read"))
+    cleared = api(token_for(study.tenant, "shares:write", "dicomweb:read", "confidential:read"))
     plain_share = plain.post("/api/v1/shares", body(study), "application/json").json()["id"]
     cleared.post("/api/v1/shares", body(study), "application/json")
     study_set_confidential(study=study, confidential=True, by=radiologist, actor=TEST_ACTOR)
@@ -225,7 +229,7 @@ def test_a_share_emailed_while_the_broker_is_down_is_created_not_a_500(clinic, c
     app.conf.task_always_eager = False
     try:
         with celery_broker("redis://127.0.0.1:1/0"):
-            created = api(token_for(clinic, "shares:write")).post(
+            created = api(token_for(clinic, "shares:write", "dicomweb:read")).post(
                 "/api/v1/shares",
                 body(study, recipient_email="doctor@example.org"),
                 "application/json",
@@ -243,7 +247,7 @@ def test_a_link_made_by_a_token_ends_no_later_than_the_token(study):
     _, raw = api_token_create(
         tenant=study.tenant,
         name="partner",
-        scopes=["shares:write"],
+        scopes=["shares:write", "dicomweb:read"],
         actor=TEST_ACTOR,
         now=timezone.now(),
         expires_days=1,
