@@ -2,8 +2,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 from django import forms
+from django.conf import settings
 from django.contrib.auth.forms import PasswordResetForm
 from django.contrib.auth.tokens import default_token_generator
 from django.contrib.sites.shortcuts import get_current_site
@@ -99,6 +101,11 @@ class InvitationAwarePasswordResetForm(PasswordResetForm):
         from tenants.tasks import password_reset_send
 
         domain = domain_override or get_current_site(request).domain
+        if settings.PORTAL_BASE_URL:
+            # The portal's own address, as every other email's links: the request's
+            # Host header is the sender's to choose, and the link carries a credential.
+            base = urlsplit(settings.PORTAL_BASE_URL)
+            domain, use_https = base.netloc, base.scheme == "https"
         for user in self.get_users(self.cleaned_data["email"]):
             task_send_on_commit(
                 task=password_reset_send,

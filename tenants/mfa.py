@@ -311,8 +311,9 @@ def step_up_is_fresh(request: HttpRequest) -> bool:
     return verified_at is not None and time.time() - verified_at <= minutes * 60
 
 
-def step_up_redirect(request: HttpRequest) -> HttpResponse:
-    query = urlencode({"next": request.get_full_path()})
+def step_up_redirect(request: HttpRequest, *, then: str | None = None) -> HttpResponse:
+    """To the step-up page, and back to `then` (else this request's URL) once done."""
+    query = urlencode({"next": then or request.get_full_path()})
     return HttpResponseRedirect(f"{reverse('step_up')}?{query}")
 
 

@@ -26,6 +26,7 @@ from django.http import HttpRequest
 from django.utils import timezone
 
 from audit.actors import client_ip
+from tenants.models import EMAIL_MAX_LENGTH
 
 
 def account_identity(account: str) -> str:
@@ -34,10 +35,18 @@ def account_identity(account: str) -> str:
     The sign-in form NFKC-normalises the username and the account is looked up
     ignoring case, so every spelling that reaches an account (fullwidth letters,
     capitals, spaces around it) must count against the same lockout. NFKC, then
-    case-folded, then NFKC again (Unicode's NFKC_Casefold, near enough): case-folding
-    matches at least what a case-insensitive lookup matches.
+    upper-cased and case-folded, then NFKC again: PostgreSQL's case-insensitive match
+    compares UPPER() of both sides, which maps a dotless i (U+0131) to I where case-folding
+    alone leaves it, so both mappings are applied. Spellings merged beyond what the
+    lookup merges only share a lockout.
+
+    Cut to a little past the longest address first: normalising is the expensive part,
+    and NFKC expands some characters eighteenfold (Django's own username field skips
+    it past its maximum length for that reason, CVE-2023-46695). Overlong names reach
+    no account, so sharing one lockout costs nobody anything.
     """
-    folded = unicodedata.normalize("NFKC", account).strip().casefold()
+    account = account[: EMAIL_MAX_LENGTH + 1]
+    folded = unicodedata.normalize("NFKC", account).strip().upper().casefold()
     return unicodedata.normalize("NFKC", folded)
 
 
@@ -115,9 +124,10 @@ def register_failure(key: ThrottleKey) -> None:
         _incr(cache_key)
 
 
-def throttle_reset(*, account: str) -> None:
-    """Lift an account's sign-in and second-factor lockouts (admin unlock)."""
-    for kind in ("signin", "otp"):
+def throttle_reset(*, account: str, kinds: tuple[str, ...] = ("signin", "otp")) -> None:
+    """Lift an account's sign-in and second-factor lockouts (admin unlock), or only
+    those of `kinds`."""
+    for kind in kinds:
         cache.delete(ThrottleKey(kind=kind, account=account, ip=None).account_key)
 
 

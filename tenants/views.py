@@ -28,7 +28,6 @@ from tenants.mfa import (
     has_totp,
     mfa_required,
     qr_svg_data_uri,
-    require_step_up,
     second_factor_verify,
     session_mark_verified,
     session_totp_confirm,
@@ -216,8 +215,11 @@ def account_security(request: HttpRequest) -> HttpResponse:
 
 @login_required
 @require_http_methods(["POST"])
-@require_step_up
 def backup_codes_regenerate(request: HttpRequest) -> HttpResponse:
+    if not step_up_is_fresh(request):
+        # A POST is not replayed after the step-up: back to the page with the button.
+        messages.info(request, "Confirm your second factor, then ask for new codes again.")
+        return step_up_redirect(request, then=reverse("account_security"))
     codes = backup_codes_issue(user=request.user, actor=Actor.from_request(request))
     return render(
         request, "accounts/backup_codes.html", {"codes": codes, "next": reverse("account_security")}
@@ -302,5 +304,6 @@ class PasswordResetConfirmView(auth_views.PasswordResetConfirmView):
         )
         from tenants.throttle import throttle_reset
 
-        throttle_reset(account=user.email)
+        # The sign-in lockout only: a reset proves the mailbox, not the second factor.
+        throttle_reset(account=user.email, kinds=("signin",))
         return response

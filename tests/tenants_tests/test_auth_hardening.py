@@ -14,7 +14,7 @@ from audit.models import Action, AuditEvent
 from tenants.mfa import totp_secret_base32
 from tenants.models import ApiToken, Membership
 from tenants.sessions import IDLE_LIMIT, LAST_SEEN_AT
-from tenants.throttle import throttle_reset
+from tenants.throttle import account_identity, throttle_reset
 from tenants.tokens import api_token_create
 from tests.helpers import PASSWORD, TEST_ACTOR, current_totp
 from tests.imaging_tests.helpers import ingest_study, synthetic_ct
@@ -41,6 +41,8 @@ def _fail_until_locked(email: str, settings) -> None:
         FULLWIDTH_R + "adiologist@north.example",
         "RADIOLOGIST@NORTH.EXAMPLE",
         "  " + FULLWIDTH_R.upper() + "adiologist@north.example ",
+        # PostgreSQL's case-insensitive lookup (UPPER) signs this spelling in.
+        "rad\u0131olog\u0131st@north.example",
     ],
 )
 def test_another_spelling_of_a_locked_account_is_still_locked_out(
@@ -76,6 +78,16 @@ def test_unlocking_the_stored_email_lifts_a_lockout_earned_under_another_spellin
     throttle_reset(account=radiologist.email)
 
     assert _sign_in(Client(), FULLWIDTH_R + "adiologist@north.example").status_code == 302
+
+
+def test_an_overlong_sign_in_name_is_cut_before_it_is_normalised():
+    # U+FDFA grows eighteenfold under NFKC: 32 MB of it cost seconds and a gigabyte.
+    expanding = "\ufdfa" * 1_000_000
+
+    identity = account_identity(expanding)
+
+    assert len(identity) <= 255 * 18
+    assert identity == account_identity(expanding[:255])
 
 
 # --- Idle timeout: the viewer's background poll is not activity -------------------------

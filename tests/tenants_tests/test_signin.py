@@ -712,3 +712,52 @@ def test_password_policy_rejects_short_common_and_email_like(clinic, radiologist
     )
     assert changed.status_code == 302
     assert _events(clinic, Action.PASSWORD_CHANGED).exists()
+
+
+def _reset_password(client: Client, user, django_capture_on_commit_callbacks, **extra) -> str:
+    """Ask for a reset link, follow it and choose a new password; the link mailed."""
+    with django_capture_on_commit_callbacks(execute=True):  # the mail goes after commit
+        client.post("/accounts/password-reset/", {"email": user.email}, **extra)
+    link = next(line for line in mail.outbox[-1].body.splitlines() if "/password-reset/" in line)
+    path = "/" + link.strip().split("://", 1)[1].split("/", 1)[1]
+    form_page = client.get(path, follow=True)
+    new_password = "a brand new passphrase 77"
+    client.post(
+        form_page.redirect_chain[-1][0],
+        {"new_password1": new_password, "new_password2": new_password},
+    )
+    return link
+
+
+@pytest.mark.django_db
+def test_a_password_reset_lifts_the_sign_in_lockout_but_not_the_second_factors(
+    clinic, radiologist, django_capture_on_commit_callbacks
+):
+    from tenants.throttle import ThrottleKey, attempt_allowed, register_failure
+
+    otp = ThrottleKey(kind="otp", account=radiologist.email, ip=None)
+    signin = ThrottleKey(kind="signin", account=radiologist.email, ip=None)
+    for _ in range(settings.SIGNIN_ACCOUNT_FAILURE_LIMIT):
+        register_failure(otp)
+        register_failure(signin)
+
+    _reset_password(Client(), radiologist, django_capture_on_commit_callbacks)
+
+    assert attempt_allowed(signin)  # the mailbox proved: the password may be tried
+    assert not attempt_allowed(otp)  # the second factor was not
+
+
+@pytest.mark.django_db
+def test_the_reset_link_is_on_the_portals_address_whatever_host_the_request_named(
+    clinic, radiologist, django_capture_on_commit_callbacks, settings
+):
+    settings.ALLOWED_HOSTS = ["portal.example", "other.example"]
+    settings.PORTAL_BASE_URL = "https://portal.example"
+
+    with django_capture_on_commit_callbacks(execute=True):
+        Client().post(
+            "/accounts/password-reset/", {"email": radiologist.email}, HTTP_HOST="other.example"
+        )
+
+    link = next(line for line in mail.outbox[-1].body.splitlines() if "/password-reset/" in line)
+    assert link.strip().startswith("https://portal.example/accounts/password-reset/")
