@@ -136,6 +136,12 @@ def share_create(
         raise ShareInvalid("Choose series of this study only.")
     if challenge not in ShareLink.Challenge.values:
         raise ShareInvalid("Unknown challenge.")
+    if deidentify and challenge == ShareLink.Challenge.BIRTH_DATE:
+        # Its recipient would have to know whose images they are, and its challenge page
+        # would answer whether a birth date is the patient's.
+        raise ShareInvalid(
+            "A de-identified link cannot ask for the patient's date of birth; use a PIN."
+        )
     if len(recipient_email) > EMAIL_MAX_LENGTH:
         raise ShareInvalid(EMAIL_TOO_LONG)
     if _confidential_locked(study) and not study.confidential:

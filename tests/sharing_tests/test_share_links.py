@@ -138,6 +138,13 @@ def test_a_birth_date_written_another_way_is_a_slip_not_a_miss(client, study, ra
     assert right.status_code == 303
 
 
+def test_a_deidentified_link_cannot_ask_for_the_birth_date(study, radiologist):
+    with pytest.raises(ShareInvalid, match="use a PIN"):
+        make_share(study, radiologist, deidentify=True, challenge=ShareLink.Challenge.BIRTH_DATE)
+
+    assert not ShareLink.objects.for_tenant(study.tenant).exists()
+
+
 def test_pin_lockout_after_five_misses_tells_the_sharer_once(
     client, study, radiologist, django_capture_on_commit_callbacks
 ):
