@@ -83,7 +83,16 @@ def recipient_verified(request: HttpRequest) -> None:
 
 
 def recipient_end(request: HttpRequest) -> None:
-    request.session.pop(SESSION_KEY, None)
+    """Let go of the link, under a new session key.
+
+    A request still under way (a slow frame of the viewer left behind) saves the session
+    as it loaded it, link included: with the old key gone, that save finds no row and
+    fails, instead of giving the link back to the browser that just closed it.
+    """
+    if SESSION_KEY not in request.session:
+        return
+    request.session.cycle_key()
+    del request.session[SESSION_KEY]
 
 
 def recipient_share(

@@ -943,3 +943,38 @@ def test_another_page_linking_to_an_unknown_token_does_not_end_a_recipients_sess
 
     assert junk.status_code == 404
     assert client.get("/s/").status_code == 200
+
+
+# --- Close and forget ------------------------------------------------------------------
+
+
+def test_closing_a_link_forgets_it_on_this_device(client, study, radiologist):
+    _, token = make_share(study, radiologist)
+    open_link(client, token)
+
+    left = client.post("/s/leave/")
+
+    assert left.status_code == 200
+    assert client.get(frame_url(first_instance(study))).status_code == 401
+    assert "Doe, Jane" not in client.get("/s/").content.decode()
+
+
+def test_a_request_under_way_when_the_link_is_closed_cannot_give_it_back(
+    client, study, radiologist
+):
+    from django.contrib.sessions.backends.base import UpdateError
+
+    from tenants.session_store import SessionStore
+
+    _, token = make_share(study, radiologist)
+    open_link(client, token)
+    # A slow viewer request loaded the session before the button was pressed.
+    under_way = SessionStore(session_key=client.session.session_key)
+    held = under_way["share_access"]
+
+    client.post("/s/leave/")
+    under_way["share_access"] = {**held, "seen": held["seen"] + 20}  # its activity stamp
+    with pytest.raises(UpdateError):
+        under_way.save()
+
+    assert client.get(frame_url(first_instance(study))).status_code == 401
