@@ -34,6 +34,7 @@ from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, VR
 
 from imaging.deidentify import pixels_may_identify
 from imaging.dicom_json import dataset_json
+from imaging.dicom_layout import LayoutRefused, layout_check
 from imaging.render import pixel_layout, pixel_value_offset
 
 PREAMBLE_BYTES = 128
@@ -384,6 +385,9 @@ def _check_native_pixels(ds: Dataset, transfer_syntax: Any) -> None:
 
 RANGES = {
     "NumberOfFrames": (1, 100_000),
+    "BitsAllocated": (1, 64),
+    "BitsStored": (1, 64),
+    "HighBit": (0, 63),
     "Rows": (1, 65_535),
     "Columns": (1, 65_535),
     "SeriesNumber": (-2_147_483_648, 2_147_483_647),
@@ -407,20 +411,27 @@ DEFLATED = "1.2.840.10008.1.2.1.99"
 DEFLATE_MAX_RATIO = 100
 
 
-def _check_inflated_size(data: bytes, *, limit: int) -> None:
-    """Refuse a deflated data set (Deflated Explicit VR Little Endian) that inflates past
-    `limit`, before pydicom inflates it whole: a few hundred KiB can hold gigabytes of
-    zeros. Inflated here a MiB at a time and counted, nothing kept."""
+def _meta_syntax(data: bytes) -> tuple[str, int] | None:
+    """The transfer syntax the file meta names, and where the data set starts; None if
+    the meta cannot be read (left for the full parse to name)."""
     fp = io.BytesIO(data)
     try:
         read_preamble(fp, False)
         meta = _read_file_meta_info(fp)
-    except Exception:  # left for the full parse to name
-        return
-    if str(meta.get("TransferSyntaxUID", "")).rstrip("\0 ") != DEFLATED:
+        # Read in the try: a value pydicom cannot decode (a VR of "XX") raises here.
+        return str(meta.get("TransferSyntaxUID", "")).rstrip("\0 "), fp.tell()
+    except Exception:  # pydicom fails in many shapes
+        return None
+
+
+def _check_inflated_size(data: bytes, *, syntax: str, offset: int, limit: int) -> None:
+    """Refuse a deflated data set (Deflated Explicit VR Little Endian) that inflates past
+    `limit`, before pydicom inflates it whole: a few hundred KiB can hold gigabytes of
+    zeros. Inflated here a MiB at a time and counted, nothing kept."""
+    if syntax != DEFLATED:
         return
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-    pending, total = data[fp.tell() :], 0
+    pending, total = data[offset:], 0
     try:
         while pending and not inflater.eof:
             total += len(inflater.decompress(pending, 1 << 20))
@@ -440,7 +451,12 @@ def _check_inflated_size(data: bytes, *, limit: int) -> None:
 
 
 def parse_part10(
-    data: bytes, *, max_bytes: int, max_depth: int, digest: Callable[[], str] | None = None
+    data: bytes,
+    *,
+    max_bytes: int,
+    max_depth: int,
+    max_elements: int,
+    digest: Callable[[], str] | None = None,
 ) -> ParsedInstance:
     """Validate an untrusted Part 10 file and extract what the index needs.
 
@@ -458,25 +474,55 @@ def parse_part10(
         )
     original = data
     data, preamble = neutralise_preamble(data)
-    _check_inflated_size(data, limit=min(max_bytes, max(len(data) * DEFLATE_MAX_RATIO, 16 << 20)))
+    meta_syntax = _meta_syntax(data)
+    if meta_syntax is not None:
+        syntax_named, offset = meta_syntax
+        inflated_limit = min(max_bytes, max(len(data) * DEFLATE_MAX_RATIO, 16 << 20))
+        _check_inflated_size(data, syntax=syntax_named, offset=offset, limit=inflated_limit)
+        try:
+            layout_check(
+                data,
+                offset=offset,
+                transfer_syntax=syntax_named,
+                max_elements=max_elements,
+                max_inflated=inflated_limit,
+            )
+        except LayoutRefused as exc:
+            raise DicomRejected(exc.code, exc.message) from None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             ds = pydicom.dcmread(io.BytesIO(data), force=False)
             pixel_offset = pixel_value_offset(ds)  # before any check reads the value
         except (InvalidDicomError, Exception) as exc:  # pydicom fails in many shapes
+            # Its type, not its text: pydicom's messages quote the bytes it read.
             raise DicomRejected(
-                "malformed", f"The file could not be parsed as DICOM ({str(exc)[:120]})."
+                "malformed",
+                f"The file could not be parsed as DICOM ({type(exc).__name__}): an element, "
+                "its VR or its length is malformed.",
             ) from None
         try:
             _check_structure(ds, max_depth=max_depth)
         except DicomRejected:
             raise
         except Exception as exc:
-            raise DicomRejected("malformed", f"A sequence could not be parsed ({exc}).") from None
+            raise DicomRejected(
+                "malformed", f"A sequence could not be parsed ({type(exc).__name__})."
+            ) from None
     messages = [str(w.message) for w in caught]
     if any("End of file" in m or "delimiter" in m for m in messages):
         raise DicomRejected("truncated", "The file ends before its pixel data is complete.")
+    if any(
+        m.startswith(("Expected explicit VR, but found", "Expected implicit VR, but found"))
+        for m in messages
+    ):
+        # pydicom reads on in the other encoding; the file would then be served under a
+        # transfer syntax that other readers take at its word and misread.
+        raise DicomRejected(
+            "malformed",
+            "The data set is not encoded as its transfer syntax says (explicit or implicit "
+            "VR). Write the file again with a DICOM toolkit and send it again.",
+        )
     meta = getattr(ds, "file_meta", None)
     transfer_syntax = meta.get("TransferSyntaxUID") if meta is not None else None
     if not transfer_syntax:

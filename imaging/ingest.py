@@ -139,12 +139,24 @@ def _ingest_isolated(*, tenant: Tenant, actor: Actor, data: bytes, name: str) ->
 
 
 def _parse(data: bytes, digest: Future[str] | None = None) -> ParsedInstance:
-    return parse_part10(
-        data,
-        max_bytes=settings.INGEST_MAX_INSTANCE_BYTES,
-        max_depth=settings.INGEST_MAX_SEQUENCE_DEPTH,
-        digest=digest.result if digest is not None else None,
-    )
+    try:
+        return parse_part10(
+            data,
+            max_bytes=settings.INGEST_MAX_INSTANCE_BYTES,
+            max_depth=settings.INGEST_MAX_SEQUENCE_DEPTH,
+            max_elements=settings.INGEST_MAX_ELEMENTS,
+            digest=digest.result if digest is not None else None,
+        )
+    except DicomRejected:
+        raise
+    except Exception as exc:
+        # A file no check foresaw is this file's rejection, not the request's failure:
+        # the other files of an upload or a STOW-RS batch are still stored.
+        logger.warning("ingest: unforeseen parse failure %s", type(exc).__name__)
+        raise DicomRejected(
+            "malformed",
+            f"The file could not be parsed as DICOM ({type(exc).__name__}).",
+        ) from None
 
 
 @lru_cache(maxsize=1)

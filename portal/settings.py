@@ -339,6 +339,10 @@ AUDIT_CHECKPOINT_ROOT = Path(
 # Ingest limits, checked before any expensive work.
 INGEST_MAX_INSTANCE_BYTES = env_int("INGEST_MAX_INSTANCE_BYTES", 1024 * 1024 * 1024)
 INGEST_MAX_SEQUENCE_DEPTH = env_int("INGEST_MAX_SEQUENCE_DEPTH", 8)
+# Data elements and sequence items in one file: pydicom builds an object for each (some
+# hundreds of bytes), so a small file of empty elements could cost gigabytes. An
+# enhanced multi-frame image of thousands of frames holds a few hundred thousand.
+INGEST_MAX_ELEMENTS = env_int("INGEST_MAX_ELEMENTS", 500_000)
 # One decoded frame at most (rendering, thumbnails, decoded frames): compressed data can
 # claim any size in its header, and decoders allocate what it claims.
 RENDER_MAX_FRAME_BYTES = env_int("RENDER_MAX_FRAME_BYTES", 256 * 1024 * 1024)

@@ -70,6 +70,32 @@ def _saved_as(name: str, syntax: str) -> bytes:
     return buffer.getvalue()
 
 
+def _element(group: int, element: int, vr: bytes, value: bytes) -> bytes:
+    return struct.pack("<HH2sH", group, element, vr, len(value)) + value
+
+
+def _appended(*elements: bytes):
+    """The file with `elements` appended to its data set (after its pixel data)."""
+    return lambda data: data + b"".join(elements)
+
+
+def _meta_vr_replaced(data: bytes) -> bytes:
+    """TransferSyntaxUID's VR bytes replaced by ones that are no VR."""
+    at = data.index(b"\x02\x00\x10\x00UI")
+    return data[: at + 4] + b"XX" + data[at + 6 :]
+
+
+def _without_pixels(change):
+    def rewrite(data: bytes) -> bytes:
+        def both(ds):
+            del ds.PixelData
+            change(ds)
+
+        return _rewrite(data, both)
+
+    return rewrite
+
+
 def _with_uid(value: str):
     return lambda data: _rewrite(data, lambda ds: setattr(ds, "SOPInstanceUID", value))
 
@@ -103,6 +129,27 @@ CASES = {
     "rle saved as implicit native": (
         lambda d: _saved_as("MR_small_RLE.dcm", pydicom.uid.ImplicitVRLittleEndian),
         "pixel_encoding",
+    ),
+    # pydicom keeps the last of a repeated element, other readers the first: the index
+    # and a viewer would show two different patients, or two different images.
+    "patient named twice": (
+        _appended(
+            _element(0x0008, 0x0018, b"UI", b"9.9.9.9\0"),
+            _element(0x0010, 0x0010, b"PN", b"Other^Patient "),
+        ),
+        "malformed",
+    ),
+    "pixel data twice": (_appended(_element(0x7FE0, 0x0010, b"OB", b"\0\0")), "malformed"),
+    "transfer syntax of no VR": (_meta_vr_replaced, "malformed"),
+    "implicit VR labelled explicit": (
+        lambda d: _relabelled(
+            sample_bytes("MR_small_implicit.dcm"), pydicom.uid.ExplicitVRLittleEndian
+        ),
+        "malformed",
+    ),
+    "bits allocated past 64": (
+        _without_pixels(lambda ds: setattr(ds, "BitsAllocated", 40000)),
+        "invalid_value",
     ),
 }
 
@@ -510,3 +557,47 @@ def test_a_zip_directory_larger_than_its_entries_need_is_refused(clinic, setting
 
     assert [r.code for r in results] == ["zip_bomb"]
     assert "its directory takes" in results[0].message
+
+
+@pytest.mark.django_db
+def test_a_file_of_more_elements_than_the_limit_is_refused_unparsed(
+    clinic, data_dir, settings, monkeypatch
+):
+    settings.INGEST_MAX_ELEMENTS = 100  # CT_small.dcm holds more
+    monkeypatch.setattr(pydicom, "dcmread", lambda *a, **k: pytest.fail("parsed"))
+
+    result = ingest(clinic, CT, "ct.dcm")
+
+    assert result.code == "too_complex" and "100" in result.message
+    _nothing_stored(clinic, data_dir)
+
+
+@pytest.mark.django_db
+def test_a_small_deflated_file_of_countless_empty_items_is_refused_unparsed(
+    clinic, data_dir, monkeypatch
+):
+    import zlib
+
+    ds = pydicom.dcmread(io.BytesIO(CT))
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    plain = io.BytesIO()
+    ds.save_as(plain, enforce_file_format=True)
+    body = plain.getvalue()[dataset_offset(plain.getvalue()) :]
+    # An undefined-length sequence of a million empty items: 8 MB inflated, each item
+    # an object to pydicom.
+    body += struct.pack("<HH2sHI", 0x0099, 0x1001, b"SQ", 0, 0xFFFFFFFF)
+    body += struct.pack("<HHI", 0xFFFE, 0xE000, 0) * 1_000_000
+    body += struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
+    deflater = zlib.compressobj(9, zlib.DEFLATED, -15)
+    packed = deflater.compress(body) + deflater.flush()
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.DeflatedExplicitVRLittleEndian
+    head = io.BytesIO()
+    head.write(b"\0" * 128 + b"DICM")
+    write_file_meta_info(head, ds.file_meta, enforce_standard=True)
+    monkeypatch.setattr(pydicom, "dcmread", lambda *a, **k: pytest.fail("parsed"))
+
+    result = ingest(clinic, head.getvalue() + packed, "items.dcm")
+
+    assert len(head.getvalue() + packed) < 200_000
+    assert result.code == "too_complex"
+    _nothing_stored(clinic, data_dir)

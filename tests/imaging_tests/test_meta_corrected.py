@@ -27,7 +27,7 @@ from imaging.services import instance_bytes
 from tests.imaging_tests.dicomweb_support import stow_files, token_for
 from tests.imaging_tests.helpers import INGEST_ACTOR, ingest, synthetic_ct
 
-LIMITS = {"max_bytes": 1 << 30, "max_depth": 16}
+LIMITS = {"max_bytes": 1 << 30, "max_depth": 16, "max_elements": 500_000}
 WARNING_COERCION = 0xB000
 
 

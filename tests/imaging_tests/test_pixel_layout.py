@@ -36,7 +36,7 @@ from tests.helpers import response_bytes
 from tests.imaging_tests.dicomweb_support import token_for
 from tests.imaging_tests.helpers import ingest, sample_bytes, synthetic_ct
 
-LIMITS = {"max_bytes": 1 << 30, "max_depth": 16}
+LIMITS = {"max_bytes": 1 << 30, "max_depth": 16, "max_elements": 500_000}
 
 # pydicom's files whose frames are uncompressed one-sample 8- or 16-bit little endian.
 WITH_LAYOUT = [
