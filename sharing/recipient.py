@@ -82,6 +82,15 @@ def recipient_verified(request: HttpRequest) -> None:
     request.session[SESSION_KEY] = data
 
 
+def recipient_hold_began(request: HttpRequest) -> dt.datetime:
+    """When this browser's hold on its link began (now if it holds none): a viewer
+    session opened before it was another sitting, another person's perhaps."""
+    until = (request.session.get(SESSION_KEY) or {}).get("until")
+    if not isinstance(until, int | float):
+        return dt.datetime.now(tz=dt.UTC)
+    return dt.datetime.fromtimestamp(until - SESSION_MAX_SECONDS, tz=dt.UTC)
+
+
 def recipient_end(request: HttpRequest) -> None:
     """Let go of the link, under a new session key.
 

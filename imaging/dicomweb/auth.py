@@ -249,7 +249,12 @@ def share_recipient(
 
     @wraps(view)
     def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-        from sharing.recipient import RecipientSessionEnded, recipient_end, recipient_share
+        from sharing.recipient import (
+            RecipientSessionEnded,
+            recipient_end,
+            recipient_hold_began,
+            recipient_share,
+        )
         from sharing.selectors import share_series
         from sharing.services import ShareUnavailable, share_actor
 
@@ -277,7 +282,11 @@ def share_recipient(
             studies=Study.objects.for_tenant(share.tenant).filter(pk=share.study_id),
             series=share_series(share=share),
             viewer_session=_viewer_session(
-                request, share.tenant, name=name, opened_after=share.created_at, share=share
+                request,
+                share.tenant,
+                name=name,
+                opened_after=recipient_hold_began(request),
+                share=share,
             ),
             pseudonym=share.pseudonym,
         )

@@ -747,6 +747,29 @@ def test_a_recipient_taking_originals_from_the_viewer_is_audited_each_time(
     assert all(detail["instances"] == 3 for _, detail in taken)
 
 
+def test_a_viewer_session_of_another_hold_on_the_link_does_not_silence_the_audit(
+    study, radiologist
+):
+    share, token = make_share(study, radiologist, max_uses=2)
+    first, later = Client(), Client()
+    open_link(first, token)
+    session_id = re.search(
+        r'data-viewer-session="([0-9a-f-]+)"', first.get("/s/viewer/").content.decode()
+    )[1]
+    instance = first_instance(study)
+    first.get(frame_url(instance), HTTP_ACCEPT=FRAMES, HTTP_X_VIEWER_SESSION=session_id)
+    time.sleep(0.01)  # the second opening is strictly later than the first's viewer
+    open_link(later, token)  # another browser, another person perhaps: the second use
+    events = AuditEvent.objects.for_tenant(study.tenant).filter(actor_id=str(share.pk))
+    before = events.count()
+
+    for _ in range(2):
+        later.get(frame_url(instance), HTTP_ACCEPT=FRAMES, HTTP_X_VIEWER_SESSION=session_id)
+
+    read = list(events.order_by("seq")[before:].values_list("action", flat=True))
+    assert read == [Action.DICOMWEB_RETRIEVE] * 2  # each read on its own, not folded in
+
+
 def test_a_view_only_recipient_asking_for_the_download_is_told_why(client, study, radiologist):
     _, token = make_share(study, radiologist)
     open_link(client, token)
