@@ -578,6 +578,24 @@ def ingest_many(
     return [result for result in results if result is not None]
 
 
+def _store_failure_audited(*, tenant: Tenant, actor: Actor, error: str) -> None:
+    """Audit a file that passed every check and could not be stored, as a refused one
+    is: the clinic sees what it was sent and did not keep. Best effort: the database may
+    be what failed."""
+    try:
+        with transaction.atomic():
+            audit.record(
+                actor=actor,
+                action=Action.INSTANCE_REJECTED,
+                target=None,
+                tenant=tenant,
+                outcome=Outcome.FAILURE,
+                detail={"code": "store_failed", "error": error},
+            )
+    except Exception as exc:
+        logger.error("ingest could not audit a failed store: %s", type(exc).__name__)
+
+
 def _ingest_one(*, tenant: Tenant, actor: Actor, name: str, parsed: ParsedInstance) -> IngestResult:
     """`_ingest_parsed` for one file of many stored one at a time, a failure to store
     it being that file's result.
@@ -594,6 +612,7 @@ def _ingest_one(*, tenant: Tenant, actor: Actor, name: str, parsed: ParsedInstan
         logger.error(
             "ingest failed to store a file for tenant %s: %s", tenant.pk, type(exc).__name__
         )
+        _store_failure_audited(tenant=tenant, actor=actor, error=type(exc).__name__)
         return IngestResult(
             name=name,
             outcome=IngestOutcome.REJECTED,

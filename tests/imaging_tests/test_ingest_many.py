@@ -259,3 +259,5 @@ def test_a_file_failing_in_a_batch_stored_one_at_a_time_fails_alone(clinic, monk
     assert stored == {_sop(files[0]), _sop(files[1]), _sop(files[3])}
     assert len(object_keys(storage_for(clinic), str(clinic.pk))) == 3
     assert "OSError" in caplog.text
+    refused = AuditEvent.objects.for_tenant(clinic).get(action=Action.INSTANCE_REJECTED)
+    assert refused.detail == {"code": "store_failed", "error": "OSError"}
