@@ -104,17 +104,21 @@ class _Conflict(Exception):
         self.code, self.message = code, message
 
 
-def _reject(
-    *, tenant: Tenant, actor: Actor, name: str, code: str, message: str, sop_uid: str = ""
-) -> IngestResult:
+def _rejection_audited(*, tenant: Tenant, actor: Actor, detail: dict[str, str]) -> None:
     audit.record(
         actor=actor,
         action=Action.INSTANCE_REJECTED,
         target=None,
         tenant=tenant,
         outcome=Outcome.FAILURE,
-        detail={"code": code},
+        detail=detail,
     )
+
+
+def _reject(
+    *, tenant: Tenant, actor: Actor, name: str, code: str, message: str, sop_uid: str = ""
+) -> IngestResult:
+    _rejection_audited(tenant=tenant, actor=actor, detail={"code": code})
     logger.info("ingest rejected a file for tenant %s: %s", tenant.pk, code)
     return IngestResult(name=name, outcome=IngestOutcome.REJECTED, code=code, message=message)
 
@@ -584,13 +588,8 @@ def _store_failure_audited(*, tenant: Tenant, actor: Actor, error: str) -> None:
     be what failed."""
     try:
         with transaction.atomic():
-            audit.record(
-                actor=actor,
-                action=Action.INSTANCE_REJECTED,
-                target=None,
-                tenant=tenant,
-                outcome=Outcome.FAILURE,
-                detail={"code": "store_failed", "error": error},
+            _rejection_audited(
+                tenant=tenant, actor=actor, detail={"code": "store_failed", "error": error}
             )
     except Exception as exc:
         logger.error("ingest could not audit a failed store: %s", type(exc).__name__)
