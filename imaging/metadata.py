@@ -55,11 +55,28 @@ def header_stale(header_json: bytes) -> bool:
     return _STALE_URI in header_json or _holds_non_json(header_json)
 
 
+class _BareToken(Exception):
+    pass
+
+
+def _bare_token(name: str) -> Any:
+    raise _BareToken(name)
+
+
 def _holds_non_json(header_json: bytes) -> bool:
     # Two substring scans first: the expression runs only on the rare header that may.
-    return (b"NaN" in header_json or b"Infinity" in header_json) and bool(
-        _NOT_JSON.search(header_json)
-    )
+    if not (b"NaN" in header_json or b"Infinity" in header_json):
+        return False
+    if not _NOT_JSON.search(header_json):
+        return False
+    # The expression matches text values too ("CT head,NaN protocol"): only a parse
+    # tells a bare token from text. Without it such a header counted as stale forever,
+    # and each metadata read parsed the stored object instead.
+    try:
+        json.loads(header_json, parse_constant=_bare_token)
+    except (_BareToken, ValueError):
+        return True
+    return False
 
 
 def metadata_for_instance(

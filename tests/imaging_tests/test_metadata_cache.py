@@ -65,6 +65,20 @@ def test_metadata_needs_no_stored_object(clinic, read_token):
 
 
 @pytest.mark.django_db
+def test_a_text_value_that_reads_like_nan_keeps_the_header_in_use(clinic, read_token):
+    files = synthetic_ct(slices=1, tags={"StudyDescription": "CT head,NaN protocol"})
+    ingest(clinic, files[0])
+    storage = storage_for(clinic)
+    for key in Instance.objects.for_tenant(clinic).values_list("storage_key", flat=True):
+        object_delete(storage, key)  # the header on the row must do
+
+    response = http(read_token).get(series_metadata_url(files[0]))
+
+    assert response.status_code == 200
+    assert response.json()[0]["00081030"]["Value"] == ["CT head,NaN protocol"]
+
+
+@pytest.mark.django_db
 def test_the_kept_header_is_encrypted(clinic):
     ingest(clinic, synthetic_ct(slices=1, patient_name="Plaintext^Findme", patient_id="PID-77")[0])
 
