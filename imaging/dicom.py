@@ -475,7 +475,9 @@ def parse_part10(
     original = data
     data, preamble = neutralise_preamble(data)
     meta_syntax = _meta_syntax(data)
-    if meta_syntax is not None:
+    # A missing or unknown transfer syntax is named after the parse; without one the
+    # bytes cannot be walked.
+    if meta_syntax is not None and pydicom.uid.UID(meta_syntax[0]).is_transfer_syntax:
         syntax_named, offset = meta_syntax
         inflated_limit = min(max_bytes, max(len(data) * DEFLATE_MAX_RATIO, 16 << 20))
         _check_inflated_size(data, syntax=syntax_named, offset=offset, limit=inflated_limit)
@@ -485,6 +487,7 @@ def parse_part10(
                 offset=offset,
                 transfer_syntax=syntax_named,
                 max_elements=max_elements,
+                max_depth=max_depth,
                 max_inflated=inflated_limit,
             )
         except LayoutRefused as exc:
@@ -512,17 +515,6 @@ def parse_part10(
     messages = [str(w.message) for w in caught]
     if any("End of file" in m or "delimiter" in m for m in messages):
         raise DicomRejected("truncated", "The file ends before its pixel data is complete.")
-    if any(
-        m.startswith(("Expected explicit VR, but found", "Expected implicit VR, but found"))
-        for m in messages
-    ):
-        # pydicom reads on in the other encoding; the file would then be served under a
-        # transfer syntax that other readers take at its word and misread.
-        raise DicomRejected(
-            "malformed",
-            "The data set is not encoded as its transfer syntax says (explicit or implicit "
-            "VR). Write the file again with a DICOM toolkit and send it again.",
-        )
     meta = getattr(ds, "file_meta", None)
     transfer_syntax = meta.get("TransferSyntaxUID") if meta is not None else None
     if not transfer_syntax:

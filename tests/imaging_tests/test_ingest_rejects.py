@@ -601,3 +601,51 @@ def test_a_small_deflated_file_of_countless_empty_items_is_refused_unparsed(
     assert len(head.getvalue() + packed) < 200_000
     assert result.code == "too_complex"
     _nothing_stored(clinic, data_dir)
+
+
+def _implicit_meta(data: bytes) -> bytes:
+    """The file with its meta written in implicit VR, as some old writers do."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    meta = pydicom.dcmread(io.BytesIO(data)).file_meta
+    plain = Dataset()
+    for element in meta:
+        plain[element.tag] = element
+    writer = DicomBytesIO()
+    writer.is_little_endian, writer.is_implicit_VR = True, True
+    write_dataset(writer, plain)
+    return data[:132] + writer.getvalue() + data[dataset_offset(data) :]
+
+
+IMPLICIT = sample_bytes("MR_small_implicit.dcm")
+ACCEPTED = {
+    # A repeat byte for byte the same: every reader reads the one value.
+    "element repeated with its value": lambda: (
+        CT + _element(0x0008, 0x0060, b"CS", pydicom.dcmread(io.BytesIO(CT)).Modality.encode())
+    ),
+    # Zeros padding an implicit VR file read as empty (0000,0000) elements.
+    "implicit VR padded with zeros": lambda: IMPLICIT + b"\0" * 16,
+    "file meta in implicit VR": lambda: _implicit_meta(IMPLICIT),
+}
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("case", sorted(ACCEPTED))
+def test_odd_but_unambiguous_files_are_stored(case, clinic):
+    result = ingest(clinic, ACCEPTED[case](), "odd.dcm")
+
+    assert result.outcome == IngestOutcome.STORED, result.message
+
+
+@pytest.mark.django_db
+def test_items_in_a_value_pydicom_reads_as_a_sequence_are_counted(clinic, data_dir, settings):
+    # A UN of a sequence's tag: pydicom makes it a sequence of objects, item by item.
+    settings.INGEST_MAX_ELEMENTS = 1000
+    items = struct.pack("<HHI", 0xFFFE, 0xE000, 0) * 2000
+    un = struct.pack("<HH2sHI", 0x0040, 0x0275, b"UN", 0, len(items)) + items
+
+    result = ingest(clinic, CT + un, "un.dcm")
+
+    assert result.code == "too_complex"
+    _nothing_stored(clinic, data_dir)
