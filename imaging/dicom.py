@@ -395,9 +395,17 @@ RANGES = {
 }
 
 
+# Checked only where there are pixels to describe: a report or a plan may carry them
+# oddly, and nothing reads them there.
+PIXEL_DESCRIPTION = frozenset({"BitsAllocated", "BitsStored", "HighBit"})
+
+
 def _check_ranges(ds: Dataset) -> None:
+    has_pixels = bool(pixel_tag(ds))
     for keyword, (low, high) in RANGES.items():
         if keyword not in ds or ds.get(keyword) in (None, ""):
+            continue
+        if keyword in PIXEL_DESCRIPTION and not has_pixels:
             continue
         value = _int(ds, keyword)
         if value is None or not low <= value <= high:
@@ -537,9 +545,9 @@ def parse_part10(
         raise DicomRejected(
             "unknown_transfer_syntax", f"Transfer syntax {syntax} is not one this server knows."
         )
+    _check_ranges(ds)  # first: the pixel checks compute sizes from these values
     _check_pixel_encoding(ds, syntax)
     _check_native_pixels(ds, syntax)
-    _check_ranges(ds)
     data, corrected, moved = _meta_corrected(data, ds, uids)
     if pixel_offset is not None:
         pixel_offset += moved
@@ -583,7 +591,7 @@ def parse_part10(
         number_of_frames=(_int(ds, "NumberOfFrames") or 1) if pixel_tag(ds) else None,
         rows=_int(ds, "Rows"),
         columns=_int(ds, "Columns"),
-        bits_allocated=_int(ds, "BitsAllocated"),
+        bits_allocated=_int(ds, "BitsAllocated") if pixel_tag(ds) else None,
         pixel_tag=pixel_tag(ds),
         pixel_layout=pixel_layout(ds, data=data, offset=pixel_offset),
         pixels_may_identify=pixels_may_identify(ds),

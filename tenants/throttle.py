@@ -45,7 +45,9 @@ def account_identity(account: str) -> str:
     it past its maximum length for that reason, CVE-2023-46695). Overlong names reach
     no account, so sharing one lockout costs nobody anything.
     """
-    account = account[: EMAIL_MAX_LENGTH + 1]
+    # Stripped first, as the sign-in form strips it: spaces before the cut would make
+    # one account many.
+    account = account.strip()[: EMAIL_MAX_LENGTH + 1]
     folded = unicodedata.normalize("NFKC", account).strip().upper().casefold()
     return unicodedata.normalize("NFKC", folded)
 
