@@ -105,7 +105,7 @@ class InvitationAwarePasswordResetForm(PasswordResetForm):
             # The portal's own address, as every other email's links: the request's
             # Host header is the sender's to choose, and the link carries a credential.
             base = urlsplit(settings.PORTAL_BASE_URL)
-            domain, use_https = base.netloc, base.scheme == "https"
+            domain, use_https = base.netloc + base.path.rstrip("/"), base.scheme == "https"
         for user in self.get_users(self.cleaned_data["email"]):
             task_send_on_commit(
                 task=password_reset_send,

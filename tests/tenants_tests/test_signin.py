@@ -752,7 +752,7 @@ def test_the_reset_link_is_on_the_portals_address_whatever_host_the_request_name
     clinic, radiologist, django_capture_on_commit_callbacks, settings
 ):
     settings.ALLOWED_HOSTS = ["portal.example", "other.example"]
-    settings.PORTAL_BASE_URL = "https://portal.example"
+    settings.PORTAL_BASE_URL = "https://portal.example/imaging"
 
     with django_capture_on_commit_callbacks(execute=True):
         Client().post(
@@ -760,4 +760,4 @@ def test_the_reset_link_is_on_the_portals_address_whatever_host_the_request_name
         )
 
     link = next(line for line in mail.outbox[-1].body.splitlines() if "/password-reset/" in line)
-    assert link.strip().startswith("https://portal.example/accounts/password-reset/")
+    assert link.strip().startswith("https://portal.example/imaging/accounts/password-reset/")
