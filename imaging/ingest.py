@@ -894,7 +894,7 @@ def ingest_archive(
                 f"({exc if known else 'its directory is not valid'}).",
             )
         ]
-    problem = problem or _zip_size_problem(entries)
+    problem = problem or _zip_size_problem(entries, archive_bytes=fileobj.seek(0, io.SEEK_END))
     if problem:
         return [
             _reject(
@@ -969,12 +969,22 @@ def ingest_archive(
     return results
 
 
-def _zip_size_problem(entries: list[zipfile.ZipInfo]) -> str | None:
-    """Why a zip's listed files are too many or expand too far, or None."""
+def _zip_size_problem(entries: list[zipfile.ZipInfo], *, archive_bytes: int) -> str | None:
+    """Why a zip's listed files are too many or expand too far, or None.
+
+    The ratio is taken on the compressed sizes the directory declares, so those must fit
+    in the archive: a directory claiming more would hide a bomb's ratio, and entries
+    sharing their compressed bytes (overlapping files) can only claim more.
+    """
     total = sum(info.file_size for info in entries)
     compressed = sum(info.compress_size for info in entries) or 1
     if len(entries) > settings.INGEST_MAX_ZIP_ENTRIES:
         return f"it holds {len(entries)} files (limit {settings.INGEST_MAX_ZIP_ENTRIES})"
+    if compressed > archive_bytes:
+        return (
+            f"its directory declares {compressed} compressed bytes, "
+            f"more than the {archive_bytes} bytes of the archive"
+        )
     if total > settings.INGEST_MAX_ZIP_TOTAL_BYTES:
         return f"it expands to {total} bytes (limit {settings.INGEST_MAX_ZIP_TOTAL_BYTES})"
     if total / compressed > settings.INGEST_MAX_ZIP_RATIO:

@@ -353,6 +353,22 @@ def test_zip_bomb_is_refused_before_extraction(clinic, data_dir):
 
 
 @pytest.mark.django_db
+def test_a_zip_declaring_more_compressed_bytes_than_it_holds_is_refused(clinic, data_dir):
+    data = bytearray(_zip({"a.dcm": b"\0" * (20 * 1024 * 1024)}).getvalue())
+    entry = data.index(b"PK\x01\x02")
+    struct.pack_into("<L", data, entry + 20, 10 * 1024 * 1024)  # its compressed size, a lie
+    assert zipfile.ZipFile(io.BytesIO(data)).read("a.dcm")  # zipfile still inflates it
+
+    results = ingest_archive(
+        tenant=clinic, actor=INGEST_ACTOR, fileobj=io.BytesIO(data), name="bomb.zip"
+    )
+
+    assert [r.code for r in results] == ["zip_bomb"]
+    assert "declares 10485760 compressed bytes" in results[0].message
+    _nothing_stored(clinic, data_dir)
+
+
+@pytest.mark.django_db
 def test_zip_with_too_many_entries_is_refused(clinic, data_dir, settings):
     settings.INGEST_MAX_ZIP_ENTRIES = 3
     archive = _zip({f"{i}.dcm": b"x" for i in range(4)}, zipfile.ZIP_STORED)
