@@ -70,6 +70,7 @@ class Action(models.TextChoices):
     HEADERS_INDEXED = "instance.headers_indexed", "Instance headers kept for metadata requests"
     THUMBNAILS_REBUILT = "series.thumbnails_rebuilt", "Series thumbnails queued to render again"
     INSTANCE_DUPLICATE = "instance.duplicate", "Identical instance received again"
+    INSTANCE_RESTORED = "instance.restored", "Missing stored object restored from an identical copy"
     INSTANCE_REJECTED = "instance.rejected", "Instance rejected"
     PREAMBLE_NEUTRALISED = "security.preamble_neutralised", "Hostile preamble neutralised"
     INTEGRITY_FAILED = "security.integrity_failed", "Stored object failed its integrity check"

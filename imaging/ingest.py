@@ -18,7 +18,7 @@ import zipfile
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from functools import lru_cache, partial
 from pathlib import Path
@@ -38,9 +38,10 @@ from imaging.dicom import DicomRejected, ParsedInstance, dataset_offset, parse_p
 from imaging.keyring import study_dek, study_dek_new, tenant_key_active
 from imaging.metadata import metadata_seal
 from imaging.models import Instance, Patient, Series, Study
-from imaging.services import instance_chunks, series_requests_create
+from imaging.services import instance_chunks, instance_study_key, series_requests_create
 from imaging.storage import (
     object_delete_quietly,
+    object_exists,
     object_key_new,
     object_write,
     object_write_many,
@@ -239,6 +240,22 @@ def _duplicate(
     *, tenant: Tenant, actor: Actor, name: str, existing: Instance, parsed: ParsedInstance
 ) -> IngestResult:
     same_file = existing.sha256 == parsed.sha256
+    if not object_exists(storage_for(tenant), existing.storage_key):
+        # A duplicate's answer tells the sender it may delete its copy: never give it
+        # for an instance whose stored object is gone.
+        if same_file:
+            return _restore(tenant=tenant, actor=actor, name=name, existing=existing, parsed=parsed)
+        return _reject(
+            tenant=tenant,
+            actor=actor,
+            name=name,
+            code="stored_copy_missing",
+            message=(
+                "An instance with this SOPInstanceUID is recorded but its stored copy is "
+                "missing, and this file is not byte for byte the one recorded, so it was "
+                "not used in its place; tell the clinic's administrator."
+            ),
+        )
     if same_file or _same_data_set(existing=existing, parsed=parsed, actor=actor):
         detail = {"study": str(existing.study_id)}
         if not same_file:
@@ -263,6 +280,36 @@ def _duplicate(
             "the stored instance was kept unchanged."
         ),
     )
+
+
+RESTORED_MESSAGE = "The stored copy of this instance was missing; this file restored it."
+
+
+def _restore(
+    *, tenant: Tenant, actor: Actor, name: str, existing: Instance, parsed: ParsedInstance
+) -> IngestResult:
+    """Write an instance's missing object again from a copy of the same bytes.
+
+    The copy's SHA-256 is the one recorded when the instance was stored, so it is that
+    content byte for byte; it goes under the recorded key, and the row is unchanged.
+    """
+    storage = storage_for(tenant)
+    with transaction.atomic():
+        # Locked: two senders restoring at once write the key once.
+        instance = Instance.objects.for_tenant(tenant).select_for_update().get(pk=existing.pk)
+        if not object_exists(storage, instance.storage_key):
+            dek = instance_study_key(instance=instance, actor=actor)
+            context = ObjectContext(tenant.pk, instance.storage_key)
+            chunks = encrypt_stream([parsed.data], key=dek, context=context)
+            object_write(storage, instance.storage_key, chunks)
+            audit.record(
+                actor=actor,
+                action=Action.INSTANCE_RESTORED,
+                target=instance,
+                tenant=tenant,
+                detail={"study": str(instance.study_id)},
+            )
+    return replace(_stored(name, parsed, instance), message=RESTORED_MESSAGE)
 
 
 def _same_data_set(*, existing: Instance, parsed: ParsedInstance, actor: Actor) -> bool:

@@ -214,6 +214,10 @@ def _readable(key: str, chunks: Iterable[bytes]) -> File:
     return File(io.BufferedReader(IterableFile(chunks), 1024 * 1024), key)
 
 
+def object_exists(storage: Storage, key: str) -> bool:
+    return storage.exists(key)
+
+
 def object_open(storage: Storage, key: str) -> Any:
     """A binary reader of the stored object, read front to back; FileNotFoundError if
     there is none."""

@@ -20,6 +20,7 @@ from imaging.dicom import dataset_offset
 from imaging.ingest import IngestOutcome, ingest_archive
 from imaging.models import Instance, Patient, Series, Study
 from imaging.services import instance_bytes
+from imaging.storage import storage_for
 from tests.imaging_tests.helpers import INGEST_ACTOR, ingest, sample_bytes, synthetic_ct
 
 
@@ -250,6 +251,44 @@ def test_a_resend_with_rewritten_meta_and_other_content_is_still_a_conflict(clin
     assert result.code == "conflict"
     assert (
         not AuditEvent.objects.for_tenant(clinic).filter(action=Action.INSTANCE_DUPLICATE).exists()
+    )
+
+
+@pytest.mark.django_db
+def test_a_resend_of_an_instance_whose_object_is_gone_restores_it(clinic):
+    first = ingest(clinic, CT)
+    stored = Instance.objects.for_tenant(clinic).get(pk=first.instance_id)
+    original = instance_bytes(instance=stored, actor=INGEST_ACTOR)
+    storage_for(clinic).delete(stored.storage_key)
+
+    result = ingest(clinic, CT)
+
+    assert result.outcome == IngestOutcome.STORED
+    assert result.instance_id == first.instance_id
+    assert "restored" in result.message
+    assert instance_bytes(instance=stored, actor=INGEST_ACTOR) == original
+    event = AuditEvent.objects.for_tenant(clinic).get(action=Action.INSTANCE_RESTORED)
+    assert event.target_id == str(stored.pk)
+    assert (
+        not AuditEvent.objects.for_tenant(clinic).filter(action=Action.INSTANCE_DUPLICATE).exists()
+    )
+
+
+@pytest.mark.django_db
+def test_a_resend_differing_in_its_meta_does_not_stand_in_for_a_missing_object(clinic):
+    first = ingest(clinic, CT)
+    stored = Instance.objects.for_tenant(clinic).get(pk=first.instance_id)
+    storage_for(clinic).delete(stored.storage_key)
+
+    result = ingest(clinic, _meta_rewritten(CT))
+
+    assert result.code == "stored_copy_missing"
+    assert "stored copy is missing" in result.message
+    assert not storage_for(clinic).exists(stored.storage_key)
+    assert (
+        not AuditEvent.objects.for_tenant(clinic)
+        .filter(action__in=[Action.INSTANCE_DUPLICATE, Action.INSTANCE_RESTORED])
+        .exists()
     )
 
 

@@ -119,6 +119,7 @@ def _store_batch(
                 "conflict": FAILURE_DUPLICATE_CONFLICT,
                 "busy": FAILURE_PROCESSING,
                 "store_failed": FAILURE_PROCESSING,
+                "stored_copy_missing": FAILURE_PROCESSING,
                 "study_mismatch": FAILURE_STUDY_MISMATCH,
                 "unknown_transfer_syntax": FAILURE_TRANSFER_SYNTAX,
             }.get(result.code, FAILURE_CANNOT_UNDERSTAND)
