@@ -82,6 +82,12 @@ def api_token_check(
             f"Your roles in this clinic do not allow giving a token {', '.join(refused)}: "
             "a token may only do what its creator may."
         )
+    if ApiToken.Scope.SHARES_WRITE in scopes and ApiToken.Scope.DICOMWEB_READ not in scopes:
+        # sharing.services.share_create refuses such a token every link.
+        raise ValidationError(
+            "A token with shares:write also needs dicomweb:read: a link shows its study to "
+            "whoever opens it, so a token may only share what it may read."
+        )
     if expires_days is not None and not 1 <= expires_days <= MAX_EXPIRES_DAYS:
         raise ValidationError(
             f"A token expires after 1 to {MAX_EXPIRES_DAYS} days (asked: {expires_days})."

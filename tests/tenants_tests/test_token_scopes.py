@@ -39,7 +39,6 @@ def test_every_scope_names_the_permissions_it_needs():
         (("tenant_admin", "technologist"), "dicomweb:read"),
         (("tenant_admin", "technologist"), "dicomweb:write"),
         (("tenant_admin", "front_desk"), "studies:read"),
-        (("tenant_admin", "radiologist"), "shares:write"),
         (("tenant_admin", "radiologist"), "confidential:read"),
     ],
 )
@@ -49,6 +48,21 @@ def test_a_scope_is_given_when_the_creators_roles_allow_it(clinic, roles, scope)
     token, _ = create(clinic, [scope], created_by=creator)
 
     assert token.scopes == [scope] and token.created_by == creator
+
+
+@pytest.mark.django_db
+def test_a_token_that_shares_is_given_only_with_reading_images(clinic):
+    """share_create refuses every link to a token that may not read what it shows."""
+    creator = make_member(clinic, "tenant_admin", "radiologist")
+
+    token, _ = create(clinic, ["shares:write", "dicomweb:read"], created_by=creator)
+    with pytest.raises(ValidationError, match="shares:write also needs dicomweb:read"):
+        create(clinic, ["shares:write"], created_by=creator)
+    with pytest.raises(ValidationError, match="shares:write also needs dicomweb:read"):
+        create(clinic, ["shares:write", "studies:read"])
+
+    assert ApiToken.objects.for_tenant(clinic).get() == token
+    assert token.scopes == ["dicomweb:read", "shares:write"]
 
 
 @pytest.mark.django_db
