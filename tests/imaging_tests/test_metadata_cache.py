@@ -184,3 +184,69 @@ def test_a_header_failing_its_check_mid_answer_cuts_the_metadata_short(
     assert received.startswith(b"[") and not received.endswith(b"]")
     failed = AuditEvent.objects.filter(tenant=clinic, action=Action.INTEGRITY_FAILED)
     assert failed.filter(target_id=str(later[0].pk)).exists()
+
+
+def _unreadable_after(calls: int, monkeypatch) -> None:
+    """Headers parse until the given number of calls; then pydicom fails, quoting a value."""
+    from imaging.dicomweb.views import wado
+
+    real, seen = pydicom.dcmread, []
+
+    def dcmread(*args, **kwargs):
+        seen.append(1)
+        if len(seen) > calls:
+            raise ValueError("invalid value 'Doe^Jane' in PatientName")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(wado.pydicom, "dcmread", dcmread)
+
+
+@pytest.mark.django_db
+def test_a_header_that_cannot_be_read_is_a_clear_500_before_the_answer(
+    clinic, read_token, monkeypatch, caplog
+):
+    files = synthetic_ct(slices=2)
+    for data in files:
+        ingest(clinic, data)
+    Instance.objects.for_tenant(clinic).update(metadata=b"")  # as rows stored before the cache
+    reader = Client(headers={"Authorization": f"Bearer {read_token}"})
+    _unreadable_after(1, monkeypatch)
+
+    response = _study_metadata(reader, files)
+
+    assert response.status_code == 500
+    assert (
+        response.json()["error"]
+        == "A stored instance's header could not be read; it was not served."
+    )
+    assert "ValueError" in caplog.text and "Doe" not in caplog.text
+    assert not AuditEvent.objects.filter(tenant=clinic, action=Action.DICOMWEB_RETRIEVE).exists()
+
+
+@pytest.mark.django_db
+def test_a_header_that_cannot_be_read_mid_answer_cuts_the_metadata_short_and_is_audited(
+    clinic, read_token, monkeypatch, caplog
+):
+    from imaging.dicomweb.views import wado
+
+    files = synthetic_ct(slices=3)
+    for data in files:
+        ingest(clinic, data)
+    Instance.objects.for_tenant(clinic).update(metadata=b"")
+    reader = Client(headers={"Authorization": f"Bearer {read_token}"})
+    monkeypatch.setattr(wado, "METADATA_AHEAD_BYTES", 0)
+    _unreadable_after(2, monkeypatch)
+
+    response = _study_metadata(reader, files)
+    received = bytearray()
+    with pytest.raises(wado.RetrieveCutShort):
+        for chunk in response.streaming_content:
+            received += chunk
+
+    assert response.status_code == 200
+    assert received.startswith(b"[") and not received.endswith(b"]")
+    unserved = AuditEvent.objects.filter(tenant=clinic, action=Action.DICOMWEB_RETRIEVE).get(
+        outcome="failure"
+    )
+    assert unserved.detail == {"metadata": 1, "reason": "not_parsable", "cut_short": True}
+    assert "could not be read (ValueError)" in caplog.text and "Doe" not in caplog.text

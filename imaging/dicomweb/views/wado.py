@@ -116,6 +116,13 @@ class RetrieveCutShort(Exception):
     """An object could not be prepared after its answer had started streaming."""
 
 
+class HeaderUnreadable(Exception):
+    """A stored object's header could not be parsed for its metadata (logged)."""
+
+
+HEADER_UNREADABLE_TEXT = "A stored instance's header could not be read; it was not served."
+
+
 # How many bytes of re-encoded or de-identified objects a retrieve prepares before its
 # answer starts (see _retrieve).
 PREPARE_AHEAD_BYTES = 64 << 20
@@ -378,12 +385,18 @@ def _metadata(request: HttpRequest, instances: QuerySet[Instance]) -> HttpRespon
         if item is None:
             # De-identified clients, and rows stored before headers (or bulk data
             # paths) were kept: parse.
-            ds = pydicom.dcmread(
-                io.BytesIO(instance_bytes(instance=row, actor=actor)), stop_before_pixels=True
-            )
-            if pseudonym is not None:
-                deidentify(ds, pseudonym=pseudonym)
-            item = metadata_item(metadata_dict(ds), instance_uri=uri, pixel=pixel)
+            data = instance_bytes(instance=row, actor=actor)  # IntegrityError: audited
+            try:
+                ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+                if pseudonym is not None:
+                    deidentify(ds, pseudonym=pseudonym)
+                item = metadata_item(metadata_dict(ds), instance_uri=uri, pixel=pixel)
+            except Exception as exc:  # pydicom fails on odd stored headers in many shapes
+                # Its type only: pydicom's messages can quote the values.
+                logger.warning(
+                    "metadata: instance %s could not be read (%s)", row.pk, type(exc).__name__
+                )
+                raise HeaderUnreadable(str(row.pk)) from None
         return item
 
     items: list[bytes] = []
@@ -400,8 +413,25 @@ def _metadata(request: HttpRequest, instances: QuerySet[Instance]) -> HttpRespon
             held += len(items[-1])
     except IntegrityError:
         return dicomweb_error(500, "A stored object failed its integrity check; it was not served.")
+    except HeaderUnreadable:
+        return dicomweb_error(500, HEADER_UNREADABLE_TEXT)
     audit_read(request, [r.series for r in rows], {"metadata": len(rows)}, rows=rows)
     later = rows[len(items) :]
+
+    def item_late(row: Instance) -> bytes:
+        try:
+            return item_of(row)
+        except HeaderUnreadable:
+            # The read was audited as the answer started; this one was not sent.
+            client = client_of(request)
+            pixel_read_unserved_audit(
+                tenant=client.tenant,
+                actor=client.actor,
+                instance=row,
+                detail={"metadata": 1, "reason": "not_parsable", "cut_short": True},
+            )
+            raise RetrieveCutShort(str(row.pk)) from None
+
     if not later:
         response = HttpResponse(b"[" + b",".join(items) + b"]", content_type=media_type)
     else:
@@ -410,9 +440,10 @@ def _metadata(request: HttpRequest, instances: QuerySet[Instance]) -> HttpRespon
             yield b"[" + b",".join(items)
             items.clear()
             for row in later:
-                # An integrity failure here (audited where found) ends the body without
-                # its closing bracket: the client sees it cut short, not a whole answer.
-                yield b"," + item_of(row)
+                # An integrity failure here (audited where found) or a header that
+                # cannot be read ends the body without its closing bracket: the client
+                # sees it cut short, not a whole answer.
+                yield b"," + item_late(row)
             yield b"]"
 
         response = StreamingHttpResponse(body(), content_type=media_type)
