@@ -624,22 +624,49 @@ def ingest_many(
                 (index, _ingest_one(tenant=tenant, actor=actor, name=name, parsed=parsed))
                 for index, name, parsed in batch
             ]
+        except Exception as exc:
+            # Nothing of the batch was kept (see _store_many); each file says so.
+            _store_failure_logged(tenant=tenant, exc=exc)
+            _store_failure_audited(
+                tenant=tenant, actor=actor, error=type(exc).__name__, files=len(batch)
+            )
+            stored = [(index, _store_failed(name, parsed)) for index, name, parsed in batch]
         for index, result in stored:
             results[index] = result
     return [result for result in results if result is not None]
 
 
-def _store_failure_audited(*, tenant: Tenant, actor: Actor, error: str) -> None:
-    """Audit a file that passed every check and could not be stored, as a refused one
-    is: the clinic sees what it was sent and did not keep. Best effort: the database may
+def _store_failure_audited(*, tenant: Tenant, actor: Actor, error: str, files: int = 1) -> None:
+    """Audit files that passed every check and could not be stored, as refused ones
+    are: the clinic sees what it was sent and did not keep. Best effort: the database may
     be what failed."""
+    entry = audit.Entry(
+        action=Action.INSTANCE_REJECTED,
+        target=None,
+        outcome=Outcome.FAILURE,
+        detail={"code": "store_failed", "error": error},
+    )
     try:
         with transaction.atomic():
-            _rejection_audited(
-                tenant=tenant, actor=actor, detail={"code": "store_failed", "error": error}
-            )
+            audit.record_many(actor=actor, tenant=tenant, entries=[entry] * files)
     except Exception as exc:
         logger.error("ingest could not audit a failed store: %s", type(exc).__name__)
+
+
+def _store_failure_logged(*, tenant: Tenant, exc: Exception) -> None:
+    # The type only: a database error's text can quote the row's values (a PatientID).
+    logger.error("ingest failed to store for tenant %s: %s", tenant.pk, type(exc).__name__)
+
+
+def _store_failed(name: str, parsed: ParsedInstance) -> IngestResult:
+    return IngestResult(
+        name=name,
+        outcome=IngestOutcome.REJECTED,
+        code="store_failed",
+        message="The file could not be stored; nothing of it was kept. Send it again.",
+        sop_class_uid=parsed.sop_class_uid,
+        sop_instance_uid=parsed.sop_instance_uid,
+    )
 
 
 def _ingest_one(*, tenant: Tenant, actor: Actor, name: str, parsed: ParsedInstance) -> IngestResult:
@@ -654,19 +681,9 @@ def _ingest_one(*, tenant: Tenant, actor: Actor, name: str, parsed: ParsedInstan
     try:
         return _ingest_parsed(tenant=tenant, actor=actor, name=name, parsed=parsed)
     except Exception as exc:
-        # The type only: a database error's text can quote the row's values (a PatientID).
-        logger.error(
-            "ingest failed to store a file for tenant %s: %s", tenant.pk, type(exc).__name__
-        )
+        _store_failure_logged(tenant=tenant, exc=exc)
         _store_failure_audited(tenant=tenant, actor=actor, error=type(exc).__name__)
-        return IngestResult(
-            name=name,
-            outcome=IngestOutcome.REJECTED,
-            code="store_failed",
-            message="The file could not be stored; nothing of it was kept. Send it again.",
-            sop_class_uid=parsed.sop_class_uid,
-            sop_instance_uid=parsed.sop_instance_uid,
-        )
+        return _store_failed(name, parsed)
 
 
 def _store_many(

@@ -806,7 +806,7 @@ def test_a_failed_batch_is_logged_without_the_values_its_error_quotes(
     )
 
     assert response.status_code == 409
-    assert "STOW-RS batch failed" in caplog.text
+    assert "ingest failed to store" in caplog.text
     assert "RuntimeError" in caplog.text
     assert "SYN-0001" not in caplog.text
 

@@ -117,7 +117,7 @@ def test_files_of_another_study_are_refused_when_a_study_is_addressed(clinic):
 
 
 @pytest.mark.django_db
-def test_a_failure_mid_batch_leaves_no_rows_objects_or_events(clinic, monkeypatch):
+def test_a_failure_mid_batch_leaves_no_rows_or_objects_and_fails_each_file(clinic, monkeypatch):
     files = synthetic_ct(slices=4)
     real_write = PrivateFileSystemStorage.write_file
     calls, lock = [], threading.Lock()
@@ -133,14 +133,20 @@ def test_a_failure_mid_batch_leaves_no_rows_objects_or_events(clinic, monkeypatc
     monkeypatch.setattr(PrivateFileSystemStorage, "write_file", failing_write)
     events_before = AuditEvent.objects.for_tenant(clinic).count()
 
-    with pytest.raises(OSError, match="disk full"):
-        ingest_many(tenant=clinic, actor=ACTOR, items=_items(files))
+    results = ingest_many(tenant=clinic, actor=ACTOR, items=_items(files))
 
+    assert [(r.code, r.sop_instance_uid) for r in results] == [
+        ("store_failed", _sop(data)) for data in files
+    ]
     assert not Instance.objects.for_tenant(clinic).exists()
     assert not Study.objects.for_tenant(clinic).exists()
     assert object_keys(storage_for(clinic), str(clinic.pk)) == []
-    assert AuditEvent.objects.for_tenant(clinic).count() == events_before
     assert len(calls) == 4  # the other writes finished before their objects were removed
+    # No event of what was rolled back; each file audited as sent and not kept.
+    events = AuditEvent.objects.for_tenant(clinic).order_by("seq")[events_before:]
+    assert [(e.action, e.detail) for e in events] == [
+        (Action.INSTANCE_REJECTED, {"code": "store_failed", "error": "OSError"})
+    ] * 4
 
 
 @pytest.mark.django_db
