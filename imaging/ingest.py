@@ -47,6 +47,7 @@ from imaging.storage import (
     object_write_many,
     storage_for,
 )
+from portal.logredact import raised_at
 from portal.tasks import task_send_on_commit
 from tenants.models import Tenant
 
@@ -157,7 +158,9 @@ def _parse(data: bytes, digest: Future[str] | None = None) -> ParsedInstance:
     except Exception as exc:
         # A file no check foresaw is this file's rejection, not the request's failure:
         # the other files of an upload or a STOW-RS batch are still stored.
-        logger.warning("ingest: unforeseen parse failure %s", type(exc).__name__)
+        logger.warning(
+            "ingest: unforeseen parse failure %s at %s", type(exc).__name__, raised_at(exc)
+        )
         raise DicomRejected(
             "malformed",
             f"The file could not be parsed as DICOM ({type(exc).__name__}).",
@@ -655,7 +658,12 @@ def _store_failure_audited(*, tenant: Tenant, actor: Actor, error: str, files: i
 
 def _store_failure_logged(*, tenant: Tenant, exc: Exception) -> None:
     # The type only: a database error's text can quote the row's values (a PatientID).
-    logger.error("ingest failed to store for tenant %s: %s", tenant.pk, type(exc).__name__)
+    logger.error(
+        "ingest failed to store for tenant %s: %s at %s",
+        tenant.pk,
+        type(exc).__name__,
+        raised_at(exc),
+    )
 
 
 def _store_failed(name: str, parsed: ParsedInstance) -> IngestResult:

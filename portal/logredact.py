@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import logging
 import re
+import traceback
+from pathlib import Path
 
 _SLASH = r"(?:/|%2F)"
 SHARE_TOKEN = re.compile(
@@ -79,3 +81,15 @@ class RedactQuotedValues(logging.Filter):
         if cleaned != message:
             record.msg, record.args = cleaned, ()
         return True
+
+
+def raised_at(exc: BaseException, *, frames: int = 3) -> str:
+    """Where an exception was raised, innermost frame first: `file.py:line in function`.
+
+    For log lines that give an error's type but not its text, which can quote a value:
+    the frames say where to look, and a frame carries no value.
+    """
+    stack = traceback.extract_tb(exc.__traceback__)[-frames:]
+    return " < ".join(
+        f"{Path(frame.filename).name}:{frame.lineno} in {frame.name}" for frame in reversed(stack)
+    )

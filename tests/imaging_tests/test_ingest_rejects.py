@@ -697,3 +697,36 @@ def test_items_in_a_value_pydicom_reads_as_a_sequence_are_counted(clinic, data_d
 
     assert result.code == "too_complex"
     _nothing_stored(clinic, data_dir)
+
+
+@pytest.mark.django_db
+def test_a_parse_failure_no_check_foresaw_rejects_that_file_only_and_logs_where(
+    clinic, data_dir, monkeypatch, caplog
+):
+    from imaging import ingest as ingest_module
+
+    real = ingest_module.parse_part10
+
+    def parse_part10(data, **kwargs):
+        if data == CT:
+            _deep_in_a_parser()
+        return real(data, **kwargs)
+
+    monkeypatch.setattr(ingest_module, "parse_part10", parse_part10)
+    other = synthetic_ct(slices=1)[0]
+
+    results = ingest_module.ingest_many(
+        tenant=clinic, actor=INGEST_ACTOR, items=[("a.dcm", CT), ("b.dcm", other)]
+    )
+
+    assert [(r.outcome, r.code) for r in results] == [
+        (IngestOutcome.REJECTED, "malformed"),
+        (IngestOutcome.STORED, ""),
+    ]
+    assert results[0].message == "The file could not be parsed as DICOM (KeyError)."
+    assert "unforeseen parse failure KeyError at" in caplog.text
+    assert "in _deep_in_a_parser" in caplog.text and "Doe" not in caplog.text
+
+
+def _deep_in_a_parser() -> None:
+    raise KeyError("PatientName 'Doe^Jane'")
