@@ -84,6 +84,8 @@ class Action(models.TextChoices):
     SERIES_VIEWED = "series.viewed", "Series viewed"
     STUDY_DOWNLOADED = "study.downloaded", "Study downloaded"
     STUDY_CONFIDENTIALITY_CHANGED = "study.confidentiality_changed", "Study confidentiality changed"
+    STUDY_PATIENT_DIFFERS = "study.patient_differs", "Study images give other patient details"
+    STUDY_PATIENT_CONFIRMED = "study.patient_confirmed", "Study confirmed as its patient's"
     DICOMWEB_SEARCH = "dicomweb.search", "DICOMweb search"
     DICOMWEB_RETRIEVE = "dicomweb.retrieve", "DICOMweb retrieve"
     DICOMWEB_STORE = "dicomweb.store", "DICOMweb store"

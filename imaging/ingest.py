@@ -535,6 +535,7 @@ def _store(*, tenant: Tenant, actor: Actor, name: str, parsed: ParsedInstance) -
             transaction.on_commit(partial(committed.append, True))  # the first callback
             patient = _patient(tenant, parsed)
             study, dek = _study(tenant, parsed, patient)
+            differs = _differs_noted(study, _patient_differs(patient, parsed))
             series, new_series = _series(tenant, parsed, study)
             object_write(
                 storage,
@@ -547,11 +548,10 @@ def _store(*, tenant: Tenant, actor: Actor, name: str, parsed: ParsedInstance) -
             )
             instance.save(force_insert=True)
             _update_counts(study=study, series=series, parsed=parsed, new_series=new_series)
-            audit.record_many(
-                actor=actor,
-                tenant=tenant,
-                entries=_stored_audit_entries(instance=instance, parsed=parsed),
-            )
+            entries = _stored_audit_entries(instance=instance, parsed=parsed)
+            if differs:
+                entries.append(_differs_entry(study, differs))
+            audit.record_many(actor=actor, tenant=tenant, entries=entries)
             if new_series:
                 _enqueue_thumbnails(tenant_id=str(tenant.pk), series_ids=[str(series.pk)])
             at_commit = True
@@ -844,6 +844,8 @@ def _studies_for(
             raise _Conflict("patient_mismatch", "")
         else:
             dek = _study_key(study)
+        if any(_patient_differs(patient, p) - set(study.patient_differs) for p in parsed_list):
+            raise _OneByOne  # rare; that path notes and audits it on the file that differs
         new_series = {p.series_uid for p in parsed_list} - known_series
         _count_into(study=study, parsed_list=parsed_list, new_series=len(new_series))
         if study_uid in locked:
@@ -931,7 +933,47 @@ def _update_counts(
     series.num_instances += 1
     series.save(update_fields=["num_instances"])
     _count_into(study=study, parsed_list=[parsed], new_series=1 if new_series else 0)
-    study.save(update_fields=STUDY_COUNTERS)
+    study.save(update_fields=[*STUDY_COUNTERS, "patient_differs", "patient_held"])
+
+
+def _name_key(name: str) -> str:
+    """A person name as compared with another: its alphabetic group, components stripped,
+    trailing empty ones dropped, case and spacing ignored ("Doe^John^^" is "DOE^JOHN")."""
+    components = [" ".join(part.split()) for part in name.split("=")[0].split("^")]
+    while components and not components[-1]:
+        components.pop()
+    return "^".join(components).casefold()
+
+
+def _patient_differs(patient: Patient, parsed: ParsedInstance) -> set[str]:
+    """The details a file gives otherwise than its patient record; a detail either
+    leaves out is not a difference."""
+    differs = set()
+    if patient.birth_date and parsed.birth_date and patient.birth_date != parsed.birth_date:
+        differs.add("birth_date")
+    record_name, file_name = _name_key(patient.name), _name_key(parsed.patient_name)
+    if record_name and file_name and record_name != file_name:
+        differs.add("name")
+    return differs
+
+
+def _differs_noted(study: Study, differs: set[str]) -> list[str]:
+    """Note on the study (unsaved) the details its files give otherwise than its record;
+    those not noted before are returned, and hold it again from the patient portal."""
+    new = sorted(differs - set(study.patient_differs))
+    if new:
+        study.patient_differs = sorted({*study.patient_differs, *new})
+        study.patient_held = True
+    return new
+
+
+def _differs_entry(study: Study, differs: list[str]) -> audit.Entry:
+    # Which details differ, never their values: the record and the images hold those.
+    return audit.Entry(
+        action=Action.STUDY_PATIENT_DIFFERS,
+        target=study,
+        detail={"fields": differs, "held_from_patient_portal": True},
+    )
 
 
 # --- Archives and folders -----------------------------------------------------------

@@ -86,6 +86,12 @@ class Study(TenantOwnedModel):
     key_version = models.PositiveIntegerField()
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.AVAILABLE)
     confidential = models.BooleanField(default=False)
+    # What the study's images give otherwise than its patient record, whose details the
+    # first file of its PatientID set: field names ("birth_date", "name"), never values.
+    # A study whose images may be another person's is held from the patient portal until
+    # a member confirms it belongs to the record (imaging.services.study_patient_confirm).
+    patient_differs = models.JSONField(default=list, blank=True)
+    patient_held = models.BooleanField(default=False)
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(default=timezone.now)
 

@@ -623,6 +623,31 @@ def study_set_confidential(
     return revoked
 
 
+def study_patient_confirm(*, study: Study, actor: Actor) -> bool:
+    """Confirm that a held study, whose images give other patient details than its
+    record, belongs to that record; it is then shown in the patient portal again.
+
+    False if it was not held (confirmed meanwhile). A later file giving yet another
+    detail holds it again.
+    """
+    with transaction.atomic():
+        released = (
+            Study.objects.for_tenant(study.tenant)
+            .filter(pk=study.pk, patient_held=True)
+            .update(patient_held=False)
+        )
+        if released:
+            study.refresh_from_db(fields=["patient_differs", "patient_held"])
+            audit.record(
+                actor=actor,
+                action=Action.STUDY_PATIENT_CONFIRMED,
+                target=study,
+                tenant=study.tenant,
+                detail={"fields": study.patient_differs},
+            )
+    return bool(released)
+
+
 def study_grant(*, study: Study, grantee: User, download: bool, actor: Actor) -> None:
     """Let a member (a referring physician) view, and optionally download, one study."""
     tenant = study.tenant

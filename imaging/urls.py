@@ -20,4 +20,9 @@ urlpatterns = [
         study.study_confidential,
         name="study_confidential",
     ),
+    path(
+        "studies/<uuid:study_id>/patient-confirmed/",
+        study.study_patient_confirmed,
+        name="study_patient_confirmed",
+    ),
 ]

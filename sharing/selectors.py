@@ -191,13 +191,15 @@ def linked_patient_ids(*, tenant: Tenant, user: User) -> QuerySet:
 
 
 def own_studies(*, membership: Membership) -> QuerySet[Study]:
-    """A patient's own studies at this clinic; none without the patient role."""
+    """A patient's own studies at this clinic; none without the patient role, and none
+    held for differing patient details (imaging.models.Study.patient_held)."""
     tenant = membership.tenant
     studies = Study.objects.for_tenant(tenant).select_related("patient", "tenant")
     if not membership.has_perm(Perm.OWN_STUDIES):
         return studies.none()
+    # A study whose images may be another person's waits for staff to confirm it.
     return studies.filter(
-        patient__in=linked_patient_ids(tenant=tenant, user=membership.user)
+        patient__in=linked_patient_ids(tenant=tenant, user=membership.user), patient_held=False
     ).order_by("-study_date", "-created_at")
 
 

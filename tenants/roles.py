@@ -33,6 +33,7 @@ class Perm(StrEnum):
     STUDY_SHARE = "study.share"
     STUDY_GRANT = "study.grant"
     STUDY_MARK_CONFIDENTIAL = "study.mark_confidential"
+    STUDY_CONFIRM_PATIENT = "study.confirm_patient"
     BREAK_GLASS = "study.break_glass"
     PATIENT_INVITE = "patient.invite"
     OWN_STUDIES = "portal.own_studies"
@@ -49,6 +50,10 @@ PERM_DESCRIPTIONS: dict[Perm, str] = {
     Perm.STUDY_SHARE: "Create and revoke share links",
     Perm.STUDY_GRANT: "Grant a referring physician access to a study",
     Perm.STUDY_MARK_CONFIDENTIAL: "Mark a study confidential",
+    Perm.STUDY_CONFIRM_PATIENT: (
+        "Confirm that a study whose images give other patient details belongs to its "
+        "patient record (releases it to the patient portal)"
+    ),
     Perm.BREAK_GLASS: "Open a study outside normal access, with a stated reason",
     Perm.PATIENT_INVITE: "Invite a patient to the patient portal",
     Perm.OWN_STUDIES: "See one's own studies in the patient portal",
@@ -76,10 +81,13 @@ MATRIX: dict[RoleCode, frozenset[Perm]] = {
             Perm.STUDY_SHARE,
             Perm.STUDY_GRANT,
             Perm.STUDY_MARK_CONFIDENTIAL,
+            Perm.STUDY_CONFIRM_PATIENT,
             Perm.BREAK_GLASS,
         }
     ),
-    RoleCode.TECHNOLOGIST: frozenset({Perm.WORKLIST_VIEW, Perm.IMAGES_VIEW, Perm.STUDY_UPLOAD}),
+    RoleCode.TECHNOLOGIST: frozenset(
+        {Perm.WORKLIST_VIEW, Perm.IMAGES_VIEW, Perm.STUDY_UPLOAD, Perm.STUDY_CONFIRM_PATIENT}
+    ),
     RoleCode.FRONT_DESK: frozenset({Perm.WORKLIST_VIEW, Perm.PATIENT_INVITE}),
     RoleCode.REFERRING_PHYSICIAN: frozenset({Perm.STUDY_VIEW_GRANTED, Perm.IMAGES_VIEW}),
     RoleCode.PRIVACY_OFFICER: frozenset({Perm.AUDIT_READ}),

@@ -17,6 +17,15 @@ def person_name(value: str) -> str:
     return f"{family}, {given}" if family and given else family or given
 
 
+PATIENT_DETAILS = {"name": "name", "birth_date": "birth date"}
+
+
+@register.filter
+def patient_details(fields: list[str]) -> str:
+    """Study.patient_differs in words: ["birth_date", "name"] as "birth date and name"."""
+    return " and ".join(PATIENT_DETAILS.get(field, field) for field in fields)
+
+
 @register.filter
 def dicom_time(value: str) -> str:
     """A DICOM TM ("HHMMSS.FFFFFF", or fewer digits) as "HH:MM", or "" if it is not one."""

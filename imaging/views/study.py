@@ -1,4 +1,5 @@
-"""The study page and its actions: download, break-glass, grants, confidentiality."""
+"""The study page and its actions: download, break-glass, grants, confidentiality, and
+confirming the patient of a study held for differing patient details."""
 
 from __future__ import annotations
 
@@ -38,7 +39,12 @@ from imaging.selectors import (
     study_get,
     study_target,
 )
-from imaging.services import study_grant, study_grant_revoke, study_set_confidential
+from imaging.services import (
+    study_grant,
+    study_grant_revoke,
+    study_patient_confirm,
+    study_set_confidential,
+)
 from tenants.access import check_clinic_perm, has_clinic_perm
 from tenants.breakglass import break_glass_open
 from tenants.grants import object_granted, object_grantees
@@ -221,7 +227,8 @@ GLASS_ONLY_REFUSAL = (
 
 
 def _study_to_change(request: HttpRequest, study_id: uuid.UUID, *, perm: Perm) -> Study:
-    """The study whose access the member changes (grants, the confidential mark)."""
+    """The study whose access the member changes (grants, the confidential mark, its
+    release to the patient portal)."""
     check_clinic_perm(request, perm)
     study, access = study_for_request(request, study_id)
     if not access.details:
@@ -349,4 +356,19 @@ def study_confidential(request: HttpRequest, study_id: uuid.UUID) -> HttpRespons
             f"{pluralize(revoked, 'was,were')} revoked: their recipients' next request is "
             "refused.",
         )
+    return HttpResponseRedirect(study_url(study))
+
+
+@require_POST
+def study_patient_confirmed(request: HttpRequest, study_id: uuid.UUID) -> HttpResponse:
+    study = _study_to_change(request, study_id, perm=Perm.STUDY_CONFIRM_PATIENT)
+    if (step_up := _step_up_first(request, study, anchor="")) is not None:
+        return step_up
+    if study_patient_confirm(study=study, actor=Actor.from_request(request)):
+        messages.success(
+            request,
+            "Confirmed as this patient's study: the patient portal shows it to the patient.",
+        )
+    else:
+        messages.info(request, "This study was not held; nothing was changed.")
     return HttpResponseRedirect(study_url(study))

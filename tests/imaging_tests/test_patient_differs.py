@@ -1,0 +1,190 @@
+"""A study whose images give other patient details than its record is held, not merged
+silently: staff see it flagged, the patient portal does not show it until confirmed."""
+
+from __future__ import annotations
+
+import io
+import uuid
+
+import pydicom
+import pytest
+from django.urls import reverse
+
+from audit.models import Action, AuditEvent
+from imaging.ingest import IngestOutcome, ingest_many
+from imaging.models import Study
+from tests.helpers import TEST_ACTOR, page_body
+from tests.imaging_tests.helpers import ingest, ingest_study, synthetic_ct
+from tests.sharing_tests.test_patient_portal import accept_as_new_patient, invite
+
+
+def _study(*, name: str, birth_date: str = "19700101", slices: int = 1) -> list[bytes]:
+    return synthetic_ct(
+        slices=slices,
+        size=16,
+        patient_name=name,
+        patient_id="MRN7",
+        tags={"PatientBirthDate": birth_date, "SpecificCharacterSet": "ISO_IR 192"},
+    )
+
+
+def _row(files: list[bytes], tenant) -> Study:
+    uid = pydicom.dcmread(io.BytesIO(files[0])).StudyInstanceUID
+    return Study.objects.for_tenant(tenant).get(study_uid=uid)
+
+
+def _confirm_url(study: Study) -> str:
+    return reverse(
+        "study_patient_confirmed", kwargs={"tenant_slug": study.tenant.slug, "study_id": study.pk}
+    )
+
+
+@pytest.fixture
+def first_study(clinic):
+    return ingest_study(clinic, _study(name="Smith^Anna"))
+
+
+@pytest.mark.django_db
+def test_a_study_giving_another_name_and_birth_date_is_stored_held_and_audited(clinic, first_study):
+    files = _study(name="Jones^Robert", birth_date="19511231")
+
+    result = ingest(clinic, files[0])
+
+    assert result.outcome == IngestOutcome.STORED
+    held = _row(files, clinic)
+    assert held.patient_id == first_study.patient_id  # the PatientID's record, as before
+    assert (held.patient_held, held.patient_differs) == (True, ["birth_date", "name"])
+    first_study.refresh_from_db()
+    assert (first_study.patient_held, first_study.patient_differs) == (False, [])
+    event = AuditEvent.objects.for_tenant(clinic).get(action=Action.STUDY_PATIENT_DIFFERS)
+    assert event.target_id == str(held.pk)
+    assert event.detail == {"fields": ["birth_date", "name"], "held_from_patient_portal": True}
+
+
+@pytest.mark.django_db
+def test_a_batch_with_a_differing_study_holds_it_once(clinic, first_study):
+    files = _study(name="Jones^Robert", slices=3)
+
+    results = ingest_many(tenant=clinic, actor=TEST_ACTOR, items=[("f", d) for d in files])
+
+    assert [r.outcome for r in results] == [IngestOutcome.STORED] * 3
+    held = _row(files, clinic)
+    assert (held.patient_held, held.patient_differs, held.num_instances) == (True, ["name"], 3)
+    assert (
+        AuditEvent.objects.for_tenant(clinic).filter(action=Action.STUDY_PATIENT_DIFFERS).count()
+        == 1
+    )
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("name", "birth_date"),
+    [
+        ("SMITH^ANNA^^", "19700101"),  # case and empty trailing components
+        ("Smith ^ Anna", "19700101"),  # spacing
+        ("Smith^Anna=スミス^アンナ", "19700101"),  # an ideographic group added
+        ("Smith^Anna", ""),  # a birth date left out
+        ("", "19700101"),  # a name left out
+    ],
+)
+def test_the_same_details_written_otherwise_or_left_out_do_not_hold(
+    clinic, first_study, name, birth_date
+):
+    files = _study(name=name, birth_date=birth_date)
+
+    ingest(clinic, files[0])
+
+    assert _row(files, clinic).patient_held is False
+    assert (
+        not AuditEvent.objects.for_tenant(clinic)
+        .filter(action=Action.STUDY_PATIENT_DIFFERS)
+        .exists()
+    )
+
+
+@pytest.mark.django_db
+def test_a_file_of_a_shown_study_giving_other_details_holds_it(clinic, first_study):
+    later = synthetic_ct(slices=1, size=16, patient_name="Jones^Robert", patient_id="MRN7")
+    ds = pydicom.dcmread(io.BytesIO(later[0]))
+    ds.StudyInstanceUID = first_study.study_uid
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+
+    ingest(clinic, buffer.getvalue())
+
+    first_study.refresh_from_db()
+    assert (first_study.patient_held, first_study.patient_differs) == (True, ["name"])
+
+
+@pytest.mark.django_db
+def test_staff_see_the_hold_and_a_technologist_confirms_it(
+    clinic, first_study, technologist, front_desk, client_for
+):
+    files = _study(name="Jones^Robert")
+    ingest(clinic, files[0])
+    held = _row(files, clinic)
+    staff = client_for(technologist)
+
+    worklist = staff.get(f"/t/{clinic.slug}/").content.decode()
+    page = staff.get(f"/t/{clinic.slug}/studies/{held.pk}/").content.decode()
+    refused = client_for(front_desk).post(_confirm_url(held))
+    confirmed = staff.post(_confirm_url(held))
+    again = staff.post(_confirm_url(held))
+
+    assert worklist.count("Check patient") == 1
+    assert "Images of this study give another name than this patient record" in page
+    assert "Confirm it is this patient's study" in page
+    assert refused.status_code == 403
+    assert confirmed.status_code == 302
+    held.refresh_from_db()
+    assert (held.patient_held, held.patient_differs) == (False, ["name"])
+    event = AuditEvent.objects.for_tenant(clinic).get(action=Action.STUDY_PATIENT_CONFIRMED)
+    assert (event.target_id, event.actor_id, event.detail) == (
+        str(held.pk),
+        str(technologist.pk),
+        {"fields": ["name"]},
+    )
+    assert again.status_code == 302  # nothing held: nothing changed, nothing audited
+    assert (
+        AuditEvent.objects.for_tenant(clinic).filter(action=Action.STUDY_PATIENT_CONFIRMED).count()
+        == 1
+    )
+    assert "Check patient" not in staff.get(f"/t/{clinic.slug}/").content.decode()
+
+
+@pytest.mark.django_db
+def test_a_member_of_another_clinic_cannot_confirm(
+    clinic, first_study, other_tenant_all_roles, client_for
+):
+    files = _study(name="Jones^Robert")
+    ingest(clinic, files[0])
+    held = _row(files, clinic)
+    outsider = client_for(other_tenant_all_roles)
+
+    response = outsider.post(_confirm_url(held))
+    missing = outsider.post(_confirm_url(Study(tenant=clinic, pk=uuid.uuid4())))
+
+    assert response.status_code == missing.status_code == 404
+    assert page_body(response) == page_body(missing)
+    held.refresh_from_db()
+    assert held.patient_held is True
+
+
+@pytest.mark.django_db
+def test_the_patient_portal_shows_a_held_study_only_once_confirmed(
+    clinic, first_study, front_desk, radiologist, client_for, django_capture_on_commit_callbacks
+):
+    token = invite(first_study, front_desk, capture=django_capture_on_commit_callbacks)
+    patient = accept_as_new_patient(token)
+    files = _study(name="Jones^Robert")
+    ingest(clinic, files[0])
+    held = _row(files, clinic)
+
+    before = patient.get(f"/t/{clinic.slug}/my/").content.decode()
+    opened_before = patient.get(f"/t/{clinic.slug}/my/studies/{held.pk}/")
+    client_for(radiologist).post(_confirm_url(held))
+    after = patient.get(f"/t/{clinic.slug}/my/").content.decode()
+
+    assert str(first_study.pk) in before and str(held.pk) not in before
+    assert opened_before.status_code == 404
+    assert str(held.pk) in after
