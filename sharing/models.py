@@ -59,6 +59,11 @@ class ShareLink(TenantOwnedModel):
     recipient_email = models.EmailField(blank=True)
     message = models.TextField(blank=True, max_length=2000)
     notify_on_first_open = models.BooleanField(default=False)
+    # Made by the study's patient from their portal: such a link outlives the study's
+    # confidential mark and its maker's grants (sharing.services), since it is the
+    # patient's own choice about their own data. How it was made, not who made it: a
+    # member who later becomes the study's patient does not turn staff links into theirs.
+    made_as_patient = models.BooleanField(default=False)
     first_opened_at = models.DateTimeField(null=True, blank=True)
     last_access_at = models.DateTimeField(null=True, blank=True)
     # Markers claimed by a conditional UPDATE so each email goes out at most once.

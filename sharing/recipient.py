@@ -75,6 +75,19 @@ def recipient_holds_verified(request: HttpRequest, share: ShareLink) -> bool:
     return data.get("id") == str(share.pk) and bool(data.get("verified"))
 
 
+def recipient_holds_another(request: HttpRequest, share: ShareLink, *, now: dt.datetime) -> bool:
+    """Whether this browser holds another link, opened and not yet timed out: opening
+    `share` would let go of it, and with it a use already spent."""
+    data = request.session.get(SESSION_KEY) or {}
+    until = data.get("until")
+    return (
+        bool(data.get("verified"))
+        and data.get("id") != str(share.pk)
+        and isinstance(until, int | float)
+        and until > now.timestamp()
+    )
+
+
 def recipient_verified(request: HttpRequest) -> None:
     data = dict(request.session[SESSION_KEY])
     data["verified"] = True

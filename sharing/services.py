@@ -203,6 +203,7 @@ def share_create(
         recipient_email=recipient_email,
         message=message[:2000],
         notify_on_first_open=notify_on_first_open,
+        made_as_patient=membership is not None and as_patient,
     )
     if chosen:
         share.series.set(chosen)
@@ -367,6 +368,12 @@ def shares_revoke_created_by_token(*, token: ApiToken, actor: Actor, now: dt.dat
     return _revoke_live(shares, actor=actor, now=now, reason="token_revoked")
 
 
+def _patients_own(study: Study) -> Q:
+    """Links the study's patient made of it from their portal, while they are its
+    patient (their record still linked, the patient role still held)."""
+    return Q(made_as_patient=True, created_by__in=study_patient_user_ids(study=study))
+
+
 @transaction.atomic
 def shares_revoke_for_confidential_study(*, study: Study, actor: Actor, now: dt.datetime) -> int:
     """Revoke the live links to a study just marked confidential; returns how many.
@@ -379,9 +386,7 @@ def shares_revoke_for_confidential_study(*, study: Study, actor: Actor, now: dt.
     to share of their own data. Each revocation is audited on the study.
     """
     shares = (
-        ShareLink.objects.for_tenant(study.tenant)
-        .filter(study=study)
-        .exclude(created_by__in=study_patient_user_ids(study=study))
+        ShareLink.objects.for_tenant(study.tenant).filter(study=study).exclude(_patients_own(study))
     )
     return _revoke_live(shares, actor=actor, now=now, reason="study_confidential")
 
@@ -397,7 +402,7 @@ def shares_revoke_for_withdrawn_grant(
     shares = (
         ShareLink.objects.for_tenant(study.tenant)
         .filter(study=study, created_by=user)
-        .exclude(created_by__in=study_patient_user_ids(study=study))
+        .exclude(_patients_own(study))
     )
     return _revoke_live(shares, actor=actor, now=now, reason="grant_withdrawn")
 
@@ -615,7 +620,8 @@ def notices_unsent_requeue(*, now: dt.datetime) -> int:
 
     Those due more than TASK_RECOVER_AFTER_MINUTES ago and within TASK_RECOVER_WITHIN_DAYS:
     their message was lost (a broker that could not be reached at the commit) or the mail
-    server's retries were spent. Each email claims its marker, so none goes twice.
+    server's retries were spent. Each email claims its marker, so none goes twice. Link
+    tokens kept for emails that will not be sent are forgotten.
     """
     from sharing.models import PatientInvitation
     from sharing.tasks import (
@@ -676,4 +682,23 @@ def notices_unsent_requeue(*, now: dt.datetime) -> int:
         for pk in rows.values_list("pk", flat=True):
             task_send_on_commit(task=task, kwargs={argument: str(pk)})
             count += 1
+    _invitation_tokens_forget(now=now, since=since, due=due)
     return count
+
+
+def _invitation_tokens_forget(*, now: dt.datetime, since: dt.datetime, due: dt.datetime) -> int:
+    """Forget, in every clinic, the wrapped link tokens no invitation email will send:
+    of links revoked, expired or past the recovery window, and of emails claimed long
+    enough ago to have been sent (a worker that died before forgetting). A token is kept
+    only until its email is sent; a link whose email never goes should not keep it."""
+    links = ShareLink.objects.unscoped(reason="a platform job forgets unsendable tokens")
+    return (
+        links.filter(invitation_token_wrapped__isnull=False)
+        .filter(
+            Q(revoked_at__isnull=False)
+            | Q(expires_at__lte=now)
+            | Q(created_at__lt=since)
+            | Q(invitation_sent_at__lt=due)  # claimed just now: its task still reads it
+        )
+        .update(invitation_token_wrapped=None)
+    )

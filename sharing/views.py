@@ -44,6 +44,7 @@ from sharing.recipient import (
     RecipientSessionEnded,
     recipient_begin,
     recipient_end,
+    recipient_holds_another,
     recipient_holds_verified,
     recipient_share,
     recipient_verified,
@@ -421,13 +422,17 @@ def _unavailable(request: HttpRequest, exc: ShareUnavailable) -> HttpResponse:
 
 
 @never_cache
-@require_http_methods(["GET"])
+@require_http_methods(["GET", "POST"])
 def share_open(request: HttpRequest, token: str) -> HttpResponse:
     """Swap the token in the URL for a short-lived session, then drop it from the URL.
 
     Only looks the link up: mail link scanners GET every URL of a message and follow
     its redirects, so a use is spent (and access granted) only by the recipient's POST
     on share_home, after the challenge or, for a link without one, the Open button.
+
+    A browser holding another link it opened is asked first, and switches by POST
+    (CSRF-checked): any page could otherwise send it to a valid link of its own making
+    and take the held one, whose use is already spent, away from its recipient.
     """
     if too_many_lookups(request):
         response = render(request, "sharing/slow_down.html", status=429)
@@ -454,9 +459,13 @@ def share_open(request: HttpRequest, token: str) -> HttpResponse:
     else:
         # Opened already in this browser: the session goes on as it was (its lifetime
         # too, so clicking again does not extend it), and no use is spent.
-        if not recipient_holds_verified(request, share):
+        if recipient_holds_verified(request, share):
+            response = HttpResponseRedirect(reverse("share_home"), status=303)
+        elif request.method == "GET" and recipient_holds_another(request, share, now=now):
+            response = render(request, "sharing/switch.html")
+        else:
             recipient_begin(request, share, verified=False, now=now)
-        response = HttpResponseRedirect(reverse("share_home"), status=303)
+            response = HttpResponseRedirect(reverse("share_home"), status=303)
     response["Referrer-Policy"] = "no-referrer"
     return response
 

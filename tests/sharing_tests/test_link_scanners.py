@@ -272,10 +272,14 @@ def test_a_verified_session_does_not_carry_over_to_the_next_link(study, other_st
     client.get(f"/s/{my_token}")
     client.post("/s/")
 
-    client.get(f"/s/{other_token}")  # e.g. a second link in the same email, scanned
+    asked = client.get(f"/s/{other_token}")  # e.g. a second link in the same email, scanned
+    held = client.get("/s/").content.decode()
+    client.post(f"/s/{other_token}")  # the recipient chose to open it instead
     page = client.get("/s/").content.decode()
     viewer = client.get("/s/viewer/")
 
+    assert asked.status_code == 200 and "Roe" not in asked.content.decode()
+    assert "Doe" in held and "Roe" not in held  # the link opened stays open
     assert OPEN_BUTTON in page and "Doe" not in page and "Roe" not in page
     assert (viewer.status_code, viewer["Location"]) == (302, "/s/")
     assert (uses(mine), uses(other)) == (1, 0)

@@ -4,6 +4,7 @@ a grant withdrawn."""
 from __future__ import annotations
 
 import datetime as dt
+import importlib
 
 import pytest
 from django.utils import timezone
@@ -17,6 +18,7 @@ from sharing.models import PatientLink, ShareLink
 from sharing.selectors import break_glass_sole_grant
 from sharing.services import ShareInvalid, share_create, share_revoke
 from tenants.breakglass import break_glass_open
+from tenants.roles import Perm
 from tenants.tokens import api_token_create
 from tests.helpers import TEST_ACTOR, make_member, membership_of, sharer
 from tests.imaging_tests.helpers import ingest_study, synthetic_ct
@@ -157,19 +159,51 @@ def test_the_patients_own_portal_link_stays(study, radiologist, front_desk, mark
     assert set(revocations(study)) == {str(staff.pk)}
 
 
-def test_a_staff_member_who_is_the_patient_keeps_the_link_to_their_own_study(
+def from_portal(study, user) -> dict:
+    return {"membership": membership_of(user, study.tenant), "as_patient": True}
+
+
+def test_a_staff_member_who_is_the_patient_keeps_the_links_made_from_their_portal(
     study, front_desk, marker
 ):
     # "A colleague as the patient": the mark keeps other staff out, not the person.
     colleague = linked_patient(
         study, front_desk, roles=("radiologist",), email="colleague@north.example"
     )
-    theirs = link(study, created_by=colleague)
+    theirs = link(study, **from_portal(study, colleague))
+    as_staff = link(study, created_by=colleague)  # from the study page, with staff access
 
     revoked = study_set_confidential(study=study, confidential=True, by=marker, actor=TEST_ACTOR)
 
-    assert revoked == 0
+    assert revoked == 1
     assert fresh(theirs).revoked_at is None
+    assert fresh(as_staff).revoked_at is not None
+
+
+def test_a_member_who_becomes_the_patient_later_does_not_keep_their_staff_links(
+    study, radiologist, front_desk, marker
+):
+    made_as_staff = link(study, created_by=radiologist)
+    invitation = patient_invite(
+        tenant=study.tenant,
+        patients=[study.patient],
+        email=radiologist.email,
+        invited_by=front_desk,
+        actor=TEST_ACTOR,
+        now=timezone.now(),
+    )
+    invitation_accept(
+        invitation=invitation,
+        user=radiologist,
+        actor=Actor.for_user(radiologist),
+        now=timezone.now(),
+    )
+    assert membership_of(radiologist, study.tenant).has_perm(Perm.OWN_STUDIES)
+
+    revoked = study_set_confidential(study=study, confidential=True, by=marker, actor=TEST_ACTOR)
+
+    assert revoked == 1
+    assert fresh(made_as_staff).revoked_at is not None
 
 
 def test_a_patient_account_linked_to_another_record_is_not_this_studys_patient(
@@ -272,7 +306,7 @@ def test_withdrawing_the_grant_a_member_saw_the_study_by_revokes_their_links_to_
     assert event.actor_id == str(marker.pk)
 
 
-def test_a_grantee_who_is_the_patient_keeps_their_links_when_the_grant_is_withdrawn(
+def test_a_grantee_who_is_the_patient_keeps_their_portal_links_when_the_grant_is_withdrawn(
     confidential, front_desk, marker
 ):
     # They still see the study from their patient portal: the grant was not their only way.
@@ -280,14 +314,16 @@ def test_a_grantee_who_is_the_patient_keeps_their_links_when_the_grant_is_withdr
         confidential, front_desk, roles=("radiologist",), email="colleague@north.example"
     )
     study_grant(study=confidential, grantee=colleague, download=False, actor=TEST_ACTOR)
-    theirs = link(confidential, created_by=colleague)
+    theirs = link(confidential, **from_portal(confidential, colleague))
+    as_grantee = link(confidential, created_by=colleague)
 
     withdrawn = study_grant_revoke(
         study=confidential, grantee=colleague, actor=Actor.for_user(marker)
     )
 
-    assert withdrawn.revoked == 0
+    assert withdrawn.revoked == 1
     assert fresh(theirs).revoked_at is None
+    assert fresh(as_grantee).revoked_at is not None
 
 
 def test_a_member_whose_role_lists_the_study_anyway_keeps_their_links(study, radiologist):
@@ -586,3 +622,19 @@ def test_a_link_needs_one_maker_of_the_studys_clinic(
         )
 
     assert not ShareLink.objects.for_tenant(confidential.tenant).exists()
+
+
+def test_links_made_before_the_flag_keep_the_treatment_they_had(study, radiologist, front_desk):
+    from django.apps import apps
+
+    backfill = importlib.import_module("sharing.migrations.0004_share_made_as_patient").forward
+    patient = linked_patient(study, front_desk)
+    theirs = link(study, created_by=patient)
+    staff = link(study, created_by=radiologist)
+    partner = link_by_token(study)
+    ShareLink.objects.for_tenant(study.tenant).update(made_as_patient=False)  # as stored before
+
+    backfill(apps, None)
+
+    assert (fresh(theirs).made_as_patient, fresh(staff).made_as_patient) == (True, False)
+    assert fresh(partner).made_as_patient is False

@@ -14,6 +14,7 @@ from django.test import Client
 from django.utils import timezone
 
 from sharing.invitations import patient_invite
+from sharing.models import ShareLink
 from sharing.services import notices_unsent_requeue, share_revoke
 from sharing.tasks import notices_unsent_requeue as notices_unsent_requeue_task
 from tenants.models import Tenant
@@ -89,14 +90,26 @@ def test_a_withdrawn_share_or_one_past_the_window_is_not_emailed(
         expires_at=timezone.now() + dt.timedelta(days=30),
     )
 
+    withdrawn = _requeue(django_capture_on_commit_callbacks, now=timezone.now() + LATER)
+    make_share(
+        study,
+        radiologist,
+        recipient_email="stale@example.org",
+        expires_at=timezone.now() + dt.timedelta(days=30),
+    )
     past_window = _requeue(
         django_capture_on_commit_callbacks, now=timezone.now() + dt.timedelta(days=8)
     )
-    withdrawn = _requeue(django_capture_on_commit_callbacks, now=timezone.now() + LATER)
 
-    assert past_window == 0
     assert withdrawn == 1  # the second share only
+    assert past_window == 0
     assert [message.to for message in mail.outbox] == [["late@example.org"]]
+    # No email will carry their tokens: none is kept, sent or not.
+    assert (
+        not ShareLink.objects.for_tenant(study.tenant)
+        .filter(invitation_token_wrapped__isnull=False)
+        .exists()
+    )
 
 
 def test_a_share_withdrawn_while_its_email_waited_sends_nothing(study, radiologist):
@@ -111,6 +124,32 @@ def test_a_share_withdrawn_while_its_email_waited_sends_nothing(study, radiologi
     assert sent is False
     assert mail.outbox == []
     assert share.invitation_token_wrapped is None
+
+
+def test_tokens_of_emails_that_will_not_go_are_forgotten_and_the_others_kept(
+    study, radiologist, django_capture_on_commit_callbacks
+):
+    links = ShareLink.objects.for_tenant(study.tenant)
+    withdrawn, _ = make_share(study, radiologist, recipient_email="a@example.org")
+    make_share(
+        study,
+        radiologist,
+        recipient_email="b@example.org",
+        expires_at=timezone.now() + dt.timedelta(hours=1),
+    )
+    waiting, _ = make_share(study, radiologist, recipient_email="c@example.org")
+    claimed, _ = make_share(study, radiologist, recipient_email="d@example.org")
+    links.filter(pk=withdrawn.pk).update(revoked_at=timezone.now())
+    job_at = timezone.now() + dt.timedelta(hours=2)
+    # A task at work: it claimed its email and reads the token next.
+    links.filter(pk=claimed.pk).update(invitation_sent_at=job_at - dt.timedelta(minutes=1))
+    # The broker was down: none of the four emails was queued.
+
+    with django_capture_on_commit_callbacks(execute=False):
+        notices_unsent_requeue(now=job_at)
+
+    kept = set(links.filter(invitation_token_wrapped__isnull=False).values_list("pk", flat=True))
+    assert kept == {waiting.pk, claimed.pk}
 
 
 def test_a_suspended_clinic_emails_nothing(

@@ -968,6 +968,43 @@ def test_another_page_linking_to_an_unknown_token_does_not_end_a_recipients_sess
     assert client.get("/s/").status_code == 200
 
 
+def test_another_valid_link_asks_before_it_takes_the_place_of_an_opened_one(
+    study, other_study, radiologist
+):
+    held, token = make_share(study, radiologist, max_uses=1)
+    _, other = make_share(other_study, radiologist, challenge=ShareLink.Challenge.NONE)
+    opener = Client()
+    open_link(opener, token)
+    client = Client(enforce_csrf_checks=True)  # the same browser, checked as in production
+    client.cookies = opener.cookies
+
+    asked = client.get(f"/s/{other}")  # any page can send the browser there
+    still = client.get("/s/")
+    forged = client.post(f"/s/{other}")  # without the page's CSRF token
+    switched = client.post(f"/s/{other}", {"csrfmiddlewaretoken": asked.context["csrf_token"]})
+
+    assert asked.status_code == 200 and b"Another shared study is open" in asked.content
+    assert asked["Referrer-Policy"] == "no-referrer"
+    assert still.status_code == 200 and "Doe, Jane" in still.content.decode()
+    assert forged.status_code == 403
+    assert switched.status_code == 303 and switched["Location"] == "/s/"
+    assert client.session["share_access"]["id"] != str(held.pk)
+    assert ShareLink.objects.for_tenant(study.tenant).get(pk=held.pk).use_count == 1
+
+
+def test_a_link_opened_over_one_not_yet_verified_takes_its_place_at_once(
+    study, other_study, radiologist
+):
+    _, token = make_share(study, radiologist)
+    _, other = make_share(other_study, radiologist)
+    client = Client()
+    client.get(f"/s/{token}")  # its PIN never given
+
+    response = client.get(f"/s/{other}")
+
+    assert response.status_code == 303
+
+
 # --- Close and forget ------------------------------------------------------------------
 
 
