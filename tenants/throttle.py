@@ -2,7 +2,8 @@
 
 Counts live in the cache (Redis in production, so every process sees them) under
 hashed keys, so no email address is stored there. A lockout is time-based: it ends
-by itself after SIGNIN_LOCKOUT_SECONDS, so nobody can lock a colleague out for good,
+by itself after SIGNIN_LOCKOUT_SECONDS, and a browser the account signed in from
+before counts under its own key (`known_device`), so nobody can lock a colleague out,
 and an operator, or a tenant admin for an account that is the clinic's alone, can
 lift it earlier (`throttle_reset`). The account limit is low (guessing one password); the IP
 limit is high, because a hospital's staff often share one outgoing address.
@@ -17,12 +18,14 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import hashlib
+import secrets
 import unicodedata
 from dataclasses import dataclass
 
 from django.conf import settings
+from django.core import signing
 from django.core.cache import cache
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 
 from audit.actors import client_ip
@@ -52,18 +55,32 @@ def account_identity(account: str) -> str:
     return unicodedata.normalize("NFKC", folded)
 
 
+def _digest(value: str) -> str:
+    return hashlib.sha256(f"{settings.SECRET_KEY}:{value}".encode()).hexdigest()[:32]
+
+
 @dataclass(frozen=True, slots=True)
 class ThrottleKey:
     kind: str  # "signin" or "otp"
     account: str
     ip: str | None
+    # A browser that signed in to this account before (`known_device`): its attempts
+    # count under their own key, so others' failures cannot lock it out.
+    device: str = ""
 
     def _digest(self, value: str) -> str:
-        return hashlib.sha256(f"{settings.SECRET_KEY}:{value}".encode()).hexdigest()[:32]
+        return _digest(value)
+
+    @property
+    def account_wide_key(self) -> str:
+        return f"throttle:{self.kind}:acct:{self._digest(account_identity(self.account))}"
 
     @property
     def account_key(self) -> str:
-        return f"throttle:{self.kind}:acct:{self._digest(account_identity(self.account))}"
+        if self.device:
+            identity = account_identity(self.account)
+            return f"throttle:{self.kind}:dev:{self._digest(f'{identity}:{self.device}')}"
+        return self.account_wide_key
 
     @property
     def ip_key(self) -> str | None:
@@ -114,7 +131,7 @@ def attempt_uncounted(key: ThrottleKey) -> None:
 def attempt_succeeded(key: ThrottleKey) -> None:
     """The account's failures are forgotten; the address's count gets the attempt back
     (colleagues share a hospital's outgoing address: their sign-ins are not guesses)."""
-    cache.delete(key.account_key)
+    cache.delete_many([key.account_key, key.account_wide_key])
     if key.ip_key is not None:
         with contextlib.suppress(ValueError):
             cache.decr(key.ip_key)
@@ -130,7 +147,59 @@ def throttle_reset(*, account: str, kinds: tuple[str, ...] = ("signin", "otp")) 
     """Lift an account's sign-in and second-factor lockouts (admin unlock), or only
     those of `kinds`."""
     for kind in kinds:
-        cache.delete(ThrottleKey(kind=kind, account=account, ip=None).account_key)
+        cache.delete(ThrottleKey(kind=kind, account=account, ip=None).account_wide_key)
+
+
+# Known devices (OWASP's device cookies): a browser that signed in to an account keeps a
+# signed cookie naming it (by a keyed digest, never the address). Its later attempts
+# count under a key of their own, with the same limit, so failures sent by anyone else
+# (five a quarter of an hour keep a named colleague out for good) do not lock it out.
+KNOWN_DEVICE_COOKIE = "portal_device"
+KNOWN_DEVICE_SALT = "tenants.throttle.known_device"
+KNOWN_DEVICE_DAYS = 90
+KNOWN_DEVICE_ACCOUNTS = 20  # a shared workstation's staff
+
+
+def _known_device_data(request: HttpRequest) -> dict | None:
+    raw = request.COOKIES.get(KNOWN_DEVICE_COOKIE)
+    if not raw:
+        return None
+    try:
+        data = signing.loads(
+            raw, salt=KNOWN_DEVICE_SALT, max_age=dt.timedelta(days=KNOWN_DEVICE_DAYS)
+        )
+    except signing.BadSignature:  # altered, another deployment's, or too old
+        return None
+    valid = (
+        isinstance(data, dict)
+        and isinstance(data.get("d"), str)
+        and isinstance(data.get("a"), list)
+    )
+    return data if valid else None
+
+
+def known_device(request: HttpRequest, *, account: str) -> str:
+    """This browser's device id if it signed in to `account` before, else ""."""
+    data = _known_device_data(request)
+    if data is None or _digest(account_identity(account)) not in data["a"]:
+        return ""
+    return data["d"]
+
+
+def known_device_remember(request: HttpRequest, response: HttpResponse, *, account: str) -> None:
+    """Set (or renew) the cookie that makes this browser known for `account`."""
+    data = _known_device_data(request) or {"d": secrets.token_urlsafe(16), "a": []}
+    digest = _digest(account_identity(account))
+    accounts = [a for a in data["a"] if a != digest][-(KNOWN_DEVICE_ACCOUNTS - 1) :]
+    value = signing.dumps({"d": data["d"], "a": [*accounts, digest]}, salt=KNOWN_DEVICE_SALT)
+    response.set_cookie(
+        KNOWN_DEVICE_COOKIE,
+        value,
+        max_age=KNOWN_DEVICE_DAYS * 24 * 3600,
+        secure=settings.SESSION_COOKIE_SECURE,
+        httponly=True,
+        samesite="Lax",
+    )
 
 
 TOKEN_LOOKUPS_PER_MINUTE = 20

@@ -38,7 +38,14 @@ from tenants.mfa import (
     totp_secret_base32,
 )
 from tenants.models import User
-from tenants.throttle import ThrottleKey, attempt_allowed, attempt_succeeded, attempt_uncounted
+from tenants.throttle import (
+    ThrottleKey,
+    attempt_allowed,
+    attempt_succeeded,
+    attempt_uncounted,
+    known_device,
+    known_device_remember,
+)
 
 LOCKED_MESSAGE = "Too many attempts. Wait 15 minutes and try again, or ask your administrator."
 
@@ -57,8 +64,12 @@ class SignInView(auth_views.LoginView):
     redirect_authenticated_user = True
 
     def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        account = request.POST.get("username", "")
         throttle = ThrottleKey(
-            kind="signin", account=request.POST.get("username", ""), ip=client_ip(request)
+            kind="signin",
+            account=account,
+            ip=client_ip(request),
+            device=known_device(request, account=account),
         )
         if not attempt_allowed(throttle):
             audit.record(
@@ -83,10 +94,13 @@ class SignInView(auth_views.LoginView):
         user = form.get_user()
         next_url = safe_next(self.request)
         if confirmed_devices(user):
-            return _redirect_with_next("mfa_verify", next_url)
-        if mfa_required(user):
-            return _redirect_with_next("mfa_enrol", next_url)
-        return HttpResponseRedirect(next_url)
+            response = _redirect_with_next("mfa_verify", next_url)
+        elif mfa_required(user):
+            response = _redirect_with_next("mfa_enrol", next_url)
+        else:
+            response = HttpResponseRedirect(next_url)
+        known_device_remember(self.request, response, account=self._throttle.account)
+        return response
 
     def get_success_url(self) -> str:
         return safe_next(self.request)

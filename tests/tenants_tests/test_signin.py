@@ -16,6 +16,7 @@ from audit.models import Action, AuditEvent, Outcome
 from portal.mail import MailFailed
 from tenants.mfa import backup_codes_issue, second_factor_verify, totp_secret_base32
 from tenants.models import BackupCode
+from tenants.throttle import KNOWN_DEVICE_COOKIE
 from tests.helpers import (
     PASSWORD,
     TEST_ACTOR,
@@ -250,6 +251,50 @@ def test_wrong_passwords_lock_the_account_for_a_while_then_unlock(clinic, radiol
 
     cache.clear()  # the lockout window elapsing
     assert _sign_in_password(Client(), radiologist).status_code == 302
+
+
+@pytest.mark.django_db
+def test_a_browser_that_signed_in_before_is_not_locked_out_by_anyone_elses_failures(
+    clinic, radiologist, technologist, settings
+):
+    settings.SIGNIN_ACCOUNT_FAILURE_LIMIT = 3
+    own = Client()
+    assert _sign_in_password(own, radiologist).status_code == 302
+    own.post("/accounts/logout/")  # signing out keeps the browser's other cookies
+    colleagues_browser = Client()
+    assert _sign_in_password(colleagues_browser, technologist).status_code == 302
+    colleagues_browser.post("/accounts/logout/")
+    for _ in range(3):  # anyone, from anywhere, naming the radiologist
+        Client().post("/accounts/login/", {"username": radiologist.email, "password": "wrong"})
+
+    stranger = _sign_in_password(Client(), radiologist)
+    colleague = _sign_in_password(colleagues_browser, radiologist)  # known, for another
+    forged = Client()
+    forged.cookies[KNOWN_DEVICE_COOKIE] = own.cookies[KNOWN_DEVICE_COOKIE].value + "x"
+    tampered = _sign_in_password(forged, radiologist)
+    returning = _sign_in_password(own, radiologist)
+
+    assert (stranger.status_code, colleague.status_code, tampered.status_code) == (429, 429, 429)
+    assert returning.status_code == 302
+
+
+@pytest.mark.django_db
+def test_a_known_browser_still_gets_only_the_accounts_number_of_guesses(
+    clinic, radiologist, settings
+):
+    settings.SIGNIN_ACCOUNT_FAILURE_LIMIT = 3
+    own = Client()
+    assert _sign_in_password(own, radiologist).status_code == 302
+    own.post("/accounts/logout/")  # signing out keeps the browser's other cookies
+    answers = [
+        own.post("/accounts/login/", {"username": radiologist.email, "password": f"guess {n}"})
+        for n in range(4)
+    ]
+
+    assert [a.status_code for a in answers] == [200, 200, 200, 429]
+    assert _sign_in_password(own, radiologist).status_code == 429
+    cookie = own.cookies[KNOWN_DEVICE_COOKIE]
+    assert radiologist.email not in cookie.value and cookie["httponly"]
 
 
 def _guesses_arrive_while_the_first_is_checked(monkeypatch, *, send) -> list[str]:
