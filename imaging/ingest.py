@@ -300,11 +300,10 @@ def _restore(
     with transaction.atomic():
         # Locked: two senders restoring at once write the key once.
         instance = Instance.objects.for_tenant(tenant).select_for_update().get(pk=existing.pk)
-        if not object_exists(storage, instance.storage_key):
-            dek = instance_study_key(instance=instance, actor=actor)
-            context = ObjectContext(tenant.pk, instance.storage_key)
-            chunks = encrypt_stream([parsed.data], key=dek, context=context)
-            object_write(storage, instance.storage_key, chunks)
+        restored = not object_exists(storage, instance.storage_key)
+        if restored:
+            # Audited first: an audit that fails writes nothing, and a write that fails
+            # rolls the event back.
             audit.record(
                 actor=actor,
                 action=Action.INSTANCE_RESTORED,
@@ -312,6 +311,12 @@ def _restore(
                 tenant=tenant,
                 detail={"study": str(instance.study_id)},
             )
+            dek = instance_study_key(instance=instance, actor=actor)
+            context = ObjectContext(tenant.pk, instance.storage_key)
+            chunks = encrypt_stream([parsed.data], key=dek, context=context)
+            object_write(storage, instance.storage_key, chunks)
+    if not restored:  # another sender's copy restored it meanwhile: a duplicate now
+        return _duplicate(tenant=tenant, actor=actor, name=name, existing=instance, parsed=parsed)
     return replace(_stored(name, parsed, instance), message=RESTORED_MESSAGE)
 
 
@@ -535,7 +540,7 @@ def _store(*, tenant: Tenant, actor: Actor, name: str, parsed: ParsedInstance) -
             transaction.on_commit(partial(committed.append, True))  # the first callback
             patient = _patient(tenant, parsed)
             study, dek = _study(tenant, parsed, patient)
-            differs = _differs_noted(study, _patient_differs(patient, parsed))
+            differs = _differs_noted(study, patient=patient, parsed=parsed)
             series, new_series = _series(tenant, parsed, study)
             object_write(
                 storage,
@@ -844,7 +849,7 @@ def _studies_for(
             raise _Conflict("patient_mismatch", "")
         else:
             dek = _study_key(study)
-        if any(_patient_differs(patient, p) - set(study.patient_differs) for p in parsed_list):
+        if any(_differs_new(study, patient=patient, parsed=p) for p in parsed_list):
             raise _OneByOne  # rare; that path notes and audits it on the file that differs
         new_series = {p.series_uid for p in parsed_list} - known_series
         _count_into(study=study, parsed_list=parsed_list, new_series=len(new_series))
@@ -933,7 +938,9 @@ def _update_counts(
     series.num_instances += 1
     series.save(update_fields=["num_instances"])
     _count_into(study=study, parsed_list=[parsed], new_series=1 if new_series else 0)
-    study.save(update_fields=[*STUDY_COUNTERS, "patient_differs", "patient_held"])
+    study.save(
+        update_fields=[*STUDY_COUNTERS, "patient_differs", "patient_held", "patient_headers"]
+    )
 
 
 def _name_key(name: str) -> str:
@@ -957,14 +964,32 @@ def _patient_differs(patient: Patient, parsed: ParsedInstance) -> set[str]:
     return differs
 
 
-def _differs_noted(study: Study, differs: set[str]) -> list[str]:
-    """Note on the study (unsaved) the details its files give otherwise than its record;
-    those not noted before are returned, and hold it again from the patient portal."""
-    new = sorted(differs - set(study.patient_differs))
-    if new:
-        study.patient_differs = sorted({*study.patient_differs, *new})
+def _header_identity(parsed: ParsedInstance) -> str:
+    """A digest of the patient details a file gives, as they are compared."""
+    birth_date = parsed.birth_date.isoformat() if parsed.birth_date else ""
+    text = f"{_name_key(parsed.patient_name)}|{birth_date}"
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def _differs_new(study: Study, *, patient: Patient, parsed: ParsedInstance) -> set[str]:
+    """The details a file gives otherwise than its record, if the study has not seen
+    this set of them before; else nothing."""
+    differs = _patient_differs(patient, parsed)
+    if not differs or _header_identity(parsed) in study.patient_headers:
+        return set()
+    return differs
+
+
+def _differs_noted(study: Study, *, patient: Patient, parsed: ParsedInstance) -> list[str]:
+    """Note on the study (unsaved) a set of patient details its record does not give,
+    first seen in this file: it holds the study from the patient portal, again if it
+    was confirmed before. The differing fields are returned (none if not new)."""
+    differs = _differs_new(study, patient=patient, parsed=parsed)
+    if differs:
+        study.patient_headers = [*study.patient_headers, _header_identity(parsed)]
+        study.patient_differs = sorted({*study.patient_differs, *differs})
         study.patient_held = True
-    return new
+    return sorted(differs)
 
 
 def _differs_entry(study: Study, differs: list[str]) -> audit.Entry:

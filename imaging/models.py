@@ -92,6 +92,10 @@ class Study(TenantOwnedModel):
     # a member confirms it belongs to the record (imaging.services.study_patient_confirm).
     patient_differs = models.JSONField(default=list, blank=True)
     patient_held = models.BooleanField(default=False)
+    # A digest of each differing set of details seen (imaging.ingest._header_identity):
+    # a third person's images hold the study again after a confirmation, and a
+    # confirmation covers only the sets its page showed.
+    patient_headers = models.JSONField(default=list, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(default=timezone.now)
 

@@ -623,29 +623,38 @@ def study_set_confidential(
     return revoked
 
 
-def study_patient_confirm(*, study: Study, actor: Actor) -> bool:
+class PatientDetailsChanged(Exception):
+    """Files with other patient details arrived after the confirming page was shown."""
+
+
+def study_patient_confirm(*, study: Study, actor: Actor, seen: int) -> bool:
     """Confirm that a held study, whose images give other patient details than its
     record, belongs to that record; it is then shown in the patient portal again.
 
-    False if it was not held (confirmed meanwhile). A later file giving yet another
-    detail holds it again.
+    `seen` is how many differing sets of details the confirming page showed
+    (`len(patient_headers)`); a set that arrived since raises PatientDetailsChanged
+    and nothing is confirmed. False if it was not held (confirmed meanwhile). A later
+    file giving yet another set of details holds it again.
     """
     with transaction.atomic():
-        released = (
-            Study.objects.for_tenant(study.tenant)
-            .filter(pk=study.pk, patient_held=True)
-            .update(patient_held=False)
+        current = (
+            Study.objects.for_tenant(study.tenant).select_for_update().filter(pk=study.pk).first()
         )
-        if released:
-            study.refresh_from_db(fields=["patient_differs", "patient_held"])
-            audit.record(
-                actor=actor,
-                action=Action.STUDY_PATIENT_CONFIRMED,
-                target=study,
-                tenant=study.tenant,
-                detail={"fields": study.patient_differs},
-            )
-    return bool(released)
+        if current is None or not current.patient_held:
+            return False
+        if len(current.patient_headers) != seen:
+            raise PatientDetailsChanged
+        current.patient_held = False
+        current.save(update_fields=["patient_held"])
+        study.patient_held = False
+        audit.record(
+            actor=actor,
+            action=Action.STUDY_PATIENT_CONFIRMED,
+            target=study,
+            tenant=study.tenant,
+            detail={"fields": current.patient_differs, "sets": seen},
+        )
+    return True
 
 
 def study_grant(*, study: Study, grantee: User, download: bool, actor: Actor) -> None:

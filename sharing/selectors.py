@@ -96,10 +96,14 @@ def share_list(*, membership: Membership) -> QuerySet[ShareLink]:
 
     A member who may share sees every link they made; a patient only those to studies
     still theirs: a record unlinked (a mistaken match, say) takes its links' pages along.
+    A study held for differing patient details keeps them: its links are paused, and
+    the patient may still revoke them.
     """
     shares = ShareLink.objects.for_tenant(membership.tenant).filter(created_by=membership.user)
     if not membership.has_perm(Perm.STUDY_SHARE):
-        shares = shares.filter(study__in=own_studies(membership=membership).values("pk"))
+        shares = shares.filter(
+            study__in=own_studies(membership=membership, held_too=True).values("pk")
+        )
     return shares.select_related("study", "study__patient").order_by("-created_at")
 
 
@@ -190,17 +194,18 @@ def linked_patient_ids(*, tenant: Tenant, user: User) -> QuerySet:
     )
 
 
-def own_studies(*, membership: Membership) -> QuerySet[Study]:
+def own_studies(*, membership: Membership, held_too: bool = False) -> QuerySet[Study]:
     """A patient's own studies at this clinic; none without the patient role, and none
     held for differing patient details (imaging.models.Study.patient_held)."""
     tenant = membership.tenant
     studies = Study.objects.for_tenant(tenant).select_related("patient", "tenant")
     if not membership.has_perm(Perm.OWN_STUDIES):
         return studies.none()
-    # A study whose images may be another person's waits for staff to confirm it.
-    return studies.filter(
-        patient__in=linked_patient_ids(tenant=tenant, user=membership.user), patient_held=False
-    ).order_by("-study_date", "-created_at")
+    studies = studies.filter(patient__in=linked_patient_ids(tenant=tenant, user=membership.user))
+    if not held_too:
+        # A study whose images may be another person's waits for staff to confirm it.
+        studies = studies.filter(patient_held=False)
+    return studies.order_by("-study_date", "-created_at")
 
 
 def own_study_get(*, membership: Membership, study_id: uuid.UUID) -> Study | None:

@@ -165,7 +165,7 @@ def share_create(
     break_glass = None
     capped = False
     if membership is not None and as_patient:
-        if not _own_study_locked(membership=membership, study=study):
+        if not _own_study_locked(membership=membership, study=study) or _held_locked(study):
             raise ShareInvalid("This study is no longer in your portal, so it cannot be shared.")
     elif membership is not None:
         # Asked under the study's lock: the caller's earlier answer may be stale.
@@ -255,6 +255,17 @@ def _own_study_locked(*, membership: Membership, study: Study) -> bool:
         .values_list("pk", flat=True)
         .first()
         is not None
+    )
+
+
+def _held_locked(study: Study) -> bool:
+    """Whether the study is held for differing patient details now (see _confidential_locked:
+    the study row is locked until commit by that check)."""
+    return bool(
+        Study.objects.for_tenant(study.tenant)
+        .select_for_update()
+        .filter(pk=study.pk, patient_held=True)
+        .exists()
     )
 
 
@@ -447,9 +458,13 @@ def shares_end_with_break_glass(
     return shortened
 
 
+# A link the patient made, paused while its study is held for differing patient details.
+HELD = "held"
+
+
 def _refuse(share: ShareLink, *, state: str, ip: str | None) -> ShareUnavailable:
     status = 404 if state == ShareLink.State.REVOKED else 410
-    if state == ShareLink.State.LOCKED:
+    if state in (ShareLink.State.LOCKED, HELD):
         status = 403
     with transaction.atomic():
         audit.record(
@@ -489,6 +504,10 @@ def share_current(*, share: ShareLink, now: dt.datetime, ip: str | None) -> Shar
     # A used-up link still serves the recipient who used its last use (their session).
     if state not in (ShareLink.State.ACTIVE, ShareLink.State.USED_UP):
         raise _refuse(fresh, state=state, ip=ip)
+    if fresh.made_as_patient and fresh.study.patient_held:
+        # The patient shared what was theirs; images since may be another person's,
+        # and the clinic has not confirmed them (imaging.models.Study.patient_held).
+        raise _refuse(fresh, state=HELD, ip=ip)
     return fresh
 
 

@@ -60,6 +60,7 @@ from sharing.selectors import (
     share_series_withheld,
 )
 from sharing.services import (
+    HELD,
     ShareInvalid,
     ShareUnavailable,
     share_actor,
@@ -412,6 +413,8 @@ def _refused(request: HttpRequest, exc: ShareUnavailable) -> HttpResponse:
     template = {410: "sharing/gone.html", 403: "sharing/locked.html"}.get(
         exc.status, "sharing/not_found.html"
     )
+    if exc.reason == HELD:
+        template = "sharing/paused.html"
     return render(request, template, {"reason": exc.reason}, status=exc.status)
 
 
@@ -463,6 +466,11 @@ def share_open(request: HttpRequest, token: str) -> HttpResponse:
             response = HttpResponseRedirect(reverse("share_home"), status=303)
         elif request.method == "GET" and recipient_holds_another(request, share, now=now):
             response = render(request, "sharing/switch.html")
+            # Its form posts back here: with no-referrer a browser sends `Origin: null`,
+            # which the CSRF check refuses. `origin` sends the host alone, never the path
+            # with the token.
+            response["Referrer-Policy"] = "origin"
+            return response
         else:
             recipient_begin(request, share, verified=False, now=now)
             response = HttpResponseRedirect(reverse("share_home"), status=303)

@@ -19,4 +19,9 @@ class Migration(migrations.Migration):
             name="patient_held",
             field=models.BooleanField(default=False),
         ),
+        migrations.AddField(
+            model_name="study",
+            name="patient_headers",
+            field=models.JSONField(blank=True, default=list),
+        ),
     ]

@@ -40,6 +40,7 @@ from imaging.selectors import (
     study_target,
 )
 from imaging.services import (
+    PatientDetailsChanged,
     study_grant,
     study_grant_revoke,
     study_patient_confirm,
@@ -364,7 +365,23 @@ def study_patient_confirmed(request: HttpRequest, study_id: uuid.UUID) -> HttpRe
     study = _study_to_change(request, study_id, perm=Perm.STUDY_CONFIRM_PATIENT)
     if (step_up := _step_up_first(request, study, anchor="")) is not None:
         return step_up
-    if study_patient_confirm(study=study, actor=Actor.from_request(request)):
+    try:
+        seen = int(request.POST.get("seen", ""))
+    except ValueError:
+        return HttpResponseBadRequest(
+            "The form did not say what it showed; nothing was changed.",
+            content_type="text/plain; charset=utf-8",
+        )
+    try:
+        confirmed = study_patient_confirm(study=study, actor=Actor.from_request(request), seen=seen)
+    except PatientDetailsChanged:
+        messages.warning(
+            request,
+            "Images with other patient details arrived since this page was shown; nothing "
+            "was confirmed. Check them in the viewer, then confirm again.",
+        )
+        return HttpResponseRedirect(study_url(study))
+    if confirmed:
         messages.success(
             request,
             "Confirmed as this patient's study: the patient portal shows it to the patient.",

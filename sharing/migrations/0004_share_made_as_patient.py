@@ -7,6 +7,7 @@ existing link keeps the treatment it had.
 """
 
 from django.db import migrations, models
+from django.db.models import Exists, OuterRef
 
 
 def forward(apps, schema_editor):
@@ -14,22 +15,21 @@ def forward(apps, schema_editor):
     PatientLink = apps.get_model("sharing", "PatientLink")
     Membership = apps.get_model("tenants", "Membership")
     # Every clinic's rows (the base managers are not scoped): the rule changed for all.
-    shares = ShareLink._base_manager.filter(created_by__isnull=False).select_related("study")
-    for share in shares.iterator():
-        linked = PatientLink._base_manager.filter(
-            tenant_id=share.tenant_id,
-            patient_id=share.study.patient_id,
-            user_id=share.created_by_id,
-            revoked_at__isnull=True,
-        ).exists()
-        patient = Membership._base_manager.filter(
-            tenant_id=share.tenant_id,
-            user_id=share.created_by_id,
-            is_active=True,
-            roles__code="patient",
-        ).exists()
-        if linked and patient:
-            ShareLink._base_manager.filter(pk=share.pk).update(made_as_patient=True)
+    # One statement, so the table is not held while links are read one by one.
+    linked = PatientLink._base_manager.filter(
+        tenant_id=OuterRef("tenant_id"),
+        patient_id=OuterRef("study__patient_id"),
+        user_id=OuterRef("created_by_id"),
+        revoked_at__isnull=True,
+    )
+    patient = Membership._base_manager.filter(
+        tenant_id=OuterRef("tenant_id"),
+        user_id=OuterRef("created_by_id"),
+        is_active=True,
+        roles__code="patient",
+    )
+    theirs = ShareLink._base_manager.filter(Exists(linked), Exists(patient)).values("pk")
+    ShareLink._base_manager.filter(pk__in=theirs).update(made_as_patient=True)
 
 
 class Migration(migrations.Migration):

@@ -8,11 +8,14 @@ import uuid
 
 import pydicom
 import pytest
+from django.test import Client
 from django.urls import reverse
+from django.utils import timezone
 
 from audit.models import Action, AuditEvent
 from imaging.ingest import IngestOutcome, ingest_many
 from imaging.models import Study
+from imaging.services import study_patient_confirm
 from tests.helpers import TEST_ACTOR, page_body
 from tests.imaging_tests.helpers import ingest, ingest_study, synthetic_ct
 from tests.sharing_tests.test_patient_portal import accept_as_new_patient, invite
@@ -127,9 +130,9 @@ def test_staff_see_the_hold_and_a_technologist_confirms_it(
 
     worklist = staff.get(f"/t/{clinic.slug}/").content.decode()
     page = staff.get(f"/t/{clinic.slug}/studies/{held.pk}/").content.decode()
-    refused = client_for(front_desk).post(_confirm_url(held))
-    confirmed = staff.post(_confirm_url(held))
-    again = staff.post(_confirm_url(held))
+    refused = client_for(front_desk).post(_confirm_url(held), {"seen": 1})
+    confirmed = staff.post(_confirm_url(held), {"seen": 1})
+    again = staff.post(_confirm_url(held), {"seen": 1})
 
     assert worklist.count("Check patient") == 1
     assert "Images of this study give another name than this patient record" in page
@@ -142,7 +145,7 @@ def test_staff_see_the_hold_and_a_technologist_confirms_it(
     assert (event.target_id, event.actor_id, event.detail) == (
         str(held.pk),
         str(technologist.pk),
-        {"fields": ["name"]},
+        {"fields": ["name"], "sets": 1},
     )
     assert again.status_code == 302  # nothing held: nothing changed, nothing audited
     assert (
@@ -161,8 +164,8 @@ def test_a_member_of_another_clinic_cannot_confirm(
     held = _row(files, clinic)
     outsider = client_for(other_tenant_all_roles)
 
-    response = outsider.post(_confirm_url(held))
-    missing = outsider.post(_confirm_url(Study(tenant=clinic, pk=uuid.uuid4())))
+    response = outsider.post(_confirm_url(held), {"seen": 1})
+    missing = outsider.post(_confirm_url(Study(tenant=clinic, pk=uuid.uuid4())), {"seen": 1})
 
     assert response.status_code == missing.status_code == 404
     assert page_body(response) == page_body(missing)
@@ -182,9 +185,102 @@ def test_the_patient_portal_shows_a_held_study_only_once_confirmed(
 
     before = patient.get(f"/t/{clinic.slug}/my/").content.decode()
     opened_before = patient.get(f"/t/{clinic.slug}/my/studies/{held.pk}/")
-    client_for(radiologist).post(_confirm_url(held))
+    client_for(radiologist).post(_confirm_url(held), {"seen": 1})
     after = patient.get(f"/t/{clinic.slug}/my/").content.decode()
 
     assert str(first_study.pk) in before and str(held.pk) not in before
     assert opened_before.status_code == 404
     assert str(held.pk) in after
+
+
+def _into(study: Study, files: list[bytes]) -> list[bytes]:
+    """The files moved into `study` (its StudyInstanceUID)."""
+    moved = []
+    for data in files:
+        ds = pydicom.dcmread(io.BytesIO(data))
+        ds.StudyInstanceUID = study.study_uid
+        buffer = io.BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        moved.append(buffer.getvalue())
+    return moved
+
+
+@pytest.mark.django_db
+def test_a_third_persons_images_hold_a_confirmed_study_again(clinic, first_study, radiologist):
+    files = _study(name="Jones^Robert", slices=2)
+    ingest(clinic, files[0])
+    held = _row(files, clinic)
+    study_patient_confirm(study=held, actor=TEST_ACTOR, seen=1)
+
+    ingest(clinic, files[1])  # the confirmed person again: nothing new
+    still_released = Study.objects.for_tenant(clinic).get(pk=held.pk).patient_held
+    ingest(clinic, _into(held, _study(name="Brown^Carol"))[0])
+
+    held.refresh_from_db()
+    assert still_released is False
+    assert (held.patient_held, held.patient_differs, len(held.patient_headers)) == (
+        True,
+        ["name"],
+        2,
+    )
+    differs = AuditEvent.objects.for_tenant(clinic).filter(action=Action.STUDY_PATIENT_DIFFERS)
+    assert differs.count() == 2
+
+
+@pytest.mark.django_db
+def test_a_confirmation_covers_only_the_details_its_page_showed(
+    clinic, first_study, radiologist, client_for
+):
+    files = _study(name="Jones^Robert")
+    ingest(clinic, files[0])
+    held = _row(files, clinic)
+    staff = client_for(radiologist)
+    page = staff.get(f"/t/{clinic.slug}/studies/{held.pk}/").content.decode()
+    ingest(clinic, _into(held, _study(name="Jones^Robert", birth_date="19511231"))[0])
+
+    stale = staff.post(_confirm_url(held), {"seen": 1}, follow=True)
+    bad = staff.post(_confirm_url(held), {"seen": "one"})
+
+    assert 'name="seen" value="1"' in page
+    assert "arrived since this page was shown" in stale.content.decode()
+    assert bad.status_code == 400
+    held.refresh_from_db()
+    assert held.patient_held is True
+    assert (
+        not AuditEvent.objects.for_tenant(clinic)
+        .filter(action=Action.STUDY_PATIENT_CONFIRMED)
+        .exists()
+    )
+
+
+@pytest.mark.django_db
+def test_links_the_patient_made_pause_while_the_study_is_held_and_stay_theirs_to_revoke(
+    clinic, front_desk, django_capture_on_commit_callbacks
+):
+    from sharing.models import ShareLink
+    from sharing.services import share_create
+    from tests.helpers import membership_of
+    from tests.sharing_tests.test_links_follow_access import linked_patient
+
+    study = ingest_study(clinic, _study(name="Smith^Anna"))
+    patient = linked_patient(study, front_desk)
+    share, token = share_create(
+        study=study,
+        actor=TEST_ACTOR,
+        now=timezone.now(),
+        membership=membership_of(patient, clinic),
+        as_patient=True,
+        challenge=ShareLink.Challenge.NONE,
+    )
+    ingest(clinic, _into(study, _study(name="Jones^Robert"))[0])
+    recipient = Client()
+    owner = Client()
+    owner.force_login(patient)
+
+    opened = recipient.get(f"/s/{token}")
+    listed = owner.get(f"/t/{clinic.slug}/shares/")
+
+    assert opened.status_code == 403 and b"This link is paused" in opened.content
+    assert str(share.pk) in listed.content.decode()
+    event = AuditEvent.objects.for_tenant(clinic).get(action=Action.SHARE_REFUSED)
+    assert event.detail == {"share": str(share.pk), "state": "held"}
