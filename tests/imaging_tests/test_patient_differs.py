@@ -107,13 +107,9 @@ def test_the_same_details_written_otherwise_or_left_out_do_not_hold(
 
 @pytest.mark.django_db
 def test_a_file_of_a_shown_study_giving_other_details_holds_it(clinic, first_study):
-    later = synthetic_ct(slices=1, size=16, patient_name="Jones^Robert", patient_id="MRN7")
-    ds = pydicom.dcmread(io.BytesIO(later[0]))
-    ds.StudyInstanceUID = first_study.study_uid
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
+    later = _into(first_study, _study(name="Jones^Robert"))
 
-    ingest(clinic, buffer.getvalue())
+    ingest(clinic, later[0])
 
     first_study.refresh_from_db()
     assert (first_study.patient_held, first_study.patient_differs) == (True, ["name"])

@@ -116,6 +116,16 @@ class RetrieveCutShort(Exception):
     """An object could not be prepared after its answer had started streaming."""
 
 
+def _cut_short(request: HttpRequest, row: Instance, detail: dict[str, Any]) -> RetrieveCutShort:
+    """Audit that `row` was not sent, its answer already under way (the read was audited
+    as it started), and the exception that ends the body without its closing part."""
+    client = client_of(request)
+    pixel_read_unserved_audit(
+        tenant=client.tenant, actor=client.actor, instance=row, detail={**detail, "cut_short": True}
+    )
+    return RetrieveCutShort(str(row.pk))
+
+
 class HeaderUnreadable(Exception):
     """A stored object's header could not be parsed for its metadata (logged)."""
 
@@ -275,14 +285,7 @@ def _retrieve(request: HttpRequest, instances: QuerySet[Instance]) -> HttpRespon
                 row.pk,
                 type(exc).__name__,
             )
-            client = client_of(request)
-            pixel_read_unserved_audit(
-                tenant=client.tenant,
-                actor=client.actor,
-                instance=row,
-                detail={"instances": 1, "reason": "not_decodable", "cut_short": True},
-            )
-            raise RetrieveCutShort(str(row.pk)) from None
+            raise _cut_short(request, row, {"instances": 1, "reason": "not_decodable"}) from None
 
     def parts() -> Iterator[tuple[str, Iterator[bytes]]]:
         stored = instances_chunks(  # each checked against its size_bytes
@@ -422,15 +425,7 @@ def _metadata(request: HttpRequest, instances: QuerySet[Instance]) -> HttpRespon
         try:
             return item_of(row)
         except HeaderUnreadable:
-            # The read was audited as the answer started; this one was not sent.
-            client = client_of(request)
-            pixel_read_unserved_audit(
-                tenant=client.tenant,
-                actor=client.actor,
-                instance=row,
-                detail={"metadata": 1, "reason": "not_parsable", "cut_short": True},
-            )
-            raise RetrieveCutShort(str(row.pk)) from None
+            raise _cut_short(request, row, {"metadata": 1, "reason": "not_parsable"}) from None
 
     if not later:
         response = HttpResponse(b"[" + b",".join(items) + b"]", content_type=media_type)
