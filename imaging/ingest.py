@@ -38,7 +38,12 @@ from imaging.dicom import DicomRejected, ParsedInstance, dataset_offset, parse_p
 from imaging.keyring import study_dek, study_dek_new, tenant_key_active
 from imaging.metadata import metadata_seal
 from imaging.models import Instance, Patient, Series, Study
-from imaging.services import instance_chunks, instance_study_key, series_requests_create
+from imaging.services import (
+    instance_chunks,
+    instance_object_missing,
+    instance_study_key,
+    series_requests_create,
+)
 from imaging.storage import (
     object_delete_quietly,
     object_exists,
@@ -248,6 +253,7 @@ def _duplicate(
         # for an instance whose stored object is gone.
         if same_file:
             return _restore(tenant=tenant, actor=actor, name=name, existing=existing, parsed=parsed)
+        instance_object_missing(instance=existing, actor=actor)
         return _reject(
             tenant=tenant,
             actor=actor,

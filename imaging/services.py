@@ -54,6 +54,9 @@ from tenants.selectors import membership_for_user
 logger = logging.getLogger(__name__)
 
 
+OBJECT_MISSING = "object missing"
+
+
 def _integrity_failed(*, instance: Instance | Series, actor: Actor, reason: str) -> None:
     # Its own transaction: the caller's work is about to fail and roll back.
     with transaction.atomic():
@@ -96,8 +99,14 @@ def _failures_audited(*, instance: Instance | Series, actor: Actor) -> Iterator[
         _integrity_failed(instance=instance, actor=actor, reason=str(exc))
         raise
     except FileNotFoundError:
-        _integrity_failed(instance=instance, actor=actor, reason="object missing")
+        instance_object_missing(instance=instance, actor=actor)
         raise IntegrityError("stored object is missing") from None
+
+
+def instance_object_missing(*, instance: Instance | Series, actor: Actor) -> None:
+    """Audit and log a stored object found missing: a durability incident."""
+    _integrity_failed(instance=instance, actor=actor, reason=OBJECT_MISSING)
+    logger.warning("stored object of %s is missing", instance)
 
 
 def instance_study_key(*, instance: Instance, actor: Actor) -> bytes:

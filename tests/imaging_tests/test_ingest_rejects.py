@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import struct
 import tracemalloc
 import zipfile
@@ -14,7 +15,7 @@ from pydicom.dataset import Dataset
 from pydicom.filewriter import write_file_meta_info
 from pydicom.sequence import Sequence
 
-from audit.models import Action, AuditEvent
+from audit.models import Action, AuditEvent, Outcome
 from imaging.crypto import SEGMENT_SIZE
 from imaging.dicom import dataset_offset
 from imaging.ingest import IngestOutcome, ingest_archive
@@ -290,6 +291,22 @@ def test_a_resend_differing_in_its_meta_does_not_stand_in_for_a_missing_object(c
         .filter(action__in=[Action.INSTANCE_DUPLICATE, Action.INSTANCE_RESTORED])
         .exists()
     )
+
+
+@pytest.mark.django_db
+def test_a_resend_finding_the_object_gone_audits_which_instance_lost_it(clinic, caplog):
+    first = ingest(clinic, CT)
+    stored = Instance.objects.for_tenant(clinic).get(pk=first.instance_id)
+    storage_for(clinic).delete(stored.storage_key)
+
+    with caplog.at_level(logging.WARNING, logger="imaging"):
+        ingest(clinic, _meta_rewritten(CT))
+
+    event = AuditEvent.objects.for_tenant(clinic).get(action=Action.INTEGRITY_FAILED)
+    assert event.target_id == str(stored.pk)
+    assert event.outcome == Outcome.FAILURE
+    assert event.detail == {"reason": "object missing"}
+    assert f"Instance {stored.pk}" in caplog.text
 
 
 def _meta_hiding_an_element(data: bytes) -> bytes:
