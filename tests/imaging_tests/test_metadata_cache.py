@@ -220,7 +220,12 @@ def test_a_header_that_cannot_be_read_is_a_clear_500_before_the_answer(
         == "A stored instance's header could not be read; it was not served."
     )
     assert "ValueError" in caplog.text and "Doe" not in caplog.text
-    assert not AuditEvent.objects.filter(tenant=clinic, action=Action.DICOMWEB_RETRIEVE).exists()
+    unread = AuditEvent.objects.filter(tenant=clinic, action=Action.DICOMWEB_RETRIEVE).get()
+    assert unread.outcome == "failure"
+    assert unread.target_id in {
+        str(pk) for pk in Instance.objects.for_tenant(clinic).values_list("pk", flat=True)
+    }
+    assert unread.detail == {"metadata": 1, "reason": "not_parsable"}
 
 
 @pytest.mark.django_db

@@ -129,6 +129,10 @@ def _cut_short(request: HttpRequest, row: Instance, detail: dict[str, Any]) -> R
 class HeaderUnreadable(Exception):
     """A stored object's header could not be parsed for its metadata (logged)."""
 
+    def __init__(self, row: Instance) -> None:
+        super().__init__(str(row.pk))
+        self.row = row
+
 
 HEADER_UNREADABLE_TEXT = "A stored instance's header could not be read; it was not served."
 
@@ -399,7 +403,7 @@ def _metadata(request: HttpRequest, instances: QuerySet[Instance]) -> HttpRespon
                 logger.warning(
                     "metadata: instance %s could not be read (%s)", row.pk, type(exc).__name__
                 )
-                raise HeaderUnreadable(str(row.pk)) from None
+                raise HeaderUnreadable(row) from None
         return item
 
     items: list[bytes] = []
@@ -416,7 +420,15 @@ def _metadata(request: HttpRequest, instances: QuerySet[Instance]) -> HttpRespon
             held += len(items[-1])
     except IntegrityError:
         return dicomweb_error(500, "A stored object failed its integrity check; it was not served.")
-    except HeaderUnreadable:
+    except HeaderUnreadable as exc:
+        # Decrypted but not sent: the clinic's log says which instance cannot be read.
+        client = client_of(request)
+        pixel_read_unserved_audit(
+            tenant=client.tenant,
+            actor=client.actor,
+            instance=exc.row,
+            detail={"metadata": 1, "reason": "not_parsable"},
+        )
         return dicomweb_error(500, HEADER_UNREADABLE_TEXT)
     audit_read(request, [r.series for r in rows], {"metadata": len(rows)}, rows=rows)
     later = rows[len(items) :]
