@@ -949,13 +949,32 @@ def _update_counts(
     )
 
 
-def _name_key(name: str) -> str:
-    """A person name as compared with another: its alphabetic group, components stripped,
-    trailing empty ones dropped, case and spacing ignored ("Doe^John^^" is "DOE^JOHN")."""
-    components = [" ".join(part.split()) for part in name.split("=")[0].split("^")]
-    while components and not components[-1]:
-        components.pop()
-    return "^".join(components).casefold()
+def _name_groups(name: str) -> list[str]:
+    """A person name's groups (alphabetic, ideographic, phonetic) as compared with
+    another's: components stripped, trailing empty ones dropped, case and spacing
+    ignored ("Doe^John^^" is "doe^john")."""
+    groups = []
+    for group in name.split("=")[:3]:
+        components = [" ".join(part.split()) for part in group.split("^")]
+        while components and not components[-1]:
+            components.pop()
+        groups.append("^".join(components).casefold())
+    while groups and not groups[-1]:
+        groups.pop()
+    return groups
+
+
+def _names_differ(record: str, file: str) -> bool:
+    """Whether two person names differ in the first group both give.
+
+    One group only: a clinic writing names in ideographic characters alone is checked
+    as one writing them in letters, and a second group written in other characters
+    (katakana for hiragana, a variant kanji) is no other person.
+    """
+    for ours, theirs in zip(_name_groups(record), _name_groups(file), strict=False):
+        if ours and theirs:
+            return ours != theirs
+    return False
 
 
 def _patient_differs(patient: Patient, parsed: ParsedInstance) -> set[str]:
@@ -964,8 +983,7 @@ def _patient_differs(patient: Patient, parsed: ParsedInstance) -> set[str]:
     differs = set()
     if patient.birth_date and parsed.birth_date and patient.birth_date != parsed.birth_date:
         differs.add("birth_date")
-    record_name, file_name = _name_key(patient.name), _name_key(parsed.patient_name)
-    if record_name and file_name and record_name != file_name:
+    if _names_differ(patient.name, parsed.patient_name):
         differs.add("name")
     return differs
 
@@ -973,7 +991,7 @@ def _patient_differs(patient: Patient, parsed: ParsedInstance) -> set[str]:
 def _header_identity(parsed: ParsedInstance) -> str:
     """A digest of the patient details a file gives, as they are compared."""
     birth_date = parsed.birth_date.isoformat() if parsed.birth_date else ""
-    text = f"{_name_key(parsed.patient_name)}|{birth_date}"
+    text = f"{'='.join(_name_groups(parsed.patient_name))}|{birth_date}"
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 

@@ -106,6 +106,26 @@ def test_the_same_details_written_otherwise_or_left_out_do_not_hold(
 
 
 @pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("record", "file", "held"),
+    [
+        ("=山田^太郎", "=鈴木^花子", True),  # ideographic groups only, other people
+        ("=山田^太郎", "=山田^太郎", False),
+        ("Yamada^Tarou=山田^太郎", "=鈴木^花子", True),  # the first group both give
+        ("Yamada^Tarou=山田^太郎", "=山田^太郎=やまだ^たろう", False),
+        ("Yamada^Tarou=山田^太郎", "YAMADA^TAROU=山田^太朗", False),  # a variant kanji
+    ],
+)
+def test_names_are_compared_in_the_first_group_both_give(clinic, record, file, held):
+    ingest_study(clinic, _study(name=record))
+    files = _study(name=file)
+
+    ingest(clinic, files[0])
+
+    assert _row(files, clinic).patient_held is held
+
+
+@pytest.mark.django_db
 def test_a_file_of_a_shown_study_giving_other_details_holds_it(clinic, first_study):
     later = _into(first_study, _study(name="Jones^Robert"))
 
