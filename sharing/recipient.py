@@ -76,16 +76,33 @@ def recipient_holds_verified(request: HttpRequest, share: ShareLink) -> bool:
 
 
 def recipient_holds_another(request: HttpRequest, share: ShareLink, *, now: dt.datetime) -> bool:
-    """Whether this browser holds another link, opened and not yet timed out: opening
-    `share` would let go of it, and with it a use already spent."""
+    """Whether this browser holds another link, opened and not yet timed out (idle or
+    absolute): opening `share` would let go of it, and with it a use already spent."""
     data = request.session.get(SESSION_KEY) or {}
-    until = data.get("until")
+    if not data.get("verified") or data.get("id") == str(share.pk):
+        return False
+    held = _held_link(data)
+    return held is not None and _timed_out(data, held, now=now) is None
+
+
+def _held_link(data: dict) -> ShareLink | None:
     return (
-        bool(data.get("verified"))
-        and data.get("id") != str(share.pk)
-        and isinstance(until, int | float)
-        and until > now.timestamp()
+        ShareLink.objects.unscoped(reason="the recipient session names the link")
+        .select_related("tenant")
+        .filter(pk=data["id"])
+        .first()
     )
+
+
+def _timed_out(data: dict, share: ShareLink, *, now: dt.datetime) -> str | None:
+    """Why this browser's hold on `share` ran out ("absolute" or "idle"), if it did."""
+    stamp = now.timestamp()
+    until = data.get("until")
+    if not isinstance(until, int | float) or stamp >= until:
+        return "absolute"
+    if stamp - data.get("seen", until - SESSION_MAX_SECONDS) > recipient_idle_seconds(share):
+        return "idle"
+    return None
 
 
 def recipient_verified(request: HttpRequest) -> None:
@@ -128,22 +145,16 @@ def recipient_share(
     data = request.session.get(SESSION_KEY)
     if not data:
         return None, False
-    share = (
-        ShareLink.objects.unscoped(reason="the recipient session names the link")
-        .select_related("tenant")
-        .filter(pk=data["id"])
-        .first()
-    )
+    share = _held_link(data)
     if share is None:
         recipient_end(request)
         return None, False
-    stamp = now.timestamp()
-    seen = data.get("seen", data.get("until", 0) - SESSION_MAX_SECONDS)
-    if stamp >= data.get("until", 0):
-        _ended(request, share, reason="absolute", ip=ip)
-    if stamp - seen > recipient_idle_seconds(share):
-        _ended(request, share, reason="idle", ip=ip)
+    reason = _timed_out(data, share, now=now)
+    if reason is not None:
+        _ended(request, share, reason=reason, ip=ip)
     share = share_current(share=share, now=now, ip=ip)
+    stamp = now.timestamp()
+    seen = data.get("seen", data["until"] - SESSION_MAX_SECONDS)
     if stamp - seen >= SEEN_RESOLUTION_SECONDS and not is_background_poll(request):
         request.session[SESSION_KEY] = {**data, "seen": stamp}
     return share, bool(data.get("verified"))

@@ -936,6 +936,18 @@ def test_the_clinics_shorter_idle_limit_binds_its_recipients(
     assert client.get("/s/").status_code == 403
 
 
+def test_a_link_opened_over_one_idle_past_the_limit_takes_its_place_at_once(
+    study, other_study, radiologist, monkeypatch, idle_limit
+):
+    _, client, start = _recipient(study, radiologist)
+    _, other = make_share(other_study, radiologist)
+
+    _at(monkeypatch, start + dt.timedelta(minutes=16))
+    response = client.get(f"/s/{other}")
+
+    assert response.status_code == 303  # nothing left open to ask about
+
+
 def test_the_viewers_timed_access_check_does_not_keep_a_recipient_in(
     study, radiologist, monkeypatch, idle_limit
 ):
