@@ -52,6 +52,15 @@ EXECUTABLE_SIGNATURES = {
 }
 
 
+# A DICOMDIR: a CD's or folder's index of its files, holding no image of its own.
+MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
+DICOMDIR_TEXT = (
+    "This is a DICOMDIR, the index a CD or folder keeps of its images, not an image; "
+    "nothing in it is stored. Send the image files it lists (a whole folder or zip of "
+    "the CD is fine: each file in it is read on its own)."
+)
+
+
 class DicomRejected(Exception):
     """The file is not acceptable; `code` is stable, the message is for people."""
 
@@ -529,6 +538,8 @@ def parse_part10(
         raise DicomRejected("no_meta", "The file meta information (group 0002) is missing.")
     if not valid_uid(transfer_syntax):
         raise DicomRejected("invalid_uid", "TransferSyntaxUID is not a valid UID.")
+    if str(meta.get("MediaStorageSOPClassUID", "")).strip("\x00 ") == MEDIA_STORAGE_DIRECTORY:
+        raise DicomRejected("dicomdir", DICOMDIR_TEXT)
     uids = {}
     for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
         value = ds.get(keyword)

@@ -882,6 +882,21 @@ def test_a_transfer_syntax_the_server_does_not_know_is_failure_c122(clinic, writ
 
 
 @pytest.mark.django_db
+def test_a_dicomdir_sent_as_an_instance_is_failure_0122_with_its_reason(clinic, write_token):
+    response = http(write_token).post(
+        f"{BASE}/studies",
+        data=_multipart([("application/dicom", sample_bytes("DICOMDIR"))]),
+        headers={"Content-Type": STOW_TYPE},
+    )
+
+    assert response.status_code == 409
+    # Other failures: a DICOMDIR names no SOP instance of its own.
+    assert response.json()["0008119A"]["Value"] == [{"00081197": {"vr": "US", "Value": [0x0122]}}]
+    assert "DICOMDIR" in response.headers["Warning"]
+    assert not Instance.objects.for_tenant(clinic).exists()
+
+
+@pytest.mark.django_db
 def test_all_parts_failing_is_409_and_study_mismatch_is_reported(clinic, write_token):
     (data,) = synthetic_ct(slices=1)
     response = http(write_token).post(

@@ -451,6 +451,20 @@ def test_zip_slip_paths_are_ignored(clinic, data_dir, tmp_path):
 
 
 @pytest.mark.django_db
+def test_a_cds_dicomdir_is_named_as_its_index_and_its_images_are_stored(clinic, data_dir):
+    archive = _zip({"CD/DICOMDIR": sample_bytes("DICOMDIR"), "CD/IMAGES/IM0001": CT})
+
+    results = ingest_archive(tenant=clinic, actor=INGEST_ACTOR, fileobj=archive, name="cd.zip")
+
+    assert [(r.name, r.outcome, r.code) for r in results] == [
+        ("DICOMDIR", IngestOutcome.REJECTED, "dicomdir"),
+        ("IM0001", IngestOutcome.STORED, ""),
+    ]
+    assert "index a CD or folder keeps of its images" in results[0].message
+    assert Instance.objects.for_tenant(clinic).count() == 1
+
+
+@pytest.mark.django_db
 def test_nested_archives_are_refused(clinic, data_dir):
     inner = _zip({"a.dcm": CT}).getvalue()
     archive = _zip({"inner.zip": inner, "renamed.dcm": inner})

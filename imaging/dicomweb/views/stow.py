@@ -42,6 +42,7 @@ FAILURE_PROCESSING = 0x0110
 FAILURE_STUDY_MISMATCH = 0xA900
 FAILURE_DUPLICATE_CONFLICT = 0x0111
 FAILURE_TRANSFER_SYNTAX = 0xC122  # Referenced Transfer Syntax not supported
+FAILURE_SOP_CLASS = 0x0122  # Referenced SOP Class not supported
 WARNING_COERCION = 0xB000  # Coercion of data elements: the file meta was corrected
 
 # Why a part failed, for the Warning header field, where ingest gives no text of its own.
@@ -117,6 +118,7 @@ def _store_batch(
             problems.append(STOW_TEXT_BY_CODE.get(result.code, result.message))
             reason = {
                 "conflict": FAILURE_DUPLICATE_CONFLICT,
+                "dicomdir": FAILURE_SOP_CLASS,
                 "busy": FAILURE_PROCESSING,
                 "store_failed": FAILURE_PROCESSING,
                 "stored_copy_missing": FAILURE_PROCESSING,
