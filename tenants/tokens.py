@@ -15,7 +15,7 @@ from django.db import connection, transaction
 
 import audit
 from audit.actors import Actor
-from audit.models import Action
+from audit.models import Action, ActorType, Outcome
 from portal import rows
 from tenants.models import ApiToken, Membership, Tenant, User
 from tenants.roles import Perm, perms_for
@@ -218,29 +218,80 @@ def token_scope_refusal(token: ApiToken, scope: str | None) -> str:
 _PREFIX = re.compile(r"[0-9a-f]{8}")
 
 
-def api_token_authenticate(*, raw: str, now: dt.datetime) -> ApiToken | None:
+class TokenRefused(Exception):
+    """A presented credential is no live token; `message` says so in words its holder
+    can act on, and names no more than the credential proves its holder knows."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+CREDENTIAL_REQUIRED_TEXT = (
+    "A valid, unexpired API token is required (Authorization: Bearer <token>)."
+)
+CREDENTIAL_REVOKED_TEXT = "This API token was revoked by the clinic; ask the clinic for a new one."
+CREDENTIAL_EXPIRED_TEXT = "This API token expired on {date}; ask the clinic for a new one."
+
+
+def api_token_authenticate(*, raw: str, now: dt.datetime, ip: str | None = None) -> ApiToken | None:
     """The live token for a presented credential, or None (unknown, revoked, expired)."""
+    try:
+        return api_token_verify(raw=raw, now=now, ip=ip)
+    except TokenRefused:
+        return None
+
+
+def api_token_verify(*, raw: str, now: dt.datetime, ip: str | None = None) -> ApiToken:
+    """The live token for a presented credential; TokenRefused if there is none.
+
+    A credential naming one of a clinic's tokens but refused (a wrong secret, a revoked
+    or expired token) is recorded on that clinic's audit log, once a minute per token
+    and reason: a partner still calling after its access ended is for the clinic to see.
+    """
     parts = raw.strip().split("_", 2)
     if len(parts) != 3 or parts[0] != TOKEN_PREFIX:
-        return None
+        raise TokenRefused(CREDENTIAL_REQUIRED_TEXT)
     _, prefix, secret = parts
     if not _PREFIX.fullmatch(prefix):
         # Not one this server made (token_hex(4)); a NUL in it is an error in PostgreSQL.
-        return None
+        raise TokenRefused(CREDENTIAL_REQUIRED_TEXT)
     found = _token_with_tenant(prefix)
     token = found[0] if found is not None else None
     expected = token.secret_hash if token is not None else _hash("")
     if not hmac.compare_digest(expected, _hash(secret)) or found is None:
-        return None
+        if token is not None:
+            # Whoever sent it proved nothing: not the token's actor.
+            _refusal_audited(token, "wrong_secret", Actor(ActorType.ANONYMOUS, ip=ip), now=now)
+        raise TokenRefused(CREDENTIAL_REQUIRED_TEXT)
     token, creator_roles = found
-    if token.revoked_at is not None or (token.expires_at and token.expires_at <= now):
-        return None
+    holder = Actor.for_token(token, ip=ip)
+    if token.revoked_at is not None:
+        _refusal_audited(token, "revoked", holder, now=now)
+        raise TokenRefused(CREDENTIAL_REVOKED_TEXT)
+    if token.expires_at and token.expires_at <= now:
+        _refusal_audited(token, "expired", holder, now=now)
+        raise TokenRefused(CREDENTIAL_EXPIRED_TEXT.format(date=token.expires_at.date().isoformat()))
     if not token.tenant.is_active:
-        return None
+        raise TokenRefused(CREDENTIAL_REQUIRED_TEXT)
     if token.last_used_at is None or now - token.last_used_at > LAST_USED_RESOLUTION:
         ApiToken.objects.filter(tenant=token.tenant, pk=token.pk).update(last_used_at=now)
     _scopes_still_held(token, creator_roles)
     return token
+
+
+def _refusal_audited(token: ApiToken, reason: str, actor: Actor, *, now: dt.datetime) -> None:
+    if past_minute_limit(name=f"token-refused:{token.pk}:{reason}", limit=1, now=now):
+        return
+    with transaction.atomic():
+        audit.record(
+            actor=actor,
+            action=Action.API_TOKEN_REFUSED,
+            target=token,
+            tenant=token.tenant,
+            outcome=Outcome.DENIED,
+            detail={"reason": reason},
+        )
 
 
 def api_token_rate_limited(*, token: ApiToken, now: dt.datetime) -> bool:

@@ -8,7 +8,8 @@ from django.utils import timezone
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions
 
-from tenants.tokens import api_token_authenticate
+from audit.actors import client_ip
+from tenants.tokens import TokenRefused, api_token_verify
 
 
 class TokenPrincipal:
@@ -35,9 +36,12 @@ class ApiTokenAuthentication(authentication.BaseAuthentication):
         scheme, _, credential = header.partition(" ")
         if scheme.lower() != "bearer" or not credential:
             return None
-        token = api_token_authenticate(raw=credential, now=timezone.now())
-        if token is None:
-            raise exceptions.AuthenticationFailed("Invalid, expired or revoked API token.")
+        try:
+            token = api_token_verify(
+                raw=credential, now=timezone.now(), ip=client_ip(request._request)
+            )
+        except TokenRefused as exc:
+            raise exceptions.AuthenticationFailed(exc.message) from None
         for target in (request, request._request):
             target.tenant = token.tenant
             target.api_token = token

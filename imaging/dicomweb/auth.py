@@ -33,7 +33,13 @@ from tenants.mfa import confirmed_devices, step_up_is_fresh
 from tenants.models import ApiToken, Tenant
 from tenants.roles import Perm
 from tenants.sessions import STARTED_AT
-from tenants.tokens import api_token_authenticate, api_token_rate_limited, token_scope_refusal
+from tenants.tokens import (
+    CREDENTIAL_REQUIRED_TEXT,
+    TokenRefused,
+    api_token_rate_limited,
+    api_token_verify,
+    token_scope_refusal,
+)
 
 VIEWER_SESSION_HEADER = "X-Viewer-Session"
 VIEWER_SESSION_PARAM = "vs"  # for <img> elements, which cannot send headers
@@ -83,17 +89,12 @@ def bearer_token(
     def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         header = request.headers.get("Authorization", "")
         scheme, _, credential = header.partition(" ")
-        token = (
-            api_token_authenticate(raw=credential, now=timezone.now())
-            if scheme.lower() == "bearer" and credential
-            else None
-        )
-        if token is None:
-            return dicomweb_error(
-                401,
-                "A valid, unexpired API token is required (Authorization: Bearer <token>).",
-                WWW_Authenticate='Bearer realm="dicomweb"',
-            )
+        try:
+            if scheme.lower() != "bearer" or not credential:
+                raise TokenRefused(CREDENTIAL_REQUIRED_TEXT)
+            token = api_token_verify(raw=credential, now=timezone.now(), ip=client_ip(request))
+        except TokenRefused as exc:
+            return dicomweb_error(401, exc.message, WWW_Authenticate='Bearer realm="dicomweb"')
         scope = "dicomweb:write" if request.method == "POST" else "dicomweb:read"
         if not token.has_scope(scope):
             return _refused(

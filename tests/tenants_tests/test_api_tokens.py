@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 import pytest
+from django.test import Client
 from django.utils import timezone
 
 from audit.actors import Actor
+from audit.models import Action, AuditEvent
 from tenants.models import ApiToken, Tenant
 from tenants.tokens import api_token_authenticate, api_token_create, api_token_revoke
 
@@ -82,3 +85,60 @@ def test_each_credential_finds_its_own_clinic(clinic, other_clinic):
 
     assert api_token_authenticate(raw=ours, now=timezone.now()).tenant == clinic
     assert api_token_authenticate(raw=theirs, now=timezone.now()).tenant == other_clinic
+
+
+def _refusals(tenant) -> list[tuple[str, str, str, str]]:
+    return [
+        (e.actor_type, e.actor_id, e.target_id, e.detail["reason"])
+        for e in AuditEvent.objects.for_tenant(tenant).filter(action=Action.API_TOKEN_REFUSED)
+    ]
+
+
+@pytest.mark.django_db
+def test_a_revoked_token_still_calling_is_told_so_and_the_clinic_sees_it_once_a_minute(
+    clinic, other_clinic, monkeypatch
+):
+    token, credential = _create(clinic)
+    api_token_revoke(token=token, actor=ACTOR, now=timezone.now())
+    moment = dt.datetime(2026, 11, 24, 10, 0, 30, tzinfo=dt.UTC)
+    monkeypatch.setattr(timezone, "now", lambda: moment)  # both calls in one minute
+    caller = Client(headers={"Authorization": f"Bearer {credential}"})
+
+    dicomweb = caller.get("/dicomweb/studies")
+    rest = caller.get("/api/v1/studies")
+
+    assert dicomweb.status_code == 401 and rest.status_code == 401
+    assert "revoked by the clinic" in dicomweb.json()["error"]
+    assert "revoked by the clinic" in json.dumps(rest.json())
+    assert _refusals(clinic) == [("api_token", str(token.pk), str(token.pk), "revoked")]
+    assert _refusals(other_clinic) == []
+
+
+@pytest.mark.django_db
+def test_an_expired_token_is_told_its_date(clinic):
+    token, credential = _create(clinic, expires_days=1)
+    ApiToken.objects.for_tenant(clinic).filter(pk=token.pk).update(
+        expires_at=dt.datetime(2026, 1, 31, 12, tzinfo=dt.UTC)
+    )
+
+    response = Client(headers={"Authorization": f"Bearer {credential}"}).get("/dicomweb/studies")
+
+    assert response.status_code == 401
+    assert "expired on 2026-01-31" in response.json()["error"]
+    assert _refusals(clinic) == [("api_token", str(token.pk), str(token.pk), "expired")]
+
+
+@pytest.mark.django_db
+def test_a_wrong_secret_is_recorded_against_nobody_and_learns_nothing(clinic):
+    token, credential = _create(clinic)
+    api_token_revoke(token=token, actor=ACTOR, now=timezone.now())
+    label, prefix, secret = credential.split("_", 2)
+    guess = f"{label}_{prefix}_{secret[:-1]}x"
+
+    response = Client(headers={"Authorization": f"Bearer {guess}"}).get("/dicomweb/studies")
+    unknown = Client(headers={"Authorization": "Bearer ptk_00000000_x"}).get("/dicomweb/studies")
+
+    # Not "revoked": only the secret proves its holder knows that much.
+    assert response.json()["error"] == unknown.json()["error"]
+    assert "valid, unexpired API token is required" in response.json()["error"]
+    assert _refusals(clinic) == [("anonymous", "", str(token.pk), "wrong_secret")]
