@@ -17,7 +17,7 @@ from tenants.models import Tenant
 logger = logging.getLogger(__name__)
 
 
-@portal_task(max_retries=0)
+@portal_task(max_retries=0, ignore_result=False)
 def audit_chains_verify() -> dict[str, int]:
     """Verify every chain; record the result in each clinic's own chain."""
     reports = chains_verify()

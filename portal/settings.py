@@ -387,6 +387,11 @@ else:
         "store_processed": False,
     }
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", default=False)
+# Nothing the portal does reads a task's result. A task whose result is kept makes its
+# sender subscribe to the result store first, which with Redis unreachable waits about
+# 20 s (its own retries, not the broker's timeouts) after an ingest has committed.
+# The probes that are waited on (ping, audit_chains_verify) keep theirs.
+CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_RESULT_SERIALIZER = "json"

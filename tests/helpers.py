@@ -114,21 +114,29 @@ def sharer(user: User, tenant: Tenant) -> dict[str, Any]:
 
 @contextmanager
 def celery_broker(url: str):
-    """Point the Celery app at another broker for a while, dropping cached connections."""
+    """Point the Celery app at another broker for a while, dropping cached connections.
+
+    A Redis URL moves the result store with it, as REDIS_URL names both: Redis down is
+    both down.
+    """
     from portal.celery import app
 
     def reset() -> None:
         app._pool = None
         app.amqp._producer_pool = None
+        app._backend_cache = None
+        app._local.__dict__.pop("backend", None)
 
-    original = app.conf.broker_url
+    original = app.conf.broker_url, app.conf.result_backend
     reset()
     app.conf.broker_url = url
+    if url.startswith("redis://"):
+        app.conf.result_backend = url
     try:
         yield app
     finally:
         reset()
-        app.conf.broker_url = original
+        app.conf.broker_url, app.conf.result_backend = original
 
 
 def page_body(response) -> bytes:

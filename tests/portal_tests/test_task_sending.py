@@ -51,15 +51,16 @@ def test_the_scan_catches_a_direct_send(tmp_path):
 
 @pytest.mark.django_db(transaction=True, serialized_rollback=True)
 def test_a_send_that_fails_is_logged_by_task_name_and_raises_nothing(caplog):
+    from audit.tasks import audit_checkpoints_write
     from portal.celery import app
-    from portal.tasks import ping, task_send_on_commit
+    from portal.tasks import task_send_on_commit
     from tests.helpers import celery_broker
 
     app.conf.task_always_eager = False
     try:
         with celery_broker("redis://127.0.0.1:1/0"), transaction.atomic():
-            task_send_on_commit(task=ping, kwargs={})
+            task_send_on_commit(task=audit_checkpoints_write, kwargs={})
     finally:
         app.conf.task_always_eager = True
 
-    assert "could not queue portal.tasks.ping: OperationalError" in caplog.text
+    assert "could not queue audit.tasks.audit_checkpoints_write: OperationalError" in caplog.text
