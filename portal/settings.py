@@ -239,7 +239,9 @@ PASSWORD_RESET_TIMEOUT = env_int("PASSWORD_RESET_TIMEOUT", 3600)
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["imaging.api.auth.ApiTokenAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["tenants.access.HasClinicPerm"],
-    "DEFAULT_THROTTLE_CLASSES": ["portal.api_throttle.TokenRateThrottle"],
+    # The per-token rate limit is counted as the token is authenticated (before the
+    # permission check): imaging.api.auth.
+    "DEFAULT_THROTTLE_CLASSES": [],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": [
         "portal.api_parsers.JSONParser",

@@ -294,6 +294,10 @@ def _refusal_audited(token: ApiToken, reason: str, actor: Actor, *, now: dt.date
         )
 
 
+TOKEN_RATE_LIMITED_TEXT = "Too many requests for this token; retry in a minute."  # noqa: S105
+TOKEN_RATE_RETRY_SECONDS = 60  # the budget is per clock minute
+
+
 def api_token_rate_limited(*, token: ApiToken, now: dt.datetime) -> bool:
     """Count one request of `token` and say whether it is past this minute's budget.
 

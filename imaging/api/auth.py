@@ -9,7 +9,13 @@ from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions
 
 from audit.actors import client_ip
-from tenants.tokens import TokenRefused, api_token_verify
+from tenants.tokens import (
+    TOKEN_RATE_LIMITED_TEXT,
+    TOKEN_RATE_RETRY_SECONDS,
+    TokenRefused,
+    api_token_rate_limited,
+    api_token_verify,
+)
 
 
 class TokenPrincipal:
@@ -42,6 +48,12 @@ class ApiTokenAuthentication(authentication.BaseAuthentication):
             )
         except TokenRefused as exc:
             raise exceptions.AuthenticationFailed(exc.message) from None
+        # Counted here, before the permission check: a token refused for its scope is
+        # refused (and audited) within its budget too. One budget with DICOMweb's.
+        if api_token_rate_limited(token=token, now=timezone.now()):
+            raise exceptions.Throttled(
+                wait=TOKEN_RATE_RETRY_SECONDS, detail=TOKEN_RATE_LIMITED_TEXT
+            )
         for target in (request, request._request):
             target.tenant = token.tenant
             target.api_token = token

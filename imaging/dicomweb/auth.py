@@ -35,6 +35,7 @@ from tenants.roles import Perm
 from tenants.sessions import STARTED_AT
 from tenants.tokens import (
     CREDENTIAL_REQUIRED_TEXT,
+    TOKEN_RATE_LIMITED_TEXT,
     TokenRefused,
     api_token_rate_limited,
     api_token_verify,
@@ -95,6 +96,10 @@ def bearer_token(
             token = api_token_verify(raw=credential, now=timezone.now(), ip=client_ip(request))
         except TokenRefused as exc:
             return dicomweb_error(401, exc.message, WWW_Authenticate='Bearer realm="dicomweb"')
+        # Counted first: a token refused for its scope is refused (and audited) within
+        # its budget too, not as often as it can ask.
+        if api_token_rate_limited(token=token, now=timezone.now()):
+            return dicomweb_error(429, TOKEN_RATE_LIMITED_TEXT, Retry_After="60")
         scope = "dicomweb:write" if request.method == "POST" else "dicomweb:read"
         if not token.has_scope(scope):
             return _refused(
@@ -102,10 +107,6 @@ def bearer_token(
                 token.tenant,
                 Actor.for_token(token, ip=client_ip(request)),
                 token_scope_refusal(token, scope),
-            )
-        if api_token_rate_limited(token=token, now=timezone.now()):
-            return dicomweb_error(
-                429, "Too many requests for this token; retry in a minute.", Retry_After="60"
             )
         request.tenant = token.tenant  # type: ignore[attr-defined]
         request.api_token = token  # type: ignore[attr-defined]

@@ -165,6 +165,22 @@ def test_requests_beyond_the_token_rate_limit_get_429(clinic, studies, settings,
 
 
 @pytest.mark.django_db
+def test_a_token_refused_for_its_scope_is_refused_and_audited_within_its_budget(
+    clinic, settings, monkeypatch
+):
+    settings.API_RATE_LIMIT_PER_MINUTE = 3
+    within_one_minute(monkeypatch)
+    api = _api(token_for(clinic, "dicomweb:read"))  # no studies:read
+
+    statuses = [api.get("/api/v1/studies").status_code for _ in range(5)]
+    dicomweb = api.post("/dicomweb/studies").status_code  # no dicomweb:write: same budget
+
+    assert statuses == [403, 403, 403, 429, 429]
+    assert dicomweb == 429
+    assert AuditEvent.objects.for_tenant(clinic).filter(action=Action.ACCESS_DENIED).count() == 3
+
+
+@pytest.mark.django_db
 def test_dicomweb_and_rest_share_one_budget_per_token(clinic, studies, settings, monkeypatch):
     settings.API_RATE_LIMIT_PER_MINUTE = 3
     within_one_minute(monkeypatch)
