@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from django.db import connection, transaction
 from django.utils import timezone
 
-from audit.actors import Actor, Target
+from audit.actors import Actor, Target, ip_canonical
 from audit.hashing import event_hash
 from audit.keys import audit_key
 from audit.models import PLATFORM_CHAIN_KEY, Action, AuditChain, AuditEvent, Outcome
@@ -285,7 +285,9 @@ def hash_of(event: AuditEvent, *, chain_key: str) -> str:
         created_at=event.created_at,
         actor_type=str(event.actor_type),
         actor_id=event.actor_id,
-        actor_ip=event.actor_ip,
+        # In the spelling it was written with (Django's): PostgreSQL's inet gives some
+        # IPv6 addresses back otherwise (`::102:304` as `::1.2.3.4`).
+        actor_ip=ip_canonical(event.actor_ip),
         action=str(event.action),
         target_type=event.target_type,
         target_id=event.target_id,

@@ -6,7 +6,7 @@ import datetime as dt
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from django.db.models import Q, QuerySet
+from django.db.models import F, Q, QuerySet
 
 from audit.actors import Target
 from audit.models import ActorType, AuditEvent
@@ -31,7 +31,13 @@ class EventFilter:
 
 
 def event_list(*, tenant: Tenant, filters: EventFilter | None = None) -> QuerySet[AuditEvent]:
-    events = AuditEvent.objects.for_tenant(tenant).order_by("-seq")
+    # Only events on the clinic's chain up to its head: a row written around the chain
+    # (verification reports it) is never shown as if it were recorded.
+    events = (
+        AuditEvent.objects.for_tenant(tenant)
+        .filter(chain__tenant=tenant, seq__lte=F("chain__last_seq"))
+        .order_by("-seq")
+    )
     if filters is None:
         return events
     if filters.study_ids:

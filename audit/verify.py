@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from django.db.models import Subquery
+
 from audit.checkpoints import chain_checkpoints, checkpointed_chain_keys
 from audit.models import PLATFORM_CHAIN_KEY, AuditChain, AuditEvent
 from audit.recorder import hash_of
@@ -73,10 +75,27 @@ def chain_verify(*, chain: AuditChain) -> ChainReport:
         return ChainReport(chain.key, slug, tid, count, expected_seq, reason)
     if chain.last_seq != expected_seq - 1 or chain.last_hash != prev_hash:
         return ChainReport(chain.key, slug, tid, count, expected_seq, "events missing at the end")
+    if (beyond := _beyond_head(chain)) is not None:
+        reason = "an event lies beyond the chain's head (written around the chain)"
+        return ChainReport(chain.key, slug, tid, count, beyond, reason)
     if (forged := checkpoints.first_invalid) is not None:
         reason = "a checkpoint of this chain does not verify (altered or forged)"
         return ChainReport(chain.key, slug, tid, count, forged.seq, reason)
     return ChainReport(chain.key, slug, tid, count)
+
+
+def _beyond_head(chain: AuditChain) -> int | None:
+    """The first seq of the chain's events past its head, read against the head in the
+    same statement: an event appended meanwhile commits with the head it moved, so it
+    is never taken for one written around the chain."""
+    head = AuditChain.objects.filter(pk=chain.pk).values("last_seq")
+    return (
+        AuditEvent.objects.unscoped(reason="audit verification walks whole chains")
+        .filter(chain=chain, seq__gt=Subquery(head))
+        .order_by("seq")
+        .values_list("seq", flat=True)
+        .first()
+    )
 
 
 def chains_verify(*, tenant_slug: str | None = None) -> list[ChainReport]:

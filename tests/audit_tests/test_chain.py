@@ -12,7 +12,7 @@ from django.db import IntegrityError, connection, transaction
 from django.test import Client
 
 import audit
-from audit.actors import Actor, Target
+from audit.actors import Actor, Target, ip_canonical
 from audit.models import Action, AppendOnlyError, AuditChain, AuditEvent
 from audit.recorder import AuditDetailError
 from tests.audit_tests.helpers import raw_sql, record_probes, tamper, verify_command
@@ -210,6 +210,36 @@ def test_verify_audit_catches_a_deleted_tail(clinic, capsys):
 
     assert not ok
     assert f"first broken seq {events[-1].seq}" in out
+
+
+def _forged_beyond_head(event, *, ahead: int) -> None:
+    """What someone with write access to the database could add: a copy of `event`,
+    another actor's, `ahead` places past the chain's head (an insert, which the
+    append-only triggers allow)."""
+    raw_sql(
+        "INSERT INTO audit_auditevent (chain_id, seq, tenant_id, created_at, actor_type, "
+        "actor_id, actor_ip, action, target_type, target_id, outcome, detail, prev_hash, "
+        "hash) SELECT chain_id, seq + %s, tenant_id, created_at, actor_type, 'forged', "
+        "actor_ip, action, target_type, target_id, outcome, detail, prev_hash, 'x' "
+        "FROM audit_auditevent WHERE id = %s",
+        [ahead, event.pk],
+    )
+
+
+@pytest.mark.django_db
+def test_an_event_written_past_the_chains_head_is_reported_and_never_shown(clinic, capsys):
+    from audit.selectors import event_list
+
+    events = record_probes(clinic, 3)
+    _forged_beyond_head(events[-1], ahead=1000)
+
+    ok, out = verify_command(capsys, clinic)
+    shown = list(event_list(tenant=clinic).values_list("actor_id", flat=True))
+
+    assert not ok
+    assert f"first broken seq {events[-1].seq + 1000}" in out
+    assert "beyond the chain's head" in out
+    assert "forged" not in shown and shown.count("tests") == 4  # tenant.created and probes
 
 
 @pytest.mark.django_db
@@ -446,7 +476,16 @@ def test_an_audit_key_made_in_a_rolled_back_transaction_is_not_kept(db):
 @pytest.mark.django_db
 @pytest.mark.parametrize(
     ("peer", "stored"),
-    [("2001:DB8:0:0::1", "2001:db8::1"), ("::FFFF:10.0.0.1", "::ffff:10.0.0.1"), ("junk", None)],
+    [
+        ("2001:DB8:0:0::1", "2001:db8::1"),
+        ("::FFFF:10.0.0.1", "::ffff:10.0.0.1"),
+        # PostgreSQL's inet gives these back with their last 32 bits dotted.
+        ("::1.2.3.4", "::102:304"),
+        ("::1:0", "::1:0"),
+        ("::0:ffff:1:2", "::ffff:0.1.0.2"),
+        ("::2", "::2"),
+        ("junk", None),
+    ],
 )
 def test_a_peer_address_in_any_spelling_keeps_the_chain_intact(clinic, capsys, peer, stored):
     audit.record(
@@ -460,7 +499,7 @@ def test_a_peer_address_in_any_spelling_keeps_the_chain_intact(clinic, capsys, p
     ok, out = verify_command(capsys, clinic)
 
     assert ok, out
-    assert AuditEvent.objects.for_tenant(clinic).latest("seq").actor_ip == stored
+    assert ip_canonical(AuditEvent.objects.for_tenant(clinic).latest("seq").actor_ip) == stored
 
 
 @pytest.mark.django_db
