@@ -40,6 +40,13 @@ def audit_key() -> bytes:
                 "The audit chain's key is missing while audit events exist; restore the "
                 "audit key row from a backup."
             )
+        if _checkpoints_exist():
+            # Checkpoints (outside the database) saw events this key chained: an emptied
+            # log under a new key would make them all fail to verify, then be outgrown.
+            raise AuditKeyMissing(
+                "The audit chain's key is missing while audit checkpoints exist (the log "
+                "was emptied?); restore the audit key row and the events from a backup."
+            )
         try:
             with transaction.atomic():
                 row = AuditKey.objects.create(
@@ -53,6 +60,12 @@ def audit_key() -> bytes:
     # back exists nowhere, and events chained with it could never be verified.
     transaction.on_commit(partial(_remember, key))
     return key
+
+
+def _checkpoints_exist() -> bool:
+    from audit.checkpoints import checkpointed_chain_keys
+
+    return bool(checkpointed_chain_keys())
 
 
 def audit_key_forget() -> None:

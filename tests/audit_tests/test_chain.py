@@ -458,6 +458,24 @@ def test_a_deleted_audit_key_is_not_replaced_while_events_exist(clinic, capsys):
 
 
 @pytest.mark.django_db
+def test_an_emptied_log_does_not_get_a_new_key_while_checkpoints_saw_the_old_one(clinic):
+    from django.utils import timezone
+
+    from audit.checkpoints import checkpoints_write
+    from audit.keys import AuditKeyMissing, audit_key_forget
+
+    record_probes(clinic, 2)
+    checkpoints_write(now=timezone.now())
+    tamper("DELETE FROM audit_auditevent", [])  # as TRUNCATE, which the triggers allow
+    raw_sql("DELETE FROM audit_auditkey", [])
+    raw_sql("UPDATE audit_auditchain SET last_seq = 0, last_hash = ''", [])
+    audit_key_forget()
+
+    with pytest.raises(AuditKeyMissing, match="checkpoints exist"), transaction.atomic():
+        record_probes(clinic, 1)
+
+
+@pytest.mark.django_db
 def test_an_audit_key_made_in_a_rolled_back_transaction_is_not_kept(db):
     from audit.keys import audit_key
     from audit.models import AuditKey
