@@ -110,6 +110,48 @@ class SpoolReader(io.RawIOBase):
         return size
 
 
+class SpooledBody(io.BufferedReader):
+    """A request body as the ASGI handler received it: in memory up to
+    FILE_UPLOAD_MAX_MEMORY_SIZE, past that in an EncryptedSpool, never in clear on disk.
+
+    Django's ASGI handler reads the whole body into a SpooledTemporaryFile before the
+    request is built, which rolls over to a plaintext temporary file.
+    """
+
+    def __init__(self, spool: EncryptedSpool) -> None:
+        super().__init__(SpoolReader(spool), buffer_size=spool.segment_size)
+        self._spool = spool
+
+    def close(self) -> None:
+        super().close()
+        self._spool.close()
+
+
+def body_spool_new() -> io.BytesIO | EncryptedSpool:
+    return io.BytesIO()
+
+
+def body_append(body: io.BytesIO | EncryptedSpool, chunk: bytes) -> io.BytesIO | EncryptedSpool:
+    """`body` with `chunk` written to it: a memory buffer past its limit moves to a spool."""
+    if isinstance(body, io.BytesIO) and body.tell() + len(chunk) > (
+        settings.FILE_UPLOAD_MAX_MEMORY_SIZE
+    ):
+        spool = EncryptedSpool()
+        spool.write(body.getvalue())
+        body = spool
+    body.write(chunk)
+    return body
+
+
+def body_finished(body: io.BytesIO | EncryptedSpool) -> io.BufferedIOBase:
+    """The received body, readable from its start."""
+    if isinstance(body, io.BytesIO):
+        body.seek(0)
+        return body
+    body.finish()
+    return SpooledBody(body)
+
+
 class EncryptedUploadedFile(UploadedFile):
     def __init__(self, spool: EncryptedSpool, *, name: str, content_type: str) -> None:
         self.spool = spool

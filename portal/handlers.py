@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIHandler
 from django.core.handlers.wsgi import WSGIHandler
 from django.http import HttpResponse
@@ -44,6 +45,26 @@ class PortalWSGIHandler(WSGIHandler):
 
 
 class PortalASGIHandler(ASGIHandler):
+    async def read_body(self, receive: Callable) -> Any:
+        """The body, kept in memory or in an encrypted spool: Django's own handler
+        writes one over FILE_UPLOAD_MAX_MEMORY_SIZE to a plaintext temporary file before
+        any upload handler runs."""
+        from imaging.uploads import body_append, body_finished, body_spool_new
+
+        body = body_spool_new()
+        try:
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise RequestAborted()
+                if message.get("body"):
+                    body = body_append(body, message["body"])
+                if not message.get("more_body", False):
+                    return body_finished(body)
+        except BaseException:
+            body.close()
+            raise
+
     def create_request(self, scope: dict[str, Any], body_file: Any) -> tuple[Any, Any]:
         for name, value in scope.get("headers", ()):
             if name == b"content-type" and _content_type_unreadable(value.decode("latin-1")):

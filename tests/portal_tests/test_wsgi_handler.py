@@ -105,3 +105,71 @@ def test_the_asgi_handler_passes_a_well_formed_request_on():
     status, _, _ = _call_asgi("/dicomweb/studies", "application/json; charset*=utf-8''utf-8")
 
     assert status == 401
+
+
+def _asgi_post(path: str, headers: list[tuple[bytes, bytes]], body: bytes, *, chunk: int):
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"testserver"), *headers],
+        "client": ("127.0.0.1", 40000),
+        "server": ("testserver", 80),
+    }
+    pieces = [body[i : i + chunk] for i in range(0, len(body), chunk)]
+    sent: list[dict] = []
+
+    async def receive():
+        if not pieces:  # the client stays connected until the answer is sent
+            await asyncio.Event().wait()
+        piece = pieces.pop(0)
+        return {"type": "http.request", "body": piece, "more_body": bool(pieces)}
+
+    async def send(message):
+        sent.append(message)
+
+    async_to_sync(PortalASGIHandler())(scope, receive, send)
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    return start["status"], b"".join(m.get("body", b"") for m in sent if "body" in m)
+
+
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_a_large_body_over_asgi_never_reaches_the_disk_in_clear(settings, tmp_path, monkeypatch):
+    import tempfile
+
+    from imaging.models import Instance
+    from tenants.models import Tenant
+    from tests.helpers import make_clinic
+    from tests.imaging_tests.dicomweb_support import token_for
+    from tests.imaging_tests.helpers import synthetic_ct
+
+    settings.FILE_UPLOAD_MAX_MEMORY_SIZE = 4096
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    # Every temporary file kept where it can be read afterwards (they are anonymous).
+    monkeypatch.setattr(
+        tempfile,
+        "TemporaryFile",
+        lambda *a, **k: tempfile.NamedTemporaryFile(dir=scratch, delete=False),  # noqa: SIM115
+    )
+    clinic = make_clinic("asgi")
+    (data,) = synthetic_ct(slices=1, size=64, patient_name="Plaintext^Marker")
+    body = b"--b0undary\r\nContent-Type: application/dicom\r\n\r\n" + data + b"\r\n--b0undary--\r\n"
+    headers = [
+        (b"authorization", f"Bearer {token_for(clinic, 'dicomweb:write')}".encode()),
+        (b"content-type", b'multipart/related; type="application/dicom"; boundary=b0undary'),
+    ]
+
+    status, answer = _asgi_post("/dicomweb/studies", headers, body, chunk=1000)
+
+    assert status == 200, answer[:300]
+    assert Instance.objects.for_tenant(Tenant.objects.get(slug="asgi")).count() == 1
+    written = [path.read_bytes() for path in scratch.iterdir()]
+    assert written  # the body went to a file: the test saw it
+    assert not any(b"Plaintext^Marker" in content for content in written)
