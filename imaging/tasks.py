@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
+from typing import Any
 
 from django.conf import settings
 from django.db import transaction
@@ -18,7 +19,7 @@ from imaging.models import Instance, Series
 from imaging.render import RenderError, thumbnail_png
 from imaging.services import instance_bytes, orphan_sweep, thumbnails_pending_requeue
 from imaging.storage import object_delete_quietly, object_key_new, object_write, storage_for
-from portal.tasks import portal_task
+from portal.tasks import portal_task, task_send
 from tenants.models import Tenant
 
 logger = logging.getLogger(__name__)
@@ -31,8 +32,7 @@ GAVE_UP = (
 
 # Past the limit Celery ends the worker process and acknowledges the message: the series
 # stays pending, the recovery job sends it again later, and the render cut off counts
-# towards THUMBNAIL_MAX_ATTEMPTS. Not on the batch task: one limit for up to 50 series
-# would drop the rest of a rebuild unnoticed.
+# towards THUMBNAIL_MAX_ATTEMPTS.
 @portal_task(
     max_retries=3, autoretry_for=(OSError,), time_limit=settings.THUMBNAIL_TIME_LIMIT_SECONDS
 )
@@ -44,29 +44,30 @@ def series_thumbnail(*, tenant_id: str, series_id: str, replace: bool = False) -
     return _series_thumbnail(tenant_id=tenant_id, series_id=series_id, replace=replace)
 
 
-@portal_task(max_retries=3, autoretry_for=(OSError,))
-def series_thumbnails(*, tenant_id: str, series_ids: list[str], replace: bool = False) -> list[str]:
-    """Thumbnails of several series in one message (a STOW-RS batch's new series, or a
-    rebuild's batch).
+@portal_task(max_retries=3, bind=True)
+def series_thumbnails(
+    self: Any, *, tenant_id: str, series_ids: list[str], replace: bool = False
+) -> int:
+    """Send one `series_thumbnail` message per series of a batch (a STOW-RS batch's new
+    series, or a rebuild's); returns how many were sent.
 
-    Each is done once (a rerun after a crash skips the finished ones). When rebuilding
-    (`replace`), one series that cannot be done is logged and the rest still are: a
-    retry would render the finished ones again.
+    One message each, not the renders here: each render then has its own time limit,
+    and one that hangs or crashes its worker is cut off and counted alone. Rendering a
+    batch in one task had no limit at all (one for up to 50 series would drop the rest),
+    so a hung decoder held its worker for good and the broker handed the batch to one
+    more worker every visibility timeout. Those that could not be sent are retried.
     """
-    if not replace:
-        return [_series_thumbnail(tenant_id=tenant_id, series_id=sid) for sid in series_ids]
-    results = []
-    for series_id in series_ids:
-        try:
-            results.append(
-                _series_thumbnail(tenant_id=tenant_id, series_id=series_id, replace=True)
-            )
-        except Exception as exc:
-            logger.warning(
-                "thumbnail rebuild of series %s failed: %s", series_id, type(exc).__name__
-            )
-            results.append("failed")
-    return results
+    unsent = [
+        series_id
+        for series_id in series_ids
+        if not task_send(
+            task=series_thumbnail,
+            kwargs={"tenant_id": tenant_id, "series_id": series_id, "replace": replace},
+        )
+    ]
+    if unsent:
+        raise self.retry(kwargs={"tenant_id": tenant_id, "series_ids": unsent, "replace": replace})
+    return len(series_ids)
 
 
 def _series_thumbnail(*, tenant_id: str, series_id: str, replace: bool = False) -> str:

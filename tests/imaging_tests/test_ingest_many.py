@@ -35,6 +35,30 @@ def _sop(data: bytes) -> str:
 
 
 @pytest.mark.django_db
+def test_a_render_that_crashes_in_a_batch_fails_alone(
+    clinic, monkeypatch, django_capture_on_commit_callbacks
+):
+    from imaging import tasks
+
+    real, calls = tasks.thumbnail_png, []
+
+    def first_crashes(data: bytes) -> bytes:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("the decoder crashed")
+        return real(data)
+
+    monkeypatch.setattr(tasks, "thumbnail_png", first_crashes)
+    files = synthetic_ct(slices=1, patient_id="PID-A") + synthetic_ct(slices=1, patient_id="PID-B")
+
+    with django_capture_on_commit_callbacks(execute=True):
+        ingest_many(tenant=clinic, actor=ACTOR, items=_items(files))
+
+    statuses = Series.objects.for_tenant(clinic).values_list("thumbnail_status", flat=True)
+    assert sorted(statuses) == [Series.ThumbnailStatus.PENDING, Series.ThumbnailStatus.READY]
+
+
+@pytest.mark.django_db
 def test_a_batch_of_two_studies_is_stored_with_counts_and_one_event_per_instance(
     clinic, django_capture_on_commit_callbacks
 ):
@@ -72,8 +96,8 @@ def test_a_batch_of_two_studies_is_stored_with_counts_and_one_event_per_instance
         r.instance_id for r in results
     )
     assert chain_verify(chain=AuditChain.objects.get(tenant=clinic)).intact
-    # One task message for the batch's new series.
-    assert tasks_run == ["imaging.tasks.series_thumbnails"]
+    # One task message for the batch's new series; it sends one render per series.
+    assert tasks_run == ["imaging.tasks.series_thumbnails"] + ["imaging.tasks.series_thumbnail"] * 2
     thumbnails = Series.objects.for_tenant(clinic).values_list("thumbnail_status", flat=True)
     assert list(thumbnails) == [Series.ThumbnailStatus.READY] * 2
     assert len(object_keys(storage_for(clinic), str(clinic.pk))) == 5 + 2
