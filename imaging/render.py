@@ -245,6 +245,7 @@ def thumbnail_png(data: bytes, *, max_size: int = 256) -> bytes:
     """A PNG of the middle frame of one instance, at most `max_size` pixels wide or high."""
     try:
         ds = pydicom.dcmread(io.BytesIO(data), force=False)
+        _frame_size_check(ds)  # native frames too: rendering takes many times their size
         pixels = frame_pixels(ds, frame_count(ds) // 2 + 1)
         image = Image.fromarray(frame_to_uint8(ds, pixels))
     except RenderError:
@@ -499,6 +500,9 @@ def _rendered(
     viewport: tuple[int, int] | None,
     quality: int,
 ) -> bytes:
+    # Native frames are only sliced, not decoded, but rendering one takes many times its
+    # size (float copies, percentiles): the decoded frames' cap holds for them here.
+    _frame_size_check(ds)
     pixels = frame_pixels(ds, number)
     grey = windowed_by_table(ds, pixels, window) if window is not None else None
     if grey is not None:

@@ -26,6 +26,7 @@ from imaging.render import (
     NoSuchFrame,
     RenderError,
     frame_count,
+    frame_native_bytes,
     frame_pixels,
     frame_to_uint8,
     frames_native_bytes,
@@ -34,7 +35,7 @@ from imaging.render import (
     thumbnail_png,
 )
 from tests.imaging_tests.dicomweb_support import http, instance_url
-from tests.imaging_tests.helpers import ingest, sample_bytes
+from tests.imaging_tests.helpers import ingest, sample_bytes, synthetic_ct
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom's notes on odd files
 
@@ -302,6 +303,17 @@ def test_the_cap_defaults_to_256_mib():
 
     assert "268,435,456 bytes a frame may take" in str(raised.value)
     assert under.shape == (240, 320, 3)
+
+
+def test_an_uncompressed_frame_over_the_cap_is_not_rendered(settings):
+    (data,) = synthetic_ct(slices=1, size=64)  # 64 x 64 x 2 bytes, native
+    settings.RENDER_MAX_FRAME_BYTES = 64 * 64 * 2 - 1
+
+    with pytest.raises(FrameTooLarge):
+        rendered(_read(data))
+    with pytest.raises(FrameTooLarge):
+        thumbnail_png(data)
+    assert frame_native_bytes(_read(data), 1)  # sent as stored: a slice, not a render
 
 
 @pytest.mark.django_db
