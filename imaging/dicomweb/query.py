@@ -331,10 +331,14 @@ def _match(keyword: str, vr: str, path: str, value: str, fuzzy: bool) -> Q:
                 q &= Q(**{f"{path}__lte": _date(end, keyword)})
             return q
         return Q(**{path: _date(value, keyword)})
-    if vr == "TM" and "-" in value:
+    if vr == "TM":
         # Stored times are text of one layout, so a range compares as text once its
-        # bounds are written out in full (PS3.4 C.2.2.2.5).
-        start, _, end = value.partition("-")
+        # bounds are written out in full (PS3.4 C.2.2.2.5). A single time is the span
+        # its precision gives (1012 is 10:12:00 to 10:12:59.999999), so 101200 finds
+        # a time stored as 1012 or 101200.000, as the range 101200-101200 does.
+        start, dash, end = value.partition("-")
+        if not dash:
+            end = start
         q = Q()
         if start:
             q &= Q(**{f"{path}__gte": _time_bounds(start, keyword)[0]})
@@ -353,9 +357,17 @@ def _match(keyword: str, vr: str, path: str, value: str, fuzzy: bool) -> Q:
             raise QueryError(f"{keyword} must be from {-INT_MAX} to {INT_MAX}.")
         return Q(**{path: number})
     if keyword == "ModalitiesInStudy":
+        if value.count("*") + value.count("?") > MAX_WILDCARDS:
+            raise QueryError(
+                f"{keyword}: a value may hold at most {MAX_WILDCARDS} wildcards (* or ?)."
+            )
         q = Q()
         for modality in re.split(r"[\\,]", value):
-            q |= Q(**{f"{path}__regex": rf"(^|\\){re.escape(modality)}($|\\)"})
+            # One of the study's modalities, whole: a wildcard stays within it.
+            pattern = "".join(
+                {"*": r"[^\\]*", "?": r"[^\\]"}.get(c, re.escape(c)) for c in modality
+            )
+            q |= Q(**{f"{path}__regex": rf"(^|\\){pattern}($|\\)"})
         return q
     if "*" in value or "?" in value:
         value = re.sub(r"\*+", "*", value)  # a run of * matches what one does

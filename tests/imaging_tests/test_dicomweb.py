@@ -270,11 +270,16 @@ def test_qido_matching(clinic, read_token, stored_ct):
     by_date = client.search_for_studies(search_filters={"StudyDate": "20250101-20261231"})
     outside = client.search_for_studies(search_filters={"StudyDate": "19900101-19901231"})
     by_modality = client.search_for_studies(search_filters={"ModalitiesInStudy": "CT"})
+    by_wildcards = [
+        len(client.search_for_studies(search_filters={"ModalitiesInStudy": value}))
+        for value in ("C*", "?T", "MR,C?", "*", "M*", "CT?")
+    ]
     series = client.search_for_series(study_uid)
     instances = client.search_for_instances(study_uid, limit=2, offset=1)
 
     assert [s["0020000D"]["Value"][0] for s in by_name] == [study_uid]
     assert len(by_id) == len(by_date) == len(by_modality) == 1
+    assert by_wildcards == [1, 1, 1, 1, 0, 0]
     assert outside == []
     assert series[0]["00201209"]["Value"] == [3]
     assert len(instances) == 2
@@ -448,6 +453,9 @@ def test_missing_revoked_and_expired_tokens_get_401(clinic):
         ("offset=99999999999999999999", "must be from 0 to 2147483647"),
         ("PatientID=P%00", "may not contain NUL"),
         ("StudyTime=25-", "not a time"),
+        ("StudyTime=abc", "not a time"),
+        ("StudyTime=2400", "not a time"),
+        ("ModalitiesInStudy=" + "C*" * 20, "at most"),
         ("StudyDate=2026-13-45", "not a date"),
         ("StudyDate=20261345", "not a valid date"),
         ("NoSuchAttribute=1", "Unknown or unsupported"),
@@ -532,7 +540,11 @@ def test_time_ranges_stacked_wildcards_and_includefield_by_tag(clinic, read_toke
     assert found(StudyTime="081500-120000") == ["A", "B", "C", "D"]  # to 12:00:00.999999
     assert found(StudyTime="-0815") == ["A"]
     assert found(StudyTime="1200-") == ["D", "E"]
-    assert found(StudyTime="101200") == ["B"]  # a single value still matches exactly
+    # A single time is the span its precision gives, as the range of it would be.
+    assert found(StudyTime="101200") == ["B"]
+    assert found(StudyTime="1012") == ["B", "C"]
+    assert found(StudyTime="101259") == ["C"]
+    assert found(StudyTime="101200.000") == ["B"]
     assert found(AccessionNumber="*" * 40 + "A") == ["A"]
     by_tag = http(read_token).get(f"{BASE}/studies?includefield=00201208,00081190")
     assert by_tag.status_code == 200
