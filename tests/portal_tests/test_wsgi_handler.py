@@ -56,8 +56,8 @@ def test_a_well_formed_rfc_2231_parameter_reaches_the_application():
     assert status.startswith("401")  # the DICOMweb root's answer: no credential
 
 
-def _call_asgi(path: str, content_type: str) -> tuple[int, dict[bytes, bytes], bytes]:
-    scope = {
+def _post_scope(path: str, headers: list[tuple[bytes, bytes]]) -> dict:
+    return {
         "type": "http",
         "asgi": {"version": "3.0"},
         "http_version": "1.1",
@@ -67,10 +67,14 @@ def _call_asgi(path: str, content_type: str) -> tuple[int, dict[bytes, bytes], b
         "raw_path": path.encode(),
         "query_string": b"",
         "root_path": "",
-        "headers": [(b"host", b"testserver"), (b"content-type", content_type.encode())],
+        "headers": [(b"host", b"testserver"), *headers],
         "client": ("127.0.0.1", 40000),
         "server": ("testserver", 80),
     }
+
+
+def _call_asgi(path: str, content_type: str) -> tuple[int, dict[bytes, bytes], bytes]:
+    scope = _post_scope(path, [(b"content-type", content_type.encode())])
     sent: list[dict] = []
     received: list[bool] = []
 
@@ -108,20 +112,7 @@ def test_the_asgi_handler_passes_a_well_formed_request_on():
 
 
 def _asgi_post(path: str, headers: list[tuple[bytes, bytes]], body: bytes, *, chunk: int):
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"host", b"testserver"), *headers],
-        "client": ("127.0.0.1", 40000),
-        "server": ("testserver", 80),
-    }
+    scope = _post_scope(path, headers)
     pieces = [body[i : i + chunk] for i in range(0, len(body), chunk)]
     sent: list[dict] = []
 
