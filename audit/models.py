@@ -77,7 +77,7 @@ class Action(models.TextChoices):
     INSTANCE_READ = "instance.read", "Instance read"
     API_TOKEN_CREATED = "api_token.created", "API token created"
     API_TOKEN_REVOKED = "api_token.revoked", "API token revoked"
-    API_TOKEN_REFUSED = "api_token.refused", "API token refused (wrong secret, revoked, expired)"
+    API_TOKEN_REFUSED = "api_token.refused", "Revoked or expired API token refused"
     API_READ = "api.read", "REST API read"
     WORKLIST_VIEWED = "worklist.viewed", "Worklist viewed"
     STUDY_VIEWED = "study.viewed", "Study details viewed"

@@ -15,7 +15,7 @@ from django.db import connection, transaction
 
 import audit
 from audit.actors import Actor
-from audit.models import Action, ActorType, Outcome
+from audit.models import Action, Outcome
 from portal import rows
 from tenants.models import ApiToken, Membership, Tenant, User
 from tenants.roles import Perm, perms_for
@@ -245,9 +245,9 @@ def api_token_authenticate(*, raw: str, now: dt.datetime, ip: str | None = None)
 def api_token_verify(*, raw: str, now: dt.datetime, ip: str | None = None) -> ApiToken:
     """The live token for a presented credential; TokenRefused if there is none.
 
-    A credential naming one of a clinic's tokens but refused (a wrong secret, a revoked
-    or expired token) is recorded on that clinic's audit log, once a minute per token
-    and reason: a partner still calling after its access ended is for the clinic to see.
+    A token's own credential refused (revoked, expired) is recorded on its clinic's
+    audit log, once a minute per token and reason: a partner still calling after its
+    access ended is for the clinic to see.
     """
     parts = raw.strip().split("_", 2)
     if len(parts) != 3 or parts[0] != TOKEN_PREFIX:
@@ -260,9 +260,8 @@ def api_token_verify(*, raw: str, now: dt.datetime, ip: str | None = None) -> Ap
     token = found[0] if found is not None else None
     expected = token.secret_hash if token is not None else _hash("")
     if not hmac.compare_digest(expected, _hash(secret)) or found is None:
-        if token is not None:
-            # Whoever sent it proved nothing: not the token's actor.
-            _refusal_audited(token, "wrong_secret", Actor(ActorType.ANONYMOUS, ip=ip), now=now)
+        # Not audited: whoever sent it proved nothing, and work done only for a prefix
+        # that exists would tell by its timing which prefixes do.
         raise TokenRefused(CREDENTIAL_REQUIRED_TEXT)
     token, creator_roles = found
     holder = Actor.for_token(token, ip=ip)

@@ -357,6 +357,7 @@ def _match(keyword: str, vr: str, path: str, value: str, fuzzy: bool) -> Q:
             raise QueryError(f"{keyword} must be from {-INT_MAX} to {INT_MAX}.")
         return Q(**{path: number})
     if keyword == "ModalitiesInStudy":
+        value = re.sub(r"\*+", "*", value)  # a run of * matches what one does
         if value.count("*") + value.count("?") > MAX_WILDCARDS:
             raise QueryError(
                 f"{keyword}: a value may hold at most {MAX_WILDCARDS} wildcards (* or ?)."

@@ -129,7 +129,7 @@ def test_an_expired_token_is_told_its_date(clinic):
 
 
 @pytest.mark.django_db
-def test_a_wrong_secret_is_recorded_against_nobody_and_learns_nothing(clinic):
+def test_a_wrong_secret_learns_nothing_and_writes_nothing(clinic):
     token, credential = _create(clinic)
     api_token_revoke(token=token, actor=ACTOR, now=timezone.now())
     label, prefix, secret = credential.split("_", 2)
@@ -141,4 +141,4 @@ def test_a_wrong_secret_is_recorded_against_nobody_and_learns_nothing(clinic):
     # Not "revoked": only the secret proves its holder knows that much.
     assert response.json()["error"] == unknown.json()["error"]
     assert "valid, unexpired API token is required" in response.json()["error"]
-    assert _refusals(clinic) == [("anonymous", "", str(token.pk), "wrong_secret")]
+    assert _refusals(clinic) == []  # work done only for a real prefix would time it
