@@ -127,10 +127,6 @@ class SpooledBody(io.BufferedReader):
         self._spool.close()
 
 
-def body_spool_new() -> io.BytesIO | EncryptedSpool:
-    return io.BytesIO()
-
-
 def body_append(body: io.BytesIO | EncryptedSpool, chunk: bytes) -> io.BytesIO | EncryptedSpool:
     """`body` with `chunk` written to it: a memory buffer past its limit moves to a spool."""
     if isinstance(body, io.BytesIO) and body.tell() + len(chunk) > (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -49,9 +50,9 @@ class PortalASGIHandler(ASGIHandler):
         """The body, kept in memory or in an encrypted spool: Django's own handler
         writes one over FILE_UPLOAD_MAX_MEMORY_SIZE to a plaintext temporary file before
         any upload handler runs."""
-        from imaging.uploads import body_append, body_finished, body_spool_new
+        from imaging.uploads import EncryptedSpool, body_append, body_finished
 
-        body = body_spool_new()
+        body: io.BytesIO | EncryptedSpool = io.BytesIO()
         try:
             while True:
                 message = await receive()

@@ -20,6 +20,8 @@ from imaging.models import Instance, Series
 from imaging.viewing import pixel_read_audit
 
 DICOM_JSON = "application/dicom+json"
+# A stored object failed its check (audited where found) before its answer started.
+INTEGRITY_FAILED_TEXT = "A stored object failed its integrity check; it was not served."
 
 
 def client_of(request: HttpRequest) -> DicomwebClient:

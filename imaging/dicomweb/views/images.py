@@ -38,6 +38,7 @@ from imaging.dicomweb.pixels import (
 from imaging.dicomweb.query import QueryError
 from imaging.dicomweb.search import level_queryset
 from imaging.dicomweb.views.common import (
+    INTEGRITY_FAILED_TEXT,
     accept_of,
     actor_of,
     addressed,
@@ -241,7 +242,7 @@ def frames(
     except RenderError as exc:
         return _unserved(request, row, exc, detail)
     except IntegrityError:
-        return dicomweb_error(500, "A stored object failed its integrity check; it was not served.")
+        return dicomweb_error(500, INTEGRITY_FAILED_TEXT)
     return _pixel_response(payloads, form=form)
 
 
@@ -283,7 +284,7 @@ def bulkdata(
     except RenderError as exc:
         return _unserved(request, row, exc, detail)
     except IntegrityError:
-        return dicomweb_error(500, "A stored object failed its integrity check; it was not served.")
+        return dicomweb_error(500, INTEGRITY_FAILED_TEXT)
     return _pixel_response([value], form=form)
 
 
@@ -386,7 +387,7 @@ def _rendered(
     except RenderError as exc:
         return _unserved(request, row, exc, detail)
     except IntegrityError:
-        return dicomweb_error(500, "A stored object failed its integrity check; it was not served.")
+        return dicomweb_error(500, INTEGRITY_FAILED_TEXT)
     response = HttpResponse(image, content_type=options["media_type"])
     patch_vary_headers(response, ["Accept"])
     return response
@@ -410,7 +411,7 @@ def thumbnail(request: HttpRequest, study: str, series: str | None = None) -> Ht
     try:
         image = thumbnail_bytes(series=row, actor=actor_of(request))
     except IntegrityError:
-        return dicomweb_error(500, "A stored object failed its integrity check; it was not served.")
+        return dicomweb_error(500, INTEGRITY_FAILED_TEXT)
     if media_type == "image/jpeg":
         image = _jpeg_from_png(image)
     audit_read(request, [row], {"thumbnail": 1})

@@ -29,6 +29,7 @@ from imaging.dicomweb.multipart import content_type_parameters, related_length, 
 from imaging.dicomweb.pixels import EXPLICIT_VR_LE
 from imaging.dicomweb.views.common import (
     DICOM_JSON,
+    INTEGRITY_FAILED_TEXT,
     JSON_TYPES,
     accept_of,
     actor_of,
@@ -269,7 +270,7 @@ def _retrieve(request: HttpRequest, instances: QuerySet[Instance]) -> HttpRespon
     except (NotAcceptable, DeidentifyRefused) as exc:
         return dicomweb_error(406, str(exc))
     except IntegrityError:
-        return dicomweb_error(500, "A stored object failed its integrity check; it was not served.")
+        return dicomweb_error(500, INTEGRITY_FAILED_TEXT)
     later = {r.pk.hex for r in to_prepare} - prepared.keys()
 
     def content_type(row: Instance) -> str:
@@ -419,7 +420,7 @@ def _metadata(request: HttpRequest, instances: QuerySet[Instance]) -> HttpRespon
             items.append(item_of(row))
             held += len(items[-1])
     except IntegrityError:
-        return dicomweb_error(500, "A stored object failed its integrity check; it was not served.")
+        return dicomweb_error(500, INTEGRITY_FAILED_TEXT)
     except HeaderUnreadable as exc:
         # Decrypted but not sent: the clinic's log says which instance cannot be read.
         client = client_of(request)
