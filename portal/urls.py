@@ -38,3 +38,4 @@ urlpatterns = [
 
 handler403 = "portal.views.permission_denied"
 handler404 = "portal.views.not_found"
+handler500 = "portal.views.server_error"

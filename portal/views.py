@@ -106,6 +106,23 @@ def permission_denied(request: HttpRequest, exception: Exception) -> HttpRespons
     return defaults.permission_denied(request, exception)
 
 
+SERVER_ERROR_TEXT = (
+    "The server met an unexpected error; it was recorded. Try again, and if it persists, "
+    "contact support with the time it happened."
+)
+
+
+def server_error(request: HttpRequest) -> HttpResponse:
+    """500: a partner's client reads the JSON error its API gives everywhere else; the
+    cause stays in the server's log (Django's handler logged it before calling this)."""
+    if request.path_info.startswith("/api/"):
+        error = {"code": "server_error", "message": SERVER_ERROR_TEXT}
+        return JsonResponse({"error": error}, status=500)
+    if _DICOMWEB_PATH.match(request.path_info):
+        return JsonResponse({"error": SERVER_ERROR_TEXT}, status=500)
+    return defaults.server_error(request)
+
+
 def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
     """A form whose CSRF check failed: the portal's own page; the reason stays in the log."""
     message = "The CSRF check failed: reload the page that sends this and try again."

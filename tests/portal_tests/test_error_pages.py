@@ -33,3 +33,44 @@ def test_a_refusal_says_why_and_points_staff_to_their_administrator(
     assert response.status_code == 403
     assert "You may not download this study." in body
     assert "ask your clinic's administrator" in body
+
+
+def _broken(*args, **kwargs):
+    raise RuntimeError("Doe^Jane broke it")
+
+
+def test_an_unexpected_error_on_the_partner_api_is_its_json_error_without_details(
+    clinic, monkeypatch
+):
+    from tests.sharing_tests.test_share_api import token_for
+
+    monkeypatch.setattr("imaging.api.views.token_studies", _broken)
+    client = Client(
+        HTTP_AUTHORIZATION=f"Bearer {token_for(clinic, 'studies:read')}",
+        raise_request_exception=False,
+    )
+
+    response = client.get("/api/v1/studies")
+
+    assert response.status_code == 500
+    assert response["Content-Type"] == "application/json"
+    error = response.json()["error"]
+    assert error["code"] == "server_error" and "try again" in error["message"].lower()
+    assert b"Doe^Jane" not in response.content and b"Traceback" not in response.content
+
+
+def test_an_unexpected_error_on_dicomweb_is_its_json_error_without_details(clinic, monkeypatch):
+    from tests.imaging_tests.dicomweb_support import token_for
+
+    monkeypatch.setattr("imaging.dicomweb.views.qido.search_rows", _broken)
+    client = Client(
+        HTTP_AUTHORIZATION=f"Bearer {token_for(clinic, 'dicomweb:read')}",
+        raise_request_exception=False,
+    )
+
+    response = client.get("/dicomweb/studies")
+
+    assert response.status_code == 500
+    assert response["Content-Type"] == "application/json"
+    assert "try again" in response.json()["error"].lower()
+    assert b"Doe^Jane" not in response.content
