@@ -414,6 +414,7 @@ CELERY_BEAT_SCHEDULE = {
         "task": "sharing.tasks.notices_unsent_requeue",
         "schedule": 60 * TASK_RECOVER_AFTER_MINUTES,
     },
+    "share-requests-purge": {"task": "sharing.tasks.share_requests_purge", "schedule": 3600},
     "clinic-notices-unsent-requeue": {
         "task": "tenants.tasks.notices_unsent_requeue",
         "schedule": 60 * TASK_RECOVER_AFTER_MINUTES,

@@ -1,7 +1,9 @@
 """Share links: a study (or chosen series) reachable without an account, under control.
 
-The link's token is never stored: only its SHA-256, looked up by an indexed equality
-on the digest, so a lookup takes the same path whatever the token. A PIN (or the
+The link's token is not stored in clear: only its SHA-256, looked up by an indexed
+equality on the digest, so a lookup takes the same path whatever the token. It is kept
+encrypted under the study's key only while something must show it again (the
+recipient's email, a partner's retried request). A PIN (or the
 patient's date of birth) is stored as a Django password hash.
 """
 
@@ -110,6 +112,37 @@ class ShareLink(TenantOwnedModel):
         if self.max_uses is not None and self.use_count >= self.max_uses:
             return self.State.USED_UP
         return self.State.ACTIVE
+
+
+class ShareRequest(TenantOwnedModel):
+    """A partner's `POST /api/v1/shares` sent with an Idempotency-Key.
+
+    The same request sent again under the same key (a retry after an answer lost on the
+    way) is answered with the link it made, not a second link and a second email. Kept
+    for `sharing.idempotency.SHARE_REQUEST_HOURS`, then deleted by a periodic job.
+    Neither the key nor the request is stored as sent: the key as its SHA-256, the
+    request as an HMAC under the study's key, so the row reveals no PIN.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    api_token = models.ForeignKey("tenants.ApiToken", on_delete=models.PROTECT, related_name="+")
+    key_sha256 = models.CharField(max_length=64)
+    request_mac = models.CharField(max_length=64)
+    share = models.ForeignKey(ShareLink, on_delete=models.CASCADE, related_name="+")
+    # The link's token, encrypted under the study's key: the first answer's URL.
+    token_wrapped = models.BinaryField()
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        indexes = [models.Index(fields=["created_at"])]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["tenant", "api_token", "key_sha256"], name="share_request_key_unique"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"ShareRequest {self.id}"
 
 
 class PatientInvitation(Invitation):

@@ -144,13 +144,13 @@ def share_create(
         )
     if len(recipient_email) > EMAIL_MAX_LENGTH:
         raise ShareInvalid(EMAIL_TOO_LONG)
-    if _confidential_locked(study) and not study.confidential:
+    if study_confidential_locked(study) and not study.confidential:
         # Marked confidential since the caller read it: its links are being revoked, and
         # whether this one may exist is for the caller to decide again.
         raise ShareInvalid(
             "This study was just marked confidential. Open it again before sharing it."
         )
-    if created_by_token is not None and not _token_live_locked(created_by_token, now=now):
+    if created_by_token is not None and not token_live_locked(created_by_token, now=now):
         # Revoked while this request was under way: its links are being revoked too.
         raise ShareInvalid("This token is no longer valid.")
     if created_by_token is not None and not created_by_token.has_scope(
@@ -259,7 +259,7 @@ def _own_study_locked(*, membership: Membership, study: Study) -> bool:
 
 
 def _held_locked(study: Study) -> bool:
-    """Whether the study is held for differing patient details now (see _confidential_locked:
+    """Whether the study is held for differing patient details now (see study_confidential_locked:
     the study row is locked until commit by that check)."""
     return bool(
         Study.objects.for_tenant(study.tenant)
@@ -269,7 +269,7 @@ def _held_locked(study: Study) -> bool:
     )
 
 
-def _confidential_locked(study: Study) -> bool:
+def study_confidential_locked(study: Study) -> bool:
     """Whether the study is confidential now, its row locked until commit: marking it
     confidential waits for this link and revokes it, or has committed and is seen here
     (`study_set_confidential`)."""
@@ -282,7 +282,7 @@ def _confidential_locked(study: Study) -> bool:
     )
 
 
-def _token_live_locked(token: ApiToken, *, now: dt.datetime) -> bool:
+def token_live_locked(token: ApiToken, *, now: dt.datetime) -> bool:
     """Lock the token's row until commit, so its revocation waits for this link and
     revokes it, or has committed and this link is refused."""
     return (

@@ -23,6 +23,7 @@ from imaging.crypto import unwrap_key
 from imaging.keyring import study_dek
 from portal.mail import MAIL_TASK, mail_send
 from portal.tasks import portal_task
+from sharing.idempotency import share_requests_purge as _share_requests_purge
 from sharing.models import ShareLink
 from sharing.services import (
     invitation_context,
@@ -202,3 +203,9 @@ def patient_access_review_notify(*, invitation_id: str) -> int:
 def notices_unsent_requeue() -> int:
     """Beat entry point: queue again the share and patient emails whose message was lost."""
     return _notices_unsent_requeue(now=timezone.now())
+
+
+@portal_task(max_retries=0)
+def share_requests_purge() -> int:
+    """Beat entry point: forget partners' share requests past their retry window."""
+    return _share_requests_purge(now=timezone.now())

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from django.db.models import QuerySet
 from django.shortcuts import get_object_or_404
 from django.utils import timezone
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import generics, status
-from rest_framework.exceptions import ValidationError
+from rest_framework.exceptions import APIException, ValidationError
 from rest_framework.response import Response
 
 import audit
@@ -17,10 +19,53 @@ from audit.actors import Actor, client_ip
 from audit.models import Action
 from imaging.selectors import token_studies
 from sharing.api.serializers import ShareCreateSerializer, ShareSerializer
+from sharing.idempotency import (
+    KEY_MAX_LENGTH,
+    SHARE_REQUEST_HOURS,
+    IdempotencyKeyReused,
+    ShareCreated,
+    share_create_once,
+)
 from sharing.models import ShareLink
 from sharing.selectors import shares_series_withheld_uids
 from sharing.services import ShareInvalid, share_create, share_revoke
 from tenants.roles import Perm
+
+
+class KeyReused(APIException):
+    status_code = 422
+    default_code = "idempotency_key_reused"
+
+
+IDEMPOTENCY_KEY_INVALID = (
+    f"The Idempotency-Key header must be 1 to {KEY_MAX_LENGTH} printable ASCII characters."
+)
+_KEY = re.compile(rf"[\x20-\x7e]{{1,{KEY_MAX_LENGTH}}}")
+
+IDEMPOTENCY_KEY = OpenApiParameter(
+    "Idempotency-Key",
+    OpenApiTypes.STR,
+    OpenApiParameter.HEADER,
+    description=(
+        f"Any unique text (a UUID, say). The same request sent again under the same key "
+        f"within {SHARE_REQUEST_HOURS} hours returns the link the first one made, its URL "
+        f"included, with `Idempotent-Replayed: true`; it makes no second link. The same "
+        f"key with a different request is a 422."
+    ),
+)
+
+
+def _idempotency_key(request: Any) -> str | None:
+    """The header's value, unquoted (the IETF draft sends it as a structured-field string,
+    most clients bare); None when absent."""
+    value = request.headers.get("Idempotency-Key")
+    if value is None:
+        return None
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        value = value[1:-1]
+    if not _KEY.fullmatch(value):
+        raise ValidationError({"Idempotency-Key": [IDEMPOTENCY_KEY_INVALID]})
+    return value
 
 
 def _actor(request: Any) -> Actor:
@@ -84,8 +129,16 @@ class ShareListCreate(generics.ListCreateAPIView):
         )
         return response
 
-    @extend_schema(request=ShareCreateSerializer, responses={201: ShareSerializer})
+    @extend_schema(
+        request=ShareCreateSerializer,
+        parameters=[IDEMPOTENCY_KEY],
+        responses={
+            201: ShareSerializer,
+            422: OpenApiResponse(description="The Idempotency-Key was sent with another request."),
+        },
+    )
     def post(self, request: Any, *args: Any, **kwargs: Any) -> Response:
+        idempotency_key = _idempotency_key(request)
         data = ShareCreateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         values = data.validated_data
@@ -93,28 +146,37 @@ class ShareListCreate(generics.ListCreateAPIView):
             token_studies(token=request.api_token).select_related("patient", "tenant"),
             study_uid=values["study_instance_uid"],
         )
+        options = {
+            "study": study,
+            "actor": _actor(request),
+            "now": timezone.now(),
+            "created_by_token": request.api_token,
+            "expires_at": values["expires_at"],
+            "pin": values.get("pin"),
+            "max_uses": values.get("max_uses"),
+            "allow_download": values["allow_download"],
+            "deidentify": values["deidentify"],
+            "recipient_email": values["recipient_email"],
+            "message": values["message"],
+        }
         try:
-            share, token = share_create(
-                study=study,
-                actor=_actor(request),
-                now=timezone.now(),
-                created_by_token=request.api_token,
-                expires_at=values["expires_at"],
-                challenge=ShareLink.Challenge.PIN
-                if values.get("pin")
-                else ShareLink.Challenge.NONE,
-                pin=values.get("pin"),
-                max_uses=values.get("max_uses"),
-                allow_download=values["allow_download"],
-                deidentify=values["deidentify"],
-                recipient_email=values["recipient_email"],
-                message=values["message"],
-            )
+            if idempotency_key is not None:
+                created = share_create_once(idempotency_key=idempotency_key, **options)
+            else:
+                challenge = ShareLink.Challenge.PIN if options["pin"] else ShareLink.Challenge.NONE
+                share, token = share_create(challenge=challenge, **options)
+                created = ShareCreated(share=share, token=token, replayed=False)
         except ShareInvalid as exc:
             raise ValidationError({"non_field_errors": [str(exc)]}) from None
-        url = request.build_absolute_uri(f"/s/{token}")
+        except IdempotencyKeyReused as exc:
+            raise KeyReused(str(exc)) from None
+        share = created.share
+        url = request.build_absolute_uri(f"/s/{created.token}")
         body = ShareSerializer(share, context={"urls": {share.pk: url}}).data
-        return Response(body, status=status.HTTP_201_CREATED)
+        response = Response(body, status=status.HTTP_201_CREATED)
+        if created.replayed:
+            response["Idempotent-Replayed"] = "true"
+        return response
 
 
 class ShareRevoke(generics.DestroyAPIView):
