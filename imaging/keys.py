@@ -173,6 +173,16 @@ def key_provider() -> KeyProvider:
     return _provider
 
 
+def key_provider_check() -> None:
+    """Raise unless the provider wraps a key and unwraps it again: the master key
+    readable, or KMS reachable and letting the portal use its key."""
+    provider = key_provider()
+    probe = secrets.token_bytes(MASTER_KEY_BYTES)
+    context = b"portal-readiness-probe"
+    if provider.unwrap(provider.wrap(probe, context=context), context=context) != probe:
+        raise RuntimeError("the key provider returned another key than it wrapped")
+
+
 def key_provider_reset() -> None:
     """Forget the cached provider (settings changed, e.g. in tests)."""
     global _provider

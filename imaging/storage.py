@@ -146,6 +146,28 @@ def storage_for(tenant: Tenant) -> Storage:
     return PrivateFileSystemStorage(str(settings.PORTAL_STORAGE_ROOT))
 
 
+def storage_ready_check() -> None:
+    """Raise unless every storage a clinic writes to can be reached: the local root
+    takes a file (made 0700, as a first object would make it, if missing) and each S3
+    bucket an active clinic names answers."""
+    from tenants.models import Tenant
+
+    root = Path(settings.PORTAL_STORAGE_ROOT)
+    if not root.is_dir():
+        _make_directories(root)
+    probe = root / f".readyz-{secrets.token_hex(8)}"
+    os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    probe.unlink()
+    buckets = (
+        Tenant.objects.filter(status=Tenant.Status.ACTIVE, storage_backend=Tenant.StorageBackend.S3)
+        .values_list("storage_bucket", "storage_region")
+        .distinct()
+    )
+    for bucket, region in buckets:
+        bucket = bucket or settings.STORAGE_S3_DEFAULT_BUCKET
+        _s3_storage(bucket, region).connection.meta.client.head_bucket(Bucket=bucket)
+
+
 OBJECT_NAME = re.compile(r"[0-9a-f]{32}")
 # `write_file`'s temporary name for a write under way, left behind by a crash.
 PARTIAL_NAME = re.compile(r"\.[0-9a-f]{32}\.[0-9a-f]{8}\.part")

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
-import uuid
-from pathlib import Path
 
-from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
@@ -17,6 +14,8 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_safe
 
 from audit.actors import Actor
+from imaging.keys import key_provider_check
+from imaging.storage import storage_ready_check
 from portal.denials import access_denied_record
 from portal.tasks import broker_check
 from tenants.access import landing_url
@@ -39,17 +38,10 @@ def _check_database() -> None:
         cursor.fetchone()
 
 
-def _check_storage() -> None:
-    root = Path(settings.PORTAL_STORAGE_ROOT)
-    root.mkdir(parents=True, exist_ok=True)
-    probe = root / f".readyz-{uuid.uuid4().hex}"
-    probe.write_bytes(b"")
-    probe.unlink()
-
-
 READINESS_CHECKS = {
     "database": _check_database,
-    "storage": _check_storage,
+    "storage": storage_ready_check,
+    "keys": key_provider_check,
     "broker": broker_check,
 }
 
@@ -57,7 +49,8 @@ READINESS_CHECKS = {
 @never_cache
 @require_safe
 def readyz(request: HttpRequest) -> HttpResponse:
-    """Database, storage and broker reachable; 503 naming the part that is not."""
+    """Database, storage (every clinic's), key provider and broker reachable; 503 naming
+    the part that is not."""
     results: dict[str, str] = {}
     for name, check in READINESS_CHECKS.items():
         try:

@@ -149,3 +149,19 @@ def test_a_missing_s3_object_is_file_not_found(s3_clinic):
 
     with pytest.raises(FileNotFoundError):
         object_open(storage_for(s3_clinic), object_key_new(s3_clinic))
+
+
+@pytest.mark.django_db
+def test_readyz_asks_every_active_clinics_bucket(s3_clinic, other_clinic, settings, tmp_path):
+    settings.PORTAL_STORAGE_ROOT = tmp_path / "objects"
+    reachable = Client().get("/readyz")
+    other_clinic.storage_backend = other_clinic.StorageBackend.S3
+    other_clinic.storage_bucket = f"south-missing-{uuid.uuid4().hex[:8]}"
+    other_clinic.save()
+
+    missing = Client().get("/readyz")
+
+    assert reachable.status_code == 200, reachable.json()
+    assert missing.status_code == 503
+    assert missing.json()["failing"] == ["storage"]
+    assert other_clinic.storage_bucket not in missing.content.decode()
