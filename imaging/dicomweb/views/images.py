@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import math
 import re
 from collections.abc import Callable
@@ -62,6 +63,8 @@ from imaging.viewing import pixel_read_unserved_audit
 
 T = TypeVar("T")
 
+logger = logging.getLogger(__name__)
+
 # What imaging.render encodes: image/gif, image/jp2 and video are not offered.
 RENDERED_TYPES = ("image/jpeg", "image/png")
 RENDERED_NOT_OFFERED = "Rendered images are offered as image/jpeg (the default) or image/png."
@@ -108,13 +111,32 @@ def _processed_while_audited(
     (on a reader thread); nothing is answered before both are done. A failed integrity
     check is audited too, as its own event, and raised.
     """
-    job = instance_process_start(instance=row, process=process)
+    job = instance_process_start(instance=row, process=_guarded(process, row))
     try:
         audit_read(request, [row.series], detail, rows=[row])
     except BaseException:
         job.cancel()
         raise
     return instance_process_result(instance=row, actor=actor_of(request), future=job)
+
+
+def _guarded(process: Callable[[bytes], T], row: Instance) -> Callable[[bytes], T]:
+    """`process`, with what pydicom or numpy raise on odd stored values, in their many
+    shapes, turned into a RenderError: a specific answer and a "not served" audit event,
+    not a server error. Only the exception's type is logged: its text can quote values."""
+
+    def run(data: bytes) -> T:
+        try:
+            return process(data)
+        except (RenderError, IntegrityError):
+            raise
+        except Exception as exc:
+            logger.warning("instance %s could not be processed (%s)", row.pk, type(exc).__name__)
+            raise RenderError(
+                f"The stored object could not be read ({type(exc).__name__})."
+            ) from None
+
+    return run
 
 
 _UNSERVED = {NoSuchFrame: "no_such_frame", NoSuchAttribute: "no_such_attribute"}
@@ -250,12 +272,7 @@ def _bulk_value(data: bytes, *, path: str, pseudonym: str | None) -> bytes:
     ds = pydicom.dcmread(io.BytesIO(data))
     if pseudonym is not None:
         deidentify(ds, pseudonym=pseudonym)
-    try:
-        return bulk_data_bytes(ds, path=path)
-    except RenderError:
-        raise
-    except Exception as exc:  # odd stored values fail deep in numpy or pydicom
-        raise RenderError(f"The value could not be read ({type(exc).__name__}).") from None
+    return bulk_data_bytes(ds, path=path)
 
 
 @require_http_methods(["GET", "HEAD"])

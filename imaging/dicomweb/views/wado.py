@@ -135,6 +135,15 @@ class HeaderUnreadable(Exception):
         self.row = row
 
 
+class NotPrepared(Exception):
+    """A stored object could not be re-encoded or de-identified; says which, and only the
+    type of what failed (its text can quote the values)."""
+
+    def __init__(self, row: Instance, error: Exception) -> None:
+        super().__init__(f"instance {row.pk} could not be prepared ({type(error).__name__})")
+        self.row = row
+
+
 HEADER_UNREADABLE_TEXT = "A stored instance's header could not be read; it was not served."
 
 
@@ -237,10 +246,15 @@ def _retrieve(request: HttpRequest, instances: QuerySet[Instance]) -> HttpRespon
 
     def prepare(row: Instance) -> bytes:
         data = instance_bytes(instance=row, actor=actor)
-        if row.pk.hex in transcoded:
-            data = _transcode(data, EXPLICIT_VR_LE)
-        if pseudonym is not None:
-            data = deidentified_bytes(data, pseudonym=pseudonym)
+        try:
+            if row.pk.hex in transcoded:
+                data = _transcode(data, EXPLICIT_VR_LE)
+            if pseudonym is not None:
+                data = deidentified_bytes(data, pseudonym=pseudonym)
+        except (NotAcceptable, DeidentifyRefused):
+            raise
+        except Exception as exc:  # pydicom fails on odd stored headers in many shapes
+            raise NotPrepared(row, exc) from None
         return data
 
     prepared: dict[str, bytes] = {}
@@ -271,6 +285,25 @@ def _retrieve(request: HttpRequest, instances: QuerySet[Instance]) -> HttpRespon
         return dicomweb_error(406, str(exc))
     except IntegrityError:
         return dicomweb_error(500, INTEGRITY_FAILED_TEXT)
+    except NotPrepared as exc:
+        # Decrypted but not sent, before the answer started: the log says which.
+        logger.warning("retrieve refused: %s", exc)
+        client = client_of(request)
+        pixel_read_unserved_audit(
+            tenant=client.tenant,
+            actor=client.actor,
+            instance=exc.row,
+            detail={"instances": 1, "reason": "not_decodable"},
+        )
+        return dicomweb_error(
+            406,
+            f"An instance ({exc.row.sop_instance_uid}) holds values that could not be "
+            + (
+                "re-encoded; ask for transfer-syntax=* to receive it as stored."
+                if pseudonym is None
+                else "de-identified, so it was not sent; ask the clinic for it."
+            ),
+        )
     later = {r.pk.hex for r in to_prepare} - prepared.keys()
 
     def content_type(row: Instance) -> str:
@@ -281,15 +314,12 @@ def _retrieve(request: HttpRequest, instances: QuerySet[Instance]) -> HttpRespon
             return prepare(row)
         except IntegrityError:
             raise  # audited where it was found, and it cuts the body short too
-        except Exception as exc:  # pydicom fails on odd stored headers in many shapes
+        except Exception as exc:  # NotPrepared, or refused as the first ones were not
             # The answer has started: end it without its closing delimiter, so the
             # client sees it cut short rather than a whole answer missing an object.
             # The read was audited as it started; the log says this one was not sent.
-            logger.warning(
-                "retrieve cut short: instance %s could not be prepared (%s)",
-                row.pk,
-                type(exc).__name__,
-            )
+            cause = exc if isinstance(exc, NotPrepared) else NotPrepared(row, exc)
+            logger.warning("retrieve cut short: %s", cause)
             raise _cut_short(request, row, {"instances": 1, "reason": "not_decodable"}) from None
 
     def parts() -> Iterator[tuple[str, Iterator[bytes]]]:
