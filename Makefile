@@ -50,6 +50,7 @@ bench: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[dev,bench]'
 	$(PY) bench/ingest_bench.py
 	BENCH_STOW_MB=1024 $(PY) bench/stow_memory.py
+	$(PY) bench/render_memory.py
 	$(PY) bench/orthanc_compare.py
 	$(PY) bench/viewer_bench.py
 	$(PY) bench/audit_study_filter.py

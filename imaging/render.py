@@ -37,12 +37,44 @@ class FrameTooLarge(RenderError):
     """One frame would decode to more bytes than `RENDER_MAX_FRAME_BYTES` allows."""
 
 
-def _to_uint8(pixels: np.ndarray) -> np.ndarray:
-    pixels = pixels.astype(np.float64)
-    low, high = np.percentile(pixels, (0.5, 99.5)) if pixels.size else (0.0, 1.0)
-    if high <= low:
-        high = low + 1.0
-    return (np.clip((pixels - low) / (high - low), 0.0, 1.0) * 255.0).astype(np.uint8)
+# Percentiles for a stretch are taken from at most this many pixels, evenly spaced:
+# sorting a copy of every pixel of a large frame took more memory than the frame.
+PERCENTILE_SAMPLE = 1 << 20
+
+
+def _stretch_bounds(pixels: np.ndarray, slope: float, intercept: float) -> tuple[float, float]:
+    """The 0.5th and 99.5th percentiles of the rescaled values, from a sample."""
+    flat = pixels.reshape(-1)
+    if not flat.size:
+        return 0.0, 1.0
+    sample = flat[:: max(1, flat.size // PERCENTILE_SAMPLE)].astype(np.float64)
+    low, high = np.percentile(sample * slope + intercept, (0.5, 99.5))
+    return float(low), float(high) if high > low else float(low) + 1.0
+
+
+def _to_uint8(pixels: np.ndarray, slope: float = 1.0, intercept: float = 0.0) -> np.ndarray:
+    """`pixels` rescaled, then stretched so their 0.5th to 99.5th percentiles span 0-255.
+
+    Integer samples of up to 16 bits go through a table of every value their type holds
+    (at most 65,536), so the frame is read once and only the 8-bit result allocated; the
+    general path works in float32, in place.
+    """
+    low, high = _stretch_bounds(pixels, slope, intercept)
+    if pixels.dtype.kind in "iu" and pixels.dtype.itemsize <= 2:
+        native = pixels.dtype.newbyteorder("=")
+        codes = np.arange(1 << (8 * native.itemsize), dtype=f"u{native.itemsize}").view(native)
+        values = codes.astype(np.float64) * slope + intercept
+        table = (np.clip((values - low) / (high - low), 0.0, 1.0) * 255.0).astype(np.uint8)
+        index = np.ascontiguousarray(pixels, dtype=native).view(f"u{native.itemsize}")
+        return table[index]  # np.take would first copy the index as 64-bit integers
+    out = pixels.astype(np.float32)
+    if slope != 1.0 or intercept != 0.0:
+        out *= slope
+        out += intercept
+    out -= low
+    out *= 255.0 / (high - low)
+    np.clip(out, 0.0, 255.0, out=out)
+    return out.astype(np.uint8)
 
 
 def _number(value: object, default: float | None = None) -> float | None:
@@ -195,7 +227,7 @@ def _through_table(
         native.str, grey["slope"], grey["intercept"], float(centre), float(width), grey["inverted"]
     )
     index = np.ascontiguousarray(pixels, dtype=native).view(f"u{native.itemsize}")
-    return np.take(table, index)
+    return table[index]  # np.take would first copy the index as 64-bit integers
 
 
 def _voi_windowed(ds: pydicom.Dataset, pixels: np.ndarray) -> np.ndarray | None:
@@ -225,6 +257,15 @@ def frame_to_uint8(ds: pydicom.Dataset, pixels: np.ndarray) -> np.ndarray:
         if pixels.dtype != np.uint8:
             pixels = _to_uint8(pixels)
         return pixels
+    modality_window = MODALITY_WINDOWS.get(str(ds.get("Modality", "")))
+    if (
+        "ModalityLUTSequence" not in ds
+        and ("WindowCenter" not in ds or "WindowWidth" not in ds)
+        and not modality_window
+    ):
+        # Stretched, as below, but rescaled inside the stretch's table: no float copy.
+        grey = _to_uint8(pixels, *_rescale(ds))
+        return 255 - grey if photometric == "MONOCHROME1" else grey
     try:
         pixels = apply_modality_lut(pixels, ds)
     except (TypeError, ValueError):  # a rescale that is not a number: the identity

@@ -151,3 +151,48 @@ def test_kms_provider_wraps_with_the_clinic_context():
         provider.unwrap(wrapped[:-1] + bytes([wrapped[-1] ^ 1]), context=b"tenant-key|A|1")
     with pytest.raises(IntegrityError):
         LocalKeyProvider(b"m" * 32).unwrap(wrapped, context=b"tenant-key|A|1")
+
+
+def _stretched_in_floating_point(values: np.ndarray) -> np.ndarray:
+    low, high = np.percentile(values, (0.5, 99.5))
+    return (np.clip((values - low) / (high - low), 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "rescale", "photometric"),
+    [
+        (np.uint8, None, "MONOCHROME2"),
+        (np.uint16, None, "MONOCHROME2"),
+        (np.int16, (2.0, -100.0), "MONOCHROME2"),
+        (np.uint16, (-1.0, 4095.0), "MONOCHROME1"),  # a negative slope reverses the stretch
+        (np.dtype(">u2"), None, "MONOCHROME2"),  # big endian, as a BE file decodes
+    ],
+)
+def test_a_frame_without_a_window_is_stretched_as_in_floating_point(dtype, rescale, photometric):
+    """The stretch goes through a table of every stored value; it must read as the
+    floating-point stretch over the rescaled values does."""
+    high = 200 if np.dtype(dtype).itemsize == 1 else 3000
+    pixels = np.random.default_rng(7).integers(0, high, (64, 48)).astype(dtype)
+    ds = pydicom.Dataset()
+    ds.Modality, ds.SamplesPerPixel, ds.PhotometricInterpretation = "MR", 1, photometric
+    if rescale is not None:
+        ds.RescaleSlope, ds.RescaleIntercept = rescale
+    slope, intercept = rescale or (1.0, 0.0)
+
+    grey = frame_to_uint8(ds, pixels)
+
+    expected = _stretched_in_floating_point(pixels.astype(np.float64) * slope + intercept)
+    if photometric == "MONOCHROME1":
+        expected = 255 - expected
+    assert grey.dtype == np.uint8 and np.array_equal(grey, expected)
+
+
+def test_a_large_frames_stretch_takes_its_percentiles_from_a_sample():
+    pixels = np.random.default_rng(3).integers(0, 4096, (2048, 2048)).astype(np.uint16)
+    ds = pydicom.Dataset()
+    ds.Modality, ds.SamplesPerPixel = "MR", 1
+
+    grey = frame_to_uint8(ds, pixels)
+
+    exact = _stretched_in_floating_point(pixels.astype(np.float64))
+    assert np.abs(grey.astype(int) - exact.astype(int)).max() <= 1
