@@ -25,6 +25,18 @@ def content_type_parameters(header: str) -> tuple[str, dict[str, str]]:
     return message.get_content_type(), params
 
 
+def accept_range(item: str) -> tuple[str, dict[str, str]]:
+    """One range of an Accept header: its media type, lower case, and its parameters.
+
+    A bare `*` is how some old HTTP stacks (Java's among them) write `*/*`; parsed as a
+    Content-Type it would read as text/plain, as would any other item without a slash.
+    """
+    media, _, rest = item.strip().partition(";")
+    media = media.strip().lower()
+    _, params = content_type_parameters(f"x/x;{rest}" if rest else "x/x")
+    return ("*/*" if media == "*" else media), params
+
+
 def new_boundary() -> str:
     return secrets.token_hex(16)
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from pydicom.uid import UID
 
-from imaging.dicomweb.multipart import content_type_parameters
+from imaging.dicomweb.multipart import accept_range
 
 OCTET_STREAM = "application/octet-stream"
 EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
@@ -73,7 +73,7 @@ def pixel_offers(accept: str) -> list[_Offer]:
     """The forms of pixel data `accept` admits, most preferred first."""
     offers: list[_Offer] = []
     for position, item in enumerate((accept or "*/*").split(",")):
-        media, params = content_type_parameters(item.strip())
+        media, params = accept_range(item)
         try:
             quality = float(params.get("q", "1"))
         except ValueError:

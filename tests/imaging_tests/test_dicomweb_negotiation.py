@@ -367,3 +367,25 @@ def test_a_retrieve_defaults_to_explicit_vr_little_endian_whatever_was_stored(
     body = b"".join(response.streaming_content)
     assert response.status_code == 200
     assert f"application/dicom; transfer-syntax={syntax}\r\n".encode() in body
+
+
+# --- A bare * ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("suffix", "content_type"),
+    [
+        ("", 'multipart/related; type="application/dicom"'),
+        ("/frames/1", 'multipart/related; type="application/octet-stream"'),
+        ("/bulkdata/7FE00010", 'multipart/related; type="application/octet-stream"'),
+        ("/metadata", "application/dicom+json"),
+        ("/rendered", "image/jpeg"),
+    ],
+)
+@pytest.mark.parametrize("accept", ["*", "*;q=0.9"])
+def test_a_bare_star_is_read_as_any_type_everywhere(clinic, stored, suffix, content_type, accept):
+    """Old HTTP stacks (Java's among them) send `Accept: *` for `*/*`."""
+    response = _reader(clinic).get(_instance(stored) + suffix, headers={"Accept": accept})
+
+    assert response.status_code == 200
+    assert response["Content-Type"].startswith(content_type)

@@ -14,7 +14,7 @@ import audit
 from audit.actors import Actor
 from audit.models import Action
 from imaging.dicomweb.auth import DicomwebClient
-from imaging.dicomweb.multipart import content_type_parameters
+from imaging.dicomweb.multipart import accept_range
 from imaging.dicomweb.search import level_queryset
 from imaging.models import Instance, Series
 from imaging.viewing import pixel_read_audit
@@ -138,16 +138,14 @@ def negotiated(request: HttpRequest, offered: tuple[str, ...]) -> str | None:
     for position, item in enumerate(accept.split(",")):
         if not item.strip():
             continue
-        _, params = content_type_parameters(item.strip())
-        media = item.partition(";")[0].strip().lower()
+        media, params = accept_range(item)
         try:
             quality = float(params.get("q", "1"))
         except ValueError:
             continue
         if not 0 <= quality <= 1:
             continue  # nan and the like: malformed
-        # A bare * is how some old HTTP stacks (Java's among them) write */*.
-        ranges.append(("*/*" if media == "*" else media, quality, position))
+        ranges.append((media, quality, position))
     best: tuple[float, int, int, int] | None = None
     chosen = None
     for preference, offer in enumerate(offered):

@@ -25,7 +25,7 @@ from imaging.dicomweb.bulkdata import (
     little_endian,
     stored_pixel_bytes,
 )
-from imaging.dicomweb.multipart import content_type_parameters, related_length, related_stream
+from imaging.dicomweb.multipart import accept_range, related_length, related_stream
 from imaging.dicomweb.pixels import EXPLICIT_VR_LE
 from imaging.dicomweb.views.common import (
     DICOM_JSON,
@@ -75,7 +75,7 @@ def _requested_transfer_syntaxes(request: HttpRequest) -> list[str]:
     accept = accept_of(request) or "*/*"
     offers: list[tuple[float, int, str]] = []
     for position, item in enumerate(accept.split(",")):
-        media, params = content_type_parameters(item.strip())
+        media, params = accept_range(item)
         if media not in ("*/*", "multipart/related", "application/dicom"):
             continue
         part_type = params.get("type", "application/dicom").strip('"').lower()
