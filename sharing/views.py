@@ -25,8 +25,8 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 import audit
 from audit.actors import Actor, client_ip
-from audit.models import Action, ActorType, AuditEvent
-from audit.selectors import actor_labels
+from audit.models import Action, ActorType
+from audit.selectors import actor_labels, event_list
 from imaging.archive import study_zip, zip_response
 from imaging.models import Series
 from imaging.selectors import (
@@ -334,12 +334,10 @@ def share_detail(request: HttpRequest, share_id: uuid.UUID) -> HttpResponse:
         membership=membership, shares=[share], now=now
     )
     events = list(
-        AuditEvent.objects.for_tenant(request.tenant)
-        .filter(
+        event_list(tenant=request.tenant).filter(
             Q(actor_type=ActorType.SHARE_LINK, actor_id=str(share.pk))
             | Q(action__in=_LINK_HISTORY_ACTIONS, detail__share=str(share.pk))
-        )
-        .order_by("-seq")[:200]
+        )[:200]
     )
     labels = actor_labels(tenant=request.tenant, events=events)
     mine = share.created_by_id == membership.user_id

@@ -53,3 +53,17 @@ def verify_command(capsys, tenant=None):
     except CommandError as exc:
         return False, capsys.readouterr().out + str(exc)
     return True, capsys.readouterr().out
+
+
+def forged_beyond_head(event, *, ahead: int) -> None:
+    """What someone with write access to the database could add: a copy of `event`,
+    another actor's, `ahead` places past the chain's head (an insert, which the
+    append-only triggers allow)."""
+    raw_sql(
+        "INSERT INTO audit_auditevent (chain_id, seq, tenant_id, created_at, actor_type, "
+        "actor_id, actor_ip, action, target_type, target_id, outcome, detail, prev_hash, "
+        "hash) SELECT chain_id, seq + %s, tenant_id, created_at, actor_type, 'forged', "
+        "actor_ip, action, target_type, target_id, outcome, detail, prev_hash, 'x' "
+        "FROM audit_auditevent WHERE id = %s",
+        [ahead, event.pk],
+    )

@@ -15,7 +15,13 @@ import audit
 from audit.actors import Actor, Target, ip_canonical
 from audit.models import Action, AppendOnlyError, AuditChain, AuditEvent
 from audit.recorder import AuditDetailError
-from tests.audit_tests.helpers import raw_sql, record_probes, tamper, verify_command
+from tests.audit_tests.helpers import (
+    forged_beyond_head,
+    raw_sql,
+    record_probes,
+    tamper,
+    verify_command,
+)
 from tests.helpers import TEST_ACTOR, make_clinic, require_postgresql
 
 
@@ -212,26 +218,12 @@ def test_verify_audit_catches_a_deleted_tail(clinic, capsys):
     assert f"first broken seq {events[-1].seq}" in out
 
 
-def _forged_beyond_head(event, *, ahead: int) -> None:
-    """What someone with write access to the database could add: a copy of `event`,
-    another actor's, `ahead` places past the chain's head (an insert, which the
-    append-only triggers allow)."""
-    raw_sql(
-        "INSERT INTO audit_auditevent (chain_id, seq, tenant_id, created_at, actor_type, "
-        "actor_id, actor_ip, action, target_type, target_id, outcome, detail, prev_hash, "
-        "hash) SELECT chain_id, seq + %s, tenant_id, created_at, actor_type, 'forged', "
-        "actor_ip, action, target_type, target_id, outcome, detail, prev_hash, 'x' "
-        "FROM audit_auditevent WHERE id = %s",
-        [ahead, event.pk],
-    )
-
-
 @pytest.mark.django_db
 def test_an_event_written_past_the_chains_head_is_reported_and_never_shown(clinic, capsys):
     from audit.selectors import event_list
 
     events = record_probes(clinic, 3)
-    _forged_beyond_head(events[-1], ahead=1000)
+    forged_beyond_head(events[-1], ahead=1000)
 
     ok, out = verify_command(capsys, clinic)
     shown = list(event_list(tenant=clinic).values_list("actor_id", flat=True))

@@ -1051,3 +1051,19 @@ def test_a_request_under_way_when_the_link_is_closed_cannot_give_it_back(
         under_way.save()
 
     assert client.get(frame_url(first_instance(study))).status_code == 401
+
+
+def test_the_links_history_shows_no_event_written_past_the_chains_head(
+    client_for, radiologist, clinic, study
+):
+    from audit.models import AuditEvent
+    from tests.audit_tests.helpers import forged_beyond_head
+
+    share, _ = make_share(study, radiologist)
+    created = AuditEvent.objects.for_tenant(clinic).get(action=Action.SHARE_CREATED)
+    forged_beyond_head(created, ahead=1000)
+
+    page = client_for(radiologist).get(f"/t/{clinic.slug}/shares/{share.pk}/")
+
+    rows = page.context["rows"]
+    assert [row["event"].pk for row in rows] == [created.pk]
