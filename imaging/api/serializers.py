@@ -8,7 +8,7 @@ from imaging.models import Series, Study
 class StudySerializer(serializers.ModelSerializer):
     patient_id = serializers.CharField(source="patient.patient_id")
     patient_name = serializers.CharField(source="patient.name")
-    patient_birth_date = serializers.DateField(source="patient.birth_date")
+    patient_birth_date = serializers.DateField(source="patient.birth_date", allow_null=True)
     modalities = serializers.SerializerMethodField()
 
     class Meta:

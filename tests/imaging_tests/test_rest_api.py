@@ -192,3 +192,21 @@ def test_dicomweb_and_rest_share_one_budget_per_token(clinic, studies, settings,
 
     assert dicomweb == [200, 200, 200]
     assert rest.status_code == 429
+
+
+@pytest.mark.django_db
+def test_the_schema_declares_nullable_values_and_the_error_answers(db):
+    schema = Client().get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json").json()
+
+    study = schema["components"]["schemas"]["Study"]["properties"]
+    assert study["patient_birth_date"]["nullable"] is True
+    error = schema["components"]["schemas"]["Error"]
+    assert error["properties"]["error"]["required"] == ["code", "message"]
+    listing = schema["paths"]["/api/v1/studies"]["get"]["responses"]
+    detail = schema["paths"]["/api/v1/studies/{id}"]["get"]["responses"]
+    create = schema["paths"]["/api/v1/shares"]["post"]["responses"]
+    assert {"400", "401", "403", "429", "500"} <= listing.keys() and "404" not in listing
+    assert "404" in detail and "422" in create and "404" in create
+    assert create["400"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/Error"
+    }
