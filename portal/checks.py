@@ -68,3 +68,28 @@ def check_base_url(app_configs: Any, **kwargs: Any) -> list[Error | Warning]:
             )
         ]
     return []
+
+
+SMTP_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+@register(Tags.security, deploy=True)
+def check_mail_transport(app_configs: Any, **kwargs: Any) -> list[Warning]:
+    """Emails carry one-time tokens (share links, invitations, password resets): sent to
+    a mail server across the network without TLS, anyone on the path can read them. A
+    relay on the same host is a hop that never leaves it."""
+    if (
+        settings.EMAIL_BACKEND == SMTP_BACKEND
+        and settings.EMAIL_HOST.lower() not in LOOPBACK_HOSTS
+        and not (settings.EMAIL_USE_TLS or settings.EMAIL_USE_SSL)
+    ):
+        return [
+            Warning(
+                f"Email goes to {settings.EMAIL_HOST} without TLS: the links and one-time "
+                "tokens in it would travel in the clear.",
+                hint="Set EMAIL_USE_TLS=1 (STARTTLS, port 587) or EMAIL_USE_SSL=1 (port 465).",
+                id="portal.W003",
+            )
+        ]
+    return []

@@ -230,7 +230,8 @@ EMAIL_HOST = env_str("EMAIL_HOST", "localhost")
 EMAIL_PORT = env_int("EMAIL_PORT", 25)
 EMAIL_HOST_USER = env_str("EMAIL_HOST_USER")
 EMAIL_HOST_PASSWORD = env_secret("EMAIL_HOST_PASSWORD") or ""
-EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", default=False)
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", default=False)  # STARTTLS (port 587)
+EMAIL_USE_SSL = env_bool("EMAIL_USE_SSL", default=False)  # implicit TLS (port 465)
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "Imaging Portal <no-reply@localhost>")
 # A mail server that stalls must not hold a task (and the row it claimed) for minutes.
 EMAIL_TIMEOUT = env_int("EMAIL_TIMEOUT", 20)

@@ -80,6 +80,27 @@ def test_deploy_check_refuses_emailed_links_without_a_host_or_tls(tmp_path, base
     assert check in result.stderr + result.stdout
 
 
+@pytest.mark.parametrize(
+    ("mail", "warned"),
+    [
+        ({"EMAIL_HOST": "smtp.example.org"}, True),
+        ({"EMAIL_HOST": "smtp.example.org", "EMAIL_USE_TLS": "1", "EMAIL_PORT": "587"}, False),
+        ({"EMAIL_HOST": "smtp.example.org", "EMAIL_USE_SSL": "1", "EMAIL_PORT": "465"}, False),
+        ({"EMAIL_HOST": "127.0.0.1"}, False),  # a relay on the same host
+    ],
+)
+def test_deploy_check_warns_when_mail_would_leave_in_the_clear(tmp_path, mail, warned):
+    result = _run(
+        ["manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        {**PROD, **mail, "SECRET_KEY": STRONG_KEY},
+        tmp_path,
+    )
+
+    output = result.stderr + result.stdout
+    assert ("portal.W003" in output) is warned
+    assert (result.returncode != 0) is warned
+
+
 def test_missing_secret_key_fails_loudly_at_start(tmp_path):
     result = _run(["manage.py", "check"], PROD, tmp_path)
 
