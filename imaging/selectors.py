@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import re
 import uuid
 from dataclasses import dataclass
 
 from django.db import connection
 from django.db.models import Case, F, Prefetch, Q, QuerySet, Value, When
+from django.db.models.expressions import OrderBy
 
 from audit.actors import Target
 from audit.selectors import STUDY_TARGET_TYPE
@@ -33,15 +35,25 @@ from tenants.roles import Perm
 STUDY_VIEW_PERM = "imaging.view_study"
 STUDY_DOWNLOAD_PERM = "imaging.download_study"
 
-SORTS: dict[str, tuple[str, ...]] = {
-    "date": ("study_date", "created_at"),
-    "-date": ("-study_date", "-created_at"),
-    "patient": ("patient__name", "-study_date"),
-    "-patient": ("-patient__name", "-study_date"),
-    "modality": ("modalities", "-study_date"),
-    "-modality": ("-modalities", "-study_date"),
-    "accession": ("accession_number", "-study_date"),
-    "-accession": ("-accession_number", "-study_date"),
+
+def _by_date(*, descending: bool) -> tuple[OrderBy, str, str]:
+    # Undated studies (secondary captures, imports) last either way, as SQLite sorts
+    # them and PostgreSQL would not; then the newest stored; then the id, so that rows
+    # equal in every key keep one order from page to page.
+    if descending:
+        return F("study_date").desc(nulls_last=True), "-created_at", "-pk"
+    return F("study_date").asc(nulls_last=True), "created_at", "pk"
+
+
+SORTS: dict[str, tuple[str | OrderBy, ...]] = {
+    "date": _by_date(descending=False),
+    "-date": _by_date(descending=True),
+    "patient": ("patient__name", *_by_date(descending=True)),
+    "-patient": ("-patient__name", *_by_date(descending=True)),
+    "modality": ("modalities", *_by_date(descending=True)),
+    "-modality": ("-modalities", *_by_date(descending=True)),
+    "accession": ("accession_number", *_by_date(descending=True)),
+    "-accession": ("-accession_number", *_by_date(descending=True)),
 }
 DEFAULT_SORT = "-date"
 
@@ -164,7 +176,7 @@ def _filtered(
         text = query.text
         studies = studies.filter(
             # Ignoring case in any script (imaging.dicomweb.query), "müller" finds Müller.
-            Q(patient__name__dicom_icontains=text)
+            _each_word_in("patient__name", text)
             | Q(patient__patient_id__iexact=text)
             | Q(accession_number__iexact=text)
             | Q(description__dicom_icontains=text)
@@ -178,10 +190,30 @@ def _filtered(
     if query.date_to:
         studies = studies.filter(study_date__lte=query.date_to)
     if query.modality:
-        studies = studies.filter(modalities__icontains=query.modality)
+        # One of the study's modalities, whole: PT is not OPT, US is not IVUS.
+        modality = query.modality.upper()
+        studies = studies.filter(
+            Q(modalities=modality)
+            | Q(modalities__startswith=modality + "\\")
+            | Q(modalities__endswith="\\" + modality)
+            | Q(modalities__contains="\\" + modality + "\\")
+        )
     if query.referring:
-        studies = studies.filter(referring_physician__dicom_icontains=query.referring)
+        studies = studies.filter(_each_word_in("referring_physician", query.referring))
     return studies
+
+
+# A name is stored as DICOM writes it (Doe^Jane) and shown as "Doe, Jane": typed either
+# way, or as "Jane Doe", each word must be found in it, in any order.
+_NAME_WORDS = re.compile(r"[\s,^=]+")
+
+
+def _each_word_in(field: str, text: str) -> Q:
+    words = [word for word in _NAME_WORDS.split(text) if word] or [text]
+    match = Q()
+    for word in words[:8]:
+        match &= Q(**{f"{field}__dicom_icontains": word})
+    return match
 
 
 def masked_study_ids(*, membership: Membership, studies: list[Study], now: dt.datetime) -> set:

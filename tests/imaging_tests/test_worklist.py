@@ -309,3 +309,58 @@ def test_sorting_by_what_a_masked_row_hides_does_not_place_it_by_that(
     unmasked = marked[marked.index("<tbody>") :]
     names = ["Doe, Jane", "Roe, John", "Smith, Ann"]
     assert sorted(names, key=unmasked.index) == (names if sort != "-patient" else names[::-1])
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({"text": "Doe, Jane"}, {"Doe, Jane"}),  # as the worklist shows it
+        ({"text": "Jane Doe"}, {"Doe, Jane"}),
+        ({"text": "doe^jane"}, {"Doe, Jane"}),
+        ({"text": "Jane Roe"}, set()),  # every word must be in the one name
+        ({"referring": "Gregory House"}, {"Doe, Jane", "Smith, Ann"}),
+        ({"referring": "House, G"}, {"Doe, Jane", "Smith, Ann"}),
+    ],
+)
+def test_a_name_is_found_however_its_words_are_typed(
+    client_for, radiologist, clinic, studies, fields, expected
+):
+    client = client_for(radiologist)
+
+    listed = client.get(_search(client, clinic, **fields)["Location"])
+
+    assert _listed(listed.content.decode()) == expected
+
+
+def test_the_modality_filter_matches_whole_modalities(client_for, radiologist, clinic):
+    _study(clinic, PatientName="Pet^Paula", PatientID="PT-1", Modality="PT")
+    _study(clinic, PatientName="Eye^Otto", PatientID="OPT-1", Modality="OPT")
+    client = client_for(radiologist)
+
+    html = client.get(_search(client, clinic, modality="pt")["Location"]).content.decode()
+
+    assert "Pet, Paula" in html and "Eye, Otto" not in html
+
+
+def test_undated_studies_come_last_and_ties_keep_one_order_across_pages(
+    client_for, radiologist, clinic, monkeypatch
+):
+    monkeypatch.setattr("imaging.views.worklist.PAGE_SIZE", 2)
+    undated = _study(clinic, PatientName="Undated^Una", PatientID="UN-1", StudyDate="")
+    tied = [
+        _study(clinic, PatientName=f"Tied^T{i}", PatientID=f"TI-{i}", StudyDate="20260101")
+        for i in range(4)
+    ]
+    client = client_for(radiologist)
+
+    def listed(sort: str) -> list:
+        ids = []
+        for page in (1, 2, 3):
+            response = client.get(f"/t/{clinic.slug}/?sort={sort}&page={page}")
+            ids += [row["study"].pk for row in response.context["rows"]]
+        return ids
+
+    newest_first = [s.pk for s in reversed(tied)]
+    assert listed("-date") == [*newest_first, undated.pk]
+    assert listed("date") == [*[s.pk for s in tied], undated.pk]
+    assert listed("modality") == [*newest_first, undated.pk]
