@@ -886,7 +886,8 @@
 
   // --- Keyboard -----------------------------------------------------------------------------------
   const KEYS = {
-    ArrowUp: () => step(-1), ArrowDown: () => step(1), PageUp: () => step(-10), PageDown: () => step(10),
+    ArrowUp: () => step(-1), ArrowDown: () => step(1),
+    ArrowLeft: () => step(-1), ArrowRight: () => step(1), PageUp: () => step(-10), PageDown: () => step(10),
     Home: () => goTo(1), End: () => current() && goTo(series.slices.length),
     w: () => setTool("window"), p: () => setTool("pan"), z: () => setTool("zoom"), m: () => setTool("measure"),
     i: () => setInvert(!view.invert), f: fit, r: reset, " ": () => setCine(!cineTimer), Escape: clearMeasures,

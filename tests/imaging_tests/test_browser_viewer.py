@@ -130,6 +130,10 @@ def test_radiologist_searches_opens_ct_scrolls_windows_and_measures(live_server)
         page.set_viewport_size({"width": 390, "height": 844})  # a phone
         page.keyboard.press("ArrowDown")
         page.wait_for_selector("#viewer[data-slice='151']")
+        page.keyboard.press("ArrowRight")  # left and right step too, as the label says
+        page.wait_for_selector("#viewer[data-slice='152']")
+        page.keyboard.press("ArrowLeft")
+        page.wait_for_selector("#viewer[data-slice='151']")
         assert page.locator("#viewer-canvas").bounding_box()["width"] > 300
         screenshot(page, "viewer-6-phone")
         assert not errors, errors  # includes any Content-Security-Policy violation

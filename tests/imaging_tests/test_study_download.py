@@ -126,3 +126,15 @@ def test_outsider_downloading_the_study_gets_404(client_for, other_tenant_admin,
     )
 
     assert response.status_code == 404
+
+
+def test_the_download_button_is_a_plain_link_so_a_second_factor_prompt_shows(
+    client_for, radiologist, study
+):
+    """A `download` attribute would make the browser save the step-up page as the file
+    when the second factor is due; the zip's Content-Disposition downloads it anyway."""
+    page = client_for(radiologist).get(f"/t/{study.tenant.slug}/studies/{study.pk}/")
+
+    html = page.content.decode()
+    link = html[html.index(f"/studies/{study.pk}/download/") :].split(">", 1)[0]
+    assert "Download zip" in html and "download" not in link.split('"', 1)[1]
