@@ -33,7 +33,11 @@
   const ENDED_TEXT = "Access to this study has ended. Reload the page or sign in again.";
   const IMAGE_ERROR_TEXT = "This image could not be loaded.";
   const SERIES_ERROR_TEXT = "This series could not be loaded.";
+  const NO_IMAGES_TEXT = "This series holds no images (a report, a key-image note or a presentation state).";
   const ENDED_STATUSES = new Set([401, 403, 404, 410]);
+  // A frame refused alone says nothing about access: an instance without pixel data is
+  // a 404 too. Its failure asks the access check at once instead.
+  const FRAME_ENDED_STATUSES = new Set([401, 403, 410]);
   const FRAMES_ACCEPT = 'multipart/related; type="application/octet-stream"';
   const JPEG_BASELINE = "1.2.840.10008.1.2.4.50";
   const STORED_JPEG_ACCEPT = `multipart/related; type="image/jpeg"; transfer-syntax=${JPEG_BASELINE}`;
@@ -132,7 +136,9 @@
   // Slice order: position along the slice normal when every instance has one, else
   // InstanceNumber, else server order. Each frame of a multi-frame instance is one slice.
   function buildSlices(instances) {
-    const items = instances.filter((o) => o && typeof o === "object").map((o, order) => {
+    // Only instances with an image: a dose report or key-image note in the series has none.
+    const imaged = (o) => o && typeof o === "object" && num(o, "00280010", 0) > 0 && num(o, "00280011", 0) > 0;
+    const items = instances.filter(imaged).map((o, order) => {
       const ipp = nums(o, "00200032");
       const iop = nums(o, "00200037");
       return { o, order, inst: num(o, "00200013", null), ipp: ipp.length === 3 ? ipp : null,
@@ -186,9 +192,10 @@
         .then((list) => {
           if (!Array.isArray(list) || !list.length) throw new Error("The series has no instances.");
           const built = buildSlices(list);
-          const info = built.slices[0].info;
           s.slices = built.slices;
-          s.label = seriesLabel(built.first);
+          s.label = seriesLabel(built.first || list[0]);
+          if (!built.slices.length) return; // no images: the series says so on screen
+          const info = built.slices[0].info;
           s.colour = info.colour;
           if (!s.colour && info.center !== null && info.width > 0) s.initialWindow = { center: info.center, width: info.width };
         })
@@ -318,7 +325,7 @@
     } catch (err) {
       if (signal.aborted || ended) {
         // switched series or access ended: nothing to record
-      } else if (isEnded(err)) {
+      } else if (err instanceof HttpError && FRAME_ENDED_STATUSES.has(err.status)) {
         endAccess();
       } else if (err instanceof HttpError && err.status === 406 && useStoredJpeg(s, group[0])) {
         s.storedRefused = true; // not stored as JPEG baseline, or not sent as stored: /rendered
@@ -327,6 +334,7 @@
       } else {
         for (const sl of group) if (!sl.data) sl.failed = true;
         console.warn("viewer: frame failed", err && err.message);
+        if (err instanceof HttpError && err.status === 404) checkAccessSoon();
       }
     } finally {
       for (const sl of group) sl.pending = false;
@@ -581,12 +589,14 @@
       if (slider.getAttribute("aria-valuetext") !== valueText) slider.setAttribute("aria-valuetext", valueText);
     }
     if (presetSelect && presetSelect.disabled !== !mono) presetSelect.disabled = !mono;
-    const msg = ended ? ENDED_TEXT : status === "error" ? SERIES_ERROR_TEXT : cur && cur.failed ? IMAGE_ERROR_TEXT : "";
+    const empty = Boolean(series && series.slices && series.slices.length === 0);
+    const msg = ended ? ENDED_TEXT : status === "error" ? SERIES_ERROR_TEXT : empty ? NO_IMAGES_TEXT
+      : cur && cur.failed ? IMAGE_ERROR_TEXT : "";
     if (message) {
       setText(message, msg);
       if (message.hidden !== !msg) message.hidden = !msg;
     }
-    viewport.classList.toggle("is-pending", !ended && status !== "error" && (!cur || (!cur.data && !cur.failed)));
+    viewport.classList.toggle("is-pending", !ended && !empty && status !== "error" && (!cur || (!cur.data && !cur.failed)));
   }
 
   // --- Actions ----------------------------------------------------------------------------------
@@ -718,6 +728,9 @@
       // offline for a moment: keep what is on screen until a check gets an answer
     }
   }
+  function checkAccessSoon() {
+    if (performance.now() - lastAccessCheck > 2000) checkAccess();
+  }
   const accessTimer = setInterval(() => {
     if (ended) clearInterval(accessTimer);
     else if (!document.hidden) checkAccess();
@@ -756,6 +769,11 @@
       return;
     }
     if (series !== s || ended) return; // another series was chosen meanwhile
+    if (!s.slices.length) {
+      status = "ready";
+      requestDraw();
+      return;
+    }
     fit();
     setInvert(false);
     if (s.initialWindow) Object.assign(view, s.initialWindow);

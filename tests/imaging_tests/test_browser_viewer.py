@@ -266,3 +266,53 @@ def test_a_colour_cine_stored_as_jpeg_is_decoded_by_the_browser(live_server, jpe
         assert not rendered and stored_frames == "4"
     else:
         assert len(rendered) == 4 and stored_frames == ""
+
+
+def _dose_report(study_uid: str) -> bytes:
+    """A Basic Text SR in the study, as a CT's dose report arrives: no pixel data."""
+    import io
+
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.88.11"
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, generate_uid()
+    ds.PatientName, ds.PatientID, ds.Modality, ds.SeriesNumber = "Dose^Dan", "P-SR", "SR", 99
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+@pytest.mark.timeout(120)
+def test_a_series_without_images_says_so_and_the_viewer_carries_on(live_server):
+    require_chromium()
+    from imaging.models import Series
+    from tests.imaging_tests.helpers import ingest
+
+    clinic = make_clinic("north", "North Imaging")
+    radiologist = make_member(clinic, "radiologist", email="rad@north.example")
+    study = ingest_study(
+        clinic, synthetic_ct(slices=3, size=32, patient_name="Dose^Dan", patient_id="P-SR")
+    )
+    ingest(clinic, _dose_report(study.study_uid))
+    report = Series.objects.for_tenant(clinic).get(modality="SR")
+    ct = Series.objects.for_tenant(clinic).get(modality="CT")
+
+    with browser_page() as page:
+        sign_in(page, live_server.url, radiologist, f"/t/north/studies/{study.pk}/")
+        page.goto(f"{live_server.url}/t/north/studies/{study.pk}/viewer/")
+        page.wait_for_selector("#viewer[data-state=ready]", timeout=30_000)
+        page.locator(f"[data-series-uid='{report.series_uid}']").click()
+        message = page.locator("#viewer-message")
+        message.wait_for(state="visible", timeout=10_000)
+        assert "holds no images" in message.inner_text()
+        page.locator(f"[data-series-uid='{ct.series_uid}']").click()
+        page.wait_for_selector("#viewer[data-state=ready]", timeout=10_000)
+
+        assert viewer_attr(page, "state") != "ended"
+        assert message.is_hidden()
