@@ -27,7 +27,13 @@ MAIL_TASK: dict[str, Any] = {
 
 
 def mail_send(*, subject: str, message: str, recipient_list: list[str]) -> None:
-    """Send one plain-text email from DEFAULT_FROM_EMAIL; raise MailFailed if it fails."""
+    """Send one plain-text email from DEFAULT_FROM_EMAIL; raise MailFailed if it fails.
+
+    The subject is one line: it carries names a clinic chose (its own, a study's), and a
+    line break in one would make Django refuse every such email as a header injection,
+    break-glass notices to privacy officers among them.
+    """
+    subject = " ".join(subject.split())
     try:
         send_mail(subject=subject, message=message, from_email=None, recipient_list=recipient_list)
     except (OSError, smtplib.SMTPException) as exc:

@@ -38,6 +38,12 @@ EMAIL_MAX_LENGTH = 254
 SHARE_LINK_MAX_USES = 100_000
 
 
+# A clinic's name goes into email subjects and page titles: one line, no control codes.
+one_line_validator = RegexValidator(
+    r"[\x00-\x1f\x7f]", inverse_match=True, message="Use one line, without control characters."
+)
+
+
 class Tenant(models.Model):
     """A clinic. Everything clinical belongs to exactly one."""
 
@@ -51,7 +57,7 @@ class Tenant(models.Model):
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     slug = models.CharField(max_length=50, unique=True, validators=[slug_validator])
-    name = models.CharField(max_length=200)
+    name = models.CharField(max_length=200, validators=[one_line_validator])
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
 
     # Policy, edited by the clinic's tenant admins.

@@ -207,3 +207,45 @@ def test_a_grant_stops_counting_once_the_role_that_broke_the_glass_is_taken_away
         )
         is None
     )
+
+
+@pytest.mark.django_db
+def test_a_line_break_in_the_clinics_name_does_not_stop_the_privacy_officers_notice(
+    clinic, radiologist, privacy_officer, mailoutbox
+):
+    from tenants.tasks import break_glass_notify
+
+    # As a crafted POST to the clinic's policy form could save it.
+    type(clinic).objects.filter(pk=clinic.pk).update(name="North\nImaging")
+    clinic.refresh_from_db()
+    grant = break_glass_open(
+        membership=membership_of(radiologist, clinic),
+        target=STUDY,
+        reason="Trauma call, need prior imaging",
+        actor=Actor.for_user(radiologist),
+        now=timezone.now(),
+    )
+
+    sent = break_glass_notify(tenant_id=str(clinic.pk), grant_id=str(grant.pk))
+
+    assert sent == 1
+    [notice] = mailoutbox
+    assert "\n" not in notice.subject and "North Imaging" in notice.subject
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("name", ["North\nImaging", "North\rImaging", "North\x00Imaging"])
+def test_the_clinics_name_must_be_one_line(clinic, name):
+    from django.core.exceptions import ValidationError
+
+    from audit.models import AuditEvent
+    from tenants.services import tenant_update_policy
+    from tests.helpers import TEST_ACTOR
+
+    with pytest.raises(ValidationError) as refused:
+        tenant_update_policy(tenant=clinic, actor=TEST_ACTOR, changes={"name": name})
+
+    assert set(refused.value.message_dict) == {"name"}
+    clinic.refresh_from_db()
+    assert "\n" not in clinic.name and "\r" not in clinic.name
+    assert not AuditEvent.objects.for_tenant(clinic).filter(action="tenant.updated").exists()
