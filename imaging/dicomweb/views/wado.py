@@ -120,11 +120,14 @@ class RetrieveCutShort(Exception):
 def _cut_short(request: HttpRequest, row: Instance, detail: dict[str, Any]) -> RetrieveCutShort:
     """Audit that `row` was not sent, its answer already under way (the read was audited
     as it started), and the exception that ends the body without its closing part."""
-    client = client_of(request)
-    pixel_read_unserved_audit(
-        tenant=client.tenant, actor=client.actor, instance=row, detail={**detail, "cut_short": True}
-    )
+    _unserved_audit(request, row, {**detail, "cut_short": True})
     return RetrieveCutShort(str(row.pk))
+
+
+def _unserved_audit(request: HttpRequest, row: Instance, detail: dict[str, Any]) -> None:
+    """Audit that `row` was decrypted for this request but not sent."""
+    client = client_of(request)
+    pixel_read_unserved_audit(tenant=client.tenant, actor=client.actor, instance=row, detail=detail)
 
 
 class HeaderUnreadable(Exception):
@@ -288,13 +291,7 @@ def _retrieve(request: HttpRequest, instances: QuerySet[Instance]) -> HttpRespon
     except NotPrepared as exc:
         # Decrypted but not sent, before the answer started: the log says which.
         logger.warning("retrieve refused: %s", exc)
-        client = client_of(request)
-        pixel_read_unserved_audit(
-            tenant=client.tenant,
-            actor=client.actor,
-            instance=exc.row,
-            detail={"instances": 1, "reason": "not_decodable"},
-        )
+        _unserved_audit(request, exc.row, {"instances": 1, "reason": "not_decodable"})
         return dicomweb_error(
             406,
             f"An instance ({exc.row.sop_instance_uid}) holds values that could not be "
@@ -453,13 +450,7 @@ def _metadata(request: HttpRequest, instances: QuerySet[Instance]) -> HttpRespon
         return dicomweb_error(500, INTEGRITY_FAILED_TEXT)
     except HeaderUnreadable as exc:
         # Decrypted but not sent: the clinic's log says which instance cannot be read.
-        client = client_of(request)
-        pixel_read_unserved_audit(
-            tenant=client.tenant,
-            actor=client.actor,
-            instance=exc.row,
-            detail={"metadata": 1, "reason": "not_parsable"},
-        )
+        _unserved_audit(request, exc.row, {"metadata": 1, "reason": "not_parsable"})
         return dicomweb_error(500, HEADER_UNREADABLE_TEXT)
     audit_read(request, [r.series for r in rows], {"metadata": len(rows)}, rows=rows)
     later = rows[len(items) :]
