@@ -14,6 +14,7 @@ import hmac
 import json
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 from django.db import transaction
 
@@ -52,9 +53,9 @@ def _context(row_id: uuid.UUID, tenant_id: object) -> bytes:
 
 
 @transaction.atomic
-def share_create_once(
+def partner_share_create(
     *,
-    idempotency_key: str,
+    idempotency_key: str | None,
     study: Study,
     created_by_token: ApiToken,
     actor: Actor,
@@ -67,7 +68,7 @@ def share_create_once(
     recipient_email: str,
     message: str,
 ) -> ShareCreated:
-    """`share_create` for a partner's token, once per `idempotency_key`.
+    """`share_create` for a partner's token; once per `idempotency_key` when one is given.
 
     The same key with the same request returns the link it made (`replayed`), audited as
     the link shown again; with another request it raises `IdempotencyKeyReused`. The
@@ -75,6 +76,21 @@ def share_create_once(
     retry sent while the first request is still under way waits for it and replays it.
     """
     tenant = study.tenant
+    if idempotency_key is None:
+        share, token = _created(
+            study=study,
+            created_by_token=created_by_token,
+            actor=actor,
+            now=now,
+            expires_at=expires_at,
+            pin=pin,
+            max_uses=max_uses,
+            allow_download=allow_download,
+            deidentify=deidentify,
+            recipient_email=recipient_email,
+            message=message,
+        )
+        return ShareCreated(share=share, token=token, replayed=False)
     values = {
         "study": str(study.pk),
         "expires_at": expires_at.isoformat(),
@@ -99,13 +115,12 @@ def share_create_once(
         earlier = None
     if earlier is not None:
         return _replayed(earlier, values=values, actor=actor, tenant=tenant)
-    share, token = share_create(
+    share, token = _created(
         study=study,
+        created_by_token=created_by_token,
         actor=actor,
         now=now,
-        created_by_token=created_by_token,
         expires_at=expires_at,
-        challenge=ShareLink.Challenge.PIN if pin else ShareLink.Challenge.NONE,
         pin=pin,
         max_uses=max_uses,
         allow_download=allow_download,
@@ -126,6 +141,12 @@ def share_create_once(
         created_at=now,
     )
     return ShareCreated(share=share, token=token, replayed=False)
+
+
+def _created(*, pin: str | None, **options: Any) -> tuple[ShareLink, str]:
+    # A partner's link asks for a PIN when it gives one, and for nothing otherwise.
+    challenge = ShareLink.Challenge.PIN if pin else ShareLink.Challenge.NONE
+    return share_create(challenge=challenge, pin=pin, **options)
 
 
 def _replayed(

@@ -23,12 +23,11 @@ from sharing.idempotency import (
     KEY_MAX_LENGTH,
     SHARE_REQUEST_HOURS,
     IdempotencyKeyReused,
-    ShareCreated,
-    share_create_once,
+    partner_share_create,
 )
 from sharing.models import ShareLink
 from sharing.selectors import shares_series_withheld_uids
-from sharing.services import ShareInvalid, share_create, share_revoke
+from sharing.services import ShareInvalid, share_revoke
 from tenants.roles import Perm
 
 
@@ -146,26 +145,21 @@ class ShareListCreate(generics.ListCreateAPIView):
             token_studies(token=request.api_token).select_related("patient", "tenant"),
             study_uid=values["study_instance_uid"],
         )
-        options = {
-            "study": study,
-            "actor": _actor(request),
-            "now": timezone.now(),
-            "created_by_token": request.api_token,
-            "expires_at": values["expires_at"],
-            "pin": values.get("pin"),
-            "max_uses": values.get("max_uses"),
-            "allow_download": values["allow_download"],
-            "deidentify": values["deidentify"],
-            "recipient_email": values["recipient_email"],
-            "message": values["message"],
-        }
         try:
-            if idempotency_key is not None:
-                created = share_create_once(idempotency_key=idempotency_key, **options)
-            else:
-                challenge = ShareLink.Challenge.PIN if options["pin"] else ShareLink.Challenge.NONE
-                share, token = share_create(challenge=challenge, **options)
-                created = ShareCreated(share=share, token=token, replayed=False)
+            created = partner_share_create(
+                idempotency_key=idempotency_key,
+                study=study,
+                actor=_actor(request),
+                now=timezone.now(),
+                created_by_token=request.api_token,
+                expires_at=values["expires_at"],
+                pin=values.get("pin"),
+                max_uses=values.get("max_uses"),
+                allow_download=values["allow_download"],
+                deidentify=values["deidentify"],
+                recipient_email=values["recipient_email"],
+                message=values["message"],
+            )
         except ShareInvalid as exc:
             raise ValidationError({"non_field_errors": [str(exc)]}) from None
         except IdempotencyKeyReused as exc:
