@@ -76,10 +76,19 @@ class ThrottleKey:
         return f"throttle:{self.kind}:acct:{self._digest(account_identity(self.account))}"
 
     @property
+    def generation_key(self) -> str:
+        return f"throttle:{self.kind}:gen:{self._digest(account_identity(self.account))}"
+
+    @property
     def account_key(self) -> str:
         if self.device:
+            # The account's lockout generation is part of every browser's key, so
+            # lifting the lockout (`throttle_reset`) releases the account's own known
+            # browsers too, without having to find their counters.
             identity = account_identity(self.account)
-            return f"throttle:{self.kind}:dev:{self._digest(f'{identity}:{self.device}')}"
+            generation = cache.get(self.generation_key, "")
+            name = f"{identity}:{self.device}:{generation}"
+            return f"throttle:{self.kind}:dev:{self._digest(name)}"
         return self.account_wide_key
 
     @property
@@ -145,9 +154,13 @@ def register_failure(key: ThrottleKey) -> None:
 
 def throttle_reset(*, account: str, kinds: tuple[str, ...] = ("signin", "otp")) -> None:
     """Lift an account's sign-in and second-factor lockouts (admin unlock), or only
-    those of `kinds`."""
+    those of `kinds`: the count every browser shares, and each known browser's own."""
     for kind in kinds:
-        cache.delete(ThrottleKey(kind=kind, account=account, ip=None).account_wide_key)
+        key = ThrottleKey(kind=kind, account=account, ip=None)
+        cache.delete(key.account_wide_key)
+        # A new generation orphans every known browser's counter. It outlives them:
+        # had it expired, counters made under it would be forgotten early.
+        cache.set(key.generation_key, secrets.token_hex(8), timeout=None)
 
 
 # Known devices (OWASP's device cookies): a browser that signed in to an account keeps a

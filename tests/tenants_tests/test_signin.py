@@ -16,7 +16,7 @@ from audit.models import Action, AuditEvent, Outcome
 from portal.mail import MailFailed
 from tenants.mfa import backup_codes_issue, second_factor_verify, totp_secret_base32
 from tenants.models import BackupCode
-from tenants.throttle import KNOWN_DEVICE_COOKIE
+from tenants.throttle import KNOWN_DEVICE_COOKIE, throttle_reset
 from tests.helpers import (
     PASSWORD,
     TEST_ACTOR,
@@ -295,6 +295,23 @@ def test_a_known_browser_still_gets_only_the_accounts_number_of_guesses(
     assert _sign_in_password(own, radiologist).status_code == 429
     cookie = own.cookies[KNOWN_DEVICE_COOKIE]
     assert radiologist.email not in cookie.value and cookie["httponly"]
+
+
+@pytest.mark.django_db
+def test_lifting_a_lockout_releases_the_browser_the_person_locked_out(
+    clinic, radiologist, settings
+):
+    settings.SIGNIN_ACCOUNT_FAILURE_LIMIT = 3
+    own = Client()
+    assert _sign_in_password(own, radiologist).status_code == 302
+    own.post("/accounts/logout/")
+    for n in range(3):  # the person's own mistypes, on their own workstation
+        own.post("/accounts/login/", {"username": radiologist.email, "password": f"typo {n}"})
+    assert _sign_in_password(own, radiologist).status_code == 429
+
+    throttle_reset(account=radiologist.email)  # a reset, an admin's unlock, unlock_signin
+
+    assert _sign_in_password(own, radiologist).status_code == 302
 
 
 def _guesses_arrive_while_the_first_is_checked(monkeypatch, *, send) -> list[str]:
