@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 from django.contrib import messages
 from django.contrib.auth import views as auth_views
@@ -51,10 +51,18 @@ LOCKED_MESSAGE = "Too many attempts. Wait 15 minutes and try again, or ask your 
 
 
 def safe_next(request: HttpRequest, default: str = "") -> str:
-    """The `next` parameter when it points at this site, else `default` (or home)."""
+    """The `next` parameter when it points at this site, else `default` (or home).
+
+    Never the sign-in page itself: a signed-in visitor is sent on from there to its
+    `next`, and Django refuses a page that sends a visitor back to itself (a 500).
+    """
     candidate = request.POST.get("next") or request.GET.get("next") or ""
-    if candidate and url_has_allowed_host_and_scheme(
-        candidate, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    if (
+        candidate
+        and url_has_allowed_host_and_scheme(
+            candidate, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+        )
+        and urlsplit(candidate).path != reverse("login")
     ):
         return candidate
     return default or reverse("home")

@@ -593,6 +593,19 @@ def test_off_site_next_is_refused(clinic, radiologist):
 
 
 @pytest.mark.django_db
+@pytest.mark.parametrize("method", ["get", "post"])
+def test_a_signed_in_member_sent_to_the_sign_in_page_as_next_is_sent_home(
+    clinic, radiologist, client_for, method
+):
+    client = client_for(radiologist)
+
+    response = getattr(client, method)("/accounts/login/?next=/accounts/login/")
+
+    assert response.status_code == 302
+    assert response["Location"] == "/"
+
+
+@pytest.mark.django_db
 def test_forms_enforce_csrf(clinic, radiologist):
     client = Client(enforce_csrf_checks=True)
 
