@@ -100,6 +100,70 @@ def _file_window(ds: pydicom.Dataset) -> tuple[float, float] | None:
     return MODALITY_WINDOWS.get(str(ds.get("Modality", "")))
 
 
+# Enhanced multi-frame objects (Enhanced CT, MR, XA, PET, ...) keep the rescale and the
+# window in functional groups (PS3.3 C.7.6.16), shared by every frame or given for each,
+# not at the top level. Their items hold the top level's attributes: RescaleSlope,
+# RescaleIntercept, WindowCenter, WindowWidth, VOILUTFunction, and their LUT variants.
+_FRAME_DISPLAY_MACROS = ("PixelValueTransformationSequence", "FrameVOILUTSequence")
+
+
+def _functional_groups(ds: pydicom.Dataset, number: int) -> list[pydicom.Dataset]:
+    """The shared functional groups, then frame `number`'s, of those `ds` has."""
+    groups = []
+    for keyword, index in (
+        ("SharedFunctionalGroupsSequence", 0),
+        ("PerFrameFunctionalGroupsSequence", number - 1),
+    ):
+        sequence = ds.get(keyword)
+        if isinstance(sequence, pydicom.Sequence) and 0 <= index < len(sequence):
+            groups.append(sequence[index])
+    return groups
+
+
+def _display_elements(group: pydicom.Dataset) -> dict[Any, Any]:
+    elements: dict[Any, Any] = {}
+    for keyword in _FRAME_DISPLAY_MACROS:
+        macro = group.get(keyword)
+        if isinstance(macro, pydicom.Sequence) and len(macro):
+            elements.update({element.tag: element for element in macro[0]})
+    return elements
+
+
+def frame_header(ds: pydicom.Dataset, number: int) -> pydicom.Dataset:
+    """`ds` as frame `number` is displayed: with the rescale and window its functional
+    groups give it (per frame over shared) in place of the top level's.
+
+    `ds` itself if it has none; else a new dataset sharing `ds`'s elements, so the
+    file read stays as it was for the next frame.
+    """
+    found: dict[Any, Any] = {}
+    for group in _functional_groups(ds, number):
+        found.update(_display_elements(group))
+    if not found:
+        return ds
+    header = pydicom.Dataset(dict(ds.items()))
+    if hasattr(ds, "file_meta"):
+        header.file_meta = ds.file_meta
+    header.update(found)
+    return header
+
+
+def _display_varies_by_frame(ds: pydicom.Dataset) -> bool:
+    """Whether frames differ in rescale or window (per-frame functional groups): scanners
+    often repeat one window in every frame's group."""
+    frames = ds.get("PerFrameFunctionalGroupsSequence")
+    if not isinstance(frames, pydicom.Sequence):
+        return False
+    first = None
+    for group in frames:
+        values = {tag: element.value for tag, element in _display_elements(group).items()}
+        if first is None:
+            first = values
+        elif values != first:
+            return True
+    return False
+
+
 def _rescale(ds: pydicom.Dataset) -> tuple[float, float]:
     """(slope, intercept) of the modality LUT; the identity where the file has none."""
     return _number(ds.get("RescaleSlope"), 1.0) or 1.0, _number(ds.get("RescaleIntercept"), 0.0)
@@ -287,8 +351,9 @@ def thumbnail_png(data: bytes, *, max_size: int = 256) -> bytes:
     try:
         ds = pydicom.dcmread(io.BytesIO(data), force=False)
         _frame_size_check(ds)  # native frames too: rendering takes many times their size
-        pixels = frame_pixels(ds, frame_count(ds) // 2 + 1)
-        image = Image.fromarray(frame_to_uint8(ds, pixels))
+        number = frame_count(ds) // 2 + 1
+        pixels = frame_pixels(ds, number)
+        image = Image.fromarray(frame_to_uint8(frame_header(ds, number), pixels))
     except RenderError:
         raise
     except Exception as exc:  # codecs raise many kinds of errors on bad data
@@ -545,18 +610,20 @@ def _rendered(
     # size (float copies, percentiles): the decoded frames' cap holds for them here.
     _frame_size_check(ds)
     pixels = frame_pixels(ds, number)
-    grey = windowed_by_table(ds, pixels, window) if window is not None else None
+    header = frame_header(ds, number)
+    grey = windowed_by_table(header, pixels, window) if window is not None else None
     if grey is not None:
         image = Image.fromarray(grey)
     elif window is not None and ds.get("SamplesPerPixel", 1) == 1 and not _is_palette(ds):
         # A window applies to grey levels; colour (palette colour too) keeps its own.
         centre, width = window
-        grey = _linear_window(apply_modality_lut(pixels, ds).astype(np.float64), centre, width)
+        rescaled = apply_modality_lut(pixels, header).astype(np.float64)
+        grey = _linear_window(rescaled, centre, width)
         if str(ds.get("PhotometricInterpretation", "")) == "MONOCHROME1":
             grey = 255 - grey
         image = Image.fromarray(grey)
     else:
-        image = Image.fromarray(frame_to_uint8(ds, pixels))
+        image = Image.fromarray(frame_to_uint8(header, pixels))
     return _encoded(image, media_type, viewport, quality)
 
 
@@ -588,7 +655,7 @@ def _encoded(
 
 # Raised whenever what a layout records, or what the rendering does with it, changes:
 # older layouts are then not used, and the headers backfill records them again.
-PIXEL_LAYOUT_VERSION = 1
+PIXEL_LAYOUT_VERSION = 2  # 2: enhanced objects' functional groups
 _PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010), little endian
 
 
@@ -628,8 +695,13 @@ def pixel_layout(ds: pydicom.Dataset, *, data: bytes, offset: int | None) -> dic
         "columns": columns,
         "stored": stored,
         "frames": frame_count(ds),
-        # Palette colour and the like keep the parsing path's rules, whatever they become.
-        "grey": _grey_inputs(ds) if photometric in ("MONOCHROME1", "MONOCHROME2") else None,
+        # Palette colour and the like keep the parsing path's rules, whatever they become,
+        # as do frames with a rescale or window of their own: one table serves them all.
+        "grey": (
+            _grey_inputs(frame_header(ds, 1))
+            if photometric in ("MONOCHROME1", "MONOCHROME2") and not _display_varies_by_frame(ds)
+            else None
+        ),
     }
 
 

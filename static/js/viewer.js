@@ -92,7 +92,26 @@
     return typeof v === "object" ? String(v.Alphabetic || "") : String(v).trim();
   }
 
-  // What is needed to decode and display one instance (shared by all its frames).
+  // Enhanced multi-frame objects (Enhanced CT, MR, XA...) keep pixel spacing, rescale and
+  // window in functional groups (PS3.3 C.7.6.16), shared by every frame or given for each,
+  // not at the top level. A frame's attributes are the top level's, overlaid by the shared
+  // groups', then by its own.
+  const FRAME_MACROS = [
+    "00289110", // Pixel Measures: PixelSpacing
+    "00289145", // Pixel Value Transformation: RescaleSlope, RescaleIntercept
+    "00289132", // Frame VOI LUT: WindowCenter, WindowWidth
+  ];
+  function groupAttributes(group) {
+    const out = {};
+    if (!group || typeof group !== "object") return out;
+    for (const macro of FRAME_MACROS) {
+      const item = values(group, macro)[0];
+      if (item && typeof item === "object") Object.assign(out, item);
+    }
+    return out;
+  }
+
+  // What is needed to decode and display one frame (shared by the frames that agree).
   function imageInfo(o) {
     const spacing = nums(o, "00280030");
     const imager = nums(o, "00181164");
@@ -155,10 +174,15 @@
     }
     const slices = [];
     for (const item of items) {
-      const info = imageInfo(item.o);
       const frames = Math.max(1, Math.round(num(item.o, "00280008", 1)));
+      const shared = groupAttributes(values(item.o, "52009229")[0]);
+      const perFrame = values(item.o, "52009230");
+      const infos = new Map(); // frames that agree share one info (and one grey table)
       for (let f = 1; f <= frames; f++) {
-        slices.push({ info, frame: f, frames, data: null, bytes: 0, bitmap: false, pending: false, failed: false });
+        const own = groupAttributes(perFrame[f - 1]);
+        const key = JSON.stringify(own);
+        if (!infos.has(key)) infos.set(key, imageInfo(Object.assign({}, item.o, shared, own)));
+        slices.push({ info: infos.get(key), frame: f, frames, data: null, bytes: 0, bitmap: false, pending: false, failed: false });
       }
     }
     return { slices, first: items.length ? items[0].o : null };
@@ -286,7 +310,7 @@
     if (sl[pick].frames > 1 && s.shownOnce && batched) {
       for (let d = 1; d < FRAME_BATCH * 2 && group.length < FRAME_BATCH; d++) {
         for (const j of [pick + d, pick - d]) {
-          if (group.length < FRAME_BATCH && fits(j) && sl[j].info === sl[pick].info) group.push(sl[j]);
+          if (group.length < FRAME_BATCH && fits(j) && sl[j].info.sop === sl[pick].info.sop) group.push(sl[j]);
         }
       }
       group.sort((a, b) => a.frame - b.frame);

@@ -189,6 +189,67 @@ def synthetic_colour_cine(
     return out.getvalue()
 
 
+def synthetic_enhanced_ct(
+    *,
+    frames: int = 3,
+    size: int = 16,
+    windows: list[tuple[float, float]] | None = None,
+    spacing: tuple[float, float] = (0.5, 0.5),
+) -> bytes:
+    """An Enhanced CT of `frames` frames, every pixel of frame n stored as 1024 + 40n (HU
+    40n), with PS3.3 C.7.6.16 functional groups and no top-level rescale or window: the
+    rescale and spacing shared, the frames' windows per frame (`windows`, one window for
+    all when None, 40/80 by default), each frame's position its own."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2.1"  # Enhanced CT Image Storage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = (
+        meta.MediaStorageSOPClassUID,
+        meta.MediaStorageSOPInstanceUID,
+    )
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.PatientName, ds.PatientID, ds.Modality = "Enhanced^Ct", "ECT-1", "CT"
+    ds.StudyDate, ds.SeriesNumber, ds.InstanceNumber = "20260101", 1, 1
+    ds.Rows = ds.Columns = size
+    ds.NumberOfFrames = frames
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    measures, transformation = Dataset(), Dataset()
+    measures.PixelSpacing, measures.SliceThickness = list(spacing), 1.0
+    transformation.RescaleIntercept, transformation.RescaleSlope = -1024, 1
+    transformation.RescaleType = "HU"
+    orientation = Dataset()
+    orientation.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    shared = Dataset()
+    shared.PixelMeasuresSequence = [measures]
+    shared.PixelValueTransformationSequence = [transformation]
+    shared.PlaneOrientationSequence = [orientation]
+    ds.SharedFunctionalGroupsSequence = [shared]
+    per_frame = []
+    for index in range(frames):
+        centre, width = (windows or [(40.0, 80.0)] * frames)[index]
+        voi, position, content = Dataset(), Dataset(), Dataset()
+        voi.WindowCenter, voi.WindowWidth = centre, width
+        position.ImagePositionPatient = [0, 0, float(index)]
+        content.InStackPositionNumber = index + 1
+        group = Dataset()
+        group.FrameVOILUTSequence = [voi]
+        group.PlanePositionSequence = [position]
+        group.FrameContentSequence = [content]
+        per_frame.append(group)
+    ds.PerFrameFunctionalGroupsSequence = per_frame
+    pixels = np.stack(
+        [np.full((size, size), 1024 + 40 * n, dtype=np.uint16) for n in range(frames)]
+    )
+    ds.PixelData = pixels.tobytes()
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
 def ingest_study(tenant: Tenant, files: list[bytes]):
     """Ingest a series' files through the real service and return its Study row."""
     from imaging.models import Study

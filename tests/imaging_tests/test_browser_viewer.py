@@ -20,6 +20,7 @@ from tests.imaging_tests.helpers import (
     ingest_study,
     synthetic_colour_cine,
     synthetic_ct,
+    synthetic_enhanced_ct,
     synthetic_palette,
 )
 
@@ -316,3 +317,44 @@ def test_a_series_without_images_says_so_and_the_viewer_carries_on(live_server):
 
         assert viewer_attr(page, "state") != "ended"
         assert message.is_hidden()
+
+
+CENTRE_GREY = """() => {
+  const c = document.getElementById("viewer-canvas");
+  return c.getContext("2d").getImageData(c.width >> 1, c.height >> 1, 1, 1).data[0];
+}"""
+
+
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+@pytest.mark.timeout(120)
+def test_an_enhanced_ct_is_shown_in_hounsfield_units_and_measured_in_mm(live_server):
+    # Its rescale, window and spacing are in functional groups only: frame n holds HU
+    # 40(n-1), so through its own brain window frame 2 is mid-grey (white if read as
+    # stored values), and a line is measured by the shared pixel spacing.
+    require_chromium()
+    clinic = make_clinic("north", "North Imaging")
+    radiologist = make_member(clinic, "radiologist", email="rad@north.example")
+    study = ingest_study(clinic, [synthetic_enhanced_ct(frames=3, size=64, spacing=(0.5, 0.5))])
+
+    with browser_page() as page:
+        sign_in(page, live_server.url, radiologist, f"/t/north/studies/{study.pk}/")
+        page.goto(f"{live_server.url}/t/north/studies/{study.pk}/viewer/")
+        page.wait_for_selector("#viewer[data-state=ready]", timeout=30_000)
+        window = (viewer_attr(page, "window-center"), viewer_attr(page, "window-width"))
+        page.keyboard.press("ArrowDown")
+        page.wait_for_selector("#viewer[data-slice='2']")
+        page.wait_for_function(f"({CENTRE_GREY})() > 0", timeout=10_000)
+        grey = page.evaluate(CENTRE_GREY)
+        screenshot(page, "viewer-11-enhanced-ct")
+        page.get_by_role("button", name="Measure").click()
+        box = page.locator("#viewer-canvas").bounding_box()
+        cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+        page.mouse.move(cx - 50, cy)
+        page.mouse.down()
+        page.mouse.move(cx + 50, cy, steps=5)
+        page.mouse.up()
+        status = page.locator("#measure-status").inner_text()
+
+    assert window == ("40", "80")
+    assert 110 <= grey <= 145
+    assert status.endswith(" mm")
