@@ -219,7 +219,7 @@ def invitation_home(request: HttpRequest) -> HttpResponse:
         return _unavailable(request, InvitationUnavailable(status=404, reason="unknown"))
     now = timezone.now()
     try:
-        invitation = invitation_current(invitation_id=data["id"], now=now)
+        invitation = invitation_current(invitation_id=data["id"], now=now, ip=client_ip(request))
     except InvitationUnavailable as exc:
         return _unavailable(request, exc)
     if not data.get("birth_date_ok") and invitation_needs_birth_date(invitation):
@@ -253,7 +253,9 @@ def _birth_date_step(
             request.session[SESSION_KEY] = {**data, "birth_date_ok": True}
             return HttpResponseRedirect(reverse("invitation_home"), status=303)
         try:
-            invitation_current(invitation_id=str(invitation.pk), now=timezone.now())
+            invitation_current(
+                invitation_id=str(invitation.pk), now=timezone.now(), ip=client_ip(request)
+            )
         except InvitationUnavailable as exc:
             return _unavailable(request, exc)
         form.add_error("birth_date", "That does not match the clinic's records. Try again.")

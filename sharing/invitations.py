@@ -33,6 +33,7 @@ from tenants.invitations import (
     InvitationUnavailable,
     invitation_account_create,
     invitation_find,
+    invitation_refusals_recorded,
     invitation_token_claim,
     invitation_token_seal,
     invitation_usable,
@@ -138,10 +139,19 @@ def _unscoped() -> models.QuerySet:
     return PatientInvitation.objects.unscoped(reason="an invitation token names its clinic")
 
 
-def invitation_current(*, invitation_id: str, now: dt.datetime) -> PatientInvitation:
-    """The invitation, re-read; raises InvitationUnavailable unless it can still be accepted."""
+def invitation_current(
+    *, invitation_id: str, now: dt.datetime, ip: str | None
+) -> PatientInvitation:
+    """The invitation, re-read; raises InvitationUnavailable (audited) unless it can
+    still be accepted."""
     invitation = _unscoped().select_related("tenant").filter(pk=invitation_id).first()
-    return invitation_usable(invitation, now=now)
+    with invitation_refusals_recorded(
+        invitation,
+        refused=Action.PATIENT_INVITATION_REFUSED,
+        actor=invitation_actor(invitation, ip=ip) if invitation else None,
+        step="session",
+    ):
+        return invitation_usable(invitation, now=now)
 
 
 def invitation_lookup(*, raw: str, now: dt.datetime, ip: str | None) -> PatientInvitation:
@@ -201,11 +211,23 @@ def invitation_check_birth_date(
     return False
 
 
-@transaction.atomic
 def invitation_accept(
     *, invitation: PatientInvitation, user: User, actor: Actor, now: dt.datetime
 ) -> list[PatientLink]:
-    """Link `user` (who holds the invited email) to the invitation's records, once."""
+    """Link `user` (who holds the invited email) to the invitation's records, once.
+
+    A refusal (used or locked meanwhile, suspended) is audited.
+    """
+    with invitation_refusals_recorded(
+        invitation, refused=Action.PATIENT_INVITATION_REFUSED, actor=actor, step="accept"
+    ):
+        return _invitation_accept(invitation=invitation, user=user, actor=actor, now=now)
+
+
+@transaction.atomic
+def _invitation_accept(
+    *, invitation: PatientInvitation, user: User, actor: Actor, now: dt.datetime
+) -> list[PatientLink]:
     if user.email.lower() != invitation.email.lower():
         raise InvitationInvalid(
             "This invitation was sent to another email address. Sign out and open it again."
@@ -354,7 +376,6 @@ def invitation_claim_review_notice(
     return rows.select_related("tenant").get() if claimed else None
 
 
-@transaction.atomic
 def invitation_accept_new_account(
     *,
     invitation: PatientInvitation,
@@ -363,11 +384,29 @@ def invitation_accept_new_account(
     actor: Actor,
     now: dt.datetime,
 ) -> User:
-    """Create the patient's account with the invited email, then accept."""
+    """Create the patient's account with the invited email, then accept (neither if the
+    invitation is refused, which is audited)."""
+    with invitation_refusals_recorded(
+        invitation, refused=Action.PATIENT_INVITATION_REFUSED, actor=actor, step="accept"
+    ):
+        return _invitation_accept_new_account(
+            invitation=invitation, password=password, full_name=full_name, actor=actor, now=now
+        )
+
+
+@transaction.atomic
+def _invitation_accept_new_account(
+    *,
+    invitation: PatientInvitation,
+    password: str,
+    full_name: str,
+    actor: Actor,
+    now: dt.datetime,
+) -> User:
     user = invitation_account_create(
         invitation=invitation, password=password, full_name=full_name, actor=actor
     )
-    invitation_accept(
+    _invitation_accept(
         invitation=invitation, user=user, actor=Actor.for_user(user, ip=actor.ip), now=now
     )
     return user

@@ -85,7 +85,9 @@ def staff_invitation_home(request: HttpRequest) -> HttpResponse:
     if not invitation_id:
         return _unavailable(request, InvitationUnavailable(status=404, reason="unknown"))
     try:
-        invitation = staff_invitation_current(invitation_id=invitation_id, now=timezone.now())
+        invitation = staff_invitation_current(
+            invitation_id=invitation_id, now=timezone.now(), ip=client_ip(request)
+        )
     except InvitationUnavailable as exc:
         return _unavailable(request, exc)
     context = {"invitation": invitation, "roles": staff_invitation_roles(invitation)}

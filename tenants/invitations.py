@@ -12,9 +12,10 @@ The token helpers at the bottom serve patient invitations (`sharing.invitations`
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import secrets
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from django.contrib.auth.password_validation import validate_password
@@ -49,6 +50,10 @@ STAFF_INVITATION_DAYS = 7
 
 class InvitationInvalid(ValueError):
     """The invitation cannot be created or accepted as asked; the message says why."""
+
+
+class MembershipEnded(InvitationInvalid):
+    """The invitee's staff membership of the clinic was ended by its administrators."""
 
 
 class InvitationUnavailable(Exception):
@@ -179,10 +184,19 @@ def _unscoped() -> models.QuerySet:
     return StaffInvitation.objects.unscoped(reason="an invitation token names its clinic")
 
 
-def staff_invitation_current(*, invitation_id: str, now: dt.datetime) -> StaffInvitation:
-    """The invitation, re-read; raises InvitationUnavailable unless it can still be accepted."""
+def staff_invitation_current(
+    *, invitation_id: str, now: dt.datetime, ip: str | None
+) -> StaffInvitation:
+    """The invitation, re-read; raises InvitationUnavailable (audited) unless it can
+    still be accepted."""
     invitation = _unscoped().select_related("tenant").filter(pk=invitation_id).first()
-    return invitation_usable(invitation, now=now)
+    with invitation_refusals_recorded(
+        invitation,
+        refused=Action.STAFF_INVITATION_REFUSED,
+        actor=staff_invitation_actor(invitation, ip=ip) if invitation else None,
+        step="session",
+    ):
+        return invitation_usable(invitation, now=now)
 
 
 def staff_invitation_lookup(*, raw: str, now: dt.datetime, ip: str | None) -> StaffInvitation:
@@ -200,11 +214,23 @@ def staff_invitation_roles(invitation: StaffInvitation) -> list[str]:
     return sorted(role.name for role in invitation.roles.all())
 
 
-@transaction.atomic
 def staff_invitation_accept(
     *, invitation: StaffInvitation, user: User, actor: Actor, now: dt.datetime
 ) -> Membership:
-    """Make `user` (who holds the invited email) a member with the invited roles, once."""
+    """Make `user` (who holds the invited email) a member with the invited roles, once.
+
+    A refusal (used meanwhile, suspended, the membership ended) is audited.
+    """
+    with invitation_refusals_recorded(
+        invitation, refused=Action.STAFF_INVITATION_REFUSED, actor=actor, step="accept"
+    ):
+        return _staff_invitation_accept(invitation=invitation, user=user, actor=actor, now=now)
+
+
+@transaction.atomic
+def _staff_invitation_accept(
+    *, invitation: StaffInvitation, user: User, actor: Actor, now: dt.datetime
+) -> Membership:
     if user.email.lower() != invitation.email.lower():
         raise InvitationInvalid(
             "This invitation was sent to another email address. Sign out, then open the "
@@ -217,7 +243,7 @@ def staff_invitation_accept(
         current is not None and not current.is_active and bool(current.role_codes & STAFF_ROLES)
     )
     if ended_staff:
-        raise InvitationInvalid(
+        raise MembershipEnded(
             f"Your membership of {tenant.name} was ended by its administrators; ask them "
             "to reactivate it."
         )
@@ -249,7 +275,6 @@ def staff_invitation_accept(
     return membership
 
 
-@transaction.atomic
 def staff_invitation_accept_new_account(
     *,
     invitation: StaffInvitation,
@@ -258,11 +283,29 @@ def staff_invitation_accept_new_account(
     actor: Actor,
     now: dt.datetime,
 ) -> Membership:
-    """Create the invitee's account with the invited email, then accept as that account."""
+    """Create the invitee's account with the invited email, then accept as that account
+    (neither if the invitation is refused, which is audited)."""
+    with invitation_refusals_recorded(
+        invitation, refused=Action.STAFF_INVITATION_REFUSED, actor=actor, step="accept"
+    ):
+        return _staff_invitation_accept_new_account(
+            invitation=invitation, password=password, full_name=full_name, actor=actor, now=now
+        )
+
+
+@transaction.atomic
+def _staff_invitation_accept_new_account(
+    *,
+    invitation: StaffInvitation,
+    password: str,
+    full_name: str,
+    actor: Actor,
+    now: dt.datetime,
+) -> Membership:
     user = invitation_account_create(
         invitation=invitation, password=password, full_name=full_name, actor=actor
     )
-    return staff_invitation_accept(
+    return _staff_invitation_accept(
         invitation=invitation, user=user, actor=Actor.for_user(user, ip=actor.ip), now=now
     )
 
@@ -324,17 +367,59 @@ def invitation_find(
     try:
         return invitation_usable(invitation, now=now)
     except InvitationUnavailable as exc:
-        known = invitation if exc.reason != "unknown" else None
-        with transaction.atomic():
-            audit.record(
-                actor=actor_for(known, ip=ip) if known else Actor(type=ActorType.ANONYMOUS, ip=ip),
-                action=refused,
-                target=None,
-                tenant=known.tenant if known else None,
-                outcome=Outcome.DENIED,
-                detail={"state": exc.reason, **({"invitation": str(known.pk)} if known else {})},
+        if exc.reason == "unknown":
+            with transaction.atomic():
+                audit.record(
+                    actor=Actor(type=ActorType.ANONYMOUS, ip=ip),
+                    action=refused,
+                    target=None,
+                    tenant=None,
+                    outcome=Outcome.DENIED,
+                    detail={"state": exc.reason},
+                )
+        else:
+            _refusal_record(
+                invitation, exc.reason, refused=refused, actor=actor_for(invitation, ip=ip)
             )
         raise
+
+
+@contextlib.contextmanager
+def invitation_refusals_recorded(
+    invitation: Invitation | None, *, refused: Action, actor: Actor | None, step: str
+) -> Iterator[None]:
+    """Audit, in the invitation's clinic's chain, a refusal raised inside the block:
+    the invitation withdrawn, expired, used, locked or suspended since the token was
+    opened (`step` "session"), or while it was being accepted ("accept"), or the
+    invitee's membership ended. Used outside the accepting transaction, whose rollback
+    would take the record with it. An unknown invitation (or a suspended clinic's)
+    names no clinic to tell, and is not recorded here.
+    """
+    try:
+        yield
+    except (InvitationUnavailable, MembershipEnded) as exc:
+        reason = exc.reason if isinstance(exc, InvitationUnavailable) else "membership_ended"
+        if invitation is not None and actor is not None and reason != "unknown":
+            _refusal_record(invitation, reason, refused=refused, actor=actor, step=step)
+        raise
+
+
+def _refusal_record(
+    invitation: Invitation, reason: str, *, refused: Action, actor: Actor, step: str = ""
+) -> None:
+    with transaction.atomic():
+        audit.record(
+            actor=actor,
+            action=refused,
+            target=None,
+            tenant=invitation.tenant,
+            outcome=Outcome.DENIED,
+            detail={
+                "state": reason,
+                "invitation": str(invitation.pk),
+                **({"step": step} if step else {}),
+            },
+        )
 
 
 def invitation_account(invitation: Invitation) -> User | None:

@@ -370,6 +370,36 @@ def test_refused_invitation_links_are_audited_where_the_privacy_officer_looks(
     assert not any(token in text or probe in text for text in stored)
 
 
+def test_an_invitation_withdrawn_after_it_was_opened_is_refused_and_audited(
+    own_study, front_desk, client_for, django_capture_on_commit_callbacks
+):
+    token = invite(own_study, front_desk, capture=django_capture_on_commit_callbacks)
+    invitation = PatientInvitation.objects.for_tenant(own_study.tenant).get()
+    holder = Client(REMOTE_ADDR="203.0.113.8")
+    assert holder.get(f"/portal/invitation/{token}").status_code == 303
+    assert holder.post("/portal/invitation/", {"birth_date": BIRTH_DATE}).status_code == 303
+    client_for(front_desk).post(
+        f"/t/north/patients/{own_study.patient.pk}/portal/invitations/{invitation.pk}/withdraw/"
+    )
+
+    response = holder.post(
+        "/portal/invitation/",
+        {"full_name": "", "password": NEW_PASSWORD, "password_again": NEW_PASSWORD},
+    )
+
+    assert response.status_code == 404
+    refused = AuditEvent.objects.for_tenant(own_study.tenant).get(
+        action=Action.PATIENT_INVITATION_REFUSED
+    )
+    assert refused.detail == {
+        "state": "revoked",
+        "invitation": str(invitation.pk),
+        "step": "session",
+    }
+    assert (refused.actor_id, refused.actor_ip) == (f"invitation:{invitation.pk}", "203.0.113.8")
+    assert not User.objects.filter(email="jane@example.org").exists()
+
+
 def test_invitation_lookups_are_rate_limited(client, db):
     statuses = [client.get("/portal/invitation/" + "B" * 43).status_code for _ in range(25)]
 

@@ -479,6 +479,62 @@ def test_refused_links_are_audited_where_they_belong(
     assert token not in str(stored)
 
 
+@pytest.mark.django_db
+@pytest.mark.parametrize("by", ["withdrawn", "expired"])
+def test_a_link_refused_after_it_was_opened_is_audited_too(
+    clinic, tenant_admin, django_capture_on_commit_callbacks, by
+):
+    token = invite(
+        clinic, tenant_admin, "held@north.example", capture=django_capture_on_commit_callbacks
+    )
+    invitation = StaffInvitation.objects.for_tenant(clinic).get()
+    holder = Client(REMOTE_ADDR="203.0.113.7")
+    _open(holder, token)
+    rows = StaffInvitation.objects.for_tenant(clinic).filter(pk=invitation.pk)
+    if by == "withdrawn":
+        rows.update(revoked_at=timezone.now())
+    else:
+        rows.update(
+            created_at=timezone.now() - dt.timedelta(days=8),
+            expires_at=timezone.now() - dt.timedelta(minutes=1),
+        )
+
+    response = holder.post(
+        "/accounts/invitation/",
+        {"full_name": "Held Back", "password": NEW_PASSWORD, "password_again": NEW_PASSWORD},
+    )
+    again = holder.get("/accounts/invitation/")  # the session no longer names it
+
+    assert response.status_code in (404, 410) and again.status_code == 404
+    refused = _events(clinic, Action.STAFF_INVITATION_REFUSED).get()
+    state = "revoked" if by == "withdrawn" else "expired"
+    assert refused.detail == {"state": state, "invitation": str(invitation.pk), "step": "session"}
+    assert (refused.outcome, refused.actor_ip) == (Outcome.DENIED, "203.0.113.7")
+    assert not User.objects.filter(email="held@north.example").exists()
+
+
+@pytest.mark.django_db
+def test_an_acceptance_refused_because_the_membership_ended_is_audited(
+    clinic, other_clinic, tenant_admin, client_for, django_capture_on_commit_callbacks
+):
+    person = make_member(other_clinic, "technologist", email="ended@south.example")
+    token = invite(
+        clinic, tenant_admin, "ended@south.example", capture=django_capture_on_commit_callbacks
+    )
+    make_member(clinic, "technologist", email="ended@south.example")
+    membership = membership_of(person, clinic)
+    Membership.objects.for_tenant(clinic).filter(pk=membership.pk).update(is_active=False)
+    client = verified_client(person)
+    _open(client, token)
+
+    response = client.post("/accounts/invitation/")
+
+    assert response.status_code == 400
+    refused = _events(clinic, Action.STAFF_INVITATION_REFUSED).get()
+    assert refused.detail["state"] == "membership_ended" and refused.detail["step"] == "accept"
+    assert refused.actor_id == str(person.pk)
+
+
 def test_invitation_tokens_are_redacted_from_log_lines():
     token = "Q" * 43
     for path in (f"/accounts/invitation/{token}", f"/portal/invitation/{token}"):
@@ -731,7 +787,11 @@ def test_an_invitation_from_an_admin_who_was_removed_is_suspended_until_they_are
 
     assert refused.status_code == 410 and b"may no longer invite staff" in refused.content
     assert reopened.status_code == 410
-    assert _events(clinic, Action.STAFF_INVITATION_REFUSED).get().detail["state"] == "suspended"
+    refusals = _events(clinic, Action.STAFF_INVITATION_REFUSED).order_by("seq")
+    assert [(e.detail["state"], e.detail.get("step")) for e in refusals] == [
+        ("suspended", "session"),  # the held session, then the link opened again
+        ("suspended", None),
+    ]
     assert accepted.status_code == 302
     assert membership_of(person, clinic).role_codes == {"radiologist"}
 
