@@ -17,7 +17,7 @@ import audit
 from audit.actors import Actor
 from audit.models import Action, Outcome
 from portal.tasks import task_send_on_commit
-from tenants.models import Membership, Role, Tenant, User
+from tenants.models import Membership, Role, Tenant, User, cors_origins_in
 from tenants.roles import STAFF_ROLES, RoleCode
 from tenants.selectors import roles_get, user_tenants
 from tenants.throttle import throttle_reset
@@ -60,6 +60,9 @@ def tenant_update_policy(*, tenant: Tenant, actor: Actor, changes: dict[str, Any
         raise ValidationError(f"Not a clinic policy field: {', '.join(sorted(unknown))}")
     mfa_roles = changes.pop("mfa_required_roles", None)
     changed = sorted(field for field, value in changes.items() if getattr(tenant, field) != value)
+    values = {
+        field: _policy_change(field, getattr(tenant, field), changes[field]) for field in changed
+    }
     for field, value in changes.items():
         setattr(tenant, field, value)
     tenant.full_clean()
@@ -72,15 +75,34 @@ def tenant_update_policy(*, tenant: Tenant, actor: Actor, changes: dict[str, Any
         if before != codes:
             tenant.mfa_required_roles.set(Role.objects.filter(code__in=codes))
             changed.append("mfa_required_roles")
+            values["mfa_required_roles"] = {"from": sorted(before), "to": sorted(codes)}
     if changed:
         audit.record(
             actor=actor,
             action=Action.TENANT_UPDATED,
             target=tenant,
             tenant=tenant,
-            detail={"fields": changed},
+            detail={"fields": changed, "changes": values},
         )
     return tenant
+
+
+# Origins named in one change, each way: enough for any clinic's viewers, and a bound
+# on the event's size.
+POLICY_ORIGINS_RECORDED = 20
+
+
+def _policy_change(field: str, old: Any, new: Any) -> dict[str, Any]:
+    """What a policy field was and became, for the clinic's log (no PHI: limits, the
+    clinic's name and zone, the origins allowed), so an investigator can rebuild the
+    policy in force at any moment."""
+    if field == "cors_allowed_origins":
+        before, after = cors_origins_in(old or ""), cors_origins_in(new or "")
+        return {
+            "added": sorted(after - before)[:POLICY_ORIGINS_RECORDED],
+            "removed": sorted(before - after)[:POLICY_ORIGINS_RECORDED],
+        }
+    return {"from": old, "to": new}
 
 
 @transaction.atomic

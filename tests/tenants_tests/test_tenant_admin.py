@@ -200,6 +200,30 @@ def test_policy_change_is_audited_and_staff_mfa_stays_required(clinic, tenant_ad
     event = _events(clinic, Action.TENANT_UPDATED).latest("seq")
     assert "mfa_required_roles" in event.detail["fields"]
     assert "session_idle_minutes" in event.detail["fields"]
+    changes = event.detail["changes"]  # what the policy was and became, to rebuild it later
+    assert changes["session_idle_minutes"] == {"from": 15, "to": 20}
+    assert changes["name"] == {"from": "North Imaging", "to": "North Imaging Centre"}
+    assert "patient" in changes["mfa_required_roles"]["to"]
+    assert "patient" not in changes["mfa_required_roles"]["from"]
+
+
+@pytest.mark.django_db
+def test_the_log_names_the_viewer_origins_allowed_and_withdrawn(clinic, tenant_admin, client_for):
+    url = f"/t/north/admin/tenants/tenant/{clinic.pk}/change/"
+    client = client_for(tenant_admin)
+    client.post(
+        url, {**VALID_POLICY, "cors_allowed_origins": "https://a.example\nhttps://b.example"}
+    )
+
+    client.post(
+        url, {**VALID_POLICY, "cors_allowed_origins": "https://b.example/\nhttps://c.example"}
+    )
+
+    event = _events(clinic, Action.TENANT_UPDATED).latest("seq")
+    assert event.detail["changes"]["cors_allowed_origins"] == {
+        "added": ["https://c.example"],
+        "removed": ["https://a.example"],
+    }
 
 
 VALID_POLICY = {
