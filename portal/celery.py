@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import logging.config
 import os
 
 from celery import Celery
-from celery.signals import worker_init
+from celery.signals import setup_logging, worker_init
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
 
@@ -22,6 +23,15 @@ def _prepare_filesystem_broker(sender: Celery, **kwargs: object) -> None:
         for key in ("data_folder_in", "data_folder_out", "processed_folder"):
             if options.get(key):
                 os.makedirs(options[key], mode=0o700, exist_ok=True)
+
+
+@setup_logging.connect
+def _keep_django_logging(**kwargs: object) -> None:
+    # Settings' LOGGING (applied when Django is set up) is the worker's too: left to
+    # itself, Celery gives its task logger a handler of its own, which redacts nothing.
+    from django.conf import settings
+
+    logging.config.dictConfig(settings.LOGGING)
 
 
 @worker_init.connect

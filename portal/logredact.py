@@ -14,6 +14,7 @@ import logging
 import re
 import traceback
 from pathlib import Path
+from typing import Any
 
 _SLASH = r"(?:/|%2F)"
 SHARE_TOKEN = re.compile(
@@ -41,8 +42,10 @@ def is_token_url(path: str) -> bool:
 
 
 # A URL's query string: QIDO-RS and REST searches carry PatientName, PatientID and
-# birth dates there. Its names stay (they say what was searched by), its values go.
-QUERY = re.compile(r"(?<=[^\s?])\?([^\s\"'#]+)")
+# birth dates there. Its names stay (they say what was searched by), its values go. It
+# runs to the next space or quoting double quote: a value may hold a ' (O'Brien), which
+# curl sends as it is.
+QUERY = re.compile(r"(?<=[^\s?])\?([^\s\"#]+)")
 
 
 def _query_redacted(match: re.Match[str]) -> str:
@@ -70,6 +73,32 @@ class RedactShareTokens(logging.Filter):
         if cleaned != message:
             record.msg, record.args = cleaned, ()
         return True
+
+
+class RedactingFormatter(logging.Formatter):
+    """Every handler's last word: the whole rendered record through `redact`, and a
+    traceback's exceptions by type, without their messages.
+
+    Filters see the message only; a traceback is rendered later, by the formatter, and
+    its messages can quote a value: a unique key's DETAIL (a patient ID, an email
+    address), a tag value pydicom could not read, a URL with its query. The frames stay,
+    to say where to look; a frame carries no value.
+    """
+
+    def formatException(self, ei: Any) -> str:
+        blocks, seen, exc = [], set(), ei[1]
+        while exc is not None and id(exc) not in seen:
+            seen.add(id(exc))
+            frames = "".join(traceback.format_tb(exc.__traceback__))
+            name = f"{type(exc).__module__}.{type(exc).__qualname__}"
+            blocks.append(
+                f"Traceback (most recent call last):\n{frames}{name} (message not logged)"
+            )
+            exc = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
+        return "\n\nRaised while handling:\n".join(blocks)
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
 
 
 class RedactQuotedValues(logging.Filter):

@@ -440,7 +440,12 @@ CELERY_TIMEZONE = "UTC"
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "formatters": {
+        "plain": {
+            "()": "portal.logredact.RedactingFormatter",
+            "format": "%(asctime)s %(levelname)s %(name)s %(message)s",
+        }
+    },
     # Share-link tokens are credentials: no log line keeps one.
     "filters": {
         "redact": {"()": "portal.logredact.RedactShareTokens"},
@@ -462,5 +467,11 @@ LOGGING = {
         # Django routes Python warnings to "py.warnings"; pydicom's quote values too.
         "pydicom": {"filters": ["dicom_values"]},
         "py.warnings": {"filters": ["dicom_values"]},
+        # At DEBUG the AWS SDK logs whole requests and answers: KMS Encrypt's and
+        # Decrypt's carry the plaintext tenant key. Whatever LOG_LEVEL says.
+        **{
+            name: {"level": "WARNING"}
+            for name in ("botocore", "boto3", "s3transfer", "urllib3", "aiobotocore")
+        },
     },
 }

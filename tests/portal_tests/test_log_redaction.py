@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import logging
 
+import boto3
 import pytest
+from moto import mock_aws
 
-from portal.logredact import RedactShareTokens
+from imaging.keys import AwsKmsKeyProvider
+from portal.logredact import RedactingFormatter, RedactShareTokens
 
 
 @pytest.fixture
@@ -80,3 +84,84 @@ def test_every_handler_of_djangos_loggers_redacts(name):
 
     assert handlers
     assert all(any(isinstance(f, RedactShareTokens) for f in h.filters) for h in handlers)
+
+
+@pytest.fixture
+def console_log():
+    """Everything the console handler settings configure prints, formatter included."""
+    (handler,) = [
+        h for h in logging.getLogger().handlers if isinstance(h.formatter, RedactingFormatter)
+    ]
+    stream = io.StringIO()
+    previous = handler.setStream(stream)
+    yield stream
+    handler.setStream(previous)
+
+
+def test_a_search_value_with_an_apostrophe_is_redacted_whole(request_log):
+    url = "/dicomweb/studies?PatientName=O'Brien^Jane&PatientBirthDate=19700101"
+
+    logging.getLogger("django.server").info('"GET %s HTTP/1.1" %s %s', url, 200, 512)
+
+    line = request_log.getvalue()
+    assert "Brien" not in line and "Jane" not in line and "1970" not in line
+
+
+# Values an exception's message can quote (a unique key's DETAIL, a URL), kept off the
+# lines a traceback shows.
+URL_IN_ERROR = "/s/AbCdEfGhIjKlMnOpQrStUv?PatientName=" + "Doe"
+KEY_IN_ERROR = "(issuer, patient_id)=(, MRN-" + "0042)"
+
+
+def _raise_with_values() -> None:
+    try:
+        raise LookupError(URL_IN_ERROR)
+    except LookupError as exc:
+        raise ValueError(KEY_IN_ERROR) from exc
+
+
+def test_a_traceback_names_its_exceptions_and_frames_but_not_their_messages(console_log):
+    try:
+        _raise_with_values()
+    except ValueError:
+        logging.getLogger("portal.tests").exception("Storing failed for instance %s", "42")
+
+    text = console_log.getvalue()
+    assert "MRN-0042" not in text and "AbCdEfGhIjKlMnOpQrStUv" not in text and "Doe" not in text
+    assert "Storing failed for instance 42" in text
+    assert "builtins.ValueError (message not logged)" in text
+    assert "builtins.LookupError (message not logged)" in text
+    assert "in _raise_with_values" in text  # where to look
+
+
+@mock_aws
+def test_tenant_keys_never_reach_the_log_even_at_debug(console_log):
+    root = logging.getLogger()
+    level = root.level
+    client = boto3.client("kms", region_name="eu-central-1")
+    provider = AwsKmsKeyProvider(client.create_key()["KeyMetadata"]["KeyId"], client=client)
+    secret = bytes(range(32))
+    root.setLevel(logging.DEBUG)  # an operator troubleshooting with LOG_LEVEL=DEBUG
+    try:
+        provider.unwrap(provider.wrap(secret, context=b"tenant-key|A|1"), context=b"tenant-key|A|1")
+    finally:
+        root.setLevel(level)
+
+    text = console_log.getvalue()
+    assert base64.b64encode(secret).decode()[:16] not in text
+    assert secret.hex() not in text
+
+
+def test_the_workers_task_logger_writes_through_the_redacting_handler():
+    from celery.app.log import Logging
+
+    from portal.celery import app
+
+    Logging._setup = False  # as a worker starting
+    app.log.setup_logging_subsystem(loglevel="INFO")
+
+    writing = [
+        h for h in _handlers_reached("celery.task") if not isinstance(h, logging.NullHandler)
+    ]
+    assert writing
+    assert all(isinstance(h.formatter, RedactingFormatter) for h in writing)
