@@ -43,6 +43,23 @@ def check_shared_counters(app_configs: Any, **kwargs: Any) -> list[Warning]:
     return []
 
 
+@register(Tags.database, deploy=True)
+def check_database(app_configs: Any, **kwargs: Any) -> list[Warning]:
+    """The embedded SQLite file is for one machine's demo: records and the audit chain in
+    a file under PORTAL_DATA_DIR, which a rebuilt host or container loses and which each
+    replica would keep its own of."""
+    if settings.DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+        return [
+            Warning(
+                "The database is the embedded SQLite file: DATABASE_URL (or "
+                "DATABASE_URL_FILE) is not set.",
+                hint="Set DATABASE_URL to the PostgreSQL database, e.g. postgres://user@host/db.",
+                id="portal.W004",
+            )
+        ]
+    return []
+
+
 @register(Tags.security, deploy=True)
 def check_base_url(app_configs: Any, **kwargs: Any) -> list[Error | Warning]:
     """Emails carry links to PORTAL_BASE_URL; a one-time token in one is erased once
@@ -72,6 +89,21 @@ def check_base_url(app_configs: Any, **kwargs: Any) -> list[Error | Warning]:
 
 SMTP_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+@register()
+def check_mail_tls_modes(app_configs: Any, **kwargs: Any) -> list[Error]:
+    """Django's SMTP backend refuses both at once, at the first email: every invitation,
+    share link and break-glass notice would fail."""
+    if settings.EMAIL_USE_TLS and settings.EMAIL_USE_SSL:
+        return [
+            Error(
+                "EMAIL_USE_TLS and EMAIL_USE_SSL are both set: no email could be sent.",
+                hint="Set one: EMAIL_USE_TLS=1 (STARTTLS, port 587) or EMAIL_USE_SSL=1 (port 465).",
+                id="portal.E003",
+            )
+        ]
+    return []
 
 
 @register(Tags.security, deploy=True)

@@ -94,12 +94,18 @@ TEMPLATES = [
 
 # --- Database -------------------------------------------------------------------------
 _default_sqlite = f"sqlite:///{DATA_DIR / 'portal.sqlite3'}"
-if not env_str("DATABASE_URL"):
+# A URL with a password in it: from DATABASE_URL or the file DATABASE_URL_FILE names.
+DATABASE_URL = env_secret("DATABASE_URL")
+if not DATABASE_URL:
     # The embedded default keeps its state here; private to the portal's user.
     DATA_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
 DATABASES = {
     "default": dj_database_url.parse(
-        env_str("DATABASE_URL", _default_sqlite), conn_max_age=env_int("DB_CONN_MAX_AGE", 60)
+        DATABASE_URL or _default_sqlite,
+        conn_max_age=env_int("DB_CONN_MAX_AGE", 60),
+        # A connection kept across requests is checked first: after a database restart
+        # or failover the next request reconnects instead of failing.
+        conn_health_checks=True,
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
@@ -358,7 +364,8 @@ INGEST_MAX_ZIP_TOTAL_BYTES = env_int("INGEST_MAX_ZIP_TOTAL_BYTES", 8 * 1024 * 10
 INGEST_MAX_ZIP_RATIO = env_int("INGEST_MAX_ZIP_RATIO", 100)
 
 # --- Cache: sign-in throttles. Redis when configured so every process sees the same counts.
-if REDIS_URL_FOR_CACHE := env_str("REDIS_URL"):
+REDIS_URL = env_secret("REDIS_URL") or ""  # or REDIS_URL_FILE: it can hold a password
+if REDIS_URL_FOR_CACHE := REDIS_URL:
     CACHES = {
         "default": {
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
@@ -370,7 +377,6 @@ else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 
 # --- Celery ---------------------------------------------------------------------------
-REDIS_URL = env_str("REDIS_URL")
 # Workers log through LOGGING above (its redacting filters), not handlers of Celery's own.
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BROKER_DIR = DATA_DIR / "broker"

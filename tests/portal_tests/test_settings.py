@@ -38,6 +38,7 @@ PROD = {
     "ALLOWED_HOSTS": "portal.example.org",
     "REDIS_URL": "redis://redis.internal:6379/0",
     "PORTAL_BASE_URL": "https://portal.example.org",
+    "DATABASE_URL": "postgres://portal@db.internal:5432/portal",
 }
 
 
@@ -99,6 +100,52 @@ def test_deploy_check_warns_when_mail_would_leave_in_the_clear(tmp_path, mail, w
     output = result.stderr + result.stdout
     assert ("portal.W003" in output) is warned
     assert (result.returncode != 0) is warned
+
+
+def test_deploy_check_warns_that_the_embedded_database_is_a_local_file(tmp_path):
+    without_database = {k: v for k, v in PROD.items() if k != "DATABASE_URL"}
+
+    result = _run(
+        ["manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        {**without_database, "SECRET_KEY": STRONG_KEY},
+        tmp_path,
+    )
+
+    assert result.returncode != 0
+    assert "portal.W004" in result.stderr + result.stdout
+
+
+def test_database_and_redis_urls_can_come_from_files(tmp_path):
+    (tmp_path / "db").write_text("postgres://portal:s3cret@db.internal:5432/portal\n")
+    (tmp_path / "redis").write_text("redis://:s3cret@redis.internal:6379/0\n")
+    urls = {k: v for k, v in PROD.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    files = {"DATABASE_URL_FILE": str(tmp_path / "db"), "REDIS_URL_FILE": str(tmp_path / "redis")}
+    code = (
+        "import django; django.setup(); from django.conf import settings as s; "
+        "print(s.DATABASES['default']['HOST'], s.CELERY_BROKER_URL, s.CACHES['default']['BACKEND'])"
+    )
+
+    result = _run(
+        ["-c", code],
+        {**urls, **files, "SECRET_KEY": STRONG_KEY, "DJANGO_SETTINGS_MODULE": "portal.settings"},
+        tmp_path,
+    )
+
+    assert result.returncode == 0, result.stderr
+    host, broker, cache = result.stdout.split()
+    assert host == "db.internal" and broker == "redis://:s3cret@redis.internal:6379/0"
+    assert cache.endswith("RedisCache")
+
+
+def test_both_mail_tls_modes_at_once_is_refused_at_start(tmp_path):
+    result = _run(
+        ["manage.py", "check"],
+        {**PROD, "EMAIL_USE_TLS": "1", "EMAIL_USE_SSL": "1", "SECRET_KEY": STRONG_KEY},
+        tmp_path,
+    )
+
+    assert result.returncode != 0
+    assert "portal.E003" in result.stderr + result.stdout
 
 
 def test_missing_secret_key_fails_loudly_at_start(tmp_path):
