@@ -71,5 +71,6 @@ def ip_canonical(ip: str | None) -> str | None:
 
 
 def client_ip(request: HttpRequest) -> str | None:
-    """The peer address. Behind a proxy, the proxy sets REMOTE_ADDR (see README)."""
+    """The client's address: the peer's, or behind the portal's own proxies the one they
+    forwarded (portal.middleware.ForwardedForMiddleware, TRUSTED_PROXY_COUNT)."""
     return request.META.get("REMOTE_ADDR") or None

@@ -4,11 +4,40 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from django.utils.cache import add_never_cache_headers, patch_cache_control
 
+from audit.actors import ip_canonical
+
 PERMISSIONS_POLICY = "camera=(), microphone=(), geolocation=(), payment=(), usb=()"
 PUBLIC_PREFIXES = ("/static/", "/healthz", "/readyz")
+
+
+class ForwardedForMiddleware:
+    """The client's address from the X-Forwarded-For hop the portal's own proxies added.
+
+    Behind TRUSTED_PROXY_COUNT proxies that each append the address they were reached
+    from, the client is the count-th entry from the right; entries further left are
+    whatever the client sent, and are never believed. Without it, every client would
+    have the proxy's address: one sign-in throttle for all, and audit events that name
+    nobody. A header with fewer hops (a request that bypassed a proxy), or a hop that is
+    not an address, leaves REMOTE_ADDR as the connection gave it.
+    """
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+        self.proxies = settings.TRUSTED_PROXY_COUNT
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        if self.proxies:
+            header = request.META.get("HTTP_X_FORWARDED_FOR", "")
+            hops = [hop.strip() for hop in header.split(",") if hop.strip()]
+            if len(hops) >= self.proxies:
+                client = ip_canonical(hops[-self.proxies])
+                if client is not None:
+                    request.META["REMOTE_ADDR"] = client
+        return self.get_response(request)
 
 
 class PrivacyHeadersMiddleware:

@@ -54,6 +54,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "portal.middleware.ForwardedForMiddleware",  # first: everything after reads the address
     "portal.middleware.HeadWithoutBodyMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "csp.middleware.CSPMiddleware",
@@ -306,6 +307,12 @@ if not DEBUG:
     SECURE_HSTS_PRELOAD = True
 if env_bool("TRUST_X_FORWARDED_PROTO", default=False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# How many proxies in front of the portal append to X-Forwarded-For (nginx, a load
+# balancer): the client's address is the entry that many from the right. 0: the
+# connection's address is the client's (direct, or PROXY protocol).
+TRUSTED_PROXY_COUNT = env_int("TRUSTED_PROXY_COUNT", 0)
+if TRUSTED_PROXY_COUNT < 0:
+    raise ImproperlyConfigured("TRUSTED_PROXY_COUNT must be 0 or more")
 
 # Uploads never touch disk as plaintext: small requests stay in memory, larger ones are
 # spooled encrypted under a key that lives only in the process (imaging.uploads).
