@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import os
 import secrets
 from pathlib import Path
@@ -118,17 +119,23 @@ class AwsKmsKeyProvider(KeyProvider):
     passed as the KMS EncryptionContext, so CloudTrail records which clinic key was used.
     """
 
-    def __init__(self, key_id: str, client: object | None = None) -> None:
+    def __init__(self, key_id: str, client: object | None = None, *, config: object = None) -> None:
         self.key_id = key_id
         self._client = client
+        self._config = config
 
     @property
     def client(self) -> object:
         if self._client is None:
             import boto3
 
-            self._client = boto3.client("kms")
+            self._client = boto3.client("kms", config=self._config)
         return self._client
+
+    def probing(self) -> AwsKmsKeyProvider:
+        """The same key through a client whose calls give up within seconds (readiness
+        probes); this provider itself when it was given its client."""
+        return self if self._client is not None else _kms_probe_provider(self.key_id)
 
     def wrap(self, key: bytes, *, context: bytes) -> bytes:
         response = self.client.encrypt(  # type: ignore[attr-defined]
@@ -173,10 +180,19 @@ def key_provider() -> KeyProvider:
     return _provider
 
 
+@functools.lru_cache(maxsize=4)
+def _kms_probe_provider(key_id: str) -> AwsKmsKeyProvider:
+    from portal.probes import PROBE_CLIENT_CONFIG
+
+    return AwsKmsKeyProvider(key_id, config=PROBE_CLIENT_CONFIG)
+
+
 def key_provider_check() -> None:
     """Raise unless the provider wraps a key and unwraps it again: the master key
     readable, or KMS reachable and letting the portal use its key."""
     provider = key_provider()
+    if isinstance(provider, AwsKmsKeyProvider):
+        provider = provider.probing()
     probe = secrets.token_bytes(MASTER_KEY_BYTES)
     context = b"portal-readiness-probe"
     if provider.unwrap(provider.wrap(probe, context=context), context=context) != probe:

@@ -24,6 +24,7 @@ from django.core.files.storage import FileSystemStorage, Storage
 from storages.backends.s3 import S3Storage
 from storages.utils import clean_name
 
+from portal.probes import PROBE_CLIENT_CONFIG
 from tenants.models import Tenant
 
 
@@ -122,13 +123,14 @@ class IterableFile(io.RawIOBase):
 
 
 @lru_cache(maxsize=256)
-def _s3_storage(bucket: str, region: str) -> PrivateS3Storage:
+def _s3_storage(bucket: str, region: str, *, probe: bool = False) -> PrivateS3Storage:
     return PrivateS3Storage(
         bucket_name=bucket,
         region_name=region or settings.STORAGE_S3_DEFAULT_REGION,
         endpoint_url=settings.STORAGE_S3_ENDPOINT_URL,
         access_key=settings.STORAGE_S3_ACCESS_KEY_ID,
         secret_key=settings.STORAGE_S3_SECRET_ACCESS_KEY,
+        **({"client_config": PROBE_CLIENT_CONFIG} if probe else {}),
     )
 
 
@@ -165,7 +167,7 @@ def storage_ready_check() -> None:
     )
     for bucket, region in buckets:
         bucket = bucket or settings.STORAGE_S3_DEFAULT_BUCKET
-        _s3_storage(bucket, region).connection.meta.client.head_bucket(Bucket=bucket)
+        _s3_storage(bucket, region, probe=True).connection.meta.client.head_bucket(Bucket=bucket)
 
 
 OBJECT_NAME = re.compile(r"[0-9a-f]{32}")

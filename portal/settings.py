@@ -128,6 +128,11 @@ elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     DATABASES["default"].setdefault("OPTIONS", {})["prepare_threshold"] = (
         0 if env_bool("DB_PREPARED_STATEMENTS", True) else None
     )
+    # An unreachable database fails a request (and a readiness probe) within seconds,
+    # not after the operating system's TCP timeout. A connect_timeout in the URL wins.
+    DATABASES["default"]["OPTIONS"].setdefault(
+        "connect_timeout", env_int("DB_CONNECT_TIMEOUT_SECONDS", 5)
+    )
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Auth -----------------------------------------------------------------------------

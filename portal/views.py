@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import logging
+import math
 import re
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
 
 from django.contrib.auth.decorators import login_required
 from django.db import connection
@@ -17,6 +22,7 @@ from audit.actors import Actor
 from imaging.keys import key_provider_check
 from imaging.storage import storage_ready_check
 from portal.denials import access_denied_record
+from portal.logredact import raised_at
 from portal.tasks import broker_check
 from tenants.access import landing_url
 from tenants.roles import Perm
@@ -44,6 +50,60 @@ READINESS_CHECKS = {
     "keys": key_provider_check,
     "broker": broker_check,
 }
+# Probes arrive from every load balancer and orchestrator, and anyone can send one: an
+# answer serves every probe to this process for a few seconds, and one probe at a time
+# runs the checks (KMS and S3 calls cost money and share the account's quotas).
+READINESS_CACHE_SECONDS = 5.0
+# A check failing on every probe logs once a minute, not once a probe.
+READINESS_LOG_SECONDS = 60.0
+
+
+@dataclass
+class _Readiness:
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    answered_at: float = -math.inf
+    body: dict[str, Any] = field(default_factory=dict)
+    logged_at: dict[str, float] = field(default_factory=dict)
+
+
+_readiness = _Readiness()
+
+
+def readiness_reset() -> None:
+    """Forget the last answer (settings changed, e.g. in tests)."""
+    global _readiness
+    _readiness = _Readiness()
+
+
+def _readiness_body() -> dict[str, Any]:
+    state = _readiness
+    with state.lock:  # a probe arriving meanwhile waits for this one's answer
+        now = time.monotonic()
+        if now - state.answered_at < READINESS_CACHE_SECONDS:
+            return state.body
+        results: dict[str, str] = {}
+        for name, check in READINESS_CHECKS.items():
+            try:
+                check()
+            except Exception as exc:
+                if now - state.logged_at.get(name, -math.inf) >= READINESS_LOG_SECONDS:
+                    state.logged_at[name] = now
+                    logger.error(
+                        "readiness check %s failed: %s at %s",
+                        name,
+                        type(exc).__name__,
+                        raised_at(exc),
+                    )
+                results[name] = "unavailable"
+            else:
+                state.logged_at.pop(name, None)
+                results[name] = "ok"
+        failing = sorted(name for name, value in results.items() if value != "ok")
+        body: dict[str, Any] = {"status": "ok" if not failing else "unavailable", "checks": results}
+        if failing:
+            body["failing"] = failing
+        state.answered_at, state.body = time.monotonic(), body
+        return body
 
 
 @never_cache
@@ -51,20 +111,8 @@ READINESS_CHECKS = {
 def readyz(request: HttpRequest) -> HttpResponse:
     """Database, storage (every clinic's), key provider and broker reachable; 503 naming
     the part that is not."""
-    results: dict[str, str] = {}
-    for name, check in READINESS_CHECKS.items():
-        try:
-            check()
-        except Exception:
-            logger.exception("readiness check %s failed", name)
-            results[name] = "unavailable"
-        else:
-            results[name] = "ok"
-    failing = sorted(name for name, state in results.items() if state != "ok")
-    body = {"status": "ok" if not failing else "unavailable", "checks": results}
-    if failing:
-        body["failing"] = failing
-    return JsonResponse(body, status=503 if failing else 200)
+    body = _readiness_body()
+    return JsonResponse(body, status=503 if body.get("failing") else 200)
 
 
 @login_required

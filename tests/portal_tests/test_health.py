@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 
 import pytest
+from django.test import Client
 
 from imaging.keys import key_provider_reset
 from portal.celery import app as celery_app
@@ -88,3 +89,92 @@ def test_readyz_names_an_unreachable_broker(client, settings, tmp_path):
     assert response.status_code == 503
     assert response.json()["failing"] == ["broker"]
     assert response.json()["checks"]["database"] == "ok"
+
+
+def _counted(monkeypatch, name: str, *, fails: bool = False) -> list[int]:
+    """Replace one readiness check by one that counts its runs (and fails if asked)."""
+    from portal import views
+
+    runs: list[int] = []
+
+    def check() -> None:
+        runs.append(1)
+        if fails:
+            raise ConnectionError("endpoint said something")
+
+    monkeypatch.setitem(views.READINESS_CHECKS, name, check)
+    return runs
+
+
+@pytest.mark.django_db
+def test_probes_within_seconds_of_each_other_share_one_run_of_the_checks(
+    client, settings, tmp_path, monkeypatch
+):
+    settings.PORTAL_STORAGE_ROOT = tmp_path / "objects"
+    runs = _counted(monkeypatch, "keys")  # each run a KMS Encrypt and Decrypt
+
+    answers = [client.get("/readyz").status_code for _ in range(20)]
+
+    assert answers == [200] * 20
+    assert len(runs) == 1
+
+
+@pytest.mark.django_db
+def test_a_check_failing_on_every_probe_is_logged_once_a_minute_without_its_message(
+    client, settings, tmp_path, monkeypatch, caplog
+):
+    from portal import views
+
+    settings.PORTAL_STORAGE_ROOT = tmp_path / "objects"
+    monkeypatch.setattr(views, "READINESS_CACHE_SECONDS", 0.0)
+    runs = _counted(monkeypatch, "broker", fails=True)
+
+    with caplog.at_level("ERROR", logger="portal.views"):
+        answers = [client.get("/readyz").status_code for _ in range(5)]
+
+    assert answers == [503] * 5 and len(runs) == 5
+    (record,) = [r for r in caplog.records if r.name == "portal.views"]
+    assert "broker" in record.getMessage() and "ConnectionError" in record.getMessage()
+    assert "said something" not in record.getMessage() and record.exc_info is None
+
+
+@pytest.mark.django_db
+@pytest.mark.timeout(60)
+def test_a_stalled_bucket_endpoint_is_unavailable_after_one_bounded_try(clinic, settings, tmp_path):
+    import socket
+    import threading
+
+    from imaging import storage as storage_module
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:  # takes connections and never answers
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                accepted.append(listener.accept()[0])
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    settings.PORTAL_STORAGE_ROOT = tmp_path / "objects"
+    settings.STORAGE_S3_ENDPOINT_URL = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    settings.STORAGE_S3_ACCESS_KEY_ID, settings.STORAGE_S3_SECRET_ACCESS_KEY = "k", "s"
+    clinic.storage_backend, clinic.storage_bucket = clinic.StorageBackend.S3, "stalled"
+    clinic.save()
+    storage_module._s3_storage.cache_clear()
+    try:
+        response = Client().get("/readyz")
+    finally:
+        stop.set()
+        thread.join()
+        for connection in accepted:
+            connection.close()
+        listener.close()
+        storage_module._s3_storage.cache_clear()
+
+    assert response.status_code == 503 and response.json()["failing"] == ["storage"]
+    assert len(accepted) == 1  # one try, not botocore's five

@@ -122,7 +122,9 @@ def test_database_and_redis_urls_can_come_from_files(tmp_path):
     files = {"DATABASE_URL_FILE": str(tmp_path / "db"), "REDIS_URL_FILE": str(tmp_path / "redis")}
     code = (
         "import django; django.setup(); from django.conf import settings as s; "
-        "print(s.DATABASES['default']['HOST'], s.CELERY_BROKER_URL, s.CACHES['default']['BACKEND'])"
+        "d = s.DATABASES['default']; "
+        "print(d['HOST'], s.CELERY_BROKER_URL, s.CACHES['default']['BACKEND'], "
+        "d['OPTIONS']['connect_timeout'], d['CONN_HEALTH_CHECKS'])"
     )
 
     result = _run(
@@ -132,9 +134,10 @@ def test_database_and_redis_urls_can_come_from_files(tmp_path):
     )
 
     assert result.returncode == 0, result.stderr
-    host, broker, cache = result.stdout.split()
+    host, broker, cache, connect_timeout, health_checks = result.stdout.split()
     assert host == "db.internal" and broker == "redis://:s3cret@redis.internal:6379/0"
     assert cache.endswith("RedisCache")
+    assert (connect_timeout, health_checks) == ("5", "True")  # an outage fails in seconds
 
 
 def test_both_mail_tls_modes_at_once_is_refused_at_start(tmp_path):
