@@ -164,3 +164,75 @@ def test_a_large_body_over_asgi_never_reaches_the_disk_in_clear(settings, tmp_pa
     written = [path.read_bytes() for path in scratch.iterdir()]
     assert written  # the body went to a file: the test saw it
     assert not any(b"Plaintext^Marker" in content for content in written)
+
+
+def _asgi_post_counting(path: str, headers: list[tuple[bytes, bytes]], size: int, *, chunk: int):
+    """POST `size` bytes in `chunk`s; how much of it the handler asked for."""
+    scope = _post_scope(path, headers)
+    sent: list[dict] = []
+    given = 0
+
+    async def receive():
+        nonlocal given
+        if given >= size:
+            await asyncio.Event().wait()
+        piece = min(chunk, size - given)
+        given += piece
+        return {"type": "http.request", "body": b"x" * piece, "more_body": given < size}
+
+    async def send(message):
+        sent.append(message)
+
+    async_to_sync(PortalASGIHandler())(scope, receive, send)
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    return start["status"], b"".join(m.get("body", b"") for m in sent if "body" in m), given
+
+
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+@pytest.mark.parametrize("declared", [True, False], ids=["declared", "streamed"])
+def test_an_oversized_body_over_asgi_is_refused_before_it_is_read(settings, declared):
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 64 * 1024
+    size = 4 * 1024 * 1024  # anonymous, to a page that takes forms
+    headers = [(b"content-type", b"application/x-www-form-urlencoded")]
+    if declared:
+        headers.append((b"content-length", str(size).encode()))
+
+    status, body, read = _asgi_post_counting("/accounts/login/", headers, size, chunk=16 * 1024)
+
+    assert status == 413 and b"larger than this address accepts" in body
+    assert read <= 64 * 1024 + 16 * 1024  # no more than the limit and one chunk
+
+
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_a_study_upload_may_be_larger_than_a_form(settings):
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 64 * 1024
+    settings.STOW_MAX_REQUEST_BYTES = 1024 * 1024
+    multipart = [(b"content-type", b'multipart/related; type="application/dicom"; boundary=b')]
+
+    allowed, _, _ = _asgi_post_counting("/dicomweb/studies", multipart, 512 * 1024, chunk=65536)
+    refused, _, read = _asgi_post_counting(
+        "/dicomweb/studies", multipart, 4 * 1024 * 1024, chunk=65536
+    )
+
+    assert allowed == 401  # read whole, then answered by the view: no credential
+    assert refused == 413 and read <= 1024 * 1024 + 65536
+
+
+def test_a_declared_oversized_body_over_wsgi_is_refused_before_django_reads_it(settings):
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 64 * 1024
+    environ = {
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": "/accounts/login/",
+        "CONTENT_TYPE": "application/x-www-form-urlencoded",
+        "CONTENT_LENGTH": str(4 * 1024 * 1024),
+        "wsgi.input": io.BytesIO(b""),
+        "SERVER_NAME": "testserver",
+        "SERVER_PORT": "80",
+        "wsgi.url_scheme": "http",
+    }
+    answered: list[str] = []
+
+    body = b"".join(PortalWSGIHandler()(environ, lambda status, headers: answered.append(status)))
+
+    assert answered == ["413 Content Too Large"]
+    assert b"larger than this address accepts" in body
