@@ -282,6 +282,9 @@ SPECTACULAR_SETTINGS = {
 
 # --- Sessions and transport security --------------------------------------------------
 SESSION_ENGINE = "tenants.session_store"  # Django's database sessions, keys checked
+# Messages can name a person ("dr.who@... can now open this study"): kept in the session,
+# on the server, not in a cookie that is signed but readable.
+MESSAGE_STORAGE = "django.contrib.messages.storage.session.SessionStorage"
 # Upper bounds; each clinic's policy (idle minutes, absolute hours) can only shorten them.
 SESSION_COOKIE_AGE = env_int("SESSION_ABSOLUTE_SECONDS", 12 * 3600)
 SESSION_IDLE_SECONDS = env_int("SESSION_IDLE_SECONDS", 15 * 60)

@@ -289,6 +289,23 @@ def test_grant_then_revoke(client_for, radiologist, referring_physician, study):
     assert actions == [Action.GRANT_ADDED, Action.GRANT_REVOKED]
 
 
+def test_a_message_naming_the_grantee_is_kept_on_the_server_not_in_a_cookie(
+    client_for, radiologist, referring_physician, study
+):
+    client = client_for(radiologist)
+
+    response = client.post(
+        url(study, "grants/"), {"grantee": str(referring_physician.pk), "level": "view"}
+    )
+    page = client.get(response["Location"])
+
+    assert referring_physician.email.encode() in page.content  # the message is shown
+    assert all(
+        referring_physician.email.split("@")[0] not in c.value for c in client.cookies.values()
+    )
+    assert "messages" not in response.cookies
+
+
 def test_only_referring_physicians_of_the_clinic_can_be_granted(
     client_for, radiologist, technologist, other_tenant_all_roles, study
 ):
