@@ -344,9 +344,14 @@ STATIC_ROOT = DATA_DIR / "static"
 
 # --- Portal state, keys and storage ---------------------------------------------------
 PORTAL_DATA_DIR = DATA_DIR
-PORTAL_MASTER_KEY = env_secret("PORTAL_MASTER_KEY")
+# The key itself (base64), or PORTAL_MASTER_KEY_FILE naming the key file: read by
+# imaging.keys, which refuses one readable by group or others (a secret mounted for the
+# portal: mode 0400), and made there by `init_master_key`.
+PORTAL_MASTER_KEY = env_str("PORTAL_MASTER_KEY") or None
+if PORTAL_MASTER_KEY and env_str("PORTAL_MASTER_KEY_FILE"):
+    raise ImproperlyConfigured("Set either PORTAL_MASTER_KEY or PORTAL_MASTER_KEY_FILE, not both")
 PORTAL_MASTER_KEY_PATH = Path(
-    env_str("PORTAL_MASTER_KEY_FILE", str(DATA_DIR / "master.key"))
+    env_str("PORTAL_MASTER_KEY_FILE") or str(DATA_DIR / "master.key")
 ).resolve()
 PORTAL_KEY_PROVIDER = env_str("PORTAL_KEY_PROVIDER", "local")
 PORTAL_KMS_KEY_ID = env_str("PORTAL_KMS_KEY_ID")

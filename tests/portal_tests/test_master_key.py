@@ -74,3 +74,36 @@ def test_a_new_key_file_is_on_disk_before_it_is_used(key_path, monkeypatch):
     master_key_file_ensure(key_path)
 
     assert synced == [os.path.realpath(key_path), os.path.realpath(key_path.parent)]
+
+
+def _manage(args: list[str], env: dict[str, str], tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    clean = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "PORTAL_DATA_DIR": str(tmp_path)}
+    return subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=root,
+        env={**clean, "SECRET_KEY": "k" * 60, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_a_key_file_named_by_the_environment_is_made_private_and_checked(tmp_path):
+    path = tmp_path / "secrets" / "portal-master.key"
+    path.parent.mkdir()
+    named = {"PORTAL_MASTER_KEY_FILE": str(path)}
+
+    made = _manage(["init_master_key"], named, tmp_path)
+    os.chmod(path, 0o644)  # a secret mounted readable by everyone
+    refused = _manage(
+        ["shell", "-c", "from imaging.keys import master_key_load as m; m()"], named, tmp_path
+    )
+
+    assert made.returncode == 0, made.stderr
+    assert "must not be readable by group or others" in refused.stderr
