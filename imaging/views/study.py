@@ -116,13 +116,22 @@ def study_detail(request: HttpRequest, study_id: uuid.UUID) -> HttpResponse:
             detail={"via": "break_glass" if access.break_glass else "access"},
         )
     if has_clinic_perm(request, Perm.AUDIT_READ):
+        # Every series' events, also where the details stay masked: thumbnails and
+        # partners' series retrieves name the series only. Ids, not PHI.
+        series_ids = [str(pk) for pk in series_for_study(study=study).values_list("pk", flat=True)]
         events = list(
             events_about_study(
-                tenant=request.tenant,
-                study_id=str(study.pk),
-                series_ids=[str(s.pk) for s in series],
+                tenant=request.tenant, study_id=str(study.pk), series_ids=series_ids
             )[:HISTORY_SIZE]
         )
+        with transaction.atomic():
+            audit.record(  # reading the log is audited, here as on the log's own page
+                actor=Actor.from_request(request),
+                action=Action.AUDIT_VIEWED,
+                target=None,
+                tenant=request.tenant,
+                detail={"page": "study_history", "filters": {"study": str(study.pk)}},
+            )
         labels = actor_labels(tenant=request.tenant, events=events)
         context["show_history"] = True
         context["history"] = [

@@ -116,6 +116,29 @@ def test_history_is_shown_only_to_roles_that_read_the_audit(client_for, clinic, 
     assert "Access history" not in without
 
 
+def test_the_history_of_a_masked_study_names_its_series_reads_and_is_itself_audited(
+    client_for, clinic, study, tenant_admin
+):
+    from imaging.models import Series
+    from tests.imaging_tests.dicomweb_support import BASE, http, token_for
+
+    series = Series.objects.for_tenant(clinic).get(study=study)
+    partner = http(token_for(clinic, "dicomweb:read"))
+    answer = partner.get(f"{BASE}/studies/{study.study_uid}/series/{series.series_uid}")
+    assert answer.status_code == 200
+    marker = make_member(clinic, "radiologist", email="marker@north.example")
+    study_set_confidential(study=study, confidential=True, by=marker, actor=TEST_ACTOR)
+    auditor = make_member(clinic, "radiologist", "privacy_officer", email="both@north.example")
+
+    page = client_for(auditor).get(url(study)).content.decode()
+
+    assert "Confidential study" in page and "Access history" in page
+    assert "DICOMweb retrieve" in page  # the partner's read of the one series
+    (viewed,) = events(clinic, Action.AUDIT_VIEWED)
+    assert viewed.detail == {"page": "study_history", "filters": {"study": str(study.pk)}}
+    assert viewed.actor_id == str(auditor.pk)
+
+
 # --- Download -----------------------------------------------------------------------------
 
 
