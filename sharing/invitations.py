@@ -38,6 +38,7 @@ from tenants.invitations import (
     invitation_token_seal,
     invitation_usable,
     inviter_still_may,
+    refusals_audited,
 )
 from tenants.models import EMAIL_MAX_LENGTH, Membership, Tenant, User
 from tenants.roles import STAFF_ROLES, RoleCode
@@ -211,23 +212,11 @@ def invitation_check_birth_date(
     return False
 
 
+@refusals_audited(Action.PATIENT_INVITATION_REFUSED)
 def invitation_accept(
     *, invitation: PatientInvitation, user: User, actor: Actor, now: dt.datetime
 ) -> list[PatientLink]:
-    """Link `user` (who holds the invited email) to the invitation's records, once.
-
-    A refusal (used or locked meanwhile, suspended) is audited.
-    """
-    with invitation_refusals_recorded(
-        invitation, refused=Action.PATIENT_INVITATION_REFUSED, actor=actor, step="accept"
-    ):
-        return _invitation_accept(invitation=invitation, user=user, actor=actor, now=now)
-
-
-@transaction.atomic
-def _invitation_accept(
-    *, invitation: PatientInvitation, user: User, actor: Actor, now: dt.datetime
-) -> list[PatientLink]:
+    """Link `user` (who holds the invited email) to the invitation's records, once."""
     if user.email.lower() != invitation.email.lower():
         raise InvitationInvalid(
             "This invitation was sent to another email address. Sign out and open it again."
@@ -376,6 +365,7 @@ def invitation_claim_review_notice(
     return rows.select_related("tenant").get() if claimed else None
 
 
+@refusals_audited(Action.PATIENT_INVITATION_REFUSED)
 def invitation_accept_new_account(
     *,
     invitation: PatientInvitation,
@@ -385,28 +375,11 @@ def invitation_accept_new_account(
     now: dt.datetime,
 ) -> User:
     """Create the patient's account with the invited email, then accept (neither if the
-    invitation is refused, which is audited)."""
-    with invitation_refusals_recorded(
-        invitation, refused=Action.PATIENT_INVITATION_REFUSED, actor=actor, step="accept"
-    ):
-        return _invitation_accept_new_account(
-            invitation=invitation, password=password, full_name=full_name, actor=actor, now=now
-        )
-
-
-@transaction.atomic
-def _invitation_accept_new_account(
-    *,
-    invitation: PatientInvitation,
-    password: str,
-    full_name: str,
-    actor: Actor,
-    now: dt.datetime,
-) -> User:
+    invitation is refused)."""
     user = invitation_account_create(
         invitation=invitation, password=password, full_name=full_name, actor=actor
     )
-    _invitation_accept(
+    invitation_accept(
         invitation=invitation, user=user, actor=Actor.for_user(user, ip=actor.ip), now=now
     )
     return user

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import secrets
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError
@@ -43,6 +44,8 @@ from tenants.selectors import membership_for_user, roles_get
 from tenants.services import membership_add, membership_update, user_create
 from tenants.timezones import local_time_text
 from tenants.tokens import token_digest
+
+T = TypeVar("T")
 
 TOKEN_BYTES = 32
 STAFF_INVITATION_DAYS = 7
@@ -214,23 +217,31 @@ def staff_invitation_roles(invitation: StaffInvitation) -> list[str]:
     return sorted(role.name for role in invitation.roles.all())
 
 
+def refusals_audited(refused: Action) -> Callable[[Callable[..., T]], Callable[..., T]]:
+    """Run the decorated acceptance in a transaction of its own, and audit a refusal it
+    raises (used meanwhile, suspended, the membership ended) after the rollback, which
+    would otherwise take the record with it."""
+
+    def decorate(accept: Callable[..., T]) -> Callable[..., T]:
+        atomic = transaction.atomic(accept)
+
+        @functools.wraps(accept)
+        def audited(*, invitation: Invitation, actor: Actor, **kwargs: Any) -> T:
+            with invitation_refusals_recorded(
+                invitation, refused=refused, actor=actor, step="accept"
+            ):
+                return atomic(invitation=invitation, actor=actor, **kwargs)
+
+        return audited
+
+    return decorate
+
+
+@refusals_audited(Action.STAFF_INVITATION_REFUSED)
 def staff_invitation_accept(
     *, invitation: StaffInvitation, user: User, actor: Actor, now: dt.datetime
 ) -> Membership:
-    """Make `user` (who holds the invited email) a member with the invited roles, once.
-
-    A refusal (used meanwhile, suspended, the membership ended) is audited.
-    """
-    with invitation_refusals_recorded(
-        invitation, refused=Action.STAFF_INVITATION_REFUSED, actor=actor, step="accept"
-    ):
-        return _staff_invitation_accept(invitation=invitation, user=user, actor=actor, now=now)
-
-
-@transaction.atomic
-def _staff_invitation_accept(
-    *, invitation: StaffInvitation, user: User, actor: Actor, now: dt.datetime
-) -> Membership:
+    """Make `user` (who holds the invited email) a member with the invited roles, once."""
     if user.email.lower() != invitation.email.lower():
         raise InvitationInvalid(
             "This invitation was sent to another email address. Sign out, then open the "
@@ -275,6 +286,7 @@ def _staff_invitation_accept(
     return membership
 
 
+@refusals_audited(Action.STAFF_INVITATION_REFUSED)
 def staff_invitation_accept_new_account(
     *,
     invitation: StaffInvitation,
@@ -284,28 +296,11 @@ def staff_invitation_accept_new_account(
     now: dt.datetime,
 ) -> Membership:
     """Create the invitee's account with the invited email, then accept as that account
-    (neither if the invitation is refused, which is audited)."""
-    with invitation_refusals_recorded(
-        invitation, refused=Action.STAFF_INVITATION_REFUSED, actor=actor, step="accept"
-    ):
-        return _staff_invitation_accept_new_account(
-            invitation=invitation, password=password, full_name=full_name, actor=actor, now=now
-        )
-
-
-@transaction.atomic
-def _staff_invitation_accept_new_account(
-    *,
-    invitation: StaffInvitation,
-    password: str,
-    full_name: str,
-    actor: Actor,
-    now: dt.datetime,
-) -> Membership:
+    (neither if the invitation is refused)."""
     user = invitation_account_create(
         invitation=invitation, password=password, full_name=full_name, actor=actor
     )
-    return _staff_invitation_accept(
+    return staff_invitation_accept(
         invitation=invitation, user=user, actor=Actor.for_user(user, ip=actor.ip), now=now
     )
 
