@@ -76,24 +76,8 @@ def partner_share_create(
     retry sent while the first request is still under way waits for it and replays it.
     """
     tenant = study.tenant
-    if idempotency_key is None:
-        share, token = _created(
-            study=study,
-            created_by_token=created_by_token,
-            actor=actor,
-            now=now,
-            expires_at=expires_at,
-            pin=pin,
-            max_uses=max_uses,
-            allow_download=allow_download,
-            deidentify=deidentify,
-            recipient_email=recipient_email,
-            message=message,
-        )
-        return ShareCreated(share=share, token=token, replayed=False)
-    values = {
-        "study": str(study.pk),
-        "expires_at": expires_at.isoformat(),
+    request: dict[str, Any] = {
+        "expires_at": expires_at,
         "pin": pin,
         "max_uses": max_uses,
         "allow_download": allow_download,
@@ -101,6 +85,11 @@ def partner_share_create(
         "recipient_email": recipient_email,
         "message": message,
     }
+    made = {"study": study, "created_by_token": created_by_token, "actor": actor, "now": now}
+    if idempotency_key is None:
+        share, token = _created(**made, **request)
+        return ShareCreated(share=share, token=token, replayed=False)
+    values = {**request, "study": str(study.pk), "expires_at": expires_at.isoformat()}
     key_sha256 = hashlib.sha256(idempotency_key.encode()).hexdigest()
     study_confidential_locked(study)
     token_live_locked(created_by_token, now=now)
@@ -115,19 +104,7 @@ def partner_share_create(
         earlier = None
     if earlier is not None:
         return _replayed(earlier, values=values, actor=actor, tenant=tenant)
-    share, token = _created(
-        study=study,
-        created_by_token=created_by_token,
-        actor=actor,
-        now=now,
-        expires_at=expires_at,
-        pin=pin,
-        max_uses=max_uses,
-        allow_download=allow_download,
-        deidentify=deidentify,
-        recipient_email=recipient_email,
-        message=message,
-    )
+    share, token = _created(**made, **request)
     dek = study_dek(study=study)
     row_id = uuid.uuid4()
     ShareRequest.objects.create(

@@ -33,10 +33,9 @@ from tenants.invitations import (
     InvitationUnavailable,
     invitation_account_create,
     invitation_find,
-    invitation_refusals_recorded,
+    invitation_reread,
     invitation_token_claim,
     invitation_token_seal,
-    invitation_usable,
     inviter_still_may,
     refusals_audited,
 )
@@ -145,14 +144,14 @@ def invitation_current(
 ) -> PatientInvitation:
     """The invitation, re-read; raises InvitationUnavailable (audited) unless it can
     still be accepted."""
-    invitation = _unscoped().select_related("tenant").filter(pk=invitation_id).first()
-    with invitation_refusals_recorded(
-        invitation,
+    return invitation_reread(
+        _unscoped(),
+        invitation_id=invitation_id,
+        now=now,
+        ip=ip,
         refused=Action.PATIENT_INVITATION_REFUSED,
-        actor=invitation_actor(invitation, ip=ip) if invitation else None,
-        step="session",
-    ):
-        return invitation_usable(invitation, now=now)
+        actor_for=invitation_actor,
+    )
 
 
 def invitation_lookup(*, raw: str, now: dt.datetime, ip: str | None) -> PatientInvitation:

@@ -192,14 +192,14 @@ def staff_invitation_current(
 ) -> StaffInvitation:
     """The invitation, re-read; raises InvitationUnavailable (audited) unless it can
     still be accepted."""
-    invitation = _unscoped().select_related("tenant").filter(pk=invitation_id).first()
-    with invitation_refusals_recorded(
-        invitation,
+    return invitation_reread(
+        _unscoped(),
+        invitation_id=invitation_id,
+        now=now,
+        ip=ip,
         refused=Action.STAFF_INVITATION_REFUSED,
-        actor=staff_invitation_actor(invitation, ip=ip) if invitation else None,
-        step="session",
-    ):
-        return invitation_usable(invitation, now=now)
+        actor_for=staff_invitation_actor,
+    )
 
 
 def staff_invitation_lookup(*, raw: str, now: dt.datetime, ip: str | None) -> StaffInvitation:
@@ -377,6 +377,27 @@ def invitation_find(
                 invitation, exc.reason, refused=refused, actor=actor_for(invitation, ip=ip)
             )
         raise
+
+
+def invitation_reread(
+    rows: models.QuerySet,
+    *,
+    invitation_id: str,
+    now: dt.datetime,
+    ip: str | None,
+    refused: Action,
+    actor_for: Callable[..., Actor],
+) -> Any:
+    """The invitation in `rows` whose id the holder's session keeps, if it can still be
+    accepted; a refusal since the token was opened is audited."""
+    invitation = rows.select_related("tenant").filter(pk=invitation_id).first()
+    with invitation_refusals_recorded(
+        invitation,
+        refused=refused,
+        actor=actor_for(invitation, ip=ip) if invitation else None,
+        step="session",
+    ):
+        return invitation_usable(invitation, now=now)
 
 
 @contextlib.contextmanager
