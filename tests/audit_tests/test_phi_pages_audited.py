@@ -19,7 +19,7 @@ from sharing.services import share_create
 from tenants.services import user_create
 from tests.helpers import PASSWORD, TEST_ACTOR, make_member, sharer
 from tests.imaging_tests.helpers import ingest_study, synthetic_ct
-from tests.tenants_tests.test_isolation_sweep import build_url, clinic_patterns, walk_urls
+from tests.url_sweep import build_url, clinic_patterns, walk_urls
 
 NAME = "Sweep^Jane"
 PATIENT_ID = "PID-SWEEP-77"

@@ -47,11 +47,52 @@ def _files_containing(root, needles):
     return hits
 
 
+# What an image or a DICOM file stored in clear would start with.
+CLEAR_SIGNATURES = (b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"RIFF", b"\x00\x00\x00\x0cjP", b"PK")
+
+
+def _kept_temporary_files(monkeypatch, scratch) -> None:
+    """Temporary files are anonymous (unlinked at once), so nothing could read them
+    afterwards: keep each one, named, where it was asked for (else under `scratch`),
+    and send every other temporary file and upload to `scratch` too."""
+    import tempfile
+
+    def kept(*args, dir=None, **kwargs):
+        return tempfile.NamedTemporaryFile(dir=dir or scratch, delete=False)
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", kept)
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+
+
+def _looks_clear(content: bytes) -> bool:
+    from PIL import Image, UnidentifiedImageError
+
+    if content.startswith(CLEAR_SIGNATURES) or content[128:132] == b"DICM":
+        return True
+    try:
+        Image.open(io.BytesIO(content))
+    except UnidentifiedImageError:
+        return False
+    return True
+
+
 @pytest.mark.django_db
 def test_no_plaintext_phi_on_disk_in_messages_or_logs_after_ingest(
-    clinic, technologist, client_for, data_dir, settings, caplog, django_capture_on_commit_callbacks
+    clinic,
+    technologist,
+    client_for,
+    data_dir,
+    settings,
+    caplog,
+    monkeypatch,
+    tmp_path,
+    django_capture_on_commit_callbacks,
 ):
     settings.FILE_UPLOAD_MAX_MEMORY_SIZE = 1024  # force the encrypted spool
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    settings.FILE_UPLOAD_TEMP_DIR = str(scratch)
+    _kept_temporary_files(monkeypatch, scratch)
     caplog.set_level(logging.DEBUG)
     files = synthetic_ct(slices=3, size=64, patient_name=NAME, patient_id=PATIENT_ID)
     archive = io.BytesIO()
@@ -84,7 +125,13 @@ def test_no_plaintext_phi_on_disk_in_messages_or_logs_after_ingest(
     assert response.json()["summary"] == "stored 3, duplicate 1, rejected 0"
     assert Series.objects.for_tenant(clinic).get().thumbnail_status == "ready"
     assert _files_containing(data_dir, _needles()) == []
-    assert not any(p.is_file() for p in (data_dir / "spool").rglob("*"))
+    assert _files_containing(scratch, _needles()) == []
+    # Not vacuous: the upload was spooled, to a file kept where the spool writes.
+    assert any(p.stat().st_size > 1024 for p in (data_dir / "spool").rglob("*"))
+    # Three instances and the thumbnail, none of them readable as what they hold.
+    stored = [p.read_bytes() for p in (data_dir / "objects").rglob("*") if p.is_file()]
+    assert len(stored) == 4
+    assert [content[:8] for content in stored if _looks_clear(content)] == []
     assert published, "the thumbnail task was not enqueued"
     for message in published:
         assert NAME.split("^")[0] not in message and PATIENT_ID not in message
@@ -98,6 +145,38 @@ def _named(data: bytes, name: str):
     return SimpleUploadedFile(name, data, content_type="application/octet-stream")
 
 
+def _redis_values(client, key) -> list[bytes]:
+    """A key and everything it holds, whatever its type (kombu keeps lists, sets and
+    sorted sets; results are strings)."""
+    kind = client.type(key)
+    values = [key]
+    if kind == b"string":
+        values.append(client.get(key) or b"")
+    elif kind == b"list":
+        values += client.lrange(key, 0, -1)
+    elif kind == b"hash":
+        values += [part for item in client.hgetall(key).items() for part in item]
+    elif kind == b"set":
+        values += list(client.smembers(key))
+    elif kind == b"zset":
+        values += client.zrange(key, 0, -1)
+    elif kind == b"stream":
+        values += [repr(entry).encode() for entry in client.xrange(key)]
+    return values + [body for value in values for body in _message_bodies(value)]
+
+
+def _message_bodies(value: bytes) -> list[bytes]:
+    """A kombu message keeps its body base64-encoded: where PHI would be, decoded."""
+    import base64
+    import json
+
+    try:
+        message = json.loads(value)
+        return [base64.b64decode(message["body"])]
+    except (ValueError, TypeError, KeyError):
+        return []
+
+
 @pytest.mark.django_db
 def test_no_phi_in_redis(clinic, settings, django_capture_on_commit_callbacks):
     require_service(
@@ -107,24 +186,25 @@ def test_no_phi_in_redis(clinic, settings, django_capture_on_commit_callbacks):
     )
     import redis
 
-    with django_capture_on_commit_callbacks(execute=True):
-        for data in synthetic_ct(slices=2, patient_name=NAME, patient_id=PATIENT_ID):
-            ingest(clinic, data)
     client = redis.Redis.from_url(settings.REDIS_URL)
+    client.flushdb()  # what is there afterwards was put there by this ingest
+    app.conf.task_always_eager = False  # the messages go to Redis and wait there
+    try:
+        with (
+            celery_broker(settings.REDIS_URL),
+            django_capture_on_commit_callbacks(execute=True),
+        ):
+            for data in synthetic_ct(slices=2, patient_name=NAME, patient_id=PATIENT_ID):
+                ingest(clinic, data)
+        stored = {key: _redis_values(client, key) for key in client.scan_iter(count=1000)}
+    finally:
+        app.conf.task_always_eager = True
+        client.flushdb()  # no worker of a later test runs this test's tasks
 
-    leaked = []
-    for key in client.scan_iter(count=1000):
-        kind = client.type(key)
-        values = [key]
-        if kind == b"string":
-            values.append(client.get(key) or b"")
-        elif kind == b"list":
-            values += client.lrange(key, 0, -1)
-        elif kind == b"hash":
-            values += list(client.hgetall(key).values())
-        leaked += [key for value in values for needle in _needles() if needle in value]
-
+    leaked = [key for key, values in stored.items() for v in values for n in _needles() if n in v]
     assert leaked == []
+    # Not vacuous: the thumbnail task's message reached Redis.
+    assert any(b"series_thumbnail" in value for values in stored.values() for value in values)
 
 
 @pytest.mark.django_db

@@ -16,14 +16,18 @@ from django.test import Client
 from django.utils import timezone
 
 from imaging.api.urls import urlpatterns as api_patterns
+from imaging.dicomweb.auth import SHARE_DOWNLOAD_ROUTES, SHARE_VIEW_ROUTES
 from imaging.dicomweb.urls import urlpatterns as dicomweb_patterns
 from imaging.models import Study
 from imaging.services import study_set_confidential
+from portal import urls
 from sharing.api.urls import urlpatterns as share_patterns
 from tenants.models import ApiToken
-from tests.helpers import TEST_ACTOR
+from tests.helpers import TEST_ACTOR, make_member
 from tests.imaging_tests.dicomweb_support import token_for
-from tests.imaging_tests.helpers import ingest, synthetic_ct
+from tests.imaging_tests.helpers import ingest, ingest_study, synthetic_ct
+from tests.sharing_tests.test_share_links import make_share, open_link
+from tests.url_sweep import UID_GROUPS, made_up, seen, walk_urls
 
 SCOPE = ApiToken.Scope.CONFIDENTIAL_READ
 
@@ -54,20 +58,39 @@ def _bearer(tenant, *scopes: str) -> Client:
     return Client(headers={"Authorization": f"Bearer {token_for(tenant, *scopes)}"})
 
 
-def _dicomweb_sweep(values: dict[str, str], hidden: Client, visible: Client) -> int:
-    """Each route for a caller it must stay hidden from, then for one who may see it."""
-    results = {}
-    for pattern in dicomweb_patterns:
-        url = "/dicomweb/" + _fill(str(pattern.pattern), values)
-        results[url] = (hidden.get(url).status_code, visible.get(url).status_code)
+def _dicomweb_sweep(
+    values: dict[str, str],
+    hidden: Client,
+    visible: Client,
+    *,
+    routes: list[str] | None = None,
+    root: str = "/dicomweb/",
+) -> int:
+    """Each route for a caller it must stay hidden from, then for one who may see it.
 
-    for url, (outsider, owner) in results.items():
-        if re.fullmatch(r"/dicomweb/(studies|series|instances)", url):
-            assert outsider == 204, url  # searches: no results, not an error
-        else:
-            assert outsider == 404, url
-        assert owner == 200, url  # the same URL works for a caller who may see it
-    return len(results)
+    The hidden caller's answer, to GET and HEAD, must be the one a made-up UID gets,
+    status, type and body alike; a search filtered by the hidden study finds nothing.
+    """
+    uids = {level: values[level] for level in UID_GROUPS}
+    missing_uids = made_up(uids)
+    missing = {**values, **missing_uids}
+    swept = 0
+    for route in routes or [str(p.pattern) for p in dicomweb_patterns]:
+        url, missing_url = root + _fill(route, values), root + _fill(route, missing)
+        search = "<" not in route
+        if search:
+            url += f"?StudyInstanceUID={values['study']}"
+            missing_url += f"?StudyInstanceUID={missing['study']}"
+        for method in ("get", "head"):
+            answer = getattr(hidden, method)(url)
+            expected = getattr(hidden, method)(missing_url)
+
+            assert answer.status_code == (204 if search else 404), (method, url)
+            assert seen(answer, uids) == seen(expected, missing_uids), (method, url)
+        # The same URL works for a caller who may see it (an access check answers 204).
+        assert visible.get(url).status_code == 200 or url.endswith("/access"), url
+        swept += 1
+    return swept
 
 
 @pytest.mark.django_db
@@ -78,6 +101,40 @@ def test_every_dicomweb_route_is_404_or_empty_for_another_clinic(victim, other_c
     swept = _dicomweb_sweep(victim, outsider, own)
 
     assert swept == len(dicomweb_patterns) >= 17
+
+
+def _recipient(study, radiologist) -> Client:
+    """A browser that opened a link to `study` (its PIN answered), download allowed."""
+    _, token = make_share(study, radiologist, allow_download=True)
+    client = Client()
+    open_link(client, token)
+    return client
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("other", ["another clinic's study", "another study of the clinic"])
+def test_every_share_dicomweb_route_is_404_or_empty_for_another_links_recipient(
+    other, victim, other_clinic, radiologist
+):
+    clinic = victim_clinic(victim)
+    if other == "another clinic's study":
+        holder = make_member(other_clinic, "radiologist", email="sharer@south.example")
+        elsewhere = ingest_study(other_clinic, synthetic_ct(slices=1, size=16))
+    else:
+        holder, elsewhere = radiologist, ingest_study(clinic, synthetic_ct(slices=1, size=16))
+    study = Study.objects.for_tenant(clinic).get(pk=victim["id"])
+    served = {f"share_dicomweb_{name}" for name in SHARE_VIEW_ROUTES | SHARE_DOWNLOAD_ROUTES}
+    routes = [route[2:] for name, route, _ in walk_urls(urls.urlpatterns) if name in served]
+
+    swept = _dicomweb_sweep(
+        victim,
+        _recipient(elsewhere, holder),
+        _recipient(study, radiologist),
+        routes=routes,
+        root="/s/",
+    )
+
+    assert swept == len(routes) == len(served)
 
 
 def _confidential(victim, radiologist) -> None:
