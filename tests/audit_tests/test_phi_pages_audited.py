@@ -6,9 +6,11 @@ new page that shows PHI without recording it fails here the day it is added.
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import pytest
+from django.db import DatabaseError
 from django.test import Client
 from django.utils import timezone
 
@@ -17,7 +19,7 @@ from imaging.models import Instance, Series
 from sharing.invitations import invitation_accept, patient_invite
 from sharing.services import share_create
 from tenants.services import user_create
-from tests.helpers import PASSWORD, TEST_ACTOR, make_member, sharer
+from tests.helpers import PASSWORD, TEST_ACTOR, make_member, sharer, verified_client
 from tests.imaging_tests.helpers import ingest_study, synthetic_ct
 from tests.url_sweep import build_url, clinic_patterns, walk_urls
 
@@ -233,3 +235,91 @@ def test_the_sweep_fills_every_id_a_recipient_page_takes(front_desk, study):
     unknown = groups - set(_values(study, share))
 
     assert unknown <= RECIPIENT_ENTRY_GROUPS
+
+
+def _received(response) -> bytes:
+    """What reached the caller, up to the point a streamed answer broke off."""
+    if not response.streaming:
+        return response.content
+    received = []
+    with contextlib.suppress(Exception):  # the failure under test: what came before counts
+        received.extend(response.streaming_content)
+    return b"".join(received)
+
+
+def _actions_recorded(client: Client, urls: list[str], monkeypatch) -> dict[str, set[str]]:
+    """For each page that shows PHI, the actions it records."""
+    from audit import recorder
+
+    real, recorded = recorder.record_many, []
+
+    def spy(**kwargs):
+        recorded.extend(str(entry.action) for entry in kwargs["entries"])
+        return real(**kwargs)
+
+    pages = {}
+    with monkeypatch.context() as patched:
+        patched.setattr(recorder, "record_many", spy)
+        for url in urls:
+            recorded.clear()
+            if _shows_phi(client.get(url)):
+                pages[url] = set(recorded)
+    return pages
+
+
+def _shown_without_their_audit(client: Client, urls: list[str], monkeypatch) -> list:
+    """(page, action) for each page still showing PHI when one of its events fails."""
+    from audit import recorder
+
+    real, shown = recorder.record_many, []
+    for url, actions in _actions_recorded(client, urls, monkeypatch).items():
+        for action in sorted(actions):
+
+            def record_many(action=action, **kwargs):
+                if any(str(entry.action) == action for entry in kwargs["entries"]):
+                    raise DatabaseError("the audit append failed")
+                return real(**kwargs)
+
+            with monkeypatch.context() as patched:
+                patched.setattr(recorder, "record_many", record_many)
+                body = _received(client.get(url))
+            if any(marker in body for marker in SHOWN):
+                shown.append((url, action))
+    return shown
+
+
+@pytest.mark.django_db
+def test_no_staff_or_patient_page_shows_a_patient_when_its_look_cannot_be_audited(
+    all_staff_roles, linked_patient, study, monkeypatch
+):
+    share = _share(study, all_staff_roles)
+    staff = verified_client(all_staff_roles, raise_request_exception=False)
+    patient = verified_client(linked_patient, raise_request_exception=False)
+    pages = _pages(study, share)
+
+    assert _shown_without_their_audit(staff, pages, monkeypatch) == []
+    assert _shown_without_their_audit(patient, pages, monkeypatch) == []
+    # Not vacuous: the study page records its look, and fails visibly without it.
+    study_page = f"/t/{study.tenant.slug}/studies/{study.pk}/"
+    assert "study.viewed" in _actions_recorded(staff, [study_page], monkeypatch)[study_page]
+
+
+@pytest.mark.django_db
+def test_no_recipient_page_shows_the_study_when_its_look_cannot_be_audited(
+    radiologist, study, monkeypatch
+):
+    share, token = share_create(
+        study=study,
+        actor=TEST_ACTOR,
+        now=timezone.now(),
+        **sharer(radiologist, study.tenant),
+        pin="2468",
+        allow_download=True,
+    )
+    recipient = Client(raise_request_exception=False)
+    recipient.get(f"/s/{token}")
+    assert recipient.post("/s/", {"answer": "2468"}).status_code == 303
+    pages = _pages(study, share, recipient_patterns())
+
+    assert _shown_without_their_audit(recipient, pages, monkeypatch) == []
+    assert "/s/download/" in _actions_recorded(recipient, pages, monkeypatch)
