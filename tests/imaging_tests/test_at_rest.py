@@ -304,3 +304,41 @@ def test_a_clinics_first_object_is_durable_with_its_new_folder(clinic, data_dir,
     ).parent
     assert folder.parent in synced  # the clinic's new folder, recorded in the root
     assert folder in synced  # the object, recorded in the clinic's folder
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_object_is_on_disk_for_good_before_its_row_commits(clinic, data_dir, monkeypatch):
+    import os
+
+    from django.db import connection
+
+    events: list[tuple[str, str]] = []
+    real_fsync, real_replace, real_commit = os.fsync, os.replace, connection.commit
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        return real_fsync(fd)
+
+    def replace(source, target):
+        events.append(("rename", os.fspath(target)))
+        return real_replace(source, target)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(
+        connection, "commit", lambda: events.append(("commit", "")) or real_commit()
+    )
+
+    result = ingest(clinic, sample_bytes("CT_small.dcm"))
+
+    key = Instance.objects.for_tenant(clinic).get(pk=result.instance_id).storage_key
+    path = str((data_dir / "objects" / key).resolve())
+    synced_parts = [i for i, (e, p) in enumerate(events) if e == "fsync" and ".part" in p]
+    assert synced_parts, "the object's bytes were never synced to the disk"
+    written = synced_parts[0]
+    renamed = events.index(("rename", path))
+    listed = events.index(("fsync", os.path.dirname(path)))
+    committed = events.index(("commit", ""), renamed)
+    # The bytes reach the disk, then the name, then the directory entry; the row after.
+    assert written < renamed < listed < committed
+    assert events[written][1].startswith(os.path.dirname(path) + "/.")
