@@ -297,6 +297,24 @@ def with_large_values(data: bytes) -> bytes:
     return out.getvalue()
 
 
+def second_store_fails_once_written(monkeypatch, error: BaseException) -> None:
+    """The second instance fails after its object is written: its row's audit append
+    raises `error` (a lost database connection, or an interrupted worker)."""
+    from audit import recorder
+    from audit.models import Action
+
+    real, stores = recorder.record_many, []
+
+    def record_many(**kwargs):
+        if any(entry.action == Action.INSTANCE_STORED for entry in kwargs["entries"]):
+            stores.append(1)
+            if len(stores) == 2:
+                raise error
+        return real(**kwargs)
+
+    monkeypatch.setattr(recorder, "record_many", record_many)
+
+
 def second_write_fails(monkeypatch) -> None:
     """The second object written fails, as a full disk or a lost bucket would."""
     from imaging.storage import PrivateFileSystemStorage

@@ -11,12 +11,19 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from django.db import DatabaseError
 
 from audit.models import Action, AuditEvent
 from imaging.models import Instance
 from imaging.storage import object_keys, storage_for
 from imaging.uploads import EncryptedSpool, SpoolReader
-from tests.imaging_tests.helpers import sample_bytes, second_write_fails, synthetic_ct
+from tests.imaging_tests.helpers import (
+    ingest,
+    sample_bytes,
+    second_store_fails_once_written,
+    second_write_fails,
+    synthetic_ct,
+)
 
 
 def _file(data: bytes, name: str = "a.dcm") -> SimpleUploadedFile:
@@ -246,6 +253,39 @@ def test_an_upload_file_failing_to_store_fails_alone_and_the_rest_are_stored(
     assert "could not be stored" in body["results"][1]["message"]
     assert Instance.objects.for_tenant(clinic).count() == 2
     assert len(object_keys(storage_for(clinic), str(clinic.pk))) == 2  # none half-written
+
+
+@pytest.mark.django_db
+def test_an_upload_file_failing_once_its_object_is_written_leaves_no_object(
+    clinic, technologist, client_for, monkeypatch
+):
+    files = synthetic_ct(slices=3)
+    second_store_fails_once_written(monkeypatch, DatabaseError("connection lost"))
+
+    response = client_for(technologist).post(
+        "/t/north/upload/",
+        {"files": [_file(data, f"{i}.dcm") for i, data in enumerate(files)]},
+        HTTP_ACCEPT="application/json",
+    )
+
+    assert response.json()["summary"] == "stored 2, duplicate 0, rejected 1"
+    assert Instance.objects.for_tenant(clinic).count() == 2
+    assert len(object_keys(storage_for(clinic), str(clinic.pk))) == 2  # its object went too
+    failed = AuditEvent.objects.for_tenant(clinic).filter(action=Action.INSTANCE_REJECTED)
+    assert [e.detail.get("error") for e in failed] == ["DatabaseError"]
+
+
+@pytest.mark.django_db
+def test_an_interrupted_ingest_leaves_neither_row_nor_object(clinic, monkeypatch):
+    first, second = synthetic_ct(slices=2)
+    second_store_fails_once_written(monkeypatch, KeyboardInterrupt())
+    ingest(clinic, first)
+
+    with pytest.raises(KeyboardInterrupt):
+        ingest(clinic, second)
+
+    assert Instance.objects.for_tenant(clinic).count() == 1
+    assert len(object_keys(storage_for(clinic), str(clinic.pk))) == 1
 
 
 @pytest.mark.django_db
