@@ -61,6 +61,21 @@ def check_database(app_configs: Any, **kwargs: Any) -> list[Warning]:
 
 
 @register(Tags.security, deploy=True)
+def check_allowed_hosts(app_configs: Any, **kwargs: Any) -> list[Warning]:
+    """A wildcard host lets any Host header through: password-reset and invitation links
+    built from a request, and the CSRF origin check, would trust whatever a client sent."""
+    if "*" in settings.ALLOWED_HOSTS:
+        return [
+            Warning(
+                "ALLOWED_HOSTS accepts any host ('*').",
+                hint="List the portal's own host names, e.g. ALLOWED_HOSTS=portal.example.org.",
+                id="portal.W005",
+            )
+        ]
+    return []
+
+
+@register(Tags.security, deploy=True)
 def check_base_url(app_configs: Any, **kwargs: Any) -> list[Error | Warning]:
     """Emails carry links to PORTAL_BASE_URL; a one-time token in one is erased once
     sent, so a link without a host is an invitation lost, and one over http a token

@@ -131,7 +131,7 @@ elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # An unreachable database fails a request (and a readiness probe) within seconds,
     # not after the operating system's TCP timeout. A connect_timeout in the URL wins.
     DATABASES["default"]["OPTIONS"].setdefault(
-        "connect_timeout", env_int("DB_CONNECT_TIMEOUT_SECONDS", 5)
+        "connect_timeout", env_int("DB_CONNECT_TIMEOUT_SECONDS", 5, minimum=1)
     )
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -164,27 +164,27 @@ OTP_TOTP_ISSUER = env_str("OTP_TOTP_ISSUER", "Imaging Portal")
 
 # Second factor and sign-in throttling.
 OTP_TOTP_THROTTLE_FACTOR = 1  # django-otp: exponential delay per device after failures
-SIGNIN_ACCOUNT_FAILURE_LIMIT = env_int("SIGNIN_ACCOUNT_FAILURE_LIMIT", 5)
-SIGNIN_IP_FAILURE_LIMIT = env_int("SIGNIN_IP_FAILURE_LIMIT", 50)
-SIGNIN_LOCKOUT_SECONDS = env_int("SIGNIN_LOCKOUT_SECONDS", 15 * 60)
+SIGNIN_ACCOUNT_FAILURE_LIMIT = env_int("SIGNIN_ACCOUNT_FAILURE_LIMIT", 5, minimum=1)
+SIGNIN_IP_FAILURE_LIMIT = env_int("SIGNIN_IP_FAILURE_LIMIT", 50, minimum=1)
+SIGNIN_LOCKOUT_SECONDS = env_int("SIGNIN_LOCKOUT_SECONDS", 15 * 60, minimum=1)
 BACKUP_CODE_COUNT = 10
 # Requests a partner token may make a minute, DICOMweb and the REST API together.
-API_RATE_LIMIT_PER_MINUTE = env_int("API_RATE_LIMIT_PER_MINUTE", 600)
-STOW_MAX_REQUEST_BYTES = env_int("STOW_MAX_REQUEST_BYTES", 2 * 1024 * 1024 * 1024)
+API_RATE_LIMIT_PER_MINUTE = env_int("API_RATE_LIMIT_PER_MINUTE", 600, minimum=1)
+STOW_MAX_REQUEST_BYTES = env_int("STOW_MAX_REQUEST_BYTES", 2 * 1024 * 1024 * 1024, minimum=1)
 # STOW-RS stores parts in batches, one transaction each: up to this many parts or bytes.
-STOW_BATCH_INSTANCES = env_int("STOW_BATCH_INSTANCES", 50)
-STOW_BATCH_BYTES = env_int("STOW_BATCH_BYTES", 32 * 1024 * 1024)
+STOW_BATCH_INSTANCES = env_int("STOW_BATCH_INSTANCES", 50, minimum=1)
+STOW_BATCH_BYTES = env_int("STOW_BATCH_BYTES", 32 * 1024 * 1024, minimum=1)
 # STOW-RS of DICOM JSON metadata holds each instance's bulk data, and the metadata of
 # those waiting for theirs, until it is complete: at most this much at once. An instance
 # larger than that goes as a DICOM file, which is stored as it arrives.
-STOW_JSON_MAX_HELD_BYTES = env_int("STOW_JSON_MAX_HELD_BYTES", 256 * 1024 * 1024)
+STOW_JSON_MAX_HELD_BYTES = env_int("STOW_JSON_MAX_HELD_BYTES", 256 * 1024 * 1024, minimum=1)
 # One metadata part's JSON (parsed, it takes several times its text).
-STOW_JSON_MAX_METADATA_BYTES = env_int("STOW_JSON_MAX_METADATA_BYTES", 32 * 1024 * 1024)
+STOW_JSON_MAX_METADATA_BYTES = env_int("STOW_JSON_MAX_METADATA_BYTES", 32 * 1024 * 1024, minimum=1)
 # An open viewer asks this often whether its study is still reachable, and drops the
 # images it holds once it is not (a grant or share revoked, a membership ended).
-VIEWER_ACCESS_CHECK_SECONDS = env_int("VIEWER_ACCESS_CHECK_SECONDS", 30)
+VIEWER_ACCESS_CHECK_SECONDS = env_int("VIEWER_ACCESS_CHECK_SECONDS", 30, minimum=1)
 # Threads per process that write a batch's objects at once (disk and S3 waits overlap).
-STORAGE_WRITE_THREADS = env_int("STORAGE_WRITE_THREADS", 4)
+STORAGE_WRITE_THREADS = env_int("STORAGE_WRITE_THREADS", 4, minimum=1)
 # Passkeys (django-otp-webauthn), a second factor after the password, never passwordless.
 OTP_WEBAUTHN_ALLOW_PASSWORDLESS_LOGIN = False
 OTP_WEBAUTHN_RP_NAME = env_str("WEBAUTHN_RP_NAME", "Imaging Portal")
@@ -202,17 +202,17 @@ THUMBNAIL_DELAY_SECONDS = env_int("THUMBNAIL_DELAY_SECONDS", 10)
 # A series' thumbnail render may be cut off (its worker killed: out of memory, a decoder
 # crash, the time limit) this many times; then it is marked failed rather than sent again
 # without end. Renders that return or raise (storage down, say) do not count.
-THUMBNAIL_MAX_ATTEMPTS = env_int("THUMBNAIL_MAX_ATTEMPTS", 5)
+THUMBNAIL_MAX_ATTEMPTS = env_int("THUMBNAIL_MAX_ATTEMPTS", 5, minimum=1)
 # A render still running after this many seconds is stopped (its worker process ends).
-THUMBNAIL_TIME_LIMIT_SECONDS = env_int("THUMBNAIL_TIME_LIMIT_SECONDS", 600)
+THUMBNAIL_TIME_LIMIT_SECONDS = env_int("THUMBNAIL_TIME_LIMIT_SECONDS", 600, minimum=1)
 # Work still undone this long after it was due (a thumbnail, an email) is queued again:
 # its message was lost to a broker fault or its retries were spent. The checks run as
 # often; emails are retried for TASK_RECOVER_WITHIN_DAYS.
-TASK_RECOVER_AFTER_MINUTES = env_int("TASK_RECOVER_AFTER_MINUTES", 30)
-TASK_RECOVER_WITHIN_DAYS = env_int("TASK_RECOVER_WITHIN_DAYS", 7)
+TASK_RECOVER_AFTER_MINUTES = env_int("TASK_RECOVER_AFTER_MINUTES", 30, minimum=1)
+TASK_RECOVER_WITHIN_DAYS = env_int("TASK_RECOVER_WITHIN_DAYS", 7, minimum=1)
 # Fault injection for the crash tests only: a pause inside the thumbnail task.
 PORTAL_FAULT_THUMBNAIL_DELAY_SECONDS = env_int("PORTAL_FAULT_THUMBNAIL_DELAY_SECONDS", 0)
-BREAK_GLASS_MINUTES = env_int("BREAK_GLASS_MINUTES", 60)
+BREAK_GLASS_MINUTES = env_int("BREAK_GLASS_MINUTES", 60, minimum=1)
 PORTAL_BASE_URL = env_str("PORTAL_BASE_URL", "http://127.0.0.1:8000" if DEBUG else "")
 
 # Content Security Policy (django-csp): no inline script anywhere, nothing framed.
@@ -239,15 +239,15 @@ EMAIL_BACKEND = env_str(
     else "django.core.mail.backends.smtp.EmailBackend",
 )
 EMAIL_HOST = env_str("EMAIL_HOST", "localhost")
-EMAIL_PORT = env_int("EMAIL_PORT", 25)
+EMAIL_PORT = env_int("EMAIL_PORT", 25, minimum=1)
 EMAIL_HOST_USER = env_str("EMAIL_HOST_USER")
 EMAIL_HOST_PASSWORD = env_secret("EMAIL_HOST_PASSWORD") or ""
 EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", default=False)  # STARTTLS (port 587)
 EMAIL_USE_SSL = env_bool("EMAIL_USE_SSL", default=False)  # implicit TLS (port 465)
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "Imaging Portal <no-reply@localhost>")
 # A mail server that stalls must not hold a task (and the row it claimed) for minutes.
-EMAIL_TIMEOUT = env_int("EMAIL_TIMEOUT", 20)
-PASSWORD_RESET_TIMEOUT = env_int("PASSWORD_RESET_TIMEOUT", 3600)
+EMAIL_TIMEOUT = env_int("EMAIL_TIMEOUT", 20, minimum=1)
+PASSWORD_RESET_TIMEOUT = env_int("PASSWORD_RESET_TIMEOUT", 3600, minimum=1)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["imaging.api.auth.ApiTokenAuthentication"],
@@ -286,8 +286,8 @@ SESSION_ENGINE = "tenants.session_store"  # Django's database sessions, keys che
 # on the server, not in a cookie that is signed but readable.
 MESSAGE_STORAGE = "django.contrib.messages.storage.session.SessionStorage"
 # Upper bounds; each clinic's policy (idle minutes, absolute hours) can only shorten them.
-SESSION_COOKIE_AGE = env_int("SESSION_ABSOLUTE_SECONDS", 12 * 3600)
-SESSION_IDLE_SECONDS = env_int("SESSION_IDLE_SECONDS", 15 * 60)
+SESSION_COOKIE_AGE = env_int("SESSION_ABSOLUTE_SECONDS", 12 * 3600, minimum=1)
+SESSION_IDLE_SECONDS = env_int("SESSION_IDLE_SECONDS", 15 * 60, minimum=1)
 SESSION_EXPIRE_AT_BROWSER_CLOSE = True
 SESSION_COOKIE_NAME = "portal_session"
 CSRF_COOKIE_NAME = "portal_csrf"
@@ -328,8 +328,8 @@ FILE_UPLOAD_HANDLERS = [
     "django.core.files.uploadhandler.MemoryFileUploadHandler",
     "imaging.uploads.EncryptedSpoolUploadHandler",
 ]
-FILE_UPLOAD_MAX_MEMORY_SIZE = env_int("FILE_UPLOAD_MAX_MEMORY_SIZE", 4 * 1024 * 1024)
-DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("DATA_UPLOAD_MAX_MEMORY_SIZE", 32 * 1024 * 1024)
+FILE_UPLOAD_MAX_MEMORY_SIZE = env_int("FILE_UPLOAD_MAX_MEMORY_SIZE", 4 * 1024 * 1024, minimum=1)
+DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("DATA_UPLOAD_MAX_MEMORY_SIZE", 32 * 1024 * 1024, minimum=1)
 
 # --- Internationalisation -------------------------------------------------------------
 LANGUAGE_CODE = "en-us"
@@ -370,18 +370,20 @@ AUDIT_CHECKPOINT_ROOT = Path(
     env_str("AUDIT_CHECKPOINT_ROOT", str(DATA_DIR / "audit-checkpoints"))
 ).resolve()
 # Ingest limits, checked before any expensive work.
-INGEST_MAX_INSTANCE_BYTES = env_int("INGEST_MAX_INSTANCE_BYTES", 1024 * 1024 * 1024)
-INGEST_MAX_SEQUENCE_DEPTH = env_int("INGEST_MAX_SEQUENCE_DEPTH", 8)
+INGEST_MAX_INSTANCE_BYTES = env_int("INGEST_MAX_INSTANCE_BYTES", 1024 * 1024 * 1024, minimum=1)
+INGEST_MAX_SEQUENCE_DEPTH = env_int("INGEST_MAX_SEQUENCE_DEPTH", 8, minimum=1)
 # Data elements and sequence items in one file: pydicom builds an object for each (some
 # hundreds of bytes), so a small file of empty elements could cost gigabytes. An
 # enhanced multi-frame image of thousands of frames holds a few hundred thousand.
-INGEST_MAX_ELEMENTS = env_int("INGEST_MAX_ELEMENTS", 500_000)
+INGEST_MAX_ELEMENTS = env_int("INGEST_MAX_ELEMENTS", 500_000, minimum=1)
 # One decoded frame at most (rendering, thumbnails, decoded frames): compressed data can
 # claim any size in its header, and decoders allocate what it claims.
-RENDER_MAX_FRAME_BYTES = env_int("RENDER_MAX_FRAME_BYTES", 256 * 1024 * 1024)
-INGEST_MAX_ZIP_ENTRIES = env_int("INGEST_MAX_ZIP_ENTRIES", 20000)
-INGEST_MAX_ZIP_TOTAL_BYTES = env_int("INGEST_MAX_ZIP_TOTAL_BYTES", 8 * 1024 * 1024 * 1024)
-INGEST_MAX_ZIP_RATIO = env_int("INGEST_MAX_ZIP_RATIO", 100)
+RENDER_MAX_FRAME_BYTES = env_int("RENDER_MAX_FRAME_BYTES", 256 * 1024 * 1024, minimum=1)
+INGEST_MAX_ZIP_ENTRIES = env_int("INGEST_MAX_ZIP_ENTRIES", 20000, minimum=1)
+INGEST_MAX_ZIP_TOTAL_BYTES = env_int(
+    "INGEST_MAX_ZIP_TOTAL_BYTES", 8 * 1024 * 1024 * 1024, minimum=1
+)
+INGEST_MAX_ZIP_RATIO = env_int("INGEST_MAX_ZIP_RATIO", 100, minimum=1)
 
 # --- Cache: sign-in throttles. Redis when configured so every process sees the same counts.
 REDIS_URL = env_secret("REDIS_URL") or ""  # or REDIS_URL_FILE: it can hold a password
@@ -405,9 +407,9 @@ if REDIS_URL:
     CELERY_RESULT_BACKEND = REDIS_URL
     # An unacknowledged task (worker killed) is redelivered after this many seconds.
     CELERY_BROKER_TRANSPORT_OPTIONS: dict = {
-        "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600),
+        "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600, minimum=1),
         # A broker host that drops packets must not hold a request that has committed.
-        "socket_connect_timeout": env_int("CELERY_BROKER_CONNECT_TIMEOUT_SECONDS", 2),
+        "socket_connect_timeout": env_int("CELERY_BROKER_CONNECT_TIMEOUT_SECONDS", 2, minimum=1),
     }
 else:
     # Embedded default: a filesystem broker needs no server. Messages carry ids only.
@@ -435,7 +437,7 @@ CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
 CELERY_BEAT_SCHEDULE = {
     "orphan-objects-sweep": {
         "task": "imaging.tasks.orphan_objects_sweep_all",
-        "schedule": env_int("ORPHAN_SWEEP_INTERVAL_SECONDS", 3600),
+        "schedule": env_int("ORPHAN_SWEEP_INTERVAL_SECONDS", 3600, minimum=1),
     },
     "thumbnails-pending-requeue": {
         "task": "imaging.tasks.thumbnails_pending_requeue_all",
@@ -452,12 +454,12 @@ CELERY_BEAT_SCHEDULE = {
     },
     "audit-chains-verify": {
         "task": "audit.tasks.audit_chains_verify",
-        "schedule": env_int("AUDIT_VERIFY_INTERVAL_SECONDS", 6 * 3600),
+        "schedule": env_int("AUDIT_VERIFY_INTERVAL_SECONDS", 6 * 3600, minimum=1),
     },
     # How many minutes of events a database-level deletion can remove unnoticed.
     "audit-checkpoints-write": {
         "task": "audit.tasks.audit_checkpoints_write",
-        "schedule": env_int("AUDIT_CHECKPOINT_INTERVAL_SECONDS", 300),
+        "schedule": env_int("AUDIT_CHECKPOINT_INTERVAL_SECONDS", 300, minimum=1),
     },
 }
 CELERY_TIMEZONE = "UTC"

@@ -115,6 +115,32 @@ def test_deploy_check_warns_that_the_embedded_database_is_a_local_file(tmp_path)
     assert "portal.W004" in result.stderr + result.stdout
 
 
+def test_deploy_check_warns_when_any_host_is_allowed(tmp_path):
+    result = _run(
+        ["manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        {**PROD, "ALLOWED_HOSTS": "portal.example.org,*", "SECRET_KEY": STRONG_KEY},
+        tmp_path,
+    )
+
+    assert result.returncode != 0
+    assert "portal.W005" in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("SIGNIN_ACCOUNT_FAILURE_LIMIT", "0", "at least 1, got 0"),
+        ("STOW_MAX_REQUEST_BYTES", "-1", "at least 1, got -1"),
+        ("TRUSTED_PROXY_COUNT", "-1", "at least 0, got -1"),
+    ],
+)
+def test_a_limit_below_its_minimum_fails_loudly_at_start(tmp_path, name, value, message):
+    result = _run(["manage.py", "check"], {name: value, "SECRET_KEY": STRONG_KEY}, tmp_path)
+
+    assert result.returncode != 0
+    assert f"{name} must be {message}" in result.stderr
+
+
 def test_database_and_redis_urls_can_come_from_files(tmp_path):
     (tmp_path / "db").write_text("postgres://portal:s3cret@db.internal:5432/portal\n")
     (tmp_path / "redis").write_text("redis://:s3cret@redis.internal:6379/0\n")
@@ -245,6 +271,9 @@ def test_env_helpers(monkeypatch, tmp_path):
     assert env.env_bool("X_BOOL") is True
     assert env.env_bool("X_MISSING", default=True) is True
     assert env.env_int("X_INT", 1) == 12
+    assert env.env_int("X_INT", 1, minimum=12) == 12
+    with pytest.raises(ImproperlyConfigured, match="X_INT must be at least 13, got 12"):
+        env.env_int("X_INT", 1, minimum=13)
     assert env.env_list("X_LIST") == ["a.example", "b.example"]
     assert env.env_secret("X_SECRET") == "from-file"
     with pytest.raises(ImproperlyConfigured, match="X_BAD_INT must be an integer"):
