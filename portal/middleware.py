@@ -40,6 +40,29 @@ class ForwardedForMiddleware:
         return self.get_response(request)
 
 
+class HealthProbeMiddleware:
+    """Answer /healthz and /readyz whatever the Host header says.
+
+    Load balancers and orchestrators probe each replica by its address, which is no host
+    the portal serves: past this point (sessions, CSRF, the URL resolver) such a request
+    is a DisallowedHost 400, logged as an error on every probe. The probes show nothing
+    of a clinic and change nothing, so they need none of that; the response still passes
+    back through the header middleware above.
+    """
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        from portal.views import healthz, readyz
+
+        self.get_response = get_response
+        self.probes = {"/healthz": healthz, "/readyz": readyz}
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        probe = self.probes.get(request.path_info)
+        if probe is not None and request.method in ("GET", "HEAD"):
+            return probe(request)
+        return self.get_response(request)
+
+
 class PrivacyHeadersMiddleware:
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response

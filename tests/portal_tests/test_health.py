@@ -20,6 +20,24 @@ def test_healthz_answers_when_the_process_is_up(client):
 
 
 @pytest.mark.django_db
+@pytest.mark.parametrize("path", ["/healthz", "/readyz"])
+def test_a_probe_by_address_is_answered_and_logs_no_error(path, settings, tmp_path, caplog):
+    settings.ALLOWED_HOSTS = ["portal.example.org"]
+    settings.PORTAL_STORAGE_ROOT = tmp_path / "objects"
+    client = Client(raise_request_exception=False)
+
+    probe = client.get(path, HTTP_HOST="10.0.3.17:8000")
+    page = client.get("/accounts/login/", HTTP_HOST="10.0.3.17:8000")
+
+    assert probe.status_code == 200
+    assert probe["X-Content-Type-Options"] == "nosniff"  # the headers middleware still ran
+    assert page.status_code == 400  # only the probes are answered for any host
+    assert [r.name for r in caplog.records if r.name.startswith("django.security")] == [
+        "django.security.DisallowedHost"
+    ]
+
+
+@pytest.mark.django_db
 def test_readyz_is_ok_when_everything_is_reachable(client, settings, tmp_path):
     settings.PORTAL_STORAGE_ROOT = tmp_path / "objects"
 
