@@ -27,7 +27,12 @@ def audit_log(request: HttpRequest) -> HttpResponse:
     tenant = request.tenant  # type: ignore[attr-defined]
     form = AuditFilterForm(request.GET or None, tenant=tenant)
     filtered = form.is_valid()
+    refused = form.is_bound and not filtered
     events = event_list(tenant=tenant, filters=form.event_filter() if filtered else None)
+    if refused:
+        # Filters that cannot apply list nothing: the whole log under their error would
+        # read as what they found.
+        events = events.none()
     page = Paginator(events, PAGE_SIZE).get_page(request.GET.get("page"))
     labels = actor_labels(tenant=tenant, events=page)
     with transaction.atomic():
@@ -59,6 +64,7 @@ def audit_log(request: HttpRequest) -> HttpResponse:
             ],
             "study_type": STUDY_TARGET_TYPE,
             "query": query.urlencode(),
+            "refused": refused,
         },
-        status=400 if form.is_bound and not filtered else 200,
+        status=400 if refused else 200,
     )

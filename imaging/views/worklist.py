@@ -81,14 +81,23 @@ def _thumbnails(studies: list[Study]) -> dict:
 @require_http_methods(["GET", "POST"])
 def worklist(request: HttpRequest) -> HttpResponse:
     here = reverse("worklist", kwargs={"tenant_slug": request.tenant.slug})
+    params = request.POST if request.method == "POST" else request.GET
+    sort = params.get("sort", DEFAULT_SORT)
+    sort = sort if sort in SORTS else DEFAULT_SORT
+    refused = False
     if request.method == "POST":
         form = WorklistSearchForm(request.POST)
         if form.is_valid():
             query = form.query()
+            # The list comes back in the order it was in (the search form carries it).
+            order = "" if sort == DEFAULT_SORT else f"sort={sort}"
             if query.is_empty:
-                return HttpResponseRedirect(here)
-            return HttpResponseRedirect(f"{here}?s={_save_search(request, query)}")
-        query = None
+                return HttpResponseRedirect(f"{here}?{order}" if order else here)
+            search = f"s={_save_search(request, query)}"
+            return HttpResponseRedirect(f"{here}?{search}&{order}" if order else f"{here}?{search}")
+        # A search that cannot run lists nothing: the whole list under its error would
+        # read as that search's result.
+        query, refused = None, True
     else:
         query = None
         search_id = request.GET.get("s", "")
@@ -98,11 +107,11 @@ def worklist(request: HttpRequest) -> HttpResponse:
                 messages.info(request, "That search has expired; search again.")
                 return HttpResponseRedirect(here)
         form = WorklistSearchForm(initial=query.__dict__ if query else None)
-    sort = request.GET.get("sort", DEFAULT_SORT)
-    sort = sort if sort in SORTS else DEFAULT_SORT
     membership = request.membership
     now = timezone.now()
     studies = study_list(membership=membership, now=now, query=query, sort=sort)
+    if refused:
+        studies = studies.none()
     page = Paginator(studies, PAGE_SIZE).get_page(request.GET.get("page"))
     rows = list(page)
     masked = masked_study_ids(membership=membership, studies=rows, now=now)
@@ -136,11 +145,12 @@ def worklist(request: HttpRequest) -> HttpResponse:
                 for s in rows
             ],
             "searched": query is not None,
+            "refused": refused,
             "search_id": search_id,
             "sort": sort,
             "show_images": show_images,
         },
-        status=200 if request.method == "GET" or form.is_valid() else 400,
+        status=400 if refused else 200,
     )
 
 

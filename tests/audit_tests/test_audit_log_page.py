@@ -119,6 +119,9 @@ def test_a_bad_filter_is_a_clear_400(client_for, privacy_officer, clinic, params
 
     assert response.status_code == 400
     assert message in response.content.decode()
+    # Not the whole log under the error, as if the filters had found it.
+    assert response.context["rows"] == []
+    assert "Correct the filters above to list events." in response.content.decode()
 
 
 def test_another_clinics_study_finds_nothing_here(

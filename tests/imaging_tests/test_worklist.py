@@ -127,6 +127,21 @@ def test_bad_date_range_is_explained_and_lists_nothing_new(
 
     assert response.status_code == 400
     assert "The start date is after the end date." in response.content.decode()
+    # Not the whole worklist under the error, as if the search had found it.
+    assert _listed(response.content.decode()) == set()
+    assert "Correct the search above to list studies." in response.content.decode()
+
+
+def test_a_search_keeps_the_order_the_list_was_in(client_for, radiologist, clinic, studies):
+    client = client_for(radiologist)
+    form = client.get(f"/t/{clinic.slug}/?sort=-patient").content.decode()
+
+    posted = _search(client, clinic, modality="CT", sort="-patient")
+    listed = client.get(posted["Location"]).content.decode()
+
+    assert 'name="sort" value="-patient"' in form  # the search form carries the order
+    assert posted["Location"].endswith("&sort=-patient")
+    assert listed.index("Smith, Ann") < listed.index("Doe, Jane")
 
 
 def test_sort_by_patient_name_both_ways(client_for, radiologist, clinic, studies):
