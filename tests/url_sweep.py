@@ -24,7 +24,7 @@ from tenants.invitations import staff_invite
 from tenants.models import ApiToken, Tenant, User
 from tenants.services import membership_add
 from tenants.urlconf import tenant_urlconf
-from tests.helpers import TEST_ACTOR, membership_of, response_bytes, sharer
+from tests.helpers import TEST_ACTOR, make_member, membership_of, response_bytes, sharer
 from tests.imaging_tests.dicomweb_support import token_for
 from tests.imaging_tests.helpers import ingest_study, synthetic_ct
 
@@ -112,15 +112,16 @@ def seen(response, ids: dict[str, str]) -> tuple:
     return response.status_code, response.get("Content-Type"), location, body
 
 
-def clinic_objects(
-    clinic: Tenant, *, radiologist: User, front_desk: User, tenant_admin: User, known: User
-) -> dict[str, str]:
+def clinic_objects(clinic: Tenant, *, known: User) -> dict[str, str]:
     """One of each object a clinic URL can name, by URL group (and admin model).
 
     `known` is made the clinic's referring physician granted the study, and the patient
     linked to it, so that a sweep by them catches lookups that go by the person instead
     of the clinic.
     """
+    radiologist = make_member(clinic, "radiologist", email="sweep.radiologist@example.org")
+    front_desk = make_member(clinic, "front_desk", email="sweep.desk@example.org")
+    tenant_admin = make_member(clinic, "tenant_admin", email="sweep.admin@example.org")
     now = timezone.now()
     study = ingest_study(
         clinic, synthetic_ct(slices=2, size=16, patient_name="Sweep^Jane", patient_id="SW-1")

@@ -86,6 +86,22 @@ def _share(study, user):
     return share
 
 
+def _opened_share(study, radiologist, **client_kwargs) -> tuple:
+    """A link to `study` allowing downloads, and a browser that opened it (PIN answered)."""
+    share, token = share_create(
+        study=study,
+        actor=TEST_ACTOR,
+        now=timezone.now(),
+        **sharer(radiologist, study.tenant),
+        pin="2468",
+        allow_download=True,
+    )
+    recipient = Client(**client_kwargs)
+    recipient.get(f"/s/{token}")
+    assert recipient.post("/s/", {"answer": "2468"}).status_code == 303
+    return share, recipient
+
+
 def recipient_patterns() -> list[tuple[str, str, tuple[str, ...]]]:
     """Every route of the share recipient's side (/s/), from the project's URLs."""
     from portal import urls
@@ -206,17 +222,7 @@ def test_the_sweep_fills_every_id_a_clinic_page_takes(all_staff_roles, study):
 
 @pytest.mark.django_db
 def test_every_recipient_page_that_shows_the_study_audits_it(radiologist, study):
-    share, token = share_create(
-        study=study,
-        actor=TEST_ACTOR,
-        now=timezone.now(),
-        **sharer(radiologist, study.tenant),
-        pin="2468",
-        allow_download=True,
-    )
-    recipient = Client()
-    recipient.get(f"/s/{token}")
-    assert recipient.post("/s/", {"answer": "2468"}).status_code == 303
+    share, recipient = _opened_share(study, radiologist)
 
     shown, unaudited = _sweep(recipient, str(share.pk), study, share, recipient_patterns())
 
@@ -308,17 +314,7 @@ def test_no_staff_or_patient_page_shows_a_patient_when_its_look_cannot_be_audite
 def test_no_recipient_page_shows_the_study_when_its_look_cannot_be_audited(
     radiologist, study, monkeypatch
 ):
-    share, token = share_create(
-        study=study,
-        actor=TEST_ACTOR,
-        now=timezone.now(),
-        **sharer(radiologist, study.tenant),
-        pin="2468",
-        allow_download=True,
-    )
-    recipient = Client(raise_request_exception=False)
-    recipient.get(f"/s/{token}")
-    assert recipient.post("/s/", {"answer": "2468"}).status_code == 303
+    share, recipient = _opened_share(study, radiologist, raise_request_exception=False)
     pages = _pages(study, share, recipient_patterns())
 
     assert _shown_without_their_audit(recipient, pages, monkeypatch) == []

@@ -37,22 +37,14 @@ METHODS = ("get", "head", "post")
 
 
 @pytest.fixture(params=["stranger", "known-to-north"])
-def north_ids(
-    request, clinic, radiologist, front_desk, tenant_admin, other_tenant_all_roles
-) -> dict[str, str]:
+def north_ids(request, clinic, other_tenant_all_roles) -> dict[str, str]:
     """North's objects. Known to north, the south member is also its referring physician
     granted the study and the patient linked to it; a stranger is neither."""
     if request.param == "known-to-north":
         known = other_tenant_all_roles
     else:
         known = make_member(clinic, "radiologist", email="colleague@north.example")
-    return clinic_objects(
-        clinic,
-        radiologist=radiologist,
-        front_desk=front_desk,
-        tenant_admin=tenant_admin,
-        known=known,
-    )
+    return clinic_objects(clinic, known=known)
 
 
 def north_state(tenant: Tenant) -> dict:

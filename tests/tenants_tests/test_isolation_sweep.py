@@ -20,15 +20,9 @@ MISSING_SLUG = "no-such-clinic"
 
 
 @pytest.fixture
-def north_ids(clinic, radiologist, front_desk, tenant_admin) -> dict[str, str]:
+def north_ids(clinic) -> dict[str, str]:
     known = make_member(clinic, "radiologist", "privacy_officer", email="staff@north.example")
-    return clinic_objects(
-        clinic,
-        radiologist=radiologist,
-        front_desk=front_desk,
-        tenant_admin=tenant_admin,
-        known=known,
-    )
+    return clinic_objects(clinic, known=known)
 
 
 _body = page_body
