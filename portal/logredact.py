@@ -55,8 +55,11 @@ def _query_redacted(match: re.Match[str]) -> str:
     )
 
 
-# A quoted value, as pydicom writes them: '...', "..." or b'...'.
-QUOTED = re.compile(r"b?'[^']*'|b?\"[^\"]*\"")
+# What pydicom quotes ('...', "..." or b'...'), from a message's first quote of either
+# kind to its last, or to its end: a value may itself hold quotes (O'Brien, escaped or
+# not), which no pairing of quotes tells from its ends. Text between two values goes
+# with them; a diagnostic line loses little by that.
+QUOTED = re.compile(r"b?['\"].*['\"]|b?['\"].*", re.DOTALL)
 
 
 def redact(text: str) -> str:
@@ -102,7 +105,7 @@ class RedactingFormatter(logging.Formatter):
 
 
 class RedactQuotedValues(logging.Filter):
-    """For pydicom's logger: every quoted value in a message becomes '[redacted]'."""
+    """For pydicom's logger: whatever a message quotes becomes '[redacted]'."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()

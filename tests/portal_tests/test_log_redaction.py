@@ -11,7 +11,7 @@ import pytest
 from moto import mock_aws
 
 from imaging.keys import AwsKmsKeyProvider
-from portal.logredact import RedactingFormatter, RedactShareTokens
+from portal.logredact import RedactingFormatter, RedactQuotedValues, RedactShareTokens
 
 
 @pytest.fixture
@@ -105,6 +105,26 @@ def test_a_search_value_with_an_apostrophe_is_redacted_whole(request_log):
 
     line = request_log.getvalue()
     assert "Brien" not in line and "Jane" not in line and "1970" not in line
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "O'Brien^Jane",  # quoted as is
+        'O\'Brien "Jr"^Jane',  # repr() of a value holding both quotes
+        "Doe^Jane'",  # a quote at the value's end
+    ],
+)
+def test_a_value_pydicom_quotes_is_redacted_whole_whatever_quotes_it_holds(value):
+    record = logging.LogRecord("pydicom", logging.WARNING, __file__, 1, "", None, None)
+    record.msg = "Invalid value for VR PN: %r, and again: '%s' in (0010,0010)"
+    record.args = (value, value)
+
+    RedactQuotedValues().filter(record)
+
+    message = record.getMessage()
+    assert "Brien" not in message and "Jane" not in message and "Jr" not in message
+    assert message.startswith("Invalid value for VR PN: ")
 
 
 # Values an exception's message can quote (a unique key's DETAIL, a URL), kept off the
