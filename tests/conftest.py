@@ -16,6 +16,23 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         pytest.exit("CI=true but DATABASE_URL is not PostgreSQL: the suite must run on it", 3)
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # A transactional test flushes the database after itself, and migrations' data
+    # (content types, roles) is then made again under new ids; the next test that
+    # restores the serialized contents collides with it. Every one restores them.
+    unserialized = [
+        item.nodeid
+        for item in items
+        if (marker := item.get_closest_marker("django_db"))
+        and marker.kwargs.get("transaction")
+        and not marker.kwargs.get("serialized_rollback")
+    ]
+    if unserialized:
+        raise pytest.UsageError(
+            "transactional tests need serialized_rollback=True: " + ", ".join(unserialized)
+        )
+
+
 @pytest.fixture(scope="session")
 def s3_endpoint():
     """A real S3-compatible server on loopback (moto in server mode) for the session."""

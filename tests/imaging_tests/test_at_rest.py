@@ -306,7 +306,7 @@ def test_a_clinics_first_object_is_durable_with_its_new_folder(clinic, data_dir,
     assert folder in synced  # the object, recorded in the clinic's folder
 
 
-@pytest.mark.django_db(transaction=True)
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
 def test_an_object_is_on_disk_for_good_before_its_row_commits(clinic, data_dir, monkeypatch):
     import os
 
