@@ -13,6 +13,7 @@ import io
 import logging
 import lzma
 import os
+import re
 import struct
 import zipfile
 import zlib
@@ -1028,9 +1029,19 @@ def _differs_entry(study: Study, differs: list[str]) -> audit.Entry:
 # --- Archives and folders -----------------------------------------------------------
 
 
+# Control characters (C0, DEL, C1) and the Unicode line separators: in a file name shown
+# to a person they could start a line of their own, or repaint a terminal.
+UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def printable(text: str) -> str:
+    """`text` with its control characters written out (`\\x0a`), for one line of a report."""
+    return UNPRINTABLE.sub(lambda m: f"\\x{ord(m[0]):02x}", text)
+
+
 def _safe_name(name: str) -> str:
     """A display name for reports: the last path part, never used to write anything."""
-    return Path(name.replace("\\", "/")).name[:200] or "(unnamed)"
+    return printable(Path(name.replace("\\", "/")).name[:200]) or "(unnamed)"
 
 
 def ingest_archive(

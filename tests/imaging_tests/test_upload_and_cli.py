@@ -162,6 +162,22 @@ def test_cli_reports_each_rejected_file_and_a_summary(clinic, tmp_path, capsys):
 
 
 @pytest.mark.django_db
+def test_cli_prints_one_line_per_rejected_file_whatever_its_name_holds(clinic, tmp_path, capsys):
+    hostile = "scan.dcm\nstored 250, duplicate 0, rejected 0\x1b[2K\rok.dcm"
+    with zipfile.ZipFile(tmp_path / "sent.zip", "w") as zf:
+        zf.writestr(hostile, b"not dicom")
+
+    with pytest.raises(SystemExit):
+        call_command("ingest", str(tmp_path / "sent.zip"), "--tenant", "north")
+
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-1] == "stored 0, duplicate 0, rejected 1"
+    assert len(lines) == 2
+    assert lines[0].startswith("rejected scan.dcm\\x0astored 250, duplicate 0, rejected 0")
+    assert "\x1b" not in lines[0] and "\r" not in lines[0]
+
+
+@pytest.mark.django_db
 def test_cli_records_the_member_given_with_as(clinic, technologist, tmp_path, capsys):
     path = tmp_path / "ct.dcm"
     path.write_bytes(sample_bytes("CT_small.dcm"))

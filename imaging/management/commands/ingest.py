@@ -6,7 +6,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from audit.actors import Actor
-from imaging.ingest import IngestOutcome, ingest_paths
+from imaging.ingest import IngestOutcome, ingest_paths, printable
 from tenants.models import User
 from tenants.roles import Perm
 from tenants.selectors import membership_for_user, tenant_get_active
@@ -46,7 +46,8 @@ class Command(BaseCommand):
         summary = ingest_paths(tenant=clinic, actor=actor, paths=paths)
         for result in summary.results:
             if result.outcome == IngestOutcome.REJECTED:
-                self.stdout.write(f"rejected {result.name}: {result.message}")
+                # One line per file whatever its name holds: the output is read by tools.
+                self.stdout.write(f"rejected {printable(result.name)}: {printable(result.message)}")
         self.stdout.write(summary.line)
         if summary.count(IngestOutcome.REJECTED):
             raise SystemExit(1)
