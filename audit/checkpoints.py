@@ -25,6 +25,7 @@ import json
 import logging
 from dataclasses import dataclass
 from functools import cache
+from typing import NamedTuple
 
 from django.conf import settings
 from django.core.files.base import ContentFile
@@ -81,17 +82,23 @@ def _name(chain_key: str, seq: int) -> str:
     return f"{chain_key}/{seq:020d}{_SUFFIX}"
 
 
-def checkpoints_write(*, now: dt.datetime) -> int:
+class CheckpointsWritten(NamedTuple):
+    written: int
+    # "<chain key> at seq N": chains that no longer hold the event their checkpoint pinned.
+    refused: tuple[str, ...]
+
+
+def checkpoints_write(*, now: dt.datetime) -> CheckpointsWritten:
     """Write a checkpoint of every chain whose head moved since its last one.
 
-    Returns how many were written. A chain that no longer matches its newest valid
-    checkpoint (behind it, or another event at its seq) is not checkpointed again (that
-    would only hide the gap); it is logged, and `verify_audit` reports it.
+    A chain that no longer matches its newest valid checkpoint (behind it, or another
+    event at its seq) is not checkpointed again (that would only hide the gap): it is
+    logged and returned among the refused, and `verify_audit` reports it.
     """
     storage = checkpoint_storage()
     key = _mac_key()
     written_at = now.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    written = 0
+    written, refused = 0, []
     for chain_key, last_seq, last_hash in AuditChain.objects.order_by("id").values_list(
         "key", "last_seq", "last_hash"
     ):
@@ -104,6 +111,7 @@ def checkpoints_write(*, now: dt.datetime) -> int:
                 pinned.seq,
                 last_seq,
             )
+            refused.append(f"{chain_key} at seq {pinned.seq}")
             continue
         if last_seq == 0 or (pinned is not None and last_seq == pinned.seq):
             continue
@@ -114,7 +122,7 @@ def checkpoints_write(*, now: dt.datetime) -> int:
         document = {"checkpoint": json.loads(payload), "mac": mac}
         storage.save(_name(chain_key, last_seq), ContentFile(json.dumps(document).encode()))
         written += 1
-    return written
+    return CheckpointsWritten(written, tuple(refused))
 
 
 def _still_holds(pinned: Checkpoint, *, last_seq: int, last_hash: str) -> bool:

@@ -16,6 +16,7 @@ import uuid
 import pytest
 from django.conf import settings
 from django.core.management import call_command
+from django.core.management.base import CommandError
 from django.db import connection
 
 from audit.checkpoints import checkpoints_write
@@ -52,7 +53,7 @@ def test_a_checkpoint_pins_each_chain_head_without_phi(clinic, other_clinic):
     record_probes(clinic, 3)
     record_probes(other_clinic, 2)
 
-    written = checkpoints_write(now=NOW)
+    written, _ = checkpoints_write(now=NOW)
 
     chains = {chain.key: chain for chain in AuditChain.objects.all()}
     assert written == len([chain for chain in chains.values() if chain.last_seq])
@@ -76,9 +77,9 @@ def test_a_chain_is_checkpointed_again_only_when_its_head_moved(clinic, other_cl
     record_probes(clinic, 2)
     checkpoints_write(now=NOW)
 
-    unchanged = checkpoints_write(now=NOW + dt.timedelta(minutes=5))
+    unchanged, _ = checkpoints_write(now=NOW + dt.timedelta(minutes=5))
     record_probes(clinic, 1)
-    moved = checkpoints_write(now=NOW + dt.timedelta(minutes=10))
+    moved, _ = checkpoints_write(now=NOW + dt.timedelta(minutes=10))
 
     assert unchanged == 0
     assert moved == 1
@@ -120,11 +121,24 @@ def test_a_truncated_chain_is_not_checkpointed_again_and_is_logged(clinic, caplo
     _truncate(clinic, keep=events[1].seq)
 
     with caplog.at_level(logging.ERROR, logger="audit.checkpoints"):
-        written = checkpoints_write(now=NOW + dt.timedelta(minutes=5))
+        written, _ = checkpoints_write(now=NOW + dt.timedelta(minutes=5))
 
     assert written == 0
     assert len(_checkpoint_files(str(clinic.pk))) == 1
     assert f"no longer matches its checkpoint at seq {events[-1].seq}" in caplog.text
+
+
+@pytest.mark.django_db
+def test_the_command_fails_naming_a_chain_it_would_not_checkpoint_again(clinic, capsys):
+    events = record_probes(clinic, 4)
+    checkpoints_write(now=NOW)
+    _truncate(clinic, keep=events[1].seq)
+
+    with pytest.raises(CommandError) as refused:
+        call_command("checkpoint_audit")
+
+    assert f"{clinic.pk} at seq {events[-1].seq}" in str(refused.value)
+    assert "checkpoints written: 0" in capsys.readouterr().out
 
 
 @pytest.mark.django_db
@@ -135,7 +149,7 @@ def test_a_truncated_chain_grown_past_its_checkpoint_is_not_pinned_again(clinic,
     record_probes(clinic, 6)  # new events, the head now past the checkpoint's seq
 
     with caplog.at_level(logging.ERROR, logger="audit.checkpoints"):
-        written = checkpoints_write(now=NOW + dt.timedelta(minutes=5))
+        written, _ = checkpoints_write(now=NOW + dt.timedelta(minutes=5))
     ok, out = verify_command(capsys, clinic)
 
     assert written == 0
@@ -196,7 +210,7 @@ def test_a_planted_checkpoint_does_not_stop_the_real_ones(clinic, capsys, plante
     planted.write_text(planted_text)
     record_probes(clinic, 1)
 
-    written = checkpoints_write(now=NOW + dt.timedelta(minutes=5))
+    written, _ = checkpoints_write(now=NOW + dt.timedelta(minutes=5))
     ok, out = verify_command(capsys, clinic)
 
     assert written == 1
