@@ -184,3 +184,54 @@ def test_unlock_signin_says_it_cannot_reach_counts_kept_per_process(clinic, radi
         _call("unlock_signin", radiologist.email)
 
     assert not AuditEvent.objects.for_tenant(clinic).filter(action=Action.THROTTLE_RESET).exists()
+
+
+def _locked_out(user, settings, tmp_path) -> Client:
+    # A cache every process shares, as in production (REDIS_URL): the command reaches it.
+    backend = "django.core.cache.backends.filebased.FileBasedCache"
+    settings.CACHES = {"default": {"BACKEND": backend, "LOCATION": str(tmp_path / "cache")}}
+    settings.SIGNIN_ACCOUNT_FAILURE_LIMIT = 2
+    for _ in range(2):
+        Client().post("/accounts/login/", {"username": user.email, "password": "x"})
+    return Client()
+
+
+def _signs_in(client: Client, user) -> bool:
+    answer = client.post("/accounts/login/", {"username": user.email, "password": PASSWORD})
+    return answer.status_code == 302
+
+
+@pytest.mark.django_db
+def test_unlock_signin_lifts_a_pasted_address_and_the_clinic_sees_it(
+    clinic, radiologist, settings, tmp_path
+):
+    client = _locked_out(radiologist, settings, tmp_path)
+    assert not _signs_in(client, radiologist)
+
+    out = _call("unlock_signin", f"  {radiologist.email.upper()} ")
+
+    assert "Lockout lifted" in out
+    assert _signs_in(client, radiologist)
+    event = AuditEvent.objects.for_tenant(clinic).get(action=Action.THROTTLE_RESET)
+    assert event.target_id == str(radiologist.pk)
+
+
+@pytest.mark.django_db
+def test_unlock_signin_lifts_nothing_when_it_cannot_be_audited(
+    clinic, radiologist, settings, monkeypatch, tmp_path
+):
+    from django.db import DatabaseError
+
+    from audit import recorder
+
+    client = _locked_out(radiologist, settings, tmp_path)
+
+    def audit_fails(**kwargs):
+        raise DatabaseError("the audit append failed")
+
+    monkeypatch.setattr(recorder, "record_many", audit_fails)
+    with pytest.raises(CommandError, match="Nothing was lifted"):
+        _call("unlock_signin", radiologist.email)
+    monkeypatch.undo()
+
+    assert not _signs_in(client, radiologist)

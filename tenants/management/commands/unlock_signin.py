@@ -4,6 +4,8 @@ from typing import Any
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import DatabaseError, transaction
+from redis.exceptions import RedisError
 
 import audit
 from audit.actors import Actor
@@ -28,9 +30,23 @@ class Command(BaseCommand):
                 f"or wait {settings.SIGNIN_LOCKOUT_SECONDS // 60} minutes; set REDIS_URL "
                 "so this command can lift a lockout."
             )
-        throttle_reset(account=email)
+        email = email.strip()  # as the sign-in form takes it, pasted spaces and all
         user = User.objects.filter(email__iexact=email).first()
-        audit.record_for_user(
-            user=user, actor=Actor.system("cli.unlock_signin"), action=Action.THROTTLE_RESET
-        )
-        self.stdout.write("Lockout lifted (if there was one).")
+        try:
+            with transaction.atomic():
+                # Audited first, lifted inside the same transaction: a lockout is never
+                # lifted unrecorded, and an event never names a lift that failed (only
+                # a failed commit, after the lift, could part them).
+                audit.record_for_user(
+                    user=user, actor=Actor.system("cli.unlock_signin"), action=Action.THROTTLE_RESET
+                )
+                throttle_reset(account=email)
+        except (DatabaseError, RedisError, OSError) as exc:
+            raise CommandError(
+                f"Nothing was lifted ({type(exc).__name__}): check that the database and "
+                "REDIS_URL are reachable, then run this again."
+            ) from None
+        if user is None:
+            self.stdout.write("No account has this address; its failure count was cleared.")
+        else:
+            self.stdout.write("Lockout lifted (if there was one).")
