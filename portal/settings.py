@@ -60,6 +60,7 @@ MIDDLEWARE = [
     "csp.middleware.CSPMiddleware",
     "portal.middleware.PrivacyHeadersMiddleware",
     "imaging.dicomweb.cors.DicomwebCorsMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",  # headers only: the probes too
     "portal.middleware.HealthProbeMiddleware",  # before anything that validates the host
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -70,7 +71,6 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "tenants.sessions.SessionSecurityMiddleware",
     "tenants.mfa.SecondFactorRequiredMiddleware",
-    "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "tenants.middleware.TenantMiddleware",
 ]
 
