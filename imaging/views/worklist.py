@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import secrets
+from urllib.parse import urlencode
 
 from django.contrib import messages
 from django.core.paginator import Paginator
@@ -89,12 +90,11 @@ def worklist(request: HttpRequest) -> HttpResponse:
         form = WorklistSearchForm(request.POST)
         if form.is_valid():
             query = form.query()
+            shown = {} if query.is_empty else {"s": _save_search(request, query)}
             # The list comes back in the order it was in (the search form carries it).
-            order = "" if sort == DEFAULT_SORT else f"sort={sort}"
-            if query.is_empty:
-                return HttpResponseRedirect(f"{here}?{order}" if order else here)
-            search = f"s={_save_search(request, query)}"
-            return HttpResponseRedirect(f"{here}?{search}&{order}" if order else f"{here}?{search}")
+            if sort != DEFAULT_SORT:
+                shown["sort"] = sort
+            return HttpResponseRedirect(f"{here}?{urlencode(shown)}" if shown else here)
         # A search that cannot run lists nothing: the whole list under its error would
         # read as that search's result.
         query, refused = None, True
