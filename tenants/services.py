@@ -264,9 +264,17 @@ def membership_update(
 
 @transaction.atomic
 def totp_device_create_confirmed(
-    *, user: User, actor: Actor, name: str = "Authenticator"
+    *, user: User, actor: Actor, replace: bool = False, name: str = "Authenticator"
 ) -> TOTPDevice:
-    """Create a confirmed TOTP device (operator provisioning); returns it for its URI."""
+    """Create a confirmed TOTP device (operator provisioning); returns it for its URI.
+
+    With `replace`, the person's other TOTP devices are removed: a lost phone's secret
+    must stop working. The event says how many were removed.
+    """
+    detail: dict[str, object] = {"device": "totp"}
+    if replace:
+        removed, _ = TOTPDevice.objects.filter(user=user).delete()
+        detail["replaced"] = removed
     device = TOTPDevice.objects.create(user=user, name=name, confirmed=True)
     for tenant in user_tenants(user=user) or [None]:
         audit.record(
@@ -274,7 +282,7 @@ def totp_device_create_confirmed(
             action=Action.MFA_DEVICE_CONFIRMED,
             target=user,
             tenant=tenant,
-            detail={"device": "totp"},
+            detail=detail,
         )
     return device
 

@@ -108,6 +108,111 @@ def test_create_user_with_totp_prints_a_working_otpauth_uri_last(clinic):
     )
 
 
+def _code(device: TOTPDevice) -> str:
+    return f"{totp(device.bin_key):06d}"
+
+
+@pytest.mark.django_db
+def test_create_user_totp_again_keeps_the_first_device_and_prints_no_secret(clinic, radiologist):
+    first = _call(
+        "create_user", radiologist.email, "--tenant", "north", "--role", "radiologist", "--totp"
+    )
+    device = TOTPDevice.objects.get(user=radiologist)
+
+    out = io.StringIO()
+    with pytest.raises(CommandError, match="--replace-totp"):
+        call_command(
+            "create_user",
+            radiologist.email,
+            "--tenant",
+            "north",
+            "--role",
+            "radiologist",
+            "--totp",
+            stdout=out,
+        )
+
+    assert "otpauth://" in first
+    assert "otpauth://" not in out.getvalue()
+    assert list(TOTPDevice.objects.filter(user=radiologist)) == [device]
+
+
+@pytest.mark.django_db
+def test_create_user_replace_totp_stops_the_lost_secret_and_says_so(clinic, radiologist):
+    _call("create_user", radiologist.email, "--tenant", "north", "--role", "radiologist", "--totp")
+    lost = TOTPDevice.objects.get(user=radiologist)
+    lost_key = lost.bin_key
+
+    out = _call(
+        "create_user",
+        radiologist.email,
+        "--tenant",
+        "north",
+        "--role",
+        "radiologist",
+        "--replace-totp",
+    )
+
+    device = TOTPDevice.objects.get(user=radiologist)
+    assert device.bin_key != lost_key
+    assert parse_qs(urlparse(out.strip().splitlines()[-1]).query)["secret"]
+    assert device.verify_token(_code(device))
+    event = (
+        AuditEvent.objects.for_tenant(clinic)
+        .filter(action=Action.MFA_DEVICE_CONFIRMED, target_id=str(radiologist.pk))
+        .latest("seq")
+    )
+    assert event.detail == {"device": "totp", "replaced": 1}
+
+
+@pytest.mark.django_db
+def test_create_user_does_not_silently_ignore_a_new_name(clinic, radiologist):
+    before = radiologist.full_name
+
+    with pytest.raises(CommandError, match="name is changed in the admin"):
+        _call(
+            "create_user",
+            radiologist.email,
+            "--tenant",
+            "north",
+            "--role",
+            "technologist",
+            "--full-name",
+            "Dr New Name",
+        )
+
+    radiologist.refresh_from_db()
+    assert radiologist.full_name == before
+    assert membership_of(radiologist, clinic).role_codes == {"radiologist"}
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(("again", "created"), [(PASSWORD, True), (PASSWORD + "x", False)])
+def test_create_user_asks_a_terminal_for_the_password_twice_unseen(
+    clinic, monkeypatch, again, created
+):
+    import getpass
+    import sys
+
+    typed = iter([PASSWORD, again])
+    monkeypatch.setattr(getpass, "getpass", lambda prompt: next(typed))
+    monkeypatch.setattr(sys, "stdin", _Terminal(""))
+    args = ["create_user", "tty@north.example", "--tenant", "north", "--role", "technologist"]
+
+    if created:
+        call_command(*args, "--password-stdin", stdout=io.StringIO())
+        assert Client().login(username="tty@north.example", password=PASSWORD)
+    else:
+        with pytest.raises(CommandError, match="differ"):
+            call_command(*args, "--password-stdin", stdout=io.StringIO())
+        assert not User.objects.filter(email="tty@north.example").exists()
+
+
 @pytest.mark.django_db
 def test_create_user_adds_a_role_to_an_existing_person(clinic, other_clinic, radiologist):
     _call("create_user", radiologist.email, "--tenant", "south", "--role", "radiologist")

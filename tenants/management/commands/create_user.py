@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import getpass
 import sys
 from typing import Any
 
@@ -8,6 +9,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 
 from audit.actors import Actor
+from tenants.mfa import has_totp
 from tenants.models import User
 from tenants.roles import RoleCode
 from tenants.selectors import tenant_get_active
@@ -17,7 +19,8 @@ from tenants.services import membership_add, totp_device_create_confirmed, user_
 class Command(BaseCommand):
     help = (
         "Create a user (or reuse an existing one) and give them a role in a clinic. "
-        "With --totp, confirm a TOTP device and print its otpauth:// URI."
+        "With --totp, confirm a TOTP device and print its otpauth:// URI; a person who "
+        "already has one keeps it unless --replace-totp is given (a lost phone)."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -28,17 +31,19 @@ class Command(BaseCommand):
         parser.add_argument(
             "--password-stdin", action="store_true", help="Read the password from standard input"
         )
-        parser.add_argument("--totp", action="store_true", help="Confirm a TOTP device")
+        totp = parser.add_mutually_exclusive_group()
+        totp.add_argument("--totp", action="store_true", help="Confirm a TOTP device")
+        totp.add_argument(
+            "--replace-totp",
+            action="store_true",
+            help="Confirm a new TOTP device and remove the person's earlier ones",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         tenant = tenant_get_active(slug=options["tenant"])
         if tenant is None:
             raise CommandError(f"No active clinic with slug {options['tenant']!r}.")
-        password = None
-        if options["password_stdin"]:
-            password = sys.stdin.readline().rstrip("\r\n")
-            if not password:
-                raise CommandError("No password on standard input.")
+        password = _password_read() if options["password_stdin"] else None
         actor = Actor.system("cli.create_user")
         try:
             with transaction.atomic():
@@ -55,14 +60,38 @@ class Command(BaseCommand):
                     raise CommandError(
                         "This user already exists; their password is not changed here."
                     )
+                elif options["full_name"]:
+                    raise CommandError(
+                        "This user already exists; their name is changed in the admin, not here."
+                    )
                 membership_add(tenant=tenant, user=user, roles=[options["role"]], actor=actor)
-                device = (
-                    totp_device_create_confirmed(user=user, actor=actor)
-                    if options["totp"]
-                    else None
-                )
+                device = None
+                if options["totp"] or options["replace_totp"]:
+                    if options["totp"] and has_totp(user):
+                        # Every earlier secret would stay valid beside the new one: a re-run
+                        # would hand out working second factors for someone else's account.
+                        raise CommandError(
+                            "This user already has a TOTP device; pass --replace-totp to "
+                            "remove it and confirm a new one."
+                        )
+                    device = totp_device_create_confirmed(
+                        user=user, actor=actor, replace=options["replace_totp"]
+                    )
         except ValidationError as exc:
             raise CommandError("; ".join(exc.messages)) from None
         self.stdout.write(f"User {user.pk} is {options['role']} in {tenant.slug}.")
         if device is not None:
             self.stdout.write(device.config_url)
+
+
+def _password_read() -> str:
+    """The password from standard input: a pipe's first line, or typed twice unseen."""
+    if sys.stdin.isatty():
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Password (again): ") != password:
+            raise CommandError("The two passwords differ.")
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        raise CommandError("No password on standard input.")
+    return password
