@@ -5,10 +5,10 @@ from __future__ import annotations
 from functools import partial
 
 from django.db import IntegrityError as DbIntegrityError
-from django.db import transaction
+from django.db import connection, transaction
 
 from imaging.crypto import IntegrityError, new_key, unwrap_key, wrap_key
-from imaging.keys import key_provider
+from imaging.keys import KeyProvider, key_provider
 from imaging.models import Study, TenantKey
 from tenants.models import Tenant
 
@@ -58,6 +58,45 @@ def _tenant_key(*, tenant_id: object, version: int, row: TenantKey | None = None
         # would be lost for good (another process makes the clinic a different key).
         transaction.on_commit(partial(_unwrapped.__setitem__, cache_key, key))
     return key
+
+
+def wrapped_keys_check(provider: KeyProvider) -> int:
+    """Unwrap the audit key and the oldest clinic key with `provider`; returns how many.
+
+    Every key the provider wraps was wrapped by the same master key, so these two prove
+    it is the one in use. Raises IntegrityError when it is not. Tables not migrated yet
+    hold no key.
+    """
+    from audit.keys import CONTEXT
+    from audit.models import AuditKey
+
+    if TenantKey._meta.db_table not in connection.introspection.table_names():
+        return 0
+    wrapped: list[tuple[bytes, bytes]] = []
+    audit_row = AuditKey.objects.filter(version=1).first()
+    if audit_row is not None:
+        wrapped.append((bytes(audit_row.wrapped_key), CONTEXT))
+    clinic_row = (
+        TenantKey.objects.unscoped(reason="does the master key unwrap the clinics' keys?")
+        .order_by("created_at", "pk")
+        .first()
+    )
+    if clinic_row is not None:
+        context = _tenant_key_context(clinic_row.tenant_id, clinic_row.version)
+        wrapped.append((bytes(clinic_row.wrapped_key), context))
+    for key, context in wrapped:
+        provider.unwrap(key, context=context)
+    return len(wrapped)
+
+
+def wrapped_keys_exist() -> bool:
+    """Whether the database holds keys wrapped by the key provider (audit or clinic)."""
+    from audit.models import AuditKey
+
+    if TenantKey._meta.db_table not in connection.introspection.table_names():
+        return False
+    clinic_keys = TenantKey.objects.unscoped(reason="are any clinic keys wrapped?")
+    return AuditKey.objects.exists() or clinic_keys.exists()
 
 
 def tenant_key(*, tenant: Tenant, version: int) -> bytes:

@@ -9,6 +9,7 @@ import stat
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management import call_command
+from django.core.management.base import CommandError
 
 from imaging.keys import master_key_load
 
@@ -20,6 +21,7 @@ def key_path(settings, tmp_path):
     return settings.PORTAL_MASTER_KEY_PATH
 
 
+@pytest.mark.django_db
 def test_init_creates_a_private_random_key_and_says_so(key_path, capsys):
     call_command("init_master_key")
 
@@ -29,6 +31,7 @@ def test_init_creates_a_private_random_key_and_says_so(key_path, capsys):
     assert master_key_load() == base64.b64decode(key_path.read_text())
 
 
+@pytest.mark.django_db
 def test_init_never_replaces_an_existing_key(key_path, capsys):
     call_command("init_master_key")
     first = key_path.read_text()
@@ -39,6 +42,7 @@ def test_init_never_replaces_an_existing_key(key_path, capsys):
     assert "present" in capsys.readouterr().out
 
 
+@pytest.mark.django_db
 def test_a_key_readable_by_others_is_refused(key_path):
     call_command("init_master_key")
     key_path.chmod(0o644)
@@ -107,3 +111,72 @@ def test_a_key_file_named_by_the_environment_is_made_private_and_checked(tmp_pat
 
     assert made.returncode == 0, made.stderr
     assert "must not be readable by group or others" in refused.stderr
+
+
+def _key_text(byte: bytes) -> str:
+    return base64.b64encode(byte * 32).decode() + "\n"
+
+
+@pytest.mark.django_db
+def test_init_refuses_a_new_key_while_the_database_holds_keys_wrapped_by_the_old(
+    clinic, key_path, capsys
+):
+    # The clinic's audit key is wrapped by the suite's master key; its file is "lost".
+    with pytest.raises(CommandError, match="Restore that key file"):
+        call_command("init_master_key")
+
+    assert not key_path.exists()
+
+
+@pytest.mark.django_db
+def test_init_refuses_a_key_that_does_not_unwrap_the_stored_keys(clinic, key_path, settings):
+    from imaging.keyring import tenant_key_active
+
+    tenant_key_active(tenant=clinic)
+    key_path.parent.mkdir()
+    key_path.write_text(_key_text(b"x"))
+    key_path.chmod(0o600)
+
+    with pytest.raises(CommandError, match="not the key they were wrapped with"):
+        call_command("init_master_key")
+
+    key_path.write_text(_key_text(b"k"))  # the suite's key (tests/conftest.py)
+    call_command("init_master_key")
+    settings.PORTAL_MASTER_KEY = _key_text(b"x")
+    with pytest.raises(CommandError, match="from PORTAL_MASTER_KEY does not unwrap"):
+        call_command("init_master_key")
+
+
+@pytest.mark.django_db
+def test_init_makes_no_key_file_under_kms(key_path, settings, capsys):
+    settings.PORTAL_KEY_PROVIDER = "aws-kms"
+
+    call_command("init_master_key")
+
+    assert "no local master key file is needed" in capsys.readouterr().out
+    assert not key_path.exists()
+
+
+@pytest.mark.django_db
+def test_init_names_a_bad_key_without_a_traceback(key_path, settings):
+    call_command("init_master_key")
+    key_path.chmod(0o644)
+    with pytest.raises(CommandError, match="chmod 600"):
+        call_command("init_master_key")
+
+    settings.PORTAL_MASTER_KEY = "not base64!"
+    with pytest.raises(CommandError, match="not valid base64"):
+        call_command("init_master_key")
+
+
+@pytest.mark.django_db
+def test_verify_audit_names_a_wrong_master_key(clinic, settings):
+    from audit.keys import audit_key_forget
+    from imaging.keys import key_provider_reset
+
+    settings.PORTAL_MASTER_KEY = _key_text(b"x")
+    key_provider_reset()
+    audit_key_forget()
+
+    with pytest.raises(CommandError, match="does not unwrap with the master key in use"):
+        call_command("verify_audit")

@@ -2,11 +2,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from audit.keys import AuditKeyMissing
 from audit.models import PLATFORM_CHAIN_KEY
 from audit.verify import ChainReport, chains_verify
+from imaging.crypto import IntegrityError
 from tenants.models import Tenant
 
 
@@ -21,8 +23,14 @@ class Command(BaseCommand):
             raise CommandError(f"No clinic with slug {tenant!r}.")
         try:
             reports = chains_verify(tenant_slug=tenant)
-        except AuditKeyMissing as exc:
+        except (AuditKeyMissing, ImproperlyConfigured) as exc:
             raise CommandError(f"Audit chains cannot be verified: {exc}") from None
+        except IntegrityError:
+            raise CommandError(
+                "Audit chains cannot be verified: the audit key does not unwrap with the "
+                "master key in use (not the key it was wrapped with). Restore the right "
+                "master key; `init_master_key` checks one."
+            ) from None
         broken = [report for report in reports if not report.intact]
         for report in reports:
             name = _name(report)
