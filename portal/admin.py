@@ -143,4 +143,4 @@ class OperatorAdmin(AuditedAdmin):
         return super().get_queryset(request).filter(is_staff=True)
 
     def has_add_permission(self, request: HttpRequest) -> bool:
-        return False  # operators are created with `manage.py createsuperuser`
+        return False  # operators are created with `manage.py create_operator` (audited)

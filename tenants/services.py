@@ -113,8 +113,15 @@ def user_create(
     tenant: Tenant | None,
     password: str | None = None,
     full_name: str = "",
+    operator: bool = False,
 ) -> User:
-    """Create a person. Without a password the account waits for a password reset."""
+    """Create a person. Without a password the account waits for a password reset.
+
+    An `operator` is a platform operator (superuser), recorded in the platform's chain:
+    who could reach every clinic's admin is the first thing an auditor asks.
+    """
+    if operator and tenant is not None:
+        raise ValueError("a platform operator belongs to no clinic")
     user = User(email=email.strip(), full_name=full_name)
     user.clean()
     validate_email(user.email)
@@ -124,8 +131,10 @@ def user_create(
         validate_password(password, user)
     if User.objects.filter(email__iexact=user.email).exists():
         raise ValidationError({"email": "An account with this email address already exists."})
-    user = User.objects.create_user(email=user.email, password=password, full_name=full_name)
-    audit.record(actor=actor, action=Action.USER_CREATED, target=user, tenant=tenant, detail={})
+    create = User.objects.create_superuser if operator else User.objects.create_user
+    user = create(email=user.email, password=password, full_name=full_name)
+    detail = {"operator": True} if operator else {}
+    audit.record(actor=actor, action=Action.USER_CREATED, target=user, tenant=tenant, detail=detail)
     return user
 
 

@@ -234,7 +234,8 @@ def test_create_user_errors_are_specific(clinic):
 
 
 @pytest.mark.django_db
-def test_bootstrap_demo_creates_one_user_per_role_once(capsys):
+def test_bootstrap_demo_creates_one_user_per_role_once(settings):
+    settings.DEBUG = True
     first = _call("bootstrap_demo")
     second = _call("bootstrap_demo")
 
@@ -255,6 +256,77 @@ def test_bootstrap_demo_creates_one_user_per_role_once(capsys):
         "privacy_officer",
         "patient",
     }
+
+
+@pytest.mark.django_db
+def test_bootstrap_demo_records_the_operator_it_creates(settings):
+    settings.DEBUG = True
+    _call("bootstrap_demo")
+
+    operator = User.objects.get(email="operator@demo-clinic.example")
+    event = AuditEvent.objects.unscoped(reason="the platform chain").get(
+        chain__key="platform", action=Action.USER_CREATED, target_id=str(operator.pk)
+    )
+    assert operator.is_superuser
+    assert event.detail == {"operator": True}
+
+
+@pytest.mark.django_db
+def test_create_operator_makes_an_audited_superuser_who_can_sign_in():
+    out = _call("create_operator", "Ops@Platform.example", "--password-stdin", stdin=PASSWORD)
+
+    operator = User.objects.get(email="ops@platform.example")
+    assert operator.is_superuser and operator.is_staff
+    assert not operator.memberships.exists()
+    assert str(operator.pk) in out and PASSWORD not in out
+    assert Client().login(username="ops@platform.example", password=PASSWORD)
+    assert (
+        AuditEvent.objects.unscoped(reason="the platform chain")
+        .filter(chain__key="platform", action=Action.USER_CREATED, target_id=str(operator.pk))
+        .exists()
+    )
+
+
+@pytest.mark.django_db
+def test_create_operator_refuses_a_taken_address_and_a_weak_password(radiologist):
+    with pytest.raises(CommandError, match="already exists"):
+        _call("create_operator", radiologist.email)
+    with pytest.raises(CommandError, match="too short"):
+        _call("create_operator", "ops@platform.example", "--password-stdin", stdin="abc\n")
+
+    radiologist.refresh_from_db()
+    assert not radiologist.is_superuser
+    assert not User.objects.filter(email="ops@platform.example").exists()
+
+
+@pytest.mark.django_db
+def test_bootstrap_demo_refuses_a_deployment_without_debug(settings):
+    settings.DEBUG = False
+
+    with pytest.raises(CommandError, match="DEBUG is off"):
+        _call("bootstrap_demo")
+    assert not Tenant.objects.filter(slug="demo").exists()
+    assert not User.objects.exists()
+
+    assert "Demo clinic created" in _call("bootstrap_demo", "--yes-demo")
+
+
+@pytest.mark.django_db
+def test_bootstrap_demo_over_a_taken_address_says_so_and_creates_nothing(clinic, settings):
+    settings.DEBUG = True
+    _call(
+        "create_user",
+        "radiologist@demo-clinic.example",
+        "--tenant",
+        "north",
+        "--role",
+        "radiologist",
+    )
+
+    with pytest.raises(CommandError, match=r"already exists\. Nothing was created"):
+        _call("bootstrap_demo")
+
+    assert not Tenant.objects.filter(slug="demo").exists()
 
 
 @pytest.mark.django_db

@@ -3,11 +3,13 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
-from django.core.management.base import BaseCommand
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 
 from audit.actors import Actor
-from tenants.models import Tenant, User
+from tenants.models import Tenant
 from tenants.roles import ROLE_NAMES, RoleCode
 from tenants.services import membership_add, tenant_create, user_create
 
@@ -16,39 +18,39 @@ DEMO_DOMAIN = "demo-clinic.example"
 
 
 class Command(BaseCommand):
-    help = "Create the demo clinic with one user per role (idempotent; prints credentials once)."
+    help = (
+        "Create the demo clinic with one user per role and a platform operator (DEBUG only; "
+        "idempotent; prints credentials once)."
+    )
 
-    def handle(self, *args: Any, **options: Any) -> None:
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--yes-demo",
+            action="store_true",
+            help="Create the demo accounts although DEBUG is off (never on a real deployment)",
+        )
+
+    def handle(self, *args: Any, yes_demo: bool = False, **options: Any) -> None:
+        if not (settings.DEBUG or yes_demo):
+            # Eight accounts with printed passwords, one of them an operator: on a real
+            # deployment that is a way in, and the passwords would sit in its deploy logs.
+            raise CommandError(
+                "The demo clinic is for DEBUG=1 (make run); DEBUG is off, so this looks like "
+                "a real deployment. Nothing was created. Pass --yes-demo if it is not one."
+            )
         if Tenant.objects.filter(slug=DEMO_SLUG).exists():
             self.stdout.write(
                 "Demo clinic already set up (credentials were printed when it was created; "
                 "delete var/ to start over)."
             )
             return
-        actor = Actor.system("cli.bootstrap_demo")
-        credentials: list[tuple[str, str, str]] = []
-        with transaction.atomic():
-            # A zone other than UTC, so the demo shows times as a clinic reads them.
-            tenant = tenant_create(
-                slug=DEMO_SLUG, name="Demo Clinic", time_zone="Europe/Zurich", actor=actor
-            )
-            for role in RoleCode:
-                email = f"{role.value.replace('_', '-')}@{DEMO_DOMAIN}"
-                password = secrets.token_urlsafe(12)
-                user = user_create(
-                    email=email,
-                    password=password,
-                    full_name=f"Demo {ROLE_NAMES[role]}",
-                    actor=actor,
-                    tenant=tenant,
-                )
-                membership_add(tenant=tenant, user=user, roles=[role.value], actor=actor)
-                credentials.append((ROLE_NAMES[role], email, password))
-            operator_password = secrets.token_urlsafe(12)
-            User.objects.create_superuser(
-                email=f"operator@{DEMO_DOMAIN}", password=operator_password
-            )
-            credentials.append(("Platform operator", f"operator@{DEMO_DOMAIN}", operator_password))
+        try:
+            credentials = _demo_create(actor=Actor.system("cli.bootstrap_demo"))
+        except ValidationError as exc:
+            reasons = " ".join(exc.messages)
+            raise CommandError(
+                f"The demo clinic cannot be created: {reasons} Nothing was created."
+            ) from None
         width = max(len(email) for _, email, _ in credentials)
         self.stdout.write(self.style.SUCCESS("Demo clinic created: /t/demo/"))
         self.stdout.write("Sign in at http://127.0.0.1:8000/accounts/login/ with (shown once):")
@@ -58,3 +60,29 @@ class Command(BaseCommand):
             "Second factor: run `python manage.py create_user EMAIL --tenant demo --role ROLE "
             "--totp` to confirm a TOTP device and get its otpauth:// URI for an authenticator app."
         )
+
+
+@transaction.atomic
+def _demo_create(*, actor: Actor) -> list[tuple[str, str, str]]:
+    """The demo clinic, a member per role and an operator: (role, email, password) each."""
+    # A zone other than UTC, so the demo shows times as a clinic reads them.
+    tenant = tenant_create(
+        slug=DEMO_SLUG, name="Demo Clinic", time_zone="Europe/Zurich", actor=actor
+    )
+    credentials: list[tuple[str, str, str]] = []
+    for role in RoleCode:
+        email = f"{role.value.replace('_', '-')}@{DEMO_DOMAIN}"
+        password = secrets.token_urlsafe(12)
+        user = user_create(
+            email=email,
+            password=password,
+            full_name=f"Demo {ROLE_NAMES[role]}",
+            actor=actor,
+            tenant=tenant,
+        )
+        membership_add(tenant=tenant, user=user, roles=[role.value], actor=actor)
+        credentials.append((ROLE_NAMES[role], email, password))
+    email, password = f"operator@{DEMO_DOMAIN}", secrets.token_urlsafe(12)
+    user_create(email=email, password=password, actor=actor, tenant=None, operator=True)
+    credentials.append(("Platform operator", email, password))
+    return credentials

@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import getpass
-import sys
 from typing import Any
 
 from django.core.exceptions import ValidationError
@@ -9,6 +7,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 
 from audit.actors import Actor
+from tenants.management.passwords import password_read
 from tenants.mfa import has_totp
 from tenants.models import User
 from tenants.roles import RoleCode
@@ -43,7 +42,7 @@ class Command(BaseCommand):
         tenant = tenant_get_active(slug=options["tenant"])
         if tenant is None:
             raise CommandError(f"No active clinic with slug {options['tenant']!r}.")
-        password = _password_read() if options["password_stdin"] else None
+        password = password_read() if options["password_stdin"] else None
         actor = Actor.system("cli.create_user")
         try:
             with transaction.atomic():
@@ -82,16 +81,3 @@ class Command(BaseCommand):
         self.stdout.write(f"User {user.pk} is {options['role']} in {tenant.slug}.")
         if device is not None:
             self.stdout.write(device.config_url)
-
-
-def _password_read() -> str:
-    """The password from standard input: a pipe's first line, or typed twice unseen."""
-    if sys.stdin.isatty():
-        password = getpass.getpass("Password: ")
-        if getpass.getpass("Password (again): ") != password:
-            raise CommandError("The two passwords differ.")
-    else:
-        password = sys.stdin.readline().rstrip("\r\n")
-    if not password:
-        raise CommandError("No password on standard input.")
-    return password
