@@ -1,15 +1,22 @@
 from __future__ import annotations
 
 import secrets
+import uuid
 from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
+from django.utils import timezone
 
 from audit.actors import Actor
-from tenants.models import Tenant
+from imaging.demo import demo_files
+from imaging.ingest import IngestOutcome, IngestSummary, ingest_many
+from imaging.selectors import study_get
+from imaging.services import study_grant
+from sharing.invitations import invitation_accept, patient_invite
+from tenants.models import Tenant, User
 from tenants.roles import ROLE_NAMES, RoleCode
 from tenants.services import membership_add, tenant_create, user_create
 
@@ -44,15 +51,18 @@ class Command(BaseCommand):
                 "delete var/ to start over)."
             )
             return
+        actor = Actor.system("cli.bootstrap_demo")
         try:
-            credentials = _demo_create(actor=Actor.system("cli.bootstrap_demo"))
+            credentials = _demo_create(actor=actor)
         except ValidationError as exc:
             reasons = " ".join(exc.messages)
             raise CommandError(
                 f"The demo clinic cannot be created: {reasons} Nothing was created."
             ) from None
+        stored = _demo_studies(tenant=Tenant.objects.get(slug=DEMO_SLUG), actor=actor)
         width = max(len(email) for _, email, _ in credentials)
         self.stdout.write(self.style.SUCCESS("Demo clinic created: /t/demo/"))
+        self.stdout.write(f"Demo studies (synthetic and pydicom's test files): {stored.line}.")
         self.stdout.write("Sign in at http://127.0.0.1:8000/accounts/login/ with (shown once):")
         for role_name, email, password in credentials:
             self.stdout.write(f"  {email.ljust(width)}  {password}   ({role_name})")
@@ -86,3 +96,43 @@ def _demo_create(*, actor: Actor) -> list[tuple[str, str, str]]:
     user_create(email=email, password=password, actor=actor, tenant=None, operator=True)
     credentials.append(("Platform operator", email, password))
     return credentials
+
+
+def _demo_studies(*, tenant: Tenant, actor: Actor) -> IngestSummary:
+    """Ingest the demo studies; link the demo patient to Alice's record and let the
+    referring physician see her chest CT, through the same services staff use."""
+    results = ingest_many(
+        tenant=tenant, actor=actor, items=list(demo_files(today=timezone.localdate()))
+    )
+    summary = IngestSummary(results)
+    alice = next(
+        (
+            r
+            for r in results
+            if r.outcome == IngestOutcome.STORED and r.name.startswith("DEMO-ACC-0001")
+        ),
+        None,
+    )
+    if alice is None:
+        return summary
+    chest = study_get(tenant=tenant, study_id=uuid.UUID(alice.study_id))
+    if chest is None:
+        return summary
+    with transaction.atomic():
+        demo_users = User.objects.filter(email__endswith=f"@{DEMO_DOMAIN}")
+        members = {user.email.split("@")[0]: user for user in demo_users}
+        study_grant(
+            study=chest, grantee=members["referring-physician"], download=False, actor=actor
+        )
+        invitation = patient_invite(
+            tenant=tenant,
+            patients=[chest.patient],
+            email=members["patient"].email,
+            invited_by=members["front-desk"],
+            actor=actor,
+            now=timezone.now(),
+        )
+        invitation_accept(
+            invitation=invitation, user=members["patient"], actor=actor, now=timezone.now()
+        )
+    return summary
