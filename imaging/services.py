@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from itertools import islice
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import pydicom
 from django.conf import settings
@@ -271,7 +271,14 @@ def series_requests_create(*, tenant: Tenant, series: Sequence[Series]) -> None:
         SeriesRequest.objects.bulk_create(rows)
 
 
-def instance_headers_backfill(*, tenant: Tenant, actor: Actor, batch: int = 200) -> int:
+class HeadersBackfilled(NamedTuple):
+    kept: int  # rows that got a header
+    unreadable: int  # rows whose object or kept header failed its check (audited each)
+
+
+def instance_headers_backfill(
+    *, tenant: Tenant, actor: Actor, batch: int = 200
+) -> HeadersBackfilled:
     """Keep the encrypted header of instances whose kept header is missing or stale, and
     index from each header what rows stored before it was indexed lack.
 
@@ -283,31 +290,34 @@ def instance_headers_backfill(*, tenant: Tenant, actor: Actor, batch: int = 200)
     Indexed: StudyID, the performed procedure step's start, the series' orders,
     BitsAllocated (QIDO-RS matches or returns them), where the row has none. Records
     one audit event per batch (the kept headers it opened included). Returns how many
-    rows got a header.
+    rows got a header, and how many could not be read: a durability incident to
+    look into, not a pass.
     """
-    done, after = 0, None
+    done, unreadable, after = 0, 0, None
     while True:
         rows = Instance.objects.for_tenant(tenant)
         if after is not None:
             rows = rows.filter(pk__gt=after)
         rows = list(rows.select_related("tenant", "study", "series").order_by("pk")[:batch])
         if not rows:
-            return done
+            return HeadersBackfilled(kept=done, unreadable=unreadable)
         after = rows[-1].pk
         checked = len(rows)
-        updated, sealed = [], 0
+        updated, sealed, failed = [], 0, 0
         studies: dict[Any, Study] = {}
         series: dict[Any, Series] = {}
         for row in rows:
             try:
                 header = _header_current(row, actor=actor)
             except IntegrityError:
-                continue  # audited; the object is read on every request and checked there
+                failed += 1  # audited; the object is read on every request and checked there
+                continue
             if header is None:
                 try:
                     data = instance_bytes(instance=row, actor=actor)
                 except IntegrityError:
-                    continue  # audited by instance_bytes; this row stays on the slow path
+                    failed += 1  # audited by instance_bytes; this row stays on the slow path
+                    continue
                 ds = pydicom.dcmread(io.BytesIO(data))  # whole: which pixel data it holds too
                 row.pixel_layout = pixel_layout(ds, data=data, offset=pixel_value_offset(ds))
                 row.pixel_tag = pixel_tag(ds)
@@ -355,9 +365,10 @@ def instance_headers_backfill(*, tenant: Tenant, actor: Actor, batch: int = 200)
                 action=Action.HEADERS_INDEXED,
                 target=None,
                 tenant=tenant,
-                detail={"instances": sealed, "checked": checked},
+                detail={"instances": sealed, "checked": checked, "unreadable": failed},
             )
         done += sealed
+        unreadable += failed
 
 
 def _header_current(row: Instance, *, actor: Actor) -> bytes | None:
@@ -490,20 +501,16 @@ def series_thumbnails_rebuild(
     series = Series.objects.for_tenant(tenant)
     if series_uids:
         series = series.filter(series_uid__in=set(series_uids))
-        missing = len(set(series_uids)) - series.count()
+        # The operator's own input, so naming them tells nobody anything new.
+        missing = sorted(set(series_uids) - set(series.values_list("series_uid", flat=True)))
         if missing:
-            raise SeriesNotFound(f"{missing} of the series UIDs given are not this clinic's.")
+            raise SeriesNotFound(f"Not series of this clinic: {', '.join(missing)}.")
     if failed_only:
         series = series.filter(thumbnail_status=Series.ThumbnailStatus.FAILED)
-    series.update(thumbnail_attempts=0)  # a rebuild tries even those given up on
+    # Committed before any task is sent: a rebuild tries even those given up on, and a
+    # worker may take the first batch at once.
+    series.update(thumbnail_attempts=0)
     ids = [str(pk) for pk in series.order_by("created_at", "pk").values_list("pk", flat=True)]
-    audit.record(
-        actor=actor,
-        action=Action.THUMBNAILS_REBUILT,
-        target=None,
-        tenant=tenant,
-        detail={"series": len(ids), "failed_only": failed_only},
-    )
     batches = [ids[start : start + REBUILD_BATCH] for start in range(0, len(ids), REBUILD_BATCH)]
     queued = sum(
         len(batch)
@@ -512,6 +519,16 @@ def series_thumbnails_rebuild(
             task=series_thumbnails,
             kwargs={"tenant_id": str(tenant.pk), "series_ids": batch, "replace": True},
         )
+    )
+    # Recorded after the sending, with what the queue took: an event written before
+    # would say every series was rebuilt when the broker took none.
+    audit.record(
+        actor=actor,
+        action=Action.THUMBNAILS_REBUILT,
+        target=None,
+        tenant=tenant,
+        outcome=Outcome.SUCCESS if queued == len(ids) else Outcome.FAILURE,
+        detail={"series": len(ids), "queued": queued, "failed_only": failed_only},
     )
     if queued < len(ids):
         raise ThumbnailsNotQueued(

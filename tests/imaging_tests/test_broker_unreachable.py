@@ -173,3 +173,7 @@ def test_rebuild_that_the_broker_drops_after_the_check_is_an_error(clinic, monke
             call_command("rebuild_thumbnails", "--tenant", clinic.slug, stdout=io.StringIO())
     finally:
         app.conf.task_always_eager = True
+
+    event = AuditEvent.objects.for_tenant(clinic).get(action=Action.THUMBNAILS_REBUILT)
+    assert event.outcome == "failure"
+    assert event.detail == {"series": 1, "queued": 0, "failed_only": False}

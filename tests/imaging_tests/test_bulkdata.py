@@ -372,7 +372,7 @@ def test_the_backfill_records_the_pixel_tag_of_rows_stored_before_it_was_kept(cl
     assert Instance.objects.for_tenant(clinic).get().pixel_tag == "7FE00008"
     assert "7FE00008" in _metadata(read_token, _ds(data))
     event = AuditEvent.objects.for_tenant(clinic).filter(action=Action.HEADERS_INDEXED).get()
-    assert event.detail == {"instances": 1, "checked": 1}
+    assert event.detail == {"instances": 1, "checked": 1, "unreadable": 0}
 
 
 def test_truncated_float_pixel_data_is_rejected(clinic):

@@ -78,7 +78,7 @@ def test_another_clinics_series_are_neither_rebuilt_nor_named(
     ours = _series_with_thumbnail(clinic, synthetic_ct(slices=1)[0])
     theirs = _series_with_thumbnail(other_clinic, synthetic_ct(slices=1)[0])
 
-    with pytest.raises(CommandError, match="not this clinic's"):
+    with pytest.raises(CommandError, match=f"Not series of this clinic: {theirs.series_uid}\\."):
         _rebuild("--tenant", clinic.slug, "--series", ours.series_uid, theirs.series_uid)
     with django_capture_on_commit_callbacks(execute=True):
         _rebuild("--tenant", clinic.slug)
@@ -145,7 +145,8 @@ def test_the_request_is_audited_with_its_count(clinic, data_dir):
     _rebuild("--tenant", clinic.slug)
 
     event = AuditEvent.objects.for_tenant(clinic).get(action=Action.THUMBNAILS_REBUILT)
-    assert event.detail == {"series": 2, "failed_only": False}
+    assert event.detail == {"series": 2, "queued": 2, "failed_only": False}
+    assert event.outcome == "success"
     assert event.actor_id == "cli.rebuild_thumbnails"
 
 
