@@ -114,11 +114,18 @@ def api_token_create(
     scopes = api_token_check(
         tenant=tenant, scopes=scopes, expires_days=expires_days, created_by=created_by
     )
+    name = name.strip()
+    name_max = ApiToken._meta.get_field("name").max_length
+    if not name or len(name) > name_max or not name.isprintable():
+        # The name is how a clinic tells its tokens apart in the admin and the audit log.
+        raise ValidationError(
+            {"name": f"Name the token on one line, 1 to {name_max} characters (who uses it)."}
+        )
     prefix = secrets.token_hex(4)
     secret = secrets.token_urlsafe(32)
     token = ApiToken.objects.create(
         tenant=tenant,
-        name=name[:100],
+        name=name,
         prefix=prefix,
         secret_hash=_hash(secret),
         scopes=scopes,

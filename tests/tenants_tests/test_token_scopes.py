@@ -16,10 +16,12 @@ from tests.helpers import TEST_ACTOR, make_member
 ADD_URL = "/t/north/admin/tenants/apitoken/add/"
 
 
-def create(tenant, scopes: list[str], created_by=None, expires_days: int | None = 30):
+def create(
+    tenant, scopes: list[str], created_by=None, expires_days: int | None = 30, name: str = "RIS"
+):
     return api_token_create(
         tenant=tenant,
-        name="RIS",
+        name=name,
         scopes=scopes,
         actor=TEST_ACTOR,
         now=timezone.now(),
@@ -312,3 +314,21 @@ def test_the_token_list_names_the_scopes_suspended(clinic, tenant_admin, client_
     page = client_for(tenant_admin).get("/t/north/admin/tenants/apitoken/")
 
     assert b"dicomweb:read, studies:read (suspended: dicomweb:read;" in page.content
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("name", ["", "   ", "R" * 101, "vendor\nToken 1234 for north"])
+def test_command_refuses_a_name_nobody_could_tell_apart(clinic, name):
+    with pytest.raises(CommandError, match="Name the token on one line, 1 to 100 characters"):
+        call_command(
+            "create_api_token", "--tenant", "north", "--name", name, "--scopes", "studies:read"
+        )
+
+    assert not ApiToken.objects.for_tenant(clinic).exists()
+
+
+@pytest.mark.django_db
+def test_the_token_name_is_kept_without_the_spaces_around_it(clinic):
+    token, _ = create(clinic, ["studies:read"], name="  Vendor RIS  ")
+
+    assert token.name == "Vendor RIS"

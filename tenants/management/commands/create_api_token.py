@@ -22,7 +22,8 @@ class Command(BaseCommand):
             "--expires-days",
             type=int,
             default=None,
-            help=f"Days until it expires, 1 to {MAX_EXPIRES_DAYS}; omit for no expiry",
+            help=f"Days until it expires, 1 to {MAX_EXPIRES_DAYS}; without it, the token never "
+            "expires (until revoked)",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
