@@ -44,7 +44,7 @@ class MembershipError(ValidationError):
 def tenant_create(
     *, slug: str, name: str, actor: Actor, time_zone: str = DEFAULT_TIME_ZONE
 ) -> Tenant:
-    tenant = Tenant(slug=slug, name=name, time_zone=time_zone)
+    tenant = Tenant(slug=slug, name=name.strip(), time_zone=time_zone)
     tenant.full_clean()
     tenant.save()
     tenant.mfa_required_roles.set(Role.objects.filter(code__in=[r.value for r in STAFF_ROLES]))

@@ -48,7 +48,10 @@ def test_create_tenant_rejects_duplicates_and_bad_slugs(clinic):
         _call("create_tenant", "north", "--name", "Again")
     with pytest.raises(CommandError, match="lowercase letters"):
         _call("create_tenant", "Bad Slug!", "--name", "Bad")
+    with pytest.raises(CommandError, match="name: This field cannot be blank"):
+        _call("create_tenant", "blank-name", "--name", "   ")
     assert not Tenant.objects.filter(name__in=["Again", "Bad"]).exists()
+    assert not Tenant.objects.filter(slug="blank-name").exists()
 
 
 @pytest.mark.django_db

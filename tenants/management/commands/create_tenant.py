@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.exceptions import ValidationError
+from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from audit.actors import Actor
@@ -31,5 +31,11 @@ class Command(BaseCommand):
                 slug=slug, name=name, time_zone=time_zone, actor=Actor.system("cli.create_tenant")
             )
         except ValidationError as exc:
-            raise CommandError("; ".join(exc.messages)) from None
+            raise CommandError(
+                "; ".join(
+                    f"{field}: {message}" if field != NON_FIELD_ERRORS else message
+                    for field, messages in exc.message_dict.items()
+                    for message in messages
+                )
+            ) from None
         self.stdout.write(f"Created clinic {tenant.slug} ({tenant.pk}).")
