@@ -1212,24 +1212,24 @@ def _zip_directory_problem(fileobj: io.BufferedIOBase) -> str | None:
     return None
 
 
-def ingest_paths(*, tenant: Tenant, actor: Actor, paths: Iterable[Path]) -> IngestSummary:
+def ingest_paths(*, tenant: Tenant, actor: Actor, paths: Iterable[Path]) -> Iterator[IngestResult]:
     """Ingest files, folders (recursively) and zip archives from the local disk.
 
-    A path that cannot be read (no permission, removed meanwhile, not a regular file) is
-    rejected with its reason; the others go on.
+    Yields each file's result once it is stored or refused (an archive's once the whole
+    archive is done), so a caller stopped midway knows what was kept. A path that cannot
+    be read (no permission, removed meanwhile, not a regular file) is rejected with its
+    reason; the others go on.
     """
-    results: list[IngestResult] = []
     for path, problem in _walk(paths):
         if problem is None:
             try:
-                results.extend(_ingest_path(tenant=tenant, actor=actor, path=path))
+                yield from _ingest_path(tenant=tenant, actor=actor, path=path)
                 continue
             except _Unreadable as exc:
                 problem = f"The file could not be read ({exc})."
-        results.append(
-            _reject(tenant=tenant, actor=actor, name=str(path), code="unreadable", message=problem)
+        yield _reject(
+            tenant=tenant, actor=actor, name=str(path), code="unreadable", message=problem
         )
-    return IngestSummary(results)
 
 
 class _Unreadable(Exception):

@@ -162,6 +162,39 @@ def test_cli_reports_each_rejected_file_and_a_summary(clinic, tmp_path, capsys):
 
 
 @pytest.mark.django_db
+def test_cli_interrupted_says_what_it_kept_and_a_second_run_goes_on(
+    clinic, tmp_path, capsys, monkeypatch
+):
+    from imaging import ingest as ingest_module
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i, data in enumerate(synthetic_ct(slices=3)):
+        (folder / f"{i}.dcm").write_bytes(data)
+    real, calls = ingest_module._ingest_path, []
+
+    def ctrl_c_at_the_third(**kwargs):
+        calls.append(kwargs["path"])
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(**kwargs)
+
+    monkeypatch.setattr(ingest_module, "_ingest_path", ctrl_c_at_the_third)
+    # KeyboardInterrupt caught here too: escaping, it would stop the whole test run.
+    with pytest.raises((SystemExit, KeyboardInterrupt)) as exit_info:
+        call_command("ingest", str(folder), "--tenant", "north")
+    monkeypatch.undo()
+    first = capsys.readouterr()
+    call_command("ingest", str(folder), "--tenant", "north")
+
+    assert exit_info.type is SystemExit and exit_info.value.code == 130
+    assert first.out.splitlines() == ["stored 2, duplicate 0, rejected 0"]
+    assert "Interrupted" in first.err
+    assert capsys.readouterr().out.splitlines() == ["stored 1, duplicate 2, rejected 0"]
+    assert Instance.objects.for_tenant(clinic).count() == 3
+
+
+@pytest.mark.django_db
 def test_cli_prints_one_line_per_rejected_file_whatever_its_name_holds(clinic, tmp_path, capsys):
     hostile = "scan.dcm\nstored 250, duplicate 0, rejected 0\x1b[2K\rok.dcm"
     with zipfile.ZipFile(tmp_path / "sent.zip", "w") as zf:

@@ -6,7 +6,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from audit.actors import Actor
-from imaging.ingest import IngestOutcome, ingest_paths, printable
+from imaging.ingest import IngestOutcome, IngestSummary, ingest_paths, printable
 from tenants.models import User
 from tenants.roles import Perm
 from tenants.selectors import membership_for_user, tenant_get_active
@@ -15,7 +15,8 @@ from tenants.selectors import membership_for_user, tenant_get_active
 class Command(BaseCommand):
     help = (
         "Ingest DICOM files, folders (recursively) and zip archives into a clinic. Prints one "
-        "line per rejected file, then `stored N, duplicate D, rejected R`."
+        "line per rejected file, then `stored N, duplicate D, rejected R`. Exits 1 when a "
+        "file was rejected, 130 when interrupted (after the lines for what was done)."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -43,11 +44,23 @@ class Command(BaseCommand):
                     "give them a role that may (technologist), or name someone who has one."
                 )
             actor = Actor.for_user(user)
-        summary = ingest_paths(tenant=clinic, actor=actor, paths=paths)
+        summary = IngestSummary([])
+        try:
+            for result in ingest_paths(tenant=clinic, actor=actor, paths=paths):
+                summary.results.append(result)
+        except KeyboardInterrupt:
+            # Each file is stored whole or not at all: say what was kept, so the operator
+            # knows a second run will count those as duplicates and go on.
+            self._report(summary)
+            self.stderr.write("Interrupted; what is counted was kept. Run it again to go on.")
+            raise SystemExit(130) from None
+        self._report(summary)
+        if summary.count(IngestOutcome.REJECTED):
+            raise SystemExit(1)
+
+    def _report(self, summary: IngestSummary) -> None:
         for result in summary.results:
             if result.outcome == IngestOutcome.REJECTED:
                 # One line per file whatever its name holds: the output is read by tools.
                 self.stdout.write(f"rejected {printable(result.name)}: {printable(result.message)}")
         self.stdout.write(summary.line)
-        if summary.count(IngestOutcome.REJECTED):
-            raise SystemExit(1)
