@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import io
 
 import numpy as np
@@ -147,7 +148,7 @@ def test_the_request_is_audited_with_its_count(clinic, data_dir):
     event = AuditEvent.objects.for_tenant(clinic).get(action=Action.THUMBNAILS_REBUILT)
     assert event.detail == {"series": 2, "queued": 2, "failed_only": False}
     assert event.outcome == "success"
-    assert event.actor_id == "cli.rebuild_thumbnails"
+    assert event.actor_id == f"cli.rebuild_thumbnails@{getpass.getuser()}"
 
 
 @pytest.mark.django_db

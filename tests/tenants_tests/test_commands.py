@@ -415,3 +415,19 @@ def test_unlock_signin_lifts_nothing_when_it_cannot_be_audited(
     monkeypatch.undo()
 
     assert not _signs_in(client, radiologist)
+
+
+@pytest.mark.django_db
+def test_a_command_event_names_the_person_who_ran_it_behind_sudo(clinic, monkeypatch):
+    monkeypatch.setenv("SUDO_USER", "alice")
+    _call("create_api_token", "--tenant", "north", "--name", "RIS", "--scopes", "studies:read")
+    monkeypatch.setenv("SUDO_USER", "b" * 80)
+    _call("create_tenant", "east", "--name", "East")
+
+    minted = AuditEvent.objects.for_tenant(clinic).get(action=Action.API_TOKEN_CREATED)
+    created = AuditEvent.objects.for_tenant(Tenant.objects.get(slug="east")).get(
+        action=Action.TENANT_CREATED
+    )
+    assert minted.actor_type == "system"
+    assert minted.actor_id == "cli.create_api_token@alice"
+    assert created.actor_id == ("cli.create_tenant@" + "b" * 80)[:64]

@@ -31,7 +31,7 @@ class Command(BaseCommand):
         missing = [str(path) for path in paths if not path.exists()]
         if missing:
             raise CommandError(f"No such file or folder: {', '.join(missing)}")
-        actor = Actor.system("cli.ingest")
+        actor = Actor.cli("ingest")
         if options.get("as_email"):
             user = User.objects.filter(email__iexact=options["as_email"]).first()
             membership = membership_for_user(tenant=clinic, user=user) if user else None

@@ -28,7 +28,7 @@ class Command(BaseCommand):
             clinics = clinics.filter(slug=tenant)
             if not clinics.exists():
                 raise CommandError(f"No clinic with slug {tenant!r}.")
-        actor = Actor.system("cli.instance_headers_backfill")
+        actor = Actor.cli("instance_headers_backfill")
         unreadable = []
         for clinic in clinics:
             done = instance_headers_backfill(tenant=clinic, actor=actor)

@@ -41,7 +41,7 @@ class Command(BaseCommand):
         try:
             count = series_thumbnails_rebuild(
                 tenant=clinic,
-                actor=Actor.system("cli.rebuild_thumbnails"),
+                actor=Actor.cli("rebuild_thumbnails"),
                 series_uids=series,
                 failed_only=failed,
             )

@@ -51,7 +51,7 @@ class Command(BaseCommand):
                 "delete var/ to start over)."
             )
             return
-        actor = Actor.system("cli.bootstrap_demo")
+        actor = Actor.cli("bootstrap_demo")
         try:
             credentials = _demo_create(actor=actor)
         except ValidationError as exc:

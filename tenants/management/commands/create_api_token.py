@@ -37,7 +37,7 @@ class Command(BaseCommand):
                 name=options["name"],
                 scopes=scopes,
                 expires_days=options["expires_days"],
-                actor=Actor.system("cli.create_api_token"),
+                actor=Actor.cli("create_api_token"),
                 now=timezone.now(),
             )
         except ValidationError as exc:

@@ -31,7 +31,7 @@ class Command(BaseCommand):
                 email=email,
                 password=password,
                 full_name=full_name,
-                actor=Actor.system("cli.create_operator"),
+                actor=Actor.cli("create_operator"),
                 tenant=None,
                 operator=True,
             )

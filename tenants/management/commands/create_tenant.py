@@ -28,7 +28,7 @@ class Command(BaseCommand):
             raise CommandError(f"A clinic with slug {slug!r} already exists.")
         try:
             tenant = tenant_create(
-                slug=slug, name=name, time_zone=time_zone, actor=Actor.system("cli.create_tenant")
+                slug=slug, name=name, time_zone=time_zone, actor=Actor.cli("create_tenant")
             )
         except ValidationError as exc:
             raise CommandError(

@@ -43,7 +43,7 @@ class Command(BaseCommand):
         if tenant is None:
             raise CommandError(f"No active clinic with slug {options['tenant']!r}.")
         password = password_read() if options["password_stdin"] else None
-        actor = Actor.system("cli.create_user")
+        actor = Actor.cli("create_user")
         try:
             with transaction.atomic():
                 user = User.objects.filter(email__iexact=options["email"].strip()).first()

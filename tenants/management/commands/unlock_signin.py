@@ -38,7 +38,7 @@ class Command(BaseCommand):
                 # lifted unrecorded, and an event never names a lift that failed (only
                 # a failed commit, after the lift, could part them).
                 audit.record_for_user(
-                    user=user, actor=Actor.system("cli.unlock_signin"), action=Action.THROTTLE_RESET
+                    user=user, actor=Actor.cli("unlock_signin"), action=Action.THROTTLE_RESET
                 )
                 throttle_reset(account=email)
         except (DatabaseError, RedisError, OSError) as exc:
