@@ -16,14 +16,19 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-# Embedded defaults: SQLite, filesystem storage and a filesystem Celery broker under var/.
+# Embedded defaults: SQLite, filesystem storage and a filesystem Celery broker under var/,
+# whatever the shell exports: a database or key left set for other work must not get the
+# demo clinic, its operator and their printed passwords.
+EMBEDDED := env -u DATABASE_URL -u DATABASE_URL_FILE -u REDIS_URL -u REDIS_URL_FILE \
+	-u PORTAL_MASTER_KEY -u PORTAL_MASTER_KEY_FILE -u PORTAL_KEY_PROVIDER -u PORTAL_KMS_KEY_ID
 run: export DEBUG = 1
+run: export PORTAL_BASE_URL = http://127.0.0.1:$(PORT)
 run: $(STAMP)
-	$(PY) manage.py migrate --noinput
-	$(PY) manage.py init_master_key
-	$(PY) manage.py bootstrap_demo
+	$(EMBEDDED) $(PY) manage.py migrate --noinput
+	$(EMBEDDED) $(PY) manage.py init_master_key
+	$(EMBEDDED) $(PY) manage.py bootstrap_demo
 	@echo "Starting the portal on http://127.0.0.1:$(PORT)/ (Ctrl-C stops everything)."
-	@bash -c 'trap "kill 0" EXIT; \
+	@$(EMBEDDED) bash -c 'trap "kill 0" EXIT; \
 		$(VENV)/bin/celery -A portal worker --beat --pool=solo --loglevel=INFO \
 			--schedule "$$PORTAL_DATA_DIR/celerybeat-schedule" & \
 		$(PY) manage.py runserver 127.0.0.1:$(PORT) & \

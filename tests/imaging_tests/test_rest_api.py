@@ -165,6 +165,15 @@ def test_requests_beyond_the_token_rate_limit_get_429(clinic, studies, settings,
 
 
 @pytest.mark.django_db
+def test_a_rate_limit_of_zero_turns_the_limit_off(clinic, studies, settings, monkeypatch):
+    settings.API_RATE_LIMIT_PER_MINUTE = 0
+    within_one_minute(monkeypatch)
+    api = _api(token_for(clinic, "studies:read"))
+
+    assert {api.get("/api/v1/studies").status_code for _ in range(5)} == {200}
+
+
+@pytest.mark.django_db
 def test_a_token_refused_for_its_scope_is_refused_and_audited_within_its_budget(
     clinic, settings, monkeypatch
 ):

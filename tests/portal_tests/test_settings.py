@@ -141,6 +141,33 @@ def test_a_limit_below_its_minimum_fails_loudly_at_start(tmp_path, name, value, 
     assert f"{name} must be {message}" in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("environment", "message"),
+    [
+        ({"PORTAL_KEY_PROVIDER": "aws_kms"}, "must be local or aws-kms, got 'aws_kms'"),
+        ({"PORTAL_KEY_PROVIDER": "aws-kms"}, "aws-kms needs PORTAL_KMS_KEY_ID"),
+    ],
+)
+def test_a_key_provider_that_cannot_work_stops_the_start(tmp_path, environment, message):
+    result = _run(
+        ["manage.py", "init_master_key"], {**environment, "SECRET_KEY": STRONG_KEY}, tmp_path
+    )
+
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert not (tmp_path / "master.key").exists()
+
+
+def test_the_benchmarks_rate_limit_of_zero_starts(tmp_path):
+    result = _run(
+        ["manage.py", "check"],
+        {"API_RATE_LIMIT_PER_MINUTE": "0", "SECRET_KEY": STRONG_KEY},
+        tmp_path,
+    )
+
+    assert result.returncode == 0, result.stderr
+
+
 def test_database_and_redis_urls_can_come_from_files(tmp_path):
     (tmp_path / "db").write_text("postgres://portal:s3cret@db.internal:5432/portal\n")
     (tmp_path / "redis").write_text("redis://:s3cret@redis.internal:6379/0\n")

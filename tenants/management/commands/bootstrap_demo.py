@@ -48,7 +48,7 @@ class Command(BaseCommand):
         if Tenant.objects.filter(slug=DEMO_SLUG).exists():
             self.stdout.write(
                 "Demo clinic already set up (credentials were printed when it was created; "
-                "delete var/ to start over)."
+                f"delete {settings.PORTAL_DATA_DIR} to start over)."
             )
             return
         actor = Actor.cli("bootstrap_demo")
@@ -63,7 +63,8 @@ class Command(BaseCommand):
         width = max(len(email) for _, email, _ in credentials)
         self.stdout.write(self.style.SUCCESS("Demo clinic created: /t/demo/"))
         self.stdout.write(f"Demo studies (synthetic and pydicom's test files): {stored.line}.")
-        self.stdout.write("Sign in at http://127.0.0.1:8000/accounts/login/ with (shown once):")
+        base = settings.PORTAL_BASE_URL or "http://127.0.0.1:8000"
+        self.stdout.write(f"Sign in at {base}/accounts/login/ with (shown once):")
         for role_name, email, password in credentials:
             self.stdout.write(f"  {email.ljust(width)}  {password}   ({role_name})")
         self.stdout.write(
