@@ -14,8 +14,6 @@ from PIL import Image
 from pydicom.encaps import encapsulate, generate_frames
 from pydicom.pixels import (
     apply_color_lut,
-    apply_modality_lut,
-    apply_voi_lut,
     as_pixel_options,
     get_decoder,
 )
@@ -49,7 +47,9 @@ def _stretch_bounds(pixels: np.ndarray, slope: float, intercept: float) -> tuple
         return 0.0, 1.0
     sample = flat[:: max(1, flat.size // PERCENTILE_SAMPLE)].astype(np.float64)
     low, high = np.percentile(sample * slope + intercept, (0.5, 99.5))
-    return float(low), float(high) if high > low else float(low) + 1.0
+    if high <= low:  # one value throughout: mid-grey, neither black nor white
+        return float(low) - 0.5, float(low) + 0.5
+    return float(low), float(high)
 
 
 def _to_uint8(pixels: np.ndarray, slope: float = 1.0, intercept: float = 0.0) -> np.ndarray:
@@ -294,17 +294,123 @@ def _through_table(
     return table[index]  # np.take would first copy the index as 64-bit integers
 
 
-def _voi_windowed(ds: pydicom.Dataset, pixels: np.ndarray) -> np.ndarray | None:
-    """The file's first VOI window (any function or table) stretched to 0-255, or None."""
-    if "WindowCenter" not in ds or "WindowWidth" not in ds:
-        return None
+def _first_item(ds: pydicom.Dataset, keyword: str) -> pydicom.Dataset | None:
+    sequence = ds.get(keyword)
+    return sequence[0] if isinstance(sequence, pydicom.Sequence) and len(sequence) else None
+
+
+def _lut(ds: pydicom.Dataset, item: pydicom.Dataset) -> tuple[np.ndarray, int, int]:
+    """(entries, first value mapped, bits) of a Modality or VOI LUT item (PS3.3
+    C.11.1.1.1, C.11.2.1.1): read here, with 64-bit indices. pydicom 3.0 indexes an
+    8-bit table through its own type (more than 256 entries wrap) and refuses entries
+    of other than 8 or 16 bits."""
     try:
-        windowed = apply_voi_lut(pixels, ds, index=0)
-    except (TypeError, ValueError):  # a window that is not a number: as if none
-        return None
-    low, high = float(np.min(windowed)), float(np.max(windowed))
-    out = (windowed - low) / ((high - low) or 1.0) * 255.0
-    return np.clip(out, 0, 255).astype(np.uint8)
+        entries, first, bits = (int(v) for v in item.LUTDescriptor)
+        data = item.LUTData
+    except (AttributeError, TypeError, ValueError):
+        raise RenderError("A lookup table's descriptor is not three numbers.") from None
+    entries = entries or 65536
+    if not 1 <= bits <= 16:
+        raise RenderError(f"A lookup table has {bits}-bit entries (1 to 16 are defined).")
+    if first >= 32768 and ds.get("PixelRepresentation", 0) == 1:
+        first -= 65536  # the first value mapped is signed when the pixels are (US or SS)
+    if isinstance(data, bytes | bytearray):  # OW: 16-bit words, or 8-bit bytes packed
+        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        order = ">" if syntax is not None and syntax.is_little_endian is False else "<"
+        width = 1 if bits <= 8 and len(data) == entries else 2
+        table = np.frombuffer(bytes(data)[: entries * width], dtype=f"{order}u{width}")
+    else:  # US: a number or a list of them
+        values = data if isinstance(data, list | pydicom.multival.MultiValue) else [data]
+        table = np.array([int(v) for v in values], dtype=np.int64)
+    if len(table) != entries:
+        raise RenderError("A lookup table does not hold the entries its descriptor says.")
+    return table.astype(np.int64), first, bits
+
+
+def _looked_up(table: np.ndarray, first: int, values: np.ndarray) -> np.ndarray:
+    """`values` through `table`: those below its first value take its first entry, those
+    past its end its last (PS3.3 C.11.1.1.1)."""
+    index = np.floor(values).astype(np.int64) if values.dtype.kind == "f" else values
+    return table[np.clip(index.astype(np.int64) - first, 0, len(table) - 1)]
+
+
+def _modality_values(ds: pydicom.Dataset, stored: np.ndarray) -> np.ndarray:
+    """Stored values through the modality LUT (PS3.3 C.11.1): its table, else the rescale."""
+    item = _first_item(ds, "ModalityLUTSequence")
+    if item is not None:
+        table, first, _ = _lut(ds, item)
+        return _looked_up(table, first, stored).astype(np.float64)
+    slope, intercept = _rescale(ds)
+    return stored.astype(np.float64) * slope + intercept
+
+
+def _sigmoid_window(values: np.ndarray, centre: float, width: float) -> np.ndarray:
+    """PS3.3 C.11.2.1.3.1: 255 / (1 + exp(-4 (x - c) / w))."""
+    exponent = np.clip(-4.0 * (values - centre) / width, -700.0, 700.0)
+    return np.rint(255.0 / (1.0 + np.exp(exponent))).astype(np.uint8)
+
+
+def _exact_window(values: np.ndarray, centre: float, width: float) -> np.ndarray:
+    """PS3.3 C.11.2.1.3.2 (LINEAR_EXACT): ((x - c) / w + 0.5), clipped to the range."""
+    return np.clip(np.rint(((values - centre) / width + 0.5) * 255.0), 0, 255).astype(np.uint8)
+
+
+def _voi_grey(
+    ds: pydicom.Dataset, values: np.ndarray, window: tuple[float, float] | None
+) -> np.ndarray | None:
+    """Modality values to grey levels 0-255 (PS3.3 C.11.2), in the output range the VOI
+    defines, never stretched to the frame's own: `window` (LINEAR) when asked for, else
+    the file's first window through its VOI LUT function, else its first VOI LUT, else
+    the modality's default window. None when there is none of them."""
+    if window is not None:
+        return _linear_window(values, *window)
+    centre, width = _number(ds.get("WindowCenter")), _number(ds.get("WindowWidth"))
+    if centre is not None and width is not None and width > 0:
+        function = str(ds.get("VOILUTFunction", "") or "LINEAR").strip().upper()
+        if function == "SIGMOID":
+            return _sigmoid_window(values, centre, width)
+        if function == "LINEAR_EXACT":
+            return _exact_window(values, centre, width)
+        return _linear_window(values, centre, width)
+    item = _first_item(ds, "VOILUTSequence")
+    if item is not None:
+        table, first, bits = _lut(ds, item)
+        top = int(table.max()) if table.size else 0
+        # Some writers put 8-bit values in entries said to be 16 bits (as palettes).
+        bits = 8 if bits > 8 and top <= 255 else bits
+        grey = _looked_up(table, first, values) * (255.0 / ((1 << bits) - 1))
+        return np.clip(np.rint(grey), 0, 255).astype(np.uint8)
+    default = MODALITY_WINDOWS.get(str(ds.get("Modality", "")))
+    return _linear_window(values, *default) if default else None
+
+
+def _grey(
+    ds: pydicom.Dataset, pixels: np.ndarray, window: tuple[float, float] | None = None
+) -> np.ndarray:
+    """One grey frame through the modality LUT, the VOI and MONOCHROME1's inversion.
+
+    Integer frames of up to 16 bits go through a table of every value their type holds,
+    so only the 8-bit result is allocated whatever the LUTs and the VOI function; other
+    frames are mapped pixel by pixel. A frame with no window anywhere is stretched.
+    """
+    inverted = str(ds.get("PhotometricInterpretation", "")).strip() == "MONOCHROME1"
+    if pixels.dtype.kind in "iu" and pixels.dtype.itemsize <= 2:
+        native = pixels.dtype.newbyteorder("=")
+        unsigned = f"u{native.itemsize}"
+        codes = np.arange(1 << (8 * native.itemsize), dtype=unsigned).view(native)
+        table = _voi_grey(ds, _modality_values(ds, codes), window)
+        if table is not None:
+            table = 255 - table if inverted else table
+            return table[np.ascontiguousarray(pixels, dtype=native).view(unsigned)]
+    else:
+        grey = _voi_grey(ds, _modality_values(ds, pixels), window)
+        if grey is not None:
+            return 255 - grey if inverted else grey
+    if "ModalityLUTSequence" in ds:
+        grey = _to_uint8(_modality_values(ds, pixels))
+    else:  # rescaled inside the stretch's table: no float copy
+        grey = _to_uint8(pixels, *_rescale(ds))
+    return 255 - grey if inverted else grey
 
 
 def frame_to_uint8(ds: pydicom.Dataset, pixels: np.ndarray) -> np.ndarray:
@@ -312,7 +418,6 @@ def frame_to_uint8(ds: pydicom.Dataset, pixels: np.ndarray) -> np.ndarray:
     fast = windowed_by_table(ds, pixels)
     if fast is not None:
         return fast
-    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
     if _is_palette(ds):
         return _palette_rgb(ds, pixels)
     if ds.get("SamplesPerPixel", 1) > 1:
@@ -321,29 +426,7 @@ def frame_to_uint8(ds: pydicom.Dataset, pixels: np.ndarray) -> np.ndarray:
         if pixels.dtype != np.uint8:
             pixels = _to_uint8(pixels)
         return pixels
-    modality_window = MODALITY_WINDOWS.get(str(ds.get("Modality", "")))
-    if (
-        "ModalityLUTSequence" not in ds
-        and ("WindowCenter" not in ds or "WindowWidth" not in ds)
-        and not modality_window
-    ):
-        # Stretched, as below, but rescaled inside the stretch's table: no float copy.
-        grey = _to_uint8(pixels, *_rescale(ds))
-        return 255 - grey if photometric == "MONOCHROME1" else grey
-    try:
-        pixels = apply_modality_lut(pixels, ds)
-    except (TypeError, ValueError):  # a rescale that is not a number: the identity
-        slope, intercept = _rescale(ds)
-        pixels = pixels * slope + intercept
-    grey = _voi_windowed(ds, pixels)
-    if grey is None and MODALITY_WINDOWS.get(str(ds.get("Modality", ""))):
-        centre, width = MODALITY_WINDOWS[str(ds.Modality)]  # type: ignore[misc]
-        grey = _linear_window(pixels, centre, width)
-    elif grey is None:
-        grey = _to_uint8(pixels)
-    if photometric == "MONOCHROME1":
-        grey = 255 - grey
-    return grey
+    return _grey(ds, pixels)
 
 
 def thumbnail_png(data: bytes, *, max_size: int = 256) -> bytes:
@@ -616,12 +699,7 @@ def _rendered(
         image = Image.fromarray(grey)
     elif window is not None and ds.get("SamplesPerPixel", 1) == 1 and not _is_palette(ds):
         # A window applies to grey levels; colour (palette colour too) keeps its own.
-        centre, width = window
-        rescaled = apply_modality_lut(pixels, header).astype(np.float64)
-        grey = _linear_window(rescaled, centre, width)
-        if str(ds.get("PhotometricInterpretation", "")) == "MONOCHROME1":
-            grey = 255 - grey
-        image = Image.fromarray(grey)
+        image = Image.fromarray(_grey(header, pixels, window))
     else:
         image = Image.fromarray(frame_to_uint8(header, pixels))
     return _encoded(image, media_type, viewport, quality)
