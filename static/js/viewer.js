@@ -28,6 +28,9 @@
   const PRESETS = { brain: [40, 80], lung: [-600, 1500], bone: [400, 1800], abdomen: [40, 400] };
   const MAX_IN_FLIGHT = 6;
   const FRAME_BATCH = 16; // frames per request for multi-frame instances
+  // Bytes per request, so a batch of large frames (breast tomosynthesis: 19 MiB a frame)
+  // stays well within what the server decodes in one answer.
+  const BATCH_BYTES = 64 * 1024 * 1024;
   const CACHE_BYTES = 600 * 1024 * 1024;
   const CINE_MS = 100; // ~10 frames/s
   const ENDED_TEXT = "Access to this study has ended. Reload the page or sign in again.";
@@ -133,16 +136,23 @@
       intercept: num(o, "00281052", 0),
       center: num(o, "00281050", null),
       width: num(o, "00281051", null),
+      voi: text(o, "00281056").trim().toUpperCase() || "LINEAR", // VOI LUT Function
       spacing: sp && sp[0] > 0 && sp[1] > 0 ? { row: sp[0], col: sp[1] } : null,
     };
     info.Type = pixelType(info);
-    info.rendered = !info.Type; // colour or an unusual layout: ask the server for a PNG
+    // Colour, an unusual layout, floating-point pixels (parametric maps: 7FE0,0008/0009)
+    // or a Modality or VOI LUT table: the server renders those (PS3.3 C.11) as PNGs.
+    const tables = has(o, "00283000") || has(o, "00283010");
+    info.rendered = !info.Type || has(o, "7FE00008") || has(o, "7FE00009") || tables;
     // 8-bit YBR colour is what lossy JPEG stores (ultrasound, endoscopy, photographs), and a
     // browser decodes such a frame to the right RGB itself. If these frames are not stored
     // as JPEG baseline (or a de-identified link sends decoded pixels only), the server says
     // 406 and the series falls back to /rendered.
     info.storedJpeg = spp === 3 && info.bits === 8 && (photometric === "YBR_FULL_422" || photometric === "YBR_FULL");
     return info;
+  }
+  function has(o, tag) {
+    return Boolean(o && typeof o === "object" && Object.prototype.hasOwnProperty.call(o, tag));
   }
   function pixelType(info) {
     if (info.colour) return null;
@@ -276,6 +286,9 @@
   const needs = (sl) => !sl.data && !sl.pending && !sl.failed;
   const useRendered = (s, sl) => s.rendered || sl.info.rendered;
   const useStoredJpeg = (s, sl) => sl.info.storedJpeg && !s.storedRefused;
+  // A grey slice the server windowed (its PNG): the window shown and the presets would not
+  // change it, so they are not offered for it.
+  const serverWindowed = (s, sl) => useRendered(s, sl) && !useStoredJpeg(s, sl);
   const sliceBytes = (sl) => Math.max(1, sl.info.rows * sl.info.cols * (sl.info.Type ? sl.info.Type.BYTES_PER_ELEMENT : 4));
 
   function pump() {
@@ -307,10 +320,11 @@
     const group = [sl[pick]];
     // Neighbouring frames of one multi-frame instance travel in one request.
     const batched = !useRendered(s, sl[pick]) || useStoredJpeg(s, sl[pick]);
+    const limit = Math.max(1, Math.min(s.batchLimit || FRAME_BATCH, Math.floor(BATCH_BYTES / sliceBytes(sl[pick]))));
     if (sl[pick].frames > 1 && s.shownOnce && batched) {
-      for (let d = 1; d < FRAME_BATCH * 2 && group.length < FRAME_BATCH; d++) {
+      for (let d = 1; d < limit * 2 && group.length < limit; d++) {
         for (const j of [pick + d, pick - d]) {
-          if (group.length < FRAME_BATCH && fits(j) && sl[j].info.sop === sl[pick].info.sop) group.push(sl[j]);
+          if (group.length < limit && fits(j) && sl[j].info.sop === sl[pick].info.sop) group.push(sl[j]);
         }
       }
       group.sort((a, b) => a.frame - b.frame);
@@ -353,6 +367,9 @@
         endAccess();
       } else if (err instanceof HttpError && err.status === 406 && useStoredJpeg(s, group[0])) {
         s.storedRefused = true; // not stored as JPEG baseline, or not sent as stored: /rendered
+      } else if (err instanceof HttpError && err.status === 406 && group.length > 1) {
+        // Too many bytes decoded in one answer: smaller batches, still windowed here.
+        s.batchLimit = Math.max(1, group.length >> 1);
       } else if (err instanceof HttpError && err.status === 406 && !s.rendered) {
         s.rendered = true; // the server will not send raw frames: use /rendered from now on
       } else {
@@ -433,16 +450,22 @@
     if (!size) return null;
     const offset = T === Int8Array || T === Int16Array ? size / 2 : 0;
     const flip = info.mono1 !== view.invert;
-    const key = [size, offset, info.slope, info.intercept, flip, view.center, view.width].join();
+    const key = [size, offset, info.slope, info.intercept, info.voi, flip, view.center, view.width].join();
     if (lut.key === key) return lut;
     const table = new Uint32Array(size);
-    for (let s = 0; s < size; s++) table[s] = grey((s - offset) * info.slope + info.intercept, flip);
+    for (let s = 0; s < size; s++) table[s] = grey((s - offset) * info.slope + info.intercept, flip, info.voi);
     lut = { key, table, offset };
     return lut;
   }
-  // Linear window: (v - (C - W/2)) / W, clamped, as opaque grey RGBA (little-endian).
-  function grey(v, flip) {
-    let g = ((v - (view.center - view.width / 2)) / view.width) * 255;
+  // The window through the file's VOI LUT function (PS3.3 C.11.2.1.2 and C.11.2.1.3), as
+  // the server renders it, as opaque grey RGBA (little-endian).
+  function grey(v, flip, voi) {
+    const c = view.center, w = view.width;
+    let g;
+    if (voi === "SIGMOID") g = 255 / (1 + Math.exp((-4 * (v - c)) / w));
+    else if (voi === "LINEAR_EXACT") g = ((v - c) / w + 0.5) * 255;
+    else if (w <= 1) g = v < c - 0.5 ? 0 : 255; // a width of 1 is a threshold
+    else g = ((v - (c - 0.5)) / (w - 1) + 0.5) * 255;
     g = g <= 0 ? 0 : g >= 255 ? 255 : (g + 0.5) | 0;
     if (flip) g = 255 - g;
     return (0xff000000 | (g << 16) | (g << 8) | g) >>> 0;
@@ -466,7 +489,7 @@
       for (let i = 0; i < px.length; i++) image32[i] = t[px[i] + o];
     } else { // 32-bit: too wide for a table
       const flip = sl.info.mono1 !== view.invert;
-      for (let i = 0; i < px.length; i++) image32[i] = grey(px[i] * sl.info.slope + sl.info.intercept, flip);
+      for (let i = 0; i < px.length; i++) image32[i] = grey(px[i] * sl.info.slope + sl.info.intercept, flip, sl.info.voi);
     }
     offCtx.putImageData(imageData, 0, 0);
     offSlice = sl;
@@ -590,7 +613,7 @@
   function syncStatus() {
     const cur = current();
     const n = cur ? series.slices.length : 0;
-    const mono = !!cur && !series.colour && view.width !== null;
+    const mono = !!cur && !series.colour && !serverWindowed(series, cur) && view.width !== null;
     setAttr("data-state", status);
     setAttr("data-series", series ? series.uid : null);
     setAttr("data-slice", n ? index + 1 : null);
@@ -637,13 +660,14 @@
   const step = (delta) => current() && goTo(index + 1 + delta);
 
   function setWindow(center, width) {
-    if (!current() || series.colour || !Number.isFinite(center) || !Number.isFinite(width)) return;
+    const cur = current();
+    if (!cur || series.colour || serverWindowed(series, cur) || !Number.isFinite(center) || !Number.isFinite(width)) return;
     view.center = center;
     view.width = Math.max(1, width);
     requestDraw();
   }
   function applyPreset(name) {
-    if (!current() || series.colour) return;
+    if (!current() || series.colour || serverWindowed(series, current())) return;
     const p = PRESETS[name] || (series.initialWindow && [series.initialWindow.center, series.initialWindow.width]);
     if (presetSelect) presetSelect.value = PRESETS[name] ? name : "";
     if (p) setWindow(p[0], p[1]);

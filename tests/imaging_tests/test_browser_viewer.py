@@ -364,3 +364,98 @@ def test_an_enhanced_ct_is_shown_in_hounsfield_units_and_measured_in_mm(live_ser
     assert window == ("40", "80")
     assert 110 <= grey <= 145
     assert status.endswith(" mm")
+
+
+def _open_viewer(page, live_server, user, study) -> list[str]:
+    """Sign in, open the study's viewer and wait for it; the URLs of its frame requests."""
+    urls: list[str] = []
+    page.on("request", lambda request: "/frames/" in request.url and urls.append(request.url))
+    sign_in(page, live_server.url, user, f"/t/north/studies/{study.pk}/")
+    page.goto(f"{live_server.url}/t/north/studies/{study.pk}/viewer/")
+    page.wait_for_selector("#viewer[data-state=ready]", timeout=30_000)
+    return urls
+
+
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+@pytest.mark.timeout(120)
+def test_frames_too_large_for_one_answer_come_in_smaller_batches_still_windowed(
+    live_server, monkeypatch
+):
+    # The server decodes at most 3 frames in one answer here (a tomosynthesis batch of
+    # 16 large frames is over its cap): a 406 must halve the batch, not give up windowing.
+    from imaging.dicomweb.views import images
+
+    require_chromium()
+    frames, size = 24, 64
+    monkeypatch.setattr(images, "MAX_DECODED_BYTES", 3 * size * size * 2)
+    clinic = make_clinic("north", "North Imaging")
+    radiologist = make_member(clinic, "radiologist", email="rad@north.example")
+    study = ingest_study(clinic, [synthetic_enhanced_ct(frames=frames, size=size)])
+
+    with browser_page() as page:
+        urls = _open_viewer(page, live_server, radiologist, study)
+        for _ in range(200):
+            if viewer_attr(page, "loaded") == str(frames):
+                break
+            page.wait_for_timeout(50)
+        page.locator("#slice-slider").fill(str(frames))
+        page.wait_for_selector(f"#viewer[data-slice='{frames}']")
+        page.locator("#preset").select_option("bone")
+        wl = page.locator("#wl-status").inner_text()
+
+    assert _asked_in_batches(urls) and not [u for u in urls if u.endswith("/rendered")]
+    assert wl.startswith("W 1") and "L " in wl  # the bone preset, applied here
+
+
+def _asked_in_batches(urls: list[str]) -> bool:
+    return any("," in url.rsplit("/frames/", 1)[1] for url in urls)
+
+
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+@pytest.mark.timeout(120)
+def test_a_voi_lut_series_is_shown_as_the_server_renders_it_without_a_window_to_drag(
+    live_server,
+):
+    import pydicom
+
+    require_chromium()
+    threshold = [0] * 2048 + [4095] * 2048  # white from stored 2048
+    lut = pydicom.Dataset()
+    lut.add_new(0x00283002, "US", [len(threshold), 0, 12])
+    lut.add_new(0x00283006, "US", threshold)
+    files = synthetic_ct(  # stored values 0..4095: half below the threshold, half above
+        slices=2,
+        size=64,
+        tags={
+            "Modality": "CR",
+            "RescaleIntercept": 0,
+            "WindowCenter": None,
+            "WindowWidth": None,
+            "VOILUTSequence": [lut],
+        },
+    )
+    clinic = make_clinic("north", "North Imaging")
+    radiologist = make_member(clinic, "radiologist", email="rad@north.example")
+    study = ingest_study(clinic, files)
+
+    with browser_page() as page:
+        urls = _open_viewer(page, live_server, radiologist, study)
+        page.wait_for_timeout(300)
+        values = page.evaluate(
+            """() => {
+              const c = document.getElementById("viewer-canvas");
+              const d = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
+              const counts = {};
+              for (let i = 0; i < d.length; i += 4) counts[d[i]] = (counts[d[i]] || 0) + 1;
+              return counts;
+            }"""
+        )
+        wl = page.locator("#wl-status").inner_text()
+        preset_disabled = page.locator("#preset").is_disabled()
+
+    assert urls and all(url.endswith("/rendered") for url in urls)
+    # The LUT's threshold: black and white, greys only where the scaled image's edges
+    # blend (a linear window would have drawn a ramp of every grey).
+    greys = sum(count for value, count in values.items() if value not in ("0", "255"))
+    assert values.get("255", 0) > 1000 and greys < 0.05 * sum(values.values())
+    assert wl == "" and preset_disabled
