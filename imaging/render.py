@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import io
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -669,7 +670,7 @@ def rendered(
     number: int = 1,
     media_type: str = "image/jpeg",
     window: tuple[float, float] | None = None,
-    viewport: tuple[int, int] | None = None,
+    viewport: Viewport | None = None,
     quality: int = 90,
 ) -> bytes:
     """One frame rendered for display (PS3.18 rendered resources)."""
@@ -686,7 +687,7 @@ def _rendered(
     number: int,
     media_type: str,
     window: tuple[float, float] | None,
-    viewport: tuple[int, int] | None,
+    viewport: Viewport | None,
     quality: int,
 ) -> bytes:
     # Native frames are only sliced, not decoded, but rendering one takes many times its
@@ -705,11 +706,49 @@ def _rendered(
     return _encoded(image, media_type, viewport, quality)
 
 
-def _encoded(
-    image: Image.Image, media_type: str, viewport: tuple[int, int] | None, quality: int
-) -> bytes:
+@dataclass(frozen=True)
+class Viewport:
+    """PS3.18 8.3.5.1.3 viewport=vw,vh[,sx,sy,sw,sh]: the region of the image (sx, sy,
+    |sw| by |sh|; a negative size flips that way), scaled to fit vw by vh. `enlarge`
+    False only shrinks (a thumbnail's default size)."""
+
+    width: int
+    height: int
+    region: tuple[int, int, int | None, int | None] | None = None
+    enlarge: bool = True
+
+    def applied(self, image: Image.Image) -> Image.Image:
+        if self.region is not None:
+            image = self._cropped(image)
+        scale = min(self.width / image.width, self.height / image.height)
+        if scale >= 1 and not self.enlarge:
+            return image
+        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+        return image if size == image.size else image.resize(size, Image.Resampling.LANCZOS)
+
+    def _cropped(self, image: Image.Image) -> Image.Image:
+        x, y, width, height = self.region  # type: ignore[misc]
+        width = image.width - x if width is None else width
+        height = image.height - y if height is None else height
+        box = (
+            max(0, min(x, x + width)),
+            max(0, min(y, y + height)),
+            min(image.width, max(x, x + width)),
+            min(image.height, max(y, y + height)),
+        )
+        if box[0] >= box[2] or box[1] >= box[3]:
+            raise RenderError("The viewport's source region lies outside the image.")
+        image = image.crop(box)
+        if width < 0:
+            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        if height < 0:
+            image = image.transpose(Image.Transpose.FLIP_TOP_BOTTOM)
+        return image
+
+
+def _encoded(image: Image.Image, media_type: str, viewport: Viewport | None, quality: int) -> bytes:
     if viewport is not None:
-        image.thumbnail(viewport)
+        image = viewport.applied(image)
     buffer = io.BytesIO()
     if media_type == "image/png":
         image.save(buffer, format="PNG")
@@ -851,6 +890,18 @@ def frames_native_bytes(
     object (RLE of flat frames, JPEG-LS runs) can decode to gigabytes.
     """
     frames: Iterable[np.ndarray | None] | None = None
+    if layout is not None and max_bytes is not None and "offset" in layout:
+        # Refused before any frame is copied (a shifted copy each, for Bits Stored below
+        # Bits Allocated): the layout gives every frame's size.
+        try:
+            frame_bytes = layout["rows"] * layout["columns"] * np.dtype(layout["dtype"]).itemsize
+        except (KeyError, TypeError):
+            frame_bytes = 0
+        if len(numbers) * frame_bytes > max_bytes:
+            raise FramesTooLarge(
+                f"The frames asked for decode to more than {max_bytes:,} bytes together; "
+                "ask for fewer frames at a time."
+            )
     if layout is not None:
         frames = [_layout_frame(data, layout, n) for n in numbers]
         if not all(frame is not None for frame in frames):
@@ -880,7 +931,7 @@ def rendered_file(
     number: int = 1,
     media_type: str = "image/jpeg",
     window: tuple[float, float] | None = None,
-    viewport: tuple[int, int] | None = None,
+    viewport: Viewport | None = None,
     quality: int = 90,
 ) -> bytes:
     """`rendered` for a Part 10 file, by its layout where the layout covers the frame."""

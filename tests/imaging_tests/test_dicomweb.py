@@ -1067,6 +1067,10 @@ def test_rendered_jpeg_and_png_with_window_and_viewport(clinic, read_token, stor
         "window=40,400,sigmoid",  # only LINEAR is drawn
         "window=40,400,linear,x",
         "viewport=0,10",
+        "viewport=10,10,0,0",  # two or six values
+        "viewport=10,10,-1,0,5,5",  # the region starts inside the image
+        "viewport=10,10,0,0,0,5",  # and is not empty
+        "viewport=10,10,0,0,1.5,5",
         "quality=101",
     ],
 )
@@ -1081,6 +1085,59 @@ def test_bad_rendering_parameters_are_400(params, clinic, read_token, stored_ct)
 
     assert response.status_code == 400
     assert "rendering parameters" in response.json()["error"]
+
+
+def _halves(clinic) -> pydicom.Dataset:
+    """An instance black on its left half and white on its right, 64 by 64."""
+    (data,) = synthetic_ct(slices=1, size=64)
+    ds = _ds(data)
+    pixels = np.zeros((64, 64), dtype=np.uint16)
+    pixels[:, 32:] = 4095
+    ds.PixelData, ds.RescaleIntercept = pixels.tobytes(), 0
+    ds.WindowCenter, ds.WindowWidth = 2048, 4096
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    ingest(clinic, buffer.getvalue())
+    return ds
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("viewport", "size", "left", "right"),
+    [
+        ("128,128", (128, 128), 0, 255),  # scaled up to fit, as PS3.18 asks
+        ("128,128,0,0,32,64", (64, 128), 0, 0),  # the left half only
+        ("64,64,64,0,-64,64", (64, 64), 255, 0),  # the whole image, mirrored
+        ("64,64,32,0,,", (32, 64), 255, 255),  # from x 32 to the end
+    ],
+)
+def test_a_viewport_region_is_cropped_flipped_and_scaled_to_fit(
+    viewport, size, left, right, clinic, read_token
+):
+    from PIL import Image
+
+    ds = _halves(clinic)
+    url = f"{instance_url(ds)}/rendered?viewport={viewport}"
+
+    image = Image.open(
+        io.BytesIO(http(read_token).get(url, headers={"Accept": "image/png"}).content)
+    )
+
+    grey = np.asarray(image.convert("L"))
+    assert image.size == size
+    assert abs(int(grey[size[1] // 2, 1]) - left) <= 2
+    assert abs(int(grey[size[1] // 2, -2]) - right) <= 2
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("frames", ["1_0", "+1", "\u0661"])  # int() reads each as a number
+def test_frame_numbers_are_plain_digits(frames, clinic, read_token, stored_ct):
+    ds = _ds(stored_ct[0])
+
+    response = http(read_token).get(f"{instance_url(ds)}/frames/{frames}")
+
+    assert response.status_code == 400
+    assert "Frame numbers must be" in response.json()["error"]
 
 
 @pytest.mark.django_db

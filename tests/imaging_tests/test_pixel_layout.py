@@ -26,6 +26,7 @@ from imaging.render import (
     PIXEL_LAYOUT_VERSION,
     NoSuchFrame,
     RenderError,
+    Viewport,
     frame_count,
     frame_native_bytes,
     frames_native_bytes,
@@ -62,7 +63,7 @@ RENDERINGS = [
     {},
     {"window": (40.0, 400.0)},
     {"window": (100.0, 1.0)},  # a threshold
-    {"viewport": (32, 20)},
+    {"viewport": Viewport(32, 20)},
     {"media_type": "image/png"},
     {"quality": 40},
 ]
@@ -165,6 +166,25 @@ def _monochrome(
 def _garbage_high_bits(shape: tuple[int, ...]) -> np.ndarray:
     words = np.random.default_rng(11).integers(0, 1 << 16, size=shape, dtype=np.uint32)
     return words.astype(np.uint16)
+
+
+def test_frames_over_the_cap_are_refused_before_any_is_copied(monkeypatch):
+    from imaging import render
+
+    data = _monochrome(_garbage_high_bits((4, 6, 5)) % 4096, bits_stored=12, signed=False)
+    layout = _layout(data)
+    frame_bytes = 6 * 5 * 2
+    copied = []
+    real = render._layout_frame
+    monkeypatch.setattr(render, "_layout_frame", lambda *args: copied.append(args) or real(*args))
+
+    with pytest.raises(render.FramesTooLarge):
+        frames_native_bytes(data, layout=layout, numbers=[1, 2, 3], max_bytes=2 * frame_bytes)
+    assert not copied
+    assert (
+        len(frames_native_bytes(data, layout=layout, numbers=[1, 2], max_bytes=2 * frame_bytes))
+        == 2
+    )
 
 
 @pytest.mark.parametrize("signed", [False, True])

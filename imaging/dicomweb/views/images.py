@@ -53,6 +53,7 @@ from imaging.render import (
     FramesTooLarge,
     NoSuchFrame,
     RenderError,
+    Viewport,
     frame_number_check,
     frames_native_bytes,
     rendered_file,
@@ -176,7 +177,10 @@ def _no_such_frame(row: Instance, numbers: list[int]) -> HttpResponse | None:
 def _frame_numbers(text: str) -> list[int]:
     # Commas, or spaces (%20) as earlier editions of PS3.18 had it and clients still send.
     try:
-        numbers = [int(item) for item in re.split(r"[,\s]", text) if item]
+        items = [item for item in re.split(r"[,\s]", text) if item]
+        if not all(re.fullmatch(r"[0-9]+", item) for item in items):
+            raise ValueError  # int() takes "1_0", "+3" and other scripts' digits
+        numbers = [int(item) for item in items]
     except ValueError:
         raise QueryError("Frame numbers must be a comma-separated list of integers.") from None
     if not numbers or any(n < 1 for n in numbers):
@@ -318,10 +322,7 @@ def _render_options(request: HttpRequest) -> dict[str, Any]:
                 raise ValueError
             options["window"] = (centre, width)
         if "viewport" in request.GET:
-            width, height = (int(v) for v in request.GET["viewport"].split(",")[:2])
-            if not (0 < width <= 4096 and 0 < height <= 4096):
-                raise ValueError
-            options["viewport"] = (width, height)
+            options["viewport"] = _viewport(request.GET["viewport"])
         if "quality" in request.GET:
             options["quality"] = int(request.GET["quality"])
             if not 1 <= options["quality"] <= 100:
@@ -329,8 +330,9 @@ def _render_options(request: HttpRequest) -> dict[str, Any]:
     except (ValueError, IndexError):
         raise QueryError(
             "window=center,width[,linear] (finite numbers, width > 0), "
-            "viewport=width,height (1-4096) and quality=1-100 are the accepted "
-            "rendering parameters."
+            "viewport=width,height[,sx,sy,sw,sh] (width and height 1-4096; the source "
+            "region in whole pixels, sw or sh negative to flip, left out for the rest of "
+            "the image) and quality=1-100 are the accepted rendering parameters."
         ) from None
     return options
 
@@ -342,8 +344,24 @@ def rendered_instance(
     return _rendered(request, (study, series, instance), number, detail={"rendered": 1})
 
 
+def _viewport(text: str) -> Viewport:
+    parts = text.split(",")
+    if len(parts) not in (2, 6) or not all(re.fullmatch(r"-?[0-9]*", p.strip()) for p in parts):
+        raise ValueError
+    width, height = int(parts[0]), int(parts[1])
+    if not (0 < width <= 4096 and 0 < height <= 4096):
+        raise ValueError
+    if len(parts) == 2:
+        return Viewport(width, height)
+    x, y = (int(p) if p.strip() else 0 for p in parts[2:4])
+    sw, sh = (int(p) if p.strip() else None for p in parts[4:6])
+    if x < 0 or y < 0 or sw == 0 or sh == 0:
+        raise ValueError
+    return Viewport(width, height, region=(x, y, sw, sh))
+
+
 # A thumbnail of an instance or frame fits in this, unless `viewport` asks otherwise.
-THUMBNAIL_VIEWPORT = (128, 128)
+THUMBNAIL_VIEWPORT = Viewport(128, 128, enlarge=False)
 
 
 @require_http_methods(["GET", "HEAD"])
@@ -369,7 +387,7 @@ def _rendered(
     number: str,
     *,
     detail: dict[str, Any],
-    viewport: tuple[int, int] | None = None,
+    viewport: Viewport | None = None,
 ) -> HttpResponse:
     try:
         options = _render_options(request)
