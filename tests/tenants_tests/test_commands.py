@@ -111,29 +111,23 @@ def test_create_user_with_totp_prints_a_working_otpauth_uri_last(clinic):
     )
 
 
+def _radiologist_again(user: User, *flags: str) -> list[str]:
+    """create_user's arguments for `user`, north's radiologist already."""
+    return ["create_user", user.email, "--tenant", "north", "--role", "radiologist", *flags]
+
+
 def _code(device: TOTPDevice) -> str:
     return f"{totp(device.bin_key):06d}"
 
 
 @pytest.mark.django_db
 def test_create_user_totp_again_keeps_the_first_device_and_prints_no_secret(clinic, radiologist):
-    first = _call(
-        "create_user", radiologist.email, "--tenant", "north", "--role", "radiologist", "--totp"
-    )
+    first = _call(*_radiologist_again(radiologist, "--totp"))
     device = TOTPDevice.objects.get(user=radiologist)
 
     out = io.StringIO()
     with pytest.raises(CommandError, match="--replace-totp"):
-        call_command(
-            "create_user",
-            radiologist.email,
-            "--tenant",
-            "north",
-            "--role",
-            "radiologist",
-            "--totp",
-            stdout=out,
-        )
+        call_command(*_radiologist_again(radiologist, "--totp"), stdout=out)
 
     assert "otpauth://" in first
     assert "otpauth://" not in out.getvalue()
@@ -142,19 +136,10 @@ def test_create_user_totp_again_keeps_the_first_device_and_prints_no_secret(clin
 
 @pytest.mark.django_db
 def test_create_user_replace_totp_stops_the_lost_secret_and_says_so(clinic, radiologist):
-    _call("create_user", radiologist.email, "--tenant", "north", "--role", "radiologist", "--totp")
-    lost = TOTPDevice.objects.get(user=radiologist)
-    lost_key = lost.bin_key
+    _call(*_radiologist_again(radiologist, "--totp"))
+    lost_key = TOTPDevice.objects.get(user=radiologist).bin_key
 
-    out = _call(
-        "create_user",
-        radiologist.email,
-        "--tenant",
-        "north",
-        "--role",
-        "radiologist",
-        "--replace-totp",
-    )
+    out = _call(*_radiologist_again(radiologist, "--replace-totp"))
 
     device = TOTPDevice.objects.get(user=radiologist)
     assert device.bin_key != lost_key
