@@ -255,9 +255,13 @@ def _palette_table(ds: pydicom.Dataset, colour: str, entries: int) -> np.ndarray
     bits = len(data) * 8 // entries if entries else 0
     if bits not in (8, 16) or len(data) != entries * bits // 8:
         raise RenderError(f"The palette's {colour.lower()} table does not hold its entries.")
+    return np.frombuffer(data, dtype=f"{_byte_order(ds)}u{bits // 8}").astype(f"u{bits // 8}")
+
+
+def _byte_order(ds: pydicom.Dataset) -> str:
+    """numpy's byte order mark for the OW values of `ds` (its transfer syntax's)."""
     syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-    order = ">" if syntax is not None and syntax.is_little_endian is False else "<"
-    return np.frombuffer(data, dtype=f"{order}u{bits // 8}").astype(f"u{bits // 8}")
+    return ">" if syntax is not None and syntax.is_little_endian is False else "<"
 
 
 def _grey_inputs(ds: pydicom.Dataset) -> dict[str, Any] | None:
@@ -316,10 +320,8 @@ def _lut(ds: pydicom.Dataset, item: pydicom.Dataset) -> tuple[np.ndarray, int, i
     if first >= 32768 and ds.get("PixelRepresentation", 0) == 1:
         first -= 65536  # the first value mapped is signed when the pixels are (US or SS)
     if isinstance(data, bytes | bytearray):  # OW: 16-bit words, or 8-bit bytes packed
-        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-        order = ">" if syntax is not None and syntax.is_little_endian is False else "<"
         width = 1 if bits <= 8 and len(data) == entries else 2
-        table = np.frombuffer(bytes(data)[: entries * width], dtype=f"{order}u{width}")
+        table = np.frombuffer(bytes(data)[: entries * width], dtype=f"{_byte_order(ds)}u{width}")
     else:  # US: a number or a list of them
         values = data if isinstance(data, list | pydicom.multival.MultiValue) else [data]
         table = np.array([int(v) for v in values], dtype=np.int64)
